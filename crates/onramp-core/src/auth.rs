@@ -1,0 +1,121 @@
+//! Service API authentication: a SharedAccessSignature signed with the key of
+//! one of a provisioning service's shared access policies.
+//!
+//! The key that signs the token identifies the tenant: policies of different
+//! services may share a name (every service has `provisioningserviceowner`)
+//! but never a key.
+
+use onramp_model::ErrorCode;
+
+use crate::ports::Store;
+use crate::tenant::AccessRights;
+use crate::{ProvisioningError, sas};
+
+/// Who is calling: the service whose policy signed the token, and its rights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceCaller {
+    pub service: String,
+    pub policy: String,
+    pub rights: AccessRights,
+}
+
+impl ServiceCaller {
+    /// Refuses the call unless the policy holds `right`.
+    pub fn require(&self, right: AccessRights, action: &str) -> Result<(), ProvisioningError> {
+        if self.rights.contains(right) {
+            return Ok(());
+        }
+        Err(ProvisioningError::new(
+            ErrorCode::InsufficientRights,
+            format!(
+                "shared access policy '{}' has rights [{}] but {action} needs {right}; \
+                 use a policy with that right (e.g. provisioningserviceowner)",
+                self.policy, self.rights
+            ),
+        ))
+    }
+}
+
+/// Checks the `Authorization` value of a service call.
+///
+/// `host_names` are the names this service answers to; the token's `sr` must
+/// start with one of them (port and case ignored). An empty list skips the check.
+pub async fn authenticate(
+    store: &dyn Store,
+    authorization: Option<&str>,
+    host_names: &[String],
+    now_unix: i64,
+    skew_seconds: i64,
+) -> Result<ServiceCaller, ProvisioningError> {
+    let Some(header) = authorization.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Err(ProvisioningError::new(
+            ErrorCode::MissingAuthorization,
+            "the request has no Authorization header; send a SharedAccessSignature made from a \
+             shared access policy's key (the connection string printed by onramp service show)",
+        ));
+    };
+    let token = sas::parse(header).map_err(|e| ProvisioningError::unauthorized(e.to_string()))?;
+    let Some(policy_name) = token.key_name.clone() else {
+        return Err(ProvisioningError::unauthorized(
+            "the token names no shared access policy (skn=); sign it with a policy's key and name the policy",
+        ));
+    };
+    if !host_names.is_empty() {
+        let resource_host = token.resource.split('/').next().unwrap_or_default();
+        if !host_names.iter().any(|h| same_host(h, resource_host)) {
+            return Err(ProvisioningError::unauthorized(format!(
+                "the token is for '{}', but this service is {}; sign the token for the HostName of \
+                 the connection string",
+                token.resource,
+                host_names.join(" or ")
+            )));
+        }
+    }
+    token
+        .check_expiry(now_unix, skew_seconds)
+        .map_err(|e| ProvisioningError::unauthorized(e.to_string()))?;
+    for (service, policy) in store.policies_named(&policy_name).await? {
+        if token.is_signed_by(policy.primary_key.expose())
+            || token.is_signed_by(policy.secondary_key.expose())
+        {
+            return Ok(ServiceCaller {
+                service,
+                policy: policy.name,
+                rights: policy.rights,
+            });
+        }
+    }
+    Err(ProvisioningError::unauthorized(format!(
+        "no shared access policy named '{policy_name}' has a key that signs this token; \
+         check the SharedAccessKey of the connection string"
+    )))
+}
+
+/// Host names compare without case and without a port.
+fn same_host(a: &str, b: &str) -> bool {
+    let strip = |h: &str| -> String {
+        let h = h.trim().trim_end_matches('/');
+        // `[::1]:443` keeps its brackets; `host:443` loses the port.
+        match h.rsplit_once(':') {
+            Some((host, port))
+                if port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':') =>
+            {
+                host.to_owned()
+            }
+            _ => h.to_owned(),
+        }
+    };
+    strip(a).eq_ignore_ascii_case(&strip(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_comparison_ignores_port_and_case() {
+        assert!(same_host("localhost", "LOCALHOST:8443"));
+        assert!(same_host("dps.example.net:443", "dps.example.net"));
+        assert!(!same_host("dps.example.net", "other.example.net"));
+    }
+}

@@ -1,0 +1,71 @@
+//! The engine's one error type: an Azure error code and a message for a human.
+
+use std::fmt;
+
+use onramp_model::ErrorCode;
+
+use crate::ports::StoreError;
+
+/// A refusal or failure, ready to become an Azure error body at the boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisioningError {
+    pub code: ErrorCode,
+    /// Names the field or check that failed and, where there is one, the fix.
+    pub message: String,
+}
+
+impl ProvisioningError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InternalError, message)
+    }
+
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status()
+    }
+}
+
+impl fmt::Display for ProvisioningError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code.name(),
+            self.code.code(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ProvisioningError {}
+
+impl From<StoreError> for ProvisioningError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::PreconditionFailed(m) => Self::new(ErrorCode::PreconditionFailed, m),
+            StoreError::NotFound(m) => Self::new(ErrorCode::RouteNotFound, m),
+            StoreError::AlreadyExists(m) => Self::new(ErrorCode::AlreadyExists, m),
+            StoreError::Unavailable(m) => Self::new(
+                ErrorCode::StoreUnavailable,
+                format!("the store is unavailable, retry later: {m}"),
+            ),
+            StoreError::Corrupt(m) => {
+                Self::internal(format!("a stored record could not be read: {m}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Observable events: each is one struct that logs and counts together, so a
+//! log line and a metric can never disagree.
+//!
+//! Metrics (Prometheus names; labels in braces):
+//! - `onramp_attestation_attempts_total{service, protocol, outcome}`
+//! - `onramp_registration_attempts_total{service, hub, protocol, status}`
+//! - `onramp_device_assignments_total{service, hub}`
+//! - `onramp_registration_duration_seconds{protocol, status}` (histogram)
+
+use onramp_model::RegistrationStatus;
+
+use crate::ProvisioningError;
+
+/// The device transport a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Https,
+    Mqtt,
+    MqttWs,
+    Amqp,
+    AmqpWs,
+    /// Calls made in-process (tests, tools).
+    Internal,
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Https => "https",
+            Protocol::Mqtt => "mqtt",
+            Protocol::MqttWs => "mqtt-ws",
+            Protocol::Amqp => "amqp",
+            Protocol::AmqpWs => "amqp-ws",
+            Protocol::Internal => "internal",
+        }
+    }
+}
+
+/// A device tried to prove who it is.
+pub struct AttestationAttempt<'a> {
+    pub id_scope: &'a str,
+    pub service: Option<&'a str>,
+    pub registration_id: &'a str,
+    pub protocol: Protocol,
+    pub error: Option<&'a ProvisioningError>,
+}
+
+impl AttestationAttempt<'_> {
+    pub fn emit(&self) {
+        let outcome = self.error.map_or("success", |e| e.code.name());
+        metrics::counter!(
+            "onramp_attestation_attempts_total",
+            "service" => self.service.unwrap_or("unknown").to_owned(),
+            "protocol" => self.protocol.as_str(),
+            "outcome" => outcome,
+        )
+        .increment(1);
+        match self.error {
+            None => tracing::debug!(
+                target: "onramp::device_operations",
+                operation = "AttestationAttempt",
+                id_scope = self.id_scope,
+                registration_id = self.registration_id,
+                protocol = self.protocol.as_str(),
+                result = "Success",
+            ),
+            Some(e) => tracing::info!(
+                target: "onramp::device_operations",
+                operation = "AttestationAttempt",
+                id_scope = self.id_scope,
+                registration_id = self.registration_id,
+                protocol = self.protocol.as_str(),
+                result = "Failure",
+                error_code = e.code.code(),
+                error = e.code.name(),
+                message = %e.message,
+            ),
+        }
+    }
+}
+
+/// A registration ran to its end (assigned or failed).
+pub struct RegistrationAttempt<'a> {
+    pub service: &'a str,
+    pub registration_id: &'a str,
+    pub hub: Option<&'a str>,
+    pub protocol: Protocol,
+    pub status: RegistrationStatus,
+    pub error_code: Option<i32>,
+    pub seconds: f64,
+}
+
+impl RegistrationAttempt<'_> {
+    pub fn emit(&self) {
+        let hub = self.hub.unwrap_or("none").to_owned();
+        metrics::counter!(
+            "onramp_registration_attempts_total",
+            "service" => self.service.to_owned(),
+            "hub" => hub.clone(),
+            "protocol" => self.protocol.as_str(),
+            "status" => self.status.as_str(),
+        )
+        .increment(1);
+        if self.status == RegistrationStatus::Assigned {
+            metrics::counter!(
+                "onramp_device_assignments_total",
+                "service" => self.service.to_owned(),
+                "hub" => hub.clone(),
+            )
+            .increment(1);
+        }
+        metrics::histogram!(
+            "onramp_registration_duration_seconds",
+            "protocol" => self.protocol.as_str(),
+            "status" => self.status.as_str(),
+        )
+        .record(self.seconds);
+        tracing::info!(
+            target: "onramp::device_operations",
+            operation = "Registration",
+            service = self.service,
+            registration_id = self.registration_id,
+            hub = %hub,
+            protocol = self.protocol.as_str(),
+            status = self.status.as_str(),
+            error_code = self.error_code,
+            duration_ms = self.seconds * 1000.0,
+        );
+    }
+}

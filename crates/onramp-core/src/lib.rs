@@ -1,0 +1,43 @@
+//! Onramp's provisioning engine: the product's rules, free of I/O.
+//!
+//! A device request arrives here already decoded by an endpoint as a
+//! protocol-neutral [`engine::RegisterRequest`]; the [`engine::Engine`] runs
+//! attest → allocate → register in a hub → record, and returns a value the
+//! endpoint encodes in its own protocol. Operators' requests go through
+//! [`admin::Admin`], which holds the rules of the service API (validation,
+//! key generation, ETags, paging).
+//!
+//! Layout:
+//! - [`ports`]: the traits the engine needs from the outside (`Store`,
+//!   `HubRegistry`, `Clock`) and the records they exchange.
+//! - [`tenant`]: provisioning services (tenants), access policies, linked hubs.
+//! - [`sas`], [`keys`], [`connection_string`]: shared access signatures and secrets.
+//! - [`attest`]: who is this device, and which enrollment vouches for it.
+//! - [`allocate`]: which hub it goes to.
+//! - [`engine`]: the registration state machine.
+//! - [`admin`], [`validate`], [`x509`]: the service API's rules.
+//! - [`auth`]: service API authentication against access policies.
+//! - [`events`]: what the engine logs and counts, one struct per event.
+//! - [`error`]: one error type, carrying the Azure error code and a message
+//!   that names the field and the fix.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod allocate;
+pub mod attest;
+pub mod auth;
+pub mod connection_string;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod ports;
+pub mod sas;
+pub mod tenant;
+pub mod validate;
+pub mod x509;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::ProvisioningError;

@@ -1,0 +1,240 @@
+//! Provisioning services (tenants), their access policies and linked hubs.
+//!
+//! One Onramp deployment hosts many provisioning services. Each has its own
+//! ID scope (what devices name), policies (what operators hold) and linked
+//! hubs; nothing of one is visible through another.
+
+use std::fmt;
+
+use onramp_model::{AllocationPolicy, IdScope, Secret, UtcTime};
+use serde::{Deserialize, Serialize};
+
+use crate::connection_string::ConnectionString;
+
+/// The policy every new provisioning service gets, with all rights.
+pub const OWNER_POLICY: &str = "provisioningserviceowner";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningService {
+    /// Unique name inside the deployment, e.g. `default`.
+    pub name: String,
+    pub id_scope: IdScope,
+    /// Policy for enrollments that name none.
+    pub allocation_policy: AllocationPolicy,
+    pub created: UtcTime,
+}
+
+/// Rights a shared access policy grants, as Azure names them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct AccessRights(u8);
+
+impl AccessRights {
+    pub const SERVICE_CONFIG: Self = Self(1);
+    pub const ENROLLMENT_READ: Self = Self(2);
+    pub const ENROLLMENT_WRITE: Self = Self(4);
+    pub const DEVICE_CONNECT: Self = Self(8);
+    pub const REGISTRATION_STATUS_READ: Self = Self(16);
+    pub const REGISTRATION_STATUS_WRITE: Self = Self(32);
+    pub const ALL: Self = Self(63);
+
+    const NAMES: [(Self, &'static str); 6] = [
+        (Self::SERVICE_CONFIG, "ServiceConfig"),
+        (Self::ENROLLMENT_READ, "EnrollmentRead"),
+        (Self::ENROLLMENT_WRITE, "EnrollmentWrite"),
+        (Self::DEVICE_CONNECT, "DeviceConnect"),
+        (Self::REGISTRATION_STATUS_READ, "RegistrationStatusRead"),
+        (Self::REGISTRATION_STATUS_WRITE, "RegistrationStatusWrite"),
+    ];
+
+    pub fn contains(&self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn bits(&self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & Self::ALL.0)
+    }
+
+    /// Parses Azure's form, `"EnrollmentRead, EnrollmentWrite"` (any case,
+    /// commas or spaces between names).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut rights = Self::default();
+        for word in text.split([',', ' ', '|']).filter(|w| !w.is_empty()) {
+            let (bit, _) = Self::NAMES
+                .iter()
+                .find(|(_, name)| name.eq_ignore_ascii_case(word))
+                .ok_or_else(|| {
+                    format!(
+                        "'{word}' is not a right; use any of ServiceConfig, EnrollmentRead, \
+                         EnrollmentWrite, DeviceConnect, RegistrationStatusRead, RegistrationStatusWrite"
+                    )
+                })?;
+            rights = rights.union(*bit);
+        }
+        Ok(rights)
+    }
+}
+
+impl fmt::Display for AccessRights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .filter(|(bit, _)| self.contains(*bit))
+            .map(|(_, name)| *name)
+            .collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+impl fmt::Debug for AccessRights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccessRights({self})")
+    }
+}
+
+impl From<AccessRights> for String {
+    fn from(r: AccessRights) -> String {
+        r.to_string()
+    }
+}
+
+impl TryFrom<String> for AccessRights {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+/// A shared access policy: a name, two keys and the rights they carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedAccessPolicy {
+    pub name: String,
+    pub primary_key: Secret,
+    pub secondary_key: Secret,
+    pub rights: AccessRights,
+}
+
+impl SharedAccessPolicy {
+    /// A connection string for this policy, as printed to operators.
+    pub fn connection_string(&self, host_name: &str) -> String {
+        format!(
+            "HostName={host_name};SharedAccessKeyName={};SharedAccessKey={}",
+            self.name,
+            self.primary_key.expose()
+        )
+    }
+}
+
+/// An IoT hub linked to a provisioning service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedHub {
+    /// The hub's host name (and port, when not 443): what devices are told.
+    pub name: String,
+    /// Connection string with registry-write rights on the hub.
+    pub connection_string: Secret,
+    /// Region of the hub, e.g. `westeurope`.
+    pub location: String,
+    /// 1 to 1000; a hub with weight 2 takes twice the devices of weight 1.
+    pub allocation_weight: u32,
+    /// When false the hub takes no new devices unless an enrollment names it statically.
+    pub apply_allocation_policy: bool,
+    /// The companion hub started inside `onramp serve`.
+    #[serde(default)]
+    pub embedded: bool,
+}
+
+impl LinkedHub {
+    pub const MAX_WEIGHT: u32 = 1000;
+
+    /// Builds a link from a hub connection string; the name is its `HostName`.
+    pub fn from_connection_string(
+        connection_string: &str,
+        location: &str,
+        allocation_weight: u32,
+        apply_allocation_policy: bool,
+    ) -> Result<Self, String> {
+        let parsed = ConnectionString::parse(connection_string)?;
+        if parsed.shared_access_key.is_none() {
+            return Err(
+                "the hub connection string has no SharedAccessKey; Onramp needs a policy key \
+                 with registry write rights (e.g. iothubowner)"
+                    .into(),
+            );
+        }
+        if !(1..=Self::MAX_WEIGHT).contains(&allocation_weight) {
+            return Err(format!(
+                "allocationWeight {allocation_weight} is out of range; use 1 to {}",
+                Self::MAX_WEIGHT
+            ));
+        }
+        Ok(Self {
+            name: parsed.host_name.clone(),
+            connection_string: Secret::new(connection_string.trim()),
+            location: location.to_owned(),
+            allocation_weight,
+            apply_allocation_policy,
+            embedded: false,
+        })
+    }
+
+    /// Case-insensitive host name comparison.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rights_round_trip_in_azure_spelling() {
+        let r = AccessRights::parse("enrollmentread, EnrollmentWrite").unwrap();
+        assert!(r.contains(AccessRights::ENROLLMENT_READ));
+        assert!(!r.contains(AccessRights::SERVICE_CONFIG));
+        assert_eq!(r.to_string(), "EnrollmentRead, EnrollmentWrite");
+        assert_eq!(
+            AccessRights::parse(&AccessRights::ALL.to_string()).unwrap(),
+            AccessRights::ALL
+        );
+        assert!(
+            AccessRights::parse("Root")
+                .unwrap_err()
+                .contains("'Root' is not a right")
+        );
+    }
+
+    #[test]
+    fn linked_hub_from_connection_string() {
+        let hub = LinkedHub::from_connection_string(
+            "HostName=h1.example.net;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5",
+            "westeurope",
+            2,
+            true,
+        )
+        .unwrap();
+        assert_eq!(hub.name, "h1.example.net");
+        assert!(hub.is_named("H1.Example.Net"));
+        assert!(
+            LinkedHub::from_connection_string(
+                "HostName=h;SharedAccessKeyName=x;SharedAccessKey=a2V5",
+                "x",
+                0,
+                true
+            )
+            .is_err()
+        );
+        assert!(LinkedHub::from_connection_string("HostName=h", "x", 1, true).is_err());
+    }
+}

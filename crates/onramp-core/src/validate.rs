@@ -1,0 +1,590 @@
+//! Validation and normalisation of enrollments and groups written through the
+//! service API. Every refusal names the field (as a JSON path) and the fix.
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use onramp_model::{
+    AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
+    IndividualEnrollment, InitialTwin, ProvisioningStatus, RegistrationId, ReprovisionPolicy,
+    SymmetricKeyAttestation, X509CertificateWithInfo, X509Certificates, ids::check_group_id,
+};
+use serde_json::Value;
+
+use crate::tenant::LinkedHub;
+use crate::{ProvisioningError, keys, x509};
+
+/// What a write is checked against.
+pub struct Context<'a> {
+    pub linked_hubs: &'a [LinkedHub],
+    /// The stored attestation, whose keys are kept when a write leaves them out.
+    pub existing_attestation: Option<&'a AttestationMechanism>,
+}
+
+/// Checks an individual enrollment PUT to `/enrollments/{path_id}` and fills
+/// in what the service owns (generated keys, certificate info, defaults).
+pub fn individual_enrollment(
+    path_id: &str,
+    mut e: IndividualEnrollment,
+    ctx: &Context<'_>,
+) -> Result<IndividualEnrollment, ProvisioningError> {
+    let id = RegistrationId::parse(path_id).map_err(ProvisioningError::invalid)?;
+    if e.registration_id.is_empty() {
+        e.registration_id = id.as_str().to_owned();
+    } else if !e.registration_id.eq_ignore_ascii_case(id.as_str()) {
+        return Err(ProvisioningError::new(
+            onramp_model::ErrorCode::RegistrationIdMismatch,
+            format!(
+                "registrationId '{}' in the body differs from '{}' in the path; make them equal",
+                e.registration_id, id
+            ),
+        ));
+    }
+    if let Some(device_id) = &e.device_id {
+        check_device_id(device_id)?;
+    }
+    e.attestation = Some(attestation(e.attestation.take(), ctx, Kind::Individual)?);
+    let settings = Settings {
+        initial_twin: e.initial_twin.as_ref(),
+        allocation_policy: e.allocation_policy,
+        iot_hubs: e.iot_hubs.as_deref(),
+        iot_hub_host_name: e.iot_hub_host_name.as_deref(),
+        custom: e.custom_allocation_definition.as_ref(),
+    };
+    settings.check(ctx)?;
+    e.provisioning_status
+        .get_or_insert(ProvisioningStatus::Enabled);
+    e.reprovision_policy
+        .get_or_insert(ReprovisionPolicy::default());
+    e.capabilities.get_or_insert(DeviceCapabilities::default());
+    // Read-only members: the store and the engine own them.
+    e.registration_state = None;
+    e.etag = None;
+    e.created_date_time_utc = None;
+    e.last_updated_date_time_utc = None;
+    Ok(e)
+}
+
+/// Checks an enrollment group PUT to `/enrollmentGroups/{path_id}`.
+pub fn enrollment_group(
+    path_id: &str,
+    mut g: EnrollmentGroup,
+    ctx: &Context<'_>,
+) -> Result<EnrollmentGroup, ProvisioningError> {
+    check_group_id(path_id).map_err(ProvisioningError::invalid)?;
+    if g.enrollment_group_id.is_empty() {
+        g.enrollment_group_id = path_id.to_owned();
+    } else if !g.enrollment_group_id.eq_ignore_ascii_case(path_id) {
+        return Err(ProvisioningError::new(
+            onramp_model::ErrorCode::RegistrationIdMismatch,
+            format!(
+                "enrollmentGroupId '{}' in the body differs from '{}' in the path; make them equal",
+                g.enrollment_group_id, path_id
+            ),
+        ));
+    }
+    g.attestation = Some(attestation(g.attestation.take(), ctx, Kind::Group)?);
+    let settings = Settings {
+        initial_twin: g.initial_twin.as_ref(),
+        allocation_policy: g.allocation_policy,
+        iot_hubs: g.iot_hubs.as_deref(),
+        iot_hub_host_name: g.iot_hub_host_name.as_deref(),
+        custom: g.custom_allocation_definition.as_ref(),
+    };
+    settings.check(ctx)?;
+    g.provisioning_status
+        .get_or_insert(ProvisioningStatus::Enabled);
+    g.reprovision_policy
+        .get_or_insert(ReprovisionPolicy::default());
+    g.capabilities.get_or_insert(DeviceCapabilities::default());
+    g.etag = None;
+    g.created_date_time_utc = None;
+    g.last_updated_date_time_utc = None;
+    Ok(g)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Individual,
+    Group,
+}
+
+fn attestation(
+    att: Option<AttestationMechanism>,
+    ctx: &Context<'_>,
+    kind: Kind,
+) -> Result<AttestationMechanism, ProvisioningError> {
+    let Some(att) = att else {
+        return Err(ProvisioningError::invalid(
+            "attestation is required; for example {\"type\": \"symmetricKey\"} to have keys generated",
+        ));
+    };
+    match att.kind {
+        AttestationType::None => Err(ProvisioningError::invalid(
+            "attestation.type 'none' cannot authenticate a device; use symmetricKey, x509 or tpm",
+        )),
+        AttestationType::SymmetricKey => {
+            let given = att.symmetric_key.unwrap_or_default();
+            let kept = ctx
+                .existing_attestation
+                .filter(|a| a.kind == AttestationType::SymmetricKey)
+                .and_then(|a| a.symmetric_key.clone())
+                .unwrap_or_default();
+            let pick = |field: &str,
+                        given: Option<onramp_model::Secret>,
+                        kept: Option<onramp_model::Secret>| {
+                match given.filter(|k| !k.expose().trim().is_empty()) {
+                    Some(k) => keys::validate(field, k.expose())
+                        .map(|()| onramp_model::Secret::new(k.expose().trim()))
+                        .map_err(ProvisioningError::invalid),
+                    None => Ok(kept.unwrap_or_else(keys::generate)),
+                }
+            };
+            let primary = pick(
+                "attestation.symmetricKey.primaryKey",
+                given.primary_key,
+                kept.primary_key,
+            )?;
+            let secondary = pick(
+                "attestation.symmetricKey.secondaryKey",
+                given.secondary_key,
+                kept.secondary_key,
+            )?;
+            Ok(AttestationMechanism {
+                kind: AttestationType::SymmetricKey,
+                symmetric_key: Some(SymmetricKeyAttestation {
+                    primary_key: Some(primary),
+                    secondary_key: Some(secondary),
+                }),
+                tpm: None,
+                x509: None,
+            })
+        }
+        AttestationType::Tpm => {
+            if kind == Kind::Group {
+                return Err(ProvisioningError::invalid(
+                    "enrollment groups cannot use tpm attestation; enroll each TPM device individually",
+                ));
+            }
+            let Some(mut tpm) = att.tpm else {
+                return Err(ProvisioningError::invalid(
+                    "attestation.tpm is required when attestation.type is tpm; give tpm.endorsementKey",
+                ));
+            };
+            tpm.endorsement_key = tpm.endorsement_key.trim().to_owned();
+            check_tpm_key("attestation.tpm.endorsementKey", &tpm.endorsement_key)?;
+            if let Some(srk) = tpm.storage_root_key.as_mut() {
+                *srk = srk.trim().to_owned();
+                if srk.is_empty() {
+                    tpm.storage_root_key = None;
+                } else {
+                    check_tpm_key("attestation.tpm.storageRootKey", srk)?;
+                }
+            }
+            Ok(AttestationMechanism {
+                kind: AttestationType::Tpm,
+                tpm: Some(tpm),
+                x509: None,
+                symmetric_key: None,
+            })
+        }
+        AttestationType::X509 => {
+            let Some(mut x) = att.x509 else {
+                return Err(ProvisioningError::invalid(
+                    "attestation.x509 is required when attestation.type is x509",
+                ));
+            };
+            match kind {
+                Kind::Individual => {
+                    if x.client_certificates.is_none() {
+                        return Err(ProvisioningError::invalid(
+                            "attestation.x509.clientCertificates is required for an individual enrollment; \
+                             give the device's certificate as primary.certificate",
+                        ));
+                    }
+                    x.signing_certificates = None;
+                    x.ca_references = None;
+                }
+                Kind::Group => {
+                    if x.signing_certificates.is_none() && x.ca_references.is_none() {
+                        return Err(ProvisioningError::invalid(
+                            "an x509 enrollment group needs attestation.x509.signingCertificates \
+                             (a root or intermediate certificate) or attestation.x509.caReferences",
+                        ));
+                    }
+                    x.client_certificates = None;
+                }
+            }
+            if let Some(c) = x.client_certificates.as_mut() {
+                certificates("attestation.x509.clientCertificates", c)?;
+            }
+            if let Some(c) = x.signing_certificates.as_mut() {
+                certificates("attestation.x509.signingCertificates", c)?;
+            }
+            if let Some(refs) = x.ca_references.as_mut() {
+                refs.primary = refs.primary.take().filter(|r| !r.trim().is_empty());
+                refs.secondary = refs.secondary.take().filter(|r| !r.trim().is_empty());
+                if refs.primary.is_none() && refs.secondary.is_none() {
+                    return Err(ProvisioningError::invalid(
+                        "attestation.x509.caReferences names no certificate; set primary to the name of a CA certificate",
+                    ));
+                }
+            }
+            Ok(AttestationMechanism {
+                kind: AttestationType::X509,
+                x509: Some(x),
+                tpm: None,
+                symmetric_key: None,
+            })
+        }
+    }
+}
+
+fn certificates(field: &str, certs: &mut X509Certificates) -> Result<(), ProvisioningError> {
+    let mut any = false;
+    for (slot, cert) in [
+        ("primary", &mut certs.primary),
+        ("secondary", &mut certs.secondary),
+    ] {
+        if let Some(c) = cert.as_mut() {
+            fill_info(&format!("{field}.{slot}"), c)?;
+            any = true;
+        }
+    }
+    if !any {
+        return Err(ProvisioningError::invalid(format!(
+            "{field} holds no certificate; set {field}.primary.certificate to a PEM or base64 DER certificate"
+        )));
+    }
+    Ok(())
+}
+
+fn fill_info(field: &str, cert: &mut X509CertificateWithInfo) -> Result<(), ProvisioningError> {
+    let Some(text) = cert.certificate.as_deref().filter(|t| !t.trim().is_empty()) else {
+        return Err(ProvisioningError::invalid(format!(
+            "{field}.certificate is missing; give the certificate as PEM text or base64 DER"
+        )));
+    };
+    let info = x509::info(text)
+        .map_err(|e| ProvisioningError::invalid(format!("{field}.certificate: {e}")))?;
+    cert.info = Some(info);
+    Ok(())
+}
+
+fn check_tpm_key(field: &str, key: &str) -> Result<(), ProvisioningError> {
+    let bytes = STANDARD.decode(key).map_err(|_| {
+        ProvisioningError::invalid(format!(
+            "{field} is not valid base64; give base64 of the key's TPM2B_PUBLIC structure"
+        ))
+    })?;
+    // A TPM2B_PUBLIC starts with its own size; a 2048-bit RSA key is ~280-320 bytes.
+    if bytes.len() < 4 || usize::from(u16::from_be_bytes([bytes[0], bytes[1]])) + 2 > bytes.len() {
+        return Err(ProvisioningError::invalid(format!(
+            "{field} does not hold a TPM2B_PUBLIC structure ({} bytes); export it with tpm2_readpublic or the SDK's getEndorsementKey",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_device_id(id: &str) -> Result<(), ProvisioningError> {
+    const EXTRA: &str = "-.+%_#*?!(),:=@$'";
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || EXTRA.contains(c))
+    {
+        return Err(ProvisioningError::invalid(format!(
+            "deviceId '{id}' is not a valid IoT Hub device ID; use 1 to 128 letters, digits or {EXTRA}"
+        )));
+    }
+    Ok(())
+}
+
+/// The members enrollments and groups share.
+struct Settings<'a> {
+    initial_twin: Option<&'a InitialTwin>,
+    allocation_policy: Option<AllocationPolicy>,
+    iot_hubs: Option<&'a [String]>,
+    iot_hub_host_name: Option<&'a str>,
+    custom: Option<&'a onramp_model::CustomAllocationDefinition>,
+}
+
+impl Settings<'_> {
+    fn check(&self, ctx: &Context<'_>) -> Result<(), ProvisioningError> {
+        if let Some(twin) = self.initial_twin {
+            if let Some(tags) = &twin.tags {
+                check_twin_keys("initialTwin.tags", tags, 1)?;
+            }
+            if let Some(desired) = twin.desired() {
+                check_twin_keys("initialTwin.properties.desired", desired, 1)?;
+            }
+        }
+        let hubs = self.iot_hubs.unwrap_or_default();
+        for (i, name) in hubs.iter().enumerate() {
+            if !ctx.linked_hubs.iter().any(|h| h.is_named(name)) {
+                return Err(ProvisioningError::invalid(format!(
+                    "iotHubs[{i}] '{name}' is not linked to this provisioning service; \
+                     link it first (onramp linked-hub add) or remove it from iotHubs"
+                )));
+            }
+        }
+        if let Some(name) = self.iot_hub_host_name.filter(|n| !n.is_empty()) {
+            if !ctx.linked_hubs.iter().any(|h| h.is_named(name)) {
+                return Err(ProvisioningError::invalid(format!(
+                    "iotHubHostName '{name}' is not linked to this provisioning service; link it first"
+                )));
+            }
+        }
+        match self.allocation_policy {
+            Some(AllocationPolicy::Static) => {
+                let count = if hubs.is_empty() {
+                    usize::from(self.iot_hub_host_name.is_some_and(|n| !n.is_empty()))
+                } else {
+                    hubs.len()
+                };
+                if count != 1 {
+                    return Err(ProvisioningError::invalid(format!(
+                        "allocationPolicy static needs exactly one hub in iotHubs, found {count}"
+                    )));
+                }
+            }
+            Some(AllocationPolicy::Custom) => {
+                let Some(def) = self.custom else {
+                    return Err(ProvisioningError::invalid(
+                        "allocationPolicy custom needs customAllocationDefinition with webhookUrl and apiVersion",
+                    ));
+                };
+                let url = def.webhook_url.trim();
+                if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+                    return Err(ProvisioningError::invalid(format!(
+                        "customAllocationDefinition.webhookUrl '{url}' is not an http(s) URL"
+                    )));
+                }
+                if def.api_version.trim().is_empty() {
+                    return Err(ProvisioningError::invalid(
+                        "customAllocationDefinition.apiVersion is required, e.g. 2021-10-01",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Twin property names: no `.`, `$`, spaces or control characters; at most
+/// 10 levels deep (IoT Hub's rules, checked here so the hub never refuses).
+fn check_twin_keys(
+    path: &str,
+    map: &serde_json::Map<String, Value>,
+    depth: usize,
+) -> Result<(), ProvisioningError> {
+    if depth > 10 {
+        return Err(ProvisioningError::invalid(format!(
+            "{path} nests deeper than 10 levels; flatten it"
+        )));
+    }
+    for (key, value) in map {
+        if key.is_empty()
+            || key.len() > 1024
+            || key
+                .chars()
+                .any(|c| c == '.' || c == '$' || c == ' ' || c.is_control())
+        {
+            return Err(ProvisioningError::invalid(format!(
+                "{path} has the property name '{key}'; twin property names cannot be empty, \
+                 longer than 1024 bytes, or contain '.', '$', spaces or control characters"
+            )));
+        }
+        if let Value::Object(inner) = value {
+            check_twin_keys(&format!("{path}.{key}"), inner, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onramp_model::Secret;
+
+    fn ctx() -> Context<'static> {
+        Context {
+            linked_hubs: &[],
+            existing_attestation: None,
+        }
+    }
+
+    fn sym() -> Option<AttestationMechanism> {
+        Some(AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn generates_keys_and_fills_defaults() {
+        let e = IndividualEnrollment {
+            attestation: sym(),
+            ..Default::default()
+        };
+        let e = individual_enrollment("Dev-1", e, &ctx()).unwrap();
+        assert_eq!(e.registration_id, "Dev-1");
+        let keys = e.attestation.unwrap().symmetric_key.unwrap();
+        assert!(keys.primary_key.is_some() && keys.secondary_key.is_some());
+        assert_ne!(keys.primary_key, keys.secondary_key);
+        assert_eq!(e.provisioning_status, Some(ProvisioningStatus::Enabled));
+    }
+
+    #[test]
+    fn keeps_stored_keys_when_an_update_leaves_them_out() {
+        let stored = AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some(Secret::new("c2VjcmV0LWtleS1mb3ItdGVzdHMtMTY=")),
+                secondary_key: Some(Secret::new("b3RoZXItc2VjcmV0LWtleS1mb3ItdGVzdHM=")),
+            }),
+            ..Default::default()
+        };
+        let c = Context {
+            linked_hubs: &[],
+            existing_attestation: Some(&stored),
+        };
+        let e = IndividualEnrollment {
+            attestation: sym(),
+            ..Default::default()
+        };
+        let e = individual_enrollment("d", e, &c).unwrap();
+        assert_eq!(e.attestation, Some(stored));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: Vec<(IndividualEnrollment, &str)> = vec![
+            (IndividualEnrollment::default(), "attestation is required"),
+            (
+                IndividualEnrollment {
+                    registration_id: "other".into(),
+                    attestation: sym(),
+                    ..Default::default()
+                },
+                "differs from 'd'",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: Some(AttestationMechanism {
+                        kind: AttestationType::SymmetricKey,
+                        symmetric_key: Some(SymmetricKeyAttestation {
+                            primary_key: Some(Secret::new("c2hvcnQ=")),
+                            secondary_key: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "attestation.symmetricKey.primaryKey decodes to 5 bytes",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: sym(),
+                    iot_hubs: Some(vec!["nowhere".into()]),
+                    ..Default::default()
+                },
+                "iotHubs[0] 'nowhere' is not linked",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: sym(),
+                    allocation_policy: Some(AllocationPolicy::Static),
+                    ..Default::default()
+                },
+                "exactly one hub",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: Some(AttestationMechanism {
+                        kind: AttestationType::Tpm,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "attestation.tpm is required",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: Some(AttestationMechanism {
+                        kind: AttestationType::Tpm,
+                        tpm: Some(onramp_model::TpmAttestation {
+                            endorsement_key: "%%%".into(),
+                            storage_root_key: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "attestation.tpm.endorsementKey is not valid base64",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: Some(AttestationMechanism {
+                        kind: AttestationType::X509,
+                        x509: Some(onramp_model::X509Attestation {
+                            client_certificates: Some(X509Certificates {
+                                primary: Some(X509CertificateWithInfo {
+                                    certificate: Some("nonsense".into()),
+                                    info: None,
+                                }),
+                                secondary: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "attestation.x509.clientCertificates.primary.certificate",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: sym(),
+                    initial_twin: Some(serde_json::from_str(r#"{"tags":{"a.b":1}}"#).unwrap()),
+                    ..Default::default()
+                },
+                "initialTwin.tags has the property name 'a.b'",
+            ),
+            (
+                IndividualEnrollment {
+                    attestation: sym(),
+                    device_id: Some("bad id".into()),
+                    ..Default::default()
+                },
+                "deviceId 'bad id'",
+            ),
+        ];
+        for (e, want) in cases {
+            let err = individual_enrollment("d", e, &ctx()).unwrap_err();
+            assert!(
+                err.message.contains(want),
+                "{} does not contain {want}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn groups_refuse_tpm() {
+        let g = EnrollmentGroup {
+            attestation: Some(AttestationMechanism {
+                kind: AttestationType::Tpm,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            enrollment_group("g", g, &ctx())
+                .unwrap_err()
+                .message
+                .contains("cannot use tpm")
+        );
+    }
+}

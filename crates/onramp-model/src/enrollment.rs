@@ -1,0 +1,423 @@
+//! Individual enrollments, enrollment groups and what they embed, as the DPS
+//! service API (api-versions 2018-04-01 to 2026-11-01) writes them.
+//!
+//! Every field a client may omit is an `Option` so that the service can tell
+//! "absent" from "default" and answer with a precise validation message.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::{ETag, UtcTime, registration::DeviceRegistrationState};
+
+/// A free-form JSON object: twin tags, desired properties, device information.
+pub type TwinCollection = Map<String, Value>;
+
+/// A secret string (a symmetric key). `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndividualEnrollment {
+    /// Required by the spec; a PUT may leave it out and let the path supply it.
+    #[serde(default)]
+    pub registration_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Read-only: the registration record of this enrollment's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_state: Option<DeviceRegistrationState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional_device_information: Option<TwinCollection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationMechanism>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<DeviceCapabilities>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_hub_host_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_twin: Option<InitialTwin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<ETag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<ProvisioningStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprovision_policy: Option<ReprovisionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_policy: Option<AllocationPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_hubs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+    #[serde(flatten)]
+    pub extensions: VersionExtensions,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentGroup {
+    #[serde(default)]
+    pub enrollment_group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationMechanism>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<DeviceCapabilities>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_hub_host_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_twin: Option<InitialTwin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<ETag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<ProvisioningStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprovision_policy: Option<ReprovisionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_policy: Option<AllocationPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_hubs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+    #[serde(flatten)]
+    pub extensions: VersionExtensions,
+}
+
+/// Fields that newer (or preview) api-versions added. Onramp stores and echoes
+/// them so that a client of any version reads back what it wrote.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionExtensions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_policy_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_policy_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_issuance_policy: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationMechanism {
+    #[serde(rename = "type")]
+    pub kind: AttestationType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmAttestation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509Attestation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<SymmetricKeyAttestation>,
+}
+
+macro_rules! case_insensitive_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses any capitalisation (clients and docs disagree on it).
+            pub fn parse(text: &str) -> Option<Self> {
+                $(if text.eq_ignore_ascii_case($text) { return Some($name::$variant); })+
+                None
+            }
+
+            fn expected() -> String {
+                [$($text),+].join(", ")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                $name::parse(&text).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "'{text}' is not one of: {}", $name::expected()
+                    ))
+                })
+            }
+        }
+    };
+}
+pub(crate) use case_insensitive_enum;
+
+case_insensitive_enum!(
+    /// How a device proves its identity.
+    AttestationType {
+        None => "none",
+        Tpm => "tpm",
+        X509 => "x509",
+        SymmetricKey => "symmetricKey",
+    }
+);
+
+impl Default for AttestationType {
+    fn default() -> Self {
+        AttestationType::None
+    }
+}
+
+case_insensitive_enum!(
+    ProvisioningStatus {
+        Enabled => "enabled",
+        Disabled => "disabled",
+    }
+);
+
+case_insensitive_enum!(
+    /// How a hub is chosen for a device.
+    AllocationPolicy {
+        Hashed => "hashed",
+        GeoLatency => "geoLatency",
+        Static => "static",
+        Custom => "custom",
+    }
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmAttestation {
+    #[serde(default)]
+    pub endorsement_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_root_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKeyAttestation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Attestation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<X509Certificates>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_certificates: Option<X509Certificates>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_references: Option<X509CaReferences>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Certificates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<X509CertificateWithInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<X509CertificateWithInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CertificateWithInfo {
+    /// PEM text or bare base64 DER, as the client sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Computed by the service from `certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<X509CertificateInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CertificateInfo {
+    pub subject_name: String,
+    pub sha1_thumbprint: String,
+    pub sha256_thumbprint: String,
+    pub issuer_name: String,
+    pub not_before_utc: UtcTime,
+    pub not_after_utc: UtcTime,
+    pub serial_number: String,
+    pub version: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CaReferences {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitialTwin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TwinCollection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<InitialTwinProperties>,
+}
+
+impl InitialTwin {
+    pub fn desired(&self) -> Option<&TwinCollection> {
+        self.properties.as_ref().and_then(|p| p.desired.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.as_ref().is_none_or(|t| t.is_empty())
+            && self.desired().is_none_or(|d| d.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitialTwinProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<TwinCollection>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCapabilities {
+    #[serde(default)]
+    pub iot_edge: bool,
+}
+
+/// What happens when a device registers again. Both flags default to `true`
+/// ("re-provision and migrate data").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReprovisionPolicy {
+    #[serde(default = "yes")]
+    pub update_hub_assignment: bool,
+    #[serde(default = "yes")]
+    pub migrate_device_data: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ReprovisionPolicy {
+    fn default() -> Self {
+        Self {
+            update_hub_assignment: true,
+            migrate_device_data: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomAllocationDefinition {
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub api_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_round_trips_with_every_attestation() {
+        let text = r#"{
+            "registrationId": "dev-1",
+            "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": "MIIB"}}}},
+            "initialTwin": {"tags": {"t": 1}, "properties": {"desired": {"d": {"x": [1, 2]}}}},
+            "capabilities": {"iotEdge": true},
+            "allocationPolicy": "GeoLatency",
+            "provisioningStatus": "Disabled",
+            "reprovisionPolicy": {"updateHubAssignment": false},
+            "iotHubs": ["h1"],
+            "namespaceName": "ns-1"
+        }"#;
+        let e: IndividualEnrollment = serde_json::from_str(text).unwrap();
+        assert_eq!(e.allocation_policy, Some(AllocationPolicy::GeoLatency));
+        assert_eq!(e.provisioning_status, Some(ProvisioningStatus::Disabled));
+        assert_eq!(
+            e.reprovision_policy,
+            Some(ReprovisionPolicy {
+                update_hub_assignment: false,
+                migrate_device_data: true
+            })
+        );
+        assert_eq!(e.extensions.namespace_name.as_deref(), Some("ns-1"));
+        let back = serde_json::to_value(&e).unwrap();
+        assert_eq!(back["allocationPolicy"], "geoLatency");
+        assert_eq!(back["attestation"]["type"], "x509");
+        assert_eq!(back["initialTwin"]["properties"]["desired"]["d"]["x"][1], 2);
+        assert_eq!(back["namespaceName"], "ns-1");
+        let again: IndividualEnrollment = serde_json::from_value(back).unwrap();
+        assert_eq!(again, e);
+
+        let tpm: AttestationMechanism = serde_json::from_str(
+            r#"{"type":"tpm","tpm":{"endorsementKey":"AToAAQ==","storageRootKey":"ARgAAQ=="}}"#,
+        )
+        .unwrap();
+        assert_eq!(tpm.kind, AttestationType::Tpm);
+        assert_eq!(
+            tpm.tpm.unwrap().storage_root_key.as_deref(),
+            Some("ARgAAQ==")
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_named_in_the_error() {
+        let err = serde_json::from_str::<AttestationMechanism>(r#"{"type":"magic"}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'magic' is not one of: none, tpm, x509, symmetricKey")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

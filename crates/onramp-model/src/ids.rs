@@ -1,0 +1,210 @@
+//! Identifiers with rules: registration IDs, enrollment group IDs, ID scopes and ETags.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest registration or enrollment group ID Azure accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A registration ID (or enrollment group ID) that passed [`RegistrationId::parse`].
+///
+/// IDs are case-insensitive: [`RegistrationId::key`] is the lower-case form used
+/// for lookups, while the original spelling is kept for display.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RegistrationId(String);
+
+impl RegistrationId {
+    /// Checks Azure's rules: 1 to 128 characters from `A-Z a-z 0-9 - . _ :`,
+    /// starting with a letter or digit and ending with a letter, digit or `-`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        check_id(text, "registration ID").map(|()| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The case-folded form under which the ID is stored and looked up.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl fmt::Display for RegistrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validates an enrollment group ID (same alphabet and length as registration IDs).
+pub fn check_group_id(text: &str) -> Result<(), String> {
+    check_id(text, "enrollment group ID")
+}
+
+fn check_id(text: &str, what: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err(format!(
+            "the {what} is empty; use 1 to {MAX_ID_LEN} characters"
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_ID_LEN {
+        let head: String = text.chars().take(16).collect();
+        return Err(format!(
+            "the {what} '{head}…' is {chars} characters long; the limit is {MAX_ID_LEN}"
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
+    {
+        return Err(format!(
+            "the {what} '{text}' contains '{bad}'; only letters, digits and - . _ : are allowed"
+        ));
+    }
+    let first = text.as_bytes()[0];
+    let last = text.as_bytes()[text.len() - 1];
+    if !first.is_ascii_alphanumeric() {
+        return Err(format!(
+            "the {what} '{text}' must start with a letter or a digit"
+        ));
+    }
+    if !(last.is_ascii_alphanumeric() || last == b'-') {
+        return Err(format!(
+            "the {what} '{text}' must end with a letter, a digit or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The ID scope that names one provisioning service to devices, e.g. `0ne0001A2B3`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdScope(String);
+
+impl IdScope {
+    /// Accepts what a device may send: 1 to 64 ASCII letters and digits.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "'{text}' is not an ID scope; an ID scope looks like 0ne0001A2B3"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Azure's form: `0ne` followed by eight upper-case hex digits.
+    pub fn from_number(n: u32) -> Self {
+        Self(format!("0ne{n:08X}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// ID scopes compare case-insensitively.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl fmt::Display for IdScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An entity tag in the quoted form Azure returns, e.g. `"\"1a2b3c4d5e6f7a8b\""`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ETag(String);
+
+impl ETag {
+    /// Wraps an opaque value in quotes.
+    pub fn from_opaque(value: &str) -> Self {
+        Self(format!("\"{value}\""))
+    }
+
+    /// Keeps a tag exactly as a client or a store gave it.
+    pub fn from_raw(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tag without `W/` and surrounding quotes: what comparisons use.
+    pub fn opaque(&self) -> &str {
+        strip_tag(&self.0)
+    }
+
+    /// `If-Match` semantics: equal opaque values, or the wildcard `*`.
+    pub fn matches(&self, if_match: &str) -> bool {
+        let wanted = strip_tag(if_match.trim());
+        wanted == "*" || wanted == self.opaque()
+    }
+}
+
+fn strip_tag(tag: &str) -> &str {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let tag = tag.strip_prefix('"').unwrap_or(tag);
+    tag.strip_suffix('"').unwrap_or(tag)
+}
+
+/// Whether an `If-Match` value is the wildcard (`*` or `"*"`).
+pub fn is_wildcard(if_match: &str) -> bool {
+    strip_tag(if_match) == "*"
+}
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_id_rules() {
+        for ok in [
+            "a",
+            "dev-01",
+            "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6",
+            "a:b.c_d",
+            "x-",
+        ] {
+            assert!(RegistrationId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a.", "a b", "ü", "a/b", &"x".repeat(129)] {
+            assert!(RegistrationId::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(RegistrationId::parse("Dev-01").unwrap().key(), "dev-01");
+        let long = RegistrationId::parse(&"x".repeat(129)).unwrap_err();
+        assert!(long.contains("129 characters"), "{long}");
+    }
+
+    #[test]
+    fn etag_comparison_is_tolerant() {
+        let tag = ETag::from_opaque("abc");
+        assert_eq!(tag.as_str(), "\"abc\"");
+        assert!(tag.matches("\"abc\""));
+        assert!(tag.matches("abc"));
+        assert!(tag.matches("W/\"abc\""));
+        assert!(tag.matches("*"));
+        assert!(tag.matches("\"*\""));
+        assert!(!tag.matches("\"abd\""));
+    }
+
+    #[test]
+    fn id_scope_form() {
+        assert_eq!(IdScope::from_number(0x1A2B3).as_str(), "0ne0001A2B3");
+        assert!(IdScope::parse("0ne0001A2B3").is_ok());
+        assert!(IdScope::parse("0ne/x").is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! Wire types of Onramp: the exact JSON that Azure IoT Hub Device Provisioning
+//! Service clients send and expect, and the IoT Hub REST subset Onramp speaks to
+//! its linked hubs.
+//!
+//! Layout:
+//! - [`time`]: timestamps in Azure's form (`2022-08-31T22:02:50.5163352Z`).
+//! - [`ids`]: identifiers with rules (registration IDs, ID scopes, ETags).
+//! - [`enrollment`]: individual enrollments, enrollment groups and everything
+//!   they embed (attestation mechanisms, initial twin, policies).
+//! - [`registration`]: the device API (register request, operation status) and
+//!   the registration state the service API exposes.
+//! - [`query`]: query specifications and bulk operations of the service API.
+//! - [`error`]: the Azure error body and Onramp's catalogue of error codes.
+//! - [`hub`]: IoT Hub device identities and twins.
+//!
+//! Nothing here does I/O or holds business rules; it is data with `serde`.
+#![forbid(unsafe_code)]
+
+pub mod enrollment;
+pub mod error;
+pub mod hub;
+pub mod ids;
+pub mod query;
+pub mod registration;
+pub mod time;
+
+pub use enrollment::*;
+pub use error::{ErrorBody, ErrorCode};
+pub use ids::{ETag, IdScope, RegistrationId};
+pub use registration::*;
+pub use time::UtcTime;

@@ -1,0 +1,204 @@
+//! The device API (register, operation status, status lookup) and the
+//! registration state that both APIs expose.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::enrollment::{TpmAttestation, X509CertificateInfo, case_insensitive_enum};
+use crate::{ETag, UtcTime};
+
+/// Body of `PUT /{idScope}/registrations/{registrationId}/register`.
+///
+/// Every member is optional: C# over MQTT/AMQP sends no `registrationId`,
+/// Python always sends `payload` (possibly `null`), Java sends `payload` as a
+/// JSON string. Identity never comes from this body alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmAttestation>,
+    /// Any JSON value; `null` counts as absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_as_none"
+    )]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+fn null_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(if v.is_null() { None } else { Some(v) })
+}
+
+case_insensitive_enum!(
+    /// Status of a registration. Onramp never sends `unassigned` to a device:
+    /// several SDKs treat it as fatal or as a TPM challenge.
+    RegistrationStatus {
+        Unassigned => "unassigned",
+        Assigning => "assigning",
+        Assigned => "assigned",
+        Failed => "failed",
+        Disabled => "disabled",
+    }
+);
+
+impl RegistrationStatus {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            RegistrationStatus::Assigning | RegistrationStatus::Unassigned
+        )
+    }
+}
+
+case_insensitive_enum!(
+    /// Why a device ended on its hub.
+    Substatus {
+        InitialAssignment => "initialAssignment",
+        DeviceDataMigrated => "deviceDataMigrated",
+        DeviceDataReset => "deviceDataReset",
+        ReprovisionedToInitialAssignment => "reprovisionedToInitialAssignment",
+    }
+);
+
+/// `RegistrationOperationStatus`: the answer to register and to every poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationOperationStatus {
+    pub operation_id: String,
+    pub status: RegistrationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_state: Option<DeviceRegistrationState>,
+}
+
+/// The registration record of one device: `DeviceRegistrationResult` on the
+/// device API, `DeviceRegistrationState` on the service API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistrationState {
+    pub registration_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_hub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    pub status: RegistrationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<Substatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_date_time_utc: Option<UtcTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<ETag>,
+    /// Only ever an object (Java's SDK parses it as one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509RegistrationResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmRegistrationResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_certificate_chain: Option<Vec<String>>,
+}
+
+impl DeviceRegistrationState {
+    pub fn new(registration_id: impl Into<String>, status: RegistrationStatus) -> Self {
+        Self {
+            registration_id: registration_id.into(),
+            created_date_time_utc: None,
+            assigned_hub: None,
+            device_id: None,
+            status,
+            substatus: None,
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: None,
+            etag: None,
+            payload: None,
+            symmetric_key: None,
+            x509: None,
+            tpm: None,
+            issued_certificate_chain: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKeyRegistrationResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509RegistrationResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_info: Option<X509CertificateInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_certificate_info: Option<X509CertificateInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmRegistrationResult {
+    pub authentication_key: String,
+}
+
+/// The 401 body of the TPM nonce challenge. It must never carry `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmRegistrationChallenge {
+    pub message: String,
+    pub authentication_key: String,
+    pub key_name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_body_accepts_every_sdk_shape() {
+        let python: DeviceRegistration =
+            serde_json::from_str(r#"{"payload": null, "registrationId": "x"}"#).unwrap();
+        assert_eq!(python.payload, None);
+        let java: DeviceRegistration =
+            serde_json::from_str(r#"{"registrationId":"x","payload":"{\"a\":1}"}"#).unwrap();
+        assert_eq!(java.payload, Some(Value::String("{\"a\":1}".into())));
+        let csharp: DeviceRegistration = serde_json::from_str("{}").unwrap();
+        assert_eq!(csharp.registration_id, None);
+    }
+
+    #[test]
+    fn operation_status_shape() {
+        let mut state = DeviceRegistrationState::new("dev", RegistrationStatus::Assigned);
+        state.assigned_hub = Some("hub".into());
+        state.substatus = Some(Substatus::InitialAssignment);
+        state.error_code = None;
+        let op = RegistrationOperationStatus {
+            operation_id: "1.abc.def".into(),
+            status: RegistrationStatus::Assigned,
+            registration_state: Some(state),
+        };
+        let v = serde_json::to_value(&op).unwrap();
+        assert_eq!(v["status"], "assigned");
+        assert_eq!(v["registrationState"]["substatus"], "initialAssignment");
+        assert!(v["registrationState"].get("errorCode").is_none());
+    }
+}
