@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use onramp_model::{
-    DeviceCapabilities, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment,
+    DeviceCapabilities, DeviceRegistrationState, ETag, EnrollmentGroup, IndividualEnrollment,
     InitialTwin, Secret, UtcTime,
 };
 
@@ -45,6 +45,28 @@ impl Precondition {
             Some(v) => Precondition::IfMatch(v.to_owned()),
             None => Precondition::None,
         }
+    }
+}
+
+/// Applies a precondition to the current ETag of a record (None = absent).
+pub fn check_precondition(
+    current: Option<&ETag>,
+    condition: &Precondition,
+    what: &str,
+) -> Result<(), StoreError> {
+    match (condition, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::IfNotExists, None) => Ok(()),
+        (Precondition::IfNotExists, Some(_)) => {
+            Err(StoreError::AlreadyExists(format!("{what} already exists")))
+        }
+        (Precondition::IfMatch(tag), Some(cur)) if cur.matches(tag) => Ok(()),
+        (Precondition::IfMatch(tag), Some(cur)) => Err(StoreError::PreconditionFailed(format!(
+            "If-Match {tag} does not match the current ETag {cur} of {what}; read it again and retry"
+        ))),
+        (Precondition::IfMatch(tag), None) => Err(StoreError::PreconditionFailed(format!(
+            "If-Match {tag} was given but {what} does not exist; create it without If-Match"
+        ))),
     }
 }
 

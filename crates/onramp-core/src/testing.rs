@@ -13,7 +13,7 @@ use onramp_model::{ETag, EnrollmentGroup, IndividualEnrollment, UtcTime};
 
 use crate::ports::{
     Clock, DeviceIdentity, HubError, HubRegistry, Precondition, RegistrationRecord, Store,
-    StoreError,
+    StoreError, check_precondition,
 };
 use crate::tenant::{LinkedHub, ProvisioningService, SharedAccessPolicy};
 
@@ -55,28 +55,6 @@ impl MemoryStore {
 
 fn k(service: &str, key: &str) -> Key {
     (service.to_owned(), key.to_owned())
-}
-
-/// Applies a precondition to the current ETag of a record (None = absent).
-pub fn check_precondition(
-    current: Option<&ETag>,
-    condition: &Precondition,
-    what: &str,
-) -> Result<(), StoreError> {
-    match (condition, current) {
-        (Precondition::None, _) => Ok(()),
-        (Precondition::IfNotExists, None) => Ok(()),
-        (Precondition::IfNotExists, Some(_)) => {
-            Err(StoreError::AlreadyExists(format!("{what} already exists")))
-        }
-        (Precondition::IfMatch(tag), Some(cur)) if cur.matches(tag) => Ok(()),
-        (Precondition::IfMatch(tag), Some(cur)) => Err(StoreError::PreconditionFailed(format!(
-            "If-Match {tag} does not match the current ETag {cur} of {what}; read it again and retry"
-        ))),
-        (Precondition::IfMatch(tag), None) => Err(StoreError::PreconditionFailed(format!(
-            "If-Match {tag} was given but {what} does not exist; create it without If-Match"
-        ))),
-    }
 }
 
 fn page<T: Clone>(

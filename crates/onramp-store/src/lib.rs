@@ -1,1 +1,17 @@
+//! Onramp's storage: implementations of [`onramp_core::ports::Store`] and the
+//! sealing of secrets at rest.
+//!
+//! - [`seal`]: AES-256-GCM under a master key ring; the key ID is stored
+//!   beside each ciphertext so keys can rotate.
+//! - [`sqlite`]: the embedded default, one SQLite file in WAL mode, one writer
+//!   thread that commits in groups and a few reader threads.
+//!
+//! Symmetric keys, policy keys and hub connection strings never reach a
+//! database file in plaintext: every backend seals them with [`seal::Sealer`].
 #![forbid(unsafe_code)]
+
+pub mod seal;
+pub mod sqlite;
+
+pub use seal::Sealer;
+pub use sqlite::SqliteStore;

@@ -1,0 +1,187 @@
+//! SQLite connections on their own threads: one writer that commits jobs in
+//! groups (one fsync for many registrations under load, none lost: a caller
+//! hears back only after the commit), and a few readers.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use onramp_core::ports::StoreError;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// Most jobs committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs a job inside the open transaction, or reports why there is none.
+type WriteJob = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Completion + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: survives power loss (the default).
+    Full,
+    /// fsync at checkpoints only: survives a crash of Onramp, not of the machine.
+    Normal,
+}
+
+pub struct Db {
+    writer: mpsc::Sender<WriteJob>,
+    readers: mpsc::Sender<ReadJob>,
+}
+
+pub fn sql_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("SQLite: {e}"))
+}
+
+fn configure(conn: &Connection, durability: Durability, read_only: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path`, runs `migrate` on the
+    /// writer connection, then starts the threads.
+    pub fn open(
+        path: &Path,
+        readers: usize,
+        durability: Durability,
+        migrate: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<Self, StoreError> {
+        let writer_conn = Connection::open(path).map_err(sql_error)?;
+        configure(&writer_conn, durability, false).map_err(sql_error)?;
+        migrate(&writer_conn).map_err(sql_error)?;
+
+        let (write_tx, write_rx) = mpsc::channel::<WriteJob>();
+        thread::Builder::new()
+            .name("onramp-store-writer".into())
+            .spawn(move || writer_loop(writer_conn, write_rx))
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store writer thread: {e}"))
+            })?;
+
+        let (read_tx, read_rx) = mpsc::channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for i in 0..readers.max(1) {
+            let conn = Connection::open(path).map_err(sql_error)?;
+            configure(&conn, durability, true).map_err(sql_error)?;
+            let rx = read_rx.clone();
+            thread::Builder::new()
+                .name(format!("onramp-store-reader-{i}"))
+                .spawn(move || reader_loop(conn, rx))
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start a store reader thread: {e}"))
+                })?;
+        }
+        Ok(Self {
+            writer: write_tx,
+            readers: read_tx,
+        })
+    }
+
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.readers
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` inside the next group commit; returns after the commit.
+    /// A job that fails is rolled back alone; the rest of its group commits.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Box::new(move |conn: Result<&Connection, StoreError>| {
+                let result = conn.and_then(|conn| in_savepoint(conn, f));
+                Box::new(move |commit: Result<(), StoreError>| {
+                    let _ = tx.send(commit.and(result));
+                })
+            }))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is shutting down".into())
+}
+
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE job").map_err(sql_error)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = sql_error(e);
+            first(Err(error.clone()))(Err(error));
+            continue;
+        }
+        let mut completions = vec![first(Ok(&conn))];
+        while completions.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => completions.push(job(Ok(&conn))),
+                Err(_) => break,
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(sql_error);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for completion in completions {
+            completion(commit.clone());
+        }
+    }
+}
+
+fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = {
+            let Ok(rx) = jobs.lock() else { return };
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        job(&conn);
+    }
+}
