@@ -1,0 +1,204 @@
+//! The development PKI: a local CA and a server certificate for the names
+//! Onramp answers to, created on first start under `<data>/tls` and reused
+//! after. Devices and SDKs trust `ca.pem`; nothing here is for production
+//! (bring your own certificate with `tls.cert` / `tls.key`).
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Paths and contents of the development PKI.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub ca_cert_path: PathBuf,
+    pub ca_pem: String,
+    /// Server certificate followed by the CA certificate.
+    pub server_chain_pem: String,
+    pub server_key_pem: String,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Loads the PKI from `dir`, creating the CA and server certificate if
+/// missing, and re-issuing the server certificate if it does not cover
+/// every name in `host_names` (or expires within 30 days).
+pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
+    fs::create_dir_all(dir)?;
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let server_cert_path = dir.join("server.pem");
+    let server_key_path = dir.join("server.key");
+
+    if !ca_cert_path.exists() || !ca_key_path.exists() {
+        let key = KeyPair::generate().map_err(other)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Onramp Development CA");
+        dn.push(DnType::OrganizationName, "Onramp (development only)");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key).map_err(other)?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        fs::write(&ca_cert_path, cert.pem())?;
+        let _ = fs::remove_file(&server_cert_path);
+    }
+    let ca_pem = fs::read_to_string(&ca_cert_path)?;
+
+    let wanted: Vec<String> = host_names
+        .iter()
+        .map(|h| strip_port(h).to_ascii_lowercase())
+        .collect();
+    let current = fs::read_to_string(&server_cert_path).ok();
+    let fresh =
+        current.as_deref().is_some_and(|pem| covers(pem, &wanted)) && server_key_path.exists();
+    if !fresh {
+        let ca_key = KeyPair::from_pem(&fs::read_to_string(&ca_key_path)?).map_err(other)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(other)?;
+        let key = KeyPair::generate().map_err(other)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            wanted
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into()),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = wanted
+            .iter()
+            .map(|name| match name.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => name.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(other)?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(825);
+        let cert = params.signed_by(&key, &issuer).map_err(other)?;
+        write_private(&server_key_path, key.serialize_pem().as_bytes())?;
+        fs::write(&server_cert_path, format!("{}{}", cert.pem(), ca_pem))?;
+    }
+    Ok(DevPki {
+        ca_cert_path,
+        ca_pem,
+        server_chain_pem: fs::read_to_string(&server_cert_path)?,
+        server_key_pem: fs::read_to_string(&server_key_path)?,
+    })
+}
+
+/// The names Onramp's development certificate always covers.
+pub fn default_host_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether the certificate in `pem` names every host in `wanted` and is not
+/// about to expire.
+fn covers(pem: &str, wanted: &[String]) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let expires = cert.validity().not_after.timestamp();
+    if expires < (OffsetDateTime::now_utc() + Duration::days(30)).unix_timestamp() {
+        return false;
+    }
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    wanted.iter().all(|w| names.iter().any(|n| n == w))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fs::write(path, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_reused_and_reissued_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = default_host_names();
+        let a = load_or_create(dir.path(), &names).unwrap();
+        let b = load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(a.server_chain_pem, b.server_chain_pem, "reused");
+        let mut more = names.clone();
+        more.push("dps.example.net:8443".into());
+        let c = load_or_create(dir.path(), &more).unwrap();
+        assert_ne!(
+            a.server_chain_pem, c.server_chain_pem,
+            "reissued for a new name"
+        );
+        assert_eq!(a.ca_pem, c.ca_pem, "the CA stays");
+        assert!(covers(
+            &c.server_chain_pem,
+            &["dps.example.net".into(), "127.0.0.1".into()]
+        ));
+        crate::tls::server_config(&c.server_chain_pem, &c.server_key_pem, &[b"http/1.1"]).unwrap();
+    }
+}
