@@ -1,1 +1,17 @@
+//! The IoT Hub side of Onramp.
+//!
+//! - [`client`]: [`client::HubClient`], the engine's `HubRegistry`: it
+//!   creates device identities and sets initial twins in linked hubs through
+//!   the IoT Hub service REST API, authenticated by each hub's connection string.
+//! - [`companion`]: Onramp's own IoT hub, which implements that REST subset
+//!   with its own store, so the whole provisioning flow works on one machine.
+//!   `onramp serve` embeds it; `onramp hub serve` runs it alone.
+//! - [`twin`]: twin documents and their merge rules, shared by both.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod companion;
+pub mod twin;
+
+pub use client::HubClient;
+pub use companion::CompanionHub;

@@ -2,6 +2,9 @@
 
 mod db;
 
+// The hub crate keeps its own tables with the same group-commit machinery.
+pub use db::{Db, sql_error};
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,7 +20,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 pub use db::Durability;
-use db::{Db, sql_error};
 
 use crate::seal::Sealer;
 

@@ -1,0 +1,306 @@
+//! [`HubClient`]: the engine's `HubRegistry` over the IoT Hub service REST API
+//! (api-version 2021-04-12). One adapter serves Azure IoT Hub and Onramp's
+//! companion hub alike.
+//!
+//! Registering a device is: `PUT /devices/{id}` without `If-Match` (create);
+//! on 409 the device exists and the same PUT with `If-Match: "*"` updates it;
+//! then `PUT /twins/{id}` sets the initial tags and desired properties when
+//! the engine asks for them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onramp_core::connection_string::ConnectionString;
+use onramp_core::ports::{DeviceIdentity, HubError, HubRegistry, IdentityAuth, TwinSetup};
+use onramp_core::sas;
+use onramp_core::tenant::LinkedHub;
+use onramp_model::hub::{
+    AuthenticationMechanism, AuthenticationType, Device, DeviceStatus, HUB_API_VERSION,
+    HubErrorBody, SymmetricKey, Twin, TwinProperties,
+};
+use reqwest::StatusCode;
+
+/// Lifetime of the SAS tokens the client signs; they are reused until close to expiry.
+const TOKEN_TTL_SECONDS: i64 = 3600;
+
+#[derive(Clone)]
+struct Credentials {
+    host: String,
+    key_name: String,
+    key: String,
+}
+
+struct CachedToken {
+    token: String,
+    expires: i64,
+}
+
+/// REST client for linked hubs.
+pub struct HubClient {
+    http: reqwest::Client,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+impl HubClient {
+    /// `tls` decides which hub certificates are trusted (the machine's roots
+    /// plus, in development, Onramp's own CA).
+    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| format!("cannot build the hub HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn credentials(hub: &LinkedHub) -> Result<Credentials, HubError> {
+        let cs = ConnectionString::parse(hub.connection_string.expose()).map_err(|e| {
+            HubError::Unauthorized(format!("the hub's connection string is unusable: {e}"))
+        })?;
+        let (Some(key_name), Some(key)) = (cs.shared_access_key_name, cs.shared_access_key) else {
+            return Err(HubError::Unauthorized(
+                "the hub's connection string needs SharedAccessKeyName and SharedAccessKey".into(),
+            ));
+        };
+        Ok(Credentials {
+            host: cs.host_name,
+            key_name,
+            key: key.expose().to_owned(),
+        })
+    }
+
+    fn token(&self, creds: &Credentials) -> Result<String, HubError> {
+        let now = unix_now();
+        let cache_key = format!("{}|{}|{}", creds.host, creds.key_name, creds.key);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tokens.get(&cache_key)
+            && t.expires - now > 300
+        {
+            return Ok(t.token.clone());
+        }
+        let expires = now + TOKEN_TTL_SECONDS;
+        let token = sas::sign(&creds.host, &creds.key, expires, Some(&creds.key_name))
+            .map_err(|e| HubError::Unauthorized(format!("the hub's SharedAccessKey {e}")))?;
+        tokens.insert(
+            cache_key,
+            CachedToken {
+                token: token.clone(),
+                expires,
+            },
+        );
+        Ok(token)
+    }
+
+    fn url(creds: &Credentials, path: &str) -> String {
+        format!(
+            "https://{}/{path}?api-version={HUB_API_VERSION}",
+            creds.host
+        )
+    }
+
+    async fn send(
+        &self,
+        creds: &Credentials,
+        method: reqwest::Method,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<(StatusCode, bytes::Bytes), HubError> {
+        let mut req = self
+            .http
+            .request(method, Self::url(creds, path))
+            .header("Authorization", self.token(creds)?);
+        if let Some(tag) = if_match {
+            req = req.header("If-Match", tag);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                HubError::Unreachable(format!("no answer from {} in time", creds.host))
+            } else {
+                HubError::Unreachable(format!("{}: {}", creds.host, error_chain(&e)))
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            HubError::Unreachable(format!("{}: reading the answer: {e}", creds.host))
+        })?;
+        Ok((status, body))
+    }
+
+    /// Reads a device identity (keys included, as IoT Hub returns them).
+    pub async fn get_device(
+        &self,
+        hub: &LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<Device>, HubError> {
+        let creds = Self::credentials(hub)?;
+        let (status, body) = self
+            .send(
+                &creds,
+                reqwest::Method::GET,
+                &format!("devices/{}", encode(device_id)),
+                None,
+                None::<&()>,
+            )
+            .await?;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body).map(Some).map_err(|e| {
+                HubError::Rejected(format!("the hub answered an unreadable device: {e}"))
+            }),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(failure(other, &body)),
+        }
+    }
+
+    /// Reads a device twin.
+    pub async fn get_twin(
+        &self,
+        hub: &LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<Twin>, HubError> {
+        let creds = Self::credentials(hub)?;
+        let (status, body) = self
+            .send(
+                &creds,
+                reqwest::Method::GET,
+                &format!("twins/{}", encode(device_id)),
+                None,
+                None::<&()>,
+            )
+            .await?;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body).map(Some).map_err(|e| {
+                HubError::Rejected(format!("the hub answered an unreadable twin: {e}"))
+            }),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(failure(other, &body)),
+        }
+    }
+}
+
+#[async_trait]
+impl HubRegistry for HubClient {
+    async fn register_device(
+        &self,
+        hub: &LinkedHub,
+        device: &DeviceIdentity,
+    ) -> Result<(), HubError> {
+        let creds = Self::credentials(hub)?;
+        let IdentityAuth::SymmetricKey { primary, secondary } = &device.auth;
+        let body = Device {
+            device_id: device.device_id.clone(),
+            status: Some(DeviceStatus::Enabled),
+            authentication: Some(AuthenticationMechanism {
+                kind: AuthenticationType::Sas,
+                symmetric_key: Some(SymmetricKey {
+                    primary_key: Some(primary.clone()),
+                    secondary_key: Some(secondary.clone()),
+                }),
+                x509_thumbprint: None,
+            }),
+            capabilities: Some(device.capabilities),
+            ..Default::default()
+        };
+        let path = format!("devices/{}", encode(&device.device_id));
+        let (status, resp) = self
+            .send(&creds, reqwest::Method::PUT, &path, None, Some(&body))
+            .await?;
+        let existed = match status {
+            StatusCode::OK | StatusCode::CREATED => false,
+            StatusCode::CONFLICT => {
+                let (status, resp) = self
+                    .send(
+                        &creds,
+                        reqwest::Method::PUT,
+                        &path,
+                        Some("\"*\""),
+                        Some(&body),
+                    )
+                    .await?;
+                if !status.is_success() {
+                    return Err(failure(status, &resp));
+                }
+                true
+            }
+            other => return Err(failure(other, &resp)),
+        };
+        if let TwinSetup::Initial(initial) = &device.twin
+            && (existed || !initial.is_empty())
+        {
+            let twin = Twin {
+                device_id: device.device_id.clone(),
+                tags: Some(initial.tags.clone().unwrap_or_default()),
+                properties: Some(TwinProperties {
+                    desired: Some(initial.desired().cloned().unwrap_or_default()),
+                    reported: None,
+                }),
+                ..Default::default()
+            };
+            let (status, resp) = self
+                .send(
+                    &creds,
+                    reqwest::Method::PUT,
+                    &format!("twins/{}", encode(&device.device_id)),
+                    Some("\"*\""),
+                    Some(&twin),
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(failure(status, &resp));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn failure(status: StatusCode, body: &[u8]) -> HubError {
+    let text = serde_json::from_slice::<HubErrorBody>(body)
+        .ok()
+        .map(|b| b.message)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    let message = format!("HTTP {}: {text}", status.as_u16());
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => HubError::Unauthorized(message),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            HubError::Unreachable(message)
+        }
+        _ => HubError::Rejected(message),
+    }
+}
+
+fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Shared handle, for callers that hold one client for everything.
+pub type SharedHubClient = Arc<HubClient>;

@@ -1,0 +1,92 @@
+//! Onramp's companion IoT hub: the IoT Hub service REST subset a provisioning
+//! service needs (device identities and twins), with its own store.
+//!
+//! Embedded in `onramp serve` it shares the HTTPS listener (its routes,
+//! `/devices/…` and `/twins/…`, do not overlap the DPS routes) and Onramp's
+//! engine still reaches it over real HTTPS, as it would any linked hub.
+
+mod auth;
+mod rest;
+mod store;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use onramp_core::keys;
+use onramp_core::ports::StoreError;
+use onramp_store::Sealer;
+
+pub use auth::{HubPolicy, HubRights};
+pub use store::{DeviceRecord, HubStore, HubStoreError, TwinState};
+
+/// The policy every companion hub starts with, holding every right.
+pub const OWNER_POLICY: &str = "iothubowner";
+
+pub struct CompanionHub {
+    host_name: String,
+    store: HubStore,
+    policies: RwLock<Vec<HubPolicy>>,
+}
+
+impl CompanionHub {
+    /// Opens the hub's store at `db_path`, creating the `iothubowner` policy
+    /// on first use. `host_name` is what devices and services call the hub
+    /// (with `:port` when not 443).
+    pub async fn open(
+        db_path: &Path,
+        host_name: &str,
+        sealer: Arc<Sealer>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = HubStore::open(db_path, sealer)?;
+        let mut policies = store.policies().await?;
+        if !policies.iter().any(|p| p.name == OWNER_POLICY) {
+            let owner = HubPolicy {
+                name: OWNER_POLICY.into(),
+                rights: HubRights::ALL,
+                primary_key: keys::generate(),
+                secondary_key: keys::generate(),
+            };
+            store.put_policy(&owner).await?;
+            policies.push(owner);
+        }
+        Ok(Arc::new(Self {
+            host_name: host_name.to_owned(),
+            store,
+            policies: RwLock::new(policies),
+        }))
+    }
+
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    pub fn store(&self) -> &HubStore {
+        &self.store
+    }
+
+    pub fn policies(&self) -> Vec<HubPolicy> {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `HostName=…;SharedAccessKeyName=iothubowner;SharedAccessKey=…`
+    pub fn owner_connection_string(&self) -> String {
+        let policies = self.policies();
+        let key = policies
+            .iter()
+            .find(|p| p.name == OWNER_POLICY)
+            .map(|p| p.primary_key.expose().to_owned())
+            .unwrap_or_default();
+        format!(
+            "HostName={};SharedAccessKeyName={OWNER_POLICY};SharedAccessKey={key}",
+            self.host_name
+        )
+    }
+
+    /// The REST routes, to serve alone or beside the DPS routes.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        rest::router(self.clone())
+    }
+}

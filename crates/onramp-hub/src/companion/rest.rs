@@ -1,0 +1,487 @@
+//! The IoT Hub service REST subset: `/devices/{id}` and `/twins/{id}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use onramp_core::keys;
+use onramp_model::hub::{
+    AuthenticationMechanism, AuthenticationType, Device, DeviceStatus, SymmetricKey, Twin,
+};
+use onramp_model::{Secret, UtcTime};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::CompanionHub;
+use super::auth::{HubRights, authorize};
+use super::store::{DeviceRecord, HubStoreError, TwinState};
+use crate::twin;
+
+const MAX_BODY: usize = 128 * 1024;
+
+pub fn router(hub: Arc<CompanionHub>) -> Router {
+    Router::new()
+        .route("/devices", get(list_devices))
+        .route(
+            "/devices/{id}",
+            get(get_device).put(put_device).delete(delete_device),
+        )
+        .route(
+            "/twins/{id}",
+            get(get_twin).patch(patch_twin).put(replace_twin),
+        )
+        .with_state(hub)
+}
+
+/// An IoT Hub error: `{"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:…"}`
+/// with the `iothub-errorcode` header.
+struct HubFailure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl HubFailure {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HubFailure {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "Message": format!("ErrorCode:{};{}", self.code, self.message),
+            "ExceptionMessage": format!("Tracking ID:{}-TimeStamp:{}", uuid::Uuid::new_v4().simple(), UtcTime::now()),
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert("iothub-errorcode", HeaderValue::from_static(self.code));
+        resp
+    }
+}
+
+impl From<HubStoreError> for HubFailure {
+    fn from(e: HubStoreError) -> Self {
+        match e {
+            HubStoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "DeviceNotFound", m),
+            HubStoreError::AlreadyExists(m) => {
+                Self::new(StatusCode::CONFLICT, "DeviceAlreadyExists", m)
+            }
+            HubStoreError::PreconditionFailed(m) => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", m)
+            }
+            HubStoreError::Invalid(m) => Self::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m),
+            HubStoreError::Store(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+type HubResult = Result<Response, HubFailure>;
+
+fn check(hub: &CompanionHub, headers: &HeaderMap, any_of: HubRights) -> Result<(), HubFailure> {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let rights = authorize(
+        &hub.policies(),
+        auth,
+        hub.host_name(),
+        UtcTime::now().unix_seconds(),
+    )
+    .map_err(|r| {
+        HubFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "IotHubUnauthorizedAccess",
+            r.message,
+        )
+    })?;
+    if !rights.intersects(any_of) {
+        return Err(HubFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "IotHubUnauthorizedAccess",
+            format!("the policy's rights [{rights}] do not include [{any_of}]"),
+        ));
+    }
+    Ok(())
+}
+
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("if-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, HubFailure> {
+    if body.len() > MAX_BODY {
+        return Err(HubFailure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MessageTooLarge",
+            format!("the body exceeds {MAX_BODY} bytes"),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            format!("the JSON body is invalid{at}: {}", e.inner()),
+        )
+    })
+}
+
+fn ok_json(value: impl serde::Serialize) -> Response {
+    let mut resp = axum::Json(value).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+fn device_view(record: &DeviceRecord) -> Device {
+    let mut d = record.device.clone();
+    d.connection_state
+        .get_or_insert_with(|| "Disconnected".into());
+    d.connection_state_updated_time
+        .get_or_insert_with(|| "0001-01-01T00:00:00Z".into());
+    d.status_updated_time
+        .get_or_insert_with(|| "0001-01-01T00:00:00Z".into());
+    d.last_activity_time
+        .get_or_insert_with(|| "0001-01-01T00:00:00Z".into());
+    d.cloud_to_device_message_count.get_or_insert(0);
+    d
+}
+
+/// The twin document IoT Hub returns, with `$version` and `$metadata`.
+pub fn twin_view(record: &DeviceRecord) -> Value {
+    let t = &record.twin;
+    let d = &record.device;
+    let collection = |props: &Map<String, Value>, version: i64, updated: Option<UtcTime>| {
+        let mut m = props.clone();
+        m.insert(
+            "$metadata".into(),
+            json!({"$lastUpdated": updated.unwrap_or_else(UtcTime::now).to_string()}),
+        );
+        m.insert("$version".into(), json!(version));
+        Value::Object(m)
+    };
+    let auth_type = d
+        .authentication
+        .as_ref()
+        .map(|a| a.kind)
+        .unwrap_or_default();
+    json!({
+        "deviceId": d.device_id,
+        "etag": t.etag,
+        "deviceEtag": d.etag,
+        "status": d.status.unwrap_or_default(),
+        "statusUpdateTime": "0001-01-01T00:00:00Z",
+        "connectionState": d.connection_state.clone().unwrap_or_else(|| "Disconnected".into()),
+        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "cloudToDeviceMessageCount": 0,
+        "authenticationType": auth_type,
+        "version": t.version,
+        "tags": t.tags,
+        "properties": {
+            "desired": collection(&t.desired, t.desired_version, t.desired_updated),
+            "reported": collection(&t.reported, t.reported_version, t.reported_updated),
+        },
+        "capabilities": d.capabilities.unwrap_or_default(),
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    top: Option<usize>,
+}
+
+async fn list_devices(
+    State(hub): State<Arc<CompanionHub>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+    let top = q.top.unwrap_or(1000).clamp(1, 10_000);
+    let records = hub
+        .store()
+        .devices(None, top)
+        .await
+        .map_err(HubStoreError::from)?;
+    Ok(ok_json(records.iter().map(device_view).collect::<Vec<_>>()))
+}
+
+async fn get_device(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+    let record = hub
+        .store()
+        .device(&id)
+        .await
+        .map_err(HubStoreError::from)?
+        .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
+    Ok(ok_json(device_view(&record)))
+}
+
+async fn put_device(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    let mut device: Device = parse(&body)?;
+    if device.device_id.is_empty() {
+        device.device_id = id.clone();
+    } else if device.device_id != id {
+        return Err(HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            format!(
+                "deviceId '{}' in the body differs from '{id}' in the path",
+                device.device_id
+            ),
+        ));
+    }
+    normalize_identity(&mut device)?;
+    // Read-only members the hub owns.
+    device.connection_state = None;
+    device.connection_state_updated_time = None;
+    device.status_updated_time = None;
+    device.last_activity_time = None;
+    device.cloud_to_device_message_count = None;
+    let record = hub
+        .store()
+        .put_device(device, if_match(&headers), UtcTime::now())
+        .await?;
+    Ok(ok_json(device_view(&record)))
+}
+
+fn normalize_identity(device: &mut Device) -> Result<(), HubFailure> {
+    device.status.get_or_insert(DeviceStatus::Enabled);
+    let auth = device
+        .authentication
+        .get_or_insert_with(AuthenticationMechanism::default);
+    match auth.kind {
+        AuthenticationType::Sas => {
+            let keys = auth.symmetric_key.get_or_insert_with(SymmetricKey::default);
+            for (field, slot) in [
+                ("primaryKey", &mut keys.primary_key),
+                ("secondaryKey", &mut keys.secondary_key),
+            ] {
+                match slot
+                    .as_ref()
+                    .map(|k| k.expose().trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                {
+                    None => *slot = Some(keys::generate()),
+                    Some(k) => {
+                        keys::validate(&format!("authentication.symmetricKey.{field}"), &k)
+                            .map_err(|m| {
+                                HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m)
+                            })?;
+                        *slot = Some(Secret::new(k));
+                    }
+                }
+            }
+            auth.x509_thumbprint = None;
+        }
+        AuthenticationType::SelfSigned => {
+            let prints = auth.x509_thumbprint.get_or_insert_with(Default::default);
+            let ok = |t: &Option<String>| {
+                t.as_deref().is_none_or(|t| {
+                    matches!(t.len(), 40 | 64) && t.chars().all(|c| c.is_ascii_hexdigit())
+                })
+            };
+            if prints.primary_thumbprint.is_none() && prints.secondary_thumbprint.is_none()
+                || !ok(&prints.primary_thumbprint)
+                || !ok(&prints.secondary_thumbprint)
+            {
+                return Err(HubFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    "ArgumentInvalid",
+                    "selfSigned authentication needs x509Thumbprint.primaryThumbprint as 40 (SHA-1) or 64 (SHA-256) hex digits",
+                ));
+            }
+            auth.symmetric_key = None;
+        }
+        AuthenticationType::CertificateAuthority | AuthenticationType::None => {
+            auth.symmetric_key = None;
+            auth.x509_thumbprint = None;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_device(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    hub.store().delete_device(&id, if_match(&headers)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_twin(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HubResult {
+    check(
+        &hub,
+        &headers,
+        HubRights::REGISTRY_READ.union(HubRights::SERVICE_CONNECT),
+    )?;
+    let record = hub
+        .store()
+        .device(&id)
+        .await
+        .map_err(HubStoreError::from)?
+        .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
+    Ok(ok_json(twin_view(&record)))
+}
+
+/// Tags and desired properties of a service write, checked and without `$` members.
+fn twin_write(
+    body: &Bytes,
+) -> Result<(Option<Map<String, Value>>, Option<Map<String, Value>>), HubFailure> {
+    let twin: Twin = parse(body)?;
+    let props = twin.properties.unwrap_or_default();
+    if props.reported.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            "properties.reported can only be written by the device",
+        ));
+    }
+    let mut desired = props.desired;
+    if let Some(d) = desired.as_mut() {
+        twin::strip_system_members(d);
+    }
+    for (path, map) in [
+        ("tags", twin.tags.as_ref()),
+        ("properties.desired", desired.as_ref()),
+    ] {
+        if let Some(m) = map {
+            check_names(path, m, 1)?;
+        }
+    }
+    Ok((twin.tags, desired))
+}
+
+fn check_names(path: &str, map: &Map<String, Value>, depth: usize) -> Result<(), HubFailure> {
+    let bad = |m: String| HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m);
+    if depth > 10 {
+        return Err(bad(format!("{path} nests deeper than 10 levels")));
+    }
+    for (k, v) in map {
+        if k.is_empty()
+            || k.chars()
+                .any(|c| c == '.' || c == '$' || c == ' ' || c.is_control())
+        {
+            return Err(bad(format!(
+                "{path} has the property name '{k}'; names cannot contain '.', '$', spaces or control characters"
+            )));
+        }
+        if let Value::Object(inner) = v {
+            check_names(&format!("{path}.{k}"), inner, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply(
+    twin: &mut TwinState,
+    tags: Option<Map<String, Value>>,
+    desired: Option<Map<String, Value>>,
+    replace: bool,
+) -> bool {
+    let before = (twin.tags.clone(), twin.desired.clone());
+    if let Some(tags) = tags {
+        if replace {
+            twin.tags = twin::without_nulls(&tags);
+        } else {
+            twin::merge(&mut twin.tags, &tags);
+        }
+    }
+    if let Some(desired) = desired {
+        if replace {
+            twin.desired = twin::without_nulls(&desired);
+        } else {
+            twin::merge(&mut twin.desired, &desired);
+        }
+    }
+    if twin.desired != before.1 {
+        twin.desired_version += 1;
+        twin.desired_updated = Some(UtcTime::now());
+    }
+    (twin.tags.clone(), twin.desired.clone()) != before
+}
+
+async fn patch_twin(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    check(
+        &hub,
+        &headers,
+        HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
+    )?;
+    let (tags, desired) = twin_write(&body)?;
+    let record = hub
+        .store()
+        .update_twin(&id, if_match(&headers), move |t| {
+            Ok(apply(t, tags, desired, false))
+        })
+        .await?;
+    Ok(ok_json(twin_view(&record)))
+}
+
+async fn replace_twin(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    check(
+        &hub,
+        &headers,
+        HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
+    )?;
+    let (tags, desired) = twin_write(&body)?;
+    let record = hub
+        .store()
+        .update_twin(&id, if_match(&headers), move |t| {
+            Ok(apply(
+                t,
+                Some(tags.unwrap_or_default()),
+                Some(desired.unwrap_or_default()),
+                true,
+            ))
+        })
+        .await?;
+    Ok(ok_json(twin_view(&record)))
+}

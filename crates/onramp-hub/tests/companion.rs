@@ -1,0 +1,175 @@
+//! The hub adapter against a real companion hub over HTTPS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use onramp_core::ports::{DeviceIdentity, HubError, HubRegistry, IdentityAuth, TwinSetup};
+use onramp_core::tenant::LinkedHub;
+use onramp_hub::{CompanionHub, HubClient};
+use onramp_model::hub::AuthenticationType;
+use onramp_model::{DeviceCapabilities, Secret};
+use onramp_store::Sealer;
+use serde_json::json;
+
+struct Running {
+    hub: Arc<CompanionHub>,
+    client: HubClient,
+    link: LinkedHub,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = onramp_net::pki::load_or_create(
+        &dir.path().join("tls"),
+        &onramp_net::pki::default_host_names(),
+    )
+    .unwrap();
+    let tls =
+        onramp_net::tls::server_config(&pki.server_chain_pem, &pki.server_key_pem, &[b"http/1.1"])
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("localhost:{}", listener.local_addr().unwrap().port());
+    let sealer = Arc::new(Sealer::load_or_create(&dir.path().join("keys")).unwrap());
+    let hub = CompanionHub::open(&dir.path().join("hub.db"), &host, sealer)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(onramp_net::serve_https(
+        listener,
+        Arc::new(tls),
+        hub.router(),
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = HubClient::new(
+        onramp_net::tls::client_config(Some(&pki.ca_pem)).unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let link = LinkedHub::from_connection_string(&hub.owner_connection_string(), "local", 1, true)
+        .unwrap();
+    Running {
+        hub,
+        client,
+        link,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+fn identity(id: &str, twin: TwinSetup) -> DeviceIdentity {
+    DeviceIdentity {
+        device_id: id.into(),
+        auth: IdentityAuth::SymmetricKey {
+            primary: Secret::new("cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw=="),
+            secondary: Secret::new("c2Vjb25kYXJ5LWtleS1mb3ItdGVzdHMtMTI="),
+        },
+        capabilities: DeviceCapabilities { iot_edge: false },
+        twin,
+    }
+}
+
+#[tokio::test]
+async fn registers_a_device_with_its_initial_twin_and_updates_it_later() {
+    let r = start().await;
+    let initial: onramp_model::InitialTwin = serde_json::from_value(
+        json!({"tags": {"site": "lab"}, "properties": {"desired": {"rate": 5}}}),
+    )
+    .unwrap();
+    r.client
+        .register_device(
+            &r.link,
+            &identity("dev-1", TwinSetup::Initial(initial.clone())),
+        )
+        .await
+        .unwrap();
+
+    let device = r
+        .client
+        .get_device(&r.link, "dev-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let auth = device.authentication.unwrap();
+    assert_eq!(auth.kind, AuthenticationType::Sas);
+    assert_eq!(
+        auth.symmetric_key.unwrap().primary_key.unwrap().expose(),
+        "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw=="
+    );
+    let twin = r.client.get_twin(&r.link, "dev-1").await.unwrap().unwrap();
+    assert_eq!(twin.tags.unwrap()["site"], "lab");
+    let desired = twin.properties.unwrap().desired.unwrap();
+    assert_eq!(desired["rate"], 5);
+    assert_eq!(desired["$version"], 2);
+
+    // Registering again with Keep leaves the twin; with Initial it resets it.
+    r.client
+        .register_device(&r.link, &identity("dev-1", TwinSetup::Keep))
+        .await
+        .unwrap();
+    let twin = r.client.get_twin(&r.link, "dev-1").await.unwrap().unwrap();
+    assert_eq!(twin.properties.unwrap().desired.unwrap()["rate"], 5);
+    let other: onramp_model::InitialTwin =
+        serde_json::from_value(json!({"properties": {"desired": {"mode": "x"}}})).unwrap();
+    r.client
+        .register_device(&r.link, &identity("dev-1", TwinSetup::Initial(other)))
+        .await
+        .unwrap();
+    let twin = r.client.get_twin(&r.link, "dev-1").await.unwrap().unwrap();
+    let desired = twin.properties.unwrap().desired.unwrap();
+    assert!(
+        desired.get("rate").is_none() && desired["mode"] == "x",
+        "{desired:?}"
+    );
+    assert_eq!(twin.tags.unwrap_or_default().len(), 0);
+
+    assert!(
+        r.client
+            .get_device(&r.link, "nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        r.hub.store().device("DEV-1").await.unwrap().is_some(),
+        "device IDs are case-insensitive"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_unreachable_hubs_are_told_apart() {
+    let r = start().await;
+    let mut wrong = r.link.clone();
+    wrong.connection_string = Secret::new(format!(
+        "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey=d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        r.hub.host_name()
+    ));
+    let err = r
+        .client
+        .register_device(&wrong, &identity("d", TwinSetup::Keep))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::Unauthorized(ref m) if m.contains("401")),
+        "{err:?}"
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut gone = r.link.clone();
+    gone.connection_string = Secret::new(format!(
+        "HostName=localhost:{closed_port};SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5LWtleS1rZXkta2V5LWtleQ=="
+    ));
+    let err = r
+        .client
+        .register_device(&gone, &identity("d", TwinSetup::Keep))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Unreachable(_)), "{err:?}");
+    assert!(r.hub.store().device("d").await.unwrap().is_none());
+}
