@@ -1,1 +1,49 @@
-fn main() {}
+//! `onramp`: the provisioning service, its companion hub, admin commands and
+//! a device simulator, in one binary.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod config;
+mod device;
+mod hub_cmd;
+mod local;
+mod serve;
+mod service_client;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Hub { command } => hub_cmd::run(command).await,
+        Command::Service { command } => admin::service(command).await,
+        Command::LinkedHub { command } => admin::linked_hub(command).await,
+        Command::Enrollment { command } => service_client::enrollment(command).await,
+        Command::Group { command } => service_client::group(command).await,
+        Command::Device { command } => device::run(command).await,
+    }
+}

@@ -1,0 +1,184 @@
+//! The DPS device API over HTTPS: register, operation status, status lookup.
+//!
+//! Register answers **202** with the finished status in the body when the
+//! engine finishes within its budget (C# v1 throws on 200; every SDK but the
+//! Edge client then skips polling), or `assigning` with `Retry-After` when it
+//! does not; the operation stays queryable either way.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use onramp_core::ProvisioningError;
+use onramp_core::attest::DeviceCredential;
+use onramp_core::engine::{OperationRequest, RegisterRequest, StatusRequest};
+use onramp_core::events::Protocol;
+use onramp_model::{
+    DeviceRegistration, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
+};
+use onramp_net::PeerCertificates;
+
+use super::route::Route;
+use super::{AppState, Query, respond};
+
+pub(super) async fn handle(
+    state: &Arc<AppState>,
+    route: Route,
+    query: &Query,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Response {
+    let result = match route {
+        Route::DeviceRegister {
+            scope,
+            registration_id,
+        } => register(state, scope, registration_id, query, parts, body).await,
+        Route::DeviceOperation {
+            scope,
+            registration_id,
+            operation_id,
+        } => operation(state, scope, registration_id, operation_id, query, parts).await,
+        Route::DeviceStatus {
+            scope,
+            registration_id,
+        } => status(state, scope, registration_id, query, parts, body).await,
+        _ => Err(ProvisioningError::internal("not a device route")),
+    };
+    result.unwrap_or_else(|e| respond::error(&e))
+}
+
+/// The token from `Authorization`, else the TLS client certificate chain.
+fn credential(parts: &http::request::Parts) -> DeviceCredential {
+    if let Some(token) =
+        super::header(&parts.headers, "authorization").filter(|t| !t.trim().is_empty())
+    {
+        return DeviceCredential::SasToken(token.to_owned());
+    }
+    match parts.extensions.get::<PeerCertificates>() {
+        Some(PeerCertificates(chain)) if !chain.is_empty() => {
+            DeviceCredential::X509Chain(chain.iter().map(|c| c.as_ref().to_vec()).collect())
+        }
+        _ => DeviceCredential::None,
+    }
+}
+
+async fn register(
+    state: &Arc<AppState>,
+    scope: String,
+    registration_id: String,
+    query: &Query,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Response, ProvisioningError> {
+    query.require_api_version()?;
+    let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
+    let registration: DeviceRegistration = respond::parse(&bytes, true)?;
+    let force_registration = query
+        .get("forceRegistration")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let operation_id = state.engine.new_operation_id();
+    let location = format!(
+        "{}/{scope}/registrations/{registration_id}/register",
+        state.config.public_base_url.trim_end_matches('/')
+    );
+    let request = RegisterRequest {
+        id_scope: scope,
+        registration_id: registration_id.clone(),
+        credential: credential(parts),
+        body: registration,
+        force_registration,
+        operation_id: operation_id.clone(),
+        protocol: Protocol::Https,
+    };
+    // The engine's work runs in its own task: if it outlives the reply
+    // budget the device hears `assigning` and polls; the work is not lost.
+    let engine = state.engine.clone();
+    let mut work = tokio::spawn(async move { engine.register(request).await });
+    let outcome = match tokio::time::timeout(state.config.register_reply_budget, &mut work).await {
+        Ok(joined) => joined.map_err(|e| {
+            ProvisioningError::internal(format!("the registration task failed: {e}"))
+        })??,
+        Err(_) => RegistrationOperationStatus {
+            operation_id,
+            status: RegistrationStatus::Assigning,
+            registration_state: None,
+        },
+    };
+    let mut resp = respond::json(StatusCode::ACCEPTED, &outcome, true);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if !outcome.status.is_terminal() {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.config.retry_after_seconds),
+        );
+    }
+    Ok(resp)
+}
+
+async fn operation(
+    state: &Arc<AppState>,
+    scope: String,
+    registration_id: String,
+    operation_id: String,
+    query: &Query,
+    parts: &http::request::Parts,
+) -> Result<Response, ProvisioningError> {
+    query.require_api_version()?;
+    let status = state
+        .engine
+        .operation_status(OperationRequest {
+            id_scope: scope,
+            registration_id,
+            credential: credential(parts),
+            operation_id,
+            protocol: Protocol::Https,
+        })
+        .await?;
+    let code = if status.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut resp = respond::json(code, &status, true);
+    if code == StatusCode::ACCEPTED {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.config.retry_after_seconds),
+        );
+    }
+    Ok(resp)
+}
+
+async fn status(
+    state: &Arc<AppState>,
+    scope: String,
+    registration_id: String,
+    query: &Query,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Response, ProvisioningError> {
+    query.require_api_version()?;
+    // The body (a DeviceRegistration) carries nothing this call needs; it is
+    // still bounded and must be JSON if present.
+    let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
+    let _: serde_json::Value = respond::parse(&bytes, true)?;
+    let record = state
+        .engine
+        .registration_status(StatusRequest {
+            id_scope: scope,
+            registration_id,
+            credential: credential(parts),
+            protocol: Protocol::Https,
+        })
+        .await?;
+    if record.status == RegistrationStatus::Unassigned {
+        return Err(ProvisioningError::new(
+            ErrorCode::RegistrationNotFound,
+            "the device has not been assigned yet",
+        ));
+    }
+    Ok(respond::json(StatusCode::OK, &record, true))
+}

@@ -1,0 +1,168 @@
+//! The HTTPS application: DPS device API, DPS service API, `/metrics` and
+//! `/health` on one listener, plus (when embedded) the companion hub's routes.
+
+mod device;
+mod respond;
+pub mod route;
+mod service;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use onramp_core::ProvisioningError;
+use onramp_core::admin::Admin;
+use onramp_core::engine::Engine;
+use onramp_model::ErrorCode;
+use tower::ServiceExt;
+
+pub use respond::escape_non_ascii;
+use route::{Route, RouteMatch};
+
+/// Settings of the HTTPS endpoints.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Host names the service API answers to (checked against tokens' `sr`).
+    pub service_host_names: Vec<String>,
+    /// `https://host[:port]` for `Location` headers.
+    pub public_base_url: String,
+    /// Largest device request and single-entity service request (Azure: 96 KB).
+    pub max_body_bytes: usize,
+    /// Largest bulk enrollment request.
+    pub max_bulk_body_bytes: usize,
+    /// How long a register call may take before Onramp answers `assigning`
+    /// and lets the device poll.
+    pub register_reply_budget: Duration,
+    /// Seconds a device is told to wait before polling.
+    pub retry_after_seconds: u32,
+    /// Clock skew allowed on service tokens.
+    pub token_skew_seconds: i64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            service_host_names: vec!["localhost".into()],
+            public_base_url: "https://localhost".into(),
+            max_body_bytes: 96 * 1024,
+            max_bulk_body_bytes: 32 * 1024 * 1024,
+            register_reply_budget: Duration::from_secs(10),
+            retry_after_seconds: 3,
+            token_skew_seconds: 300,
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub admin: Arc<Admin>,
+    pub config: EndpointConfig,
+    pub metrics: Option<PrometheusHandle>,
+    /// Routes served when a path is not a DPS path (the embedded hub).
+    pub fallback: Option<Router>,
+}
+
+/// The application to serve with [`onramp_net::serve_https`].
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route = match route::route(&method, &path) {
+        RouteMatch::Found(r) => r,
+        RouteMatch::WrongMethod { allowed } => {
+            let mut resp = respond::error(&ProvisioningError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{method} is not allowed on {path}; use {allowed}"),
+            ));
+            if let Ok(v) = HeaderValue::from_str(allowed) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            return resp;
+        }
+        RouteMatch::NotMine => {
+            if let Some(fallback) = &state.fallback {
+                return match fallback.clone().oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+            }
+            return respond::error(&ProvisioningError::new(
+                ErrorCode::RouteNotFound,
+                format!("{method} {path} is not an operation of this service"),
+            ));
+        }
+    };
+    let query = Query::parse(req.uri().query());
+    let (parts, body) = req.into_parts();
+    let resp = match route {
+        Route::Health => (StatusCode::OK, "ok").into_response(),
+        Route::Metrics => match &state.metrics {
+            Some(handle) => (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response(),
+            None => respond::error(&ProvisioningError::new(
+                ErrorCode::RouteNotFound,
+                "metrics are switched off",
+            )),
+        },
+        Route::DeviceRegister { .. }
+        | Route::DeviceOperation { .. }
+        | Route::DeviceStatus { .. } => device::handle(&state, route, &query, &parts, body).await,
+        other => service::handle(&state, other, &query, &parts.method, &parts.headers, body).await,
+    };
+    tracing::debug!(
+        target: "onramp::http",
+        %method, %path,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    resp
+}
+
+/// The query string, decoded.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        Self(
+            query
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every DPS call carries `api-version`; any value is accepted (devices in
+    /// the field still send 2017–2019 versions).
+    pub(crate) fn require_api_version(&self) -> Result<&str, ProvisioningError> {
+        self.get("api-version")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                ProvisioningError::new(
+                    ErrorCode::MissingApiVersion,
+                    "the api-version query parameter is required, e.g. ?api-version=2021-10-01",
+                )
+            })
+    }
+}
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,224 @@
+//! Routing for the DPS APIs. Azure's clients disagree on path spelling
+//! (`enrollmentGroups` vs `enrollmentgroups`, a trailing slash on
+//! `/enrollments/`, percent-encoded IDs with either hex case), so literal
+//! segments match case-insensitively and IDs are percent-decoded first.
+
+use http::Method;
+use percent_encoding::percent_decode_str;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    DeviceRegister {
+        scope: String,
+        registration_id: String,
+    },
+    DeviceOperation {
+        scope: String,
+        registration_id: String,
+        operation_id: String,
+    },
+    DeviceStatus {
+        scope: String,
+        registration_id: String,
+    },
+    Enrollment(String),
+    EnrollmentAttestation(String),
+    EnrollmentQuery,
+    EnrollmentBulk,
+    Group(String),
+    GroupAttestation(String),
+    GroupQuery,
+    GroupBulk,
+    Registration(String),
+    RegistrationQuery(String),
+    Health,
+    Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatch {
+    Found(Route),
+    /// The path is ours but not with this method.
+    WrongMethod {
+        allowed: &'static str,
+    },
+    /// Not a DPS path (the embedded hub may own it).
+    NotMine,
+}
+
+fn lit(segment: &str, literal: &str) -> bool {
+    segment.eq_ignore_ascii_case(literal)
+}
+
+pub fn route(method: &Method, path: &str) -> RouteMatch {
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let m = method.clone();
+    use RouteMatch::{Found, WrongMethod};
+    let only = |allowed: Method, allowed_text: &'static str, route: Route| {
+        if m == allowed {
+            Found(route)
+        } else {
+            WrongMethod {
+                allowed: allowed_text,
+            }
+        }
+    };
+    let crud = |route: Route| {
+        if m == Method::GET || m == Method::PUT || m == Method::DELETE {
+            Found(route)
+        } else {
+            WrongMethod {
+                allowed: "GET, PUT, DELETE",
+            }
+        }
+    };
+    match s.as_slice() {
+        [] => RouteMatch::NotMine,
+        [h] if lit(h, "health") => only(Method::GET, "GET", Route::Health),
+        [h] if lit(h, "metrics") => only(Method::GET, "GET", Route::Metrics),
+
+        [e] if lit(e, "enrollments") => only(Method::POST, "POST", Route::EnrollmentBulk),
+        [e, q] if lit(e, "enrollments") && lit(q, "query") && m == Method::POST => {
+            Found(Route::EnrollmentQuery)
+        }
+        [e, id] if lit(e, "enrollments") => crud(Route::Enrollment(id.to_string())),
+        [e, id, a] if lit(e, "enrollments") && lit(a, "attestationmechanism") => only(
+            Method::POST,
+            "POST",
+            Route::EnrollmentAttestation(id.to_string()),
+        ),
+
+        [g] if lit(g, "enrollmentgroups") => only(Method::POST, "POST", Route::GroupBulk),
+        [g, q] if lit(g, "enrollmentgroups") && lit(q, "query") && m == Method::POST => {
+            Found(Route::GroupQuery)
+        }
+        [g, id] if lit(g, "enrollmentgroups") => crud(Route::Group(id.to_string())),
+        [g, id, a] if lit(g, "enrollmentgroups") && lit(a, "attestationmechanism") => only(
+            Method::POST,
+            "POST",
+            Route::GroupAttestation(id.to_string()),
+        ),
+
+        [r, id, q] if lit(r, "registrations") && lit(q, "query") => only(
+            Method::POST,
+            "POST",
+            Route::RegistrationQuery(id.to_string()),
+        ),
+        [r, id] if lit(r, "registrations") => {
+            if m == Method::GET || m == Method::DELETE {
+                Found(Route::Registration(id.to_string()))
+            } else {
+                WrongMethod {
+                    allowed: "GET, DELETE",
+                }
+            }
+        }
+
+        [scope, r, id, reg] if lit(r, "registrations") && lit(reg, "register") => only(
+            Method::PUT,
+            "PUT",
+            Route::DeviceRegister {
+                scope: scope.to_string(),
+                registration_id: id.to_string(),
+            },
+        ),
+        [scope, r, id, ops, op] if lit(r, "registrations") && lit(ops, "operations") => only(
+            Method::GET,
+            "GET",
+            Route::DeviceOperation {
+                scope: scope.to_string(),
+                registration_id: id.to_string(),
+                operation_id: op.to_string(),
+            },
+        ),
+        [scope, r, id] if lit(r, "registrations") => only(
+            Method::POST,
+            "POST",
+            Route::DeviceStatus {
+                scope: scope.to_string(),
+                registration_id: id.to_string(),
+            },
+        ),
+        _ => RouteMatch::NotMine,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sdk_spelling_routes() {
+        let r = |m: Method, p: &str| route(&m, p);
+        assert_eq!(
+            r(Method::POST, "/enrollments/"),
+            RouteMatch::Found(Route::EnrollmentBulk)
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollmentgroups/g%2D1/attestationmechanism"),
+            RouteMatch::Found(Route::GroupAttestation("g-1".into()))
+        );
+        assert_eq!(
+            r(Method::PUT, "/enrollmentGroups/grp"),
+            RouteMatch::Found(Route::Group("grp".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/Enrollments/dev%3a1"),
+            RouteMatch::Found(Route::Enrollment("dev:1".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/enrollments/query"),
+            RouteMatch::Found(Route::Enrollment("query".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollments/query"),
+            RouteMatch::Found(Route::EnrollmentQuery)
+        );
+        assert_eq!(
+            r(Method::POST, "/registrations/grp/query"),
+            RouteMatch::Found(Route::RegistrationQuery("grp".into()))
+        );
+        assert_eq!(
+            r(Method::PUT, "/0ne0001A2B3/registrations/dev-01/register"),
+            RouteMatch::Found(Route::DeviceRegister {
+                scope: "0ne0001A2B3".into(),
+                registration_id: "dev-01".into()
+            })
+        );
+        assert_eq!(
+            r(
+                Method::GET,
+                "/0ne0001A2B3/registrations/dev%3A01/operations/1.abc.def"
+            ),
+            RouteMatch::Found(Route::DeviceOperation {
+                scope: "0ne0001A2B3".into(),
+                registration_id: "dev:01".into(),
+                operation_id: "1.abc.def".into()
+            })
+        );
+        assert_eq!(
+            r(Method::POST, "/0ne0001A2B3/registrations/dev-01"),
+            RouteMatch::Found(Route::DeviceStatus {
+                scope: "0ne0001A2B3".into(),
+                registration_id: "dev-01".into()
+            })
+        );
+        assert_eq!(
+            r(Method::PATCH, "/enrollments/x"),
+            RouteMatch::WrongMethod {
+                allowed: "GET, PUT, DELETE"
+            }
+        );
+        assert_eq!(
+            r(Method::GET, "/0ne0001A2B3/registrations/dev-01/register"),
+            RouteMatch::WrongMethod { allowed: "PUT" }
+        );
+        assert_eq!(r(Method::GET, "/devices/x"), RouteMatch::NotMine);
+        assert_eq!(r(Method::GET, "/twins/x"), RouteMatch::NotMine);
+    }
+}

@@ -1,0 +1,337 @@
+//! Command-line interface. Every serve option can also come from the
+//! configuration file and from `ONRAMP_*` environment variables; a flag beats
+//! the environment, which beats the file, which beats the built-in default.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "onramp",
+    version,
+    about = "Zero-touch IoT device provisioning, compatible with Azure IoT Hub DPS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the provisioning service (with an embedded companion hub by default).
+    Serve(ServeArgs),
+    /// Onramp's companion IoT hub.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
+    },
+    /// Provisioning services (tenants) of this deployment.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Hubs linked to a provisioning service.
+    LinkedHub {
+        #[command(subcommand)]
+        command: LinkedHubCommand,
+    },
+    /// Individual enrollments, through the service API.
+    Enrollment {
+        #[command(subcommand)]
+        command: EnrollmentCommand,
+    },
+    /// Enrollment groups, through the service API.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// A simulated device.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+/// Where the configuration and the data directory are.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Location {
+    /// Configuration file (TOML). Default: ./onramp.toml when it exists.
+    #[arg(long, env = "ONRAMP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory: store, keys, development certificates.
+    #[arg(long, env = "ONRAMP_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// Address of the HTTPS listener (device API, service API, hub REST API).
+    #[arg(long, env = "ONRAMP_HTTPS_LISTEN")]
+    pub https_listen: Option<String>,
+    /// Host name devices and operators use to reach this server.
+    #[arg(long, env = "ONRAMP_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Run the companion hub inside this process (true/false).
+    #[arg(long, env = "ONRAMP_EMBEDDED_HUB")]
+    pub embedded_hub: Option<bool>,
+    /// Log format: text or json.
+    #[arg(long, env = "ONRAMP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or onramp=debug.
+    #[arg(long, env = "ONRAMP_LOG")]
+    pub log: Option<String>,
+    /// Store durability: full (fsync every commit) or normal.
+    #[arg(long, env = "ONRAMP_STORE_DURABILITY")]
+    pub store_durability: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HubCommand {
+    /// Run a companion hub on its own.
+    Serve(HubServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HubServeArgs {
+    /// Data directory of this hub.
+    #[arg(long, env = "ONRAMP_HUB_DATA_DIR", default_value = "./onramp-hub-data")]
+    pub data_dir: PathBuf,
+    /// Address of the hub's HTTPS listener.
+    #[arg(long, env = "ONRAMP_HUB_LISTEN", default_value = "0.0.0.0:443")]
+    pub listen: String,
+    /// Host name clients use (the port is added when it is not 443).
+    #[arg(long, env = "ONRAMP_HUB_HOST", default_value = "localhost")]
+    pub host: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Show a provisioning service, its ID scope and its owner connection string.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        /// Service name (default: the configured one).
+        name: Option<String>,
+    },
+    /// List the provisioning services.
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Create a provisioning service with its own ID scope and keys.
+    Create {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+    },
+    /// Add (or replace) a shared access policy and print its connection string.
+    AddPolicy {
+        #[command(flatten)]
+        location: Location,
+        /// Policy name.
+        name: String,
+        /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
+        #[arg(long)]
+        rights: String,
+        /// Provisioning service (default: the configured one).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Delete a provisioning service and everything it holds.
+    Delete {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        /// Required: deleting removes enrollments and registrations.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkedHubCommand {
+    /// Link a hub given its connection string (a policy with registry write rights).
+    Add {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        connection_string: String,
+        /// Region of the hub.
+        #[arg(long, default_value = "local")]
+        region: String,
+        /// Allocation weight, 1 to 1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Take new devices only when an enrollment names this hub.
+        #[arg(long)]
+        no_allocation: bool,
+        /// Provisioning service (default: the configured one).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List linked hubs.
+    List {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Unlink a hub.
+    Remove {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+/// How to reach the service API.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServiceApi {
+    #[command(flatten)]
+    pub location: Location,
+    /// Service connection string. Default: the owner policy of the local
+    /// data directory's service.
+    #[arg(long, env = "ONRAMP_CONNECTION_STRING")]
+    pub connection_string: Option<String>,
+    /// Address to connect to instead of the connection string's HostName.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnrollmentSpec {
+    /// Symmetric key (base64); generated when absent.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Secondary symmetric key (base64); generated when absent.
+    #[arg(long)]
+    pub secondary_key: Option<String>,
+    /// Initial twin as JSON, e.g. '{"tags":{},"properties":{"desired":{}}}'.
+    #[arg(long)]
+    pub initial_twin: Option<String>,
+    /// Allocation policy: hashed, static, geoLatency or custom.
+    #[arg(long)]
+    pub allocation_policy: Option<String>,
+    /// Hubs this enrollment may use (repeat the flag).
+    #[arg(long = "iot-hub")]
+    pub iot_hubs: Vec<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Create an IoT Edge device identity.
+    #[arg(long)]
+    pub edge: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnrollmentCommand {
+    /// Create or replace an individual enrollment (symmetric key).
+    Create {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+        /// Hub device ID (default: the registration ID).
+        #[arg(long)]
+        device_id: Option<String>,
+        #[command(flatten)]
+        spec: EnrollmentSpec,
+    },
+    /// Show an individual enrollment.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+        /// Also show the symmetric keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List individual enrollments.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete an individual enrollment.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create or replace a symmetric-key enrollment group.
+    Create {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+        #[command(flatten)]
+        spec: EnrollmentSpec,
+    },
+    /// Show an enrollment group.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+        /// Also show the group keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List enrollment groups.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete an enrollment group.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Provision one simulated device and print the result.
+    Provision(ProvisionArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// ID scope of the provisioning service. Default: the local server's.
+    #[arg(long)]
+    pub scope: Option<String>,
+    #[arg(long)]
+    pub registration_id: String,
+    /// The device's own symmetric key (individual enrollment).
+    #[arg(long, conflicts_with = "group_key")]
+    pub key: Option<String>,
+    /// The enrollment group's key: the device key is derived from it.
+    #[arg(long)]
+    pub group_key: Option<String>,
+    /// JSON payload for the provisioning service (custom allocation).
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Global device endpoint, host[:port]. Default: the local server's.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+    /// Transport: https.
+    #[arg(long, default_value = "https")]
+    pub protocol: String,
+    /// Ask for re-provisioning even if nothing changed.
+    #[arg(long)]
+    pub force: bool,
+}

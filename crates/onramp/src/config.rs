@@ -1,0 +1,319 @@
+//! Configuration: built-in defaults, overridden by the TOML file, overridden
+//! by `ONRAMP_*` environment variables, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use onramp_model::AllocationPolicy;
+use serde::Deserialize;
+
+use crate::cli::{Location, ServeArgs};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Store, keys and development certificates live here.
+    pub data_dir: PathBuf,
+    /// Host name devices and operators use (the port is added when not 443).
+    pub public_host: String,
+    pub https: HttpsConfig,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub hub: HubConfig,
+    pub service: ServiceConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+    /// Hubs linked to the service at start.
+    pub linked_hubs: Vec<LinkedHubConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpsConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM). Default: the development PKI.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust when calling linked hubs.
+    pub trust: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `full` (fsync every commit) or `normal`.
+    pub durability: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Run the companion hub in this process, on the HTTPS listener.
+    pub embedded: bool,
+    /// Seconds before a call to a linked hub times out.
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name of the provisioning service `serve` creates and uses by default.
+    pub name: String,
+    /// Allocation policy for enrollments that name none: hashed or static.
+    pub allocation_policy: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub register_reply_budget_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkedHubConfig {
+    pub connection_string: String,
+    #[serde(default = "default_region")]
+    pub location: String,
+    #[serde(default = "one")]
+    pub allocation_weight: u32,
+    #[serde(default = "yes")]
+    pub apply_allocation_policy: bool,
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./onramp-data"),
+            public_host: "localhost".into(),
+            https: HttpsConfig::default(),
+            tls: TlsConfig::default(),
+            store: StoreConfig::default(),
+            hub: HubConfig::default(),
+            service: ServiceConfig::default(),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+            linked_hubs: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:443".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durability: "full".into(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            timeout_seconds: 10,
+        }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            allocation_policy: "hashed".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 96 * 1024,
+            register_reply_budget_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file named by `--config`/`ONRAMP_CONFIG`, or `./onramp.toml`
+    /// when it exists, then applies the data-directory override.
+    pub fn load(location: &Location) -> anyhow::Result<Self> {
+        let path = match &location.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from("onramp.toml")).filter(|p| p.exists()),
+        };
+        let mut config = match path {
+            Some(p) => Self::from_file(&p)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &location.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("the configuration file {} is invalid", path.display()))
+    }
+
+    /// The `serve` configuration: file, then environment and flags.
+    pub fn for_serve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let mut c = Self::load(&args.location)?;
+        if let Some(v) = &args.https_listen {
+            c.https.listen = v.clone();
+        }
+        if let Some(v) = &args.public_host {
+            c.public_host = v.clone();
+        }
+        if let Some(v) = args.embedded_hub {
+            c.hub.embedded = v;
+        }
+        if let Some(v) = &args.log_format {
+            c.log.format = v.clone();
+        }
+        if let Some(v) = &args.log {
+            c.log.filter = v.clone();
+        }
+        if let Some(v) = &args.store_durability {
+            c.store.durability = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log format '{}' is unknown; use text or json",
+                self.log.format
+            );
+        }
+        if !matches!(self.store.durability.as_str(), "full" | "normal") {
+            bail!(
+                "store durability '{}' is unknown; use full or normal",
+                self.store.durability
+            );
+        }
+        self.allocation_policy()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key go together; set both or neither");
+        }
+        if self.public_host.trim().is_empty() {
+            bail!("public_host is empty; set the host name devices use, e.g. localhost");
+        }
+        Ok(())
+    }
+
+    pub fn allocation_policy(&self) -> anyhow::Result<AllocationPolicy> {
+        match AllocationPolicy::parse(&self.service.allocation_policy) {
+            Some(
+                p @ (AllocationPolicy::Hashed
+                | AllocationPolicy::Static
+                | AllocationPolicy::GeoLatency),
+            ) => Ok(p),
+            _ => bail!(
+                "service.allocation_policy '{}' cannot be a service default; use hashed, static or geoLatency",
+                self.service.allocation_policy
+            ),
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("onramp.db")
+    }
+    pub fn hub_store_path(&self) -> PathBuf {
+        self.data_dir.join("hub.db")
+    }
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+    /// What a running `serve` writes for the CLI: its address, ID scope, CA.
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("serve.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("onramp.toml");
+        std::fs::write(
+            &file,
+            r#"
+            public_host = "dps.example.net"
+            [https]
+            listen = "127.0.0.1:8443"
+            [[linked_hubs]]
+            connection_string = "HostName=h;SharedAccessKeyName=o;SharedAccessKey=a2V5"
+            allocation_weight = 3
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            location: Location {
+                config: Some(file.clone()),
+                data_dir: None,
+            },
+            https_listen: Some("127.0.0.1:9443".into()),
+            ..Default::default()
+        };
+        let c = Config::for_serve(&args).unwrap();
+        assert_eq!(c.public_host, "dps.example.net", "from the file");
+        assert_eq!(c.https.listen, "127.0.0.1:9443", "the flag wins");
+        assert_eq!(c.linked_hubs[0].allocation_weight, 3);
+        assert_eq!(c.linked_hubs[0].location, "local");
+
+        std::fs::write(&file, "public_hots = \"typo\"").unwrap();
+        let err = Config::for_serve(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("public_hots"), "{err:#}");
+    }
+}

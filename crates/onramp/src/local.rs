@@ -1,0 +1,129 @@
+//! Opening the local deployment from its configuration: master keys, store,
+//! the default provisioning service, and the state file a running server
+//! leaves for the CLI.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use onramp_core::keys;
+use onramp_core::ports::Store;
+use onramp_core::tenant::{AccessRights, OWNER_POLICY, ProvisioningService, SharedAccessPolicy};
+use onramp_model::{AllocationPolicy, IdScope, UtcTime};
+use onramp_store::sqlite::{Durability, SqliteOptions};
+use onramp_store::{Sealer, SqliteStore};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// The master key ring: `ONRAMP_MASTER_KEY` (base64) when set, else the key
+/// files under `<data>/keys` (created on first use).
+pub fn sealer(config: &Config) -> anyhow::Result<Arc<Sealer>> {
+    if let Ok(key) = std::env::var("ONRAMP_MASTER_KEY") {
+        return Ok(Arc::new(
+            Sealer::from_base64(&key).context("ONRAMP_MASTER_KEY")?,
+        ));
+    }
+    Ok(Arc::new(
+        Sealer::load_or_create(&config.keys_dir())
+            .with_context(|| format!("master keys in {}", config.keys_dir().display()))?,
+    ))
+}
+
+pub fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<SqliteStore>> {
+    let options = SqliteOptions {
+        durability: if config.store.durability == "normal" {
+            Durability::Normal
+        } else {
+            Durability::Full
+        },
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&config.store_path(), sealer, options)
+        .with_context(|| format!("opening the store {}", config.store_path().display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Opens the store of an existing deployment (for admin commands).
+pub fn open_existing(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    if !config.store_path().exists() {
+        anyhow::bail!(
+            "no Onramp data in {}: start `onramp serve` there first, or point --data-dir / --config at the deployment",
+            config.data_dir.display()
+        );
+    }
+    open_store(config, sealer(config)?)
+}
+
+/// Creates a provisioning service with a fresh ID scope and owner policy.
+pub async fn create_service(
+    store: &dyn Store,
+    name: &str,
+    policy: AllocationPolicy,
+) -> anyhow::Result<(ProvisioningService, SharedAccessPolicy)> {
+    let owner = SharedAccessPolicy {
+        name: OWNER_POLICY.into(),
+        primary_key: keys::generate(),
+        secondary_key: keys::generate(),
+        rights: AccessRights::ALL,
+    };
+    for _ in 0..16 {
+        let n = u32::from_be_bytes(keys::random_bytes(4).try_into().unwrap_or([0; 4]));
+        let service = ProvisioningService {
+            name: name.to_owned(),
+            id_scope: IdScope::from_number(n),
+            allocation_policy: policy,
+            created: UtcTime::now(),
+        };
+        match store
+            .create_service(&service, std::slice::from_ref(&owner))
+            .await
+        {
+            Ok(()) => return Ok((service, owner)),
+            Err(onramp_core::ports::StoreError::AlreadyExists(_)) => {
+                if store.service(name).await?.is_some() {
+                    anyhow::bail!("a provisioning service named '{name}' already exists");
+                }
+                // ID scope collision: draw another.
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("could not find a free ID scope")
+}
+
+/// What a running server leaves in `<data>/serve.json` for the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServeState {
+    /// `host[:port]` devices and operators use.
+    pub endpoint: String,
+    /// The socket address the HTTPS listener is bound to.
+    pub listen: String,
+    pub service: String,
+    pub id_scope: String,
+    pub ca_cert: Option<PathBuf>,
+    pub pid: u32,
+}
+
+impl ServeState {
+    pub fn read(config: &Config) -> Option<Self> {
+        let text = std::fs::read_to_string(config.state_file()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn write(&self, config: &Config) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(config.state_file(), text)
+            .with_context(|| format!("writing {}", config.state_file().display()))
+    }
+}
+
+/// `host[:port]`: the port is left out when it is 443.
+pub fn authority(host: &str, port: u16) -> String {
+    if port == 443 {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}

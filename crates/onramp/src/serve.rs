@@ -1,0 +1,271 @@
+//! `onramp serve`: wires store, engine, hubs and endpoints together and runs
+//! until interrupted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use onramp_core::admin::Admin;
+use onramp_core::engine::{Engine, EngineConfig};
+use onramp_core::ports::{Store, SystemClock};
+use onramp_core::tenant::LinkedHub;
+use onramp_endpoints::{AppState, EndpointConfig};
+use onramp_hub::{CompanionHub, HubClient};
+
+use crate::cli::ServeArgs;
+use crate::config::Config;
+use crate::local::{self, ServeState, authority};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::for_serve(&args)?;
+    init_logging(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+
+    let sealer = local::sealer(&config)?;
+    let store = local::open_store(&config, sealer.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(&config.https.listen).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "cannot listen on {} ({e}): ports below 1024 need root or CAP_NET_BIND_SERVICE \
+                 (sudo setcap cap_net_bind_service=+ep $(which onramp)); or choose another port with \
+                 --https-listen 127.0.0.1:8443 (the Azure SDKs' HTTPS transports insist on 443)",
+                config.https.listen
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {}: {e}", config.https.listen)
+        }
+    })?;
+    let bound = listener.local_addr()?;
+    let endpoint = authority(&config.public_host, bound.port());
+
+    // TLS: the operator's certificate, or the development PKI.
+    let (chain_pem, key_pem, ca_path, ca_pem) = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => (
+            std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?,
+            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?,
+            None,
+            None,
+        ),
+        _ => {
+            let mut names = onramp_net::pki::default_host_names();
+            if !names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&config.public_host))
+            {
+                names.insert(0, config.public_host.clone());
+            }
+            let pki = onramp_net::pki::load_or_create(&config.tls_dir(), &names)
+                .context("development certificates")?;
+            (
+                pki.server_chain_pem,
+                pki.server_key_pem,
+                Some(pki.ca_cert_path),
+                Some(pki.ca_pem),
+            )
+        }
+    };
+    let server_tls = onramp_net::tls::server_config(&chain_pem, &key_pem, &[b"h2", b"http/1.1"])?;
+
+    // The provisioning service, created on first start.
+    let policy = config.allocation_policy()?;
+    let (service, created_owner) = match store.service(&config.service.name).await? {
+        Some(s) => (s, None),
+        None => {
+            let (s, owner) = local::create_service(&*store, &config.service.name, policy).await?;
+            (s, Some(owner))
+        }
+    };
+
+    // Hubs: the embedded companion hub and the configured ones.
+    let hub = if config.hub.embedded {
+        let hub = CompanionHub::open(&config.hub_store_path(), &endpoint, sealer.clone()).await?;
+        link_embedded(&*store, &service.name, &hub).await?;
+        Some(hub)
+    } else {
+        None
+    };
+    for h in &config.linked_hubs {
+        let link = LinkedHub::from_connection_string(
+            &h.connection_string,
+            &h.location,
+            h.allocation_weight,
+            h.apply_allocation_policy,
+        )
+        .map_err(|e| anyhow::anyhow!("linked_hubs in the configuration: {e}"))?;
+        store.put_linked_hub(&service.name, &link).await?;
+    }
+
+    let mut trust = ca_pem.clone().unwrap_or_default();
+    for path in &config.tls.trust {
+        trust.push_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    let client_tls =
+        onramp_net::tls::client_config(Some(&trust).filter(|t| !t.is_empty()).map(String::as_str))?;
+    let hubs = Arc::new(
+        HubClient::new(client_tls, Duration::from_secs(config.hub.timeout_seconds))
+            .map_err(anyhow::Error::msg)?,
+    );
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let clock = Arc::new(SystemClock);
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let engine = Arc::new(Engine::new(
+        store_dyn.clone(),
+        hubs,
+        clock.clone(),
+        EngineConfig::default(),
+    ));
+    let admin = Arc::new(Admin::new(store_dyn, clock));
+    let state = Arc::new(AppState {
+        engine,
+        admin,
+        config: EndpointConfig {
+            service_host_names: vec![endpoint.clone(), config.public_host.clone()],
+            public_base_url: format!("https://{endpoint}"),
+            max_body_bytes: config.limits.max_body_bytes,
+            register_reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
+            ..EndpointConfig::default()
+        },
+        metrics: Some(metrics),
+        fallback: hub.as_ref().map(|h| h.router()),
+    });
+
+    let state_file = ServeState {
+        endpoint: endpoint.clone(),
+        listen: bound.to_string(),
+        service: service.name.clone(),
+        id_scope: service.id_scope.to_string(),
+        ca_cert: ca_path
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        pid: std::process::id(),
+    };
+    state_file.write(&config)?;
+    print_summary(&config, &state_file, &*store, created_owner.as_ref()).await?;
+
+    onramp_net::serve_https(
+        listener,
+        Arc::new(server_tls),
+        onramp_endpoints::app(state),
+        Default::default(),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = std::fs::remove_file(config.state_file());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Links the embedded hub under its current name, replacing a link left
+/// under an old name (the port changed) and keeping operator settings.
+async fn link_embedded(store: &dyn Store, service: &str, hub: &CompanionHub) -> anyhow::Result<()> {
+    let existing = store.linked_hubs(service).await?;
+    let mut link =
+        LinkedHub::from_connection_string(&hub.owner_connection_string(), "local", 1, true)
+            .map_err(anyhow::Error::msg)?;
+    link.embedded = true;
+    for old in existing.iter().filter(|l| l.embedded) {
+        if old.is_named(&link.name) {
+            link.location = old.location.clone();
+            link.allocation_weight = old.allocation_weight;
+            link.apply_allocation_policy = old.apply_allocation_policy;
+        } else {
+            store.delete_linked_hub(service, &old.name).await?;
+        }
+    }
+    store.put_linked_hub(service, &link).await?;
+    Ok(())
+}
+
+async fn print_summary(
+    config: &Config,
+    state: &ServeState,
+    store: &dyn Store,
+    created_owner: Option<&onramp_core::tenant::SharedAccessPolicy>,
+) -> anyhow::Result<()> {
+    let hubs = store.linked_hubs(&state.service).await?;
+    println!("Onramp {} is running.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  Global device endpoint  {}   (HTTPS device API, listening on {})",
+        state.endpoint, state.listen
+    );
+    println!("  Service API             https://{}", state.endpoint);
+    println!(
+        "  ID scope                {}   (provisioning service '{}')",
+        state.id_scope, state.service
+    );
+    for h in &hubs {
+        let what = if h.embedded {
+            "embedded companion hub"
+        } else {
+            "linked hub"
+        };
+        println!(
+            "  Linked hub              {}   ({what}, weight {})",
+            h.name, h.allocation_weight
+        );
+    }
+    if hubs.is_empty() {
+        println!("  Linked hub              none: link one with `onramp linked-hub add`");
+    }
+    if let Some(ca) = &state.ca_cert {
+        println!(
+            "  CA certificate          {}   (development CA: make devices trust it)",
+            ca.display()
+        );
+    }
+    println!("  Data directory          {}", config.data_dir.display());
+    if let Some(owner) = created_owner {
+        println!();
+        println!("  Service connection string (created now; shown once here):");
+        println!("    {}", owner.connection_string(&state.endpoint));
+    }
+    println!("  Show the service and its connection string again with: onramp service show");
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .map_err(|e| anyhow::anyhow!("log filter '{}': {e}", config.log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        bail!("cannot start logging: {e}");
+    }
+    Ok(())
+}
+
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,365 @@
+//! `onramp enrollment …` and `onramp group …`: the DPS service API, called
+//! over HTTPS with a service connection string, as any Azure service SDK would.
+
+use anyhow::{Context, bail};
+use onramp_core::connection_string::ConnectionString;
+use onramp_core::ports::Store;
+use onramp_core::sas;
+use onramp_core::tenant::OWNER_POLICY;
+use onramp_model::{
+    AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
+    ErrorBody, IndividualEnrollment, InitialTwin, ProvisioningStatus, Secret,
+    SymmetricKeyAttestation,
+};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::cli::{EnrollmentCommand, EnrollmentSpec, GroupCommand, ServiceApi};
+use crate::config::Config;
+use crate::device::http_client;
+use crate::local::{self, ServeState};
+
+const SERVICE_API_VERSION: &str = "2021-10-01";
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    host: String,
+    key_name: String,
+    key: String,
+}
+
+impl Api {
+    async fn open(args: &ServiceApi) -> anyhow::Result<Self> {
+        let config = Config::load(&args.location)?;
+        let state = ServeState::read(&config);
+        let connection_string = match &args.connection_string {
+            Some(cs) => cs.clone(),
+            None => local_connection_string(&config, state.as_ref()).await?,
+        };
+        let cs = ConnectionString::parse(&connection_string).map_err(anyhow::Error::msg)?;
+        let (Some(key_name), Some(key)) = (cs.shared_access_key_name, cs.shared_access_key) else {
+            bail!("the connection string needs SharedAccessKeyName and SharedAccessKey");
+        };
+        let target = args
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| cs.host_name.clone());
+        let ca = args.ca.clone().or_else(|| state.and_then(|s| s.ca_cert));
+        Ok(Self {
+            client: http_client(&config, ca.as_ref())?,
+            base: format!("https://{target}"),
+            host: cs.host_name,
+            key_name,
+            key: key.expose().to_owned(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64
+            + 3600;
+        let token = sas::sign(&self.host, &self.key, expiry, Some(&self.key_name))
+            .map_err(anyhow::Error::msg)?;
+        let mut req = self
+            .client
+            .request(
+                method,
+                format!("{}/{path}?api-version={SERVICE_API_VERSION}", self.base),
+            )
+            .header("Authorization", token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            if let Ok(err) = serde_json::from_str::<ErrorBody>(&text) {
+                bail!(
+                    "HTTP {} {}: {}",
+                    status.as_u16(),
+                    err.error_code,
+                    err.message
+                );
+            }
+            bail!("HTTP {}: {text}", status.as_u16());
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("unreadable answer: {text}"))
+    }
+
+    /// Every item of a query, following continuation tokens.
+    async fn query_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64
+            + 3600;
+        let token = sas::sign(&self.host, &self.key, expiry, Some(&self.key_name))
+            .map_err(anyhow::Error::msg)?;
+        let mut items = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .post(format!(
+                    "{}/{path}?api-version={SERVICE_API_VERSION}",
+                    self.base
+                ))
+                .header("Authorization", &token)
+                .header("x-ms-max-item-count", "1000")
+                .json(&serde_json::json!({"query": "*"}));
+            if let Some(c) = &continuation {
+                req = req.header("x-ms-continuation", c);
+            }
+            let resp = req.send().await?;
+            let status = resp.status();
+            continuation = resp
+                .headers()
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let text = resp.text().await?;
+            if !status.is_success() {
+                bail!("HTTP {}: {text}", status.as_u16());
+            }
+            let page: Vec<Value> = serde_json::from_str(&text)?;
+            items.extend(page);
+            if continuation.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+}
+
+/// The owner policy's connection string of the local deployment.
+async fn local_connection_string(
+    config: &Config,
+    state: Option<&ServeState>,
+) -> anyhow::Result<String> {
+    let store = local::open_existing(config)
+        .context("no --connection-string given, and the local deployment could not be read")?;
+    let service = state
+        .map(|s| s.service.clone())
+        .unwrap_or_else(|| config.service.name.clone());
+    let owner = store
+        .policies(&service)
+        .await?
+        .into_iter()
+        .find(|p| p.name == OWNER_POLICY)
+        .ok_or_else(|| anyhow::anyhow!("provisioning service '{service}' has no {OWNER_POLICY} policy; pass --connection-string"))?;
+    let endpoint = state
+        .map(|s| s.endpoint.clone())
+        .unwrap_or_else(|| config.public_host.clone());
+    Ok(owner.connection_string(&endpoint))
+}
+
+fn attestation(spec: &EnrollmentSpec) -> AttestationMechanism {
+    AttestationMechanism {
+        kind: AttestationType::SymmetricKey,
+        symmetric_key: Some(SymmetricKeyAttestation {
+            primary_key: spec.key.clone().map(Secret::new),
+            secondary_key: spec.secondary_key.clone().map(Secret::new),
+        }),
+        ..Default::default()
+    }
+}
+
+fn settings(
+    spec: &EnrollmentSpec,
+) -> anyhow::Result<(Option<InitialTwin>, Option<AllocationPolicy>)> {
+    let twin = match &spec.initial_twin {
+        Some(t) => Some(
+            serde_json::from_str(t).context("--initial-twin is not an initial twin JSON object")?,
+        ),
+        None => None,
+    };
+    let policy = match &spec.allocation_policy {
+        Some(p) => Some(AllocationPolicy::parse(p).ok_or_else(|| {
+            anyhow::anyhow!("--allocation-policy '{p}': use hashed, static, geoLatency or custom")
+        })?),
+        None => None,
+    };
+    Ok((twin, policy))
+}
+
+fn print(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn enc(id: &str) -> String {
+    sas::encode(id)
+}
+
+pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
+    match command {
+        EnrollmentCommand::Create {
+            api,
+            registration_id,
+            device_id,
+            spec,
+        } => {
+            let api = Api::open(&api).await?;
+            let (initial_twin, allocation_policy) = settings(&spec)?;
+            let e = IndividualEnrollment {
+                registration_id: registration_id.clone(),
+                device_id,
+                attestation: Some(attestation(&spec)),
+                initial_twin,
+                allocation_policy,
+                iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
+                provisioning_status: Some(if spec.disabled {
+                    ProvisioningStatus::Disabled
+                } else {
+                    ProvisioningStatus::Enabled
+                }),
+                capabilities: Some(DeviceCapabilities {
+                    iot_edge: spec.edge,
+                }),
+                ..Default::default()
+            };
+            print(
+                &api.call(
+                    Method::PUT,
+                    &format!("enrollments/{}", enc(&registration_id)),
+                    Some(&serde_json::to_value(&e)?),
+                )
+                .await?,
+            )
+        }
+        EnrollmentCommand::Show {
+            api,
+            registration_id,
+            keys,
+        } => {
+            let api = Api::open(&api).await?;
+            let mut e = api
+                .call(
+                    Method::GET,
+                    &format!("enrollments/{}", enc(&registration_id)),
+                    None,
+                )
+                .await?;
+            if keys {
+                let att = api
+                    .call(
+                        Method::POST,
+                        &format!("enrollments/{}/attestationmechanism", enc(&registration_id)),
+                        None,
+                    )
+                    .await?;
+                e["attestation"] = att;
+            }
+            print(&e)
+        }
+        EnrollmentCommand::List { api } => {
+            let api = Api::open(&api).await?;
+            print(&Value::Array(api.query_all("enrollments/query").await?))
+        }
+        EnrollmentCommand::Delete {
+            api,
+            registration_id,
+        } => {
+            let api = Api::open(&api).await?;
+            api.call(
+                Method::DELETE,
+                &format!("enrollments/{}", enc(&registration_id)),
+                None,
+            )
+            .await?;
+            eprintln!("deleted enrollment {registration_id}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::Create {
+            api,
+            group_id,
+            spec,
+        } => {
+            let api = Api::open(&api).await?;
+            let (initial_twin, allocation_policy) = settings(&spec)?;
+            let g = EnrollmentGroup {
+                enrollment_group_id: group_id.clone(),
+                attestation: Some(attestation(&spec)),
+                initial_twin,
+                allocation_policy,
+                iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
+                provisioning_status: Some(if spec.disabled {
+                    ProvisioningStatus::Disabled
+                } else {
+                    ProvisioningStatus::Enabled
+                }),
+                capabilities: Some(DeviceCapabilities {
+                    iot_edge: spec.edge,
+                }),
+                ..Default::default()
+            };
+            print(
+                &api.call(
+                    Method::PUT,
+                    &format!("enrollmentGroups/{}", enc(&group_id)),
+                    Some(&serde_json::to_value(&g)?),
+                )
+                .await?,
+            )
+        }
+        GroupCommand::Show {
+            api,
+            group_id,
+            keys,
+        } => {
+            let api = Api::open(&api).await?;
+            let mut g = api
+                .call(
+                    Method::GET,
+                    &format!("enrollmentGroups/{}", enc(&group_id)),
+                    None,
+                )
+                .await?;
+            if keys {
+                let att = api
+                    .call(
+                        Method::POST,
+                        &format!("enrollmentGroups/{}/attestationmechanism", enc(&group_id)),
+                        None,
+                    )
+                    .await?;
+                g["attestation"] = att;
+            }
+            print(&g)
+        }
+        GroupCommand::List { api } => {
+            let api = Api::open(&api).await?;
+            print(&Value::Array(
+                api.query_all("enrollmentGroups/query").await?,
+            ))
+        }
+        GroupCommand::Delete { api, group_id } => {
+            let api = Api::open(&api).await?;
+            api.call(
+                Method::DELETE,
+                &format!("enrollmentGroups/{}", enc(&group_id)),
+                None,
+            )
+            .await?;
+            eprintln!("deleted enrollment group {group_id}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Test harness: the real `onramp` binary on loopback, and clients for it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onramp_core::ports::Store;
+use onramp_core::sas;
+use onramp_core::tenant::LinkedHub;
+use onramp_store::sqlite::SqliteOptions;
+use onramp_store::{Sealer, SqliteStore};
+use serde_json::Value;
+
+pub fn onramp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_onramp"))
+}
+
+/// Waits for `check` to return Some, polling every 20 ms, up to `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        // A condition poll, not a sleep for luck: the loop ends as soon as the condition holds.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A running `onramp serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub state: Value,
+    pub ca_pem: String,
+    pub stdout_path: PathBuf,
+}
+
+impl Server {
+    /// Starts on `listen` with a fresh data directory.
+    pub fn start(listen: &str) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("data");
+        let mut s = Self::start_in(&dir, listen, &[]);
+        s._temp = Some(temp);
+        s
+    }
+
+    /// Starts with `data_dir` (kept), extra flags and environment.
+    pub fn start_in(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let state_file = data_dir.join("serve.json");
+        let _ = std::fs::remove_file(&state_file);
+        let stdout_path = data_dir.join("serve.stdout");
+        let stderr_path = data_dir.join("serve.stderr");
+        let child = onramp()
+            .args(["serve", "--https-listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(["--log", "warn,onramp=info"])
+            .args(extra)
+            .env_remove("ONRAMP_CONFIG")
+            .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut server = Server {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            state: Value::Null,
+            ca_pem: String::new(),
+            stdout_path,
+        };
+        let state: Value = wait_for(Duration::from_secs(60), "serve.json", || {
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "onramp serve exited with {status}: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(&state_file).ok()?).ok()?;
+            (v["pid"].as_u64() == Some(u64::from(pid))).then_some(v)
+        });
+        server.ca_pem = std::fs::read_to_string(state["caCert"].as_str().unwrap()).unwrap();
+        server.state = state;
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.state["endpoint"].as_str().unwrap().to_owned()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.state["listen"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn id_scope(&self) -> String {
+        self.state["idScope"].as_str().unwrap().to_owned()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        PathBuf::from(self.state["caCert"].as_str().unwrap())
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// An HTTPS client trusting the server's development CA.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://{}/{}",
+            self.endpoint(),
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Stops with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let status = wait_for(Duration::from_secs(30), "onramp serve to exit", || {
+                child.try_wait().unwrap()
+            });
+            assert!(status.success(), "onramp serve exited with {status}");
+        }
+    }
+
+    /// Opens the deployment's store beside the running server (SQLite WAL allows it).
+    pub fn store(&self) -> Arc<SqliteStore> {
+        let sealer = Arc::new(Sealer::load_or_create(&self.data_dir.join("keys")).unwrap());
+        Arc::new(
+            SqliteStore::open(
+                &self.data_dir.join("onramp.db"),
+                sealer,
+                SqliteOptions::default(),
+            )
+            .unwrap(),
+        )
+    }
+
+    pub async fn owner_connection_string(&self) -> String {
+        let store = self.store();
+        let p = store
+            .policies("default")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "provisioningserviceowner")
+            .unwrap();
+        p.connection_string(&self.endpoint())
+    }
+
+    pub async fn embedded_hub(&self) -> LinkedHub {
+        self.store()
+            .linked_hubs("default")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|h| h.embedded)
+            .unwrap()
+    }
+
+    pub fn hub_client(&self) -> onramp_hub::HubClient {
+        onramp_hub::HubClient::new(
+            onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
+    /// A service API call signed with `connection_string`.
+    pub async fn service_call(
+        &self,
+        connection_string: &str,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let cs =
+            onramp_core::connection_string::ConnectionString::parse(connection_string).unwrap();
+        let token = sas::sign(
+            &cs.host_name,
+            cs.shared_access_key.unwrap().expose(),
+            unix_now() + 3600,
+            cs.shared_access_key_name.as_deref(),
+        )
+        .unwrap();
+        let mut req = self
+            .http()
+            .request(method, self.url(path_and_query))
+            .header("Authorization", token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates a symmetric-key individual enrollment; returns its primary key.
+    pub async fn enroll(&self, registration_id: &str, extra: Value) -> String {
+        let cs = self.owner_connection_string().await;
+        let mut body = serde_json::json!({"registrationId": registration_id, "attestation": {"type": "symmetricKey"}});
+        merge(&mut body, extra);
+        let (status, _, v) = self
+            .service_call(
+                &cs,
+                reqwest::Method::PUT,
+                &format!("enrollments/{registration_id}?api-version=2021-10-01"),
+                Some(body),
+                &[],
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["attestation"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Creates a symmetric-key enrollment group; returns its primary key.
+    pub async fn enroll_group(&self, group_id: &str, extra: Value) -> String {
+        let cs = self.owner_connection_string().await;
+        let mut body = serde_json::json!({"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}});
+        merge(&mut body, extra);
+        let (status, _, v) = self
+            .service_call(
+                &cs,
+                reqwest::Method::PUT,
+                &format!("enrollmentGroups/{group_id}?api-version=2021-10-01"),
+                Some(body),
+                &[],
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["attestation"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn device_token(&self, registration_id: &str, key: &str, expiry: i64) -> String {
+        sas::sign(
+            &format!("{}/registrations/{registration_id}", self.id_scope()),
+            key,
+            expiry,
+            Some("registration"),
+        )
+        .unwrap()
+    }
+
+    /// PUT register with a raw body and token; returns status, headers, JSON.
+    pub async fn register_raw(
+        &self,
+        scope: &str,
+        registration_id: &str,
+        query: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http()
+            .put(self.url(&format!(
+                "{scope}/registrations/{registration_id}/register{query}"
+            )))
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(t), Value::Object(e)) = (target.as_object_mut(), extra) {
+        for (k, v) in e {
+            t.insert(k, v);
+        }
+    }
+}

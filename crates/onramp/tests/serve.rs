@@ -1,0 +1,815 @@
+//! `onramp serve` over real sockets: the device API's refusals, the service
+//! API's rights, persistence across restarts, secrets at rest, and the CLI.
+
+mod common;
+
+use common::{Server, onramp, unix_now};
+use onramp_core::ports::Store;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// An Azure error body with the expected status and code.
+fn assert_azure_error(
+    what: &str,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want_status: u16,
+    want_code: u64,
+) {
+    assert_eq!(status, want_status, "{what}: {body}");
+    assert_eq!(
+        body["errorCode"].as_u64(),
+        Some(want_code),
+        "{what}: {body}"
+    );
+    assert!(
+        body["trackingId"].as_str().is_some_and(|t| !t.is_empty()),
+        "{what}: {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.len() > 20),
+        "{what}: {body}"
+    );
+    assert!(body["timestampUtc"].as_str().is_some(), "{what}: {body}");
+    assert_eq!(
+        headers["content-type"], "application/json; charset=utf-8",
+        "{what}"
+    );
+    assert!(headers.contains_key("x-ms-error-code"), "{what}");
+}
+
+#[tokio::test]
+async fn device_api_refuses_bad_input_and_leaves_no_trace() {
+    let server = Server::start("127.0.0.1:0");
+    let scope = server.id_scope();
+    let key = server.enroll("dev-ok", json!({})).await;
+    let off_key = server
+        .enroll("dev-off", json!({"provisioningStatus": "disabled"}))
+        .await;
+    let body = |id: &str| serde_json::to_vec(&json!({"registrationId": id})).unwrap();
+    let q = "?api-version=2019-03-31";
+    let wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
+
+    let cases: Vec<(&str, &str, &str, String, Vec<u8>, String, u16, u64)> = vec![
+        (
+            "wrong key",
+            "dev-ok",
+            q,
+            scope.clone(),
+            body("dev-ok"),
+            server.device_token("dev-ok", wrong, unix_now() + 600),
+            401,
+            401002,
+        ),
+        (
+            "expired token",
+            "dev-ok",
+            q,
+            scope.clone(),
+            body("dev-ok"),
+            server.device_token("dev-ok", &key, unix_now() - 3600),
+            401,
+            401002,
+        ),
+        (
+            "token of another registration",
+            "dev-ok",
+            q,
+            scope.clone(),
+            body("dev-ok"),
+            server.device_token("dev-other", &key, unix_now() + 600),
+            401,
+            401002,
+        ),
+        (
+            "unknown registration ID",
+            "nobody",
+            q,
+            scope.clone(),
+            body("nobody"),
+            server.device_token("nobody", &key, unix_now() + 600),
+            404,
+            404201,
+        ),
+        (
+            "disabled enrollment",
+            "dev-off",
+            q,
+            scope.clone(),
+            body("dev-off"),
+            server.device_token("dev-off", &off_key, unix_now() + 600),
+            401,
+            401003,
+        ),
+        (
+            "wrong ID scope",
+            "dev-ok",
+            q,
+            "0ne00000000".into(),
+            body("dev-ok"),
+            onramp_core::sas::sign(
+                "0ne00000000/registrations/dev-ok",
+                &key,
+                unix_now() + 600,
+                None,
+            )
+            .unwrap(),
+            404,
+            404001,
+        ),
+        (
+            "malformed JSON",
+            "dev-ok",
+            q,
+            scope.clone(),
+            b"{\"registrationId\": ".to_vec(),
+            server.device_token("dev-ok", &key, unix_now() + 600),
+            400,
+            400001,
+        ),
+        (
+            "body over 96 KB",
+            "dev-ok",
+            q,
+            scope.clone(),
+            serde_json::to_vec(
+                &json!({"registrationId": "dev-ok", "payload": {"blob": "x".repeat(97 * 1024)}}),
+            )
+            .unwrap(),
+            server.device_token("dev-ok", &key, unix_now() + 600),
+            413,
+            413001,
+        ),
+        (
+            "missing api-version",
+            "dev-ok",
+            "",
+            scope.clone(),
+            body("dev-ok"),
+            server.device_token("dev-ok", &key, unix_now() + 600),
+            400,
+            400002,
+        ),
+    ];
+    for (what, id, query, scope, body, token, want_status, want_code) in cases {
+        let (status, headers, v) = server
+            .register_raw(&scope, id, query, Some(&token), body)
+            .await;
+        assert_azure_error(what, status, &headers, &v, want_status, want_code);
+    }
+
+    // Nothing was recorded and no hub device was created.
+    let cs = server.owner_connection_string().await;
+    let hub = server.embedded_hub().await;
+    let hub_client = server.hub_client();
+    for id in ["dev-ok", "dev-off", "nobody", "dev-other"] {
+        let (status, _, v) = server
+            .service_call(
+                &cs,
+                Method::GET,
+                &format!("registrations/{id}?api-version=2021-10-01"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, v["errorCode"].as_u64()),
+            (404, Some(404203)),
+            "{id}: {v}"
+        );
+        assert!(
+            hub_client.get_device(&hub, id).await.unwrap().is_none(),
+            "{id} reached the hub"
+        );
+    }
+
+    // Controls: an old api-version is accepted and the device is assigned at once.
+    let token = server.device_token("dev-ok", &key, unix_now() + 600);
+    let (status, headers, v) = server
+        .register_raw(
+            &scope,
+            "dev-ok",
+            "?api-version=2017-11-15",
+            Some(&token),
+            body("dev-ok"),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+    assert_eq!(v["status"], "assigned", "{v}");
+    assert!(v["operationId"].as_str().is_some_and(|o| {
+        o.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    }));
+    assert_eq!(v["registrationState"]["assignedHub"], hub.name.as_str());
+    assert!(
+        hub_client
+            .get_device(&hub, "dev-ok")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The operation stays queryable, as Edge and some SDKs always poll.
+    let op = v["operationId"].as_str().unwrap();
+    let resp = server
+        .http()
+        .get(server.url(&format!(
+            "{scope}/registrations/dev-ok/operations/{op}?api-version=2019-03-31"
+        )))
+        .header("Authorization", &token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let polled: Value = resp.json().await.unwrap();
+    assert_eq!(polled["status"], "assigned");
+    assert_eq!(polled["operationId"], op);
+
+    // The device's own status lookup.
+    let resp = server
+        .http()
+        .post(server.url(&format!(
+            "{scope}/registrations/dev-ok?api-version=2021-06-01"
+        )))
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let state: Value = resp.json().await.unwrap();
+    assert_eq!(state["deviceId"], "dev-ok");
+}
+
+#[tokio::test]
+async fn service_calls_need_a_valid_token_and_the_right_right() {
+    let server = Server::start("127.0.0.1:0");
+    server.enroll("dev-1", json!({})).await;
+    let out = onramp()
+        .args([
+            "service",
+            "add-policy",
+            "reader",
+            "--rights",
+            "EnrollmentRead",
+            "--data-dir",
+        ])
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let reader = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Connection string: "))
+        .unwrap()
+        .to_owned();
+
+    let (status, _, v) = server
+        .service_call(
+            &reader,
+            Method::GET,
+            "enrollments/dev-1?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["attestation"]["symmetricKey"].get("primaryKey").is_none(),
+        "GET hides keys: {v}"
+    );
+    let (status, headers, v) = server
+        .service_call(
+            &reader,
+            Method::PUT,
+            "enrollments/dev-2?api-version=2021-10-01",
+            Some(json!({"attestation": {"type": "symmetricKey"}})),
+            &[],
+        )
+        .await;
+    assert_azure_error(
+        "write without EnrollmentWrite",
+        status,
+        &headers,
+        &v,
+        403,
+        403001,
+    );
+    assert!(v["message"].as_str().unwrap().contains("EnrollmentWrite"));
+    let (status, headers, v) = server
+        .service_call(
+            &reader,
+            Method::POST,
+            "enrollments/dev-1/attestationmechanism?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_azure_error(
+        "keys without EnrollmentWrite",
+        status,
+        &headers,
+        &v,
+        403,
+        403001,
+    );
+    let (status, headers, v) = server
+        .service_call(
+            &reader,
+            Method::GET,
+            "registrations/dev-1?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_azure_error(
+        "registrations without RegistrationStatusRead",
+        status,
+        &headers,
+        &v,
+        403,
+        403001,
+    );
+
+    // No token, a forged one, and a missing api-version.
+    let resp = server
+        .http()
+        .get(server.url("enrollments/dev-1?api-version=2021-10-01"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    assert_azure_error(
+        "no token",
+        status,
+        &headers,
+        &resp.json().await.unwrap(),
+        401,
+        401001,
+    );
+    let forged = reader.replace("SharedAccessKey=", "SharedAccessKey=AAAA");
+    let (status, headers, v) = server
+        .service_call(
+            &forged,
+            Method::GET,
+            "enrollments/dev-1?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_azure_error("forged key", status, &headers, &v, 401, 401002);
+    let (status, headers, v) = server
+        .service_call(&reader, Method::GET, "enrollments/dev-1", None, &[])
+        .await;
+    assert_azure_error("no api-version", status, &headers, &v, 400, 400002);
+}
+
+#[tokio::test]
+async fn service_api_pages_and_guards_with_etags() {
+    let server = Server::start("127.0.0.1:0");
+    let cs = server.owner_connection_string().await;
+    for i in 0..7 {
+        server.enroll(&format!("page-{i}"), json!({})).await;
+    }
+    let mut seen = Vec::new();
+    let mut continuation: Option<String> = None;
+    loop {
+        let mut headers = vec![("x-ms-max-item-count", "3")];
+        if let Some(c) = &continuation {
+            headers.push(("x-ms-continuation", c.as_str()));
+        }
+        let (status, h, v) = server
+            .service_call(
+                &cs,
+                Method::POST,
+                "enrollments/query?api-version=2021-10-01",
+                Some(json!({"query": "SELECT * FROM enrollments"})),
+                &headers,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(h["x-ms-item-type"], "Enrollment");
+        let page = v.as_array().unwrap();
+        assert!(page.len() <= 3);
+        seen.extend(
+            page.iter()
+                .map(|e| e["registrationId"].as_str().unwrap().to_owned()),
+        );
+        continuation = h
+            .get("x-ms-continuation")
+            .map(|c| c.to_str().unwrap().to_owned());
+        if continuation.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 7, "{seen:?}");
+
+    let (_, _, e) = server
+        .service_call(
+            &cs,
+            Method::GET,
+            "enrollments/page-0?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    let etag = e["etag"].as_str().unwrap().to_owned();
+    let mut updated = e.clone();
+    updated["initialTwin"] = json!({"tags": {"v": 2}});
+    let (status, _, v) = server
+        .service_call(
+            &cs,
+            Method::PUT,
+            "enrollments/page-0?api-version=2021-10-01",
+            Some(updated.clone()),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["etag"], etag.as_str());
+    let (status, headers, v) = server
+        .service_call(
+            &cs,
+            Method::PUT,
+            "enrollments/page-0?api-version=2021-10-01",
+            Some(updated),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_azure_error("stale etag", status, &headers, &v, 412, 412001);
+    let (status, _, _) = server
+        .service_call(
+            &cs,
+            Method::DELETE,
+            "enrollments/page-0?api-version=2021-10-01",
+            None,
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, headers, v) = server
+        .service_call(
+            &cs,
+            Method::GET,
+            "enrollments/page-0?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_azure_error("deleted", status, &headers, &v, 404, 404201);
+    let (status, headers, v) = server
+        .service_call(
+            &cs,
+            Method::PUT,
+            "enrollments/bad?api-version=2021-10-01",
+            Some(
+                json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": 5}}}),
+            ),
+            &[],
+        )
+        .await;
+    assert_azure_error("wrong type", status, &headers, &v, 400, 400001);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("attestation.symmetricKey.primaryKey"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+
+    // An extra companion hub, linked through its connection string.
+    let hub_dir = temp.path().join("hub2");
+    let hub_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut hub2 = onramp()
+        .args([
+            "hub",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{hub_port}"),
+            "--data-dir",
+        ])
+        .arg(&hub_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hub2_stdout = hub2.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        // Read every line, so the hub never writes into a closed pipe.
+        for line in std::io::BufReader::new(hub2_stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(cs) = line.trim().strip_prefix("Connection string") {
+                let _ = tx.send(cs.trim().to_owned());
+            }
+        }
+    });
+    let hub2_cs = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("hub serve printed its connection string");
+    // Onramp trusts the second hub's development CA through its configuration file.
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(
+        &config,
+        format!("[tls]\ntrust = [{:?}]\n", hub_dir.join("tls/ca.pem")),
+    )
+    .unwrap();
+    let config_flag = ["--config", config.to_str().unwrap()];
+
+    let mut server = Server::start_in(&dir, &listen, &config_flag);
+    let first_stdout = server.stdout();
+    assert!(
+        first_stdout.contains("SharedAccessKey="),
+        "the connection string is printed at creation: {first_stdout}"
+    );
+    let out = onramp()
+        .args([
+            "linked-hub",
+            "add",
+            "--connection-string",
+            &hub2_cs,
+            "--region",
+            "lab",
+            "--weight",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ind_key = server
+        .enroll("keep-1", json!({"initialTwin": {"tags": {"t": 1}}}))
+        .await;
+    let group_key = server.enroll_group("keep-group", json!({})).await;
+    let device_key = onramp_core::sas::derive_device_key(&group_key, "keep-2").unwrap();
+    for (id, key) in [("keep-1", ind_key.clone()), ("keep-2", device_key.clone())] {
+        let token = server.device_token(id, &key, unix_now() + 600);
+        let (status, _, v) = server
+            .register_raw(
+                &server.id_scope(),
+                id,
+                "?api-version=2021-06-01",
+                Some(&token),
+                serde_json::to_vec(&json!({"registrationId": id})).unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (202, Some("assigned")),
+            "{v}"
+        );
+    }
+    let owner_cs = server.owner_connection_string().await;
+    let scope = server.id_scope();
+    let embedded_cs = server
+        .embedded_hub()
+        .await
+        .connection_string
+        .expose()
+        .to_owned();
+    server.stop();
+
+    let server = Server::start_in(&dir, &listen, &config_flag);
+    assert_eq!(server.id_scope(), scope, "the ID scope is kept");
+    assert!(
+        !server.stdout().contains("SharedAccessKey="),
+        "the connection string is printed only at creation"
+    );
+    assert_eq!(server.owner_connection_string().await, owner_cs);
+    let hubs = server.store().linked_hubs("default").await.unwrap();
+    assert_eq!(hubs.len(), 2, "{hubs:?}");
+    assert!(
+        hubs.iter()
+            .any(|h| h.allocation_weight == 2 && h.location == "lab")
+    );
+    for id in ["keep-1", "keep-2"] {
+        let (status, _, v) = server
+            .service_call(
+                &owner_cs,
+                Method::GET,
+                &format!("registrations/{id}?api-version=2021-10-01"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("assigned")),
+            "{v}"
+        );
+    }
+    let (_, _, att) = server
+        .service_call(
+            &owner_cs,
+            Method::POST,
+            "enrollments/keep-1/attestationmechanism?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        att["symmetricKey"]["primaryKey"],
+        ind_key.as_str(),
+        "keys survive the restart"
+    );
+    // The device can still register with its key after the restart.
+    let token = server.device_token("keep-1", &ind_key, unix_now() + 600);
+    let (status, _, v) = server
+        .register_raw(
+            &scope,
+            "keep-1",
+            "?api-version=2021-06-01",
+            Some(&token),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (202, Some("assigned")),
+        "{v}"
+    );
+    let (_, _, g) = server
+        .service_call(
+            &owner_cs,
+            Method::POST,
+            "enrollmentGroups/keep-group/attestationmechanism?api-version=2021-10-01",
+            None,
+            &[],
+        )
+        .await;
+    let group_secondary = g["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ind_secondary = att["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(server);
+    let _ = hub2.kill();
+    let _ = hub2.wait();
+
+    let key_of = |cs: &str| cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
+    let secrets = [
+        ind_key,
+        ind_secondary,
+        group_key,
+        group_secondary,
+        device_key,
+        key_of(&owner_cs),
+        key_of(&embedded_cs),
+        key_of(&hub2_cs),
+    ];
+    let mut files = Vec::new();
+    for root in [dir.clone(), hub_dir] {
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_file()
+                && (name.ends_with(".db") || name.ends_with(".db-wal") || name.ends_with(".db-shm"))
+            {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    use base64::Engine as _;
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in &secrets {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(secret)
+                .unwrap();
+            for needle in [secret.as_bytes(), raw.as_slice()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds a secret in plaintext",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn first_provisioning_with_the_cli() {
+    let server = Server::start("127.0.0.1:0");
+    let dir = server.data_dir.clone();
+    let run = |args: &[&str]| {
+        let out = onramp()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let created: Value =
+        serde_json::from_str(&run(&["enrollment", "create", "my-first-device"])).unwrap();
+    let key = created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let result: Value = serde_json::from_str(&run(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "my-first-device",
+        "--key",
+        &key,
+    ]))
+    .unwrap();
+    assert_eq!(result["status"], "assigned");
+    assert_eq!(result["registrationState"]["deviceId"], "my-first-device");
+
+    let group: Value = serde_json::from_str(&run(&[
+        "group",
+        "create",
+        "line-7",
+        "--initial-twin",
+        r#"{"properties":{"desired":{"rate":10}}}"#,
+    ]))
+    .unwrap();
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let result: Value = serde_json::from_str(&run(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "line-7-unit-1",
+        "--group-key",
+        &group_key,
+        "--payload",
+        r#"{"fw":"1.0"}"#,
+    ]))
+    .unwrap();
+    assert_eq!(
+        result["registrationState"]["symmetricKey"]["enrollmentGroupId"],
+        "line-7"
+    );
+    let listed: Value = serde_json::from_str(&run(&["group", "list"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let shown: Value =
+        serde_json::from_str(&run(&["enrollment", "show", "my-first-device"])).unwrap();
+    assert_eq!(shown["registrationState"]["status"], "assigned");
+    run(&["enrollment", "delete", "my-first-device"]);
+    let listed: Value = serde_json::from_str(&run(&["enrollment", "list"])).unwrap();
+    assert_eq!(listed, json!([]));
+
+    let out = onramp()
+        .args([
+            "device",
+            "provision",
+            "--registration-id",
+            "stranger",
+            "--key",
+            &key,
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404201"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
