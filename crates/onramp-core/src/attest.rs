@@ -32,8 +32,8 @@ pub enum DeviceCredential {
 /// The enrollment that vouched for a device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enrollment {
-    Individual(IndividualEnrollment),
-    Group(EnrollmentGroup),
+    Individual(Box<IndividualEnrollment>),
+    Group(Box<EnrollmentGroup>),
 }
 
 /// The outcome of a successful attestation.
@@ -164,7 +164,7 @@ async fn attest_token(
         }
         return finish(
             registration_id,
-            Enrollment::Individual(enrollment),
+            Enrollment::Individual(Box::new(enrollment)),
             (primary, secondary),
         );
     }
@@ -202,7 +202,11 @@ async fn attest_token(
             };
             let (dp, ds) = (derive(&gp)?, derive(&gs)?);
             if token.is_signed_by(dp.expose()) || token.is_signed_by(ds.expose()) {
-                return finish(registration_id, Enrollment::Group(group), (dp, ds));
+                return finish(
+                    registration_id,
+                    Enrollment::Group(Box::new(group)),
+                    (dp, ds),
+                );
             }
         }
     }

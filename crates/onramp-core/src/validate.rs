@@ -328,12 +328,12 @@ impl Settings<'_> {
                 )));
             }
         }
-        if let Some(name) = self.iot_hub_host_name.filter(|n| !n.is_empty()) {
-            if !ctx.linked_hubs.iter().any(|h| h.is_named(name)) {
-                return Err(ProvisioningError::invalid(format!(
-                    "iotHubHostName '{name}' is not linked to this provisioning service; link it first"
-                )));
-            }
+        if let Some(name) = self.iot_hub_host_name.filter(|n| !n.is_empty())
+            && !ctx.linked_hubs.iter().any(|h| h.is_named(name))
+        {
+            return Err(ProvisioningError::invalid(format!(
+                "iotHubHostName '{name}' is not linked to this provisioning service; link it first"
+            )));
         }
         match self.allocation_policy {
             Some(AllocationPolicy::Static) => {

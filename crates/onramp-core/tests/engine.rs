@@ -1,5 +1,7 @@
 //! Engine tests over in-memory ports: the product's rules, in microseconds.
 
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
 use std::sync::Arc;
 
 use onramp_core::attest::DeviceCredential;

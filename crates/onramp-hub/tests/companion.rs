@@ -1,5 +1,7 @@
 //! The hub adapter against a real companion hub over HTTPS.
 
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -198,6 +198,8 @@ case_insensitive_enum!(
     }
 );
 
+// The macro that generates the enum has no place for `#[default]`.
+#[allow(clippy::derivable_impls)]
 impl Default for AttestationType {
     fn default() -> Self {
         AttestationType::None

@@ -1,6 +1,8 @@
 //! `onramp serve` over real sockets: the device API's refusals, the service
 //! API's rights, persistence across restarts, secrets at rest, and the CLI.
 
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
 mod common;
 
 use common::{Server, onramp, unix_now};
@@ -51,112 +53,112 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
     let q = "?api-version=2019-03-31";
     let wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
 
-    let cases: Vec<(&str, &str, &str, String, Vec<u8>, String, u16, u64)> = vec![
-        (
+    struct Case {
+        what: &'static str,
+        id: &'static str,
+        query: &'static str,
+        scope: String,
+        body: Vec<u8>,
+        token: String,
+        status: u16,
+        code: u64,
+    }
+    let case = |what, id: &'static str, token: String, status, code| Case {
+        what,
+        id,
+        query: q,
+        scope: scope.clone(),
+        body: body(id),
+        token,
+        status,
+        code,
+    };
+    let cases = vec![
+        case(
             "wrong key",
             "dev-ok",
-            q,
-            scope.clone(),
-            body("dev-ok"),
             server.device_token("dev-ok", wrong, unix_now() + 600),
             401,
             401002,
         ),
-        (
+        case(
             "expired token",
             "dev-ok",
-            q,
-            scope.clone(),
-            body("dev-ok"),
             server.device_token("dev-ok", &key, unix_now() - 3600),
             401,
             401002,
         ),
-        (
+        case(
             "token of another registration",
             "dev-ok",
-            q,
-            scope.clone(),
-            body("dev-ok"),
             server.device_token("dev-other", &key, unix_now() + 600),
             401,
             401002,
         ),
-        (
+        case(
             "unknown registration ID",
             "nobody",
-            q,
-            scope.clone(),
-            body("nobody"),
             server.device_token("nobody", &key, unix_now() + 600),
             404,
             404201,
         ),
-        (
+        case(
             "disabled enrollment",
             "dev-off",
-            q,
-            scope.clone(),
-            body("dev-off"),
             server.device_token("dev-off", &off_key, unix_now() + 600),
             401,
             401003,
         ),
-        (
-            "wrong ID scope",
-            "dev-ok",
-            q,
-            "0ne00000000".into(),
-            body("dev-ok"),
-            onramp_core::sas::sign(
+        Case {
+            scope: "0ne00000000".into(),
+            token: onramp_core::sas::sign(
                 "0ne00000000/registrations/dev-ok",
                 &key,
                 unix_now() + 600,
                 None,
             )
             .unwrap(),
-            404,
-            404001,
-        ),
-        (
-            "malformed JSON",
-            "dev-ok",
-            q,
-            scope.clone(),
-            b"{\"registrationId\": ".to_vec(),
-            server.device_token("dev-ok", &key, unix_now() + 600),
-            400,
-            400001,
-        ),
-        (
-            "body over 96 KB",
-            "dev-ok",
-            q,
-            scope.clone(),
-            serde_json::to_vec(
+            ..case("wrong ID scope", "dev-ok", String::new(), 404, 404001)
+        },
+        Case {
+            body: b"{\"registrationId\": ".to_vec(),
+            ..case(
+                "malformed JSON",
+                "dev-ok",
+                server.device_token("dev-ok", &key, unix_now() + 600),
+                400,
+                400001,
+            )
+        },
+        Case {
+            body: serde_json::to_vec(
                 &json!({"registrationId": "dev-ok", "payload": {"blob": "x".repeat(97 * 1024)}}),
             )
             .unwrap(),
-            server.device_token("dev-ok", &key, unix_now() + 600),
-            413,
-            413001,
-        ),
-        (
-            "missing api-version",
-            "dev-ok",
-            "",
-            scope.clone(),
-            body("dev-ok"),
-            server.device_token("dev-ok", &key, unix_now() + 600),
-            400,
-            400002,
-        ),
+            ..case(
+                "body over 96 KB",
+                "dev-ok",
+                server.device_token("dev-ok", &key, unix_now() + 600),
+                413,
+                413001,
+            )
+        },
+        Case {
+            query: "",
+            ..case(
+                "missing api-version",
+                "dev-ok",
+                server.device_token("dev-ok", &key, unix_now() + 600),
+                400,
+                400002,
+            )
+        },
     ];
-    for (what, id, query, scope, body, token, want_status, want_code) in cases {
+    for c in cases {
         let (status, headers, v) = server
-            .register_raw(&scope, id, query, Some(&token), body)
+            .register_raw(&c.scope, c.id, c.query, Some(&c.token), c.body)
             .await;
-        assert_azure_error(what, status, &headers, &v, want_status, want_code);
+        assert_azure_error(c.what, status, &headers, &v, c.status, c.code);
     }
 
     // Nothing was recorded and no hub device was created.

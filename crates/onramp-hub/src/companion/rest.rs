@@ -362,10 +362,11 @@ async fn get_twin(
     Ok(ok_json(twin_view(&record)))
 }
 
+/// Tags and desired properties of a service write.
+type TwinWrite = (Option<Map<String, Value>>, Option<Map<String, Value>>);
+
 /// Tags and desired properties of a service write, checked and without `$` members.
-fn twin_write(
-    body: &Bytes,
-) -> Result<(Option<Map<String, Value>>, Option<Map<String, Value>>), HubFailure> {
+fn twin_write(body: &Bytes) -> Result<TwinWrite, HubFailure> {
     let twin: Twin = parse(body)?;
     let props = twin.properties.unwrap_or_default();
     if props.reported.as_ref().is_some_and(|r| !r.is_empty()) {

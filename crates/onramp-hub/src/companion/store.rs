@@ -227,8 +227,7 @@ impl HubStore {
         let mut stored = device;
         stored.etag = Some(new_tag());
         let (doc, sealed) = self.seal_device(&stored, &id_key)?;
-        let result = self
-            .db
+        self.db
             .write(move |conn| {
                 let current = load(conn, &sealer, &id_key)?;
                 let mut stored = stored;
@@ -270,8 +269,7 @@ impl HubStore {
                 .map_err(sql_error)?;
                 Ok(Ok(DeviceRecord { device: stored, twin }))
             })
-            .await?;
-        result
+            .await?
     }
 
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {

@@ -829,7 +829,7 @@ fn get_row(
     table: &str,
     service: &str,
     key: &str,
-) -> Result<Option<(String, Option<Vec<u8>>)>, StoreError> {
+) -> Result<Option<DocAndKeys>, StoreError> {
     conn.prepare_cached(&format!(
         "SELECT doc, keys_sealed FROM {table} WHERE service = ?1 AND id_key = ?2"
     ))
@@ -840,6 +840,9 @@ fn get_row(
     .map_err(sql_error)
 }
 
+/// A stored document and its sealed keys.
+type DocAndKeys = (String, Option<Vec<u8>>);
+/// Key, document and sealed keys of a listed row.
 type Row = (String, String, Option<Vec<u8>>);
 
 fn list_rows(
