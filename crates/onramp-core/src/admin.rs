@@ -379,7 +379,7 @@ impl Admin {
         self.store
             .registration(service, &id.to_ascii_lowercase())
             .await?
-            .map(|r| r.state)
+            .map(|r| service_view(r.state))
             .ok_or_else(|| registration_not_found(id))
     }
 
@@ -429,10 +429,21 @@ impl Admin {
             r.state.registration_id.to_ascii_lowercase()
         });
         Ok(Page {
-            items: items.into_iter().map(|r| r.state).collect(),
+            items: items.into_iter().map(|r| service_view(r.state)).collect(),
             continuation,
         })
     }
+}
+
+/// The registration record as the service API shows it: the device API's
+/// attestation-specific members (`symmetricKey`, `x509`, `tpm`, issued
+/// certificates) are not part of `DeviceRegistrationState`.
+fn service_view(mut state: DeviceRegistrationState) -> DeviceRegistrationState {
+    state.symmetric_key = None;
+    state.x509 = None;
+    state.tpm = None;
+    state.issued_certificate_chain = None;
+    state
 }
 
 fn enrollment_not_found(id: &str) -> ProvisioningError {

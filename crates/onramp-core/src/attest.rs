@@ -25,6 +25,12 @@ pub enum DeviceCredential {
     SasToken(String),
     /// The certificate chain from the TLS handshake, leaf first (DER).
     X509Chain(Vec<Vec<u8>>),
+    /// A TPM's endorsement and storage root keys (base64 TPM2B_PUBLIC), sent
+    /// to start the TPM challenge.
+    Tpm {
+        endorsement_key: String,
+        storage_root_key: Option<String>,
+    },
     /// Nothing: no token and no client certificate.
     None,
 }
@@ -112,6 +118,11 @@ pub async fn attest(
         DeviceCredential::X509Chain(_) => Err(ProvisioningError::new(
             ErrorCode::UnsupportedAttestation,
             "X.509 attestation is not available on this Onramp server yet; \
+             provision this device with a symmetric key (SharedAccessSignature) instead",
+        )),
+        DeviceCredential::Tpm { .. } => Err(ProvisioningError::new(
+            ErrorCode::UnsupportedAttestation,
+            "TPM attestation is not available on this Onramp server yet; \
              provision this device with a symmetric key (SharedAccessSignature) instead",
         )),
         DeviceCredential::None => Err(ProvisioningError::new(

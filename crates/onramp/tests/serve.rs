@@ -815,3 +815,73 @@ async fn first_provisioning_with_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn x509_and_tpm_registrations_get_a_clear_error_for_now() {
+    let server = Server::start("127.0.0.1:0");
+    // A device presenting a client certificate in the TLS handshake.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "x509-dev");
+    let cert = params.self_signed(&key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in onramp_net::tls::certs_from_pem(&server.ca_pem).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let resp = client
+        .put(server.url(&format!(
+            "{}/registrations/x509-dev/register?api-version=2021-06-01",
+            server.id_scope()
+        )))
+        .json(&json!({"registrationId": "x509-dev"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let body: Value = resp.json().await.unwrap();
+    assert_azure_error("x509 device", status, &headers, &body, 400, 400006);
+    assert!(
+        body["message"].as_str().unwrap().contains("X.509"),
+        "{body}"
+    );
+
+    // A TPM device's first request: its keys in the body, no token.
+    let (status, headers, body) = server
+        .register_raw(
+            &server.id_scope(),
+            "tpm-dev",
+            "?api-version=2019-03-31",
+            None,
+            serde_json::to_vec(&json!({"registrationId": "tpm-dev", "tpm": {"endorsementKey": "AToAAQ==", "storageRootKey": "ARgAAQ=="}})).unwrap(),
+        )
+        .await;
+    assert_azure_error("tpm device", status, &headers, &body, 400, 400006);
+    assert!(body["message"].as_str().unwrap().contains("TPM"), "{body}");
+
+    // No credential at all.
+    let (status, headers, body) = server
+        .register_raw(
+            &server.id_scope(),
+            "anon",
+            "?api-version=2019-03-31",
+            None,
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_azure_error("no credential", status, &headers, &body, 401, 401001);
+}

@@ -48,18 +48,25 @@ pub(super) async fn handle(
     result.unwrap_or_else(|e| respond::error(&e))
 }
 
-/// The token from `Authorization`, else the TLS client certificate chain.
-fn credential(parts: &http::request::Parts) -> DeviceCredential {
+/// The token from `Authorization`, else the TLS client certificate chain,
+/// else the TPM keys of the register body.
+fn credential(parts: &http::request::Parts, body: Option<&DeviceRegistration>) -> DeviceCredential {
     if let Some(token) =
         super::header(&parts.headers, "authorization").filter(|t| !t.trim().is_empty())
     {
         return DeviceCredential::SasToken(token.to_owned());
     }
-    match parts.extensions.get::<PeerCertificates>() {
-        Some(PeerCertificates(chain)) if !chain.is_empty() => {
-            DeviceCredential::X509Chain(chain.iter().map(|c| c.as_ref().to_vec()).collect())
-        }
-        _ => DeviceCredential::None,
+    if let Some(PeerCertificates(chain)) = parts.extensions.get::<PeerCertificates>()
+        && !chain.is_empty()
+    {
+        return DeviceCredential::X509Chain(chain.iter().map(|c| c.as_ref().to_vec()).collect());
+    }
+    match body.and_then(|b| b.tpm.as_ref()) {
+        Some(tpm) => DeviceCredential::Tpm {
+            endorsement_key: tpm.endorsement_key.clone(),
+            storage_root_key: tpm.storage_root_key.clone(),
+        },
+        None => DeviceCredential::None,
     }
 }
 
@@ -85,7 +92,7 @@ async fn register(
     let request = RegisterRequest {
         id_scope: scope,
         registration_id: registration_id.clone(),
-        credential: credential(parts),
+        credential: credential(parts, Some(&registration)),
         body: registration,
         force_registration,
         operation_id: operation_id.clone(),
@@ -132,7 +139,7 @@ async fn operation(
         .operation_status(OperationRequest {
             id_scope: scope,
             registration_id,
-            credential: credential(parts),
+            credential: credential(parts, None),
             operation_id,
             protocol: Protocol::Https,
         })
@@ -170,7 +177,7 @@ async fn status(
         .registration_status(StatusRequest {
             id_scope: scope,
             registration_id,
-            credential: credential(parts),
+            credential: credential(parts, None),
             protocol: Protocol::Https,
         })
         .await?;
