@@ -359,6 +359,21 @@ impl Engine {
             })
     }
 
+    /// Checks a device's credential without registering it (an MQTT or AMQP
+    /// connection is accepted or refused before any request).
+    pub async fn check_device(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+    ) -> Result<(), ProvisioningError> {
+        let registration_id = parse_registration_id(registration_id)?;
+        self.authenticate(id_scope, &registration_id, credential, protocol)
+            .await
+            .map(|_| ())
+    }
+
     async fn authenticate(
         &self,
         id_scope: &str,

@@ -4,9 +4,14 @@
 //!
 //! - [`https`]: the HTTPS listener's application: the DPS device API, the DPS
 //!   service API, `/metrics` and `/health`, with Azure-compatible routing,
-//!   error bodies and headers.
+//!   error bodies and headers, and WebSocket upgrades for MQTT.
+//! - [`mqtt`]: the DPS device API over MQTT, and the router that sends each
+//!   MQTT connection to DPS or to the embedded hub.
+//! - [`provision`]: what every device transport shares.
 #![forbid(unsafe_code)]
 
 pub mod https;
+pub mod mqtt;
+pub mod provision;
 
 pub use https::{AppState, EndpointConfig, app};

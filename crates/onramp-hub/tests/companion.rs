@@ -18,7 +18,7 @@ struct Running {
     client: HubClient,
     link: LinkedHub,
     _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: onramp_net::ShutdownTrigger,
 }
 
 async fn start() -> Running {
@@ -37,15 +37,18 @@ async fn start() -> Running {
     let hub = CompanionHub::open(&dir.path().join("hub.db"), &host, sealer)
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(onramp_net::serve_https(
+    let (stop, shutdown) = onramp_net::Shutdown::new();
+    let services = onramp_net::Services {
+        http: hub.router(),
+        mqtt: Some(hub.mqtt_app()),
+        mqtt_limits: Default::default(),
+    };
+    tokio::spawn(onramp_net::serve(
         listener,
         Arc::new(tls),
-        hub.router(),
+        services,
         Default::default(),
-        async {
-            let _ = stopped.await;
-        },
+        shutdown,
     ));
     let client = HubClient::new(
         onramp_net::tls::client_config(Some(&pki.ca_pem)).unwrap(),

@@ -5,12 +5,17 @@
 //! - [`tls`]: rustls server and client configurations (aws-lc-rs only).
 //! - [`pki`]: a local CA and server certificate for development, created on
 //!   first start and reused after.
-//! - [`https`]: serve an axum router over TLS, HTTP/1.1 and HTTP/2, with
-//!   graceful shutdown.
+//! - [`listener`]: the front door: TLS, then HTTP/1.1, HTTP/2 or MQTT on the
+//!   same port, with graceful shutdown.
+//! - [`mqtt`]: MQTT 3.1.1 sessions (and MQTT over WebSockets), a client for
+//!   the simulator and tests.
 #![forbid(unsafe_code)]
 
-pub mod https;
+pub mod listener;
+pub mod mqtt;
 pub mod pki;
 pub mod tls;
 
-pub use https::{PeerCertificates, RemoteAddr, serve_https};
+pub use listener::{
+    ListenerLimits, PeerCertificates, RemoteAddr, Services, Shutdown, ShutdownTrigger, serve,
+};

@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// Address of the HTTPS listener (device API, service API, hub REST API).
     #[arg(long, env = "ONRAMP_HTTPS_LISTEN")]
     pub https_listen: Option<String>,
+    /// Address of the MQTT listener ("off" for none).
+    #[arg(long, env = "ONRAMP_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+    /// Milliseconds an MQTT client has to send CONNECT.
+    #[arg(long, env = "ONRAMP_MQTT_CONNECT_TIMEOUT_MS")]
+    pub mqtt_connect_timeout_ms: Option<u64>,
     /// Host name devices and operators use to reach this server.
     #[arg(long, env = "ONRAMP_PUBLIC_HOST")]
     pub public_host: Option<String>,
@@ -92,6 +98,19 @@ pub struct ServeArgs {
 pub enum HubCommand {
     /// Run a companion hub on its own.
     Serve(HubServeArgs),
+    /// Device-to-cloud messages the hub received, oldest first, as JSON lines.
+    Messages {
+        /// Data directory holding hub.db (a hub's own, or `onramp serve`'s
+        /// for the embedded hub).
+        #[arg(long, env = "ONRAMP_DATA_DIR", default_value = "./onramp-data")]
+        data_dir: PathBuf,
+        /// Only this device's messages.
+        #[arg(long)]
+        device: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -99,9 +118,12 @@ pub struct HubServeArgs {
     /// Data directory of this hub.
     #[arg(long, env = "ONRAMP_HUB_DATA_DIR", default_value = "./onramp-hub-data")]
     pub data_dir: PathBuf,
-    /// Address of the hub's HTTPS listener.
+    /// Address of the hub's HTTPS listener (REST API, MQTT over WebSockets).
     #[arg(long, env = "ONRAMP_HUB_LISTEN", default_value = "0.0.0.0:443")]
     pub listen: String,
+    /// Address of the hub's MQTT listener ("off" for none).
+    #[arg(long, env = "ONRAMP_HUB_MQTT_LISTEN", default_value = "0.0.0.0:8883")]
+    pub mqtt_listen: String,
     /// Host name clients use (the port is added when it is not 443).
     #[arg(long, env = "ONRAMP_HUB_HOST", default_value = "localhost")]
     pub host: String,
@@ -302,6 +324,26 @@ pub enum GroupCommand {
 pub enum DeviceCommand {
     /// Provision one simulated device and print the result.
     Provision(ProvisionArgs),
+    /// Provision, connect to the assigned hub, print the desired twin, send telemetry.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub provision: ProvisionArgs,
+    /// Telemetry messages to send.
+    #[arg(long, default_value_t = 5)]
+    pub messages: u32,
+    /// Transport to the hub: mqtt or mqtt-ws.
+    #[arg(long, default_value = "mqtt")]
+    pub hub_protocol: String,
+    /// Reported properties to send, as a JSON object.
+    #[arg(long)]
+    pub report: Option<String>,
+    /// After sending, wait this long for desired-property updates and print them.
+    #[arg(long, default_value_t = 0)]
+    pub listen_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -328,7 +370,7 @@ pub struct ProvisionArgs {
     /// CA certificate (PEM) to trust. Default: the data directory's development CA.
     #[arg(long, env = "ONRAMP_CA")]
     pub ca: Option<PathBuf>,
-    /// Transport: https.
+    /// Transport: https, mqtt or mqtt-ws.
     #[arg(long, default_value = "https")]
     pub protocol: String,
     /// Ask for re-provisioning even if nothing changed.

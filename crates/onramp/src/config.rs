@@ -17,6 +17,7 @@ pub struct Config {
     /// Host name devices and operators use (the port is added when not 443).
     pub public_host: String,
     pub https: HttpsConfig,
+    pub mqtt: MqttConfig,
     pub tls: TlsConfig,
     pub store: StoreConfig,
     pub hub: HubConfig,
@@ -31,6 +32,42 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpsConfig {
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the MQTT listener; empty or `off` for none. (Every
+    /// listener also takes MQTT: the first byte of a connection tells.)
+    pub listen: String,
+    /// Largest MQTT packet accepted.
+    pub max_packet_bytes: u32,
+    /// A client must send CONNECT within this time.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8883".into(),
+            max_packet_bytes: 256 * 1024,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl MqttConfig {
+    pub fn enabled(&self) -> bool {
+        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
+    }
+
+    pub fn limits(&self) -> onramp_net::mqtt::MqttLimits {
+        onramp_net::mqtt::MqttLimits {
+            max_packet_bytes: self.max_packet_bytes,
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,6 +147,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./onramp-data"),
             public_host: "localhost".into(),
             https: HttpsConfig::default(),
+            mqtt: MqttConfig::default(),
             tls: TlsConfig::default(),
             store: StoreConfig::default(),
             hub: HubConfig::default(),
@@ -203,6 +241,12 @@ impl Config {
         let mut c = Self::load(&args.location)?;
         if let Some(v) = &args.https_listen {
             c.https.listen = v.clone();
+        }
+        if let Some(v) = &args.mqtt_listen {
+            c.mqtt.listen = v.clone();
+        }
+        if let Some(v) = args.mqtt_connect_timeout_ms {
+            c.mqtt.connect_timeout_ms = v;
         }
         if let Some(v) = &args.public_host {
             c.public_host = v.clone();

@@ -1,42 +1,52 @@
-//! `onramp device provision`: a simulated device, speaking the DPS device API
-//! over HTTPS exactly as the Azure SDKs do. Load generators drive the same code.
+//! `onramp device provision` and `onramp device run`: the simulator on the
+//! command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use onramp_core::sas;
-use onramp_model::{
-    DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
-};
+use onramp_model::RegistrationStatus;
 
-use crate::cli::{DeviceCommand, ProvisionArgs};
+use crate::cli::{DeviceCommand, ProvisionArgs, RunArgs};
 use crate::config::Config;
 use crate::local::ServeState;
-
-/// The api-version Onramp's simulator sends (what the C SDK sends today).
-pub const DEVICE_API_VERSION: &str = "2021-06-01";
+use crate::simulator::{self, DeviceSpec, HubDevice, Protocol};
 
 pub async fn run(command: DeviceCommand) -> anyhow::Result<()> {
     match command {
-        DeviceCommand::Provision(args) => provision(args).await,
+        DeviceCommand::Provision(args) => provision(args).await.map(|_| ()),
+        DeviceCommand::Run(args) => run_device(args).await,
     }
 }
 
-/// Builds an HTTPS client trusting `ca` (or the local development CA).
-pub fn http_client(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
+/// The CA certificate PEM to trust: `ca`, else the local development CA.
+fn trusted_pem(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
     let ca_path = ca.cloned().or_else(|| {
         let local = config.tls_dir().join("ca.pem");
         local.exists().then_some(local)
     });
-    let pem = match &ca_path {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the CA certificate {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let tls = onramp_net::tls::client_config(pem.as_deref())?;
+    ca_path
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the CA certificate {}", p.display()))
+        })
+        .transpose()
+}
+
+pub fn tls_config(
+    config: &Config,
+    ca: Option<&PathBuf>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    Ok(Arc::new(onramp_net::tls::client_config(
+        trusted_pem(config, ca)?.as_deref(),
+    )?))
+}
+
+/// Builds an HTTPS client trusting `ca` (or the local development CA).
+pub fn http_client(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
+    let tls = onramp_net::tls::client_config(trusted_pem(config, ca)?.as_deref())?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(30))
@@ -44,98 +54,25 @@ pub fn http_client(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<reqw
         .context("building the HTTPS client")
 }
 
-/// One device's credentials and target.
-pub struct DeviceSpec {
-    pub endpoint: String,
-    pub id_scope: String,
-    pub registration_id: String,
-    pub key: String,
-    pub payload: Option<serde_json::Value>,
-    pub force: bool,
+struct Provisioned {
+    status: onramp_model::RegistrationOperationStatus,
+    key: String,
+    tls: Arc<rustls::ClientConfig>,
 }
 
-/// Registers over HTTPS and polls until the operation is finished.
-pub async fn provision_https(
-    client: &reqwest::Client,
-    spec: &DeviceSpec,
-) -> anyhow::Result<RegistrationOperationStatus> {
-    let resource = format!("{}/registrations/{}", spec.id_scope, spec.registration_id);
-    let base = format!(
-        "https://{}/{}",
-        spec.endpoint,
-        resource_path(&spec.id_scope, &spec.registration_id)
-    );
-    let token = |expiry| {
-        sas::sign(&resource, &spec.key, expiry, Some("registration")).map_err(anyhow::Error::msg)
-    };
-    let expiry = unix_now() + 3600;
-    let body = DeviceRegistration {
-        registration_id: Some(spec.registration_id.clone()),
-        payload: spec.payload.clone(),
-        ..Default::default()
-    };
-    let mut url = format!("{base}/register?api-version={DEVICE_API_VERSION}");
-    if spec.force {
-        url.push_str("&forceRegistration=true");
-    }
-    let resp = client
-        .put(&url)
-        .header("Authorization", token(expiry)?)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", spec.endpoint))?;
-    let mut status = read_status(resp).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while status.status == RegistrationStatus::Assigning {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the registration is still assigning after 120 s (operation {})",
-                status.operation_id
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let resp = client
-            .get(format!(
-                "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
-                status.operation_id
-            ))
-            .header("Authorization", token(expiry)?)
-            .send()
-            .await?;
-        status = read_status(resp).await?;
-    }
-    Ok(status)
-}
-
-fn resource_path(scope: &str, registration_id: &str) -> String {
-    format!(
-        "{}/registrations/{}",
-        sas::encode(scope),
-        sas::encode(registration_id)
-    )
-}
-
-async fn read_status(resp: reqwest::Response) -> anyhow::Result<RegistrationOperationStatus> {
-    let code = resp.status();
-    let text = resp.text().await?;
-    if !code.is_success() {
-        if let Ok(err) = serde_json::from_str::<ErrorBody>(&text) {
-            bail!("HTTP {} {}: {}", code.as_u16(), err.error_code, err.message);
-        }
-        bail!("HTTP {}: {text}", code.as_u16());
-    }
-    serde_json::from_str(&text).with_context(|| format!("unreadable answer: {text}"))
-}
-
-async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
     let config = Config::load(&args.location)?;
     let local = ServeState::read(&config);
-    let endpoint = args
-        .endpoint
-        .clone()
-        .or_else(|| local.as_ref().map(|s| s.endpoint.clone()))
-        .unwrap_or_else(|| "localhost".into());
+    let protocol = Protocol::parse(&args.protocol)?;
+    let endpoint = match (&args.endpoint, &local) {
+        (Some(e), _) => e.clone(),
+        (None, Some(s)) if protocol == Protocol::Mqtt => s
+            .mqtt_endpoint
+            .clone()
+            .unwrap_or_else(|| s.endpoint.clone()),
+        (None, Some(s)) => s.endpoint.clone(),
+        (None, None) => "localhost".into(),
+    };
     let id_scope = args
         .scope
         .clone()
@@ -145,12 +82,6 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         .ca
         .clone()
         .or_else(|| local.as_ref().and_then(|s| s.ca_cert.clone()));
-    if args.protocol != "https" {
-        bail!(
-            "protocol '{}' is not available in this version; use https",
-            args.protocol
-        );
-    }
     let key = match (&args.key, &args.group_key) {
         (Some(k), None) => k.clone(),
         (None, Some(g)) => {
@@ -162,16 +93,17 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         Some(p) => Some(serde_json::from_str(p).context("--payload is not JSON")?),
         None => None,
     };
-    let client = http_client(&config, ca.as_ref())?;
+    let http = http_client(&config, ca.as_ref())?;
+    let tls = tls_config(&config, ca.as_ref())?;
     let spec = DeviceSpec {
         endpoint,
         id_scope,
         registration_id: args.registration_id.clone(),
-        key,
+        key: key.clone(),
         payload,
         force: args.force,
     };
-    let status = provision_https(&client, &spec).await?;
+    let status = simulator::provision(&spec, protocol, &http, tls.clone()).await?;
     println!("{}", serde_json::to_string_pretty(&status)?);
     match status.status {
         RegistrationStatus::Assigned => {
@@ -182,7 +114,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
                     state.assigned_hub.as_deref().unwrap_or("?")
                 );
             }
-            Ok(())
+            Ok(Provisioned { status, key, tls })
         }
         other => {
             let message = status
@@ -195,9 +127,57 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+async fn run_device(args: RunArgs) -> anyhow::Result<()> {
+    let hub_protocol = Protocol::parse(&args.hub_protocol)?;
+    if hub_protocol == Protocol::Https {
+        bail!("the hub is reached over mqtt or mqtt-ws");
+    }
+    let report = match &args.report {
+        Some(r) => {
+            Some(serde_json::from_str::<serde_json::Value>(r).context("--report is not JSON")?)
+        }
+        None => None,
+    };
+    let provisioned = provision(args.provision.clone()).await?;
+    let state = provisioned.status.registration_state.unwrap_or_else(|| {
+        onramp_model::DeviceRegistrationState::new(
+            args.provision.registration_id.clone(),
+            RegistrationStatus::Assigned,
+        )
+    });
+    let (Some(hub), Some(device_id)) = (state.assigned_hub, state.device_id) else {
+        bail!("the answer names no hub or device ID");
+    };
+    let mut device = HubDevice::connect(
+        &hub,
+        &device_id,
+        &provisioned.key,
+        hub_protocol,
+        provisioned.tls,
+    )
+    .await?;
+    let twin = device.twin().await?;
+    println!("{}", serde_json::json!({"desired": twin["desired"]}));
+    if let Some(patch) = report {
+        let version = device.report(&patch).await?;
+        eprintln!("reported properties at version {version}");
+    }
+    for i in 0..args.messages {
+        device
+            .send_telemetry(&serde_json::json!({"seq": i, "deviceId": device_id, "sentAt": onramp_model::UtcTime::now()}))
+            .await?;
+    }
+    eprintln!("sent {} telemetry messages to {hub}", args.messages);
+    if args.listen_seconds > 0 {
+        let until = tokio::time::Instant::now() + Duration::from_secs(args.listen_seconds);
+        loop {
+            match tokio::time::timeout_at(until, device.desired_update()).await {
+                Ok(Ok(update)) => println!("{}", serde_json::json!({"desiredUpdate": update})),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+    }
+    device.disconnect().await;
+    Ok(())
 }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use onramp_hub::CompanionHub;
+use onramp_net::mqtt::MqttLimits;
+use onramp_net::{ListenerLimits, Services, Shutdown};
 use onramp_store::Sealer;
 
 use crate::cli::{HubCommand, HubServeArgs};
@@ -12,7 +14,32 @@ use crate::local::authority;
 pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     match command {
         HubCommand::Serve(args) => serve(args).await,
+        HubCommand::Messages {
+            data_dir,
+            device,
+            limit,
+        } => messages(&data_dir, device.as_deref(), limit).await,
     }
+}
+
+async fn messages(
+    data_dir: &std::path::Path,
+    device: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let db = data_dir.join("hub.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "no hub data in {}: point --data-dir at a hub's (or onramp serve's) data directory",
+            data_dir.display()
+        );
+    }
+    let sealer = Arc::new(Sealer::load_or_create(&data_dir.join("keys"))?);
+    let store = onramp_hub::companion::HubStore::open(&db, sealer)?;
+    for m in store.messages(device, 0, limit).await? {
+        println!("{}", serde_json::to_string(&m)?);
+    }
+    Ok(())
 }
 
 async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
@@ -42,20 +69,53 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
     )?;
     let sealer = Arc::new(Sealer::load_or_create(&args.data_dir.join("keys"))?);
     let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
+    let mqtt_listener =
+        if args.mqtt_listen.is_empty() || args.mqtt_listen.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&args.mqtt_listen)
+                    .await
+                    .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_listen))?,
+            )
+        };
     println!(
         "Onramp companion hub {host} is running (listening on {}).",
         listener.local_addr()?
     );
+    if let Some(l) = &mqtt_listener {
+        println!("  MQTT               {}", l.local_addr()?);
+    }
     println!("  Connection string  {}", hub.owner_connection_string());
     println!("  CA certificate     {}", pki.ca_cert_path.display());
     println!("  Link it:           onramp linked-hub add --connection-string '<the string above>'");
-    onramp_net::serve_https(
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(async move {
+        crate::serve::shutdown_signal().await;
+        stop.trigger();
+    });
+    let limits = MqttLimits::default();
+    let services = Services {
+        http: hub.standalone_router(limits, shutdown.clone()),
+        mqtt: Some(hub.mqtt_app()),
+        mqtt_limits: limits,
+    };
+    let tls = Arc::new(tls);
+    let https = onramp_net::serve(
         listener,
-        Arc::new(tls),
-        hub.router(),
-        Default::default(),
-        crate::serve::shutdown_signal(),
-    )
-    .await;
+        tls.clone(),
+        services.clone(),
+        ListenerLimits::default(),
+        shutdown.clone(),
+    );
+    match mqtt_listener {
+        Some(l) => {
+            tokio::join!(
+                https,
+                onramp_net::serve(l, tls, services, ListenerLimits::default(), shutdown)
+            );
+        }
+        None => https.await,
+    }
     Ok(())
 }

@@ -100,6 +100,11 @@ pub struct ServeState {
     pub endpoint: String,
     /// The socket address the HTTPS listener is bound to.
     pub listen: String,
+    /// `host[:port]` of the MQTT listener (the port is left out when 8883).
+    #[serde(default)]
+    pub mqtt_endpoint: Option<String>,
+    #[serde(default)]
+    pub mqtt_listen: Option<String>,
     pub service: String,
     pub id_scope: String,
     pub ca_cert: Option<PathBuf>,
@@ -121,7 +126,12 @@ impl ServeState {
 
 /// `host[:port]`: the port is left out when it is 443.
 pub fn authority(host: &str, port: u16) -> String {
-    if port == 443 {
+    authority_with_default(host, port, 443)
+}
+
+/// `host[:port]`: the port is left out when it is `default`.
+pub fn authority_with_default(host: &str, port: u16, default: u16) -> String {
+    if port == default {
         host.to_owned()
     } else {
         format!("{host}:{port}")

@@ -10,6 +10,7 @@ mod hub_cmd;
 mod local;
 mod serve;
 mod service_client;
+mod simulator;
 
 use clap::Parser;
 

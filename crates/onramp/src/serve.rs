@@ -9,12 +9,16 @@ use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::ports::{Store, SystemClock};
 use onramp_core::tenant::LinkedHub;
+use onramp_endpoints::https::MqttWebSockets;
+use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
+use onramp_net::mqtt::MqttApp;
+use onramp_net::{ListenerLimits, Services, Shutdown};
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
-use crate::local::{self, ServeState, authority};
+use crate::local::{self, ServeState, authority, authority_with_default};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
@@ -39,6 +43,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let bound = listener.local_addr()?;
     let endpoint = authority(&config.public_host, bound.port());
+    let mqtt_listener = if config.mqtt.enabled() {
+        let l = tokio::net::TcpListener::bind(&config.mqtt.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for MQTT on {}: {e} (set --mqtt-listen off to go without)",
+                    config.mqtt.listen
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let mqtt_bound = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     // TLS: the operator's certificate, or the development PKI.
     let (chain_pem, key_pem, ca_path, ca_pem) = match (&config.tls.cert, &config.tls.key) {
@@ -123,18 +141,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         EngineConfig::default(),
     ));
     let admin = Arc::new(Admin::new(store_dyn, clock));
+    let endpoint_config = EndpointConfig {
+        service_host_names: vec![endpoint.clone(), config.public_host.clone()],
+        public_base_url: format!("https://{endpoint}"),
+        max_body_bytes: config.limits.max_body_bytes,
+        register_reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
+        ..EndpointConfig::default()
+    };
+    // One MQTT application for every port: DPS or the embedded hub, by user name.
+    let mqtt_app: Arc<dyn MqttApp> = Arc::new(MqttRouter {
+        dps: Arc::new(DpsMqtt::new(engine.clone(), endpoint_config.clone())),
+        hub: hub.as_ref().map(|h| h.mqtt_app() as Arc<dyn MqttApp>),
+    });
+    let mqtt_limits = config.mqtt.limits();
+    let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {
         engine,
         admin,
-        config: EndpointConfig {
-            service_host_names: vec![endpoint.clone(), config.public_host.clone()],
-            public_base_url: format!("https://{endpoint}"),
-            max_body_bytes: config.limits.max_body_bytes,
-            register_reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
-            ..EndpointConfig::default()
-        },
+        config: endpoint_config,
         metrics: Some(metrics),
         fallback: hub.as_ref().map(|h| h.router()),
+        websockets: Some(MqttWebSockets {
+            app: mqtt_app.clone(),
+            limits: mqtt_limits,
+            shutdown: shutdown.clone(),
+        }),
     });
 
     let state_file = ServeState {
@@ -142,6 +173,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: bound.to_string(),
         service: service.name.clone(),
         id_scope: service.id_scope.to_string(),
+        mqtt_endpoint: mqtt_bound
+            .map(|a| authority_with_default(&config.public_host, a.port(), 8883)),
+        mqtt_listen: mqtt_bound.map(|a| a.to_string()),
         ca_cert: ca_path
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
@@ -150,14 +184,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     state_file.write(&config)?;
     print_summary(&config, &state_file, &*store, created_owner.as_ref()).await?;
 
-    onramp_net::serve_https(
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.trigger();
+    });
+    let services = Services {
+        http: onramp_endpoints::app(state),
+        mqtt: Some(mqtt_app),
+        mqtt_limits,
+    };
+    let server_tls = Arc::new(server_tls);
+    let https = onramp_net::serve(
         listener,
-        Arc::new(server_tls),
-        onramp_endpoints::app(state),
-        Default::default(),
-        shutdown_signal(),
-    )
-    .await;
+        server_tls.clone(),
+        services.clone(),
+        ListenerLimits::default(),
+        shutdown.clone(),
+    );
+    match mqtt_listener {
+        Some(l) => {
+            let mqtt =
+                onramp_net::serve(l, server_tls, services, ListenerLimits::default(), shutdown);
+            tokio::join!(https, mqtt);
+        }
+        None => https.await,
+    }
     let _ = std::fs::remove_file(config.state_file());
     tracing::info!("stopped");
     Ok(())
@@ -193,9 +244,12 @@ async fn print_summary(
     let hubs = store.linked_hubs(&state.service).await?;
     println!("Onramp {} is running.", env!("CARGO_PKG_VERSION"));
     println!(
-        "  Global device endpoint  {}   (HTTPS device API, listening on {})",
+        "  Global device endpoint  {}   (HTTPS and MQTT over WebSockets, listening on {})",
         state.endpoint, state.listen
     );
+    if let (Some(mqtt), Some(listen)) = (&state.mqtt_endpoint, &state.mqtt_listen) {
+        println!("  MQTT endpoint           {mqtt}   (listening on {listen})");
+    }
     println!("  Service API             https://{}", state.endpoint);
     println!(
         "  ID scope                {}   (provisioning service '{}')",

@@ -14,9 +14,7 @@ use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
-use onramp_model::{
-    DeviceRegistration, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
-};
+use onramp_model::{DeviceRegistration, ErrorCode, RegistrationStatus};
 use onramp_net::PeerCertificates;
 
 use super::route::Route;
@@ -84,7 +82,6 @@ async fn register(
     let force_registration = query
         .get("forceRegistration")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let operation_id = state.engine.new_operation_id();
     let location = format!(
         "{}/{scope}/registrations/{registration_id}/register",
         state.config.public_base_url.trim_end_matches('/')
@@ -95,23 +92,15 @@ async fn register(
         credential: credential(parts, Some(&registration)),
         body: registration,
         force_registration,
-        operation_id: operation_id.clone(),
+        operation_id: state.engine.new_operation_id(),
         protocol: Protocol::Https,
     };
-    // The engine's work runs in its own task: if it outlives the reply
-    // budget the device hears `assigning` and polls; the work is not lost.
-    let engine = state.engine.clone();
-    let mut work = tokio::spawn(async move { engine.register(request).await });
-    let outcome = match tokio::time::timeout(state.config.register_reply_budget, &mut work).await {
-        Ok(joined) => joined.map_err(|e| {
-            ProvisioningError::internal(format!("the registration task failed: {e}"))
-        })??,
-        Err(_) => RegistrationOperationStatus {
-            operation_id,
-            status: RegistrationStatus::Assigning,
-            registration_state: None,
-        },
-    };
+    let outcome = crate::provision::register_within(
+        &state.engine,
+        request,
+        state.config.register_reply_budget,
+    )
+    .await?;
     let mut resp = respond::json(StatusCode::ACCEPTED, &outcome, true);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);

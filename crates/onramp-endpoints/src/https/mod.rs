@@ -2,7 +2,7 @@
 //! `/health` on one listener, plus (when embedded) the companion hub's routes.
 
 mod device;
-mod respond;
+pub(crate) mod respond;
 pub mod route;
 mod service;
 
@@ -18,6 +18,8 @@ use onramp_core::ProvisioningError;
 use onramp_core::admin::Admin;
 use onramp_core::engine::Engine;
 use onramp_model::ErrorCode;
+use onramp_net::Shutdown;
+use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use tower::ServiceExt;
 
 pub use respond::escape_non_ascii;
@@ -64,15 +66,36 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Routes served when a path is not a DPS path (the embedded hub).
     pub fallback: Option<Router>,
+    /// MQTT over WebSockets, upgraded on any path.
+    pub websockets: Option<MqttWebSockets>,
 }
 
-/// The application to serve with [`onramp_net::serve_https`].
+/// What a WebSocket upgrade for MQTT is handed to.
+#[derive(Clone)]
+pub struct MqttWebSockets {
+    pub app: Arc<dyn MqttApp>,
+    pub limits: MqttLimits,
+    pub shutdown: Shutdown,
+}
+
+/// The application to serve with [`onramp_net::serve`].
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
+    if ws::is_upgrade(req.headers()) {
+        return match &state.websockets {
+            Some(w) if ws::offers_mqtt(req.headers()) => {
+                ws::accept(req, w.app.clone(), w.limits, w.shutdown.receiver())
+            }
+            _ => respond::error(&ProvisioningError::new(
+                ErrorCode::InvalidArgument,
+                "WebSocket upgrades here carry MQTT: offer the subprotocol mqtt",
+            )),
+        };
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let route = match route::route(&method, &path) {

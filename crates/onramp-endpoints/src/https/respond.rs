@@ -15,13 +15,7 @@ pub const JSON: &str = "application/json; charset=utf-8";
 /// An Azure error body with its status, `x-ms-error-code`, and a
 /// `Retry-After` when trying again later can help.
 pub fn error(err: &ProvisioningError) -> Response {
-    let body = ErrorBody {
-        error_code: err.code.code(),
-        tracking_id: uuid::Uuid::new_v4().to_string(),
-        message: err.message.clone(),
-        info: None,
-        timestamp_utc: UtcTime::now(),
-    };
+    let body = error_body(err);
     let mut resp = json(
         StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &body,
@@ -35,6 +29,17 @@ pub fn error(err: &ProvisioningError) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
     }
     resp
+}
+
+/// The Azure error body for `err`, with a fresh tracking ID.
+pub fn error_body(err: &ProvisioningError) -> ErrorBody {
+    ErrorBody {
+        error_code: err.code.code(),
+        tracking_id: uuid::Uuid::new_v4().to_string(),
+        message: err.message.clone(),
+        info: None,
+        timestamp_utc: UtcTime::now(),
+    }
 }
 
 /// JSON with `Content-Type: application/json; charset=utf-8`. Device answers

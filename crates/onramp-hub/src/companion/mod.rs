@@ -6,6 +6,8 @@
 //! engine still reaches it over real HTTPS, as it would any linked hub.
 
 mod auth;
+mod connections;
+mod mqtt;
 mod rest;
 mod store;
 
@@ -14,10 +16,14 @@ use std::sync::{Arc, RwLock};
 
 use onramp_core::keys;
 use onramp_core::ports::StoreError;
+use onramp_net::Shutdown;
+use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use onramp_store::Sealer;
 
 pub use auth::{HubPolicy, HubRights};
-pub use store::{DeviceRecord, HubStore, HubStoreError, TwinState};
+pub use connections::Connections;
+pub use mqtt::HubMqtt;
+pub use store::{DeviceRecord, HubStore, HubStoreError, StoredMessage, TwinState};
 
 /// The policy every companion hub starts with, holding every right.
 pub const OWNER_POLICY: &str = "iothubowner";
@@ -26,6 +32,7 @@ pub struct CompanionHub {
     host_name: String,
     store: HubStore,
     policies: RwLock<Vec<HubPolicy>>,
+    connections: Connections,
 }
 
 impl CompanionHub {
@@ -53,6 +60,7 @@ impl CompanionHub {
             host_name: host_name.to_owned(),
             store,
             policies: RwLock::new(policies),
+            connections: Connections::default(),
         }))
     }
 
@@ -62,6 +70,15 @@ impl CompanionHub {
 
     pub fn store(&self) -> &HubStore {
         &self.store
+    }
+
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// The device side over MQTT, to serve on the listener.
+    pub fn mqtt_app(self: &Arc<Self>) -> Arc<HubMqtt> {
+        Arc::new(HubMqtt::new(self.clone()))
     }
 
     pub fn policies(&self) -> Vec<HubPolicy> {
@@ -85,8 +102,32 @@ impl CompanionHub {
         )
     }
 
-    /// The REST routes, to serve alone or beside the DPS routes.
+    /// The REST routes, to serve beside the DPS routes.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         rest::router(self.clone())
+    }
+
+    /// The REST routes plus MQTT over WebSockets on any other path: what a
+    /// hub running on its own serves.
+    pub fn standalone_router(
+        self: &Arc<Self>,
+        limits: MqttLimits,
+        shutdown: Shutdown,
+    ) -> axum::Router {
+        let app: Arc<dyn MqttApp> = self.mqtt_app();
+        rest::router(self.clone()).fallback(move |req: axum::extract::Request| {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            async move {
+                if ws::is_upgrade(req.headers()) {
+                    ws::accept(req, app, limits, shutdown.receiver())
+                } else {
+                    let mut resp = axum::response::Response::new(axum::body::Body::from(
+                        "not an operation of this hub",
+                    ));
+                    *resp.status_mut() = axum::http::StatusCode::NOT_FOUND;
+                    resp
+                }
+            }
+        })
     }
 }

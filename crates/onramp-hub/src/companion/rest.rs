@@ -1,6 +1,7 @@
 //! The IoT Hub service REST subset: `/devices/{id}` and `/twins/{id}`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -156,10 +157,17 @@ fn ok_json(value: impl serde::Serialize) -> Response {
     resp
 }
 
-fn device_view(record: &DeviceRecord) -> Device {
+fn connection_state(hub: &CompanionHub, device_id: &str) -> &'static str {
+    if hub.connections().is_connected(device_id) {
+        "Connected"
+    } else {
+        "Disconnected"
+    }
+}
+
+fn device_view(hub: &CompanionHub, record: &DeviceRecord) -> Device {
     let mut d = record.device.clone();
-    d.connection_state
-        .get_or_insert_with(|| "Disconnected".into());
+    d.connection_state = Some(connection_state(hub, &d.device_id).into());
     d.connection_state_updated_time
         .get_or_insert_with(|| "0001-01-01T00:00:00Z".into());
     d.status_updated_time
@@ -171,7 +179,7 @@ fn device_view(record: &DeviceRecord) -> Device {
 }
 
 /// The twin document IoT Hub returns, with `$version` and `$metadata`.
-pub fn twin_view(record: &DeviceRecord) -> Value {
+pub fn twin_view(hub: &CompanionHub, record: &DeviceRecord) -> Value {
     let t = &record.twin;
     let d = &record.device;
     let collection = |props: &Map<String, Value>, version: i64, updated: Option<UtcTime>| {
@@ -194,7 +202,7 @@ pub fn twin_view(record: &DeviceRecord) -> Value {
         "deviceEtag": d.etag,
         "status": d.status.unwrap_or_default(),
         "statusUpdateTime": "0001-01-01T00:00:00Z",
-        "connectionState": d.connection_state.clone().unwrap_or_else(|| "Disconnected".into()),
+        "connectionState": connection_state(hub, &d.device_id),
         "lastActivityTime": "0001-01-01T00:00:00Z",
         "cloudToDeviceMessageCount": 0,
         "authenticationType": auth_type,
@@ -225,7 +233,12 @@ async fn list_devices(
         .devices(None, top)
         .await
         .map_err(HubStoreError::from)?;
-    Ok(ok_json(records.iter().map(device_view).collect::<Vec<_>>()))
+    Ok(ok_json(
+        records
+            .iter()
+            .map(|r| device_view(&hub, r))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 async fn get_device(
@@ -240,7 +253,7 @@ async fn get_device(
         .await
         .map_err(HubStoreError::from)?
         .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
-    Ok(ok_json(device_view(&record)))
+    Ok(ok_json(device_view(&hub, &record)))
 }
 
 async fn put_device(
@@ -274,7 +287,7 @@ async fn put_device(
         .store()
         .put_device(device, if_match(&headers), UtcTime::now())
         .await?;
-    Ok(ok_json(device_view(&record)))
+    Ok(ok_json(device_view(&hub, &record)))
 }
 
 fn normalize_identity(device: &mut Device) -> Result<(), HubFailure> {
@@ -359,7 +372,7 @@ async fn get_twin(
         .await
         .map_err(HubStoreError::from)?
         .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
-    Ok(ok_json(twin_view(&record)))
+    Ok(ok_json(twin_view(&hub, &record)))
 }
 
 /// Tags and desired properties of a service write.
@@ -412,12 +425,13 @@ fn check_names(path: &str, map: &Map<String, Value>, depth: usize) -> Result<(),
     Ok(())
 }
 
+/// Applies a service write; returns (anything changed, desired changed).
 fn apply(
     twin: &mut TwinState,
     tags: Option<Map<String, Value>>,
     desired: Option<Map<String, Value>>,
     replace: bool,
-) -> bool {
+) -> (bool, bool) {
     let before = (twin.tags.clone(), twin.desired.clone());
     if let Some(tags) = tags {
         if replace {
@@ -433,11 +447,27 @@ fn apply(
             twin::merge(&mut twin.desired, &desired);
         }
     }
-    if twin.desired != before.1 {
+    let desired_changed = twin.desired != before.1;
+    if desired_changed {
         twin.desired_version += 1;
         twin.desired_updated = Some(UtcTime::now());
     }
-    (twin.tags.clone(), twin.desired.clone()) != before
+    (
+        (twin.tags.clone(), twin.desired.clone()) != before,
+        desired_changed,
+    )
+}
+
+/// Tells a connected device about a desired-properties change: the patch (or
+/// the whole desired document after a replace) with its new `$version`.
+fn notify(hub: &CompanionHub, record: &DeviceRecord, patch: Option<Map<String, Value>>) {
+    let mut body = patch.unwrap_or_else(|| record.twin.desired.clone());
+    body.insert("$version".into(), json!(record.twin.desired_version));
+    hub.connections().notify_desired(
+        &record.device.device_id,
+        record.twin.desired_version,
+        Value::Object(body).to_string().into(),
+    );
 }
 
 async fn patch_twin(
@@ -452,13 +482,33 @@ async fn patch_twin(
         HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
     )?;
     let (tags, desired) = twin_write(&body)?;
+    let patch = desired.clone();
+    let (record, desired_changed) =
+        write_twin(&hub, &id, &headers, move |t| apply(t, tags, desired, false)).await?;
+    if desired_changed {
+        notify(&hub, &record, patch);
+    }
+    Ok(ok_json(twin_view(&hub, &record)))
+}
+
+/// Runs a twin write; returns the record and whether desired properties changed.
+async fn write_twin(
+    hub: &CompanionHub,
+    id: &str,
+    headers: &HeaderMap,
+    change: impl FnOnce(&mut TwinState) -> (bool, bool) + Send + 'static,
+) -> Result<(DeviceRecord, bool), HubFailure> {
+    let desired_changed = Arc::new(AtomicBool::new(false));
+    let flag = desired_changed.clone();
     let record = hub
         .store()
-        .update_twin(&id, if_match(&headers), move |t| {
-            Ok(apply(t, tags, desired, false))
+        .update_twin(id, if_match(headers), move |t| {
+            let (any, desired) = change(t);
+            flag.store(desired, Ordering::Relaxed);
+            Ok(any)
         })
         .await?;
-    Ok(ok_json(twin_view(&record)))
+    Ok((record, desired_changed.load(Ordering::Relaxed)))
 }
 
 async fn replace_twin(
@@ -473,16 +523,17 @@ async fn replace_twin(
         HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
     )?;
     let (tags, desired) = twin_write(&body)?;
-    let record = hub
-        .store()
-        .update_twin(&id, if_match(&headers), move |t| {
-            Ok(apply(
-                t,
-                Some(tags.unwrap_or_default()),
-                Some(desired.unwrap_or_default()),
-                true,
-            ))
-        })
-        .await?;
-    Ok(ok_json(twin_view(&record)))
+    let (record, desired_changed) = write_twin(&hub, &id, &headers, move |t| {
+        apply(
+            t,
+            Some(tags.unwrap_or_default()),
+            Some(desired.unwrap_or_default()),
+            true,
+        )
+    })
+    .await?;
+    if desired_changed {
+        notify(&hub, &record, None);
+    }
+    Ok(ok_json(twin_view(&hub, &record)))
 }

@@ -68,10 +68,17 @@ impl Server {
         let _ = std::fs::remove_file(&state_file);
         let stdout_path = data_dir.join("serve.stdout");
         let stderr_path = data_dir.join("serve.stderr");
+        // Tests run side by side: MQTT on a free port unless a test asks for one.
+        let mqtt: &[&str] = if extra.contains(&"--mqtt-listen") {
+            &[]
+        } else {
+            &["--mqtt-listen", "127.0.0.1:0"]
+        };
         let child = onramp()
             .args(["serve", "--https-listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--log", "warn,onramp=info"])
+            .args(mqtt)
             .args(extra)
             .env_remove("ONRAMP_CONFIG")
             .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
@@ -101,6 +108,15 @@ impl Server {
         server.ca_pem = std::fs::read_to_string(state["caCert"].as_str().unwrap()).unwrap();
         server.state = state;
         server
+    }
+
+    /// Keeps a temporary directory alive as long as the server.
+    pub fn keep(&mut self, temp: tempfile::TempDir) {
+        self._temp = Some(temp);
+    }
+
+    pub fn mqtt_endpoint(&self) -> String {
+        self.state["mqttEndpoint"].as_str().unwrap().to_owned()
     }
 
     pub fn endpoint(&self) -> String {

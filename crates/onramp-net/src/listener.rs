@@ -1,9 +1,12 @@
-//! HTTPS serving: TLS accept, then HTTP/1.1 or HTTP/2 (chosen by ALPN or by
-//! the connection preface) for an axum router. Each request carries the
-//! client's certificate chain and address as extensions, so handlers (and
-//! later the attestation layer) can see who connected.
+//! The front door: one TLS listener per port, serving HTTP/1.1 and HTTP/2
+//! (device API, service API, hub REST API, WebSocket upgrades) and raw MQTT
+//! on the same socket. After the handshake the first byte tells them apart
+//! (an MQTT connection starts with CONNECT, 0x10; HTTP starts with a method
+//! or the HTTP/2 preface), or the ALPN protocol `mqtt` does.
+//!
+//! So Onramp can listen on 443 and 8883 with the same handler, and a test
+//! (or a deployment behind one port) can use a single port for everything.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::mqtt::{MqttApp, MqttLimits};
 
 /// The certificate chain the client presented (leaf first); empty if none.
 #[derive(Debug, Clone, Default)]
@@ -26,35 +33,75 @@ pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub SocketAddr);
 
-/// Limits of the HTTPS server.
+/// Tells every connection that the server is stopping.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    pub fn receiver(&self) -> watch::Receiver<bool> {
+        self.0.clone()
+    }
+
+    /// Completes when the shutdown is triggered (or its trigger dropped).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// What one listener serves.
+#[derive(Clone)]
+pub struct Services {
+    pub http: Router,
+    /// Raw MQTT connections; `None` serves HTTP only.
+    pub mqtt: Option<Arc<dyn MqttApp>>,
+    pub mqtt_limits: MqttLimits,
+}
+
+/// Limits of the listener.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpsLimits {
+pub struct ListenerLimits {
     /// A client must finish its TLS handshake within this time.
     pub handshake_timeout: Duration,
-    /// A client must send a request's headers within this time.
+    /// A client must send its first bytes (and request headers) within this time.
     pub header_timeout: Duration,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
 }
 
-impl Default for HttpsLimits {
+impl Default for ListenerLimits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
-            max_connections: 20_000,
+            max_connections: 50_000,
         }
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then waits for
-/// open requests to finish.
-pub async fn serve_https(
+/// Serves `services` on `listener` until `shutdown`, then lets open HTTP
+/// requests finish (up to 10 s) and closes MQTT connections.
+pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    router: Router,
-    limits: HttpsLimits,
-    shutdown: impl Future<Output = ()>,
+    services: Services,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
@@ -67,11 +114,10 @@ pub async fn serve_https(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
+            () = shutdown.wait() => break,
         };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,13 +129,14 @@ pub async fn serve_https(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.wait() => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let services = services.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let tls =
@@ -104,19 +151,48 @@ pub async fn serve_https(
                         return;
                     }
                 };
+            let (_, session) = tls.get_ref();
             let peer = PeerCertificates(Arc::new(
-                tls.get_ref()
-                    .1
+                session
                     .peer_certificates()
                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                     .unwrap_or_default(),
             ));
+            let alpn_mqtt = session.alpn_protocol() == Some(b"mqtt");
+            let mut stream = BufReader::new(tls);
+            let is_mqtt = match &services.mqtt {
+                None => false,
+                Some(_) if alpn_mqtt => true,
+                Some(_) => {
+                    match tokio::time::timeout(limits.header_timeout, stream.fill_buf()).await {
+                        Ok(Ok([])) => return,
+                        Ok(Ok(bytes)) => bytes[0] == 0x10,
+                        Ok(Err(_)) | Err(_) => return,
+                    }
+                }
+            };
+            if is_mqtt {
+                if let Some(app) = services.mqtt {
+                    crate::mqtt::server::run(
+                        stream,
+                        app,
+                        peer,
+                        remote,
+                        false,
+                        services.mqtt_limits,
+                        shutdown.receiver(),
+                    )
+                    .await;
+                }
+                return;
+            }
+            let router = services.http;
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
                 req.extensions_mut().insert(RemoteAddr(remote));
                 router.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
@@ -157,15 +233,18 @@ mod tests {
                 },
             ),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_https(
+        let (stop, shutdown) = Shutdown::new();
+        let services = Services {
+            http: router,
+            mqtt: None,
+            mqtt_limits: MqttLimits::default(),
+        };
+        let server = tokio::spawn(serve(
             listener,
             Arc::new(tls),
-            router,
-            HttpsLimits::default(),
-            async {
-                let _ = stopped.await;
-            },
+            services,
+            ListenerLimits::default(),
+            shutdown,
         ));
         let mut client_tls = crate::tls::client_config(Some(&pki.ca_pem)).unwrap();
         client_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -191,7 +270,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.version(), reqwest::Version::HTTP_11);
-        let _ = stop.send(());
+        stop.trigger();
         tokio::time::timeout(Duration::from_secs(15), server)
             .await
             .unwrap()

@@ -1,0 +1,300 @@
+//! MQTT endpoints: the DPS device API over MQTT (and MQTT over WebSockets),
+//! and the router that sends each connection to DPS or to the embedded hub
+//! by the shape of its user name.
+//!
+//! DPS over MQTT: user name `{idScope}/registrations/{registrationId}/api-version=…`,
+//! client ID = registration ID, password = SAS token (none for X.509).
+//! Requests are published to `$dps/registrations/PUT/iotdps-register/?$rid=…`
+//! and `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=…&operationId=…`;
+//! answers come on `$dps/registrations/res/{status}/?$rid=…[&retry-after=…]`,
+//! `$rid` first and verbatim, at QoS 1, after the request's PUBACK.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use onramp_core::ProvisioningError;
+use onramp_core::attest::DeviceCredential;
+use onramp_core::engine::{Engine, OperationRequest, RegisterRequest};
+use onramp_core::events::Protocol;
+use onramp_model::{DeviceRegistration, ErrorCode, RegistrationOperationStatus};
+use onramp_net::mqtt::{
+    ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
+};
+
+use crate::EndpointConfig;
+use crate::https::respond;
+
+const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
+const REGISTER_TOPIC: &str = "$dps/registrations/PUT/iotdps-register/";
+const STATUS_TOPIC: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
+
+/// The DPS device API over MQTT.
+pub struct DpsMqtt {
+    engine: Arc<Engine>,
+    config: EndpointConfig,
+}
+
+impl DpsMqtt {
+    pub fn new(engine: Arc<Engine>, config: EndpointConfig) -> Self {
+        Self { engine, config }
+    }
+}
+
+/// `{idScope}/registrations/{registrationId}/{query}` → (scope, registration ID).
+pub fn parse_dps_username(username: &str) -> Option<(&str, &str)> {
+    let mut parts = username.splitn(4, '/');
+    let scope = parts.next()?;
+    let literal = parts.next()?;
+    let registration_id = parts.next()?;
+    let query = parts.next().unwrap_or("");
+    (!scope.is_empty()
+        && literal.eq_ignore_ascii_case("registrations")
+        && !registration_id.is_empty()
+        && !registration_id.starts_with('?')
+        && !query.starts_with('?'))
+    .then_some((scope, registration_id))
+}
+
+fn refusal(e: ProvisioningError) -> Refusal {
+    match e.code {
+        ErrorCode::StoreUnavailable | ErrorCode::InternalError | ErrorCode::Throttled => {
+            Refusal::ServerUnavailable(e.message)
+        }
+        _ => Refusal::NotAuthorized(e.message),
+    }
+}
+
+#[async_trait]
+impl MqttApp for DpsMqtt {
+    async fn connect(
+        &self,
+        info: &ConnectInfo,
+        _outbox: Outbox,
+    ) -> Result<Box<dyn MqttSession>, Refusal> {
+        let username = info.username.as_deref().unwrap_or_default();
+        let Some((scope, registration_id)) = parse_dps_username(username) else {
+            return Err(Refusal::BadUserNameOrPassword(format!(
+                "user name '{username}' is not {{idScope}}/registrations/{{registrationId}}/api-version=…"
+            )));
+        };
+        if !info.client_id.eq_ignore_ascii_case(registration_id) {
+            return Err(Refusal::IdentifierRejected(format!(
+                "client ID '{}' must be the registration ID '{registration_id}'",
+                info.client_id
+            )));
+        }
+        let credential = match info.password_text() {
+            Some(token) if !token.is_empty() => DeviceCredential::SasToken(token.to_owned()),
+            _ if !info.peer_certificates.0.is_empty() => DeviceCredential::X509Chain(
+                info.peer_certificates
+                    .0
+                    .iter()
+                    .map(|c| c.as_ref().to_vec())
+                    .collect(),
+            ),
+            _ => DeviceCredential::None,
+        };
+        let protocol = if info.websocket {
+            Protocol::MqttWs
+        } else {
+            Protocol::Mqtt
+        };
+        self.engine
+            .check_device(scope, registration_id, &credential, protocol)
+            .await
+            .map_err(refusal)?;
+        Ok(Box::new(DpsSession {
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            scope: scope.to_owned(),
+            registration_id: registration_id.to_owned(),
+            credential,
+            protocol,
+        }))
+    }
+}
+
+struct DpsSession {
+    engine: Arc<Engine>,
+    config: EndpointConfig,
+    scope: String,
+    registration_id: String,
+    credential: DeviceCredential,
+    protocol: Protocol,
+}
+
+impl DpsSession {
+    fn answer(
+        &self,
+        rid: &str,
+        status: u16,
+        body: &impl serde::Serialize,
+        retry: bool,
+    ) -> Vec<Outgoing> {
+        let mut topic = format!("$dps/registrations/res/{status}/?$rid={rid}");
+        if retry {
+            topic.push_str(&format!("&retry-after={}", self.config.retry_after_seconds));
+        }
+        let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+        vec![Outgoing::at_least_once(
+            topic,
+            Bytes::from(respond::escape_non_ascii(&text)),
+        )]
+    }
+
+    fn failure(&self, rid: &str, e: &ProvisioningError) -> Vec<Outgoing> {
+        let retry = matches!(e.http_status(), 429 | 503);
+        self.answer(rid, e.http_status(), &respond::error_body(e), retry)
+    }
+
+    fn status(
+        &self,
+        rid: &str,
+        status: RegistrationOperationStatus,
+        register: bool,
+    ) -> Vec<Outgoing> {
+        let terminal = status.status.is_terminal();
+        let code = if register || !terminal { 202 } else { 200 };
+        self.answer(rid, code, &status, !terminal)
+    }
+
+    async fn register(
+        &self,
+        payload: &Bytes,
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
+        if payload.len() > self.config.max_body_bytes {
+            return Err(ProvisioningError::new(
+                ErrorCode::RequestTooLarge,
+                format!(
+                    "the register request is larger than {} KB",
+                    self.config.max_body_bytes / 1024
+                ),
+            ));
+        }
+        let body: DeviceRegistration = respond::parse(payload, true)?;
+        let request = RegisterRequest {
+            id_scope: self.scope.clone(),
+            registration_id: self.registration_id.clone(),
+            credential: self.credential.clone(),
+            body,
+            force_registration: false,
+            operation_id: self.engine.new_operation_id(),
+            protocol: self.protocol,
+        };
+        crate::provision::register_within(&self.engine, request, self.config.register_reply_budget)
+            .await
+    }
+
+    async fn operation(
+        &self,
+        operation_id: Option<&str>,
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
+        let Some(operation_id) = operation_id.filter(|o| !o.is_empty()) else {
+            return Err(ProvisioningError::invalid(
+                "the status request names no operationId in its topic",
+            ));
+        };
+        self.engine
+            .operation_status(OperationRequest {
+                id_scope: self.scope.clone(),
+                registration_id: self.registration_id.clone(),
+                credential: self.credential.clone(),
+                operation_id: operation_id.to_owned(),
+                protocol: self.protocol,
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl MqttSession for DpsSession {
+    fn subscribe(&mut self, filter: &str, requested: QoS) -> Option<QoS> {
+        (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
+    }
+
+    async fn publish(
+        &mut self,
+        topic_name: &str,
+        payload: Bytes,
+    ) -> Result<Vec<Outgoing>, SessionEnd> {
+        let (path, pairs) = topic::split(topic_name);
+        let Some(rid) = topic::raw_rid(topic_name).map(str::to_owned) else {
+            return Err(SessionEnd(format!(
+                "'{topic_name}' carries no $rid; the answer could not be matched"
+            )));
+        };
+        match path {
+            REGISTER_TOPIC => Ok(match self.register(&payload).await {
+                Ok(status) => self.status(&rid, status, true),
+                Err(e) => self.failure(&rid, &e),
+            }),
+            // The body of a poll is ignored: SDKs send " ", nothing, or the register JSON again.
+            STATUS_TOPIC => Ok(
+                match self.operation(topic::get(&pairs, "operationId")).await {
+                    Ok(status) => self.status(&rid, status, false),
+                    Err(e) => self.failure(&rid, &e),
+                },
+            ),
+            _ => Err(SessionEnd(format!(
+                "'{topic_name}' is not a topic of the DPS device API"
+            ))),
+        }
+    }
+}
+
+/// Sends each MQTT connection to the DPS endpoint or to the embedded hub:
+/// DPS user names are `{idScope}/registrations/{id}/…`, hub user names
+/// `{hub}/{deviceId}/?…`.
+pub struct MqttRouter {
+    pub dps: Arc<dyn MqttApp>,
+    pub hub: Option<Arc<dyn MqttApp>>,
+}
+
+#[async_trait]
+impl MqttApp for MqttRouter {
+    async fn connect(
+        &self,
+        info: &ConnectInfo,
+        outbox: Outbox,
+    ) -> Result<Box<dyn MqttSession>, Refusal> {
+        let is_dps = info
+            .username
+            .as_deref()
+            .and_then(parse_dps_username)
+            .is_some();
+        match (&self.hub, is_dps) {
+            (Some(hub), false) => hub.connect(info, outbox).await,
+            _ => self.dps.connect(info, outbox).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_tell_dps_from_hub() {
+        assert_eq!(
+            parse_dps_username(
+                "0ne00TEST01/registrations/dev-01/api-version=2019-03-31&ClientVersion=x%2F1"
+            ),
+            Some(("0ne00TEST01", "dev-01"))
+        );
+        assert_eq!(
+            parse_dps_username("0ne00TEST01/registrations/dev-01"),
+            Some(("0ne00TEST01", "dev-01"))
+        );
+        assert_eq!(
+            parse_dps_username("localhost/dev-01/?api-version=2021-04-12"),
+            None
+        );
+        assert_eq!(
+            parse_dps_username("localhost/registrations/?api-version=2021-04-12"),
+            None,
+            "a hub device named 'registrations'"
+        );
+        assert_eq!(parse_dps_username(""), None);
+    }
+}

@@ -1,0 +1,75 @@
+//! Devices connected to the companion hub right now, so that a twin change
+//! made through the REST API reaches the device at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use onramp_net::mqtt::{Outbox, Outgoing};
+
+struct Attached {
+    id: u64,
+    outbox: Outbox,
+    wants_desired: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    devices: Mutex<HashMap<String, Attached>>,
+    next: AtomicU64,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attached>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a device's connection. Like IoT Hub, a second connection of
+    /// the same device closes the first.
+    pub fn attach(&self, device_id: &str, outbox: Outbox, wants_desired: Arc<AtomicBool>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let previous = self.lock().insert(
+            device_id.to_ascii_lowercase(),
+            Attached {
+                id,
+                outbox,
+                wants_desired,
+            },
+        );
+        if let Some(old) = previous {
+            old.outbox.close();
+        }
+        metrics::gauge!("onramp_hub_connected_devices").set(self.lock().len() as f64);
+        id
+    }
+
+    pub fn detach(&self, device_id: &str, id: u64) {
+        let key = device_id.to_ascii_lowercase();
+        let mut devices = self.lock();
+        if devices.get(&key).is_some_and(|a| a.id == id) {
+            devices.remove(&key);
+        }
+        metrics::gauge!("onramp_hub_connected_devices").set(devices.len() as f64);
+    }
+
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        self.lock().contains_key(&device_id.to_ascii_lowercase())
+    }
+
+    /// Sends a desired-properties patch to the device if it listens for one.
+    pub fn notify_desired(&self, device_id: &str, version: i64, patch: Bytes) -> bool {
+        let devices = self.lock();
+        let Some(a) = devices.get(&device_id.to_ascii_lowercase()) else {
+            return false;
+        };
+        if !a.wants_desired.load(Ordering::Relaxed) {
+            return false;
+        }
+        a.outbox.push(Outgoing::at_least_once(
+            format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+            patch,
+        ))
+    }
+}

@@ -1,0 +1,323 @@
+//! A small MQTT 3.1.1 client over TLS or WebSockets-over-TLS: what Onramp's
+//! device simulator, load generator and tests use. One request at a time,
+//! like the device SDKs.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
+use rmqtt_codec::types::Publish;
+use rmqtt_codec::v3::{Codec, Connect, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::codec::Framed;
+
+use super::ws::WsStream;
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Tls,
+    /// MQTT inside a WebSocket on `path`, offering `subprotocol`.
+    WebSocket {
+        path: String,
+        subprotocol: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive: u16,
+    pub clean_session: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Io(String),
+    #[error("the server refused the connection: {}", .0.reason())]
+    Refused(ConnectAckReason),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A received application message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+}
+
+pub struct MqttClient {
+    conn: Framed<Box<dyn Io>, Codec>,
+    next_id: u16,
+    pending: VecDeque<Message>,
+    timeout: Duration,
+}
+
+/// A TLS connection to `host:port` (the host is also the TLS server name).
+pub async fn connect_tls_stream(
+    address: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let host = host_of(address);
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|e| ClientError::Io(format!("{address}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::Io(format!("server name '{host}': {e}")))?;
+    TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ClientError::Io(format!("TLS with {address}: {e}")))
+}
+
+fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address)
+}
+
+impl MqttClient {
+    /// Connects, sends CONNECT and waits for a successful CONNACK.
+    pub async fn connect(
+        address: &str,
+        tls: Arc<rustls::ClientConfig>,
+        transport: &Transport,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        tokio::time::timeout(
+            timeout,
+            Self::connect_inner(address, tls, transport, options, timeout),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn connect_inner(
+        address: &str,
+        tls: Arc<rustls::ClientConfig>,
+        transport: &Transport,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let stream = connect_tls_stream(address, tls).await?;
+        let io: Box<dyn Io> = match transport {
+            Transport::Tls => Box::new(stream),
+            Transport::WebSocket { path, subprotocol } => {
+                let mut request = format!("wss://{address}{path}")
+                    .into_client_request()
+                    .map_err(|e| ClientError::Io(format!("WebSocket request: {e}")))?;
+                let protocol = HeaderValue::from_str(subprotocol)
+                    .map_err(|e| ClientError::Io(e.to_string()))?;
+                request
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", protocol);
+                let (ws, _) = tokio_tungstenite::client_async(request, stream)
+                    .await
+                    .map_err(|e| ClientError::Io(format!("WebSocket upgrade: {e}")))?;
+                Box::new(WsStream::new(ws))
+            }
+        };
+        let mut client = Self {
+            conn: Framed::new(io, Codec::new(0)),
+            next_id: 0,
+            pending: VecDeque::new(),
+            timeout,
+        };
+        let connect = Connect {
+            clean_session: options.clean_session,
+            keep_alive: options.keep_alive,
+            client_id: ByteString::from(options.client_id.clone()),
+            username: options.username.clone().map(ByteString::from),
+            password: options.password.clone().map(Bytes::from),
+            ..Default::default()
+        };
+        client.send(Packet::Connect(Box::new(connect))).await?;
+        match client.receive().await? {
+            Packet::ConnectAck(ack) if ack.return_code == ConnectAckReason::ConnectionAccepted => {
+                Ok(client)
+            }
+            Packet::ConnectAck(ack) => Err(ClientError::Refused(ack.return_code)),
+            other => Err(ClientError::Protocol(format!(
+                "expected CONNACK, got packet type {:#04x}",
+                other.packet_type()
+            ))),
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), ClientError> {
+        self.conn
+            .send(packet)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))
+    }
+
+    async fn receive(&mut self) -> Result<Packet, ClientError> {
+        match tokio::time::timeout(self.timeout, self.conn.next()).await {
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+            Ok(None) => Err(ClientError::Closed),
+            Ok(Some(Err(e))) => Err(ClientError::Protocol(e.to_string())),
+            Ok(Some(Ok((packet, _)))) => Ok(packet),
+        }
+    }
+
+    fn packet_id(&mut self) -> NonZeroU16 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN)
+    }
+
+    /// Handles a packet that is not the one being waited for.
+    async fn stash(&mut self, packet: Packet) -> Result<(), ClientError> {
+        match packet {
+            Packet::Publish(p) => {
+                if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+                    self.send(Packet::PublishAck { packet_id: id }).await?;
+                }
+                self.pending.push_back(Message {
+                    topic: p.topic.to_string(),
+                    payload: p.payload,
+                    qos: p.qos,
+                });
+                Ok(())
+            }
+            Packet::PingResponse | Packet::PublishAck { .. } => Ok(()),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected packet type {:#04x}",
+                other.packet_type()
+            ))),
+        }
+    }
+
+    pub async fn subscribe(
+        &mut self,
+        filters: &[(&str, QoS)],
+    ) -> Result<Vec<SubscribeReturnCode>, ClientError> {
+        let packet_id = self.packet_id();
+        let topic_filters = filters
+            .iter()
+            .map(|(f, q)| (ByteString::from(f.to_string()), *q))
+            .collect();
+        self.send(Packet::Subscribe {
+            packet_id,
+            topic_filters,
+        })
+        .await?;
+        loop {
+            match self.receive().await? {
+                Packet::SubscribeAck {
+                    packet_id: id,
+                    status,
+                } if id == packet_id => return Ok(status),
+                other => self.stash(other).await?,
+            }
+        }
+    }
+
+    /// Publishes; at QoS 1 waits for the PUBACK.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+    ) -> Result<(), ClientError> {
+        let packet_id = (qos == QoS::AtLeastOnce).then(|| self.packet_id());
+        let publish = Publish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: ByteString::from(topic.to_owned()),
+            packet_id,
+            payload: payload.into(),
+            properties: None,
+        };
+        self.send(Packet::Publish(Box::new(publish))).await?;
+        let Some(wanted) = packet_id else {
+            return Ok(());
+        };
+        loop {
+            match self.receive().await? {
+                Packet::PublishAck { packet_id: id } if id == wanted => return Ok(()),
+                other => self.stash(other).await?,
+            }
+        }
+    }
+
+    /// The next application message from the server (acknowledged at QoS 1).
+    pub async fn next_message(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Ok(m);
+            }
+            let packet = self.receive().await?;
+            self.stash(packet).await?;
+        }
+    }
+
+    /// The next message whose topic starts with `prefix`; others are kept.
+    pub async fn next_message_on(&mut self, prefix: &str) -> Result<Message, ClientError> {
+        loop {
+            if let Some(pos) = self
+                .pending
+                .iter()
+                .position(|m| m.topic.starts_with(prefix))
+                && let Some(m) = self.pending.remove(pos)
+            {
+                return Ok(m);
+            }
+            let packet = self.receive().await?;
+            self.stash(packet).await?;
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.send(Packet::PingRequest).await?;
+        loop {
+            match self.receive().await? {
+                Packet::PingResponse => return Ok(()),
+                other => self.stash(other).await?,
+            }
+        }
+    }
+
+    pub async fn disconnect(mut self) {
+        let _ = self.send(Packet::Disconnect).await;
+        let _ = self.conn.close().await;
+    }
+
+    /// Waits until the server closes the connection (for tests of refusals).
+    pub async fn closed(mut self) -> Result<(), ClientError> {
+        loop {
+            match self.receive().await {
+                Err(ClientError::Closed)
+                | Err(ClientError::Io(_))
+                | Err(ClientError::Protocol(_)) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+    }
+}

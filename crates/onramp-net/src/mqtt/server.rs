@@ -1,0 +1,466 @@
+//! The server side of an MQTT 3.1.1 connection.
+//!
+//! One loop per connection, generic over the byte stream (TLS or a WebSocket
+//! inside TLS). The application decides on CONNECT and handles each PUBLISH;
+//! the loop owns the protocol: CONNACK, SUBACK, PUBACK before any response,
+//! PINGRESP, keep-alive, packet and in-flight limits, QoS 1 delivery to the
+//! client with packet IDs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
+use rmqtt_codec::types::Publish;
+use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::Framed;
+
+use crate::PeerCertificates;
+
+/// Limits of one MQTT connection.
+#[derive(Debug, Clone, Copy)]
+pub struct MqttLimits {
+    /// Largest packet accepted; a bigger one closes the connection.
+    pub max_packet_bytes: u32,
+    /// A client must send CONNECT within this time after the handshake.
+    pub connect_timeout: Duration,
+    /// Topic filters one connection may hold.
+    pub max_subscriptions: usize,
+    /// Unacknowledged QoS 1 messages to one client before it is dropped.
+    pub max_inflight: usize,
+    /// Idle time allowed when the client asks for no keep-alive.
+    pub idle_timeout: Duration,
+    /// Upper bound of the keep-alive a client may ask for (IoT Hub: 1767 s).
+    pub max_keep_alive: Duration,
+}
+
+impl Default for MqttLimits {
+    fn default() -> Self {
+        Self {
+            max_packet_bytes: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_subscriptions: 16,
+            max_inflight: 64,
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_keep_alive: Duration::from_secs(1767),
+        }
+    }
+}
+
+/// What a client said in its CONNECT, and how it reached us.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
+    pub clean_session: bool,
+    pub keep_alive: u16,
+    pub peer_certificates: PeerCertificates,
+    pub remote: SocketAddr,
+    pub websocket: bool,
+}
+
+impl ConnectInfo {
+    pub fn password_text(&self) -> Option<&str> {
+        self.password
+            .as_deref()
+            .and_then(|p| std::str::from_utf8(p).ok())
+    }
+}
+
+/// Why a CONNECT is refused; becomes the CONNACK return code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 2: the client ID does not fit.
+    IdentifierRejected(String),
+    /// 4: the user name or password is malformed.
+    BadUserNameOrPassword(String),
+    /// 5: the credentials are wrong, expired or not allowed.
+    NotAuthorized(String),
+    /// 3: try again later.
+    ServerUnavailable(String),
+}
+
+impl Refusal {
+    fn code(&self) -> ConnectAckReason {
+        match self {
+            Refusal::IdentifierRejected(_) => ConnectAckReason::IdentifierRejected,
+            Refusal::BadUserNameOrPassword(_) => ConnectAckReason::BadUserNameOrPassword,
+            Refusal::NotAuthorized(_) => ConnectAckReason::NotAuthorized,
+            Refusal::ServerUnavailable(_) => ConnectAckReason::ServiceUnavailable,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::IdentifierRejected(m)
+            | Refusal::BadUserNameOrPassword(m)
+            | Refusal::NotAuthorized(m)
+            | Refusal::ServerUnavailable(m) => m,
+        }
+    }
+}
+
+/// A message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+}
+
+impl Outgoing {
+    pub fn at_least_once(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: QoS::AtLeastOnce,
+        }
+    }
+}
+
+/// Why the application ends a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd(pub String);
+
+/// Pushes messages to a client from outside its connection (e.g. a twin
+/// change made through the REST API). Bounded: a client that does not keep
+/// up is disconnected rather than buffered without limit.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    close: Arc<CloseRequest>,
+}
+
+/// Asks a connection's loop to end, from outside it.
+#[derive(Default)]
+struct CloseRequest {
+    requested: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl CloseRequest {
+    fn request(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+impl Outbox {
+    /// Queues a message; false if the connection is gone or too far behind
+    /// (it is then closed).
+    pub fn push(&self, message: Outgoing) -> bool {
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close.request();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Ends the connection (e.g. the same device connected again elsewhere).
+    pub fn close(&self) {
+        self.close.request();
+    }
+}
+
+/// One accepted connection, as the application sees it.
+#[async_trait]
+pub trait MqttSession: Send {
+    /// A topic filter the client subscribes to: the granted QoS, or `None` to
+    /// refuse it (SUBACK 0x80).
+    fn subscribe(&mut self, filter: &str, requested: QoS) -> Option<QoS>;
+
+    fn unsubscribe(&mut self, _filter: &str) {}
+
+    /// A message from the client; its PUBACK is already on the wire. Returns
+    /// the messages to send back, in order, or ends the connection.
+    async fn publish(&mut self, topic: &str, payload: Bytes) -> Result<Vec<Outgoing>, SessionEnd>;
+
+    /// The connection ended (any reason).
+    async fn closed(&mut self) {}
+}
+
+/// An MQTT application: decides who may connect.
+#[async_trait]
+pub trait MqttApp: Send + Sync + 'static {
+    async fn connect(
+        &self,
+        info: &ConnectInfo,
+        outbox: Outbox,
+    ) -> Result<Box<dyn MqttSession>, Refusal>;
+}
+
+type Conn<S> = Framed<S, Codec>;
+
+/// Serves one MQTT connection to its end.
+pub async fn run<S>(
+    io: S,
+    app: Arc<dyn MqttApp>,
+    peer_certificates: PeerCertificates,
+    remote: SocketAddr,
+    websocket: bool,
+    limits: MqttLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut conn: Conn<S> = Framed::new(io, Codec::new(limits.max_packet_bytes));
+    let connect = match tokio::time::timeout(limits.connect_timeout, conn.next()).await {
+        Err(_) => {
+            tracing::debug!(%remote, "no CONNECT within {:?}; closing", limits.connect_timeout);
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(Err(e))) => {
+            tracing::debug!(%remote, error = %e, "unreadable first packet; closing");
+            return;
+        }
+        Ok(Some(Ok((Packet::Connect(c), _)))) => c,
+        Ok(Some(Ok((other, _)))) => {
+            tracing::debug!(%remote, packet = other.packet_type(), "first packet is not CONNECT; closing");
+            return;
+        }
+    };
+    if connect.protocol.level() != 4 {
+        let _ = send(
+            &mut conn,
+            connack(ConnectAckReason::UnacceptableProtocolVersion),
+        )
+        .await;
+        return;
+    }
+    let info = ConnectInfo {
+        client_id: connect.client_id.to_string(),
+        username: connect.username.as_ref().map(|u| u.to_string()),
+        password: connect.password.clone(),
+        clean_session: connect.clean_session,
+        keep_alive: connect.keep_alive,
+        peer_certificates,
+        remote,
+        websocket,
+    };
+    let (tx, mut rx) = mpsc::channel(limits.max_inflight.max(1));
+    let close = Arc::new(CloseRequest::default());
+    let outbox = Outbox {
+        tx,
+        close: close.clone(),
+    };
+    let mut session = match app.connect(&info, outbox).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            tracing::info!(%remote, client_id = %info.client_id, code = ?refusal.code(), reason = refusal.message(), "MQTT CONNECT refused");
+            let _ = send(&mut conn, connack(refusal.code())).await;
+            return;
+        }
+    };
+    // Sessions are never persisted: SessionPresent is always 0 (C# fails otherwise).
+    if send(&mut conn, connack(ConnectAckReason::ConnectionAccepted))
+        .await
+        .is_err()
+    {
+        session.closed().await;
+        return;
+    }
+    let idle = if info.keep_alive == 0 {
+        limits.idle_timeout
+    } else {
+        (Duration::from_secs(u64::from(info.keep_alive)) * 3 / 2).min(limits.max_keep_alive)
+    };
+    let end = serve(
+        &mut conn,
+        &mut *session,
+        &mut rx,
+        &close,
+        idle,
+        limits,
+        &mut shutdown,
+    )
+    .await;
+    tracing::debug!(%remote, client_id = %info.client_id, reason = %end, "MQTT connection ended");
+    session.closed().await;
+}
+
+fn connack(code: ConnectAckReason) -> Packet {
+    Packet::ConnectAck(ConnectAck {
+        return_code: code,
+        session_present: false,
+    })
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    packet: Packet,
+) -> Result<(), String> {
+    conn.send(packet)
+        .await
+        .map_err(|e| format!("write failed: {e}"))
+}
+
+/// The loop after CONNACK; returns why the connection ended.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    session: &mut dyn MqttSession,
+    outbox: &mut mpsc::Receiver<Outgoing>,
+    close: &CloseRequest,
+    idle: Duration,
+    limits: MqttLimits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> String {
+    let mut subscriptions: HashSet<String> = HashSet::new();
+    let mut inflight: HashSet<u16> = HashSet::new();
+    let mut next_id: u16 = 0;
+    loop {
+        if close.requested.load(Ordering::Relaxed) {
+            return "closed by the server (the client fell behind or connected again)".into();
+        }
+        let packet = tokio::select! {
+            incoming = tokio::time::timeout(idle, conn.next()) => match incoming {
+                Err(_) => return format!("no packet within the keep-alive period ({idle:?})"),
+                Ok(None) => return "closed by the client".into(),
+                Ok(Some(Err(e))) => return format!("protocol error: {e}"),
+                Ok(Some(Ok((packet, _)))) => packet,
+            },
+            Some(out) = outbox.recv() => {
+                if let Err(e) = deliver(conn, out, &mut inflight, &mut next_id, limits).await {
+                    return e;
+                }
+                continue;
+            }
+            () = close.wake.notified() => continue,
+            _ = shutdown.changed() => return "the server is shutting down".into(),
+        };
+        match packet {
+            Packet::Publish(p) => {
+                let responses = match p.qos {
+                    QoS::ExactlyOnce => return "QoS 2 is not supported".into(),
+                    QoS::AtLeastOnce => {
+                        let Some(id) = p.packet_id else {
+                            return "a QoS 1 PUBLISH without a packet ID".into();
+                        };
+                        // PUBACK first, then any response (C# expects exactly this order).
+                        if let Err(e) = send(conn, Packet::PublishAck { packet_id: id }).await {
+                            return e;
+                        }
+                        session.publish(&p.topic, p.payload).await
+                    }
+                    QoS::AtMostOnce => session.publish(&p.topic, p.payload).await,
+                };
+                match responses {
+                    Err(SessionEnd(reason)) => return reason,
+                    Ok(list) => {
+                        for out in list {
+                            if let Err(e) =
+                                deliver(conn, out, &mut inflight, &mut next_id, limits).await
+                            {
+                                return e;
+                            }
+                        }
+                    }
+                }
+            }
+            Packet::PublishAck { packet_id } => {
+                inflight.remove(&packet_id.get());
+            }
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let mut status = Vec::with_capacity(topic_filters.len());
+                for (filter, qos) in topic_filters {
+                    let filter = filter.to_string();
+                    let granted = if subscriptions.len() >= limits.max_subscriptions
+                        && !subscriptions.contains(&filter)
+                    {
+                        None
+                    } else {
+                        session.subscribe(&filter, qos)
+                    };
+                    match granted {
+                        Some(q) => {
+                            subscriptions.insert(filter);
+                            status.push(SubscribeReturnCode::Success(q));
+                        }
+                        None => status.push(SubscribeReturnCode::Failure),
+                    }
+                }
+                if let Err(e) = send(conn, Packet::SubscribeAck { packet_id, status }).await {
+                    return e;
+                }
+            }
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                for filter in topic_filters {
+                    subscriptions.remove(&filter.to_string());
+                    session.unsubscribe(&filter);
+                }
+                if let Err(e) = send(conn, Packet::UnsubscribeAck { packet_id }).await {
+                    return e;
+                }
+            }
+            Packet::PingRequest => {
+                if let Err(e) = send(conn, Packet::PingResponse).await {
+                    return e;
+                }
+            }
+            Packet::Disconnect => return "DISCONNECT".into(),
+            other => return format!("unexpected packet type {:#04x}", other.packet_type()),
+        }
+    }
+}
+
+/// Sends a message to the client, with a packet ID when it is QoS 1.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    out: Outgoing,
+    inflight: &mut HashSet<u16>,
+    next_id: &mut u16,
+    limits: MqttLimits,
+) -> Result<(), String> {
+    let packet_id = match out.qos {
+        QoS::AtMostOnce => None,
+        _ => {
+            if inflight.len() >= limits.max_inflight {
+                return Err(format!(
+                    "{} messages unacknowledged; the client does not keep up",
+                    inflight.len()
+                ));
+            }
+            loop {
+                *next_id = next_id.wrapping_add(1);
+                if let Some(id) = NonZeroU16::new(*next_id)
+                    && !inflight.contains(&id.get())
+                {
+                    inflight.insert(id.get());
+                    break Some(id);
+                }
+            }
+        }
+    };
+    let publish = Publish {
+        dup: false,
+        retain: false,
+        qos: out.qos.less_value(QoS::AtLeastOnce),
+        topic: ByteString::from(out.topic),
+        packet_id,
+        payload: out.payload,
+        properties: None,
+    };
+    send(conn, Packet::Publish(Box::new(publish))).await
+}

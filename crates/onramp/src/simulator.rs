@@ -1,0 +1,402 @@
+//! A simulated device speaking the DPS device API (HTTPS, MQTT, MQTT over
+//! WebSockets) and the IoT Hub device API (MQTT), exactly as the Azure SDKs
+//! do. `onramp device …` and load generators drive it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use onramp_core::sas;
+use onramp_model::{
+    DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
+};
+use onramp_net::mqtt::client::{ConnectOptions, MqttClient, Transport};
+use onramp_net::mqtt::{QoS, topic};
+
+/// The api-versions the simulator sends (what the SDKs send today).
+pub const DEVICE_API_VERSION: &str = "2021-06-01";
+pub const MQTT_API_VERSION: &str = "2019-03-31";
+pub const HUB_API_VERSION: &str = "2021-04-12";
+const CLIENT_VERSION: &str = concat!("onramp-simulator/", env!("CARGO_PKG_VERSION"));
+
+/// Transport to the provisioning service or the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Https,
+    Mqtt,
+    MqttWs,
+}
+
+impl Protocol {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "https" | "http" => Ok(Protocol::Https),
+            "mqtt" => Ok(Protocol::Mqtt),
+            "mqtt-ws" | "mqttws" | "mqtt_ws" => Ok(Protocol::MqttWs),
+            other => bail!("protocol '{other}' is unknown; use https, mqtt or mqtt-ws"),
+        }
+    }
+
+    /// The port the SDKs use for this transport.
+    pub fn default_port(&self) -> u16 {
+        match self {
+            Protocol::Https | Protocol::MqttWs => 443,
+            Protocol::Mqtt => 8883,
+        }
+    }
+}
+
+/// `host[:port]` with the transport's default port filled in.
+pub fn address(endpoint: &str, protocol: Protocol) -> String {
+    let has_port = endpoint.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())
+    });
+    if has_port {
+        endpoint.to_owned()
+    } else {
+        format!("{endpoint}:{}", protocol.default_port())
+    }
+}
+
+/// One device's credentials and target.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// `host[:port]` of the provisioning service.
+    pub endpoint: String,
+    pub id_scope: String,
+    pub registration_id: String,
+    /// The device's own key (for a group device: derived from the group key).
+    pub key: String,
+    pub payload: Option<serde_json::Value>,
+    pub force: bool,
+}
+
+impl DeviceSpec {
+    fn dps_token(&self) -> anyhow::Result<String> {
+        let resource = format!("{}/registrations/{}", self.id_scope, self.registration_id);
+        sas::sign(
+            &resource,
+            &self.key,
+            unix_now() + 3600,
+            Some("registration"),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
+    fn register_body(&self) -> DeviceRegistration {
+        DeviceRegistration {
+            registration_id: Some(self.registration_id.clone()),
+            payload: self.payload.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Provisions over `protocol` and polls until the operation is finished.
+pub async fn provision(
+    spec: &DeviceSpec,
+    protocol: Protocol,
+    http: &reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<RegistrationOperationStatus> {
+    match protocol {
+        Protocol::Https => provision_https(http, spec).await,
+        Protocol::Mqtt => provision_mqtt(spec, tls, &Transport::Tls).await,
+        Protocol::MqttWs => {
+            let ws = Transport::WebSocket {
+                path: "/$iothub/websocket".into(),
+                subprotocol: "mqtt".into(),
+            };
+            provision_mqtt(spec, tls, &ws).await
+        }
+    }
+}
+
+/// Registers over HTTPS and polls until the operation is finished.
+pub async fn provision_https(
+    client: &reqwest::Client,
+    spec: &DeviceSpec,
+) -> anyhow::Result<RegistrationOperationStatus> {
+    let base = format!(
+        "https://{}/{}/registrations/{}",
+        address(&spec.endpoint, Protocol::Https),
+        sas::encode(&spec.id_scope),
+        sas::encode(&spec.registration_id)
+    );
+    let token = spec.dps_token()?;
+    let mut url = format!("{base}/register?api-version={DEVICE_API_VERSION}");
+    if spec.force {
+        url.push_str("&forceRegistration=true");
+    }
+    let resp = client
+        .put(&url)
+        .header("Authorization", &token)
+        .json(&spec.register_body())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", spec.endpoint))?;
+    let mut status = read_status(resp).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while status.status == RegistrationStatus::Assigning {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the registration is still assigning after 120 s (operation {})",
+                status.operation_id
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resp = client
+            .get(format!(
+                "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
+                status.operation_id
+            ))
+            .header("Authorization", &token)
+            .send()
+            .await?;
+        status = read_status(resp).await?;
+    }
+    Ok(status)
+}
+
+async fn read_status(resp: reqwest::Response) -> anyhow::Result<RegistrationOperationStatus> {
+    let code = resp.status();
+    let text = resp.text().await?;
+    parse_status(code.as_u16(), &text)
+}
+
+fn parse_status(code: u16, text: &str) -> anyhow::Result<RegistrationOperationStatus> {
+    if code >= 300 {
+        if let Ok(err) = serde_json::from_str::<ErrorBody>(text) {
+            bail!("HTTP {code} {}: {}", err.error_code, err.message);
+        }
+        bail!("HTTP {code}: {text}");
+    }
+    serde_json::from_str(text).with_context(|| format!("unreadable answer: {text}"))
+}
+
+/// Registers over MQTT (or MQTT over WebSockets) and polls until finished.
+pub async fn provision_mqtt(
+    spec: &DeviceSpec,
+    tls: Arc<rustls::ClientConfig>,
+    transport: &Transport,
+) -> anyhow::Result<RegistrationOperationStatus> {
+    let protocol = match transport {
+        Transport::Tls => Protocol::Mqtt,
+        Transport::WebSocket { .. } => Protocol::MqttWs,
+    };
+    let options = ConnectOptions {
+        client_id: spec.registration_id.clone(),
+        username: Some(format!(
+            "{}/registrations/{}/api-version={MQTT_API_VERSION}&ClientVersion={}",
+            spec.id_scope,
+            spec.registration_id,
+            sas::encode(CLIENT_VERSION)
+        )),
+        password: Some(spec.dps_token()?),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    let address = address(&spec.endpoint, protocol);
+    let mut client =
+        MqttClient::connect(&address, tls, transport, &options, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("MQTT connection to {address}"))?;
+    client
+        .subscribe(&[("$dps/registrations/res/#", QoS::AtLeastOnce)])
+        .await?;
+    let body = serde_json::to_vec(&spec.register_body())?;
+    client
+        .publish(
+            "$dps/registrations/PUT/iotdps-register/?$rid=1",
+            body,
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    let mut status = mqtt_answer(&mut client).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut rid = 1;
+    while status.status == RegistrationStatus::Assigning {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the registration is still assigning after 120 s (operation {})",
+                status.operation_id
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rid += 1;
+        let poll = format!(
+            "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={}",
+            status.operation_id
+        );
+        client.publish(&poll, " ", QoS::AtLeastOnce).await?;
+        status = mqtt_answer(&mut client).await?;
+    }
+    client.disconnect().await;
+    Ok(status)
+}
+
+async fn mqtt_answer(client: &mut MqttClient) -> anyhow::Result<RegistrationOperationStatus> {
+    let message = client.next_message_on("$dps/registrations/res/").await?;
+    let (path, _) = topic::split(&message.topic);
+    let code: u16 = path
+        .trim_start_matches("$dps/registrations/res/")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("no status in the topic {}", message.topic))?;
+    parse_status(code, &String::from_utf8_lossy(&message.payload))
+}
+
+/// A device connected to its IoT hub over MQTT.
+pub struct HubDevice {
+    client: MqttClient,
+    device_id: String,
+    rid: u32,
+}
+
+impl HubDevice {
+    /// Connects with a SAS token signed by the device's key; `hub` is the
+    /// assigned hub's `host[:port]`.
+    pub async fn connect(
+        hub: &str,
+        device_id: &str,
+        key: &str,
+        protocol: Protocol,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        let host = hub.split(':').next().unwrap_or(hub);
+        let resource = format!("{hub}/devices/{device_id}");
+        let token =
+            sas::sign(&resource, key, unix_now() + 3600, None).map_err(anyhow::Error::msg)?;
+        let options = ConnectOptions {
+            client_id: device_id.to_owned(),
+            username: Some(format!(
+                "{host}/{device_id}/?api-version={HUB_API_VERSION}&DeviceClientType={}",
+                sas::encode(CLIENT_VERSION)
+            )),
+            password: Some(token),
+            keep_alive: 60,
+            clean_session: false,
+        };
+        let transport = match protocol {
+            Protocol::MqttWs => Transport::WebSocket {
+                path: "/$iothub/websocket".into(),
+                subprotocol: "mqtt".into(),
+            },
+            _ => Transport::Tls,
+        };
+        let address = address(
+            hub,
+            if protocol == Protocol::MqttWs {
+                Protocol::MqttWs
+            } else {
+                Protocol::Mqtt
+            },
+        );
+        let mut client =
+            MqttClient::connect(&address, tls, &transport, &options, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("MQTT connection to the hub at {address}"))?;
+        client
+            .subscribe(&[
+                ("$iothub/twin/res/#", QoS::AtLeastOnce),
+                ("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce),
+            ])
+            .await?;
+        Ok(Self {
+            client,
+            device_id: device_id.to_owned(),
+            rid: 0,
+        })
+    }
+
+    fn next_rid(&mut self) -> u32 {
+        self.rid += 1;
+        self.rid
+    }
+
+    /// The whole twin the device sees: `{"desired": {…}, "reported": {…}}`.
+    pub async fn twin(&mut self) -> anyhow::Result<serde_json::Value> {
+        let rid = self.next_rid();
+        self.client
+            .publish(
+                &format!("$iothub/twin/GET/?$rid={rid}"),
+                Vec::new(),
+                QoS::AtMostOnce,
+            )
+            .await?;
+        let m = self.client.next_message_on("$iothub/twin/res/").await?;
+        if !m.topic.starts_with("$iothub/twin/res/200/") {
+            bail!("twin request answered {}", m.topic);
+        }
+        Ok(serde_json::from_slice(&m.payload)?)
+    }
+
+    /// Patches reported properties; returns the new reported `$version`.
+    pub async fn report(&mut self, patch: &serde_json::Value) -> anyhow::Result<i64> {
+        let rid = self.next_rid();
+        self.client
+            .publish(
+                &format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+                serde_json::to_vec(patch)?,
+                QoS::AtMostOnce,
+            )
+            .await?;
+        let m = self.client.next_message_on("$iothub/twin/res/").await?;
+        let (path, pairs) = topic::split(&m.topic);
+        if path != "$iothub/twin/res/204/" {
+            bail!(
+                "reported patch answered {} {}",
+                m.topic,
+                String::from_utf8_lossy(&m.payload)
+            );
+        }
+        topic::get(&pairs, "$version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no $version in {}", m.topic))
+    }
+
+    pub async fn send_telemetry(&mut self, body: &serde_json::Value) -> anyhow::Result<()> {
+        let topic = format!(
+            "devices/{}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8",
+            self.device_id
+        );
+        self.client
+            .publish(&topic, serde_json::to_vec(body)?, QoS::AtLeastOnce)
+            .await?;
+        Ok(())
+    }
+
+    /// The next desired-properties patch pushed by the hub.
+    pub async fn desired_update(&mut self) -> anyhow::Result<serde_json::Value> {
+        let m = self
+            .client
+            .next_message_on("$iothub/twin/PATCH/properties/desired/")
+            .await?;
+        Ok(serde_json::from_slice(&m.payload)?)
+    }
+
+    pub async fn disconnect(self) {
+        self.client.disconnect().await;
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_default_ports() {
+        assert_eq!(address("localhost", Protocol::Mqtt), "localhost:8883");
+        assert_eq!(address("localhost", Protocol::MqttWs), "localhost:443");
+        assert_eq!(address("localhost:9000", Protocol::Mqtt), "localhost:9000");
+        assert_eq!(Protocol::parse("MQTT-WS").unwrap(), Protocol::MqttWs);
+        assert!(Protocol::parse("amqp").is_err());
+    }
+}

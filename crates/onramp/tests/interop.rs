@@ -1,0 +1,487 @@
+//! The unmodified Azure IoT SDKs (Node and Python) against `onramp serve`.
+//!
+//! The SDKs' transports insist on ports 443 (HTTPS, WebSockets) and 8883
+//! (MQTT), so these tests bind 127.0.0.1:443 and 127.0.0.1:8883 (root or
+//! CAP_NET_BIND_SERVICE) and take turns. The SDK packages are installed by
+//! `scripts/test` into tests/interop/node and tests/interop/python.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::Server;
+use onramp_core::sas;
+use onramp_model::hub::AuthenticationType;
+use serde_json::Value;
+
+/// Tests that bind port 443 take turns.
+static PORT_443: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn node_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/node");
+    if dir
+        .join("node_modules/azure-iot-provisioning-device")
+        .exists()
+    {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "the Node SDKs are not installed in {}; run scripts/test",
+        dir.display()
+    );
+    eprintln!("skipping: the Node SDKs are not installed (scripts/test installs them)");
+    None
+}
+
+/// Runs a Node script; returns its last stdout line as JSON.
+fn node(dir: &PathBuf, server: &Server, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .current_dir(dir)
+        .args(args)
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "node {args:?} printed no JSON: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn node_sdks_provision_devices_and_manage_enrollments() {
+    let Some(dir) = node_dir() else { return };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    assert_eq!(server.endpoint(), "localhost");
+    let scope = server.id_scope();
+    let cs = server.owner_connection_string().await;
+
+    // The service SDK creates the enrollments (the service generates the keys).
+    let setup = node(&dir, &server, &["service_sdk.js", "setup", &cs]);
+    assert_eq!(setup["ok"], true, "{setup}");
+    let keys = &setup["result"];
+    let key = |k: &str| keys[k].as_str().unwrap().to_owned();
+
+    // (a) an individual enrollment, (b) two devices of one group with derived keys.
+    let mut devices = vec![(
+        "node-ind-1".to_owned(),
+        key("individualKey"),
+        key("individualSecondaryKey"),
+        "lab-1",
+        5,
+    )];
+    for id in ["node-grp-dev-1", "node-grp-dev-2"] {
+        devices.push((
+            id.to_owned(),
+            sas::derive_device_key(&key("groupKey"), id).unwrap(),
+            sas::derive_device_key(&key("groupSecondaryKey"), id).unwrap(),
+            "line-7",
+            30,
+        ));
+    }
+    let hub = server.embedded_hub().await;
+    let hub_client = server.hub_client();
+    for (id, primary, secondary, site, rate) in &devices {
+        let out = node(
+            &dir,
+            &server,
+            &[
+                "provision_http.js",
+                "localhost",
+                &scope,
+                id,
+                primary,
+                r#"{"modelId":"dtmi:onramp:test;1"}"#,
+            ],
+        );
+        assert_eq!(out["ok"], true, "{id}: {out}");
+        let result = &out["result"];
+        assert_eq!(result["assignedHub"], "localhost", "{out}");
+        assert_eq!(result["deviceId"], id.as_str(), "{out}");
+
+        // The hub's REST API shows the device with the right keys and its initial twin.
+        let device = hub_client
+            .get_device(&hub, id)
+            .await
+            .unwrap()
+            .expect("device in the hub");
+        let auth = device.authentication.unwrap();
+        assert_eq!(auth.kind, AuthenticationType::Sas);
+        let hub_keys = auth.symmetric_key.unwrap();
+        assert_eq!(hub_keys.primary_key.unwrap().expose(), primary);
+        assert_eq!(hub_keys.secondary_key.unwrap().expose(), secondary);
+        let twin = hub_client.get_twin(&hub, id).await.unwrap().expect("twin");
+        assert_eq!(twin.tags.unwrap()["site"], *site);
+        let desired = twin.properties.unwrap().desired.unwrap();
+        assert_eq!(desired["telemetryRate"], *rate);
+        assert_eq!(desired["nested"]["mode"], "eco");
+    }
+
+    // A wrong key is refused with 401 and the SDK reports it.
+    let out = node(
+        &dir,
+        &server,
+        &[
+            "provision_http.js",
+            "localhost",
+            &scope,
+            "node-ind-1",
+            "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        ],
+    );
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["error"]["name"], "UnauthorizedError", "{out}");
+
+    // The service SDK: create, read, update with ETags, stale ETags refused, paging, bulk, delete.
+    let manage = node(&dir, &server, &["service_sdk.js", "manage", &cs]);
+    assert_eq!(manage["ok"], true, "{manage}");
+    assert_eq!(manage["result"]["staleEnrollmentError"], "InvalidEtagError");
+    assert!(manage["result"]["enrollmentPages"].as_u64().unwrap() >= 3);
+
+    // Registration states of the group, paged one by one, and a delete.
+    let regs = node(
+        &dir,
+        &server,
+        &["service_sdk.js", "registrations", &cs, "node-grp-1"],
+    );
+    assert_eq!(regs["ok"], true, "{regs}");
+    assert_eq!(
+        regs["result"]["registrations"].as_array().unwrap().len(),
+        2,
+        "{regs}"
+    );
+}
+
+/// `onramp serve` on the ports the SDKs insist on.
+fn start_on_sdk_ports() -> Server {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let mut server = Server::start_in(&dir, "127.0.0.1:443", &["--mqtt-listen", "127.0.0.1:8883"]);
+    server.keep(temp);
+    server
+}
+
+fn python_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/python");
+    if dir.join(".venv/bin/python").exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "the Python SDK is not installed in {}; run scripts/test",
+        dir.display()
+    );
+    eprintln!("skipping: the Python SDK is not installed (scripts/test installs it)");
+    None
+}
+
+/// A script that reports its progress as JSON lines on stdout.
+struct Script {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    what: String,
+}
+
+impl Script {
+    fn start(mut command: tokio::process::Command, what: &str) -> Script {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Script {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            what: what.to_owned(),
+        }
+    }
+
+    /// The next JSON line, within 60 s.
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{}: no output within 60 s", self.what))
+            .unwrap();
+        let Some(line) = line else {
+            let out = self.child.wait_with_output_ref().await;
+            panic!("{}: ended without output; stderr: {out}", self.what);
+        };
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{}: not JSON: {line}", self.what))
+    }
+
+    async fn stage(&mut self, name: &str) -> Value {
+        let v = self.next().await;
+        assert_eq!(v["stage"], name, "{}: {v}", self.what);
+        v
+    }
+}
+
+trait WaitOutput {
+    async fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitOutput for tokio::process::Child {
+    async fn wait_with_output_ref(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut err = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut err).await;
+        }
+        err
+    }
+}
+
+/// The initial twin every enrollment of these tests carries.
+fn initial_twin() -> Value {
+    serde_json::json!({"tags": {"site": "lab-3"}, "properties": {"desired": {"telemetryRate": 5, "mode": {"eco": true}}}})
+}
+
+fn without_version(mut desired: Value) -> Value {
+    if let Some(map) = desired.as_object_mut() {
+        map.retain(|k, _| !k.starts_with('$'));
+    }
+    desired
+}
+
+/// After a device script reached `ready`: a desired-property change through
+/// the hub's REST API must reach the device; its telemetry and reported
+/// properties must be visible through the hub.
+async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &str, sdk: &str) {
+    let hub = server.embedded_hub().await;
+    let hub_cs = hub.connection_string.expose().to_owned();
+    // The SDKs subscribe to desired-property updates in the background (IoT
+    // Hub only pushes to subscribed devices), so an update made before the
+    // subscription lands is not pushed. Update again each second until one arrives.
+    let mut sent = std::collections::HashMap::new();
+    let desired = 'update: {
+        for rate in 10..40 {
+            let (status, _, twin) = server
+                .service_call(
+                    &hub_cs,
+                    reqwest::Method::PATCH,
+                    &format!("twins/{device_id}?api-version=2021-04-12"),
+                    Some(serde_json::json!({"properties": {"desired": {"telemetryRate": rate}}})),
+                    &[],
+                )
+                .await;
+            assert_eq!(status, 200, "{twin}");
+            sent.insert(rate, twin["properties"]["desired"]["$version"].clone());
+            if let Ok(line) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), script.next()).await
+            {
+                break 'update line;
+            }
+        }
+        panic!(
+            "{}: no desired-property update reached the device",
+            script.what
+        );
+    };
+    assert_eq!(desired["stage"], "desired", "{desired}");
+    let rate = desired["patch"]["telemetryRate"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{desired}"));
+    assert_eq!(
+        desired["patch"]["$version"], sent[&rate],
+        "the patch carries the version of the update: {desired}"
+    );
+
+    // Reported properties through the REST API.
+    let hub_client = server.hub_client();
+    let twin = hub_client.get_twin(&hub, device_id).await.unwrap().unwrap();
+    let reported = twin.properties.unwrap().reported.unwrap();
+    assert_eq!(
+        reported["firmware"],
+        format!("{sdk}-1.0").as_str(),
+        "{reported:?}"
+    );
+    assert_eq!(reported["telemetry"]["sent"], 3);
+
+    // Telemetry stored and counted by the hub.
+    let out = common::onramp()
+        .args(["hub", "messages", "--device", device_id, "--data-dir"])
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    for (i, m) in messages.iter().enumerate() {
+        let body: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["seq"], i);
+        assert_eq!(body["sdk"], sdk);
+        assert_eq!(
+            m["properties"]["source"],
+            format!("{sdk}-sdk").as_str(),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
+    let Some(dir) = node_dir() else { return };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    let scope = server.id_scope();
+    let individual_key = server
+        .enroll(
+            "node-mqtt-ind",
+            serde_json::json!({"initialTwin": initial_twin()}),
+        )
+        .await;
+    let group_key = server
+        .enroll_group(
+            "node-mqtt-grp",
+            serde_json::json!({"initialTwin": initial_twin()}),
+        )
+        .await;
+
+    // An individual enrollment and a group device, over MQTT and over MQTT/WebSockets.
+    let devices = [
+        ("node-mqtt-ind".to_owned(), individual_key.clone(), "mqtt"),
+        ("node-mqtt-ind".to_owned(), individual_key.clone(), "ws"),
+        (
+            "node-grp-unit-1".to_owned(),
+            sas::derive_device_key(&group_key, "node-grp-unit-1").unwrap(),
+            "mqtt",
+        ),
+        (
+            "node-grp-unit-2".to_owned(),
+            sas::derive_device_key(&group_key, "node-grp-unit-2").unwrap(),
+            "ws",
+        ),
+    ];
+    for (id, key, transport) in &devices {
+        let out = node(
+            &dir,
+            &server,
+            &["provision_mqtt.js", "localhost", &scope, id, key, transport],
+        );
+        assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
+        assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
+        assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
+    }
+
+    // A wrong key is refused at CONNECT.
+    let out = node(
+        &dir,
+        &server,
+        &[
+            "provision_mqtt.js",
+            "localhost",
+            &scope,
+            "node-mqtt-ind",
+            "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+            "mqtt",
+        ],
+    );
+    assert_eq!(out["ok"], false, "{out}");
+
+    // The device on its hub: twin, telemetry, reported properties, desired updates.
+    let mut command = tokio::process::Command::new("node");
+    command
+        .current_dir(&dir)
+        .args([
+            "hub_device.js",
+            "localhost",
+            "node-mqtt-ind",
+            &individual_key,
+            "mqtt",
+        ])
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path());
+    let mut script = Script::start(command, "node hub device");
+    let twin = script.stage("twin").await;
+    assert_eq!(
+        without_version(twin["desired"].clone()),
+        initial_twin()["properties"]["desired"],
+        "{twin}"
+    );
+    script.stage("ready").await;
+    finish_hub_scenario(&server, &mut script, "node-mqtt-ind", "node").await;
+}
+
+#[tokio::test]
+async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
+    let Some(dir) = python_dir() else { return };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    let scope = server.id_scope();
+    let python = dir.join(".venv/bin/python");
+    let ca = server.ca_path();
+    let individual_key = server
+        .enroll("py-ind", serde_json::json!({"initialTwin": initial_twin()}))
+        .await;
+    let group_key = server
+        .enroll_group("py-grp", serde_json::json!({"initialTwin": initial_twin()}))
+        .await;
+    let devices = [
+        ("py-ind".to_owned(), individual_key.clone(), "mqtt"),
+        ("py-ind".to_owned(), individual_key.clone(), "ws"),
+        (
+            "py-grp-unit-1".to_owned(),
+            sas::derive_device_key(&group_key, "py-grp-unit-1").unwrap(),
+            "mqtt",
+        ),
+        (
+            "py-grp-unit-2".to_owned(),
+            sas::derive_device_key(&group_key, "py-grp-unit-2").unwrap(),
+            "ws",
+        ),
+    ];
+    for (id, key, transport) in &devices {
+        let out = Command::new(&python)
+            .current_dir(&dir)
+            .args(["provision.py", "localhost", &scope, id, key, transport])
+            .arg(&ca)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{id}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["ok"], true, "{id} over {transport}: {v}");
+        assert_eq!(v["status"], "assigned");
+        assert_eq!(v["assignedHub"], "localhost");
+        assert_eq!(v["deviceId"], id.as_str());
+    }
+
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .current_dir(&dir)
+        .args([
+            "hub_device.py",
+            "localhost",
+            "py-ind",
+            &individual_key,
+            "mqtt",
+        ])
+        .arg(&ca);
+    let mut script = Script::start(command, "python hub device");
+    let twin = script.stage("twin").await;
+    assert_eq!(
+        without_version(twin["desired"].clone()),
+        initial_twin()["properties"]["desired"],
+        "{twin}"
+    );
+    script.stage("ready").await;
+    finish_hub_scenario(&server, &mut script, "py-ind", "python").await;
+}

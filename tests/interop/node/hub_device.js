@@ -1,0 +1,48 @@
+// A device on its hub with the unmodified Azure IoT Node device SDK
+// (azure-iot-device + azure-iot-device-mqtt): reads its twin, sends telemetry,
+// reports properties, then waits for one desired-property update. Prints one
+// JSON line per stage.
+// Usage: node hub_device.js <hubHost> <deviceId> <deviceKey> <mqtt|ws>
+'use strict';
+
+const { Client, Message } = require('azure-iot-device');
+const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
+
+const [hub, deviceId, key, transport] = process.argv.slice(2);
+const say = (fields) => console.log(JSON.stringify(fields));
+const fail = (err) => {
+  say({ stage: 'error', name: err.name, message: err.message });
+  process.exit(1);
+};
+
+async function main() {
+  const client = Client.fromConnectionString(
+    `HostName=${hub};DeviceId=${deviceId};SharedAccessKey=${key}`,
+    transport === 'ws' ? MqttWs : Mqtt,
+  );
+  await client.open();
+  const twin = await client.getTwin();
+  say({ stage: 'twin', desired: twin.properties.desired, reported: twin.properties.reported });
+  for (let i = 0; i < 3; i++) {
+    const message = new Message(JSON.stringify({ seq: i, sdk: 'node' }));
+    message.contentType = 'application/json';
+    message.contentEncoding = 'utf-8';
+    message.properties.add('source', 'node-sdk');
+    await client.sendEvent(message);
+  }
+  await new Promise((resolve, reject) => twin.properties.reported.update({ firmware: 'node-1.0', telemetry: { sent: 3 } }, (err) => (err ? reject(err) : resolve())));
+  // The SDK also delivers the current desired properties once on subscribing; wait for a newer version.
+  const known = twin.properties.desired.$version;
+  const patch = await new Promise((resolve) => {
+    twin.on('properties.desired', (delta) => {
+      if (delta.$version > known) resolve(delta);
+    });
+    say({ stage: 'ready' });
+  });
+  say({ stage: 'desired', patch });
+  await client.close();
+  process.exit(0);
+}
+
+main().catch(fail);
+setTimeout(() => fail(new Error('timed out after 60 s')), 60000).unref();
