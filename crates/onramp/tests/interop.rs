@@ -397,27 +397,24 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
     );
     assert_eq!(out["ok"], false, "{out}");
 
-    // The device on its hub: twin, telemetry, reported properties, desired updates.
-    let mut command = tokio::process::Command::new("node");
-    command
-        .current_dir(&dir)
-        .args([
-            "hub_device.js",
-            "localhost",
-            "node-mqtt-ind",
-            &individual_key,
-            "mqtt",
-        ])
-        .env("NODE_EXTRA_CA_CERTS", server.ca_path());
-    let mut script = Script::start(command, "node hub device");
-    let twin = script.stage("twin").await;
-    assert_eq!(
-        without_version(twin["desired"].clone()),
-        initial_twin()["properties"]["desired"],
-        "{twin}"
-    );
-    script.stage("ready").await;
-    finish_hub_scenario(&server, &mut script, "node-mqtt-ind", "node").await;
+    // The devices on their hub, over MQTT and over MQTT/WebSockets: twin,
+    // telemetry, reported properties, desired updates.
+    for (id, key, transport) in [&devices[0], &devices[3]] {
+        let mut command = tokio::process::Command::new("node");
+        command
+            .current_dir(&dir)
+            .args(["hub_device.js", "localhost", id, key, transport])
+            .env("NODE_EXTRA_CA_CERTS", server.ca_path());
+        let mut script = Script::start(command, &format!("node hub device over {transport}"));
+        let twin = script.stage("twin").await;
+        assert_eq!(
+            without_version(twin["desired"].clone()),
+            initial_twin()["properties"]["desired"],
+            "{twin}"
+        );
+        script.stage("ready").await;
+        finish_hub_scenario(&server, &mut script, id, "node").await;
+    }
 }
 
 #[tokio::test]
@@ -464,24 +461,20 @@ async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
         assert_eq!(v["deviceId"], id.as_str());
     }
 
-    let mut command = tokio::process::Command::new(&python);
-    command
-        .current_dir(&dir)
-        .args([
-            "hub_device.py",
-            "localhost",
-            "py-ind",
-            &individual_key,
-            "mqtt",
-        ])
-        .arg(&ca);
-    let mut script = Script::start(command, "python hub device");
-    let twin = script.stage("twin").await;
-    assert_eq!(
-        without_version(twin["desired"].clone()),
-        initial_twin()["properties"]["desired"],
-        "{twin}"
-    );
-    script.stage("ready").await;
-    finish_hub_scenario(&server, &mut script, "py-ind", "python").await;
+    for (id, key, transport) in [&devices[0], &devices[3]] {
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .current_dir(&dir)
+            .args(["hub_device.py", "localhost", id, key, transport])
+            .arg(&ca);
+        let mut script = Script::start(command, &format!("python hub device over {transport}"));
+        let twin = script.stage("twin").await;
+        assert_eq!(
+            without_version(twin["desired"].clone()),
+            initial_twin()["properties"]["desired"],
+            "{twin}"
+        );
+        script.stage("ready").await;
+        finish_hub_scenario(&server, &mut script, id, "python").await;
+    }
 }

@@ -244,7 +244,7 @@ impl MqttClient {
         payload: impl Into<Bytes>,
         qos: QoS,
     ) -> Result<(), ClientError> {
-        let packet_id = (qos == QoS::AtLeastOnce).then(|| self.packet_id());
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.packet_id());
         let publish = Publish {
             dup: false,
             retain: false,
@@ -255,7 +255,7 @@ impl MqttClient {
             properties: None,
         };
         self.send(Packet::Publish(Box::new(publish))).await?;
-        let Some(wanted) = packet_id else {
+        let Some(wanted) = packet_id.filter(|_| qos == QoS::AtLeastOnce) else {
             return Ok(());
         };
         loop {

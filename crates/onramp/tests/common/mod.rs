@@ -77,7 +77,7 @@ impl Server {
         let child = onramp()
             .args(["serve", "--https-listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(["--log", "warn,onramp=info"])
+            .args(["--log", "warn,onramp=info,onramp_net=debug"])
             .args(mqtt)
             .args(extra)
             .env_remove("ONRAMP_CONFIG")
@@ -113,6 +113,10 @@ impl Server {
     /// Keeps a temporary directory alive as long as the server.
     pub fn keep(&mut self, temp: tempfile::TempDir) {
         self._temp = Some(temp);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.state["pid"].as_u64().unwrap() as u32
     }
 
     pub fn mqtt_endpoint(&self) -> String {

@@ -1,0 +1,505 @@
+//! MQTT against `onramp serve`: the protocol's rules and every kind of bad input.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Server, unix_now};
+use onramp_net::mqtt::client::{ClientError, ConnectOptions, MqttClient, Transport};
+use onramp_net::mqtt::{ConnectAckReason, QoS, SubscribeReturnCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn tls(server: &Server) -> Arc<rustls::ClientConfig> {
+    Arc::new(onramp_net::tls::client_config(Some(&server.ca_pem)).unwrap())
+}
+
+fn dps_options(server: &Server, registration_id: &str, token: String) -> ConnectOptions {
+    ConnectOptions {
+        client_id: registration_id.into(),
+        username: Some(format!(
+            "{}/registrations/{registration_id}/api-version=2019-03-31",
+            server.id_scope()
+        )),
+        password: Some(token),
+        keep_alive: 60,
+        clean_session: false,
+    }
+}
+
+async fn dps_client(server: &Server, registration_id: &str, key: &str) -> MqttClient {
+    let options = dps_options(
+        server,
+        registration_id,
+        server.device_token(registration_id, key, unix_now() + 600),
+    );
+    let mut c = MqttClient::connect(
+        &server.mqtt_endpoint(),
+        tls(server),
+        &Transport::Tls,
+        &options,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let granted = c
+        .subscribe(&[("$dps/registrations/res/#", QoS::ExactlyOnce)])
+        .await
+        .unwrap();
+    assert_eq!(
+        granted,
+        vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)],
+        "QoS 2 is granted as 1"
+    );
+    c
+}
+
+/// Waits for the server to close the connection.
+async fn assert_closed(client: MqttClient, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the connection stayed open"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("mq-1", json!({})).await;
+    let mut c = dps_client(&server, "mq-1", &key).await;
+    // C# sends no body at all; identity comes from the connection.
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=42",
+        Vec::new(),
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, "$dps/registrations/res/202/?$rid=42");
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["status"], "assigned", "{v}");
+    let op = v["operationId"].as_str().unwrap();
+    // The poll echoes a UUID $rid verbatim and ignores its body.
+    let rid = "47cf275a-8210-443b-a1ae-63c137aca13a";
+    c.publish(
+        &format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={op}"),
+        " ",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, format!("$dps/registrations/res/200/?$rid={rid}"));
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["registrationState"]["deviceId"], "mq-1");
+    assert!(m.payload.is_ascii());
+    // QoS 0 requests are answered too (C and Java send them).
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=7",
+        "{\"registrationId\":\"mq-1\"}",
+        QoS::AtMostOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.next_message().await.unwrap().topic,
+        "$dps/registrations/res/202/?$rid=7"
+    );
+    c.ping().await.unwrap();
+    // Subscriptions outside the API are refused one by one.
+    assert_eq!(
+        c.subscribe(&[("devices/#", QoS::AtLeastOnce)])
+            .await
+            .unwrap(),
+        vec![SubscribeReturnCode::Failure]
+    );
+    c.disconnect().await;
+}
+
+#[tokio::test]
+async fn bad_connects_are_refused_and_closed() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("mq-2", json!({})).await;
+    let addr = server.mqtt_endpoint();
+    let cases = [
+        (
+            "wrong key",
+            dps_options(
+                &server,
+                "mq-2",
+                server.device_token(
+                    "mq-2",
+                    "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+                    unix_now() + 600,
+                ),
+            ),
+            ConnectAckReason::NotAuthorized,
+        ),
+        (
+            "expired token",
+            dps_options(
+                &server,
+                "mq-2",
+                server.device_token("mq-2", &key, unix_now() - 3600),
+            ),
+            ConnectAckReason::NotAuthorized,
+        ),
+        (
+            "token of another device",
+            dps_options(
+                &server,
+                "mq-2",
+                server.device_token("mq-3", &key, unix_now() + 600),
+            ),
+            ConnectAckReason::NotAuthorized,
+        ),
+        (
+            "client ID is not the registration ID",
+            ConnectOptions {
+                client_id: "someone".into(),
+                ..dps_options(
+                    &server,
+                    "mq-2",
+                    server.device_token("mq-2", &key, unix_now() + 600),
+                )
+            },
+            ConnectAckReason::IdentifierRejected,
+        ),
+        (
+            "user name of no known shape",
+            ConnectOptions {
+                username: Some("nonsense".into()),
+                ..dps_options(&server, "mq-2", String::new())
+            },
+            ConnectAckReason::BadUserNameOrPassword,
+        ),
+    ];
+    for (what, options, code) in cases {
+        let started = Instant::now();
+        match MqttClient::connect(
+            &addr,
+            tls(&server),
+            &Transport::Tls,
+            &options,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Err(ClientError::Refused(c)) => assert_eq!(c, code, "{what}"),
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: refused at once"
+        );
+    }
+    // The refused connection is closed by the server after CONNACK.
+    let mut raw = onramp_net::mqtt::client::connect_tls_stream(&addr, tls(&server))
+        .await
+        .unwrap();
+    raw.write_all(&connect_packet(
+        "mq-2",
+        &format!(
+            "{}/registrations/mq-2/api-version=2019-03-31",
+            server.id_scope()
+        ),
+        "bad",
+    ))
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(
+        buf,
+        [0x20, 0x02, 0x00, 0x05],
+        "CONNACK not authorized, then end of stream"
+    );
+
+    // The hub refuses a wrong or expired device token the same way.
+    let hub = server.embedded_hub().await.name;
+    let hub_host = hub.split(':').next().unwrap();
+    let device_key = server.enroll("mq-hub", json!({})).await;
+    let token = server.device_token("mq-hub", &device_key, unix_now() + 600);
+    let (status, _, _) = server
+        .register_raw(
+            &server.id_scope(),
+            "mq-hub",
+            "?api-version=2021-06-01",
+            Some(&token),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    for (what, key, expiry) in [
+        (
+            "wrong key",
+            "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+            unix_now() + 600,
+        ),
+        ("expired", device_key.as_str(), unix_now() - 3600),
+    ] {
+        let token =
+            onramp_core::sas::sign(&format!("{hub}/devices/mq-hub"), key, expiry, None).unwrap();
+        let options = ConnectOptions {
+            client_id: "mq-hub".into(),
+            username: Some(format!("{hub_host}/mq-hub/?api-version=2021-04-12")),
+            password: Some(token),
+            keep_alive: 60,
+            clean_session: false,
+        };
+        match MqttClient::connect(
+            &addr,
+            tls(&server),
+            &Transport::Tls,
+            &options,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Err(ClientError::Refused(ConnectAckReason::NotAuthorized)) => {}
+            Err(e) => panic!("hub, {what}: {e}"),
+            Ok(_) => panic!("hub, {what}: accepted"),
+        }
+    }
+}
+
+/// A CONNECT packet with user name and password, MQTT 3.1.1.
+fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 60];
+    for field in [client_id, username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_or_end_the_connection() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("mq-4", json!({})).await;
+
+    // Malformed JSON: an Azure error on the response topic; the connection stays.
+    let mut c = dps_client(&server, "mq-4", &key).await;
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        "{\"registrationId\": ",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, "$dps/registrations/res/400/?$rid=1");
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["errorCode"], 400001, "{v}");
+    // A body over 96 KB: 413 on the response topic.
+    let big = serde_json::to_vec(&json!({"payload": {"blob": "x".repeat(100 * 1024)}})).unwrap();
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=2",
+        big,
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, "$dps/registrations/res/413/?$rid=2");
+    // A poll without an operationId, and one for an unknown operation.
+    c.publish(
+        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=3",
+        "",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.next_message().await.unwrap().topic,
+        "$dps/registrations/res/400/?$rid=3"
+    );
+    c.publish(
+        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=4&operationId=nope",
+        "",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.next_message().await.unwrap().topic,
+        "$dps/registrations/res/404/?$rid=4"
+    );
+    c.ping().await.unwrap();
+
+    // A publish to a topic outside the API ends the connection.
+    let _ = c
+        .publish("devices/mq-4/messages/events/", "hello", QoS::AtLeastOnce)
+        .await;
+    assert_closed(c, "topic outside the API").await;
+
+    // A packet over the size limit (256 KiB) ends the connection.
+    let mut c = dps_client(&server, "mq-4", &key).await;
+    let huge = vec![b'x'; 300 * 1024];
+    let _ = c
+        .publish(
+            "$dps/registrations/PUT/iotdps-register/?$rid=5",
+            huge,
+            QoS::AtLeastOnce,
+        )
+        .await;
+    assert_closed(c, "oversized packet").await;
+
+    // QoS 2 is not supported: the connection ends.
+    let mut c = dps_client(&server, "mq-4", &key).await;
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=6",
+        "{}",
+        QoS::ExactlyOnce,
+    )
+    .await
+    .unwrap();
+    assert_closed(c, "QoS 2").await;
+
+    // Garbage instead of MQTT after CONNECT.
+    let mut raw =
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(&server))
+            .await
+            .unwrap();
+    let token = server.device_token("mq-4", &key, unix_now() + 600);
+    raw.write_all(&connect_packet(
+        "mq-4",
+        &format!(
+            "{}/registrations/mq-4/api-version=2019-03-31",
+            server.id_scope()
+        ),
+        &token,
+    ))
+    .await
+    .unwrap();
+    raw.write_all(&[0xF0, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(
+        &buf[..4],
+        &[0x20, 0x02, 0x00, 0x00],
+        "accepted, then closed on the garbage"
+    );
+}
+
+#[tokio::test]
+async fn clients_that_never_connect_are_dropped() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--mqtt-connect-timeout-ms", "300"],
+    );
+    server.keep(temp);
+    for address in [server.mqtt_endpoint(), server.endpoint()] {
+        let started = Instant::now();
+        let mut raw = onramp_net::mqtt::client::connect_tls_stream(&address, tls(&server))
+            .await
+            .unwrap();
+        // Send a first byte of CONNECT, then nothing.
+        raw.write_all(&[0x10]).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .ok();
+        let waited = started.elapsed();
+        assert!(buf.is_empty());
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "dropped after {waited:?}"
+        );
+    }
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The stated bound: 1,000 idle MQTT connections cost less than 64 MiB.
+const IDLE_BOUND_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_stay_within_the_memory_bound() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("idle", json!({})).await;
+    let pid = server.pid();
+    // Warm up: the first connections allocate what every later one shares.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(dps_client(&server, "idle", &key).await);
+    }
+    let before = rss_kib(pid);
+    let server = Arc::new(server);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (server, key) = (server.clone(), key.clone());
+        tasks.spawn(async move { dps_client(&server, "idle", &key).await });
+        while tasks.len() >= 50 {
+            clients.push(tasks.join_next().await.unwrap().unwrap());
+        }
+    }
+    while let Some(c) = tasks.join_next().await {
+        clients.push(c.unwrap());
+    }
+    assert_eq!(clients.len(), 1020);
+    let held = rss_kib(pid);
+    // Idle for a while: nothing grows.
+    for c in clients.iter_mut().take(10) {
+        c.ping().await.unwrap();
+    }
+    // An observation window, not a wait for a condition: idle connections must not grow.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = rss_kib(pid);
+    let growth = held.saturating_sub(before);
+    eprintln!(
+        "1,000 idle MQTT connections: {growth} KiB ({} KiB each); {} KiB more after 2 s idle",
+        growth / 1000,
+        later.saturating_sub(held)
+    );
+    assert!(
+        growth < IDLE_BOUND_KIB,
+        "1,000 connections cost {growth} KiB; the bound is {IDLE_BOUND_KIB} KiB"
+    );
+    assert!(
+        later <= held + 1024,
+        "memory grew while idle: {held} → {later} KiB"
+    );
+    for c in clients.iter_mut().step_by(97) {
+        c.ping().await.unwrap();
+    }
+}
