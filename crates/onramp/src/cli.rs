@@ -51,6 +51,61 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Load test: many simulated devices register at once; prints rates and latencies.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// Transport: https, mqtt or mqtt-ws.
+    #[arg(long, default_value = "https")]
+    pub protocol: String,
+    /// Devices that register.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: u64,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// fresh: a new TLS connection per device (a real fleet); reuse: one per worker (https).
+    #[arg(long, default_value = "fresh")]
+    pub connections: String,
+    /// Global device endpoint, host[:port]. Default: the local server's.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// ID scope. Default: the local server's.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Key of an existing symmetric-key enrollment group; default: a new group is created.
+    #[arg(long)]
+    pub group_key: Option<String>,
+    /// Service connection string used to create the group.
+    #[arg(long, env = "ONRAMP_CONNECTION_STRING")]
+    pub connection_string: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+    /// Registration ID prefix (default: bench-<random>).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Allow a target that is not on this machine.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+impl BenchArgs {
+    pub fn api(&self) -> ServiceApi {
+        ServiceApi {
+            location: self.location.clone(),
+            connection_string: self.connection_string.clone(),
+            endpoint: None,
+            ca: self.ca.clone(),
+        }
+    }
 }
 
 /// Where the configuration and the data directory are.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bench;
 mod cli;
 mod config;
 mod device;
@@ -18,6 +19,8 @@ use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One process-wide TLS provider: every configuration here uses aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,5 +49,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enrollment { command } => service_client::enrollment(command).await,
         Command::Group { command } => service_client::group(command).await,
         Command::Device { command } => device::run(command).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -203,6 +203,27 @@ fn enc(id: &str) -> String {
     sas::encode(id)
 }
 
+/// Creates a symmetric-key enrollment group for a load test; returns its primary key.
+pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Result<String> {
+    let api = Api::open(api).await?;
+    let group = EnrollmentGroup {
+        enrollment_group_id: group_id.to_owned(),
+        attestation: Some(attestation(&EnrollmentSpec::default())),
+        ..Default::default()
+    };
+    let created = api
+        .call(
+            Method::PUT,
+            &format!("enrollmentGroups/{}", enc(group_id)),
+            Some(&serde_json::to_value(&group)?),
+        )
+        .await?;
+    created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the service returned no group key"))
+}
+
 pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
     match command {
         EnrollmentCommand::Create {

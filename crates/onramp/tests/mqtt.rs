@@ -503,3 +503,114 @@ async fn a_thousand_idle_connections_stay_within_the_memory_bound() {
         c.ping().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn keep_alive_is_enforced_and_pings_keep_a_connection() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("ka", json!({})).await;
+    let token = server.device_token("ka", &key, unix_now() + 600);
+    let options = ConnectOptions {
+        keep_alive: 1,
+        ..dps_options(&server, "ka", token)
+    };
+    // Pinging inside the keep-alive period keeps the connection…
+    let mut c = MqttClient::connect(
+        &server.mqtt_endpoint(),
+        tls(&server),
+        &Transport::Tls,
+        &options,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut silent = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        c.ping().await.unwrap();
+        silent = Instant::now();
+        // Pacing the pings (the point of the test), not waiting for luck.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // …and silence for 1.5 × keep-alive ends it.
+    assert_closed(c, "keep-alive").await;
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_paths_and_subprotocol_spellings_of_every_sdk() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("ws-dev", json!({})).await;
+    // C, Python, Node: /$iothub/websocket; C#: /; Java (Paho): /mqtt. C sends "MQTT".
+    for (path, protocol) in [
+        ("/$iothub/websocket", "MQTT"),
+        ("/", "mqtt"),
+        ("/mqtt", "mqtt"),
+    ] {
+        let transport = Transport::WebSocket {
+            path: path.into(),
+            subprotocol: protocol.into(),
+        };
+        let options = dps_options(
+            &server,
+            "ws-dev",
+            server.device_token("ws-dev", &key, unix_now() + 600),
+        );
+        let mut c = MqttClient::connect(
+            &server.endpoint(),
+            tls(&server),
+            &transport,
+            &options,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path} {protocol}: {e}"));
+        c.subscribe(&[("$dps/registrations/res/#", QoS::AtLeastOnce)])
+            .await
+            .unwrap();
+        c.publish(
+            "$dps/registrations/PUT/iotdps-register/?$rid=1",
+            "{}",
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        let m = c.next_message().await.unwrap();
+        assert_eq!(m.topic, "$dps/registrations/res/202/?$rid=1", "{path}");
+        c.disconnect().await;
+    }
+    // The server echoes the client's spelling of the subprotocol.
+    let resp = server
+        .http()
+        .get(server.url("/$iothub/websocket"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Protocol", "MQTT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "MQTT");
+    assert_eq!(
+        resp.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    // An upgrade for anything but MQTT is refused.
+    let resp = server
+        .http()
+        .get(server.url("/$iothub/websocket"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Protocol", "chat")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+}
