@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use onramp_model::{
     DeviceRegistration, DeviceRegistrationState, ErrorCode, IdScope, RegistrationId,
     RegistrationOperationStatus, RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
-    UtcTime,
+    UtcTime, X509RegistrationResult,
 };
 
 use crate::ProvisioningError;
 use crate::allocate::{HubSelection, allocate};
-use crate::attest::{AttestationConfig, Attested, DeviceCredential, Enrollment, attest};
+use crate::attest::{AttestationConfig, Attested, DeviceCredential, Enrollment, Proof, attest};
 use crate::events::{AttestationAttempt, Protocol, RegistrationAttempt};
 use crate::ports::{
     Clock, DeviceIdentity, HubError, HubRegistry, IdentityAuth, RegistrationRecord, Store,
@@ -221,10 +221,7 @@ impl Engine {
             };
             let identity = DeviceIdentity {
                 device_id: device_id.clone(),
-                auth: IdentityAuth::SymmetricKey {
-                    primary: attested.device_keys.0.clone(),
-                    secondary: attested.device_keys.1.clone(),
-                },
+                auth: identity_auth(attested),
                 capabilities: settings.capabilities,
                 twin,
             };
@@ -240,13 +237,24 @@ impl Engine {
             attested.registration_id.as_str(),
             RegistrationStatus::Assigned,
         );
-        state.symmetric_key =
-            attested
-                .enrollment
-                .group_id()
-                .map(|g| SymmetricKeyRegistrationResult {
-                    enrollment_group_id: Some(g.to_owned()),
+        match &attested.proof {
+            Proof::SymmetricKey { .. } => {
+                state.symmetric_key =
+                    attested
+                        .enrollment
+                        .group_id()
+                        .map(|g| SymmetricKeyRegistrationResult {
+                            enrollment_group_id: Some(g.to_owned()),
+                        });
+            }
+            Proof::X509 { leaf, signing } => {
+                state.x509 = Some(X509RegistrationResult {
+                    certificate_info: Some(leaf.info.clone()),
+                    enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
+                    signing_certificate_info: signing.as_ref().map(|s| s.info.clone()),
                 });
+            }
+        }
         match outcome {
             Ok(hub) => {
                 state.assigned_hub = Some(hub);
@@ -424,6 +432,50 @@ impl Engine {
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
         // A poisoned map only means another task panicked mid-insert; the data is still usable.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The hub identity a proof calls for: the device's keys; its certificates'
+/// thumbprints (individual enrollments); or any certificate under the
+/// group's CA.
+fn identity_auth(attested: &Attested) -> IdentityAuth {
+    match (&attested.proof, &attested.enrollment) {
+        (Proof::SymmetricKey { primary, secondary }, _) => IdentityAuth::SymmetricKey {
+            primary: primary.clone(),
+            secondary: secondary.clone(),
+        },
+        (
+            Proof::X509 {
+                signing: Some(anchor),
+                ..
+            },
+            _,
+        ) => IdentityAuth::CertificateAuthority {
+            anchor: anchor.der.clone(),
+        },
+        (Proof::X509 { leaf, .. }, Enrollment::Individual(e)) => {
+            let thumbprint = |slot: Option<&onramp_model::X509CertificateWithInfo>| {
+                slot.and_then(|c| c.info.as_ref())
+                    .map(|i| i.sha256_thumbprint.clone())
+            };
+            let certs = e
+                .attestation
+                .as_ref()
+                .and_then(|a| a.x509.as_ref())
+                .and_then(|x| x.client_certificates.as_ref());
+            let primary = thumbprint(certs.and_then(|c| c.primary.as_ref()))
+                .unwrap_or_else(|| leaf.info.sha256_thumbprint.clone());
+            let secondary = thumbprint(certs.and_then(|c| c.secondary.as_ref()))
+                .unwrap_or_else(|| primary.clone());
+            IdentityAuth::SelfSigned {
+                primary_thumbprint: primary,
+                secondary_thumbprint: secondary,
+            }
+        }
+        (Proof::X509 { leaf, .. }, Enrollment::Group(_)) => IdentityAuth::SelfSigned {
+            primary_thumbprint: leaf.info.sha256_thumbprint.clone(),
+            secondary_thumbprint: leaf.info.sha256_thumbprint.clone(),
+        },
     }
 }
 

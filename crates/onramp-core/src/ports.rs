@@ -8,7 +8,7 @@ use onramp_model::{
     InitialTwin, Secret, UtcTime,
 };
 
-use crate::tenant::{LinkedHub, ProvisioningService, SharedAccessPolicy};
+use crate::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +40,14 @@ pub enum Precondition {
 }
 
 impl Precondition {
+    /// The record must exist: a missing If-Match becomes `*`.
+    pub fn or_exists(self) -> Self {
+        match self {
+            Precondition::None => Precondition::IfMatch("*".into()),
+            other => other,
+        }
+    }
+
     pub fn from_if_match(if_match: Option<&str>) -> Self {
         match if_match.map(str::trim).filter(|v| !v.is_empty()) {
             Some(v) => Precondition::IfMatch(v.to_owned()),
@@ -68,6 +76,28 @@ pub fn check_precondition(
             "If-Match {tag} was given but {what} does not exist; create it without If-Match"
         ))),
     }
+}
+
+/// SHA-256 thumbprints (upper-case hex) of an enrollment's X.509 client
+/// certificates: what stores index for [`Store::enrollments_by_thumbprint`].
+pub fn client_thumbprints(e: &IndividualEnrollment) -> Vec<String> {
+    let Some(certs) = e
+        .attestation
+        .as_ref()
+        .and_then(|a| a.x509.as_ref())
+        .and_then(|x| x.client_certificates.as_ref())
+    else {
+        return Vec::new();
+    };
+    [certs.primary.as_ref(), certs.secondary.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            c.info
+                .as_ref()
+                .map(|i| i.sha256_thumbprint.to_ascii_uppercase())
+        })
+        .collect()
 }
 
 /// A registration record and what the engine keeps beside it.
@@ -140,6 +170,13 @@ pub trait Store: Send + Sync + 'static {
         id_key: &str,
         condition: Precondition,
     ) -> Result<(), StoreError>;
+    /// Individual enrollments whose X.509 client certificate (primary or
+    /// secondary) has this SHA-256 thumbprint (upper-case hex).
+    async fn enrollments_by_thumbprint(
+        &self,
+        service: &str,
+        sha256: &str,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError>;
     /// A page in key order, starting after `after_key`.
     async fn enrollments(
         &self,
@@ -173,6 +210,27 @@ pub trait Store: Send + Sync + 'static {
         after_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EnrollmentGroup>, StoreError>;
+
+    // CA certificates (names compare case-insensitively).
+    async fn ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> Result<Option<CaCertificate>, StoreError>;
+    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError>;
+    /// Writes a CA certificate; the store sets its ETag.
+    async fn put_ca_certificate(
+        &self,
+        service: &str,
+        certificate: &CaCertificate,
+        condition: Precondition,
+    ) -> Result<CaCertificate, StoreError>;
+    async fn delete_ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+        condition: Precondition,
+    ) -> Result<(), StoreError>;
 
     // Registration records.
     async fn registration(
@@ -212,7 +270,21 @@ pub struct DeviceIdentity {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdentityAuth {
-    SymmetricKey { primary: Secret, secondary: Secret },
+    SymmetricKey {
+        primary: Secret,
+        secondary: Secret,
+    },
+    /// X.509 device certificates known by thumbprint (individual enrollments).
+    SelfSigned {
+        primary_thumbprint: String,
+        secondary_thumbprint: String,
+    },
+    /// Any certificate that chains to a CA the hub trusts (enrollment groups).
+    /// `anchor` is the group's certificate (DER): hubs that learn their trust
+    /// from the provisioning service use it; Azure IoT Hub ignores it.
+    CertificateAuthority {
+        anchor: Vec<u8>,
+    },
 }
 
 /// What to do with the device's twin.

@@ -135,6 +135,43 @@ impl SharedAccessPolicy {
     }
 }
 
+/// A CA certificate uploaded to a provisioning service. Enrollment groups
+/// may refer to it by name (`caReferences`) once its owner has proven
+/// possession of its private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaCertificate {
+    pub name: String,
+    /// The certificate, DER.
+    #[serde(with = "base64_bytes")]
+    pub der: Vec<u8>,
+    pub subject: String,
+    /// SHA-1 thumbprint, upper-case hex.
+    pub thumbprint: String,
+    pub sha256_thumbprint: String,
+    pub not_after: UtcTime,
+    pub is_verified: bool,
+    /// The code a verification certificate must carry as its CN.
+    pub verification_code: Option<String>,
+    pub etag: Option<onramp_model::ETag>,
+    pub created: UtcTime,
+    pub updated: UtcTime,
+}
+
+mod base64_bytes {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// An IoT hub linked to a provisioning service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,9 +13,9 @@ use onramp_model::{ETag, EnrollmentGroup, IndividualEnrollment, UtcTime};
 
 use crate::ports::{
     Clock, DeviceIdentity, HubError, HubRegistry, Precondition, RegistrationRecord, Store,
-    StoreError, check_precondition,
+    StoreError, check_precondition, client_thumbprints,
 };
-use crate::tenant::{LinkedHub, ProvisioningService, SharedAccessPolicy};
+use crate::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
 
 type Key = (String, String);
 
@@ -27,6 +27,7 @@ struct State {
     enrollments: BTreeMap<Key, IndividualEnrollment>,
     groups: BTreeMap<Key, EnrollmentGroup>,
     registrations: BTreeMap<Key, RegistrationRecord>,
+    cas: BTreeMap<Key, CaCertificate>,
 }
 
 /// A `Store` in a mutex. Same semantics as the real backends.
@@ -132,6 +133,7 @@ impl Store for MemoryStore {
         s.enrollments.retain(|(svc, _), _| svc != name);
         s.groups.retain(|(svc, _), _| svc != name);
         s.registrations.retain(|(svc, _), _| svc != name);
+        s.cas.retain(|(svc, _), _| svc != name);
         Ok(existed)
     }
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {
@@ -235,6 +237,78 @@ impl Store for MemoryStore {
             &format!("enrollment '{id_key}'"),
         )?;
         s.enrollments.remove(&key);
+        Ok(())
+    }
+    async fn enrollments_by_thumbprint(
+        &self,
+        service: &str,
+        sha256: &str,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
+        Ok(page(&self.lock().enrollments, service, None, usize::MAX)
+            .into_iter()
+            .filter(|e| {
+                client_thumbprints(e)
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(sha256))
+            })
+            .collect())
+    }
+    async fn ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> Result<Option<CaCertificate>, StoreError> {
+        Ok(self
+            .lock()
+            .cas
+            .get(&k(service, &name.to_ascii_lowercase()))
+            .cloned())
+    }
+    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        Ok(page(&self.lock().cas, service, None, usize::MAX))
+    }
+    async fn put_ca_certificate(
+        &self,
+        service: &str,
+        certificate: &CaCertificate,
+        condition: Precondition,
+    ) -> Result<CaCertificate, StoreError> {
+        let mut s = self.lock();
+        if !s.services.contains_key(service) {
+            return Err(StoreError::NotFound(format!(
+                "no provisioning service '{service}'"
+            )));
+        }
+        let key = k(service, &certificate.name.to_ascii_lowercase());
+        check_precondition(
+            s.cas.get(&key).and_then(|c| c.etag.as_ref()),
+            &condition,
+            &format!("CA certificate '{}'", certificate.name),
+        )?;
+        let mut stored = certificate.clone();
+        stored.etag = Some(self.etag());
+        s.cas.insert(key, stored.clone());
+        Ok(stored)
+    }
+    async fn delete_ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+        condition: Precondition,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let key = k(service, &name.to_ascii_lowercase());
+        let Some(current) = s.cas.get(&key) else {
+            return Err(StoreError::NotFound(format!(
+                "no CA certificate is named '{name}'"
+            )));
+        };
+        check_precondition(
+            current.etag.as_ref(),
+            &condition,
+            &format!("CA certificate '{name}'"),
+        )?;
+        s.cas.remove(&key);
         Ok(())
     }
     async fn enrollments(
@@ -539,6 +613,7 @@ pub mod conformance {
         enrollments(&*store).await;
         groups(&*store).await;
         registrations(&*store).await;
+        certificates(&*store).await;
         isolation(&*store).await;
     }
 
@@ -875,6 +950,145 @@ pub mod conformance {
             .await
             .expect("delete");
         assert_eq!(store.registration("t1", "reg-2").await.expect("get"), None);
+    }
+
+    async fn certificates(store: &dyn Store) {
+        let ca = CaCertificate {
+            name: "My-Root".into(),
+            der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+            subject: "CN=My Root".into(),
+            thumbprint: "AA".repeat(20),
+            sha256_thumbprint: "BB".repeat(32),
+            not_after: now(1000),
+            is_verified: false,
+            verification_code: Some("C0DE".into()),
+            etag: None,
+            created: now(100),
+            updated: now(100),
+        };
+        let stored = store
+            .put_ca_certificate("t1", &ca, Precondition::IfNotExists)
+            .await
+            .expect("put");
+        let tag = stored.etag.clone().expect("etag");
+        let got = store
+            .ca_certificate("t1", "my-root")
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(got.der, ca.der);
+        assert_eq!(got.name, "My-Root");
+        assert_eq!(got.verification_code.as_deref(), Some("C0DE"));
+        let mut verified = got.clone();
+        verified.is_verified = true;
+        store
+            .put_ca_certificate("t1", &verified, Precondition::IfMatch(tag.as_str().into()))
+            .await
+            .expect("update");
+        assert!(matches!(
+            store
+                .put_ca_certificate("t1", &verified, Precondition::IfMatch(tag.as_str().into()))
+                .await,
+            Err(StoreError::PreconditionFailed(_))
+        ));
+        assert!(
+            store
+                .ca_certificate("t1", "MY-ROOT")
+                .await
+                .expect("get")
+                .expect("found")
+                .is_verified
+        );
+        assert_eq!(store.ca_certificates("t1").await.expect("list").len(), 1);
+        store
+            .delete_ca_certificate("t1", "my-root", Precondition::None)
+            .await
+            .expect("delete");
+        assert_eq!(
+            store.ca_certificate("t1", "my-root").await.expect("get"),
+            None
+        );
+        assert!(matches!(
+            store
+                .delete_ca_certificate("t1", "my-root", Precondition::None)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // Enrollments are found by the thumbprint of their client certificate.
+        let print = "CD".repeat(32);
+        let mut revoked = enrollment("revoke-ica");
+        revoked.attestation = Some(AttestationMechanism {
+            kind: AttestationType::X509,
+            x509: Some(onramp_model::X509Attestation {
+                client_certificates: Some(onramp_model::X509Certificates {
+                    primary: Some(onramp_model::X509CertificateWithInfo {
+                        certificate: None,
+                        info: Some(onramp_model::X509CertificateInfo {
+                            subject_name: "CN=ica".into(),
+                            sha1_thumbprint: "EE".repeat(20),
+                            sha256_thumbprint: print.clone(),
+                            issuer_name: "CN=root".into(),
+                            not_before_utc: now(0),
+                            not_after_utc: now(1000),
+                            serial_number: "01".into(),
+                            version: 3,
+                        }),
+                    }),
+                    secondary: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        store
+            .put_enrollment("t1", &revoked, Precondition::None, now(110))
+            .await
+            .expect("x509 enrollment");
+        let found = store
+            .enrollments_by_thumbprint("t1", &print.to_ascii_lowercase())
+            .await
+            .expect("by thumbprint");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].registration_id, "revoke-ica");
+        assert!(
+            store
+                .enrollments_by_thumbprint("t2-absent", &print)
+                .await
+                .expect("other service")
+                .is_empty()
+        );
+        store
+            .put_enrollment(
+                "t1",
+                &enrollment("revoke-ica"),
+                Precondition::None,
+                now(120),
+            )
+            .await
+            .expect("now symmetric");
+        assert!(
+            store
+                .enrollments_by_thumbprint("t1", &print)
+                .await
+                .expect("gone")
+                .is_empty()
+        );
+        store
+            .put_enrollment("t1", &revoked, Precondition::None, now(130))
+            .await
+            .expect("x509 again");
+        store
+            .delete_enrollment("t1", "revoke-ica", Precondition::None)
+            .await
+            .expect("delete");
+        assert!(
+            store
+                .enrollments_by_thumbprint("t1", &print)
+                .await
+                .expect("deleted")
+                .is_empty()
+        );
     }
 
     async fn isolation(store: &dyn Store) {

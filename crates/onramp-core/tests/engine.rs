@@ -146,7 +146,9 @@ async fn individual_enrollment_is_assigned_with_its_keys_and_initial_twin() {
     assert!(state.etag.is_some() && state.created_date_time_utc.is_some());
 
     let device = w.hubs.device("hub-a", "dev-01").unwrap();
-    let IdentityAuth::SymmetricKey { primary: p, .. } = &device.auth;
+    let IdentityAuth::SymmetricKey { primary: p, .. } = &device.auth else {
+        panic!("a symmetric-key identity")
+    };
     assert_eq!(p.expose(), primary());
     let TwinSetup::Initial(twin) = &device.twin else {
         panic!("first assignment sets the twin")
@@ -205,7 +207,9 @@ async fn group_devices_use_derived_keys() {
             Some("factory-1")
         );
         let device = w.hubs.device("hub-a", id).unwrap();
-        let IdentityAuth::SymmetricKey { primary: p, .. } = &device.auth;
+        let IdentityAuth::SymmetricKey { primary: p, .. } = &device.auth else {
+            panic!("a symmetric-key identity")
+        };
         assert_eq!(
             p.expose(),
             derived,

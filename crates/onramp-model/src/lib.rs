@@ -11,11 +11,13 @@
 //!   the registration state the service API exposes.
 //! - [`query`]: query specifications and bulk operations of the service API.
 //! - [`error`]: the Azure error body and Onramp's catalogue of error codes.
+//! - [`certificate`]: CA certificates and their proof of possession.
 //! - [`hub`]: IoT Hub device identities and twins.
 //!
 //! Nothing here does I/O or holds business rules; it is data with `serde`.
 #![forbid(unsafe_code)]
 
+pub mod certificate;
 pub mod enrollment;
 pub mod error;
 pub mod hub;

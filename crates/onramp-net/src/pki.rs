@@ -202,3 +202,126 @@ mod tests {
         crate::tls::server_config(&c.server_chain_pem, &c.server_key_pem, &[b"http/1.1"]).unwrap();
     }
 }
+
+/// A small PKI for people who test X.509 attestation: roots, intermediates
+/// and device certificates (ECDSA P-256). Not for production devices.
+pub mod testing {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    /// A certificate and its private key.
+    pub struct Issued {
+        pub cert_pem: String,
+        pub cert_der: Vec<u8>,
+        pub key_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    /// Validity of a certificate relative to now.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Validity {
+        pub not_before: OffsetDateTime,
+        pub not_after: OffsetDateTime,
+    }
+
+    impl Validity {
+        /// From a day ago to `days` from now.
+        pub fn days(days: i64) -> Self {
+            let now = OffsetDateTime::now_utc();
+            Self {
+                not_before: now - Duration::days(1),
+                not_after: now + Duration::days(days),
+            }
+        }
+    }
+
+    fn params(cn: &str, validity: Validity) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        params
+    }
+
+    fn ca_params(cn: &str, validity: Validity, path_len: Option<u8>) -> CertificateParams {
+        let mut p = params(cn, validity);
+        p.is_ca = IsCa::Ca(match path_len {
+            Some(n) => BasicConstraints::Constrained(n),
+            None => BasicConstraints::Unconstrained,
+        });
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p
+    }
+
+    impl Issued {
+        /// A self-signed root CA.
+        pub fn root(cn: &str, validity: Validity) -> Result<Self, rcgen::Error> {
+            let key = KeyPair::generate()?;
+            let params = ca_params(cn, validity, None);
+            let cert = params.self_signed(&key)?;
+            Ok(Self::new(cert, params, key))
+        }
+
+        /// A self-signed device certificate (for individual enrollments).
+        pub fn self_signed_device(cn: &str, validity: Validity) -> Result<Self, rcgen::Error> {
+            let key = KeyPair::generate()?;
+            let mut params = params(cn, validity);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.self_signed(&key)?;
+            Ok(Self::new(cert, params, key))
+        }
+
+        /// An intermediate CA signed by this one.
+        pub fn intermediate(&self, cn: &str, validity: Validity) -> Result<Self, rcgen::Error> {
+            let key = KeyPair::generate()?;
+            let params = ca_params(cn, validity, None);
+            let cert = params.signed_by(&key, &self.issuer)?;
+            Ok(Self::new(cert, params, key))
+        }
+
+        /// A device (end-entity, client authentication) certificate signed by this CA.
+        pub fn device(&self, cn: &str, validity: Validity) -> Result<Self, rcgen::Error> {
+            let key = KeyPair::generate()?;
+            let mut params = params(cn, validity);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &self.issuer)?;
+            Ok(Self::new(cert, params, key))
+        }
+
+        /// Reloads a CA from its PEM files, to issue more certificates.
+        pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+            let key = KeyPair::from_pem(key_pem)?;
+            let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+            let der = crate::tls::certs_from_pem(cert_pem)
+                .ok()
+                .and_then(|c| c.first().map(|c| c.as_ref().to_vec()))
+                .ok_or(rcgen::Error::CouldNotParseCertificate)?;
+            Ok(Self {
+                cert_pem: cert_pem.to_owned(),
+                cert_der: der,
+                key_pem: key_pem.to_owned(),
+                issuer,
+            })
+        }
+
+        fn new(cert: rcgen::Certificate, params: CertificateParams, key: KeyPair) -> Self {
+            Self {
+                cert_pem: cert.pem(),
+                cert_der: cert.der().to_vec(),
+                key_pem: key.serialize_pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+    }
+}

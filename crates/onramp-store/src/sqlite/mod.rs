@@ -10,8 +10,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use onramp_core::ports::{Precondition, RegistrationRecord, Store, StoreError, check_precondition};
-use onramp_core::tenant::{AccessRights, LinkedHub, ProvisioningService, SharedAccessPolicy};
+use onramp_core::ports::{
+    Precondition, RegistrationRecord, Store, StoreError, check_precondition, client_thumbprints,
+};
+use onramp_core::tenant::{
+    AccessRights, CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy,
+};
 use onramp_model::{
     AttestationMechanism, DeviceRegistrationState, ETag, EnrollmentGroup, IndividualEnrollment,
     Secret, SymmetricKeyAttestation, UtcTime,
@@ -23,7 +27,7 @@ pub use db::Durability;
 
 use crate::seal::Sealer;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy)]
@@ -50,8 +54,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < 1 {
         conn.execute_batch(&format!(
-            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            "BEGIN; {} PRAGMA user_version = 1; COMMIT;",
             include_str!("schema.sql")
+        ))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            include_str!("schema_v2.sql")
         ))?;
     }
     Ok(())
@@ -481,6 +491,7 @@ impl Store for SqliteStore {
         let sealed = Self::seal_keys(&self.sealer, doc_form.attestation.as_mut(), &aad)?;
         let service = service.to_owned();
         let what = format!("enrollment '{}'", enrollment.registration_id);
+        let thumbprints = client_thumbprints(enrollment);
         self.db
             .write(move |conn| {
                 ensure_service(conn, &service)?;
@@ -507,6 +518,7 @@ impl Store for SqliteStore {
                     &doc,
                     sealed.as_deref(),
                 )?;
+                index_thumbprints(conn, &service, &key, &thumbprints)?;
                 Ok(stored)
             })
             .await
@@ -527,6 +539,146 @@ impl Store for SqliteStore {
             format!("no individual enrollment has registration ID '{id_key}'"),
         )
         .await
+    }
+
+    async fn enrollments_by_thumbprint(
+        &self,
+        service: &str,
+        sha256: &str,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
+        let (service, print) = (service.to_owned(), sha256.to_ascii_uppercase());
+        let sealer = self.sealer.clone();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT e.id_key, e.doc, e.keys_sealed FROM enrollment_thumbprints t
+                         JOIN enrollments e ON e.service = t.service AND e.id_key = t.id_key
+                         WHERE t.service = ?1 AND t.thumbprint = ?2 ORDER BY e.id_key",
+                    )
+                    .map_err(sql_error)?;
+                let rows: Vec<Row> = stmt
+                    .query_map(params![service, print], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(sql_error)?;
+                rows.into_iter()
+                    .map(|(key, doc, sealed)| {
+                        let aad = enrollment_aad(&service, &key);
+                        let mut e: IndividualEnrollment =
+                            serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
+                        Self::unseal_keys(&sealer, e.attestation.as_mut(), sealed, &aad)?;
+                        Ok(e)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> Result<Option<CaCertificate>, StoreError> {
+        let (service, key) = (service.to_owned(), name.to_ascii_lowercase());
+        self.db
+            .read(move |conn| {
+                let row: Option<(String, String)> = conn
+                    .prepare_cached("SELECT doc, etag FROM ca_certificates WHERE service = ?1 AND name_key = ?2")
+                    .and_then(|mut s| s.query_row(params![service, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .map_err(sql_error)?;
+                row.map(|(doc, etag)| ca_from_row(&doc, &etag)).transpose()
+            })
+            .await
+    }
+
+    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        let service = service.to_owned();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT doc, etag FROM ca_certificates WHERE service = ?1 ORDER BY name_key")
+                    .map_err(sql_error)?;
+                let rows = stmt
+                    .query_map([&service], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(sql_error)?;
+                rows.iter().map(|(doc, etag)| ca_from_row(doc, etag)).collect()
+            })
+            .await
+    }
+
+    async fn put_ca_certificate(
+        &self,
+        service: &str,
+        certificate: &CaCertificate,
+        condition: Precondition,
+    ) -> Result<CaCertificate, StoreError> {
+        let (service, key) = (service.to_owned(), certificate.name.to_ascii_lowercase());
+        let mut stored = certificate.clone();
+        let etag = new_etag();
+        stored.etag = Some(etag.clone());
+        let what = format!("CA certificate '{}'", certificate.name);
+        self.db
+            .write(move |conn| {
+                ensure_service(conn, &service)?;
+                let current: Option<String> = conn
+                    .prepare_cached("SELECT etag FROM ca_certificates WHERE service = ?1 AND name_key = ?2")
+                    .and_then(|mut s| s.query_row(params![service, key], |r| r.get(0)).optional())
+                    .map_err(sql_error)?;
+                check_precondition(current.map(|c| ETag::from_raw(&c)).as_ref(), &condition, &what)?;
+                let mut doc_form = stored.clone();
+                doc_form.etag = None;
+                let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt(&what, e))?;
+                conn.prepare_cached(
+                    "INSERT INTO ca_certificates (service, name_key, etag, doc) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (service, name_key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc",
+                )
+                .and_then(|mut s| s.execute(params![service, key, etag.as_str(), doc]))
+                .map_err(sql_error)?;
+                Ok(stored)
+            })
+            .await
+    }
+
+    async fn delete_ca_certificate(
+        &self,
+        service: &str,
+        name: &str,
+        condition: Precondition,
+    ) -> Result<(), StoreError> {
+        let (service, key, name) = (
+            service.to_owned(),
+            name.to_ascii_lowercase(),
+            name.to_owned(),
+        );
+        self.db
+            .write(move |conn| {
+                let current: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT etag FROM ca_certificates WHERE service = ?1 AND name_key = ?2",
+                    )
+                    .and_then(|mut s| s.query_row(params![service, key], |r| r.get(0)).optional())
+                    .map_err(sql_error)?;
+                let Some(current) = current else {
+                    return Err(StoreError::NotFound(format!(
+                        "no CA certificate is named '{name}'"
+                    )));
+                };
+                check_precondition(
+                    Some(&ETag::from_raw(&current)),
+                    &condition,
+                    &format!("CA certificate '{name}'"),
+                )?;
+                conn.execute(
+                    "DELETE FROM ca_certificates WHERE service = ?1 AND name_key = ?2",
+                    params![service, key],
+                )
+                .map(|_| ())
+                .map_err(sql_error)
+            })
+            .await
     }
 
     async fn enrollments(
@@ -793,6 +945,13 @@ fn registration_from_row(
     })
 }
 
+fn ca_from_row(doc: &str, etag: &str) -> Result<CaCertificate, StoreError> {
+    let mut ca: CaCertificate =
+        serde_json::from_str(doc).map_err(|e| corrupt("CA certificate", e))?;
+    ca.etag = Some(ETag::from_raw(etag));
+    Ok(ca)
+}
+
 fn open_policy(
     sealer: &Sealer,
     service: &str,
@@ -863,6 +1022,24 @@ fn list_rows(
     )
     .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
     .map_err(sql_error)
+}
+
+/// Replaces the thumbprint index rows of one enrollment.
+fn index_thumbprints(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+    thumbprints: &[String],
+) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM enrollment_thumbprints WHERE service = ?1 AND id_key = ?2")
+        .and_then(|mut s| s.execute(params![service, key]))
+        .map_err(sql_error)?;
+    for t in thumbprints {
+        conn.prepare_cached("INSERT OR IGNORE INTO enrollment_thumbprints (service, thumbprint, id_key) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![service, t, key]))
+            .map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 fn upsert(

@@ -1,0 +1,399 @@
+//! X.509 attestation rules over in-memory ports: which enrollment vouches for
+//! a certificate chain, and every reason to refuse one.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+use std::sync::Arc;
+
+use onramp_core::attest::DeviceCredential;
+use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
+use onramp_core::events::Protocol;
+use onramp_core::ports::{IdentityAuth, Precondition, Store};
+use onramp_core::tenant::CaCertificate;
+use onramp_core::testing::{ManualClock, MemoryStore, RecordingHubs, conformance};
+use onramp_model::{
+    AttestationMechanism, AttestationType, DeviceRegistration, EnrollmentGroup, ErrorCode,
+    IndividualEnrollment, ProvisioningStatus, RegistrationStatus, UtcTime, X509Attestation,
+    X509CaReferences, X509CertificateWithInfo, X509Certificates,
+};
+use onramp_net::pki::testing::{Issued, Validity};
+
+struct World {
+    store: Arc<MemoryStore>,
+    hubs: Arc<RecordingHubs>,
+    engine: Engine,
+    scope: String,
+    _clock: Arc<ManualClock>,
+}
+
+async fn world() -> World {
+    let store = Arc::new(MemoryStore::new());
+    let svc = conformance::service("default", 0x5A5A);
+    store.create_service(&svc, &[]).await.unwrap();
+    store
+        .put_linked_hub("default", &conformance::hub("hub-a"))
+        .await
+        .unwrap();
+    let hubs = Arc::new(RecordingHubs::default());
+    let clock = Arc::new(ManualClock::new(UtcTime::now()));
+    let engine = Engine::new(
+        store.clone(),
+        hubs.clone(),
+        clock.clone(),
+        EngineConfig::default(),
+    );
+    World {
+        store,
+        hubs,
+        engine,
+        scope: svc.id_scope.to_string(),
+        _clock: clock,
+    }
+}
+
+fn certs(primary: &Issued) -> X509Certificates {
+    X509Certificates {
+        primary: Some(X509CertificateWithInfo {
+            certificate: Some(primary.cert_pem.clone()),
+            info: Some(onramp_core::x509::info(&primary.cert_pem).unwrap()),
+        }),
+        secondary: None,
+    }
+}
+
+fn x509(x: X509Attestation) -> Option<AttestationMechanism> {
+    Some(AttestationMechanism {
+        kind: AttestationType::X509,
+        x509: Some(x),
+        ..Default::default()
+    })
+}
+
+impl World {
+    async fn enroll_device(&self, id: &str, cert: &Issued, status: ProvisioningStatus) {
+        let e = IndividualEnrollment {
+            registration_id: id.into(),
+            attestation: x509(X509Attestation {
+                client_certificates: Some(certs(cert)),
+                ..Default::default()
+            }),
+            provisioning_status: Some(status),
+            ..Default::default()
+        };
+        self.store
+            .put_enrollment("default", &e, Precondition::None, UtcTime::now())
+            .await
+            .unwrap();
+    }
+
+    async fn enroll_group(&self, id: &str, signing: &Issued, status: ProvisioningStatus) {
+        let g = EnrollmentGroup {
+            enrollment_group_id: id.into(),
+            attestation: x509(X509Attestation {
+                signing_certificates: Some(certs(signing)),
+                ..Default::default()
+            }),
+            provisioning_status: Some(status),
+            ..Default::default()
+        };
+        self.store
+            .put_enrollment_group("default", &g, Precondition::None, UtcTime::now())
+            .await
+            .unwrap();
+    }
+
+    async fn register(
+        &self,
+        id: &str,
+        chain: &[&Issued],
+    ) -> Result<onramp_model::RegistrationOperationStatus, onramp_core::ProvisioningError> {
+        self.engine
+            .register(RegisterRequest {
+                id_scope: self.scope.clone(),
+                registration_id: id.into(),
+                credential: DeviceCredential::X509Chain(
+                    chain.iter().map(|c| c.cert_der.clone()).collect(),
+                ),
+                body: DeviceRegistration::default(),
+                force_registration: false,
+                operation_id: self.engine.new_operation_id(),
+                protocol: Protocol::Internal,
+            })
+            .await
+    }
+
+    async fn refused(&self, id: &str, chain: &[&Issued], code: ErrorCode, what: &str) {
+        let err = self.register(id, chain).await.map(|_| ()).unwrap_err();
+        assert_eq!(err.code, code, "{what}: {}", err.message);
+        assert!(
+            self.store
+                .registration("default", &id.to_ascii_lowercase())
+                .await
+                .unwrap()
+                .is_none(),
+            "{what}: recorded"
+        );
+    }
+}
+
+fn days(n: i64) -> Validity {
+    Validity::days(n)
+}
+
+#[tokio::test]
+async fn an_individual_enrollment_with_a_self_signed_certificate() {
+    let w = world().await;
+    let device = Issued::self_signed_device("x-dev-1", days(30)).unwrap();
+    w.enroll_device("x-dev-1", &device, ProvisioningStatus::Enabled)
+        .await;
+    let op = w.register("x-dev-1", &[&device]).await.unwrap();
+    assert_eq!(op.status, RegistrationStatus::Assigned);
+    let state = op.registration_state.unwrap();
+    let x = state.x509.unwrap();
+    let info = x.certificate_info.unwrap();
+    assert_eq!(info.subject_name, "CN=x-dev-1");
+    assert_eq!(x.enrollment_group_id, None);
+    let identity = w.hubs.device("hub-a", "x-dev-1").unwrap();
+    assert_eq!(
+        identity.auth,
+        IdentityAuth::SelfSigned {
+            primary_thumbprint: info.sha256_thumbprint.clone(),
+            secondary_thumbprint: info.sha256_thumbprint
+        }
+    );
+    // Another certificate with the same CN is not this device.
+    let imposter = Issued::self_signed_device("x-dev-1", days(30)).unwrap();
+    w.hubs.fail(None);
+    let err = w.register("x-dev-1", &[&imposter]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthorized, "{}", err.message);
+}
+
+#[tokio::test]
+async fn groups_by_root_and_by_intermediate_and_the_nearest_wins() {
+    let w = world().await;
+    let root = Issued::root("Root CA", days(365)).unwrap();
+    let ica = root.intermediate("Line 7 CA", days(365)).unwrap();
+    let device = ica.device("x-dev-2", days(30)).unwrap();
+    w.enroll_group("by-root", &root, ProvisioningStatus::Enabled)
+        .await;
+    let op = w.register("x-dev-2", &[&device, &ica]).await.unwrap();
+    let x = op.registration_state.unwrap().x509.unwrap();
+    assert_eq!(x.enrollment_group_id.as_deref(), Some("by-root"));
+    assert_eq!(
+        x.signing_certificate_info.unwrap().subject_name,
+        "CN=Root CA"
+    );
+    assert!(matches!(
+        w.hubs.device("hub-a", "x-dev-2").unwrap().auth,
+        IdentityAuth::CertificateAuthority { .. }
+    ));
+
+    // A group on the intermediate is nearer to the device than the root's.
+    w.enroll_group("by-intermediate", &ica, ProvisioningStatus::Enabled)
+        .await;
+    let op = w.register("x-dev-2", &[&device, &ica]).await.unwrap();
+    assert_eq!(
+        op.registration_state
+            .unwrap()
+            .x509
+            .unwrap()
+            .enrollment_group_id
+            .as_deref(),
+        Some("by-intermediate")
+    );
+    // …also when the device sends only its own certificate.
+    let op = w.register("x-dev-2", &[&device]).await.unwrap();
+    assert_eq!(
+        op.registration_state
+            .unwrap()
+            .x509
+            .unwrap()
+            .enrollment_group_id
+            .as_deref(),
+        Some("by-intermediate")
+    );
+
+    // The nearest entry decides, even when it is disabled.
+    w.enroll_group("by-intermediate", &ica, ProvisioningStatus::Disabled)
+        .await;
+    let another = ica.device("x-dev-2b", days(30)).unwrap();
+    w.refused(
+        "x-dev-2b",
+        &[&another, &ica],
+        ErrorCode::EnrollmentDisabled,
+        "disabled intermediate group",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
+    let w = world().await;
+    let root = Issued::root("Referenced Root", days(365)).unwrap();
+    let device = root.device("x-dev-3", days(30)).unwrap();
+    let info = onramp_core::x509::info(&root.cert_pem).unwrap();
+    let mut ca = CaCertificate {
+        name: "my-root".into(),
+        der: root.cert_der.clone(),
+        subject: info.subject_name.clone(),
+        thumbprint: info.sha1_thumbprint.clone(),
+        sha256_thumbprint: info.sha256_thumbprint.clone(),
+        not_after: info.not_after_utc,
+        is_verified: false,
+        verification_code: None,
+        etag: None,
+        created: UtcTime::now(),
+        updated: UtcTime::now(),
+    };
+    w.store
+        .put_ca_certificate("default", &ca, Precondition::None)
+        .await
+        .unwrap();
+    let g = EnrollmentGroup {
+        enrollment_group_id: "by-reference".into(),
+        attestation: x509(X509Attestation {
+            ca_references: Some(X509CaReferences {
+                primary: Some("my-root".into()),
+                secondary: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w.store
+        .put_enrollment_group("default", &g, Precondition::None, UtcTime::now())
+        .await
+        .unwrap();
+    let err = w.register("x-dev-3", &[&device]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CertificateUntrusted);
+    assert!(err.message.contains("not verified"), "{}", err.message);
+
+    ca.is_verified = true;
+    w.store
+        .put_ca_certificate("default", &ca, Precondition::None)
+        .await
+        .unwrap();
+    let op = w.register("x-dev-3", &[&device]).await.unwrap();
+    assert_eq!(
+        op.registration_state
+            .unwrap()
+            .x509
+            .unwrap()
+            .enrollment_group_id
+            .as_deref(),
+        Some("by-reference")
+    );
+}
+
+#[tokio::test]
+async fn refusals_each_with_their_code() {
+    let w = world().await;
+    let root = Issued::root("Good Root", days(365)).unwrap();
+    let ica = root.intermediate("Good ICA", days(365)).unwrap();
+    w.enroll_group("good", &root, ProvisioningStatus::Enabled)
+        .await;
+
+    let rogue = Issued::root("Rogue Root", days(365)).unwrap();
+    let from_rogue = rogue.device("x-rogue", days(30)).unwrap();
+    w.refused(
+        "x-rogue",
+        &[&from_rogue],
+        ErrorCode::CertificateUntrusted,
+        "untrusted root",
+    )
+    .await;
+
+    let now = time::OffsetDateTime::now_utc();
+    let expired = ica
+        .device(
+            "x-expired",
+            Validity {
+                not_before: now - time::Duration::days(30),
+                not_after: now - time::Duration::days(1),
+            },
+        )
+        .unwrap();
+    w.refused(
+        "x-expired",
+        &[&expired, &ica],
+        ErrorCode::CertificateExpired,
+        "expired",
+    )
+    .await;
+    let future = ica
+        .device(
+            "x-future",
+            Validity {
+                not_before: now + time::Duration::days(1),
+                not_after: now + time::Duration::days(30),
+            },
+        )
+        .unwrap();
+    w.refused(
+        "x-future",
+        &[&future, &ica],
+        ErrorCode::CertificateExpired,
+        "not yet valid",
+    )
+    .await;
+
+    let device = ica.device("x-dev-4", days(30)).unwrap();
+    w.refused(
+        "x-dev-4",
+        &[&device],
+        ErrorCode::CertificateUntrusted,
+        "missing intermediate",
+    )
+    .await;
+    w.refused(
+        "someone-else",
+        &[&device, &ica],
+        ErrorCode::CertificateNameMismatch,
+        "CN differs from the registration ID",
+    )
+    .await;
+    // The control: with its intermediate the same device is accepted.
+    assert!(w.register("x-dev-4", &[&device, &ica]).await.is_ok());
+
+    // Revocation: a disabled individual enrollment for the intermediate blocks every device under it…
+    let revoked_ica = root.intermediate("Revoked ICA", days(365)).unwrap();
+    let under = revoked_ica.device("x-dev-5", days(30)).unwrap();
+    assert!(w.register("x-dev-5", &[&under, &revoked_ica]).await.is_ok());
+    w.enroll_device("revoke-line-9", &revoked_ica, ProvisioningStatus::Disabled)
+        .await;
+    w.refused(
+        "x-dev-6",
+        &[
+            &revoked_ica.device("x-dev-6", days(30)).unwrap(),
+            &revoked_ica,
+        ],
+        ErrorCode::EnrollmentDisabled,
+        "under a disabled intermediate",
+    )
+    .await;
+
+    // …and one for the device blocks it inside its enabled group.
+    let blocked = ica.device("x-dev-7", days(30)).unwrap();
+    w.enroll_device("x-dev-7", &blocked, ProvisioningStatus::Disabled)
+        .await;
+    w.refused(
+        "x-dev-7",
+        &[&blocked, &ica],
+        ErrorCode::EnrollmentDisabled,
+        "disabled device in an enabled group",
+    )
+    .await;
+
+    // A disabled group blocks the group.
+    let other_root = Issued::root("Other Root", days(365)).unwrap();
+    w.enroll_group("off", &other_root, ProvisioningStatus::Disabled)
+        .await;
+    w.refused(
+        "x-dev-8",
+        &[&other_root.device("x-dev-8", days(30)).unwrap()],
+        ErrorCode::EnrollmentDisabled,
+        "disabled group",
+    )
+    .await;
+    assert_eq!(w.hubs.device("hub-a", "x-dev-8"), None);
+}
