@@ -136,6 +136,7 @@ mod tests {
             allocation_weight: weight,
             apply_allocation_policy: true,
             embedded: false,
+            companion: false,
         }
     }
 

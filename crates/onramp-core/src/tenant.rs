@@ -189,6 +189,11 @@ pub struct LinkedHub {
     /// The companion hub started inside `onramp serve`.
     #[serde(default)]
     pub embedded: bool,
+    /// An Onramp companion hub (not Azure IoT Hub): Onramp hands it the CA
+    /// certificates its X.509 group devices chain to, as an operator would
+    /// upload them to an Azure hub.
+    #[serde(default)]
+    pub companion: bool,
 }
 
 impl LinkedHub {
@@ -222,6 +227,7 @@ impl LinkedHub {
             allocation_weight,
             apply_allocation_policy,
             embedded: false,
+            companion: false,
         })
     }
 

@@ -593,6 +593,7 @@ pub mod conformance {
             allocation_weight: 1,
             apply_allocation_policy: true,
             embedded: false,
+            companion: false,
         }
     }
 

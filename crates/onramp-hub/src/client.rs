@@ -18,7 +18,7 @@ use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
 use onramp_model::hub::{
     AuthenticationMechanism, AuthenticationType, Device, DeviceStatus, HUB_API_VERSION,
-    HubErrorBody, SymmetricKey, Twin, TwinProperties,
+    HubErrorBody, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
 };
 use reqwest::StatusCode;
 
@@ -41,6 +41,8 @@ struct CachedToken {
 pub struct HubClient {
     http: reqwest::Client,
     tokens: Mutex<HashMap<String, CachedToken>>,
+    /// (hub, CA thumbprint) pairs a companion hub already trusts.
+    trusted: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl HubClient {
@@ -58,6 +60,7 @@ impl HubClient {
         Ok(Self {
             http,
             tokens: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -138,6 +141,39 @@ impl HubClient {
         Ok((status, body))
     }
 
+    /// Hands a companion hub the CA certificate a group's devices chain to
+    /// (`PUT /onramp/certificates/{sha256}`, an Onramp extension), once per hub.
+    async fn ensure_trusted(&self, creds: &Credentials, anchor: &[u8]) -> Result<(), HubError> {
+        let thumbprint = onramp_core::x509::thumbprint(&aws_lc_rs::digest::SHA256, anchor);
+        let key = (creds.host.clone(), thumbprint.clone());
+        if self
+            .trusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let body = serde_json::json!({ "certificate": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, anchor) });
+        let (status, resp) = self
+            .send(
+                creds,
+                reqwest::Method::PUT,
+                &format!("onramp/certificates/{thumbprint}"),
+                None,
+                Some(&body),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(failure(status, &resp));
+        }
+        self.trusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        Ok(())
+    }
+
     /// Reads a device identity (keys included, as IoT Hub returns them).
     pub async fn get_device(
         &self,
@@ -197,18 +233,41 @@ impl HubRegistry for HubClient {
         device: &DeviceIdentity,
     ) -> Result<(), HubError> {
         let creds = Self::credentials(hub)?;
-        let IdentityAuth::SymmetricKey { primary, secondary } = &device.auth;
-        let body = Device {
-            device_id: device.device_id.clone(),
-            status: Some(DeviceStatus::Enabled),
-            authentication: Some(AuthenticationMechanism {
+        let authentication = match &device.auth {
+            IdentityAuth::SymmetricKey { primary, secondary } => AuthenticationMechanism {
                 kind: AuthenticationType::Sas,
                 symmetric_key: Some(SymmetricKey {
                     primary_key: Some(primary.clone()),
                     secondary_key: Some(secondary.clone()),
                 }),
                 x509_thumbprint: None,
-            }),
+            },
+            IdentityAuth::SelfSigned {
+                primary_thumbprint,
+                secondary_thumbprint,
+            } => AuthenticationMechanism {
+                kind: AuthenticationType::SelfSigned,
+                symmetric_key: None,
+                x509_thumbprint: Some(X509Thumbprint {
+                    primary_thumbprint: Some(primary_thumbprint.clone()),
+                    secondary_thumbprint: Some(secondary_thumbprint.clone()),
+                }),
+            },
+            IdentityAuth::CertificateAuthority { anchor } => {
+                if hub.companion {
+                    self.ensure_trusted(&creds, anchor).await?;
+                }
+                AuthenticationMechanism {
+                    kind: AuthenticationType::CertificateAuthority,
+                    symmetric_key: None,
+                    x509_thumbprint: None,
+                }
+            }
+        };
+        let body = Device {
+            device_id: device.device_id.clone(),
+            status: Some(DeviceStatus::Enabled),
+            authentication: Some(authentication),
             capabilities: Some(device.capabilities),
             ..Default::default()
         };

@@ -131,17 +131,18 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             region,
             weight,
             no_allocation,
+            companion,
             service,
         } => {
-            let (config, store, service) = open(&location, service).await?;
-            let _ = config;
-            let link = LinkedHub::from_connection_string(
+            let (_, store, service) = open(&location, service).await?;
+            let mut link = LinkedHub::from_connection_string(
                 &connection_string,
                 &region,
                 weight,
                 !no_allocation,
             )
             .map_err(anyhow::Error::msg)?;
+            link.companion = companion;
             store.put_linked_hub(&service, &link).await?;
             println!(
                 "Linked hub {} to provisioning service '{service}' (region {}, weight {}).",

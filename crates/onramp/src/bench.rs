@@ -326,7 +326,7 @@ impl Worker {
             endpoint: self.endpoint.clone(),
             id_scope: self.id_scope.clone(),
             registration_id: registration_id.to_owned(),
-            key: key.to_owned(),
+            key: Some(key.to_owned()),
             payload: None,
             force: false,
         };

@@ -53,6 +53,86 @@ pub enum Command {
     },
     /// Load test: many simulated devices register at once; prints rates and latencies.
     Bench(BenchArgs),
+    /// CA certificates of a provisioning service, and a test PKI.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Upload a CA certificate (PEM) to the provisioning service.
+    Upload {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Mark it verified without a proof of possession.
+        #[arg(long)]
+        verified: bool,
+    },
+    /// Get the code a verification certificate must carry as its CN.
+    VerificationCode {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+    },
+    /// Prove possession: upload a certificate signed by the CA whose CN is the code.
+    Verify {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List the CA certificates.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete a CA certificate.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+    },
+    /// FOR TESTING: create a root CA (writes OUT.pem and OUT.key.pem).
+    CreateRoot {
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// FOR TESTING: create an intermediate CA signed by ISSUER (ISSUER.pem, ISSUER.key.pem).
+    CreateIntermediate {
+        #[arg(long)]
+        issuer: PathBuf,
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// FOR TESTING: create a device certificate signed by ISSUER, or self-signed.
+    /// Writes OUT.pem, OUT.key.pem and OUT.chain.pem (the certificate and the
+    /// intermediates a device sends).
+    CreateDevice {
+        #[arg(long, required_unless_present = "self_signed")]
+        issuer: Option<PathBuf>,
+        #[arg(long)]
+        self_signed: bool,
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -245,6 +325,9 @@ pub enum LinkedHubCommand {
         /// Take new devices only when an enrollment names this hub.
         #[arg(long)]
         no_allocation: bool,
+        /// The hub is an Onramp companion hub (it is then given the CAs of X.509 groups).
+        #[arg(long)]
+        companion: bool,
         /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
@@ -306,6 +389,15 @@ pub struct EnrollmentSpec {
     /// Create an IoT Edge device identity.
     #[arg(long)]
     pub edge: bool,
+    /// X.509: the device certificate (individual) or the signing CA (group), PEM.
+    #[arg(long, conflicts_with_all = ["key", "secondary_key"])]
+    pub certificate: Option<PathBuf>,
+    /// X.509: a second certificate (PEM).
+    #[arg(long, requires = "certificate")]
+    pub secondary_certificate: Option<PathBuf>,
+    /// X.509 group: the name of a verified CA certificate of the service.
+    #[arg(long, conflicts_with_all = ["key", "secondary_key", "certificate"])]
+    pub ca_reference: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +508,12 @@ pub struct ProvisionArgs {
     /// The enrollment group's key: the device key is derived from it.
     #[arg(long)]
     pub group_key: Option<String>,
+    /// X.509: the device's certificate chain (PEM: its certificate, then intermediates).
+    #[arg(long, conflicts_with_all = ["key", "group_key"], requires = "certificate_key")]
+    pub certificate: Option<PathBuf>,
+    /// X.509: the device certificate's private key (PEM).
+    #[arg(long)]
+    pub certificate_key: Option<PathBuf>,
     /// JSON payload for the provisioning service (custom allocation).
     #[arg(long)]
     pub payload: Option<String>,

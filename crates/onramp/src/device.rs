@@ -44,6 +44,34 @@ pub fn tls_config(
     )?))
 }
 
+/// A TLS configuration that trusts `ca` and presents `chain_pem` (device
+/// certificate first, then intermediates) with its private key.
+pub fn client_config_with_certificate(
+    config: &Config,
+    ca: Option<&PathBuf>,
+    chain_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = trusted_pem(config, ca)? {
+        for cert in onramp_net::tls::certs_from_pem(&pem)? {
+            roots.add(cert)?;
+        }
+    }
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                onramp_net::tls::certs_from_pem(chain_pem)?,
+                onramp_net::tls::key_from_pem(key_pem)?,
+            )?,
+    )
+}
+
 /// Builds an HTTPS client trusting `ca` (or the local development CA).
 pub fn http_client(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<reqwest::Client> {
     let tls = onramp_net::tls::client_config(trusted_pem(config, ca)?.as_deref())?;
@@ -56,7 +84,7 @@ pub fn http_client(config: &Config, ca: Option<&PathBuf>) -> anyhow::Result<reqw
 
 struct Provisioned {
     status: onramp_model::RegistrationOperationStatus,
-    key: String,
+    key: Option<String>,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -82,19 +110,42 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
         .ca
         .clone()
         .or_else(|| local.as_ref().and_then(|s| s.ca_cert.clone()));
-    let key = match (&args.key, &args.group_key) {
-        (Some(k), None) => k.clone(),
-        (None, Some(g)) => {
-            sas::derive_device_key(g, &args.registration_id).map_err(anyhow::Error::msg)?
+    let key = match (&args.key, &args.group_key, &args.certificate) {
+        (Some(k), None, None) => Some(k.clone()),
+        (None, Some(g), None) => {
+            Some(sas::derive_device_key(g, &args.registration_id).map_err(anyhow::Error::msg)?)
         }
-        _ => bail!("give the device key with --key, or the enrollment group key with --group-key"),
+        (None, None, Some(_)) => None,
+        _ => bail!(
+            "give the device key with --key, the enrollment group key with --group-key, or an X.509 \
+             certificate with --certificate and --certificate-key"
+        ),
     };
     let payload = match &args.payload {
         Some(p) => Some(serde_json::from_str(p).context("--payload is not JSON")?),
         None => None,
     };
-    let http = http_client(&config, ca.as_ref())?;
-    let tls = tls_config(&config, ca.as_ref())?;
+    // An X.509 device presents its certificate chain in every TLS handshake.
+    let tls = match (&args.certificate, &args.certificate_key) {
+        (Some(chain), Some(private_key)) => {
+            let chain = std::fs::read_to_string(chain)
+                .with_context(|| format!("reading {}", chain.display()))?;
+            let private_key = std::fs::read_to_string(private_key)
+                .with_context(|| format!("reading {}", private_key.display()))?;
+            Arc::new(client_config_with_certificate(
+                &config,
+                ca.as_ref(),
+                &chain,
+                &private_key,
+            )?)
+        }
+        _ => tls_config(&config, ca.as_ref())?,
+    };
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTPS client")?;
     let spec = DeviceSpec {
         endpoint,
         id_scope,
@@ -151,7 +202,7 @@ async fn run_device(args: RunArgs) -> anyhow::Result<()> {
     let mut device = HubDevice::connect(
         &hub,
         &device_id,
-        &provisioned.key,
+        provisioned.key.as_deref(),
         hub_protocol,
         provisioned.tls,
     )

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bench;
+mod cert;
 mod cli;
 mod config;
 mod device;
@@ -50,5 +51,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { command } => service_client::group(command).await,
         Command::Device { command } => device::run(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Cert { command } => cert::run(command).await,
     }
 }

@@ -222,6 +222,7 @@ async fn link_embedded(store: &dyn Store, service: &str, hub: &CompanionHub) -> 
         LinkedHub::from_connection_string(&hub.owner_connection_string(), "local", 1, true)
             .map_err(anyhow::Error::msg)?;
     link.embedded = true;
+    link.companion = true;
     for old in existing.iter().filter(|l| l.embedded) {
         if old.is_named(&link.name) {
             link.location = old.location.clone();

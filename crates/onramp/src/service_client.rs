@@ -9,7 +9,8 @@ use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::{
     AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
     ErrorBody, IndividualEnrollment, InitialTwin, ProvisioningStatus, Secret,
-    SymmetricKeyAttestation,
+    SymmetricKeyAttestation, X509Attestation, X509CaReferences, X509CertificateWithInfo,
+    X509Certificates,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -21,7 +22,7 @@ use crate::local::{self, ServeState};
 
 const SERVICE_API_VERSION: &str = "2021-10-01";
 
-struct Api {
+pub(crate) struct Api {
     client: reqwest::Client,
     base: String,
     host: String,
@@ -30,7 +31,7 @@ struct Api {
 }
 
 impl Api {
-    async fn open(args: &ServiceApi) -> anyhow::Result<Self> {
+    pub(crate) async fn open(args: &ServiceApi) -> anyhow::Result<Self> {
         let config = Config::load(&args.location)?;
         let state = ServeState::read(&config);
         let connection_string = match &args.connection_string {
@@ -55,7 +56,7 @@ impl Api {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -165,15 +166,65 @@ async fn local_connection_string(
     Ok(owner.connection_string(&endpoint))
 }
 
-fn attestation(spec: &EnrollmentSpec) -> AttestationMechanism {
-    AttestationMechanism {
+/// The attestation an enrollment or group gets from the command line:
+/// certificates (`client` for an individual enrollment, signing
+/// certificates for a group), a CA reference, or symmetric keys.
+fn attestation(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<AttestationMechanism> {
+    let read = |p: &std::path::PathBuf| -> anyhow::Result<X509CertificateWithInfo> {
+        let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        // The first certificate of the file (a chain file starts with the certificate itself).
+        let first = pem
+            .find("-----END CERTIFICATE-----")
+            .map(|i| &pem[..i + 25])
+            .unwrap_or(&pem);
+        Ok(X509CertificateWithInfo {
+            certificate: Some(first.to_owned()),
+            info: None,
+        })
+    };
+    if let Some(name) = &spec.ca_reference {
+        return Ok(AttestationMechanism {
+            kind: AttestationType::X509,
+            x509: Some(X509Attestation {
+                ca_references: Some(X509CaReferences {
+                    primary: Some(name.clone()),
+                    secondary: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(primary) = &spec.certificate {
+        let certs = X509Certificates {
+            primary: Some(read(primary)?),
+            secondary: spec.secondary_certificate.as_ref().map(read).transpose()?,
+        };
+        let x509 = if group {
+            X509Attestation {
+                signing_certificates: Some(certs),
+                ..Default::default()
+            }
+        } else {
+            X509Attestation {
+                client_certificates: Some(certs),
+                ..Default::default()
+            }
+        };
+        return Ok(AttestationMechanism {
+            kind: AttestationType::X509,
+            x509: Some(x509),
+            ..Default::default()
+        });
+    }
+    Ok(AttestationMechanism {
         kind: AttestationType::SymmetricKey,
         symmetric_key: Some(SymmetricKeyAttestation {
             primary_key: spec.key.clone().map(Secret::new),
             secondary_key: spec.secondary_key.clone().map(Secret::new),
         }),
         ..Default::default()
-    }
+    })
 }
 
 fn settings(
@@ -208,7 +259,7 @@ pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Res
     let api = Api::open(api).await?;
     let group = EnrollmentGroup {
         enrollment_group_id: group_id.to_owned(),
-        attestation: Some(attestation(&EnrollmentSpec::default())),
+        attestation: Some(attestation(&EnrollmentSpec::default(), true)?),
         ..Default::default()
     };
     let created = api
@@ -237,7 +288,7 @@ pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
             let e = IndividualEnrollment {
                 registration_id: registration_id.clone(),
                 device_id,
-                attestation: Some(attestation(&spec)),
+                attestation: Some(attestation(&spec, false)?),
                 initial_twin,
                 allocation_policy,
                 iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
@@ -317,7 +368,7 @@ pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
             let (initial_twin, allocation_policy) = settings(&spec)?;
             let g = EnrollmentGroup {
                 enrollment_group_id: group_id.clone(),
-                attestation: Some(attestation(&spec)),
+                attestation: Some(attestation(&spec, true)?),
                 initial_twin,
                 allocation_policy,
                 iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),

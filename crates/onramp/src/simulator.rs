@@ -65,22 +65,22 @@ pub struct DeviceSpec {
     pub endpoint: String,
     pub id_scope: String,
     pub registration_id: String,
-    /// The device's own key (for a group device: derived from the group key).
-    pub key: String,
+    /// The device's own key (for a group device: derived from the group key);
+    /// `None` for an X.509 device, whose certificate is in the TLS configuration.
+    pub key: Option<String>,
     pub payload: Option<serde_json::Value>,
     pub force: bool,
 }
 
 impl DeviceSpec {
-    fn dps_token(&self) -> anyhow::Result<String> {
+    fn dps_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
         let resource = format!("{}/registrations/{}", self.id_scope, self.registration_id);
-        sas::sign(
-            &resource,
-            &self.key,
-            unix_now() + 3600,
-            Some("registration"),
-        )
-        .map_err(anyhow::Error::msg)
+        sas::sign(&resource, key, unix_now() + 3600, Some("registration"))
+            .map(Some)
+            .map_err(anyhow::Error::msg)
     }
 
     fn register_body(&self) -> DeviceRegistration {
@@ -128,10 +128,11 @@ pub async fn provision_https(
     if spec.force {
         url.push_str("&forceRegistration=true");
     }
-    let resp = client
-        .put(&url)
-        .header("Authorization", &token)
-        .json(&spec.register_body())
+    let mut put = client.put(&url).json(&spec.register_body());
+    if let Some(token) = &token {
+        put = put.header("Authorization", token);
+    }
+    let resp = put
         .send()
         .await
         .with_context(|| format!("cannot reach {}", spec.endpoint))?;
@@ -145,14 +146,14 @@ pub async fn provision_https(
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let resp = client
-            .get(format!(
-                "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
-                status.operation_id
-            ))
-            .header("Authorization", &token)
-            .send()
-            .await?;
+        let mut get = client.get(format!(
+            "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
+            status.operation_id
+        ));
+        if let Some(token) = &token {
+            get = get.header("Authorization", token);
+        }
+        let resp = get.send().await?;
         status = read_status(resp).await?;
     }
     Ok(status)
@@ -192,7 +193,7 @@ pub async fn provision_mqtt(
             spec.registration_id,
             sas::encode(CLIENT_VERSION)
         )),
-        password: Some(spec.dps_token()?),
+        password: spec.dps_token()?,
         keep_alive: 60,
         clean_session: true,
     };
@@ -259,21 +260,22 @@ impl HubDevice {
     pub async fn connect(
         hub: &str,
         device_id: &str,
-        key: &str,
+        key: Option<&str>,
         protocol: Protocol,
         tls: Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<Self> {
         let host = hub.split(':').next().unwrap_or(hub);
         let resource = format!("{hub}/devices/{device_id}");
-        let token =
-            sas::sign(&resource, key, unix_now() + 3600, None).map_err(anyhow::Error::msg)?;
+        let token = key
+            .map(|k| sas::sign(&resource, k, unix_now() + 3600, None).map_err(anyhow::Error::msg))
+            .transpose()?;
         let options = ConnectOptions {
             client_id: device_id.to_owned(),
             username: Some(format!(
                 "{host}/{device_id}/?api-version={HUB_API_VERSION}&DeviceClientType={}",
                 sas::encode(CLIENT_VERSION)
             )),
-            password: Some(token),
+            password: token,
             keep_alive: 60,
             clean_session: false,
         };

@@ -31,6 +31,10 @@ pub enum Route {
     GroupBulk,
     Registration(String),
     RegistrationQuery(String),
+    Certificates,
+    Certificate(String),
+    CertificateVerificationCode(String),
+    CertificateVerify(String),
     Health,
     Metrics,
 }
@@ -118,6 +122,19 @@ pub fn route(method: &Method, path: &str) -> RouteMatch {
                 }
             }
         }
+
+        [c] if lit(c, "certificates") => only(Method::GET, "GET", Route::Certificates),
+        [c, name] if lit(c, "certificates") => crud(Route::Certificate(name.to_string())),
+        [c, name, v] if lit(c, "certificates") && lit(v, "generateverificationcode") => only(
+            Method::POST,
+            "POST",
+            Route::CertificateVerificationCode(name.to_string()),
+        ),
+        [c, name, v] if lit(c, "certificates") && lit(v, "verify") => only(
+            Method::POST,
+            "POST",
+            Route::CertificateVerify(name.to_string()),
+        ),
 
         [scope, r, id, reg] if lit(r, "registrations") && lit(reg, "register") => only(
             Method::PUT,

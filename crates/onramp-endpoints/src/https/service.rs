@@ -10,6 +10,7 @@ use onramp_core::ProvisioningError;
 use onramp_core::admin::{Page, PageRequest};
 use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::tenant::AccessRights;
+use onramp_model::certificate::CertificateBody;
 use onramp_model::query::{
     BulkEnrollmentGroupOperation, BulkEnrollmentOperation, QuerySpecification,
 };
@@ -61,6 +62,9 @@ fn operation_name(route: &Route) -> &'static str {
         Route::GroupBulk => "EnrollmentGroup.RunBulkOperation",
         Route::Registration(_) => "DeviceRegistrationState",
         Route::RegistrationQuery(_) => "DeviceRegistrationState.Query",
+        Route::Certificates | Route::Certificate(_) => "Certificate",
+        Route::CertificateVerificationCode(_) => "Certificate.GenerateVerificationCode",
+        Route::CertificateVerify(_) => "Certificate.Verify",
         _ => "Other",
     }
 }
@@ -211,6 +215,42 @@ async fn run(
                     .await?,
                 "DeviceRegistration",
             )
+        }
+        (Route::Certificates, _) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "listing CA certificates")?;
+            ok(&admin.ca_certificates(svc).await?)
+        }
+        (Route::Certificate(name), Method::Get) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "reading a CA certificate")?;
+            ok(&admin.ca_certificate(svc, &name).await?)
+        }
+        (Route::Certificate(name), Method::Put) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "uploading a CA certificate")?;
+            let body: CertificateBody =
+                respond::parse(&respond::read_body(body, limit).await?, false)?;
+            ok(&admin.put_ca_certificate(svc, &name, body, if_match).await?)
+        }
+        (Route::Certificate(name), Method::Delete) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "deleting a CA certificate")?;
+            admin.delete_ca_certificate(svc, &name, if_match).await?;
+            no_content()
+        }
+        (Route::CertificateVerificationCode(name), _) => {
+            caller.require(
+                AccessRights::SERVICE_CONFIG,
+                "generating a verification code",
+            )?;
+            ok(&admin
+                .generate_verification_code(svc, &name, if_match)
+                .await?)
+        }
+        (Route::CertificateVerify(name), _) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "verifying a CA certificate")?;
+            let body: CertificateBody =
+                respond::parse(&respond::read_body(body, limit).await?, false)?;
+            ok(&admin
+                .verify_ca_certificate(svc, &name, body, if_match)
+                .await?)
         }
         (other, _) => {
             return Err(ProvisioningError::internal(format!(

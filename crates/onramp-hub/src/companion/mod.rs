@@ -33,6 +33,8 @@ pub struct CompanionHub {
     store: HubStore,
     policies: RwLock<Vec<HubPolicy>>,
     connections: Connections,
+    /// CA certificates (DER) that `certificateAuthority` devices chain to.
+    trusted_cas: RwLock<Vec<Vec<u8>>>,
 }
 
 impl CompanionHub {
@@ -45,6 +47,12 @@ impl CompanionHub {
         sealer: Arc<Sealer>,
     ) -> Result<Arc<Self>, StoreError> {
         let store = HubStore::open(db_path, sealer)?;
+        let cas = store
+            .certificates()
+            .await?
+            .into_iter()
+            .map(|(_, der)| der)
+            .collect();
         let mut policies = store.policies().await?;
         if !policies.iter().any(|p| p.name == OWNER_POLICY) {
             let owner = HubPolicy {
@@ -61,6 +69,7 @@ impl CompanionHub {
             store,
             policies: RwLock::new(policies),
             connections: Connections::default(),
+            trusted_cas: RwLock::new(cas),
         }))
     }
 
@@ -70,6 +79,39 @@ impl CompanionHub {
 
     pub fn store(&self) -> &HubStore {
         &self.store
+    }
+
+    pub fn trusted_cas(&self) -> Vec<Vec<u8>> {
+        self.trusted_cas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Trusts a CA for `certificateAuthority` devices (stored and cached).
+    pub async fn trust_ca(&self, name: &str, der: Vec<u8>) -> Result<(), StoreError> {
+        self.store
+            .put_certificate(name, der.clone(), onramp_model::UtcTime::now())
+            .await?;
+        let mut cas = self.trusted_cas.write().unwrap_or_else(|e| e.into_inner());
+        if !cas.contains(&der) {
+            cas.push(der);
+        }
+        Ok(())
+    }
+
+    /// Stops trusting a CA; returns whether it was trusted.
+    pub async fn untrust_ca(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = self.store.delete_certificate(name).await?;
+        let cas = self
+            .store
+            .certificates()
+            .await?
+            .into_iter()
+            .map(|(_, der)| der)
+            .collect();
+        *self.trusted_cas.write().unwrap_or_else(|e| e.into_inner()) = cas;
+        Ok(removed)
     }
 
     pub fn connections(&self) -> &Connections {

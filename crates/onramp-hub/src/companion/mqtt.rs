@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use onramp_core::sas;
+use onramp_core::{sas, x509};
 use onramp_model::UtcTime;
 use onramp_model::hub::{AuthenticationType, DeviceStatus};
 use onramp_net::mqtt::{
@@ -135,9 +135,56 @@ impl MqttApp for HubMqtt {
                     )));
                 }
             }
-            other => {
+            AuthenticationType::SelfSigned | AuthenticationType::CertificateAuthority => {
+                let chain = &info.peer_certificates.0;
+                let Some(leaf) = chain.first() else {
+                    return Err(Refusal::NotAuthorized(format!(
+                        "device '{device_id}' authenticates with an X.509 certificate; present it in the TLS handshake"
+                    )));
+                };
+                let leaf = x509::Parsed::from_der(leaf.as_ref())
+                    .map_err(|e| Refusal::NotAuthorized(format!("the device certificate: {e}")))?;
+                let now = UtcTime::now();
+                leaf.validity_at(now)
+                    .map_err(|e| Refusal::NotAuthorized(e.to_string()))?;
+                if auth.kind == AuthenticationType::SelfSigned {
+                    let prints = auth.x509_thumbprint.unwrap_or_default();
+                    let known = [prints.primary_thumbprint, prints.secondary_thumbprint]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| leaf.has_thumbprint(&t));
+                    if !known {
+                        return Err(Refusal::NotAuthorized(format!(
+                            "the certificate (SHA-256 {}) is not one of device '{device_id}'",
+                            leaf.info.sha256_thumbprint
+                        )));
+                    }
+                } else {
+                    if !leaf
+                        .common_name
+                        .as_deref()
+                        .is_some_and(|cn| cn.eq_ignore_ascii_case(device_id))
+                    {
+                        return Err(Refusal::NotAuthorized(format!(
+                            "the certificate's CN is not the device ID '{device_id}'"
+                        )));
+                    }
+                    let intermediates: Vec<Vec<u8>> =
+                        chain[1..].iter().map(|c| c.as_ref().to_vec()).collect();
+                    let trusted =
+                        self.hub.trusted_cas().iter().any(|ca| {
+                            x509::verify_chain(&leaf.der, &intermediates, ca, now).is_ok()
+                        });
+                    if !trusted {
+                        return Err(Refusal::NotAuthorized(format!(
+                            "the certificate of '{device_id}' does not chain to a CA this hub trusts"
+                        )));
+                    }
+                }
+            }
+            AuthenticationType::None => {
                 return Err(Refusal::NotAuthorized(format!(
-                    "device '{device_id}' authenticates with {other:?}, which this hub does not accept yet"
+                    "device '{device_id}' has no credentials"
                 )));
             }
         }

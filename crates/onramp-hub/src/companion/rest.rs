@@ -35,6 +35,11 @@ pub fn router(hub: Arc<CompanionHub>) -> Router {
             "/twins/{id}",
             get(get_twin).patch(patch_twin).put(replace_twin),
         )
+        .route("/onramp/certificates", get(list_certificates))
+        .route(
+            "/onramp/certificates/{name}",
+            axum::routing::put(put_certificate).delete(delete_certificate),
+        )
         .with_state(hub)
 }
 
@@ -536,4 +541,75 @@ async fn replace_twin(
         notify(&hub, &record, None);
     }
     Ok(ok_json(twin_view(&hub, &record)))
+}
+
+// Trusted CA certificates: an Onramp extension (IoT Hub manages them through
+// Azure Resource Manager). Devices with `certificateAuthority` authentication
+// must chain to one of them.
+
+#[derive(Deserialize)]
+struct CertificateUpload {
+    certificate: String,
+}
+
+fn certificate_view(name: &str, der: &[u8]) -> Value {
+    match onramp_core::x509::info_from_der(der) {
+        Ok(info) => {
+            json!({"name": name, "subject": info.subject_name, "thumbprint": info.sha256_thumbprint, "expiry": info.not_after_utc})
+        }
+        Err(_) => json!({"name": name}),
+    }
+}
+
+async fn list_certificates(State(hub): State<Arc<CompanionHub>>, headers: HeaderMap) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+    let certs = hub
+        .store()
+        .certificates()
+        .await
+        .map_err(HubStoreError::from)?;
+    Ok(ok_json(
+        json!({"value": certs.iter().map(|(n, d)| certificate_view(n, d)).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn put_certificate(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    let upload: CertificateUpload = parse(&body)?;
+    let bad = |m: String| HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m);
+    let der = onramp_core::x509::decode(&upload.certificate)
+        .map_err(|e| bad(format!("certificate: {e}")))?;
+    let parsed =
+        onramp_core::x509::Parsed::from_der(&der).map_err(|e| bad(format!("certificate: {e}")))?;
+    if !parsed.is_ca {
+        return Err(bad(format!(
+            "{} is not a CA certificate",
+            parsed.info.subject_name
+        )));
+    }
+    hub.trust_ca(&name, der.clone())
+        .await
+        .map_err(HubStoreError::from)?;
+    Ok(ok_json(certificate_view(&name, &der)))
+}
+
+async fn delete_certificate(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    if !hub.untrust_ca(&name).await.map_err(HubStoreError::from)? {
+        return Err(HubFailure::new(
+            StatusCode::NOT_FOUND,
+            "CertificateNotFound",
+            format!("no certificate named '{name}'"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -19,3 +19,8 @@ CREATE TABLE messages (
     body        BLOB NOT NULL
 );
 CREATE INDEX messages_by_device ON messages(device_key, seq);
+CREATE TABLE hub_certificates (
+    name   TEXT PRIMARY KEY,
+    der    BLOB NOT NULL,
+    added  TEXT NOT NULL
+) WITHOUT ROWID;

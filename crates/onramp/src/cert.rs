@@ -1,0 +1,168 @@
+//! `onramp cert …`: CA certificates of a provisioning service (upload,
+//! proof of possession, list, delete) through the service API, and a test PKI
+//! for people who try X.509 attestation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use onramp_net::pki::testing::{Issued, Validity};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::cli::CertCommand;
+use crate::service_client::Api;
+
+pub async fn run(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Upload {
+            api,
+            name,
+            file,
+            verified,
+        } => {
+            let api = Api::open(&api).await?;
+            let pem = read(&file)?;
+            let body = json!({"certificate": pem, "isVerified": verified});
+            print(
+                &api.call(Method::PUT, &format!("certificates/{name}"), Some(&body))
+                    .await?,
+            )
+        }
+        CertCommand::VerificationCode { api, name } => {
+            let api = Api::open(&api).await?;
+            let resp = api
+                .call(
+                    Method::POST,
+                    &format!("certificates/{name}/generateVerificationCode"),
+                    None,
+                )
+                .await?;
+            let code = resp["properties"]["verificationCode"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            print(&resp)?;
+            eprintln!(
+                "Sign a certificate whose CN is {code} with the CA's key (for example: onramp cert create-device \
+                 --issuer <ca> --cn {code} --out verification), then: onramp cert verify {name} --file verification.pem"
+            );
+            Ok(())
+        }
+        CertCommand::Verify { api, name, file } => {
+            let api = Api::open(&api).await?;
+            let body = json!({"certificate": read(&file)?});
+            print(
+                &api.call(
+                    Method::POST,
+                    &format!("certificates/{name}/verify"),
+                    Some(&body),
+                )
+                .await?,
+            )
+        }
+        CertCommand::List { api } => {
+            let api = Api::open(&api).await?;
+            print(&api.call(Method::GET, "certificates", None).await?)
+        }
+        CertCommand::Delete { api, name } => {
+            let api = Api::open(&api).await?;
+            api.call(Method::DELETE, &format!("certificates/{name}"), None)
+                .await?;
+            eprintln!("deleted CA certificate {name}");
+            Ok(())
+        }
+        CertCommand::CreateRoot { cn, out, days } => {
+            let root = Issued::root(&cn, Validity::days(days)).context("creating the root")?;
+            write(&out, &root, None)
+        }
+        CertCommand::CreateIntermediate {
+            issuer,
+            cn,
+            out,
+            days,
+        } => {
+            let parent = load(&issuer)?;
+            let ica = parent
+                .intermediate(&cn, Validity::days(days))
+                .context("creating the intermediate")?;
+            // The chain a device under it sends: this intermediate, then the issuer's intermediates.
+            write(
+                &out,
+                &ica,
+                Some(&format!("{}{}", ica.cert_pem, chain_of(&issuer))),
+            )
+        }
+        CertCommand::CreateDevice {
+            issuer,
+            self_signed,
+            cn,
+            out,
+            days,
+        } => {
+            let device = match (&issuer, self_signed) {
+                (_, true) => Issued::self_signed_device(&cn, Validity::days(days))
+                    .context("creating the certificate")?,
+                (Some(issuer), false) => load(issuer)?
+                    .device(&cn, Validity::days(days))
+                    .context("creating the certificate")?,
+                (None, false) => anyhow::bail!("give --issuer or --self-signed"),
+            };
+            let chain = format!(
+                "{}{}",
+                device.cert_pem,
+                issuer.as_deref().map(chain_of).unwrap_or_default()
+            );
+            write(&out, &device, Some(&chain))
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A CA written by this command: OUT.pem and OUT.key.pem.
+fn load(prefix: &Path) -> anyhow::Result<Issued> {
+    let cert = read(&with_suffix(prefix, ".pem"))?;
+    let key = read(&with_suffix(prefix, ".key.pem"))?;
+    Issued::from_pem(&cert, &key).with_context(|| {
+        format!(
+            "{} is not a CA this command can issue from",
+            prefix.display()
+        )
+    })
+}
+
+/// The intermediates a certificate issued by `prefix` travels with.
+fn chain_of(prefix: &Path) -> String {
+    std::fs::read_to_string(with_suffix(prefix, ".chain.pem")).unwrap_or_default()
+}
+
+fn write(out: &Path, issued: &Issued, chain: Option<&str>) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(with_suffix(out, ".pem"), &issued.cert_pem)?;
+    std::fs::write(with_suffix(out, ".key.pem"), &issued.key_pem)?;
+    if let Some(chain) = chain {
+        std::fs::write(with_suffix(out, ".chain.pem"), chain)?;
+    }
+    let info = onramp_core::x509::info(&issued.cert_pem).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "FOR TESTING ONLY: wrote {}.pem (SHA-256 {})",
+        out.display(),
+        info.sha256_thumbprint
+    );
+    Ok(())
+}
+
+fn print(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
