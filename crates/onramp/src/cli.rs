@@ -411,7 +411,7 @@ pub enum EnrollmentCommand {
         #[arg(long)]
         device_id: Option<String>,
         #[command(flatten)]
-        spec: EnrollmentSpec,
+        spec: Box<EnrollmentSpec>,
     },
     /// Show an individual enrollment.
     Show {
@@ -443,7 +443,7 @@ pub enum GroupCommand {
         api: ServiceApi,
         group_id: String,
         #[command(flatten)]
-        spec: EnrollmentSpec,
+        spec: Box<EnrollmentSpec>,
     },
     /// Show an enrollment group.
     Show {

@@ -171,6 +171,13 @@ async fn service_api_json_conforms_to_the_dps_specification() {
     assert_eq!(e["attestation"]["tpm"]["endorsementKey"], ek.as_str());
 
     let ca_cert = certificate_pem("conf-root", true);
+    let (status, _, v) = call(
+        Method::PUT,
+        "certificates/my-root",
+        Some(json!({"certificate": ca_cert})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
     for (id, x509) in [
         (
             "conf-grp-signing",

@@ -478,3 +478,242 @@ async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
         finish_hub_scenario(&server, &mut script, id, "python").await;
     }
 }
+
+/// Three small PKIs: a group on a root, a group on an intermediate, a group
+/// on a verified CA reference; and a self-signed device for an individual
+/// enrollment. Returns (registration ID, chain file, key file) per device.
+async fn x509_fleet(
+    server: &Server,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> Vec<(String, PathBuf, PathBuf)> {
+    use onramp_net::pki::testing::{Issued, Validity};
+    let cs = server.owner_connection_string().await;
+    let days = Validity::days(30);
+    let write = |name: &str, device: &Issued, intermediates: &[&Issued]| {
+        let chain = dir.join(format!("{name}.chain.pem"));
+        let key = dir.join(format!("{name}.key.pem"));
+        let mut pem = device.cert_pem.clone();
+        for i in intermediates {
+            pem.push_str(&i.cert_pem);
+        }
+        std::fs::write(&chain, pem).unwrap();
+        std::fs::write(&key, &device.key_pem).unwrap();
+        (name.to_owned(), chain, key)
+    };
+    let put = |path: String, body: Value| {
+        let cs = cs.clone();
+        async move {
+            let (status, _, v) = server
+                .service_call(
+                    &cs,
+                    reqwest::Method::PUT,
+                    &format!("{path}?api-version=2021-10-01"),
+                    Some(body),
+                    &[],
+                )
+                .await;
+            assert_eq!(status, 200, "{path}: {v}");
+            v
+        }
+    };
+    let group = |id: String, x509: Value| {
+        put(
+            format!("enrollmentGroups/{id}"),
+            serde_json::json!({"attestation": {"type": "x509", "x509": x509}, "initialTwin": initial_twin()}),
+        )
+    };
+
+    let root_a = Issued::root(&format!("{prefix} Root A"), days).unwrap();
+    let ica_a = root_a
+        .intermediate(&format!("{prefix} ICA A"), days)
+        .unwrap();
+    group(
+        format!("{prefix}-by-root"),
+        serde_json::json!({"signingCertificates": {"primary": {"certificate": root_a.cert_pem}}}),
+    )
+    .await;
+
+    let root_b = Issued::root(&format!("{prefix} Root B"), days).unwrap();
+    let ica_b = root_b
+        .intermediate(&format!("{prefix} ICA B"), days)
+        .unwrap();
+    group(
+        format!("{prefix}-by-ica"),
+        serde_json::json!({"signingCertificates": {"primary": {"certificate": ica_b.cert_pem}}}),
+    )
+    .await;
+
+    // A CA reference counts once its proof of possession is done.
+    let root_c = Issued::root(&format!("{prefix} Root C"), days).unwrap();
+    let ca_name = format!("{prefix}-root-c");
+    put(
+        format!("certificates/{ca_name}"),
+        serde_json::json!({"certificate": root_c.cert_pem}),
+    )
+    .await;
+    let (_, _, code) = server
+        .service_call(
+            &cs,
+            reqwest::Method::POST,
+            &format!("certificates/{ca_name}/generateVerificationCode?api-version=2021-10-01"),
+            None,
+            &[],
+        )
+        .await;
+    let code = code["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proof = root_c.device(&code, days).unwrap();
+    let (status, _, v) = server
+        .service_call(
+            &cs,
+            reqwest::Method::POST,
+            &format!("certificates/{ca_name}/verify?api-version=2021-10-01"),
+            Some(serde_json::json!({"certificate": proof.cert_pem})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (status, v["properties"]["isVerified"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
+    group(
+        format!("{prefix}-by-ca"),
+        serde_json::json!({"caReferences": {"primary": ca_name}}),
+    )
+    .await;
+
+    let individual = Issued::self_signed_device(&format!("{prefix}-ind"), days).unwrap();
+    put(
+        format!("enrollments/{prefix}-ind"),
+        serde_json::json!({"attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": individual.cert_pem}}}}, "initialTwin": initial_twin()}),
+    )
+    .await;
+
+    vec![
+        write(&format!("{prefix}-ind"), &individual, &[]),
+        write(
+            &format!("{prefix}-a1"),
+            &ica_a.device(&format!("{prefix}-a1"), days).unwrap(),
+            &[&ica_a],
+        ),
+        write(
+            &format!("{prefix}-b1"),
+            &ica_b.device(&format!("{prefix}-b1"), days).unwrap(),
+            &[&ica_b],
+        ),
+        write(
+            &format!("{prefix}-c1"),
+            &root_c.device(&format!("{prefix}-c1"), days).unwrap(),
+            &[],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
+    let Some(dir) = node_dir() else { return };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    let scope = server.id_scope();
+    let pki = tempfile::tempdir().unwrap();
+    let devices = x509_fleet(&server, pki.path(), "nodex").await;
+    for (id, chain, key) in &devices {
+        for transport in ["http", "mqtt"] {
+            let out = node(
+                &dir,
+                &server,
+                &[
+                    "provision_x509.js",
+                    "localhost",
+                    &scope,
+                    id,
+                    chain.to_str().unwrap(),
+                    key.to_str().unwrap(),
+                    transport,
+                ],
+            );
+            assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
+            assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
+            assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
+        }
+        let out = node(
+            &dir,
+            &server,
+            &[
+                "hub_x509.js",
+                "localhost",
+                id,
+                chain.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out["ok"], true, "{id} on its hub: {out}");
+        assert_eq!(
+            without_version(out["desired"].clone()),
+            initial_twin()["properties"]["desired"],
+            "{out}"
+        );
+    }
+    // A device of another (unenrolled) PKI is refused.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = onramp_net::pki::testing::Issued::self_signed_device(
+        "nodex-stranger",
+        onramp_net::pki::testing::Validity::days(30),
+    )
+    .unwrap();
+    let (chain, key) = (
+        stranger_dir.path().join("s.pem"),
+        stranger_dir.path().join("s.key"),
+    );
+    std::fs::write(&chain, &stranger.cert_pem).unwrap();
+    std::fs::write(&key, &stranger.key_pem).unwrap();
+    let out = node(
+        &dir,
+        &server,
+        &[
+            "provision_x509.js",
+            "localhost",
+            &scope,
+            "nodex-stranger",
+            chain.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "http",
+        ],
+    );
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["error"]["statusCode"], 401, "{out}");
+}
+
+#[tokio::test]
+async fn python_sdk_provisions_x509_devices_and_they_reach_their_hub() {
+    let Some(dir) = python_dir() else { return };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    let scope = server.id_scope();
+    let pki = tempfile::tempdir().unwrap();
+    let python = dir.join(".venv/bin/python");
+    for (id, chain, key) in x509_fleet(&server, pki.path(), "pyx").await {
+        let out = Command::new(&python)
+            .current_dir(&dir)
+            .args(["x509_device.py", "localhost", &scope, &id])
+            .arg(&chain)
+            .arg(&key)
+            .arg(server.ca_path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{id}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["ok"], true, "{id}: {v}");
+        assert_eq!(v["deviceId"], id.as_str());
+        assert_eq!(
+            without_version(v["desired"].clone()),
+            initial_twin()["properties"]["desired"],
+            "{v}"
+        );
+    }
+}

@@ -817,7 +817,7 @@ async fn first_provisioning_with_the_cli() {
 }
 
 #[tokio::test]
-async fn x509_and_tpm_registrations_get_a_clear_error_for_now() {
+async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
     let server = Server::start("127.0.0.1:0");
     // A device presenting a client certificate in the TLS handshake.
     let key = rcgen::KeyPair::generate().unwrap();
@@ -854,9 +854,20 @@ async fn x509_and_tpm_registrations_get_a_clear_error_for_now() {
         .unwrap();
     let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
     let body: Value = resp.json().await.unwrap();
-    assert_azure_error("x509 device", status, &headers, &body, 400, 400006);
+    // Nothing enrolls this certificate: refused as untrusted, with the reason.
+    assert_azure_error(
+        "unenrolled x509 device",
+        status,
+        &headers,
+        &body,
+        401,
+        401004,
+    );
     assert!(
-        body["message"].as_str().unwrap().contains("X.509"),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("leads to no enrolled certificate"),
         "{body}"
     );
 
@@ -884,4 +895,198 @@ async fn x509_and_tpm_registrations_get_a_clear_error_for_now() {
         )
         .await;
     assert_azure_error("no credential", status, &headers, &body, 401, 401001);
+}
+
+#[tokio::test]
+async fn x509_refusals_over_https_and_proof_of_possession() {
+    use onramp_net::pki::testing::{Issued, Validity};
+    let server = Server::start("127.0.0.1:0");
+    let cs = server.owner_connection_string().await;
+    let root = Issued::root("PoP Root", Validity::days(30)).unwrap();
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let cs = cs.clone();
+        let server = &server;
+        async move {
+            server
+                .service_call(
+                    &cs,
+                    method,
+                    &format!("{path}?api-version=2021-10-01"),
+                    body,
+                    &[],
+                )
+                .await
+        }
+    };
+
+    // A group may only refer to a CA certificate that exists…
+    let (status, headers, v) = call(
+        Method::PUT,
+        "enrollmentGroups/by-ca".into(),
+        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "pop-root"}}}})),
+    )
+    .await;
+    assert_azure_error("unknown CA reference", status, &headers, &v, 400, 400004);
+    let (status, _, v) = call(
+        Method::PUT,
+        "certificates/pop-root".into(),
+        Some(json!({"certificate": root.cert_pem})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["properties"]["isVerified"].as_bool()),
+        (200, Some(false)),
+        "{v}"
+    );
+    let (status, _, _) = call(
+        Method::PUT,
+        "enrollmentGroups/by-ca".into(),
+        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "pop-root"}}}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // …and its devices are refused until the CA is verified.
+    let device = root.device("pop-dev", Validity::days(30)).unwrap();
+    let register = |device: &Issued, id: &str| {
+        let tls = x509_client(&server, device, &[]);
+        let url = server.url(&format!(
+            "{}/registrations/{id}/register?api-version=2021-06-01",
+            server.id_scope()
+        ));
+        async move {
+            let resp = tls.put(url).json(&json!({})).send().await.unwrap();
+            let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+            (status, headers, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, headers, v) = register(&device, "pop-dev").await;
+    assert_azure_error(
+        "CA reference to an unverified CA",
+        status,
+        &headers,
+        &v,
+        401,
+        401004,
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("not verified"),
+        "{v}"
+    );
+
+    // Proof of possession: a wrong code, a certificate from another CA, then the right one.
+    let (status, _, code) = call(
+        Method::POST,
+        "certificates/pop-root/generateVerificationCode".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{code}");
+    let code = code["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong_code = root.device("not-the-code", Validity::days(1)).unwrap();
+    let (status, headers, v) = call(
+        Method::POST,
+        "certificates/pop-root/verify".into(),
+        Some(json!({"certificate": wrong_code.cert_pem})),
+    )
+    .await;
+    assert_azure_error("wrong verification code", status, &headers, &v, 400, 400011);
+    let other_ca = Issued::root("Another Root", Validity::days(30)).unwrap();
+    let not_signed = other_ca.device(&code, Validity::days(1)).unwrap();
+    let (status, headers, v) = call(
+        Method::POST,
+        "certificates/pop-root/verify".into(),
+        Some(json!({"certificate": not_signed.cert_pem})),
+    )
+    .await;
+    assert_azure_error("not signed by the CA", status, &headers, &v, 400, 400011);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by CA certificate 'pop-root'"),
+        "{v}"
+    );
+    let proof = root.device(&code, Validity::days(1)).unwrap();
+    let (status, _, v) = call(
+        Method::POST,
+        "certificates/pop-root/verify".into(),
+        Some(json!({"certificate": proof.cert_pem})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["properties"]["isVerified"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
+    let (status, _, v) = register(&device, "pop-dev").await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (202, Some("assigned")),
+        "{v}"
+    );
+    assert_eq!(
+        v["registrationState"]["x509"]["enrollmentGroupId"], "by-ca",
+        "{v}"
+    );
+    assert_eq!(
+        v["registrationState"]["x509"]["certificateInfo"]["subjectName"], "CN=pop-dev",
+        "{v}"
+    );
+
+    // The CN must be the registration ID; an expired certificate is refused.
+    let (status, headers, v) = register(&device, "someone-else").await;
+    assert_azure_error("CN differs", status, &headers, &v, 401, 401006);
+    let now = time::OffsetDateTime::now_utc();
+    let expired = root
+        .device(
+            "pop-old",
+            Validity {
+                not_before: now - time::Duration::days(9),
+                not_after: now - time::Duration::days(1),
+            },
+        )
+        .unwrap();
+    let (status, headers, v) = register(&expired, "pop-old").await;
+    assert_azure_error("expired", status, &headers, &v, 401, 401005);
+
+    let (status, _, list) = call(Method::GET, "certificates".into(), None).await;
+    assert_eq!(
+        (status, list["value"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{list}"
+    );
+    let (status, _, _) = call(Method::DELETE, "certificates/pop-root".into(), None).await;
+    assert_eq!(status, 204);
+}
+
+/// An HTTPS client presenting `device`'s certificate (and `intermediates`).
+fn x509_client(
+    server: &Server,
+    device: &onramp_net::pki::testing::Issued,
+    intermediates: &[&onramp_net::pki::testing::Issued],
+) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in onramp_net::tls::certs_from_pem(&server.ca_pem).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let mut chain = device.cert_pem.clone();
+    for i in intermediates {
+        chain.push_str(&i.cert_pem);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            onramp_net::tls::certs_from_pem(&chain).unwrap(),
+            onramp_net::tls::key_from_pem(&device.key_pem).unwrap(),
+        )
+        .unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
 }

@@ -1,0 +1,16 @@
+//! SharedAccessSignature tokens from devices and operators.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use onramp_core::sas;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(token) = sas::parse(text) {
+            let _ = token.resource_is("0ne00000000/registrations/device");
+            let _ = token.check_expiry(1_800_000_000, 300);
+            let _ = token.is_signed_by("c2VjcmV0LWtleS1mb3ItZnV6emluZy0zMmI=");
+        }
+        let _ = onramp_core::connection_string::ConnectionString::parse(text);
+    }
+});
