@@ -61,6 +61,21 @@ impl Admin {
         Self { store, clock }
     }
 
+    /// What enrollments are checked against: the linked hubs, and whether
+    /// the service has a default custom-allocation webhook.
+    async fn allocation_targets(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<crate::tenant::LinkedHub>, bool), ProvisioningError> {
+        let hubs = self.store.linked_hubs(service).await?;
+        let webhook = self
+            .store
+            .service(service)
+            .await?
+            .is_some_and(|s| s.custom_allocation.is_some());
+        Ok((hubs, webhook))
+    }
+
     // ---- individual enrollments ----
 
     pub async fn put_enrollment(
@@ -72,9 +87,10 @@ impl Admin {
     ) -> Result<IndividualEnrollment, ProvisioningError> {
         let key = path_id.to_ascii_lowercase();
         let existing = self.store.enrollment(service, &key).await?;
-        let hubs = self.store.linked_hubs(service).await?;
+        let (hubs, service_webhook) = self.allocation_targets(service).await?;
         let ctx = validate::Context {
             linked_hubs: &hubs,
+            service_webhook,
             existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
         };
         let enrollment = validate::individual_enrollment(path_id, body, &ctx)?;
@@ -209,9 +225,10 @@ impl Admin {
         }
         let key = item.registration_id.to_ascii_lowercase();
         let existing = self.store.enrollment(service, &key).await?;
-        let hubs = self.store.linked_hubs(service).await?;
+        let (hubs, service_webhook) = self.allocation_targets(service).await?;
         let ctx = validate::Context {
             linked_hubs: &hubs,
+            service_webhook,
             existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
         };
         let etag = item.etag.clone();
@@ -235,9 +252,10 @@ impl Admin {
     ) -> Result<EnrollmentGroup, ProvisioningError> {
         let key = path_id.to_ascii_lowercase();
         let existing = self.store.enrollment_group(service, &key).await?;
-        let hubs = self.store.linked_hubs(service).await?;
+        let (hubs, service_webhook) = self.allocation_targets(service).await?;
         let ctx = validate::Context {
             linked_hubs: &hubs,
+            service_webhook,
             existing_attestation: existing.as_ref().and_then(|g| g.attestation.as_ref()),
         };
         let group = validate::enrollment_group(path_id, body, &ctx)?;
@@ -337,9 +355,10 @@ impl Admin {
                     } else {
                         let key = id.to_ascii_lowercase();
                         let existing = self.store.enrollment_group(service, &key).await?;
-                        let hubs = self.store.linked_hubs(service).await?;
+                        let (hubs, service_webhook) = self.allocation_targets(service).await?;
                         let ctx = validate::Context {
                             linked_hubs: &hubs,
+                            service_webhook,
                             existing_attestation: existing
                                 .as_ref()
                                 .and_then(|g| g.attestation.as_ref()),

@@ -3,29 +3,35 @@
 //! HTTPS, MQTT or AMQP and encode the answer back.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use onramp_model::{
-    DeviceRegistration, DeviceRegistrationState, ErrorCode, IdScope, RegistrationId,
-    RegistrationOperationStatus, RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
-    UtcTime, X509RegistrationResult,
+    AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, DeviceRegistrationState,
+    ErrorCode, IdScope, RegistrationId, RegistrationOperationStatus, RegistrationStatus,
+    ReprovisionPolicy, SymmetricKeyRegistrationResult, UtcTime, X509RegistrationResult,
 };
 
 use crate::ProvisioningError;
-use crate::allocate::{HubSelection, allocate};
+use crate::allocate::{HubSelection, Proximity, Regions, allocate, candidates};
 use crate::attest::{AttestationConfig, Attested, DeviceCredential, Enrollment, Proof, attest};
-use crate::events::{AttestationAttempt, Protocol, RegistrationAttempt};
+use crate::custom;
+use crate::events::{AttestationAttempt, HubCleanup, Protocol, RegistrationAttempt};
 use crate::ports::{
-    Clock, DeviceIdentity, HubError, HubRegistry, IdentityAuth, RegistrationRecord, Store,
-    TwinSetup,
+    AllocationWebhook, Clock, DeviceIdentity, HubError, HubLatency, HubRegistry, IdentityAuth,
+    NoLatency, Placement, RegistrationRecord, Store, TwinSetup, WebhookError, WebhookTarget,
 };
-use crate::tenant::ProvisioningService;
+use crate::reprovision::{self, TwinPlan};
+use crate::tenant::{LinkedHub, ProvisioningService};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub attestation: AttestationConfig,
     /// How long after it started an operation can still be polled.
     pub operation_ttl_seconds: i64,
+    /// Lowest-latency allocation shares devices among the hubs this close
+    /// (in milliseconds) to the fastest one.
+    pub latency_tolerance_ms: f64,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +39,7 @@ impl Default for EngineConfig {
         Self {
             attestation: AttestationConfig::default(),
             operation_ttl_seconds: 30 * 60,
+            latency_tolerance_ms: 10.0,
         }
     }
 }
@@ -50,6 +57,8 @@ pub struct RegisterRequest {
     /// answer `assigning` if the work outlives its reply budget.
     pub operation_id: String,
     pub protocol: Protocol,
+    /// The device's address, for the operator's network-to-region table.
+    pub client_addr: Option<IpAddr>,
 }
 
 /// A device polls an operation.
@@ -76,6 +85,9 @@ pub struct Engine {
     hubs: Arc<dyn HubRegistry>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
+    webhook: Arc<dyn AllocationWebhook>,
+    latency: Arc<dyn HubLatency>,
+    regions: Regions,
     /// Operations whose work has not finished yet, by operation ID.
     in_flight: Mutex<HashMap<String, InFlight>>,
 }
@@ -99,8 +111,29 @@ impl Engine {
             hubs,
             clock,
             config,
+            webhook: Arc::new(NoWebhook),
+            latency: Arc::new(NoLatency),
+            regions: Regions::default(),
             in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The client custom allocation calls webhooks with.
+    pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
+        self.webhook = webhook;
+        self
+    }
+
+    /// Hub round trips measured from this node, for lowest-latency allocation.
+    pub fn with_latency(mut self, latency: Arc<dyn HubLatency>) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// This node's region and the operator's network-to-region table.
+    pub fn with_regions(mut self, regions: Regions) -> Self {
+        self.regions = regions;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -184,7 +217,9 @@ impl Engine {
         })
     }
 
-    /// Allocation, hub registration and the durable record.
+    /// Allocation, hub registration and the durable record. A device that
+    /// moved leaves its old hub identity behind only after the new record is
+    /// durable, so a crash in between never loses where the device's data is.
     async fn assign(
         &self,
         service: &ProvisioningService,
@@ -193,6 +228,13 @@ impl Engine {
     ) -> Result<RegistrationRecord, ProvisioningError> {
         let key = attested.registration_id.key();
         let previous = self.store.registration(&service.name, &key).await?;
+        let current = previous
+            .as_ref()
+            .and_then(RegistrationRecord::current_placement);
+        let previous_substatus = previous
+            .as_ref()
+            .filter(|p| p.state.status == RegistrationStatus::Assigned)
+            .and_then(|p| p.state.substatus);
         let linked = self.store.linked_hubs(&service.name).await?;
         let settings = Settings::of(&attested.enrollment, service);
         let device_id = settings
@@ -200,38 +242,18 @@ impl Engine {
             .unwrap_or(attested.registration_id.as_str())
             .to_owned();
 
-        let outcome: Result<String, ProvisioningError> = async {
-            let hub = allocate(
-                settings.selection,
+        let placed = self
+            .place(
+                service,
+                attested,
+                req,
+                &settings,
                 &linked,
-                attested.registration_id.as_str(),
-            )?;
-            let same_place = previous.as_ref().is_some_and(|p| {
-                p.state.status == RegistrationStatus::Assigned
-                    && p.state
-                        .assigned_hub
-                        .as_deref()
-                        .is_some_and(|h| hub.is_named(h))
-                    && p.state.device_id.as_deref() == Some(device_id.as_str())
-            });
-            let twin = if same_place && !req.force_registration {
-                TwinSetup::Keep
-            } else {
-                TwinSetup::Initial(settings.initial_twin.cloned().unwrap_or_default())
-            };
-            let identity = DeviceIdentity {
-                device_id: device_id.clone(),
-                auth: identity_auth(attested),
-                capabilities: settings.capabilities,
-                twin,
-            };
-            self.hubs
-                .register_device(hub, &identity)
-                .await
-                .map_err(|e| hub_failure(&hub.name, e))?;
-            Ok(hub.name.clone())
-        }
-        .await;
+                current.as_ref(),
+                previous_substatus,
+                &device_id,
+            )
+            .await;
 
         let mut state = DeviceRegistrationState::new(
             attested.registration_id.as_str(),
@@ -255,27 +277,170 @@ impl Engine {
                 });
             }
         }
-        match outcome {
-            Ok(hub) => {
-                state.assigned_hub = Some(hub);
-                state.device_id = Some(device_id);
-                state.substatus = Some(Substatus::InitialAssignment);
+        let (placement, leaves) = match placed {
+            Ok(p) => {
+                state.assigned_hub = Some(p.hub.clone());
+                state.device_id = Some(device_id.clone());
+                state.substatus = Some(p.substatus);
+                state.payload = p.payload;
+                let placement = Placement {
+                    initial_hub: current
+                        .as_ref()
+                        .map_or_else(|| p.hub.clone(), |c| c.initial_hub.clone()),
+                    hub: p.hub,
+                    device_id,
+                };
+                (Some(placement), p.leaves)
             }
             Err(e) => {
                 state.status = RegistrationStatus::Failed;
                 state.error_code = Some(e.code.code() as i32);
                 state.error_message = Some(e.message);
+                // The device's data stays where it was.
+                (current, None)
             }
-        }
+        };
         let record = RegistrationRecord {
             state,
             operation_id: req.operation_id.clone(),
             enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
+            placement,
         };
-        Ok(self
+        let record = self
             .store
             .put_registration(&service.name, &record, self.clock.now())
-            .await?)
+            .await?;
+        if let Some((hub_name, old_id)) = leaves
+            && let Some(hub) = linked.iter().find(|h| h.is_named(&hub_name))
+        {
+            let result = self.hubs.remove_device(hub, &old_id).await;
+            HubCleanup {
+                service: &service.name,
+                hub: &hub.name,
+                device_id: &old_id,
+                error: result.err().as_ref(),
+            }
+            .emit();
+        }
+        Ok(record)
+    }
+
+    /// Chooses the hub, applies the reprovisioning policy and registers the
+    /// device identity there.
+    #[allow(clippy::too_many_arguments)]
+    async fn place(
+        &self,
+        service: &ProvisioningService,
+        attested: &Attested,
+        req: &RegisterRequest,
+        settings: &Settings<'_>,
+        linked: &[LinkedHub],
+        current: Option<&Placement>,
+        previous_substatus: Option<onramp_model::Substatus>,
+        device_id: &str,
+    ) -> Result<Placed, ProvisioningError> {
+        let current_hub = current.and_then(|c| linked.iter().find(|h| h.is_named(&c.hub)));
+        let may_move = reprovision::may_move(
+            settings.reprovision,
+            req.force_registration,
+            current,
+            current_hub.is_some(),
+        );
+        let stay = current_hub.filter(|_| !may_move);
+
+        let (hub, answer) = if settings.selection.policy == AllocationPolicy::Custom {
+            let offered = match stay {
+                Some(h) => vec![h],
+                None => candidates(settings.selection, linked)?,
+            };
+            let target = settings.webhook(service)?;
+            let request = custom::request(attested, current, req.body.payload.as_ref(), &offered);
+            let answer = self
+                .webhook
+                .allocate(&target, &request)
+                .await
+                .map_err(|e| custom::failure(&target, e))?;
+            (
+                custom::chosen_hub(&target, &answer, &offered)?,
+                Some(answer),
+            )
+        } else if let Some(h) = stay {
+            (h, None)
+        } else {
+            let proximity = Proximity {
+                client_region: self.regions.client_region(req.client_addr),
+                latency: &*self.latency,
+                tolerance_ms: self.config.latency_tolerance_ms,
+            };
+            let hub = allocate(
+                settings.selection,
+                linked,
+                attested.registration_id.as_str(),
+                proximity,
+            )?;
+            (hub, None)
+        };
+
+        let plan = reprovision::plan(
+            settings.reprovision,
+            current,
+            previous_substatus,
+            current_hub.is_some(),
+            &hub.name,
+            device_id,
+        );
+        let (twin, substatus) = match plan.twin {
+            TwinPlan::Keep => (TwinSetup::Keep, plan.substatus),
+            TwinPlan::Initial => (
+                TwinSetup::Initial(initial_twin(settings, answer.as_ref())),
+                plan.substatus,
+            ),
+            TwinPlan::Migrate => {
+                let (Some(from), Some(cur)) = (current_hub, current) else {
+                    return Err(ProvisioningError::internal(
+                        "migration without a current hub",
+                    ));
+                };
+                let snapshot = self.hubs.twin(from, &cur.device_id).await.map_err(|e| {
+                    ProvisioningError::new(
+                        ErrorCode::HubRegistrationFailed,
+                        format!(
+                            "the twin of '{}' could not be read from its current hub '{}' to migrate it ({e}); \
+                             register again later",
+                            cur.device_id, from.name
+                        ),
+                    )
+                })?;
+                match snapshot {
+                    Some(t) => (TwinSetup::Migrate(t), plan.substatus),
+                    // The operator deleted the device from its hub: nothing to carry over.
+                    None => (
+                        TwinSetup::Initial(initial_twin(settings, answer.as_ref())),
+                        if plan.substatus == onramp_model::Substatus::DeviceDataMigrated {
+                            onramp_model::Substatus::DeviceDataReset
+                        } else {
+                            plan.substatus
+                        },
+                    ),
+                }
+            }
+        };
+        let identity = DeviceIdentity {
+            device_id: device_id.to_owned(),
+            auth: identity_auth(attested),
+            capabilities: settings.capabilities,
+            twin,
+        };
+        self.hubs
+            .register_device(hub, &identity)
+            .await
+            .map_err(|e| hub_failure(&hub.name, e))?;
+        Ok(Placed {
+            hub: hub.name.clone(),
+            substatus,
+            payload: answer.and_then(|a| a.payload).filter(|p| !p.is_null()),
+            leaves: plan.leaves,
+        })
     }
 
     /// Answers a poll: `assigning` while the work runs, then the recorded result.
@@ -516,12 +681,51 @@ fn hub_failure(hub: &str, e: HubError) -> ProvisioningError {
     }
 }
 
+/// Where a registration put the device.
+struct Placed {
+    hub: String,
+    substatus: onramp_model::Substatus,
+    /// The webhook's payload for the device.
+    payload: Option<serde_json::Value>,
+    /// The identity the device left behind.
+    leaves: Option<(String, String)>,
+}
+
+/// The twin a device starts from: the webhook's, else the enrollment's.
+fn initial_twin(
+    settings: &Settings<'_>,
+    answer: Option<&onramp_model::allocation::AllocationResponse>,
+) -> onramp_model::InitialTwin {
+    answer
+        .and_then(|a| a.initial_twin.clone())
+        .or_else(|| settings.initial_twin.cloned())
+        .unwrap_or_default()
+}
+
+/// The custom-allocation client of an engine built without one.
+struct NoWebhook;
+
+#[async_trait::async_trait]
+impl AllocationWebhook for NoWebhook {
+    async fn allocate(
+        &self,
+        _target: &WebhookTarget,
+        _request: &onramp_model::allocation::AllocationRequest,
+    ) -> Result<onramp_model::allocation::AllocationResponse, WebhookError> {
+        Err(WebhookError::Unreachable(
+            "this Onramp server was started without a webhook client".into(),
+        ))
+    }
+}
+
 /// The enrollment members the engine reads, whichever kind it is.
 struct Settings<'a> {
     selection: HubSelection<'a>,
     initial_twin: Option<&'a onramp_model::InitialTwin>,
     capabilities: onramp_model::DeviceCapabilities,
     device_id: Option<&'a str>,
+    reprovision: ReprovisionPolicy,
+    custom: Option<&'a CustomAllocationDefinition>,
 }
 
 impl<'a> Settings<'a> {
@@ -536,6 +740,8 @@ impl<'a> Settings<'a> {
                 initial_twin: e.initial_twin.as_ref(),
                 capabilities: e.capabilities.unwrap_or_default(),
                 device_id: e.device_id.as_deref().filter(|d| !d.is_empty()),
+                reprovision: e.reprovision_policy.unwrap_or_default(),
+                custom: e.custom_allocation_definition.as_ref(),
             },
             Enrollment::Group(g) => Settings {
                 selection: HubSelection {
@@ -546,7 +752,28 @@ impl<'a> Settings<'a> {
                 initial_twin: g.initial_twin.as_ref(),
                 capabilities: g.capabilities.unwrap_or_default(),
                 device_id: None,
+                reprovision: g.reprovision_policy.unwrap_or_default(),
+                custom: g.custom_allocation_definition.as_ref(),
             },
         }
+    }
+
+    /// The enrollment's webhook, else the service's default one.
+    fn webhook(&self, service: &ProvisioningService) -> Result<WebhookTarget, ProvisioningError> {
+        self.custom
+            .filter(|d| !d.webhook_url.trim().is_empty())
+            .or(service.custom_allocation.as_ref())
+            .map(|d| WebhookTarget {
+                url: d.webhook_url.trim().to_owned(),
+                api_version: d.api_version.clone(),
+            })
+            .ok_or_else(|| {
+                ProvisioningError::new(
+                    ErrorCode::CustomAllocationFailed,
+                    "the enrollment uses custom allocation but neither it nor the provisioning service \
+                     names a webhook; set customAllocationDefinition on the enrollment or \
+                     onramp service update --webhook-url",
+                )
+            })
     }
 }

@@ -6,6 +6,8 @@
 //! - `onramp_registration_attempts_total{service, hub, protocol, status}`
 //! - `onramp_device_assignments_total{service, hub}`
 //! - `onramp_registration_duration_seconds{protocol, status}` (histogram)
+//! - `onramp_hub_cleanups_total{service, outcome}`: identities removed from
+//!   the hub a device moved away from
 
 use onramp_model::RegistrationStatus;
 
@@ -126,5 +128,44 @@ impl RegistrationAttempt<'_> {
             error_code = self.error_code,
             duration_ms = self.seconds * 1000.0,
         );
+    }
+}
+
+/// A device moved: its identity on the hub it left was removed (or not).
+pub struct HubCleanup<'a> {
+    pub service: &'a str,
+    pub hub: &'a str,
+    pub device_id: &'a str,
+    pub error: Option<&'a crate::ports::HubError>,
+}
+
+impl HubCleanup<'_> {
+    pub fn emit(&self) {
+        metrics::counter!(
+            "onramp_hub_cleanups_total",
+            "service" => self.service.to_owned(),
+            "outcome" => if self.error.is_some() { "failed" } else { "removed" },
+        )
+        .increment(1);
+        match self.error {
+            None => tracing::info!(
+                target: "onramp::device_operations",
+                operation = "HubCleanup",
+                service = self.service,
+                hub = self.hub,
+                device_id = self.device_id,
+                result = "Success",
+            ),
+            Some(e) => tracing::warn!(
+                target: "onramp::device_operations",
+                operation = "HubCleanup",
+                service = self.service,
+                hub = self.hub,
+                device_id = self.device_id,
+                result = "Failure",
+                message = %e,
+                "the device moved to another hub but its old identity could not be removed; delete it from that hub",
+            ),
+        }
     }
 }

@@ -9,11 +9,13 @@
 //!
 //! Layout:
 //! - [`ports`]: the traits the engine needs from the outside (`Store`,
-//!   `HubRegistry`, `Clock`) and the records they exchange.
+//!   `HubRegistry`, `AllocationWebhook`, `HubLatency`, `Clock`) and the
+//!   records they exchange.
 //! - [`tenant`]: provisioning services (tenants), access policies, linked hubs.
 //! - [`sas`], [`keys`], [`connection_string`]: shared access signatures and secrets.
 //! - [`attest`]: who is this device, and which enrollment vouches for it.
-//! - [`allocate`]: which hub it goes to.
+//! - [`allocate`]: which hub it goes to; [`custom`]: the allocation webhook's
+//!   contract; [`reprovision`]: what happens when a device registers again.
 //! - [`engine`]: the registration state machine.
 //! - [`admin`], [`validate`], [`x509`]: the service API's rules.
 //! - [`auth`]: service API authentication against access policies.
@@ -27,11 +29,13 @@ pub mod allocate;
 pub mod attest;
 pub mod auth;
 pub mod connection_string;
+pub mod custom;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod keys;
 pub mod ports;
+pub mod reprovision;
 pub mod sas;
 pub mod tenant;
 pub mod validate;

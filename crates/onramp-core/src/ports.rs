@@ -8,6 +8,8 @@ use onramp_model::{
     InitialTwin, Secret, UtcTime,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
 
 /// Why a store call failed.
@@ -110,6 +112,54 @@ pub struct RegistrationRecord {
     pub operation_id: String,
     /// The enrollment group the device registered through, if any.
     pub enrollment_group_id: Option<String>,
+    /// Where the device lives: kept through failed re-registrations, so the
+    /// next attempt knows which hub holds the device's data.
+    pub placement: Option<Placement>,
+}
+
+/// The hub identity a device holds, and the hub of its first assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub hub: String,
+    pub device_id: String,
+    /// For the substatus `reprovisionedToInitialAssignment`.
+    pub initial_hub: String,
+}
+
+impl RegistrationRecord {
+    /// The placement, also for records written before it was stored apart:
+    /// an assigned state says where the device is.
+    pub fn current_placement(&self) -> Option<Placement> {
+        self.placement.clone().or_else(|| {
+            let s = &self.state;
+            match (s.status, s.assigned_hub.as_ref(), s.device_id.as_ref()) {
+                (onramp_model::RegistrationStatus::Assigned, Some(hub), Some(id)) => {
+                    Some(Placement {
+                        hub: hub.clone(),
+                        device_id: id.clone(),
+                        initial_hub: hub.clone(),
+                    })
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// One measurement of the round trip from an Onramp node to a linked hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubLatencySample {
+    /// The Onramp node that measured.
+    pub node: String,
+    /// The hub's host name (and port).
+    pub hub: String,
+    /// Smoothed round trip; `None` when the hub did not answer.
+    pub latency_ms: Option<f64>,
+    /// Why the last probe failed, if it did.
+    pub error: Option<String>,
+    pub measured: UtcTime,
 }
 
 /// Storage of tenants, enrollments and registrations. Keys passed as `*_key`
@@ -257,6 +307,12 @@ pub trait Store: Send + Sync + 'static {
         after_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError>;
+    /// How many registered devices live on a hub (by host name, any case).
+    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError>;
+
+    // Hub latencies measured by each node (shown by `onramp linked-hub list`).
+    async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError>;
+    async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError>;
 }
 
 /// The identity the engine asks a hub to hold for a device.
@@ -290,10 +346,22 @@ pub enum IdentityAuth {
 /// What to do with the device's twin.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TwinSetup {
-    /// Set tags and desired properties to these (a first assignment).
+    /// Set tags and desired properties to these (a first assignment, or a
+    /// move that resets the device's data).
     Initial(InitialTwin),
     /// Leave the twin as the hub has it (the device is back on the same hub).
     Keep,
+    /// Carry a twin over from the device's previous hub (a move that
+    /// migrates the device's data): tags, desired and reported properties.
+    Migrate(TwinSnapshot),
+}
+
+/// A device's twin as a hub holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TwinSnapshot {
+    pub tags: serde_json::Map<String, serde_json::Value>,
+    pub desired: serde_json::Map<String, serde_json::Value>,
+    pub reported: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a hub refused or failed a registration.
@@ -319,6 +387,76 @@ pub trait HubRegistry: Send + Sync + 'static {
         hub: &LinkedHub,
         device: &DeviceIdentity,
     ) -> Result<(), HubError>;
+
+    /// The device's twin, or `None` when the hub has no such device.
+    async fn twin(
+        &self,
+        hub: &LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<TwinSnapshot>, HubError>;
+
+    /// Deletes the device identity; a device that is already gone is fine.
+    async fn remove_device(&self, hub: &LinkedHub, device_id: &str) -> Result<(), HubError>;
+}
+
+/// Where and how to call a custom-allocation webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// The URL, secrets in its query included.
+    pub url: String,
+    pub api_version: String,
+}
+
+impl WebhookTarget {
+    /// The URL without its query, for messages and logs (Azure Functions keep
+    /// their access code in the query).
+    pub fn display_url(&self) -> &str {
+        self.url.split(['?', '#']).next().unwrap_or_default()
+    }
+}
+
+/// How a webhook call went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// No answer within the time limit.
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    /// The connection could not be made (also after the retry).
+    #[error("{0}")]
+    Unreachable(String),
+    /// An HTTP status other than 200.
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    /// A 200 whose body is not an allocation response.
+    #[error("{0}")]
+    InvalidResponse(String),
+}
+
+/// A custom-allocation webhook: Azure's contract, posted as JSON.
+#[async_trait]
+pub trait AllocationWebhook: Send + Sync + 'static {
+    async fn allocate(
+        &self,
+        target: &WebhookTarget,
+        request: &onramp_model::allocation::AllocationRequest,
+    ) -> Result<onramp_model::allocation::AllocationResponse, WebhookError>;
+}
+
+/// Round trips measured from this node to linked hubs.
+pub trait HubLatency: Send + Sync + 'static {
+    /// The smoothed round trip to `hub` (host name), if it has been measured
+    /// and the hub answered its last probe.
+    fn latency_ms(&self, hub: &str) -> Option<f64>;
+}
+
+/// No measurements: lowest-latency allocation falls back to hashing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLatency;
+
+impl HubLatency for NoLatency {
+    fn latency_ms(&self, _hub: &str) -> Option<f64> {
+        None
+    }
 }
 
 /// The time, injected so tests can move it.

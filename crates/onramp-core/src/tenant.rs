@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use onramp_model::{AllocationPolicy, IdScope, Secret, UtcTime};
+use onramp_model::{AllocationPolicy, CustomAllocationDefinition, IdScope, Secret, UtcTime};
 use serde::{Deserialize, Serialize};
 
 use crate::connection_string::ConnectionString;
@@ -22,6 +22,9 @@ pub struct ProvisioningService {
     pub id_scope: IdScope,
     /// Policy for enrollments that name none.
     pub allocation_policy: AllocationPolicy,
+    /// The webhook for `custom` allocation when an enrollment names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_allocation: Option<CustomAllocationDefinition>,
     pub created: UtcTime,
 }
 

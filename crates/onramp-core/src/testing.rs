@@ -12,10 +12,12 @@ use async_trait::async_trait;
 use onramp_model::{ETag, EnrollmentGroup, IndividualEnrollment, UtcTime};
 
 use crate::ports::{
-    Clock, DeviceIdentity, HubError, HubRegistry, Precondition, RegistrationRecord, Store,
-    StoreError, check_precondition, client_thumbprints,
+    AllocationWebhook, Clock, DeviceIdentity, HubError, HubLatency, HubLatencySample, HubRegistry,
+    Placement, Precondition, RegistrationRecord, Store, StoreError, TwinSetup, TwinSnapshot,
+    WebhookError, WebhookTarget, check_precondition, client_thumbprints,
 };
 use crate::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
+use onramp_model::allocation::{AllocationRequest, AllocationResponse};
 
 type Key = (String, String);
 
@@ -28,6 +30,7 @@ struct State {
     groups: BTreeMap<Key, EnrollmentGroup>,
     registrations: BTreeMap<Key, RegistrationRecord>,
     cas: BTreeMap<Key, CaCertificate>,
+    latencies: BTreeMap<Key, HubLatencySample>,
 }
 
 /// A `Store` in a mutex. Same semantics as the real backends.
@@ -449,12 +452,36 @@ impl Store for MemoryStore {
                 .collect(),
         )
     }
+    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .lock()
+            .registrations
+            .iter()
+            .filter(|((s, _), r)| {
+                s == service
+                    && r.current_placement()
+                        .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub))
+            })
+            .count() as u64)
+    }
+    async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError> {
+        self.lock().latencies.insert(
+            (sample.node.clone(), sample.hub.to_ascii_lowercase()),
+            sample.clone(),
+        );
+        Ok(())
+    }
+    async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError> {
+        Ok(self.lock().latencies.values().cloned().collect())
+    }
 }
 
 /// A hub registry that remembers what it was asked and can be told to fail.
+/// Twins behave as in a hub: set on registration, kept, or carried over.
 #[derive(Default)]
 pub struct RecordingHubs {
     pub devices: Mutex<BTreeMap<(String, String), DeviceIdentity>>,
+    pub twins: Mutex<BTreeMap<(String, String), TwinSnapshot>>,
     pub calls: AtomicU64,
     pub fail_with: Mutex<Option<HubError>>,
 }
@@ -475,6 +502,35 @@ impl RecordingHubs {
     pub fn fail(&self, error: Option<HubError>) {
         *self.fail_with.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
+
+    /// The twin a hub holds for a device.
+    pub fn twin_of(&self, hub: &str, device_id: &str) -> Option<TwinSnapshot> {
+        self.twins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(hub.to_owned(), device_id.to_owned()))
+            .cloned()
+    }
+
+    /// What a device reports through its hub.
+    pub fn report(&self, hub: &str, device_id: &str, reported: serde_json::Value) {
+        if let (Some(t), serde_json::Value::Object(m)) = (
+            self.twins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&(hub.to_owned(), device_id.to_owned())),
+            reported,
+        ) {
+            t.reported.extend(m);
+        }
+    }
+
+    fn failure(&self) -> Option<HubError> {
+        self.fail_with
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 #[async_trait]
@@ -485,19 +541,122 @@ impl HubRegistry for RecordingHubs {
         device: &DeviceIdentity,
     ) -> Result<(), HubError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = self
-            .fail_with
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(e) = self.failure() {
             return Err(e);
         }
+        let key = (hub.name.clone(), device.device_id.clone());
         self.devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((hub.name.clone(), device.device_id.clone()), device.clone());
+            .insert(key.clone(), device.clone());
+        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        match &device.twin {
+            TwinSetup::Initial(t) => {
+                twins.insert(
+                    key,
+                    TwinSnapshot {
+                        tags: t.tags.clone().unwrap_or_default(),
+                        desired: t.desired().cloned().unwrap_or_default(),
+                        reported: Default::default(),
+                    },
+                );
+            }
+            TwinSetup::Keep => {
+                twins.entry(key).or_default();
+            }
+            TwinSetup::Migrate(t) => {
+                twins.insert(key, t.clone());
+            }
+        }
         Ok(())
+    }
+
+    async fn twin(
+        &self,
+        hub: &LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<TwinSnapshot>, HubError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        Ok(self.twin_of(&hub.name, device_id))
+    }
+
+    async fn remove_device(&self, hub: &LinkedHub, device_id: &str) -> Result<(), HubError> {
+        let key = (hub.name.clone(), device_id.to_owned());
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.twins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Ok(())
+    }
+}
+
+/// A webhook that answers what it is told, and remembers what it was sent.
+#[derive(Default)]
+pub struct ScriptedWebhook {
+    pub answer: Mutex<Option<Result<AllocationResponse, WebhookError>>>,
+    pub requests: Mutex<Vec<(WebhookTarget, AllocationRequest)>>,
+}
+
+impl ScriptedWebhook {
+    pub fn answer(&self, answer: Result<AllocationResponse, WebhookError>) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+    }
+
+    pub fn last_request(&self) -> Option<(WebhookTarget, AllocationRequest)> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl AllocationWebhook for ScriptedWebhook {
+    async fn allocate(
+        &self,
+        target: &WebhookTarget,
+        request: &AllocationRequest,
+    ) -> Result<AllocationResponse, WebhookError> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((target.clone(), request.clone()));
+        self.answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| Err(WebhookError::Unreachable("no answer scripted".into())))
+    }
+}
+
+/// Latencies tests set by hand (host name → milliseconds).
+#[derive(Default)]
+pub struct FixedLatency(pub Mutex<BTreeMap<String, f64>>);
+
+impl FixedLatency {
+    pub fn set(&self, hub: &str, ms: Option<f64>) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match ms {
+            Some(ms) => m.insert(hub.to_ascii_lowercase(), ms),
+            None => m.remove(&hub.to_ascii_lowercase()),
+        };
+    }
+}
+
+impl HubLatency for FixedLatency {
+    fn latency_ms(&self, hub: &str) -> Option<f64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hub.to_ascii_lowercase())
+            .copied()
     }
 }
 
@@ -547,6 +706,7 @@ pub mod conformance {
             name: name.into(),
             id_scope: IdScope::from_number(scope),
             allocation_policy: AllocationPolicy::Hashed,
+            custom_allocation: None,
             created: now(0),
         }
     }
@@ -605,6 +765,11 @@ pub mod conformance {
             state,
             operation_id: format!("op-{id}"),
             enrollment_group_id: group.map(str::to_owned),
+            placement: Some(Placement {
+                hub: "hub-a".into(),
+                device_id: id.into(),
+                initial_hub: "hub-a".into(),
+            }),
         }
     }
 
@@ -614,6 +779,7 @@ pub mod conformance {
         enrollments(&*store).await;
         groups(&*store).await;
         registrations(&*store).await;
+        placements_and_latencies(&*store).await;
         certificates(&*store).await;
         isolation(&*store).await;
     }
@@ -951,6 +1117,93 @@ pub mod conformance {
             .await
             .expect("delete");
         assert_eq!(store.registration("t1", "reg-2").await.expect("get"), None);
+    }
+
+    async fn placements_and_latencies(store: &dyn Store) {
+        // Records carry the placement beside the state, also when a failed
+        // re-registration leaves the state without a hub.
+        let mut moved = record("mover", None);
+        moved.placement = Some(Placement {
+            hub: "HUB-B".into(),
+            device_id: "mover".into(),
+            initial_hub: "hub-a".into(),
+        });
+        moved.state.assigned_hub = Some("HUB-B".into());
+        store
+            .put_registration("t1", &moved, now(90))
+            .await
+            .expect("put");
+        let mut failed = record("stuck", None);
+        failed.state.status = RegistrationStatus::Failed;
+        failed.state.assigned_hub = None;
+        failed.state.error_code = Some(400214);
+        store
+            .put_registration("t1", &failed, now(90))
+            .await
+            .expect("put");
+        let got = store
+            .registration("t1", "mover")
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(got.placement, moved.placement);
+        assert_eq!(
+            store
+                .count_devices_on_hub("t1", "hub-b")
+                .await
+                .expect("count"),
+            1
+        );
+        // "stuck" failed but its device still lives on hub-a.
+        let on_a = store
+            .count_devices_on_hub("t1", "Hub-A")
+            .await
+            .expect("count");
+        assert!(on_a >= 1, "{on_a}");
+        assert_eq!(
+            store
+                .count_devices_on_hub("t2", "hub-b")
+                .await
+                .expect("count"),
+            0,
+            "other tenants' devices are not counted"
+        );
+        store
+            .delete_registration("t1", "mover", Precondition::None)
+            .await
+            .expect("delete");
+        assert_eq!(
+            store
+                .count_devices_on_hub("t1", "hub-b")
+                .await
+                .expect("count"),
+            0
+        );
+
+        let sample = |node: &str, hub: &str, ms: Option<f64>| HubLatencySample {
+            node: node.into(),
+            hub: hub.into(),
+            latency_ms: ms,
+            error: ms.is_none().then(|| "timed out".to_owned()),
+            measured: now(100),
+        };
+        store
+            .record_hub_latency(&sample("node-1", "hub-a", Some(1.5)))
+            .await
+            .expect("record");
+        store
+            .record_hub_latency(&sample("node-1", "HUB-A", Some(2.5)))
+            .await
+            .expect("record");
+        store
+            .record_hub_latency(&sample("node-2", "hub-a", None))
+            .await
+            .expect("record");
+        let mut all = store.hub_latencies().await.expect("list");
+        all.sort_by(|a, b| a.node.cmp(&b.node));
+        assert_eq!(all.len(), 2, "one row per node and hub: {all:?}");
+        assert_eq!(all[0].latency_ms, Some(2.5));
+        assert_eq!(all[1].error.as_deref(), Some("timed out"));
     }
 
     async fn certificates(store: &dyn Store) {

@@ -15,6 +15,8 @@ use crate::{ProvisioningError, keys, x509};
 /// What a write is checked against.
 pub struct Context<'a> {
     pub linked_hubs: &'a [LinkedHub],
+    /// The service has a default webhook for custom allocation.
+    pub service_webhook: bool,
     /// The stored attestation, whose keys are kept when a write leaves them out.
     pub existing_attestation: Option<&'a AttestationMechanism>,
 }
@@ -350,8 +352,12 @@ impl Settings<'_> {
             }
             Some(AllocationPolicy::Custom) => {
                 let Some(def) = self.custom else {
+                    if ctx.service_webhook {
+                        return Ok(());
+                    }
                     return Err(ProvisioningError::invalid(
-                        "allocationPolicy custom needs customAllocationDefinition with webhookUrl and apiVersion",
+                        "allocationPolicy custom needs customAllocationDefinition with webhookUrl and apiVersion \
+                         (or a service default: onramp service update --webhook-url)",
                     ));
                 };
                 let url = def.webhook_url.trim();
@@ -411,6 +417,7 @@ mod tests {
     fn ctx() -> Context<'static> {
         Context {
             linked_hubs: &[],
+            service_webhook: false,
             existing_attestation: None,
         }
     }
@@ -448,6 +455,7 @@ mod tests {
         };
         let c = Context {
             linked_hubs: &[],
+            service_webhook: false,
             existing_attestation: Some(&stored),
         };
         let e = IndividualEnrollment {

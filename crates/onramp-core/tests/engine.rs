@@ -9,11 +9,16 @@ use onramp_core::engine::{Engine, EngineConfig, OperationRequest, RegisterReques
 use onramp_core::events::Protocol;
 use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
 use onramp_core::sas;
-use onramp_core::testing::{ManualClock, MemoryStore, RecordingHubs, conformance};
-use onramp_model::{
-    AllocationPolicy, DeviceRegistration, ErrorCode, ProvisioningStatus, RegistrationStatus,
-    Substatus, UtcTime,
+use onramp_core::testing::{
+    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance,
 };
+use onramp_model::allocation::AllocationResponse;
+use onramp_model::{
+    AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, ErrorCode,
+    IndividualEnrollment, ProvisioningStatus, RegistrationStatus, ReprovisionPolicy, Substatus,
+    UtcTime,
+};
+use serde_json::json;
 
 const SCOPE: u32 = 0xA2B3;
 
@@ -21,6 +26,8 @@ struct World {
     store: Arc<MemoryStore>,
     hubs: Arc<RecordingHubs>,
     clock: Arc<ManualClock>,
+    webhook: Arc<ScriptedWebhook>,
+    latency: Arc<FixedLatency>,
     engine: Engine,
     scope: String,
 }
@@ -45,16 +52,22 @@ async fn world(hubs: &[(&str, u32)]) -> World {
     }
     let recording = Arc::new(RecordingHubs::default());
     let clock = Arc::new(ManualClock::new(at(NOW)));
+    let webhook = Arc::new(ScriptedWebhook::default());
+    let latency = Arc::new(FixedLatency::default());
     let engine = Engine::new(
         store.clone(),
         recording.clone(),
         clock.clone(),
         EngineConfig::default(),
-    );
+    )
+    .with_webhook(webhook.clone())
+    .with_latency(latency.clone());
     World {
         store,
         hubs: recording,
         clock,
+        webhook,
+        latency,
         engine,
         scope: svc.id_scope.to_string(),
     }
@@ -90,6 +103,7 @@ impl World {
             force_registration: false,
             operation_id: self.engine.new_operation_id(),
             protocol: Protocol::Internal,
+            client_addr: None,
         }
     }
 
@@ -484,4 +498,588 @@ async fn old_and_foreign_operations_are_not_found() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::OperationNotFound);
+}
+
+// ---- Reprovisioning -------------------------------------------------------
+
+impl World {
+    async fn put(&self, e: &onramp_model::IndividualEnrollment) {
+        self.store
+            .put_enrollment("default", e, Precondition::None, at(NOW))
+            .await
+            .unwrap();
+    }
+
+    /// An enrollment with an initial twin, pinned to `hubs` (hashed among them).
+    fn enrollment_on(&self, id: &str, hubs: &[&str], policy: (bool, bool)) -> IndividualEnrollment {
+        let mut e = conformance::enrollment(id);
+        e.initial_twin = Some(
+            serde_json::from_str(r#"{"tags":{"site":"lab"},"properties":{"desired":{"rate":5}}}"#)
+                .unwrap(),
+        );
+        e.iot_hubs = Some(hubs.iter().map(|h| h.to_string()).collect());
+        e.reprovision_policy = Some(ReprovisionPolicy {
+            update_hub_assignment: policy.0,
+            migrate_device_data: policy.1,
+        });
+        e
+    }
+
+    async fn assigned(&self, id: &str) -> onramp_model::DeviceRegistrationState {
+        self.clock.advance_seconds(1);
+        let op = self.register_with_key(id, &primary()).await.unwrap();
+        let state = op.registration_state.unwrap();
+        assert_eq!(state.status, RegistrationStatus::Assigned, "{state:?}");
+        state
+    }
+}
+
+const MIGRATE: (bool, bool) = (true, true);
+const RESET: (bool, bool) = (true, false);
+const NEVER: (bool, bool) = (false, false);
+
+#[tokio::test]
+async fn migrate_policy_carries_the_twin_to_the_new_hub_and_removes_the_old_identity() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = w.enrollment_on("dev-01", &["hub-a"], MIGRATE);
+    w.put(&e).await;
+    assert_eq!(
+        w.assigned("dev-01").await.assigned_hub.as_deref(),
+        Some("hub-a")
+    );
+    // The device reports, an operator changes a desired property.
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    w.hubs
+        .twins
+        .lock()
+        .unwrap()
+        .get_mut(&("hub-a".to_owned(), "dev-01".to_owned()))
+        .unwrap()
+        .desired
+        .insert("rate".into(), json!(9));
+
+    // The enrollment's hub list changes: the device moves and keeps its data.
+    e.iot_hubs = Some(vec!["hub-b".into()]);
+    w.put(&e).await;
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
+    let twin = w.hubs.twin_of("hub-b", "dev-01").unwrap();
+    assert_eq!(twin.reported["firmware"], "1.2");
+    assert_eq!(twin.desired["rate"], 9);
+    assert_eq!(twin.tags["site"], "lab");
+    assert!(
+        w.hubs.device("hub-a", "dev-01").is_none(),
+        "old identity removed"
+    );
+
+    // Back to the first hub: named so, data still carried.
+    e.iot_hubs = Some(vec!["hub-a".into()]);
+    w.put(&e).await;
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));
+    assert_eq!(
+        state.substatus,
+        Some(Substatus::ReprovisionedToInitialAssignment)
+    );
+    assert_eq!(
+        w.hubs.twin_of("hub-a", "dev-01").unwrap().reported["firmware"],
+        "1.2"
+    );
+    assert!(w.hubs.device("hub-b", "dev-01").is_none());
+
+    // Unchanged: stays, twin kept, substatus unchanged.
+    let state = w.assigned("dev-01").await;
+    assert_eq!(
+        state.substatus,
+        Some(Substatus::ReprovisionedToInitialAssignment)
+    );
+    assert_eq!(
+        w.hubs.device("hub-a", "dev-01").unwrap().twin,
+        TwinSetup::Keep
+    );
+}
+
+#[tokio::test]
+async fn reset_policy_gives_the_initial_twin_on_a_move_and_on_the_same_hub() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = w.enrollment_on("dev-01", &["hub-a"], RESET);
+    w.put(&e).await;
+    w.assigned("dev-01").await;
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    // Same hub: a factory reset.
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert!(
+        w.hubs
+            .twin_of("hub-a", "dev-01")
+            .unwrap()
+            .reported
+            .is_empty()
+    );
+    // A move: the new hub gets the initial twin, the old identity goes.
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.3"}));
+    e.iot_hubs = Some(vec!["hub-b".into()]);
+    w.put(&e).await;
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    let twin = w.hubs.twin_of("hub-b", "dev-01").unwrap();
+    assert!(twin.reported.is_empty());
+    assert_eq!(twin.desired["rate"], 5);
+    assert!(w.hubs.device("hub-a", "dev-01").is_none());
+}
+
+#[tokio::test]
+async fn never_policy_stays_unless_forced_or_its_hub_is_unlinked() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 1)]).await;
+    let mut e = w.enrollment_on("dev-01", &["hub-a"], NEVER);
+    w.put(&e).await;
+    w.assigned("dev-01").await;
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    e.iot_hubs = Some(vec!["hub-b".into()]);
+    w.put(&e).await;
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"), "never moves");
+    assert_eq!(
+        w.hubs.twin_of("hub-a", "dev-01").unwrap().reported["firmware"],
+        "1.2"
+    );
+
+    // Forced: allocation runs again.
+    w.clock.advance_seconds(1);
+    let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 3600));
+    req.force_registration = true;
+    let state = w
+        .engine
+        .register(req)
+        .await
+        .unwrap()
+        .registration_state
+        .unwrap();
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert!(w.hubs.device("hub-a", "dev-01").is_none());
+
+    // Its hub is unlinked: it has to go somewhere else.
+    e.iot_hubs = Some(vec!["hub-c".into()]);
+    w.put(&e).await;
+    assert!(w.store.delete_linked_hub("default", "hub-b").await.unwrap());
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-c"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+}
+
+#[tokio::test]
+async fn a_removed_hub_cannot_be_migrated_from_so_the_device_starts_afresh() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let e = w.enrollment_on("dev-01", &[], MIGRATE);
+    w.put(&e).await;
+    let first = w.assigned("dev-01").await.assigned_hub.unwrap();
+    let other = if first == "hub-a" { "hub-b" } else { "hub-a" };
+    assert_eq!(
+        w.store
+            .count_devices_on_hub("default", &first)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(w.store.delete_linked_hub("default", &first).await.unwrap());
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some(other));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert_eq!(w.hubs.twin_of(other, "dev-01").unwrap().desired["rate"], 5);
+}
+
+#[tokio::test]
+async fn a_device_that_moves_to_another_enrollment_follows_the_new_one() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut g = conformance::group("line-1");
+    g.allocation_policy = Some(AllocationPolicy::Static);
+    g.iot_hubs = Some(vec!["hub-a".into()]);
+    w.store
+        .put_enrollment_group("default", &g, Precondition::None, at(NOW))
+        .await
+        .unwrap();
+    let key = sas::derive_device_key(&primary(), "unit-7").unwrap();
+    let op = w.register_with_key("unit-7", &key).await.unwrap();
+    assert_eq!(
+        op.registration_state.unwrap().assigned_hub.as_deref(),
+        Some("hub-a")
+    );
+    w.hubs.report("hub-a", "unit-7", json!({"firmware": "2.0"}));
+
+    // The device gets its own enrollment, on hub-b, with the same key.
+    let mut e = w.enrollment_on("unit-7", &["hub-b"], MIGRATE);
+    e.attestation = Some(onramp_model::AttestationMechanism {
+        kind: onramp_model::AttestationType::SymmetricKey,
+        symmetric_key: Some(onramp_model::SymmetricKeyAttestation {
+            primary_key: Some(onramp_model::Secret::new(key.clone())),
+            secondary_key: Some(onramp_model::Secret::new(key.clone())),
+        }),
+        ..Default::default()
+    });
+    w.put(&e).await;
+    w.clock.advance_seconds(1);
+    let state = w
+        .register_with_key("unit-7", &key)
+        .await
+        .unwrap()
+        .registration_state
+        .unwrap();
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
+    assert_eq!(state.symmetric_key, None, "no group any more");
+    assert_eq!(
+        w.hubs.twin_of("hub-b", "unit-7").unwrap().reported["firmware"],
+        "2.0"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_move_keeps_the_device_where_its_data_is() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = w.enrollment_on("dev-01", &["hub-a"], MIGRATE);
+    w.put(&e).await;
+    w.assigned("dev-01").await;
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    e.iot_hubs = Some(vec!["hub-b".into()]);
+    w.put(&e).await;
+    w.hubs
+        .fail(Some(HubError::Unreachable("connection refused".into())));
+    w.clock.advance_seconds(1);
+    let op = w.register_with_key("dev-01", &primary()).await.unwrap();
+    assert_eq!(op.status, RegistrationStatus::Failed);
+    let state = op.registration_state.unwrap();
+    assert_eq!(state.error_code, Some(500002));
+    assert!(state.error_message.unwrap().contains("to migrate it"));
+    w.hubs.fail(None);
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
+    assert_eq!(
+        w.hubs.twin_of("hub-b", "dev-01").unwrap().reported["firmware"],
+        "1.2"
+    );
+}
+
+// ---- Custom allocation ----------------------------------------------------
+
+fn custom_enrollment(id: &str) -> IndividualEnrollment {
+    let mut e = conformance::enrollment(id);
+    e.allocation_policy = Some(AllocationPolicy::Custom);
+    e.custom_allocation_definition = Some(CustomAllocationDefinition {
+        webhook_url: "https://alloc.example.net/api/choose?code=s3cret".into(),
+        api_version: "2021-10-01".into(),
+    });
+    e.initial_twin = Some(serde_json::from_str(r#"{"tags":{"from":"enrollment"}}"#).unwrap());
+    e
+}
+
+#[tokio::test]
+async fn custom_webhook_sees_the_device_payload_and_its_answer_reaches_the_device() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    w.put(&custom_enrollment("toaster-1")).await;
+    w.webhook.answer(Ok(AllocationResponse {
+        iot_hub_host_name: Some("HUB-B".into()),
+        initial_twin: Some(
+            serde_json::from_str(
+                r#"{"tags":{"kind":"toaster"},"properties":{"desired":{"heat":3}}}"#,
+            )
+            .unwrap(),
+        ),
+        payload: Some(json!({"welcome": "toaster"})),
+    }));
+    let mut req = w.request("toaster-1", w.token("toaster-1", &primary(), NOW + 3600));
+    req.body.payload = Some(json!({"model": "toaster"}));
+    let state = w
+        .engine
+        .register(req)
+        .await
+        .unwrap()
+        .registration_state
+        .unwrap();
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
+    assert_eq!(state.payload, Some(json!({"welcome": "toaster"})));
+    let twin = w.hubs.twin_of("hub-b", "toaster-1").unwrap();
+    assert_eq!(
+        twin.tags["kind"], "toaster",
+        "the webhook's initial twin wins"
+    );
+    assert_eq!(twin.desired["heat"], 3);
+
+    let (target, sent) = w.webhook.last_request().unwrap();
+    assert_eq!(target.display_url(), "https://alloc.example.net/api/choose");
+    assert_eq!(
+        sent.device_runtime_context.payload,
+        Some(json!({"model": "toaster"}))
+    );
+    assert_eq!(sent.device_runtime_context.registration_id, "toaster-1");
+    assert_eq!(sent.device_runtime_context.current_iot_hub_host_name, None);
+    assert_eq!(sent.linked_hubs, vec!["hub-a", "hub-b"]);
+    let text = serde_json::to_string(&sent).unwrap();
+    assert!(
+        !text.contains(&primary()),
+        "keys never reach the webhook: {text}"
+    );
+    assert!(text.contains(r#""symmetricKey":{}"#), "{text}");
+
+    // Registering again: the webhook learns where the device is.
+    w.clock.advance_seconds(1);
+    w.register_with_key("toaster-1", &primary()).await.unwrap();
+    let (_, sent) = w.webhook.last_request().unwrap();
+    assert_eq!(
+        sent.device_runtime_context
+            .current_iot_hub_host_name
+            .as_deref(),
+        Some("hub-b")
+    );
+    assert_eq!(
+        sent.device_runtime_context.current_device_id.as_deref(),
+        Some("toaster-1")
+    );
+}
+
+#[tokio::test]
+async fn custom_webhook_under_never_policy_is_offered_only_the_current_hub() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = custom_enrollment("dev-01");
+    e.reprovision_policy = Some(ReprovisionPolicy {
+        update_hub_assignment: false,
+        migrate_device_data: false,
+    });
+    w.put(&e).await;
+    w.webhook.answer(Ok(AllocationResponse {
+        iot_hub_host_name: Some("hub-a".into()),
+        ..Default::default()
+    }));
+    w.assigned("dev-01").await;
+    w.webhook.answer(Ok(AllocationResponse {
+        iot_hub_host_name: Some("hub-a".into()),
+        payload: Some(json!({"again": true})),
+        ..Default::default()
+    }));
+    let state = w.assigned("dev-01").await;
+    assert_eq!(state.payload, Some(json!({"again": true})));
+    assert_eq!(
+        w.webhook.last_request().unwrap().1.linked_hubs,
+        vec!["hub-a"]
+    );
+}
+
+#[tokio::test]
+async fn custom_webhook_failures_are_recorded_with_their_own_codes_and_no_hub_device() {
+    use onramp_core::ports::WebhookError;
+    let w = world(&[("hub-a", 1)]).await;
+    w.put(&custom_enrollment("dev-01")).await;
+    let cases: Vec<(Result<AllocationResponse, WebhookError>, i32, &str)> = vec![
+        (
+            Err(WebhookError::Timeout(5000)),
+            400211,
+            "did not answer within 5000 ms",
+        ),
+        (
+            Err(WebhookError::Status {
+                status: 500,
+                body: "boom".into(),
+            }),
+            400207,
+            "answered HTTP 500: boom",
+        ),
+        (
+            Err(WebhookError::InvalidResponse(
+                "expected value at line 1".into(),
+            )),
+            400212,
+            "not an allocation response",
+        ),
+        (
+            Ok(AllocationResponse {
+                iot_hub_host_name: Some("elsewhere.example.net".into()),
+                ..Default::default()
+            }),
+            400213,
+            "'elsewhere.example.net', which is not among the hubs",
+        ),
+        (
+            Err(WebhookError::Unreachable("connection refused".into())),
+            400214,
+            "could not be reached (connection refused)",
+        ),
+        (
+            Ok(AllocationResponse::default()),
+            400208,
+            "without iotHubHostName",
+        ),
+        (
+            Ok(AllocationResponse {
+                iot_hub_host_name: Some("hub-a".into()),
+                payload: Some(json!("text")),
+                ..Default::default()
+            }),
+            400212,
+            "payload that is not a JSON object",
+        ),
+    ];
+    for (answer, code, words) in cases {
+        w.webhook.answer(answer);
+        w.clock.advance_seconds(1);
+        let op = w.register_with_key("dev-01", &primary()).await.unwrap();
+        assert_eq!(op.status, RegistrationStatus::Failed);
+        let state = op.registration_state.unwrap();
+        assert_eq!(state.error_code, Some(code), "{state:?}");
+        let message = state.error_message.unwrap();
+        assert!(message.contains(words), "{message}");
+        assert!(
+            !message.contains("s3cret"),
+            "the webhook's code stays secret: {message}"
+        );
+        let recorded = w
+            .store
+            .registration("default", "dev-01")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(recorded.state.error_code, Some(code));
+        assert_eq!(w.hubs.count(), 0, "no hub device for {code}");
+    }
+}
+
+#[tokio::test]
+async fn the_service_default_webhook_serves_enrollments_without_one() {
+    let w = world(&[("hub-a", 1)]).await;
+    let mut e = custom_enrollment("dev-01");
+    e.custom_allocation_definition = None;
+    w.put(&e).await;
+    let op = w.register_with_key("dev-01", &primary()).await.unwrap();
+    assert_eq!(op.registration_state.unwrap().error_code, Some(400207));
+
+    let mut svc = w.store.service("default").await.unwrap().unwrap();
+    svc.custom_allocation = Some(CustomAllocationDefinition {
+        webhook_url: "http://127.0.0.1:9/default".into(),
+        api_version: "2021-10-01".into(),
+    });
+    w.store.update_service(&svc).await.unwrap();
+    w.webhook.answer(Ok(AllocationResponse {
+        iot_hub_host_name: Some("hub-a".into()),
+        ..Default::default()
+    }));
+    w.assigned("dev-01").await;
+    assert_eq!(
+        w.webhook.last_request().unwrap().0.url,
+        "http://127.0.0.1:9/default"
+    );
+}
+
+// ---- Lowest latency, capabilities, device IDs, tenants --------------------
+
+#[tokio::test]
+async fn lowest_latency_skips_the_slow_hub_until_it_recovers() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 1)]).await;
+    let mut g = conformance::group("fleet");
+    g.allocation_policy = Some(AllocationPolicy::GeoLatency);
+    w.store
+        .put_enrollment_group("default", &g, Precondition::None, at(NOW))
+        .await
+        .unwrap();
+    w.latency.set("hub-a", Some(1.0));
+    w.latency.set("hub-b", Some(2.0));
+    w.latency.set("hub-c", Some(150.0));
+    let count = |from: usize, n: usize| {
+        let w = &w;
+        async move {
+            let mut counts = std::collections::HashMap::<String, usize>::new();
+            for i in from..from + n {
+                let id = format!("geo-{i}");
+                let key = sas::derive_device_key(&primary(), &id).unwrap();
+                let hub = w
+                    .register_with_key(&id, &key)
+                    .await
+                    .unwrap()
+                    .registration_state
+                    .unwrap()
+                    .assigned_hub
+                    .unwrap();
+                *counts.entry(hub).or_default() += 1;
+            }
+            counts
+        }
+    };
+    let slow = count(0, 300).await;
+    assert_eq!(slow.get("hub-c"), None, "{slow:?}");
+    assert!(slow["hub-a"] > 100 && slow["hub-b"] > 100, "{slow:?}");
+    w.latency.set("hub-c", Some(1.5));
+    let fast = count(300, 300).await;
+    assert!(fast["hub-c"] > 60, "{fast:?}");
+}
+
+#[tokio::test]
+async fn edge_enrollments_create_edge_devices_and_device_id_overrides_the_registration_id() {
+    let w = world(&[("hub-a", 1)]).await;
+    let mut e = conformance::enrollment("gateway-1");
+    e.capabilities = Some(onramp_model::DeviceCapabilities { iot_edge: true });
+    e.device_id = Some("edge-gw-001".into());
+    w.put(&e).await;
+    let state = w.assigned("gateway-1").await;
+    assert_eq!(state.device_id.as_deref(), Some("edge-gw-001"));
+    let device = w.hubs.device("hub-a", "edge-gw-001").unwrap();
+    assert!(device.capabilities.iot_edge);
+}
+
+#[tokio::test]
+async fn tenants_with_colliding_registration_ids_stay_apart() {
+    let w = world(&[("hub-a", 1)]).await;
+    w.enroll("dev-01").await;
+    let other = conformance::service("other", 0xB0B0);
+    w.store
+        .create_service(&other, &[conformance::owner("b3RoZXI=")])
+        .await
+        .unwrap();
+    w.store
+        .put_linked_hub("other", &conformance::hub("hub-z"))
+        .await
+        .unwrap();
+    let mut theirs = conformance::enrollment("dev-01");
+    let their_key = "dGhlaXItZGV2aWNlLWtleS0xMjM0NTY3ODkwMTI=";
+    theirs
+        .attestation
+        .as_mut()
+        .unwrap()
+        .symmetric_key
+        .as_mut()
+        .unwrap()
+        .primary_key = Some(onramp_model::Secret::new(their_key));
+    w.store
+        .put_enrollment("other", &theirs, Precondition::None, at(NOW))
+        .await
+        .unwrap();
+
+    // A valid token of scope A does not open scope B.
+    let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 3600));
+    req.id_scope = other.id_scope.to_string();
+    let err = w.engine.register(req).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthorized);
+
+    // Each tenant's dev-01 registers with its own key, into its own hub.
+    w.register_with_key("dev-01", &primary()).await.unwrap();
+    let resource = format!("{}/registrations/dev-01", other.id_scope);
+    let token = sas::sign(&resource, their_key, NOW + 3600, Some("registration")).unwrap();
+    let mut req = w.request("dev-01", DeviceCredential::SasToken(token));
+    req.id_scope = other.id_scope.to_string();
+    let theirs = w
+        .engine
+        .register(req)
+        .await
+        .unwrap()
+        .registration_state
+        .unwrap();
+    assert_eq!(theirs.assigned_hub.as_deref(), Some("hub-z"));
+    let ours = w
+        .store
+        .registration("default", "dev-01")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours.state.assigned_hub.as_deref(), Some("hub-a"));
+    assert_ne!(ours.state.etag, theirs.etag);
 }

@@ -118,6 +118,7 @@ impl World {
                 force_registration: false,
                 operation_id: self.engine.new_operation_id(),
                 protocol: Protocol::Internal,
+                client_addr: None,
             })
             .await
     }

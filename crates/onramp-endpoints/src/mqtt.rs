@@ -111,6 +111,7 @@ impl MqttApp for DpsMqtt {
             registration_id: registration_id.to_owned(),
             credential,
             protocol,
+            client_addr: info.remote.ip(),
         }))
     }
 }
@@ -122,6 +123,7 @@ struct DpsSession {
     registration_id: String,
     credential: DeviceCredential,
     protocol: Protocol,
+    client_addr: std::net::IpAddr,
 }
 
 impl DpsSession {
@@ -181,6 +183,7 @@ impl DpsSession {
             force_registration: false,
             operation_id: self.engine.new_operation_id(),
             protocol: self.protocol,
+            client_addr: Some(self.client_addr),
         };
         crate::provision::register_within(&self.engine, request, self.config.register_reply_budget)
             .await

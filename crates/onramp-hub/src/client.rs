@@ -5,7 +5,8 @@
 //! Registering a device is: `PUT /devices/{id}` without `If-Match` (create);
 //! on 409 the device exists and the same PUT with `If-Match: "*"` updates it;
 //! then `PUT /twins/{id}` sets the initial tags and desired properties when
-//! the engine asks for them.
+//! the engine asks for them, or a bulk `updateTwin` carries a whole twin
+//! from the hub a device left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,12 +14,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onramp_core::connection_string::ConnectionString;
-use onramp_core::ports::{DeviceIdentity, HubError, HubRegistry, IdentityAuth, TwinSetup};
+use onramp_core::ports::{
+    DeviceIdentity, HubError, HubRegistry, IdentityAuth, TwinSetup, TwinSnapshot,
+};
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
 use onramp_model::hub::{
-    AuthenticationMechanism, AuthenticationType, Device, DeviceStatus, HUB_API_VERSION,
-    HubErrorBody, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+    AuthenticationMechanism, AuthenticationType, BulkRegistryOperationResult, Device, DeviceStatus,
+    ExportImportDevice, HUB_API_VERSION, HubErrorBody, ImportMode, SymmetricKey, Twin,
+    TwinProperties, X509Thumbprint,
 };
 use reqwest::StatusCode;
 
@@ -294,6 +298,9 @@ impl HubRegistry for HubClient {
             }
             other => return Err(failure(other, &resp)),
         };
+        if let TwinSetup::Migrate(snapshot) = &device.twin {
+            return self.import_twin(&creds, &device.device_id, snapshot).await;
+        }
         if let TwinSetup::Initial(initial) = &device.twin
             && (existed || !initial.is_empty())
         {
@@ -320,6 +327,85 @@ impl HubRegistry for HubClient {
             }
         }
         Ok(())
+    }
+
+    async fn twin(
+        &self,
+        hub: &LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<TwinSnapshot>, HubError> {
+        let Some(twin) = self.get_twin(hub, device_id).await? else {
+            return Ok(None);
+        };
+        let props = twin.properties.unwrap_or_default();
+        let clean = |m: Option<serde_json::Map<String, serde_json::Value>>| {
+            let mut m = m.unwrap_or_default();
+            m.retain(|k, _| !k.starts_with('$'));
+            m
+        };
+        Ok(Some(TwinSnapshot {
+            tags: twin.tags.unwrap_or_default(),
+            desired: clean(props.desired),
+            reported: clean(props.reported),
+        }))
+    }
+
+    async fn remove_device(&self, hub: &LinkedHub, device_id: &str) -> Result<(), HubError> {
+        let creds = Self::credentials(hub)?;
+        let (status, body) = self
+            .send(
+                &creds,
+                reqwest::Method::DELETE,
+                &format!("devices/{}", encode(device_id)),
+                Some("\"*\""),
+                None::<&()>,
+            )
+            .await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Ok(()),
+            other => Err(failure(other, &body)),
+        }
+    }
+}
+
+impl HubClient {
+    /// Overwrites a twin with one carried from another hub, reported
+    /// properties included: the service API cannot write those, the bulk
+    /// registry operation (`importMode: updateTwin`) can.
+    async fn import_twin(
+        &self,
+        creds: &Credentials,
+        device_id: &str,
+        snapshot: &TwinSnapshot,
+    ) -> Result<(), HubError> {
+        let item = ExportImportDevice {
+            id: device_id.to_owned(),
+            import_mode: Some(ImportMode::UpdateTwin),
+            tags: Some(snapshot.tags.clone()),
+            properties: Some(TwinProperties {
+                desired: Some(snapshot.desired.clone()),
+                reported: Some(snapshot.reported.clone()),
+            }),
+            ..Default::default()
+        };
+        let (status, body) = self
+            .send(creds, reqwest::Method::POST, "devices", None, Some(&[item]))
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        match serde_json::from_slice::<BulkRegistryOperationResult>(&body) {
+            Ok(result) if !result.errors.is_empty() => Err(HubError::Rejected(
+                result
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.error_code, e.error_status))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            _ => Err(failure(status, &body)),
+        }
     }
 }
 

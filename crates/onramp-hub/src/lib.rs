@@ -6,11 +6,14 @@
 //! - [`companion`]: Onramp's own IoT hub, which implements that REST subset
 //!   with its own store, so the whole provisioning flow works on one machine.
 //!   `onramp serve` embeds it; `onramp hub serve` runs it alone.
+//! - [`latency`]: this node's measured round trip to each linked hub, for
+//!   lowest-latency allocation.
 //! - [`twin`]: twin documents and their merge rules, shared by both.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod companion;
+pub mod latency;
 pub mod twin;
 
 pub use client::HubClient;

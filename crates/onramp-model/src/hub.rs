@@ -124,6 +124,68 @@ pub struct TwinProperties {
     pub reported: Option<TwinCollection>,
 }
 
+/// One item of a bulk registry operation (`POST /devices`), at most 100 per call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportImportDevice {
+    #[serde(default)]
+    pub id: String,
+    #[serde(rename = "eTag", default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_mode: Option<ImportMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<AuthenticationMechanism>,
+    #[serde(rename = "twinETag", default, skip_serializing_if = "Option::is_none")]
+    pub twin_e_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TwinCollection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<TwinProperties>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<DeviceCapabilities>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImportMode {
+    #[default]
+    Create,
+    Update,
+    #[serde(rename = "updateIfMatchETag")]
+    UpdateIfMatchETag,
+    Delete,
+    #[serde(rename = "deleteIfMatchETag")]
+    DeleteIfMatchETag,
+    /// Overwrites the twin's tags and properties with the ones given,
+    /// reported properties included.
+    UpdateTwin,
+    #[serde(rename = "updateTwinIfMatchETag")]
+    UpdateTwinIfMatchETag,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkRegistryOperationResult {
+    pub is_successful: bool,
+    #[serde(default)]
+    pub errors: Vec<DeviceRegistryOperationError>,
+    #[serde(default)]
+    pub warnings: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistryOperationError {
+    pub device_id: String,
+    pub error_code: String,
+    pub error_status: String,
+}
+
 /// The error body IoT Hub returns: `{"Message": "ErrorCode:<Name>;<text>", "ExceptionMessage": "…"}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HubErrorBody {

@@ -11,12 +11,14 @@
 //!   the registration state the service API exposes.
 //! - [`query`]: query specifications and bulk operations of the service API.
 //! - [`error`]: the Azure error body and Onramp's catalogue of error codes.
+//! - [`allocation`]: the custom-allocation webhook contract.
 //! - [`certificate`]: CA certificates and their proof of possession.
 //! - [`hub`]: IoT Hub device identities and twins.
 //!
 //! Nothing here does I/O or holds business rules; it is data with `serde`.
 #![forbid(unsafe_code)]
 
+pub mod allocation;
 pub mod certificate;
 pub mod enrollment;
 pub mod error;

@@ -5,6 +5,7 @@
 use onramp_core::keys;
 use onramp_core::ports::Store;
 use onramp_core::tenant::{AccessRights, LinkedHub, OWNER_POLICY, SharedAccessPolicy};
+use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
 use crate::cli::{LinkedHubCommand, Location, ServiceCommand};
 use crate::config::Config;
@@ -26,6 +27,13 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             println!("ID scope              {}", service.id_scope);
             println!("Global device endpoint {endpoint}");
             println!("Allocation policy     {}", service.allocation_policy);
+            if let Some(d) = &service.custom_allocation {
+                println!(
+                    "Default webhook       {} (api-version {})",
+                    d.webhook_url.split('?').next().unwrap_or_default(),
+                    d.api_version
+                );
+            }
             for p in store.policies(&name).await? {
                 println!("Policy {:<24} rights: {}", p.name, p.rights);
                 println!("  connection string   {}", p.connection_string(&endpoint));
@@ -56,12 +64,19 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Create { location, name } => {
+        ServiceCommand::Create {
+            location,
+            name,
+            allocation_policy,
+        } => {
             let config = Config::load(&location)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let store = local::open_store(&config, local::sealer(&config)?)?;
-            let (service, owner) =
-                local::create_service(&*store, &name, config.allocation_policy()?).await?;
+            let policy = match allocation_policy {
+                Some(p) => service_default_policy(&p, false)?,
+                None => config.allocation_policy()?,
+            };
+            let (service, owner) = local::create_service(&*store, &name, policy).await?;
             println!(
                 "Created provisioning service '{}' with ID scope {}.",
                 service.name, service.id_scope
@@ -73,6 +88,57 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             println!(
                 "It has no linked hub yet: onramp linked-hub add --service {} --connection-string …",
                 service.name
+            );
+            Ok(())
+        }
+        ServiceCommand::Update {
+            location,
+            name,
+            allocation_policy,
+            webhook_url,
+            webhook_api_version,
+            no_webhook,
+        } => {
+            let (_, store, name) = open(&location, name).await?;
+            let mut service = store
+                .service(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no provisioning service named '{name}'"))?;
+            if let Some(url) = webhook_url {
+                let url = url.trim().to_owned();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    anyhow::bail!("--webhook-url '{url}' is not an http(s) URL");
+                }
+                service.custom_allocation = Some(CustomAllocationDefinition {
+                    webhook_url: url,
+                    api_version: webhook_api_version,
+                });
+            }
+            if no_webhook {
+                service.custom_allocation = None;
+            }
+            if let Some(p) = allocation_policy {
+                service.allocation_policy =
+                    service_default_policy(&p, service.custom_allocation.is_some())?;
+            }
+            if service.allocation_policy == AllocationPolicy::Custom
+                && service.custom_allocation.is_none()
+            {
+                anyhow::bail!(
+                    "the default policy is custom, which needs a default webhook: add --webhook-url, \
+                     or choose another --allocation-policy"
+                );
+            }
+            store.update_service(&service).await?;
+            println!(
+                "Provisioning service '{}': default allocation policy {}, default webhook {}.",
+                service.name,
+                service.allocation_policy,
+                service.custom_allocation.as_ref().map_or("none", |d| d
+                    .webhook_url
+                    .split('?')
+                    .next()
+                    .unwrap_or_default())
             );
             Ok(())
         }
@@ -152,13 +218,24 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
         }
         LinkedHubCommand::List { location, service } => {
             let (_, store, service) = open(&location, service).await?;
+            let latencies = store.hub_latencies().await?;
             println!(
-                "{:<40} {:<12} {:>6} {:<9} KIND",
-                "NAME", "REGION", "WEIGHT", "ALLOCATE"
+                "{:<36} {:<12} {:>6} {:<9} {:<9} {:>8}  LATENCY (node: smoothed round trip)",
+                "NAME", "REGION", "WEIGHT", "ALLOCATE", "KIND", "DEVICES"
             );
             for h in store.linked_hubs(&service).await? {
+                let devices = store.count_devices_on_hub(&service, &h.name).await?;
+                let measured: Vec<String> = latencies
+                    .iter()
+                    .filter(|l| h.is_named(&l.hub))
+                    .map(|l| match (l.latency_ms, &l.error) {
+                        (Some(ms), _) => format!("{}: {ms:.1} ms", l.node),
+                        (None, Some(e)) => format!("{}: down ({e})", l.node),
+                        (None, None) => format!("{}: not measured", l.node),
+                    })
+                    .collect();
                 println!(
-                    "{:<40} {:<12} {:>6} {:<9} {}",
+                    "{:<36} {:<12} {:>6} {:<9} {:<9} {:>8}  {}",
                     h.name,
                     h.location,
                     h.allocation_weight,
@@ -167,17 +244,104 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
                     } else {
                         "no"
                     },
-                    if h.embedded { "embedded" } else { "linked" }
+                    if h.embedded {
+                        "embedded"
+                    } else if h.companion {
+                        "companion"
+                    } else {
+                        "linked"
+                    },
+                    devices,
+                    if measured.is_empty() {
+                        "not measured yet".to_owned()
+                    } else {
+                        measured.join(", ")
+                    }
                 );
             }
+            Ok(())
+        }
+        LinkedHubCommand::Update {
+            location,
+            name,
+            connection_string,
+            region,
+            weight,
+            allocation,
+            service,
+        } => {
+            let (_, store, service) = open(&location, service).await?;
+            let mut link = store
+                .linked_hubs(&service)
+                .await?
+                .into_iter()
+                .find(|h| h.is_named(&name))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "hub '{name}' is not linked to '{service}'; see onramp linked-hub list"
+                    )
+                })?;
+            if let Some(cs) = connection_string {
+                let fresh = LinkedHub::from_connection_string(&cs, &link.location, 1, true)
+                    .map_err(anyhow::Error::msg)?;
+                if !fresh.is_named(&link.name) {
+                    anyhow::bail!(
+                        "the connection string is for hub '{}', not '{}'; link that hub with onramp linked-hub add",
+                        fresh.name,
+                        link.name
+                    );
+                }
+                link.connection_string = fresh.connection_string;
+            }
+            if let Some(r) = region {
+                link.location = r;
+            }
+            if let Some(w) = weight {
+                if !(1..=LinkedHub::MAX_WEIGHT).contains(&w) {
+                    anyhow::bail!(
+                        "--weight {w} is out of range; use 1 to {}",
+                        LinkedHub::MAX_WEIGHT
+                    );
+                }
+                link.allocation_weight = w;
+            }
+            if let Some(a) = allocation {
+                link.apply_allocation_policy = a == "on";
+            }
+            store.put_linked_hub(&service, &link).await?;
+            println!(
+                "Hub {} of '{service}': region {}, weight {}, allocation {}.",
+                link.name,
+                link.location,
+                link.allocation_weight,
+                if link.apply_allocation_policy {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
             Ok(())
         }
         LinkedHubCommand::Remove {
             location,
             name,
             service,
+            yes,
         } => {
             let (_, store, service) = open(&location, service).await?;
+            let devices = store.count_devices_on_hub(&service, &name).await?;
+            if devices > 0
+                && !yes
+                && !confirm(&format!(
+                    "{devices} device(s) of '{service}' are registered on hub {name}. They stay there, but \
+                 when they register again Onramp cannot migrate their data from an unlinked hub. Unlink it?"
+                ))?
+            {
+                anyhow::bail!(
+                    "hub {name} still holds {devices} device(s) of '{service}'; nothing was changed \
+                     (repeat with --yes to unlink it anyway)"
+                );
+            }
             if store.delete_linked_hub(&service, &name).await? {
                 println!(
                     "Unlinked hub {name} from '{service}'. Devices already on it stay there until they register again."
@@ -189,6 +353,32 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
                 )
             }
         }
+    }
+}
+
+/// Asks on the terminal; without one (scripts, CI) the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
+}
+
+/// A service-level default policy (custom only with a default webhook).
+fn service_default_policy(text: &str, has_webhook: bool) -> anyhow::Result<AllocationPolicy> {
+    match AllocationPolicy::parse(text) {
+        Some(AllocationPolicy::Custom) if !has_webhook => {
+            anyhow::bail!("custom as the default policy needs a default webhook: add --webhook-url")
+        }
+        Some(p) => Ok(p),
+        None => anyhow::bail!(
+            "allocation policy '{text}' is unknown; use hashed, geoLatency, static or custom"
+        ),
     }
 }
 

@@ -227,6 +227,15 @@ pub struct ServeArgs {
     /// Store durability: full (fsync every commit) or normal.
     #[arg(long, env = "ONRAMP_STORE_DURABILITY")]
     pub store_durability: Option<String>,
+    /// Region this node runs in (compared with linked hubs' locations).
+    #[arg(long, env = "ONRAMP_NODE_REGION")]
+    pub node_region: Option<String>,
+    /// Milliseconds between two measurements of the latency to each linked hub.
+    #[arg(long, env = "ONRAMP_LATENCY_PROBE_INTERVAL_MS")]
+    pub latency_probe_interval_ms: Option<u64>,
+    /// Milliseconds a custom-allocation webhook has to answer.
+    #[arg(long, env = "ONRAMP_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,6 +292,29 @@ pub enum ServiceCommand {
         #[command(flatten)]
         location: Location,
         name: String,
+        /// Policy for enrollments that name none: hashed, geoLatency or static.
+        #[arg(long)]
+        allocation_policy: Option<String>,
+    },
+    /// Change a provisioning service's allocation defaults.
+    Update {
+        #[command(flatten)]
+        location: Location,
+        /// Service name (default: the configured one).
+        name: Option<String>,
+        /// Policy for enrollments that name none: hashed, geoLatency, static,
+        /// or custom (with a default webhook).
+        #[arg(long)]
+        allocation_policy: Option<String>,
+        /// Default custom-allocation webhook, for enrollments without their own.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The DPS api-version the webhook is written for.
+        #[arg(long, default_value = "2021-10-01")]
+        webhook_api_version: String,
+        /// Remove the default webhook.
+        #[arg(long, conflicts_with = "webhook_url")]
+        no_webhook: bool,
     },
     /// Add (or replace) a shared access policy and print its connection string.
     AddPolicy {
@@ -339,13 +371,36 @@ pub enum LinkedHubCommand {
         #[arg(long)]
         service: Option<String>,
     },
-    /// Unlink a hub.
+    /// Change a linked hub's allocation settings or connection string.
+    Update {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        connection_string: Option<String>,
+        /// Region of the hub.
+        #[arg(long)]
+        region: Option<String>,
+        /// Allocation weight, 1 to 1000.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Whether the hub takes new devices by allocation (on) or only
+        /// when an enrollment names it (off).
+        #[arg(long, value_parser = ["on", "off"])]
+        allocation: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Unlink a hub. Devices on it stay there until they register again.
     Remove {
         #[command(flatten)]
         location: Location,
         name: String,
         #[arg(long)]
         service: Option<String>,
+        /// Unlink even when devices are registered on the hub.
+        #[arg(long)]
+        yes: bool,
     },
 }
 

@@ -24,8 +24,69 @@ pub struct Config {
     pub service: ServiceConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub node: NodeConfig,
+    pub allocation: AllocationConfig,
     /// Hubs linked to the service at start.
     pub linked_hubs: Vec<LinkedHubConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name in latency measurements (default: the host name).
+    pub name: String,
+    /// The region this node runs in, e.g. westeurope (empty: unknown).
+    pub region: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        Self {
+            name: host.unwrap_or_else(|| "onramp".into()),
+            region: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllocationConfig {
+    /// How often each linked hub's round trip is measured.
+    pub latency_probe_interval_ms: u64,
+    /// A probe that takes longer counts as a failure.
+    pub latency_probe_timeout_ms: u64,
+    /// Hubs this close to the fastest share lowest-latency devices.
+    pub latency_tolerance_ms: f64,
+    /// How long a custom-allocation webhook has to answer.
+    pub webhook_timeout_ms: u64,
+    /// Client networks and their regions: a device from one of them is
+    /// placed on a hub of that region (lowest-latency allocation).
+    pub networks: Vec<NetworkRegion>,
+}
+
+impl Default for AllocationConfig {
+    fn default() -> Self {
+        Self {
+            latency_probe_interval_ms: 10_000,
+            latency_probe_timeout_ms: 2_000,
+            latency_tolerance_ms: 10.0,
+            webhook_timeout_ms: 10_000,
+            networks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRegion {
+    /// A CIDR block, e.g. 10.20.0.0/16 or 2001:db8::/32.
+    pub network: ipnet::IpNet,
+    pub region: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +215,8 @@ impl Default for Config {
             service: ServiceConfig::default(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            node: NodeConfig::default(),
+            allocation: AllocationConfig::default(),
             linked_hubs: Vec::new(),
         }
     }
@@ -263,6 +326,15 @@ impl Config {
         if let Some(v) = &args.store_durability {
             c.store.durability = v.clone();
         }
+        if let Some(v) = &args.node_region {
+            c.node.region = v.clone();
+        }
+        if let Some(v) = args.latency_probe_interval_ms {
+            c.allocation.latency_probe_interval_ms = v;
+        }
+        if let Some(v) = args.webhook_timeout_ms {
+            c.allocation.webhook_timeout_ms = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -281,6 +353,16 @@ impl Config {
             );
         }
         self.allocation_policy()?;
+        if self.allocation.latency_probe_interval_ms < 100 {
+            bail!("allocation.latency_probe_interval_ms must be at least 100");
+        }
+        let tolerance = self.allocation.latency_tolerance_ms;
+        if tolerance.is_nan() || tolerance < 0.0 {
+            bail!("allocation.latency_tolerance_ms must be 0 or more");
+        }
+        if self.allocation.webhook_timeout_ms == 0 {
+            bail!("allocation.webhook_timeout_ms must be more than 0");
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key go together; set both or neither");
         }
@@ -301,6 +383,19 @@ impl Config {
                 "service.allocation_policy '{}' cannot be a service default; use hashed, static or geoLatency",
                 self.service.allocation_policy
             ),
+        }
+    }
+
+    /// This node's region and the client-network table, for the engine.
+    pub fn regions(&self) -> onramp_core::allocate::Regions {
+        onramp_core::allocate::Regions {
+            node: Some(self.node.region.trim().to_owned()).filter(|r| !r.is_empty()),
+            networks: self
+                .allocation
+                .networks
+                .iter()
+                .map(|n| (n.network, n.region.clone()))
+                .collect(),
         }
     }
 

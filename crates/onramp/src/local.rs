@@ -73,6 +73,7 @@ pub async fn create_service(
             name: name.to_owned(),
             id_scope: IdScope::from_number(n),
             allocation_policy: policy,
+            custom_allocation: None,
             created: UtcTime::now(),
         };
         match store

@@ -125,21 +125,41 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let client_tls =
         onramp_net::tls::client_config(Some(&trust).filter(|t| !t.is_empty()).map(String::as_str))?;
     let hubs = Arc::new(
-        HubClient::new(client_tls, Duration::from_secs(config.hub.timeout_seconds))
-            .map_err(anyhow::Error::msg)?,
+        HubClient::new(
+            client_tls.clone(),
+            Duration::from_secs(config.hub.timeout_seconds),
+        )
+        .map_err(anyhow::Error::msg)?,
     );
+    let webhook = Arc::new(
+        onramp_webhook::WebhookClient::new(
+            client_tls.clone(),
+            Duration::from_millis(config.allocation.webhook_timeout_ms),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let latency = Arc::new(onramp_hub::latency::LatencyTable::default());
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     let clock = Arc::new(SystemClock);
     let store_dyn: Arc<dyn Store> = store.clone();
-    let engine = Arc::new(Engine::new(
-        store_dyn.clone(),
-        hubs,
-        clock.clone(),
-        EngineConfig::default(),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            store_dyn.clone(),
+            hubs,
+            clock.clone(),
+            EngineConfig {
+                latency_tolerance_ms: config.allocation.latency_tolerance_ms,
+                ..EngineConfig::default()
+            },
+        )
+        .with_webhook(webhook)
+        .with_latency(latency.clone())
+        .with_regions(config.regions()),
+    );
+    let store_dyn_for_probes = store_dyn.clone();
     let admin = Arc::new(Admin::new(store_dyn, clock));
     let endpoint_config = EndpointConfig {
         service_host_names: vec![endpoint.clone(), config.public_host.clone()],
@@ -188,6 +208,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         stop.trigger();
     });
+    let probes = shutdown.clone();
+    tokio::spawn(onramp_hub::latency::run(
+        store_dyn_for_probes,
+        latency,
+        Arc::new(client_tls),
+        config.node.name.clone(),
+        onramp_hub::latency::ProbeSettings {
+            interval: Duration::from_millis(config.allocation.latency_probe_interval_ms),
+            timeout: Duration::from_millis(config.allocation.latency_probe_timeout_ms),
+        },
+        async move { probes.wait().await },
+    ));
     let services = Services {
         http: onramp_endpoints::app(state),
         mqtt: Some(mqtt_app),

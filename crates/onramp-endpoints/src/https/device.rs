@@ -94,6 +94,10 @@ async fn register(
         force_registration,
         operation_id: state.engine.new_operation_id(),
         protocol: Protocol::Https,
+        client_addr: parts
+            .extensions
+            .get::<onramp_net::RemoteAddr>()
+            .map(|a| a.0.ip()),
     };
     let outcome = crate::provision::register_within(
         &state.engine,

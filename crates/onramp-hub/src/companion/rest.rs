@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use onramp_core::keys;
 use onramp_model::hub::{
-    AuthenticationMechanism, AuthenticationType, Device, DeviceStatus, SymmetricKey, Twin,
+    AuthenticationMechanism, AuthenticationType, BulkRegistryOperationResult, Device,
+    DeviceRegistryOperationError, DeviceStatus, ExportImportDevice, ImportMode, SymmetricKey, Twin,
 };
 use onramp_model::{Secret, UtcTime};
 use serde::Deserialize;
@@ -26,7 +27,7 @@ const MAX_BODY: usize = 128 * 1024;
 
 pub fn router(hub: Arc<CompanionHub>) -> Router {
     Router::new()
-        .route("/devices", get(list_devices))
+        .route("/devices", get(list_devices).post(bulk_devices))
         .route(
             "/devices/{id}",
             get(get_device).put(put_device).delete(delete_device),
@@ -361,6 +362,190 @@ async fn delete_device(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Most items one bulk registry call takes, as in IoT Hub.
+const MAX_BULK: usize = 100;
+
+/// `POST /devices`: creates, updates or deletes identities, or overwrites
+/// twins (reported properties included, which is how a provisioning service
+/// carries a device's data to another hub).
+async fn bulk_devices(
+    State(hub): State<Arc<CompanionHub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    let items: Vec<ExportImportDevice> = parse(&body)?;
+    if items.is_empty() || items.len() > MAX_BULK {
+        return Err(HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            format!(
+                "a bulk registry operation takes 1 to {MAX_BULK} devices, got {}",
+                items.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = items
+        .iter()
+        .find(|i| !seen.insert(i.id.to_ascii_lowercase()))
+    {
+        return Err(HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "DeviceDefinedMultipleTimes",
+            format!(
+                "device '{}' appears more than once; name each device once",
+                dup.id
+            ),
+        ));
+    }
+    let mut errors = Vec::new();
+    for item in items {
+        let device_id = item.id.clone();
+        if let Err(f) = bulk_item(&hub, item).await {
+            errors.push(DeviceRegistryOperationError {
+                device_id,
+                error_code: f.code.to_owned(),
+                error_status: f.message,
+            });
+        }
+    }
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let mut resp = ok_json(BulkRegistryOperationResult {
+        is_successful: errors.is_empty(),
+        errors,
+        warnings: Vec::new(),
+    });
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+async fn bulk_item(hub: &CompanionHub, item: ExportImportDevice) -> Result<(), HubFailure> {
+    if item.id.is_empty() {
+        return Err(HubFailure::new(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            "every item needs an id",
+        ));
+    }
+    let mode = item.import_mode.unwrap_or_default();
+    let etag = |tag: &Option<String>| {
+        Some(tag.clone().unwrap_or_else(|| "*".into())).filter(|_| {
+            matches!(
+                mode,
+                ImportMode::UpdateIfMatchETag
+                    | ImportMode::DeleteIfMatchETag
+                    | ImportMode::UpdateTwinIfMatchETag
+            )
+        })
+    };
+    match mode {
+        ImportMode::Create | ImportMode::Update | ImportMode::UpdateIfMatchETag => {
+            let mut device = Device {
+                device_id: item.id.clone(),
+                status: item.status,
+                status_reason: item.status_reason.clone(),
+                authentication: item.authentication.clone(),
+                capabilities: item.capabilities,
+                ..Default::default()
+            };
+            normalize_identity(&mut device)?;
+            let store = hub.store();
+            match mode {
+                ImportMode::Create => {
+                    store.put_device(device, None, UtcTime::now()).await?;
+                }
+                ImportMode::Update => {
+                    // Overwrites an existing device, creates a missing one.
+                    match store
+                        .put_device(device.clone(), Some("*".into()), UtcTime::now())
+                        .await
+                    {
+                        Err(HubStoreError::NotFound(_)) => {
+                            store.put_device(device, None, UtcTime::now()).await?;
+                        }
+                        other => {
+                            other?;
+                        }
+                    }
+                }
+                _ => {
+                    store
+                        .put_device(device, etag(&item.e_tag), UtcTime::now())
+                        .await?;
+                }
+            }
+            let (tags, props) = (item.tags, item.properties.unwrap_or_default());
+            if tags.is_some() || props.desired.is_some() {
+                let (tags, desired, _) = bulk_twin(tags, props.desired, None)?;
+                let (record, changed) =
+                    write_twin_as(hub, &item.id, None, move |t| apply(t, tags, desired, false))
+                        .await?;
+                if changed {
+                    notify(hub, &record, None);
+                }
+            }
+            Ok(())
+        }
+        ImportMode::Delete | ImportMode::DeleteIfMatchETag => {
+            { hub.store().delete_device(&item.id, etag(&item.e_tag)).await }
+                .map_err(HubFailure::from)
+        }
+        ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag => {
+            let props = item.properties.unwrap_or_default();
+            let (tags, desired, reported) = bulk_twin(item.tags, props.desired, props.reported)?;
+            let if_match = etag(&item.twin_e_tag);
+            let (record, desired_changed) = write_twin_as(hub, &item.id, if_match, move |t| {
+                let (mut any, desired_changed) = apply(t, tags, desired, true);
+                if let Some(reported) = reported
+                    && reported != t.reported
+                {
+                    t.reported = reported;
+                    t.reported_version += 1;
+                    t.reported_updated = Some(UtcTime::now());
+                    any = true;
+                }
+                (any, desired_changed)
+            })
+            .await?;
+            if desired_changed {
+                notify(hub, &record, None);
+            }
+            Ok(())
+        }
+    }
+}
+
+type BulkTwin = (
+    Option<Map<String, Value>>,
+    Option<Map<String, Value>>,
+    Option<Map<String, Value>>,
+);
+
+/// Tags and properties of a bulk item, checked and without `$` members.
+fn bulk_twin(
+    tags: Option<Map<String, Value>>,
+    desired: Option<Map<String, Value>>,
+    reported: Option<Map<String, Value>>,
+) -> Result<BulkTwin, HubFailure> {
+    let clean = |path: &str, m: Option<Map<String, Value>>| {
+        m.map(|mut m| {
+            twin::strip_system_members(&mut m);
+            check_names(path, &m, 1).map(|()| m)
+        })
+        .transpose()
+    };
+    Ok((
+        clean("tags", tags)?,
+        clean("properties.desired", desired)?,
+        clean("properties.reported", reported)?,
+    ))
+}
+
 async fn get_twin(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
@@ -503,11 +688,20 @@ async fn write_twin(
     headers: &HeaderMap,
     change: impl FnOnce(&mut TwinState) -> (bool, bool) + Send + 'static,
 ) -> Result<(DeviceRecord, bool), HubFailure> {
+    write_twin_as(hub, id, if_match(headers), change).await
+}
+
+async fn write_twin_as(
+    hub: &CompanionHub,
+    id: &str,
+    if_match: Option<String>,
+    change: impl FnOnce(&mut TwinState) -> (bool, bool) + Send + 'static,
+) -> Result<(DeviceRecord, bool), HubFailure> {
     let desired_changed = Arc::new(AtomicBool::new(false));
     let flag = desired_changed.clone();
     let record = hub
         .store()
-        .update_twin(id, if_match(headers), move |t| {
+        .update_twin(id, if_match, move |t| {
             let (any, desired) = change(t);
             flag.store(desired, Ordering::Relaxed);
             Ok(any)

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use onramp_core::ports::{
-    Precondition, RegistrationRecord, Store, StoreError, check_precondition, client_thumbprints,
+    HubLatencySample, Precondition, RegistrationRecord, Store, StoreError, check_precondition,
+    client_thumbprints,
 };
 use onramp_core::tenant::{
     AccessRights, CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy,
@@ -27,7 +28,7 @@ pub use db::Durability;
 
 use crate::seal::Sealer;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +61,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 2 {
         conn.execute_batch(&format!(
-            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            "BEGIN; {} PRAGMA user_version = 2; COMMIT;",
             include_str!("schema_v2.sql")
+        ))?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            include_str!("schema_v3.sql")
         ))?;
     }
     Ok(())
@@ -823,11 +830,11 @@ impl Store for SqliteStore {
         let (service, key) = (service.to_owned(), id_key.to_owned());
         self.db
             .read(move |conn| {
-                let row: Option<(String, Option<String>, String)> = conn
-                    .prepare_cached("SELECT doc, group_key, operation_id FROM registrations WHERE service = ?1 AND id_key = ?2")
-                    .and_then(|mut s| s.query_row(params![service, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
-                    .map_err(sql_error)?;
-                row.map(|(doc, group, op)| registration_from_row(&doc, group, op)).transpose()
+                conn.prepare_cached("SELECT doc, group_key, operation_id, placement FROM registrations WHERE service = ?1 AND id_key = ?2")
+                    .and_then(|mut s| s.query_row(params![service, key], RegistrationRow::read).optional())
+                    .map_err(sql_error)?
+                    .map(RegistrationRow::into_record)
+                    .transpose()
             })
             .await
     }
@@ -853,12 +860,20 @@ impl Store for SqliteStore {
                 let doc = serde_json::to_string(&stored.state).map_err(|e| corrupt("registration", e))?;
                 let group_key = stored.enrollment_group_id.as_ref().map(|g| g.to_ascii_lowercase());
                 let etag = stored.state.etag.as_ref().map(|t| t.as_str().to_owned()).unwrap_or_default();
+                let placement = stored.current_placement();
+                let hub_key = placement.as_ref().map(|p| p.hub.to_ascii_lowercase());
+                let placement = placement
+                    .map(|p| serde_json::to_string(&p))
+                    .transpose()
+                    .map_err(|e| corrupt("registration placement", e))?;
                 conn.prepare_cached(
-                    "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, doc, placement, hub_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (service, id_key) DO UPDATE SET group_key = excluded.group_key,
-                        operation_id = excluded.operation_id, etag = excluded.etag, doc = excluded.doc",
+                        operation_id = excluded.operation_id, etag = excluded.etag, doc = excluded.doc,
+                        placement = excluded.placement, hub_key = excluded.hub_key",
                 )
-                .and_then(|mut s| s.execute(params![service, key, group_key, stored.operation_id, etag, doc]))
+                .and_then(|mut s| s.execute(params![service, key, group_key, stored.operation_id, etag, doc, placement, hub_key]))
                 .map_err(|e| match e {
                     rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
                         StoreError::NotFound(format!("no provisioning service '{service}'"))
@@ -903,19 +918,94 @@ impl Store for SqliteStore {
             .read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT doc, group_key, operation_id FROM registrations
+                        "SELECT doc, group_key, operation_id, placement FROM registrations
                          WHERE service = ?1 AND group_key = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
                     )
                     .map_err(sql_error)?;
                 let rows = stmt
-                    .query_map(params![service, group, after, limit as i64], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?))
-                    })
+                    .query_map(params![service, group, after, limit as i64], RegistrationRow::read)
                     .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                     .map_err(sql_error)?;
-                rows.into_iter().map(|(doc, g, op)| registration_from_row(&doc, g, op)).collect()
+                rows.into_iter().map(RegistrationRow::into_record).collect()
             })
             .await
+    }
+
+    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
+        let (service, hub_key) = (service.to_owned(), hub.trim().to_ascii_lowercase());
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT count(*) FROM registrations WHERE service = ?1 AND hub_key = ?2",
+                )
+                .and_then(|mut s| s.query_row(params![service, hub_key], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+                .map_err(sql_error)
+            })
+            .await
+    }
+
+    async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(sample).map_err(|e| corrupt("hub latency", e))?;
+        let (node, hub_key) = (sample.node.clone(), sample.hub.to_ascii_lowercase());
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO hub_latencies (node, hub_key, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (node, hub_key) DO UPDATE SET doc = excluded.doc",
+                )
+                .and_then(|mut s| s.execute(params![node, hub_key, doc]))
+                .map(|_| ())
+                .map_err(sql_error)
+            })
+            .await
+    }
+
+    async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError> {
+        self.db
+            .read(move |conn| {
+                let docs = conn
+                    .prepare_cached("SELECT doc FROM hub_latencies ORDER BY node, hub_key")
+                    .and_then(|mut s| {
+                        s.query_map([], |r| r.get::<_, String>(0))?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(sql_error)?;
+                docs.iter()
+                    .map(|d| serde_json::from_str(d).map_err(|e| corrupt("hub latency", e)))
+                    .collect()
+            })
+            .await
+    }
+}
+
+/// The columns a registration is read from.
+struct RegistrationRow {
+    doc: String,
+    group: Option<String>,
+    operation_id: String,
+    placement: Option<String>,
+}
+
+impl RegistrationRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            doc: r.get(0)?,
+            group: r.get(1)?,
+            operation_id: r.get(2)?,
+            placement: r.get(3)?,
+        })
+    }
+
+    fn into_record(self) -> Result<RegistrationRecord, StoreError> {
+        let mut record = registration_from_row(&self.doc, self.group, self.operation_id)?;
+        record.placement = self
+            .placement
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("registration placement", e))?;
+        Ok(record)
     }
 }
 
@@ -942,6 +1032,7 @@ fn registration_from_row(
         state,
         operation_id,
         enrollment_group_id,
+        placement: None,
     })
 }
 
@@ -1131,6 +1222,7 @@ mod tests {
                     state,
                     operation_id: "op".into(),
                     enrollment_group_id: None,
+                    placement: None,
                 };
                 store.put_registration("s", &rec, UtcTime::now()).await
             }));

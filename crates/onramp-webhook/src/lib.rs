@@ -1,0 +1,183 @@
+//! [`WebhookClient`]: the engine's `AllocationWebhook` port over HTTPS.
+//!
+//! Azure DPS's contract: `POST` the allocation request as JSON to the
+//! enrollment's `webhookUrl` (whose query usually carries the function's
+//! access code) and read an allocation response from a 200. A call that
+//! cannot connect, or whose connection closes before any answer, is tried
+//! once more; a slow webhook is given up on after the timeout, so a device
+//! is never left waiting on it.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use onramp_core::ports::{AllocationWebhook, WebhookError, WebhookTarget};
+use onramp_model::allocation::{AllocationRequest, AllocationResponse};
+
+/// Largest answer read from a webhook.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// How much of an error answer goes into the registration's error message.
+const ERROR_EXCERPT: usize = 200;
+
+pub struct WebhookClient {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl WebhookClient {
+    /// `tls` decides which webhook certificates are trusted.
+    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("onramp/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+        Ok(Self { http, timeout })
+    }
+
+    async fn call(
+        &self,
+        target: &WebhookTarget,
+        body: &[u8],
+    ) -> Result<AllocationResponse, WebhookError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let left = self.timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.attempt(target, body)).await {
+                Err(_) => return Err(WebhookError::Timeout(self.timeout.as_millis() as u64)),
+                Ok(Err(Attempt::Retry(why))) if attempt == 1 => {
+                    tracing::debug!(url = target.display_url(), error = %why, "webhook connection failed; retrying once");
+                }
+                Ok(Err(Attempt::Retry(why))) => return Err(WebhookError::Unreachable(why)),
+                Ok(Err(Attempt::Failed(e))) => return Err(e),
+                Ok(Ok(answer)) => return Ok(answer),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        target: &WebhookTarget,
+        body: &[u8],
+    ) -> Result<AllocationResponse, Attempt> {
+        let response = self
+            .http
+            .post(&target.url)
+            .header("content-type", "application/json; charset=utf-8")
+            .header("accept", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() || is_closed_early(&e) {
+                    Attempt::Retry(error_chain(&e))
+                } else if e.is_timeout() {
+                    Attempt::Failed(WebhookError::Timeout(self.timeout.as_millis() as u64))
+                } else {
+                    Attempt::Failed(WebhookError::Unreachable(error_chain(&e)))
+                }
+            })?;
+        let status = response.status();
+        let answer = read_capped(response).await.map_err(Attempt::Failed)?;
+        if !status.is_success() {
+            return Err(Attempt::Failed(WebhookError::Status {
+                status: status.as_u16(),
+                body: excerpt(&answer),
+            }));
+        }
+        serde_json::from_slice::<AllocationResponse>(&answer).map_err(|e| {
+            Attempt::Failed(WebhookError::InvalidResponse(format!(
+                "{e}; the answer began with '{}'",
+                excerpt(&answer)
+            )))
+        })
+    }
+}
+
+enum Attempt {
+    /// The request never reached the webhook: worth one more try.
+    Retry(String),
+    Failed(WebhookError),
+}
+
+#[async_trait]
+impl AllocationWebhook for WebhookClient {
+    async fn allocate(
+        &self,
+        target: &WebhookTarget,
+        request: &AllocationRequest,
+    ) -> Result<AllocationResponse, WebhookError> {
+        let body = serde_json::to_vec(request).map_err(|e| {
+            WebhookError::InvalidResponse(format!("cannot encode the request: {e}"))
+        })?;
+        let started = Instant::now();
+        let result = self.call(target, &body).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(WebhookError::Timeout(_)) => "timeout",
+            Err(WebhookError::Unreachable(_)) => "unreachable",
+            Err(WebhookError::Status { .. }) => "status",
+            Err(WebhookError::InvalidResponse(_)) => "invalid",
+        };
+        metrics::histogram!("onramp_webhook_call_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, WebhookError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        WebhookError::Unreachable(format!("reading the answer: {}", error_chain(&e)))
+    })? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(WebhookError::InvalidResponse(format!(
+                "the answer is larger than {} KiB",
+                MAX_ANSWER_BYTES / 1024
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The first bytes of an answer, printable and on one line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_EXCERPT)]);
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// The connection closed before the webhook answered anything.
+fn is_closed_early(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

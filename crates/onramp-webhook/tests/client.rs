@@ -1,0 +1,251 @@
+//! The webhook client against a scriptable HTTP server on loopback: each
+//! way a webhook can fail, and the one retry.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use onramp_core::ports::{AllocationWebhook, WebhookError, WebhookTarget};
+use onramp_model::allocation::{AllocationRequest, DeviceRuntimeContext};
+use onramp_webhook::WebhookClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Answer(u16, &'static str),
+    Hang,
+    CloseAtOnce,
+    Huge,
+}
+
+/// Serves connection `n` with `script[n]` (the last entry repeats).
+async fn webhook(
+    script: Vec<Behaviour>,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/api/allocate?code=s3cret",
+        listener.local_addr().unwrap()
+    );
+    let seen = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, got) = (seen.clone(), bodies.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let behaviour = script[n.min(script.len() - 1)];
+            let got = got.clone();
+            tokio::spawn(async move {
+                let Some(request) = read_request(&mut sock).await else {
+                    return;
+                };
+                got.lock().unwrap().push(request);
+                match behaviour {
+                    Behaviour::Answer(status, body) => {
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(body.as_bytes()).await;
+                    }
+                    Behaviour::Hang => tokio::time::sleep(Duration::from_secs(30)).await,
+                    Behaviour::CloseAtOnce => drop(sock),
+                    Behaviour::Huge => {
+                        let body = vec![b' '; 1024 * 1024];
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(&body).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen, bodies)
+}
+
+async fn read_request(sock: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+    }
+}
+
+fn client(timeout_ms: u64) -> WebhookClient {
+    WebhookClient::new(
+        onramp_net::tls::client_config(None).unwrap(),
+        Duration::from_millis(timeout_ms),
+    )
+    .unwrap()
+}
+
+fn target(url: &str) -> WebhookTarget {
+    WebhookTarget {
+        url: url.into(),
+        api_version: "2021-10-01".into(),
+    }
+}
+
+fn request() -> AllocationRequest {
+    AllocationRequest {
+        individual_enrollment: None,
+        enrollment_group: None,
+        device_runtime_context: DeviceRuntimeContext {
+            registration_id: "toaster-7".into(),
+            payload: Some(serde_json::json!({"model": "toaster"})),
+            ..Default::default()
+        },
+        linked_hubs: vec!["hub-a.example.net".into()],
+    }
+}
+
+#[tokio::test]
+async fn posts_the_request_as_json_and_reads_the_answer() {
+    let (url, seen, bodies) = webhook(vec![Behaviour::Answer(
+        200,
+        r#"{"iotHubHostName":"hub-a.example.net","payload":{"hello":1}}"#,
+    )])
+    .await;
+    let answer = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.iot_hub_host_name.as_deref(),
+        Some("hub-a.example.net")
+    );
+    assert_eq!(answer.payload, Some(serde_json::json!({"hello": 1})));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let sent = bodies.lock().unwrap()[0].clone();
+    assert!(
+        sent.starts_with("POST /api/allocate?code=s3cret HTTP/1.1"),
+        "{sent}"
+    );
+    assert!(
+        sent.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{sent}"
+    );
+    assert!(sent.contains(r#""registrationId":"toaster-7""#), "{sent}");
+    assert!(sent.contains(r#""payload":{"model":"toaster"}"#), "{sent}");
+}
+
+#[tokio::test]
+async fn a_hanging_webhook_times_out() {
+    let (url, _, _) = webhook(vec![Behaviour::Hang]).await;
+    let started = Instant::now();
+    let err = client(300)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert_eq!(err, WebhookError::Timeout(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn an_error_status_is_reported_with_the_start_of_its_body() {
+    let (url, seen, _) = webhook(vec![Behaviour::Answer(
+        500,
+        "Unrecognized device\nregistration",
+    )])
+    .await;
+    let err = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        WebhookError::Status {
+            status: 500,
+            body: "Unrecognized device registration".into()
+        }
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "an answer is never retried");
+}
+
+#[tokio::test]
+async fn a_non_json_answer_is_an_invalid_response() {
+    let (url, _, _) = webhook(vec![Behaviour::Answer(200, "<html>oops</html>")]).await;
+    let err = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    let WebhookError::InvalidResponse(m) = err else {
+        panic!("{err:?}")
+    };
+    assert!(m.contains("<html>oops</html>"), "{m}");
+    let (url, _, _) = webhook(vec![Behaviour::Huge]).await;
+    let err = client(5000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WebhookError::InvalidResponse(m) if m.contains("larger than")));
+}
+
+#[tokio::test]
+async fn a_closed_connection_is_retried_once() {
+    let (url, seen, _) = webhook(vec![
+        Behaviour::CloseAtOnce,
+        Behaviour::Answer(200, r#"{"iotHubHostName":"hub-a.example.net"}"#),
+    ])
+    .await;
+    let answer = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.iot_hub_host_name.as_deref(),
+        Some("hub-a.example.net")
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    let (url, seen, _) = webhook(vec![Behaviour::CloseAtOnce]).await;
+    let err = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WebhookError::Unreachable(_)), "{err:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "exactly one retry");
+}
+
+#[tokio::test]
+async fn nobody_listening_is_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = client(2000)
+        .allocate(&target(&format!("http://127.0.0.1:{port}/x")), &request())
+        .await
+        .unwrap_err();
+    let WebhookError::Unreachable(m) = err else {
+        panic!("{err:?}")
+    };
+    assert!(m.to_ascii_lowercase().contains("connect"), "{m}");
+}
