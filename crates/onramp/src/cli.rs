@@ -233,6 +233,10 @@ pub struct ServeArgs {
     /// Milliseconds between two measurements of the latency to each linked hub.
     #[arg(long, env = "ONRAMP_LATENCY_PROBE_INTERVAL_MS")]
     pub latency_probe_interval_ms: Option<u64>,
+    /// Lowest-latency allocation shares devices among hubs this many
+    /// milliseconds from the fastest.
+    #[arg(long, env = "ONRAMP_LATENCY_TOLERANCE_MS")]
+    pub latency_tolerance_ms: Option<f64>,
     /// Milliseconds a custom-allocation webhook has to answer.
     #[arg(long, env = "ONRAMP_WEBHOOK_TIMEOUT_MS")]
     pub webhook_timeout_ms: Option<u64>,
@@ -268,7 +272,8 @@ pub struct HubServeArgs {
     /// Address of the hub's MQTT listener ("off" for none).
     #[arg(long, env = "ONRAMP_HUB_MQTT_LISTEN", default_value = "0.0.0.0:8883")]
     pub mqtt_listen: String,
-    /// Host name clients use (the port is added when it is not 443).
+    /// Host name clients use (the listener's port is added when it is not
+    /// 443); `host:port` when clients reach the hub through a proxy.
     #[arg(long, env = "ONRAMP_HUB_HOST", default_value = "localhost")]
     pub host: String,
 }

@@ -332,6 +332,9 @@ impl Config {
         if let Some(v) = args.latency_probe_interval_ms {
             c.allocation.latency_probe_interval_ms = v;
         }
+        if let Some(v) = args.latency_tolerance_ms {
+            c.allocation.latency_tolerance_ms = v;
+        }
         if let Some(v) = args.webhook_timeout_ms {
             c.allocation.webhook_timeout_ms = v;
         }

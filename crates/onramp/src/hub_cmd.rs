@@ -56,10 +56,15 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let port = listener.local_addr()?.port();
-    let host = authority(&args.host, port);
+    // A host with a port is used as given: the hub sits behind a proxy or
+    // load balancer that clients reach on that port.
+    let (host, bare_host) = match args.host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (args.host.clone(), h.to_owned()),
+        _ => (authority(&args.host, port), args.host.clone()),
+    };
     let mut names = onramp_net::pki::default_host_names();
-    if !names.iter().any(|n| n.eq_ignore_ascii_case(&args.host)) {
-        names.insert(0, args.host.clone());
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(&bare_host)) {
+        names.insert(0, bare_host);
     }
     let pki = onramp_net::pki::load_or_create(&args.data_dir.join("tls"), &names)?;
     let tls = onramp_net::tls::server_config(

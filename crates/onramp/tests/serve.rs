@@ -499,40 +499,8 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
 
     // An extra companion hub, linked through its connection string.
     let hub_dir = temp.path().join("hub2");
-    let hub_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut hub2 = onramp()
-        .args([
-            "hub",
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{hub_port}"),
-            "--data-dir",
-        ])
-        .arg(&hub_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let hub2_stdout = hub2.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        // Read every line, so the hub never writes into a closed pipe.
-        for line in std::io::BufReader::new(hub2_stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(cs) = line.trim().strip_prefix("Connection string") {
-                let _ = tx.send(cs.trim().to_owned());
-            }
-        }
-    });
-    let hub2_cs = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("hub serve printed its connection string");
+    let hub2 = common::HubProcess::start(&hub_dir, None);
+    let hub2_cs = hub2.connection_string.clone();
     // Onramp trusts the second hub's development CA through its configuration file.
     let config = temp.path().join("onramp.toml");
     std::fs::write(
@@ -678,8 +646,7 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         .unwrap()
         .to_owned();
     drop(server);
-    let _ = hub2.kill();
-    let _ = hub2.wait();
+    drop(hub2);
 
     let key_of = |cs: &str| cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
     let secrets = [

@@ -361,3 +361,300 @@ fn merge(target: &mut Value, extra: Value) {
         }
     }
 }
+
+impl Server {
+    /// `onramp device provision` (the device simulator) against this server;
+    /// returns whether it succeeded, the operation status it printed, and
+    /// what it wrote to stderr.
+    pub fn provision(
+        &self,
+        registration_id: &str,
+        key: &str,
+        extra: &[&str],
+    ) -> (bool, Value, String) {
+        let out = onramp()
+            .args([
+                "device",
+                "provision",
+                "--registration-id",
+                registration_id,
+                "--key",
+                key,
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("ONRAMP_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let status = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Provisions and returns the registration state, which must be assigned.
+    pub fn assigned(&self, registration_id: &str, key: &str, extra: &[&str]) -> Value {
+        let (ok, status, stderr) = self.provision(registration_id, key, extra);
+        assert!(ok, "{registration_id}: {stderr}");
+        assert_eq!(status["status"], "assigned", "{status}");
+        status["registrationState"].clone()
+    }
+
+    /// An `onramp` admin command on this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        onramp()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("ONRAMP_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The service API with the owner policy of provisioning service `service`.
+    pub async fn connection_string_of(&self, service: &str) -> String {
+        self.store()
+            .policies(service)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "provisioningserviceowner")
+            .unwrap()
+            .connection_string(&self.endpoint())
+    }
+}
+
+/// A companion hub run on its own by `onramp hub serve`.
+pub struct HubProcess {
+    child: Child,
+    pub dir: PathBuf,
+    /// Its owner connection string; `HostName` is what Onramp links.
+    pub connection_string: String,
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
+    ca_pem: String,
+}
+
+impl HubProcess {
+    /// Starts a hub on a free loopback port; `host` overrides the name
+    /// clients use (`localhost:PORT` of a proxy in front of it).
+    pub fn start(dir: &Path, host: Option<&str>) -> HubProcess {
+        let mut cmd = onramp();
+        cmd.args([
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir);
+        if let Some(h) = host {
+            cmd.args(["--host", h]);
+        }
+        let mut child = cmd
+            .env("ONRAMP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Read every line, so the hub never writes into a closed pipe.
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut cs, mut listen) = (None, None);
+        while cs.is_none() || listen.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("onramp hub serve printed its summary");
+            if let Some(v) = line.trim().strip_prefix("Connection string") {
+                cs = Some(v.trim().to_owned());
+            }
+            if let Some((_, rest)) = line.split_once("(listening on ") {
+                listen = rest.trim_end_matches(").").parse().ok();
+            }
+        }
+        let ca_pem = std::fs::read_to_string(dir.join("tls/ca.pem")).unwrap();
+        HubProcess {
+            child,
+            dir: dir.to_owned(),
+            connection_string: cs.unwrap(),
+            listen: listen.unwrap(),
+            ca_pem,
+        }
+    }
+
+    /// The host name Onramp links and devices are sent to.
+    pub fn name(&self) -> String {
+        onramp_core::connection_string::ConnectionString::parse(&self.connection_string)
+            .unwrap()
+            .host_name
+    }
+
+    /// A call to the hub's service REST API (straight to its listener).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let cs = onramp_core::connection_string::ConnectionString::parse(&self.connection_string)
+            .unwrap();
+        let token = sas::sign(
+            &cs.host_name,
+            cs.shared_access_key.unwrap().expose(),
+            unix_now() + 3600,
+            cs.shared_access_key_name.as_deref(),
+        )
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap())
+            .resolve("localhost", self.listen)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let url = format!(
+            "https://localhost:{}/{path}?api-version=2021-04-12",
+            self.listen.port()
+        );
+        let mut req = client.request(method, url).header("Authorization", token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn twin(&self, device_id: &str) -> Option<Value> {
+        let (status, v) = self
+            .call(reqwest::Method::GET, &format!("twins/{device_id}"), None)
+            .await;
+        match status {
+            200 => Some(v),
+            404 => None,
+            other => panic!("GET twins/{device_id}: {other} {v}"),
+        }
+    }
+
+    pub async fn device_ids(&self) -> Vec<String> {
+        let (status, v) = self.call(reqwest::Method::GET, "devices", None).await;
+        assert_eq!(status, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["deviceId"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `future` on a runtime of its own thread, so it keeps serving while
+/// the test blocks on a child process.
+pub fn background<F>(future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    });
+}
+
+/// A TCP proxy that holds every chunk for a settable delay in both
+/// directions: a hub far away.
+pub struct DelayProxy {
+    pub port: u16,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DelayProxy {
+    /// Binds a free port; [`DelayProxy::forward`] starts forwarding.
+    pub fn bind() -> (DelayProxy, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (
+            DelayProxy {
+                port,
+                delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            },
+            listener,
+        )
+    }
+
+    pub fn forward(&self, listener: std::net::TcpListener, upstream: std::net::SocketAddr) {
+        let delay = self.delay_ms.clone();
+        background(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(relay(ri, wo, delay.clone()), relay(ro, wi, delay));
+                });
+            }
+        });
+    }
+
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let ms = delay.load(std::sync::atomic::Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
