@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{DelayProxy, HubProcess, Server, background, wait_for};
+use common::{DelayProxy, HubProcess, Server, WebhookReply, wait_for};
 use onramp_core::ports::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -332,81 +332,38 @@ fn futures_block<T>(
 /// purpose for registration IDs that start with `hang-`, `boom-`,
 /// `garbage-` or `stranger-`.
 fn start_webhook(toasters: String, heatpumps: String) -> (String, Arc<Mutex<Vec<Value>>>) {
-    use http_body_util::BodyExt;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!(
-        "http://{}/api/allocate?code=s3cret",
-        listener.local_addr().unwrap()
-    );
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    background(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
+    common::start_webhook(move |request| {
+        let context = &request["deviceRuntimeContext"];
+        let id = context["registrationId"].as_str().unwrap_or_default();
+        if id.starts_with("hang-") {
+            WebhookReply::Hang
+        } else if id.starts_with("boom-") {
+            WebhookReply::Answer(500, "the allocation function crashed".to_owned())
+        } else if id.starts_with("garbage-") {
+            WebhookReply::Answer(200, "<html>not json</html>".to_owned())
+        } else if id.starts_with("stranger-") {
+            WebhookReply::Answer(
+                200,
+                json!({"iotHubHostName": "elsewhere.example.net"}).to_string(),
+            )
+        } else {
+            let model = context["payload"]["model"].as_str().unwrap_or("unknown");
+            let hub = if model == "toaster" {
+                &toasters
+            } else {
+                &heatpumps
             };
-            let (log, toasters, heatpumps) = (log.clone(), toasters.clone(), heatpumps.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (log, toasters, heatpumps) =
-                            (log.clone(), toasters.clone(), heatpumps.clone());
-                        async move {
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let request: Value =
-                                serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            log.lock().unwrap().push(request.clone());
-                            let context = &request["deviceRuntimeContext"];
-                            let id = context["registrationId"].as_str().unwrap_or_default();
-                            let (status, answer) = if id.starts_with("hang-") {
-                                tokio::time::sleep(Duration::from_secs(20)).await;
-                                (200, String::new())
-                            } else if id.starts_with("boom-") {
-                                (500, "the allocation function crashed".to_owned())
-                            } else if id.starts_with("garbage-") {
-                                (200, "<html>not json</html>".to_owned())
-                            } else if id.starts_with("stranger-") {
-                                (
-                                    200,
-                                    json!({"iotHubHostName": "elsewhere.example.net"}).to_string(),
-                                )
-                            } else {
-                                let model =
-                                    context["payload"]["model"].as_str().unwrap_or("unknown");
-                                let hub = if model == "toaster" {
-                                    &toasters
-                                } else {
-                                    &heatpumps
-                                };
-                                (
-                                200,
-                                json!({
-                                    "iotHubHostName": hub,
-                                    "initialTwin": {"tags": {"kind": model}, "properties": {"desired": {"mode": "eco"}}},
-                                    "payload": {"welcome": model, "firmwareUrl": format!("https://fw.example.net/{model}")},
-                                })
-                                .to_string(),
-                            )
-                            };
-                            Ok::<_, hyper::Error>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
-                    .await;
-            });
+            WebhookReply::Answer(
+                200,
+                json!({
+                    "iotHubHostName": hub,
+                    "initialTwin": {"tags": {"kind": model}, "properties": {"desired": {"mode": "eco"}}},
+                    "payload": {"welcome": model, "firmwareUrl": format!("https://fw.example.net/{model}")},
+                })
+                .to_string(),
+            )
         }
-    });
-    (url, seen)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -717,3 +717,85 @@ async fn python_sdk_provisions_x509_devices_and_they_reach_their_hub() {
         );
     }
 }
+
+#[tokio::test]
+async fn sdk_payloads_reach_the_webhook_and_its_payload_reaches_the_sdks() {
+    let (Some(node_dir), Some(py_dir)) = (node_dir(), python_dir()) else {
+        return;
+    };
+    let _port = PORT_443.lock().await;
+    let server = start_on_sdk_ports();
+    let scope = server.id_scope();
+    let hub = server.embedded_hub().await.name;
+    // The webhook echoes the device's payload back inside its own.
+    let (url, seen) = common::start_webhook(move |request| {
+        let payload = request["deviceRuntimeContext"]["payload"].clone();
+        common::WebhookReply::Answer(
+            200,
+            serde_json::json!({"iotHubHostName": hub, "payload": {"echo": payload, "greeting": "welcome"}})
+                .to_string(),
+        )
+    });
+    let group_key = server
+        .enroll_group(
+            "custom-sdk",
+            serde_json::json!({
+                "allocationPolicy": "custom",
+                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+            }),
+        )
+        .await;
+    let key = |id: &str| sas::derive_device_key(&group_key, id).unwrap();
+
+    // Node over HTTPS.
+    let out = node(
+        &node_dir,
+        &server,
+        &[
+            "provision_http.js",
+            "localhost",
+            &scope,
+            "node-custom-1",
+            &key("node-custom-1"),
+            r#"{"model":"toaster"}"#,
+        ],
+    );
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(
+        out["result"]["payload"],
+        serde_json::json!({"echo": {"model": "toaster"}, "greeting": "welcome"}),
+        "{out}"
+    );
+
+    // Python over MQTT (its script sends a modelId payload).
+    let output = Command::new(py_dir.join(".venv/bin/python"))
+        .current_dir(&py_dir)
+        .args([
+            "provision.py",
+            "localhost",
+            &scope,
+            "py-custom-1",
+            &key("py-custom-1"),
+            "mqtt",
+        ])
+        .arg(server.ca_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{stdout} {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["payload"]["greeting"], "welcome", "{v}");
+    assert_eq!(v["payload"]["echo"]["modelId"], "dtmi:onramp:test;1", "{v}");
+
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0]["deviceRuntimeContext"]["registrationId"],
+        "node-custom-1"
+    );
+    assert_eq!(
+        requests[1]["deviceRuntimeContext"]["payload"]["modelId"],
+        "dtmi:onramp:test;1"
+    );
+}

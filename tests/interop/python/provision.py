@@ -34,4 +34,6 @@ print(json.dumps({
     "status": result.status,
     "assignedHub": state.assigned_hub if state else None,
     "deviceId": state.device_id if state else None,
+    # The SDK hands the payload over as JSON text.
+    "payload": json.loads(state.response_payload) if state and state.response_payload else None,
 }))

@@ -658,3 +658,68 @@ async fn relay(
     }
     let _ = to.shutdown().await;
 }
+
+/// What the scriptable webhook does with one request.
+pub enum WebhookReply {
+    Answer(u16, String),
+    /// Never answers (within any sane timeout).
+    Hang,
+}
+
+/// A custom-allocation webhook on loopback that answers what `reply` says
+/// for each request; returns its URL (with an access code in the query, as
+/// Azure Functions have) and the requests it received.
+pub fn start_webhook(
+    reply: impl Fn(&Value) -> WebhookReply + Send + Sync + 'static,
+) -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use http_body_util::BodyExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!(
+        "http://{}/api/allocate?code=s3cret",
+        listener.local_addr().unwrap()
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let reply = Arc::new(reply);
+    background(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, reply) = (log.clone(), reply.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (log, reply) = (log.clone(), reply.clone());
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let request: Value =
+                                serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            log.lock().unwrap().push(request.clone());
+                            let (status, answer) = match reply(&request) {
+                                WebhookReply::Answer(status, answer) => (status, answer),
+                                WebhookReply::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(60)).await;
+                                    (200, String::new())
+                                }
+                            };
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
