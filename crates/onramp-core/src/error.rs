@@ -69,3 +69,16 @@ impl From<StoreError> for ProvisioningError {
         }
     }
 }
+
+/// An error and its sources on one line, `outer: inner: …`: what an operator
+/// needs from a failed outbound call (a hub, a webhook).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

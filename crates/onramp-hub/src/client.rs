@@ -135,7 +135,7 @@ impl HubClient {
             if e.is_timeout() {
                 HubError::Unreachable(format!("no answer from {} in time", creds.host))
             } else {
-                HubError::Unreachable(format!("{}: {}", creds.host, error_chain(&e)))
+                HubError::Unreachable(format!("{}: {}", creds.host, onramp_core::error::chain(&e)))
             }
         })?;
         let status = resp.status();
@@ -427,17 +427,6 @@ fn failure(status: StatusCode, body: &[u8]) -> HubError {
 
 fn encode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn unix_now() -> i64 {

@@ -74,11 +74,11 @@ impl WebhookClient {
             .await
             .map_err(|e| {
                 if e.is_connect() || is_closed_early(&e) {
-                    Attempt::Retry(error_chain(&e))
+                    Attempt::Retry(onramp_core::error::chain(&e))
                 } else if e.is_timeout() {
                     Attempt::Failed(WebhookError::Timeout(self.timeout.as_millis() as u64))
                 } else {
-                    Attempt::Failed(WebhookError::Unreachable(error_chain(&e)))
+                    Attempt::Failed(WebhookError::Unreachable(onramp_core::error::chain(&e)))
                 }
             })?;
         let status = response.status();
@@ -132,7 +132,10 @@ impl AllocationWebhook for WebhookClient {
 async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, WebhookError> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| {
-        WebhookError::Unreachable(format!("reading the answer: {}", error_chain(&e)))
+        WebhookError::Unreachable(format!(
+            "reading the answer: {}",
+            onramp_core::error::chain(&e)
+        ))
     })? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(WebhookError::InvalidResponse(format!(
@@ -169,15 +172,4 @@ fn is_closed_early(e: &reqwest::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

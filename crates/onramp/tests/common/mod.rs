@@ -232,15 +232,7 @@ impl Server {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let cs =
-            onramp_core::connection_string::ConnectionString::parse(connection_string).unwrap();
-        let token = sas::sign(
-            &cs.host_name,
-            cs.shared_access_key.unwrap().expose(),
-            unix_now() + 3600,
-            cs.shared_access_key_name.as_deref(),
-        )
-        .unwrap();
+        let token = token_for(connection_string);
         let mut req = self
             .http()
             .request(method, self.url(path_and_query))
@@ -512,15 +504,7 @@ impl HubProcess {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let cs = onramp_core::connection_string::ConnectionString::parse(&self.connection_string)
-            .unwrap();
-        let token = sas::sign(
-            &cs.host_name,
-            cs.shared_access_key.unwrap().expose(),
-            unix_now() + 3600,
-            cs.shared_access_key_name.as_deref(),
-        )
-        .unwrap();
+        let token = token_for(&self.connection_string);
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap())
             .resolve("localhost", self.listen)
@@ -722,4 +706,16 @@ pub fn start_webhook(
         }
     });
     (url, seen)
+}
+
+/// A SAS token for the policy of `connection_string`, valid for an hour.
+pub fn token_for(connection_string: &str) -> String {
+    let cs = onramp_core::connection_string::ConnectionString::parse(connection_string).unwrap();
+    sas::sign(
+        &cs.host_name,
+        cs.shared_access_key.unwrap().expose(),
+        unix_now() + 3600,
+        cs.shared_access_key_name.as_deref(),
+    )
+    .unwrap()
 }
