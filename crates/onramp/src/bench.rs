@@ -2,7 +2,7 @@
 //!
 //! Devices belong to one symmetric-key enrollment group (created through the
 //! service API unless `--group-key` names one) and register with their
-//! derived keys, `--concurrency` at a time, over HTTPS, MQTT or MQTT over
+//! derived keys — or have individual enrollments, imported in bulk first — `--concurrency` at a time, over HTTPS, MQTT or MQTT over
 //! WebSockets. With `--connections fresh` every device opens its own TLS
 //! connection without session resumption, as a real fleet does; with
 //! `--connections reuse` (HTTPS only) each worker keeps one connection, which
@@ -81,6 +81,9 @@ pub struct Summary {
     pub connections: String,
     pub devices: u64,
     pub concurrency: usize,
+    /// Registrations started per second, when limited (`--rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
     pub assigned: u64,
     pub failed: u64,
     pub seconds: f64,
@@ -88,6 +91,18 @@ pub struct Summary {
     pub latency_ms: Latency,
     pub errors: BTreeMap<String, u64>,
     pub hubs: BTreeMap<String, u64>,
+    /// The same load against the ceiling server, run first (`--ceiling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<CeilingComparison>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CeilingComparison {
+    pub registrations_per_second: f64,
+    pub latency_ms: Latency,
+    /// Onramp's rate as a share of the ceiling's.
+    pub share: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +135,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         other => bail!("--connections '{other}': use fresh or reuse"),
     };
+    if args.rate < 0.0 || !args.rate.is_finite() {
+        bail!("--rate must be 0 (no limit) or a positive number of registrations per second");
+    }
     let endpoint = match (&args.endpoint, &local) {
         (Some(e), _) => e.clone(),
         (None, Some(s)) if protocol == Protocol::Mqtt => s
@@ -149,12 +167,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .prefix
         .clone()
         .unwrap_or_else(|| format!("bench-{run_id}"));
-    let group_key = match &args.group_key {
-        Some(k) => k.clone(),
-        None => {
-            crate::service_client::create_bench_group(&args.api(), &format!("bench-{run_id}"))
-                .await?
+
+    let fleet = if args.enrollments == "individual" {
+        let population = args.population.unwrap_or(args.devices).max(1);
+        if args.devices > population {
+            bail!(
+                "--devices {} is more than --population {population}",
+                args.devices
+            );
         }
+        let fleet = Fleet::Individual {
+            secret: individual_secret(&prefix)?,
+            population,
+        };
+        if !args.skip_create {
+            import(&args, &prefix, &fleet, population).await?;
+        }
+        if args.create_only {
+            return Ok(());
+        }
+        fleet
+    } else {
+        let key = match &args.group_key {
+            Some(k) => k.clone(),
+            None => {
+                crate::service_client::create_bench_group(&args.api(), &format!("bench-{run_id}"))
+                    .await?
+            }
+        };
+        Fleet::Group { key }
     };
 
     // A fleet does not share TLS sessions: no resumption.
@@ -165,45 +206,225 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let tls = Arc::new(tls);
-
-    let progress = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(args.devices);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ({eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
+    let load = Load {
+        protocol,
+        reuse,
+        address,
+        endpoint,
+        id_scope,
+        prefix,
+        fleet,
+        tls: Arc::new(tls),
+        devices: args.devices,
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        label: args.protocol.clone(),
+        connections: args.connections.clone(),
     };
+
+    let ceiling = if args.ceiling {
+        Some(ceiling_run(&config, &load, args.json).await?)
+    } else {
+        None
+    };
+    let mut summary = drive(&load, args.json).await;
+    summary.ceiling = ceiling.map(|c| CeilingComparison {
+        share: summary.registrations_per_second / c.registrations_per_second.max(f64::MIN_POSITIVE),
+        registrations_per_second: c.registrations_per_second,
+        latency_ms: c.latency_ms,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if summary.assigned == 0 {
+        bail!("no device was assigned");
+    }
+    Ok(())
+}
+
+/// Who the simulated devices are.
+#[derive(Clone)]
+pub(crate) enum Fleet {
+    /// Devices of one group: keys derived from the group key.
+    Group { key: String },
+    /// Devices with individual enrollments `{prefix}-{i:07}` for i below
+    /// `population`, keys derived from a secret of the prefix (so a later run
+    /// with the same prefix finds them again).
+    Individual { secret: String, population: u64 },
+}
+
+impl Fleet {
+    /// Registration ID and key of the `n`-th device to register.
+    pub(crate) fn device(&self, prefix: &str, n: u64) -> Result<(String, String), String> {
+        let i = match self {
+            Fleet::Group { .. } => n,
+            Fleet::Individual { population, .. } => spread(n, *population),
+        };
+        let id = format!("{prefix}-{i:07}");
+        let key = match self {
+            Fleet::Group { key } | Fleet::Individual { secret: key, .. } => {
+                sas::derive_device_key(key, &id)?
+            }
+        };
+        Ok((id, key))
+    }
+}
+
+/// Visits 0..population in a scattered order (a bijection for n < population),
+/// so that registrations hit the whole enrollment list, not its first pages.
+fn spread(n: u64, population: u64) -> u64 {
+    const STRIDES: [u64; 3] = [1_000_003, 999_983, 7_919];
+    let stride = STRIDES
+        .into_iter()
+        .find(|s| !population.is_multiple_of(*s))
+        .unwrap_or(1);
+    ((u128::from(n) * u128::from(stride)) % u128::from(population)) as u64
+}
+
+/// The key individual enrollments of a prefix are derived from.
+fn individual_secret(prefix: &str) -> anyhow::Result<String> {
+    // Any fixed base64 key will do: the secret only has to be reproducible.
+    sas::derive_device_key("b25yYW1wLWJlbmNoLXNlY3JldA==", &format!("bench/{prefix}"))
+        .map_err(anyhow::Error::msg)
+}
+
+/// Creates the individual enrollments through the service API's bulk
+/// operation, a few batches in flight, with a progress bar.
+async fn import(
+    args: &BenchArgs,
+    prefix: &str,
+    fleet: &Fleet,
+    population: u64,
+) -> anyhow::Result<()> {
+    const BATCH: u64 = 1_000;
+    const IN_FLIGHT: usize = 4;
+    let api = Arc::new(crate::service_client::Api::open(&args.api()).await?);
+    let progress = bar(population, args.json, "importing enrollments");
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let (api, next, progress, fleet, prefix) = (
+            api.clone(),
+            next.clone(),
+            progress.clone(),
+            fleet.clone(),
+            prefix.to_owned(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                if first >= population {
+                    return anyhow::Ok(());
+                }
+                let last = (first + BATCH).min(population);
+                let mut enrollments = Vec::with_capacity((last - first) as usize);
+                for i in first..last {
+                    let id = format!("{prefix}-{i:07}");
+                    let Fleet::Individual { secret, .. } = &fleet else {
+                        bail!("only individual enrollments are imported");
+                    };
+                    let key = sas::derive_device_key(secret, &id).map_err(anyhow::Error::msg)?;
+                    enrollments.push(serde_json::json!({
+                        "registrationId": id,
+                        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}},
+                    }));
+                }
+                let result = api
+                    .call(
+                        reqwest::Method::POST,
+                        "enrollments",
+                        Some(&serde_json::json!({"mode": "create", "enrollments": enrollments})),
+                    )
+                    .await?;
+                if result["isSuccessful"] != serde_json::json!(true) {
+                    let errors = result["errors"].as_array().map(Vec::len).unwrap_or(0);
+                    bail!(
+                        "{errors} enrollments of {first}..{last} were refused (already imported? use --skip-create): {}",
+                        result["errors"][0]
+                    );
+                }
+                progress.inc(last - first);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("an import task failed")??;
+    }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let line = format!(
+        "imported {population} individual enrollments in {seconds:.1} s ({:.0}/s)",
+        population as f64 / seconds
+    );
+    if args.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn bar(len: u64, hidden: bool, what: &str) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{per_sec}} ({{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// One load: where, who, how many, how fast.
+#[derive(Clone)]
+pub(crate) struct Load {
+    pub protocol: Protocol,
+    pub reuse: bool,
+    pub address: String,
+    pub endpoint: String,
+    pub id_scope: String,
+    pub prefix: String,
+    pub fleet: Fleet,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub devices: u64,
+    pub concurrency: usize,
+    pub rate: f64,
+    pub label: String,
+    pub connections: String,
+}
+
+/// Runs a load to its end and sums it up.
+pub(crate) async fn drive(load: &Load, quiet: bool) -> Summary {
+    let progress = bar(load.devices, quiet, "registering");
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
-        let ctx = Worker {
-            next: next.clone(),
-            devices: args.devices,
-            protocol,
-            reuse,
-            address: address.clone(),
-            endpoint: endpoint.clone(),
-            id_scope: id_scope.clone(),
-            prefix: prefix.clone(),
-            group_key: group_key.clone(),
-            tls: tls.clone(),
-            progress: progress.clone(),
-        };
-        workers.spawn(ctx.run());
+    for _ in 0..load.concurrency {
+        workers.spawn(
+            Worker {
+                next: next.clone(),
+                load: load.clone(),
+                started,
+                progress: progress.clone(),
+            }
+            .run(),
+        );
     }
     let mut tally = Tally {
         latency_us: Some(histogram()),
         ..Default::default()
     };
     while let Some(done) = workers.join_next().await {
-        tally.merge(done.context("a bench worker failed")?);
+        match done {
+            Ok(t) => tally.merge(t),
+            Err(e) => *tally.errors.entry(format!("worker: {e}")).or_default() += 1,
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
@@ -212,11 +433,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let failed: u64 = tally.errors.values().sum();
     let h = tally.latency_us.unwrap_or_else(histogram);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let summary = Summary {
-        protocol: args.protocol.clone(),
-        connections: args.connections.clone(),
-        devices: args.devices,
-        concurrency: args.concurrency,
+    Summary {
+        protocol: load.label.clone(),
+        connections: load.connections.clone(),
+        devices: load.devices,
+        concurrency: load.concurrency,
+        rate_limit: (load.rate > 0.0).then_some(load.rate),
         assigned,
         failed,
         seconds,
@@ -229,16 +451,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         errors: tally.errors,
         hubs: tally.hubs,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        print_summary(&summary);
+        ceiling: None,
     }
-    if assigned == 0 {
-        bail!("no device was assigned");
+}
+
+/// The same load against an in-process ceiling server on this machine.
+#[cfg(feature = "ceiling")]
+async fn ceiling_run(config: &Config, load: &Load, quiet: bool) -> anyhow::Result<Summary> {
+    if load.protocol != Protocol::Https {
+        bail!("--ceiling measures HTTPS; use --protocol https");
     }
-    Ok(())
+    let names = onramp_net::pki::default_host_names();
+    let pki = onramp_net::pki::load_or_create(&config.tls_dir(), &names)
+        .context("the development certificates of the data directory")?;
+    let tls =
+        onramp_net::tls::server_config(&pki.server_chain_pem, &pki.server_key_pem, &[b"http/1.1"])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(onramp_ceiling::serve(listener, Arc::new(tls)));
+    let mut at_ceiling = load.clone();
+    at_ceiling.address = format!("localhost:{port}");
+    at_ceiling.endpoint = at_ceiling.address.clone();
+    let summary = drive(&at_ceiling, quiet).await;
+    server.abort();
+    if !quiet {
+        println!(
+            "ceiling server: {:.0} registrations/s, p50 {:.2} ms, p99 {:.2} ms",
+            summary.registrations_per_second, summary.latency_ms.p50, summary.latency_ms.p99
+        );
+    }
+    Ok(summary)
+}
+
+#[cfg(not(feature = "ceiling"))]
+async fn ceiling_run(_config: &Config, _load: &Load, _quiet: bool) -> anyhow::Result<Summary> {
+    bail!("this onramp was built without the ceiling server: build it with --features ceiling")
 }
 
 fn print_summary(s: &Summary) {
@@ -264,19 +511,19 @@ fn print_summary(s: &Summary) {
     for (code, n) in &s.errors {
         println!("  error {code:<28} {n}");
     }
+    if let Some(c) = &s.ceiling {
+        println!(
+            "  ceiling server        {:.0} registrations/s: Onramp reached {:.0}% of it",
+            c.registrations_per_second,
+            100.0 * c.share
+        );
+    }
 }
 
 struct Worker {
     next: Arc<AtomicU64>,
-    devices: u64,
-    protocol: Protocol,
-    reuse: bool,
-    address: String,
-    endpoint: String,
-    id_scope: String,
-    prefix: String,
-    group_key: String,
-    tls: Arc<rustls::ClientConfig>,
+    load: Load,
+    started: Instant,
     progress: indicatif::ProgressBar,
 }
 
@@ -288,13 +535,16 @@ impl Worker {
         };
         let mut connection: Option<SendRequest<Full<Bytes>>> = None;
         loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.devices {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            if n >= self.load.devices {
                 break;
             }
-            let registration_id = format!("{}-{i:07}", self.prefix);
-            let key = match sas::derive_device_key(&self.group_key, &registration_id) {
-                Ok(k) => k,
+            if self.load.rate > 0.0 {
+                let due = self.started + Duration::from_secs_f64(n as f64 / self.load.rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let (registration_id, key) = match self.load.fleet.device(&self.load.prefix, n) {
+                Ok(d) => d,
                 Err(e) => {
                     tally.record(
                         Outcome::Failed {
@@ -306,9 +556,9 @@ impl Worker {
                 }
             };
             let started = Instant::now();
-            let outcome = match self.protocol {
+            let outcome = match self.load.protocol {
                 Protocol::Https => {
-                    if !self.reuse {
+                    if !self.load.reuse {
                         connection = None;
                     }
                     self.https(&mut connection, &registration_id, &key).await
@@ -323,21 +573,21 @@ impl Worker {
 
     async fn mqtt(&self, registration_id: &str, key: &str) -> Outcome {
         let spec = DeviceSpec {
-            endpoint: self.endpoint.clone(),
-            id_scope: self.id_scope.clone(),
+            endpoint: self.load.endpoint.clone(),
+            id_scope: self.load.id_scope.clone(),
             registration_id: registration_id.to_owned(),
             key: Some(key.to_owned()),
             payload: None,
             force: false,
         };
-        let transport = match self.protocol {
+        let transport = match self.load.protocol {
             Protocol::MqttWs => onramp_net::mqtt::client::Transport::WebSocket {
                 path: "/$iothub/websocket".into(),
                 subprotocol: "mqtt".into(),
             },
             _ => onramp_net::mqtt::client::Transport::Tls,
         };
-        match simulator::provision_mqtt(&spec, self.tls.clone(), &transport).await {
+        match simulator::provision_mqtt(&spec, self.load.tls.clone(), &transport).await {
             Ok(status) => outcome_of(status),
             Err(e) => Outcome::Failed {
                 code: error_code(&e.to_string()),
@@ -347,7 +597,8 @@ impl Worker {
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream =
-            onramp_net::mqtt::client::connect_tls_stream(&self.address, self.tls.clone()).await?;
+            onramp_net::mqtt::client::connect_tls_stream(&self.load.address, self.load.tls.clone())
+                .await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -385,7 +636,7 @@ impl Worker {
             bail!("no connection")
         };
         sender.ready().await?;
-        let resource = format!("{}/registrations/{registration_id}", self.id_scope);
+        let resource = format!("{}/registrations/{registration_id}", self.load.id_scope);
         let token = sas::sign(
             &resource,
             key,
@@ -394,7 +645,7 @@ impl Worker {
         )
         .map_err(anyhow::Error::msg)?;
         let body = serde_json::to_vec(&serde_json::json!({"registrationId": registration_id}))?;
-        let host = self.address.split(':').next().unwrap_or("localhost");
+        let host = self.load.address.split(':').next().unwrap_or("localhost");
         let request = hyper::Request::put(format!(
             "/{resource}/register?api-version={}",
             simulator::DEVICE_API_VERSION

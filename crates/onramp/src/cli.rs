@@ -53,6 +53,9 @@ pub enum Command {
     },
     /// Load test: many simulated devices register at once; prints rates and latencies.
     Bench(BenchArgs),
+    /// A tour in one command: Onramp and three companion hubs in this
+    /// process, a factory's worth of devices provisioned, then everything removed.
+    Demo(DemoArgs),
     /// CA certificates of a provisioning service, and a test PKI.
     Cert {
         #[command(subcommand)]
@@ -136,6 +139,19 @@ pub enum CertCommand {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Devices to provision.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: u64,
+    /// Devices registering at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Transport: https or mqtt (a fresh TLS connection per device either way).
+    #[arg(long, default_value = "https", value_parser = ["https", "mqtt"])]
+    pub protocol: String,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub location: Location,
@@ -175,6 +191,28 @@ pub struct BenchArgs {
     /// Allow a target that is not on this machine.
     #[arg(long)]
     pub yes: bool,
+    /// group: devices of one enrollment group (derived keys); individual:
+    /// devices with individual enrollments, created in bulk first.
+    #[arg(long, default_value = "group", value_parser = ["group", "individual"])]
+    pub enrollments: String,
+    /// individual: how many enrollments exist; the devices that register
+    /// are spread over all of them (default: --devices).
+    #[arg(long)]
+    pub population: Option<u64>,
+    /// individual: the enrollments exist already (a previous run with the same --prefix).
+    #[arg(long)]
+    pub skip_create: bool,
+    /// individual: create the enrollments, report the import rate, and stop.
+    #[arg(long)]
+    pub create_only: bool,
+    /// Start at most this many registrations per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// First run the same load against Onramp's ceiling server (a TLS server
+    /// that answers every register request with a fixed JSON), then against
+    /// the target, and report the ratio. Needs a build with --features ceiling.
+    #[arg(long)]
+    pub ceiling: bool,
 }
 
 impl BenchArgs {

@@ -50,6 +50,40 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    let hub = start(&args).await?;
+    println!(
+        "Onramp companion hub {} is running (listening on {}).",
+        hub.host, hub.listen
+    );
+    if let Some(l) = &hub.mqtt_listen {
+        println!("  MQTT               {l}");
+    }
+    println!("  Connection string  {}", hub.connection_string);
+    println!("  CA certificate     {}", hub.ca_cert.display());
+    println!("  Link it:           onramp linked-hub add --connection-string '<the string above>'");
+    let stop = hub.stop.clone();
+    tokio::spawn(async move {
+        crate::serve::shutdown_signal().await;
+        stop.trigger();
+    });
+    let _ = hub.serving.await;
+    Ok(())
+}
+
+/// A started companion hub.
+pub struct RunningHub {
+    /// The host name (and port) clients use.
+    pub host: String,
+    pub listen: std::net::SocketAddr,
+    pub mqtt_listen: Option<std::net::SocketAddr>,
+    pub connection_string: String,
+    pub ca_cert: std::path::PathBuf,
+    pub stop: Arc<onramp_net::ShutdownTrigger>,
+    pub serving: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a companion hub on its own listeners.
+pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -84,21 +118,10 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_listen))?,
             )
         };
-    println!(
-        "Onramp companion hub {host} is running (listening on {}).",
-        listener.local_addr()?
-    );
-    if let Some(l) = &mqtt_listener {
-        println!("  MQTT               {}", l.local_addr()?);
-    }
-    println!("  Connection string  {}", hub.owner_connection_string());
-    println!("  CA certificate     {}", pki.ca_cert_path.display());
-    println!("  Link it:           onramp linked-hub add --connection-string '<the string above>'");
+    let listen = listener.local_addr()?;
+    let mqtt_listen = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let connection_string = hub.owner_connection_string();
     let (stop, shutdown) = Shutdown::new();
-    tokio::spawn(async move {
-        crate::serve::shutdown_signal().await;
-        stop.trigger();
-    });
     let limits = MqttLimits::default();
     let services = Services {
         http: hub.standalone_router(limits, shutdown.clone()),
@@ -113,14 +136,24 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
         ListenerLimits::default(),
         shutdown.clone(),
     );
-    match mqtt_listener {
-        Some(l) => {
-            tokio::join!(
-                https,
-                onramp_net::serve(l, tls, services, ListenerLimits::default(), shutdown)
-            );
+    let serving = tokio::spawn(async move {
+        match mqtt_listener {
+            Some(l) => {
+                tokio::join!(
+                    https,
+                    onramp_net::serve(l, tls, services, ListenerLimits::default(), shutdown)
+                );
+            }
+            None => https.await,
         }
-        None => https.await,
-    }
-    Ok(())
+    });
+    Ok(RunningHub {
+        host,
+        listen,
+        mqtt_listen,
+        connection_string,
+        ca_cert: pki.ca_cert_path,
+        stop: Arc::new(stop),
+        serving,
+    })
 }

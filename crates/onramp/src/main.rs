@@ -7,6 +7,7 @@ mod bench;
 mod cert;
 mod cli;
 mod config;
+mod demo;
 mod device;
 mod hub_cmd;
 mod local;
@@ -51,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { command } => service_client::group(command).await,
         Command::Device { command } => device::run(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Cert { command } => cert::run(command).await,
     }
 }

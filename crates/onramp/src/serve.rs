@@ -23,11 +23,43 @@ use crate::local::{self, ServeState, authority, authority_with_default};
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
     init_logging(&config)?;
+    let running = start(&config, true).await?;
+    let stop = running.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.trigger();
+    });
+    running.finished().await;
+    let _ = std::fs::remove_file(config.state_file());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A started Onramp: its endpoints, and how to stop it.
+pub struct Running {
+    pub state: ServeState,
+    pub store: Arc<onramp_store::SqliteStore>,
+    pub stop: Arc<onramp_net::ShutdownTrigger>,
+    /// Trusts the development CA and the configured extra CAs.
+    pub client_tls: rustls::ClientConfig,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the listeners have closed (after [`Running::stop`] is triggered).
+    pub async fn finished(self) {
+        let _ = self.serving.await;
+    }
+}
+
+/// Starts Onramp as configured: store, provisioning service, hubs, engine,
+/// listeners. `summary` prints what an operator needs to know.
+pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
 
-    let sealer = local::sealer(&config)?;
-    let store = local::open_store(&config, sealer.clone())?;
+    let sealer = local::sealer(config)?;
+    let store = local::open_store(config, sealer.clone())?;
 
     let listener = tokio::net::TcpListener::bind(&config.https.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -201,14 +233,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         pid: std::process::id(),
     };
-    state_file.write(&config)?;
-    print_summary(&config, &state_file, &*store, created_owner.as_ref()).await?;
+    state_file.write(config)?;
+    if summary {
+        print_summary(config, &state_file, &*store, created_owner.as_ref()).await?;
+    }
 
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.trigger();
-    });
     let probes = shutdown.clone();
+    let client_tls_for_callers = client_tls.clone();
     tokio::spawn(onramp_hub::latency::run(
         store_dyn_for_probes,
         latency,
@@ -233,17 +264,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ListenerLimits::default(),
         shutdown.clone(),
     );
-    match mqtt_listener {
-        Some(l) => {
-            let mqtt =
-                onramp_net::serve(l, server_tls, services, ListenerLimits::default(), shutdown);
-            tokio::join!(https, mqtt);
+    let serving = tokio::spawn(async move {
+        match mqtt_listener {
+            Some(l) => {
+                let mqtt =
+                    onramp_net::serve(l, server_tls, services, ListenerLimits::default(), shutdown);
+                tokio::join!(https, mqtt);
+            }
+            None => https.await,
         }
-        None => https.await,
-    }
-    let _ = std::fs::remove_file(config.state_file());
-    tracing::info!("stopped");
-    Ok(())
+    });
+    Ok(Running {
+        state: state_file,
+        store,
+        stop: Arc::new(stop),
+        client_tls: client_tls_for_callers,
+        serving,
+    })
 }
 
 /// Links the embedded hub under its current name, replacing a link left

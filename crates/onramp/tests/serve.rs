@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{Server, onramp, unix_now};
 use onramp_core::ports::Store;
 use reqwest::Method;
@@ -1056,4 +1058,133 @@ fn x509_client(
         .use_preconfigured_tls(tls)
         .build()
         .unwrap()
+}
+
+#[tokio::test]
+async fn demo_provisions_a_fleet_and_leaves_nothing_behind() {
+    let out = onramp()
+        .args(["demo", "--devices", "200", "--concurrency", "8"])
+        .env_remove("ONRAMP_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("200 of 200 devices assigned"), "{stdout}");
+    let hub_lines = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("localhost:") && l.contains(" devices ("))
+        .count();
+    assert_eq!(hub_lines, 3, "three hubs share the devices: {stdout}");
+    assert!(
+        stdout.contains("\"telemetryIntervalSeconds\": 30"),
+        "{stdout}"
+    );
+    let removed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Stopped, and removed "))
+        .unwrap()
+        .trim_end_matches('.');
+    assert!(!Path::new(removed).exists(), "{removed} is gone");
+}
+
+#[tokio::test]
+async fn bench_imports_individual_enrollments_and_paces_registrations() {
+    let server = Server::start("127.0.0.1:0");
+    let bench = |extra: &[&str]| {
+        let out = onramp()
+            .args(["bench", "--json", "--concurrency", "8", "--data-dir"])
+            .arg(&server.data_dir)
+            .args(extra)
+            .env_remove("ONRAMP_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // 500 enrollments imported in bulk; 60 of them, spread over the list, register.
+    let (summary, stderr) = bench(&[
+        "--enrollments",
+        "individual",
+        "--population",
+        "500",
+        "--devices",
+        "60",
+        "--prefix",
+        "imp",
+    ]);
+    assert!(
+        stderr.contains("imported 500 individual enrollments"),
+        "{stderr}"
+    );
+    assert_eq!(summary["assigned"], 60, "{summary}");
+    let store = server.store();
+    assert!(
+        store
+            .enrollment("default", "imp-0000499")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Spread over the whole list (every third of 500), not its first 60.
+    assert!(
+        store
+            .registration("default", "imp-0000177")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .registration("default", "imp-0000001")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The same enrollments again, without importing; paced at 100/s.
+    let (summary, _) = bench(&[
+        "--enrollments",
+        "individual",
+        "--population",
+        "500",
+        "--devices",
+        "50",
+        "--prefix",
+        "imp",
+        "--skip-create",
+        "--rate",
+        "100",
+    ]);
+    assert_eq!(summary["assigned"], 50, "{summary}");
+    assert_eq!(summary["rateLimit"], 100.0);
+    assert!(summary["seconds"].as_f64().unwrap() >= 0.45, "{summary}");
+
+    // Importing the same prefix twice is refused with a hint.
+    let out = onramp()
+        .args([
+            "bench",
+            "--enrollments",
+            "individual",
+            "--devices",
+            "5",
+            "--prefix",
+            "imp",
+            "--data-dir",
+        ])
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--skip-create"));
 }

@@ -1,0 +1,114 @@
+//! The CPU work of one registration, piece by piece, and the whole engine
+//! over in-memory ports: `cargo bench -p onramp-core --bench hot_path`.
+
+#![allow(clippy::unwrap_used)] // benchmark setup
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use onramp_core::allocate::{HubSelection, Proximity, allocate};
+use onramp_core::attest::DeviceCredential;
+use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
+use onramp_core::events::Protocol;
+use onramp_core::ports::{Precondition, Store, SystemClock};
+use onramp_core::sas;
+use onramp_core::testing::{MemoryStore, RecordingHubs, conformance};
+use onramp_model::{AllocationPolicy, DeviceRegistration, UtcTime};
+
+const GROUP_KEY: &str = "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw==";
+
+fn sas_verification(c: &mut Criterion) {
+    let key = sas::derive_device_key(GROUP_KEY, "device-000042").unwrap();
+    let token = sas::sign(
+        "0ne0000A2B3/registrations/device-000042",
+        &key,
+        4_000_000_000,
+        Some("registration"),
+    )
+    .unwrap();
+    c.bench_function("sas: parse and verify a device token", |b| {
+        b.iter(|| {
+            let t = sas::parse(std::hint::black_box(&token)).unwrap();
+            assert!(t.is_signed_by(&key));
+        })
+    });
+    c.bench_function("sas: derive a group device key", |b| {
+        b.iter(|| sas::derive_device_key(GROUP_KEY, std::hint::black_box("device-000042")).unwrap())
+    });
+}
+
+fn allocation(c: &mut Criterion) {
+    let hubs: Vec<_> = ["hub-a", "hub-b", "hub-c"]
+        .iter()
+        .map(|n| conformance::hub(n))
+        .collect();
+    let selection = HubSelection {
+        policy: AllocationPolicy::Hashed,
+        iot_hubs: &[],
+        iot_hub_host_name: None,
+    };
+    c.bench_function("allocate: hashed over 3 hubs", |b| {
+        b.iter(|| {
+            allocate(
+                selection,
+                &hubs,
+                std::hint::black_box("device-000042"),
+                Proximity::unmeasured(),
+            )
+            .unwrap()
+        })
+    });
+}
+
+fn engine(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let svc = conformance::service("default", 0xA2B3);
+    let scope = svc.id_scope.to_string();
+    let group = conformance::group("fleet");
+    rt.block_on(async {
+        store.create_service(&svc, &[]).await.unwrap();
+        store
+            .put_linked_hub("default", &conformance::hub("hub-a"))
+            .await
+            .unwrap();
+        store
+            .put_enrollment_group("default", &group, Precondition::None, UtcTime::now())
+            .await
+            .unwrap();
+    });
+    let engine = Engine::new(
+        store,
+        Arc::new(RecordingHubs::default()),
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    );
+    let key = sas::derive_device_key(GROUP_KEY, "device-000042").unwrap();
+    let token = sas::sign(
+        &format!("{scope}/registrations/device-000042"),
+        &key,
+        4_000_000_000,
+        Some("registration"),
+    )
+    .unwrap();
+    c.bench_function("engine: register a group device (in-memory ports)", |b| {
+        b.iter(|| {
+            rt.block_on(engine.register(RegisterRequest {
+                id_scope: scope.clone(),
+                registration_id: "device-000042".into(),
+                credential: DeviceCredential::SasToken(token.clone()),
+                body: DeviceRegistration::default(),
+                force_registration: false,
+                operation_id: engine.new_operation_id(),
+                protocol: Protocol::Internal,
+                client_addr: None,
+            }))
+            .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, sas_verification, allocation, engine);
+criterion_main!(benches);

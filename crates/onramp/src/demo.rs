@@ -1,0 +1,216 @@
+//! `onramp demo`: the whole flow on one machine, in one command. Three
+//! companion hubs and an Onramp server start in this process on free
+//! loopback ports, with everything in a temporary directory; an enrollment
+//! group is created; simulated devices provision (each over its own TLS
+//! connection); the distribution over hubs, the throughput and one device's
+//! twin are printed; then everything stops and the directory is removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use onramp_core::admin::Admin;
+use onramp_core::ports::{Store, SystemClock};
+use onramp_core::tenant::LinkedHub;
+use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, InitialTwin};
+
+use crate::bench::{self, Fleet, Load};
+use crate::cli::{DemoArgs, HubServeArgs};
+use crate::config::Config;
+use crate::simulator::{self, Protocol};
+use crate::{hub_cmd, serve};
+
+const HUBS: usize = 3;
+const GROUP: &str = "demo-factory";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix("onramp-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    println!(
+        "Onramp demo — everything lives in {} and is removed at the end.",
+        temp.path().display()
+    );
+
+    let mut hubs = Vec::new();
+    for i in 0..HUBS {
+        let hub = hub_cmd::start(&HubServeArgs {
+            data_dir: temp.path().join(format!("hub-{i}")),
+            listen: "127.0.0.1:0".into(),
+            mqtt_listen: "off".into(),
+            host: "localhost".into(),
+        })
+        .await?;
+        println!("  companion hub {}", hub.host);
+        hubs.push(hub);
+    }
+
+    let mut config = Config {
+        data_dir: temp.path().join("onramp"),
+        ..Config::default()
+    };
+    config.https.listen = "127.0.0.1:0".into();
+    config.mqtt.listen = "127.0.0.1:0".into();
+    config.hub.embedded = false;
+    config.tls.trust = hubs.iter().map(|h| h.ca_cert.clone()).collect();
+    config.allocation.latency_probe_interval_ms = 60_000;
+    let server = serve::start(&config, false).await?;
+    let service = server.state.service.clone();
+    println!(
+        "  Onramp        {} (ID scope {})",
+        server.state.endpoint, server.state.id_scope
+    );
+
+    let result = provision(&args, &server, &hubs, &service).await;
+
+    server.stop.trigger();
+    for hub in &hubs {
+        hub.stop.trigger();
+    }
+    let stopped = async {
+        server.finished().await;
+        for hub in hubs {
+            let _ = hub.serving.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .is_err()
+    {
+        eprintln!("some connections did not close within 10 s; leaving them behind");
+    }
+    let path = temp.path().to_owned();
+    temp.close()
+        .with_context(|| format!("removing {}", path.display()))?;
+    println!("Stopped, and removed {}.", path.display());
+    result
+}
+
+async fn provision(
+    args: &DemoArgs,
+    server: &serve::Running,
+    hubs: &[hub_cmd::RunningHub],
+    service: &str,
+) -> anyhow::Result<()> {
+    let store = server.store.clone();
+    for hub in hubs {
+        let mut link = LinkedHub::from_connection_string(&hub.connection_string, "local", 1, true)
+            .map_err(anyhow::Error::msg)?;
+        link.companion = true;
+        store.put_linked_hub(service, &link).await?;
+    }
+    let admin = Admin::new(store.clone(), Arc::new(SystemClock));
+    let twin: InitialTwin = serde_json::from_value(serde_json::json!({
+        "tags": {"factory": "demo", "line": 1},
+        "properties": {"desired": {"telemetryIntervalSeconds": 30, "firmware": "1.0.0"}},
+    }))?;
+    let group = admin
+        .put_group(
+            service,
+            GROUP,
+            EnrollmentGroup {
+                enrollment_group_id: GROUP.into(),
+                attestation: Some(AttestationMechanism {
+                    kind: AttestationType::SymmetricKey,
+                    ..Default::default()
+                }),
+                initial_twin: Some(twin),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the enrollment group: {}", e.message))?;
+    let key = group
+        .attestation
+        .as_ref()
+        .and_then(|a| a.symmetric_key.as_ref())
+        .and_then(|k| k.primary_key.as_ref())
+        .map(|k| k.expose().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("the group has no key"))?;
+    println!("  enrollment group '{GROUP}' (symmetric key; devices derive theirs from it)\n");
+
+    let protocol = Protocol::parse(&args.protocol)?;
+    let endpoint = match protocol {
+        Protocol::Https => server.state.endpoint.clone(),
+        _ => server
+            .state
+            .mqtt_endpoint
+            .clone()
+            .unwrap_or_else(|| server.state.endpoint.clone()),
+    };
+    let mut tls = server.client_tls.clone();
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.alpn_protocols = if protocol == Protocol::Https {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        Vec::new()
+    };
+    let load = Load {
+        protocol,
+        reuse: false,
+        address: simulator::address(&endpoint, protocol),
+        endpoint,
+        id_scope: server.state.id_scope.clone(),
+        prefix: "demo-device".into(),
+        fleet: Fleet::Group { key },
+        tls: Arc::new(tls),
+        devices: args.devices,
+        concurrency: args.concurrency.max(1),
+        rate: 0.0,
+        label: args.protocol.clone(),
+        connections: "fresh".into(),
+    };
+    println!(
+        "Provisioning {} devices over {}, {} at a time, each over a new TLS connection:",
+        args.devices, args.protocol, load.concurrency
+    );
+    let summary = bench::drive(&load, false).await;
+    println!(
+        "\n{} of {} devices assigned in {:.1} s: {:.0} registrations/s (latency p50 {:.1} ms, p99 {:.1} ms)",
+        summary.assigned,
+        summary.devices,
+        summary.seconds,
+        summary.registrations_per_second,
+        summary.latency_ms.p50,
+        summary.latency_ms.p99
+    );
+    println!("Distribution over the hubs (evenly weighted hashing):");
+    for (hub, n) in &summary.hubs {
+        println!(
+            "  {hub:<24} {n:>7} devices ({:.1}%)",
+            100.0 * *n as f64 / summary.assigned.max(1) as f64
+        );
+    }
+    for (code, n) in &summary.errors {
+        println!("  failed with {code}: {n}");
+    }
+
+    // One device, as its hub sees it.
+    let (sample, _) = load
+        .fleet
+        .device(&load.prefix, 0)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(record) = store
+        .registration(service, &sample.to_ascii_lowercase())
+        .await?
+        && let Some(hub_name) = record.state.assigned_hub.as_deref()
+        && let Some(link) = store
+            .linked_hubs(service)
+            .await?
+            .into_iter()
+            .find(|h| h.is_named(hub_name))
+    {
+        let client = onramp_hub::HubClient::new(server.client_tls.clone(), Duration::from_secs(10))
+            .map_err(anyhow::Error::msg)?;
+        if let Some(twin) = client.get_twin(&link, &sample).await? {
+            println!("\nThe twin of {sample} on {hub_name}:");
+            println!("{}", serde_json::to_string_pretty(&twin)?);
+        }
+    }
+    if summary.assigned == 0 {
+        anyhow::bail!("no device was assigned");
+    }
+    Ok(())
+}
