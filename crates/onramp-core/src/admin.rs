@@ -20,7 +20,7 @@ use onramp_model::certificate::{
 };
 
 use crate::ports::{Clock, Precondition, Store, StoreError};
-use crate::tenant::CaCertificate;
+use crate::tenant::{CaCertificate, LinkedHub};
 use crate::{ProvisioningError, validate, x509};
 
 /// Page sizes when the caller gives none, and at most.
@@ -66,7 +66,7 @@ impl Admin {
     async fn allocation_targets(
         &self,
         service: &str,
-    ) -> Result<(Vec<crate::tenant::LinkedHub>, bool), ProvisioningError> {
+    ) -> Result<(Vec<LinkedHub>, bool), ProvisioningError> {
         let hubs = self.store.linked_hubs(service).await?;
         let webhook = self
             .store
@@ -185,6 +185,8 @@ impl Admin {
         op: BulkEnrollmentOperation,
     ) -> Result<BulkEnrollmentOperationResult, ProvisioningError> {
         check_bulk_size(op.enrollments.len())?;
+        // Read once for the whole batch, not once per item.
+        let targets = self.allocation_targets(service).await?;
         let mut errors = Vec::new();
         for item in op.enrollments {
             let id = item.registration_id.clone();
@@ -194,7 +196,7 @@ impl Admin {
                     self.delete_enrollment(service, &id, cond.as_deref()).await
                 }
                 mode => self
-                    .bulk_put_enrollment(service, item, mode)
+                    .bulk_put_enrollment(service, item, mode, &targets)
                     .await
                     .map(|_| ()),
             };
@@ -217,6 +219,7 @@ impl Admin {
         service: &str,
         item: IndividualEnrollment,
         mode: BulkMode,
+        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
     ) -> Result<IndividualEnrollment, ProvisioningError> {
         if item.registration_id.is_empty() {
             return Err(ProvisioningError::invalid(
@@ -225,10 +228,9 @@ impl Admin {
         }
         let key = item.registration_id.to_ascii_lowercase();
         let existing = self.store.enrollment(service, &key).await?;
-        let (hubs, service_webhook) = self.allocation_targets(service).await?;
         let ctx = validate::Context {
-            linked_hubs: &hubs,
-            service_webhook,
+            linked_hubs: hubs,
+            service_webhook: *service_webhook,
             existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
         };
         let etag = item.etag.clone();
@@ -269,6 +271,40 @@ impl Admin {
             )
             .await
             .map_err(|e| not_found_as(e, ErrorCode::EnrollmentGroupNotFound))
+    }
+
+    async fn bulk_put_group(
+        &self,
+        service: &str,
+        item: EnrollmentGroup,
+        mode: BulkMode,
+        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+    ) -> Result<EnrollmentGroup, ProvisioningError> {
+        if item.enrollment_group_id.is_empty() {
+            return Err(ProvisioningError::invalid(
+                "enrollmentGroupId is required for every bulk item",
+            ));
+        }
+        let key = item.enrollment_group_id.to_ascii_lowercase();
+        let existing = self.store.enrollment_group(service, &key).await?;
+        let ctx = validate::Context {
+            linked_hubs: hubs,
+            service_webhook: *service_webhook,
+            existing_attestation: existing.as_ref().and_then(|g| g.attestation.as_ref()),
+        };
+        let etag = item.etag.clone();
+        let id = item.enrollment_group_id.clone();
+        let group = validate::enrollment_group(&id, item, &ctx)?;
+        self.check_ca_references(service, &group).await?;
+        self.store
+            .put_enrollment_group(
+                service,
+                &group,
+                bulk_condition(mode, etag.as_ref().map(|t| t.as_str())),
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| bulk_error(e, &id))
     }
 
     pub async fn group(
@@ -338,6 +374,8 @@ impl Admin {
         op: BulkEnrollmentGroupOperation,
     ) -> Result<BulkEnrollmentGroupOperationResult, ProvisioningError> {
         check_bulk_size(op.enrollment_groups.len())?;
+        // Read once for the whole batch, not once per item.
+        let targets = self.allocation_targets(service).await?;
         let mut errors = Vec::new();
         for item in op.enrollment_groups {
             let id = item.enrollment_group_id.clone();
@@ -346,46 +384,10 @@ impl Admin {
                     let cond = item.etag.as_ref().map(|t| t.as_str().to_owned());
                     self.delete_group(service, &id, cond.as_deref()).await
                 }
-                mode => {
-                    let etag = item.etag.clone();
-                    if id.is_empty() {
-                        Err(ProvisioningError::invalid(
-                            "enrollmentGroupId is required for every bulk item",
-                        ))
-                    } else {
-                        let key = id.to_ascii_lowercase();
-                        let existing = self.store.enrollment_group(service, &key).await?;
-                        let (hubs, service_webhook) = self.allocation_targets(service).await?;
-                        let ctx = validate::Context {
-                            linked_hubs: &hubs,
-                            service_webhook,
-                            existing_attestation: existing
-                                .as_ref()
-                                .and_then(|g| g.attestation.as_ref()),
-                        };
-                        let checked = match validate::enrollment_group(&id, item, &ctx) {
-                            Ok(group) => self
-                                .check_ca_references(service, &group)
-                                .await
-                                .map(|()| group),
-                            Err(e) => Err(e),
-                        };
-                        match checked {
-                            Ok(group) => self
-                                .store
-                                .put_enrollment_group(
-                                    service,
-                                    &group,
-                                    bulk_condition(mode, etag.as_ref().map(|t| t.as_str())),
-                                    self.clock.now(),
-                                )
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| bulk_error(e, &id)),
-                            Err(e) => Err(e),
-                        }
-                    }
-                }
+                mode => self
+                    .bulk_put_group(service, item, mode, &targets)
+                    .await
+                    .map(|_| ()),
             };
             if let Err(e) = outcome {
                 errors.push(BulkEnrollmentGroupOperationError {
@@ -544,7 +546,7 @@ impl Admin {
             .put_ca_certificate(
                 service,
                 &ca,
-                Precondition::from_if_match(if_match).or_exists(),
+                Precondition::from_if_match(if_match).or_as_read(ca.etag.as_ref()),
             )
             .await
             .map_err(|e| not_found_as(e, ErrorCode::CaCertificateNotFound))?;
@@ -604,7 +606,7 @@ impl Admin {
             .put_ca_certificate(
                 service,
                 &ca,
-                Precondition::from_if_match(if_match).or_exists(),
+                Precondition::from_if_match(if_match).or_as_read(ca.etag.as_ref()),
             )
             .await
             .map_err(|e| not_found_as(e, ErrorCode::CaCertificateNotFound))?;

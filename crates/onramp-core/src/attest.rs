@@ -15,9 +15,9 @@ use onramp_model::{
     RegistrationId, Secret,
 };
 
-use onramp_model::{UtcTime, X509Attestation};
+use onramp_model::UtcTime;
 
-use crate::ports::Store;
+use crate::ports::{Store, client_thumbprints};
 use crate::{ProvisioningError, sas, x509};
 
 /// How the device proved (or tried to prove) who it is.
@@ -90,6 +90,75 @@ impl Enrollment {
     }
 }
 
+/// How many enrollment groups attestation reads at a time.
+pub const GROUP_PAGE: usize = 500;
+
+/// Enrollment reads the caller has made already (with the rest of a
+/// registration's reads), so that attestation does not ask the store again.
+#[derive(Debug, Clone, Default)]
+pub struct Prefetched {
+    /// `Some(found)` when the individual enrollment was looked up.
+    pub enrollment: Option<Option<Box<IndividualEnrollment>>>,
+    /// The first page of enrollment groups (`GROUP_PAGE` at most), when read.
+    pub first_groups: Option<Vec<EnrollmentGroup>>,
+}
+
+impl Prefetched {
+    async fn enrollment(
+        &mut self,
+        store: &dyn Store,
+        service: &str,
+        key: &str,
+    ) -> Result<Option<Box<IndividualEnrollment>>, ProvisioningError> {
+        match self.enrollment.take() {
+            Some(found) => Ok(found),
+            None => Ok(store.enrollment(service, key).await?.map(Box::new)),
+        }
+    }
+}
+
+/// Enrollment groups page by page, the first page perhaps read already.
+struct GroupPages {
+    first: Option<Vec<EnrollmentGroup>>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl GroupPages {
+    fn new(first: Option<Vec<EnrollmentGroup>>) -> Self {
+        Self {
+            first,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    async fn next(
+        &mut self,
+        store: &dyn Store,
+        service: &str,
+    ) -> Result<Option<Vec<EnrollmentGroup>>, ProvisioningError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self.first.take() {
+            Some(page) if self.after.is_none() => page,
+            _ => {
+                store
+                    .enrollment_groups(service, self.after.as_deref(), GROUP_PAGE)
+                    .await?
+            }
+        };
+        // A short page is the last one: no need to ask for the next.
+        self.done = page.len() < GROUP_PAGE;
+        self.after = page
+            .last()
+            .map(|g| g.enrollment_group_id.to_ascii_lowercase());
+        Ok(Some(page).filter(|p| !p.is_empty()))
+    }
+}
+
 /// Attestation settings the engine needs.
 #[derive(Debug, Clone, Copy)]
 pub struct AttestationConfig {
@@ -106,8 +175,10 @@ impl Default for AttestationConfig {
 }
 
 /// Decides whether `credential` proves `registration_id` in provisioning service `service`.
+#[allow(clippy::too_many_arguments)]
 pub async fn attest(
     store: &dyn Store,
+    prefetched: Prefetched,
     service: &str,
     id_scope: &str,
     registration_id: &RegistrationId,
@@ -119,6 +190,7 @@ pub async fn attest(
         DeviceCredential::SasToken(token) => {
             attest_token(
                 store,
+                prefetched,
                 service,
                 id_scope,
                 registration_id,
@@ -129,7 +201,7 @@ pub async fn attest(
             .await
         }
         DeviceCredential::X509Chain(chain) => {
-            attest_x509(store, service, registration_id, chain, now_unix).await
+            attest_x509(store, prefetched, service, registration_id, chain, now_unix).await
         }
         DeviceCredential::Tpm { .. } => Err(ProvisioningError::new(
             ErrorCode::UnsupportedAttestation,
@@ -144,8 +216,10 @@ pub async fn attest(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attest_token(
     store: &dyn Store,
+    mut prefetched: Prefetched,
     service: &str,
     id_scope: &str,
     registration_id: &RegistrationId,
@@ -169,7 +243,7 @@ async fn attest_token(
         .map_err(|e| ProvisioningError::unauthorized(e.to_string()))?;
 
     let key = registration_id.key();
-    if let Some(enrollment) = store.enrollment(service, &key).await? {
+    if let Some(enrollment) = prefetched.enrollment(store, service, &key).await? {
         let (primary, secondary) = symmetric_keys_of(
             enrollment
                 .attestation
@@ -186,19 +260,14 @@ async fn attest_token(
         }
         return finish(
             registration_id,
-            Enrollment::Individual(Box::new(enrollment)),
+            Enrollment::Individual(enrollment),
             Proof::SymmetricKey { primary, secondary },
         );
     }
 
     // No individual enrollment: a symmetric-key group whose derived key signs the token.
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .enrollment_groups(service, after.as_deref(), 500)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.enrollment_group_id.to_ascii_lowercase());
+    let mut pages = GroupPages::new(prefetched.first_groups.take());
+    while let Some(page) = pages.next(store, service).await? {
         for group in page {
             let Some(att) = group.attestation.as_ref() else {
                 continue;
@@ -306,6 +375,7 @@ fn symmetric_keys_of(
 /// certificate the device sent comes last.
 async fn attest_x509(
     store: &dyn Store,
+    mut prefetched: Prefetched,
     service: &str,
     registration_id: &RegistrationId,
     chain: &[Vec<u8>],
@@ -343,20 +413,24 @@ async fn attest_x509(
     let intermediates: Vec<Vec<u8>> = chain[1..].to_vec();
 
     // 1. The device's own individual enrollment.
-    if let Some(enrollment) = store.enrollment(service, &registration_id.key()).await? {
+    if let Some(enrollment) = prefetched
+        .enrollment(store, service, &registration_id.key())
+        .await?
+    {
         let att = enrollment.attestation.as_ref();
-        let Some(x) = att
-            .and_then(|a| a.x509.as_ref())
-            .filter(|_| att.is_some_and(|a| a.kind == AttestationType::X509))
-        else {
+        if !att.is_some_and(|a| a.kind == AttestationType::X509 && a.x509.is_some()) {
             return Err(ProvisioningError::unauthorized(format!(
                 "individual enrollment '{}' uses {} attestation, but the device presented a certificate; \
                  authenticate with the enrollment's mechanism",
                 enrollment.registration_id,
                 att.map(|a| a.kind.as_str()).unwrap_or("no")
             )));
-        };
-        if !client_certificate_matches(x, &leaf) {
+        }
+        // The enrolled certificates' thumbprints, computed when the enrollment was written.
+        if !client_thumbprints(&enrollment)
+            .iter()
+            .any(|t| leaf.has_thumbprint(t))
+        {
             return Err(ProvisioningError::unauthorized(format!(
                 "the device certificate (SHA-256 {}) is neither certificate of individual enrollment '{}'",
                 leaf.info.sha256_thumbprint, enrollment.registration_id
@@ -364,7 +438,7 @@ async fn attest_x509(
         }
         return finish(
             registration_id,
-            Enrollment::Individual(Box::new(enrollment)),
+            Enrollment::Individual(enrollment),
             Proof::X509 {
                 leaf: Box::new(leaf),
                 signing: None,
@@ -375,13 +449,8 @@ async fn attest_x509(
     // 2. Enrollment groups (and revocations) above the leaf.
     let mut anchors: Vec<(EnrollmentGroup, x509::Parsed)> = Vec::new();
     let mut unverified: Vec<(String, String, Vec<u8>)> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .enrollment_groups(service, after.as_deref(), 500)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.enrollment_group_id.to_ascii_lowercase());
+    let mut pages = GroupPages::new(prefetched.first_groups.take());
+    while let Some(page) = pages.next(store, service).await? {
         for group in page {
             let Some(x) = group
                 .attestation
@@ -516,23 +585,4 @@ fn chain_failure(e: x509::ChainError) -> ProvisioningError {
             ProvisioningError::new(ErrorCode::CertificateUntrusted, m)
         }
     }
-}
-
-/// Whether the leaf is the enrollment's primary or secondary client certificate.
-fn client_certificate_matches(x: &X509Attestation, leaf: &x509::Parsed) -> bool {
-    let Some(certs) = x.client_certificates.as_ref() else {
-        return false;
-    };
-    [certs.primary.as_ref(), certs.secondary.as_ref()]
-        .into_iter()
-        .flatten()
-        .any(|c| {
-            c.info
-                .as_ref()
-                .is_some_and(|i| leaf.has_thumbprint(&i.sha256_thumbprint))
-                || c.certificate
-                    .as_deref()
-                    .and_then(|t| x509::decode(t).ok())
-                    .is_some_and(|der| der == leaf.der)
-        })
 }

@@ -14,12 +14,16 @@ use onramp_model::{
 
 use crate::ProvisioningError;
 use crate::allocate::{HubSelection, Proximity, Regions, allocate, candidates};
-use crate::attest::{AttestationConfig, Attested, DeviceCredential, Enrollment, Proof, attest};
+use crate::attest::{
+    AttestationConfig, Attested, DeviceCredential, Enrollment, GROUP_PAGE, Prefetched, Proof,
+    attest,
+};
 use crate::custom;
 use crate::events::{AttestationAttempt, HubCleanup, Protocol, RegistrationAttempt};
 use crate::ports::{
     AllocationWebhook, Clock, DeviceIdentity, HubError, HubLatency, HubRegistry, IdentityAuth,
-    NoLatency, Placement, RegistrationRecord, Store, TwinSetup, WebhookError, WebhookTarget,
+    NoLatency, Placement, RegistrationInputs, RegistrationRecord, Store, TwinSetup, WebhookError,
+    WebhookTarget,
 };
 use crate::reprovision::{self, TwinPlan};
 use crate::tenant::{LinkedHub, ProvisioningService};
@@ -176,15 +180,38 @@ impl Engine {
                 ),
             ));
         }
-        let attested = self
-            .authenticate(
+        // All the store reads of a registration at once; attestation and
+        // allocation then work from these.
+        let (found, earlier) = match self
+            .registration_inputs(&req.id_scope, &registration_id)
+            .await
+        {
+            Ok(inputs) => {
+                let RegistrationInputs {
+                    service,
+                    enrollment,
+                    first_groups,
+                    previous,
+                    linked_hubs,
+                } = inputs;
+                let prefetched = Prefetched {
+                    enrollment: Some(enrollment),
+                    first_groups,
+                };
+                (Ok((service, prefetched)), (previous, linked_hubs))
+            }
+            Err(e) => (Err(e), Default::default()),
+        };
+        let (service, attested) = self
+            .attest_in(
+                found,
                 &req.id_scope,
                 &registration_id,
                 &req.credential,
                 req.protocol,
             )
             .await?;
-        let (service, attested) = attested;
+        let (previous, linked) = earlier;
 
         let key = registration_id.key();
         self.lock_in_flight().insert(
@@ -195,7 +222,9 @@ impl Engine {
                 registration_id: registration_id.to_string(),
             },
         );
-        let result = self.assign(&service, &attested, &req).await;
+        let result = self
+            .assign(&service, &attested, &req, previous, linked)
+            .await;
         self.lock_in_flight().remove(&req.operation_id);
         let record = result?;
 
@@ -225,17 +254,16 @@ impl Engine {
         service: &ProvisioningService,
         attested: &Attested,
         req: &RegisterRequest,
+        previous: Option<Box<RegistrationRecord>>,
+        linked: Vec<LinkedHub>,
     ) -> Result<RegistrationRecord, ProvisioningError> {
-        let key = attested.registration_id.key();
-        let previous = self.store.registration(&service.name, &key).await?;
         let current = previous
-            .as_ref()
+            .as_deref()
             .and_then(RegistrationRecord::current_placement);
         let previous_substatus = previous
-            .as_ref()
+            .as_deref()
             .filter(|p| p.state.status == RegistrationStatus::Assigned)
             .and_then(|p| p.state.substatus);
-        let linked = self.store.linked_hubs(&service.name).await?;
         let settings = Settings::of(&attested.enrollment, service);
         let device_id = settings
             .device_id
@@ -554,10 +582,28 @@ impl Engine {
         credential: &DeviceCredential,
         protocol: Protocol,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
-        let service = self.service_for_scope(id_scope).await;
-        let result = match service {
-            Ok(service) => attest(
+        let found = self
+            .service_for_scope(id_scope)
+            .await
+            .map(|service| (service, Prefetched::default()));
+        self.attest_in(found, id_scope, registration_id, credential, protocol)
+            .await
+    }
+
+    /// Attestation in the service found for the ID scope (or the error of not
+    /// finding it), with the enrollment reads made already; records the attempt.
+    async fn attest_in(
+        &self,
+        found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
+        id_scope: &str,
+        registration_id: &RegistrationId,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+    ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
+        let result = match found {
+            Ok((service, prefetched)) => attest(
                 &*self.store,
+                prefetched,
                 &service.name,
                 service.id_scope.as_str(),
                 registration_id,
@@ -586,18 +632,38 @@ impl Engine {
     ) -> Result<ProvisioningService, ProvisioningError> {
         let scope = IdScope::parse(id_scope)
             .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))?;
-        self.store.service_by_scope(&scope.key()).await?.ok_or_else(|| {
-            ProvisioningError::new(
-                ErrorCode::ProvisioningServiceNotFound,
-                format!("no provisioning service has ID scope '{id_scope}'; check the ID scope configured on the device"),
-            )
-        })
+        self.store
+            .service_by_scope(&scope.key())
+            .await?
+            .ok_or_else(|| no_service(id_scope))
+    }
+
+    async fn registration_inputs(
+        &self,
+        id_scope: &str,
+        registration_id: &RegistrationId,
+    ) -> Result<RegistrationInputs, ProvisioningError> {
+        let scope = IdScope::parse(id_scope)
+            .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))?;
+        self.store
+            .registration_inputs(&scope.key(), &registration_id.key(), GROUP_PAGE)
+            .await?
+            .ok_or_else(|| no_service(id_scope))
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
         // A poisoned map only means another task panicked mid-insert; the data is still usable.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn no_service(id_scope: &str) -> ProvisioningError {
+    ProvisioningError::new(
+        ErrorCode::ProvisioningServiceNotFound,
+        format!(
+            "no provisioning service has ID scope '{id_scope}'; check the ID scope configured on the device"
+        ),
+    )
 }
 
 /// The hub identity a proof calls for: the device's keys; its certificates'

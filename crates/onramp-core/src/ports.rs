@@ -42,10 +42,14 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    /// The record must exist: a missing If-Match becomes `*`.
-    pub fn or_exists(self) -> Self {
+    /// For a write of a record just read: a missing If-Match becomes the
+    /// ETag that was read, so a change made in between is not overwritten
+    /// (and a record deleted in between is not brought back).
+    pub fn or_as_read(self, read: Option<&ETag>) -> Self {
         match self {
-            Precondition::None => Precondition::IfMatch("*".into()),
+            Precondition::None => {
+                Precondition::IfMatch(read.map_or_else(|| "*".into(), |t| t.as_str().to_owned()))
+            }
             other => other,
         }
     }
@@ -160,6 +164,24 @@ pub struct HubLatencySample {
     /// Why the last probe failed, if it did.
     pub error: Option<String>,
     pub measured: UtcTime,
+}
+
+/// Everything a registration reads before it decides, asked for at once so
+/// that a store can answer in one round trip (one read transaction, one
+/// hand-off to its reader) instead of five.
+#[derive(Debug, Clone)]
+pub struct RegistrationInputs {
+    pub service: ProvisioningService,
+    /// The individual enrollment with the registration ID, if there is one.
+    /// (Boxed, as the larger fields here: these travel through futures, which
+    /// are moved whole.)
+    pub enrollment: Option<Box<IndividualEnrollment>>,
+    /// When there is no individual enrollment: the first page of enrollment
+    /// groups (at most the `group_page` asked for); `None` when not read.
+    pub first_groups: Option<Vec<EnrollmentGroup>>,
+    /// The device's registration record, if it registered before.
+    pub previous: Option<Box<RegistrationRecord>>,
+    pub linked_hubs: Vec<LinkedHub>,
 }
 
 /// Storage of tenants, enrollments and registrations. Keys passed as `*_key`
@@ -288,6 +310,44 @@ pub trait Store: Send + Sync + 'static {
         service: &str,
         id_key: &str,
     ) -> Result<Option<RegistrationRecord>, StoreError>;
+
+    /// The service with this ID scope and what a registration of
+    /// `registration_key` reads from it; `None` when no service has the scope.
+    /// The default asks the other methods one after the other; a store with a
+    /// cheaper way (one read transaction) overrides it.
+    async fn registration_inputs(
+        &self,
+        id_scope_key: &str,
+        registration_key: &str,
+        group_page: usize,
+    ) -> Result<Option<RegistrationInputs>, StoreError> {
+        let Some(service) = self.service_by_scope(id_scope_key).await? else {
+            return Ok(None);
+        };
+        let enrollment = self
+            .enrollment(&service.name, registration_key)
+            .await?
+            .map(Box::new);
+        let first_groups = match enrollment {
+            Some(_) => None,
+            None => Some(
+                self.enrollment_groups(&service.name, None, group_page)
+                    .await?,
+            ),
+        };
+        let previous = self
+            .registration(&service.name, registration_key)
+            .await?
+            .map(Box::new);
+        let linked_hubs = self.linked_hubs(&service.name).await?;
+        Ok(Some(RegistrationInputs {
+            service,
+            enrollment,
+            first_groups,
+            previous,
+            linked_hubs,
+        }))
+    }
     async fn put_registration(
         &self,
         service: &str,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use onramp_core::attest::DeviceCredential;
+use onramp_core::attest::{DeviceCredential, GROUP_PAGE};
 use onramp_core::engine::{Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
@@ -201,6 +201,47 @@ async fn individual_enrollment_is_assigned_with_its_keys_and_initial_twin() {
         .await
         .unwrap();
     assert_eq!(status.assigned_hub.as_deref(), Some("hub-a"));
+}
+
+#[tokio::test]
+async fn a_group_beyond_the_first_page_is_found() {
+    let w = world(&[("hub-a", 1)]).await;
+    // A full first page of groups with other keys, then the device's group.
+    for i in 0..GROUP_PAGE {
+        let mut g = conformance::group(&format!("g-{i:04}"));
+        let keys = g
+            .attestation
+            .as_mut()
+            .unwrap()
+            .symmetric_key
+            .as_mut()
+            .unwrap();
+        keys.primary_key = Some(onramp_model::Secret::new(
+            "b3RoZXIta2V5LW9mLWEtZ3JvdXAtMDAwMDAwMA==",
+        ));
+        keys.secondary_key = keys.primary_key.clone();
+        w.store
+            .put_enrollment_group("default", &g, Precondition::None, at(NOW))
+            .await
+            .unwrap();
+    }
+    w.store
+        .put_enrollment_group(
+            "default",
+            &conformance::group("z-last"),
+            Precondition::None,
+            at(NOW),
+        )
+        .await
+        .unwrap();
+    let derived = sas::derive_device_key(&primary(), "far-dev").unwrap();
+    let op = w.register_with_key("far-dev", &derived).await.unwrap();
+    let state = op.registration_state.unwrap();
+    assert_eq!(state.status, RegistrationStatus::Assigned);
+    assert_eq!(
+        state.symmetric_key.unwrap().enrollment_group_id.as_deref(),
+        Some("z-last")
+    );
 }
 
 #[tokio::test]

@@ -164,9 +164,13 @@ async fn an_individual_enrollment_with_a_self_signed_certificate() {
     );
     // Another certificate with the same CN is not this device.
     let imposter = Issued::self_signed_device("x-dev-1", days(30)).unwrap();
-    w.hubs.fail(None);
     let err = w.register("x-dev-1", &[&imposter]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unauthorized, "{}", err.message);
+    // …and the real device's hub identity is left as it was.
+    assert_eq!(
+        w.hubs.device("hub-a", "x-dev-1").unwrap().auth,
+        identity.auth
+    );
 }
 
 #[tokio::test]
@@ -354,12 +358,24 @@ async fn refusals_each_with_their_code() {
     )
     .await;
     // The control: with its intermediate the same device is accepted.
-    assert!(w.register("x-dev-4", &[&device, &ica]).await.is_ok());
+    assert_eq!(
+        w.register("x-dev-4", &[&device, &ica])
+            .await
+            .unwrap()
+            .status,
+        RegistrationStatus::Assigned
+    );
 
     // Revocation: a disabled individual enrollment for the intermediate blocks every device under it…
     let revoked_ica = root.intermediate("Revoked ICA", days(365)).unwrap();
     let under = revoked_ica.device("x-dev-5", days(30)).unwrap();
-    assert!(w.register("x-dev-5", &[&under, &revoked_ica]).await.is_ok());
+    assert_eq!(
+        w.register("x-dev-5", &[&under, &revoked_ica])
+            .await
+            .unwrap()
+            .status,
+        RegistrationStatus::Assigned
+    );
     w.enroll_device("revoke-line-9", &revoked_ica, ProvisioningStatus::Disabled)
         .await;
     w.refused(

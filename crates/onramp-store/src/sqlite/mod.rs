@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use onramp_core::ports::{
-    HubLatencySample, Precondition, RegistrationRecord, Store, StoreError, check_precondition,
-    client_thumbprints,
+    HubLatencySample, Precondition, RegistrationInputs, RegistrationRecord, Store, StoreError,
+    check_precondition, client_thumbprints,
 };
 use onramp_core::tenant::{
     AccessRights, CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy,
@@ -157,6 +157,117 @@ fn hub_aad(service: &str, key: &str) -> String {
     format!("linked-hub:{service}/{key}")
 }
 
+fn read_service_by_scope(
+    conn: &Connection,
+    scope_key: &str,
+) -> Result<Option<ProvisioningService>, StoreError> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM services WHERE id_scope_key = ?1")
+        .and_then(|mut s| s.query_row([scope_key], |r| r.get(0)).optional())
+        .map_err(sql_error)?;
+    doc.map(|d| serde_json::from_str(&d).map_err(|e| corrupt("service", e)))
+        .transpose()
+}
+
+fn read_linked_hubs(
+    conn: &Connection,
+    sealer: &Sealer,
+    service: &str,
+) -> Result<Vec<LinkedHub>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name_key, doc, connection_sealed FROM linked_hubs WHERE service = ?1 ORDER BY name_key",
+        )
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map([service], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(sql_error)?;
+    rows.into_iter()
+        .map(|(key, doc, sealed)| {
+            let aad = hub_aad(service, &key);
+            let mut hub: LinkedHub = serde_json::from_str(&doc).map_err(|e| corrupt(&aad, e))?;
+            let plain = sealer.open(&sealed, &aad).map_err(|e| corrupt(&aad, e))?;
+            hub.connection_string =
+                Secret::new(String::from_utf8(plain).map_err(|e| corrupt(&aad, e))?);
+            Ok(hub)
+        })
+        .collect()
+}
+
+/// An individual enrollment from its stored JSON and its sealed keys.
+fn open_enrollment(
+    sealer: &Sealer,
+    service: &str,
+    key: &str,
+    doc: &str,
+    sealed: Option<Vec<u8>>,
+) -> Result<IndividualEnrollment, StoreError> {
+    let aad = enrollment_aad(service, key);
+    let mut e: IndividualEnrollment =
+        serde_json::from_str(doc).map_err(|err| corrupt(&aad, err))?;
+    SqliteStore::unseal_keys(sealer, e.attestation.as_mut(), sealed, &aad)?;
+    Ok(e)
+}
+
+/// An enrollment group from its stored JSON and its sealed keys.
+fn open_group(
+    sealer: &Sealer,
+    service: &str,
+    key: &str,
+    doc: &str,
+    sealed: Option<Vec<u8>>,
+) -> Result<EnrollmentGroup, StoreError> {
+    let aad = group_aad(service, key);
+    let mut g: EnrollmentGroup = serde_json::from_str(doc).map_err(|err| corrupt(&aad, err))?;
+    SqliteStore::unseal_keys(sealer, g.attestation.as_mut(), sealed, &aad)?;
+    Ok(g)
+}
+
+fn read_enrollment(
+    conn: &Connection,
+    sealer: &Sealer,
+    service: &str,
+    key: &str,
+) -> Result<Option<IndividualEnrollment>, StoreError> {
+    let row = get_row(conn, "enrollments", service, key)?;
+    row.map(|(doc, sealed)| open_enrollment(sealer, service, key, &doc, sealed))
+        .transpose()
+}
+
+fn read_enrollment_groups(
+    conn: &Connection,
+    sealer: &Sealer,
+    service: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<EnrollmentGroup>, StoreError> {
+    list_rows(conn, "enrollment_groups", service, after, limit)?
+        .into_iter()
+        .map(|(key, doc, sealed)| open_group(sealer, service, &key, &doc, sealed))
+        .collect()
+}
+
+fn read_registration(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+) -> Result<Option<RegistrationRecord>, StoreError> {
+    conn.prepare_cached(
+        "SELECT doc, group_key, operation_id, placement FROM registrations WHERE service = ?1 AND id_key = ?2",
+    )
+    .and_then(|mut s| s.query_row(params![service, key], RegistrationRow::read).optional())
+    .map_err(sql_error)?
+    .map(RegistrationRow::into_record)
+    .transpose()
+}
+
 fn current_etag(
     conn: &Connection,
     table: &str,
@@ -263,14 +374,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<ProvisioningService>, StoreError> {
         let key = id_scope_key.to_owned();
         self.db
-            .read(move |conn| {
-                let doc: Option<String> = conn
-                    .prepare_cached("SELECT doc FROM services WHERE id_scope_key = ?1")
-                    .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
-                    .map_err(sql_error)?;
-                doc.map(|d| serde_json::from_str(&d).map_err(|e| corrupt("service", e)))
-                    .transpose()
-            })
+            .read(move |conn| read_service_by_scope(conn, &key))
             .await
     }
 
@@ -400,24 +504,7 @@ impl Store for SqliteStore {
         let service = service.to_owned();
         let sealer = self.sealer.clone();
         self.db
-            .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached("SELECT name_key, doc, connection_sealed FROM linked_hubs WHERE service = ?1 ORDER BY name_key")
-                    .map_err(sql_error)?;
-                let rows = stmt
-                    .query_map([&service], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
-                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                    .map_err(sql_error)?;
-                rows.into_iter()
-                    .map(|(key, doc, sealed)| {
-                        let aad = hub_aad(&service, &key);
-                        let mut hub: LinkedHub = serde_json::from_str(&doc).map_err(|e| corrupt(&aad, e))?;
-                        let plain = sealer.open(&sealed, &aad).map_err(|e| corrupt(&aad, e))?;
-                        hub.connection_string = Secret::new(String::from_utf8(plain).map_err(|e| corrupt(&aad, e))?);
-                        Ok(hub)
-                    })
-                    .collect()
-            })
+            .read(move |conn| read_linked_hubs(conn, &sealer, &service))
             .await
     }
 
@@ -467,17 +554,7 @@ impl Store for SqliteStore {
         let (service, key) = (service.to_owned(), id_key.to_owned());
         let sealer = self.sealer.clone();
         self.db
-            .read(move |conn| {
-                let row = get_row(conn, "enrollments", &service, &key)?;
-                row.map(|(doc, sealed)| {
-                    let aad = enrollment_aad(&service, &key);
-                    let mut e: IndividualEnrollment =
-                        serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
-                    Self::unseal_keys(&sealer, e.attestation.as_mut(), sealed, &aad)?;
-                    Ok(e)
-                })
-                .transpose()
-            })
+            .read(move |conn| read_enrollment(conn, &sealer, &service, &key))
             .await
     }
 
@@ -572,11 +649,7 @@ impl Store for SqliteStore {
                     .map_err(sql_error)?;
                 rows.into_iter()
                     .map(|(key, doc, sealed)| {
-                        let aad = enrollment_aad(&service, &key);
-                        let mut e: IndividualEnrollment =
-                            serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
-                        Self::unseal_keys(&sealer, e.attestation.as_mut(), sealed, &aad)?;
-                        Ok(e)
+                        open_enrollment(&sealer, &service, &key, &doc, sealed)
                     })
                     .collect()
             })
@@ -701,11 +774,7 @@ impl Store for SqliteStore {
                 list_rows(conn, "enrollments", &service, &after, limit)?
                     .into_iter()
                     .map(|(key, doc, sealed)| {
-                        let aad = enrollment_aad(&service, &key);
-                        let mut e: IndividualEnrollment =
-                            serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
-                        Self::unseal_keys(&sealer, e.attestation.as_mut(), sealed, &aad)?;
-                        Ok(e)
+                        open_enrollment(&sealer, &service, &key, &doc, sealed)
                     })
                     .collect()
             })
@@ -722,14 +791,8 @@ impl Store for SqliteStore {
         self.db
             .read(move |conn| {
                 let row = get_row(conn, "enrollment_groups", &service, &key)?;
-                row.map(|(doc, sealed)| {
-                    let aad = group_aad(&service, &key);
-                    let mut g: EnrollmentGroup =
-                        serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
-                    Self::unseal_keys(&sealer, g.attestation.as_mut(), sealed, &aad)?;
-                    Ok(g)
-                })
-                .transpose()
+                row.map(|(doc, sealed)| open_group(&sealer, &service, &key, &doc, sealed))
+                    .transpose()
             })
             .await
     }
@@ -807,18 +870,7 @@ impl Store for SqliteStore {
         let (service, after) = (service.to_owned(), after_key.unwrap_or("").to_owned());
         let sealer = self.sealer.clone();
         self.db
-            .read(move |conn| {
-                list_rows(conn, "enrollment_groups", &service, &after, limit)?
-                    .into_iter()
-                    .map(|(key, doc, sealed)| {
-                        let aad = group_aad(&service, &key);
-                        let mut g: EnrollmentGroup =
-                            serde_json::from_str(&doc).map_err(|err| corrupt(&aad, err))?;
-                        Self::unseal_keys(&sealer, g.attestation.as_mut(), sealed, &aad)?;
-                        Ok(g)
-                    })
-                    .collect()
-            })
+            .read(move |conn| read_enrollment_groups(conn, &sealer, &service, &after, limit))
             .await
     }
 
@@ -829,12 +881,41 @@ impl Store for SqliteStore {
     ) -> Result<Option<RegistrationRecord>, StoreError> {
         let (service, key) = (service.to_owned(), id_key.to_owned());
         self.db
+            .read(move |conn| read_registration(conn, &service, &key))
+            .await
+    }
+
+    async fn registration_inputs(
+        &self,
+        id_scope_key: &str,
+        registration_key: &str,
+        group_page: usize,
+    ) -> Result<Option<RegistrationInputs>, StoreError> {
+        let (scope, key) = (id_scope_key.to_owned(), registration_key.to_owned());
+        let sealer = self.sealer.clone();
+        self.db
             .read(move |conn| {
-                conn.prepare_cached("SELECT doc, group_key, operation_id, placement FROM registrations WHERE service = ?1 AND id_key = ?2")
-                    .and_then(|mut s| s.query_row(params![service, key], RegistrationRow::read).optional())
-                    .map_err(sql_error)?
-                    .map(RegistrationRow::into_record)
-                    .transpose()
+                // One read transaction: one snapshot, one WAL read lock.
+                let tx = conn.unchecked_transaction().map_err(sql_error)?;
+                let Some(service) = read_service_by_scope(&tx, &scope)? else {
+                    return Ok(None);
+                };
+                let name = &service.name;
+                let enrollment = read_enrollment(&tx, &sealer, name, &key)?.map(Box::new);
+                let first_groups = match enrollment {
+                    Some(_) => None,
+                    None => Some(read_enrollment_groups(&tx, &sealer, name, "", group_page)?),
+                };
+                let previous = read_registration(&tx, name, &key)?.map(Box::new);
+                let linked_hubs = read_linked_hubs(&tx, &sealer, name)?;
+                tx.finish().map_err(sql_error)?;
+                Ok(Some(RegistrationInputs {
+                    service,
+                    enrollment,
+                    first_groups,
+                    previous,
+                    linked_hubs,
+                }))
             })
             .await
     }
@@ -1102,16 +1183,16 @@ fn list_rows(
     after: &str,
     limit: usize,
 ) -> Result<Vec<Row>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT id_key, doc, keys_sealed FROM {table} WHERE service = ?1 AND id_key > ?2 ORDER BY id_key LIMIT ?3"
-        ))
-        .map_err(sql_error)?;
-    stmt.query_map(
-        params![service, after, limit.min(i64::MAX as usize) as i64],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+    conn.prepare_cached(&format!(
+        "SELECT id_key, doc, keys_sealed FROM {table} WHERE service = ?1 AND id_key > ?2 ORDER BY id_key LIMIT ?3"
+    ))
+    .and_then(|mut stmt| {
+        stmt.query_map(
+            params![service, after, limit.min(i64::MAX as usize) as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
+        .collect::<Result<Vec<_>, _>>()
+    })
     .map_err(sql_error)
 }
 
@@ -1193,6 +1274,36 @@ mod tests {
     fn open(dir: &Path) -> SqliteStore {
         let sealer = Arc::new(Sealer::load_or_create(&dir.join("keys")).unwrap());
         SqliteStore::open(&dir.join("onramp.db"), sealer, SqliteOptions::default()).unwrap()
+    }
+
+    /// X.509 enrollments stored before the thumbprint index existed are
+    /// found by thumbprint after the upgrade (revocation depends on it).
+    #[tokio::test]
+    async fn upgrading_indexes_the_certificates_of_existing_enrollments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("onramp.db")).unwrap();
+            conn.execute_batch(&format!(
+                r#"{} PRAGMA user_version = 1;
+                INSERT INTO services VALUES ('s', 'scope-s', '{{}}');
+                INSERT INTO enrollments VALUES ('s', 'old-dev', 'e1',
+                    '{{"registrationId":"old-dev","attestation":{{"type":"x509","x509":{{"clientCertificates":{{"primary":{{"info":{{
+                        "subjectName":"CN=old-dev","sha1Thumbprint":"CD34","sha256Thumbprint":"ab12","issuerName":"CN=old-dev",
+                        "notBeforeUtc":"2026-01-01T00:00:00Z","notAfterUtc":"2027-01-01T00:00:00Z","serialNumber":"01","version":3}}}}}}}}}}}}', NULL);
+                INSERT INTO enrollments VALUES ('s', 'key-dev', 'e2', '{{"registrationId":"key-dev"}}', NULL);"#,
+                include_str!("schema.sql")
+            ))
+            .unwrap();
+        }
+        let store = open(dir.path());
+        let found = store.enrollments_by_thumbprint("s", "AB12").await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|e| e.registration_id.as_str())
+                .collect::<Vec<_>>(),
+            ["old-dev"]
+        );
     }
 
     #[tokio::test]
