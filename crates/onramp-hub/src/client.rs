@@ -6,7 +6,8 @@
 //! on 409 the device exists and the same PUT with `If-Match: "*"` updates it;
 //! then `PUT /twins/{id}` sets the initial tags and desired properties when
 //! the engine asks for them, or a bulk `updateTwin` carries a whole twin
-//! from the hub a device left.
+//! from the hub a device left. An Onramp companion hub gets all of it in one
+//! bulk registry call instead (identity and twin in one transaction).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use onramp_core::ports::{
 };
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
+use onramp_model::TwinCollection;
 use onramp_model::hub::{
     AuthenticationMechanism, AuthenticationType, BulkRegistryOperationResult, Device, DeviceStatus,
     ExportImportDevice, HUB_API_VERSION, HubErrorBody, ImportMode, SymmetricKey, Twin,
@@ -268,6 +270,11 @@ impl HubRegistry for HubClient {
                 }
             }
         };
+        if hub.companion {
+            return self
+                .register_in_one_call(&creds, device, authentication)
+                .await;
+        }
         let body = Device {
             device_id: device.device_id.clone(),
             status: Some(DeviceStatus::Enabled),
@@ -304,13 +311,11 @@ impl HubRegistry for HubClient {
         if let TwinSetup::Initial(initial) = &device.twin
             && (existed || !initial.is_empty())
         {
+            let (tags, properties) = twin_parts(&device.twin);
             let twin = Twin {
                 device_id: device.device_id.clone(),
-                tags: Some(initial.tags.clone().unwrap_or_default()),
-                properties: Some(TwinProperties {
-                    desired: Some(initial.desired().cloned().unwrap_or_default()),
-                    reported: None,
-                }),
+                tags,
+                properties,
                 ..Default::default()
             };
             let (status, resp) = self
@@ -340,7 +345,7 @@ impl HubRegistry for HubClient {
         let props = twin.properties.unwrap_or_default();
         let clean = |m: Option<serde_json::Map<String, serde_json::Value>>| {
             let mut m = m.unwrap_or_default();
-            m.retain(|k, _| !k.starts_with('$'));
+            crate::twin::strip_system_members(&mut m);
             m
         };
         Ok(Some(TwinSnapshot {
@@ -370,27 +375,37 @@ impl HubRegistry for HubClient {
 }
 
 impl HubClient {
-    /// Overwrites a twin with one carried from another hub, reported
-    /// properties included: the service API cannot write those, the bulk
-    /// registry operation (`importMode: updateTwin`) can.
-    async fn import_twin(
+    /// Creates or overwrites the identity and sets its twin in one bulk
+    /// registry call (`importMode: update`), which an Onramp companion hub
+    /// applies in one transaction: half the round trips and commits of
+    /// `PUT /devices` then `PUT /twins`.
+    async fn register_in_one_call(
         &self,
         creds: &Credentials,
-        device_id: &str,
-        snapshot: &TwinSnapshot,
+        device: &DeviceIdentity,
+        authentication: AuthenticationMechanism,
     ) -> Result<(), HubError> {
+        let (tags, properties) = twin_parts(&device.twin);
         let item = ExportImportDevice {
-            id: device_id.to_owned(),
-            import_mode: Some(ImportMode::UpdateTwin),
-            tags: Some(snapshot.tags.clone()),
-            properties: Some(TwinProperties {
-                desired: Some(snapshot.desired.clone()),
-                reported: Some(snapshot.reported.clone()),
-            }),
+            id: device.device_id.clone(),
+            import_mode: Some(ImportMode::Update),
+            status: Some(DeviceStatus::Enabled),
+            authentication: Some(authentication),
+            capabilities: Some(device.capabilities),
+            tags,
+            properties,
             ..Default::default()
         };
+        self.bulk(creds, &[item]).await
+    }
+
+    async fn bulk(
+        &self,
+        creds: &Credentials,
+        items: &[ExportImportDevice],
+    ) -> Result<(), HubError> {
         let (status, body) = self
-            .send(creds, reqwest::Method::POST, "devices", None, Some(&[item]))
+            .send(creds, reqwest::Method::POST, "devices", None, Some(&items))
             .await?;
         if status.is_success() {
             return Ok(());
@@ -407,6 +422,52 @@ impl HubClient {
             _ => Err(failure(status, &body)),
         }
     }
+
+    /// Overwrites a twin with one carried from another hub, reported
+    /// properties included: the service API cannot write those, the bulk
+    /// registry operation (`importMode: updateTwin`) can.
+    async fn import_twin(
+        &self,
+        creds: &Credentials,
+        device_id: &str,
+        snapshot: &TwinSnapshot,
+    ) -> Result<(), HubError> {
+        let (tags, properties) = snapshot_parts(snapshot);
+        let item = ExportImportDevice {
+            id: device_id.to_owned(),
+            import_mode: Some(ImportMode::UpdateTwin),
+            tags,
+            properties,
+            ..Default::default()
+        };
+        self.bulk(creds, &[item]).await
+    }
+}
+
+/// The tags and properties a twin is set to (nothing for `Keep`).
+fn twin_parts(twin: &TwinSetup) -> (Option<TwinCollection>, Option<TwinProperties>) {
+    match twin {
+        TwinSetup::Keep => (None, None),
+        TwinSetup::Initial(initial) => (
+            Some(initial.tags.clone().unwrap_or_default()),
+            Some(TwinProperties {
+                desired: Some(initial.desired().cloned().unwrap_or_default()),
+                reported: None,
+            }),
+        ),
+        TwinSetup::Migrate(snapshot) => snapshot_parts(snapshot),
+    }
+}
+
+/// A twin carried from another hub, reported properties included.
+fn snapshot_parts(snapshot: &TwinSnapshot) -> (Option<TwinCollection>, Option<TwinProperties>) {
+    (
+        Some(snapshot.tags.clone()),
+        Some(TwinProperties {
+            desired: Some(snapshot.desired.clone()),
+            reported: Some(snapshot.reported.clone()),
+        }),
+    )
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> HubError {

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::CompanionHub;
 use super::auth::{HubRights, authorize};
-use super::store::{DeviceRecord, HubStoreError, TwinState};
+use super::store::{DeviceRecord, HubStoreError, PutMode, TwinChange, TwinState};
 use crate::twin;
 
 const MAX_BODY: usize = 128 * 1024;
@@ -454,40 +454,30 @@ async fn bulk_item(hub: &CompanionHub, item: ExportImportDevice) -> Result<(), H
                 ..Default::default()
             };
             normalize_identity(&mut device)?;
-            let store = hub.store();
-            match mode {
-                ImportMode::Create => {
-                    store.put_device(device, None, UtcTime::now()).await?;
-                }
-                ImportMode::Update => {
-                    // Overwrites an existing device, creates a missing one.
-                    match store
-                        .put_device(device.clone(), Some("*".into()), UtcTime::now())
-                        .await
-                    {
-                        Err(HubStoreError::NotFound(_)) => {
-                            store.put_device(device, None, UtcTime::now()).await?;
-                        }
-                        other => {
-                            other?;
-                        }
-                    }
-                }
-                _ => {
-                    store
-                        .put_device(device, etag(&item.e_tag), UtcTime::now())
-                        .await?;
-                }
-            }
-            let (tags, props) = (item.tags, item.properties.unwrap_or_default());
-            if tags.is_some() || props.desired.is_some() {
-                let (tags, desired, _) = bulk_twin(tags, props.desired, None)?;
-                let (record, changed) =
-                    write_twin_as(hub, &item.id, None, move |t| apply(t, tags, desired, false))
-                        .await?;
-                if changed {
-                    notify(hub, &record, None);
-                }
+            let put = match mode {
+                ImportMode::Create => PutMode::Create,
+                // Overwrites an existing device, creates a missing one.
+                ImportMode::Update => PutMode::Upsert,
+                _ => PutMode::Update(item.e_tag.clone().unwrap_or_else(|| "*".into())),
+            };
+            // The identity and its twin in one transaction.
+            let props = item.properties.unwrap_or_default();
+            let twin: Option<TwinChange> =
+                if item.tags.is_some() || props.desired.is_some() || props.reported.is_some() {
+                    let (tags, desired, reported) =
+                        bulk_twin(item.tags, props.desired, props.reported)?;
+                    Some(Box::new(move |t: &mut TwinState| {
+                        Ok(overwrite_twin(t, tags, desired, reported))
+                    }))
+                } else {
+                    None
+                };
+            let (record, desired_changed) = hub
+                .store()
+                .put_device_and_twin(device, put, UtcTime::now(), twin)
+                .await?;
+            if desired_changed {
+                notify(hub, &record, None);
             }
             Ok(())
         }
@@ -500,16 +490,7 @@ async fn bulk_item(hub: &CompanionHub, item: ExportImportDevice) -> Result<(), H
             let (tags, desired, reported) = bulk_twin(item.tags, props.desired, props.reported)?;
             let if_match = etag(&item.twin_e_tag);
             let (record, desired_changed) = write_twin_as(hub, &item.id, if_match, move |t| {
-                let (mut any, desired_changed) = apply(t, tags, desired, true);
-                if let Some(reported) = reported
-                    && reported != t.reported
-                {
-                    t.reported = reported;
-                    t.reported_version += 1;
-                    t.reported_updated = Some(UtcTime::now());
-                    any = true;
-                }
-                (any, desired_changed)
+                overwrite_twin(t, tags, desired, reported)
             })
             .await?;
             if desired_changed {
@@ -518,6 +499,26 @@ async fn bulk_item(hub: &CompanionHub, item: ExportImportDevice) -> Result<(), H
             Ok(())
         }
     }
+}
+
+/// Overwrites what a bulk item carries (as IoT Hub's import does), reported
+/// properties included; returns (anything changed, desired changed).
+fn overwrite_twin(
+    t: &mut TwinState,
+    tags: Option<Map<String, Value>>,
+    desired: Option<Map<String, Value>>,
+    reported: Option<Map<String, Value>>,
+) -> (bool, bool) {
+    let (mut any, desired_changed) = apply(t, tags, desired, true);
+    if let Some(reported) = reported
+        && reported != t.reported
+    {
+        t.reported = reported;
+        t.reported_version += 1;
+        t.reported_updated = Some(UtcTime::now());
+        any = true;
+    }
+    (any, desired_changed)
 }
 
 type BulkTwin = (

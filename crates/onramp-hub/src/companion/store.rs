@@ -73,6 +73,21 @@ struct SealedKeys {
     secondary: Option<Secret>,
 }
 
+/// How an identity write treats an existing device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    /// Only if it does not exist.
+    Create,
+    /// Only if it exists and its ETag matches (`*`: any).
+    Update(String),
+    /// Create or overwrite.
+    Upsert,
+}
+
+/// A change to a twin inside an identity write: returns (anything changed,
+/// desired properties changed), or why the change is refused.
+pub type TwinChange = Box<dyn FnOnce(&mut TwinState) -> Result<(bool, bool), String> + Send>;
+
 pub struct HubStore {
     db: Db,
     sealer: Arc<Sealer>,
@@ -84,6 +99,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!(
             "BEGIN; {} PRAGMA user_version = 1; COMMIT;",
             include_str!("schema.sql")
+        ))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = 2; COMMIT;",
+            include_str!("schema_v2.sql")
         ))?;
     }
     Ok(())
@@ -237,6 +258,25 @@ impl HubStore {
         if_match: Option<String>,
         now: UtcTime,
     ) -> Result<DeviceRecord, HubStoreError> {
+        let mode = match if_match {
+            Some(tag) => PutMode::Update(tag),
+            None => PutMode::Create,
+        };
+        self.put_device_and_twin(device, mode, now, None)
+            .await
+            .map(|(record, _)| record)
+    }
+
+    /// Writes an identity and, in the same transaction, changes its twin
+    /// (`twin` returns whether anything changed). Returns the record and
+    /// whether the desired properties changed.
+    pub async fn put_device_and_twin(
+        &self,
+        device: Device,
+        mode: PutMode,
+        now: UtcTime,
+        twin_change: Option<TwinChange>,
+    ) -> Result<(DeviceRecord, bool), HubStoreError> {
         let id_key = device.device_id.to_ascii_lowercase();
         let sealer = self.sealer.clone();
         let mut stored = device;
@@ -247,7 +287,12 @@ impl HubStore {
                 let current = load(conn, &sealer, &id_key)?;
                 let mut stored = stored;
                 let mut doc = doc;
-                let twin = match (&current, &if_match) {
+                let if_match = match (&mode, &current) {
+                    (PutMode::Upsert, Some(_)) => Some("*".to_owned()),
+                    (PutMode::Upsert | PutMode::Create, _) => None,
+                    (PutMode::Update(tag), _) => Some(tag.clone()),
+                };
+                let mut twin = match (&current, &if_match) {
                     (Some(_), None) => {
                         return Ok(Err(HubStoreError::AlreadyExists(format!(
                             "a device with ID '{}' already exists; update it with If-Match",
@@ -275,6 +320,18 @@ impl HubStore {
                         TwinState { version: 1, desired_version: 1, reported_version: 1, etag: new_tag(), ..Default::default() }
                     }
                 };
+                let mut desired_changed = false;
+                if let Some(change) = twin_change {
+                    match change(&mut twin) {
+                        Err(message) => return Ok(Err(HubStoreError::Invalid(message))),
+                        Ok((true, desired)) => {
+                            desired_changed = desired;
+                            twin.version += 1;
+                            twin.etag = new_tag();
+                        }
+                        Ok((false, _)) => {}
+                    }
+                }
                 let twin_doc = serde_json::to_string(&twin).map_err(corrupt)?;
                 conn.prepare_cached(
                     "INSERT INTO devices (id_key, device, keys_sealed, twin) VALUES (?1, ?2, ?3, ?4)
@@ -282,7 +339,7 @@ impl HubStore {
                 )
                 .and_then(|mut s| s.execute(params![id_key, doc, sealed, twin_doc]))
                 .map_err(sql_error)?;
-                Ok(Ok(DeviceRecord { device: stored, twin }))
+                Ok(Ok((DeviceRecord { device: stored, twin }, desired_changed)))
             })
             .await?
     }
@@ -549,4 +606,39 @@ fn load(
         })
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A hub store written by a version that knew only schema 1 opens with
+    /// its devices kept and gains the tables of later versions.
+    #[tokio::test]
+    async fn a_version_one_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "{} INSERT INTO devices VALUES ('old-device', '{{}}', NULL, '{{}}'); PRAGMA user_version = 1;",
+                include_str!("schema.sql")
+            ))
+            .unwrap();
+        }
+        let sealer = Arc::new(Sealer::new(&[7u8; 32], &[]).unwrap());
+        let store = HubStore::open(&path, sealer).unwrap();
+        assert!(store.messages(None, 0, 10).await.unwrap().is_empty());
+        assert!(store.certificates().await.unwrap().is_empty());
+        let conn = Connection::open(&path).unwrap();
+        let (version, devices): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM devices)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, devices), (2, 1));
+    }
 }
