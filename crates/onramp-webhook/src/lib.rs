@@ -73,10 +73,10 @@ impl WebhookClient {
             .send()
             .await
             .map_err(|e| {
+                // (The whole exchange is bounded by the caller's timeout, so
+                // reqwest itself reports no timeouts beyond the connect one.)
                 if e.is_connect() || is_closed_early(&e) {
                     Attempt::Retry(onramp_core::error::chain(&e))
-                } else if e.is_timeout() {
-                    Attempt::Failed(WebhookError::Timeout(self.timeout.as_millis() as u64))
                 } else {
                     Attempt::Failed(WebhookError::Unreachable(onramp_core::error::chain(&e)))
                 }

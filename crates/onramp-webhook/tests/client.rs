@@ -158,14 +158,20 @@ async fn posts_the_request_as_json_and_reads_the_answer() {
 
 #[tokio::test]
 async fn a_hanging_webhook_times_out() {
-    let (url, _, _) = webhook(vec![Behaviour::Hang]).await;
+    let (url, _, bodies) = webhook(vec![Behaviour::Hang]).await;
     let started = Instant::now();
     let err = client(300)
         .allocate(&target(&url), &request())
         .await
         .unwrap_err();
     assert_eq!(err, WebhookError::Timeout(300));
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The request reached the webhook, and the client waited the whole timeout.
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
