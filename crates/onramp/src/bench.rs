@@ -138,30 +138,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.rate < 0.0 || !args.rate.is_finite() {
         bail!("--rate must be 0 (no limit) or a positive number of registrations per second");
     }
-    let endpoint = match (&args.endpoint, &local) {
-        (Some(e), _) => e.clone(),
-        (None, Some(s)) if protocol == Protocol::Mqtt => s
-            .mqtt_endpoint
-            .clone()
-            .unwrap_or_else(|| s.endpoint.clone()),
-        (None, Some(s)) => s.endpoint.clone(),
-        (None, None) => "localhost".into(),
-    };
+    let crate::device::Resolved {
+        endpoint,
+        id_scope,
+        ca,
+    } = args.target.resolve(local.as_ref(), protocol)?;
     let address = simulator::address(&endpoint, protocol);
     if !is_loopback(&address) && !args.yes {
         bail!(
             "{address} is not a loopback address: a load test against another machine needs --yes"
         );
     }
-    let id_scope = args
-        .scope
-        .clone()
-        .or_else(|| local.as_ref().map(|s| s.id_scope.clone()))
-        .ok_or_else(|| anyhow::anyhow!("give the provisioning service's ID scope with --scope"))?;
-    let ca = args
-        .ca
-        .clone()
-        .or_else(|| local.as_ref().and_then(|s| s.ca_cert.clone()));
     let run_id = format!("{:08x}", rand_u32());
     let prefix = args
         .prefix
@@ -170,15 +157,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let fleet = if args.enrollments == "individual" {
         let population = args.population.unwrap_or(args.devices).max(1);
-        if args.devices > population {
+        if args.first.saturating_add(args.devices) > population {
             bail!(
-                "--devices {} is more than --population {population}",
+                "--first {} plus --devices {} is more than --population {population}",
+                args.first,
                 args.devices
             );
         }
         let fleet = Fleet::Individual {
             secret: individual_secret(&prefix)?,
             population,
+            first: args.first,
         };
         if !args.skip_create {
             import(&args, &prefix, &fleet, population).await?;
@@ -251,8 +240,13 @@ pub(crate) enum Fleet {
     Group { key: String },
     /// Devices with individual enrollments `{prefix}-{i:07}` for i below
     /// `population`, keys derived from a secret of the prefix (so a later run
-    /// with the same prefix finds them again).
-    Individual { secret: String, population: u64 },
+    /// with the same prefix finds them again); the `n`-th device to register
+    /// is the `first + n`-th of a scattered order.
+    Individual {
+        secret: String,
+        population: u64,
+        first: u64,
+    },
 }
 
 impl Fleet {
@@ -260,8 +254,15 @@ impl Fleet {
     pub(crate) fn device(&self, prefix: &str, n: u64) -> Result<(String, String), String> {
         let i = match self {
             Fleet::Group { .. } => n,
-            Fleet::Individual { population, .. } => spread(n, *population),
+            Fleet::Individual {
+                population, first, ..
+            } => spread(first + n, *population),
         };
+        self.member(prefix, i)
+    }
+
+    /// Registration ID and key of member `i` (in ID order).
+    pub(crate) fn member(&self, prefix: &str, i: u64) -> Result<(String, String), String> {
         let id = format!("{prefix}-{i:07}");
         let key = match self {
             Fleet::Group { key } | Fleet::Individual { secret: key, .. } => {
@@ -322,11 +323,7 @@ async fn import(
                 let last = (first + BATCH).min(population);
                 let mut enrollments = Vec::with_capacity((last - first) as usize);
                 for i in first..last {
-                    let id = format!("{prefix}-{i:07}");
-                    let Fleet::Individual { secret, .. } = &fleet else {
-                        bail!("only individual enrollments are imported");
-                    };
-                    let key = sas::derive_device_key(secret, &id).map_err(anyhow::Error::msg)?;
+                    let (id, key) = fleet.member(&prefix, i).map_err(anyhow::Error::msg)?;
                     enrollments.push(serde_json::json!({
                         "registrationId": id,
                         "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}},

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cli::CertCommand;
-use crate::service_client::Api;
+use crate::service_client::{Api, enc};
 
 pub async fn run(command: CertCommand) -> anyhow::Result<()> {
     match command {
@@ -24,8 +24,12 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let pem = read(&file)?;
             let body = json!({"certificate": pem, "isVerified": verified});
             print(
-                &api.call(Method::PUT, &format!("certificates/{name}"), Some(&body))
-                    .await?,
+                &api.call(
+                    Method::PUT,
+                    &format!("certificates/{}", enc(&name)),
+                    Some(&body),
+                )
+                .await?,
             )
         }
         CertCommand::VerificationCode { api, name } => {
@@ -33,7 +37,7 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let resp = api
                 .call(
                     Method::POST,
-                    &format!("certificates/{name}/generateVerificationCode"),
+                    &format!("certificates/{}/generateVerificationCode", enc(&name)),
                     None,
                 )
                 .await?;
@@ -54,7 +58,7 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             print(
                 &api.call(
                     Method::POST,
-                    &format!("certificates/{name}/verify"),
+                    &format!("certificates/{}/verify", enc(&name)),
                     Some(&body),
                 )
                 .await?,
@@ -66,8 +70,12 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::Delete { api, name } => {
             let api = Api::open(&api).await?;
-            api.call(Method::DELETE, &format!("certificates/{name}"), None)
-                .await?;
+            api.call(
+                Method::DELETE,
+                &format!("certificates/{}", enc(&name)),
+                None,
+            )
+            .await?;
             eprintln!("deleted CA certificate {name}");
             Ok(())
         }

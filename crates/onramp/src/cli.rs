@@ -127,7 +127,7 @@ pub enum CertCommand {
     CreateDevice {
         #[arg(long, required_unless_present = "self_signed")]
         issuer: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "issuer")]
         self_signed: bool,
         #[arg(long)]
         cn: String,
@@ -151,6 +151,20 @@ pub struct DemoArgs {
     pub protocol: String,
 }
 
+/// Where simulated devices connect; each defaults to the local server's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DeviceTarget {
+    /// Global device endpoint, host[:port]. Default: the local server's.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// ID scope of the provisioning service. Default: the local server's.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -167,21 +181,14 @@ pub struct BenchArgs {
     /// fresh: a new TLS connection per device (a real fleet); reuse: one per worker (https).
     #[arg(long, default_value = "fresh")]
     pub connections: String,
-    /// Global device endpoint, host[:port]. Default: the local server's.
-    #[arg(long, env = "ONRAMP_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// ID scope. Default: the local server's.
-    #[arg(long)]
-    pub scope: Option<String>,
+    #[command(flatten)]
+    pub target: DeviceTarget,
     /// Key of an existing symmetric-key enrollment group; default: a new group is created.
     #[arg(long)]
     pub group_key: Option<String>,
     /// Service connection string used to create the group.
     #[arg(long, env = "ONRAMP_CONNECTION_STRING")]
     pub connection_string: Option<String>,
-    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
-    #[arg(long, env = "ONRAMP_CA")]
-    pub ca: Option<PathBuf>,
     /// Registration ID prefix (default: bench-<random>).
     #[arg(long)]
     pub prefix: Option<String>,
@@ -202,6 +209,10 @@ pub struct BenchArgs {
     /// individual: the enrollments exist already (a previous run with the same --prefix).
     #[arg(long)]
     pub skip_create: bool,
+    /// individual: position of the first device that registers, so that a
+    /// later run over the same population registers devices no earlier run did.
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
     /// individual: create the enrollments, report the import rate, and stop.
     #[arg(long)]
     pub create_only: bool,
@@ -221,7 +232,7 @@ impl BenchArgs {
             location: self.location.clone(),
             connection_string: self.connection_string.clone(),
             endpoint: None,
-            ca: self.ca.clone(),
+            ca: self.target.ca.clone(),
         }
     }
 }
@@ -595,9 +606,8 @@ pub struct RunArgs {
 pub struct ProvisionArgs {
     #[command(flatten)]
     pub location: Location,
-    /// ID scope of the provisioning service. Default: the local server's.
-    #[arg(long)]
-    pub scope: Option<String>,
+    #[command(flatten)]
+    pub target: DeviceTarget,
     #[arg(long)]
     pub registration_id: String,
     /// The device's own symmetric key (individual enrollment).
@@ -615,12 +625,6 @@ pub struct ProvisionArgs {
     /// JSON payload for the provisioning service (custom allocation).
     #[arg(long)]
     pub payload: Option<String>,
-    /// Global device endpoint, host[:port]. Default: the local server's.
-    #[arg(long, env = "ONRAMP_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
-    #[arg(long, env = "ONRAMP_CA")]
-    pub ca: Option<PathBuf>,
     /// Transport: https, mqtt or mqtt-ws.
     #[arg(long, default_value = "https")]
     pub protocol: String,

@@ -15,7 +15,7 @@ use onramp_core::tenant::LinkedHub;
 use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, InitialTwin};
 
 use crate::bench::{self, Fleet, Load};
-use crate::cli::{DemoArgs, HubServeArgs};
+use crate::cli::{DemoArgs, DeviceTarget, HubServeArgs};
 use crate::config::Config;
 use crate::simulator::{self, Protocol};
 use crate::{hub_cmd, serve};
@@ -132,14 +132,9 @@ async fn provision(
     println!("  enrollment group '{GROUP}' (symmetric key; devices derive theirs from it)\n");
 
     let protocol = Protocol::parse(&args.protocol)?;
-    let endpoint = match protocol {
-        Protocol::Https => server.state.endpoint.clone(),
-        _ => server
-            .state
-            .mqtt_endpoint
-            .clone()
-            .unwrap_or_else(|| server.state.endpoint.clone()),
-    };
+    let endpoint = DeviceTarget::default()
+        .resolve(Some(&server.state), protocol)?
+        .endpoint;
     let mut tls = server.client_tls.clone();
     tls.resumption = rustls::client::Resumption::disabled();
     tls.alpn_protocols = if protocol == Protocol::Https {

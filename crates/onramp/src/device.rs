@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use onramp_core::sas;
 use onramp_model::RegistrationStatus;
 
-use crate::cli::{DeviceCommand, ProvisionArgs, RunArgs};
+use crate::cli::{DeviceCommand, DeviceTarget, ProvisionArgs, RunArgs};
 use crate::config::Config;
 use crate::local::ServeState;
 use crate::simulator::{self, DeviceSpec, HubDevice, Protocol};
@@ -88,28 +88,56 @@ struct Provisioned {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// A [`DeviceTarget`] with the local server's values filled in.
+pub(crate) struct Resolved {
+    pub endpoint: String,
+    pub id_scope: String,
+    pub ca: Option<PathBuf>,
+}
+
+impl DeviceTarget {
+    pub(crate) fn resolve(
+        &self,
+        local: Option<&ServeState>,
+        protocol: Protocol,
+    ) -> anyhow::Result<Resolved> {
+        let endpoint = match (&self.endpoint, local) {
+            (Some(e), _) => e.clone(),
+            (None, Some(s)) if protocol == Protocol::Mqtt => s
+                .mqtt_endpoint
+                .clone()
+                .unwrap_or_else(|| s.endpoint.clone()),
+            (None, Some(s)) => s.endpoint.clone(),
+            (None, None) => "localhost".into(),
+        };
+        let id_scope = self
+            .scope
+            .clone()
+            .or_else(|| local.map(|s| s.id_scope.clone()))
+            .ok_or_else(|| {
+                anyhow::anyhow!("give the provisioning service's ID scope with --scope")
+            })?;
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| local.and_then(|s| s.ca_cert.clone()));
+        Ok(Resolved {
+            endpoint,
+            id_scope,
+            ca,
+        })
+    }
+}
+
 async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
     let config = Config::load(&args.location)?;
     let local = ServeState::read(&config);
     let protocol = Protocol::parse(&args.protocol)?;
-    let endpoint = match (&args.endpoint, &local) {
-        (Some(e), _) => e.clone(),
-        (None, Some(s)) if protocol == Protocol::Mqtt => s
-            .mqtt_endpoint
-            .clone()
-            .unwrap_or_else(|| s.endpoint.clone()),
-        (None, Some(s)) => s.endpoint.clone(),
-        (None, None) => "localhost".into(),
-    };
-    let id_scope = args
-        .scope
-        .clone()
-        .or_else(|| local.as_ref().map(|s| s.id_scope.clone()))
-        .ok_or_else(|| anyhow::anyhow!("give the provisioning service's ID scope with --scope"))?;
-    let ca = args
-        .ca
-        .clone()
-        .or_else(|| local.as_ref().and_then(|s| s.ca_cert.clone()));
+    let Resolved {
+        endpoint,
+        id_scope,
+        ca,
+    } = args.target.resolve(local.as_ref(), protocol)?;
     let key = match (&args.key, &args.group_key, &args.certificate) {
         (Some(k), None, None) => Some(k.clone()),
         (None, Some(g), None) => {
@@ -190,13 +218,11 @@ async fn run_device(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let provisioned = provision(args.provision.clone()).await?;
-    let state = provisioned.status.registration_state.unwrap_or_else(|| {
-        onramp_model::DeviceRegistrationState::new(
-            args.provision.registration_id.clone(),
-            RegistrationStatus::Assigned,
-        )
-    });
-    let (Some(hub), Some(device_id)) = (state.assigned_hub, state.device_id) else {
+    let Some((hub, device_id)) = provisioned
+        .status
+        .registration_state
+        .and_then(|s| Some((s.assigned_hub?, s.device_id?)))
+    else {
         bail!("the answer names no hub or device ID");
     };
     let mut device = HubDevice::connect(

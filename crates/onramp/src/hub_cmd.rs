@@ -6,7 +6,6 @@ use anyhow::Context;
 use onramp_hub::CompanionHub;
 use onramp_net::mqtt::MqttLimits;
 use onramp_net::{ListenerLimits, Services, Shutdown};
-use onramp_store::Sealer;
 
 use crate::cli::{HubCommand, HubServeArgs};
 use crate::local::authority;
@@ -34,7 +33,7 @@ async fn messages(
             data_dir.display()
         );
     }
-    let sealer = Arc::new(Sealer::load_or_create(&data_dir.join("keys"))?);
+    let sealer = crate::local::sealer_in(&data_dir.join("keys"))?;
     let store = onramp_hub::companion::HubStore::open(&db, sealer)?;
     for m in store.messages(device, 0, limit).await? {
         println!("{}", serde_json::to_string(&m)?);
@@ -106,7 +105,7 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         &pki.server_key_pem,
         &[b"h2", b"http/1.1"],
     )?;
-    let sealer = Arc::new(Sealer::load_or_create(&args.data_dir.join("keys"))?);
+    let sealer = crate::local::sealer_in(&args.data_dir.join("keys"))?;
     let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
     let mqtt_listener =
         if args.mqtt_listen.is_empty() || args.mqtt_listen.eq_ignore_ascii_case("off") {

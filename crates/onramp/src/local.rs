@@ -19,15 +19,19 @@ use crate::config::Config;
 /// The master key ring: `ONRAMP_MASTER_KEY` (base64) when set, else the key
 /// files under `<data>/keys` (created on first use).
 pub fn sealer(config: &Config) -> anyhow::Result<Arc<Sealer>> {
+    sealer_in(&config.keys_dir())
+}
+
+/// The master key ring: `ONRAMP_MASTER_KEY` when set, else the key files in `keys_dir`.
+pub fn sealer_in(keys_dir: &std::path::Path) -> anyhow::Result<Arc<Sealer>> {
     if let Ok(key) = std::env::var("ONRAMP_MASTER_KEY") {
         return Ok(Arc::new(
             Sealer::from_base64(&key).context("ONRAMP_MASTER_KEY")?,
         ));
     }
-    Ok(Arc::new(
-        Sealer::load_or_create(&config.keys_dir())
-            .with_context(|| format!("master keys in {}", config.keys_dir().display()))?,
-    ))
+    Ok(Arc::new(Sealer::load_or_create(keys_dir).with_context(
+        || format!("master keys in {}", keys_dir.display()),
+    )?))
 }
 
 pub fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<SqliteStore>> {

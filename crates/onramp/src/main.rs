@@ -19,6 +19,12 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
+// Registrations allocate many small, short-lived buffers (JSON, TLS records,
+// HTTP heads) across threads; mimalloc serves them with less contention and
+// fewer instructions than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // One process-wide TLS provider: every configuration here uses aws-lc-rs.

@@ -30,7 +30,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop.trigger();
     });
     running.finished().await;
-    let _ = std::fs::remove_file(config.state_file());
+    // Only our own: another server may have started on this data directory meanwhile.
+    if ServeState::read(&config).is_some_and(|s| s.pid == std::process::id()) {
+        let _ = std::fs::remove_file(config.state_file());
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -250,7 +250,7 @@ fn print(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn enc(id: &str) -> String {
+pub(crate) fn enc(id: &str) -> String {
     sas::encode(id)
 }
 

@@ -190,6 +190,7 @@ async fn hashed_weights_static_and_edge_devices_across_three_hubs() {
     );
     let later = d.bench(&key, 60, "later-dev");
     assert_eq!(count(&later, &c), 0, "{later:?}");
+    assert_eq!(count(&later, &a) + count(&later, &b), 60, "{later:?}");
     let k = d
         .server
         .enroll(

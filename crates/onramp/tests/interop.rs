@@ -309,11 +309,7 @@ async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &s
     assert_eq!(reported["telemetry"]["sent"], 3);
 
     // Telemetry stored and counted by the hub.
-    let out = common::onramp()
-        .args(["hub", "messages", "--device", device_id, "--data-dir"])
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
+    let out = server.cli(&["hub", "messages", "--device", device_id]);
     assert!(
         out.status.success(),
         "{}",
@@ -396,6 +392,13 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
         ],
     );
     assert_eq!(out["ok"], false, "{out}");
+    // CONNACK "not authorized" (MQTT return code 5), not any other failure.
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Not authorized")),
+        "{out}"
+    );
 
     // The devices on their hub, over MQTT and over MQTT/WebSockets: twin,
     // telemetry, reported properties, desired updates.

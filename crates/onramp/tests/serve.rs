@@ -1083,11 +1083,18 @@ async fn demo_provisions_a_fleet_and_leaves_nothing_behind() {
         stdout.contains("\"telemetryIntervalSeconds\": 30"),
         "{stdout}"
     );
+    // The directory that held every store is the one removed, and it is gone.
+    let used = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Onramp demo — everything lives in "))
+        .and_then(|l| l.strip_suffix(" and is removed at the end."))
+        .unwrap();
     let removed = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Stopped, and removed "))
         .unwrap()
         .trim_end_matches('.');
+    assert_eq!(used, removed);
     assert!(!Path::new(removed).exists(), "{removed} is gone");
 }
 
@@ -1095,13 +1102,7 @@ async fn demo_provisions_a_fleet_and_leaves_nothing_behind() {
 async fn bench_imports_individual_enrollments_and_paces_registrations() {
     let server = Server::start("127.0.0.1:0");
     let bench = |extra: &[&str]| {
-        let out = onramp()
-            .args(["bench", "--json", "--concurrency", "8", "--data-dir"])
-            .arg(&server.data_dir)
-            .args(extra)
-            .env_remove("ONRAMP_CONFIG")
-            .output()
-            .unwrap();
+        let out = server.cli(&[&["bench", "--json", "--concurrency", "8"], extra].concat());
         assert!(
             out.status.success(),
             "{extra:?}: {}",
@@ -1170,21 +1171,57 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     assert_eq!(summary["rateLimit"], 100.0);
     assert!(summary["seconds"].as_f64().unwrap() >= 0.45, "{summary}");
 
-    // Importing the same prefix twice is refused with a hint.
-    let out = onramp()
-        .args([
-            "bench",
+    // --first: a later run registers devices no earlier run did (the 61st in
+    // the scattered order is enrollment 180).
+    assert!(
+        store
+            .registration("default", "imp-0000180")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let individual = |first: &'static str, devices: &'static str| {
+        [
             "--enrollments",
             "individual",
-            "--devices",
-            "5",
+            "--population",
+            "500",
             "--prefix",
             "imp",
-            "--data-dir",
-        ])
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
+            "--skip-create",
+            "--first",
+            first,
+            "--devices",
+            devices,
+        ]
+    };
+    let (summary, _) = bench(&individual("60", "20"));
+    assert_eq!(summary["assigned"], 20, "{summary}");
+    assert!(
+        store
+            .registration("default", "imp-0000180")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let out = server.cli(&[&["bench"][..], &individual("490", "20")].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--first 490 plus --devices 20"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Importing the same prefix twice is refused with a hint.
+    let out = server.cli(&[
+        "bench",
+        "--enrollments",
+        "individual",
+        "--devices",
+        "5",
+        "--prefix",
+        "imp",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--skip-create"));
 }
