@@ -62,7 +62,10 @@ pub async fn authenticate(
     };
     if !host_names.is_empty() {
         let resource_host = token.resource.split('/').next().unwrap_or_default();
-        if !host_names.iter().any(|h| same_host(h, resource_host)) {
+        if !host_names
+            .iter()
+            .any(|h| onramp_model::authority::same_host(h, resource_host))
+        {
             return Err(ProvisioningError::unauthorized(format!(
                 "the token is for '{}', but this service is {}; sign the token for the HostName of \
                  the connection string",
@@ -89,33 +92,4 @@ pub async fn authenticate(
         "no shared access policy named '{policy_name}' has a key that signs this token; \
          check the SharedAccessKey of the connection string"
     )))
-}
-
-/// Host names compare without case and without a port.
-fn same_host(a: &str, b: &str) -> bool {
-    let strip = |h: &str| -> String {
-        let h = h.trim().trim_end_matches('/');
-        // `[::1]:443` keeps its brackets; `host:443` loses the port.
-        match h.rsplit_once(':') {
-            Some((host, port))
-                if port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':') =>
-            {
-                host.to_owned()
-            }
-            _ => h.to_owned(),
-        }
-    };
-    strip(a).eq_ignore_ascii_case(&strip(b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_comparison_ignores_port_and_case() {
-        assert!(same_host("localhost", "LOCALHOST:8443"));
-        assert!(same_host("dps.example.net:443", "dps.example.net"));
-        assert!(!same_host("dps.example.net", "other.example.net"));
-    }
 }

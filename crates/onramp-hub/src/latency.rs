@@ -188,13 +188,9 @@ pub async fn probe(
 }
 
 fn split_host_port(hub: &str) -> Result<(&str, u16), String> {
-    match hub.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => port
-            .parse()
-            .map(|p| (host, p))
-            .map_err(|_| format!("'{hub}' has an invalid port")),
-        _ => Ok((hub, 443)),
-    }
+    onramp_model::authority::split(hub)
+        .map(|(host, port)| (host, port.unwrap_or(443)))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -227,6 +223,7 @@ mod tests {
             split_host_port("localhost:8443").unwrap(),
             ("localhost", 8443)
         );
+        assert_eq!(split_host_port("[::1]:8443").unwrap(), ("::1", 8443));
         assert!(split_host_port("h:x").is_err());
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`time`]: timestamps in Azure's form (`2022-08-31T22:02:50.5163352Z`).
+//! - [`authority`]: `host[:port]`, with IPv6 literals parsed one way everywhere.
 //! - [`ids`]: identifiers with rules (registration IDs, ID scopes, ETags).
 //! - [`enrollment`]: individual enrollments, enrollment groups and everything
 //!   they embed (attestation mechanisms, initial twin, policies).
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allocation;
+pub mod authority;
 pub mod certificate;
 pub mod enrollment;
 pub mod error;

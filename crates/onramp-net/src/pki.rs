@@ -63,7 +63,7 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
 
     let wanted: Vec<String> = host_names
         .iter()
-        .map(|h| strip_port(h).to_ascii_lowercase())
+        .map(|h| onramp_model::authority::host(h).to_ascii_lowercase())
         .collect();
     let current = fs::read_to_string(&server_cert_path).ok();
     let fresh =
@@ -113,20 +113,6 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
 /// The names Onramp's development certificate always covers.
 pub fn default_host_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .trim_start_matches('[')
-            .split(']')
-            .next()
-            .unwrap_or(host);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    }
 }
 
 /// Whether the certificate in `pem` names every host in `wanted` and is not

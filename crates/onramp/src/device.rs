@@ -110,6 +110,7 @@ impl DeviceTarget {
             (None, Some(s)) => s.endpoint.clone(),
             (None, None) => "localhost".into(),
         };
+        onramp_model::authority::split(&endpoint).context("--endpoint")?;
         let id_scope = self
             .scope
             .clone()

@@ -91,9 +91,9 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     let port = listener.local_addr()?.port();
     // A host with a port is used as given: the hub sits behind a proxy or
     // load balancer that clients reach on that port.
-    let (host, bare_host) = match args.host.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (args.host.clone(), h.to_owned()),
-        _ => (authority(&args.host, port), args.host.clone()),
+    let (host, bare_host) = match onramp_model::authority::split(&args.host).context("--host")? {
+        (h, Some(_)) => (args.host.clone(), h.to_owned()),
+        (h, None) => (authority(h, port), h.to_owned()),
     };
     let mut names = onramp_net::pki::default_host_names();
     if !names.iter().any(|n| n.eq_ignore_ascii_case(&bare_host)) {

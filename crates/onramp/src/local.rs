@@ -139,6 +139,6 @@ pub fn authority_with_default(host: &str, port: u16, default: u16) -> String {
     if port == default {
         host.to_owned()
     } else {
-        format!("{host}:{port}")
+        onramp_model::authority::join(host, port)
     }
 }

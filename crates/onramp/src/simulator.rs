@@ -48,14 +48,10 @@ impl Protocol {
 
 /// `host[:port]` with the transport's default port filled in.
 pub fn address(endpoint: &str, protocol: Protocol) -> String {
-    let has_port = endpoint.rsplit_once(':').is_some_and(|(h, p)| {
-        !h.is_empty() && !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())
-    });
-    if has_port {
-        endpoint.to_owned()
-    } else {
-        format!("{endpoint}:{}", protocol.default_port())
-    }
+    // An endpoint that does not parse is kept as given: connecting to it
+    // fails with an error that names it.
+    onramp_model::authority::with_default_port(endpoint, protocol.default_port())
+        .unwrap_or_else(|_| endpoint.to_owned())
 }
 
 /// One device's credentials and target.
@@ -398,6 +394,7 @@ mod tests {
         assert_eq!(address("localhost", Protocol::Mqtt), "localhost:8883");
         assert_eq!(address("localhost", Protocol::MqttWs), "localhost:443");
         assert_eq!(address("localhost:9000", Protocol::Mqtt), "localhost:9000");
+        assert_eq!(address("::1", Protocol::Mqtt), "[::1]:8883");
         assert_eq!(Protocol::parse("MQTT-WS").unwrap(), Protocol::MqttWs);
         assert!(Protocol::parse("amqp").is_err());
     }

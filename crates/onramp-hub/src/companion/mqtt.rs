@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use onramp_core::{sas, x509};
 use onramp_model::UtcTime;
+use onramp_model::authority::same_host;
 use onramp_model::hub::{AuthenticationType, DeviceStatus};
 use onramp_net::mqtt::{
     ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
@@ -36,18 +37,6 @@ impl HubMqtt {
     pub fn new(hub: Arc<CompanionHub>) -> Self {
         Self { hub }
     }
-}
-
-/// Host names compare without case and without a port.
-pub(crate) fn same_host(a: &str, b: &str) -> bool {
-    let strip = |h: &str| {
-        h.rsplit_once(':')
-            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-            .map(|(h, _)| h)
-            .unwrap_or(h)
-            .to_ascii_lowercase()
-    };
-    strip(a) == strip(b)
 }
 
 /// `{hub}/{deviceId}/?{query}` → (hub, device ID). Module identities

@@ -80,7 +80,7 @@ pub async fn connect_tls_stream(
     address: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, ClientError> {
-    let host = host_of(address);
+    let host = onramp_model::authority::host(address);
     let tcp = TcpStream::connect(address)
         .await
         .map_err(|e| ClientError::Io(format!("{address}: {e}")))?;
@@ -91,13 +91,6 @@ pub async fn connect_tls_stream(
         .connect(name, tcp)
         .await
         .map_err(|e| ClientError::Io(format!("TLS with {address}: {e}")))
-}
-
-fn host_of(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address)
 }
 
 impl MqttClient {
