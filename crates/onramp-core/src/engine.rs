@@ -19,7 +19,9 @@ use crate::attest::{
     attest,
 };
 use crate::custom;
-use crate::events::{AttestationAttempt, HubCleanup, Protocol, RegistrationAttempt};
+use crate::events::{
+    AttestationAttempt, AttestationStep, HubCleanup, Protocol, RegistrationAttempt,
+};
 use crate::ports::{
     AllocationWebhook, Clock, DeviceIdentity, HubError, HubLatency, HubRegistry, IdentityAuth,
     NoLatency, Placement, RegistrationInputs, RegistrationRecord, Store, TwinSetup, WebhookError,
@@ -209,6 +211,7 @@ impl Engine {
                 &registration_id,
                 &req.credential,
                 req.protocol,
+                AttestationStep::Register,
             )
             .await?;
         let (previous, linked) = earlier;
@@ -483,6 +486,7 @@ impl Engine {
                 &registration_id,
                 &req.credential,
                 req.protocol,
+                AttestationStep::OperationStatus,
             )
             .await?;
         let key = registration_id.key();
@@ -544,6 +548,7 @@ impl Engine {
                 &registration_id,
                 &req.credential,
                 req.protocol,
+                AttestationStep::RegistrationStatus,
             )
             .await?;
         self.store
@@ -570,9 +575,15 @@ impl Engine {
         protocol: Protocol,
     ) -> Result<(), ProvisioningError> {
         let registration_id = parse_registration_id(registration_id)?;
-        self.authenticate(id_scope, &registration_id, credential, protocol)
-            .await
-            .map(|_| ())
+        self.authenticate(
+            id_scope,
+            &registration_id,
+            credential,
+            protocol,
+            AttestationStep::Connect,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn authenticate(
@@ -581,12 +592,13 @@ impl Engine {
         registration_id: &RegistrationId,
         credential: &DeviceCredential,
         protocol: Protocol,
+        step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
         let found = self
             .service_for_scope(id_scope)
             .await
             .map(|service| (service, Prefetched::default()));
-        self.attest_in(found, id_scope, registration_id, credential, protocol)
+        self.attest_in(found, id_scope, registration_id, credential, protocol, step)
             .await
     }
 
@@ -599,6 +611,7 @@ impl Engine {
         registration_id: &RegistrationId,
         credential: &DeviceCredential,
         protocol: Protocol,
+        step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
         let result = match found {
             Ok((service, prefetched)) => attest(
@@ -620,6 +633,7 @@ impl Engine {
             service: result.as_ref().ok().map(|(s, _)| s.name.as_str()),
             registration_id: registration_id.as_str(),
             protocol,
+            step,
             error: result.as_ref().err(),
         }
         .emit();

@@ -2,7 +2,9 @@
 //! log line and a metric can never disagree.
 //!
 //! Metrics (Prometheus names; labels in braces):
-//! - `onramp_attestation_attempts_total{service, protocol, outcome}`
+//! - `onramp_attestation_attempts_total{service, protocol, step, outcome}`:
+//!   `step` says why the credential was checked, so that an MQTT registration
+//!   (checked at CONNECT and again at register) is not read as two devices
 //! - `onramp_registration_attempts_total{service, hub, protocol, status}`
 //! - `onramp_device_assignments_total{service, hub}`
 //! - `onramp_registration_duration_seconds{protocol, status}` (histogram)
@@ -38,12 +40,37 @@ impl Protocol {
     }
 }
 
+/// Why a device's credential is being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttestationStep {
+    /// An MQTT CONNECT, before any request.
+    Connect,
+    /// A register request.
+    Register,
+    /// A poll of a registration operation.
+    OperationStatus,
+    /// The device API's lookup of its own registration record.
+    RegistrationStatus,
+}
+
+impl AttestationStep {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttestationStep::Connect => "connect",
+            AttestationStep::Register => "register",
+            AttestationStep::OperationStatus => "operation-status",
+            AttestationStep::RegistrationStatus => "registration-status",
+        }
+    }
+}
+
 /// A device tried to prove who it is.
 pub struct AttestationAttempt<'a> {
     pub id_scope: &'a str,
     pub service: Option<&'a str>,
     pub registration_id: &'a str,
     pub protocol: Protocol,
+    pub step: AttestationStep,
     pub error: Option<&'a ProvisioningError>,
 }
 
@@ -54,6 +81,7 @@ impl AttestationAttempt<'_> {
             "onramp_attestation_attempts_total",
             "service" => self.service.unwrap_or("unknown").to_owned(),
             "protocol" => self.protocol.as_str(),
+            "step" => self.step.as_str(),
             "outcome" => outcome,
         )
         .increment(1);
@@ -64,6 +92,7 @@ impl AttestationAttempt<'_> {
                 id_scope = self.id_scope,
                 registration_id = self.registration_id,
                 protocol = self.protocol.as_str(),
+                step = self.step.as_str(),
                 result = "Success",
             ),
             Some(e) => tracing::info!(
@@ -72,6 +101,7 @@ impl AttestationAttempt<'_> {
                 id_scope = self.id_scope,
                 registration_id = self.registration_id,
                 protocol = self.protocol.as_str(),
+                step = self.step.as_str(),
                 result = "Failure",
                 error_code = e.code.code(),
                 error = e.code.name(),

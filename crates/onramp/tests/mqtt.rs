@@ -118,6 +118,29 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
         vec![SubscribeReturnCode::Failure]
     );
     c.disconnect().await;
+    // The credential was checked once at CONNECT, then at each request; the
+    // metric tells the steps apart so one device is not counted as several.
+    let metrics = server
+        .http()
+        .get(server.url("metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let attempts = |step: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("onramp_attestation_attempts_total{"))
+            .filter(|l| l.contains("protocol=\"mqtt\"") && l.contains("outcome=\"success\""))
+            .filter(|l| l.contains(&format!("step=\"{step}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(attempts("connect"), 1, "{metrics}");
+    assert_eq!(attempts("register"), 2, "{metrics}");
+    assert_eq!(attempts("operation-status"), 1, "{metrics}");
 }
 
 #[tokio::test]
