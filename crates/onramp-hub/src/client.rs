@@ -47,9 +47,15 @@ struct CachedToken {
 pub struct HubClient {
     http: reqwest::Client,
     tokens: Mutex<HashMap<String, CachedToken>>,
-    /// (hub, CA thumbprint) pairs a companion hub already trusts.
-    trusted: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (hub, CA thumbprint) pairs a companion hub was told to trust, and when.
+    trusted: Mutex<HashMap<(String, String), std::time::Instant>>,
+    trust_refresh: Duration,
 }
+
+/// How long a companion hub is taken to still trust a CA it was handed. After
+/// this the CA is handed over again, so a hub whose operator removed it, or
+/// whose store was replaced, trusts it again within this time.
+pub const TRUST_REFRESH: Duration = Duration::from_secs(300);
 
 impl HubClient {
     /// `tls` decides which hub certificates are trusted (the machine's roots
@@ -66,8 +72,16 @@ impl HubClient {
         Ok(Self {
             http,
             tokens: Mutex::new(HashMap::new()),
-            trusted: Mutex::new(std::collections::HashSet::new()),
+            trusted: Mutex::new(HashMap::new()),
+            trust_refresh: TRUST_REFRESH,
         })
+    }
+
+    /// Hands CAs to companion hubs again after `refresh` instead of
+    /// [`TRUST_REFRESH`].
+    pub fn with_trust_refresh(mut self, refresh: Duration) -> Self {
+        self.trust_refresh = refresh;
+        self
     }
 
     fn credentials(hub: &LinkedHub) -> Result<Credentials, HubError> {
@@ -148,16 +162,18 @@ impl HubClient {
     }
 
     /// Hands a companion hub the CA certificate a group's devices chain to
-    /// (`PUT /onramp/certificates/{sha256}`, an Onramp extension), once per hub.
+    /// (`PUT /onramp/certificates/{sha256}`, an Onramp extension), once per hub
+    /// and [`TRUST_REFRESH`].
     async fn ensure_trusted(&self, creds: &Credentials, anchor: &[u8]) -> Result<(), HubError> {
         let thumbprint = onramp_core::x509::thumbprint(&aws_lc_rs::digest::SHA256, anchor);
         let key = (creds.host.clone(), thumbprint.clone());
-        if self
+        let fresh = self
             .trusted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < self.trust_refresh);
+        if fresh {
             return Ok(());
         }
         let body = serde_json::json!({ "certificate": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, anchor) });
@@ -176,7 +192,7 @@ impl HubClient {
         self.trusted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
+            .insert(key, std::time::Instant::now());
         Ok(())
     }
 

@@ -17,6 +17,7 @@ struct Running {
     hub: Arc<CompanionHub>,
     client: HubClient,
     link: LinkedHub,
+    ca_pem: String,
     _dir: tempfile::TempDir,
     _stop: onramp_net::ShutdownTrigger,
 }
@@ -61,6 +62,7 @@ async fn start() -> Running {
         hub,
         client,
         link,
+        ca_pem: pki.ca_pem.clone(),
         _dir: dir,
         _stop: stop,
     }
@@ -177,4 +179,74 @@ async fn wrong_credentials_and_unreachable_hubs_are_told_apart() {
         .unwrap_err();
     assert!(matches!(err, HubError::Unreachable(_)), "{err:?}");
     assert!(r.hub.store().device("d").await.unwrap().is_none());
+}
+
+/// A CA certificate (DER) of a fresh development PKI.
+fn new_ca(dir: &std::path::Path) -> Vec<u8> {
+    let pki = onramp_net::pki::load_or_create(dir, &onramp_net::pki::default_host_names()).unwrap();
+    onramp_core::x509::decode(&pki.ca_pem).unwrap()
+}
+
+#[tokio::test]
+async fn a_certificate_named_again_replaces_the_one_it_named() {
+    let r = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (new_ca(&dir.path().join("a")), new_ca(&dir.path().join("b")));
+    assert_ne!(first, second);
+    r.hub.trust_ca("factory", first.clone()).await.unwrap();
+    assert_eq!(r.hub.trusted_cas(), vec![first.clone()]);
+    // Re-uploaded under its name: the old certificate is trusted no more.
+    r.hub.trust_ca("factory", second.clone()).await.unwrap();
+    assert_eq!(r.hub.trusted_cas(), vec![second.clone()]);
+    r.hub.trust_ca("other", first.clone()).await.unwrap();
+    assert!(r.hub.untrust_ca("factory").await.unwrap());
+    assert_eq!(r.hub.trusted_cas(), vec![first]);
+    assert!(!r.hub.untrust_ca("factory").await.unwrap());
+}
+
+#[tokio::test]
+async fn the_client_hands_a_removed_ca_over_again_after_its_refresh() {
+    let mut r = start().await;
+    r.link.companion = true;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path());
+    let thumbprint = onramp_core::x509::thumbprint(&aws_lc_rs::digest::SHA256, &ca);
+    let device = |id: &str| DeviceIdentity {
+        auth: IdentityAuth::CertificateAuthority { anchor: ca.clone() },
+        ..identity(id, TwinSetup::Keep)
+    };
+    r.client
+        .register_device(&r.link, &device("ca-1"))
+        .await
+        .unwrap();
+    assert_eq!(r.hub.trusted_cas(), vec![ca.clone()]);
+    // An operator removes the CA from the hub: within the refresh, the client
+    // takes it as still trusted.
+    assert!(r.hub.untrust_ca(&thumbprint).await.unwrap());
+    r.client
+        .register_device(&r.link, &device("ca-2"))
+        .await
+        .unwrap();
+    assert!(r.hub.trusted_cas().is_empty());
+    // A client whose refresh has passed hands it over again.
+    let client = HubClient::new(
+        onramp_net::tls::client_config(Some(&r.ca_pem)).unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_trust_refresh(Duration::ZERO);
+    client
+        .register_device(&r.link, &device("ca-3"))
+        .await
+        .unwrap();
+    client
+        .register_device(&r.link, &device("ca-4"))
+        .await
+        .unwrap();
+    assert!(r.hub.untrust_ca(&thumbprint).await.unwrap());
+    client
+        .register_device(&r.link, &device("ca-5"))
+        .await
+        .unwrap();
+    assert_eq!(r.hub.trusted_cas(), vec![ca]);
 }

@@ -35,6 +35,8 @@ pub struct CompanionHub {
     connections: Connections,
     /// CA certificates (DER) that `certificateAuthority` devices chain to.
     trusted_cas: RwLock<Vec<Vec<u8>>>,
+    /// Serializes CA changes, so that a reload cannot overtake a later write.
+    ca_changes: tokio::sync::Mutex<()>,
 }
 
 impl CompanionHub {
@@ -70,6 +72,7 @@ impl CompanionHub {
             policies: RwLock::new(policies),
             connections: Connections::default(),
             trusted_cas: RwLock::new(cas),
+            ca_changes: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -89,20 +92,26 @@ impl CompanionHub {
     }
 
     /// Trusts a CA for `certificateAuthority` devices (stored and cached).
+    /// A name given again replaces the certificate it named.
     pub async fn trust_ca(&self, name: &str, der: Vec<u8>) -> Result<(), StoreError> {
+        let _change = self.ca_changes.lock().await;
         self.store
-            .put_certificate(name, der.clone(), onramp_model::UtcTime::now())
+            .put_certificate(name, der, onramp_model::UtcTime::now())
             .await?;
-        let mut cas = self.trusted_cas.write().unwrap_or_else(|e| e.into_inner());
-        if !cas.contains(&der) {
-            cas.push(der);
-        }
-        Ok(())
+        self.reload_trusted_cas().await
     }
 
     /// Stops trusting a CA; returns whether it was trusted.
     pub async fn untrust_ca(&self, name: &str) -> Result<bool, StoreError> {
+        let _change = self.ca_changes.lock().await;
         let removed = self.store.delete_certificate(name).await?;
+        self.reload_trusted_cas().await?;
+        Ok(removed)
+    }
+
+    /// The cache follows the store, the one record of which names are trusted:
+    /// patching it in place kept a replaced certificate trusted.
+    async fn reload_trusted_cas(&self) -> Result<(), StoreError> {
         let cas = self
             .store
             .certificates()
@@ -111,7 +120,7 @@ impl CompanionHub {
             .map(|(_, der)| der)
             .collect();
         *self.trusted_cas.write().unwrap_or_else(|e| e.into_inner()) = cas;
-        Ok(removed)
+        Ok(())
     }
 
     pub fn connections(&self) -> &Connections {
