@@ -159,7 +159,10 @@ pub async fn serve(
                     .unwrap_or_default(),
             ));
             let alpn_mqtt = session.alpn_protocol() == Some(b"mqtt");
-            let mut stream = BufReader::new(tls);
+            // Room for the one byte that tells MQTT from HTTP, no more: HTTP
+            // and MQTT read in large chunks, which pass a drained BufReader
+            // by, so a bigger buffer would only cost memory per connection.
+            let mut stream = BufReader::with_capacity(1, tls);
             let is_mqtt = match &services.mqtt {
                 None => false,
                 Some(_) if alpn_mqtt => true,
