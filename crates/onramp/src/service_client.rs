@@ -227,22 +227,94 @@ fn attestation(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<Attestation
     })
 }
 
-fn settings(
-    spec: &EnrollmentSpec,
-) -> anyhow::Result<(Option<InitialTwin>, Option<AllocationPolicy>)> {
-    let twin = match &spec.initial_twin {
+/// What `--initial-twin`, `--allocation-policy`, `--iot-hub`, `--disabled`
+/// and `--edge` say, for an enrollment or a group alike.
+struct SpecSettings {
+    initial_twin: Option<InitialTwin>,
+    allocation_policy: Option<AllocationPolicy>,
+    iot_hubs: Option<Vec<String>>,
+    provisioning_status: Option<ProvisioningStatus>,
+    capabilities: Option<DeviceCapabilities>,
+}
+
+fn settings(spec: &EnrollmentSpec) -> anyhow::Result<SpecSettings> {
+    let initial_twin = match &spec.initial_twin {
         Some(t) => Some(
             serde_json::from_str(t).context("--initial-twin is not an initial twin JSON object")?,
         ),
         None => None,
     };
-    let policy = match &spec.allocation_policy {
+    let allocation_policy = match &spec.allocation_policy {
         Some(p) => Some(AllocationPolicy::parse(p).ok_or_else(|| {
             anyhow::anyhow!("--allocation-policy '{p}': use hashed, static, geoLatency or custom")
         })?),
         None => None,
     };
-    Ok((twin, policy))
+    Ok(SpecSettings {
+        initial_twin,
+        allocation_policy,
+        iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
+        provisioning_status: Some(if spec.disabled {
+            ProvisioningStatus::Disabled
+        } else {
+            ProvisioningStatus::Enabled
+        }),
+        capabilities: Some(DeviceCapabilities {
+            iot_edge: spec.edge,
+        }),
+    })
+}
+
+/// Individual enrollments and enrollment groups sit at parallel paths of the
+/// service API and are shown, listed and deleted the same way.
+#[derive(Clone, Copy)]
+enum Collection {
+    Enrollments,
+    Groups,
+}
+
+impl Collection {
+    fn path(self) -> &'static str {
+        match self {
+            Collection::Enrollments => "enrollments",
+            Collection::Groups => "enrollmentGroups",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Collection::Enrollments => "enrollment",
+            Collection::Groups => "enrollment group",
+        }
+    }
+
+    fn item(self, id: &str) -> String {
+        format!("{}/{}", self.path(), enc(id))
+    }
+
+    async fn put(self, api: &Api, id: &str, doc: Value) -> anyhow::Result<Value> {
+        api.call(Method::PUT, &self.item(id), Some(&doc)).await
+    }
+
+    async fn show(self, api: &Api, id: &str, keys: bool) -> anyhow::Result<()> {
+        let mut doc = api.call(Method::GET, &self.item(id), None).await?;
+        if keys {
+            let path = format!("{}/attestationmechanism", self.item(id));
+            doc["attestation"] = api.call(Method::POST, &path, None).await?;
+        }
+        print(&doc)
+    }
+
+    async fn list(self, api: &Api) -> anyhow::Result<()> {
+        let query = format!("{}/query", self.path());
+        print(&Value::Array(api.query_all(&query).await?))
+    }
+
+    async fn delete(self, api: &Api, id: &str) -> anyhow::Result<()> {
+        api.call(Method::DELETE, &self.item(id), None).await?;
+        eprintln!("deleted {} {id}", self.noun());
+        Ok(())
+    }
 }
 
 fn print(value: &Value) -> anyhow::Result<()> {
@@ -262,12 +334,8 @@ pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Res
         attestation: Some(attestation(&EnrollmentSpec::default(), true)?),
         ..Default::default()
     };
-    let created = api
-        .call(
-            Method::PUT,
-            &format!("enrollmentGroups/{}", enc(group_id)),
-            Some(&serde_json::to_value(&group)?),
-        )
+    let created = Collection::Groups
+        .put(&api, group_id, serde_json::to_value(&group)?)
         .await?;
     created["attestation"]["symmetricKey"]["primaryKey"]
         .as_str()
@@ -276,6 +344,7 @@ pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Res
 }
 
 pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
+    let c = Collection::Enrollments;
     match command {
         EnrollmentCommand::Create {
             api,
@@ -284,31 +353,21 @@ pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
             spec,
         } => {
             let api = Api::open(&api).await?;
-            let (initial_twin, allocation_policy) = settings(&spec)?;
+            let set = settings(&spec)?;
             let e = IndividualEnrollment {
                 registration_id: registration_id.clone(),
                 device_id,
                 attestation: Some(attestation(&spec, false)?),
-                initial_twin,
-                allocation_policy,
-                iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
-                provisioning_status: Some(if spec.disabled {
-                    ProvisioningStatus::Disabled
-                } else {
-                    ProvisioningStatus::Enabled
-                }),
-                capabilities: Some(DeviceCapabilities {
-                    iot_edge: spec.edge,
-                }),
+                initial_twin: set.initial_twin,
+                allocation_policy: set.allocation_policy,
+                iot_hubs: set.iot_hubs,
+                provisioning_status: set.provisioning_status,
+                capabilities: set.capabilities,
                 ..Default::default()
             };
             print(
-                &api.call(
-                    Method::PUT,
-                    &format!("enrollments/{}", enc(&registration_id)),
-                    Some(&serde_json::to_value(&e)?),
-                )
-                .await?,
+                &c.put(&api, &registration_id, serde_json::to_value(&e)?)
+                    .await?,
             )
         }
         EnrollmentCommand::Show {
@@ -316,48 +375,19 @@ pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
             registration_id,
             keys,
         } => {
-            let api = Api::open(&api).await?;
-            let mut e = api
-                .call(
-                    Method::GET,
-                    &format!("enrollments/{}", enc(&registration_id)),
-                    None,
-                )
-                .await?;
-            if keys {
-                let att = api
-                    .call(
-                        Method::POST,
-                        &format!("enrollments/{}/attestationmechanism", enc(&registration_id)),
-                        None,
-                    )
-                    .await?;
-                e["attestation"] = att;
-            }
-            print(&e)
+            c.show(&Api::open(&api).await?, &registration_id, keys)
+                .await
         }
-        EnrollmentCommand::List { api } => {
-            let api = Api::open(&api).await?;
-            print(&Value::Array(api.query_all("enrollments/query").await?))
-        }
+        EnrollmentCommand::List { api } => c.list(&Api::open(&api).await?).await,
         EnrollmentCommand::Delete {
             api,
             registration_id,
-        } => {
-            let api = Api::open(&api).await?;
-            api.call(
-                Method::DELETE,
-                &format!("enrollments/{}", enc(&registration_id)),
-                None,
-            )
-            .await?;
-            eprintln!("deleted enrollment {registration_id}");
-            Ok(())
-        }
+        } => c.delete(&Api::open(&api).await?, &registration_id).await,
     }
 }
 
 pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
+    let c = Collection::Groups;
     match command {
         GroupCommand::Create {
             api,
@@ -365,73 +395,27 @@ pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
             spec,
         } => {
             let api = Api::open(&api).await?;
-            let (initial_twin, allocation_policy) = settings(&spec)?;
+            let set = settings(&spec)?;
             let g = EnrollmentGroup {
                 enrollment_group_id: group_id.clone(),
                 attestation: Some(attestation(&spec, true)?),
-                initial_twin,
-                allocation_policy,
-                iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
-                provisioning_status: Some(if spec.disabled {
-                    ProvisioningStatus::Disabled
-                } else {
-                    ProvisioningStatus::Enabled
-                }),
-                capabilities: Some(DeviceCapabilities {
-                    iot_edge: spec.edge,
-                }),
+                initial_twin: set.initial_twin,
+                allocation_policy: set.allocation_policy,
+                iot_hubs: set.iot_hubs,
+                provisioning_status: set.provisioning_status,
+                capabilities: set.capabilities,
                 ..Default::default()
             };
-            print(
-                &api.call(
-                    Method::PUT,
-                    &format!("enrollmentGroups/{}", enc(&group_id)),
-                    Some(&serde_json::to_value(&g)?),
-                )
-                .await?,
-            )
+            print(&c.put(&api, &group_id, serde_json::to_value(&g)?).await?)
         }
         GroupCommand::Show {
             api,
             group_id,
             keys,
-        } => {
-            let api = Api::open(&api).await?;
-            let mut g = api
-                .call(
-                    Method::GET,
-                    &format!("enrollmentGroups/{}", enc(&group_id)),
-                    None,
-                )
-                .await?;
-            if keys {
-                let att = api
-                    .call(
-                        Method::POST,
-                        &format!("enrollmentGroups/{}/attestationmechanism", enc(&group_id)),
-                        None,
-                    )
-                    .await?;
-                g["attestation"] = att;
-            }
-            print(&g)
-        }
-        GroupCommand::List { api } => {
-            let api = Api::open(&api).await?;
-            print(&Value::Array(
-                api.query_all("enrollmentGroups/query").await?,
-            ))
-        }
+        } => c.show(&Api::open(&api).await?, &group_id, keys).await,
+        GroupCommand::List { api } => c.list(&Api::open(&api).await?).await,
         GroupCommand::Delete { api, group_id } => {
-            let api = Api::open(&api).await?;
-            api.call(
-                Method::DELETE,
-                &format!("enrollmentGroups/{}", enc(&group_id)),
-                None,
-            )
-            .await?;
-            eprintln!("deleted enrollment group {group_id}");
-            Ok(())
+            c.delete(&Api::open(&api).await?, &group_id).await
         }
     }
 }

@@ -757,6 +757,18 @@ async fn first_provisioning_with_the_cli() {
     );
     let listed: Value = serde_json::from_str(&run(&["group", "list"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
+    // Shown without keys unless asked for them.
+    let shown: Value = serde_json::from_str(&run(&["group", "show", "line-7"])).unwrap();
+    assert_eq!(shown["initialTwin"]["properties"]["desired"]["rate"], 10);
+    assert_ne!(
+        shown["attestation"]["symmetricKey"]["primaryKey"],
+        group_key.as_str()
+    );
+    let shown: Value = serde_json::from_str(&run(&["group", "show", "line-7", "--keys"])).unwrap();
+    assert_eq!(
+        shown["attestation"]["symmetricKey"]["primaryKey"],
+        group_key.as_str()
+    );
     let shown: Value =
         serde_json::from_str(&run(&["enrollment", "show", "my-first-device"])).unwrap();
     assert_eq!(shown["registrationState"]["status"], "assigned");
