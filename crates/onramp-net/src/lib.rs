@@ -18,4 +18,5 @@ pub mod tls;
 
 pub use listener::{
     ListenerLimits, PeerCertificates, RemoteAddr, Services, Shutdown, ShutdownTrigger, serve,
+    serve_all,
 };

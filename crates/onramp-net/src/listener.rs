@@ -94,6 +94,23 @@ impl Default for ListenerLimits {
     }
 }
 
+/// Serves the same `services` on every listener (the HTTPS port and a
+/// dedicated MQTT port, say) until `shutdown`.
+pub async fn serve_all(
+    listeners: Vec<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    services: Services,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
+) {
+    futures_util::future::join_all(
+        listeners
+            .into_iter()
+            .map(|l| serve(l, tls.clone(), services.clone(), limits, shutdown.clone())),
+    )
+    .await;
+}
+
 /// Serves `services` on `listener` until `shutdown`, then lets open HTTP
 /// requests finish (up to 10 s) and closes MQTT connections.
 pub async fn serve(

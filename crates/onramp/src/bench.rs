@@ -187,14 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Fleet::Group { key }
     };
 
-    // A fleet does not share TLS sessions: no resumption.
-    let mut tls = (*crate::device::tls_config(&config, ca.as_ref())?).clone();
-    tls.resumption = rustls::client::Resumption::disabled();
-    tls.alpn_protocols = if protocol == Protocol::Https {
-        vec![b"http/1.1".to_vec()]
-    } else {
-        Vec::new()
-    };
+    let tls = simulator::fleet_tls(&*crate::device::tls_config(&config, ca.as_ref())?, protocol);
     let load = Load {
         protocol,
         reuse,
@@ -203,7 +196,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         id_scope,
         prefix,
         fleet,
-        tls: Arc::new(tls),
+        tls,
         devices: args.devices,
         concurrency: args.concurrency.max(1),
         rate: args.rate,

@@ -135,13 +135,7 @@ async fn provision(
     let endpoint = DeviceTarget::default()
         .resolve(Some(&server.state), protocol)?
         .endpoint;
-    let mut tls = server.client_tls.clone();
-    tls.resumption = rustls::client::Resumption::disabled();
-    tls.alpn_protocols = if protocol == Protocol::Https {
-        vec![b"http/1.1".to_vec()]
-    } else {
-        Vec::new()
-    };
+    let tls = simulator::fleet_tls(&server.client_tls, protocol);
     let load = Load {
         protocol,
         reuse: false,
@@ -150,7 +144,7 @@ async fn provision(
         id_scope: server.state.id_scope.clone(),
         prefix: "demo-device".into(),
         fleet: Fleet::Group { key },
-        tls: Arc::new(tls),
+        tls,
         devices: args.devices,
         concurrency: args.concurrency.max(1),
         rate: 0.0,

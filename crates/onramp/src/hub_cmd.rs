@@ -127,25 +127,13 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         mqtt: Some(hub.mqtt_app()),
         mqtt_limits: limits,
     };
-    let tls = Arc::new(tls);
-    let https = onramp_net::serve(
-        listener,
-        tls.clone(),
-        services.clone(),
+    let serving = tokio::spawn(onramp_net::serve_all(
+        std::iter::once(listener).chain(mqtt_listener).collect(),
+        Arc::new(tls),
+        services,
         ListenerLimits::default(),
-        shutdown.clone(),
-    );
-    let serving = tokio::spawn(async move {
-        match mqtt_listener {
-            Some(l) => {
-                tokio::join!(
-                    https,
-                    onramp_net::serve(l, tls, services, ListenerLimits::default(), shutdown)
-                );
-            }
-            None => https.await,
-        }
-    });
+        shutdown,
+    ));
     Ok(RunningHub {
         host,
         listen,

@@ -259,24 +259,13 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         mqtt: Some(mqtt_app),
         mqtt_limits,
     };
-    let server_tls = Arc::new(server_tls);
-    let https = onramp_net::serve(
-        listener,
-        server_tls.clone(),
-        services.clone(),
+    let serving = tokio::spawn(onramp_net::serve_all(
+        std::iter::once(listener).chain(mqtt_listener).collect(),
+        Arc::new(server_tls),
+        services,
         ListenerLimits::default(),
-        shutdown.clone(),
-    );
-    let serving = tokio::spawn(async move {
-        match mqtt_listener {
-            Some(l) => {
-                let mqtt =
-                    onramp_net::serve(l, server_tls, services, ListenerLimits::default(), shutdown);
-                tokio::join!(https, mqtt);
-            }
-            None => https.await,
-        }
-    });
+        shutdown,
+    ));
     Ok(Running {
         state: state_file,
         store,

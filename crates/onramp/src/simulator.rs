@@ -46,6 +46,19 @@ impl Protocol {
     }
 }
 
+/// The TLS settings of a simulated fleet: devices do not share TLS sessions
+/// (no resumption), and HTTPS devices speak HTTP/1.1 as the SDKs do.
+pub fn fleet_tls(base: &rustls::ClientConfig, protocol: Protocol) -> Arc<rustls::ClientConfig> {
+    let mut tls = base.clone();
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.alpn_protocols = if protocol == Protocol::Https {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        Vec::new()
+    };
+    Arc::new(tls)
+}
+
 /// `host[:port]` with the transport's default port filled in.
 pub fn address(endpoint: &str, protocol: Protocol) -> String {
     // An endpoint that does not parse is kept as given: connecting to it
