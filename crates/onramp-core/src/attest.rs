@@ -449,6 +449,8 @@ async fn attest_x509(
     // 2. Enrollment groups (and revocations) above the leaf.
     let mut anchors: Vec<(EnrollmentGroup, x509::Parsed)> = Vec::new();
     let mut unverified: Vec<(String, String, Vec<u8>)> = Vec::new();
+    // The service's CA certificates, read once when the first group refers to one.
+    let mut cas: Option<Vec<crate::tenant::CaCertificate>> = None;
     let mut pages = GroupPages::new(prefetched.first_groups.take());
     while let Some(page) = pages.next(store, service).await? {
         for group in page {
@@ -487,7 +489,15 @@ async fn attest_x509(
             .into_iter()
             .flatten()
             {
-                match store.ca_certificate(service, &name).await? {
+                if cas.is_none() {
+                    cas = Some(store.ca_certificates(service).await?);
+                }
+                let ca = cas
+                    .iter()
+                    .flatten()
+                    .find(|ca| ca.name.eq_ignore_ascii_case(&name))
+                    .cloned();
+                match ca {
                     Some(ca) if ca.is_verified => {
                         if let Ok(parsed) = x509::Parsed::from_der(&ca.der) {
                             anchors.push((group.clone(), parsed));

@@ -257,8 +257,9 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
     let g = EnrollmentGroup {
         enrollment_group_id: "by-reference".into(),
         attestation: x509(X509Attestation {
+            // CA names compare without case, as the service API's paths do.
             ca_references: Some(X509CaReferences {
-                primary: Some("my-root".into()),
+                primary: Some("My-Root".into()),
                 secondary: None,
             }),
             ..Default::default()
