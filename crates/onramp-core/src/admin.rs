@@ -85,26 +85,39 @@ impl Admin {
         body: IndividualEnrollment,
         if_match: Option<&str>,
     ) -> Result<IndividualEnrollment, ProvisioningError> {
-        let key = path_id.to_ascii_lowercase();
-        let existing = self.store.enrollment(service, &key).await?;
-        let (hubs, service_webhook) = self.allocation_targets(service).await?;
+        let targets = self.allocation_targets(service).await?;
+        let condition = Precondition::from_if_match(if_match);
+        self.write_enrollment(service, path_id, body, condition, &targets, |e| {
+            not_found_as(e, ErrorCode::EnrollmentNotFound)
+        })
+        .await
+    }
+
+    /// Validates an enrollment against what it replaces and the allocation
+    /// targets, and stores it: the one path of single and bulk writes.
+    async fn write_enrollment(
+        &self,
+        service: &str,
+        id: &str,
+        body: IndividualEnrollment,
+        condition: Precondition,
+        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        store_error: impl FnOnce(StoreError) -> ProvisioningError,
+    ) -> Result<IndividualEnrollment, ProvisioningError> {
+        let existing = self
+            .store
+            .enrollment(service, &id.to_ascii_lowercase())
+            .await?;
         let ctx = validate::Context {
-            linked_hubs: &hubs,
-            service_webhook,
+            linked_hubs: hubs,
+            service_webhook: *service_webhook,
             existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
         };
-        let enrollment = validate::individual_enrollment(path_id, body, &ctx)?;
-        let stored = self
-            .store
-            .put_enrollment(
-                service,
-                &enrollment,
-                Precondition::from_if_match(if_match),
-                self.clock.now(),
-            )
+        let enrollment = validate::individual_enrollment(id, body, &ctx)?;
+        self.store
+            .put_enrollment(service, &enrollment, condition, self.clock.now())
             .await
-            .map_err(|e| not_found_as(e, ErrorCode::EnrollmentNotFound))?;
-        Ok(stored)
+            .map_err(store_error)
     }
 
     /// The enrollment with its registration record; keys are not returned
@@ -219,28 +232,19 @@ impl Admin {
         service: &str,
         item: IndividualEnrollment,
         mode: BulkMode,
-        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        targets: &(Vec<LinkedHub>, bool),
     ) -> Result<IndividualEnrollment, ProvisioningError> {
         if item.registration_id.is_empty() {
             return Err(ProvisioningError::invalid(
                 "registrationId is required for every bulk item",
             ));
         }
-        let key = item.registration_id.to_ascii_lowercase();
-        let existing = self.store.enrollment(service, &key).await?;
-        let ctx = validate::Context {
-            linked_hubs: hubs,
-            service_webhook: *service_webhook,
-            existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
-        };
-        let etag = item.etag.clone();
+        let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
         let id = item.registration_id.clone();
-        let enrollment = validate::individual_enrollment(&id, item, &ctx)?;
-        let condition = bulk_condition(mode, etag.as_ref().map(|t| t.as_str()));
-        self.store
-            .put_enrollment(service, &enrollment, condition, self.clock.now())
-            .await
-            .map_err(|e| bulk_error(e, &id))
+        self.write_enrollment(service, &id, item, condition, targets, |e| {
+            bulk_error(e, &id)
+        })
+        .await
     }
 
     // ---- enrollment groups ----
@@ -252,25 +256,40 @@ impl Admin {
         body: EnrollmentGroup,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, ProvisioningError> {
-        let key = path_id.to_ascii_lowercase();
-        let existing = self.store.enrollment_group(service, &key).await?;
-        let (hubs, service_webhook) = self.allocation_targets(service).await?;
+        let targets = self.allocation_targets(service).await?;
+        let condition = Precondition::from_if_match(if_match);
+        self.write_group(service, path_id, body, condition, &targets, |e| {
+            not_found_as(e, ErrorCode::EnrollmentGroupNotFound)
+        })
+        .await
+    }
+
+    /// Validates a group against what it replaces, the allocation targets and
+    /// the CA certificates it names, and stores it.
+    async fn write_group(
+        &self,
+        service: &str,
+        id: &str,
+        body: EnrollmentGroup,
+        condition: Precondition,
+        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        store_error: impl FnOnce(StoreError) -> ProvisioningError,
+    ) -> Result<EnrollmentGroup, ProvisioningError> {
+        let existing = self
+            .store
+            .enrollment_group(service, &id.to_ascii_lowercase())
+            .await?;
         let ctx = validate::Context {
-            linked_hubs: &hubs,
-            service_webhook,
+            linked_hubs: hubs,
+            service_webhook: *service_webhook,
             existing_attestation: existing.as_ref().and_then(|g| g.attestation.as_ref()),
         };
-        let group = validate::enrollment_group(path_id, body, &ctx)?;
+        let group = validate::enrollment_group(id, body, &ctx)?;
         self.check_ca_references(service, &group).await?;
         self.store
-            .put_enrollment_group(
-                service,
-                &group,
-                Precondition::from_if_match(if_match),
-                self.clock.now(),
-            )
+            .put_enrollment_group(service, &group, condition, self.clock.now())
             .await
-            .map_err(|e| not_found_as(e, ErrorCode::EnrollmentGroupNotFound))
+            .map_err(store_error)
     }
 
     async fn bulk_put_group(
@@ -278,33 +297,19 @@ impl Admin {
         service: &str,
         item: EnrollmentGroup,
         mode: BulkMode,
-        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        targets: &(Vec<LinkedHub>, bool),
     ) -> Result<EnrollmentGroup, ProvisioningError> {
         if item.enrollment_group_id.is_empty() {
             return Err(ProvisioningError::invalid(
                 "enrollmentGroupId is required for every bulk item",
             ));
         }
-        let key = item.enrollment_group_id.to_ascii_lowercase();
-        let existing = self.store.enrollment_group(service, &key).await?;
-        let ctx = validate::Context {
-            linked_hubs: hubs,
-            service_webhook: *service_webhook,
-            existing_attestation: existing.as_ref().and_then(|g| g.attestation.as_ref()),
-        };
-        let etag = item.etag.clone();
+        let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
         let id = item.enrollment_group_id.clone();
-        let group = validate::enrollment_group(&id, item, &ctx)?;
-        self.check_ca_references(service, &group).await?;
-        self.store
-            .put_enrollment_group(
-                service,
-                &group,
-                bulk_condition(mode, etag.as_ref().map(|t| t.as_str())),
-                self.clock.now(),
-            )
-            .await
-            .map_err(|e| bulk_error(e, &id))
+        self.write_group(service, &id, item, condition, targets, |e| {
+            bulk_error(e, &id)
+        })
+        .await
     }
 
     pub async fn group(
