@@ -137,7 +137,7 @@ impl Admin {
             .store
             .registration(service, &key)
             .await?
-            .map(|r| r.state);
+            .map(|r| service_view(r.state));
         Ok(hide_enrollment_keys(e))
     }
 
@@ -825,6 +825,11 @@ fn hide_keys(att: &mut AttestationMechanism) {
 /// Accepts `*` and `SELECT * FROM <collection> [WHERE …]` in any case. Like
 /// Azure, the service returns the whole collection; a WHERE clause is accepted
 /// and not applied.
+/// Azure's service ignores the query text and returns the whole collection,
+/// and real callers lean on that: PowerShell and the Java SDK's examples send
+/// `SELECT * FROM enrollments` to the registration query, and filters are
+/// sent and ignored. Onramp does the same for any `SELECT … FROM …`, and
+/// refuses only text that is no query at all.
 fn check_query(
     query: &QuerySpecification,
     collection: Collection,
@@ -834,23 +839,8 @@ fn check_query(
         return Ok(());
     }
     let lower = text.to_ascii_lowercase();
-    let words: Vec<&str> = lower.split_whitespace().collect();
-    let from_ok = |name: &str| {
-        let expected: &[&str] = match collection {
-            Collection::Enrollments => &["enrollments", "enrollment"],
-            Collection::EnrollmentGroups => &["enrollmentgroups", "enrollmentgroup"],
-            Collection::DeviceRegistrations => {
-                &["deviceregistrations", "registrations", "deviceregistration"]
-            }
-        };
-        expected.contains(&name)
-    };
-    if words.len() >= 4
-        && words[0] == "select"
-        && words[1] == "*"
-        && words[2] == "from"
-        && from_ok(words[3])
-    {
+    let mut words = lower.split_whitespace();
+    if words.next() == Some("select") && words.any(|w| w == "from") {
         return Ok(());
     }
     let example = match collection {
@@ -859,7 +849,8 @@ fn check_query(
         Collection::DeviceRegistrations => "SELECT * FROM deviceRegistrations",
     };
     Err(ProvisioningError::invalid(format!(
-        "query '{text}' is not supported; use '*' or '{example}'"
+        "query '{text}' is not a query; use '*' or '{example}' (every item is returned, \
+         as Azure's service does)"
     )))
 }
 
@@ -903,4 +894,43 @@ fn next_token<T>(items: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> String) -
     }
     items.truncate(limit);
     items.last().map(|last| URL_SAFE_NO_PAD.encode(key(last)))
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    fn q(text: &str) -> QuerySpecification {
+        QuerySpecification { query: text.into() }
+    }
+
+    #[test]
+    fn every_form_the_sdks_and_tools_send_is_accepted() {
+        for (text, collection) in [
+            ("*", Collection::Enrollments),
+            ("", Collection::EnrollmentGroups),
+            ("SELECT * FROM enrollments", Collection::Enrollments),
+            (
+                "select * from enrollmentGroups where attestation.type = 'x509'",
+                Collection::EnrollmentGroups,
+            ),
+            ("SELECT * FROM enrollments", Collection::DeviceRegistrations),
+            (
+                "SELECT * FROM enrollmentGroups",
+                Collection::DeviceRegistrations,
+            ),
+            (
+                "select * from deviceRegistrations",
+                Collection::DeviceRegistrations,
+            ),
+        ] {
+            assert!(check_query(&q(text), collection).is_ok(), "{text}");
+        }
+        let err = check_query(&q("hello"), Collection::EnrollmentGroups).unwrap_err();
+        assert!(
+            err.message.contains("SELECT * FROM enrollmentGroups"),
+            "{}",
+            err.message
+        );
+    }
 }

@@ -23,7 +23,7 @@ struct World {
     hubs: Arc<RecordingHubs>,
     engine: Engine,
     scope: String,
-    _clock: Arc<ManualClock>,
+    clock: Arc<ManualClock>,
 }
 
 async fn world() -> World {
@@ -47,7 +47,7 @@ async fn world() -> World {
         hubs,
         engine,
         scope: svc.id_scope.to_string(),
-        _clock: clock,
+        clock,
     }
 }
 
@@ -171,6 +171,14 @@ async fn an_individual_enrollment_with_a_self_signed_certificate() {
         w.hubs.device("hub-a", "x-dev-1").unwrap().auth,
         identity.auth
     );
+    // The service API shows the enrollment's registration in the service's
+    // form: the device-side certificate details are not part of it.
+    let admin = onramp_core::admin::Admin::new(w.store.clone(), w.clock.clone());
+    let shown = admin.enrollment("default", "x-dev-1").await.unwrap();
+    let state = shown.registration_state.unwrap();
+    assert_eq!(state.status, RegistrationStatus::Assigned);
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));
+    assert!(state.x509.is_none(), "{state:?}");
 }
 
 #[tokio::test]
