@@ -373,6 +373,10 @@ fn symmetric_keys_of(
 /// certificate (`signingCertificates`, or a verified `caReferences` CA) it
 /// is, nearest first; a group whose certificate issued the topmost
 /// certificate the device sent comes last.
+/// The longest registration ID of an X.509 device: a CN holds 64 characters
+/// (X.520's upper bound), and Azure applies the same limit.
+const X509_MAX_ID_LEN: usize = 64;
+
 async fn attest_x509(
     store: &dyn Store,
     mut prefetched: Prefetched,
@@ -391,6 +395,13 @@ async fn attest_x509(
         .map_err(|e| untrusted(format!("the device certificate: {e}")))?;
     let now =
         UtcTime::from_unix_nanos(i128::from(now_unix) * 1_000_000_000).unwrap_or_else(UtcTime::now);
+    if registration_id.as_str().len() > X509_MAX_ID_LEN {
+        return Err(ProvisioningError::invalid(format!(
+            "the registration ID '{registration_id}' is {} characters long; an X.509 device's \
+             registration ID is its certificate's CN, at most {X509_MAX_ID_LEN} characters",
+            registration_id.as_str().len()
+        )));
+    }
     match leaf.common_name.as_deref() {
         Some(cn) if cn.eq_ignore_ascii_case(registration_id.as_str()) => {}
         Some(cn) => {

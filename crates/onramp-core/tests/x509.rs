@@ -317,6 +317,17 @@ async fn refusals_each_with_their_code() {
     )
     .await;
 
+    // 65 characters: a registration ID, but too long for an X.509 device.
+    let long_id = format!("x-{}", "l".repeat(63));
+    let long = root.device(&long_id, days(30)).unwrap();
+    w.refused(
+        &long_id,
+        &[&long],
+        ErrorCode::InvalidArgument,
+        "registration ID over 64 characters",
+    )
+    .await;
+
     let now = time::OffsetDateTime::now_utc();
     let expired = ica
         .device(

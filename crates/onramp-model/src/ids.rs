@@ -64,13 +64,8 @@ fn check_id(text: &str, what: &str) -> Result<(), String> {
             "the {what} '{text}' contains '{bad}'; only letters, digits and - . _ : are allowed"
         ));
     }
-    let first = text.as_bytes()[0];
+    // Azure's rule constrains the last character only; `_dev` and `-a` are IDs.
     let last = text.as_bytes()[text.len() - 1];
-    if !first.is_ascii_alphanumeric() {
-        return Err(format!(
-            "the {what} '{text}' must start with a letter or a digit"
-        ));
-    }
     if !(last.is_ascii_alphanumeric() || last == b'-') {
         return Err(format!(
             "the {what} '{text}' must end with a letter, a digit or '-'"
@@ -178,10 +173,13 @@ mod tests {
             "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6",
             "a:b.c_d",
             "x-",
+            "-a",
+            "_dev",
+            ":x",
         ] {
             assert!(RegistrationId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a.", "a b", "ü", "a/b", &"x".repeat(129)] {
+        for bad in ["", "a.", "a_", "a b", "ü", "a/b", &"x".repeat(129)] {
             assert!(RegistrationId::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(RegistrationId::parse("Dev-01").unwrap().key(), "dev-01");
