@@ -135,15 +135,13 @@ pub fn failure(target: &WebhookTarget, e: WebhookError) -> ProvisioningError {
                  check customAllocationDefinition.webhookUrl and that the webhook is running"
             ),
         ),
-        WebhookError::Status { status, body } if status == 401 || status == 403 => {
-            ProvisioningError::new(
-                ErrorCode::IotHubUnauthorized,
-                format!(
-                    "the custom allocation webhook {url} refused Onramp with HTTP {status} ({body}); \
+        WebhookError::Status { status: 401, body } => ProvisioningError::new(
+            ErrorCode::IotHubUnauthorized,
+            format!(
+                "the custom allocation webhook {url} refused Onramp with HTTP 401 ({body}); \
                      put the webhook's access code into webhookUrl"
-                ),
-            )
-        }
+            ),
+        ),
         WebhookError::Status { status, body } => ProvisioningError::new(
             ErrorCode::CustomAllocationFailed,
             format!("the custom allocation webhook {url} answered HTTP {status}: {body}"),

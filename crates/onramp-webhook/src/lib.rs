@@ -2,10 +2,11 @@
 //!
 //! Azure DPS's contract: `POST` the allocation request as JSON to the
 //! enrollment's `webhookUrl` (whose query usually carries the function's
-//! access code) and read an allocation response from a 200. A call that
+//! access code) and read an allocation response from a 200. A webhook that
+//! answers 429 or above is busy, not wrong: it is asked again on Azure's
+//! schedule ([`Retries`]) while the device polls `assigning`. A call that
 //! cannot connect, or whose connection closes before any answer, is tried
-//! once more; a slow webhook is given up on after the timeout, so a device
-//! is never left waiting on it.
+//! once more at once; each exchange is given up on after the timeout.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -22,6 +23,34 @@ const ERROR_EXCERPT: usize = 200;
 pub struct WebhookClient {
     http: reqwest::Client,
     timeout: Duration,
+    retries: Retries,
+}
+
+/// When a busy webhook (HTTP 429 or above) is asked again: after `first`,
+/// then after each wait grows by `increment`, `retries` times in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    pub retries: u32,
+    pub first: Duration,
+    pub increment: Duration,
+}
+
+impl Default for Retries {
+    /// Azure's: 10 attempts, waits of 1 s, 10 s, 19 s, …
+    fn default() -> Self {
+        Self {
+            retries: 9,
+            first: Duration::from_secs(1),
+            increment: Duration::from_secs(9),
+        }
+    }
+}
+
+impl Retries {
+    /// The wait before retry `n` (0-based).
+    fn wait(&self, n: u32) -> Duration {
+        self.first.saturating_add(self.increment.saturating_mul(n))
+    }
 }
 
 impl WebhookClient {
@@ -34,10 +63,50 @@ impl WebhookClient {
             .user_agent(concat!("onramp/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
-        Ok(Self { http, timeout })
+        Ok(Self {
+            http,
+            timeout,
+            retries: Retries::default(),
+        })
+    }
+
+    /// Asks busy webhooks again on `retries` instead of Azure's schedule.
+    pub fn with_retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
+        self
     }
 
     async fn call(
+        &self,
+        target: &WebhookTarget,
+        body: &[u8],
+    ) -> Result<AllocationResponse, WebhookError> {
+        let mut retried = 0;
+        loop {
+            match self.exchange(target, body).await {
+                Err(WebhookError::Status { status, .. })
+                    if status >= 429 && retried < self.retries.retries =>
+                {
+                    let wait = self.retries.wait(retried);
+                    retried += 1;
+                    tracing::info!(
+                        url = target.display_url(),
+                        status,
+                        retry = retried,
+                        wait_ms = wait.as_millis() as u64,
+                        "custom allocation webhook is busy; asking again"
+                    );
+                    metrics::counter!("onramp_webhook_retries_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One exchange within the timeout, with one more try when the request
+    /// never reached the webhook.
+    async fn exchange(
         &self,
         target: &WebhookTarget,
         body: &[u8],
@@ -83,7 +152,8 @@ impl WebhookClient {
             })?;
         let status = response.status();
         let answer = read_capped(response).await.map_err(Attempt::Failed)?;
-        if !status.is_success() {
+        // Only a 200 carries an allocation (Azure's failure table).
+        if status != reqwest::StatusCode::OK {
             return Err(Attempt::Failed(WebhookError::Status {
                 status: status.as_u16(),
                 body: excerpt(&answer),

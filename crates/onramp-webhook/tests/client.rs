@@ -1,5 +1,6 @@
 //! The webhook client against a scriptable HTTP server on loopback: each
-//! way a webhook can fail, and the one retry.
+//! way a webhook can fail, the one retry of a lost connection, and the
+//! retries of a busy webhook.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use onramp_core::ports::{AllocationWebhook, WebhookError, WebhookTarget};
 use onramp_model::allocation::{AllocationRequest, DeviceRuntimeContext};
-use onramp_webhook::WebhookClient;
+use onramp_webhook::{Retries, WebhookClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -97,12 +98,20 @@ async fn read_request(sock: &mut TcpStream) -> Option<String> {
     }
 }
 
+/// Busy webhooks are asked again twice, after 50 ms and then 100 ms.
+const FAST: Retries = Retries {
+    retries: 2,
+    first: Duration::from_millis(50),
+    increment: Duration::from_millis(50),
+};
+
 fn client(timeout_ms: u64) -> WebhookClient {
     WebhookClient::new(
         onramp_net::tls::client_config(None).unwrap(),
         Duration::from_millis(timeout_ms),
     )
     .unwrap()
+    .with_retries(FAST)
 }
 
 fn target(url: &str) -> WebhookTarget {
@@ -177,7 +186,7 @@ async fn a_hanging_webhook_times_out() {
 #[tokio::test]
 async fn an_error_status_is_reported_with_the_start_of_its_body() {
     let (url, seen, _) = webhook(vec![Behaviour::Answer(
-        500,
+        400,
         "Unrecognized device\nregistration",
     )])
     .await;
@@ -188,11 +197,58 @@ async fn an_error_status_is_reported_with_the_start_of_its_body() {
     assert_eq!(
         err,
         WebhookError::Status {
-            status: 500,
+            status: 400,
             body: "Unrecognized device registration".into()
         }
     );
-    assert_eq!(seen.load(Ordering::SeqCst), 1, "an answer is never retried");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "a refusal is not retried");
+    // Only a 200 carries an allocation.
+    let (url, _, _) = webhook(vec![Behaviour::Answer(
+        201,
+        r#"{"iotHubHostName":"hub-a.example.net"}"#,
+    )])
+    .await;
+    let err = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WebhookError::Status { status: 201, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_webhook_is_asked_again_on_the_schedule() {
+    // 503, then 429, then an answer: two waits of 50 and 100 ms.
+    let (url, seen, _) = webhook(vec![
+        Behaviour::Answer(503, "warming up"),
+        Behaviour::Answer(429, "too many"),
+        Behaviour::Answer(200, r#"{"iotHubHostName":"hub-a.example.net"}"#),
+    ])
+    .await;
+    let started = Instant::now();
+    let answer = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.iot_hub_host_name.as_deref(),
+        Some("hub-a.example.net")
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // Still busy after the last retry: the last status is the error.
+    let (url, seen, _) = webhook(vec![Behaviour::Answer(500, "crashed")]).await;
+    let err = client(2000)
+        .allocate(&target(&url), &request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WebhookError::Status { status: 500, .. }),
+        "{err:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "one call and two retries");
 }
 
 #[tokio::test]

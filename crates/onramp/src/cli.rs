@@ -289,6 +289,10 @@ pub struct ServeArgs {
     /// Milliseconds a custom-allocation webhook has to answer.
     #[arg(long, env = "ONRAMP_WEBHOOK_TIMEOUT_MS")]
     pub webhook_timeout_ms: Option<u64>,
+    /// Times a custom-allocation webhook that answers 429 or above is asked
+    /// again (after 1 s, 10 s, 19 s, …; Azure asks 9 more times).
+    #[arg(long, env = "ONRAMP_WEBHOOK_RETRIES")]
+    pub webhook_retries: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]

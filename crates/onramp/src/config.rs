@@ -64,6 +64,9 @@ pub struct AllocationConfig {
     pub latency_tolerance_ms: f64,
     /// How long a custom-allocation webhook has to answer.
     pub webhook_timeout_ms: u64,
+    /// How many times a webhook that answers 429 or above is asked again
+    /// (after 1 s, then 9 s longer each time, as Azure does).
+    pub webhook_retries: u32,
     /// Client networks and their regions: a device from one of them is
     /// placed on a hub of that region (lowest-latency allocation).
     pub networks: Vec<NetworkRegion>,
@@ -76,6 +79,7 @@ impl Default for AllocationConfig {
             latency_probe_timeout_ms: 2_000,
             latency_tolerance_ms: 10.0,
             webhook_timeout_ms: 10_000,
+            webhook_retries: 9,
             networks: Vec::new(),
         }
     }
@@ -337,6 +341,9 @@ impl Config {
         }
         if let Some(v) = args.webhook_timeout_ms {
             c.allocation.webhook_timeout_ms = v;
+        }
+        if let Some(v) = args.webhook_retries {
+            c.allocation.webhook_retries = v;
         }
         c.validate()?;
         Ok(c)

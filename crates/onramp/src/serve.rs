@@ -171,7 +171,11 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             client_tls.clone(),
             Duration::from_millis(config.allocation.webhook_timeout_ms),
         )
-        .map_err(anyhow::Error::msg)?,
+        .map_err(anyhow::Error::msg)?
+        .with_retries(onramp_webhook::Retries {
+            retries: config.allocation.webhook_retries,
+            ..Default::default()
+        }),
     );
     let latency = Arc::new(onramp_hub::latency::LatencyTable::default());
 

@@ -331,12 +331,18 @@ fn futures_block<T>(
 
 /// A webhook that chooses by the device's `payload.model`, and fails on
 /// purpose for registration IDs that start with `hang-`, `boom-`,
-/// `garbage-` or `stranger-`.
+/// `garbage-`, `stranger-` or `locked-`; `busy-` devices are answered 503
+/// the first time.
 fn start_webhook(toasters: String, heatpumps: String) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let busy_seen = Mutex::new(std::collections::HashSet::new());
     common::start_webhook(move |request| {
         let context = &request["deviceRuntimeContext"];
         let id = context["registrationId"].as_str().unwrap_or_default();
-        if id.starts_with("hang-") {
+        if id.starts_with("busy-") && busy_seen.lock().unwrap().insert(id.to_owned()) {
+            WebhookReply::Answer(503, "warming up".to_owned())
+        } else if id.starts_with("locked-") {
+            WebhookReply::Answer(401, "no code".to_owned())
+        } else if id.starts_with("hang-") {
             WebhookReply::Hang
         } else if id.starts_with("boom-") {
             WebhookReply::Answer(500, "the allocation function crashed".to_owned())
@@ -369,7 +375,11 @@ fn start_webhook(toasters: String, heatpumps: String) -> (String, Arc<Mutex<Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_webhook_chooses_by_payload_and_its_failures_are_precise() {
-    let d = deployment(2, None, &["--webhook-timeout-ms", "700"]);
+    let d = deployment(
+        2,
+        None,
+        &["--webhook-timeout-ms", "700", "--webhook-retries", "1"],
+    );
     d.link(0, &[]);
     d.link(1, &[]);
     let (toasters, heatpumps) = (d.name(0), d.name(1));
@@ -410,7 +420,29 @@ async fn custom_webhook_chooses_by_payload_and_its_failures_are_precise() {
         );
         assert_eq!(twin["properties"]["desired"]["mode"], "eco");
     }
-    let sent = seen.lock().unwrap().last().cloned().unwrap();
+    // A busy webhook (503) is asked again a second later, and the device
+    // is assigned all the same.
+    let state = d.server.assigned(
+        "busy-toaster",
+        &group_key("busy-toaster"),
+        &["--payload", &json!({"model": "toaster"}).to_string()],
+    );
+    assert_eq!(state["assignedHub"], toasters.as_str());
+    let asked = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["deviceRuntimeContext"]["registrationId"] == "busy-toaster")
+        .count();
+    assert_eq!(asked, 2, "one 503, then the answer");
+    let sent = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["deviceRuntimeContext"]["registrationId"] == "cellar-heatpump")
+        .cloned()
+        .unwrap();
     assert_eq!(
         sent["deviceRuntimeContext"]["payload"],
         json!({"model": "heatpump"})
@@ -455,6 +487,12 @@ async fn custom_webhook_chooses_by_payload_and_its_failures_are_precise() {
             group_key("boom-1"),
             400207,
             "answered HTTP 500: the allocation function crashed",
+        ),
+        (
+            "locked-1",
+            group_key("locked-1"),
+            400209,
+            "refused Onramp with HTTP 401",
         ),
         (
             "garbage-1",
