@@ -105,6 +105,18 @@ struct InFlight {
     registration_id: String,
 }
 
+/// An operation in the in-flight map; removed when dropped.
+struct Running<'a> {
+    engine: &'a Engine,
+    operation_id: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.engine.lock_in_flight().remove(&self.operation_id);
+    }
+}
+
 impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
@@ -217,8 +229,8 @@ impl Engine {
         let (previous, linked) = earlier;
 
         let key = registration_id.key();
-        self.lock_in_flight().insert(
-            req.operation_id.clone(),
+        let running = self.running(
+            &req.operation_id,
             InFlight {
                 service: service.name.clone(),
                 registration_key: key.clone(),
@@ -228,7 +240,7 @@ impl Engine {
         let result = self
             .assign(&service, &attested, &req, previous, linked)
             .await;
-        self.lock_in_flight().remove(&req.operation_id);
+        drop(running);
         let record = result?;
 
         let state = record.state;
@@ -527,8 +539,23 @@ impl Engine {
             .registration(&service.name, &key)
             .await?
             .ok_or_else(not_found)?;
-        // Any recent operation of this device answers with its current record:
-        // polls may arrive late, or through another Onramp node.
+        // An operation newer than the record's ended without one (its write
+        // failed, or the process stopped): answering the older record would
+        // tell the device a stale hub.
+        if record.operation_id != req.operation_id
+            && operation_started(&record.operation_id).is_some_and(|recorded| recorded < started)
+        {
+            return Err(ProvisioningError::new(
+                ErrorCode::OperationNotFound,
+                format!(
+                    "operation '{}' of registration '{registration_id}' ended without a result; \
+                     register again",
+                    req.operation_id
+                ),
+            ));
+        }
+        // Any earlier operation of this device answers with its current
+        // record: polls may arrive late.
         Ok(RegistrationOperationStatus {
             operation_id: req.operation_id,
             status: record.state.status,
@@ -663,6 +690,16 @@ impl Engine {
             .registration_inputs(&scope.key(), &registration_id.key(), GROUP_PAGE)
             .await?
             .ok_or_else(|| no_service(id_scope))
+    }
+
+    /// Marks an operation as running until the guard drops, however the
+    /// registration ends.
+    fn running(&self, operation_id: &str, op: InFlight) -> Running<'_> {
+        self.lock_in_flight().insert(operation_id.to_owned(), op);
+        Running {
+            engine: self,
+            operation_id: operation_id.to_owned(),
+        }
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {

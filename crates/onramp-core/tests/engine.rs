@@ -532,6 +532,30 @@ async fn old_and_foreign_operations_are_not_found() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::OperationNotFound);
+    // An operation begun after the record that never finished (its write
+    // failed, or the process stopped) is not answered with the older record.
+    w.clock.advance_seconds(5);
+    let unfinished = w.engine.new_operation_id();
+    let err = w
+        .engine
+        .operation_status(poll(unfinished))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OperationNotFound);
+    assert!(
+        err.message.contains("ended without a result"),
+        "{}",
+        err.message
+    );
+    // An older operation polled late still reads the current record.
+    let later = w.register_with_key("dev-01", &primary()).await.unwrap();
+    assert_ne!(later.operation_id, op.operation_id);
+    assert!(
+        w.engine
+            .operation_status(poll(op.operation_id.clone()))
+            .await
+            .is_ok()
+    );
     w.clock.advance_seconds(31 * 60);
     let err = w
         .engine
