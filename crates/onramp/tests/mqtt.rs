@@ -642,3 +642,162 @@ async fn websocket_paths_and_subprotocol_spellings_of_every_sdk() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
 }
+
+/// A registration that outlives the reply budget is answered `assigning`
+/// (HTTPS: 202 with Retry-After and Location; MQTT: the 202 topic with
+/// `retry-after`), polls say `assigning` while it runs, and then give its
+/// result. Here the allocation webhook is busy (503) on each device's first
+/// call and is asked again a second later, well past a 200 ms budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_registrations_answer_assigning_then_their_result() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, "[limits]\nregister_reply_budget_ms = 200\n").unwrap();
+    let server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--webhook-retries",
+            "1",
+        ],
+    );
+    let hub = server.embedded_hub().await.name;
+    let busy_once = std::sync::Mutex::new(std::collections::HashSet::new());
+    let answer = json!({"iotHubHostName": hub}).to_string();
+    let (url, _) = common::start_webhook(move |request| {
+        let id = request["deviceRuntimeContext"]["registrationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if busy_once.lock().unwrap().insert(id) {
+            common::WebhookReply::Answer(503, "warming up".into())
+        } else {
+            common::WebhookReply::Answer(200, answer.clone())
+        }
+    });
+    let group_key = server
+        .enroll_group(
+            "slow",
+            json!({
+                "allocationPolicy": "custom",
+                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+            }),
+        )
+        .await;
+    let scope = server.id_scope();
+
+    // HTTPS.
+    let id = "slow-https";
+    let key = onramp_core::sas::derive_device_key(&group_key, id).unwrap();
+    let token = server.device_token(id, &key, unix_now() + 600);
+    let (status, headers, body) = server
+        .register_raw(
+            &scope,
+            id,
+            "?api-version=2021-06-01",
+            Some(&token),
+            json!({"registrationId": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "assigning", "{body}");
+    let op = body["operationId"].as_str().unwrap().to_owned();
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    let location = headers["location"].to_str().unwrap();
+    // As Azure's: the register URL, not the operation's.
+    assert!(
+        location.starts_with("https://")
+            && location.ends_with(&format!("/{scope}/registrations/{id}/register")),
+        "{location}"
+    );
+    let poll = || async {
+        let resp = server
+            .http()
+            .get(server.url(&format!(
+                "{scope}/registrations/{id}/operations/{op}?api-version=2021-06-01"
+            )))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        let (status, retry) = (
+            resp.status().as_u16(),
+            resp.headers().contains_key("retry-after"),
+        );
+        (status, retry, resp.json::<Value>().await.unwrap())
+    };
+    let (status, retry, v) = poll().await;
+    assert_eq!((status, retry), (202, true), "{v}");
+    assert_eq!(v["status"], "assigning");
+    assert_eq!(v["registrationState"]["registrationId"], id);
+    assert_eq!(v["registrationState"]["status"], "assigning");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let (status, retry, v) = poll().await;
+        if status == 200 {
+            assert!(!retry, "a terminal answer has no Retry-After");
+            break v;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "assigned", "{done}");
+    assert_eq!(done["registrationState"]["assignedHub"], hub);
+
+    // MQTT.
+    let id = "slow-mqtt";
+    let key = onramp_core::sas::derive_device_key(&group_key, id).unwrap();
+    let mut c = dps_client(&server, id, &key).await;
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        json!({"registrationId": id}).to_string(),
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert!(
+        m.topic
+            .starts_with("$dps/registrations/res/202/?$rid=1&retry-after="),
+        "{}",
+        m.topic
+    );
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["status"], "assigning", "{v}");
+    let op = v["operationId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rid = 1;
+    let done = loop {
+        rid += 1;
+        c.publish(
+            &format!(
+                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={op}"
+            ),
+            "",
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+        let m = c.next_message().await.unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.topic == format!("$dps/registrations/res/200/?$rid={rid}") {
+            break v;
+        }
+        assert!(
+            m.topic.starts_with(&format!(
+                "$dps/registrations/res/202/?$rid={rid}&retry-after="
+            )),
+            "{}",
+            m.topic
+        );
+        assert_eq!(v["registrationState"]["status"], "assigning", "{v}");
+        assert!(Instant::now() < deadline, "still assigning: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "assigned", "{done}");
+    assert_eq!(done["registrationState"]["assignedHub"], hub);
+    c.disconnect().await;
+}
