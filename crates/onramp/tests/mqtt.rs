@@ -294,14 +294,28 @@ async fn bad_connects_are_refused_and_closed() {
     }
 }
 
-/// A CONNECT packet with user name and password, MQTT 3.1.1.
+/// A CONNECT packet with user name and password, MQTT 3.1.1, CleanSession 1.
 fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 60];
+    connect_packet_with_flags(client_id, username, password, 0b1100_0010)
+}
+
+fn connect_packet_with_flags(
+    client_id: &str,
+    username: &str,
+    password: &str,
+    flags: u8,
+) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
     for field in [client_id, username, password] {
         body.extend_from_slice(&(field.len() as u16).to_be_bytes());
         body.extend_from_slice(field.as_bytes());
     }
-    let mut packet = vec![0x10];
+    packet(0x10, body)
+}
+
+/// A packet: its first byte, the remaining length, then `body`.
+fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut packet = vec![first];
     let mut len = body.len();
     loop {
         let mut byte = (len % 128) as u8;
@@ -316,6 +330,84 @@ fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
     }
     packet.extend(body);
     packet
+}
+
+/// Reads one packet: its first byte and its body.
+async fn read_packet(raw: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    let first = raw.read_u8().await.unwrap();
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let byte = raw.read_u8().await.unwrap();
+        len |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    raw.read_exact(&mut body).await.unwrap();
+    (first, body)
+}
+
+/// What the C# SDK depends on, byte for byte: CleanSession 0 is accepted
+/// with SessionPresent 0, and the PUBACK of a register publish comes before
+/// the response, which is sent at QoS 1.
+#[tokio::test]
+async fn clean_session_zero_and_puback_before_the_response() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("mq-raw", json!({})).await;
+    let token = server.device_token("mq-raw", &key, unix_now() + 600);
+    let mut raw =
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(&server))
+            .await
+            .unwrap();
+    let username = format!(
+        "{}/registrations/mq-raw/api-version=2019-03-31",
+        server.id_scope()
+    );
+    raw.write_all(&connect_packet_with_flags(
+        "mq-raw",
+        &username,
+        &token,
+        0b1100_0000,
+    ))
+    .await
+    .unwrap();
+    let timeout = Duration::from_secs(10);
+    let connack = tokio::time::timeout(timeout, read_packet(&mut raw))
+        .await
+        .unwrap();
+    assert_eq!(connack, (0x20, vec![0x00, 0x00]), "accepted, no session");
+
+    let filter = "$dps/registrations/res/#";
+    let mut body = vec![0x00, 0x07];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(1);
+    raw.write_all(&packet(0x82, body)).await.unwrap();
+    let suback = tokio::time::timeout(timeout, read_packet(&mut raw))
+        .await
+        .unwrap();
+    assert_eq!(suback, (0x90, vec![0x00, 0x07, 0x01]));
+
+    let topic = "$dps/registrations/PUT/iotdps-register/?$rid=9";
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&[0x12, 0x34]);
+    body.extend_from_slice(br#"{"registrationId":"mq-raw"}"#);
+    raw.write_all(&packet(0x32, body)).await.unwrap();
+    let first = tokio::time::timeout(timeout, read_packet(&mut raw))
+        .await
+        .unwrap();
+    assert_eq!(first, (0x40, vec![0x12, 0x34]), "PUBACK first");
+    let (header, body) = tokio::time::timeout(timeout, read_packet(&mut raw))
+        .await
+        .unwrap();
+    assert_eq!(header & 0xF0, 0x30, "then the response");
+    assert_eq!((header >> 1) & 0x03, 1, "at QoS 1");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = std::str::from_utf8(&body[2..2 + topic_len]).unwrap();
+    assert_eq!(topic, "$dps/registrations/res/202/?$rid=9");
 }
 
 #[tokio::test]

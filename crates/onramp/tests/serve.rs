@@ -757,7 +757,12 @@ async fn first_provisioning_with_the_cli() {
     );
     let listed: Value = serde_json::from_str(&run(&["group", "list"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    // Shown without keys unless asked for them.
+    // Listed and shown without keys unless asked for them.
+    assert_eq!(listed[0]["enrollmentGroupId"], "line-7");
+    assert_ne!(
+        listed[0]["attestation"]["symmetricKey"]["primaryKey"],
+        group_key.as_str()
+    );
     let shown: Value = serde_json::from_str(&run(&["group", "show", "line-7"])).unwrap();
     assert_eq!(shown["initialTwin"]["properties"]["desired"]["rate"], 10);
     assert_ne!(
