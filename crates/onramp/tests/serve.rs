@@ -373,6 +373,49 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         .service_call(&reader, Method::GET, "enrollments/dev-1", None, &[])
         .await;
     assert_azure_error("no api-version", status, &headers, &v, 400, 400002);
+
+    // Tokens as each SDK makes them, and tokens that must be refused.
+    let cs = onramp_core::connection_string::ConnectionString::parse(&reader).unwrap();
+    let key = cs.shared_access_key.clone().unwrap();
+    let token = |resource: &str, expiry: i64| {
+        onramp_core::sas::sign(resource, key.expose(), expiry, Some("reader")).unwrap()
+    };
+    let get = |authorization: String, api_version: &'static str| {
+        let request = server
+            .http()
+            .get(server.url(&format!("enrollments/dev-1?api-version={api_version}")))
+            // What the C and Java SDKs add: a body-less GET with a content
+            // type and length, a charset header and C's `UserAgent`.
+            .header("content-type", "application/json; charset=utf-8")
+            .header("content-length", "0")
+            .header("charset", "utf-8")
+            .header("UserAgent", "iothub_dps_prov_client/1.0")
+            .header("authorization", authorization);
+        async move {
+            let resp = request.send().await.unwrap();
+            let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+            (status, headers, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let host = cs.host_name.clone();
+    let later = unix_now() + 600;
+    for (resource, api_version) in [
+        (host.clone(), "2018-04-01"),
+        (host.to_ascii_uppercase(), "2019-03-31"),
+        (format!("{host}/enrollments/dev-1"), "2021-10-01"),
+    ] {
+        let (status, _, v) = get(token(&resource, later), api_version).await;
+        assert_eq!(status, 200, "{resource} with {api_version}: {v}");
+        assert_eq!(v["registrationId"], "dev-1");
+    }
+    let (status, headers, v) = get(token("other.example.net", later), "2021-10-01").await;
+    assert_azure_error("token for another host", status, &headers, &v, 401, 401002);
+    assert!(
+        v["message"].as_str().unwrap().contains("other.example.net"),
+        "{v}"
+    );
+    let (status, headers, v) = get(token(&host, unix_now() - 3600), "2021-10-01").await;
+    assert_azure_error("expired token", status, &headers, &v, 401, 401002);
 }
 
 #[tokio::test]
