@@ -212,8 +212,11 @@ impl DpsSession {
 
 #[async_trait]
 impl MqttSession for DpsSession {
-    fn subscribe(&mut self, filter: &str, requested: QoS) -> Option<QoS> {
-        (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
+    /// Responses go out at QoS 1 whatever was asked, so QoS 1 is what is
+    /// granted (as Azure's service grants it); telling a QoS-0 subscriber
+    /// otherwise would break MQTT's rule that delivery never exceeds the grant.
+    fn subscribe(&mut self, filter: &str, _requested: QoS) -> Option<QoS> {
+        (filter == RESPONSE_FILTER).then_some(QoS::AtLeastOnce)
     }
 
     async fn publish(

@@ -116,6 +116,13 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
             .unwrap(),
         vec![SubscribeReturnCode::Failure]
     );
+    // Responses come at QoS 1, so a QoS-0 subscription is granted QoS 1.
+    assert_eq!(
+        c.subscribe(&[("$dps/registrations/res/#", QoS::AtMostOnce)])
+            .await
+            .unwrap(),
+        vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]
+    );
     c.disconnect().await;
     // The credential was checked once at CONNECT, then at each request; the
     // metric tells the steps apart so one device is not counted as several.
