@@ -132,3 +132,100 @@ pub fn client_config(extra_roots_pem: Option<&str>) -> Result<rustls::ClientConf
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+    use std::sync::Mutex;
+
+    use rustls::client::ResolvesClientCert;
+    use rustls::sign::CertifiedKey;
+
+    use super::*;
+    use crate::pki::testing::{Issued, Validity};
+
+    /// Presents a device certificate and remembers the CA hints it was given.
+    #[derive(Debug)]
+    struct Device {
+        key: Arc<CertifiedKey>,
+        hints: Mutex<Option<usize>>,
+    }
+
+    impl ResolvesClientCert for Device {
+        fn resolve(
+            &self,
+            root_hint_subjects: &[&[u8]],
+            _schemes: &[SignatureScheme],
+        ) -> Option<Arc<CertifiedKey>> {
+            *self.hints.lock().unwrap() = Some(root_hint_subjects.len());
+            Some(self.key.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    /// What older device stacks do: TLS 1.2 only, with a client certificate
+    /// that no CA hint may filter out. The handshake completes and the server
+    /// sees the certificate.
+    #[test]
+    fn tls12_devices_present_their_certificate_without_ca_hints() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            crate::pki::load_or_create(dir.path(), &crate::pki::default_host_names()).unwrap();
+        let server = Arc::new(
+            server_config(&pki.server_chain_pem, &pki.server_key_pem, &[b"http/1.1"]).unwrap(),
+        );
+        let root = Issued::root("Device Root", Validity::days(30)).unwrap();
+        let device = root.device("device-12", Validity::days(30)).unwrap();
+
+        let provider = provider();
+        let key = provider
+            .key_provider
+            .load_private_key(key_from_pem(&device.key_pem).unwrap())
+            .unwrap();
+        let resolver = Arc::new(Device {
+            key: Arc::new(CertifiedKey::new(
+                certs_from_pem(&device.cert_pem).unwrap(),
+                key,
+            )),
+            hints: Mutex::new(None),
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(certs_from_pem(&pki.ca_pem).unwrap().remove(0))
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(resolver.clone());
+
+        let mut c = rustls::ClientConnection::new(
+            Arc::new(client),
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(*resolver.hints.lock().unwrap(), Some(0), "no CA hints");
+        let presented = s.peer_certificates().unwrap();
+        assert_eq!(presented[0].as_ref(), device.cert_der.as_slice());
+    }
+}
