@@ -230,6 +230,26 @@ impl MqttClient {
         }
     }
 
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filters: &[&str]) -> Result<(), ClientError> {
+        let packet_id = self.packet_id();
+        let topic_filters = filters
+            .iter()
+            .map(|f| ByteString::from(f.to_string()))
+            .collect();
+        self.send(Packet::Unsubscribe {
+            packet_id,
+            topic_filters,
+        })
+        .await?;
+        loop {
+            match self.receive().await? {
+                Packet::UnsubscribeAck { packet_id: id } if id == packet_id => return Ok(()),
+                other => self.stash(other).await?,
+            }
+        }
+    }
+
     /// Publishes; at QoS 1 waits for the PUBACK.
     pub async fn publish(
         &mut self,

@@ -336,7 +336,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Some(Ok((packet, _)))) => packet,
             },
             Some(out) = outbox.recv() => {
-                if let Err(e) = deliver(conn, out, &mut inflight, &mut next_id, limits).await {
+                if let Err(e) = deliver(conn, out, &subscriptions, &mut inflight, &mut next_id, limits).await {
                     return e;
                 }
                 continue;
@@ -364,8 +364,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(SessionEnd(reason)) => return reason,
                     Ok(list) => {
                         for out in list {
-                            if let Err(e) =
-                                deliver(conn, out, &mut inflight, &mut next_id, limits).await
+                            if let Err(e) = deliver(
+                                conn,
+                                out,
+                                &subscriptions,
+                                &mut inflight,
+                                &mut next_id,
+                                limits,
+                            )
+                            .await
                             {
                                 return e;
                             }
@@ -425,14 +432,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sends a message to the client, with a packet ID when it is QoS 1.
+/// Sends a message to the client, with a packet ID when it is QoS 1; a
+/// message no subscription of the client matches is not sent (MQTT sends only
+/// what was subscribed to, and clients drop or choke on anything else).
 async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     out: Outgoing,
+    subscriptions: &HashSet<String>,
     inflight: &mut HashSet<u16>,
     next_id: &mut u16,
     limits: MqttLimits,
 ) -> Result<(), String> {
+    if !subscriptions.iter().any(|f| topic_matches(f, &out.topic)) {
+        tracing::debug!(topic = %out.topic, "not sent: the client has no subscription for it");
+        return Ok(());
+    }
     let packet_id = match out.qos {
         QoS::AtMostOnce => None,
         _ => {
@@ -463,4 +477,62 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         properties: None,
     };
     send(conn, Packet::Publish(Box::new(publish))).await
+}
+
+/// Whether `topic` matches the subscription `filter` (MQTT 3.1.1 §4.7):
+/// `+` stands for one level, a final `#` for any number (also none), and a
+/// wildcard at the first level does not match a topic that starts with `$`.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (p, Some(level)) if p == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::topic_matches;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        for (filter, topic) in [
+            (
+                "$dps/registrations/res/#",
+                "$dps/registrations/res/202/?$rid=1",
+            ),
+            ("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=4"),
+            (
+                "devices/d1/messages/devicebound/#",
+                "devices/d1/messages/devicebound/%24.to=x",
+            ),
+            ("a/#", "a"),
+            ("a/+/c", "a/b/c"),
+            ("#", "a/b"),
+            ("a/b", "a/b"),
+        ] {
+            assert!(topic_matches(filter, topic), "{filter} {topic}");
+        }
+        for (filter, topic) in [
+            ("$dps/registrations/res/#", "$iothub/twin/res/200/?$rid=4"),
+            ("#", "$dps/registrations/res/202/?$rid=1"),
+            (
+                "+/registrations/res/#",
+                "$dps/registrations/res/202/?$rid=1",
+            ),
+            ("a/+", "a/b/c"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b"),
+        ] {
+            assert!(!topic_matches(filter, topic), "{filter} {topic}");
+        }
+    }
 }
