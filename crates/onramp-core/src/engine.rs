@@ -94,8 +94,17 @@ pub struct Engine {
     webhook: Arc<dyn AllocationWebhook>,
     latency: Arc<dyn HubLatency>,
     regions: Regions,
-    /// Operations whose work has not finished yet, by operation ID.
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Operations whose work has not finished yet.
+    in_flight: Mutex<InFlightOps>,
+}
+
+#[derive(Default)]
+struct InFlightOps {
+    by_operation: HashMap<String, InFlight>,
+    /// Per device (`service/key`) with operations running: the newest of
+    /// them, and how many there are. An older one still running (a webhook
+    /// being retried, say) must not overwrite what a newer one recorded.
+    latest: HashMap<String, (String, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,7 +122,22 @@ struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.engine.lock_in_flight().remove(&self.operation_id);
+        let mut ops = self.engine.lock_in_flight();
+        if let Some(op) = ops.by_operation.remove(&self.operation_id) {
+            let device = op.device();
+            if let Some((_, running)) = ops.latest.get_mut(&device) {
+                *running -= 1;
+                if *running == 0 {
+                    ops.latest.remove(&device);
+                }
+            }
+        }
+    }
+}
+
+impl InFlight {
+    fn device(&self) -> String {
+        format!("{}/{}", self.service, self.registration_key)
     }
 }
 
@@ -132,7 +156,7 @@ impl Engine {
             webhook: Arc::new(NoWebhook),
             latency: Arc::new(NoLatency),
             regions: Regions::default(),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(InFlightOps::default()),
         }
     }
 
@@ -349,6 +373,11 @@ impl Engine {
             enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
             placement,
         };
+        if self.superseded(&req.operation_id) {
+            return Err(self
+                .superseded_answer(service, attested, &record, &linked)
+                .await);
+        }
         let record = self
             .store
             .put_registration(&service.name, &record, self.clock.now())
@@ -366,6 +395,50 @@ impl Engine {
             .emit();
         }
         Ok(record)
+    }
+
+    /// A registration overtaken by a newer one of the same device records
+    /// nothing; a hub identity it made that the device's record does not name
+    /// is removed again, so no orphan stays behind.
+    async fn superseded_answer(
+        &self,
+        service: &ProvisioningService,
+        attested: &Attested,
+        mine: &RegistrationRecord,
+        linked: &[LinkedHub],
+    ) -> ProvisioningError {
+        if mine.state.status == RegistrationStatus::Assigned
+            && let Some(made) = mine.placement.as_ref()
+        {
+            let recorded = self
+                .store
+                .registration(&service.name, &attested.registration_id.key())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.current_placement());
+            let named = recorded.is_some_and(|r| {
+                r.hub.eq_ignore_ascii_case(&made.hub) && r.device_id == made.device_id
+            });
+            if !named && let Some(hub) = linked.iter().find(|h| h.is_named(&made.hub)) {
+                let result = self.hubs.remove_device(hub, &made.device_id).await;
+                HubCleanup {
+                    service: &service.name,
+                    hub: &hub.name,
+                    device_id: &made.device_id,
+                    error: result.err().as_ref(),
+                }
+                .emit();
+            }
+        }
+        ProvisioningError::new(
+            ErrorCode::RegistrationSuperseded,
+            format!(
+                "a newer registration of '{}' started while this one ran; its result is the \
+                 device's (poll it, or register again)",
+                attested.registration_id
+            ),
+        )
     }
 
     /// Chooses the hub, applies the reprovisioning policy and registers the
@@ -504,6 +577,7 @@ impl Engine {
         let key = registration_id.key();
         let running = self
             .lock_in_flight()
+            .by_operation
             .get(&req.operation_id)
             .filter(|f| f.service == service.name && f.registration_key == key)
             .cloned();
@@ -695,14 +769,33 @@ impl Engine {
     /// Marks an operation as running until the guard drops, however the
     /// registration ends.
     fn running(&self, operation_id: &str, op: InFlight) -> Running<'_> {
-        self.lock_in_flight().insert(operation_id.to_owned(), op);
+        let mut ops = self.lock_in_flight();
+        let newest = ops
+            .latest
+            .entry(op.device())
+            .or_insert_with(|| (String::new(), 0));
+        newest.0 = operation_id.to_owned();
+        newest.1 += 1;
+        ops.by_operation.insert(operation_id.to_owned(), op);
+        drop(ops);
         Running {
             engine: self,
             operation_id: operation_id.to_owned(),
         }
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+    /// Whether a newer registration of the same device has started since
+    /// `operation_id` did.
+    fn superseded(&self, operation_id: &str) -> bool {
+        let ops = self.lock_in_flight();
+        ops.by_operation.get(operation_id).is_some_and(|op| {
+            ops.latest
+                .get(&op.device())
+                .is_some_and(|(newest, _)| newest != operation_id)
+        })
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlightOps> {
         // A poisoned map only means another task panicked mid-insert; the data is still usable.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1148,3 +1148,85 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
     assert_eq!(ours.state.assigned_hub.as_deref(), Some("hub-a"));
     assert_ne!(ours.state.etag, theirs.etag);
 }
+
+/// Holds its first allocation (answering hub-a once released) and answers
+/// every later one with hub-b at once.
+#[derive(Default)]
+struct GatedWebhook {
+    calls: std::sync::atomic::AtomicUsize,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl onramp_core::ports::AllocationWebhook for GatedWebhook {
+    async fn allocate(
+        &self,
+        _target: &onramp_core::ports::WebhookTarget,
+        _request: &onramp_model::allocation::AllocationRequest,
+    ) -> Result<AllocationResponse, onramp_core::ports::WebhookError> {
+        let answer = |hub: &str| AllocationResponse {
+            iot_hub_host_name: Some(hub.into()),
+            initial_twin: None,
+            payload: None,
+        };
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.entered.notify_one();
+            self.release.notified().await;
+            return Ok(answer("hub-a"));
+        }
+        Ok(answer("hub-b"))
+    }
+}
+
+#[tokio::test]
+async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_identity() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    w.put(&custom_enrollment("racer")).await;
+    let gated = Arc::new(GatedWebhook::default());
+    let engine = Arc::new(
+        Engine::new(
+            w.store.clone(),
+            w.hubs.clone(),
+            w.clock.clone(),
+            EngineConfig::default(),
+        )
+        .with_webhook(gated.clone()),
+    );
+    // A: its webhook is slow (retrying, say).
+    let first = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let slow = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.register(first).await }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), gated.entered.notified())
+        .await
+        .unwrap();
+    // B: the device registers again and is assigned to hub-b.
+    let newer = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let newer_op = newer.operation_id.clone();
+    let done = engine.register(newer).await.unwrap();
+    assert_eq!(
+        done.registration_state.unwrap().assigned_hub.as_deref(),
+        Some("hub-b")
+    );
+    // A ends after B: it records nothing, and the identity it made is gone.
+    gated.release.notify_one();
+    let err = slow.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.code,
+        ErrorCode::RegistrationSuperseded,
+        "{}",
+        err.message
+    );
+    let record = w
+        .store
+        .registration("default", "racer")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.operation_id, newer_op);
+    assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
+    assert!(w.hubs.device("hub-b", "racer").is_some());
+    assert!(w.hubs.device("hub-a", "racer").is_none());
+}

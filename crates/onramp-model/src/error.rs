@@ -78,6 +78,7 @@ error_codes! {
     CaCertificateNotFound = 404206,
     MethodNotAllowed = 405001,
     AlreadyExists = 409001,
+    RegistrationSuperseded = 409002,
     PreconditionFailed = 412001,
     RequestTooLarge = 413001,
     UnsupportedMediaType = 415001,
