@@ -822,9 +822,6 @@ fn hide_keys(att: &mut AttestationMechanism) {
     }
 }
 
-/// Accepts `*` and `SELECT * FROM <collection> [WHERE …]` in any case. Like
-/// Azure, the service returns the whole collection; a WHERE clause is accepted
-/// and not applied.
 /// Azure's service ignores the query text and returns the whole collection,
 /// and real callers lean on that: PowerShell and the Java SDK's examples send
 /// `SELECT * FROM enrollments` to the registration query, and filters are

@@ -363,6 +363,10 @@ fn symmetric_keys_of(
     }
 }
 
+/// The longest registration ID of an X.509 device: a CN holds 64 characters
+/// (X.520's upper bound), and Azure applies the same limit.
+pub const X509_MAX_ID_LEN: usize = 64;
+
 /// X.509: the device's certificate chain, from the TLS handshake (which
 /// already proved possession of the leaf's private key).
 ///
@@ -373,10 +377,6 @@ fn symmetric_keys_of(
 /// certificate (`signingCertificates`, or a verified `caReferences` CA) it
 /// is, nearest first; a group whose certificate issued the topmost
 /// certificate the device sent comes last.
-/// The longest registration ID of an X.509 device: a CN holds 64 characters
-/// (X.520's upper bound), and Azure applies the same limit.
-const X509_MAX_ID_LEN: usize = 64;
-
 async fn attest_x509(
     store: &dyn Store,
     mut prefetched: Prefetched,

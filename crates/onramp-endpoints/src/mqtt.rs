@@ -212,11 +212,10 @@ impl DpsSession {
 
 #[async_trait]
 impl MqttSession for DpsSession {
-    /// Responses go out at QoS 1 whatever was asked, so QoS 1 is what is
-    /// granted (as Azure's service grants it); telling a QoS-0 subscriber
-    /// otherwise would break MQTT's rule that delivery never exceeds the grant.
-    fn subscribe(&mut self, filter: &str, _requested: QoS) -> Option<QoS> {
-        (filter == RESPONSE_FILTER).then_some(QoS::AtLeastOnce)
+    /// At most QoS 1 (no QoS 2); a QoS-0 subscriber gets its responses at
+    /// QoS 0, as MQTT requires (the SDKs all ask for 1).
+    fn subscribe(&mut self, filter: &str, requested: QoS) -> Option<QoS> {
+        (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
     }
 
     async fn publish(

@@ -17,7 +17,7 @@ pub struct RegistrationId(String);
 
 impl RegistrationId {
     /// Checks Azure's rules: 1 to 128 characters from `A-Z a-z 0-9 - . _ :`,
-    /// starting with a letter or digit and ending with a letter, digit or `-`.
+    /// ending with a letter, digit or `-`.
     pub fn parse(text: &str) -> Result<Self, String> {
         check_id(text, "registration ID").map(|()| Self(text.to_owned()))
     }

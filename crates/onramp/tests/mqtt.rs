@@ -116,13 +116,23 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
             .unwrap(),
         vec![SubscribeReturnCode::Failure]
     );
-    // Responses come at QoS 1, so a QoS-0 subscription is granted QoS 1.
+    // A QoS-0 subscription is granted 0, and its responses come at QoS 0.
     assert_eq!(
         c.subscribe(&[("$dps/registrations/res/#", QoS::AtMostOnce)])
             .await
             .unwrap(),
-        vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]
+        vec![SubscribeReturnCode::Success(QoS::AtMostOnce)]
     );
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=5",
+        "{\"registrationId\":\"mq-1\"}",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, "$dps/registrations/res/202/?$rid=5");
+    assert_eq!(m.qos, QoS::AtMostOnce);
     // Node and Python unsubscribe before they disconnect: UNSUBACK, and no
     // more responses.
     c.unsubscribe(&["$dps/registrations/res/#"]).await.unwrap();
@@ -165,7 +175,7 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
             .sum()
     };
     assert_eq!(attempts("connect"), 1, "{metrics}");
-    assert_eq!(attempts("register"), 3, "{metrics}");
+    assert_eq!(attempts("register"), 4, "{metrics}");
     assert_eq!(attempts("operation-status"), 1, "{metrics}");
 }
 
@@ -783,6 +793,9 @@ async fn slow_registrations_answer_assigning_then_their_result() {
     );
     let hub = server.embedded_hub().await.name;
     let busy_once = std::sync::Mutex::new(std::collections::HashSet::new());
+    // The retry is answered only when the test has seen an `assigning` poll.
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go_webhook = go.clone();
     // A payload with non-ASCII text: devices receive it escaped (\u00fc),
     // as some SDKs' JSON readers need.
     let answer = json!({"iotHubHostName": hub, "payload": {"city": "Zürich"}}).to_string();
@@ -794,7 +807,7 @@ async fn slow_registrations_answer_assigning_then_their_result() {
         if busy_once.lock().unwrap().insert(id) {
             common::WebhookReply::Answer(503, "warming up".into())
         } else {
-            common::WebhookReply::Answer(200, answer.clone())
+            common::WebhookReply::AnswerWhen(go_webhook.clone(), 200, answer.clone())
         }
     });
     let group_key = server
@@ -859,6 +872,7 @@ async fn slow_registrations_answer_assigning_then_their_result() {
     assert_eq!(v["status"], "assigning");
     assert_eq!(v["registrationState"]["registrationId"], id);
     assert_eq!(v["registrationState"]["status"], "assigning");
+    go.notify_one();
     let deadline = Instant::now() + Duration::from_secs(20);
     let done = loop {
         let (status, retry, v) = poll().await;
@@ -912,6 +926,7 @@ async fn slow_registrations_answer_assigning_then_their_result() {
         assert!(m.payload.is_ascii(), "{:?}", m.payload);
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         if m.topic == format!("$dps/registrations/res/200/?$rid={rid}") {
+            assert!(rid > 2, "the first poll says assigning: {v}");
             break v;
         }
         assert!(
@@ -922,6 +937,7 @@ async fn slow_registrations_answer_assigning_then_their_result() {
             m.topic
         );
         assert_eq!(v["registrationState"]["status"], "assigning", "{v}");
+        go.notify_one();
         assert!(Instant::now() < deadline, "still assigning: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -6,7 +6,7 @@
 //! PINGRESP, keep-alive, packet and in-flight limits, QoS 1 delivery to the
 //! client with packet IDs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -321,7 +321,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     limits: MqttLimits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
-    let mut subscriptions: HashSet<String> = HashSet::new();
+    // Each filter the client holds, with the QoS it was granted.
+    let mut subscriptions: HashMap<String, QoS> = HashMap::new();
     let mut inflight: HashSet<u16> = HashSet::new();
     let mut next_id: u16 = 0;
     loop {
@@ -391,7 +392,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 for (filter, qos) in topic_filters {
                     let filter = filter.to_string();
                     let granted = if subscriptions.len() >= limits.max_subscriptions
-                        && !subscriptions.contains(&filter)
+                        && !subscriptions.contains_key(&filter)
                     {
                         None
                     } else {
@@ -399,7 +400,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     match granted {
                         Some(q) => {
-                            subscriptions.insert(filter);
+                            subscriptions.insert(filter, q);
                             status.push(SubscribeReturnCode::Success(q));
                         }
                         None => status.push(SubscribeReturnCode::Failure),
@@ -432,21 +433,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sends a message to the client, with a packet ID when it is QoS 1; a
-/// message no subscription of the client matches is not sent (MQTT sends only
-/// what was subscribed to, and clients drop or choke on anything else).
+/// Sends a message to the client, with a packet ID when it is QoS 1. As MQTT
+/// says, a message goes out only on a topic the client subscribed to (clients
+/// drop or choke on anything else), at no more than the QoS it was granted.
 async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    out: Outgoing,
-    subscriptions: &HashSet<String>,
+    mut out: Outgoing,
+    subscriptions: &HashMap<String, QoS>,
     inflight: &mut HashSet<u16>,
     next_id: &mut u16,
     limits: MqttLimits,
 ) -> Result<(), String> {
-    if !subscriptions.iter().any(|f| topic_matches(f, &out.topic)) {
+    let granted = subscriptions
+        .iter()
+        .filter(|(filter, _)| topic_matches(filter, &out.topic))
+        .map(|(_, qos)| *qos)
+        .max_by_key(|qos| u8::from(*qos));
+    let Some(granted) = granted else {
         tracing::debug!(topic = %out.topic, "not sent: the client has no subscription for it");
         return Ok(());
-    }
+    };
+    out.qos = out.qos.less_value(granted);
     let packet_id = match out.qos {
         QoS::AtMostOnce => None,
         _ => {

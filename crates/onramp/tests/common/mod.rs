@@ -646,6 +646,8 @@ async fn relay(
 /// What the scriptable webhook does with one request.
 pub enum WebhookReply {
     Answer(u16, String),
+    /// Answers once the test says so.
+    AnswerWhen(Arc<tokio::sync::Notify>, u16, String),
     /// Never answers (within any sane timeout).
     Hang,
 }
@@ -684,6 +686,10 @@ pub fn start_webhook(
                             log.lock().unwrap().push(request.clone());
                             let (status, answer) = match reply(&request) {
                                 WebhookReply::Answer(status, answer) => (status, answer),
+                                WebhookReply::AnswerWhen(go, status, answer) => {
+                                    go.notified().await;
+                                    (status, answer)
+                                }
                                 WebhookReply::Hang => {
                                     tokio::time::sleep(Duration::from_secs(60)).await;
                                     (200, String::new())
