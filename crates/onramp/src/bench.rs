@@ -635,7 +635,7 @@ impl Worker {
         )
         .map_err(anyhow::Error::msg)?;
         let body = serde_json::to_vec(&serde_json::json!({"registrationId": registration_id}))?;
-        let host = self.load.address.split(':').next().unwrap_or("localhost");
+        let host = onramp_model::authority::host(&self.load.address);
         let request = hyper::Request::put(format!(
             "/{resource}/register?api-version={}",
             simulator::DEVICE_API_VERSION

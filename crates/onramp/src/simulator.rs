@@ -146,15 +146,8 @@ pub async fn provision_https(
         .await
         .with_context(|| format!("cannot reach {}", spec.endpoint))?;
     let mut status = read_status(resp).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while status.status == RegistrationStatus::Assigning {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the registration is still assigning after 120 s (operation {})",
-                status.operation_id
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let polling = Polling::start();
+    while polling.again(&status).await? {
         let mut get = client.get(format!(
             "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
             status.operation_id
@@ -162,10 +155,38 @@ pub async fn provision_https(
         if let Some(token) = &token {
             get = get.header("Authorization", token);
         }
-        let resp = get.send().await?;
-        status = read_status(resp).await?;
+        status = read_status(get.send().await?).await?;
     }
     Ok(status)
+}
+
+/// The pace of polling while an operation is `assigning`: once a second, for
+/// at most two minutes.
+struct Polling {
+    deadline: tokio::time::Instant,
+}
+
+impl Polling {
+    fn start() -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + Duration::from_secs(120),
+        }
+    }
+
+    /// Whether to poll again (after a pause); an error once time is up.
+    async fn again(&self, status: &RegistrationOperationStatus) -> anyhow::Result<bool> {
+        if status.status != RegistrationStatus::Assigning {
+            return Ok(false);
+        }
+        if tokio::time::Instant::now() > self.deadline {
+            bail!(
+                "the registration is still assigning after 120 s (operation {})",
+                status.operation_id
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(true)
+    }
 }
 
 async fn read_status(resp: reqwest::Response) -> anyhow::Result<RegistrationOperationStatus> {
@@ -223,16 +244,9 @@ pub async fn provision_mqtt(
         )
         .await?;
     let mut status = mqtt_answer(&mut client).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let polling = Polling::start();
     let mut rid = 1;
-    while status.status == RegistrationStatus::Assigning {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the registration is still assigning after 120 s (operation {})",
-                status.operation_id
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    while polling.again(&status).await? {
         rid += 1;
         let poll = format!(
             "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={}",
@@ -273,7 +287,7 @@ impl HubDevice {
         protocol: Protocol,
         tls: Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<Self> {
-        let host = hub.split(':').next().unwrap_or(hub);
+        let host = onramp_model::authority::host(hub);
         let resource = format!("{hub}/devices/{device_id}");
         let token = key
             .map(|k| sas::sign(&resource, k, unix_now() + 3600, None).map_err(anyhow::Error::msg))

@@ -945,4 +945,13 @@ async fn slow_registrations_answer_assigning_then_their_result() {
     assert_eq!(done["registrationState"]["assignedHub"], hub);
     assert_eq!(done["registrationState"]["payload"]["city"], "Zürich");
     c.disconnect().await;
+
+    // The device simulator polls such a registration to its end too.
+    for protocol in ["https", "mqtt"] {
+        let id = format!("slow-cli-{protocol}");
+        let key = onramp_core::sas::derive_device_key(&group_key, &id).unwrap();
+        go.notify_one();
+        let state = server.assigned(&id, &key, &["--protocol", protocol]);
+        assert_eq!(state["assignedHub"], hub, "{protocol}");
+    }
 }
