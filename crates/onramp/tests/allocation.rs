@@ -299,16 +299,7 @@ async fn lowest_latency_avoids_a_distant_hub_until_it_comes_closer() {
             .any(|l| l.contains(&slow) && l.contains(" ms")),
         "{listed}"
     );
-    let metrics = d
-        .server
-        .http()
-        .get(d.server.url("metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.server.metrics().await;
     assert!(metrics.contains("onramp_hub_latency_seconds"), "{metrics}");
 
     // The hub comes closer: once measured so, it takes devices again.

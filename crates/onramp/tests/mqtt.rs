@@ -156,15 +156,7 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
     c.disconnect().await;
     // The credential was checked once at CONNECT, then at each request; the
     // metric tells the steps apart so one device is not counted as several.
-    let metrics = server
-        .http()
-        .get(server.url("metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let attempts = |step: &str| -> u64 {
         metrics
             .lines()

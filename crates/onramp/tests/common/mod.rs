@@ -396,6 +396,18 @@ impl Server {
         status["registrationState"].clone()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(self.url("metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// An `onramp` admin command on this server's data directory.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         onramp()
