@@ -112,6 +112,9 @@ struct InFlight {
     service: String,
     registration_key: String,
     registration_id: String,
+    /// Told when a newer registration of the device starts: a webhook that
+    /// is being retried is not waited for any longer.
+    overtaken: Arc<tokio::sync::Notify>,
 }
 
 /// An operation in the in-flight map; removed when dropped.
@@ -259,6 +262,7 @@ impl Engine {
                 service: service.name.clone(),
                 registration_key: key.clone(),
                 registration_id: registration_id.to_string(),
+                overtaken: Arc::default(),
             },
         );
         let result = self
@@ -431,6 +435,10 @@ impl Engine {
                 .emit();
             }
         }
+        self.superseded_error(attested)
+    }
+
+    fn superseded_error(&self, attested: &Attested) -> ProvisioningError {
         ProvisioningError::new(
             ErrorCode::RegistrationSuperseded,
             format!(
@@ -471,11 +479,20 @@ impl Engine {
             };
             let target = settings.webhook(service)?;
             let request = custom::request(attested, current, req.body.payload.as_ref(), &offered);
-            let answer = self
-                .webhook
-                .allocate(&target, &request)
-                .await
-                .map_err(|e| custom::failure(&target, e))?;
+            let overtaken = self
+                .lock_in_flight()
+                .by_operation
+                .get(&req.operation_id)
+                .map(|op| op.overtaken.clone())
+                .unwrap_or_default();
+            let answer = tokio::select! {
+                answer = self.webhook.allocate(&target, &request) => {
+                    answer.map_err(|e| custom::failure(&target, e))?
+                }
+                () = overtaken.notified() => {
+                    return Err(self.superseded_error(attested));
+                }
+            };
             (
                 custom::chosen_hub(&target, &answer, &offered)?,
                 Some(answer),
@@ -774,8 +791,11 @@ impl Engine {
             .latest
             .entry(op.device())
             .or_insert_with(|| (String::new(), 0));
-        newest.0 = operation_id.to_owned();
+        let previous = std::mem::replace(&mut newest.0, operation_id.to_owned());
         newest.1 += 1;
+        if let Some(older) = ops.by_operation.get(&previous) {
+            older.overtaken.notify_one();
+        }
         ops.by_operation.insert(operation_id.to_owned(), op);
         drop(ops);
         Running {

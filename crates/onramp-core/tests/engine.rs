@@ -1149,8 +1149,8 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
     assert_ne!(ours.state.etag, theirs.etag);
 }
 
-/// Holds its first allocation (answering hub-a once released) and answers
-/// every later one with hub-b at once.
+/// Holds its first allocation until released (answering hub-a), and
+/// answers every later one with hub-b at once.
 #[derive(Default)]
 struct GatedWebhook {
     calls: std::sync::atomic::AtomicUsize,
@@ -1179,8 +1179,55 @@ impl onramp_core::ports::AllocationWebhook for GatedWebhook {
     }
 }
 
+/// Holds the first device registration on hub-a until released; passes
+/// everything else to the recording hubs.
+struct GatedHubs {
+    inner: Arc<RecordingHubs>,
+    calls: std::sync::atomic::AtomicUsize,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl onramp_core::ports::HubRegistry for GatedHubs {
+    async fn register_device(
+        &self,
+        hub: &onramp_core::tenant::LinkedHub,
+        device: &onramp_core::ports::DeviceIdentity,
+    ) -> Result<(), HubError> {
+        let result = self.inner.register_device(hub, device).await;
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        result
+    }
+
+    async fn twin(
+        &self,
+        hub: &onramp_core::tenant::LinkedHub,
+        device_id: &str,
+    ) -> Result<Option<onramp_core::ports::TwinSnapshot>, HubError> {
+        self.inner.twin(hub, device_id).await
+    }
+
+    async fn remove_device(
+        &self,
+        hub: &onramp_core::tenant::LinkedHub,
+        device_id: &str,
+    ) -> Result<(), HubError> {
+        self.inner.remove_device(hub, device_id).await
+    }
+}
+
+async fn wait(entered: &tokio::sync::Notify) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), entered.notified())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_identity() {
+async fn a_newer_registration_ends_an_older_one_that_waits_on_its_webhook() {
     let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
     w.put(&custom_enrollment("racer")).await;
     let gated = Arc::new(GatedWebhook::default());
@@ -1193,16 +1240,64 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         )
         .with_webhook(gated.clone()),
     );
-    // A: its webhook is slow (retrying, say).
+    // A: its webhook does not answer (it is being retried, say).
     let first = w.request("racer", w.token("racer", &primary(), NOW + 3600));
     let slow = tokio::spawn({
         let engine = engine.clone();
         async move { engine.register(first).await }
     });
-    tokio::time::timeout(std::time::Duration::from_secs(10), gated.entered.notified())
+    wait(&gated.entered).await;
+    // B: the device registers again and is assigned to hub-b; A ends at
+    // once, without its webhook ever answering.
+    let done = engine
+        .register(w.request("racer", w.token("racer", &primary(), NOW + 3600)))
         .await
         .unwrap();
-    // B: the device registers again and is assigned to hub-b.
+    assert_eq!(
+        done.registration_state.unwrap().assigned_hub.as_deref(),
+        Some("hub-b")
+    );
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err.code,
+        ErrorCode::RegistrationSuperseded,
+        "{}",
+        err.message
+    );
+    assert!(w.hubs.device("hub-a", "racer").is_none());
+}
+
+#[tokio::test]
+async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_identity() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = w.enrollment_on("racer", &["hub-a"], (true, false));
+    w.put(&e).await;
+    let gated = Arc::new(GatedHubs {
+        inner: w.hubs.clone(),
+        calls: Default::default(),
+        entered: Default::default(),
+        release: Default::default(),
+    });
+    let engine = Arc::new(Engine::new(
+        w.store.clone(),
+        gated.clone(),
+        w.clock.clone(),
+        EngineConfig::default(),
+    ));
+    // A: its hub call to hub-a is slow.
+    let first = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let slow = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.register(first).await }
+    });
+    wait(&gated.entered).await;
+    // B: the enrollment now names hub-b, and the device registers again.
+    e.iot_hubs = Some(vec!["hub-b".into()]);
+    w.put(&e).await;
     let newer = w.request("racer", w.token("racer", &primary(), NOW + 3600));
     let newer_op = newer.operation_id.clone();
     let done = engine.register(newer).await.unwrap();
