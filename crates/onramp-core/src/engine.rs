@@ -112,35 +112,48 @@ struct InFlight {
     service: String,
     registration_key: String,
     registration_id: String,
-    /// Told when a newer registration of the device starts: a webhook that
-    /// is being retried is not waited for any longer.
-    overtaken: Arc<tokio::sync::Notify>,
+    overtaken: Arc<Overtaken>,
+}
+
+/// Set when a newer registration of the same device starts: an older one
+/// stops waiting on its webhook and records nothing.
+#[derive(Debug, Default)]
+struct Overtaken {
+    happened: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Overtaken {
+    fn signal(&self) {
+        self.happened
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn happened(&self) -> bool {
+        self.happened.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// An operation in the in-flight map; removed when dropped.
 struct Running<'a> {
     engine: &'a Engine,
     operation_id: String,
+    /// `service/key`: the device the operation registers.
+    device: String,
+    overtaken: Arc<Overtaken>,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let mut ops = self.engine.lock_in_flight();
-        if let Some(op) = ops.by_operation.remove(&self.operation_id) {
-            let device = op.device();
-            if let Some((_, running)) = ops.latest.get_mut(&device) {
-                *running -= 1;
-                if *running == 0 {
-                    ops.latest.remove(&device);
-                }
+        ops.by_operation.remove(&self.operation_id);
+        if let Some((_, running)) = ops.latest.get_mut(&self.device) {
+            *running -= 1;
+            if *running == 0 {
+                ops.latest.remove(&self.device);
             }
         }
-    }
-}
-
-impl InFlight {
-    fn device(&self) -> String {
-        format!("{}/{}", self.service, self.registration_key)
     }
 }
 
@@ -266,7 +279,14 @@ impl Engine {
             },
         );
         let result = self
-            .assign(&service, &attested, &req, previous, linked)
+            .assign(
+                &service,
+                &attested,
+                &req,
+                previous,
+                linked,
+                &running.overtaken,
+            )
             .await;
         drop(running);
         let record = result?;
@@ -299,6 +319,7 @@ impl Engine {
         req: &RegisterRequest,
         previous: Option<Box<RegistrationRecord>>,
         linked: Vec<LinkedHub>,
+        overtaken: &Overtaken,
     ) -> Result<RegistrationRecord, ProvisioningError> {
         let current = previous
             .as_deref()
@@ -323,6 +344,7 @@ impl Engine {
                 current.as_ref(),
                 previous_substatus,
                 &device_id,
+                overtaken,
             )
             .await;
 
@@ -377,7 +399,7 @@ impl Engine {
             enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
             placement,
         };
-        if self.superseded(&req.operation_id) {
+        if overtaken.happened() {
             return Err(self
                 .superseded_answer(service, attested, &record, &linked)
                 .await);
@@ -435,18 +457,7 @@ impl Engine {
                 .emit();
             }
         }
-        self.superseded_error(attested)
-    }
-
-    fn superseded_error(&self, attested: &Attested) -> ProvisioningError {
-        ProvisioningError::new(
-            ErrorCode::RegistrationSuperseded,
-            format!(
-                "a newer registration of '{}' started while this one ran; its result is the \
-                 device's (poll it, or register again)",
-                attested.registration_id
-            ),
-        )
+        superseded(attested)
     }
 
     /// Chooses the hub, applies the reprovisioning policy and registers the
@@ -462,6 +473,7 @@ impl Engine {
         current: Option<&Placement>,
         previous_substatus: Option<onramp_model::Substatus>,
         device_id: &str,
+        overtaken: &Overtaken,
     ) -> Result<Placed, ProvisioningError> {
         let current_hub = current.and_then(|c| linked.iter().find(|h| h.is_named(&c.hub)));
         let may_move = reprovision::may_move(
@@ -479,19 +491,11 @@ impl Engine {
             };
             let target = settings.webhook(service)?;
             let request = custom::request(attested, current, req.body.payload.as_ref(), &offered);
-            let overtaken = self
-                .lock_in_flight()
-                .by_operation
-                .get(&req.operation_id)
-                .map(|op| op.overtaken.clone())
-                .unwrap_or_default();
             let answer = tokio::select! {
                 answer = self.webhook.allocate(&target, &request) => {
                     answer.map_err(|e| custom::failure(&target, e))?
                 }
-                () = overtaken.notified() => {
-                    return Err(self.superseded_error(attested));
-                }
+                () = overtaken.wake.notified() => return Err(superseded(attested)),
             };
             (
                 custom::chosen_hub(&target, &answer, &offered)?,
@@ -762,10 +766,8 @@ impl Engine {
         &self,
         id_scope: &str,
     ) -> Result<ProvisioningService, ProvisioningError> {
-        let scope = IdScope::parse(id_scope)
-            .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))?;
         self.store
-            .service_by_scope(&scope.key())
+            .service_by_scope(&scope_key(id_scope)?)
             .await?
             .ok_or_else(|| no_service(id_scope))
     }
@@ -775,50 +777,60 @@ impl Engine {
         id_scope: &str,
         registration_id: &RegistrationId,
     ) -> Result<RegistrationInputs, ProvisioningError> {
-        let scope = IdScope::parse(id_scope)
-            .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))?;
         self.store
-            .registration_inputs(&scope.key(), &registration_id.key(), GROUP_PAGE)
+            .registration_inputs(&scope_key(id_scope)?, &registration_id.key(), GROUP_PAGE)
             .await?
             .ok_or_else(|| no_service(id_scope))
     }
 
     /// Marks an operation as running until the guard drops, however the
-    /// registration ends.
+    /// registration ends, and tells the device's previous newest operation,
+    /// if one still runs, that it is overtaken.
     fn running(&self, operation_id: &str, op: InFlight) -> Running<'_> {
+        let device = format!("{}/{}", op.service, op.registration_key);
+        let overtaken = op.overtaken.clone();
         let mut ops = self.lock_in_flight();
         let newest = ops
             .latest
-            .entry(op.device())
+            .entry(device.clone())
             .or_insert_with(|| (String::new(), 0));
         let previous = std::mem::replace(&mut newest.0, operation_id.to_owned());
         newest.1 += 1;
         if let Some(older) = ops.by_operation.get(&previous) {
-            older.overtaken.notify_one();
+            older.overtaken.signal();
         }
         ops.by_operation.insert(operation_id.to_owned(), op);
         drop(ops);
         Running {
             engine: self,
             operation_id: operation_id.to_owned(),
+            device,
+            overtaken,
         }
-    }
-
-    /// Whether a newer registration of the same device has started since
-    /// `operation_id` did.
-    fn superseded(&self, operation_id: &str) -> bool {
-        let ops = self.lock_in_flight();
-        ops.by_operation.get(operation_id).is_some_and(|op| {
-            ops.latest
-                .get(&op.device())
-                .is_some_and(|(newest, _)| newest != operation_id)
-        })
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlightOps> {
         // A poisoned map only means another task panicked mid-insert; the data is still usable.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn superseded(attested: &Attested) -> ProvisioningError {
+    ProvisioningError::new(
+        ErrorCode::RegistrationSuperseded,
+        format!(
+            "a newer registration of '{}' started while this one ran; its result is the \
+             device's (poll it, or register again)",
+            attested.registration_id
+        ),
+    )
+}
+
+/// The store key of the ID scope a device sent.
+fn scope_key(id_scope: &str) -> Result<String, ProvisioningError> {
+    IdScope::parse(id_scope)
+        .map(|scope| scope.key())
+        .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))
 }
 
 fn no_service(id_scope: &str) -> ProvisioningError {
