@@ -51,6 +51,24 @@ enum Collection {
     DeviceRegistrations,
 }
 
+/// What enrollments are checked against: the linked hubs, and whether the
+/// service has a default custom-allocation webhook. Read once per request or
+/// bulk batch.
+struct Targets {
+    linked_hubs: Vec<LinkedHub>,
+    service_webhook: bool,
+}
+
+impl Targets {
+    fn context<'a>(&'a self, existing: Option<&'a AttestationMechanism>) -> validate::Context<'a> {
+        validate::Context {
+            linked_hubs: &self.linked_hubs,
+            service_webhook: self.service_webhook,
+            existing_attestation: existing,
+        }
+    }
+}
+
 pub struct Admin {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -61,19 +79,17 @@ impl Admin {
         Self { store, clock }
     }
 
-    /// What enrollments are checked against: the linked hubs, and whether
-    /// the service has a default custom-allocation webhook.
-    async fn allocation_targets(
-        &self,
-        service: &str,
-    ) -> Result<(Vec<LinkedHub>, bool), ProvisioningError> {
-        let hubs = self.store.linked_hubs(service).await?;
-        let webhook = self
+    async fn allocation_targets(&self, service: &str) -> Result<Targets, ProvisioningError> {
+        let linked_hubs = self.store.linked_hubs(service).await?;
+        let service_webhook = self
             .store
             .service(service)
             .await?
             .is_some_and(|s| s.custom_allocation.is_some());
-        Ok((hubs, webhook))
+        Ok(Targets {
+            linked_hubs,
+            service_webhook,
+        })
     }
 
     // ---- individual enrollments ----
@@ -101,18 +117,14 @@ impl Admin {
         id: &str,
         body: IndividualEnrollment,
         condition: Precondition,
-        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        targets: &Targets,
         store_error: impl FnOnce(StoreError) -> ProvisioningError,
     ) -> Result<IndividualEnrollment, ProvisioningError> {
         let existing = self
             .store
             .enrollment(service, &id.to_ascii_lowercase())
             .await?;
-        let ctx = validate::Context {
-            linked_hubs: hubs,
-            service_webhook: *service_webhook,
-            existing_attestation: existing.as_ref().and_then(|e| e.attestation.as_ref()),
-        };
+        let ctx = targets.context(existing.as_ref().and_then(|e| e.attestation.as_ref()));
         let enrollment = validate::individual_enrollment(id, body, &ctx)?;
         self.store
             .put_enrollment(service, &enrollment, condition, self.clock.now())
@@ -232,7 +244,7 @@ impl Admin {
         service: &str,
         item: IndividualEnrollment,
         mode: BulkMode,
-        targets: &(Vec<LinkedHub>, bool),
+        targets: &Targets,
     ) -> Result<IndividualEnrollment, ProvisioningError> {
         if item.registration_id.is_empty() {
             return Err(ProvisioningError::invalid(
@@ -272,18 +284,14 @@ impl Admin {
         id: &str,
         body: EnrollmentGroup,
         condition: Precondition,
-        (hubs, service_webhook): &(Vec<LinkedHub>, bool),
+        targets: &Targets,
         store_error: impl FnOnce(StoreError) -> ProvisioningError,
     ) -> Result<EnrollmentGroup, ProvisioningError> {
         let existing = self
             .store
             .enrollment_group(service, &id.to_ascii_lowercase())
             .await?;
-        let ctx = validate::Context {
-            linked_hubs: hubs,
-            service_webhook: *service_webhook,
-            existing_attestation: existing.as_ref().and_then(|g| g.attestation.as_ref()),
-        };
+        let ctx = targets.context(existing.as_ref().and_then(|g| g.attestation.as_ref()));
         let group = validate::enrollment_group(id, body, &ctx)?;
         self.check_ca_references(service, &group).await?;
         self.store
@@ -297,7 +305,7 @@ impl Admin {
         service: &str,
         item: EnrollmentGroup,
         mode: BulkMode,
-        targets: &(Vec<LinkedHub>, bool),
+        targets: &Targets,
     ) -> Result<EnrollmentGroup, ProvisioningError> {
         if item.enrollment_group_id.is_empty() {
             return Err(ProvisioningError::invalid(

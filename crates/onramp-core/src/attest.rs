@@ -143,8 +143,8 @@ impl GroupPages {
             return Ok(None);
         }
         let page = match self.first.take() {
-            Some(page) if self.after.is_none() => page,
-            _ => {
+            Some(page) => page,
+            None => {
                 store
                     .enrollment_groups(service, self.after.as_deref(), GROUP_PAGE)
                     .await?
@@ -365,7 +365,7 @@ fn symmetric_keys_of(
 
 /// The longest registration ID of an X.509 device: a CN holds 64 characters
 /// (X.520's upper bound), and Azure applies the same limit.
-pub const X509_MAX_ID_LEN: usize = 64;
+const X509_MAX_ID_LEN: usize = 64;
 
 /// X.509: the device's certificate chain, from the TLS handshake (which
 /// already proved possession of the leaf's private key).
