@@ -41,6 +41,25 @@ pub fn raw_rid(topic: &str) -> Option<&str> {
     query.split('&').find_map(|p| p.strip_prefix("$rid="))
 }
 
+/// Whether `topic` matches the subscription `filter` (MQTT 3.1.1 §4.7):
+/// `+` stands for one level, a final `#` for any number (also none), and a
+/// wildcard at the first level does not match a topic that starts with `$`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (p, Some(level)) if p == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +73,44 @@ mod tests {
         assert_eq!(get(&p, "operationId"), Some("1.a.b"));
         assert_eq!(raw_rid("x/?$rid=ab%2Dc&y=1"), Some("ab%2Dc"));
         assert_eq!(raw_rid("x/"), None);
+    }
+}
+
+#[cfg(test)]
+mod match_tests {
+    use super::matches;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        for (filter, topic) in [
+            (
+                "$dps/registrations/res/#",
+                "$dps/registrations/res/202/?$rid=1",
+            ),
+            ("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=4"),
+            (
+                "devices/d1/messages/devicebound/#",
+                "devices/d1/messages/devicebound/%24.to=x",
+            ),
+            ("a/#", "a"),
+            ("a/+/c", "a/b/c"),
+            ("#", "a/b"),
+            ("a/b", "a/b"),
+        ] {
+            assert!(matches(filter, topic), "{filter} {topic}");
+        }
+        for (filter, topic) in [
+            ("$dps/registrations/res/#", "$iothub/twin/res/200/?$rid=4"),
+            ("#", "$dps/registrations/res/202/?$rid=1"),
+            (
+                "+/registrations/res/#",
+                "$dps/registrations/res/202/?$rid=1",
+            ),
+            ("a/+", "a/b/c"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b"),
+        ] {
+            assert!(!matches(filter, topic), "{filter} {topic}");
+        }
     }
 }
