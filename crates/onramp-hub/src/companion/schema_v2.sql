@@ -1,5 +1,7 @@
 -- Companion hub store, schema version 2: telemetry and trusted CA certificates.
-CREATE TABLE messages (
+-- Some version-1 stores already have these tables (they were part of schema 1
+-- for a while), hence IF NOT EXISTS.
+CREATE TABLE IF NOT EXISTS messages (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     device_key  TEXT NOT NULL,
     device_id   TEXT NOT NULL,
@@ -7,8 +9,8 @@ CREATE TABLE messages (
     properties  TEXT NOT NULL,
     body        BLOB NOT NULL
 );
-CREATE INDEX messages_by_device ON messages(device_key, seq);
-CREATE TABLE hub_certificates (
+CREATE INDEX IF NOT EXISTS messages_by_device ON messages(device_key, seq);
+CREATE TABLE IF NOT EXISTS hub_certificates (
     name   TEXT PRIMARY KEY,
     der    BLOB NOT NULL,
     added  TEXT NOT NULL

@@ -617,13 +617,25 @@ mod tests {
     /// its devices kept and gains the tables of later versions.
     #[tokio::test]
     async fn a_version_one_store_is_migrated() {
+        // Version 1 as first written, and version 1 as written later with
+        // the telemetry and certificate tables in it already.
+        let later_v1 = format!(
+            "{}{}",
+            include_str!("schema.sql"),
+            include_str!("schema_v2.sql")
+        );
+        for schema in [include_str!("schema.sql"), later_v1.as_str()] {
+            migrate_version_one(schema).await;
+        }
+    }
+
+    async fn migrate_version_one(schema: &str) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.db");
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(&format!(
-                "{} INSERT INTO devices VALUES ('old-device', '{{}}', NULL, '{{}}'); PRAGMA user_version = 1;",
-                include_str!("schema.sql")
+                "{schema} INSERT INTO devices VALUES ('old-device', '{{}}', NULL, '{{}}'); PRAGMA user_version = 1;"
             ))
             .unwrap();
         }

@@ -54,8 +54,9 @@ fn configure(conn: &Connection, durability: Durability, read_only: bool) -> rusq
     }
     conn.set_prepared_statement_cache_capacity(64);
     // Plans that do not depend on bound values: otherwise SQLite prepares
-    // some cached statements (`WHERE service = ?1 ORDER BY …`) again on every
-    // use, which showed as a tenth of the instructions of a registration.
+    // cached statements again after their values are bound (a bound
+    // `LIMIT ?`, as in the enrollment-group pages, is one trigger), which
+    // showed as a tenth of the instructions of a registration.
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,

@@ -28,7 +28,7 @@ pub use db::Durability;
 
 use crate::seal::Sealer;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +67,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 3 {
         conn.execute_batch(&format!(
-            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            "BEGIN; {} PRAGMA user_version = 3; COMMIT;",
             include_str!("schema_v3.sql")
+        ))?;
+    }
+    if version < 4 {
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            include_str!("schema_v4.sql")
         ))?;
     }
     Ok(())
@@ -1277,21 +1283,39 @@ mod tests {
     }
 
     /// X.509 enrollments stored before the thumbprint index existed are
-    /// found by thumbprint after the upgrade (revocation depends on it).
+    /// found by thumbprint after the upgrade (revocation depends on it), from
+    /// a version-1 store and from a version-3 store whose index lacks them.
     #[tokio::test]
     async fn upgrading_indexes_the_certificates_of_existing_enrollments() {
+        let v3 = format!(
+            "{} {} {} PRAGMA user_version = 3;",
+            include_str!("schema.sql"),
+            include_str!("schema_v2.sql"),
+            include_str!("schema_v3.sql")
+        );
+        for (from, schema) in [
+            (
+                "1",
+                format!("{} PRAGMA user_version = 1;", include_str!("schema.sql")),
+            ),
+            ("3", v3),
+        ] {
+            upgrade_indexes_from(from, &schema).await;
+        }
+    }
+
+    async fn upgrade_indexes_from(from: &str, schema: &str) {
         let dir = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(dir.path().join("onramp.db")).unwrap();
             conn.execute_batch(&format!(
-                r#"{} PRAGMA user_version = 1;
+                r#"{schema}
                 INSERT INTO services VALUES ('s', 'scope-s', '{{}}');
                 INSERT INTO enrollments VALUES ('s', 'old-dev', 'e1',
                     '{{"registrationId":"old-dev","attestation":{{"type":"x509","x509":{{"clientCertificates":{{"primary":{{"info":{{
                         "subjectName":"CN=old-dev","sha1Thumbprint":"CD34","sha256Thumbprint":"ab12","issuerName":"CN=old-dev",
                         "notBeforeUtc":"2026-01-01T00:00:00Z","notAfterUtc":"2027-01-01T00:00:00Z","serialNumber":"01","version":3}}}}}}}}}}}}', NULL);
-                INSERT INTO enrollments VALUES ('s', 'key-dev', 'e2', '{{"registrationId":"key-dev"}}', NULL);"#,
-                include_str!("schema.sql")
+                INSERT INTO enrollments VALUES ('s', 'key-dev', 'e2', '{{"registrationId":"key-dev"}}', NULL);"#
             ))
             .unwrap();
         }
@@ -1302,7 +1326,8 @@ mod tests {
                 .iter()
                 .map(|e| e.registration_id.as_str())
                 .collect::<Vec<_>>(),
-            ["old-dev"]
+            ["old-dev"],
+            "upgraded from version {from}"
         );
     }
 

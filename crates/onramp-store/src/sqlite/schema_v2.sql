@@ -17,14 +17,3 @@ CREATE INDEX enrollment_thumbprints_by_id ON enrollment_thumbprints(service, id_
 CREATE TRIGGER enrollments_unindex AFTER DELETE ON enrollments BEGIN
     DELETE FROM enrollment_thumbprints WHERE service = old.service AND id_key = old.id_key;
 END;
--- Enrollments written before this version: their certificates join the index.
-INSERT OR IGNORE INTO enrollment_thumbprints (service, thumbprint, id_key)
-SELECT service, upper(t), id_key FROM (
-    SELECT service, id_key,
-        json_extract(doc, '$.attestation.x509.clientCertificates.primary.info.sha256Thumbprint') AS t
-    FROM enrollments
-    UNION ALL
-    SELECT service, id_key,
-        json_extract(doc, '$.attestation.x509.clientCertificates.secondary.info.sha256Thumbprint')
-    FROM enrollments
-) WHERE t IS NOT NULL;
