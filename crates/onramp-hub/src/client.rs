@@ -167,17 +167,20 @@ impl HubClient {
     async fn ensure_trusted(&self, creds: &Credentials, anchor: &[u8]) -> Result<(), HubError> {
         let thumbprint = onramp_core::x509::thumbprint(&aws_lc_rs::digest::SHA256, anchor);
         let key = (creds.host.clone(), thumbprint.clone());
-        let fresh = self
-            .trusted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < self.trust_refresh);
-        if fresh {
-            return Ok(());
+        {
+            // Claimed before the call, so that when the refresh comes due the
+            // registrations in flight send one PUT, not one each.
+            let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+            if trusted
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < self.trust_refresh)
+            {
+                return Ok(());
+            }
+            trusted.insert(key.clone(), std::time::Instant::now());
         }
         let body = serde_json::json!({ "certificate": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, anchor) });
-        let (status, resp) = self
+        let sent = self
             .send(
                 creds,
                 reqwest::Method::PUT,
@@ -185,15 +188,20 @@ impl HubClient {
                 None,
                 Some(&body),
             )
-            .await?;
-        if !status.is_success() {
-            return Err(failure(status, &resp));
+            .await;
+        let outcome = match sent {
+            Ok((status, _)) if status.is_success() => Ok(()),
+            Ok((status, resp)) => Err(failure(status, &resp)),
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            // Not handed over: the next registration tries again.
+            self.trusted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
         }
-        self.trusted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, std::time::Instant::now());
-        Ok(())
+        outcome
     }
 
     /// Reads a device identity (keys included, as IoT Hub returns them).

@@ -49,12 +49,7 @@ impl CompanionHub {
         sealer: Arc<Sealer>,
     ) -> Result<Arc<Self>, StoreError> {
         let store = HubStore::open(db_path, sealer)?;
-        let cas = store
-            .certificates()
-            .await?
-            .into_iter()
-            .map(|(_, der)| der)
-            .collect();
+        let cas = trusted_cas_in(&store).await?;
         let mut policies = store.policies().await?;
         if !policies.iter().any(|p| p.name == OWNER_POLICY) {
             let owner = HubPolicy {
@@ -112,13 +107,7 @@ impl CompanionHub {
     /// The cache follows the store, the one record of which names are trusted:
     /// patching it in place kept a replaced certificate trusted.
     async fn reload_trusted_cas(&self) -> Result<(), StoreError> {
-        let cas = self
-            .store
-            .certificates()
-            .await?
-            .into_iter()
-            .map(|(_, der)| der)
-            .collect();
+        let cas = trusted_cas_in(&self.store).await?;
         *self.trusted_cas.write().unwrap_or_else(|e| e.into_inner()) = cas;
         Ok(())
     }
@@ -181,4 +170,14 @@ impl CompanionHub {
             }
         })
     }
+}
+
+/// The CA certificates (DER) a hub's store trusts.
+async fn trusted_cas_in(store: &HubStore) -> Result<Vec<Vec<u8>>, StoreError> {
+    Ok(store
+        .certificates()
+        .await?
+        .into_iter()
+        .map(|(_, der)| der)
+        .collect())
 }

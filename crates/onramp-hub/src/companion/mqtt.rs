@@ -365,6 +365,5 @@ mod tests {
         );
         assert_eq!(parse_username("hub/dev-1/module-1/?api-version=1"), None);
         assert_eq!(parse_username("nothing"), None);
-        assert!(same_host("localhost:8443", "LOCALHOST"));
     }
 }

@@ -403,6 +403,11 @@ async fn bulk_devices(
     for item in items {
         let device_id = item.id.clone();
         if let Err(f) = bulk_item(&hub, item).await {
+            // The store failing is the hub's trouble, not the item's: the
+            // whole call answers 503, which callers retry later.
+            if f.status.is_server_error() {
+                return Err(f);
+            }
             errors.push(DeviceRegistryOperationError {
                 device_id,
                 error_code: f.code.to_owned(),
