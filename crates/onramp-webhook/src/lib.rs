@@ -83,7 +83,19 @@ impl WebhookClient {
     ) -> Result<AllocationResponse, WebhookError> {
         let mut retried = 0;
         loop {
-            match self.exchange(target, body).await {
+            let started = Instant::now();
+            let result = self.exchange(target, body).await;
+            // Per exchange: the waits between retries are not the webhook's time.
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(WebhookError::Timeout(_)) => "timeout",
+                Err(WebhookError::Unreachable(_)) => "unreachable",
+                Err(WebhookError::Status { .. }) => "status",
+                Err(WebhookError::InvalidResponse(_)) => "invalid",
+            };
+            metrics::histogram!("onramp_webhook_call_seconds", "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
+            match result {
                 Err(WebhookError::Status { status, .. })
                     if status >= 429 && retried < self.retries.retries =>
                 {
@@ -184,18 +196,7 @@ impl AllocationWebhook for WebhookClient {
         let body = serde_json::to_vec(request).map_err(|e| {
             WebhookError::InvalidResponse(format!("cannot encode the request: {e}"))
         })?;
-        let started = Instant::now();
-        let result = self.call(target, &body).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(WebhookError::Timeout(_)) => "timeout",
-            Err(WebhookError::Unreachable(_)) => "unreachable",
-            Err(WebhookError::Status { .. }) => "status",
-            Err(WebhookError::InvalidResponse(_)) => "invalid",
-        };
-        metrics::histogram!("onramp_webhook_call_seconds", "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
-        result
+        self.call(target, &body).await
     }
 }
 

@@ -79,7 +79,7 @@ impl Default for AllocationConfig {
             latency_probe_timeout_ms: 2_000,
             latency_tolerance_ms: 10.0,
             webhook_timeout_ms: 10_000,
-            webhook_retries: 9,
+            webhook_retries: onramp_webhook::Retries::default().retries,
             networks: Vec::new(),
         }
     }
