@@ -177,6 +177,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         fleet
     } else {
+        if args.first > 0 {
+            bail!("--first picks among individual enrollments; add --enrollments individual");
+        }
         let key = match &args.group_key {
             Some(k) => k.clone(),
             None => {
@@ -635,12 +638,12 @@ impl Worker {
         )
         .map_err(anyhow::Error::msg)?;
         let body = serde_json::to_vec(&serde_json::json!({"registrationId": registration_id}))?;
-        let host = onramp_model::authority::host(&self.load.address);
         let request = hyper::Request::put(format!(
             "/{resource}/register?api-version={}",
             simulator::DEVICE_API_VERSION
         ))
-        .header("host", host)
+        // What an SDK sends: the endpoint it was given.
+        .header("host", &self.load.endpoint)
         .header("authorization", token)
         .header("content-type", "application/json; charset=utf-8")
         .body(Full::new(Bytes::from(body)))?;

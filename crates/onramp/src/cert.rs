@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use onramp_net::pki::testing::{Issued, Validity};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cli::CertCommand;
-use crate::service_client::{Api, enc};
+use crate::service_client::{Api, enc, print};
 
 pub async fn run(command: CertCommand) -> anyhow::Result<()> {
     match command {
@@ -167,10 +167,5 @@ fn write(out: &Path, issued: &Issued, chain: Option<&str>) -> anyhow::Result<()>
         out.display(),
         info.sha256_thumbprint
     );
-    Ok(())
-}
-
-fn print(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

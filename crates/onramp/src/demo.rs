@@ -132,16 +132,14 @@ async fn provision(
     println!("  enrollment group '{GROUP}' (symmetric key; devices derive theirs from it)\n");
 
     let protocol = Protocol::parse(&args.protocol)?;
-    let endpoint = DeviceTarget::default()
-        .resolve(Some(&server.state), protocol)?
-        .endpoint;
+    let target = DeviceTarget::default().resolve(Some(&server.state), protocol)?;
     let tls = simulator::fleet_tls(&server.client_tls, protocol);
     let load = Load {
         protocol,
         reuse: false,
-        address: simulator::address(&endpoint, protocol),
-        endpoint,
-        id_scope: server.state.id_scope.clone(),
+        address: simulator::address(&target.endpoint, protocol),
+        endpoint: target.endpoint,
+        id_scope: target.id_scope,
         prefix: "demo-device".into(),
         fleet: Fleet::Group { key },
         tls,

@@ -317,7 +317,7 @@ impl Collection {
     }
 }
 
-fn print(value: &Value) -> anyhow::Result<()> {
+pub(crate) fn print(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

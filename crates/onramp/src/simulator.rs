@@ -160,8 +160,14 @@ pub async fn provision_https(
     Ok(status)
 }
 
+/// How long a simulated device polls an `assigning` operation: longer than
+/// the default schedule on which a busy allocation webhook is asked again
+/// (10 attempts of up to 10 s, with 333 s of waits between them), so that the
+/// device sees the registration's own end.
+const POLL_FOR: Duration = Duration::from_secs(8 * 60);
+
 /// The pace of polling while an operation is `assigning`: once a second, for
-/// at most two minutes.
+/// at most [`POLL_FOR`].
 struct Polling {
     deadline: tokio::time::Instant,
 }
@@ -169,7 +175,7 @@ struct Polling {
 impl Polling {
     fn start() -> Self {
         Self {
-            deadline: tokio::time::Instant::now() + Duration::from_secs(120),
+            deadline: tokio::time::Instant::now() + POLL_FOR,
         }
     }
 
@@ -180,7 +186,8 @@ impl Polling {
         }
         if tokio::time::Instant::now() > self.deadline {
             bail!(
-                "the registration is still assigning after 120 s (operation {})",
+                "the registration is still assigning after {} s (operation {})",
+                POLL_FOR.as_secs(),
                 status.operation_id
             );
         }
