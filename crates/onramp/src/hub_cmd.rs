@@ -42,13 +42,8 @@ async fn messages(
 }
 
 async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ONRAMP_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = std::env::var("ONRAMP_LOG").unwrap_or_else(|_| "info".into());
+    crate::logging::init(crate::logging::Format::Text, &filter)?;
     let hub = start(&args).await?;
     println!(
         "Onramp companion hub {} is running (listening on {}).",

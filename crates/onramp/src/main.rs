@@ -11,6 +11,7 @@ mod demo;
 mod device;
 mod hub_cmd;
 mod local;
+mod logging;
 mod serve;
 mod service_client;
 mod simulator;

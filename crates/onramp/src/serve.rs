@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::ports::{Store, SystemClock};
@@ -19,6 +19,7 @@ use onramp_net::{ListenerLimits, Services, Shutdown};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::local::{self, ServeState, authority, authority_with_default};
+use crate::logging;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
@@ -352,20 +353,12 @@ async fn print_summary(
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
-        .map_err(|e| anyhow::anyhow!("log filter '{}': {e}", config.log.filter))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if config.log.format == "json" {
-        builder.json().try_init()
+    let format = if config.log.format == "json" {
+        logging::Format::Json
     } else {
-        builder.try_init()
+        logging::Format::Text
     };
-    if let Err(e) = result {
-        bail!("cannot start logging: {e}");
-    }
-    Ok(())
+    logging::init(format, &config.log.filter)
 }
 
 pub(crate) async fn shutdown_signal() {
