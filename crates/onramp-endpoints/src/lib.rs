@@ -3,14 +3,17 @@
 //! product rule.
 //!
 //! - [`https`]: the HTTPS listener's application: the DPS device API, the DPS
-//!   service API, `/metrics` and `/health`, with Azure-compatible routing,
-//!   error bodies and headers, and WebSocket upgrades for MQTT.
+//!   service API and `/health`, with Azure-compatible routing, error bodies
+//!   and headers, and WebSocket upgrades for MQTT.
+//! - [`metrics`]: Prometheus metrics on a listener of their own (loopback by
+//!   default), never on the public port.
 //! - [`mqtt`]: the DPS device API over MQTT, and the router that sends each
 //!   MQTT connection to DPS or to the embedded hub.
 //! - [`provision`]: what every device transport shares.
 #![forbid(unsafe_code)]
 
 pub mod https;
+pub mod metrics;
 pub mod mqtt;
 pub mod provision;
 

@@ -258,6 +258,10 @@ pub struct ServeArgs {
     /// Address of the MQTT listener ("off" for none).
     #[arg(long, env = "ONRAMP_MQTT_LISTEN")]
     pub mqtt_listen: Option<String>,
+    /// Address of the Prometheus metrics listener, plain HTTP ("off" for
+    /// none; default 127.0.0.1:9464).
+    #[arg(long, env = "ONRAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Milliseconds an MQTT client has to send CONNECT.
     #[arg(long, env = "ONRAMP_MQTT_CONNECT_TIMEOUT_MS")]
     pub mqtt_connect_timeout_ms: Option<u64>,

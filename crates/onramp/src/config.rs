@@ -18,6 +18,7 @@ pub struct Config {
     pub public_host: String,
     pub https: HttpsConfig,
     pub mqtt: MqttConfig,
+    pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub store: StoreConfig,
     pub hub: HubConfig,
@@ -135,6 +136,29 @@ impl MqttConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus listener (plain HTTP); `off` for none. It
+    /// shows tenants, hubs and failed authentications: keep it on loopback
+    /// or a network only the scraper reaches.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn enabled(&self) -> bool {
+        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -213,6 +237,7 @@ impl Default for Config {
             public_host: "localhost".into(),
             https: HttpsConfig::default(),
             mqtt: MqttConfig::default(),
+            metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
             store: StoreConfig::default(),
             hub: HubConfig::default(),
@@ -311,6 +336,9 @@ impl Config {
         }
         if let Some(v) = &args.mqtt_listen {
             c.mqtt.listen = v.clone();
+        }
+        if let Some(v) = &args.metrics_listen {
+            c.metrics.listen = v.clone();
         }
         if let Some(v) = args.mqtt_connect_timeout_ms {
             c.mqtt.connect_timeout_ms = v;
@@ -460,6 +488,16 @@ mod tests {
         assert_eq!(c.https.listen, "127.0.0.1:9443", "the flag wins");
         assert_eq!(c.linked_hubs[0].allocation_weight, 3);
         assert_eq!(c.linked_hubs[0].location, "local");
+        assert_eq!(
+            c.metrics.listen, "127.0.0.1:9464",
+            "metrics stay on loopback"
+        );
+        assert!(c.metrics.enabled());
+        let off = ServeArgs {
+            metrics_listen: Some("off".into()),
+            ..args.clone()
+        };
+        assert!(!Config::for_serve(&off).unwrap().metrics.enabled());
 
         std::fs::write(&file, "public_hots = \"typo\"").unwrap();
         let err = Config::for_serve(&args).unwrap_err();

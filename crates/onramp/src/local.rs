@@ -110,6 +110,9 @@ pub struct ServeState {
     pub mqtt_endpoint: Option<String>,
     #[serde(default)]
     pub mqtt_listen: Option<String>,
+    /// The socket address of the metrics listener (plain HTTP), when on.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     pub service: String,
     pub id_scope: String,
     pub ca_cert: Option<PathBuf>,

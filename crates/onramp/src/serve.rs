@@ -93,6 +93,11 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         None
     };
     let mqtt_bound = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_listener = bind_metrics(config).await?;
+    let metrics_bound = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     // TLS: the operator's certificate, or the development PKI.
     let (chain_pem, key_pem, ca_path, ca_pem) = match (&config.tls.cert, &config.tls.key) {
@@ -180,9 +185,14 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     );
     let latency = Arc::new(onramp_hub::latency::LatencyTable::default());
 
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let metrics = match &metrics_listener {
+        Some(_) => Some(
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?,
+        ),
+        None => None,
+    };
     let clock = Arc::new(SystemClock);
     let store_dyn: Arc<dyn Store> = store.clone();
     let engine = Arc::new(
@@ -219,7 +229,6 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         engine,
         admin,
         config: endpoint_config,
-        metrics: Some(metrics),
         fallback: hub.as_ref().map(|h| h.router()),
         websockets: Some(MqttWebSockets {
             app: mqtt_app.clone(),
@@ -236,6 +245,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         mqtt_endpoint: mqtt_bound
             .map(|a| authority_with_default(&config.public_host, a.port(), 8883)),
         mqtt_listen: mqtt_bound.map(|a| a.to_string()),
+        metrics_listen: metrics_bound.map(|a| a.to_string()),
         ca_cert: ca_path
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
@@ -259,6 +269,13 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         },
         async move { probes.wait().await },
     ));
+    if let (Some(listener), Some(handle)) = (metrics_listener, metrics) {
+        tokio::spawn(onramp_endpoints::metrics::serve(
+            listener,
+            handle,
+            shutdown.clone(),
+        ));
+    }
     let services = Services {
         http: onramp_endpoints::app(state),
         mqtt: Some(mqtt_app),
@@ -318,6 +335,11 @@ async fn print_summary(
         println!("  MQTT endpoint           {mqtt}   (listening on {listen})");
     }
     println!("  Service API             https://{}", state.endpoint);
+    if let Some(listen) = &state.metrics_listen {
+        println!(
+            "  Metrics                 http://{listen}/metrics   (plain HTTP: keep it private)"
+        );
+    }
     println!(
         "  ID scope                {}   (provisioning service '{}')",
         state.id_scope, state.service
@@ -350,6 +372,24 @@ async fn print_summary(
     }
     println!("  Show the service and its connection string again with: onramp service show");
     Ok(())
+}
+
+/// The metrics listener, unless switched off: apart from the public port,
+/// because the metrics name tenants and hubs.
+async fn bind_metrics(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if !config.metrics.enabled() {
+        return Ok(None);
+    }
+    let listen = &config.metrics.listen;
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for metrics on {listen}: {e} (choose another address with \
+                 --metrics-listen, or off to go without)"
+            )
+        })
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! What outsiders can send and see: client-chosen strings in the log.
+//! What outsiders can send and see: client-chosen strings in the log, and
+//! where metrics are served.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::Server;
 use onramp_net::mqtt::ConnectAckReason;
 use onramp_net::mqtt::client::{ClientError, ConnectOptions, MqttClient, Transport};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Text a client controls that would forge a log line and colour a terminal.
 const FORGED: &str = "\nFORGED 2099-01-01T00:00:00Z  INFO onramp: operator logged in\x1b[31m";
@@ -95,4 +96,58 @@ async fn client_chosen_strings_reach_the_log_escaped_in_text_and_json() {
         let records = log.lines().filter(|l| l.contains("FORGED 2099")).count();
         assert!(records >= 2, "{format}: MQTT and HTTPS records: {log}");
     }
+}
+
+#[tokio::test]
+async fn metrics_have_a_listener_of_their_own() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("dev-1", json!({})).await;
+    server.assigned("dev-1", &key, &[]);
+
+    // The public port answers /metrics as it answers any unknown route.
+    let status_of = |path: &'static str| {
+        let request = server.http().get(server.url(path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_of("metrics").await, 404);
+    assert_eq!(status_of("no-such-route").await, 404);
+    assert_eq!(status_of("health").await, 200);
+
+    // The metrics listener, on loopback, recorded in the state file.
+    let listen = server.metrics_listen().unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{listen}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("onramp_registration_attempts_total"),
+        "{metrics}"
+    );
+    let resp = server
+        .http()
+        .get(format!("http://{listen}/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = server
+        .http()
+        .post(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+
+    // Switched off: no listener, nothing in the state file, still 404 in public.
+    let temp = tempfile::tempdir().unwrap();
+    let mut off = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--metrics-listen", "off", "--embedded-hub", "false"],
+    );
+    off.keep(temp);
+    assert_eq!(off.metrics_listen(), None);
+    let resp = off.http().get(off.url("metrics")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 404002, "{body}");
 }

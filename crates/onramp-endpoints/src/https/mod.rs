@@ -1,5 +1,6 @@
-//! The HTTPS application: DPS device API, DPS service API, `/metrics` and
-//! `/health` on one listener, plus (when embedded) the companion hub's routes.
+//! The HTTPS application: DPS device API, DPS service API and `/health` on
+//! one listener, plus (when embedded) the companion hub's routes. Metrics
+//! are not here: they have a listener of their own ([`crate::metrics`]).
 
 mod device;
 pub(crate) mod respond;
@@ -13,7 +14,6 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
 use onramp_core::ProvisioningError;
 use onramp_core::admin::Admin;
 use onramp_core::engine::Engine;
@@ -63,7 +63,6 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub admin: Arc<Admin>,
     pub config: EndpointConfig,
-    pub metrics: Option<PrometheusHandle>,
     /// Routes served when a path is not a DPS path (the embedded hub).
     pub fallback: Option<Router>,
     /// MQTT over WebSockets, upgraded on any path.
@@ -127,17 +126,6 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let (parts, body) = req.into_parts();
     let resp = match route {
         Route::Health => (StatusCode::OK, "ok").into_response(),
-        Route::Metrics => match &state.metrics {
-            Some(handle) => (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                handle.render(),
-            )
-                .into_response(),
-            None => respond::error(&ProvisioningError::new(
-                ErrorCode::RouteNotFound,
-                "metrics are switched off",
-            )),
-        },
         Route::DeviceRegister { .. }
         | Route::DeviceOperation { .. }
         | Route::DeviceStatus { .. } => device::handle(&state, route, &query, &parts, body).await,

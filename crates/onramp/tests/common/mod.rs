@@ -74,11 +74,18 @@ impl Server {
         } else {
             &["--mqtt-listen", "127.0.0.1:0"]
         };
+        // Metrics too: their default port is one per machine.
+        let metrics: &[&str] = if extra.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "127.0.0.1:0"]
+        };
         let child = onramp()
             .args(["serve", "--https-listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--log", "warn,onramp=info,onramp_net=debug"])
             .args(mqtt)
+            .args(metrics)
             .args(extra)
             .env_remove("ONRAMP_CONFIG")
             .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
@@ -396,16 +403,24 @@ impl Server {
         status["registrationState"].clone()
     }
 
-    /// The Prometheus text of `/metrics`.
+    /// The metrics listener's address, from the state file.
+    pub fn metrics_listen(&self) -> Option<String> {
+        self.state["metricsListen"].as_str().map(str::to_owned)
+    }
+
+    /// The Prometheus text of `/metrics`, from the metrics listener.
     pub async fn metrics(&self) -> String {
-        self.http()
-            .get(self.url("metrics"))
+        let listen = self
+            .metrics_listen()
+            .expect("the server runs a metrics listener");
+        let resp = self
+            .http()
+            .get(format!("http://{listen}/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "GET http://{listen}/metrics");
+        resp.text().await.unwrap()
     }
 
     /// An `onramp` admin command on this server's data directory.
