@@ -1,4 +1,5 @@
-//! SharedAccessSignature tokens from devices and operators.
+//! SharedAccessSignature tokens from devices and operators, and the request
+//! paths they are used on.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +11,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = token.resource_is("0ne00000000/registrations/device");
             let _ = token.check_expiry(1_800_000_000, 300);
             let _ = token.is_signed_by("c2VjcmV0LWtleS1mb3ItZnV6emluZy0zMmI=");
+            let _ = token.covers_path("/enrollments/dev-1");
+            let _ = token.covers_path(text);
         }
         let _ = onramp_core::connection_string::ConnectionString::parse(text);
     }

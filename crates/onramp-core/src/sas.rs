@@ -104,6 +104,33 @@ impl SasToken<'_> {
             .eq_ignore_ascii_case(expected.trim_end_matches('/'))
     }
 
+    /// The host the token is for: its resource up to the first `/`.
+    pub fn resource_host(&self) -> &str {
+        self.resource.split('/').next().unwrap_or_default()
+    }
+
+    /// Whether the token may be used on `request_path` (as sent, percent-encoded).
+    ///
+    /// A service token's resource is a URI prefix matched by whole path
+    /// segments: `host` covers every path, `host/enrollments` covers
+    /// `/enrollments` and what lies below it, but not `/enrollmentsX` or
+    /// `/enrollmentGroups`. Segments are compared percent-decoded and without
+    /// case, as routes and IDs are (SDKs lower-case or encode them).
+    pub fn covers_path(&self, request_path: &str) -> bool {
+        let mut path = request_path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(decode);
+        self.resource
+            .split('/')
+            .skip(1)
+            .filter(|s| !s.is_empty())
+            .all(|want| {
+                path.next()
+                    .is_some_and(|got| got.eq_ignore_ascii_case(want))
+            })
+    }
+
     /// Checks the signature against one base64 key. The signed string is the
     /// transmitted `sr`; hand-made tokens that signed the decoded or
     /// canonically encoded resource are accepted too.
@@ -248,6 +275,68 @@ mod tests {
                 t.check_expiry(se + 301, 300),
                 Err(SasError::Expired { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn a_resource_path_scopes_the_token_by_whole_segments() {
+        let token = |sr: &str| format!("SharedAccessSignature sr={}&sig=x&se=1&skn=p", encode(sr));
+        let cases = [
+            ("dps.example.net", "/enrollments/dev-1", true),
+            ("dps.example.net/", "/registrations/dev-1", true),
+            ("dps.example.net/enrollments", "/enrollments", true),
+            ("dps.example.net/enrollments", "/enrollments/", true),
+            ("dps.example.net/enrollments", "/enrollments/dev-1", true),
+            (
+                "dps.example.net/enrollments",
+                "/Enrollments/dev-1/attestationmechanism",
+                true,
+            ),
+            (
+                "DPS.example.net/ENROLLMENTS/Dev-1",
+                "/enrollments/dev-1",
+                true,
+            ),
+            (
+                "dps.example.net/enrollments/dev:1",
+                "/enrollments/dev%3A1",
+                true,
+            ),
+            ("dps.example.net/enrollments/", "/enrollments/dev-1", true),
+            ("dps.example.net/enrollments", "/enrollmentsX/dev-1", false),
+            (
+                "dps.example.net/enrollments",
+                "/enrollmentGroups/g-1",
+                false,
+            ),
+            (
+                "dps.example.net/enrollmentGroups",
+                "/enrollments/dev-1",
+                false,
+            ),
+            ("dps.example.net/devices", "/enrollments/dev-1", false),
+            (
+                "dps.example.net/enrollments/dev-1",
+                "/enrollments/dev-10",
+                false,
+            ),
+            ("dps.example.net/enrollments/dev-1", "/enrollments", false),
+            ("dps.example.net/enrollments/dev-1", "/", false),
+        ];
+        for (sr, path, covered) in cases {
+            let text = token(sr);
+            let t = parse(&text).unwrap();
+            assert_eq!(t.covers_path(path), covered, "{sr} on {path}");
+        }
+        // Raw, as Node sends it, and with lower-case hex, as Java does.
+        for text in [
+            "sr=dps.example.net/enrollments&sig=x&se=1",
+            "sr=dps.example.net%2fenrollments&sig=x&se=1",
+        ] {
+            let t = parse(text).unwrap();
+            assert_eq!(t.resource_host(), "dps.example.net");
+            assert!(t.covers_path("/enrollments/a"), "{text}");
+            assert!(!t.covers_path("/enrollmentGroups/a"), "{text}");
         }
     }
 

@@ -1,5 +1,5 @@
-//! What outsiders can send and see: client-chosen strings in the log, and
-//! where metrics are served.
+//! What outsiders can send and see: client-chosen strings in the log, where
+//! metrics are served, and how far a service token reaches.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -8,9 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, unix_now};
 use onramp_net::mqtt::ConnectAckReason;
 use onramp_net::mqtt::client::{ClientError, ConnectOptions, MqttClient, Transport};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Text a client controls that would forge a log line and colour a terminal.
@@ -150,4 +151,78 @@ async fn metrics_have_a_listener_of_their_own() {
     assert_eq!(resp.status().as_u16(), 404);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["errorCode"], 404002, "{body}");
+}
+
+#[tokio::test]
+async fn service_tokens_reach_only_the_paths_under_their_resource() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("dev-1", json!({})).await;
+    server.assigned("dev-1", &key, &[]);
+    let call = |connection_string: String, resource: String, method: Method, path: &'static str| {
+        let cs =
+            onramp_core::connection_string::ConnectionString::parse(&connection_string).unwrap();
+        let token = onramp_core::sas::sign(
+            &resource,
+            cs.shared_access_key.unwrap().expose(),
+            unix_now() + 600,
+            cs.shared_access_key_name.as_deref(),
+        )
+        .unwrap();
+        let request = server
+            .http()
+            .request(method, server.url(path))
+            .header("Authorization", token);
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (status, text)
+        }
+    };
+
+    // The provisioning service.
+    let dps = server.owner_connection_string().await;
+    let host = server.endpoint();
+    let get_enrollment = "enrollments/dev-1?api-version=2021-10-01";
+    for (resource, want) in [
+        (host.clone(), 200),
+        (format!("{host}/enrollments"), 200),
+        (format!("{host}/Enrollments/DEV-1"), 200),
+        (format!("{host}/enrollments/dev-1/"), 200),
+        (format!("{host}/enrollmentGroups"), 401),
+        (format!("{host}/devices"), 401),
+        (format!("{host}/enrollmentsX"), 401),
+        (format!("{host}/enrollments/dev-10"), 401),
+        (format!("{host}/registrations/dev-1"), 401),
+    ] {
+        let (status, body) = call(dps.clone(), resource.clone(), Method::GET, get_enrollment).await;
+        assert_eq!(status, want, "{resource}: {body}");
+        if want == 401 {
+            assert!(body.contains("does not cover"), "{resource}: {body}");
+        }
+    }
+    let (status, body) = call(
+        dps.clone(),
+        format!("{host}/enrollmentGroups"),
+        Method::POST,
+        "enrollmentGroups/query?api-version=2021-10-01",
+    )
+    .await;
+    assert_eq!(status, 200, "a group token on groups: {body}");
+
+    // The embedded hub, by the same rule.
+    let hub = server.embedded_hub().await;
+    let hub_cs = hub.connection_string.expose().to_owned();
+    let get_device = "devices/dev-1?api-version=2021-04-12";
+    for (resource, want) in [
+        (hub.name.clone(), 200),
+        (format!("{}/devices", hub.name), 200),
+        (format!("{}/devices/dev-1", hub.name), 200),
+        (format!("{}/twins", hub.name), 401),
+        (format!("{}/devicesX", hub.name), 401),
+        (format!("{}/devices/dev-10", hub.name), 401),
+    ] {
+        let (status, body) = call(hub_cs.clone(), resource.clone(), Method::GET, get_device).await;
+        assert_eq!(status, want, "{resource}: {body}");
+    }
 }

@@ -129,7 +129,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         Route::DeviceRegister { .. }
         | Route::DeviceOperation { .. }
         | Route::DeviceStatus { .. } => device::handle(&state, route, &query, &parts, body).await,
-        other => service::handle(&state, other, &query, &parts.method, &parts.headers, body).await,
+        other => service::handle(&state, other, &query, &parts, body).await,
     };
     tracing::debug!(
         target: "onramp::http",

@@ -24,13 +24,12 @@ pub(super) async fn handle(
     state: &Arc<AppState>,
     route: Route,
     query: &Query,
-    method: &http::Method,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
     let name = operation_name(&route);
-    let result = run(state, route, query, method, headers, body).await;
+    let result = run(state, route, query, parts, body).await;
     let (status, caller) = match &result {
         Ok((resp, caller)) => (resp.status().as_u16(), Some(caller.clone())),
         Err(e) => (e.http_status(), None),
@@ -73,15 +72,17 @@ async fn run(
     state: &Arc<AppState>,
     route: Route,
     query: &Query,
-    method: &http::Method,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: Body,
 ) -> Result<(Response, ServiceCaller), ProvisioningError> {
+    let (method, headers) = (&parts.method, &parts.headers);
     query.require_api_version()?;
     let caller = auth::authenticate(
         &**state.engine.store(),
         header(headers, "authorization"),
         &state.config.service_host_names,
+        // As sent: the token's resource must cover it.
+        parts.uri.path(),
         UtcTime::now().unix_seconds(),
         state.config.token_skew_seconds,
     )

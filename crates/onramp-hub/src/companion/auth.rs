@@ -70,11 +70,13 @@ pub struct Refusal {
 }
 
 /// Checks a service token against the hub's policies; returns the rights of
-/// the policy that signed it.
+/// the policy that signed it. A token for `{hub}/devices` covers only the
+/// paths under `/devices` (see [`sas::SasToken::covers_path`]).
 pub fn authorize(
     policies: &[HubPolicy],
     authorization: Option<&str>,
     host_name: &str,
+    request_path: &str,
     now_unix: i64,
 ) -> Result<HubRights, Refusal> {
     let refuse = |m: String| Refusal { message: m };
@@ -82,10 +84,16 @@ pub fn authorize(
         .filter(|h| !h.trim().is_empty())
         .ok_or_else(|| refuse("the request has no Authorization header; sign a SharedAccessSignature with a hub policy key".into()))?;
     let token = sas::parse(header).map_err(|e| refuse(e.to_string()))?;
-    let host_of = |h: &str| h.split('/').next().unwrap_or_default().to_ascii_lowercase();
-    if host_of(&token.resource) != host_name.to_ascii_lowercase() {
+    if !token.resource_host().eq_ignore_ascii_case(host_name) {
         return Err(refuse(format!(
             "the token is for '{}', but this hub is '{host_name}'",
+            token.resource
+        )));
+    }
+    if !token.covers_path(request_path) {
+        return Err(refuse(format!(
+            "the token is for '{}', which does not cover {request_path}; sign it for \
+             '{host_name}' alone or for a path this request lies under",
             token.resource
         )));
     }

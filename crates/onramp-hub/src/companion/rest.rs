@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use onramp_core::keys;
@@ -97,12 +97,18 @@ impl From<HubStoreError> for HubFailure {
 
 type HubResult = Result<Response, HubFailure>;
 
-fn check(hub: &CompanionHub, headers: &HeaderMap, any_of: HubRights) -> Result<(), HubFailure> {
+fn check(
+    hub: &CompanionHub,
+    uri: &Uri,
+    headers: &HeaderMap,
+    any_of: HubRights,
+) -> Result<(), HubFailure> {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     let rights = authorize(
         &hub.policies(),
         auth,
         hub.host_name(),
+        uri.path(),
         UtcTime::now().unix_seconds(),
     )
     .map_err(|r| {
@@ -229,10 +235,11 @@ struct ListQuery {
 
 async fn list_devices(
     State(hub): State<Arc<CompanionHub>>,
+    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
     let top = q.top.unwrap_or(1000).clamp(1, 10_000);
     let records = hub
         .store()
@@ -250,9 +257,10 @@ async fn list_devices(
 async fn get_device(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
     let record = hub
         .store()
         .device(&id)
@@ -265,10 +273,11 @@ async fn get_device(
 async fn put_device(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
     let mut device: Device = parse(&body)?;
     if device.device_id.is_empty() {
         device.device_id = id.clone();
@@ -355,9 +364,10 @@ fn normalize_identity(device: &mut Device) -> Result<(), HubFailure> {
 async fn delete_device(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
     hub.store().delete_device(&id, if_match(&headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -370,10 +380,11 @@ const MAX_BULK: usize = 100;
 /// carries a device's data to another hub).
 async fn bulk_devices(
     State(hub): State<Arc<CompanionHub>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
     let items: Vec<ExportImportDevice> = parse(&body)?;
     if items.is_empty() || items.len() > MAX_BULK {
         return Err(HubFailure::new(
@@ -555,10 +566,12 @@ fn bulk_twin(
 async fn get_twin(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> HubResult {
     check(
         &hub,
+        &uri,
         &headers,
         HubRights::REGISTRY_READ.union(HubRights::SERVICE_CONNECT),
     )?;
@@ -669,11 +682,13 @@ fn notify(hub: &CompanionHub, record: &DeviceRecord, patch: Option<Map<String, V
 async fn patch_twin(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
     check(
         &hub,
+        &uri,
         &headers,
         HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
     )?;
@@ -719,11 +734,13 @@ async fn write_twin_as(
 async fn replace_twin(
     State(hub): State<Arc<CompanionHub>>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
     check(
         &hub,
+        &uri,
         &headers,
         HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
     )?;
@@ -761,8 +778,12 @@ fn certificate_view(name: &str, der: &[u8]) -> Value {
     }
 }
 
-async fn list_certificates(State(hub): State<Arc<CompanionHub>>, headers: HeaderMap) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_READ)?;
+async fn list_certificates(
+    State(hub): State<Arc<CompanionHub>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> HubResult {
+    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
     let certs = hub
         .store()
         .certificates()
@@ -776,10 +797,11 @@ async fn list_certificates(State(hub): State<Arc<CompanionHub>>, headers: Header
 async fn put_certificate(
     State(hub): State<Arc<CompanionHub>>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
     let upload: CertificateUpload = parse(&body)?;
     let bad = |m: String| HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m);
     let der = onramp_core::x509::decode(&upload.certificate)
@@ -801,9 +823,10 @@ async fn put_certificate(
 async fn delete_certificate(
     State(hub): State<Arc<CompanionHub>>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> HubResult {
-    check(&hub, &headers, HubRights::REGISTRY_WRITE)?;
+    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
     if !hub.untrust_ca(&name).await.map_err(HubStoreError::from)? {
         return Err(HubFailure::new(
             StatusCode::NOT_FOUND,
