@@ -210,6 +210,11 @@ impl Admin {
         op: BulkEnrollmentOperation,
     ) -> Result<BulkEnrollmentOperationResult, ProvisioningError> {
         check_bulk_size(op.enrollments.len())?;
+        check_bulk_ids(
+            op.enrollments.iter().map(|e| e.registration_id.as_str()),
+            "enrollments",
+            "registrationId",
+        )?;
         // Read once for the whole batch, not once per item.
         let targets = self.allocation_targets(service).await?;
         let mut errors = Vec::new();
@@ -246,11 +251,6 @@ impl Admin {
         mode: BulkMode,
         targets: &Targets,
     ) -> Result<IndividualEnrollment, ProvisioningError> {
-        if item.registration_id.is_empty() {
-            return Err(ProvisioningError::invalid(
-                "registrationId is required for every bulk item",
-            ));
-        }
         let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
         let id = item.registration_id.clone();
         self.write_enrollment(service, &id, item, condition, targets, |e| {
@@ -307,11 +307,6 @@ impl Admin {
         mode: BulkMode,
         targets: &Targets,
     ) -> Result<EnrollmentGroup, ProvisioningError> {
-        if item.enrollment_group_id.is_empty() {
-            return Err(ProvisioningError::invalid(
-                "enrollmentGroupId is required for every bulk item",
-            ));
-        }
         let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
         let id = item.enrollment_group_id.clone();
         self.write_group(service, &id, item, condition, targets, |e| {
@@ -387,6 +382,13 @@ impl Admin {
         op: BulkEnrollmentGroupOperation,
     ) -> Result<BulkEnrollmentGroupOperationResult, ProvisioningError> {
         check_bulk_size(op.enrollment_groups.len())?;
+        check_bulk_ids(
+            op.enrollment_groups
+                .iter()
+                .map(|g| g.enrollment_group_id.as_str()),
+            "enrollmentGroups",
+            "enrollmentGroupId",
+        )?;
         // Read once for the whole batch, not once per item.
         let targets = self.allocation_targets(service).await?;
         let mut errors = Vec::new();
@@ -807,6 +809,25 @@ fn check_bulk_size(n: usize) -> Result<(), ProvisioningError> {
     Ok(())
 }
 
+/// A bulk item without an ID could only be answered with an error item
+/// whose ID is empty, which the API's schema forbids: the whole request is
+/// refused, as a single write without an ID is.
+fn check_bulk_ids<'a>(
+    ids: impl Iterator<Item = &'a str>,
+    list: &str,
+    field: &str,
+) -> Result<(), ProvisioningError> {
+    for (i, id) in ids.enumerate() {
+        if id.trim().is_empty() {
+            return Err(ProvisioningError::invalid(format!(
+                "{list}[{i}] has no {field}; give every item of a bulk operation its {field} \
+                 (nothing in this request was applied)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn hide_enrollment_keys(mut e: IndividualEnrollment) -> IndividualEnrollment {
     if let Some(att) = e.attestation.as_mut() {
         hide_keys(att);
@@ -937,5 +958,74 @@ mod query_tests {
             "{}",
             err.message
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ManualClock, MemoryStore, conformance};
+    use onramp_model::UtcTime;
+
+    async fn admin() -> Admin {
+        let store = Arc::new(MemoryStore::new());
+        store
+            .create_service(
+                &conformance::service("default", 0x1234),
+                &[conformance::owner("b3duZXI=")],
+            )
+            .await
+            .unwrap();
+        Admin::new(store, Arc::new(ManualClock::new(UtcTime::now())))
+    }
+
+    #[tokio::test]
+    async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
+        let admin = admin().await;
+        for mode in [BulkMode::Create, BulkMode::Update, BulkMode::Delete] {
+            let op = BulkEnrollmentOperation {
+                mode,
+                enrollments: vec![
+                    conformance::enrollment("bulk-1"),
+                    conformance::enrollment(""),
+                ],
+            };
+            let e = admin.bulk_enrollments("default", op).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
+            assert!(
+                e.message.contains("enrollments[1] has no registrationId"),
+                "{}",
+                e.message
+            );
+            assert!(admin.enrollment("default", "bulk-1").await.is_err());
+
+            let op = BulkEnrollmentGroupOperation {
+                mode,
+                enrollment_groups: vec![conformance::group(" "), conformance::group("g-1")],
+            };
+            let e = admin.bulk_groups("default", op).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
+            assert!(
+                e.message
+                    .contains("enrollmentGroups[0] has no enrollmentGroupId"),
+                "{}",
+                e.message
+            );
+            assert!(admin.group("default", "g-1").await.is_err());
+        }
+        // Every item named: applied, and failures reported under their IDs.
+        let op = BulkEnrollmentOperation {
+            mode: BulkMode::Create,
+            enrollments: vec![conformance::enrollment("bulk-1"), {
+                let mut e = conformance::enrollment("bad id");
+                e.registration_id = "bad id".into();
+                e
+            }],
+        };
+        let result = admin.bulk_enrollments("default", op).await.unwrap();
+        assert!(!result.is_successful);
+        assert_eq!(result.errors.len(), 1);
+        assert_eq!(result.errors[0].registration_id, "bad id");
+        assert!(admin.enrollment("default", "bulk-1").await.is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! What outsiders can send and see: client-chosen strings in the log, where
-//! metrics are served, and how far a service token reaches.
+//! metrics are served, how far a service token reaches, and the rules for
+//! bulk items.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -224,5 +225,62 @@ async fn service_tokens_reach_only_the_paths_under_their_resource() {
     ] {
         let (status, body) = call(hub_cs.clone(), resource.clone(), Method::GET, get_device).await;
         assert_eq!(status, want, "{resource}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
+    let server = Server::start("127.0.0.1:0");
+    let cs = server.owner_connection_string().await;
+    let sym = json!({"type": "symmetricKey"});
+    for (path, body, want) in [
+        (
+            "enrollments?api-version=2021-10-01",
+            json!({"mode": "create", "enrollments": [
+                {"registrationId": "bulk-1", "attestation": sym},
+                {"attestation": sym},
+            ]}),
+            "enrollments[1] has no registrationId",
+        ),
+        (
+            "enrollments/?api-version=2021-10-01",
+            json!({"mode": "delete", "enrollments": [
+                {"registrationId": "", "attestation": sym},
+            ]}),
+            "enrollments[0] has no registrationId",
+        ),
+        (
+            "enrollmentGroups?api-version=2021-10-01",
+            json!({"mode": "update", "enrollmentGroups": [
+                {"enrollmentGroupId": "grp-1", "attestation": sym},
+                {"enrollmentGroupId": "grp-2", "attestation": sym},
+                {"enrollmentGroupId": "", "attestation": sym},
+            ]}),
+            "enrollmentGroups[2] has no enrollmentGroupId",
+        ),
+    ] {
+        let (status, headers, v) = server
+            .service_call(&cs, Method::POST, path, Some(body), &[])
+            .await;
+        assert_eq!(
+            (status, v["errorCode"].as_u64()),
+            (400, Some(400004)),
+            "{v}"
+        );
+        assert!(v["message"].as_str().unwrap().contains(want), "{v}");
+        assert!(headers.contains_key("x-ms-error-code"));
+    }
+    // Nothing of a refused request was applied.
+    for path in ["enrollments/bulk-1", "enrollmentGroups/grp-1"] {
+        let (status, _, v) = server
+            .service_call(
+                &cs,
+                Method::GET,
+                &format!("{path}?api-version=2021-10-01"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(status, 404, "{path}: {v}");
     }
 }
