@@ -1,5 +1,5 @@
 //! SharedAccessSignature tokens from devices and operators, and the request
-//! paths they are used on.
+//! paths and api-version values that come with them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = token.covers_path("/enrollments/dev-1");
             let _ = token.covers_path(text);
         }
+        let _ = onramp_model::ids::check_api_version(text);
         let _ = onramp_core::connection_string::ConnectionString::parse(text);
     }
 });

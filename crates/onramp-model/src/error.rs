@@ -49,6 +49,7 @@ macro_rules! error_codes {
 error_codes! {
     InvalidRequestBody = 400001,
     MissingApiVersion = 400002,
+    InvalidApiVersion = 400003,
     InvalidArgument = 400004,
     RegistrationIdMismatch = 400005,
     UnsupportedAttestation = 400006,

@@ -1,4 +1,5 @@
-//! Identifiers with rules: registration IDs, enrollment group IDs, ID scopes and ETags.
+//! Identifiers with rules: registration IDs, enrollment group IDs, ID scopes,
+//! `api-version` values and ETags.
 
 use std::fmt;
 
@@ -72,6 +73,62 @@ fn check_id(text: &str, what: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks an `api-version` value: a date, `YYYY-MM-DD`, optionally followed
+/// by `-` and a label of letters (`2017-08-31-preview`). Every version Azure
+/// has published has this form, so devices in the field that still send old
+/// ones are served; anything else is not an API version at all.
+pub fn check_api_version(value: &str) -> Result<(), String> {
+    let refuse = || {
+        Err(format!(
+            "api-version '{}' is not an API version; send a date such as 2021-10-01, \
+             optionally followed by a label such as -preview",
+            shown(value, 32)
+        ))
+    };
+    let (Some(date), label) = (value.get(..10), value.get(10..)) else {
+        return refuse();
+    };
+    let b = date.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10)) {
+        return refuse();
+    }
+    let month = (b[5] - b'0') * 10 + (b[6] - b'0');
+    let day = (b[8] - b'0') * 10 + (b[9] - b'0');
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return refuse();
+    }
+    match label {
+        Some("") | None => Ok(()),
+        Some(l) => match l.strip_prefix('-') {
+            Some(word)
+                if (1..=20).contains(&word.len())
+                    && word.bytes().all(|c| c.is_ascii_alphabetic()) =>
+            {
+                Ok(())
+            }
+            _ => refuse(),
+        },
+    }
+}
+
+/// At most `max` characters of a client's text, with control characters
+/// escaped, for an error message.
+fn shown(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The ID scope that names one provisioning service to devices, e.g. `0ne0001A2B3`.
@@ -185,6 +242,45 @@ mod tests {
         assert_eq!(RegistrationId::parse("Dev-01").unwrap().key(), "dev-01");
         let long = RegistrationId::parse(&"x".repeat(129)).unwrap_err();
         assert!(long.contains("129 characters"), "{long}");
+    }
+
+    #[test]
+    fn api_versions_are_dates_with_an_optional_label() {
+        for ok in [
+            "2017-08-31-preview",
+            "2017-11-15",
+            "2018-11-01",
+            "2019-03-31",
+            "2021-06-01",
+            "2021-10-01",
+            "2025-07-01-preview",
+            "2026-11-02-preview",
+            "2021-04-12",
+        ] {
+            assert!(check_api_version(ok).is_ok(), "{ok}");
+        }
+        let long = "2021-10-01".to_owned() + &"x".repeat(5 * 1024);
+        for bad in [
+            "",
+            " ",
+            "latest",
+            "2021-10-1",
+            "2021-13-01",
+            "2021-10-00",
+            "2021/10/01",
+            "2021-10-01-",
+            "2021-10-01preview",
+            "2021-10-01-pre view",
+            "2021-10-01\0",
+            "\u{ff}2021-10-01",
+            "2021-10-01\u{ff}",
+            "２０２１-10-01",
+            long.as_str(),
+        ] {
+            let e = check_api_version(bad).unwrap_err();
+            assert!(e.contains("api-version") && e.contains("2021-10-01"), "{e}");
+            assert!(e.len() < 200 && !e.contains('\0'), "{e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What outsiders can send and see: client-chosen strings in the log, where
 //! metrics are served, how far a service token reaches, and the rules for
-//! bulk items.
+//! bulk items and api-version values.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -283,4 +283,168 @@ async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
             .await;
         assert_eq!(status, 404, "{path}: {v}");
     }
+}
+
+#[tokio::test]
+async fn api_version_must_be_a_version_on_every_route() {
+    let server = Server::start("127.0.0.1:0");
+    let scope = server.id_scope();
+    let cs = server.owner_connection_string().await;
+    let key = server.enroll("dev-1", json!({})).await;
+    let token = server.device_token("dev-1", &key, unix_now() + 600);
+    let five_kb = format!("2021-10-01{}", "x".repeat(5 * 1024));
+    let bad = [
+        "2021-10-01%00",
+        "%FF",
+        five_kb.as_str(),
+        "latest",
+        "2021-13-01",
+    ];
+
+    // DPS device and service APIs over HTTPS.
+    for version in bad {
+        let query = format!("?api-version={version}");
+        let (status, headers, v) = server
+            .register_raw(&scope, "dev-1", &query, Some(&token), b"{}".to_vec())
+            .await;
+        assert_eq!(
+            (status, v["errorCode"].as_u64()),
+            (400, Some(400003)),
+            "{v}"
+        );
+        assert!(headers.contains_key("x-ms-error-code"));
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.contains("api-version")
+                && message.contains("2021-10-01")
+                && message.len() < 300,
+            "{message}"
+        );
+        let (status, _, v) = server
+            .service_call(
+                &cs,
+                Method::GET,
+                &format!("enrollments/dev-1{query}"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, v["errorCode"].as_u64()),
+            (400, Some(400003)),
+            "{v}"
+        );
+    }
+    // Every date version devices and tools send is served.
+    for version in [
+        "2017-08-31-preview",
+        "2018-11-01",
+        "2019-03-31",
+        "2021-06-01",
+        "2021-10-01",
+        "2025-07-01-preview",
+    ] {
+        let query = format!("?api-version={version}");
+        let (status, _, v) = server
+            .register_raw(&scope, "dev-1", &query, Some(&token), b"{}".to_vec())
+            .await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (202, Some("assigned")),
+            "{version}: {v}"
+        );
+        let (status, _, v) = server
+            .service_call(
+                &cs,
+                Method::GET,
+                &format!("enrollments/dev-1{query}"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(status, 200, "{version}: {v}");
+    }
+
+    // The DPS MQTT user name.
+    let dps_options = |api_version: &str| ConnectOptions {
+        client_id: "dev-1".into(),
+        username: Some(format!(
+            "{scope}/registrations/dev-1/api-version={api_version}&ClientVersion=test"
+        )),
+        password: Some(token.clone()),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    for version in ["2021-10-01%00", "%FF", "latest"] {
+        match mqtt_connect(&server, &dps_options(version)).await {
+            Err(ClientError::Refused(ConnectAckReason::BadUserNameOrPassword)) => {}
+            Err(e) => panic!("{version}: {e}"),
+            Ok(_) => panic!("{version}: accepted"),
+        }
+    }
+    mqtt_connect(&server, &dps_options("2017-08-31-preview"))
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+
+    // The companion hub's REST API and MQTT user name.
+    let hub = server.embedded_hub().await;
+    let hub_cs = hub.connection_string.expose().to_owned();
+    for (query, want) in [
+        ("", 400),
+        ("?api-version=", 400),
+        ("?api-version=2021-04-12%00", 400),
+        ("?api-version=%FF", 400),
+        ("?api-version=2021-04-12", 200),
+        ("?api-version=2019-10-01", 200),
+    ] {
+        let (status, headers, v) = server
+            .service_call(
+                &hub_cs,
+                Method::GET,
+                &format!("devices/dev-1{query}"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(status, want, "{query}: {v}");
+        if want == 400 {
+            assert_eq!(headers["iothub-errorcode"], "InvalidProtocolVersion", "{v}");
+            assert!(
+                v["Message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ErrorCode:InvalidProtocolVersion;"),
+                "{v}"
+            );
+        }
+    }
+    let hub_host = hub.name.split(':').next().unwrap().to_owned();
+    let hub_token = onramp_core::sas::sign(
+        &format!("{}/devices/dev-1", hub.name),
+        &key,
+        unix_now() + 600,
+        None,
+    )
+    .unwrap();
+    let hub_options = |api_version: &str| ConnectOptions {
+        client_id: "dev-1".into(),
+        username: Some(format!("{hub_host}/dev-1/?api-version={api_version}")),
+        password: Some(hub_token.clone()),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    for version in ["2021-04-12%00", "%FF", "latest"] {
+        match mqtt_connect(&server, &hub_options(version)).await {
+            Err(ClientError::Refused(ConnectAckReason::BadUserNameOrPassword)) => {}
+            Err(e) => panic!("hub {version}: {e}"),
+            Ok(_) => panic!("hub {version}: accepted"),
+        }
+    }
+    mqtt_connect(&server, &hub_options("2019-10-01"))
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
 }

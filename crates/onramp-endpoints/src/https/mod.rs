@@ -160,17 +160,19 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every DPS call carries `api-version`; any value is accepted (devices in
-    /// the field still send 2017–2019 versions).
+    /// Every DPS call carries `api-version`. Any well-formed version is
+    /// accepted (devices in the field still send 2017–2019 versions); a value
+    /// that is not a version at all is refused.
     pub(crate) fn require_api_version(&self) -> Result<&str, ProvisioningError> {
-        self.get("api-version")
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| {
-                ProvisioningError::new(
-                    ErrorCode::MissingApiVersion,
-                    "the api-version query parameter is required, e.g. ?api-version=2021-10-01",
-                )
-            })
+        let Some(value) = self.get("api-version").filter(|v| !v.is_empty()) else {
+            return Err(ProvisioningError::new(
+                ErrorCode::MissingApiVersion,
+                "the api-version query parameter is required, e.g. ?api-version=2021-10-01",
+            ));
+        };
+        onramp_model::ids::check_api_version(value)
+            .map_err(|m| ProvisioningError::new(ErrorCode::InvalidApiVersion, m))?;
+        Ok(value)
     }
 }
 

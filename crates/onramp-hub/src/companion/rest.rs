@@ -41,7 +41,36 @@ pub fn router(hub: Arc<CompanionHub>) -> Router {
             "/onramp/certificates/{name}",
             axum::routing::put(put_certificate).delete(delete_certificate),
         )
+        // Only on the hub's routes: an unknown path stays a plain 404.
+        .route_layer(axum::middleware::from_fn(require_api_version))
         .with_state(hub)
+}
+
+/// IoT Hub refuses a call without a well-formed `api-version` with
+/// `InvalidProtocolVersion`; any version is served the same model.
+async fn require_api_version(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let pairs = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let version = pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
+        .map(|(_, v)| v.as_str());
+    let refusal = match version {
+        None | Some("") => Some(
+            "the api-version query parameter is required, e.g. ?api-version=2021-04-12".to_owned(),
+        ),
+        Some(v) => onramp_model::ids::check_api_version(v).err(),
+    };
+    match refusal {
+        Some(m) => {
+            HubFailure::new(StatusCode::BAD_REQUEST, "InvalidProtocolVersion", m).into_response()
+        }
+        None => next.run(req).await,
+    }
 }
 
 /// An IoT Hub error: `{"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:…"}`
