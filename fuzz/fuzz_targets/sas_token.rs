@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = token.covers_path(text);
         }
         let _ = onramp_model::ids::check_api_version(text);
+        let _ = onramp_model::ids::check_device_id(text);
         let _ = onramp_core::connection_string::ConnectionString::parse(text);
     }
 });

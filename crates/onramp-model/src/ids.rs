@@ -1,5 +1,5 @@
-//! Identifiers with rules: registration IDs, enrollment group IDs, ID scopes,
-//! `api-version` values and ETags.
+//! Identifiers with rules: registration IDs, enrollment group IDs, IoT Hub
+//! device IDs, ID scopes, `api-version` values and ETags.
 
 use std::fmt;
 
@@ -70,6 +70,41 @@ fn check_id(text: &str, what: &str) -> Result<(), String> {
     if !(last.is_ascii_alphanumeric() || last == b'-') {
         return Err(format!(
             "the {what} '{text}' must end with a letter, a digit or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Longest IoT Hub device ID.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// What IoT Hub allows in a device ID besides ASCII letters and digits (its
+/// identity registry documentation; `+` and `#` are not among them).
+pub const DEVICE_ID_SPECIALS: &str = "-.%_*?!(),:=@$'";
+
+/// Checks IoT Hub's rule for device IDs: 1 to 128 characters, ASCII letters
+/// and digits plus [`DEVICE_ID_SPECIALS`]; case-sensitive.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!(
+            "the device ID is empty; use 1 to {MAX_DEVICE_ID_LEN} characters"
+        ));
+    }
+    let chars = id.chars().count();
+    if chars > MAX_DEVICE_ID_LEN {
+        return Err(format!(
+            "the device ID '{}' is {chars} characters long; the limit is {MAX_DEVICE_ID_LEN}",
+            shown(id, 16)
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || DEVICE_ID_SPECIALS.contains(*c)))
+    {
+        return Err(format!(
+            "the device ID '{}' contains '{}'; use ASCII letters, digits and {DEVICE_ID_SPECIALS}",
+            shown(id, 32),
+            bad.escape_default()
         ));
     }
     Ok(())
@@ -242,6 +277,41 @@ mod tests {
         assert_eq!(RegistrationId::parse("Dev-01").unwrap().key(), "dev-01");
         let long = RegistrationId::parse(&"x".repeat(129)).unwrap_err();
         assert!(long.contains("129 characters"), "{long}");
+    }
+
+    #[test]
+    fn device_id_rules_are_iot_hubs() {
+        for ok in [
+            "a",
+            "dev-01",
+            "A.b%c_d*e?f!g(h)i,j:k=l@m$n'o",
+            &"x".repeat(128),
+        ] {
+            assert!(check_device_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a+b",
+            "a#b",
+            "a/b",
+            "ü",
+            "a\nb",
+            &"x".repeat(129),
+        ] {
+            assert!(check_device_id(bad).is_err(), "{bad}");
+        }
+        let long = check_device_id(&"x".repeat(300)).unwrap_err();
+        assert!(
+            long.contains("300 characters") && long.contains("128"),
+            "{long}"
+        );
+        assert!(
+            long.len() < 120,
+            "the message does not repeat the whole ID: {long}"
+        );
+        let bad = check_device_id("a\u{1b}[31m").unwrap_err();
+        assert!(!bad.contains('\u{1b}'), "{bad}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What outsiders can send and see: client-chosen strings in the log, where
 //! metrics are served, how far a service token reaches, and the rules for
-//! bulk items and api-version values.
+//! bulk items, api-version values and IoT Hub device IDs.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -447,4 +447,102 @@ async fn api_version_must_be_a_version_on_every_route() {
         .unwrap()
         .disconnect()
         .await;
+}
+
+#[tokio::test]
+async fn hub_device_ids_follow_iot_hub_rules() {
+    let server = Server::start("127.0.0.1:0");
+    let hub = server.embedded_hub().await;
+    let hub_cs = hub.connection_string.expose().to_owned();
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let (server, hub_cs) = (&server, hub_cs.clone());
+        async move {
+            server
+                .service_call(
+                    &hub_cs,
+                    method,
+                    &format!("{path}?api-version=2021-04-12"),
+                    body,
+                    &[],
+                )
+                .await
+        }
+    };
+    let long = "x".repeat(300);
+    for id in [long.as_str(), "a+b", "a%23b", "a%20b", "%C3%BC"] {
+        let (status, headers, v) =
+            call(Method::PUT, format!("devices/{id}"), Some(json!({}))).await;
+        assert_eq!(status, 400, "{id}: {v}");
+        assert_eq!(headers["iothub-errorcode"], "ArgumentInvalid", "{id}");
+        let message = v["Message"].as_str().unwrap();
+        assert!(
+            message.starts_with("ErrorCode:ArgumentInvalid;the device ID"),
+            "{id}: {message}"
+        );
+        assert!(message.len() < 300, "{message}");
+    }
+    let (status, _, v) = call(
+        Method::PUT,
+        "devices/A.b%25c_d*e%3Ff!g(h)i,j:k=l@m$n'o".into(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "every allowed character: {v}");
+    assert_eq!(v["deviceId"], "A.b%c_d*e?f!g(h)i,j:k=l@m$n'o");
+    let max = "y".repeat(128);
+    let (status, _, v) = call(Method::PUT, format!("devices/{max}"), Some(json!({}))).await;
+    assert_eq!(status, 200, "128 characters: {v}");
+
+    // Bulk: a bad ID refuses the request as a whole, naming the item.
+    let (status, _, v) = call(
+        Method::POST,
+        "devices".into(),
+        Some(json!([
+            {"id": "bulk-ok", "importMode": "create"},
+            {"id": long, "importMode": "create"},
+        ])),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let message = v["Message"].as_str().unwrap();
+    assert!(
+        message.contains("devices[1].id") && message.contains("300 characters"),
+        "{message}"
+    );
+    let (status, _, v) = call(
+        Method::POST,
+        "devices".into(),
+        Some(json!([{"id": "", "importMode": "create"}])),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["Message"].as_str().unwrap().contains("devices[0].id"),
+        "{v}"
+    );
+    let (status, _, _) = call(Method::GET, "devices/bulk-ok".into(), None).await;
+    assert_eq!(status, 404, "nothing of the refused request was applied");
+
+    // The provisioning service refuses an enrollment whose deviceId the hub would.
+    let cs = server.owner_connection_string().await;
+    for device_id in [long.as_str(), "a+b", "a#b"] {
+        let (status, _, v) = server
+            .service_call(
+                &cs,
+                Method::PUT,
+                "enrollments/dev-1?api-version=2021-10-01",
+                Some(json!({"attestation": {"type": "symmetricKey"}, "deviceId": device_id})),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, v["errorCode"].as_u64()),
+            (400, Some(400004)),
+            "{v}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().starts_with("deviceId:"),
+            "{v}"
+        );
+    }
 }

@@ -320,6 +320,7 @@ async fn put_device(
             ),
         ));
     }
+    check_device_id(&device.device_id)?;
     normalize_identity(&mut device)?;
     // Read-only members the hub owns.
     device.connection_state = None;
@@ -332,6 +333,12 @@ async fn put_device(
         .put_device(device, if_match(&headers), UtcTime::now())
         .await?;
     Ok(ok_json(device_view(&hub, &record)))
+}
+
+/// IoT Hub's rule for device IDs, on every write that names one.
+fn check_device_id(id: &str) -> Result<(), HubFailure> {
+    onramp_model::ids::check_device_id(id)
+        .map_err(|m| HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m))
 }
 
 fn normalize_identity(device: &mut Device) -> Result<(), HubFailure> {
@@ -425,6 +432,13 @@ async fn bulk_devices(
             ),
         ));
     }
+    // An item the hub could never store refuses the call, as a single write
+    // would be refused, before any item is applied.
+    for (i, item) in items.iter().enumerate() {
+        check_device_id(&item.id).map_err(|f| {
+            HubFailure::new(f.status, f.code, format!("devices[{i}].id: {}", f.message))
+        })?;
+    }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = items
         .iter()
@@ -470,13 +484,6 @@ async fn bulk_devices(
 }
 
 async fn bulk_item(hub: &CompanionHub, item: ExportImportDevice) -> Result<(), HubFailure> {
-    if item.id.is_empty() {
-        return Err(HubFailure::new(
-            StatusCode::BAD_REQUEST,
-            "ArgumentInvalid",
-            "every item needs an id",
-        ));
-    }
     let mode = item.import_mode.unwrap_or_default();
     let etag = |tag: &Option<String>| {
         Some(tag.clone().unwrap_or_else(|| "*".into())).filter(|_| {
