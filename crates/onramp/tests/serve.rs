@@ -556,10 +556,11 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
     let config_flag = ["--config", config.to_str().unwrap()];
 
     let mut server = Server::start_in(&dir, &listen, &config_flag);
-    let first_stdout = server.stdout();
-    assert!(
-        first_stdout.contains("SharedAccessKey="),
-        "the connection string is printed at creation: {first_stdout}"
+    // serve.json can appear a moment before the summary is printed.
+    common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the connection string printed at creation",
+        || Some(()).filter(|()| server.stdout().contains("SharedAccessKey=")),
     );
     let out = onramp()
         .args([
