@@ -8,8 +8,10 @@
 //!
 //! Symmetric keys, policy keys and hub connection strings never reach a
 //! database file in plaintext: every backend seals them with [`seal::Sealer`].
+//! Every file and folder they create is private to the owner ([`private`]).
 #![forbid(unsafe_code)]
 
+pub mod private;
 pub mod seal;
 pub mod sqlite;
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
@@ -75,7 +75,7 @@ impl Sealer {
     /// Loads the ring from `dir` (files `<id>.key` holding base64 keys, and
     /// `active` naming the sealing key), creating a first key if there is none.
     pub fn load_or_create(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        crate::private::own_dir(dir)?;
         let active_file = dir.join("active");
         if !active_file.exists() {
             let mut key = vec![0u8; 32];
@@ -83,12 +83,13 @@ impl Sealer {
                 .fill(&mut key)
                 .map_err(|_| io::Error::other("the system random number generator failed"))?;
             let id = key_id(&key);
-            write_private(
+            crate::private::write(
                 &dir.join(format!("{id}.key")),
                 STANDARD.encode(&key).as_bytes(),
             )?;
-            write_private(&active_file, id.as_bytes())?;
+            crate::private::write(&active_file, id.as_bytes())?;
         }
+        crate::private::restrict(&active_file)?;
         let active = fs::read_to_string(&active_file)?.trim().to_owned();
         let mut active_key = None;
         let mut others = Vec::new();
@@ -97,6 +98,7 @@ impl Sealer {
             if path.extension().and_then(|e| e.to_str()) != Some("key") {
                 continue;
             }
+            crate::private::restrict(&path)?;
             let text = fs::read_to_string(&path)?;
             let key = STANDARD.decode(text.trim()).map_err(|_| {
                 io::Error::new(
@@ -181,17 +183,6 @@ impl Sealer {
             .map_err(|_| SealError::Tampered)?;
         Ok(plain.to_vec())
     }
-}
-
-/// Writes a file readable by its owner only.
-fn write_private(path: &PathBuf, bytes: &[u8]) -> io::Result<()> {
-    fs::write(path, bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! services and linked hubs. A running server sees the changes at once (it
 //! reads them from the store for every registration).
 
+use anyhow::Context;
 use onramp_core::keys;
 use onramp_core::ports::Store;
 use onramp_core::tenant::{AccessRights, LinkedHub, OWNER_POLICY, SharedAccessPolicy};
@@ -70,7 +71,9 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             allocation_policy,
         } => {
             let config = Config::load(&location)?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            onramp_store::private::create_dir(&config.data_dir).with_context(|| {
+                format!("creating the data directory {}", config.data_dir.display())
+            })?;
             let store = local::open_store(&config, local::sealer(&config)?)?;
             let policy = match allocation_policy {
                 Some(p) => service_default_policy(&p, false)?,

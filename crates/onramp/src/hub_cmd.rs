@@ -78,7 +78,7 @@ pub struct RunningHub {
 
 /// Starts a companion hub on its own listeners.
 pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
-    std::fs::create_dir_all(&args.data_dir)
+    onramp_store::private::create_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -127,7 +127,7 @@ impl ServeState {
 
     pub fn write(&self, config: &Config) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(config.state_file(), text)
+        onramp_store::private::write(&config.state_file(), text.as_bytes())
             .with_context(|| format!("writing {}", config.state_file().display()))
     }
 }

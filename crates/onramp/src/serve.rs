@@ -59,7 +59,7 @@ impl Running {
 /// Starts Onramp as configured: store, provisioning service, hubs, engine,
 /// listeners. `summary` prints what an operator needs to know.
 pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
+    onramp_store::private::create_dir(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
 
     let sealer = local::sealer(config)?;

@@ -130,7 +130,7 @@ fn matches(current: &str, if_match: &str) -> bool {
 impl HubStore {
     pub fn open(path: &Path, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            onramp_store::private::create_dir(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }

@@ -73,6 +73,7 @@ impl Db {
         durability: Durability,
         migrate: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> Result<Self, StoreError> {
+        make_private(path)?;
         let writer_conn = Connection::open(path).map_err(sql_error)?;
         configure(&writer_conn, durability, false).map_err(sql_error)?;
         migrate(&writer_conn).map_err(sql_error)?;
@@ -134,6 +135,23 @@ impl Db {
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
+}
+
+/// Creates the database file private before SQLite opens it: SQLite gives
+/// the `-wal` and `-shm` files the mode of the database file, and creates a
+/// missing one under the umask. Files left readable by an earlier version
+/// are restricted.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    let failed =
+        |p: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", p.display()));
+    crate::private::touch(path).map_err(|e| failed(path, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let side = Path::new(&name);
+        crate::private::restrict(side).map_err(|e| failed(side, e))?;
+    }
+    Ok(())
 }
 
 fn closed() -> StoreError {
