@@ -2,6 +2,13 @@
 //! Onramp answers to, created on first start under `<data>/tls` and reused
 //! after. Devices and SDKs trust `ca.pem`; nothing here is for production
 //! (bring your own certificate with `tls.cert` / `tls.key`).
+//!
+//! Each development CA has a name of its own (a suffix from its key) and
+//! every certificate names its issuer's key (authority key identifier): a
+//! client that trusts two of them at once, say a service's and a separate
+//! companion hub's, finds the right one. OpenSSL, which picks an issuer by
+//! name, failed with "certificate signature failure" when all were called
+//! alike. A CA created before keeps its name, so devices that trust it still do.
 
 use std::fs;
 use std::io;
@@ -49,8 +56,15 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
     if !ca_cert_path.exists() || !ca_key_path.exists() {
         let key = KeyPair::generate().map_err(other)?;
         let mut params = CertificateParams::default();
+        let suffix: String = params.key_identifier(&key)[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Onramp Development CA");
+        dn.push(
+            DnType::CommonName,
+            format!("Onramp Development CA {suffix}"),
+        );
         dn.push(DnType::OrganizationName, "Onramp (development only)");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -62,6 +76,7 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);
+        // A CA certificate carries its subject key identifier (rcgen writes it for CAs).
         let cert = params.self_signed(&key).map_err(other)?;
         write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
         write_private(&ca_cert_path, cert.pem().as_bytes())?;
@@ -74,8 +89,10 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
         .map(|h| onramp_model::authority::host(h).to_ascii_lowercase())
         .collect();
     let current = fs::read_to_string(&server_cert_path).ok();
-    let fresh =
-        current.as_deref().is_some_and(|pem| covers(pem, &wanted)) && server_key_path.exists();
+    let fresh = current
+        .as_deref()
+        .is_some_and(|pem| covers(pem, &wanted) && names_its_issuer(pem))
+        && server_key_path.exists();
     if !fresh {
         let ca_key = KeyPair::from_pem(&fs::read_to_string(&ca_key_path)?).map_err(other)?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(other)?;
@@ -103,6 +120,9 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Subject and authority key identifiers (an explicit end entity gets both).
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(825);
@@ -161,6 +181,24 @@ fn covers(pem: &str, wanted: &[String]) -> bool {
         })
         .collect();
     wanted.iter().all(|w| names.iter().any(|n| n == w))
+}
+
+/// Whether the first certificate in `pem` names its issuer's key: a server
+/// certificate issued before that was done is issued again (by the same CA).
+fn names_its_issuer(pem: &str) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    cert.iter_extensions().any(|e| {
+        matches!(
+            e.parsed_extension(),
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a)
+                if a.key_identifier.is_some()
+        )
+    })
 }
 
 // Private files and folders, whatever the umask: the CA's key signs for
@@ -239,6 +277,116 @@ mod tests {
         ));
         crate::tls::server_config(&c.server_chain_pem, &c.server_key_pem, &[b"http/1.1"]).unwrap();
     }
+
+    /// The subject name, subject key identifier and authority key
+    /// identifier of the first certificate in `pem`.
+    fn names(pem: &str) -> (String, Option<Vec<u8>>, Option<Vec<u8>>) {
+        use x509_parser::extensions::ParsedExtension;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let (mut ski, mut aki) = (None, None);
+        for e in cert.iter_extensions() {
+            match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(k.0.to_vec()),
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    aki = a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => {}
+            }
+        }
+        (cert.subject().to_string(), ski, aki)
+    }
+
+    #[test]
+    fn each_ca_has_its_own_name_and_certificates_name_their_issuer_key() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = load_or_create(one.path(), &default_host_names()).unwrap();
+        let b = load_or_create(two.path(), &default_host_names()).unwrap();
+        let (a_name, a_ski, _) = names(&a.ca_pem);
+        let (b_name, _, _) = names(&b.ca_pem);
+        assert!(a_name.contains("Onramp Development CA "), "{a_name}");
+        assert_ne!(a_name, b_name);
+        let (_, server_ski, server_aki) = names(&a.server_chain_pem);
+        assert!(a_ski.is_some() && server_ski.is_some());
+        assert_eq!(
+            server_aki, a_ski,
+            "the server certificate names its CA's key"
+        );
+    }
+
+    #[test]
+    fn an_existing_ca_is_kept_and_its_server_certificate_gains_the_identifier() {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA and server certificate as earlier versions made them: the
+        // shared name, no authority key identifier.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Onramp Development CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let issuer = Issuer::new(params, key);
+        let server_key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".into()]).unwrap();
+        server.subject_alt_names = default_host_names()
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into().unwrap()),
+            })
+            .collect();
+        let old_server = server.signed_by(&server_key, &issuer).unwrap();
+        fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        fs::write(dir.path().join("ca.key"), issuer.key().serialize_pem()).unwrap();
+        fs::write(dir.path().join("server.pem"), old_server.pem()).unwrap();
+        fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+
+        let pki = load_or_create(dir.path(), &default_host_names()).unwrap();
+        assert_eq!(pki.ca_pem, ca.pem(), "the CA devices trust is kept");
+        let (_, ca_ski, _) = names(&pki.ca_pem);
+        let (_, _, server_aki) = names(&pki.server_chain_pem);
+        assert_eq!(
+            server_aki, ca_ski,
+            "reissued by the same CA, naming its key"
+        );
+        #[cfg(unix)]
+        for name in ["", "ca.pem", "ca.key", "server.pem", "server.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+        }
+    }
+
+    #[test]
+    fn the_test_pki_names_issuer_keys() {
+        use testing::{Issued, Validity};
+        let root = Issued::root("Test Root", Validity::days(1)).unwrap();
+        let ica = root
+            .intermediate("Test Intermediate", Validity::days(1))
+            .unwrap();
+        let device = ica.device("sensor-1", Validity::days(1)).unwrap();
+        let (_, root_ski, _) = names(&root.cert_pem);
+        let (_, ica_ski, ica_aki) = names(&ica.cert_pem);
+        let (_, device_ski, device_aki) = names(&device.cert_pem);
+        assert!(root_ski.is_some() && device_ski.is_some());
+        assert_eq!(ica_aki, root_ski);
+        assert_eq!(device_aki, ica_ski);
+        let reloaded = Issued::from_pem(&ica.cert_pem, &ica.key_pem).unwrap();
+        let (_, _, again) = names(
+            &reloaded
+                .device("sensor-2", Validity::days(1))
+                .unwrap()
+                .cert_pem,
+        );
+        assert_eq!(
+            again, ica_ski,
+            "a CA reloaded from its files names the same key"
+        );
+    }
 }
 
 /// A small PKI for people who test X.509 attestation: roots, intermediates
@@ -276,6 +424,9 @@ pub mod testing {
         }
     }
 
+    /// Every certificate carries its subject key identifier (CAs always,
+    /// end entities as explicit non-CAs) and, when issued by a CA, its
+    /// issuer's: clients that trust several roots of one name find the right one.
     fn params(cn: &str, validity: Validity) -> CertificateParams {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -283,6 +434,8 @@ pub mod testing {
         params.distinguished_name = dn;
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
         params
     }
 

@@ -1,4 +1,5 @@
-//! The data directory around a server's life: private files whatever the umask.
+//! The data directory around a server's life: private files whatever the
+//! umask, and development CAs that a client can trust side by side.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::wait_for;
+use common::{HubProcess, Server, token_for, wait_for};
 use serde_json::Value;
 
 /// `onramp ARGS` under `umask 000`, the most permissive there is.
@@ -184,5 +185,83 @@ async fn files_under_the_data_directory_are_private_whatever_the_umask() {
         not_private(&admin_dir),
         Vec::<String>::new(),
         "service create"
+    );
+}
+
+/// `python3`, when this machine has it (its `ssl` module is OpenSSL).
+fn python3() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some("python3");
+    }
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "python3 is not installed"
+    );
+    eprintln!("skipping the OpenSSL client: python3 is not installed");
+    None
+}
+
+#[tokio::test]
+async fn one_client_trusts_two_development_cas_at_once() {
+    let server = Server::start("127.0.0.1:0");
+    let temp = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(&temp.path().join("hub"), None);
+    let hub_ca = std::fs::read_to_string(hub.dir.join("tls/ca.pem")).unwrap();
+    let subject = |pem: &str| onramp_core::x509::info(pem).unwrap().subject_name;
+    assert_ne!(
+        subject(&server.ca_pem),
+        subject(&hub_ca),
+        "each CA has its own name"
+    );
+    let bundle = format!("{}{}", server.ca_pem, hub_ca);
+
+    // rustls, as Onramp's own clients and the Rust SDKs use it.
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(onramp_net::tls::client_config(Some(&bundle)).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let health = client.get(server.url("health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let devices = client
+        .get(format!(
+            "https://{}/devices?api-version=2021-04-12",
+            hub.name()
+        ))
+        .header("Authorization", token_for(&hub.connection_string))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(devices.status(), 200);
+
+    // OpenSSL, as Python's and Node's SDKs use it: it picks an issuer by
+    // name and key identifier, so two CAs of one name broke one of them.
+    let Some(python) = python3() else { return };
+    let bundle_path = temp.path().join("both-cas.pem");
+    std::fs::write(&bundle_path, &bundle).unwrap();
+    let script = r#"
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+for port in sys.argv[2:]:
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            print(port, tls.version())
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(&bundle_path)
+        .arg(server.port().to_string())
+        .arg(hub.listen.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout_of(&out),
+        stderr_of(&out)
     );
 }
