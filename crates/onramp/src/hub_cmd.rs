@@ -8,7 +8,7 @@ use onramp_net::mqtt::MqttLimits;
 use onramp_net::{ListenerLimits, Services, Shutdown};
 
 use crate::cli::{HubCommand, HubServeArgs};
-use crate::local::authority;
+use crate::local::{DataDirLock, authority};
 
 pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     match command {
@@ -74,12 +74,15 @@ pub struct RunningHub {
     pub ca_cert: std::path::PathBuf,
     pub stop: Arc<onramp_net::ShutdownTrigger>,
     pub serving: tokio::task::JoinHandle<()>,
+    /// Held as long as the hub runs.
+    _lock: DataDirLock,
 }
 
 /// Starts a companion hub on its own listeners.
 pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
-    onramp_store::private::create_dir(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // As for `onramp serve`: the data directory is touched only once another
+    // server's lock, the listeners and the host name are known to be fine.
+    let held = DataDirLock::existing(&args.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -90,6 +93,21 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         (h, Some(_)) => (args.host.clone(), h.to_owned()),
         (h, None) => (authority(h, port), h.to_owned()),
     };
+    let mqtt_listener =
+        if args.mqtt_listen.is_empty() || args.mqtt_listen.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&args.mqtt_listen)
+                    .await
+                    .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_listen))?,
+            )
+        };
+    let mut lock = match held {
+        Some(lock) => lock,
+        None => DataDirLock::create(&args.data_dir)?,
+    };
+    lock.claim()?;
     let mut names = onramp_net::pki::default_host_names();
     if !names.iter().any(|n| n.eq_ignore_ascii_case(&bare_host)) {
         names.insert(0, bare_host);
@@ -102,16 +120,6 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     )?;
     let sealer = crate::local::sealer_in(&args.data_dir.join("keys"))?;
     let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
-    let mqtt_listener =
-        if args.mqtt_listen.is_empty() || args.mqtt_listen.eq_ignore_ascii_case("off") {
-            None
-        } else {
-            Some(
-                tokio::net::TcpListener::bind(&args.mqtt_listen)
-                    .await
-                    .with_context(|| format!("cannot listen for MQTT on {}", args.mqtt_listen))?,
-            )
-        };
     let listen = listener.local_addr()?;
     let mqtt_listen = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let connection_string = hub.owner_connection_string();
@@ -137,5 +145,6 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         ca_cert: pki.ca_cert_path,
         stop: Arc::new(stop),
         serving,
+        _lock: lock,
     })
 }

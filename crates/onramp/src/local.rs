@@ -1,8 +1,8 @@
 //! Opening the local deployment from its configuration: master keys, store,
-//! the default provisioning service, and the state file a running server
-//! leaves for the CLI.
+//! the default provisioning service, the state file a running server leaves
+//! for the CLI, and the lock that keeps one server to a data directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -129,6 +129,91 @@ impl ServeState {
         let text = serde_json::to_string_pretty(self)?;
         onramp_store::private::write(&config.state_file(), text.as_bytes())
             .with_context(|| format!("writing {}", config.state_file().display()))
+    }
+}
+
+/// The lock that keeps one server to a data directory: `<data>/onramp.lock`,
+/// held for the life of `onramp serve` or `onramp hub serve` (the kernel
+/// lets go of it when the process ends, however it ends), with the
+/// holder's process ID inside for the message a second server gets.
+#[derive(Debug)]
+pub struct DataDirLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    const FILE: &str = "onramp.lock";
+
+    /// Takes the lock of a data directory that has one already; `None` when
+    /// there is none yet. Changes nothing, so a start can check the lock
+    /// before it knows it will succeed; [`DataDirLock::claim`] then writes
+    /// the process ID.
+    pub fn existing(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(Self::FILE);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => Self::hold(file, dir).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("opening {}", path.display()))),
+        }
+    }
+
+    /// Creates the data directory (private) and its lock file if missing,
+    /// and takes the lock (then [`DataDirLock::claim`]).
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(Self::FILE);
+        onramp_store::private::create_dir(dir)
+            .and_then(|()| onramp_store::private::touch(&path))
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Self::hold(file, dir)
+    }
+
+    fn hold(file: std::fs::File, dir: &Path) -> anyhow::Result<Self> {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(dir.join(Self::FILE))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                let who = holder.map_or_else(
+                    || "another process".to_owned(),
+                    |pid| format!("process {pid}"),
+                );
+                anyhow::bail!(
+                    "this data directory is served by {who} ({}): stop that server first, or give this one \
+                     a data directory of its own with --data-dir",
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot lock the data directory {}", dir.display())));
+            }
+        }
+        Ok(Self {
+            file,
+            path: dir.join(Self::FILE),
+        })
+    }
+
+    /// Writes this process's ID into the held lock file, for the message
+    /// another server gets; done once the start is sure to go on.
+    pub fn claim(&mut self) -> anyhow::Result<()> {
+        use std::io::{Seek, Write};
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.rewind())
+            .and_then(|()| write!(self.file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 }
 

@@ -18,7 +18,7 @@ use onramp_net::{ListenerLimits, Services, Shutdown};
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
-use crate::local::{self, ServeState, authority, authority_with_default};
+use crate::local::{self, DataDirLock, ServeState, authority, authority_with_default};
 use crate::logging;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -31,10 +31,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop.trigger();
     });
     running.finished().await;
-    // Only our own: another server may have started on this data directory meanwhile.
-    if ServeState::read(&config).is_some_and(|s| s.pid == std::process::id()) {
-        let _ = std::fs::remove_file(config.state_file());
-    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -47,23 +43,31 @@ pub struct Running {
     /// Trusts the development CA and the configured extra CAs.
     pub client_tls: rustls::ClientConfig,
     serving: tokio::task::JoinHandle<()>,
+    state_file: std::path::PathBuf,
+    /// Held until the server has stopped.
+    _lock: DataDirLock,
 }
 
 impl Running {
-    /// Waits until the listeners have closed (after [`Running::stop`] is triggered).
+    /// Waits until the listeners have closed (after [`Running::stop`] is
+    /// triggered), then removes `serve.json` while this server still holds
+    /// the data directory.
     pub async fn finished(self) {
         let _ = self.serving.await;
+        let _ = std::fs::remove_file(&self.state_file);
     }
 }
+
+/// What the HTTPS listener offers in ALPN.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Starts Onramp as configured: store, provisioning service, hubs, engine,
 /// listeners. `summary` prints what an operator needs to know.
 pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
-    onramp_store::private::create_dir(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-
-    let sealer = local::sealer(config)?;
-    let store = local::open_store(config, sealer.clone())?;
+    // Whatever can fail without the data directory comes first, so that a
+    // start that fails changes nothing there: another server's lock, the
+    // listeners, the operator's files and settings.
+    let held = DataDirLock::existing(&config.data_dir)?;
 
     let listener = tokio::net::TcpListener::bind(&config.https.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -99,15 +103,49 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
 
+    let operator_tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(onramp_net::tls::server_config(
+            &std::fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            &std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?,
+            ALPN,
+        )?),
+        _ => None,
+    };
+    let mut extra_trust = String::new();
+    for path in &config.tls.trust {
+        extra_trust.push_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    let configured_hubs = config
+        .linked_hubs
+        .iter()
+        .map(|h| {
+            LinkedHub::from_connection_string(
+                &h.connection_string,
+                &h.location,
+                h.allocation_weight,
+                h.apply_allocation_policy,
+            )
+            .map_err(|e| anyhow::anyhow!("linked_hubs in the configuration: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let policy = config.allocation_policy()?;
+
+    let mut lock = match held {
+        Some(lock) => lock,
+        None => DataDirLock::create(&config.data_dir)?,
+    };
+    lock.claim()?;
+    let sealer = local::sealer(config)?;
+    let store = local::open_store(config, sealer.clone())?;
+
     // TLS: the operator's certificate, or the development PKI.
-    let (chain_pem, key_pem, ca_path, ca_pem) = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => (
-            std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?,
-            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?,
-            None,
-            None,
-        ),
-        _ => {
+    let (server_tls, ca_path, ca_pem) = match operator_tls {
+        Some(tls) => (tls, None, None),
+        None => {
             let mut names = onramp_net::pki::default_host_names();
             if !names
                 .iter()
@@ -118,17 +156,14 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             let pki = onramp_net::pki::load_or_create(&config.tls_dir(), &names)
                 .context("development certificates")?;
             (
-                pki.server_chain_pem,
-                pki.server_key_pem,
+                onramp_net::tls::server_config(&pki.server_chain_pem, &pki.server_key_pem, ALPN)?,
                 Some(pki.ca_cert_path),
                 Some(pki.ca_pem),
             )
         }
     };
-    let server_tls = onramp_net::tls::server_config(&chain_pem, &key_pem, &[b"h2", b"http/1.1"])?;
 
     // The provisioning service, created on first start.
-    let policy = config.allocation_policy()?;
     let (service, created_owner) = match store.service(&config.service.name).await? {
         Some(s) => (s, None),
         None => {
@@ -145,24 +180,12 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     } else {
         None
     };
-    for h in &config.linked_hubs {
-        let link = LinkedHub::from_connection_string(
-            &h.connection_string,
-            &h.location,
-            h.allocation_weight,
-            h.apply_allocation_policy,
-        )
-        .map_err(|e| anyhow::anyhow!("linked_hubs in the configuration: {e}"))?;
-        store.put_linked_hub(&service.name, &link).await?;
+    for link in &configured_hubs {
+        store.put_linked_hub(&service.name, link).await?;
     }
 
     let mut trust = ca_pem.clone().unwrap_or_default();
-    for path in &config.tls.trust {
-        trust.push_str(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
-        );
-    }
+    trust.push_str(&extra_trust);
     let client_tls =
         onramp_net::tls::client_config(Some(&trust).filter(|t| !t.is_empty()).map(String::as_str))?;
     let hubs = Arc::new(
@@ -294,6 +317,8 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         stop: Arc::new(stop),
         client_tls: client_tls_for_callers,
         serving,
+        state_file: config.state_file(),
+        _lock: lock,
     })
 }
 

@@ -1,5 +1,6 @@
-//! The data directory around a server's life: private files whatever the
-//! umask, and development CAs that a client can trust side by side.
+//! The data directory around a server's life: one server per directory, a
+//! failed start that leaves no trace, private files whatever the umask, and
+//! development CAs that a client can trust side by side.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -8,11 +9,46 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{HubProcess, Server, token_for, wait_for};
-use serde_json::Value;
+use common::{HubProcess, Server, onramp, token_for, wait_for};
+use serde_json::{Value, json};
+
+/// Runs `cmd` to its end and returns whether it succeeded, its stdout and
+/// its stderr. A command that should refuse must not run on: after 60 s it
+/// is killed and the test fails.
+fn run_to_end(mut cmd: Command) -> (bool, String, String) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .env_remove("ONRAMP_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap_or_default();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} was still running after 60 s\nstdout: {}\nstderr: {}",
+                read(&out),
+                read(&err)
+            );
+        }
+        // A condition poll, not a sleep for luck: the loop ends as soon as the child does.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), read(&out), read(&err))
+}
 
 /// `onramp ARGS` under `umask 000`, the most permissive there is.
 fn onramp_with_open_umask(args: &[&str]) -> Command {
@@ -68,6 +104,175 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `serve` and `hub serve` on `dir`, each on free ports.
+fn servers_on(dir: &Path) -> Vec<(&'static str, Command)> {
+    let mut serve = onramp();
+    serve
+        .args([
+            "serve",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir);
+    let mut hub = onramp();
+    hub.args([
+        "hub",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        "off",
+        "--data-dir",
+    ])
+    .arg(dir);
+    vec![("onramp serve", serve), ("onramp hub serve", hub)]
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused_to_a_second_server() {
+    let server = Server::start("127.0.0.1:0");
+    let dir = server.data_dir.clone();
+    let state = std::fs::read(dir.join("serve.json")).unwrap();
+    let embedded = server.embedded_hub().await.name;
+
+    for (what, cmd) in servers_on(&dir) {
+        let (ok, _, stderr) = run_to_end(cmd);
+        assert!(!ok, "{what} started on a data directory in use");
+        assert!(
+            stderr.contains(&format!(
+                "this data directory is served by process {}",
+                server.pid()
+            )),
+            "{what}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("serve.json")).unwrap(),
+        state,
+        "the running server's serve.json is untouched"
+    );
+    assert_eq!(server.embedded_hub().await.name, embedded);
+    // The running server still provisions onto its own embedded hub.
+    let key = server.enroll("still-served", json!({})).await;
+    let assigned = server.assigned("still-served", &key, &[]);
+    assert_eq!(assigned["assignedHub"], embedded.as_str(), "{assigned}");
+
+    // A companion hub's data directory is held the same way.
+    let temp = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(&temp.path().join("hub"), None);
+    for (what, cmd) in servers_on(&hub.dir) {
+        let (ok, _, stderr) = run_to_end(cmd);
+        assert!(!ok, "{what} started on a hub's data directory in use");
+        assert!(
+            stderr.contains(&format!(
+                "this data directory is served by process {}",
+                hub.pid()
+            )),
+            "{what}: {stderr}"
+        );
+    }
+    assert!(hub.device_ids().await.is_empty(), "the hub still answers");
+}
+
+#[tokio::test]
+async fn a_failed_start_changes_nothing_on_disk() {
+    let temp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().map(|a| (busy, a.to_string())).unwrap();
+    let missing_cert = temp.path().join("onramp.toml");
+    std::fs::write(
+        &missing_cert,
+        "[tls]\ncert = \"/nonexistent/server.pem\"\nkey = \"/nonexistent/server.key\"\n",
+    )
+    .unwrap();
+
+    // Nothing is created where nothing was.
+    let fresh = temp.path().join("fresh");
+    let attempts: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "HTTPS port in use",
+            vec![
+                "serve",
+                "--https-listen",
+                &busy.1,
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ],
+            "cannot listen on",
+        ),
+        (
+            "MQTT port in use",
+            vec![
+                "serve",
+                "--https-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                &busy.1,
+            ],
+            "cannot listen for MQTT",
+        ),
+        (
+            "certificate missing",
+            vec![
+                "serve",
+                "--config",
+                missing_cert.to_str().unwrap(),
+                "--https-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ],
+            "/nonexistent/server.pem",
+        ),
+        (
+            "hub port in use",
+            vec!["hub", "serve", "--listen", &busy.1, "--mqtt-listen", "off"],
+            "cannot listen on",
+        ),
+    ];
+    for (what, args, says) in &attempts {
+        let mut cmd = onramp();
+        cmd.args(args).arg("--data-dir").arg(&fresh);
+        let (ok, _, stderr) = run_to_end(cmd);
+        assert!(!ok, "{what}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(
+            !fresh.exists(),
+            "{what}: the failed start created {}",
+            fresh.display()
+        );
+    }
+
+    // A stopped deployment is left exactly as it was.
+    let dir = temp.path().join("data");
+    let mut server = Server::start_in(&dir, "127.0.0.1:0", &[]);
+    server.stop();
+    let before = snapshot(&dir);
+    for (what, args, says) in &attempts {
+        let mut cmd = onramp();
+        cmd.args(args).arg("--data-dir").arg(&dir);
+        let (ok, _, stderr) = run_to_end(cmd);
+        assert!(!ok, "{what}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        let after = snapshot(&dir);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "{what}: the failed start added or removed files"
+        );
+        for (path, was) in &before {
+            assert!(
+                after[path] == *was,
+                "{what}: the failed start changed {}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -517,6 +517,11 @@ impl HubProcess {
         }
     }
 
+    /// The process ID of `onramp hub serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The host name Onramp links and devices are sent to.
     pub fn name(&self) -> String {
         onramp_core::connection_string::ConnectionString::parse(&self.connection_string)
