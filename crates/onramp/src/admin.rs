@@ -10,7 +10,7 @@ use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
 use crate::cli::{LinkedHubCommand, Location, ServiceCommand};
 use crate::config::Config;
-use crate::local::{self, ServeState};
+use crate::local::{self, Deployment};
 
 pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
     match command {
@@ -398,9 +398,10 @@ async fn open(
     Ok((config, store, service))
 }
 
-/// `host[:port]` of the deployment: the running server's, else the configured host.
+/// `host[:port]` of the deployment: where its server answers (or answered
+/// when it last ran), else where its configuration says it will.
 pub fn endpoint(config: &Config) -> String {
-    ServeState::read(config)
-        .map(|s| s.endpoint)
-        .unwrap_or_else(|| config.public_host.clone())
+    Deployment::read(config)
+        .map(|d| d.endpoint)
+        .unwrap_or_else(|| local::configured_endpoint(config))
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::cli::BenchArgs;
 use crate::config::Config;
-use crate::local::ServeState;
+use crate::local::Deployment;
 use crate::simulator::{self, DeviceSpec, Protocol};
 
 /// What one device's registration came to.
@@ -125,7 +125,7 @@ fn is_loopback(endpoint: &str) -> bool {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.location)?;
-    let local = ServeState::read(&config);
+    let local = Deployment::read(&config);
     let protocol = Protocol::parse(&args.protocol)?;
     let reuse = match args.connections.as_str() {
         "fresh" => false,

@@ -449,9 +449,15 @@ impl Config {
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
     }
-    /// What a running `serve` writes for the CLI: its address, ID scope, CA.
+    /// What a running `serve` writes for the CLI: its address, ID scope, CA,
+    /// process ID. Removed when it stops.
     pub fn state_file(&self) -> PathBuf {
         self.data_dir.join("serve.json")
+    }
+    /// The same as [`Config::state_file`] without the process: kept when the
+    /// server stops, so that the CLI knows where the deployment answers.
+    pub fn deployment_file(&self) -> PathBuf {
+        self.data_dir.join("deployment.json")
     }
 }
 

@@ -11,7 +11,7 @@ use onramp_model::RegistrationStatus;
 
 use crate::cli::{DeviceCommand, DeviceTarget, ProvisionArgs, RunArgs};
 use crate::config::Config;
-use crate::local::ServeState;
+use crate::local::{Deployment, Target};
 use crate::simulator::{self, DeviceSpec, HubDevice, Protocol};
 
 pub async fn run(command: DeviceCommand) -> anyhow::Result<()> {
@@ -98,7 +98,7 @@ pub(crate) struct Resolved {
 impl DeviceTarget {
     pub(crate) fn resolve(
         &self,
-        local: Option<&ServeState>,
+        local: Option<&Deployment>,
         protocol: Protocol,
     ) -> anyhow::Result<Resolved> {
         let endpoint = match (&self.endpoint, local) {
@@ -132,7 +132,7 @@ impl DeviceTarget {
 
 async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
     let config = Config::load(&args.location)?;
-    let local = ServeState::read(&config);
+    let local = Deployment::read(&config);
     let protocol = Protocol::parse(&args.protocol)?;
     let Resolved {
         endpoint,
@@ -175,6 +175,14 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTPS client")?;
+    // A refused connection to the local deployment means it is stopped.
+    let target = Target {
+        address: simulator::address(&endpoint, protocol),
+        start: local
+            .as_ref()
+            .filter(|d| d.endpoint == endpoint || d.mqtt_endpoint.as_ref() == Some(&endpoint))
+            .map(|d| d.start_command(&config, &args.location)),
+    };
     let spec = DeviceSpec {
         endpoint,
         id_scope,
@@ -183,7 +191,10 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
         payload,
         force: args.force,
     };
-    let status = simulator::provision(&spec, protocol, &http, tls.clone()).await?;
+    let status = match simulator::provision(&spec, protocol, &http, tls.clone()).await {
+        Ok(status) => status,
+        Err(e) => return Err(target.explain(e).await),
+    };
     println!("{}", serde_json::to_string_pretty(&status)?);
     match status.status {
         RegistrationStatus::Assigned => {

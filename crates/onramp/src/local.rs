@@ -1,6 +1,6 @@
 //! Opening the local deployment from its configuration: master keys, store,
-//! the default provisioning service, the state file a running server leaves
-//! for the CLI, and the lock that keeps one server to a data directory.
+//! the default provisioning service, the records a server leaves for the
+//! CLI, and the lock that keeps one server to a data directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use onramp_store::sqlite::{Durability, SqliteOptions};
 use onramp_store::{Sealer, SqliteStore};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::Location;
 use crate::config::Config;
 
 /// The master key ring: `ONRAMP_MASTER_KEY` (base64) when set, else the key
@@ -97,10 +98,13 @@ pub async fn create_service(
     anyhow::bail!("could not find a free ID scope")
 }
 
-/// What a running server leaves in `<data>/serve.json` for the CLI.
+/// How devices and the CLI reach the deployment of a data directory:
+/// recorded by `onramp serve` in `<data>/deployment.json` at every start and
+/// kept when it stops, so that the CLI knows the endpoints of a stopped
+/// server and can say that nothing answers there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ServeState {
+pub struct Deployment {
     /// `host[:port]` devices and operators use.
     pub endpoint: String,
     /// The socket address the HTTPS listener is bound to.
@@ -116,19 +120,127 @@ pub struct ServeState {
     pub service: String,
     pub id_scope: String,
     pub ca_cert: Option<PathBuf>,
+}
+
+impl Deployment {
+    /// The running server's record, else the one the last start left.
+    pub fn read(config: &Config) -> Option<Self> {
+        read_json::<ServeState>(&config.state_file())
+            .map(|s| s.deployment)
+            .or_else(|| read_json(&config.deployment_file()))
+    }
+
+    pub fn write(&self, config: &Config) -> anyhow::Result<()> {
+        write_json(&config.deployment_file(), self)
+    }
+
+    /// How to start this deployment again so that it answers where it did.
+    pub fn start_command(&self, config: &Config, location: &Location) -> String {
+        let mut command = start_command(location, config);
+        if self.listen != config.https.listen {
+            command.push_str(&format!(" --https-listen {}", self.listen));
+        }
+        if let Some(mqtt) = self
+            .mqtt_listen
+            .as_ref()
+            .filter(|m| **m != config.mqtt.listen)
+        {
+            command.push_str(&format!(" --mqtt-listen {mqtt}"));
+        }
+        command
+    }
+}
+
+/// What a running server leaves in `<data>/serve.json` (and removes when it
+/// stops): the deployment and the server's process ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeState {
+    #[serde(flatten)]
+    pub deployment: Deployment,
     pub pid: u32,
 }
 
 impl ServeState {
-    pub fn read(config: &Config) -> Option<Self> {
-        let text = std::fs::read_to_string(config.state_file()).ok()?;
-        serde_json::from_str(&text).ok()
+    pub fn write(&self, config: &Config) -> anyhow::Result<()> {
+        write_json(&config.state_file(), self)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Writes `value` as JSON, private, and whole: readers (the CLI, scripts
+/// waiting for a server) never see half a file.
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    onramp_store::private::write(&partial, text.as_bytes())
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `onramp serve` with the configuration and data directory the CLI was given.
+pub fn start_command(location: &Location, config: &Config) -> String {
+    let mut command = String::from("onramp serve");
+    if let Some(file) = &location.config {
+        command.push_str(&format!(" --config {}", file.display()));
+    }
+    command.push_str(&format!(" --data-dir {}", config.data_dir.display()));
+    command
+}
+
+/// `host[:port]` of the configured HTTPS listener, for a deployment that
+/// has not started yet (a port of 0 is chosen at start: the default is used).
+pub fn configured_endpoint(config: &Config) -> String {
+    let port = config
+        .https
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(443);
+    authority(&config.public_host, port)
+}
+
+/// Where the CLI sends a deployment's requests, and what to say when nothing
+/// answers there.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` connected to.
+    pub address: String,
+    /// For the local deployment: the command that starts it.
+    pub start: Option<String>,
+}
+
+impl Target {
+    /// Says plainly that nothing answers at the target when `err` came from
+    /// a connection that was refused (checked again with a connection of
+    /// our own, as not every transport keeps the reason); other errors pass.
+    pub async fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        if !self.refused().await {
+            return err;
+        }
+        match &self.start {
+            Some(start) => anyhow::anyhow!(
+                "no Onramp is answering at {}: start it with `{start}`",
+                self.address
+            ),
+            None => anyhow::anyhow!(
+                "nothing is answering at {} (connection refused): check the address, and that the server there runs",
+                self.address
+            ),
+        }
     }
 
-    pub fn write(&self, config: &Config) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        onramp_store::private::write(&config.state_file(), text.as_bytes())
-            .with_context(|| format!("writing {}", config.state_file().display()))
+    async fn refused(&self) -> bool {
+        let connect = tokio::net::TcpStream::connect(&self.address);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), connect).await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
     }
 }
 
@@ -228,5 +340,48 @@ pub fn authority_with_default(host: &str, port: u16, default: u16) -> String {
         host.to_owned()
     } else {
         onramp_model::authority::join(host, port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_deployment_that_never_ran_answers_where_its_configuration_says() {
+        let mut config = Config::default();
+        assert_eq!(configured_endpoint(&config), "localhost");
+        config.https.listen = "127.0.0.1:8443".into();
+        assert_eq!(configured_endpoint(&config), "localhost:8443");
+        config.https.listen = "[::]:0".into();
+        config.public_host = "dps.example.net".into();
+        assert_eq!(configured_endpoint(&config), "dps.example.net");
+    }
+
+    #[test]
+    fn the_start_hint_repeats_the_listeners_the_configuration_does_not_name() {
+        let config = Config {
+            data_dir: PathBuf::from("/srv/onramp"),
+            ..Config::default()
+        };
+        let deployment = Deployment {
+            endpoint: "localhost:8443".into(),
+            listen: "127.0.0.1:8443".into(),
+            mqtt_endpoint: Some("localhost".into()),
+            mqtt_listen: Some(config.mqtt.listen.clone()),
+            metrics_listen: None,
+            service: "default".into(),
+            id_scope: "0ne00000001".into(),
+            ca_cert: None,
+        };
+        let location = Location {
+            config: Some(PathBuf::from("/etc/onramp/onramp.toml")),
+            data_dir: None,
+        };
+        assert_eq!(
+            deployment.start_command(&config, &location),
+            "onramp serve --config /etc/onramp/onramp.toml --data-dir /srv/onramp --https-listen 127.0.0.1:8443"
+        );
     }
 }

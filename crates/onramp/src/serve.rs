@@ -18,7 +18,7 @@ use onramp_net::{ListenerLimits, Services, Shutdown};
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
-use crate::local::{self, DataDirLock, ServeState, authority, authority_with_default};
+use crate::local::{self, DataDirLock, Deployment, ServeState, authority, authority_with_default};
 use crate::logging;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -37,7 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// A started Onramp: its endpoints, and how to stop it.
 pub struct Running {
-    pub state: ServeState,
+    pub state: Deployment,
     pub store: Arc<onramp_store::SqliteStore>,
     pub stop: Arc<onramp_net::ShutdownTrigger>,
     /// Trusts the development CA and the configured extra CAs.
@@ -260,7 +260,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         }),
     });
 
-    let state_file = ServeState {
+    let deployment = Deployment {
         endpoint: endpoint.clone(),
         listen: bound.to_string(),
         service: service.name.clone(),
@@ -272,11 +272,16 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         ca_cert: ca_path
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-        pid: std::process::id(),
     };
-    state_file.write(config)?;
+    // The lasting record first: once serve.json appears, it is there.
+    deployment.write(config)?;
+    ServeState {
+        deployment: deployment.clone(),
+        pid: std::process::id(),
+    }
+    .write(config)?;
     if summary {
-        print_summary(config, &state_file, &*store, created_owner.as_ref()).await?;
+        print_summary(config, &deployment, &*store, created_owner.as_ref()).await?;
     }
 
     let probes = shutdown.clone();
@@ -312,7 +317,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         shutdown,
     ));
     Ok(Running {
-        state: state_file,
+        state: deployment,
         store,
         stop: Arc::new(stop),
         client_tls: client_tls_for_callers,
@@ -346,7 +351,7 @@ async fn link_embedded(store: &dyn Store, service: &str, hub: &CompanionHub) -> 
 
 async fn print_summary(
     config: &Config,
-    state: &ServeState,
+    state: &Deployment,
     store: &dyn Store,
     created_owner: Option<&onramp_core::tenant::SharedAccessPolicy>,
 ) -> anyhow::Result<()> {

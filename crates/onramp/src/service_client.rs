@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::cli::{EnrollmentCommand, EnrollmentSpec, GroupCommand, ServiceApi};
 use crate::config::Config;
 use crate::device::http_client;
-use crate::local::{self, ServeState};
+use crate::local::{self, Deployment, Target};
 
 const SERVICE_API_VERSION: &str = "2021-10-01";
 
@@ -28,15 +28,16 @@ pub(crate) struct Api {
     host: String,
     key_name: String,
     key: String,
+    target: Target,
 }
 
 impl Api {
     pub(crate) async fn open(args: &ServiceApi) -> anyhow::Result<Self> {
         let config = Config::load(&args.location)?;
-        let state = ServeState::read(&config);
+        let local = Deployment::read(&config);
         let connection_string = match &args.connection_string {
             Some(cs) => cs.clone(),
-            None => local_connection_string(&config, state.as_ref()).await?,
+            None => local_connection_string(&config, local.as_ref()).await?,
         };
         let cs = ConnectionString::parse(&connection_string).map_err(anyhow::Error::msg)?;
         let (Some(key_name), Some(key)) = (cs.shared_access_key_name, cs.shared_access_key) else {
@@ -46,14 +47,41 @@ impl Api {
             .endpoint
             .clone()
             .unwrap_or_else(|| cs.host_name.clone());
-        let ca = args.ca.clone().or_else(|| state.and_then(|s| s.ca_cert));
+        // When the call goes to the local deployment, a refused connection
+        // means it is stopped: say how to start it.
+        let local_endpoint = local.as_ref().map_or_else(
+            || local::configured_endpoint(&config),
+            |d| d.endpoint.clone(),
+        );
+        let start = target
+            .eq_ignore_ascii_case(&local_endpoint)
+            .then(|| match &local {
+                Some(d) => d.start_command(&config, &args.location),
+                None => local::start_command(&args.location, &config),
+            });
+        let ca = args.ca.clone().or_else(|| local.and_then(|d| d.ca_cert));
         Ok(Self {
             client: http_client(&config, ca.as_ref())?,
             base: format!("https://{target}"),
             host: cs.host_name,
             key_name,
             key: key.expose().to_owned(),
+            target: Target {
+                address: onramp_model::authority::with_default_port(&target, 443).unwrap_or(target),
+                start,
+            },
         })
+    }
+
+    /// Sends `req`; a transport error says what is (not) answering.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        match req.send().await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                let err = anyhow::Error::new(e).context(format!("cannot reach {}", self.base));
+                Err(self.target.explain(err).await)
+            }
+        }
     }
 
     pub(crate) async fn call(
@@ -78,10 +106,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = self.send(req).await?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
@@ -124,7 +149,7 @@ impl Api {
             if let Some(c) = &continuation {
                 req = req.header("x-ms-continuation", c);
             }
-            let resp = req.send().await?;
+            let resp = self.send(req).await?;
             let status = resp.status();
             continuation = resp
                 .headers()
@@ -147,7 +172,7 @@ impl Api {
 /// The owner policy's connection string of the local deployment.
 async fn local_connection_string(
     config: &Config,
-    state: Option<&ServeState>,
+    state: Option<&Deployment>,
 ) -> anyhow::Result<String> {
     let store = local::open_existing(config)
         .context("no --connection-string given, and the local deployment could not be read")?;
@@ -160,9 +185,10 @@ async fn local_connection_string(
         .into_iter()
         .find(|p| p.name == OWNER_POLICY)
         .ok_or_else(|| anyhow::anyhow!("provisioning service '{service}' has no {OWNER_POLICY} policy; pass --connection-string"))?;
-    let endpoint = state
-        .map(|s| s.endpoint.clone())
-        .unwrap_or_else(|| config.public_host.clone());
+    let endpoint = state.map_or_else(
+        || local::configured_endpoint(config),
+        |s| s.endpoint.clone(),
+    );
     Ok(owner.connection_string(&endpoint))
 }
 

@@ -1,6 +1,7 @@
 //! The data directory around a server's life: one server per directory, a
-//! failed start that leaves no trace, private files whatever the umask, and
-//! development CAs that a client can trust side by side.
+//! failed start that leaves no trace, the CLI against a stopped server,
+//! private files whatever the umask, and development CAs that a client can
+//! trust side by side.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -273,6 +274,77 @@ async fn a_failed_start_changes_nothing_on_disk() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_cli_against_a_stopped_server_says_nothing_answers_at_its_endpoint() {
+    let mut server = Server::start("127.0.0.1:0");
+    let endpoint = server.endpoint();
+    let mqtt = server.mqtt_endpoint();
+    assert!(endpoint.starts_with("localhost:"), "{endpoint}");
+    let key = server.enroll("stopped-1", json!({})).await;
+    let owner = server.owner_connection_string().await;
+    server.stop();
+
+    let https_commands: [&[&str]; 6] = [
+        &["enrollment", "list"],
+        &["enrollment", "show", "stopped-1"],
+        &["group", "list"],
+        &["cert", "list"],
+        &[
+            "device",
+            "provision",
+            "--registration-id",
+            "stopped-1",
+            "--key",
+            &key,
+        ],
+        &[
+            "device",
+            "provision",
+            "--registration-id",
+            "stopped-1",
+            "--key",
+            &key,
+            "--protocol",
+            "mqtt-ws",
+        ],
+    ];
+    let dir = server.data_dir.display().to_string();
+    for args in https_commands {
+        let out = server.cli(args);
+        let stderr = stderr_of(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("no Onramp is answering at {endpoint}"))
+                && stderr.contains(&format!("onramp serve --data-dir {dir}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = server.cli(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "stopped-1",
+        "--key",
+        &key,
+        "--protocol",
+        "mqtt",
+    ]);
+    assert!(
+        stderr_of(&out).contains(&format!("no Onramp is answering at {mqtt}")),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Connection strings name the port the deployment answers on.
+    let out = server.cli(&["service", "show"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains(&owner), "{}", stdout_of(&out));
+    assert!(
+        owner.starts_with(&format!("HostName={endpoint};")),
+        "{owner}"
+    );
 }
 
 #[tokio::test]
