@@ -14,7 +14,11 @@ use crate::local::{self, Deployment};
 
 pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
     match command {
-        ServiceCommand::Show { location, name } => {
+        ServiceCommand::Show {
+            location,
+            name,
+            keys,
+        } => {
             let config = Config::load(&location)?;
             let store = local::open_existing(&config)?;
             let name = name.unwrap_or_else(|| config.service.name.clone());
@@ -37,7 +41,9 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             }
             for p in store.policies(&name).await? {
                 println!("Policy {:<24} rights: {}", p.name, p.rights);
-                println!("  connection string   {}", p.connection_string(&endpoint));
+                if keys {
+                    println!("  connection string   {}", p.connection_string(&endpoint));
+                }
             }
             let hubs = store.linked_hubs(&name).await?;
             println!(
@@ -47,6 +53,11 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if !keys {
+                println!(
+                    "Add --keys to show the connection strings (they hold the policies' keys)."
+                );
+            }
             Ok(())
         }
         ServiceCommand::List { location } => {

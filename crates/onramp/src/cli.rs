@@ -303,6 +303,17 @@ pub struct ServeArgs {
 pub enum HubCommand {
     /// Run a companion hub on its own.
     Serve(HubServeArgs),
+    /// Show the companion hub of a data directory (the one embedded in
+    /// `onramp serve`, or one run by `onramp hub serve`), running or not:
+    /// its host name and access policies.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        /// Also show the policies' connection strings (they hold the keys);
+        /// they sign calls to the hub's REST API.
+        #[arg(long)]
+        keys: bool,
+    },
     /// Device-to-cloud messages the hub received, oldest first, as JSON lines.
     Messages {
         /// Data directory holding hub.db (a hub's own, or `onramp serve`'s
@@ -337,12 +348,15 @@ pub struct HubServeArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
-    /// Show a provisioning service, its ID scope and its owner connection string.
+    /// Show a provisioning service: its ID scope, endpoint, policies and linked hubs.
     Show {
         #[command(flatten)]
         location: Location,
         /// Service name (default: the configured one).
         name: Option<String>,
+        /// Also show the policies' connection strings (they hold the keys).
+        #[arg(long)]
+        keys: bool,
     },
     /// List the provisioning services.
     List {

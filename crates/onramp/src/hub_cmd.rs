@@ -7,12 +7,14 @@ use onramp_hub::CompanionHub;
 use onramp_net::mqtt::MqttLimits;
 use onramp_net::{ListenerLimits, Services, Shutdown};
 
-use crate::cli::{HubCommand, HubServeArgs};
-use crate::local::{DataDirLock, authority};
+use crate::cli::{HubCommand, HubServeArgs, Location};
+use crate::config::Config;
+use crate::local::{DataDirLock, Deployment, HubRecord, authority};
 
 pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     match command {
         HubCommand::Serve(args) => serve(args).await,
+        HubCommand::Show { location, keys } => show(&location, keys).await,
         HubCommand::Messages {
             data_dir,
             device,
@@ -37,6 +39,66 @@ async fn messages(
     let store = onramp_hub::companion::HubStore::open(&db, sealer)?;
     for m in store.messages(device, 0, limit).await? {
         println!("{}", serde_json::to_string(&m)?);
+    }
+    Ok(())
+}
+
+/// The companion hub of a data directory, from its files alone (the hub
+/// may be stopped): its host name and policies, and with `keys` their
+/// connection strings, which open the hub's REST API.
+async fn show(location: &Location, keys: bool) -> anyhow::Result<()> {
+    let config = Config::load(location)?;
+    let dir = &config.data_dir;
+    let db = dir.join("hub.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "no companion hub in {}: point --data-dir at the data directory of `onramp serve` \
+             (its embedded hub) or of `onramp hub serve`",
+            dir.display()
+        );
+    }
+    // A data directory last served by an older version has no hub record;
+    // its embedded hub answers at the deployment's endpoint.
+    let record = HubRecord::read(dir)
+        .or_else(|| {
+            Deployment::read(&config).map(|d| HubRecord {
+                host_name: d.endpoint,
+                embedded: true,
+                ca_cert: d.ca_cert,
+            })
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} does not say which host name its hub answers to: start it once \
+                 (onramp serve or onramp hub serve) and it records it",
+                dir.display()
+            )
+        })?;
+    let sealer = crate::local::sealer_in(&config.keys_dir())?;
+    let store = onramp_hub::companion::HubStore::open(&db, sealer)?;
+    println!(
+        "Companion hub         {}   ({})",
+        record.host_name,
+        if record.embedded {
+            "embedded in onramp serve, on its listener"
+        } else {
+            "run by onramp hub serve"
+        }
+    );
+    if let Some(ca) = &record.ca_cert {
+        println!("CA certificate        {}", ca.display());
+    }
+    for policy in store.policies().await? {
+        println!("Policy {:<14} rights: {}", policy.name, policy.rights);
+        if keys {
+            println!(
+                "  connection string   {}",
+                policy.connection_string(&record.host_name)
+            );
+        }
+    }
+    if !keys {
+        println!("Add --keys to show the connection strings (they hold the policies' keys).");
     }
     Ok(())
 }
@@ -120,6 +182,12 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     )?;
     let sealer = crate::local::sealer_in(&args.data_dir.join("keys"))?;
     let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
+    HubRecord {
+        host_name: host.clone(),
+        embedded: false,
+        ca_cert: Some(std::path::absolute(&pki.ca_cert_path).unwrap_or(pki.ca_cert_path.clone())),
+    }
+    .write(&args.data_dir)?;
     let listen = listener.local_addr()?;
     let mqtt_listen = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let connection_string = hub.owner_connection_string();

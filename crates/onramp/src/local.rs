@@ -166,6 +166,33 @@ impl ServeState {
     }
 }
 
+/// The companion hub of a data directory (run by `onramp hub serve`, or
+/// embedded in `onramp serve`): recorded in `<data>/hub.json` at every
+/// start, so that `onramp hub show` can name it with the hub stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubRecord {
+    /// `host[:port]` services and devices use.
+    pub host_name: String,
+    /// Embedded in `onramp serve` (on its listener) rather than on its own.
+    pub embedded: bool,
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl HubRecord {
+    pub fn file(data_dir: &Path) -> PathBuf {
+        data_dir.join("hub.json")
+    }
+
+    pub fn read(data_dir: &Path) -> Option<Self> {
+        read_json(&Self::file(data_dir))
+    }
+
+    pub fn write(&self, data_dir: &Path) -> anyhow::Result<()> {
+        write_json(&Self::file(data_dir), self)
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }

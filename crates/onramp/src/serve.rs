@@ -18,7 +18,9 @@ use onramp_net::{ListenerLimits, Services, Shutdown};
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
-use crate::local::{self, DataDirLock, Deployment, ServeState, authority, authority_with_default};
+use crate::local::{
+    self, DataDirLock, Deployment, HubRecord, ServeState, authority, authority_with_default,
+};
 use crate::logging;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -260,6 +262,9 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         }),
     });
 
+    let ca_cert = ca_path
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
     let deployment = Deployment {
         endpoint: endpoint.clone(),
         listen: bound.to_string(),
@@ -269,12 +274,18 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             .map(|a| authority_with_default(&config.public_host, a.port(), 8883)),
         mqtt_listen: mqtt_bound.map(|a| a.to_string()),
         metrics_listen: metrics_bound.map(|a| a.to_string()),
-        ca_cert: ca_path
-            .as_ref()
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        ca_cert: ca_cert.clone(),
     };
-    // The lasting record first: once serve.json appears, it is there.
+    // The lasting records first: once serve.json appears, they are there.
     deployment.write(config)?;
+    if let Some(hub) = &hub {
+        HubRecord {
+            host_name: hub.host_name().to_owned(),
+            embedded: true,
+            ca_cert,
+        }
+        .write(&config.data_dir)?;
+    }
     ServeState {
         deployment: deployment.clone(),
         pid: std::process::id(),
@@ -400,7 +411,10 @@ async fn print_summary(
         println!("  Service connection string (created now; shown once here):");
         println!("    {}", owner.connection_string(&state.endpoint));
     }
-    println!("  Show the service and its connection string again with: onramp service show");
+    println!("  Show the service and its connection string again with: onramp service show --keys");
+    if hubs.iter().any(|h| h.embedded) {
+        println!("  The embedded hub's connection string (its REST API): onramp hub show --keys");
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The data directory around a server's life: one server per directory, a
 //! failed start that leaves no trace, the CLI against a stopped server,
-//! private files whatever the umask, and development CAs that a client can
-//! trust side by side.
+//! private files whatever the umask, development CAs that a client can trust
+//! side by side, and the companion hub's connection string.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -338,7 +338,7 @@ async fn the_cli_against_a_stopped_server_says_nothing_answers_at_its_endpoint()
     );
 
     // Connection strings name the port the deployment answers on.
-    let out = server.cli(&["service", "show"]);
+    let out = server.cli(&["service", "show", "--keys"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(stdout_of(&out).contains(&owner), "{}", stdout_of(&out));
     assert!(
@@ -541,4 +541,69 @@ for port in sys.argv[2:]:
         stdout_of(&out),
         stderr_of(&out)
     );
+}
+
+/// The connection string `onramp hub show --keys` prints.
+fn shown_connection_string(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", stderr_of(out));
+    stdout_of(out)
+        .split_whitespace()
+        .find(|w| w.starts_with("HostName="))
+        .unwrap_or_else(|| panic!("no connection string in {}", stdout_of(out)))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn hub_show_gives_a_connection_string_that_opens_the_hub_api() {
+    let mut server = Server::start("127.0.0.1:0");
+    let out = server.cli(&["hub", "show"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(text.contains(&server.endpoint()), "{text}");
+    assert!(text.contains("iothubowner"), "{text}");
+    assert!(
+        !text.contains("SharedAccessKey="),
+        "keys only when asked: {text}"
+    );
+
+    let cs = shown_connection_string(&server.cli(&["hub", "show", "--keys"]));
+    assert!(
+        cs.starts_with(&format!("HostName={};", server.endpoint())),
+        "{cs}"
+    );
+    let key = server.enroll("hub-show-1", json!({})).await;
+    server.assigned("hub-show-1", &key, &[]);
+    let resp = server
+        .http()
+        .get(server.url("devices?api-version=2021-04-12"))
+        .header("Authorization", token_for(&cs))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let devices: Value = resp.json().await.unwrap();
+    assert!(
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["deviceId"] == "hub-show-1"),
+        "{devices}"
+    );
+
+    // The data directory is enough: the same string with the server stopped.
+    server.stop();
+    let again = shown_connection_string(&server.cli(&["hub", "show", "--keys"]));
+    assert_eq!(again, cs);
+
+    // A hub run on its own, by its data directory.
+    let temp = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(&temp.path().join("hub"), None);
+    let out = onramp()
+        .args(["hub", "show", "--keys", "--data-dir"])
+        .arg(&hub.dir)
+        .env_remove("ONRAMP_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(shown_connection_string(&out), hub.connection_string);
 }

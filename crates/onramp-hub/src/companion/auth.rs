@@ -63,6 +63,17 @@ pub struct HubPolicy {
     pub secondary_key: Secret,
 }
 
+impl HubPolicy {
+    /// `HostName=…;SharedAccessKeyName=…;SharedAccessKey=…` (the primary key).
+    pub fn connection_string(&self, host_name: &str) -> String {
+        format!(
+            "HostName={host_name};SharedAccessKeyName={};SharedAccessKey={}",
+            self.name,
+            self.primary_key.expose()
+        )
+    }
+}
+
 /// Why a call was refused, as IoT Hub names it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {

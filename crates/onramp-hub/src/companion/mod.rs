@@ -130,16 +130,16 @@ impl CompanionHub {
 
     /// `HostName=…;SharedAccessKeyName=iothubowner;SharedAccessKey=…`
     pub fn owner_connection_string(&self) -> String {
-        let policies = self.policies();
-        let key = policies
+        self.policies()
             .iter()
             .find(|p| p.name == OWNER_POLICY)
-            .map(|p| p.primary_key.expose().to_owned())
-            .unwrap_or_default();
-        format!(
-            "HostName={};SharedAccessKeyName={OWNER_POLICY};SharedAccessKey={key}",
-            self.host_name
-        )
+            .map(|p| p.connection_string(&self.host_name))
+            .unwrap_or_else(|| {
+                format!(
+                    "HostName={};SharedAccessKeyName={OWNER_POLICY};SharedAccessKey=",
+                    self.host_name
+                )
+            })
     }
 
     /// The REST routes, to serve beside the DPS routes.
