@@ -79,7 +79,13 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             eprintln!("deleted CA certificate {name}");
             Ok(())
         }
-        CertCommand::CreateRoot { cn, out, days } => {
+        CertCommand::CreateRoot {
+            cn,
+            out,
+            days,
+            force,
+        } => {
+            refuse_to_overwrite(&out, force)?;
             let root = Issued::root(&cn, Validity::days(days)).context("creating the root")?;
             write(&out, &root, None)
         }
@@ -88,7 +94,9 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             cn,
             out,
             days,
+            force,
         } => {
+            refuse_to_overwrite(&out, force)?;
             let parent = load(&issuer)?;
             let ica = parent
                 .intermediate(&cn, Validity::days(days))
@@ -106,7 +114,9 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             cn,
             out,
             days,
+            force,
         } => {
+            refuse_to_overwrite(&out, force)?;
             let device = match (&issuer, self_signed) {
                 (_, true) => Issued::self_signed_device(&cn, Validity::days(days))
                     .context("creating the certificate")?,
@@ -152,14 +162,43 @@ fn chain_of(prefix: &Path) -> String {
     std::fs::read_to_string(with_suffix(prefix, ".chain.pem")).unwrap_or_default()
 }
 
+/// The files a create command writes at `out`.
+const OUTPUTS: [&str; 3] = [".pem", ".key.pem", ".chain.pem"];
+
+/// A key once overwritten is gone, and with it every certificate it signed.
+fn refuse_to_overwrite(out: &Path, force: bool) -> anyhow::Result<()> {
+    let existing: Vec<String> = OUTPUTS
+        .iter()
+        .map(|s| with_suffix(out, s))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !force && !existing.is_empty() {
+        anyhow::bail!(
+            "{} already exist{}: choose another --out, or add --force to replace {} (the key there is lost)",
+            existing.join(", "),
+            if existing.len() == 1 { "s" } else { "" },
+            if existing.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
 fn write(out: &Path, issued: &Issued, chain: Option<&str>) -> anyhow::Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(with_suffix(out, ".pem"), &issued.cert_pem)?;
-    std::fs::write(with_suffix(out, ".key.pem"), &issued.key_pem)?;
-    if let Some(chain) = chain {
-        std::fs::write(with_suffix(out, ".chain.pem"), chain)?;
+    let path = |suffix| with_suffix(out, suffix);
+    std::fs::write(path(".pem"), &issued.cert_pem)?;
+    // Only the owner may read a private key.
+    onramp_store::private::write(&path(".key.pem"), issued.key_pem.as_bytes())
+        .with_context(|| format!("writing {}", path(".key.pem").display()))?;
+    match chain {
+        Some(chain) => std::fs::write(path(".chain.pem"), chain)?,
+        // A chain left by what --force replaced would describe another certificate.
+        None => {
+            let _ = std::fs::remove_file(path(".chain.pem"));
+        }
     }
     let info = onramp_core::x509::info(&issued.cert_pem).map_err(anyhow::Error::msg)?;
     eprintln!(

@@ -109,6 +109,9 @@ pub enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
     },
     /// FOR TESTING: create an intermediate CA signed by ISSUER (ISSUER.pem, ISSUER.key.pem).
     CreateIntermediate {
@@ -120,6 +123,9 @@ pub enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
     },
     /// FOR TESTING: create a device certificate signed by ISSUER, or self-signed.
     /// Writes OUT.pem, OUT.key.pem and OUT.chain.pem (the certificate and the
@@ -135,6 +141,9 @@ pub enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -607,3 +607,34 @@ async fn hub_show_gives_a_connection_string_that_opens_the_hub_api() {
         .unwrap();
     assert_eq!(shown_connection_string(&out), hub.connection_string);
 }
+
+#[test]
+fn the_test_pki_keeps_keys_private_and_does_not_overwrite_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let out = temp.path().join("pki/root");
+    let create = |extra: &[&str]| {
+        let mut cmd = onramp();
+        cmd.args(["cert", "create-root", "--cn", "Test Root", "--out"])
+            .arg(&out)
+            .args(extra);
+        run_to_end(cmd)
+    };
+    let (ok, _, stderr) = create(&[]);
+    assert!(ok, "{stderr}");
+    let key = temp.path().join("pki/root.key.pem");
+    let first = std::fs::read(&key).unwrap();
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is the owner's alone");
+
+    let (ok, _, stderr) = create(&[]);
+    assert!(!ok, "a second create-root replaced the key");
+    assert!(
+        stderr.contains("already exist") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), first, "the key is kept");
+
+    let (ok, _, stderr) = create(&["--force"]);
+    assert!(ok, "{stderr}");
+    assert_ne!(std::fs::read(&key).unwrap(), first, "--force replaces it");
+}
