@@ -223,17 +223,29 @@ impl MqttSession for DpsSession {
         (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
     }
 
+    fn check_publish(&self, topic_name: &str) -> Result<(), SessionEnd> {
+        let (path, _) = topic::split(topic_name);
+        if path != REGISTER_TOPIC && path != STATUS_TOPIC {
+            return Err(SessionEnd(format!(
+                "'{topic_name}' is not a topic of the DPS device API"
+            )));
+        }
+        if topic::raw_rid(topic_name).is_none() {
+            return Err(SessionEnd(format!(
+                "'{topic_name}' carries no $rid; the answer could not be matched"
+            )));
+        }
+        Ok(())
+    }
+
     async fn publish(
         &mut self,
         topic_name: &str,
         payload: Bytes,
     ) -> Result<Vec<Outgoing>, SessionEnd> {
+        self.check_publish(topic_name)?;
         let (path, pairs) = topic::split(topic_name);
-        let Some(rid) = topic::raw_rid(topic_name).map(str::to_owned) else {
-            return Err(SessionEnd(format!(
-                "'{topic_name}' carries no $rid; the answer could not be matched"
-            )));
-        };
+        let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
         match path {
             REGISTER_TOPIC => Ok(match self.register(&payload).await {
                 Ok(status) => self.status(&rid, status, true),

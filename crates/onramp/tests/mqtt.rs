@@ -947,3 +947,83 @@ async fn slow_registrations_answer_assigning_then_their_result() {
         assert_eq!(state["assignedHub"], hub, "{protocol}");
     }
 }
+
+/// Connects raw, publishes at QoS 1 to `topic`, and returns every byte the
+/// server sent after the CONNACK until it closed.
+async fn publish_raw_until_closed(
+    server: &Server,
+    client_id: &str,
+    username: &str,
+    password: &str,
+    topic: &str,
+) -> Vec<u8> {
+    let mut raw =
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(server))
+            .await
+            .unwrap();
+    raw.write_all(&connect_packet(client_id, username, password))
+        .await
+        .unwrap();
+    let connack = tokio::time::timeout(Duration::from_secs(10), read_packet(&mut raw))
+        .await
+        .unwrap();
+    assert_eq!(connack, (0x20, vec![0x00, 0x00]), "{username}: accepted");
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&[0x00, 0x42]);
+    body.extend_from_slice(b"{\"hello\": 1}");
+    raw.write_all(&packet(0x32, body)).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| panic!("{topic}: the connection stayed open"))
+        .ok();
+    rest
+}
+
+/// A PUBLISH to a topic the client may not use ends the connection without
+/// a PUBACK, so the client does not believe the message was delivered; on
+/// the DPS endpoint and on the embedded hub.
+#[tokio::test]
+async fn a_forbidden_publish_is_not_acknowledged() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("mq-forbid", json!({})).await;
+    let token = server.device_token("mq-forbid", &key, unix_now() + 600);
+    let username = format!(
+        "{}/registrations/mq-forbid/api-version=2019-03-31",
+        server.id_scope()
+    );
+    for topic in [
+        "devices/mq-forbid/messages/events/",
+        "$dps/registrations/PUT/iotdps-register/",
+        "$dps/registrations/PUT/elsewhere/?$rid=1",
+    ] {
+        let rest = publish_raw_until_closed(&server, "mq-forbid", &username, &token, topic).await;
+        assert!(
+            rest.is_empty(),
+            "DPS, {topic}: sent {rest:?} (a PUBACK is 0x40)"
+        );
+    }
+
+    let state = server.assigned("mq-forbid", &key, &[]);
+    let hub = state["assignedHub"].as_str().unwrap();
+    let device = state["deviceId"].as_str().unwrap();
+    let hub_token = onramp_core::sas::sign(
+        &format!("{hub}/devices/{device}"),
+        &key,
+        unix_now() + 600,
+        None,
+    )
+    .unwrap();
+    let hub_user = format!("{hub}/{device}/?api-version=2021-04-12");
+    for topic in [
+        "devices/someone-else/messages/events/",
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+    ] {
+        let rest = publish_raw_until_closed(&server, device, &hub_user, &hub_token, topic).await;
+        assert!(
+            rest.is_empty(),
+            "hub, {topic}: sent {rest:?} (a PUBACK is 0x40)"
+        );
+    }
+}

@@ -223,6 +223,14 @@ impl HubSession {
         )
     }
 
+    /// `devices/{id}/messages/events/…`, the device's own telemetry topic.
+    fn is_telemetry(&self, topic_name: &str) -> bool {
+        let events = format!("devices/{}/messages/events/", self.device_id);
+        topic_name
+            .get(..events.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(&events))
+    }
+
     async fn telemetry(&self, topic_name: &str, payload: Bytes) -> Result<(), SessionEnd> {
         let prefix_len = format!("devices/{}/messages/events/", self.device_id).len();
         let bag = topic_name.get(prefix_len..).unwrap_or_default();
@@ -319,15 +327,26 @@ impl MqttSession for HubSession {
         }
     }
 
+    fn check_publish(&self, topic_name: &str) -> Result<(), SessionEnd> {
+        if self.is_telemetry(topic_name) {
+            return Ok(());
+        }
+        match topic::split(topic_name).0 {
+            "$iothub/twin/GET/" | "$iothub/twin/PATCH/properties/reported/" => Ok(()),
+            p if p.starts_with("$iothub/methods/res/") => Ok(()),
+            _ => Err(SessionEnd(format!(
+                "'{topic_name}' is not a topic of the IoT Hub device API"
+            ))),
+        }
+    }
+
     async fn publish(
         &mut self,
         topic_name: &str,
         payload: Bytes,
     ) -> Result<Vec<Outgoing>, SessionEnd> {
-        let events = format!("devices/{}/messages/events/", self.device_id);
-        if topic_name.len() >= events.len()
-            && topic_name[..events.len()].eq_ignore_ascii_case(&events)
-        {
+        self.check_publish(topic_name)?;
+        if self.is_telemetry(topic_name) {
             self.telemetry(topic_name, payload).await?;
             return Ok(Vec::new());
         }

@@ -187,8 +187,14 @@ pub trait MqttSession: Send {
 
     fn unsubscribe(&mut self, _filter: &str) {}
 
-    /// A message from the client; its PUBACK is already on the wire. Returns
-    /// the messages to send back, in order, or ends the connection.
+    /// Whether the client may publish to `topic` at all; asked before the
+    /// PUBACK, so a message to a forbidden topic is never acknowledged (the
+    /// client must not believe it was delivered): `Err` ends the connection.
+    fn check_publish(&self, topic: &str) -> Result<(), SessionEnd>;
+
+    /// A message from the client, to a topic [`MqttSession::check_publish`]
+    /// allowed; its PUBACK is already on the wire. Returns the messages to
+    /// send back, in order, or ends the connection.
     async fn publish(&mut self, topic: &str, payload: Bytes) -> Result<Vec<Outgoing>, SessionEnd>;
 
     /// The connection ended (any reason).
@@ -353,13 +359,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         let Some(id) = p.packet_id else {
                             return "a QoS 1 PUBLISH without a packet ID".into();
                         };
+                        if let Err(SessionEnd(reason)) = session.check_publish(&p.topic) {
+                            return reason;
+                        }
                         // PUBACK first, then any response (C# expects exactly this order).
                         if let Err(e) = send(conn, Packet::PublishAck { packet_id: id }).await {
                             return e;
                         }
                         session.publish(&p.topic, p.payload).await
                     }
-                    QoS::AtMostOnce => session.publish(&p.topic, p.payload).await,
+                    QoS::AtMostOnce => match session.check_publish(&p.topic) {
+                        Ok(()) => session.publish(&p.topic, p.payload).await,
+                        Err(end) => Err(end),
+                    },
                 };
                 match responses {
                     Err(SessionEnd(reason)) => return reason,
