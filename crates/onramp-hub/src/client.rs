@@ -65,7 +65,10 @@ impl HubClient {
             .use_preconfigured_tls(tls)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Shorter than the idle timeout of the servers it calls (Onramp's
+            // own, embedded hub included, closes idle connections after 10 s),
+            // so a request never races the server closing its connection.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| format!("cannot build the hub HTTP client: {e}"))?;

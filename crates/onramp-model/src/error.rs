@@ -80,6 +80,7 @@ error_codes! {
     MethodNotAllowed = 405001,
     AlreadyExists = 409001,
     RegistrationSuperseded = 409002,
+    RequestTimeout = 408001,
     PreconditionFailed = 412001,
     RequestTooLarge = 413001,
     UnsupportedMediaType = 415001,

@@ -6,16 +6,24 @@
 //! - [`pki`]: a local CA and server certificate for development, created on
 //!   first start and reused after.
 //! - [`listener`]: the front door: TLS, then HTTP/1.1, HTTP/2 or MQTT on the
-//!   same port, with graceful shutdown.
+//!   same port, deadlines for every stage before a request, a connection
+//!   cap, and graceful shutdown.
+//! - [`body`]: request bodies with a deadline, and the unread rest of a body
+//!   thrown away after an early answer.
+//! - [`descriptors`]: the open-file limit raised at start, and the
+//!   connection cap that keeps descriptors in reserve.
 //! - [`mqtt`]: MQTT 3.1.1 sessions (and MQTT over WebSockets), a client for
 //!   the simulator and tests.
 #![forbid(unsafe_code)]
 
+pub mod body;
+pub mod descriptors;
 pub mod listener;
 pub mod mqtt;
 pub mod pki;
 pub mod tls;
 
+pub use body::BodyTimedOut;
 pub use listener::{
     ListenerLimits, PeerCertificates, RemoteAddr, Services, Shutdown, ShutdownTrigger, serve,
     serve_all,

@@ -1,28 +1,38 @@
 //! The front door: one TLS listener per port, serving HTTP/1.1 and HTTP/2
 //! (device API, service API, hub REST API, WebSocket upgrades) and raw MQTT
-//! on the same socket. After the handshake the first byte tells them apart
-//! (an MQTT connection starts with CONNECT, 0x10; HTTP starts with a method
-//! or the HTTP/2 preface), or the ALPN protocol `mqtt` does.
+//! on the same socket. After the handshake the ALPN protocol `mqtt`, or else
+//! the first byte, tells them apart (an MQTT connection starts with CONNECT,
+//! 0x10; HTTP starts with a method or the HTTP/2 preface).
 //!
 //! So Onramp can listen on 443 and 8883 with the same handler, and a test
 //! (or a deployment behind one port) can use a single port for everything.
+//!
+//! Every stage before a client has proven anything has a deadline: the TLS
+//! handshake; then, counted from its end, the first byte and the first
+//! request's headers (HTTP) or a complete CONNECT (MQTT); the whole body of
+//! each request; and the idle time between requests. Connections are capped
+//! (see [`crate::descriptors`] for why the cap sits below the open-file
+//! limit); more wait in the kernel's accept queue.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::body::GuardedBody;
 use crate::mqtt::{MqttApp, MqttLimits};
 
 /// The certificate chain the client presented (leaf first); empty if none.
@@ -73,46 +83,42 @@ pub struct Services {
     pub mqtt_limits: MqttLimits,
 }
 
-/// Limits of the listener.
+/// Limits of the listener. The MQTT CONNECT deadline is
+/// [`MqttLimits::connect_timeout`], counted from the end of the handshake.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLimits {
     /// A client must finish its TLS handshake within this time.
     pub handshake_timeout: Duration,
-    /// A client must send its first bytes (and request headers) within this time.
+    /// An HTTP client must send a request's headers within this time: the
+    /// first request's counted from the end of the handshake, later ones from
+    /// the end of the previous request (so it is also the idle timeout).
     pub header_timeout: Duration,
+    /// A request's whole body must arrive within this time after its headers.
+    pub body_timeout: Duration,
+    /// After an early answer (401, 413…), up to this many bytes of the body
+    /// are read and thrown away, so HTTP/1.1 clients that send the whole body
+    /// before reading see the answer and not a reset connection.
+    pub max_discard_bytes: u64,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// When the server stops, open connections get this long to finish.
+    pub close_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_discard_bytes: 32 * 1024 * 1024,
             max_connections: 50_000,
+            close_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves the same `services` on every listener (the HTTPS port and a
-/// dedicated MQTT port, say) until `shutdown`.
-pub async fn serve_all(
-    listeners: Vec<TcpListener>,
-    tls: Arc<rustls::ServerConfig>,
-    services: Services,
-    limits: ListenerLimits,
-    shutdown: Shutdown,
-) {
-    futures_util::future::join_all(
-        listeners
-            .into_iter()
-            .map(|l| serve(l, tls.clone(), services.clone(), limits, shutdown.clone())),
-    )
-    .await;
-}
-
-/// Serves `services` on `listener` until `shutdown`, then lets open HTTP
-/// requests finish (up to 10 s) and closes MQTT connections.
+/// Serves `services` on `listener` until `shutdown`; see [`serve_all`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -120,21 +126,87 @@ pub async fn serve(
     limits: ListenerLimits,
     shutdown: Shutdown,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    serve_all(vec![listener], tls, services, limits, shutdown).await;
+}
+
+/// What every connection shares.
+struct Shared {
+    acceptor: TlsAcceptor,
+    services: Services,
+    http: auto::Builder<TokioExecutor>,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
+    /// One per connection being served, on every listener together.
+    permits: Arc<Semaphore>,
+    connections: TaskTracker,
+}
+
+/// Serves the same `services` on every listener (the HTTPS port and a
+/// dedicated MQTT port, say) until `shutdown`, with one connection cap for
+/// all of them. Then it stops accepting, closes connections that have no
+/// request in progress at once, lets open requests finish and closes MQTT
+/// connections, for up to [`ListenerLimits::close_timeout`].
+pub async fn serve_all(
+    listeners: Vec<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    services: Services,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
+) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    http.http2().timer(TokioTimer::new());
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        services,
+        http,
+        limits,
+        shutdown: shutdown.clone(),
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        connections: TaskTracker::new(),
+    });
+    futures_util::future::join_all(listeners.into_iter().map(|l| accept(l, shared.clone()))).await;
+    let connections = &shared.connections;
+    connections.close();
+    let open = connections.len();
+    if tokio::time::timeout(limits.close_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} of {open} connections still open after {:?}; cutting them",
+            connections.len(),
+            limits.close_timeout
+        );
+    } else if open > 0 {
+        tracing::info!("closed {open} connections");
+    }
+}
+
+/// Accepts connections on `listener` until the shutdown.
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    let shutdown = shared.shutdown.clone();
+    let mut warned_full: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = shutdown.wait() => break,
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                if warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = shared.limits.max_connections,
+                        "connection limit reached; new connections wait until others close"
+                    );
+                }
+                tokio::select! {
+                    p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    () = shutdown.wait() => break,
+                }
+            }
         };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -149,81 +221,222 @@ pub async fn serve(
             () = shutdown.wait() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let services = services.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let (_, session) = tls.get_ref();
-            let peer = PeerCertificates(Arc::new(
-                session
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                    .unwrap_or_default(),
-            ));
-            let alpn_mqtt = session.alpn_protocol() == Some(b"mqtt");
-            // Room for the one byte that tells MQTT from HTTP, no more: HTTP
-            // and MQTT read in large chunks, which pass a drained BufReader
-            // by, so a bigger buffer would only cost memory per connection.
-            let mut stream = BufReader::with_capacity(1, tls);
-            let is_mqtt = match &services.mqtt {
-                None => false,
-                Some(_) if alpn_mqtt => true,
-                Some(_) => {
-                    match tokio::time::timeout(limits.header_timeout, stream.fill_buf()).await {
-                        Ok(Ok([])) => return,
-                        Ok(Ok(bytes)) => bytes[0] == 0x10,
-                        Ok(Err(_)) | Err(_) => return,
-                    }
-                }
+        shared
+            .connections
+            .spawn(connection(shared.clone(), tcp, remote, permit));
+    }
+}
+
+/// One connection, from the TLS handshake to its end.
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let limits = shared.limits;
+    let tls = tokio::select! {
+        tls = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(tcp)) => match tls {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = shared.shutdown.wait() => return,
+    };
+    let handshake_done = Instant::now();
+    let (_, session) = tls.get_ref();
+    let peer = PeerCertificates(Arc::new(
+        session
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default(),
+    ));
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let connect_by = handshake_done + shared.services.mqtt_limits.connect_timeout;
+    // Room for the one byte that tells MQTT from HTTP, no more: HTTP
+    // and MQTT read in large chunks, which pass a drained BufReader
+    // by, so a bigger buffer would only cost memory per connection.
+    let mut stream = BufReader::with_capacity(1, tls);
+    let is_mqtt = match (&shared.services.mqtt, alpn.as_deref()) {
+        (None, _) => false,
+        (Some(_), Some(b"mqtt")) => true,
+        (Some(_), negotiated) => {
+            // Until the first byte the client may speak either protocol, so
+            // the stricter of the two deadlines applies, unless it asked
+            // for HTTP by ALPN.
+            let first_byte_by = match negotiated {
+                Some(_) => handshake_done + limits.header_timeout,
+                None => connect_by.min(handshake_done + limits.header_timeout),
             };
-            if is_mqtt {
-                if let Some(app) = services.mqtt {
-                    crate::mqtt::server::run(
-                        stream,
-                        app,
-                        peer,
-                        remote,
-                        false,
-                        services.mqtt_limits,
-                        shutdown.receiver(),
-                    )
-                    .await;
+            let first = tokio::select! {
+                first = tokio::time::timeout_at(first_byte_by, stream.fill_buf()) => first,
+                () = shared.shutdown.wait() => return,
+            };
+            match first {
+                Ok(Ok([])) => return,
+                Ok(Ok(bytes)) => bytes[0] == 0x10,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!(%remote, "nothing sent after the TLS handshake; closing");
+                    return;
+                }
+            }
+        }
+    };
+    if is_mqtt {
+        if let Some(app) = shared.services.mqtt.clone() {
+            crate::mqtt::server::run(
+                stream,
+                app,
+                peer,
+                remote,
+                false,
+                shared.services.mqtt_limits,
+                connect_by,
+                shared.shutdown.receiver(),
+            )
+            .await;
+        }
+        return;
+    }
+    http(&shared, stream, peer, remote, handshake_done).await;
+}
+
+/// How long a stopping connection with no request in progress may take to
+/// write out its last answer.
+const STOP_LINGER: Duration = Duration::from_secs(1);
+
+/// Whether a connection has a request in progress, and since when it has not.
+struct Activity {
+    busy: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+/// A request in progress on its connection; dropped when both its answer
+/// is ready and its body is read (or thrown away).
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Arc<Busy> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
+        Arc::new(Busy(self.clone()))
+    }
+
+    /// When the connection will have been idle too long; `None` while busy.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        Some(since + timeout)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on a connection until it ends, it is idle
+/// (no request in progress) for longer than the header timeout, or the
+/// server stops.
+async fn http(
+    shared: &Arc<Shared>,
+    stream: BufReader<tokio_rustls::server::TlsStream<TcpStream>>,
+    peer: PeerCertificates,
+    remote: SocketAddr,
+    handshake_done: Instant,
+) {
+    let limits = shared.limits;
+    let activity = Arc::new(Activity {
+        busy: AtomicUsize::new(0),
+        idle_since: Mutex::new(handshake_done),
+        changed: Notify::new(),
+    });
+    let router = shared.services.http.clone();
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let busy = requests.begin();
+        let (mut parts, body) = req.into_parts();
+        let waits_for_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        // HTTP/2 ends an unread body with a stream reset the client expects.
+        let discard = parts.version < http::Version::HTTP_2;
+        let body = GuardedBody::new(
+            body,
+            limits.body_timeout,
+            limits.max_discard_bytes,
+            discard,
+            waits_for_continue,
+            busy.clone(),
+        );
+        parts.extensions.insert(peer.clone());
+        parts.extensions.insert(RemoteAddr(remote));
+        let answer = router.clone().oneshot(hyper::Request::from_parts(
+            parts,
+            axum::body::Body::new(body),
+        ));
+        async move {
+            let response = answer.await;
+            drop(busy);
+            response
+        }
+    });
+    let conn = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        // Once stopping, a connection with nothing in progress gets a moment
+        // to write out its last answer, then closes.
+        let idle_by = match stopping_since {
+            None => activity.idle_deadline(limits.header_timeout),
+            Some(at) => activity
+                .idle_deadline(STOP_LINGER)
+                .map(|by| by.max(at + STOP_LINGER)),
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            let router = services.http;
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                req.extensions_mut().insert(RemoteAddr(remote));
-                router.clone().oneshot(req)
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            () = activity.changed.notified() => {}
+            () = sleep_until_some(idle_by) => {
+                if stopping_since.is_none() {
+                    tracing::debug!(%remote, "no request within {:?}; closing", limits.header_timeout);
+                }
+                return;
             }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(10)) => {
-            tracing::warn!("connections still open after 10 s; closing them");
+            () = shared.shutdown.wait(), if stopping_since.is_none() => {
+                stopping_since = Some(Instant::now());
+                // HTTP/1.1 finishes the request in progress and closes;
+                // HTTP/2 sends GOAWAY and finishes its open streams.
+                conn.as_mut().graceful_shutdown();
+            }
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -95,6 +95,11 @@ impl ClientCertVerifier for AnyClientCertificate {
     }
 }
 
+/// ALPN protocols of a listener that serves HTTP and MQTT, in the server's
+/// order of preference: HTTP clients get HTTP/2 or HTTP/1.1, and MQTT
+/// clients that offer only `mqtt` (as some do on 8883) get that.
+pub const ALPN_HTTP_AND_MQTT: &[&[u8]] = &[b"h2", b"http/1.1", b"mqtt"];
+
 /// A server configuration from a PEM chain (leaf first) and key, offering
 /// TLS 1.2 and 1.3, optional client certificates, and the given ALPN protocols.
 pub fn server_config(

@@ -206,6 +206,21 @@ pub struct LogConfig {
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub register_reply_budget_ms: u64,
+    /// A client must finish its TLS handshake within this time.
+    pub handshake_timeout_ms: u64,
+    /// A client must send a request's headers within this time (after the
+    /// handshake, or after its previous request: also the idle timeout).
+    pub header_timeout_ms: u64,
+    /// A request's whole body must arrive within this time after its headers.
+    pub body_timeout_ms: u64,
+    /// Connections served at once, further capped by the open-file limit
+    /// less `reserved_descriptors`.
+    pub max_connections: usize,
+    /// Descriptors kept back from connections for the store, hub and
+    /// webhook clients and logs.
+    pub reserved_descriptors: u64,
+    /// On SIGTERM, registrations in flight get this long to finish.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +314,33 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 96 * 1024,
             register_reply_budget_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 50_000,
+            reserved_descriptors: 256,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The listener's limits, with connections capped at `max_connections`
+    /// (see [`onramp_net::descriptors`]) and up to `max_discard_bytes` of an
+    /// unread body thrown away.
+    pub fn listener(
+        &self,
+        max_connections: usize,
+        max_discard_bytes: usize,
+    ) -> onramp_net::ListenerLimits {
+        use std::time::Duration;
+        onramp_net::ListenerLimits {
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            max_discard_bytes: max_discard_bytes as u64,
+            max_connections,
+            close_timeout: Duration::from_millis(self.shutdown_grace_ms),
         }
     }
 }
@@ -404,6 +446,21 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key go together; set both or neither");
         }
+        for (name, ms) in [
+            ("handshake_timeout_ms", self.limits.handshake_timeout_ms),
+            ("header_timeout_ms", self.limits.header_timeout_ms),
+            ("body_timeout_ms", self.limits.body_timeout_ms),
+        ] {
+            if ms == 0 {
+                bail!("limits.{name} must be more than 0");
+            }
+        }
+        if self.mqtt.connect_timeout_ms == 0 {
+            bail!("mqtt.connect_timeout_ms must be more than 0");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("limits.max_connections must be more than 0");
+        }
         if self.public_host.trim().is_empty() {
             bail!("public_host is empty; set the host name devices use, e.g. localhost");
         }
@@ -508,5 +565,37 @@ mod tests {
         std::fs::write(&file, "public_hots = \"typo\"").unwrap();
         let err = Config::for_serve(&args).unwrap_err();
         assert!(format!("{err:#}").contains("public_hots"), "{err:#}");
+    }
+
+    #[test]
+    fn front_door_limits_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("onramp.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nheader_timeout_ms = 2500\nbody_timeout_ms = 4000\nshutdown_grace_ms = 3000\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            location: Location {
+                config: Some(file.clone()),
+                data_dir: None,
+            },
+            ..Default::default()
+        };
+        let c = Config::for_serve(&args).unwrap();
+        let l = c.limits.listener(700, 1 << 20);
+        assert_eq!(l.header_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(l.body_timeout, std::time::Duration::from_millis(4000));
+        assert_eq!(l.handshake_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(l.close_timeout, std::time::Duration::from_secs(3));
+        assert_eq!((l.max_connections, l.max_discard_bytes), (700, 1 << 20));
+
+        std::fs::write(&file, "[limits]\nbody_timeout_ms = 0\n").unwrap();
+        let err = Config::for_serve(&args).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("limits.body_timeout_ms"),
+            "{err:#}"
+        );
     }
 }

@@ -178,7 +178,7 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     let tls = onramp_net::tls::server_config(
         &pki.server_chain_pem,
         &pki.server_key_pem,
-        &[b"h2", b"http/1.1"],
+        onramp_net::tls::ALPN_HTTP_AND_MQTT,
     )?;
     let sealer = crate::local::sealer_in(&args.data_dir.join("keys"))?;
     let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
@@ -198,11 +198,20 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         mqtt: Some(hub.mqtt_app()),
         mqtt_limits: limits,
     };
+    let defaults = ListenerLimits::default();
+    let budget = onramp_net::descriptors::connection_budget(
+        defaults.max_connections,
+        crate::config::LimitsConfig::default().reserved_descriptors,
+    )
+    .map_err(anyhow::Error::msg)?;
     let serving = tokio::spawn(onramp_net::serve_all(
         std::iter::once(listener).chain(mqtt_listener).collect(),
         Arc::new(tls),
         services,
-        ListenerLimits::default(),
+        ListenerLimits {
+            max_connections: budget.max_connections,
+            ..defaults
+        },
         shutdown,
     ));
     Ok(RunningHub {

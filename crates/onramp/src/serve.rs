@@ -14,7 +14,7 @@ use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
 use onramp_net::mqtt::MqttApp;
-use onramp_net::{ListenerLimits, Services, Shutdown};
+use onramp_net::{Services, Shutdown};
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
@@ -60,12 +60,29 @@ impl Running {
     }
 }
 
-/// What the HTTPS listener offers in ALPN.
-const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// What every listener offers in ALPN: each serves MQTT beside HTTP.
+const ALPN: &[&[u8]] = onramp_net::tls::ALPN_HTTP_AND_MQTT;
 
 /// Starts Onramp as configured: store, provisioning service, hubs, engine,
 /// listeners. `summary` prints what an operator needs to know.
 pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
+    let budget = onramp_net::descriptors::connection_budget(
+        config.limits.max_connections,
+        config.limits.reserved_descriptors,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(before) = budget.raised_from {
+        tracing::info!(
+            from = before,
+            to = budget.open_files,
+            "raised the open-file limit to the hard limit"
+        );
+    }
+    tracing::info!(
+        open_files = budget.open_files,
+        max_connections = budget.max_connections,
+        "connections capped below the open-file limit"
+    );
     // Whatever can fail without the data directory comes first, so that a
     // start that fails changes nothing there: another server's lock, the
     // listeners, the operator's files and settings.
@@ -315,6 +332,10 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             shutdown.clone(),
         ));
     }
+    let max_discard_bytes = state
+        .config
+        .max_body_bytes
+        .max(state.config.max_bulk_body_bytes);
     let services = Services {
         http: onramp_endpoints::app(state),
         mqtt: Some(mqtt_app),
@@ -324,7 +345,9 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         std::iter::once(listener).chain(mqtt_listener).collect(),
         Arc::new(server_tls),
         services,
-        ListenerLimits::default(),
+        config
+            .limits
+            .listener(budget.max_connections, max_discard_bytes),
         shutdown,
     ));
     Ok(Running {

@@ -161,10 +161,8 @@ async fn status(
     body: Body,
 ) -> Result<Response, ProvisioningError> {
     query.require_api_version()?;
-    // The body (a DeviceRegistration) carries nothing this call needs; it is
-    // still bounded and must be JSON if present.
-    let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
-    let _: serde_json::Value = respond::parse(&bytes, true)?;
+    // The credential comes from the headers alone here, so the caller is
+    // checked before its body is read.
     let record = state
         .engine
         .registration_status(StatusRequest {
@@ -174,6 +172,10 @@ async fn status(
             protocol: Protocol::Https,
         })
         .await?;
+    // The body (a DeviceRegistration) carries nothing this call needs; it is
+    // still bounded and must be JSON if present.
+    let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
+    let _: serde_json::Value = respond::parse(&bytes, true)?;
     if record.status == RegistrationStatus::Unassigned {
         return Err(ProvisioningError::new(
             ErrorCode::RegistrationNotFound,

@@ -122,6 +122,18 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             ));
         }
     };
+    // What the headers alone can refuse is refused before any body is read.
+    if let Some(limit) = body_limit(&route, &state.config)
+        && let Some(length) = content_length(req.headers())
+        && length > limit as u64
+    {
+        return respond::error(&ProvisioningError::new(
+            ErrorCode::RequestTooLarge,
+            format!(
+                "Content-Length {length} is over this operation's limit; send at most {limit} bytes"
+            ),
+        ));
+    }
     let query = Query::parse(req.uri().query());
     let (parts, body) = req.into_parts();
     let resp = match route {
@@ -138,6 +150,31 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
     );
     resp
+}
+
+/// The largest body `route` reads; `None` for routes that read none (what
+/// is sent is thrown away by the listener).
+fn body_limit(route: &Route, config: &EndpointConfig) -> Option<usize> {
+    match route {
+        Route::EnrollmentBulk | Route::GroupBulk => Some(config.max_bulk_body_bytes),
+        Route::DeviceRegister { .. }
+        | Route::DeviceStatus { .. }
+        | Route::Enrollment(_)
+        | Route::EnrollmentQuery
+        | Route::Group(_)
+        | Route::GroupQuery
+        | Route::RegistrationQuery(_)
+        | Route::Certificate(_)
+        | Route::CertificateVerify(_) => Some(config.max_body_bytes),
+        _ => None,
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The query string, decoded.

@@ -99,10 +99,16 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProvisioningEr
                 ),
             ))
         }
-        Err(e) => Err(ProvisioningError::new(
-            ErrorCode::InvalidRequestBody,
-            format!("the request body could not be read: {e}"),
-        )),
+        Err(e) => match onramp_net::BodyTimedOut::is_cause_of(&*e) {
+            Some(timeout) => Err(ProvisioningError::new(
+                ErrorCode::RequestTimeout,
+                format!("{timeout}; send the whole body at once"),
+            )),
+            None => Err(ProvisioningError::new(
+                ErrorCode::InvalidRequestBody,
+                format!("the request body could not be read: {e}"),
+            )),
+        },
     }
 }
 

@@ -30,7 +30,8 @@ use crate::PeerCertificates;
 pub struct MqttLimits {
     /// Largest packet accepted; a bigger one closes the connection.
     pub max_packet_bytes: u32,
-    /// A client must send CONNECT within this time after the handshake.
+    /// A client must send a complete CONNECT within this time after the TLS
+    /// handshake (after the upgrade, over WebSockets).
     pub connect_timeout: Duration,
     /// Topic filters one connection may hold.
     pub max_subscriptions: usize,
@@ -213,7 +214,10 @@ pub trait MqttApp: Send + Sync + 'static {
 
 type Conn<S> = Framed<S, Codec>;
 
-/// Serves one MQTT connection to its end.
+/// Serves one MQTT connection to its end. The client must have sent a
+/// complete CONNECT by `connect_by` (the end of the TLS handshake or of the
+/// WebSocket upgrade, plus [`MqttLimits::connect_timeout`]).
+#[allow(clippy::too_many_arguments)] // each is a separate fact about the connection
 pub async fn run<S>(
     io: S,
     app: Arc<dyn MqttApp>,
@@ -221,12 +225,17 @@ pub async fn run<S>(
     remote: SocketAddr,
     websocket: bool,
     limits: MqttLimits,
+    connect_by: tokio::time::Instant,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut conn: Conn<S> = Framed::new(io, Codec::new(limits.max_packet_bytes));
-    let connect = match tokio::time::timeout(limits.connect_timeout, conn.next()).await {
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(connect_by, conn.next()) => first,
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    let connect = match first {
         Err(_) => {
             tracing::debug!(%remote, "no CONNECT within {:?}; closing", limits.connect_timeout);
             return;

@@ -197,7 +197,18 @@ pub fn accept(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        server::run(WsStream::new(ws), app, peer, remote, true, limits, shutdown).await;
+        let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
+        server::run(
+            WsStream::new(ws),
+            app,
+            peer,
+            remote,
+            true,
+            limits,
+            connect_by,
+            shutdown,
+        )
+        .await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -63,6 +63,17 @@ impl Server {
 
     /// Starts with `data_dir` (kept), extra flags and environment.
     pub fn start_in(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::start_wrapped(data_dir, listen, extra, &[])
+    }
+
+    /// Starts as [`Server::start_in`] does, through `wrapper` (a command
+    /// that runs the rest of its arguments, e.g. `prlimit --nofile=…`).
+    pub fn start_wrapped(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let state_file = data_dir.join("serve.json");
         let _ = std::fs::remove_file(&state_file);
@@ -80,7 +91,15 @@ impl Server {
         } else {
             &["--metrics-listen", "127.0.0.1:0"]
         };
-        let child = onramp()
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_onramp"));
+                c
+            }
+            None => onramp(),
+        };
+        let child = command
             .args(["serve", "--https-listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--log", "warn,onramp=info,onramp_net=debug"])
@@ -155,6 +174,28 @@ impl Server {
 
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("serve.stderr")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop();
+        started.elapsed()
     }
 
     /// An HTTPS client trusting the server's development CA.

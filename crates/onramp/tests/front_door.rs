@@ -1,0 +1,536 @@
+//! The front door of `onramp serve`: early answers to large bodies, deadlines
+//! for every stage before a request, the connection cap below the open-file
+//! limit, ALPN, and what SIGTERM does to work in flight.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Server, unix_now};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+fn tls(server: &Server, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut config = onramp_net::tls::client_config(Some(&server.ca_pem)).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn connect(address: &str, tls: Arc<rustls::ClientConfig>) -> Tls {
+    onramp_net::mqtt::client::connect_tls_stream(address, tls)
+        .await
+        .unwrap()
+}
+
+/// Reads one HTTP/1.1 answer with a Content-Length body: status, head, body.
+async fn read_response(conn: &mut Tls, what: &str) -> (u16, String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = conn
+            .read(&mut byte)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the answer failed: {e}"));
+        assert!(
+            n > 0,
+            "{what}: the connection closed before the answer ({:?})",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await.unwrap();
+    (status, head, body)
+}
+
+/// Reads until the server closes; returns what it sent. A reset counts as a close.
+async fn read_to_close(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return seen,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A service token for the policy of `connection_string` that expired an hour ago.
+fn expired_token(connection_string: &str) -> String {
+    let cs = onramp_core::connection_string::ConnectionString::parse(connection_string).unwrap();
+    onramp_core::sas::sign(
+        &cs.host_name,
+        cs.shared_access_key.unwrap().expose(),
+        unix_now() - 3600,
+        cs.shared_access_key_name.as_deref(),
+    )
+    .unwrap()
+}
+
+/// A bulk call of ten X.509 enrollments of about `size` bytes in all.
+fn bulk_body(size: usize) -> Vec<u8> {
+    let certificate = "A".repeat(size / 10);
+    let enrollments: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({
+                "registrationId": format!("x509-{i}"),
+                "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": certificate}}}},
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"mode": "create", "enrollments": enrollments})).unwrap()
+}
+
+fn with_config(temp: &tempfile::TempDir, toml: &str) -> String {
+    let path = temp.path().join("onramp.toml");
+    std::fs::write(&path, toml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// HTTP/1.1 clients that send the whole body before reading (Python's
+/// `requests`) get the early answer, not a reset connection, and the
+/// connection goes on.
+#[tokio::test]
+async fn early_answers_reach_clients_that_send_the_whole_body_first() {
+    let server = Server::start("127.0.0.1:0");
+    let expired = expired_token(&server.owner_connection_string().await);
+    for size in [32 * 1024, 200 * 1024, 2 * 1024 * 1024] {
+        let what = format!("bulk call of {size} bytes with an expired token");
+        let body = bulk_body(size);
+        let mut conn = connect(&server.endpoint(), tls(&server, &[b"http/1.1"])).await;
+        let head = format!(
+            "POST /enrollments?api-version=2021-10-01 HTTP/1.1\r\nHost: {}\r\nAuthorization: {expired}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            server.endpoint(),
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the body could not be sent: {e}"));
+        conn.flush().await.unwrap();
+        let (status, _, answer) = read_response(&mut conn, &what).await;
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(status, 401, "{what}: {answer}");
+        assert_eq!(
+            answer["errorCode"].as_u64().unwrap() / 1000,
+            401,
+            "{answer}"
+        );
+        // The body was read to its end, so the connection is still good.
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, _, _) = read_response(&mut conn, "health after the early answer").await;
+        assert_eq!(status, 200, "{what}");
+    }
+
+    // A device request over the size limit: 413, seen after sending it all.
+    let body = vec![b' '; 200 * 1024];
+    let mut conn = connect(&server.endpoint(), tls(&server, &[b"http/1.1"])).await;
+    let head = format!(
+        "PUT /{}/registrations/big/register?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: SharedAccessSignature sr=x&sig=y&se=1\r\nContent-Length: {}\r\n\r\n",
+        server.id_scope(),
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let (status, head, _) = read_response(&mut conn, "register over the limit").await;
+    assert_eq!(status, 413, "{head}");
+}
+
+fn python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/python/.venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "the Python SDK environment is not installed in tests/interop/python/.venv; run scripts/test"
+    );
+    eprintln!("skipping: tests/interop/python/.venv is not installed (scripts/test installs it)");
+    None
+}
+
+/// The same with the real Python `requests`, as the Python SDKs use it:
+/// every try sees the 401, none an SSLEOFError or a reset.
+#[tokio::test]
+async fn python_requests_sees_early_answers_to_large_bodies() {
+    let Some(python) = python() else { return };
+    let server = Server::start("127.0.0.1:0");
+    let expired = expired_token(&server.owner_connection_string().await);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/python/early_answer.py");
+    for size in ["32768", "204800", "2097152"] {
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(server.url("enrollments?api-version=2021-10-01"))
+            .arg(server.ca_path())
+            .arg(&expired)
+            .args([size, "5"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "early_answer.py printed no JSON: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        for result in report["results"].as_array().unwrap() {
+            assert_eq!(result["status"], 401, "{size} bytes: {report}");
+            assert_eq!(
+                result["errorCode"].as_u64().unwrap() / 1000,
+                401,
+                "{report}"
+            );
+        }
+    }
+}
+
+/// What a route can refuse from its headers is refused at once, without
+/// waiting for a body that may never come.
+#[tokio::test]
+async fn requests_are_refused_from_their_headers_before_the_body() {
+    let server = Server::start("127.0.0.1:0");
+    let scope = server.id_scope();
+    let cases = [
+        (
+            "register with a Content-Length over the limit",
+            format!(
+                "PUT /{scope}/registrations/d1/register?api-version=2021-10-01 HTTP/1.1\r\n\
+                 Authorization: SharedAccessSignature sr=x&sig=y&se=1\r\nContent-Length: 200000\r\n"
+            ),
+            413,
+        ),
+        (
+            "status lookup without a credential",
+            format!(
+                "POST /{scope}/registrations/d1?api-version=2021-10-01 HTTP/1.1\r\nContent-Length: 1000\r\n"
+            ),
+            401,
+        ),
+        (
+            "register without api-version",
+            format!("PUT /{scope}/registrations/d1/register HTTP/1.1\r\nContent-Length: 1000\r\n"),
+            400,
+        ),
+        (
+            "a method the route does not take",
+            format!(
+                "POST /{scope}/registrations/d1/register?api-version=2021-10-01 HTTP/1.1\r\nContent-Length: 1000\r\n"
+            ),
+            405,
+        ),
+        (
+            "an unknown route",
+            "POST /nothing/here?api-version=2021-10-01 HTTP/1.1\r\nContent-Length: 1000\r\n".into(),
+            404,
+        ),
+        (
+            "a bulk call over the bulk limit",
+            "POST /enrollments?api-version=2021-10-01 HTTP/1.1\r\nContent-Length: 40000000\r\n"
+                .into(),
+            413,
+        ),
+    ];
+    for (what, head, expected) in cases {
+        let mut conn = connect(&server.endpoint(), tls(&server, &[b"http/1.1"])).await;
+        let started = Instant::now();
+        conn.write_all(format!("{head}Host: localhost\r\n\r\n{{\"re").as_bytes())
+            .await
+            .unwrap();
+        let (status, head, _) =
+            tokio::time::timeout(Duration::from_secs(3), read_response(&mut conn, what))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer within 3 s (waiting for the body?)"));
+        assert_eq!(status, expected, "{what}: {head}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}");
+    }
+}
+
+/// A connection that sends nothing after the handshake is closed at the
+/// MQTT connect timeout, counted from the end of the handshake, and a first
+/// byte does not start it again. HTTP clients (by ALPN) get the header timeout.
+#[tokio::test]
+async fn silent_connections_are_closed_at_their_deadline_counted_from_the_handshake() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = with_config(&temp, "[limits]\nheader_timeout_ms = 2500\n");
+    let server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", &config, "--mqtt-connect-timeout-ms", "1000"],
+    );
+    for (address, alpn, first_byte_after, window) in [
+        // Nothing at all: the stricter deadline, the CONNECT one.
+        (server.endpoint(), &[][..], None, (1000, 2000)),
+        (server.mqtt_endpoint(), &[][..], None, (1000, 2000)),
+        (
+            server.mqtt_endpoint(),
+            &[&b"mqtt"[..]][..],
+            None,
+            (1000, 2000),
+        ),
+        // The first byte of a CONNECT late: the deadline still counts from the handshake.
+        (server.mqtt_endpoint(), &[][..], Some(600), (1000, 1450)),
+        // An HTTP client by ALPN: the header timeout.
+        (
+            server.endpoint(),
+            &[&b"http/1.1"[..]][..],
+            None,
+            (2500, 3500),
+        ),
+    ] {
+        let what = format!("{address} ALPN {alpn:?}, first byte after {first_byte_after:?} ms");
+        let mut conn = connect(&address, tls(&server, alpn)).await;
+        let handshake_done = Instant::now();
+        if let Some(ms) = first_byte_after {
+            // Pacing the client as the case says, not waiting for luck.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            conn.write_all(&[0x10]).await.unwrap();
+        }
+        let seen = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open after 10 s"));
+        let waited = handshake_done.elapsed();
+        assert!(seen.is_empty(), "{what}: {seen:?}");
+        assert!(
+            waited >= Duration::from_millis(window.0 - 50)
+                && waited < Duration::from_millis(window.1),
+            "{what}: closed after {waited:?}, expected {window:?} ms"
+        );
+    }
+}
+
+/// The server offers `mqtt` by ALPN beside HTTP/2 and HTTP/1.1: a client
+/// that offers only `mqtt` connects, and HTTP clients still get HTTP.
+#[tokio::test]
+async fn alpn_mqtt_is_offered_beside_http() {
+    let server = Server::start("127.0.0.1:0");
+    for (address, offered, expected) in [
+        (server.mqtt_endpoint(), &[&b"mqtt"[..]][..], &b"mqtt"[..]),
+        (server.endpoint(), &[&b"mqtt"[..]][..], b"mqtt"),
+        (server.endpoint(), &[&b"h2"[..], b"http/1.1"][..], b"h2"),
+        (server.endpoint(), &[&b"http/1.1"[..]][..], b"http/1.1"),
+        (
+            server.endpoint(),
+            &[&b"http/1.1"[..], b"mqtt"][..],
+            b"http/1.1",
+        ),
+    ] {
+        let conn = connect(&address, tls(&server, offered)).await;
+        assert_eq!(
+            conn.get_ref().1.alpn_protocol(),
+            Some(expected),
+            "{address} offered {offered:?}"
+        );
+    }
+    let key = server.enroll("alpn-dev", json!({})).await;
+    let options = onramp_net::mqtt::client::ConnectOptions {
+        client_id: "alpn-dev".into(),
+        username: Some(format!(
+            "{}/registrations/alpn-dev/api-version=2019-03-31",
+            server.id_scope()
+        )),
+        password: Some(server.device_token("alpn-dev", &key, unix_now() + 600)),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    let client = onramp_net::mqtt::client::MqttClient::connect(
+        &server.mqtt_endpoint(),
+        tls(&server, &[b"mqtt"]),
+        &onramp_net::mqtt::client::Transport::Tls,
+        &options,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    client.disconnect().await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Slow {
+    /// Request headers a line at a time, never finished.
+    Headers,
+    /// `Content-Length: 1000` and 5 bytes, then nothing.
+    Body,
+    /// A chunked body that never ends, a chunk at a time.
+    EndlessChunks,
+}
+
+/// One slow client: what the server sent before it closed, and how long
+/// after the handshake it closed. `Err` if the server never accepted it.
+async fn slow_client(
+    address: String,
+    tls: Arc<rustls::ClientConfig>,
+    scope: String,
+    slow: Slow,
+) -> Result<(Vec<u8>, Duration), String> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(60),
+        onramp_net::mqtt::client::connect_tls_stream(&address, tls),
+    )
+    .await
+    .map_err(|_| "no handshake within 60 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let handshake_done = Instant::now();
+    let (mut reader, mut writer) = tokio::io::split(conn);
+    let register = format!(
+        "PUT /{scope}/registrations/slow/register?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\n"
+    );
+    let (first, more): (String, &[u8]) = match slow {
+        Slow::Headers => (register, b"X-Slow: 1\r\n"),
+        Slow::Body => (
+            format!(
+                "{register}Authorization: SharedAccessSignature sr=x&sig=y&se=1\r\nContent-Length: 1000\r\n\r\n{{\"reg"
+            ),
+            b"",
+        ),
+        Slow::EndlessChunks => (
+            format!(
+                "{register}Authorization: SharedAccessSignature sr=x&sig=y&se=1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{{\r\n"
+            ),
+            b"1\r\n \r\n",
+        ),
+    };
+    writer
+        .write_all(first.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let read = read_to_close(&mut reader);
+    tokio::pin!(read);
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            tokio::select! {
+                seen = &mut read => break seen,
+                // The client's pace: a line or a chunk every 300 ms.
+                () = tokio::time::sleep(Duration::from_millis(300)), if !more.is_empty() => {
+                    if writer.write_all(more).await.is_err() {
+                        break (&mut read).await;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("{slow:?}: still open 20 s after its handshake"))?;
+    Ok((seen, handshake_done.elapsed()))
+}
+
+/// A flood of slow clients, more than the open-file limit allows at once:
+/// the server raises its soft limit, caps connections below it with a
+/// reserve, cuts every slow client at its deadline (408 where HTTP allows),
+/// never runs out of descriptors, and a device still provisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_slow_clients_is_cut_at_the_deadlines_and_cannot_starve_devices() {
+    const OPEN_FILES: usize = 600;
+    let temp = tempfile::tempdir().unwrap();
+    let config = with_config(
+        &temp,
+        "[limits]\nheader_timeout_ms = 1500\nbody_timeout_ms = 1500\n",
+    );
+    let server = Server::start_wrapped(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", &config],
+        // A soft limit of 64 that the server raises to the hard limit.
+        &["prlimit", &format!("--nofile=64:{OPEN_FILES}"), "--"],
+    );
+    let key = server.enroll("flood-survivor", json!({})).await;
+    let tls_config = tls(&server, &[b"http/1.1"]);
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    let kinds = [Slow::Headers, Slow::Body, Slow::EndlessChunks];
+    let total = OPEN_FILES + 150;
+    for i in 0..total {
+        let slow = kinds[i % kinds.len()];
+        flood.spawn(slow_client(
+            server.endpoint(),
+            tls_config.clone(),
+            server.id_scope(),
+            slow,
+        ));
+    }
+    // A device provisions while the flood is on (the simulator is a process
+    // of its own; this worker thread waits for it).
+    let device = tokio::task::block_in_place(|| {
+        let (ok, status, stderr) = server.provision("flood-survivor", &key, &[]);
+        (ok, status, stderr, started.elapsed())
+    });
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = flood.join_next().await {
+        outcomes.push(outcome.unwrap());
+    }
+    assert!(device.0, "the device failed during the flood: {}", device.2);
+    assert_eq!(device.1["status"], "assigned", "{}", device.1);
+    eprintln!(
+        "the device provisioned {:?} into a flood of {total} slow clients; the flood was over after {:?}",
+        device.3,
+        started.elapsed()
+    );
+    let mut answered_408 = 0;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let (seen, open_for) = outcome
+            .as_ref()
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(
+            *open_for < Duration::from_millis(1500 + 2500),
+            "client {i} stayed open {open_for:?} after its handshake"
+        );
+        if seen.starts_with(b"HTTP/1.1 408") {
+            answered_408 += 1;
+        }
+    }
+    let stderr = server.stderr();
+    assert!(
+        !stderr.contains("Too many open files"),
+        "the server ran out of descriptors:\n{stderr}"
+    );
+    assert!(
+        answered_408 >= total / 4,
+        "{answered_408} slow bodies were answered 408"
+    );
+    assert!(stderr.contains("connection limit reached"), "{stderr}");
+}
+
+/// With nothing in flight the process exits at once, even with connections
+/// open that never sent a request (as a client's connection pool keeps them)
+/// and idle keep-alive connections. Several runs: none stalls.
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_at_once() {
+    for run in 0..3 {
+        let mut server = Server::start("127.0.0.1:0");
+        let key = server.enroll("quiet", json!({})).await;
+        server.assigned("quiet", &key, &[]);
+        let silent = connect(&server.endpoint(), tls(&server, &[b"h2", b"http/1.1"])).await;
+        let mut idle = connect(&server.endpoint(), tls(&server, &[b"http/1.1"])).await;
+        idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut idle, "health").await.0, 200);
+        let took = server.terminate();
+        assert!(
+            took < Duration::from_secs(2),
+            "run {run}: SIGTERM took {took:?}"
+        );
+        drop((silent, idle));
+    }
+}
