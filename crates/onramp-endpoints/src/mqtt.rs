@@ -24,6 +24,7 @@ use onramp_net::mqtt::{
 
 use crate::EndpointConfig;
 use crate::https::respond;
+use crate::provision::Registrations;
 
 const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 const REGISTER_TOPIC: &str = "$dps/registrations/PUT/iotdps-register/";
@@ -33,11 +34,20 @@ const STATUS_TOPIC: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
 pub struct DpsMqtt {
     engine: Arc<Engine>,
     config: EndpointConfig,
+    registrations: Arc<Registrations>,
 }
 
 impl DpsMqtt {
-    pub fn new(engine: Arc<Engine>, config: EndpointConfig) -> Self {
-        Self { engine, config }
+    pub fn new(
+        engine: Arc<Engine>,
+        config: EndpointConfig,
+        registrations: Arc<Registrations>,
+    ) -> Self {
+        Self {
+            engine,
+            config,
+            registrations,
+        }
     }
 }
 
@@ -58,9 +68,10 @@ pub fn parse_dps_username(username: &str) -> Option<(&str, &str)> {
 
 fn refusal(e: ProvisioningError) -> Refusal {
     match e.code {
-        ErrorCode::StoreUnavailable | ErrorCode::InternalError | ErrorCode::Throttled => {
-            Refusal::ServerUnavailable(e.message)
-        }
+        ErrorCode::StoreUnavailable
+        | ErrorCode::ShuttingDown
+        | ErrorCode::InternalError
+        | ErrorCode::Throttled => Refusal::ServerUnavailable(e.message),
         _ => Refusal::NotAuthorized(e.message),
     }
 }
@@ -112,6 +123,7 @@ impl MqttApp for DpsMqtt {
         Ok(Box::new(DpsSession {
             engine: self.engine.clone(),
             config: self.config.clone(),
+            registrations: self.registrations.clone(),
             scope: scope.to_owned(),
             registration_id: registration_id.to_owned(),
             credential,
@@ -124,6 +136,7 @@ impl MqttApp for DpsMqtt {
 struct DpsSession {
     engine: Arc<Engine>,
     config: EndpointConfig,
+    registrations: Arc<Registrations>,
     scope: String,
     registration_id: String,
     credential: DeviceCredential,
@@ -190,8 +203,13 @@ impl DpsSession {
             protocol: self.protocol,
             client_addr: Some(self.client_addr),
         };
-        crate::provision::register_within(&self.engine, request, self.config.register_reply_budget)
-            .await
+        crate::provision::register_within(
+            &self.engine,
+            &self.registrations,
+            request,
+            self.config.register_reply_budget,
+        )
+        .await
     }
 
     async fn operation(

@@ -88,6 +88,7 @@ error_codes! {
     InternalError = 500001,
     HubRegistrationFailed = 500002,
     StoreUnavailable = 503001,
+    ShuttingDown = 503002,
 }
 
 impl ErrorCode {

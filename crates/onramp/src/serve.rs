@@ -11,6 +11,7 @@ use onramp_core::ports::{Store, SystemClock};
 use onramp_core::tenant::LinkedHub;
 use onramp_endpoints::https::MqttWebSockets;
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
+use onramp_endpoints::provision::Registrations;
 use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
 use onramp_net::mqtt::MqttApp;
@@ -27,12 +28,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
     init_logging(&config)?;
     let running = start(&config, true).await?;
-    let stop = running.stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.trigger();
-    });
-    running.finished().await;
+    shutdown_signal().await;
+    running
+        .shut_down(Duration::from_millis(config.limits.shutdown_grace_ms))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -44,6 +43,7 @@ pub struct Running {
     pub stop: Arc<onramp_net::ShutdownTrigger>,
     /// Trusts the development CA and the configured extra CAs.
     pub client_tls: rustls::ClientConfig,
+    registrations: Arc<Registrations>,
     serving: tokio::task::JoinHandle<()>,
     state_file: std::path::PathBuf,
     /// Held until the server has stopped.
@@ -56,6 +56,36 @@ impl Running {
     /// the data directory.
     pub async fn finished(self) {
         let _ = self.serving.await;
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+
+    /// Stops as SIGTERM does. New registrations are answered 503 with
+    /// `Retry-After` at once, while the listeners keep serving: the
+    /// registrations in flight still need the embedded hub, which the engine
+    /// reaches over HTTPS. Once they have finished (or `grace` is over),
+    /// the listeners close: connections with nothing in progress at once
+    /// (the hub client's idle ones among them), the others after their
+    /// current request, within what is left of `grace`.
+    pub async fn shut_down(self, grace: Duration) {
+        let started = std::time::Instant::now();
+        let drained = self.registrations.drain(grace).await;
+        if drained.cut > 0 {
+            tracing::warn!(
+                "shutdown: {} of {} registrations in flight still running after the {grace:?} \
+                 grace period; cutting them",
+                drained.cut,
+                drained.in_flight
+            );
+        } else {
+            tracing::info!(
+                "shutdown: {} registrations in flight finished",
+                drained.in_flight
+            );
+        }
+        self.stop.trigger();
+        let left = grace.saturating_sub(started.elapsed());
+        let _ = tokio::time::timeout(left.max(Duration::from_secs(1)), self.serving).await;
+        // While the lock is still held: no other server can own the file yet.
         let _ = std::fs::remove_file(&self.state_file);
     }
 }
@@ -260,15 +290,21 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         register_reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
         ..EndpointConfig::default()
     };
+    let registrations = Registrations::new();
     // One MQTT application for every port: DPS or the embedded hub, by user name.
     let mqtt_app: Arc<dyn MqttApp> = Arc::new(MqttRouter {
-        dps: Arc::new(DpsMqtt::new(engine.clone(), endpoint_config.clone())),
+        dps: Arc::new(DpsMqtt::new(
+            engine.clone(),
+            endpoint_config.clone(),
+            registrations.clone(),
+        )),
         hub: hub.as_ref().map(|h| h.mqtt_app() as Arc<dyn MqttApp>),
     });
     let mqtt_limits = config.mqtt.limits();
     let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {
         engine,
+        registrations: registrations.clone(),
         admin,
         config: endpoint_config,
         fallback: hub.as_ref().map(|h| h.router()),
@@ -355,6 +391,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         store,
         stop: Arc::new(stop),
         client_tls: client_tls_for_callers,
+        registrations,
         serving,
         state_file: config.state_file(),
         _lock: lock,

@@ -101,6 +101,7 @@ async fn register(
     };
     let outcome = crate::provision::register_within(
         &state.engine,
+        &state.registrations,
         request,
         state.config.register_reply_budget,
     )

@@ -61,6 +61,8 @@ impl Default for EndpointConfig {
 
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Registrations in flight, which a stopping server waits for.
+    pub registrations: Arc<crate::provision::Registrations>,
     pub admin: Arc<Admin>,
     pub config: EndpointConfig,
     /// Routes served when a path is not a DPS path (the embedded hub).
