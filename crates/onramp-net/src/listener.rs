@@ -143,9 +143,10 @@ struct Shared {
 
 /// Serves the same `services` on every listener (the HTTPS port and a
 /// dedicated MQTT port, say) until `shutdown`, with one connection cap for
-/// all of them. Then it stops accepting, closes connections that have no
-/// request in progress at once, lets open requests finish and closes MQTT
-/// connections, for up to [`ListenerLimits::close_timeout`].
+/// all of them. Then it stops accepting (taking what the kernel had already
+/// accepted), lets the requests in progress or on their way finish, closes
+/// idle connections after a moment and MQTT connections at once, for up to
+/// [`ListenerLimits::close_timeout`].
 pub async fn serve_all(
     listeners: Vec<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
@@ -225,6 +226,18 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
             .connections
             .spawn(connection(shared.clone(), tcp, remote, permit));
     }
+    // Connections the kernel has already accepted for us would be reset when
+    // the listener closes; take them, so their requests are answered.
+    use futures_util::FutureExt;
+    while let Ok(permit) = shared.permits.clone().try_acquire_owned() {
+        let Some(Ok((tcp, remote))) = listener.accept().now_or_never() else {
+            break;
+        };
+        let _ = tcp.set_nodelay(true);
+        shared
+            .connections
+            .spawn(connection(shared.clone(), tcp, remote, permit));
+    }
 }
 
 /// One connection, from the TLS handshake to its end.
@@ -247,7 +260,7 @@ async fn connection(
                 return;
             }
         },
-        () = shared.shutdown.wait() => return,
+        () = stop_lingered(&shared.shutdown) => return,
     };
     let handshake_done = Instant::now();
     let (_, session) = tls.get_ref();
@@ -276,7 +289,7 @@ async fn connection(
             };
             let first = tokio::select! {
                 first = tokio::time::timeout_at(first_byte_by, stream.fill_buf()) => first,
-                () = shared.shutdown.wait() => return,
+                () = stop_lingered(&shared.shutdown) => return,
             };
             match first {
                 Ok(Ok([])) => return,
@@ -308,9 +321,9 @@ async fn connection(
     http(&shared, stream, peer, remote, handshake_done).await;
 }
 
-/// How long a stopping connection with no request in progress may take to
-/// write out its last answer.
-const STOP_LINGER: Duration = Duration::from_secs(1);
+/// How long a stopping connection with no request in progress stays: to
+/// write out its last answer, or to receive a request already on its way.
+const STOP_LINGER: Duration = Duration::from_millis(500);
 
 /// Whether a connection has a request in progress, and since when it has not.
 struct Activity {
@@ -328,6 +341,10 @@ impl Activity {
         self.busy.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_one();
         Arc::new(Busy(self.clone()))
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
     }
 
     /// When the connection will have been idle too long; `None` while busy.
@@ -400,9 +417,17 @@ async fn http(
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut stopping_since: Option<Instant> = None;
+    let mut told_to_finish = false;
     loop {
-        // Once stopping, a connection with nothing in progress gets a moment
-        // to write out its last answer, then closes.
+        // Once stopping, a connection finishes the request in progress, or
+        // one whose headers are arriving; HTTP/1.1 then closes, HTTP/2 sends
+        // GOAWAY and finishes its open streams. One with nothing in progress
+        // gets a moment (to write out its last answer, or for a request
+        // already on its way), then closes.
+        if stopping_since.is_some() && !told_to_finish && activity.is_busy() {
+            told_to_finish = true;
+            conn.as_mut().graceful_shutdown();
+        }
         let idle_by = match stopping_since {
             None => activity.idle_deadline(limits.header_timeout),
             Some(at) => activity
@@ -425,12 +450,17 @@ async fn http(
             }
             () = shared.shutdown.wait(), if stopping_since.is_none() => {
                 stopping_since = Some(Instant::now());
-                // HTTP/1.1 finishes the request in progress and closes;
-                // HTTP/2 sends GOAWAY and finishes its open streams.
-                conn.as_mut().graceful_shutdown();
             }
         }
     }
+}
+
+/// Completes [`STOP_LINGER`] after the shutdown: a connection still in its
+/// handshake or before its first byte then gets that long to go on (its
+/// request is answered, if only with 503) rather than being cut.
+async fn stop_lingered(shutdown: &Shutdown) {
+    shutdown.wait().await;
+    tokio::time::sleep(STOP_LINGER).await;
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

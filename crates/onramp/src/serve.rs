@@ -63,9 +63,9 @@ impl Running {
     /// `Retry-After` at once, while the listeners keep serving: the
     /// registrations in flight still need the embedded hub, which the engine
     /// reaches over HTTPS. Once they have finished (or `grace` is over),
-    /// the listeners close: connections with nothing in progress at once
-    /// (the hub client's idle ones among them), the others after their
-    /// current request, within what is left of `grace`.
+    /// the listeners close: connections finish the request in progress or
+    /// on its way, idle ones (the hub client's among them) close after a
+    /// moment, within what is left of `grace`.
     pub async fn shut_down(self, grace: Duration) {
         let started = std::time::Instant::now();
         let drained = self.registrations.drain(grace).await;
