@@ -1,0 +1,125 @@
+//! Who is asking: the provisioning service an ID scope names, and
+//! attestation in it, each attempt logged and counted.
+
+use onramp_model::{ErrorCode, IdScope, RegistrationId};
+
+use super::{Engine, parse_registration_id};
+use crate::ProvisioningError;
+use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, attest};
+use crate::events::{AttestationAttempt, AttestationStep, Protocol};
+use crate::ports::RegistrationInputs;
+use crate::tenant::ProvisioningService;
+
+impl Engine {
+    /// Checks a device's credential without registering it (an MQTT or AMQP
+    /// connection is accepted or refused before any request).
+    pub async fn check_device(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+    ) -> Result<(), ProvisioningError> {
+        let registration_id = parse_registration_id(registration_id)?;
+        self.authenticate(
+            id_scope,
+            &registration_id,
+            credential,
+            protocol,
+            AttestationStep::Connect,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(super) async fn authenticate(
+        &self,
+        id_scope: &str,
+        registration_id: &RegistrationId,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+        step: AttestationStep,
+    ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
+        let found = self
+            .service_for_scope(id_scope)
+            .await
+            .map(|service| (service, Prefetched::default()));
+        self.attest_in(found, id_scope, registration_id, credential, protocol, step)
+            .await
+    }
+
+    /// Attestation in the service found for the ID scope (or the error of not
+    /// finding it), with the enrollment reads made already; records the attempt.
+    pub(super) async fn attest_in(
+        &self,
+        found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
+        id_scope: &str,
+        registration_id: &RegistrationId,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+        step: AttestationStep,
+    ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
+        let result = match found {
+            Ok((service, prefetched)) => attest(
+                &*self.store,
+                prefetched,
+                &service.name,
+                service.id_scope.as_str(),
+                registration_id,
+                credential,
+                self.clock.now().unix_seconds(),
+                self.config.attestation,
+            )
+            .await
+            .map(|a| (service, a)),
+            Err(e) => Err(e),
+        };
+        AttestationAttempt {
+            id_scope,
+            service: result.as_ref().ok().map(|(s, _)| s.name.as_str()),
+            registration_id: registration_id.as_str(),
+            protocol,
+            step,
+            error: result.as_ref().err(),
+        }
+        .emit();
+        result
+    }
+
+    async fn service_for_scope(
+        &self,
+        id_scope: &str,
+    ) -> Result<ProvisioningService, ProvisioningError> {
+        self.store
+            .service_by_scope(&scope_key(id_scope)?)
+            .await?
+            .ok_or_else(|| no_service(id_scope))
+    }
+
+    pub(super) async fn registration_inputs(
+        &self,
+        id_scope: &str,
+        registration_id: &RegistrationId,
+    ) -> Result<RegistrationInputs, ProvisioningError> {
+        self.store
+            .registration_inputs(&scope_key(id_scope)?, &registration_id.key(), GROUP_PAGE)
+            .await?
+            .ok_or_else(|| no_service(id_scope))
+    }
+}
+
+/// The store key of the ID scope a device sent.
+fn scope_key(id_scope: &str) -> Result<String, ProvisioningError> {
+    IdScope::parse(id_scope)
+        .map(|scope| scope.key())
+        .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))
+}
+
+fn no_service(id_scope: &str) -> ProvisioningError {
+    ProvisioningError::new(
+        ErrorCode::ProvisioningServiceNotFound,
+        format!(
+            "no provisioning service has ID scope '{id_scope}'; check the ID scope configured on the device"
+        ),
+    )
+}

@@ -1,0 +1,170 @@
+//! The registration state machine: attest → allocate → register in the hub →
+//! record → answer. Protocol-neutral: endpoints build the requests below from
+//! HTTPS, MQTT or AMQP and encode the answer back.
+//!
+//! - `register`: a registration from its request to its record;
+//!   `place`: the hub it goes to, and its identity there.
+//! - `status`: polls and status lookups.
+//! - `authenticate`: the service an ID scope names, and
+//!   attestation in it.
+//! - `in_flight`: operations still running, and the newest
+//!   one of each device.
+//! - `operation_id`: operation IDs and the time they carry.
+//! - `settings`: what an enrollment decides, whichever kind it is.
+
+mod authenticate;
+mod in_flight;
+mod operation_id;
+mod place;
+mod register;
+mod settings;
+mod status;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use onramp_model::{DeviceRegistration, RegistrationId};
+
+use crate::ProvisioningError;
+use crate::allocate::Regions;
+use crate::attest::{AttestationConfig, DeviceCredential};
+use crate::events::Protocol;
+use crate::ports::{
+    AllocationWebhook, Clock, HubLatency, HubRegistry, NoLatency, Store, WebhookError,
+    WebhookTarget,
+};
+use in_flight::InFlightOps;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub attestation: AttestationConfig,
+    /// How long after it started an operation can still be polled.
+    pub operation_ttl_seconds: i64,
+    /// Lowest-latency allocation shares devices among the hubs this close
+    /// (in milliseconds) to the fastest one.
+    pub latency_tolerance_ms: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            attestation: AttestationConfig::default(),
+            operation_ttl_seconds: 30 * 60,
+            latency_tolerance_ms: 10.0,
+        }
+    }
+}
+
+/// A device asks to be provisioned.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub id_scope: String,
+    /// From the URL, MQTT username or AMQP link: never only from the body.
+    pub registration_id: String,
+    pub credential: DeviceCredential,
+    pub body: DeviceRegistration,
+    pub force_registration: bool,
+    /// Chosen by the endpoint (see [`Engine::new_operation_id`]) so it can
+    /// answer `assigning` if the work outlives its reply budget.
+    pub operation_id: String,
+    pub protocol: Protocol,
+    /// The device's address, for the operator's network-to-region table.
+    pub client_addr: Option<IpAddr>,
+}
+
+/// A device polls an operation.
+#[derive(Debug, Clone)]
+pub struct OperationRequest {
+    pub id_scope: String,
+    pub registration_id: String,
+    pub credential: DeviceCredential,
+    pub operation_id: String,
+    pub protocol: Protocol,
+}
+
+/// A device asks for its registration record.
+#[derive(Debug, Clone)]
+pub struct StatusRequest {
+    pub id_scope: String,
+    pub registration_id: String,
+    pub credential: DeviceCredential,
+    pub protocol: Protocol,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    hubs: Arc<dyn HubRegistry>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    webhook: Arc<dyn AllocationWebhook>,
+    latency: Arc<dyn HubLatency>,
+    regions: Regions,
+    /// Operations whose work has not finished yet.
+    in_flight: Mutex<InFlightOps>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hubs: Arc<dyn HubRegistry>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            store,
+            hubs,
+            clock,
+            config,
+            webhook: Arc::new(NoWebhook),
+            latency: Arc::new(NoLatency),
+            regions: Regions::default(),
+            in_flight: Mutex::new(InFlightOps::default()),
+        }
+    }
+
+    /// The client custom allocation calls webhooks with.
+    pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
+        self.webhook = webhook;
+        self
+    }
+
+    /// Hub round trips measured from this node, for lowest-latency allocation.
+    pub fn with_latency(mut self, latency: Arc<dyn HubLatency>) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// This node's region and the operator's network-to-region table.
+    pub fn with_regions(mut self, regions: Regions) -> Self {
+        self.regions = regions;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+fn parse_registration_id(text: &str) -> Result<RegistrationId, ProvisioningError> {
+    RegistrationId::parse(text).map_err(ProvisioningError::invalid)
+}
+
+/// The custom-allocation client of an engine built without one.
+struct NoWebhook;
+
+#[async_trait::async_trait]
+impl AllocationWebhook for NoWebhook {
+    async fn allocate(
+        &self,
+        _target: &WebhookTarget,
+        _request: &onramp_model::allocation::AllocationRequest,
+    ) -> Result<onramp_model::allocation::AllocationResponse, WebhookError> {
+        Err(WebhookError::Unreachable(
+            "this Onramp server was started without a webhook client".into(),
+        ))
+    }
+}

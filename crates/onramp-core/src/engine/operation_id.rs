@@ -1,0 +1,24 @@
+//! Operation IDs: `1.<start time, hex ns>.<uuid>`, minted by the engine.
+//! The start time lets a poll tell an operation that ended without a record
+//! from one whose record a newer operation replaced.
+
+use super::Engine;
+
+impl Engine {
+    /// A fresh operation ID, `1.<start time, hex ns>.<uuid>`: only characters
+    /// SDKs can put unescaped into paths and topics.
+    pub fn new_operation_id(&self) -> String {
+        let nanos = self.clock.now().unix_nanos().max(0) as u64;
+        format!("1.{nanos:016x}.{}", uuid::Uuid::new_v4())
+    }
+}
+
+/// Start time (Unix ns) encoded in an operation ID from [`Engine::new_operation_id`].
+pub(super) fn operation_started(operation_id: &str) -> Option<i128> {
+    let mut parts = operation_id.split('.');
+    let (version, time, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    if version != "1" || rest.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    u64::from_str_radix(time, 16).ok().map(i128::from)
+}

@@ -1,0 +1,121 @@
+//! What a device reads back: a poll of its operation (`assigning` while the
+//! work runs, then the record that operation wrote), and its registration
+//! record.
+
+use onramp_model::{
+    DeviceRegistrationState, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
+};
+
+use super::operation_id::operation_started;
+use super::{Engine, OperationRequest, StatusRequest, parse_registration_id};
+use crate::ProvisioningError;
+use crate::events::AttestationStep;
+
+impl Engine {
+    /// Answers a poll: `assigning` while the work runs, then the recorded result.
+    pub async fn operation_status(
+        &self,
+        req: OperationRequest,
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
+        let registration_id = parse_registration_id(&req.registration_id)?;
+        let (service, _) = self
+            .authenticate(
+                &req.id_scope,
+                &registration_id,
+                &req.credential,
+                req.protocol,
+                AttestationStep::OperationStatus,
+            )
+            .await?;
+        let key = registration_id.key();
+        let running = self
+            .lock_in_flight()
+            .by_operation
+            .get(&req.operation_id)
+            .filter(|f| f.service == service.name && f.registration_key == key)
+            .cloned();
+        if let Some(op) = running {
+            return Ok(RegistrationOperationStatus {
+                operation_id: req.operation_id,
+                status: RegistrationStatus::Assigning,
+                registration_state: Some(DeviceRegistrationState::new(
+                    op.registration_id,
+                    RegistrationStatus::Assigning,
+                )),
+            });
+        }
+        let not_found = || {
+            ProvisioningError::new(
+                ErrorCode::OperationNotFound,
+                format!(
+                    "operation '{}' of registration '{registration_id}' is unknown or older than {} minutes; register again",
+                    req.operation_id,
+                    self.config.operation_ttl_seconds / 60
+                ),
+            )
+        };
+        let started = operation_started(&req.operation_id).ok_or_else(not_found)?;
+        let now = self.clock.now();
+        if now.unix_nanos() - started
+            > i128::from(self.config.operation_ttl_seconds) * 1_000_000_000
+        {
+            return Err(not_found());
+        }
+        let record = self
+            .store
+            .registration(&service.name, &key)
+            .await?
+            .ok_or_else(not_found)?;
+        // An operation newer than the record's ended without one (its write
+        // failed, or the process stopped): answering the older record would
+        // tell the device a stale hub.
+        if record.operation_id != req.operation_id
+            && operation_started(&record.operation_id).is_some_and(|recorded| recorded < started)
+        {
+            return Err(ProvisioningError::new(
+                ErrorCode::OperationNotFound,
+                format!(
+                    "operation '{}' of registration '{registration_id}' ended without a result; \
+                     register again",
+                    req.operation_id
+                ),
+            ));
+        }
+        // Any earlier operation of this device answers with its current
+        // record: polls may arrive late.
+        Ok(RegistrationOperationStatus {
+            operation_id: req.operation_id,
+            status: record.state.status,
+            registration_state: Some(record.state),
+        })
+    }
+
+    /// The device's registration record (the device API's status lookup).
+    pub async fn registration_status(
+        &self,
+        req: StatusRequest,
+    ) -> Result<DeviceRegistrationState, ProvisioningError> {
+        let registration_id = parse_registration_id(&req.registration_id)?;
+        let (service, _) = self
+            .authenticate(
+                &req.id_scope,
+                &registration_id,
+                &req.credential,
+                req.protocol,
+                AttestationStep::RegistrationStatus,
+            )
+            .await?;
+        self.store
+            .registration(&service.name, &registration_id.key())
+            .await?
+            .map(|r| r.state)
+            .ok_or_else(|| {
+                ProvisioningError::new(
+                    ErrorCode::RegistrationNotFound,
+                    format!(
+                        "registration '{registration_id}' has not registered yet; register first"
+                    ),
+                )
+            })
+    }
+}
