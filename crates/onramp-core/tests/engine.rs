@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use onramp_core::attest::{DeviceCredential, GROUP_PAGE};
-use onramp_core::engine::{Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest};
+use onramp_core::engine::{
+    Drained, Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest,
+};
 use onramp_core::events::Protocol;
 use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
 use onramp_core::sas;
@@ -28,7 +30,7 @@ struct World {
     clock: Arc<ManualClock>,
     webhook: Arc<ScriptedWebhook>,
     latency: Arc<FixedLatency>,
-    engine: Engine,
+    engine: Arc<Engine>,
     scope: String,
 }
 
@@ -54,14 +56,16 @@ async fn world(hubs: &[(&str, u32)]) -> World {
     let clock = Arc::new(ManualClock::new(at(NOW)));
     let webhook = Arc::new(ScriptedWebhook::default());
     let latency = Arc::new(FixedLatency::default());
-    let engine = Engine::new(
-        store.clone(),
-        recording.clone(),
-        clock.clone(),
-        EngineConfig::default(),
-    )
-    .with_webhook(webhook.clone())
-    .with_latency(latency.clone());
+    let engine = Arc::new(
+        Engine::new(
+            store.clone(),
+            recording.clone(),
+            clock.clone(),
+            EngineConfig::default(),
+        )
+        .with_webhook(webhook.clone())
+        .with_latency(latency.clone()),
+    );
     World {
         store,
         hubs: recording,
@@ -101,7 +105,6 @@ impl World {
                 ..Default::default()
             },
             force_registration: false,
-            operation_id: self.engine.new_operation_id(),
             protocol: Protocol::Internal,
             client_addr: None,
         }
@@ -1299,8 +1302,8 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     e.iot_hubs = Some(vec!["hub-b".into()]);
     w.put(&e).await;
     let newer = w.request("racer", w.token("racer", &primary(), NOW + 3600));
-    let newer_op = newer.operation_id.clone();
     let done = engine.register(newer).await.unwrap();
+    let newer_op = done.operation_id.clone();
     assert_eq!(
         done.registration_state.unwrap().assigned_hub.as_deref(),
         Some("hub-b")
@@ -1324,4 +1327,110 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
     assert!(w.hubs.device("hub-b", "racer").is_some());
     assert!(w.hubs.device("hub-a", "racer").is_none());
+}
+
+// ---- Reply budget and shutdown ----------------------------------------------
+
+/// An engine whose first hub registration waits for `release`, and whose
+/// register calls wait 50 ms before answering `assigning`.
+async fn gated_engine(hubs: &[(&str, u32)]) -> (World, Arc<GatedHubs>, Arc<Engine>) {
+    let w = world(hubs).await;
+    w.enroll("slow-dev").await;
+    let gated = Arc::new(GatedHubs {
+        inner: w.hubs.clone(),
+        calls: Default::default(),
+        entered: Default::default(),
+        release: Default::default(),
+    });
+    let engine = Arc::new(Engine::new(
+        w.store.clone(),
+        gated.clone(),
+        w.clock.clone(),
+        EngineConfig {
+            reply_budget: std::time::Duration::from_millis(50),
+            ..EngineConfig::default()
+        },
+    ));
+    (w, gated, engine)
+}
+
+impl World {
+    fn poll(&self, operation_id: &str) -> OperationRequest {
+        OperationRequest {
+            id_scope: self.scope.clone(),
+            registration_id: "slow-dev".into(),
+            credential: self.token("slow-dev", &primary(), NOW + 3600),
+            operation_id: operation_id.into(),
+            protocol: Protocol::Internal,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on() {
+    let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
+    let req = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let first = engine.register(req).await.unwrap();
+    assert_eq!(first.status, RegistrationStatus::Assigning);
+    assert!(first.registration_state.is_none(), "{first:?}");
+    assert!(
+        first.operation_id.starts_with("1."),
+        "{}",
+        first.operation_id
+    );
+    wait(&gated.entered).await;
+    let poll = engine
+        .operation_status(w.poll(&first.operation_id))
+        .await
+        .unwrap();
+    assert_eq!(poll.status, RegistrationStatus::Assigning);
+
+    // The work finishes after the answer; the drain waits for it, and the
+    // poll then reads the record it wrote.
+    let (drained, ()) = tokio::join!(engine.drain(std::time::Duration::from_secs(10)), async {
+        gated.release.notify_one()
+    });
+    assert_eq!(
+        drained,
+        Drained {
+            in_flight: 1,
+            cut: 0
+        }
+    );
+    let poll = engine
+        .operation_status(w.poll(&first.operation_id))
+        .await
+        .unwrap();
+    assert_eq!(poll.status, RegistrationStatus::Assigned);
+    assert_eq!(
+        poll.registration_state.unwrap().assigned_hub.as_deref(),
+        Some("hub-a")
+    );
+}
+
+#[tokio::test]
+async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() {
+    let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
+    let req = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let first = engine.register(req).await.unwrap();
+    assert_eq!(first.status, RegistrationStatus::Assigning);
+    wait(&gated.entered).await;
+    assert_eq!(
+        engine.drain(std::time::Duration::from_millis(50)).await,
+        Drained {
+            in_flight: 1,
+            cut: 1
+        }
+    );
+    let again = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let err = engine.register(again).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShuttingDown, "{}", err.message);
+    assert_eq!(err.http_status(), 503);
+    // Polls are still answered while the server stops.
+    let poll = engine
+        .operation_status(w.poll(&first.operation_id))
+        .await
+        .unwrap();
+    assert_eq!(poll.status, RegistrationStatus::Assigning);
+    gated.release.notify_one();
 }

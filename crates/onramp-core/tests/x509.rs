@@ -21,7 +21,7 @@ use onramp_net::pki::testing::{Issued, Validity};
 struct World {
     store: Arc<MemoryStore>,
     hubs: Arc<RecordingHubs>,
-    engine: Engine,
+    engine: Arc<Engine>,
     scope: String,
     clock: Arc<ManualClock>,
 }
@@ -36,12 +36,12 @@ async fn world() -> World {
         .unwrap();
     let hubs = Arc::new(RecordingHubs::default());
     let clock = Arc::new(ManualClock::new(UtcTime::now()));
-    let engine = Engine::new(
+    let engine = Arc::new(Engine::new(
         store.clone(),
         hubs.clone(),
         clock.clone(),
         EngineConfig::default(),
-    );
+    ));
     World {
         store,
         hubs,
@@ -116,7 +116,6 @@ impl World {
                 ),
                 body: DeviceRegistration::default(),
                 force_registration: false,
-                operation_id: self.engine.new_operation_id(),
                 protocol: Protocol::Internal,
                 client_addr: None,
             })

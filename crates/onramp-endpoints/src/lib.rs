@@ -9,12 +9,10 @@
 //!   default), never on the public port.
 //! - [`mqtt`]: the DPS device API over MQTT, and the router that sends each
 //!   MQTT connection to DPS or to the embedded hub.
-//! - [`provision`]: what every device transport shares.
 #![forbid(unsafe_code)]
 
 pub mod https;
 pub mod metrics;
 pub mod mqtt;
-pub mod provision;
 
 pub use https::{AppState, EndpointConfig, app};

@@ -24,7 +24,6 @@ use onramp_net::mqtt::{
 
 use crate::EndpointConfig;
 use crate::https::respond;
-use crate::provision::Registrations;
 
 const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 const REGISTER_TOPIC: &str = "$dps/registrations/PUT/iotdps-register/";
@@ -34,20 +33,11 @@ const STATUS_TOPIC: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
 pub struct DpsMqtt {
     engine: Arc<Engine>,
     config: EndpointConfig,
-    registrations: Arc<Registrations>,
 }
 
 impl DpsMqtt {
-    pub fn new(
-        engine: Arc<Engine>,
-        config: EndpointConfig,
-        registrations: Arc<Registrations>,
-    ) -> Self {
-        Self {
-            engine,
-            config,
-            registrations,
-        }
+    pub fn new(engine: Arc<Engine>, config: EndpointConfig) -> Self {
+        Self { engine, config }
     }
 }
 
@@ -123,7 +113,6 @@ impl MqttApp for DpsMqtt {
         Ok(Box::new(DpsSession {
             engine: self.engine.clone(),
             config: self.config.clone(),
-            registrations: self.registrations.clone(),
             scope: scope.to_owned(),
             registration_id: registration_id.to_owned(),
             credential,
@@ -136,7 +125,6 @@ impl MqttApp for DpsMqtt {
 struct DpsSession {
     engine: Arc<Engine>,
     config: EndpointConfig,
-    registrations: Arc<Registrations>,
     scope: String,
     registration_id: String,
     credential: DeviceCredential,
@@ -199,17 +187,10 @@ impl DpsSession {
             credential: self.credential.clone(),
             body,
             force_registration: false,
-            operation_id: self.engine.new_operation_id(),
             protocol: self.protocol,
             client_addr: Some(self.client_addr),
         };
-        crate::provision::register_within(
-            &self.engine,
-            &self.registrations,
-            request,
-            self.config.register_reply_budget,
-        )
-        .await
+        self.engine.register(request).await
     }
 
     async fn operation(

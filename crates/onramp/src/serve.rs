@@ -11,7 +11,6 @@ use onramp_core::ports::{Store, SystemClock};
 use onramp_core::tenant::LinkedHub;
 use onramp_endpoints::https::MqttWebSockets;
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
-use onramp_endpoints::provision::Registrations;
 use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
 use onramp_net::mqtt::MqttApp;
@@ -43,7 +42,8 @@ pub struct Running {
     pub stop: Arc<onramp_net::ShutdownTrigger>,
     /// Trusts the development CA and the configured extra CAs.
     pub client_tls: rustls::ClientConfig,
-    registrations: Arc<Registrations>,
+    /// Runs the registrations, which a stop lets finish.
+    engine: Arc<Engine>,
     serving: tokio::task::JoinHandle<()>,
     state_file: std::path::PathBuf,
     /// Held until the server has stopped.
@@ -68,7 +68,7 @@ impl Running {
     /// moment, within what is left of `grace`.
     pub async fn shut_down(self, grace: Duration) {
         let started = std::time::Instant::now();
-        let drained = self.registrations.drain(grace).await;
+        let drained = self.engine.drain(grace).await;
         if drained.cut > 0 {
             tracing::warn!(
                 "shutdown: {} of {} registrations in flight still running after the {grace:?} \
@@ -274,6 +274,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             clock.clone(),
             EngineConfig {
                 latency_tolerance_ms: config.allocation.latency_tolerance_ms,
+                reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
                 ..EngineConfig::default()
             },
         )
@@ -287,24 +288,17 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         service_host_names: vec![endpoint.clone(), config.public_host.clone()],
         public_base_url: format!("https://{endpoint}"),
         max_body_bytes: config.limits.max_body_bytes,
-        register_reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
         ..EndpointConfig::default()
     };
-    let registrations = Registrations::new();
     // One MQTT application for every port: DPS or the embedded hub, by user name.
     let mqtt_app: Arc<dyn MqttApp> = Arc::new(MqttRouter {
-        dps: Arc::new(DpsMqtt::new(
-            engine.clone(),
-            endpoint_config.clone(),
-            registrations.clone(),
-        )),
+        dps: Arc::new(DpsMqtt::new(engine.clone(), endpoint_config.clone())),
         hub: hub.as_ref().map(|h| h.mqtt_app() as Arc<dyn MqttApp>),
     });
     let mqtt_limits = config.mqtt.limits();
     let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {
-        engine,
-        registrations: registrations.clone(),
+        engine: engine.clone(),
         admin,
         config: endpoint_config,
         fallback: hub.as_ref().map(|h| h.router()),
@@ -391,7 +385,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         store,
         stop: Arc::new(stop),
         client_tls: client_tls_for_callers,
-        registrations,
+        engine,
         serving,
         state_file: config.state_file(),
         _lock: lock,

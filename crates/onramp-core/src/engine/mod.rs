@@ -7,6 +7,8 @@
 //! - `status`: polls and status lookups.
 //! - `authenticate`: the service an ID scope names, and
 //!   attestation in it.
+//! - `tasks`: each registration in a task of its own, answered within the
+//!   reply budget, and drained when the server stops.
 //! - `in_flight`: operations still running, and the newest
 //!   one of each device.
 //! - `operation_id`: operation IDs and the time they carry.
@@ -19,9 +21,13 @@ mod place;
 mod register;
 mod settings;
 mod status;
+mod tasks;
+
+pub use tasks::Drained;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use onramp_model::{DeviceRegistration, RegistrationId};
 
@@ -43,6 +49,9 @@ pub struct EngineConfig {
     /// Lowest-latency allocation shares devices among the hubs this close
     /// (in milliseconds) to the fastest one.
     pub latency_tolerance_ms: f64,
+    /// How long a register call waits for its registration before it
+    /// answers `assigning` and lets the device poll.
+    pub reply_budget: Duration,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +60,7 @@ impl Default for EngineConfig {
             attestation: AttestationConfig::default(),
             operation_ttl_seconds: 30 * 60,
             latency_tolerance_ms: 10.0,
+            reply_budget: Duration::from_secs(10),
         }
     }
 }
@@ -64,9 +74,6 @@ pub struct RegisterRequest {
     pub credential: DeviceCredential,
     pub body: DeviceRegistration,
     pub force_registration: bool,
-    /// Chosen by the endpoint (see [`Engine::new_operation_id`]) so it can
-    /// answer `assigning` if the work outlives its reply budget.
-    pub operation_id: String,
     pub protocol: Protocol,
     /// The device's address, for the operator's network-to-region table.
     pub client_addr: Option<IpAddr>,
@@ -101,6 +108,7 @@ pub struct Engine {
     regions: Regions,
     /// Operations whose work has not finished yet.
     in_flight: Mutex<InFlightOps>,
+    tasks: tasks::Tasks,
 }
 
 impl Engine {
@@ -119,6 +127,7 @@ impl Engine {
             latency: Arc::new(NoLatency),
             regions: Regions::default(),
             in_flight: Mutex::new(InFlightOps::default()),
+            tasks: tasks::Tasks::default(),
         }
     }
 

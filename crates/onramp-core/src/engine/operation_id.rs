@@ -6,7 +6,9 @@ use super::Engine;
 
 impl Engine {
     /// A fresh operation ID, `1.<start time, hex ns>.<uuid>`: only characters
-    /// SDKs can put unescaped into paths and topics.
+    /// SDKs can put unescaped into paths and topics. [`Engine::register`]
+    /// mints one for each registration; this is public for tools and tests
+    /// that name an operation which never ran.
     pub fn new_operation_id(&self) -> String {
         let nanos = self.clock.now().unix_nanos().max(0) as u64;
         format!("1.{nanos:016x}.{}", uuid::Uuid::new_v4())

@@ -19,13 +19,15 @@ use crate::ports::{Placement, RegistrationInputs, RegistrationRecord};
 use crate::tenant::{LinkedHub, ProvisioningService};
 
 impl Engine {
-    /// Runs a registration to its end and records it. Assignment failures
-    /// (no hub, hub down) are recorded and answered as `failed`; refusals
-    /// (bad credential, unknown device, disabled enrollment, bad input) are
-    /// errors and leave no trace in the store or the hub.
-    pub async fn register(
+    /// Runs registration `operation_id` to its end and records it.
+    /// Assignment failures (no hub, hub down) are recorded and answered as
+    /// `failed`; refusals (bad credential, unknown device, disabled
+    /// enrollment, bad input) are errors and leave no trace in the store or
+    /// the hub.
+    pub(super) async fn run(
         &self,
         req: RegisterRequest,
+        operation_id: String,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
         let started = self.clock.now();
         let registration_id = parse_registration_id(&req.registration_id)?;
@@ -80,7 +82,7 @@ impl Engine {
 
         let key = registration_id.key();
         let running = self.running(
-            &req.operation_id,
+            &operation_id,
             InFlight {
                 service: service.name.clone(),
                 registration_key: key.clone(),
@@ -93,6 +95,7 @@ impl Engine {
                 &service,
                 &attested,
                 &req,
+                &operation_id,
                 previous,
                 linked,
                 &running.overtaken,
@@ -113,7 +116,7 @@ impl Engine {
         }
         .emit();
         Ok(RegistrationOperationStatus {
-            operation_id: req.operation_id,
+            operation_id,
             status: state.status,
             registration_state: Some(state),
         })
@@ -122,11 +125,13 @@ impl Engine {
     /// Allocation, hub registration and the durable record. A device that
     /// moved leaves its old hub identity behind only after the new record is
     /// durable, so a crash in between never loses where the device's data is.
+    #[allow(clippy::too_many_arguments)]
     async fn assign(
         &self,
         service: &ProvisioningService,
         attested: &Attested,
         req: &RegisterRequest,
+        operation_id: &str,
         previous: Option<Box<RegistrationRecord>>,
         linked: Vec<LinkedHub>,
         overtaken: &Overtaken,
@@ -205,7 +210,7 @@ impl Engine {
         };
         let record = RegistrationRecord {
             state,
-            operation_id: req.operation_id.clone(),
+            operation_id: operation_id.to_owned(),
             enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
             placement,
         };

@@ -92,20 +92,13 @@ async fn register(
         credential: credential(parts, Some(&registration)),
         body: registration,
         force_registration,
-        operation_id: state.engine.new_operation_id(),
         protocol: Protocol::Https,
         client_addr: parts
             .extensions
             .get::<onramp_net::RemoteAddr>()
             .map(|a| a.0.ip()),
     };
-    let outcome = crate::provision::register_within(
-        &state.engine,
-        &state.registrations,
-        request,
-        state.config.register_reply_budget,
-    )
-    .await?;
+    let outcome = state.engine.register(request).await?;
     let mut resp = respond::json(StatusCode::ACCEPTED, &outcome, true);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);

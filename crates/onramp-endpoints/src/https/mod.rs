@@ -8,7 +8,7 @@ pub mod route;
 mod service;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -36,9 +36,6 @@ pub struct EndpointConfig {
     pub max_body_bytes: usize,
     /// Largest bulk enrollment request.
     pub max_bulk_body_bytes: usize,
-    /// How long a register call may take before Onramp answers `assigning`
-    /// and lets the device poll.
-    pub register_reply_budget: Duration,
     /// Seconds a device is told to wait before polling.
     pub retry_after_seconds: u32,
     /// Clock skew allowed on service tokens.
@@ -52,7 +49,6 @@ impl Default for EndpointConfig {
             public_base_url: "https://localhost".into(),
             max_body_bytes: 96 * 1024,
             max_bulk_body_bytes: 32 * 1024 * 1024,
-            register_reply_budget: Duration::from_secs(10),
             retry_after_seconds: 3,
             token_skew_seconds: 300,
         }
@@ -61,8 +57,6 @@ impl Default for EndpointConfig {
 
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// Registrations in flight, which a stopping server waits for.
-    pub registrations: Arc<crate::provision::Registrations>,
     pub admin: Arc<Admin>,
     pub config: EndpointConfig,
     /// Routes served when a path is not a DPS path (the embedded hub).
