@@ -568,6 +568,38 @@ async fn old_and_foreign_operations_are_not_found() {
     assert_eq!(err.code, ErrorCode::OperationNotFound);
 }
 
+#[tokio::test]
+async fn a_device_without_an_assigned_registration_has_no_status_to_show() {
+    let w = world(&[("hub-a", 1)]).await;
+    w.enroll("dev-01").await;
+    let lookup = || StatusRequest {
+        id_scope: w.scope.clone(),
+        registration_id: "dev-01".into(),
+        credential: w.token("dev-01", &primary(), NOW + 60),
+        protocol: Protocol::Internal,
+    };
+    let err = w.engine.registration_status(lookup()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::RegistrationNotFound, "{}", err.message);
+    // A record that says `unassigned` is not shown either.
+    let record = onramp_core::ports::RegistrationRecord {
+        state: onramp_model::DeviceRegistrationState::new("dev-01", RegistrationStatus::Unassigned),
+        operation_id: w.engine.new_operation_id(),
+        enrollment_group_id: None,
+        placement: None,
+    };
+    w.store
+        .put_registration("default", &record, at(NOW))
+        .await
+        .unwrap();
+    let err = w.engine.registration_status(lookup()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::RegistrationNotFound, "{}", err.message);
+    assert_eq!(err.http_status(), 404);
+    // Once assigned, it is.
+    w.register_with_key("dev-01", &primary()).await.unwrap();
+    let state = w.engine.registration_status(lookup()).await.unwrap();
+    assert_eq!(state.status, RegistrationStatus::Assigned);
+}
+
 // ---- Reprovisioning -------------------------------------------------------
 
 impl World {

@@ -90,7 +90,9 @@ impl Engine {
         })
     }
 
-    /// The device's registration record (the device API's status lookup).
+    /// The device's registration record (the device API's status lookup);
+    /// `RegistrationNotFound` until the device has one that is not
+    /// `unassigned`.
     pub async fn registration_status(
         &self,
         req: StatusRequest,
@@ -105,7 +107,8 @@ impl Engine {
                 AttestationStep::RegistrationStatus,
             )
             .await?;
-        self.store
+        let state = self
+            .store
             .registration(&service.name, &registration_id.key())
             .await?
             .map(|r| r.state)
@@ -116,6 +119,15 @@ impl Engine {
                         "registration '{registration_id}' has not registered yet; register first"
                     ),
                 )
-            })
+            })?;
+        // A device that is not assigned has no registration to show, as in
+        // Azure: the lookup is a 404, whatever the protocol.
+        if state.status == RegistrationStatus::Unassigned {
+            return Err(ProvisioningError::new(
+                ErrorCode::RegistrationNotFound,
+                "the device has not been assigned yet",
+            ));
+        }
+        Ok(state)
     }
 }

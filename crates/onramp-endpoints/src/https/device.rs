@@ -14,7 +14,7 @@ use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
-use onramp_model::{DeviceRegistration, ErrorCode, RegistrationStatus};
+use onramp_model::DeviceRegistration;
 use onramp_net::PeerCertificates;
 
 use super::route::Route;
@@ -170,11 +170,5 @@ async fn status(
     // still bounded and must be JSON if present.
     let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
     let _: serde_json::Value = respond::parse(&bytes, true)?;
-    if record.status == RegistrationStatus::Unassigned {
-        return Err(ProvisioningError::new(
-            ErrorCode::RegistrationNotFound,
-            "the device has not been assigned yet",
-        ));
-    }
     Ok(respond::json(StatusCode::OK, &record, true))
 }
