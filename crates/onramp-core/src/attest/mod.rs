@@ -1,0 +1,243 @@
+//! Attestation: which enrollment vouches for this device, and is its proof valid?
+//!
+//! Order of decisions, each with its own error:
+//! 1. the credential's own shape (token fields, resource, expiry),
+//! 2. the individual enrollment for the registration ID, if there is one —
+//!    it takes precedence over every group,
+//! 3. otherwise the enrollment groups whose attestation matches,
+//! 4. finally the enrollment's `provisioningStatus`.
+//!
+//! The credential is checked before the enabled flag so that an
+//! unauthenticated caller learns nothing about an enrollment's state.
+
+//!
+//! - `token`: SharedAccessSignature tokens, against an individual
+//!   enrollment's keys or a group's derived keys.
+//! - `certificate`: X.509 chains, walked from the device certificate up.
+
+mod certificate;
+mod token;
+
+use onramp_model::{
+    EnrollmentGroup, ErrorCode, IndividualEnrollment, ProvisioningStatus, RegistrationId, Secret,
+};
+
+use crate::ports::Store;
+use crate::{ProvisioningError, x509};
+
+/// How the device proved (or tried to prove) who it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceCredential {
+    /// A SharedAccessSignature token (HTTP `Authorization`, MQTT password, SASL PLAIN).
+    SasToken(String),
+    /// The certificate chain from the TLS handshake, leaf first (DER).
+    X509Chain(Vec<Vec<u8>>),
+    /// A TPM's endorsement and storage root keys (base64 TPM2B_PUBLIC), sent
+    /// to start the TPM challenge.
+    Tpm {
+        endorsement_key: String,
+        storage_root_key: Option<String>,
+    },
+    /// Nothing: no token and no client certificate.
+    None,
+}
+
+/// The enrollment that vouched for a device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enrollment {
+    Individual(Box<IndividualEnrollment>),
+    Group(Box<EnrollmentGroup>),
+}
+
+/// The outcome of a successful attestation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attested {
+    /// The registration ID as the device spells it.
+    pub registration_id: RegistrationId,
+    pub enrollment: Enrollment,
+    pub proof: Proof,
+}
+
+/// What the device proved, and what its hub identity is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Proof {
+    /// The device's own keys (for a group: derived from the group's keys).
+    SymmetricKey { primary: Secret, secondary: Secret },
+    /// Its certificate, and for a group the enrolled certificate it chains to.
+    X509 {
+        leaf: Box<x509::Parsed>,
+        signing: Option<Box<x509::Parsed>>,
+    },
+}
+
+impl Enrollment {
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            Enrollment::Individual(_) => None,
+            Enrollment::Group(g) => Some(&g.enrollment_group_id),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        let status = match self {
+            Enrollment::Individual(e) => e.provisioning_status,
+            Enrollment::Group(g) => g.provisioning_status,
+        };
+        status != Some(ProvisioningStatus::Disabled)
+    }
+
+    /// A human name for messages: `individual enrollment 'x'` or `enrollment group 'g'`.
+    pub fn describe(&self) -> String {
+        match self {
+            Enrollment::Individual(e) => format!("individual enrollment '{}'", e.registration_id),
+            Enrollment::Group(g) => format!("enrollment group '{}'", g.enrollment_group_id),
+        }
+    }
+}
+
+/// How many enrollment groups attestation reads at a time.
+pub const GROUP_PAGE: usize = 500;
+
+/// Enrollment reads the caller has made already (with the rest of a
+/// registration's reads), so that attestation does not ask the store again.
+#[derive(Debug, Clone, Default)]
+pub struct Prefetched {
+    /// `Some(found)` when the individual enrollment was looked up.
+    pub enrollment: Option<Option<Box<IndividualEnrollment>>>,
+    /// The first page of enrollment groups (`GROUP_PAGE` at most), when read.
+    pub first_groups: Option<Vec<EnrollmentGroup>>,
+}
+
+impl Prefetched {
+    async fn enrollment(
+        &mut self,
+        store: &dyn Store,
+        service: &str,
+        key: &str,
+    ) -> Result<Option<Box<IndividualEnrollment>>, ProvisioningError> {
+        match self.enrollment.take() {
+            Some(found) => Ok(found),
+            None => Ok(store.enrollment(service, key).await?.map(Box::new)),
+        }
+    }
+}
+
+/// Enrollment groups page by page, the first page perhaps read already.
+struct GroupPages {
+    first: Option<Vec<EnrollmentGroup>>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl GroupPages {
+    fn new(first: Option<Vec<EnrollmentGroup>>) -> Self {
+        Self {
+            first,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    async fn next(
+        &mut self,
+        store: &dyn Store,
+        service: &str,
+    ) -> Result<Option<Vec<EnrollmentGroup>>, ProvisioningError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self.first.take() {
+            Some(page) => page,
+            None => {
+                store
+                    .enrollment_groups(service, self.after.as_deref(), GROUP_PAGE)
+                    .await?
+            }
+        };
+        // A short page is the last one: no need to ask for the next.
+        self.done = page.len() < GROUP_PAGE;
+        self.after = page
+            .last()
+            .map(|g| g.enrollment_group_id.to_ascii_lowercase());
+        Ok(Some(page).filter(|p| !p.is_empty()))
+    }
+}
+
+/// Attestation settings the engine needs.
+#[derive(Debug, Clone, Copy)]
+pub struct AttestationConfig {
+    /// How far past its expiry a token is still accepted (clock skew).
+    pub token_skew_seconds: i64,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        Self {
+            token_skew_seconds: 300,
+        }
+    }
+}
+
+/// Decides whether `credential` proves `registration_id` in provisioning service `service`.
+#[allow(clippy::too_many_arguments)]
+pub async fn attest(
+    store: &dyn Store,
+    prefetched: Prefetched,
+    service: &str,
+    id_scope: &str,
+    registration_id: &RegistrationId,
+    credential: &DeviceCredential,
+    now_unix: i64,
+    config: AttestationConfig,
+) -> Result<Attested, ProvisioningError> {
+    match credential {
+        DeviceCredential::SasToken(token) => {
+            token::attest(
+                store,
+                prefetched,
+                service,
+                id_scope,
+                registration_id,
+                token,
+                now_unix,
+                config,
+            )
+            .await
+        }
+        DeviceCredential::X509Chain(chain) => {
+            certificate::attest(store, prefetched, service, registration_id, chain, now_unix).await
+        }
+        DeviceCredential::Tpm { .. } => Err(ProvisioningError::new(
+            ErrorCode::UnsupportedAttestation,
+            "TPM attestation is not available on this Onramp server yet; \
+             provision this device with a symmetric key (SharedAccessSignature) instead",
+        )),
+        DeviceCredential::None => Err(ProvisioningError::new(
+            ErrorCode::MissingAuthorization,
+            "the request carries no credential; send a SharedAccessSignature token \
+             (HTTP Authorization header, MQTT password) signed with the device key",
+        )),
+    }
+}
+
+fn finish(
+    registration_id: &RegistrationId,
+    enrollment: Enrollment,
+    proof: Proof,
+) -> Result<Attested, ProvisioningError> {
+    if !enrollment.is_enabled() {
+        return Err(ProvisioningError::new(
+            ErrorCode::EnrollmentDisabled,
+            format!(
+                "{} is disabled (provisioningStatus: disabled); set it to enabled to let this device register",
+                enrollment.describe()
+            ),
+        ));
+    }
+    Ok(Attested {
+        registration_id: registration_id.clone(),
+        enrollment,
+        proof,
+    })
+}
