@@ -11,7 +11,8 @@
 //! - [`ports`]: the traits the engine needs from the outside (`Store`,
 //!   `HubRegistry`, `AllocationWebhook`, `HubLatency`, `Clock`) and the
 //!   records they exchange.
-//! - [`tenant`]: provisioning services (tenants), access policies, linked hubs.
+//! - [`tenant`]: provisioning services (tenants), access policies, linked hubs;
+//!   [`linked_hubs`]: the rules of linking and unlinking hubs.
 //! - [`sas`], [`keys`], [`connection_string`]: shared access signatures and secrets.
 //! - [`attest`]: who is this device, and which enrollment vouches for it.
 //! - [`allocate`]: which hub it goes to; [`custom`]: the allocation webhook's
@@ -34,6 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod linked_hubs;
 pub mod ports;
 pub mod reprovision;
 pub mod sas;

@@ -201,6 +201,8 @@ pub struct LinkedHub {
 
 impl LinkedHub {
     pub const MAX_WEIGHT: u32 = 1000;
+    /// The longest region name (Azure's are under 25 characters).
+    pub const MAX_REGION_LEN: usize = 64;
 
     /// Builds a link from a hub connection string; the name is its `HostName`.
     pub fn from_connection_string(
@@ -217,27 +219,76 @@ impl LinkedHub {
                     .into(),
             );
         }
-        if !(1..=Self::MAX_WEIGHT).contains(&allocation_weight) {
-            return Err(format!(
-                "allocationWeight {allocation_weight} is out of range; use 1 to {}",
-                Self::MAX_WEIGHT
-            ));
-        }
-        Ok(Self {
+        let link = Self {
             name: parsed.host_name.clone(),
             connection_string: Secret::new(connection_string.trim()),
-            location: location.to_owned(),
+            location: location.trim().to_owned(),
             allocation_weight,
             apply_allocation_policy,
             embedded: false,
             companion: false,
-        })
+        };
+        link.check()?;
+        Ok(link)
+    }
+
+    /// The rules every stored link meets: its name is a `host[:port]`, its
+    /// region a short printable name, its weight within range.
+    pub fn check(&self) -> Result<(), String> {
+        check_hub_name(&self.name)?;
+        check_region(&self.location)?;
+        check_weight(self.allocation_weight)
     }
 
     /// Case-insensitive host name comparison.
     pub fn is_named(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name.trim())
     }
+}
+
+fn check_hub_name(name: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "the hub name (the connection string's HostName) '{}' {why}; use the hub's host name, \
+             e.g. my-hub.azure-devices.net",
+            name.escape_debug()
+        ))
+    };
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return bad("holds spaces, slashes or control characters");
+    }
+    match onramp_model::authority::split(name) {
+        Ok((host, _)) if !host.is_empty() => Ok(()),
+        Ok(_) => bad("has no host"),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn check_region(region: &str) -> Result<(), String> {
+    if region.trim().is_empty() {
+        return Err("the hub's region is empty; give its region, e.g. westeurope".into());
+    }
+    if region.chars().count() > LinkedHub::MAX_REGION_LEN || region.chars().any(char::is_control) {
+        return Err(format!(
+            "region '{}' is not a region name: use at most {} printable characters, e.g. westeurope",
+            region.escape_debug(),
+            LinkedHub::MAX_REGION_LEN
+        ));
+    }
+    Ok(())
+}
+
+fn check_weight(weight: u32) -> Result<(), String> {
+    if !(1..=LinkedHub::MAX_WEIGHT).contains(&weight) {
+        return Err(format!(
+            "allocation weight {weight} is out of range; use 1 to {}",
+            LinkedHub::MAX_WEIGHT
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,5 +333,28 @@ mod tests {
             .is_err()
         );
         assert!(LinkedHub::from_connection_string("HostName=h", "x", 1, true).is_err());
+    }
+
+    #[test]
+    fn linked_hub_names_and_regions_are_checked() {
+        let link = |cs: &str, region: &str| {
+            LinkedHub::from_connection_string(
+                &format!("HostName={cs};SharedAccessKeyName=x;SharedAccessKey=a2V5"),
+                region,
+                1,
+                true,
+            )
+        };
+        assert!(link("h1.example.net:8443", "westeurope").is_ok());
+        assert!(link("[::1]:8443", "West Europe").is_ok());
+        for bad in ["h1 example", "h1/x", "h1:99999", ":443", "h1\u{1b}[31m"] {
+            let err = link(bad, "westeurope").unwrap_err();
+            assert!(err.contains("host"), "{bad}: {err}");
+        }
+        for bad in ["", "  ", "west\neurope", &"x".repeat(65)] {
+            let err = link("h1", bad).unwrap_err();
+            assert!(err.contains("region"), "{bad:?}: {err}");
+        }
+        assert_eq!(link("h1", " lab ").unwrap().location, "lab");
     }
 }

@@ -4,8 +4,9 @@
 
 use anyhow::Context;
 use onramp_core::keys;
+use onramp_core::linked_hubs::{LinkChanges, LinkError, LinkedHubs, NewLink, Unlink};
 use onramp_core::ports::Store;
-use onramp_core::tenant::{AccessRights, LinkedHub, OWNER_POLICY, SharedAccessPolicy};
+use onramp_core::tenant::{AccessRights, OWNER_POLICY, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
 use crate::cli::{LinkedHubCommand, Location, ServiceCommand};
@@ -215,15 +216,18 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             service,
         } => {
             let (_, store, service) = open(&location, service).await?;
-            let mut link = LinkedHub::from_connection_string(
-                &connection_string,
-                &region,
-                weight,
-                !no_allocation,
-            )
-            .map_err(anyhow::Error::msg)?;
-            link.companion = companion;
-            store.put_linked_hub(&service, &link).await?;
+            let link = LinkedHubs::new(store)
+                .add(
+                    &service,
+                    &NewLink {
+                        connection_string: &connection_string,
+                        region: &region,
+                        weight,
+                        allocate: !no_allocation,
+                        companion,
+                    },
+                )
+                .await?;
             println!(
                 "Linked hub {} to provisioning service '{service}' (region {}, weight {}).",
                 link.name, link.location, link.allocation_weight
@@ -285,44 +289,25 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             service,
         } => {
             let (_, store, service) = open(&location, service).await?;
-            let mut link = store
-                .linked_hubs(&service)
-                .await?
-                .into_iter()
-                .find(|h| h.is_named(&name))
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "hub '{name}' is not linked to '{service}'; see onramp linked-hub list"
-                    )
-                })?;
-            if let Some(cs) = connection_string {
-                let fresh = LinkedHub::from_connection_string(&cs, &link.location, 1, true)
-                    .map_err(anyhow::Error::msg)?;
-                if !fresh.is_named(&link.name) {
-                    anyhow::bail!(
-                        "the connection string is for hub '{}', not '{}'; link that hub with onramp linked-hub add",
-                        fresh.name,
-                        link.name
-                    );
+            let changes = LinkChanges {
+                connection_string,
+                region,
+                weight,
+                allocate: allocation.map(|a| a == "on"),
+            };
+            let link = match LinkedHubs::new(store)
+                .update(&service, &name, changes)
+                .await
+            {
+                Ok(link) => link,
+                Err(e @ LinkError::NotLinked { .. }) => {
+                    anyhow::bail!("{e}; see onramp linked-hub list")
                 }
-                link.connection_string = fresh.connection_string;
-            }
-            if let Some(r) = region {
-                link.location = r;
-            }
-            if let Some(w) = weight {
-                if !(1..=LinkedHub::MAX_WEIGHT).contains(&w) {
-                    anyhow::bail!(
-                        "--weight {w} is out of range; use 1 to {}",
-                        LinkedHub::MAX_WEIGHT
-                    );
+                Err(e @ LinkError::OtherHub { .. }) => {
+                    anyhow::bail!("{e}; link that hub with onramp linked-hub add")
                 }
-                link.allocation_weight = w;
-            }
-            if let Some(a) = allocation {
-                link.apply_allocation_policy = a == "on";
-            }
-            store.put_linked_hub(&service, &link).await?;
+                Err(e) => return Err(e.into()),
+            };
             println!(
                 "Hub {} of '{service}': region {}, weight {}, allocation {}.",
                 link.name,
@@ -343,29 +328,36 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             yes,
         } => {
             let (_, store, service) = open(&location, service).await?;
-            let devices = store.count_devices_on_hub(&service, &name).await?;
-            if devices > 0
-                && !yes
-                && !confirm(&format!(
-                    "{devices} device(s) of '{service}' are registered on hub {name}. They stay there, but \
-                 when they register again Onramp cannot migrate their data from an unlinked hub. Unlink it?"
-                ))?
-            {
-                anyhow::bail!(
-                    "hub {name} still holds {devices} device(s) of '{service}'; nothing was changed \
-                     (repeat with --yes to unlink it anyway)"
-                );
-            }
-            if store.delete_linked_hub(&service, &name).await? {
-                println!(
-                    "Unlinked hub {name} from '{service}'. Devices already on it stay there until they register again."
-                );
-                Ok(())
+            let hubs = LinkedHubs::new(store);
+            let when = if yes {
+                Unlink::EvenWithDevices
             } else {
-                anyhow::bail!(
-                    "hub '{name}' is not linked to '{service}'; see onramp linked-hub list"
-                )
+                Unlink::IfEmpty
+            };
+            match hubs.unlink(&service, &name, when).await {
+                Err(LinkError::HoldsDevices { devices, .. })
+                    if confirm(&format!(
+                        "{devices} device(s) of '{service}' are registered on hub {name}. They stay there, but \
+                         when they register again Onramp cannot migrate their data from an unlinked hub. Unlink it?"
+                    ))? =>
+                {
+                    hubs.unlink(&service, &name, Unlink::EvenWithDevices).await
+                }
+                other => other,
             }
+            .map_err(|e| match e {
+                e @ LinkError::HoldsDevices { .. } => anyhow::anyhow!(
+                    "{e}; nothing was changed (repeat with --yes to unlink it anyway)"
+                ),
+                e @ LinkError::NotLinked { .. } => {
+                    anyhow::anyhow!("{e}; see onramp linked-hub list")
+                }
+                e => e.into(),
+            })?;
+            println!(
+                "Unlinked hub {name} from '{service}'. Devices already on it stay there until they register again."
+            );
+            Ok(())
         }
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use onramp_core::admin::Admin;
+use onramp_core::linked_hubs::{LinkedHubs, NewLink};
 use onramp_core::ports::{Store, SystemClock};
-use onramp_core::tenant::LinkedHub;
 use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, InitialTwin};
 
 use crate::bench::{self, Fleet, Load};
@@ -95,11 +95,20 @@ async fn provision(
     service: &str,
 ) -> anyhow::Result<()> {
     let store = server.store.clone();
+    let linked_hubs = LinkedHubs::new(store.clone());
     for hub in hubs {
-        let mut link = LinkedHub::from_connection_string(&hub.connection_string, "local", 1, true)
-            .map_err(anyhow::Error::msg)?;
-        link.companion = true;
-        store.put_linked_hub(service, &link).await?;
+        linked_hubs
+            .add(
+                service,
+                &NewLink {
+                    connection_string: &hub.connection_string,
+                    region: "local",
+                    weight: 1,
+                    allocate: true,
+                    companion: true,
+                },
+            )
+            .await?;
     }
     let admin = Admin::new(store.clone(), Arc::new(SystemClock));
     let twin: InitialTwin = serde_json::from_value(serde_json::json!({

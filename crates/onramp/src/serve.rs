@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
+use onramp_core::linked_hubs::{LinkedHubs, NewLink};
 use onramp_core::ports::{Store, SystemClock};
-use onramp_core::tenant::LinkedHub;
 use onramp_endpoints::https::MqttWebSockets;
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};
@@ -172,12 +172,14 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         .linked_hubs
         .iter()
         .map(|h| {
-            LinkedHub::from_connection_string(
-                &h.connection_string,
-                &h.location,
-                h.allocation_weight,
-                h.apply_allocation_policy,
-            )
+            NewLink {
+                connection_string: &h.connection_string,
+                region: &h.location,
+                weight: h.allocation_weight,
+                allocate: h.apply_allocation_policy,
+                companion: false,
+            }
+            .build()
             .map_err(|e| anyhow::anyhow!("linked_hubs in the configuration: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -222,15 +224,18 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     };
 
     // Hubs: the embedded companion hub and the configured ones.
+    let linked_hubs = LinkedHubs::new(store.clone());
     let hub = if config.hub.embedded {
         let hub = CompanionHub::open(&config.hub_store_path(), &endpoint, sealer.clone()).await?;
-        link_embedded(&*store, &service.name, &hub).await?;
+        linked_hubs
+            .link_embedded(&service.name, &hub.owner_connection_string())
+            .await?;
         Some(hub)
     } else {
         None
     };
     for link in &configured_hubs {
-        store.put_linked_hub(&service.name, link).await?;
+        linked_hubs.link(&service.name, link).await?;
     }
 
     let mut trust = ca_pem.clone().unwrap_or_default();
@@ -390,28 +395,6 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         state_file: config.state_file(),
         _lock: lock,
     })
-}
-
-/// Links the embedded hub under its current name, replacing a link left
-/// under an old name (the port changed) and keeping operator settings.
-async fn link_embedded(store: &dyn Store, service: &str, hub: &CompanionHub) -> anyhow::Result<()> {
-    let existing = store.linked_hubs(service).await?;
-    let mut link =
-        LinkedHub::from_connection_string(&hub.owner_connection_string(), "local", 1, true)
-            .map_err(anyhow::Error::msg)?;
-    link.embedded = true;
-    link.companion = true;
-    for old in existing.iter().filter(|l| l.embedded) {
-        if old.is_named(&link.name) {
-            link.location = old.location.clone();
-            link.allocation_weight = old.allocation_weight;
-            link.apply_allocation_policy = old.apply_allocation_policy;
-        } else {
-            store.delete_linked_hub(service, &old.name).await?;
-        }
-    }
-    store.put_linked_hub(service, &link).await?;
-    Ok(())
 }
 
 async fn print_summary(

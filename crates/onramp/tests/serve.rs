@@ -562,25 +562,51 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         "the connection string printed at creation",
         || Some(()).filter(|()| server.stdout().contains("SharedAccessKey=")),
     );
-    let out = onramp()
-        .args([
-            "linked-hub",
-            "add",
-            "--connection-string",
-            &hub2_cs,
-            "--region",
-            "lab",
-            "--weight",
-            "2",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    // Links go through the core's rules: a refused edit changes nothing.
+    let linked_hub = |args: &[&str]| {
+        onramp()
+            .arg("linked-hub")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (["--region", " ", "--weight", "2"], "region is empty"),
+        (["--region", "lab", "--weight", "0"], "use 1 to 1000"),
+    ] {
+        let out = linked_hub(&[&["add", "--connection-string", &hub2_cs][..], &args[..]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = linked_hub(&[
+        "add",
+        "--connection-string",
+        &hub2_cs,
+        "--region",
+        "lab",
+        "--weight",
+        "2",
+    ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let hub2_name = hub2_cs
+        .split(';')
+        .find_map(|p| p.strip_prefix("HostName="))
+        .unwrap()
+        .to_owned();
+    let out = linked_hub(&["update", &hub2_name, "--weight", "1001"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("use 1 to 1000"),
+        "{stderr}"
     );
 
     let ind_key = server
