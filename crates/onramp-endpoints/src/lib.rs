@@ -9,10 +9,13 @@
 //!   default), never on the public port.
 //! - [`mqtt`]: the DPS device API over MQTT, and the router that sends each
 //!   MQTT connection to DPS or to the embedded hub.
+//! - [`wire`]: the device API's messages whatever the transport: register
+//!   bodies decoded, answers and errors encoded as the SDKs expect them.
 #![forbid(unsafe_code)]
 
 pub mod https;
 pub mod metrics;
 pub mod mqtt;
+pub mod wire;
 
 pub use https::{AppState, EndpointConfig, app};

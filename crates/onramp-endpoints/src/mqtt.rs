@@ -17,13 +17,13 @@ use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, OperationRequest, RegisterRequest};
 use onramp_core::events::Protocol;
-use onramp_model::{DeviceRegistration, ErrorCode, RegistrationOperationStatus};
+use onramp_model::{ErrorCode, RegistrationOperationStatus};
 use onramp_net::mqtt::{
     ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
 };
 
 use crate::EndpointConfig;
-use crate::https::respond;
+use crate::wire::{self, Call};
 
 const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 const REGISTER_TOPIC: &str = "$dps/registrations/PUT/iotdps-register/";
@@ -133,54 +133,21 @@ struct DpsSession {
 }
 
 impl DpsSession {
-    fn answer(
-        &self,
-        rid: &str,
-        status: u16,
-        body: &impl serde::Serialize,
-        retry: bool,
-    ) -> Vec<Outgoing> {
-        let mut topic = format!("$dps/registrations/res/{status}/?$rid={rid}");
-        if retry {
-            topic.push_str(&format!("&retry-after={}", self.config.retry_after_seconds));
+    /// The answer on `$dps/registrations/res/{status}/?$rid={rid}`, with
+    /// `&retry-after=` when the device should wait.
+    fn answer(&self, rid: &str, answer: wire::Answer) -> Vec<Outgoing> {
+        let mut topic = format!("$dps/registrations/res/{}/?$rid={rid}", answer.status);
+        if let Some(seconds) = answer.retry_after {
+            topic.push_str(&format!("&retry-after={seconds}"));
         }
-        let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
-        vec![Outgoing::at_least_once(
-            topic,
-            Bytes::from(respond::escape_non_ascii(&text)),
-        )]
-    }
-
-    fn failure(&self, rid: &str, e: &ProvisioningError) -> Vec<Outgoing> {
-        let retry = matches!(e.http_status(), 429 | 503);
-        self.answer(rid, e.http_status(), &respond::error_body(e), retry)
-    }
-
-    fn status(
-        &self,
-        rid: &str,
-        status: RegistrationOperationStatus,
-        register: bool,
-    ) -> Vec<Outgoing> {
-        let terminal = status.status.is_terminal();
-        let code = if register || !terminal { 202 } else { 200 };
-        self.answer(rid, code, &status, !terminal)
+        vec![Outgoing::at_least_once(topic, Bytes::from(answer.body))]
     }
 
     async fn register(
         &self,
         payload: &Bytes,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
-        if payload.len() > self.config.max_body_bytes {
-            return Err(ProvisioningError::new(
-                ErrorCode::RequestTooLarge,
-                format!(
-                    "the register request is larger than {} KB",
-                    self.config.max_body_bytes / 1024
-                ),
-            ));
-        }
-        let body: DeviceRegistration = respond::parse(payload, true)?;
+        let body = wire::decode_registration(payload, self.config.max_body_bytes)?;
         let request = RegisterRequest {
             id_scope: self.scope.clone(),
             registration_id: self.registration_id.clone(),
@@ -246,17 +213,21 @@ impl MqttSession for DpsSession {
         let (path, pairs) = topic::split(topic_name);
         let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
         match path {
-            REGISTER_TOPIC => Ok(match self.register(&payload).await {
-                Ok(status) => self.status(&rid, status, true),
-                Err(e) => self.failure(&rid, &e),
-            }),
-            // The body of a poll is ignored: SDKs send " ", nothing, or the register JSON again.
-            STATUS_TOPIC => Ok(
-                match self.operation(topic::get(&pairs, "operationId")).await {
-                    Ok(status) => self.status(&rid, status, false),
-                    Err(e) => self.failure(&rid, &e),
+            REGISTER_TOPIC => Ok(self.answer(
+                &rid,
+                match self.register(&payload).await {
+                    Ok(status) => wire::operation(Call::Register, &status),
+                    Err(e) => wire::error(&e),
                 },
-            ),
+            )),
+            // The body of a poll is ignored: SDKs send " ", nothing, or the register JSON again.
+            STATUS_TOPIC => Ok(self.answer(
+                &rid,
+                match self.operation(topic::get(&pairs, "operationId")).await {
+                    Ok(status) => wire::operation(Call::Poll, &status),
+                    Err(e) => wire::error(&e),
+                },
+            )),
             _ => Err(SessionEnd(format!(
                 "'{topic_name}' is not a topic of the DPS device API"
             ))),

@@ -1,14 +1,13 @@
 //! The DPS device API over HTTPS: register, operation status, status lookup.
 //!
-//! Register answers **202** with the finished status in the body when the
-//! engine finishes within its budget (C# v1 throws on 200; every SDK but the
-//! Edge client then skips polling), or `assigning` with `Retry-After` when it
-//! does not; the operation stays queryable either way.
+//! The engine answers a register call within its reply budget, with the
+//! finished status or `assigning`; [`wire`] decides the status code and
+//! `Retry-After`, and the operation stays queryable either way.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
@@ -19,6 +18,7 @@ use onramp_net::PeerCertificates;
 
 use super::route::Route;
 use super::{AppState, Query, respond};
+use crate::wire::{self, Call};
 
 pub(super) async fn handle(
     state: &Arc<AppState>,
@@ -78,7 +78,7 @@ async fn register(
 ) -> Result<Response, ProvisioningError> {
     query.require_api_version()?;
     let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
-    let registration: DeviceRegistration = respond::parse(&bytes, true)?;
+    let registration = wire::decode_registration(&bytes, state.config.max_body_bytes)?;
     let force_registration = query
         .get("forceRegistration")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -99,15 +99,9 @@ async fn register(
             .map(|a| a.0.ip()),
     };
     let outcome = state.engine.register(request).await?;
-    let mut resp = respond::json(StatusCode::ACCEPTED, &outcome, true);
+    let mut resp = respond::answer(wire::operation(Call::Register, &outcome));
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
-    }
-    if !outcome.status.is_terminal() {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.config.retry_after_seconds),
-        );
     }
     Ok(resp)
 }
@@ -131,19 +125,7 @@ async fn operation(
             protocol: Protocol::Https,
         })
         .await?;
-    let code = if status.status.is_terminal() {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    let mut resp = respond::json(code, &status, true);
-    if code == StatusCode::ACCEPTED {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.config.retry_after_seconds),
-        );
-    }
-    Ok(resp)
+    Ok(respond::answer(wire::operation(Call::Poll, &status)))
 }
 
 async fn status(
@@ -169,6 +151,6 @@ async fn status(
     // The body (a DeviceRegistration) carries nothing this call needs; it is
     // still bounded and must be JSON if present.
     let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
-    let _: serde_json::Value = respond::parse(&bytes, true)?;
-    Ok(respond::json(StatusCode::OK, &record, true))
+    let _: serde_json::Value = wire::parse(&bytes, true)?;
+    Ok(respond::answer(wire::registration(&record)))
 }

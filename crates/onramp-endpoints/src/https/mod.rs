@@ -22,7 +22,6 @@ use onramp_net::Shutdown;
 use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use tower::ServiceExt;
 
-pub use respond::escape_non_ascii;
 use route::{Route, RouteMatch};
 
 /// Settings of the HTTPS endpoints.
@@ -36,8 +35,6 @@ pub struct EndpointConfig {
     pub max_body_bytes: usize,
     /// Largest bulk enrollment request.
     pub max_bulk_body_bytes: usize,
-    /// Seconds a device is told to wait before polling.
-    pub retry_after_seconds: u32,
     /// Clock skew allowed on service tokens.
     pub token_skew_seconds: i64,
 }
@@ -49,7 +46,6 @@ impl Default for EndpointConfig {
             public_base_url: "https://localhost".into(),
             max_body_bytes: 96 * 1024,
             max_bulk_body_bytes: 32 * 1024 * 1024,
-            retry_after_seconds: 3,
             token_skew_seconds: 300,
         }
     }

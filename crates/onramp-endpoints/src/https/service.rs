@@ -282,7 +282,7 @@ impl Method {
 }
 
 fn ok(value: &impl Serialize) -> Response {
-    respond::json(StatusCode::OK, value, false)
+    respond::json(StatusCode::OK, value)
 }
 
 fn no_content() -> Response {
