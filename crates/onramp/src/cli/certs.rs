@@ -1,0 +1,91 @@
+//! `onramp cert`: the development PKI and proof-of-possession helpers.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::*;
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Upload a CA certificate (PEM) to the provisioning service.
+    Upload {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Mark it verified without a proof of possession.
+        #[arg(long)]
+        verified: bool,
+    },
+    /// Get the code a verification certificate must carry as its CN.
+    VerificationCode {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+    },
+    /// Prove possession: upload a certificate signed by the CA whose CN is the code.
+    Verify {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List the CA certificates.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete a CA certificate.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+    },
+    /// FOR TESTING: create a root CA (writes OUT.pem and OUT.key.pem).
+    CreateRoot {
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// FOR TESTING: create an intermediate CA signed by ISSUER (ISSUER.pem, ISSUER.key.pem).
+    CreateIntermediate {
+        #[arg(long)]
+        issuer: PathBuf,
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// FOR TESTING: create a device certificate signed by ISSUER, or self-signed.
+    /// Writes OUT.pem, OUT.key.pem and OUT.chain.pem (the certificate and the
+    /// intermediates a device sends).
+    CreateDevice {
+        #[arg(long, required_unless_present = "self_signed")]
+        issuer: Option<PathBuf>,
+        #[arg(long, conflicts_with = "issuer")]
+        self_signed: bool,
+        #[arg(long)]
+        cn: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace files that exist at OUT (their key is lost).
+        #[arg(long)]
+        force: bool,
+    },
+}

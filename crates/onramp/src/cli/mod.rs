@@ -1,0 +1,116 @@
+//! Command-line interface. Every serve option can also come from the
+//! configuration file and from `ONRAMP_*` environment variables; a flag beats
+//! the environment, which beats the file, which beats the built-in default.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+mod certs;
+mod device;
+mod serve;
+mod service;
+
+pub use certs::*;
+pub use device::*;
+pub use serve::*;
+pub use service::*;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "onramp",
+    version,
+    about = "Zero-touch IoT device provisioning, compatible with Azure IoT Hub DPS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the provisioning service (with an embedded companion hub by default).
+    Serve(ServeArgs),
+    /// Onramp's companion IoT hub.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
+    },
+    /// Provisioning services (tenants) of this deployment.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Hubs linked to a provisioning service.
+    LinkedHub {
+        #[command(subcommand)]
+        command: LinkedHubCommand,
+    },
+    /// Individual enrollments, through the service API.
+    Enrollment {
+        #[command(subcommand)]
+        command: EnrollmentCommand,
+    },
+    /// Enrollment groups, through the service API.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// A simulated device.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Load test: many simulated devices register at once; prints rates and latencies.
+    Bench(BenchArgs),
+    /// A tour in one command: Onramp and three companion hubs in this
+    /// process, a factory's worth of devices provisioned, then everything removed.
+    Demo(DemoArgs),
+    /// CA certificates of a provisioning service, and a test PKI.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+/// Where simulated devices connect; each defaults to the local server's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DeviceTarget {
+    /// Global device endpoint, host[:port]. Default: the local server's.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// ID scope of the provisioning service. Default: the local server's.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Where the configuration and the data directory are.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Location {
+    /// Configuration file (TOML). Default: ./onramp.toml when it exists.
+    #[arg(long, env = "ONRAMP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory: store, keys, development certificates.
+    #[arg(long, env = "ONRAMP_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How to reach the service API.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServiceApi {
+    #[command(flatten)]
+    pub location: Location,
+    /// Service connection string. Default: the owner policy of the local
+    /// data directory's service.
+    #[arg(long, env = "ONRAMP_CONNECTION_STRING")]
+    pub connection_string: Option<String>,
+    /// Address to connect to instead of the connection string's HostName.
+    #[arg(long, env = "ONRAMP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// CA certificate (PEM) to trust. Default: the data directory's development CA.
+    #[arg(long, env = "ONRAMP_CA")]
+    pub ca: Option<PathBuf>,
+}

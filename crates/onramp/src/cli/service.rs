@@ -1,0 +1,242 @@
+//! `onramp service`, `enrollment`, `group`, `linked-hub`: the service API commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::*;
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Show a provisioning service: its ID scope, endpoint, policies and linked hubs.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        /// Service name (default: the configured one).
+        name: Option<String>,
+        /// Also show the policies' connection strings (they hold the keys).
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List the provisioning services.
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Create a provisioning service with its own ID scope and keys.
+    Create {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        /// Policy for enrollments that name none: hashed, geoLatency or static.
+        #[arg(long)]
+        allocation_policy: Option<String>,
+    },
+    /// Change a provisioning service's allocation defaults.
+    Update {
+        #[command(flatten)]
+        location: Location,
+        /// Service name (default: the configured one).
+        name: Option<String>,
+        /// Policy for enrollments that name none: hashed, geoLatency, static,
+        /// or custom (with a default webhook).
+        #[arg(long)]
+        allocation_policy: Option<String>,
+        /// Default custom-allocation webhook, for enrollments without their own.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The DPS api-version the webhook is written for.
+        #[arg(long, default_value = "2021-10-01")]
+        webhook_api_version: String,
+        /// Remove the default webhook.
+        #[arg(long, conflicts_with = "webhook_url")]
+        no_webhook: bool,
+    },
+    /// Add (or replace) a shared access policy and print its connection string.
+    AddPolicy {
+        #[command(flatten)]
+        location: Location,
+        /// Policy name.
+        name: String,
+        /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
+        #[arg(long)]
+        rights: String,
+        /// Provisioning service (default: the configured one).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Delete a provisioning service and everything it holds.
+    Delete {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        /// Required: deleting removes enrollments and registrations.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkedHubCommand {
+    /// Link a hub given its connection string (a policy with registry write rights).
+    Add {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        connection_string: String,
+        /// Region of the hub.
+        #[arg(long, default_value = "local")]
+        region: String,
+        /// Allocation weight, 1 to 1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Take new devices only when an enrollment names this hub.
+        #[arg(long)]
+        no_allocation: bool,
+        /// The hub is an Onramp companion hub (it is then given the CAs of X.509 groups).
+        #[arg(long)]
+        companion: bool,
+        /// Provisioning service (default: the configured one).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List linked hubs.
+    List {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Change a linked hub's allocation settings or connection string.
+    Update {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        connection_string: Option<String>,
+        /// Region of the hub.
+        #[arg(long)]
+        region: Option<String>,
+        /// Allocation weight, 1 to 1000.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Whether the hub takes new devices by allocation (on) or only
+        /// when an enrollment names it (off).
+        #[arg(long, value_parser = ["on", "off"])]
+        allocation: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Unlink a hub. Devices on it stay there until they register again.
+    Remove {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        service: Option<String>,
+        /// Unlink even when devices are registered on the hub.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnrollmentSpec {
+    /// Symmetric key (base64); generated when absent.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Secondary symmetric key (base64); generated when absent.
+    #[arg(long)]
+    pub secondary_key: Option<String>,
+    /// Initial twin as JSON, e.g. '{"tags":{},"properties":{"desired":{}}}'.
+    #[arg(long)]
+    pub initial_twin: Option<String>,
+    /// Allocation policy: hashed, static, geoLatency or custom.
+    #[arg(long)]
+    pub allocation_policy: Option<String>,
+    /// Hubs this enrollment may use (repeat the flag).
+    #[arg(long = "iot-hub")]
+    pub iot_hubs: Vec<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Create an IoT Edge device identity.
+    #[arg(long)]
+    pub edge: bool,
+    /// X.509: the device certificate (individual) or the signing CA (group), PEM.
+    #[arg(long, conflicts_with_all = ["key", "secondary_key"])]
+    pub certificate: Option<PathBuf>,
+    /// X.509: a second certificate (PEM).
+    #[arg(long, requires = "certificate")]
+    pub secondary_certificate: Option<PathBuf>,
+    /// X.509 group: the name of a verified CA certificate of the service.
+    #[arg(long, conflicts_with_all = ["key", "secondary_key", "certificate"])]
+    pub ca_reference: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnrollmentCommand {
+    /// Create or replace an individual enrollment (symmetric key).
+    Create {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+        /// Hub device ID (default: the registration ID).
+        #[arg(long)]
+        device_id: Option<String>,
+        #[command(flatten)]
+        spec: Box<EnrollmentSpec>,
+    },
+    /// Show an individual enrollment.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+        /// Also show the symmetric keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List individual enrollments.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete an individual enrollment.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create or replace a symmetric-key enrollment group.
+    Create {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+        #[command(flatten)]
+        spec: Box<EnrollmentSpec>,
+    },
+    /// Show an enrollment group.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+        /// Also show the group keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List enrollment groups.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+    },
+    /// Delete an enrollment group.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        group_id: String,
+    },
+}
