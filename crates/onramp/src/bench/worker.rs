@@ -1,0 +1,185 @@
+//! One simulated device after another, over one worker's connection or fresh ones.
+
+use super::*;
+
+pub(super) struct Worker {
+    pub(super) next: Arc<AtomicU64>,
+    pub(super) load: Load,
+    pub(super) started: Instant,
+    pub(super) progress: indicatif::ProgressBar,
+}
+
+impl Worker {
+    pub(super) async fn run(self) -> Tally {
+        let mut tally = Tally {
+            latency_us: Some(histogram()),
+            ..Default::default()
+        };
+        let mut connection: Option<SendRequest<Full<Bytes>>> = None;
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            if n >= self.load.devices {
+                break;
+            }
+            if self.load.rate > 0.0 {
+                let due = self.started + Duration::from_secs_f64(n as f64 / self.load.rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let (registration_id, key) = match self.load.fleet.device(&self.load.prefix, n) {
+                Ok(d) => d,
+                Err(e) => {
+                    tally.record(
+                        Outcome::Failed {
+                            code: format!("key: {e}"),
+                        },
+                        Duration::ZERO,
+                    );
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let outcome = match self.load.protocol {
+                Protocol::Https => {
+                    if !self.load.reuse {
+                        connection = None;
+                    }
+                    self.https(&mut connection, &registration_id, &key).await
+                }
+                _ => self.mqtt(&registration_id, &key).await,
+            };
+            tally.record(outcome, started.elapsed());
+            self.progress.inc(1);
+        }
+        tally
+    }
+
+    async fn mqtt(&self, registration_id: &str, key: &str) -> Outcome {
+        let spec = DeviceSpec {
+            endpoint: self.load.endpoint.clone(),
+            id_scope: self.load.id_scope.clone(),
+            registration_id: registration_id.to_owned(),
+            key: Some(key.to_owned()),
+            payload: None,
+            force: false,
+        };
+        let transport = match self.load.protocol {
+            Protocol::MqttWs => onramp_net::mqtt::client::Transport::WebSocket {
+                path: "/$iothub/websocket".into(),
+                subprotocol: "mqtt".into(),
+            },
+            _ => onramp_net::mqtt::client::Transport::Tls,
+        };
+        match simulator::provision_mqtt(&spec, self.load.tls.clone(), &transport).await {
+            Ok(status) => outcome_of(status),
+            Err(e) => Outcome::Failed {
+                code: error_code(&e.to_string()),
+            },
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream =
+            onramp_net::mqtt::client::connect_tls_stream(&self.load.address, self.load.tls.clone())
+                .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn https(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        registration_id: &str,
+        key: &str,
+    ) -> Outcome {
+        match self.https_register(connection, registration_id, key).await {
+            Ok(o) => o,
+            Err(e) => {
+                *connection = None;
+                Outcome::Failed {
+                    code: error_code(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn https_register(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        registration_id: &str,
+        key: &str,
+    ) -> anyhow::Result<Outcome> {
+        if connection.as_ref().is_none_or(|c| c.is_closed()) {
+            *connection = Some(self.connect().await?);
+        }
+        let Some(sender) = connection.as_mut() else {
+            bail!("no connection")
+        };
+        sender.ready().await?;
+        let resource = format!("{}/registrations/{registration_id}", self.load.id_scope);
+        let token = sas::sign(
+            &resource,
+            key,
+            simulator::unix_now() + 3600,
+            Some("registration"),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let body = serde_json::to_vec(&serde_json::json!({"registrationId": registration_id}))?;
+        let request = hyper::Request::put(format!(
+            "/{resource}/register?api-version={}",
+            simulator::DEVICE_API_VERSION
+        ))
+        // What an SDK sends: the endpoint it was given.
+        .header("host", &self.load.endpoint)
+        .header("authorization", token)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))?;
+        let resp = sender.send_request(request).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if status >= 300 {
+            let code = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error_code.to_string())
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Ok(Outcome::Failed { code });
+        }
+        let op: RegistrationOperationStatus = serde_json::from_slice(&bytes)?;
+        Ok(outcome_of(op))
+    }
+}
+
+pub(super) fn outcome_of(status: RegistrationOperationStatus) -> Outcome {
+    match (status.status, status.registration_state) {
+        (RegistrationStatus::Assigned, Some(state)) => Outcome::Assigned {
+            hub: state.assigned_hub.unwrap_or_default(),
+        },
+        (RegistrationStatus::Assigning, _) => Outcome::Failed {
+            code: "still assigning".into(),
+        },
+        (_, Some(state)) => Outcome::Failed {
+            code: state
+                .error_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "failed".into()),
+        },
+        (other, None) => Outcome::Failed {
+            code: other.to_string(),
+        },
+    }
+}
+
+/// The six-digit code in an error message, else the message's first words.
+pub(super) fn error_code(message: &str) -> String {
+    message
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .map(str::to_owned)
+        .unwrap_or_else(|| message.chars().take(60).collect())
+}
+
+pub(super) fn rand_u32() -> u32 {
+    let bytes = onramp_core::keys::random_bytes(4);
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
