@@ -1,0 +1,78 @@
+use super::*;
+
+#[test]
+fn file_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("onramp.toml");
+    std::fs::write(
+        &file,
+        r#"
+        public_host = "dps.example.net"
+        [https]
+        listen = "127.0.0.1:8443"
+        [[linked_hubs]]
+        connection_string = "HostName=h;SharedAccessKeyName=o;SharedAccessKey=a2V5"
+        allocation_weight = 3
+        "#,
+    )
+    .unwrap();
+    let args = ServeArgs {
+        location: Location {
+            config: Some(file.clone()),
+            data_dir: None,
+        },
+        https_listen: Some("127.0.0.1:9443".into()),
+        ..Default::default()
+    };
+    let c = Config::for_serve(&args).unwrap();
+    assert_eq!(c.public_host, "dps.example.net", "from the file");
+    assert_eq!(c.https.listen, "127.0.0.1:9443", "the flag wins");
+    assert_eq!(c.linked_hubs[0].allocation_weight, 3);
+    assert_eq!(c.linked_hubs[0].location, "local");
+    assert_eq!(
+        c.metrics.listen, "127.0.0.1:9464",
+        "metrics stay on loopback"
+    );
+    assert!(c.metrics.enabled());
+    let off = ServeArgs {
+        metrics_listen: Some("off".into()),
+        ..args.clone()
+    };
+    assert!(!Config::for_serve(&off).unwrap().metrics.enabled());
+
+    std::fs::write(&file, "public_hots = \"typo\"").unwrap();
+    let err = Config::for_serve(&args).unwrap_err();
+    assert!(format!("{err:#}").contains("public_hots"), "{err:#}");
+}
+
+#[test]
+fn front_door_limits_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("onramp.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nheader_timeout_ms = 2500\nbody_timeout_ms = 4000\nshutdown_grace_ms = 3000\n",
+    )
+    .unwrap();
+    let args = ServeArgs {
+        location: Location {
+            config: Some(file.clone()),
+            data_dir: None,
+        },
+        ..Default::default()
+    };
+    let c = Config::for_serve(&args).unwrap();
+    let l = c.limits.listener(700, 1 << 20);
+    assert_eq!(l.header_timeout, std::time::Duration::from_millis(2500));
+    assert_eq!(l.body_timeout, std::time::Duration::from_millis(4000));
+    assert_eq!(l.handshake_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(l.close_timeout, std::time::Duration::from_secs(3));
+    assert_eq!((l.max_connections, l.max_discard_bytes), (700, 1 << 20));
+
+    std::fs::write(&file, "[limits]\nbody_timeout_ms = 0\n").unwrap();
+    let err = Config::for_serve(&args).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("limits.body_timeout_ms"),
+        "{err:#}"
+    );
+}
