@@ -117,6 +117,8 @@ fn servers_on(dir: &Path) -> Vec<(&'static str, Command)> {
             "127.0.0.1:0",
             "--mqtt-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir);
@@ -199,6 +201,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "HTTPS port in use",
             vec![
                 "serve",
+                "--metrics-listen",
+                "off",
                 "--https-listen",
                 &busy.1,
                 "--mqtt-listen",
@@ -210,6 +214,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "MQTT port in use",
             vec![
                 "serve",
+                "--metrics-listen",
+                "off",
                 "--https-listen",
                 "127.0.0.1:0",
                 "--mqtt-listen",
@@ -221,6 +227,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "certificate missing",
             vec![
                 "serve",
+                "--metrics-listen",
+                "off",
                 "--config",
                 missing_cert.to_str().unwrap(),
                 "--https-listen",
@@ -358,6 +366,8 @@ async fn files_under_the_data_directory_are_private_whatever_the_umask() {
         "127.0.0.1:0",
         "--mqtt-listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
         "--data-dir",
         dir.to_str().unwrap(),
     ]);

@@ -696,8 +696,10 @@ async fn sigterm_with_nothing_in_flight_exits_at_once() {
             .unwrap();
         assert_eq!(read_response(&mut idle, "health").await.0, 200);
         let took = server.terminate();
+        // The default grace period is 10 s; a stall waits it out. Under a
+        // loaded machine a clean exit can take a second or two.
         assert!(
-            took < Duration::from_secs(2),
+            took < Duration::from_secs(5),
             "run {run}: SIGTERM took {took:?}"
         );
         drop((silent, idle));
