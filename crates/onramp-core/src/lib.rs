@@ -15,6 +15,7 @@
 //!   [`linked_hubs`]: the rules of linking and unlinking hubs.
 //! - [`sas`], [`keys`], [`connection_string`]: shared access signatures and secrets.
 //! - [`attest`]: who is this device, and which enrollment vouches for it.
+//! - [`tpm`]: TPM attestation's keys, activation blob and token check.
 //! - [`allocate`]: which hub it goes to; [`custom`]: the allocation webhook's
 //!   contract; [`reprovision`]: what happens when a device registers again.
 //! - [`engine`]: the registration state machine.
@@ -40,6 +41,7 @@ pub mod ports;
 pub mod reprovision;
 pub mod sas;
 pub mod tenant;
+pub mod tpm;
 pub mod validate;
 pub mod x509;
 

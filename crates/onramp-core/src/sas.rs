@@ -138,10 +138,15 @@ impl SasToken<'_> {
         let Ok(key) = STANDARD.decode(key_base64.trim()) else {
             return false;
         };
+        self.is_signed_with(&key)
+    }
+
+    /// [`Self::is_signed_by`] with the key's bytes (a TPM's imported key).
+    pub fn is_signed_with(&self, key: &[u8]) -> bool {
         let Ok(expected) = STANDARD.decode(self.signature.trim()) else {
             return false;
         };
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, key);
         let matches = |resource: &str| {
             let tag = hmac::sign(&key, format!("{resource}\n{}", self.expiry_raw).as_bytes());
             constant_time::verify_slices_are_equal(tag.as_ref(), &expected).is_ok()

@@ -1,7 +1,6 @@
 //! Validation and normalisation of enrollments and groups written through the
 //! service API. Every refusal names the field (as a JSON path) and the fix.
 
-use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_model::{
     AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
     IndividualEnrollment, InitialTwin, ProvisioningStatus, RegistrationId, ReprovisionPolicy,
@@ -272,19 +271,9 @@ fn fill_info(field: &str, cert: &mut X509CertificateWithInfo) -> Result<(), Prov
 }
 
 fn check_tpm_key(field: &str, key: &str) -> Result<(), ProvisioningError> {
-    let bytes = STANDARD.decode(key).map_err(|_| {
-        ProvisioningError::invalid(format!(
-            "{field} is not valid base64; give base64 of the key's TPM2B_PUBLIC structure"
-        ))
-    })?;
-    // A TPM2B_PUBLIC starts with its own size; a 2048-bit RSA key is ~280-320 bytes.
-    if bytes.len() < 4 || usize::from(u16::from_be_bytes([bytes[0], bytes[1]])) + 2 > bytes.len() {
-        return Err(ProvisioningError::invalid(format!(
-            "{field} does not hold a TPM2B_PUBLIC structure ({} bytes); export it with tpm2_readpublic or the SDK's getEndorsementKey",
-            bytes.len()
-        )));
-    }
-    Ok(())
+    crate::tpm::RsaPublic::from_base64(key)
+        .map(drop)
+        .map_err(|e| ProvisioningError::invalid(format!("{field} {e}")))
 }
 
 /// The hub would refuse a device ID outside IoT Hub's rules when the device
@@ -584,6 +573,53 @@ mod tests {
                 "{} does not contain {want}",
                 err.message
             );
+        }
+    }
+
+    #[test]
+    fn tpm_keys_must_be_rsa_2048_storage_keys() {
+        use base64::{Engine as _, engine::general_purpose::STANDARD};
+        let ek = STANDARD.encode(include_bytes!("../tests/data/tpm/ek.pub"));
+        let srk = STANDARD.encode(include_bytes!("../tests/data/tpm/srk.pub"));
+        let tpm = |ek: &str, srk: Option<&str>| IndividualEnrollment {
+            attestation: Some(AttestationMechanism {
+                kind: AttestationType::Tpm,
+                tpm: Some(onramp_model::TpmAttestation {
+                    endorsement_key: ek.into(),
+                    storage_root_key: srk.map(Into::into),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e =
+            individual_enrollment("tpm-1", tpm(&format!(" {ek}\n"), Some(&srk)), &ctx()).unwrap();
+        let kept = e.attestation.unwrap().tpm.unwrap();
+        assert_eq!(kept.endorsement_key, ek);
+        assert_eq!(kept.storage_root_key.as_deref(), Some(srk.as_str()));
+
+        // Shaped like a TPM2B_PUBLIC (a size and that many bytes), but not a key.
+        let mut fake = vec![0x01, 0x16];
+        fake.extend([0xAB; 0x116]);
+        let fake = STANDARD.encode(fake);
+        let short = STANDARD.encode(&include_bytes!("../tests/data/tpm/ek.pub")[..200]);
+        for (enrollment, expected) in [
+            (
+                tpm(&fake, None),
+                "attestation.tpm.endorsementKey has type 0xabab (unknown); an RSA key",
+            ),
+            (
+                tpm(&short, None),
+                "attestation.tpm.endorsementKey has a TPM2B_PUBLIC size field of 314 bytes, but 198 bytes follow it",
+            ),
+            (
+                tpm(&ek, Some(&fake)),
+                "attestation.tpm.storageRootKey has type 0xabab",
+            ),
+        ] {
+            let err = individual_enrollment("tpm-1", enrollment, &ctx()).unwrap_err();
+            assert_eq!(err.code, onramp_model::ErrorCode::InvalidArgument);
+            assert!(err.message.starts_with(expected), "{}", err.message);
         }
     }
 

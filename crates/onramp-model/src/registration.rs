@@ -186,6 +186,32 @@ mod tests {
     }
 
     #[test]
+    fn tpm_challenge_and_result_shapes() {
+        // The 401 body: these three members and never `status`, which the C
+        // SDK would take for a registration answer.
+        let challenge = TpmRegistrationChallenge {
+            message: "sign a token with the key in authenticationKey".into(),
+            authentication_key: "ADQAIA==".into(),
+            key_name: "registration".into(),
+        };
+        let v = serde_json::to_value(&challenge).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["authenticationKey", "keyName", "message"]);
+        assert_eq!(
+            serde_json::from_value::<TpmRegistrationChallenge>(v).unwrap(),
+            challenge
+        );
+        // The final key travels as registrationState.tpm.authenticationKey.
+        let mut state = DeviceRegistrationState::new("tpm-dev", RegistrationStatus::Assigned);
+        state.tpm = Some(TpmRegistrationResult {
+            authentication_key: "AFQ=".into(),
+        });
+        let v = serde_json::to_value(&state).unwrap();
+        assert_eq!(v["tpm"], serde_json::json!({"authenticationKey": "AFQ="}));
+    }
+
+    #[test]
     fn operation_status_shape() {
         let mut state = DeviceRegistrationState::new("dev", RegistrationStatus::Assigned);
         state.assigned_hub = Some("hub".into());

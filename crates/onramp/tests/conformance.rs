@@ -155,11 +155,10 @@ async fn service_api_json_conforms_to_the_dps_specification() {
         "X.509 attestation round-trips"
     );
 
-    // A TPM2B_PUBLIC-shaped endorsement key: a size prefix and its bytes.
-    let mut ek = vec![0x01, 0x16];
-    ek.extend(std::iter::repeat_n(0xAB, 0x116));
+    // An endorsement key exported from a software TPM with the SDKs' template.
     use base64::Engine as _;
-    let ek = base64::engine::general_purpose::STANDARD.encode(ek);
+    let ek = base64::engine::general_purpose::STANDARD
+        .encode(include_bytes!("../../onramp-core/tests/data/tpm/ek.pub"));
     let (status, _, e) = call(
         Method::PUT,
         "enrollments/conf-tpm",

@@ -1,0 +1,392 @@
+//! The activation blob: an HMAC key that only one TPM can import.
+//!
+//! What `TPM2_Duplicate` and `TPM2_MakeCredential` would produce on the
+//! server's TPM in Microsoft's reference service, computed in software
+//! (device protocol notes §5.5, TPM 2.0 Part 1 §23–24):
+//!
+//! - the identity key: a keyedHash HMAC-SHA256 object with an empty auth
+//!   value, its `unique` bound to the key by SHA-256(seedValue ‖ key);
+//! - the inner wrapper: its sensitive area encrypted with a fresh 16-byte
+//!   AES-128-CFB key behind an integrity digest;
+//! - the outer wrapper to the SRK: a seed sent with RSA-OAEP ("DUPLICATE"),
+//!   from which KDFa derives the AES key and the HMAC key;
+//! - the credential to the EK: the inner key, bound to the SRK's Name, under
+//!   a second seed sent with RSA-OAEP ("IDENTITY").
+//!
+//! Six TPM "2B" items in the order every SDK reads them: `TPM2B_ID_OBJECT`,
+//! `TPM2B_ENCRYPTED_SECRET`, `TPM2B_PRIVATE`, `TPM2B_ENCRYPTED_SECRET`,
+//! `TPM2B_PUBLIC`, and an empty `TPM2B_DATA` that C# reads unconditionally.
+
+use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::iv::FixedLength;
+use aws_lc_rs::{digest, hmac, rand};
+
+use super::TpmError;
+use super::kdf::kdfa;
+use super::public::{
+    RsaPublic, TPM_ALG_HMAC, TPM_ALG_KEYEDHASH, TPM_ALG_SHA256, attributes, name_of, put_sized,
+};
+use crate::keys;
+
+/// The size of the key of a TPM challenge (the SDKs' HMAC keys are 32 bytes).
+pub const CHALLENGE_KEY_LEN: usize = 32;
+
+/// The C and C# SDKs import with AES-128-CFB: the inner key is 16 bytes.
+const INNER_KEY_LEN: usize = 16;
+/// Seeds and obfuscation values are the size of a SHA-256 digest.
+const SEED_LEN: usize = 32;
+/// sign|noDA|userWithAuth; not fixedTPM/fixedParent, as it is imported.
+const IDENTITY_ATTRIBUTES: u32 = attributes::SIGN | attributes::NO_DA | attributes::USER_WITH_AUTH;
+
+/// A fresh random key for a TPM challenge.
+pub fn challenge_key() -> Result<[u8; CHALLENGE_KEY_LEN], TpmError> {
+    random()
+}
+
+/// Builds the activation blob that delivers `identity_key` into the TPM whose
+/// endorsement key is `ek`, under its storage root key `srk`.
+pub fn activation_blob(
+    ek: &RsaPublic,
+    srk: &RsaPublic,
+    identity_key: &[u8],
+) -> Result<Vec<u8>, TpmError> {
+    // The sizes of hub device keys, all of which a TPM takes as an HMAC key.
+    if !(keys::MIN_KEY_BYTES..=keys::MAX_KEY_BYTES).contains(&identity_key.len()) {
+        return Err(TpmError::IdentityKeyLength(identity_key.len()));
+    }
+
+    // A. The identity key's public and sensitive areas.
+    let obfuscation: [u8; SEED_LEN] = random()?;
+    let mut binding = digest::Context::new(&digest::SHA256);
+    binding.update(&obfuscation);
+    binding.update(identity_key);
+    let mut id_public = Vec::with_capacity(48);
+    id_public.extend_from_slice(&TPM_ALG_KEYEDHASH.to_be_bytes());
+    id_public.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
+    id_public.extend_from_slice(&IDENTITY_ATTRIBUTES.to_be_bytes());
+    put_sized(&mut id_public, &[])?; // authPolicy
+    id_public.extend_from_slice(&TPM_ALG_HMAC.to_be_bytes());
+    id_public.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
+    put_sized(&mut id_public, binding.finish().as_ref())?; // unique
+    let id_name = name_of(&id_public);
+
+    let mut sensitive = Vec::with_capacity(8 + SEED_LEN + identity_key.len());
+    sensitive.extend_from_slice(&TPM_ALG_KEYEDHASH.to_be_bytes());
+    put_sized(&mut sensitive, &[])?; // authValue: devices use an empty password
+    put_sized(&mut sensitive, &obfuscation)?; // seedValue
+    put_sized(&mut sensitive, identity_key)?;
+    let mut encoded_sensitive = Vec::with_capacity(sensitive.len() + 2);
+    put_sized(&mut encoded_sensitive, &sensitive)?;
+
+    // B. The inner wrapper.
+    let inner_key: [u8; INNER_KEY_LEN] = random()?;
+    let mut integrity = digest::Context::new(&digest::SHA256);
+    integrity.update(&encoded_sensitive);
+    integrity.update(&id_name);
+    let mut wrapped = Vec::with_capacity(34 + encoded_sensitive.len());
+    put_sized(&mut wrapped, integrity.finish().as_ref())?;
+    wrapped.extend_from_slice(&encoded_sensitive);
+    aes_cfb(&inner_key, &mut wrapped)?;
+
+    // C. The outer wrapper, to the SRK.
+    let duplication_seed: [u8; SEED_LEN] = random()?;
+    let encrypted_duplication_seed = srk.encrypt(&duplication_seed, b"DUPLICATE\0")?;
+    aes_cfb(
+        &kdfa(&duplication_seed, "STORAGE", &id_name, &[], 128),
+        &mut wrapped,
+    )?;
+    let outer_hmac = hmac_sha256(
+        &kdfa(&duplication_seed, "INTEGRITY", &[], &[], 256),
+        &[&wrapped, &id_name],
+    );
+    let mut duplicate = Vec::with_capacity(34 + wrapped.len());
+    put_sized(&mut duplicate, &outer_hmac)?;
+    duplicate.extend_from_slice(&wrapped);
+
+    // D. The credential (the inner key) to the EK, bound to the SRK's Name:
+    // the device activates it with activateHandle = SRK.
+    let seed: [u8; SEED_LEN] = random()?;
+    let encrypted_seed = ek.encrypt(&seed, b"IDENTITY\0")?;
+    let srk_name = srk.name();
+    let mut identity = Vec::with_capacity(2 + INNER_KEY_LEN);
+    put_sized(&mut identity, &inner_key)?;
+    aes_cfb(&kdfa(&seed, "STORAGE", &srk_name, &[], 128), &mut identity)?;
+    let credential_hmac = hmac_sha256(
+        &kdfa(&seed, "INTEGRITY", &[], &[], 256),
+        &[&identity, &srk_name],
+    );
+    let mut id_object = Vec::with_capacity(34 + identity.len());
+    put_sized(&mut id_object, &credential_hmac)?;
+    id_object.extend_from_slice(&identity);
+
+    // E. The six items.
+    let mut blob = Vec::with_capacity(
+        12 + id_object.len()
+            + encrypted_seed.len()
+            + duplicate.len()
+            + encrypted_duplication_seed.len()
+            + id_public.len(),
+    );
+    for item in [
+        &id_object[..],
+        &encrypted_seed,
+        &duplicate,
+        &encrypted_duplication_seed,
+        &id_public,
+        &[],
+    ] {
+        put_sized(&mut blob, item)?;
+    }
+    Ok(blob)
+}
+
+fn random<const N: usize>() -> Result<[u8; N], TpmError> {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes).map_err(|_| TpmError::Crypto("the random number generator"))?;
+    Ok(bytes)
+}
+
+/// AES-128 in CFB mode with an all-zero IV, in place: each key here encrypts
+/// one message only, which is what makes the fixed IV safe (and what the TPM does).
+fn aes_cfb(key: &[u8], data: &mut [u8]) -> Result<(), TpmError> {
+    let key = UnboundCipherKey::new(&AES_128, key)
+        .and_then(EncryptingKey::cfb128)
+        .map_err(|_| TpmError::Crypto("AES-128-CFB key"))?;
+    key.less_safe_encrypt(data, EncryptionContext::Iv128(FixedLength::from([0u8; 16])))
+        .map_err(|_| TpmError::Crypto("AES-128-CFB encryption"))?;
+    Ok(())
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+    for part in parts {
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! A TPM's side of the exchange in software (ActivateCredential, then
+    //! Import), checking every integrity value as the TPM does. The test
+    //! against a real software TPM is `tests/tpm.rs`.
+
+    use std::sync::OnceLock;
+
+    use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext};
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{
+        KeyPair, KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
+    };
+    use aws_lc_rs::signature::KeyPair as _;
+
+    use super::*;
+
+    struct SoftTpm {
+        ek: PrivateDecryptingKey,
+        srk: PrivateDecryptingKey,
+        ek_public: RsaPublic,
+        srk_public: RsaPublic,
+    }
+
+    fn rsa_key() -> (PrivateDecryptingKey, Vec<u8>) {
+        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("RSA key");
+        let pkcs8 = key.as_der().expect("PKCS#8");
+        let pair = KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key pair");
+        let modulus = pair
+            .public_key()
+            .modulus()
+            .big_endian_without_leading_zero()
+            .to_vec();
+        (key, modulus)
+    }
+
+    fn tpm() -> &'static SoftTpm {
+        static TPM: OnceLock<SoftTpm> = OnceLock::new();
+        TPM.get_or_init(|| {
+            let (ek, ek_modulus) = rsa_key();
+            let (srk, srk_modulus) = rsa_key();
+            SoftTpm {
+                ek,
+                srk,
+                ek_public: RsaPublic::endorsement_key(&ek_modulus).expect("EK"),
+                srk_public: RsaPublic::storage_root_key(&srk_modulus).expect("SRK"),
+            }
+        })
+    }
+
+    fn items(blob: &[u8]) -> Vec<&[u8]> {
+        let mut rest = blob;
+        let mut items = Vec::new();
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            assert!(rest.len() >= 2 + len, "an item runs past the blob");
+            items.push(&rest[2..2 + len]);
+            rest = &rest[2 + len..];
+        }
+        assert!(rest.is_empty(), "a stray byte ends the blob");
+        items
+    }
+
+    fn split_sized(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+        let len = usize::from(u16::from_be_bytes(
+            bytes
+                .get(..2)
+                .ok_or("short")?
+                .try_into()
+                .map_err(|_| "short")?,
+        ));
+        let body = bytes
+            .get(2..2 + len)
+            .ok_or("a 2B runs past its container")?;
+        Ok((body, &bytes[2 + len..]))
+    }
+
+    fn oaep_decrypt(
+        key: &PrivateDecryptingKey,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<Vec<u8>, &'static str> {
+        let key = OaepPrivateDecryptingKey::new(key.clone()).map_err(|_| "key")?;
+        let mut out = vec![0u8; key.min_output_size()];
+        let plain = key
+            .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, Some(label))
+            .map_err(|_| "OAEP decryption failed")?;
+        Ok(plain.to_vec())
+    }
+
+    fn cfb_decrypt(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut data = data.to_vec();
+        DecryptingKey::cfb128(UnboundCipherKey::new(&AES_128, key).unwrap())
+            .unwrap()
+            .decrypt(
+                &mut data,
+                DecryptionContext::Iv128(FixedLength::from([0u8; 16])),
+            )
+            .unwrap();
+        data
+    }
+
+    impl SoftTpm {
+        /// ActivateCredential then Import: the key the blob delivers.
+        fn open(&self, blob: &[u8]) -> Result<Vec<u8>, &'static str> {
+            let items = items(blob);
+            assert_eq!(items.len(), 6);
+            // ActivateCredential(activateHandle = SRK, keyHandle = EK).
+            let seed = oaep_decrypt(&self.ek, items[1], b"IDENTITY\0")?;
+            let srk_name = self.srk_public.name();
+            let (integrity, identity) = split_sized(items[0])?;
+            let expected = hmac_sha256(
+                &kdfa(&seed, "INTEGRITY", &[], &[], 256),
+                &[identity, &srk_name],
+            );
+            if integrity != expected {
+                return Err("credential integrity");
+            }
+            let identity = cfb_decrypt(&kdfa(&seed, "STORAGE", &srk_name, &[], 128), identity);
+            let (inner_key, rest) = split_sized(&identity)?;
+            if !rest.is_empty() || inner_key.len() != INNER_KEY_LEN {
+                return Err("credential size");
+            }
+            // Import(parent = SRK, encryptionKey = the credential).
+            let dup_seed = oaep_decrypt(&self.srk, items[3], b"DUPLICATE\0")?;
+            let id_name = name_of(items[4]);
+            let (outer_hmac, wrapped) = split_sized(items[2])?;
+            let expected = hmac_sha256(
+                &kdfa(&dup_seed, "INTEGRITY", &[], &[], 256),
+                &[wrapped, &id_name],
+            );
+            if outer_hmac != expected {
+                return Err("outer integrity");
+            }
+            let wrapped = cfb_decrypt(&kdfa(&dup_seed, "STORAGE", &id_name, &[], 128), wrapped);
+            let plain = cfb_decrypt(inner_key, &wrapped);
+            let (inner_integrity, encoded_sensitive) = split_sized(&plain)?;
+            let digest =
+                digest::digest(&digest::SHA256, &[encoded_sensitive, &id_name[..]].concat());
+            if inner_integrity != digest.as_ref() {
+                return Err("inner integrity");
+            }
+            let (sensitive, rest) = split_sized(encoded_sensitive)?;
+            assert!(rest.is_empty());
+            assert_eq!(sensitive[..2], TPM_ALG_KEYEDHASH.to_be_bytes());
+            let (auth, rest) = split_sized(&sensitive[2..])?;
+            assert!(auth.is_empty(), "devices sign with an empty password");
+            let (obfuscation, rest) = split_sized(rest)?;
+            let (key, rest) = split_sized(rest)?;
+            assert!(rest.is_empty());
+            // The TPM refuses a public area that does not bind the key.
+            let unique = digest::digest(&digest::SHA256, &[obfuscation, key].concat());
+            assert_eq!(&items[4][items[4].len() - 32..], unique.as_ref());
+            Ok(key.to_vec())
+        }
+    }
+
+    #[test]
+    fn the_tpm_recovers_the_key_and_the_items_have_the_sdk_sizes() {
+        let tpm = tpm();
+        for (len, total) in [(32, 766), (64, 798), (16, 750)] {
+            let key: Vec<u8> = (0..len as u8).collect();
+            let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &key).unwrap();
+            assert_eq!(blob.len(), total, "{len}-byte key");
+            let sizes: Vec<usize> = items(&blob).iter().map(|i| i.len() + 2).collect();
+            assert_eq!(sizes, [54, 258, 112 + len, 258, 50, 2], "{len}-byte key");
+            assert_eq!(tpm.open(&blob).unwrap(), key);
+        }
+        let challenge = challenge_key().unwrap();
+        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &challenge).unwrap();
+        assert_eq!(tpm.open(&blob).unwrap(), challenge);
+    }
+
+    #[test]
+    fn the_identity_key_has_the_public_area_the_sdks_import() {
+        let tpm = tpm();
+        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &[7; 32]).unwrap();
+        let public = items(&blob)[4];
+        // KEYEDHASH, SHA-256, sign|noDA|userWithAuth, no policy, HMAC-SHA256, 32-byte unique.
+        assert_eq!(
+            public[..16],
+            [
+                0x00, 0x08, 0x00, 0x0b, 0x00, 0x04, 0x04, 0x40, 0x00, 0x00, 0x00, 0x05, 0x00, 0x0b,
+                0x00, 0x20
+            ]
+        );
+    }
+
+    #[test]
+    fn every_blob_is_fresh() {
+        let tpm = tpm();
+        let a = activation_blob(&tpm.ek_public, &tpm.srk_public, &[1; 32]).unwrap();
+        let b = activation_blob(&tpm.ek_public, &tpm.srk_public, &[1; 32]).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(challenge_key().unwrap(), challenge_key().unwrap());
+    }
+
+    #[test]
+    fn another_tpm_cannot_open_it() {
+        let tpm = tpm();
+        // Keys swapped: the credential is for the SRK's key, the duplicate for the EK's.
+        let swapped = activation_blob(&tpm.srk_public, &tpm.ek_public, &[2; 32]).unwrap();
+        assert_eq!(tpm.open(&swapped), Err("OAEP decryption failed"));
+        // A flipped bit anywhere in the wrapped key is caught by an integrity check.
+        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &[3; 32]).unwrap();
+        for (at, check) in [(40, "credential integrity"), (400, "outer integrity")] {
+            let mut bad = blob.clone();
+            bad[at] ^= 1;
+            assert_eq!(tpm.open(&bad), Err(check), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn key_sizes_outside_hub_keys_are_refused() {
+        let tpm = tpm();
+        for len in [0, 15, 65, 300] {
+            assert_eq!(
+                activation_blob(&tpm.ek_public, &tpm.srk_public, &vec![0; len]),
+                Err(TpmError::IdentityKeyLength(len))
+            );
+        }
+    }
+}
