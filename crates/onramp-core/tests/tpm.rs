@@ -1,0 +1,386 @@
+//! Onramp's activation blobs against a real TPM: `swtpm`, driven by
+//! `tpm2-tools` the way a device drives its TPM (device protocol notes §5.4):
+//! ActivateCredential with the EK, Import and Load under the SRK, then HMAC
+//! with the imported key. The token so signed must pass Onramp's check.
+//!
+//! Needs the Debian packages `swtpm`, `swtpm-tools` and `tpm2-tools`
+//! (scripts/test installs them); without them the test is skipped, unless
+//! ONRAMP_REQUIRE_INTEROP is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test setup
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use onramp_core::sas;
+use onramp_core::tpm::{self, RsaPublic, TpmError};
+
+/// The persistent handles the SDKs use (and tests/data/tpm/tpm-keys.sh sets).
+const EK_HANDLE: &str = "0x81010001";
+const SRK_HANDLE: &str = "0x81000001";
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tpm")
+}
+
+fn tools_installed() -> bool {
+    let runs = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs("swtpm") && runs("tpm2_createprimary") {
+        return true;
+    }
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "swtpm and tpm2-tools are not installed; run scripts/test \
+         (apt-get install swtpm swtpm-tools tpm2-tools)"
+    );
+    eprintln!(
+        "skipping: swtpm and tpm2-tools are not installed \
+         (apt-get install swtpm swtpm-tools tpm2-tools; scripts/test installs them)"
+    );
+    false
+}
+
+/// A software TPM on two free loopback ports, stopped when dropped.
+struct Swtpm {
+    child: Child,
+    tcti: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two adjacent free ports: swtpm's TCTI takes the command port and uses the
+/// next one for control.
+fn free_port_pair() -> Option<u16> {
+    let probe = TcpListener::bind("127.0.0.1:0").ok()?;
+    let port = probe.local_addr().ok()?.port();
+    let next = port.checked_add(1)?;
+    TcpListener::bind(("127.0.0.1", next)).ok()?;
+    Some(port)
+}
+
+impl Swtpm {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        // Another process may take a probed port before swtpm binds it: then
+        // swtpm exits, and another pair is tried.
+        for _ in 0..20 {
+            let Some(port) = free_port_pair() else {
+                continue;
+            };
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("swtpm starts");
+            let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    eprintln!("swtpm on port {port} exited ({status}); trying other ports");
+                    break;
+                }
+                let ready = Command::new("tpm2_getcap")
+                    .arg("properties-fixed")
+                    .env("TPM2TOOLS_TCTI", &tcti)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ready {
+                    return Self { child, tcti, dir };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "swtpm on port {port} did not answer within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("swtpm could not bind a pair of loopback ports in 20 tries");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs a tpm2-tools command against this TPM.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"))
+    }
+
+    fn ok(&self, program: &str, args: &[&str]) {
+        let out = self.run(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The EK and SRK made with the SDKs' templates, persisted at the SDKs'
+    /// handles, as the device sends them.
+    fn make_keys(&self) -> (RsaPublic, RsaPublic) {
+        let out = self.dir.path().join("keys");
+        let status = Command::new("bash")
+            .arg(data_dir().join("tpm-keys.sh"))
+            .arg(&out)
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "tpm-keys.sh failed");
+        let read = |name: &str| RsaPublic::parse(&std::fs::read(out.join(name)).unwrap());
+        (read("ek.pub").unwrap(), read("srk.pub").unwrap())
+    }
+
+    /// What a device does with an activation blob (§5.4): the credential
+    /// opened with the EK, the key imported and loaded under the SRK. Returns
+    /// the tpm2_activatecredential output when that step fails.
+    fn import(&self, blob: &[u8]) -> Result<(), String> {
+        let items = split_blob(blob);
+        // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT,
+        // TPM2B_ENCRYPTED_SECRET (what tpm2_makecredential writes).
+        let mut credential = vec![0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1];
+        credential.extend_from_slice(items[0]);
+        credential.extend_from_slice(items[1]);
+        let write = |name: &str, bytes: &[u8]| std::fs::write(self.path(name), bytes).unwrap();
+        write("credential", &credential);
+        write("duplicate", items[2]);
+        write("seed", items[3]);
+        write("identity.pub", items[4]);
+        assert_eq!(items[5], [0, 0], "the sixth item is present and empty");
+
+        // The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT).
+        self.ok(
+            "tpm2_startauthsession",
+            &["--policy-session", "-S", "session.ctx"],
+        );
+        self.ok("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
+        let activated = self.run(
+            "tpm2_activatecredential",
+            &[
+                "-c",
+                SRK_HANDLE,
+                "-C",
+                EK_HANDLE,
+                "-i",
+                "credential",
+                "-o",
+                "inner.key",
+                "-P",
+                "session:session.ctx",
+            ],
+        );
+        self.ok("tpm2_flushcontext", &["session.ctx"]);
+        if !activated.status.success() {
+            return Err(String::from_utf8_lossy(&activated.stderr).into_owned());
+        }
+        assert_eq!(
+            std::fs::read(self.path("inner.key")).unwrap().len(),
+            16,
+            "the inner wrap key is an AES-128 key, as the C and C# SDKs import it"
+        );
+        self.ok(
+            "tpm2_import",
+            &[
+                "-C",
+                SRK_HANDLE,
+                "-u",
+                "identity.pub",
+                "-i",
+                "duplicate",
+                "-s",
+                "seed",
+                "-k",
+                "inner.key",
+                "-r",
+                "identity.priv",
+            ],
+        );
+        self.ok(
+            "tpm2_load",
+            &[
+                "-C",
+                SRK_HANDLE,
+                "-u",
+                "identity.pub",
+                "-r",
+                "identity.priv",
+                "-c",
+                "identity.ctx",
+            ],
+        );
+        Ok(())
+    }
+
+    /// A SharedAccessSignature for `resource` signed inside the TPM with the
+    /// key [`Self::import`] loaded, as the SDKs sign theirs.
+    fn sign(&self, resource: &str, expiry: i64, key_name: Option<&str>) -> String {
+        let sr = sas::encode(resource);
+        std::fs::write(self.path("to-sign"), format!("{sr}\n{expiry}")).unwrap();
+        self.ok(
+            "tpm2_hmac",
+            &[
+                "-c",
+                "identity.ctx",
+                "-g",
+                "sha256",
+                "-o",
+                "signature",
+                "to-sign",
+            ],
+        );
+        // Without a resource manager the loaded key stays: free the slot.
+        self.ok("tpm2_flushcontext", &["-t"]);
+        let signature = std::fs::read(self.path("signature")).unwrap();
+        assert_eq!(signature.len(), 32, "an HMAC-SHA256");
+        let sig = sas::encode(&STANDARD.encode(signature));
+        let mut token = format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}");
+        if let Some(name) = key_name {
+            token.push_str("&skn=");
+            token.push_str(name);
+        }
+        token
+    }
+}
+
+/// The six TPM "2B" items, each with its size field.
+fn split_blob(blob: &[u8]) -> Vec<&[u8]> {
+    let mut items = Vec::new();
+    let mut at = 0;
+    while at < blob.len() {
+        let len = usize::from(u16::from_be_bytes([blob[at], blob[at + 1]]));
+        items.push(&blob[at..at + 2 + len]);
+        at += 2 + len;
+    }
+    assert_eq!(at, blob.len());
+    assert_eq!(items.len(), 6);
+    items
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
+#[test]
+fn a_software_tpm_imports_the_blob_and_signs_a_token_onramp_accepts() {
+    if !tools_installed() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let (ek, srk) = tpm.make_keys();
+    // The keys the SDKs' templates give are the same on every TPM but for
+    // the modulus, so the checked-in vectors have this shape too.
+    for (fresh, stored) in [(&ek, "ek.pub"), (&srk, "srk.pub")] {
+        let stored = RsaPublic::parse(&std::fs::read(data_dir().join(stored)).unwrap()).unwrap();
+        assert_eq!(fresh.as_bytes().len(), stored.as_bytes().len());
+        assert_eq!(fresh.attributes(), stored.attributes());
+        assert_eq!(fresh.auth_policy(), stored.auth_policy());
+    }
+    assert_eq!(ek.registration_id().len(), 52);
+
+    // The challenge: a fresh key, signing a registration token.
+    let expiry = now() + 3600;
+    let resource = "0ne00TPM0A1/registrations/tpm-device-1";
+    let challenge = tpm::challenge_key().unwrap();
+    let blob = tpm::activation_blob(&ek, &srk, &challenge).unwrap();
+    assert_eq!(blob.len(), 766);
+    tpm.import(&blob).unwrap();
+    let token = tpm.sign(resource, expiry, Some("registration"));
+    assert_eq!(
+        tpm::verify_token(&token, resource, &challenge, now(), 300),
+        Ok(())
+    );
+    assert_eq!(
+        tpm::verify_token(&token, resource, &[0x5a; 32], now(), 300),
+        Err(TpmError::WrongKey)
+    );
+
+    // The second blob: a 64-byte hub device key, replacing the first; the
+    // device signs hub tokens with it (no skn).
+    let device_key: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37)).collect();
+    let blob = tpm::activation_blob(&ek, &srk, &device_key).unwrap();
+    assert_eq!(blob.len(), 798);
+    tpm.import(&blob).unwrap();
+    let resource = "hub-1.azure-devices.net/devices/tpm-device-1";
+    let token = tpm.sign(resource, expiry, None);
+    assert_eq!(
+        tpm::verify_token(&token, resource, &device_key, now(), 300),
+        Ok(())
+    );
+    assert_eq!(
+        tpm::verify_token(&token, resource, &challenge, now(), 300),
+        Err(TpmError::WrongKey)
+    );
+    // The hub's own check: a symmetric-key token verification with the same key.
+    let parsed = sas::parse(&token).unwrap();
+    assert!(parsed.is_signed_by(&STANDARD.encode(&device_key)));
+}
+
+#[test]
+fn a_blob_for_another_tpm_or_another_srk_does_not_open() {
+    if !tools_installed() {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let (ek, srk) = tpm.make_keys();
+    let key = [0x11; 32];
+
+    // Bound to another SRK's Name: the credential's integrity check fails.
+    let other_srk = RsaPublic::storage_root_key(ek.modulus()).unwrap();
+    let blob = tpm::activation_blob(&ek, &other_srk, &key).unwrap();
+    let err = tpm.import(&blob).unwrap_err();
+    assert!(err.contains("integrity check failed"), "{err}");
+
+    // Encrypted to another TPM's EK (the checked-in one): this TPM cannot
+    // decrypt the seed (libtpms answers TPM_RC_FAILURE for that).
+    let foreign = RsaPublic::parse(&std::fs::read(data_dir().join("ek.pub")).unwrap()).unwrap();
+    assert_ne!(foreign.modulus(), ek.modulus());
+    let blob = tpm::activation_blob(&foreign, &srk, &key).unwrap();
+    let err = tpm.import(&blob).unwrap_err();
+    assert!(err.contains("Esys_ActivateCredential("), "{err}");
+
+    // The TPM still opens a blob made for it.
+    let blob = tpm::activation_blob(&ek, &srk, &key).unwrap();
+    tpm.import(&blob).unwrap();
+    let resource = "0ne00TPM0A1/registrations/tpm-device-2";
+    let token = tpm.sign(resource, now() + 60, Some("registration"));
+    assert_eq!(
+        tpm::verify_token(&token, resource, &key, now(), 300),
+        Ok(())
+    );
+}
