@@ -11,8 +11,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::sas;
@@ -52,15 +51,14 @@ fn tools_installed() -> bool {
 
 /// A software TPM on two free loopback ports, stopped when dropped.
 struct Swtpm {
-    child: Child,
+    pid: String,
     tcti: String,
     dir: tempfile::TempDir,
 }
 
 impl Drop for Swtpm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = Command::new("kill").arg(&self.pid).status();
     }
 }
 
@@ -79,47 +77,44 @@ impl Swtpm {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
-        // Another process may take a probed port before swtpm binds it: then
-        // swtpm exits, and another pair is tried.
+        let pid_file = dir.path().join("swtpm.pid");
+        // With --daemon the command returns once the TPM is initialised and
+        // its ports listen. Another process may take a probed port before
+        // swtpm binds it: then swtpm fails, and another pair is tried.
         for _ in 0..20 {
             let Some(port) = free_port_pair() else {
                 continue;
             };
-            let mut child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--tpmstate"])
+            let out = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--daemon", "--tpmstate"])
                 .arg(format!("dir={}", state.display()))
+                .arg("--pid")
+                .arg(format!("file={}", pid_file.display()))
                 .arg("--server")
                 .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
                 .arg("--ctrl")
                 .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
                 .args(["--flags", "not-need-init,startup-clear"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
+                .output()
                 .expect("swtpm starts");
-            let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    eprintln!("swtpm on port {port} exited ({status}); trying other ports");
-                    break;
-                }
-                let ready = Command::new("tpm2_getcap")
-                    .arg("properties-fixed")
-                    .env("TPM2TOOLS_TCTI", &tcti)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ready {
-                    return Self { child, tcti, dir };
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "swtpm on port {port} did not answer within 20 s"
+            if !out.status.success() {
+                eprintln!(
+                    "swtpm on ports {port}/{} failed ({}): {}; trying other ports",
+                    port + 1,
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
+            let pid = std::fs::read_to_string(&pid_file)
+                .unwrap()
+                .trim()
+                .to_owned();
+            return Self {
+                pid,
+                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+                dir,
+            };
         }
         panic!("swtpm could not bind a pair of loopback ports in 20 tries");
     }
