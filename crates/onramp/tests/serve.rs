@@ -892,7 +892,7 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
         .with_root_certificates(roots)
         .with_client_auth_cert(
             vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
     let client = reqwest::Client::builder()
