@@ -1,7 +1,14 @@
 //! Observable events: each is one struct that logs and counts together, so a
 //! log line and a metric can never disagree.
 //!
-//! Metrics (Prometheus names; labels in braces):
+//! Every metric is declared once as a [`Metric`] (name, kind, `# HELP` text)
+//! and listed in [`METRICS`]; the events record through those declarations,
+//! and `onramp serve` describes them all to the recorder at start. The
+//! crates above the engine (the hub, the webhook client) declare theirs the
+//! same way in their own `events` modules. README's metrics table is the
+//! contract, and a test scrapes a running server to hold both to it.
+//!
+//! The engine's metrics (labels in braces):
 //! - `onramp_attestation_attempts_total{service, protocol, step, outcome}`:
 //!   `step` says why the credential was checked, so that an MQTT registration
 //!   (checked at CONNECT and again at register) is not read as two devices
@@ -14,6 +21,44 @@
 use onramp_model::RegistrationStatus;
 
 use crate::ProvisioningError;
+
+/// How a metric is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    /// Exported as a Prometheus summary (quantiles, sum and count).
+    Histogram,
+}
+
+/// A metric's declaration: its name, its kind and its `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub kind: MetricKind,
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+impl Metric {
+    pub const fn new(kind: MetricKind, name: &'static str, help: &'static str) -> Self {
+        Self { kind, name, help }
+    }
+
+    /// Gives the installed recorder the metric's kind and `# HELP` text.
+    pub fn describe(&self) {
+        match self.kind {
+            MetricKind::Counter => metrics::describe_counter!(self.name, self.help),
+            MetricKind::Gauge => metrics::describe_gauge!(self.name, self.help),
+            MetricKind::Histogram => metrics::describe_histogram!(self.name, self.help),
+        }
+    }
+}
+
+pub const ATTESTATION_ATTEMPTS: &str = "onramp_attestation_attempts_total";
+pub const REGISTRATION_ATTEMPTS: &str = "onramp_registration_attempts_total";
+pub const DEVICE_ASSIGNMENTS: &str = "onramp_device_assignments_total";
+pub const REGISTRATION_DURATION: &str = "onramp_registration_duration_seconds";
+pub const HUB_CLEANUPS: &str = "onramp_hub_cleanups_total";
 
 /// The device transport a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +123,7 @@ impl AttestationAttempt<'_> {
     pub fn emit(&self) {
         let outcome = self.error.map_or("success", |e| e.code.name());
         metrics::counter!(
-            "onramp_attestation_attempts_total",
+            ATTESTATION_ATTEMPTS,
             "service" => self.service.unwrap_or("unknown").to_owned(),
             "protocol" => self.protocol.as_str(),
             "step" => self.step.as_str(),
@@ -126,7 +171,7 @@ impl RegistrationAttempt<'_> {
     pub fn emit(&self) {
         let hub = self.hub.unwrap_or("none").to_owned();
         metrics::counter!(
-            "onramp_registration_attempts_total",
+            REGISTRATION_ATTEMPTS,
             "service" => self.service.to_owned(),
             "hub" => hub.clone(),
             "protocol" => self.protocol.as_str(),
@@ -135,14 +180,14 @@ impl RegistrationAttempt<'_> {
         .increment(1);
         if self.status == RegistrationStatus::Assigned {
             metrics::counter!(
-                "onramp_device_assignments_total",
+                DEVICE_ASSIGNMENTS,
                 "service" => self.service.to_owned(),
                 "hub" => hub.clone(),
             )
             .increment(1);
         }
         metrics::histogram!(
-            "onramp_registration_duration_seconds",
+            REGISTRATION_DURATION,
             "protocol" => self.protocol.as_str(),
             "status" => self.status.as_str(),
         )
@@ -172,7 +217,7 @@ pub struct HubCleanup<'a> {
 impl HubCleanup<'_> {
     pub fn emit(&self) {
         metrics::counter!(
-            "onramp_hub_cleanups_total",
+            HUB_CLEANUPS,
             "service" => self.service.to_owned(),
             "outcome" => if self.error.is_some() { "failed" } else { "removed" },
         )
@@ -199,3 +244,32 @@ impl HubCleanup<'_> {
         }
     }
 }
+
+/// The engine's metrics.
+pub const METRICS: &[Metric] = &[
+    Metric::new(
+        MetricKind::Counter,
+        ATTESTATION_ATTEMPTS,
+        "Device credential checks, by the step that checked them and their outcome.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        REGISTRATION_ATTEMPTS,
+        "Registrations that ran to their end, by final status.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        DEVICE_ASSIGNMENTS,
+        "Devices assigned to a hub.",
+    ),
+    Metric::new(
+        MetricKind::Histogram,
+        REGISTRATION_DURATION,
+        "Time from a register request to its final status, in seconds.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        HUB_CLEANUPS,
+        "Identities removed, or not, from the hub a device moved away from.",
+    ),
+];

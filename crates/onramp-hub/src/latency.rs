@@ -116,15 +116,12 @@ pub async fn run(
             });
             for (hub, result) in futures_util::future::join_all(probes).await {
                 let smoothed = table.record(hub, result.as_ref().map(|ms| *ms).map_err(|_| ()));
-                if let Some(ms) = smoothed {
-                    metrics::gauge!("onramp_hub_latency_seconds", "hub" => hub.clone())
-                        .set(ms / 1000.0);
+                crate::events::HubProbe {
+                    hub,
+                    smoothed_ms: smoothed,
+                    error: result.as_ref().err().map(String::as_str),
                 }
-                if let Err(e) = &result {
-                    metrics::counter!("onramp_hub_probe_failures_total", "hub" => hub.clone())
-                        .increment(1);
-                    tracing::debug!(hub = %hub, error = %e, "hub latency probe failed");
-                }
+                .emit();
                 let sample = HubLatencySample {
                     node: node.clone(),
                     hub: hub.clone(),

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use onramp_core::ports::{AllocationWebhook, WebhookError, WebhookTarget};
 use onramp_model::allocation::{AllocationRequest, AllocationResponse};
 
+pub mod events;
+
 /// Largest answer read from a webhook.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// How much of an error answer goes into the registration's error message.
@@ -93,22 +95,24 @@ impl WebhookClient {
                 Err(WebhookError::Status { .. }) => "status",
                 Err(WebhookError::InvalidResponse(_)) => "invalid",
             };
-            metrics::histogram!("onramp_webhook_call_seconds", "outcome" => outcome)
-                .record(started.elapsed().as_secs_f64());
+            events::WebhookCall {
+                outcome,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+            .emit();
             match result {
                 Err(WebhookError::Status { status, .. })
                     if status >= 429 && retried < self.retries.retries =>
                 {
                     let wait = self.retries.wait(retried);
                     retried += 1;
-                    tracing::info!(
-                        url = target.display_url(),
+                    events::WebhookRetry {
+                        url: target.display_url(),
                         status,
-                        retry = retried,
-                        wait_ms = wait.as_millis() as u64,
-                        "custom allocation webhook is busy; asking again"
-                    );
-                    metrics::counter!("onramp_webhook_retries_total").increment(1);
+                        retry: retried,
+                        wait,
+                    }
+                    .emit();
                     tokio::time::sleep(wait).await;
                 }
                 other => return other,

@@ -263,11 +263,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     let latency = Arc::new(onramp_hub::latency::LatencyTable::default());
 
     let metrics = match &metrics_listener {
-        Some(_) => Some(
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?,
-        ),
+        Some(_) => Some(install_metrics_recorder()?),
         None => None,
     };
     let clock = Arc::new(SystemClock);
@@ -453,6 +449,22 @@ async fn print_summary(
         println!("  The embedded hub's connection string (its REST API): onramp hub show --keys");
     }
     Ok(())
+}
+
+/// The Prometheus recorder, told every metric's kind and `# HELP` text
+/// (README's metrics table lists the same).
+fn install_metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let declared = onramp_core::events::METRICS
+        .iter()
+        .chain(onramp_hub::events::METRICS)
+        .chain(onramp_webhook::events::METRICS);
+    for metric in declared {
+        metric.describe();
+    }
+    Ok(handle)
 }
 
 /// The metrics listener, unless switched off: apart from the public port,

@@ -41,7 +41,8 @@ impl Connections {
         if let Some(old) = previous {
             old.outbox.close();
         }
-        metrics::gauge!("onramp_hub_connected_devices").set(self.lock().len() as f64);
+        let count = self.lock().len();
+        crate::events::ConnectedDevices { count }.emit();
         id
     }
 
@@ -51,7 +52,10 @@ impl Connections {
         if devices.get(&key).is_some_and(|a| a.id == id) {
             devices.remove(&key);
         }
-        metrics::gauge!("onramp_hub_connected_devices").set(devices.len() as f64);
+        crate::events::ConnectedDevices {
+            count: devices.len(),
+        }
+        .emit();
     }
 
     pub fn is_connected(&self, device_id: &str) -> bool {

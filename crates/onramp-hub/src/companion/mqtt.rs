@@ -243,7 +243,7 @@ impl HubSession {
             .add_message(&self.device_id, properties, payload, UtcTime::now())
             .await
             .map_err(|e| SessionEnd(format!("the message could not be stored: {e}")))?;
-        metrics::counter!("onramp_hub_messages_total").increment(1);
+        crate::events::MessageStored.emit();
         Ok(())
     }
 

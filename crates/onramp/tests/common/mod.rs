@@ -476,6 +476,18 @@ impl Server {
             .unwrap()
     }
 
+    /// An `onramp` admin command that must succeed; returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "onramp {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The service API with the owner policy of provisioning service `service`.
     pub async fn connection_string_of(&self, service: &str) -> String {
         self.store()
@@ -487,6 +499,24 @@ impl Server {
             .unwrap()
             .connection_string(&self.endpoint())
     }
+}
+
+/// Gives the hub in `hub_dir` the development CA of the server in
+/// `server_dir`, so that devices and Onramp trust it.
+pub fn share_ca(server_dir: &Path, hub_dir: &Path) {
+    std::fs::create_dir_all(hub_dir.join("tls")).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(server_dir.join("tls").join(f), hub_dir.join("tls").join(f)).unwrap();
+    }
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A companion hub run on its own by `onramp hub serve`.
