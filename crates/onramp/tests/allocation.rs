@@ -113,14 +113,13 @@ impl Deployment {
     }
 
     async fn put_enrollment(&self, id: &str, body: Value) -> Value {
-        let (status, _, v) = self
+        let (status, v) = self
             .server
-            .service_call(
+            .call(
                 &self.owner().await,
                 Method::PUT,
                 &format!("enrollments/{id}?api-version=2021-10-01"),
                 Some(body),
-                &[],
             )
             .await;
         assert_eq!(status, 200, "{v}");
@@ -128,14 +127,13 @@ impl Deployment {
     }
 
     async fn registration(&self, id: &str) -> Value {
-        let (status, _, v) = self
+        let (status, v) = self
             .server
-            .service_call(
+            .call(
                 &self.owner().await,
                 Method::GET,
                 &format!("registrations/{id}?api-version=2021-10-01"),
                 None,
-                &[],
             )
             .await;
         assert_eq!(status, 200, "{v}");
@@ -767,16 +765,7 @@ async fn tenants_are_isolated_by_id_scope() {
 
     // The same registration ID in both, with different keys.
     let key_a = d.server.enroll("dev-1", json!({})).await;
-    let (status, _, created) = d
-        .server
-        .service_call(
-            &owner_b,
-            Method::PUT,
-            "enrollments/dev-1?api-version=2021-10-01",
-            Some(json!({"registrationId": "dev-1", "attestation": {"type": "symmetricKey"}, "initialTwin": {"tags": {"tenant": "b"}}})),
-            &[],
-        )
-        .await;
+    let (status, created) = d.server.call(&owner_b, Method::PUT, "enrollments/dev-1?api-version=2021-10-01", Some(json!({"registrationId": "dev-1", "attestation": {"type": "symmetricKey"}, "initialTwin": {"tags": {"tenant": "b"}}}))).await;
     assert_eq!(status, 200, "{created}");
     let key_b = created["attestation"]["symmetricKey"]["primaryKey"]
         .as_str()
@@ -803,25 +792,23 @@ async fn tenants_are_isolated_by_id_scope() {
     assert_eq!(v["errorCode"], 401002);
 
     // B's operator does not see A's enrollments.
-    let (status, _, v) = d
+    let (status, v) = d
         .server
-        .service_call(
+        .call(
             &owner_b,
             Method::GET,
             "enrollments/only-in-a?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     assert_eq!(status, 404, "{v}");
-    let (status, _, v) = d
+    let (status, v) = d
         .server
-        .service_call(
+        .call(
             &owner_b,
             Method::POST,
             "enrollments/query?api-version=2021-10-01",
             Some(json!({"query": "*"})),
-            &[],
         )
         .await;
     assert_eq!(status, 200, "{v}");
@@ -850,14 +837,13 @@ async fn tenants_are_isolated_by_id_scope() {
         d.registration("dev-1").await["assignedHub"],
         d.name(0).as_str()
     );
-    let (_, _, theirs) = d
+    let (_, theirs) = d
         .server
-        .service_call(
+        .call(
             &owner_b,
             Method::GET,
             "registrations/dev-1?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     assert_eq!(theirs["assignedHub"], d.name(1).as_str());

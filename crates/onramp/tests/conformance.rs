@@ -302,24 +302,22 @@ async fn companion_hub_json_conforms_to_the_iot_hub_specification() {
 
     let hub = server.embedded_hub().await;
     let hub_cs = hub.connection_string.expose().to_owned();
-    let (status, _, device) = server
-        .service_call(
+    let (status, device) = server
+        .call(
             &hub_cs,
             Method::GET,
             "devices/conf-hub?api-version=2021-04-12",
             None,
-            &[],
         )
         .await;
     assert_eq!(status, 200, "{device}");
     iothub.check("Device", &device);
-    let (status, _, twin) = server
-        .service_call(
+    let (status, twin) = server
+        .call(
             &hub_cs,
             Method::GET,
             "twins/conf-hub?api-version=2021-04-12",
             None,
-            &[],
         )
         .await;
     assert_eq!(status, 200, "{twin}");

@@ -122,18 +122,10 @@ fn servers_on(dir: &Path) -> Vec<(&'static str, Command)> {
             "--data-dir",
         ])
         .arg(dir);
-    let mut hub = onramp();
-    hub.args([
-        "hub",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        "off",
-        "--data-dir",
-    ])
-    .arg(dir);
-    vec![("onramp serve", serve), ("onramp hub serve", hub)]
+    vec![
+        ("onramp serve", serve),
+        ("onramp hub serve", common::hub_serve(dir)),
+    ]
 }
 
 #[tokio::test]
@@ -484,11 +476,7 @@ fn python3() -> Option<&'static str> {
     if found {
         return Some("python3");
     }
-    assert!(
-        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
-        "python3 is not installed"
-    );
-    eprintln!("skipping the OpenSSL client: python3 is not installed");
+    common::missing("python3, for the OpenSSL client,");
     None
 }
 

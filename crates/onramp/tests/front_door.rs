@@ -157,17 +157,12 @@ async fn early_answers_reach_clients_that_send_the_whole_body_first() {
 }
 
 fn python() -> Option<PathBuf> {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/interop/python/.venv/bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
-        "the Python SDK environment is not installed in tests/interop/python/.venv; run scripts/test"
-    );
-    eprintln!("skipping: tests/interop/python/.venv is not installed (scripts/test installs it)");
-    None
+    common::interop_dir(
+        "tests/interop/python",
+        ".venv/bin/python",
+        "the Python SDK environment",
+    )
+    .map(|dir| dir.join(".venv/bin/python"))
 }
 
 /// The same with the real Python `requests`, as the Python SDKs use it:
@@ -521,15 +516,7 @@ async fn held_group(
     let (url, seen) = common::start_webhook(move |_| {
         common::WebhookReply::AnswerWhen(go.clone(), 200, answer.clone())
     });
-    let key = server
-        .enroll_group(
-            "held",
-            json!({
-                "allocationPolicy": "custom",
-                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
-            }),
-        )
-        .await;
+    let key = server.enroll_custom_group("held", &url).await;
     (key, seen)
 }
 

@@ -124,20 +124,16 @@ async fn metrics_have_a_listener_of_their_own() {
         metrics.contains("onramp_registration_attempts_total"),
         "{metrics}"
     );
-    let resp = server
-        .http()
-        .get(format!("http://{listen}/other"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 404);
-    let resp = server
-        .http()
-        .post(format!("http://{listen}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 405);
+    let http = server.http();
+    let status = common::status;
+    assert_eq!(
+        status(http.get(format!("http://{listen}/other"))).await,
+        404
+    );
+    assert_eq!(
+        status(http.post(format!("http://{listen}/metrics"))).await,
+        405
+    );
 
     // Switched off: no listener, nothing in the state file, still 404 in public.
     let temp = tempfile::tempdir().unwrap();
@@ -262,23 +258,18 @@ async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
         let (status, headers, v) = server
             .service_call(&cs, Method::POST, path, Some(body), &[])
             .await;
-        assert_eq!(
-            (status, v["errorCode"].as_u64()),
-            (400, Some(400004)),
-            "{v}"
-        );
+        common::assert_error(status, &v, 400, 400004);
         assert!(v["message"].as_str().unwrap().contains(want), "{v}");
         assert!(headers.contains_key("x-ms-error-code"));
     }
     // Nothing of a refused request was applied.
     for path in ["enrollments/bulk-1", "enrollmentGroups/grp-1"] {
-        let (status, _, v) = server
-            .service_call(
+        let (status, v) = server
+            .call(
                 &cs,
                 Method::GET,
                 &format!("{path}?api-version=2021-10-01"),
                 None,
-                &[],
             )
             .await;
         assert_eq!(status, 404, "{path}: {v}");
@@ -307,11 +298,7 @@ async fn api_version_must_be_a_version_on_every_route() {
         let (status, headers, v) = server
             .register_raw(&scope, "dev-1", &query, Some(&token), b"{}".to_vec())
             .await;
-        assert_eq!(
-            (status, v["errorCode"].as_u64()),
-            (400, Some(400003)),
-            "{v}"
-        );
+        common::assert_error(status, &v, 400, 400003);
         assert!(headers.contains_key("x-ms-error-code"));
         let message = v["message"].as_str().unwrap();
         assert!(
@@ -320,20 +307,10 @@ async fn api_version_must_be_a_version_on_every_route() {
                 && message.len() < 300,
             "{message}"
         );
-        let (status, _, v) = server
-            .service_call(
-                &cs,
-                Method::GET,
-                &format!("enrollments/dev-1{query}"),
-                None,
-                &[],
-            )
+        let (status, v) = server
+            .call(&cs, Method::GET, &format!("enrollments/dev-1{query}"), None)
             .await;
-        assert_eq!(
-            (status, v["errorCode"].as_u64()),
-            (400, Some(400003)),
-            "{v}"
-        );
+        common::assert_error(status, &v, 400, 400003);
     }
     // Every date version devices and tools send is served.
     for version in [
@@ -353,14 +330,8 @@ async fn api_version_must_be_a_version_on_every_route() {
             (202, Some("assigned")),
             "{version}: {v}"
         );
-        let (status, _, v) = server
-            .service_call(
-                &cs,
-                Method::GET,
-                &format!("enrollments/dev-1{query}"),
-                None,
-                &[],
-            )
+        let (status, v) = server
+            .call(&cs, Method::GET, &format!("enrollments/dev-1{query}"), None)
             .await;
         assert_eq!(status, 200, "{version}: {v}");
     }
@@ -526,20 +497,15 @@ async fn hub_device_ids_follow_iot_hub_rules() {
     // The provisioning service refuses an enrollment whose deviceId the hub would.
     let cs = server.owner_connection_string().await;
     for device_id in [long.as_str(), "a+b", "a#b"] {
-        let (status, _, v) = server
-            .service_call(
+        let (status, v) = server
+            .call(
                 &cs,
                 Method::PUT,
                 "enrollments/dev-1?api-version=2021-10-01",
                 Some(json!({"attestation": {"type": "symmetricKey"}, "deviceId": device_id})),
-                &[],
             )
             .await;
-        assert_eq!(
-            (status, v["errorCode"].as_u64()),
-            (400, Some(400004)),
-            "{v}"
-        );
+        common::assert_error(status, &v, 400, 400004);
         assert!(
             v["message"].as_str().unwrap().starts_with("deviceId:"),
             "{v}"

@@ -21,20 +21,11 @@ use serde_json::Value;
 static PORT_443: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn node_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/node");
-    if dir
-        .join("node_modules/azure-iot-provisioning-device")
-        .exists()
-    {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
-        "the Node SDKs are not installed in {}; run scripts/test",
-        dir.display()
-    );
-    eprintln!("skipping: the Node SDKs are not installed (scripts/test installs them)");
-    None
+    common::interop_dir(
+        "tests/interop/node",
+        "node_modules/azure-iot-provisioning-device",
+        "the Node SDKs",
+    )
 }
 
 /// Runs a Node script; returns its last stdout line as JSON.
@@ -170,17 +161,7 @@ fn start_on_sdk_ports() -> Server {
 }
 
 fn python_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/python");
-    if dir.join(".venv/bin/python").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
-        "the Python SDK is not installed in {}; run scripts/test",
-        dir.display()
-    );
-    eprintln!("skipping: the Python SDK is not installed (scripts/test installs it)");
-    None
+    common::interop_dir("tests/interop/python", ".venv/bin/python", "the Python SDK")
 }
 
 /// A script that reports its progress as JSON lines on stdout.
@@ -266,13 +247,12 @@ async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &s
     let mut sent = std::collections::HashMap::new();
     let desired = 'update: {
         for rate in 10..40 {
-            let (status, _, twin) = server
-                .service_call(
+            let (status, twin) = server
+                .call(
                     &hub_cs,
                     reqwest::Method::PATCH,
                     &format!("twins/{device_id}?api-version=2021-04-12"),
                     Some(serde_json::json!({"properties": {"desired": {"telemetryRate": rate}}})),
-                    &[],
                 )
                 .await;
             assert_eq!(status, 200, "{twin}");
@@ -507,13 +487,12 @@ async fn x509_fleet(
     let put = |path: String, body: Value| {
         let cs = cs.clone();
         async move {
-            let (status, _, v) = server
-                .service_call(
+            let (status, v) = server
+                .call(
                     &cs,
                     reqwest::Method::PUT,
                     &format!("{path}?api-version=2021-10-01"),
                     Some(body),
-                    &[],
                 )
                 .await;
             assert_eq!(status, 200, "{path}: {v}");
@@ -555,13 +534,12 @@ async fn x509_fleet(
         serde_json::json!({"certificate": root_c.cert_pem}),
     )
     .await;
-    let (_, _, code) = server
-        .service_call(
+    let (_, code) = server
+        .call(
             &cs,
             reqwest::Method::POST,
             &format!("certificates/{ca_name}/generateVerificationCode?api-version=2021-10-01"),
             None,
-            &[],
         )
         .await;
     let code = code["properties"]["verificationCode"]
@@ -569,13 +547,12 @@ async fn x509_fleet(
         .unwrap()
         .to_owned();
     let proof = root_c.device(&code, days).unwrap();
-    let (status, _, v) = server
-        .service_call(
+    let (status, v) = server
+        .call(
             &cs,
             reqwest::Method::POST,
             &format!("certificates/{ca_name}/verify?api-version=2021-10-01"),
             Some(serde_json::json!({"certificate": proof.cert_pem})),
-            &[],
         )
         .await;
     assert_eq!(

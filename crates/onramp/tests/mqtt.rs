@@ -802,15 +802,7 @@ async fn slow_registrations_answer_assigning_then_their_result() {
             common::WebhookReply::AnswerWhen(go_webhook.clone(), 200, answer.clone())
         }
     });
-    let group_key = server
-        .enroll_group(
-            "slow",
-            json!({
-                "allocationPolicy": "custom",
-                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
-            }),
-        )
-        .await;
+    let group_key = server.enroll_custom_group("slow", &url).await;
     let scope = server.id_scope();
 
     // HTTPS.

@@ -168,13 +168,12 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
     let hub = server.embedded_hub().await;
     let hub_client = server.hub_client();
     for id in ["dev-ok", "dev-off", "nobody", "dev-other"] {
-        let (status, _, v) = server
-            .service_call(
+        let (status, v) = server
+            .call(
                 &cs,
                 Method::GET,
                 &format!("registrations/{id}?api-version=2021-10-01"),
                 None,
-                &[],
             )
             .await;
         assert_eq!(
@@ -275,13 +274,12 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         .unwrap()
         .to_owned();
 
-    let (status, _, v) = server
-        .service_call(
+    let (status, v) = server
+        .call(
             &reader,
             Method::GET,
             "enrollments/dev-1?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     assert_eq!(status, 200, "{v}");
@@ -458,13 +456,12 @@ async fn service_api_pages_and_guards_with_etags() {
     }
     assert_eq!(seen.len(), 7, "{seen:?}");
 
-    let (_, _, e) = server
-        .service_call(
+    let (_, e) = server
+        .call(
             &cs,
             Method::GET,
             "enrollments/page-0?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     let etag = e["etag"].as_str().unwrap().to_owned();
@@ -655,13 +652,12 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
             .any(|h| h.allocation_weight == 2 && h.location == "lab")
     );
     for id in ["keep-1", "keep-2"] {
-        let (status, _, v) = server
-            .service_call(
+        let (status, v) = server
+            .call(
                 &owner_cs,
                 Method::GET,
                 &format!("registrations/{id}?api-version=2021-10-01"),
                 None,
-                &[],
             )
             .await;
         assert_eq!(
@@ -670,13 +666,12 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
             "{v}"
         );
     }
-    let (_, _, att) = server
-        .service_call(
+    let (_, att) = server
+        .call(
             &owner_cs,
             Method::POST,
             "enrollments/keep-1/attestationmechanism?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     assert_eq!(
@@ -700,13 +695,12 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         (202, Some("assigned")),
         "{v}"
     );
-    let (_, _, g) = server
-        .service_call(
+    let (_, g) = server
+        .call(
             &owner_cs,
             Method::POST,
             "enrollmentGroups/keep-group/attestationmechanism?api-version=2021-10-01",
             None,
-            &[],
         )
         .await;
     let group_secondary = g["symmetricKey"]["secondaryKey"]

@@ -140,20 +140,12 @@ async fn every_documented_metric_is_served_with_its_type_labels_and_help() {
         "2",
     ]);
     // …then moves to the other hub, which removes it from the embedded one.
-    let (status, _, v) = server
-        .service_call(
-            &server.owner_connection_string().await,
-            Method::PUT,
-            "enrollments/meter-1?api-version=2021-10-01",
-            Some(json!({
+    let (status, v) = server.call(&server.owner_connection_string().await, Method::PUT, "enrollments/meter-1?api-version=2021-10-01", Some(json!({
                 "registrationId": "meter-1",
                 "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}},
                 "allocationPolicy": "static",
                 "iotHubs": [hub.name()],
-            })),
-            &[],
-        )
-        .await;
+            }))).await;
     assert_eq!(status, 200, "{v}");
     let state = server.assigned("meter-1", &key, &[]);
     assert_eq!(state["substatus"], "deviceDataMigrated", "{state}");
@@ -168,15 +160,7 @@ async fn every_documented_metric_is_served_with_its_type_labels_and_help() {
             WebhookReply::Answer(200, answer.clone())
         }
     });
-    let group_key = server
-        .enroll_group(
-            "appliances",
-            json!({
-                "allocationPolicy": "custom",
-                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
-            }),
-        )
-        .await;
+    let group_key = server.enroll_custom_group("appliances", &url).await;
     let device_key = onramp_core::sas::derive_device_key(&group_key, "oven-1").unwrap();
     let state = server.assigned("oven-1", &device_key, &[]);
     assert_eq!(state["assignedHub"], embedded.as_str());
@@ -200,20 +184,12 @@ async fn every_documented_metric_is_served_with_its_type_labels_and_help() {
     let documented = documented_metrics();
     assert_eq!(documented.len(), 11, "{documented:?}");
     for (name, doc) in &documented {
-        assert!(
-            scraped
-                .lines()
-                .any(|l| l == format!("# HELP {name} {}", doc.help)),
-            "# HELP {name} {}\n{scraped}",
-            doc.help
-        );
-        assert!(
-            scraped
-                .lines()
-                .any(|l| l == format!("# TYPE {name} {}", doc.kind)),
-            "# TYPE {name} {}\n{scraped}",
-            doc.kind
-        );
+        for line in [
+            format!("# HELP {name} {}", doc.help),
+            format!("# TYPE {name} {}", doc.kind),
+        ] {
+            assert!(scraped.lines().any(|l| l == line), "{line}\n{scraped}");
+        }
         let samples: Vec<&str> = scraped
             .lines()
             .filter(|l| !l.starts_with('#'))

@@ -291,50 +291,71 @@ impl Server {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            headers,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(req).await
+    }
+
+    /// A service API call signed with `connection_string`, without extra
+    /// headers; returns the status and the JSON (or text) answered.
+    pub async fn call(
+        &self,
+        connection_string: &str,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, _, v) = self
+            .service_call(connection_string, method, path_and_query, body, &[])
+            .await;
+        (status, v)
+    }
+
+    /// A service API call with the owner policy of the default service.
+    pub async fn owner_call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let cs = self.owner_connection_string().await;
+        self.call(&cs, method, path_and_query, body).await
     }
 
     /// Creates a symmetric-key individual enrollment; returns its primary key.
     pub async fn enroll(&self, registration_id: &str, extra: Value) -> String {
-        let cs = self.owner_connection_string().await;
-        let mut body = serde_json::json!({"registrationId": registration_id, "attestation": {"type": "symmetricKey"}});
-        merge(&mut body, extra);
-        let (status, _, v) = self
-            .service_call(
-                &cs,
-                reqwest::Method::PUT,
-                &format!("enrollments/{registration_id}?api-version=2021-10-01"),
-                Some(body),
-                &[],
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v["attestation"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.enroll_symmetric("enrollments", "registrationId", registration_id, extra)
+            .await
     }
 
     /// Creates a symmetric-key enrollment group; returns its primary key.
     pub async fn enroll_group(&self, group_id: &str, extra: Value) -> String {
-        let cs = self.owner_connection_string().await;
-        let mut body = serde_json::json!({"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}});
+        self.enroll_symmetric("enrollmentGroups", "enrollmentGroupId", group_id, extra)
+            .await
+    }
+
+    /// Creates a symmetric-key enrollment group whose devices the custom
+    /// allocation webhook at `webhook_url` places; returns its primary key.
+    pub async fn enroll_custom_group(&self, group_id: &str, webhook_url: &str) -> String {
+        let custom = serde_json::json!({
+            "allocationPolicy": "custom",
+            "customAllocationDefinition": {"webhookUrl": webhook_url, "apiVersion": "2021-10-01"},
+        });
+        self.enroll_group(group_id, custom).await
+    }
+
+    async fn enroll_symmetric(
+        &self,
+        collection: &str,
+        id_field: &str,
+        id: &str,
+        extra: Value,
+    ) -> String {
+        let mut body = serde_json::json!({id_field: id, "attestation": {"type": "symmetricKey"}});
         merge(&mut body, extra);
-        let (status, _, v) = self
-            .service_call(
-                &cs,
+        let (status, v) = self
+            .owner_call(
                 reqwest::Method::PUT,
-                &format!("enrollmentGroups/{group_id}?api-version=2021-10-01"),
+                &format!("{collection}/{id}?api-version=2021-10-01"),
                 Some(body),
-                &[],
             )
             .await;
         assert_eq!(status, 200, "{v}");
@@ -352,6 +373,26 @@ impl Server {
             Some("registration"),
         )
         .unwrap()
+    }
+
+    /// PUT register of `registration_id` in this server's scope, signed with
+    /// `key` for ten minutes, with the body SDKs send.
+    pub async fn register(
+        &self,
+        registration_id: &str,
+        key: &str,
+        query: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let token = self.device_token(registration_id, key, unix_now() + 600);
+        let body = serde_json::json!({ "registrationId": registration_id });
+        self.register_raw(
+            &self.id_scope(),
+            registration_id,
+            query,
+            Some(&token),
+            body.to_string().into_bytes(),
+        )
+        .await
     }
 
     /// PUT register with a raw body and token; returns status, headers, JSON.
@@ -373,15 +414,7 @@ impl Server {
         if let Some(t) = token {
             req = req.header("Authorization", t);
         }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            headers,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(req).await
     }
 }
 
@@ -392,6 +425,34 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `req`; returns the status, the headers and the JSON (or text) answered.
+pub async fn answer(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Asserts an answer's HTTP status and its Azure error code.
+#[track_caller]
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: u64) {
+    assert_eq!(
+        (status, body["errorCode"].as_u64()),
+        (want_status, Some(want_code)),
+        "{body}"
+    );
+}
+
+/// Sends `req`; returns the status alone.
+pub async fn status(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.unwrap().status().as_u16()
 }
 
 fn merge(target: &mut Value, extra: Value) {
@@ -501,6 +562,31 @@ impl Server {
     }
 }
 
+/// The repository's folder `path`, when `marker` exists below it. When it
+/// does not, a run that requires the interop environment
+/// (`ONRAMP_REQUIRE_INTEROP`, set by scripts/test) fails, and any other run
+/// skips the test.
+pub fn interop_dir(path: &str, marker: &str, what: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    if dir.join(marker).exists() {
+        return Some(dir);
+    }
+    missing(&format!("{what} ({})", dir.display()));
+    None
+}
+
+/// Fails a run that requires the interop environment; otherwise says that
+/// the test is skipped because `what` is not installed.
+pub fn missing(what: &str) {
+    assert!(
+        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
+        "{what} is not installed; run scripts/test"
+    );
+    eprintln!("skipping: {what} is not installed (scripts/test installs it)");
+}
+
 /// Gives the hub in `hub_dir` the development CA of the server in
 /// `server_dir`, so that devices and Onramp trust it.
 pub fn share_ca(server_dir: &Path, hub_dir: &Path) {
@@ -519,6 +605,22 @@ pub fn dead_port() -> u16 {
         .port()
 }
 
+/// `onramp hub serve` on `dir`, on a free port, without MQTT.
+pub fn hub_serve(dir: &Path) -> Command {
+    let mut cmd = onramp();
+    cmd.args([
+        "hub",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        "off",
+        "--data-dir",
+    ])
+    .arg(dir);
+    cmd
+}
+
 /// A companion hub run on its own by `onramp hub serve`.
 pub struct HubProcess {
     child: Child,
@@ -534,17 +636,7 @@ impl HubProcess {
     /// Starts a hub on a free loopback port; `host` overrides the name
     /// clients use (`localhost:PORT` of a proxy in front of it).
     pub fn start(dir: &Path, host: Option<&str>) -> HubProcess {
-        let mut cmd = onramp();
-        cmd.args([
-            "hub",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(dir);
+        let mut cmd = hub_serve(dir);
         if let Some(h) = host {
             cmd.args(["--host", h]);
         }
