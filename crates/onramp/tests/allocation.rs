@@ -129,11 +129,9 @@ impl Deployment {
     async fn registration(&self, id: &str) -> Value {
         let (status, v) = self
             .server
-            .call(
+            .get(
                 &self.owner().await,
-                Method::GET,
                 &format!("registrations/{id}?api-version=2021-10-01"),
-                None,
             )
             .await;
         assert_eq!(status, 200, "{v}");
@@ -559,10 +557,7 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
         let created = d
             .put_enrollment(id, enroll(id, a.clone(), update, migrate).await)
             .await;
-        let key = created["attestation"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
         let out = d.server.cli(&[
             "device",
             "run",
@@ -767,10 +762,7 @@ async fn tenants_are_isolated_by_id_scope() {
     let key_a = d.server.enroll("dev-1", json!({})).await;
     let (status, created) = d.server.call(&owner_b, Method::PUT, "enrollments/dev-1?api-version=2021-10-01", Some(json!({"registrationId": "dev-1", "attestation": {"type": "symmetricKey"}, "initialTwin": {"tags": {"tenant": "b"}}}))).await;
     assert_eq!(status, 200, "{created}");
-    let key_b = created["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key_b = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
     assert_ne!(key_a, key_b);
     d.server.enroll("only-in-a", json!({})).await;
 
@@ -794,12 +786,7 @@ async fn tenants_are_isolated_by_id_scope() {
     // B's operator does not see A's enrollments.
     let (status, v) = d
         .server
-        .call(
-            &owner_b,
-            Method::GET,
-            "enrollments/only-in-a?api-version=2021-10-01",
-            None,
-        )
+        .get(&owner_b, "enrollments/only-in-a?api-version=2021-10-01")
         .await;
     assert_eq!(status, 404, "{v}");
     let (status, v) = d
@@ -839,12 +826,7 @@ async fn tenants_are_isolated_by_id_scope() {
     );
     let (_, theirs) = d
         .server
-        .call(
-            &owner_b,
-            Method::GET,
-            "registrations/dev-1?api-version=2021-10-01",
-            None,
-        )
+        .get(&owner_b, "registrations/dev-1?api-version=2021-10-01")
         .await;
     assert_eq!(theirs["assignedHub"], d.name(1).as_str());
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Server, unix_now};
+use common::Server;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -216,21 +216,10 @@ async fn service_api_json_conforms_to_the_dps_specification() {
     // A registration record, read alone and through a group query.
     let group_key = mechanism["symmetricKey"]["primaryKey"].as_str().unwrap();
     let device_key = onramp_core::sas::derive_device_key(group_key, "conf-dev").unwrap();
-    let token = server.device_token("conf-dev", &device_key, unix_now() + 600);
     let (status, _, op) = server
-        .register_raw(
-            &server.id_scope(),
-            "conf-dev",
-            "?api-version=2021-06-01",
-            Some(&token),
-            b"{}".to_vec(),
-        )
+        .register("conf-dev", &device_key, "?api-version=2021-06-01")
         .await;
-    assert_eq!(
-        (status, op["status"].as_str()),
-        (202, Some("assigned")),
-        "{op}"
-    );
+    common::assert_assigned(status, &op, 202);
     let (_, _, state) = call(Method::GET, "registrations/conf-dev", None).await;
     dps.check("DeviceRegistrationState", &state);
     let (_, _, states) = call(
@@ -284,41 +273,20 @@ async fn companion_hub_json_conforms_to_the_iot_hub_specification() {
     }
     let server = Server::start("127.0.0.1:0");
     let key = server.enroll("conf-hub", json!({"initialTwin": {"tags": {"site": "lab"}, "properties": {"desired": {"rate": 5}}}})).await;
-    let token = server.device_token("conf-hub", &key, unix_now() + 600);
     let (status, _, op) = server
-        .register_raw(
-            &server.id_scope(),
-            "conf-hub",
-            "?api-version=2021-06-01",
-            Some(&token),
-            b"{}".to_vec(),
-        )
+        .register("conf-hub", &key, "?api-version=2021-06-01")
         .await;
-    assert_eq!(
-        (status, op["status"].as_str()),
-        (202, Some("assigned")),
-        "{op}"
-    );
+    common::assert_assigned(status, &op, 202);
 
     let hub = server.embedded_hub().await;
     let hub_cs = hub.connection_string.expose().to_owned();
     let (status, device) = server
-        .call(
-            &hub_cs,
-            Method::GET,
-            "devices/conf-hub?api-version=2021-04-12",
-            None,
-        )
+        .get(&hub_cs, "devices/conf-hub?api-version=2021-04-12")
         .await;
     assert_eq!(status, 200, "{device}");
     iothub.check("Device", &device);
     let (status, twin) = server
-        .call(
-            &hub_cs,
-            Method::GET,
-            "twins/conf-hub?api-version=2021-04-12",
-            None,
-        )
+        .get(&hub_cs, "twins/conf-hub?api-version=2021-04-12")
         .await;
     assert_eq!(status, 200, "{twin}");
     iothub.check("Twin", &twin);

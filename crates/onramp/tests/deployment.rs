@@ -395,10 +395,7 @@ async fn files_under_the_data_directory_are_private_whatever_the_umask() {
     };
     let created: Value =
         serde_json::from_str(&cli(&["enrollment", "create", "private-1"])).unwrap();
-    let key = created["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
     cli(&[
         "device",
         "provision",
@@ -430,16 +427,12 @@ async fn files_under_the_data_directory_are_private_whatever_the_umask() {
 
     // A companion hub of its own, and a store made by an admin command.
     let hub_dir = temp.path().join("hub");
-    let mut hub = onramp_with_open_umask(&[
-        "hub",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        "off",
-        "--data-dir",
-        hub_dir.to_str().unwrap(),
-    ]);
+    let hub_args = [
+        &common::HUB_SERVE[..],
+        &["--data-dir", hub_dir.to_str().unwrap()],
+    ]
+    .concat();
+    let mut hub = onramp_with_open_umask(&hub_args);
     let hub = Killed(
         hub.stdout(log("hub.stdout"))
             .stderr(log("hub.stderr"))

@@ -265,12 +265,7 @@ async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
     // Nothing of a refused request was applied.
     for path in ["enrollments/bulk-1", "enrollmentGroups/grp-1"] {
         let (status, v) = server
-            .call(
-                &cs,
-                Method::GET,
-                &format!("{path}?api-version=2021-10-01"),
-                None,
-            )
+            .get(&cs, &format!("{path}?api-version=2021-10-01"))
             .await;
         assert_eq!(status, 404, "{path}: {v}");
     }
@@ -307,9 +302,7 @@ async fn api_version_must_be_a_version_on_every_route() {
                 && message.len() < 300,
             "{message}"
         );
-        let (status, v) = server
-            .call(&cs, Method::GET, &format!("enrollments/dev-1{query}"), None)
-            .await;
+        let (status, v) = server.get(&cs, &format!("enrollments/dev-1{query}")).await;
         common::assert_error(status, &v, 400, 400003);
     }
     // Every date version devices and tools send is served.
@@ -325,14 +318,8 @@ async fn api_version_must_be_a_version_on_every_route() {
         let (status, _, v) = server
             .register_raw(&scope, "dev-1", &query, Some(&token), b"{}".to_vec())
             .await;
-        assert_eq!(
-            (status, v["status"].as_str()),
-            (202, Some("assigned")),
-            "{version}: {v}"
-        );
-        let (status, v) = server
-            .call(&cs, Method::GET, &format!("enrollments/dev-1{query}"), None)
-            .await;
+        common::assert_assigned(status, &v, 202);
+        let (status, v) = server.get(&cs, &format!("enrollments/dev-1{query}")).await;
         assert_eq!(status, 200, "{version}: {v}");
     }
 

@@ -59,7 +59,7 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
     let setup = node(&dir, &server, &["service_sdk.js", "setup", &cs]);
     assert_eq!(setup["ok"], true, "{setup}");
     let keys = &setup["result"];
-    let key = |k: &str| keys[k].as_str().unwrap().to_owned();
+    let key = |k: &str| common::text(&keys[k]);
 
     // (a) an individual enrollment, (b) two devices of one group with derived keys.
     let mut devices = vec![(
@@ -542,10 +542,7 @@ async fn x509_fleet(
             None,
         )
         .await;
-    let code = code["properties"]["verificationCode"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code = common::text(&code["properties"]["verificationCode"]);
     let proof = root_c.device(&code, days).unwrap();
     let (status, v) = server
         .call(

@@ -169,12 +169,7 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
     let hub_client = server.hub_client();
     for id in ["dev-ok", "dev-off", "nobody", "dev-other"] {
         let (status, v) = server
-            .call(
-                &cs,
-                Method::GET,
-                &format!("registrations/{id}?api-version=2021-10-01"),
-                None,
-            )
+            .get(&cs, &format!("registrations/{id}?api-version=2021-10-01"))
             .await;
         assert_eq!(
             (status, v["errorCode"].as_u64()),
@@ -190,13 +185,7 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
     // Controls: an old api-version is accepted and the device is assigned at once.
     let token = server.device_token("dev-ok", &key, unix_now() + 600);
     let (status, headers, v) = server
-        .register_raw(
-            &scope,
-            "dev-ok",
-            "?api-version=2017-11-15",
-            Some(&token),
-            body("dev-ok"),
-        )
+        .register("dev-ok", &key, "?api-version=2017-11-15")
         .await;
     assert_eq!(status, 202, "{v}");
     assert_eq!(headers["content-type"], "application/json; charset=utf-8");
@@ -216,33 +205,25 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
 
     // The operation stays queryable, as Edge and some SDKs always poll.
     let op = v["operationId"].as_str().unwrap();
-    let resp = server
-        .http()
-        .get(server.url(&format!(
-            "{scope}/registrations/dev-ok/operations/{op}?api-version=2019-03-31"
-        )))
-        .header("Authorization", &token)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let polled: Value = resp.json().await.unwrap();
-    assert_eq!(polled["status"], "assigned");
+    let device = |method, path: String| {
+        let url = server.url(&format!("{scope}/registrations/dev-ok{path}"));
+        server
+            .http()
+            .request(method, url)
+            .header("Authorization", &token)
+    };
+    let poll = device(
+        Method::GET,
+        format!("/operations/{op}?api-version=2019-03-31"),
+    );
+    let (status, _, polled) = common::answer(poll.body("{}")).await;
+    common::assert_assigned(status, &polled, 200);
     assert_eq!(polled["operationId"], op);
 
     // The device's own status lookup.
-    let resp = server
-        .http()
-        .post(server.url(&format!(
-            "{scope}/registrations/dev-ok?api-version=2021-06-01"
-        )))
-        .header("Authorization", &token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let state: Value = resp.json().await.unwrap();
+    let lookup = device(Method::POST, "?api-version=2021-06-01".into());
+    let (status, _, state) = common::answer(lookup).await;
+    assert_eq!(status, 200, "{state}");
     assert_eq!(state["deviceId"], "dev-ok");
 }
 
@@ -275,12 +256,7 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         .to_owned();
 
     let (status, v) = server
-        .call(
-            &reader,
-            Method::GET,
-            "enrollments/dev-1?api-version=2021-10-01",
-            None,
-        )
+        .get(&reader, "enrollments/dev-1?api-version=2021-10-01")
         .await;
     assert_eq!(status, 200, "{v}");
     assert!(
@@ -443,10 +419,7 @@ async fn service_api_pages_and_guards_with_etags() {
         assert_eq!(h["x-ms-item-type"], "Enrollment");
         let page = v.as_array().unwrap();
         assert!(page.len() <= 3);
-        seen.extend(
-            page.iter()
-                .map(|e| e["registrationId"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page.iter().map(|e| common::text(&e["registrationId"])));
         continuation = h
             .get("x-ms-continuation")
             .map(|c| c.to_str().unwrap().to_owned());
@@ -457,14 +430,9 @@ async fn service_api_pages_and_guards_with_etags() {
     assert_eq!(seen.len(), 7, "{seen:?}");
 
     let (_, e) = server
-        .call(
-            &cs,
-            Method::GET,
-            "enrollments/page-0?api-version=2021-10-01",
-            None,
-        )
+        .get(&cs, "enrollments/page-0?api-version=2021-10-01")
         .await;
-    let etag = e["etag"].as_str().unwrap().to_owned();
+    let etag = common::text(&e["etag"]);
     let mut updated = e.clone();
     updated["initialTwin"] = json!({"tags": {"v": 2}});
     let (status, _, v) = server
@@ -612,21 +580,8 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
     let group_key = server.enroll_group("keep-group", json!({})).await;
     let device_key = onramp_core::sas::derive_device_key(&group_key, "keep-2").unwrap();
     for (id, key) in [("keep-1", ind_key.clone()), ("keep-2", device_key.clone())] {
-        let token = server.device_token(id, &key, unix_now() + 600);
-        let (status, _, v) = server
-            .register_raw(
-                &server.id_scope(),
-                id,
-                "?api-version=2021-06-01",
-                Some(&token),
-                serde_json::to_vec(&json!({"registrationId": id})).unwrap(),
-            )
-            .await;
-        assert_eq!(
-            (status, v["status"].as_str()),
-            (202, Some("assigned")),
-            "{v}"
-        );
+        let (status, _, v) = server.register(id, &key, "?api-version=2021-06-01").await;
+        common::assert_assigned(status, &v, 202);
     }
     let owner_cs = server.owner_connection_string().await;
     let scope = server.id_scope();
@@ -653,18 +608,12 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
     );
     for id in ["keep-1", "keep-2"] {
         let (status, v) = server
-            .call(
+            .get(
                 &owner_cs,
-                Method::GET,
                 &format!("registrations/{id}?api-version=2021-10-01"),
-                None,
             )
             .await;
-        assert_eq!(
-            (status, v["status"].as_str()),
-            (200, Some("assigned")),
-            "{v}"
-        );
+        common::assert_assigned(status, &v, 200);
     }
     let (_, att) = server
         .call(
@@ -680,21 +629,10 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         "keys survive the restart"
     );
     // The device can still register with its key after the restart.
-    let token = server.device_token("keep-1", &ind_key, unix_now() + 600);
     let (status, _, v) = server
-        .register_raw(
-            &scope,
-            "keep-1",
-            "?api-version=2021-06-01",
-            Some(&token),
-            b"{}".to_vec(),
-        )
+        .register("keep-1", &ind_key, "?api-version=2021-06-01")
         .await;
-    assert_eq!(
-        (status, v["status"].as_str()),
-        (202, Some("assigned")),
-        "{v}"
-    );
+    common::assert_assigned(status, &v, 202);
     let (_, g) = server
         .call(
             &owner_cs,
@@ -703,14 +641,8 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
             None,
         )
         .await;
-    let group_secondary = g["symmetricKey"]["secondaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ind_secondary = att["symmetricKey"]["secondaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group_secondary = common::text(&g["symmetricKey"]["secondaryKey"]);
+    let ind_secondary = common::text(&att["symmetricKey"]["secondaryKey"]);
     drop(server);
     drop(hub2);
 
@@ -776,10 +708,7 @@ async fn first_provisioning_with_the_cli() {
     };
     let created: Value =
         serde_json::from_str(&run(&["enrollment", "create", "my-first-device"])).unwrap();
-    let key = created["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
     let result: Value = serde_json::from_str(&run(&[
         "device",
         "provision",
@@ -800,10 +729,7 @@ async fn first_provisioning_with_the_cli() {
         r#"{"properties":{"desired":{"rate":10}}}"#,
     ]))
     .unwrap();
-    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
     let result: Value = serde_json::from_str(&run(&[
         "device",
         "provision",
@@ -1031,10 +957,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
     )
     .await;
     assert_eq!(status, 200, "{code}");
-    let code = code["properties"]["verificationCode"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code = common::text(&code["properties"]["verificationCode"]);
     let wrong_code = root.device("not-the-code", Validity::days(1)).unwrap();
     let (status, headers, v) = call(
         Method::POST,
@@ -1072,11 +995,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         "{v}"
     );
     let (status, _, v) = register(&device, "pop-dev").await;
-    assert_eq!(
-        (status, v["status"].as_str()),
-        (202, Some("assigned")),
-        "{v}"
-    );
+    common::assert_assigned(status, &v, 202);
     assert_eq!(
         v["registrationState"]["x509"]["enrollmentGroupId"], "by-ca",
         "{v}"
@@ -1090,15 +1009,11 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
     let (status, headers, v) = register(&device, "someone-else").await;
     assert_azure_error("CN differs", status, &headers, &v, 401, 401006);
     let now = time::OffsetDateTime::now_utc();
-    let expired = root
-        .device(
-            "pop-old",
-            Validity {
-                not_before: now - time::Duration::days(9),
-                not_after: now - time::Duration::days(1),
-            },
-        )
-        .unwrap();
+    let lapsed = Validity {
+        not_before: now - time::Duration::days(9),
+        not_after: now - time::Duration::days(1),
+    };
+    let expired = root.device("pop-old", lapsed).unwrap();
     let (status, headers, v) = register(&expired, "pop-old").await;
     assert_azure_error("expired", status, &headers, &v, 401, 401005);
 

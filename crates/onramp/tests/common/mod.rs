@@ -146,11 +146,11 @@ impl Server {
     }
 
     pub fn mqtt_endpoint(&self) -> String {
-        self.state["mqttEndpoint"].as_str().unwrap().to_owned()
+        text(&self.state["mqttEndpoint"])
     }
 
     pub fn endpoint(&self) -> String {
-        self.state["endpoint"].as_str().unwrap().to_owned()
+        text(&self.state["endpoint"])
     }
 
     pub fn port(&self) -> u16 {
@@ -165,7 +165,7 @@ impl Server {
     }
 
     pub fn id_scope(&self) -> String {
-        self.state["idScope"].as_str().unwrap().to_owned()
+        text(&self.state["idScope"])
     }
 
     pub fn ca_path(&self) -> PathBuf {
@@ -309,6 +309,17 @@ impl Server {
         (status, v)
     }
 
+    /// A service API GET signed with `connection_string`.
+    pub async fn get(&self, connection_string: &str, path_and_query: &str) -> (u16, Value) {
+        self.call(
+            connection_string,
+            reqwest::Method::GET,
+            path_and_query,
+            None,
+        )
+        .await
+    }
+
     /// A service API call with the owner policy of the default service.
     pub async fn owner_call(
         &self,
@@ -359,10 +370,7 @@ impl Server {
             )
             .await;
         assert_eq!(status, 200, "{v}");
-        v["attestation"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        text(&v["attestation"]["symmetricKey"]["primaryKey"])
     }
 
     pub fn device_token(&self, registration_id: &str, key: &str, expiry: i64) -> String {
@@ -448,6 +456,24 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: u64)
         (want_status, Some(want_code)),
         "{body}"
     );
+}
+
+/// Asserts that a register or poll answered 202 or 200 with `assigned`.
+#[track_caller]
+pub fn assert_assigned(status: u16, op: &Value, want_status: u16) {
+    assert_eq!(
+        (status, op["status"].as_str()),
+        (want_status, Some("assigned")),
+        "{op}"
+    );
+}
+
+/// The string `v` holds, which must be one.
+#[track_caller]
+pub fn text(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_owned()
 }
 
 /// Sends `req`; returns the status alone.
@@ -608,18 +634,19 @@ pub fn dead_port() -> u16 {
 /// `onramp hub serve` on `dir`, on a free port, without MQTT.
 pub fn hub_serve(dir: &Path) -> Command {
     let mut cmd = onramp();
-    cmd.args([
-        "hub",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        "off",
-        "--data-dir",
-    ])
-    .arg(dir);
+    cmd.args(HUB_SERVE).arg("--data-dir").arg(dir);
     cmd
 }
+
+/// `onramp hub serve` on a free loopback port, without MQTT.
+pub const HUB_SERVE: [&str; 6] = [
+    "hub",
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--mqtt-listen",
+    "off",
+];
 
 /// A companion hub run on its own by `onramp hub serve`.
 pub struct HubProcess {
@@ -740,7 +767,7 @@ impl HubProcess {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|d| d["deviceId"].as_str().unwrap().to_owned())
+            .map(|d| text(&d["deviceId"]))
             .collect()
     }
 }
