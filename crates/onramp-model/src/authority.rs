@@ -27,6 +27,9 @@ pub fn split(authority: &str) -> Result<(&str, Option<u16>), BadAuthority> {
     let bad = || BadAuthority(authority.to_owned());
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        if host.is_empty() {
+            return Err(bad());
+        }
         return match after {
             "" => Ok((host, None)),
             _ => {
@@ -108,6 +111,9 @@ mod tests {
             "[::1]8443",
             "[::1",
             "[::1]:",
+            // An empty host is no host, bracketed or not (found by fuzzing).
+            "[]",
+            "[]:11",
         ] {
             assert!(split(bad).is_err(), "{bad}");
         }
