@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use onramp_core::ports::{AllocationWebhook, WebhookError, WebhookTarget};
-use onramp_model::allocation::{AllocationRequest, DeviceRuntimeContext};
+use onramp_model::allocation::{AllocationRequest, AllocationResponse, DeviceRuntimeContext};
 use onramp_webhook::{Retries, WebhookClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -134,6 +134,15 @@ fn request() -> AllocationRequest {
     }
 }
 
+const HUB_A: &str = "hub-a.example.net";
+/// A webhook's answer that chooses hub A.
+const HUB_A_ANSWER: &str = r#"{"iotHubHostName":"hub-a.example.net"}"#;
+
+/// The client with a `timeout_ms` timeout asks the webhook at `url`.
+async fn allocate(url: &str, timeout_ms: u64) -> Result<AllocationResponse, WebhookError> {
+    client(timeout_ms).allocate(&target(url), &request()).await
+}
+
 #[tokio::test]
 async fn posts_the_request_as_json_and_reads_the_answer() {
     let (url, seen, bodies) = webhook(vec![Behaviour::Answer(
@@ -141,14 +150,8 @@ async fn posts_the_request_as_json_and_reads_the_answer() {
         r#"{"iotHubHostName":"hub-a.example.net","payload":{"hello":1}}"#,
     )])
     .await;
-    let answer = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap();
-    assert_eq!(
-        answer.iot_hub_host_name.as_deref(),
-        Some("hub-a.example.net")
-    );
+    let answer = allocate(&url, 2000).await.unwrap();
+    assert_eq!(answer.iot_hub_host_name.as_deref(), Some(HUB_A));
     assert_eq!(answer.payload, Some(serde_json::json!({"hello": 1})));
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     let sent = bodies.lock().unwrap()[0].clone();
@@ -169,10 +172,7 @@ async fn posts_the_request_as_json_and_reads_the_answer() {
 async fn a_hanging_webhook_times_out() {
     let (url, _, bodies) = webhook(vec![Behaviour::Hang]).await;
     let started = Instant::now();
-    let err = client(300)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 300).await.unwrap_err();
     assert_eq!(err, WebhookError::Timeout(300));
     // The request reached the webhook, and the client waited the whole timeout.
     assert_eq!(bodies.lock().unwrap().len(), 1);
@@ -190,10 +190,7 @@ async fn an_error_status_is_reported_with_the_start_of_its_body() {
         "Unrecognized device\nregistration",
     )])
     .await;
-    let err = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 2000).await.unwrap_err();
     assert_eq!(
         err,
         WebhookError::Status {
@@ -203,15 +200,8 @@ async fn an_error_status_is_reported_with_the_start_of_its_body() {
     );
     assert_eq!(seen.load(Ordering::SeqCst), 1, "a refusal is not retried");
     // Only a 200 carries an allocation.
-    let (url, _, _) = webhook(vec![Behaviour::Answer(
-        201,
-        r#"{"iotHubHostName":"hub-a.example.net"}"#,
-    )])
-    .await;
-    let err = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let (url, _, _) = webhook(vec![Behaviour::Answer(201, HUB_A_ANSWER)]).await;
+    let err = allocate(&url, 2000).await.unwrap_err();
     assert!(
         matches!(err, WebhookError::Status { status: 201, .. }),
         "{err:?}"
@@ -224,26 +214,17 @@ async fn a_busy_webhook_is_asked_again_on_the_schedule() {
     let (url, seen, _) = webhook(vec![
         Behaviour::Answer(503, "warming up"),
         Behaviour::Answer(429, "too many"),
-        Behaviour::Answer(200, r#"{"iotHubHostName":"hub-a.example.net"}"#),
+        Behaviour::Answer(200, HUB_A_ANSWER),
     ])
     .await;
     let started = Instant::now();
-    let answer = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap();
-    assert_eq!(
-        answer.iot_hub_host_name.as_deref(),
-        Some("hub-a.example.net")
-    );
+    let answer = allocate(&url, 2000).await.unwrap();
+    assert_eq!(answer.iot_hub_host_name.as_deref(), Some(HUB_A));
     assert_eq!(seen.load(Ordering::SeqCst), 3);
     assert!(started.elapsed() >= Duration::from_millis(150));
     // Still busy after the last retry: the last status is the error.
     let (url, seen, _) = webhook(vec![Behaviour::Answer(500, "crashed")]).await;
-    let err = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 2000).await.unwrap_err();
     assert!(
         matches!(err, WebhookError::Status { status: 500, .. }),
         "{err:?}"
@@ -254,19 +235,13 @@ async fn a_busy_webhook_is_asked_again_on_the_schedule() {
 #[tokio::test]
 async fn a_non_json_answer_is_an_invalid_response() {
     let (url, _, _) = webhook(vec![Behaviour::Answer(200, "<html>oops</html>")]).await;
-    let err = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 2000).await.unwrap_err();
     let WebhookError::InvalidResponse(m) = err else {
         panic!("{err:?}")
     };
     assert!(m.contains("<html>oops</html>"), "{m}");
     let (url, _, _) = webhook(vec![Behaviour::Huge]).await;
-    let err = client(5000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 5000).await.unwrap_err();
     assert!(matches!(err, WebhookError::InvalidResponse(m) if m.contains("larger than")));
 }
 
@@ -274,24 +249,15 @@ async fn a_non_json_answer_is_an_invalid_response() {
 async fn a_closed_connection_is_retried_once() {
     let (url, seen, _) = webhook(vec![
         Behaviour::CloseAtOnce,
-        Behaviour::Answer(200, r#"{"iotHubHostName":"hub-a.example.net"}"#),
+        Behaviour::Answer(200, HUB_A_ANSWER),
     ])
     .await;
-    let answer = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap();
-    assert_eq!(
-        answer.iot_hub_host_name.as_deref(),
-        Some("hub-a.example.net")
-    );
+    let answer = allocate(&url, 2000).await.unwrap();
+    assert_eq!(answer.iot_hub_host_name.as_deref(), Some(HUB_A));
     assert_eq!(seen.load(Ordering::SeqCst), 2);
 
     let (url, seen, _) = webhook(vec![Behaviour::CloseAtOnce]).await;
-    let err = client(2000)
-        .allocate(&target(&url), &request())
-        .await
-        .unwrap_err();
+    let err = allocate(&url, 2000).await.unwrap_err();
     assert!(matches!(err, WebhookError::Unreachable(_)), "{err:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 2, "exactly one retry");
 }

@@ -72,12 +72,7 @@ impl Deployment {
             &self.hubs[hub].connection_string,
         ];
         args.extend_from_slice(extra);
-        let out = self.server.cli(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.server.cli_ok(&args);
     }
 
     fn name(&self, hub: usize) -> String {
@@ -106,6 +101,30 @@ impl Deployment {
         let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(summary["errors"], json!({}), "{summary}");
         serde_json::from_value(summary["hubs"].clone()).unwrap()
+    }
+
+    /// `onramp device run`: provisions, connects to the hub, reports
+    /// `reported`, sends no telemetry.
+    fn run_device(&self, registration_id: &str, key: &str, reported: &str) {
+        self.server.cli_ok(&[
+            "device",
+            "run",
+            "--registration-id",
+            registration_id,
+            "--key",
+            key,
+            "--messages",
+            "0",
+            "--report",
+            reported,
+        ]);
+    }
+
+    /// Registers again: the device must land on `hub` with `substatus`.
+    fn reassigned(&self, registration_id: &str, key: &str, hub: &str, substatus: &str) {
+        let state = self.server.assigned(registration_id, key, &[]);
+        assert_eq!(state["assignedHub"], hub, "{state}");
+        assert_eq!(state["substatus"], substatus, "{state}");
     }
 
     async fn owner(&self) -> String {
@@ -139,6 +158,17 @@ impl Deployment {
     }
 }
 
+/// Gives enrollment `e` the device's existing key, so that it keeps it.
+fn keep_key(e: &mut Value, key: &str) {
+    e["attestation"] =
+        json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}});
+}
+
+/// Static allocation to `hub`.
+fn pinned(hub: &str) -> Value {
+    json!({"allocationPolicy": "static", "iotHubs": [hub]})
+}
+
 fn count(hubs: &BTreeMap<String, u64>, name: &str) -> u64 {
     hubs.get(name).copied().unwrap_or(0)
 }
@@ -163,13 +193,7 @@ async fn hashed_weights_static_and_edge_devices_across_three_hubs() {
     assert_eq!(d.hubs[2].device_ids().await.len() as u64, nc);
 
     // Static: the enrollment names hub 1.
-    let k = d
-        .server
-        .enroll(
-            "pinned",
-            json!({"allocationPolicy": "static", "iotHubs": [b]}),
-        )
-        .await;
+    let k = d.server.enroll("pinned", pinned(&b)).await;
     let state = d.server.assigned("pinned", &k, &[]);
     assert_eq!(state["assignedHub"], b.as_str());
     assert!(d.hubs[1].device_ids().await.contains(&"pinned".to_owned()));
@@ -187,13 +211,7 @@ async fn hashed_weights_static_and_edge_devices_across_three_hubs() {
     let later = d.bench(&key, 60, "later-dev");
     assert_eq!(count(&later, &c), 0, "{later:?}");
     assert_eq!(count(&later, &a) + count(&later, &b), 60, "{later:?}");
-    let k = d
-        .server
-        .enroll(
-            "pinned-c",
-            json!({"allocationPolicy": "static", "iotHubs": [c]}),
-        )
-        .await;
+    let k = d.server.enroll("pinned-c", pinned(&c)).await;
     assert_eq!(
         d.server.assigned("pinned-c", &k, &[])["assignedHub"],
         c.as_str()
@@ -558,23 +576,7 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
             .put_enrollment(id, enroll(id, a.clone(), update, migrate).await)
             .await;
         let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
-        let out = d.server.cli(&[
-            "device",
-            "run",
-            "--registration-id",
-            id,
-            "--key",
-            &key,
-            "--messages",
-            "0",
-            "--report",
-            r#"{"firmware":"1.2"}"#,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        d.run_device(id, &key, r#"{"firmware":"1.2"}"#);
         let (status, v) = d.hubs[0]
             .call(
                 Method::PATCH,
@@ -594,14 +596,12 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
     ] {
         d.put_enrollment(id, {
             let mut e = enroll(id, b.clone(), update, migrate).await;
-            e["attestation"] = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": keys[id], "secondaryKey": keys[id]}});
+            keep_key(&mut e, &keys[id]);
             e
         })
         .await;
     }
-    let state = d.server.assigned("mig-1", &keys["mig-1"], &[]);
-    assert_eq!(state["assignedHub"], b.as_str());
-    assert_eq!(state["substatus"], "deviceDataMigrated");
+    d.reassigned("mig-1", &keys["mig-1"], &b, "deviceDataMigrated");
     let twin = d.hubs[1].twin("mig-1").await.unwrap();
     assert_eq!(twin["properties"]["reported"]["firmware"], "1.2", "{twin}");
     assert_eq!(twin["properties"]["desired"]["rate"], 9);
@@ -638,46 +638,27 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
 
     // Back to the first hub: reprovisionedToInitialAssignment, data carried.
     let mut e = enroll("mig-1", a.clone(), true, true).await;
-    e["attestation"] = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": keys["mig-1"], "secondaryKey": keys["mig-1"]}});
+    keep_key(&mut e, &keys["mig-1"]);
     d.put_enrollment("mig-1", e).await;
-    let state = d.server.assigned("mig-1", &keys["mig-1"], &[]);
-    assert_eq!(state["assignedHub"], a.as_str());
-    assert_eq!(state["substatus"], "reprovisionedToInitialAssignment");
+    d.reassigned(
+        "mig-1",
+        &keys["mig-1"],
+        &a,
+        "reprovisionedToInitialAssignment",
+    );
     assert_eq!(
         d.hubs[0].twin("mig-1").await.unwrap()["properties"]["reported"]["firmware"],
         "1.2"
     );
 
     // The enrollment moved: a device of a group gets its own enrollment.
-    let group_key = d
-        .server
-        .enroll_group(
-            "line-1",
-            json!({"allocationPolicy": "static", "iotHubs": [a]}),
-        )
-        .await;
+    let group_key = d.server.enroll_group("line-1", pinned(&a)).await;
     let unit_key = onramp_core::sas::derive_device_key(&group_key, "unit-7").unwrap();
     assert_eq!(
         d.server.assigned("unit-7", &unit_key, &[])["assignedHub"],
         a.as_str()
     );
-    let out = d.server.cli(&[
-        "device",
-        "run",
-        "--registration-id",
-        "unit-7",
-        "--key",
-        &unit_key,
-        "--messages",
-        "0",
-        "--report",
-        r#"{"firmware":"2.0"}"#,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.run_device("unit-7", &unit_key, r#"{"firmware":"2.0"}"#);
     d.put_enrollment(
         "unit-7",
         json!({
@@ -688,9 +669,7 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
         }),
     )
     .await;
-    let state = d.server.assigned("unit-7", &unit_key, &[]);
-    assert_eq!(state["assignedHub"], b.as_str());
-    assert_eq!(state["substatus"], "deviceDataMigrated");
+    d.reassigned("unit-7", &unit_key, &b, "deviceDataMigrated");
     assert_eq!(
         d.hubs[1].twin("unit-7").await.unwrap()["properties"]["reported"]["firmware"],
         "2.0"
@@ -698,19 +677,12 @@ async fn reprovisioning_policies_move_twins_between_hubs() {
 
     // Hub 0 is unlinked (with --yes: it still holds devices). Its devices
     // start afresh on hub 1 when they register again.
-    let out = d.server.cli(&["linked-hub", "remove", &a, "--yes"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.server.cli_ok(&["linked-hub", "remove", &a, "--yes"]);
     let mut e = enroll("mig-1", String::new(), true, true).await;
     e.as_object_mut().unwrap().remove("iotHubs");
-    e["attestation"] = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": keys["mig-1"], "secondaryKey": keys["mig-1"]}});
+    keep_key(&mut e, &keys["mig-1"]);
     d.put_enrollment("mig-1", e).await;
-    let state = d.server.assigned("mig-1", &keys["mig-1"], &[]);
-    assert_eq!(state["assignedHub"], b.as_str());
-    assert_eq!(state["substatus"], "deviceDataReset");
+    d.reassigned("mig-1", &keys["mig-1"], &b, "deviceDataReset");
     assert_eq!(
         d.hubs[1].twin("mig-1").await.unwrap()["properties"]["desired"]["rate"],
         5
@@ -722,13 +694,8 @@ async fn tenants_are_isolated_by_id_scope() {
     let d = deployment(2, None, &[]);
     d.link(0, &[]);
     // A second provisioning service with its own scope, keys and hub.
-    let out = d.server.cli(&["service", "create", "tenant-b"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = d.server.cli(&[
+    d.server.cli_ok(&["service", "create", "tenant-b"]);
+    d.server.cli_ok(&[
         "linked-hub",
         "add",
         "--companion",
@@ -737,11 +704,6 @@ async fn tenants_are_isolated_by_id_scope() {
         "--connection-string",
         &d.hubs[1].connection_string,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let owner_b = d.server.connection_string_of("tenant-b").await;
     let scope_b = d
         .server
@@ -831,12 +793,7 @@ async fn tenants_are_isolated_by_id_scope() {
     assert_eq!(theirs["assignedHub"], d.name(1).as_str());
 
     // Deleting tenant B removes it and only it.
-    let out = d.server.cli(&["service", "delete", "tenant-b", "--yes"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.server.cli_ok(&["service", "delete", "tenant-b", "--yes"]);
     let (ok, _, stderr) = d.server.provision("dev-1", &key_b, &["--scope", &scope_b]);
     assert!(!ok && stderr.contains("404001"), "{stderr}");
     assert_eq!(

@@ -107,25 +107,38 @@ fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `onramp serve` on free loopback ports, without the metrics listener.
+const SERVE: [&str; 7] = [
+    "serve",
+    "--https-listen",
+    "127.0.0.1:0",
+    "--mqtt-listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "off",
+];
+
 /// `serve` and `hub serve` on `dir`, each on free ports.
 fn servers_on(dir: &Path) -> Vec<(&'static str, Command)> {
     let mut serve = onramp();
-    serve
-        .args([
-            "serve",
-            "--https-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(dir);
+    serve.args(SERVE).arg("--data-dir").arg(dir);
     vec![
         ("onramp serve", serve),
         ("onramp hub serve", common::hub_serve(dir)),
     ]
+}
+
+/// Every server started on `dir`, which process `pid` serves, stops and
+/// says which process holds it.
+fn assert_refused_on(dir: &Path, pid: u32, whose: &str) {
+    for (what, cmd) in servers_on(dir) {
+        let (ok, _, stderr) = run_to_end(cmd);
+        assert!(!ok, "{what} started on {whose} data directory in use");
+        assert!(
+            stderr.contains(&format!("this data directory is served by process {pid}")),
+            "{what}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -135,17 +148,7 @@ async fn a_data_directory_in_use_is_refused_to_a_second_server() {
     let state = std::fs::read(dir.join("serve.json")).unwrap();
     let embedded = server.embedded_hub().await.name;
 
-    for (what, cmd) in servers_on(&dir) {
-        let (ok, _, stderr) = run_to_end(cmd);
-        assert!(!ok, "{what} started on a data directory in use");
-        assert!(
-            stderr.contains(&format!(
-                "this data directory is served by process {}",
-                server.pid()
-            )),
-            "{what}: {stderr}"
-        );
-    }
+    assert_refused_on(&dir, server.pid(), "a");
     assert_eq!(
         std::fs::read(dir.join("serve.json")).unwrap(),
         state,
@@ -160,17 +163,7 @@ async fn a_data_directory_in_use_is_refused_to_a_second_server() {
     // A companion hub's data directory is held the same way.
     let temp = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(&temp.path().join("hub"), None);
-    for (what, cmd) in servers_on(&hub.dir) {
-        let (ok, _, stderr) = run_to_end(cmd);
-        assert!(!ok, "{what} started on a hub's data directory in use");
-        assert!(
-            stderr.contains(&format!(
-                "this data directory is served by process {}",
-                hub.pid()
-            )),
-            "{what}: {stderr}"
-        );
-    }
+    assert_refused_on(&hub.dir, hub.pid(), "a hub's");
     assert!(hub.device_ids().await.is_empty(), "the hub still answers");
 }
 
@@ -236,15 +229,20 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "cannot listen on",
         ),
     ];
-    for (what, args, says) in &attempts {
+    // An attempt on `dir` fails and says why.
+    let fails_on = |dir: &Path, (what, args, says): &(&str, Vec<&str>, &str)| {
         let mut cmd = onramp();
-        cmd.args(args).arg("--data-dir").arg(&fresh);
+        cmd.args(args).arg("--data-dir").arg(dir);
         let (ok, _, stderr) = run_to_end(cmd);
         assert!(!ok, "{what}");
         assert!(stderr.contains(says), "{what}: {stderr}");
+    };
+    for attempt in &attempts {
+        fails_on(&fresh, attempt);
         assert!(
             !fresh.exists(),
-            "{what}: the failed start created {}",
+            "{}: the failed start created {}",
+            attempt.0,
             fresh.display()
         );
     }
@@ -254,12 +252,9 @@ async fn a_failed_start_changes_nothing_on_disk() {
     let mut server = Server::start_in(&dir, "127.0.0.1:0", &[]);
     server.stop();
     let before = snapshot(&dir);
-    for (what, args, says) in &attempts {
-        let mut cmd = onramp();
-        cmd.args(args).arg("--data-dir").arg(&dir);
-        let (ok, _, stderr) = run_to_end(cmd);
-        assert!(!ok, "{what}");
-        assert!(stderr.contains(says), "{what}: {stderr}");
+    for attempt in &attempts {
+        fails_on(&dir, attempt);
+        let what = attempt.0;
         let after = snapshot(&dir);
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
@@ -286,29 +281,22 @@ async fn the_cli_against_a_stopped_server_says_nothing_answers_at_its_endpoint()
     let owner = server.owner_connection_string().await;
     server.stop();
 
+    let provision = [
+        "device",
+        "provision",
+        "--registration-id",
+        "stopped-1",
+        "--key",
+        &key,
+    ];
+    let over_websockets = [&provision[..], &["--protocol", "mqtt-ws"]].concat();
     let https_commands: [&[&str]; 6] = [
         &["enrollment", "list"],
         &["enrollment", "show", "stopped-1"],
         &["group", "list"],
         &["cert", "list"],
-        &[
-            "device",
-            "provision",
-            "--registration-id",
-            "stopped-1",
-            "--key",
-            &key,
-        ],
-        &[
-            "device",
-            "provision",
-            "--registration-id",
-            "stopped-1",
-            "--key",
-            &key,
-            "--protocol",
-            "mqtt-ws",
-        ],
+        &provision,
+        &over_websockets,
     ];
     let dir = server.data_dir.display().to_string();
     for args in https_commands {
@@ -321,16 +309,7 @@ async fn the_cli_against_a_stopped_server_says_nothing_answers_at_its_endpoint()
             "{args:?}: {stderr}"
         );
     }
-    let out = server.cli(&[
-        "device",
-        "provision",
-        "--registration-id",
-        "stopped-1",
-        "--key",
-        &key,
-        "--protocol",
-        "mqtt",
-    ]);
+    let out = server.cli(&[&provision[..], &["--protocol", "mqtt"]].concat());
     assert!(
         stderr_of(&out).contains(&format!("no Onramp is answering at {mqtt}")),
         "{}",
@@ -352,17 +331,8 @@ async fn files_under_the_data_directory_are_private_whatever_the_umask() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
     let log = |name: &str| std::fs::File::create(temp.path().join(name)).unwrap();
-    let mut cmd = onramp_with_open_umask(&[
-        "serve",
-        "--https-listen",
-        "127.0.0.1:0",
-        "--mqtt-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "off",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let mut cmd =
+        onramp_with_open_umask(&[&SERVE[..], &["--data-dir", dir.to_str().unwrap()]].concat());
     let mut child = Killed(
         cmd.env_remove("ONRAMP_CONFIG")
             .stdout(log("serve.stdout"))

@@ -103,6 +103,34 @@ fn with_config(temp: &tempfile::TempDir, toml: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// A DPS device connected over MQTT (TLS with `alpn`), signed with `key`.
+async fn mqtt_connect(
+    server: &Server,
+    registration_id: &str,
+    key: &str,
+    alpn: &[&[u8]],
+) -> onramp_net::mqtt::client::MqttClient {
+    let options = onramp_net::mqtt::client::ConnectOptions {
+        client_id: registration_id.into(),
+        username: Some(format!(
+            "{}/registrations/{registration_id}/api-version=2019-03-31",
+            server.id_scope()
+        )),
+        password: Some(server.device_token(registration_id, key, unix_now() + 600)),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    onramp_net::mqtt::client::MqttClient::connect(
+        &server.mqtt_endpoint(),
+        tls(server, alpn),
+        &onramp_net::mqtt::client::Transport::Tls,
+        &options,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
 /// HTTP/1.1 clients that send the whole body before reading (Python's
 /// `requests`) get the early answer, not a reset connection, and the
 /// connection goes on.
@@ -339,25 +367,7 @@ async fn alpn_mqtt_is_offered_beside_http() {
         );
     }
     let key = server.enroll("alpn-dev", json!({})).await;
-    let options = onramp_net::mqtt::client::ConnectOptions {
-        client_id: "alpn-dev".into(),
-        username: Some(format!(
-            "{}/registrations/alpn-dev/api-version=2019-03-31",
-            server.id_scope()
-        )),
-        password: Some(server.device_token("alpn-dev", &key, unix_now() + 600)),
-        keep_alive: 60,
-        clean_session: true,
-    };
-    let client = onramp_net::mqtt::client::MqttClient::connect(
-        &server.mqtt_endpoint(),
-        tls(&server, &[b"mqtt"]),
-        &onramp_net::mqtt::client::Transport::Tls,
-        &options,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let client = mqtt_connect(&server, "alpn-dev", &key, &[b"mqtt"]).await;
     client.disconnect().await;
 }
 
@@ -566,25 +576,7 @@ async fn sigterm_lets_registrations_in_flight_finish() {
     let (group_key, seen) = held_group(&server, go.clone()).await;
     // A device connected over MQTT before the SIGTERM.
     let mqtt_key = server.enroll("late-mqtt", json!({})).await;
-    let options = onramp_net::mqtt::client::ConnectOptions {
-        client_id: "late-mqtt".into(),
-        username: Some(format!(
-            "{}/registrations/late-mqtt/api-version=2019-03-31",
-            server.id_scope()
-        )),
-        password: Some(server.device_token("late-mqtt", &mqtt_key, unix_now() + 600)),
-        keep_alive: 60,
-        clean_session: true,
-    };
-    let mut mqtt = onramp_net::mqtt::client::MqttClient::connect(
-        &server.mqtt_endpoint(),
-        tls(&server, &[]),
-        &onramp_net::mqtt::client::Transport::Tls,
-        &options,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let mut mqtt = mqtt_connect(&server, "late-mqtt", &mqtt_key, &[]).await;
     mqtt.subscribe(&[(
         "$dps/registrations/res/#",
         onramp_net::mqtt::QoS::AtLeastOnce,

@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::{Server, unix_now};
 use onramp_net::mqtt::ConnectAckReason;
-use onramp_net::mqtt::client::{ClientError, ConnectOptions, MqttClient, Transport};
+use onramp_net::mqtt::client::ConnectOptions;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -21,22 +18,22 @@ const FORGED: &str = "\nFORGED 2099-01-01T00:00:00Z  INFO onramp: operator logge
 const FORGED_IN_PATH: &str =
     "x%0AFORGED%202099-01-01T00:00:00Z%20%20INFO%20onramp:%20operator%20logged%20in%1B%5B31m";
 
-fn tls(server: &Server) -> Arc<rustls::ClientConfig> {
-    Arc::new(onramp_net::tls::client_config(Some(&server.ca_pem)).unwrap())
-}
-
-async fn mqtt_connect(
+/// CONNECTs whose user name carries each of the `bad` API versions are
+/// refused as a bad user name; one with `good` is accepted.
+async fn versions_at_connect(
     server: &Server,
-    options: &ConnectOptions,
-) -> Result<MqttClient, ClientError> {
-    MqttClient::connect(
-        &server.mqtt_endpoint(),
-        tls(server),
-        &Transport::Tls,
-        options,
-        Duration::from_secs(10),
-    )
-    .await
+    options: impl Fn(&str) -> ConnectOptions,
+    bad: &[&str],
+    good: &str,
+) {
+    for version in bad {
+        let reason = ConnectAckReason::BadUserNameOrPassword;
+        server
+            .assert_mqtt_refused(&options(version), reason, version)
+            .await;
+    }
+    let accepted = server.mqtt_connect(&options(good)).await.unwrap();
+    accepted.disconnect().await;
 }
 
 #[tokio::test]
@@ -58,11 +55,8 @@ async fn client_chosen_strings_reach_the_log_escaped_in_text_and_json() {
             keep_alive: 60,
             clean_session: true,
         };
-        match mqtt_connect(&server, &options).await {
-            Err(ClientError::Refused(ConnectAckReason::IdentifierRejected)) => {}
-            Err(e) => panic!("{format}: {e}"),
-            Ok(_) => panic!("{format}: accepted"),
-        }
+        let reason = ConnectAckReason::IdentifierRejected;
+        server.assert_mqtt_refused(&options, reason, format).await;
         // A path segment (an ID scope, quoted in the attestation failure's message).
         let (status, _, v) = server
             .register_raw(
@@ -333,18 +327,8 @@ async fn api_version_must_be_a_version_on_every_route() {
         keep_alive: 60,
         clean_session: true,
     };
-    for version in ["2021-10-01%00", "%FF", "latest"] {
-        match mqtt_connect(&server, &dps_options(version)).await {
-            Err(ClientError::Refused(ConnectAckReason::BadUserNameOrPassword)) => {}
-            Err(e) => panic!("{version}: {e}"),
-            Ok(_) => panic!("{version}: accepted"),
-        }
-    }
-    mqtt_connect(&server, &dps_options("2017-08-31-preview"))
-        .await
-        .unwrap()
-        .disconnect()
-        .await;
+    let bad = ["2021-10-01%00", "%FF", "latest"];
+    versions_at_connect(&server, dps_options, &bad, "2017-08-31-preview").await;
 
     // The companion hub's REST API and MQTT user name.
     let hub = server.embedded_hub().await;
@@ -393,18 +377,8 @@ async fn api_version_must_be_a_version_on_every_route() {
         keep_alive: 60,
         clean_session: true,
     };
-    for version in ["2021-04-12%00", "%FF", "latest"] {
-        match mqtt_connect(&server, &hub_options(version)).await {
-            Err(ClientError::Refused(ConnectAckReason::BadUserNameOrPassword)) => {}
-            Err(e) => panic!("hub {version}: {e}"),
-            Ok(_) => panic!("hub {version}: accepted"),
-        }
-    }
-    mqtt_connect(&server, &hub_options("2019-10-01"))
-        .await
-        .unwrap()
-        .disconnect()
-        .await;
+    let bad = ["2021-04-12%00", "%FF", "latest"];
+    versions_at_connect(&server, hub_options, &bad, "2019-10-01").await;
 }
 
 #[tokio::test]

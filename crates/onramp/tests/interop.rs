@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Server;
@@ -46,13 +46,51 @@ fn node(dir: &PathBuf, server: &Server, args: &[&str]) -> Value {
     })
 }
 
+/// Runs a Node provisioning script against the server's ID scope:
+/// `{script}.js localhost {idScope} {id} {credential…}`.
+fn provision(
+    dir: &PathBuf,
+    server: &Server,
+    script: &str,
+    id: &str,
+    credential: &str,
+    more: &[&str],
+) -> Value {
+    let script = format!("{script}.js");
+    let scope = server.id_scope();
+    let args = [
+        &[script.as_str(), "localhost", &scope, id, credential][..],
+        more,
+    ]
+    .concat();
+    node(dir, server, &args)
+}
+
+/// Runs a Python SDK script against the server's ID scope and CA:
+/// `{script} localhost {idScope} {args…} {ca}`; returns its last stdout
+/// line as JSON.
+fn python_sdk(dir: &Path, server: &Server, script: &str, args: &[&str]) -> Value {
+    let out = Command::new(dir.join(".venv/bin/python"))
+        .current_dir(dir)
+        .args([script, "localhost", &server.id_scope()])
+        .args(args)
+        .arg(server.ca_path())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "{script} {args:?} printed no JSON: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 #[tokio::test]
 async fn node_sdks_provision_devices_and_manage_enrollments() {
     let Some(dir) = node_dir() else { return };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
+    let (_port, server) = start_on_sdk_ports().await;
     assert_eq!(server.endpoint(), "localhost");
-    let scope = server.id_scope();
     let cs = server.owner_connection_string().await;
 
     // The service SDK creates the enrollments (the service generates the keys).
@@ -81,17 +119,13 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
     let hub = server.embedded_hub().await;
     let hub_client = server.hub_client();
     for (id, primary, secondary, site, rate) in &devices {
-        let out = node(
+        let out = provision(
             &dir,
             &server,
-            &[
-                "provision_http.js",
-                "localhost",
-                &scope,
-                id,
-                primary,
-                r#"{"modelId":"dtmi:onramp:test;1"}"#,
-            ],
+            "provision_http",
+            id,
+            primary,
+            &[r#"{"modelId":"dtmi:onramp:test;1"}"#],
         );
         assert_eq!(out["ok"], true, "{id}: {out}");
         let result = &out["result"];
@@ -117,16 +151,13 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
     }
 
     // A wrong key is refused with 401 and the SDK reports it.
-    let out = node(
+    let out = provision(
         &dir,
         &server,
-        &[
-            "provision_http.js",
-            "localhost",
-            &scope,
-            "node-ind-1",
-            "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
-        ],
+        "provision_http",
+        "node-ind-1",
+        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        &[],
     );
     assert_eq!(out["ok"], false, "{out}");
     assert_eq!(out["error"]["name"], "UnauthorizedError", "{out}");
@@ -151,13 +182,15 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
     );
 }
 
-/// `onramp serve` on the ports the SDKs insist on.
-fn start_on_sdk_ports() -> Server {
+/// `onramp serve` on the ports the SDKs insist on, which the test holds
+/// until it drops the guard.
+async fn start_on_sdk_ports() -> (tokio::sync::MutexGuard<'static, ()>, Server) {
+    let port = PORT_443.lock().await;
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
     let mut server = Server::start_in(&dir, "127.0.0.1:443", &["--mqtt-listen", "127.0.0.1:8883"]);
     server.keep(temp);
-    server
+    (port, server)
 }
 
 fn python_dir() -> Option<PathBuf> {
@@ -228,6 +261,32 @@ fn initial_twin() -> Value {
     serde_json::json!({"tags": {"site": "lab-3"}, "properties": {"desired": {"telemetryRate": 5, "mode": {"eco": true}}}})
 }
 
+/// An individual enrollment and a group, both with the initial twin; the
+/// devices to provision: the individual over MQTT and over MQTT/WebSockets,
+/// and a device of the group (`{unit}-1`, `{unit}-2`) over each.
+async fn mqtt_devices(
+    server: &Server,
+    individual: &str,
+    group: &str,
+    unit: &str,
+) -> [(String, String, &'static str); 4] {
+    let twin = serde_json::json!({"initialTwin": initial_twin()});
+    let individual_key = server.enroll(individual, twin.clone()).await;
+    let group_key = server.enroll_group(group, twin).await;
+    let unit = |n: u32| {
+        let id = format!("{unit}-{n}");
+        let key = sas::derive_device_key(&group_key, &id).unwrap();
+        (id, key)
+    };
+    let ((unit_1, key_1), (unit_2, key_2)) = (unit(1), unit(2));
+    [
+        (individual.to_owned(), individual_key.clone(), "mqtt"),
+        (individual.to_owned(), individual_key, "ws"),
+        (unit_1, key_1, "mqtt"),
+        (unit_2, key_2, "ws"),
+    ]
+}
+
 fn without_version(mut desired: Value) -> Value {
     if let Some(map) = desired.as_object_mut() {
         map.retain(|k, _| !k.starts_with('$'));
@@ -235,10 +294,25 @@ fn without_version(mut desired: Value) -> Value {
     desired
 }
 
-/// After a device script reached `ready`: a desired-property change through
-/// the hub's REST API must reach the device; its telemetry and reported
-/// properties must be visible through the hub.
-async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &str, sdk: &str) {
+/// A device script on its hub: it first sees the enrollment's initial twin
+/// and says `ready`; then a desired-property change through the hub's REST
+/// API must reach the device, and its telemetry and reported properties must
+/// be visible through the hub.
+async fn hub_scenario(
+    server: &Server,
+    command: tokio::process::Command,
+    transport: &str,
+    device_id: &str,
+    sdk: &str,
+) {
+    let mut script = Script::start(command, &format!("{sdk} hub device over {transport}"));
+    let twin = script.stage("twin").await;
+    assert_eq!(
+        without_version(twin["desired"].clone()),
+        initial_twin()["properties"]["desired"],
+        "{twin}"
+    );
+    script.stage("ready").await;
     let hub = server.embedded_hub().await;
     let hub_cs = hub.connection_string.expose().to_owned();
     // The SDKs subscribe to desired-property updates in the background (IoT
@@ -289,14 +363,8 @@ async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &s
     assert_eq!(reported["telemetry"]["sent"], 3);
 
     // Telemetry stored and counted by the hub.
-    let out = server.cli(&["hub", "messages", "--device", device_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let messages: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let messages: Vec<Value> = server
+        .cli_ok(&["hub", "messages", "--device", device_id])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -316,60 +384,23 @@ async fn finish_hub_scenario(server: &Server, script: &mut Script, device_id: &s
 #[tokio::test]
 async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
     let Some(dir) = node_dir() else { return };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
-    let scope = server.id_scope();
-    let individual_key = server
-        .enroll(
-            "node-mqtt-ind",
-            serde_json::json!({"initialTwin": initial_twin()}),
-        )
-        .await;
-    let group_key = server
-        .enroll_group(
-            "node-mqtt-grp",
-            serde_json::json!({"initialTwin": initial_twin()}),
-        )
-        .await;
-
-    // An individual enrollment and a group device, over MQTT and over MQTT/WebSockets.
-    let devices = [
-        ("node-mqtt-ind".to_owned(), individual_key.clone(), "mqtt"),
-        ("node-mqtt-ind".to_owned(), individual_key.clone(), "ws"),
-        (
-            "node-grp-unit-1".to_owned(),
-            sas::derive_device_key(&group_key, "node-grp-unit-1").unwrap(),
-            "mqtt",
-        ),
-        (
-            "node-grp-unit-2".to_owned(),
-            sas::derive_device_key(&group_key, "node-grp-unit-2").unwrap(),
-            "ws",
-        ),
-    ];
+    let (_port, server) = start_on_sdk_ports().await;
+    let devices = mqtt_devices(&server, "node-mqtt-ind", "node-mqtt-grp", "node-grp-unit").await;
     for (id, key, transport) in &devices {
-        let out = node(
-            &dir,
-            &server,
-            &["provision_mqtt.js", "localhost", &scope, id, key, transport],
-        );
+        let out = provision(&dir, &server, "provision_mqtt", id, key, &[transport]);
         assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
         assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
         assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
     }
 
     // A wrong key is refused at CONNECT.
-    let out = node(
+    let out = provision(
         &dir,
         &server,
-        &[
-            "provision_mqtt.js",
-            "localhost",
-            &scope,
-            "node-mqtt-ind",
-            "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
-            "mqtt",
-        ],
+        "provision_mqtt",
+        "node-mqtt-ind",
+        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        &["mqtt"],
     );
     assert_eq!(out["ok"], false, "{out}");
     // CONNACK "not authorized" (MQTT return code 5), not any other failure.
@@ -388,56 +419,19 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
             .current_dir(&dir)
             .args(["hub_device.js", "localhost", id, key, transport])
             .env("NODE_EXTRA_CA_CERTS", server.ca_path());
-        let mut script = Script::start(command, &format!("node hub device over {transport}"));
-        let twin = script.stage("twin").await;
-        assert_eq!(
-            without_version(twin["desired"].clone()),
-            initial_twin()["properties"]["desired"],
-            "{twin}"
-        );
-        script.stage("ready").await;
-        finish_hub_scenario(&server, &mut script, id, "node").await;
+        hub_scenario(&server, command, transport, id, "node").await;
     }
 }
 
 #[tokio::test]
 async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
     let Some(dir) = python_dir() else { return };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
-    let scope = server.id_scope();
+    let (_port, server) = start_on_sdk_ports().await;
     let python = dir.join(".venv/bin/python");
     let ca = server.ca_path();
-    let individual_key = server
-        .enroll("py-ind", serde_json::json!({"initialTwin": initial_twin()}))
-        .await;
-    let group_key = server
-        .enroll_group("py-grp", serde_json::json!({"initialTwin": initial_twin()}))
-        .await;
-    let devices = [
-        ("py-ind".to_owned(), individual_key.clone(), "mqtt"),
-        ("py-ind".to_owned(), individual_key.clone(), "ws"),
-        (
-            "py-grp-unit-1".to_owned(),
-            sas::derive_device_key(&group_key, "py-grp-unit-1").unwrap(),
-            "mqtt",
-        ),
-        (
-            "py-grp-unit-2".to_owned(),
-            sas::derive_device_key(&group_key, "py-grp-unit-2").unwrap(),
-            "ws",
-        ),
-    ];
+    let devices = mqtt_devices(&server, "py-ind", "py-grp", "py-grp-unit").await;
     for (id, key, transport) in &devices {
-        let out = Command::new(&python)
-            .current_dir(&dir)
-            .args(["provision.py", "localhost", &scope, id, key, transport])
-            .arg(&ca)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|_| panic!("{id}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+        let v = python_sdk(&dir, &server, "provision.py", &[id, key, transport]);
         assert_eq!(v["ok"], true, "{id} over {transport}: {v}");
         assert_eq!(v["status"], "assigned");
         assert_eq!(v["assignedHub"], "localhost");
@@ -450,27 +444,21 @@ async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
             .current_dir(&dir)
             .args(["hub_device.py", "localhost", id, key, transport])
             .arg(&ca);
-        let mut script = Script::start(command, &format!("python hub device over {transport}"));
-        let twin = script.stage("twin").await;
-        assert_eq!(
-            without_version(twin["desired"].clone()),
-            initial_twin()["properties"]["desired"],
-            "{twin}"
-        );
-        script.stage("ready").await;
-        finish_hub_scenario(&server, &mut script, id, "python").await;
+        hub_scenario(&server, command, transport, id, "python").await;
     }
 }
 
 /// Three small PKIs: a group on a root, a group on an intermediate, a group
 /// on a verified CA reference; and a self-signed device for an individual
-/// enrollment. Returns (registration ID, chain file, key file) per device.
+/// enrollment. Returns the folder of the devices' files and (registration
+/// ID, chain file, key file) per device.
 async fn x509_fleet(
     server: &Server,
-    dir: &std::path::Path,
     prefix: &str,
-) -> Vec<(String, PathBuf, PathBuf)> {
+) -> (tempfile::TempDir, Vec<(String, PathBuf, PathBuf)>) {
     use onramp_net::pki::testing::{Issued, Validity};
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path();
     let cs = server.owner_connection_string().await;
     let days = Validity::days(30);
     let write = |name: &str, device: &Issued, intermediates: &[&Issued]| {
@@ -506,25 +494,24 @@ async fn x509_fleet(
         )
     };
 
-    let root_a = Issued::root(&format!("{prefix} Root A"), days).unwrap();
-    let ica_a = root_a
-        .intermediate(&format!("{prefix} ICA A"), days)
-        .unwrap();
-    group(
-        format!("{prefix}-by-root"),
-        serde_json::json!({"signingCertificates": {"primary": {"certificate": root_a.cert_pem}}}),
-    )
-    .await;
-
-    let root_b = Issued::root(&format!("{prefix} Root B"), days).unwrap();
-    let ica_b = root_b
-        .intermediate(&format!("{prefix} ICA B"), days)
-        .unwrap();
-    group(
-        format!("{prefix}-by-ica"),
-        serde_json::json!({"signingCertificates": {"primary": {"certificate": ica_b.cert_pem}}}),
-    )
-    .await;
+    // A root and its intermediate; a group whose signing certificate is one of them.
+    let pki = |letter: &str| {
+        let root = Issued::root(&format!("{prefix} Root {letter}"), days).unwrap();
+        let ica = root
+            .intermediate(&format!("{prefix} ICA {letter}"), days)
+            .unwrap();
+        (root, ica)
+    };
+    let signed_by = |id: String, signer: &Issued| {
+        group(
+            id,
+            serde_json::json!({"signingCertificates": {"primary": {"certificate": signer.cert_pem}}}),
+        )
+    };
+    let (root_a, ica_a) = pki("A");
+    signed_by(format!("{prefix}-by-root"), &root_a).await;
+    let (_, ica_b) = pki("B");
+    signed_by(format!("{prefix}-by-ica"), &ica_b).await;
 
     // A CA reference counts once its proof of possession is done.
     let root_c = Issued::root(&format!("{prefix} Root C"), days).unwrap();
@@ -534,29 +521,20 @@ async fn x509_fleet(
         serde_json::json!({"certificate": root_c.cert_pem}),
     )
     .await;
-    let (_, code) = server
-        .call(
-            &cs,
-            reqwest::Method::POST,
-            &format!("certificates/{ca_name}/generateVerificationCode?api-version=2021-10-01"),
-            None,
-        )
-        .await;
+    let post = |action: &str, body: Option<Value>| {
+        let path = format!("certificates/{ca_name}/{action}?api-version=2021-10-01");
+        let cs = &cs;
+        async move { server.call(cs, reqwest::Method::POST, &path, body).await }
+    };
+    let (_, code) = post("generateVerificationCode", None).await;
     let code = common::text(&code["properties"]["verificationCode"]);
     let proof = root_c.device(&code, days).unwrap();
-    let (status, v) = server
-        .call(
-            &cs,
-            reqwest::Method::POST,
-            &format!("certificates/{ca_name}/verify?api-version=2021-10-01"),
-            Some(serde_json::json!({"certificate": proof.cert_pem})),
-        )
-        .await;
-    assert_eq!(
-        (status, v["properties"]["isVerified"].as_bool()),
-        (200, Some(true)),
-        "{v}"
-    );
+    let (status, v) = post(
+        "verify",
+        Some(serde_json::json!({"certificate": proof.cert_pem})),
+    )
+    .await;
+    common::assert_ca_verified(status, &v, true);
     group(
         format!("{prefix}-by-ca"),
         serde_json::json!({"caReferences": {"primary": ca_name}}),
@@ -570,48 +548,35 @@ async fn x509_fleet(
     )
     .await;
 
-    vec![
+    // A device of `issuer`, whose chain holds the issuer when it is an intermediate.
+    let device = |name: &str, issuer: &Issued, intermediate: bool| {
+        let id = format!("{prefix}-{name}");
+        let chain: &[&Issued] = if intermediate { &[issuer] } else { &[] };
+        write(&id, &issuer.device(&id, days).unwrap(), chain)
+    };
+    let devices = vec![
         write(&format!("{prefix}-ind"), &individual, &[]),
-        write(
-            &format!("{prefix}-a1"),
-            &ica_a.device(&format!("{prefix}-a1"), days).unwrap(),
-            &[&ica_a],
-        ),
-        write(
-            &format!("{prefix}-b1"),
-            &ica_b.device(&format!("{prefix}-b1"), days).unwrap(),
-            &[&ica_b],
-        ),
-        write(
-            &format!("{prefix}-c1"),
-            &root_c.device(&format!("{prefix}-c1"), days).unwrap(),
-            &[],
-        ),
-    ]
+        device("a1", &ica_a, true),
+        device("b1", &ica_b, true),
+        device("c1", &root_c, false),
+    ];
+    (files, devices)
 }
 
 #[tokio::test]
 async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
     let Some(dir) = node_dir() else { return };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
-    let scope = server.id_scope();
-    let pki = tempfile::tempdir().unwrap();
-    let devices = x509_fleet(&server, pki.path(), "nodex").await;
+    let (_port, server) = start_on_sdk_ports().await;
+    let (_pki, devices) = x509_fleet(&server, "nodex").await;
     for (id, chain, key) in &devices {
         for transport in ["http", "mqtt"] {
-            let out = node(
+            let out = provision(
                 &dir,
                 &server,
-                &[
-                    "provision_x509.js",
-                    "localhost",
-                    &scope,
-                    id,
-                    chain.to_str().unwrap(),
-                    key.to_str().unwrap(),
-                    transport,
-                ],
+                "provision_x509",
+                id,
+                chain.to_str().unwrap(),
+                &[key.to_str().unwrap(), transport],
             );
             assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
             assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
@@ -648,18 +613,13 @@ async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
     );
     std::fs::write(&chain, &stranger.cert_pem).unwrap();
     std::fs::write(&key, &stranger.key_pem).unwrap();
-    let out = node(
+    let out = provision(
         &dir,
         &server,
-        &[
-            "provision_x509.js",
-            "localhost",
-            &scope,
-            "nodex-stranger",
-            chain.to_str().unwrap(),
-            key.to_str().unwrap(),
-            "http",
-        ],
+        "provision_x509",
+        "nodex-stranger",
+        chain.to_str().unwrap(),
+        &[key.to_str().unwrap(), "http"],
     );
     assert_eq!(out["ok"], false, "{out}");
     assert_eq!(out["error"]["statusCode"], 401, "{out}");
@@ -668,23 +628,11 @@ async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
 #[tokio::test]
 async fn python_sdk_provisions_x509_devices_and_they_reach_their_hub() {
     let Some(dir) = python_dir() else { return };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
-    let scope = server.id_scope();
-    let pki = tempfile::tempdir().unwrap();
-    let python = dir.join(".venv/bin/python");
-    for (id, chain, key) in x509_fleet(&server, pki.path(), "pyx").await {
-        let out = Command::new(&python)
-            .current_dir(&dir)
-            .args(["x509_device.py", "localhost", &scope, &id])
-            .arg(&chain)
-            .arg(&key)
-            .arg(server.ca_path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|_| panic!("{id}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    let (_port, server) = start_on_sdk_ports().await;
+    let (_pki, devices) = x509_fleet(&server, "pyx").await;
+    for (id, chain, key) in devices {
+        let (chain, key) = (chain.to_str().unwrap(), key.to_str().unwrap());
+        let v = python_sdk(&dir, &server, "x509_device.py", &[&id, chain, key]);
         assert_eq!(v["ok"], true, "{id}: {v}");
         assert_eq!(v["deviceId"], id.as_str());
         assert_eq!(
@@ -700,9 +648,7 @@ async fn sdk_payloads_reach_the_webhook_and_its_payload_reaches_the_sdks() {
     let (Some(node_dir), Some(py_dir)) = (node_dir(), python_dir()) else {
         return;
     };
-    let _port = PORT_443.lock().await;
-    let server = start_on_sdk_ports();
-    let scope = server.id_scope();
+    let (_port, server) = start_on_sdk_ports().await;
     let hub = server.embedded_hub().await.name;
     // The webhook echoes the device's payload back inside its own.
     let (url, seen) = common::start_webhook(move |request| {
@@ -725,17 +671,13 @@ async fn sdk_payloads_reach_the_webhook_and_its_payload_reaches_the_sdks() {
     let key = |id: &str| sas::derive_device_key(&group_key, id).unwrap();
 
     // Node over HTTPS.
-    let out = node(
+    let out = provision(
         &node_dir,
         &server,
-        &[
-            "provision_http.js",
-            "localhost",
-            &scope,
-            "node-custom-1",
-            &key("node-custom-1"),
-            r#"{"model":"toaster"}"#,
-        ],
+        "provision_http",
+        "node-custom-1",
+        &key("node-custom-1"),
+        &[r#"{"model":"toaster"}"#],
     );
     assert_eq!(out["ok"], true, "{out}");
     assert_eq!(
@@ -745,22 +687,12 @@ async fn sdk_payloads_reach_the_webhook_and_its_payload_reaches_the_sdks() {
     );
 
     // Python over MQTT (its script sends a modelId payload).
-    let output = Command::new(py_dir.join(".venv/bin/python"))
-        .current_dir(&py_dir)
-        .args([
-            "provision.py",
-            "localhost",
-            &scope,
-            "py-custom-1",
-            &key("py-custom-1"),
-            "mqtt",
-        ])
-        .arg(server.ca_path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| panic!("{stdout} {}", String::from_utf8_lossy(&output.stderr)));
+    let v = python_sdk(
+        &py_dir,
+        &server,
+        "provision.py",
+        &["py-custom-1", &key("py-custom-1"), "mqtt"],
+    );
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["payload"]["greeting"], "welcome", "{v}");
     assert_eq!(v["payload"]["echo"]["modelId"], "dtmi:onramp:test;1", "{v}");

@@ -8,14 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Server, unix_now};
-use onramp_net::mqtt::client::{ClientError, ConnectOptions, MqttClient, Transport};
+use onramp_net::mqtt::client::{ConnectOptions, MqttClient, Transport};
 use onramp_net::mqtt::{ConnectAckReason, QoS, SubscribeReturnCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn tls(server: &Server) -> Arc<rustls::ClientConfig> {
-    Arc::new(onramp_net::tls::client_config(Some(&server.ca_pem)).unwrap())
-}
 
 fn dps_options(server: &Server, registration_id: &str, token: String) -> ConnectOptions {
     ConnectOptions {
@@ -36,15 +32,7 @@ async fn dps_client(server: &Server, registration_id: &str, key: &str) -> MqttCl
         registration_id,
         server.device_token(registration_id, key, unix_now() + 600),
     );
-    let mut c = MqttClient::connect(
-        &server.mqtt_endpoint(),
-        tls(server),
-        &Transport::Tls,
-        &options,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let mut c = server.mqtt_connect(&options).await.unwrap();
     let granted = c
         .subscribe(&[("$dps/registrations/res/#", QoS::ExactlyOnce)])
         .await
@@ -55,6 +43,45 @@ async fn dps_client(server: &Server, registration_id: &str, key: &str) -> MqttCl
         "QoS 2 is granted as 1"
     );
     c
+}
+
+/// Publishes a request and returns its response, which must come on
+/// `response_topic`.
+async fn ask(
+    c: &mut MqttClient,
+    topic: &str,
+    payload: impl Into<bytes::Bytes>,
+    qos: QoS,
+    response_topic: &str,
+) -> onramp_net::mqtt::client::Message {
+    c.publish(topic, payload, qos).await.unwrap();
+    let m = c.next_message().await.unwrap();
+    assert_eq!(m.topic, response_topic);
+    m
+}
+
+/// A register request with `$rid` `rid`, answered with `status`.
+async fn register(
+    c: &mut MqttClient,
+    rid: u32,
+    body: impl Into<bytes::Bytes>,
+    qos: QoS,
+    status: u16,
+) -> onramp_net::mqtt::client::Message {
+    let topic = format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}");
+    let response_topic = format!("$dps/registrations/res/{status}/?$rid={rid}");
+    ask(c, &topic, body, qos, &response_topic).await
+}
+
+/// What the server sends on `raw` until it closes the connection, which it
+/// must do within ten seconds.
+async fn until_closed(raw: &mut (impl AsyncReadExt + Unpin), what: &str) -> Vec<u8> {
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut received))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the connection stayed open"))
+        .ok();
+    received
 }
 
 /// Waits for the server to close the connection.
@@ -71,43 +98,31 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
     let key = server.enroll("mq-1", json!({})).await;
     let mut c = dps_client(&server, "mq-1", &key).await;
     // C# sends no body at all; identity comes from the connection.
-    c.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=42",
-        Vec::new(),
-        QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let m = c.next_message().await.unwrap();
-    assert_eq!(m.topic, "$dps/registrations/res/202/?$rid=42");
+    let m = register(&mut c, 42, Vec::new(), QoS::AtLeastOnce, 202).await;
     let v: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(v["status"], "assigned", "{v}");
     let op = v["operationId"].as_str().unwrap();
     // The poll echoes a UUID $rid verbatim and ignores its body.
     let rid = "47cf275a-8210-443b-a1ae-63c137aca13a";
-    c.publish(
+    let m = ask(
+        &mut c,
         &format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={op}"),
         " ",
         QoS::AtLeastOnce,
+        &format!("$dps/registrations/res/200/?$rid={rid}"),
     )
-    .await
-    .unwrap();
-    let m = c.next_message().await.unwrap();
-    assert_eq!(m.topic, format!("$dps/registrations/res/200/?$rid={rid}"));
+    .await;
     let v: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(v["registrationState"]["deviceId"], "mq-1");
     // QoS 0 requests are answered too (C and Java send them).
-    c.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=7",
+    register(
+        &mut c,
+        7,
         "{\"registrationId\":\"mq-1\"}",
         QoS::AtMostOnce,
+        202,
     )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.next_message().await.unwrap().topic,
-        "$dps/registrations/res/202/?$rid=7"
-    );
+    .await;
     c.ping().await.unwrap();
     // Subscriptions outside the API are refused one by one.
     assert_eq!(
@@ -123,15 +138,14 @@ async fn register_and_poll_over_mqtt_with_the_topics_sdks_expect() {
             .unwrap(),
         vec![SubscribeReturnCode::Success(QoS::AtMostOnce)]
     );
-    c.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=5",
+    let m = register(
+        &mut c,
+        5,
         "{\"registrationId\":\"mq-1\"}",
         QoS::AtLeastOnce,
+        202,
     )
-    .await
-    .unwrap();
-    let m = c.next_message().await.unwrap();
-    assert_eq!(m.topic, "$dps/registrations/res/202/?$rid=5");
+    .await;
     assert_eq!(m.qos, QoS::AtMostOnce);
     // Node and Python unsubscribe before they disconnect: UNSUBACK, and no
     // more responses.
@@ -231,26 +245,14 @@ async fn bad_connects_are_refused_and_closed() {
     ];
     for (what, options, code) in cases {
         let started = Instant::now();
-        match MqttClient::connect(
-            &addr,
-            tls(&server),
-            &Transport::Tls,
-            &options,
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Err(ClientError::Refused(c)) => assert_eq!(c, code, "{what}"),
-            Err(e) => panic!("{what}: {e}"),
-            Ok(_) => panic!("{what}: accepted"),
-        }
+        server.assert_mqtt_refused(&options, code, what).await;
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{what}: refused at once"
         );
     }
     // The refused connection is closed by the server after CONNACK.
-    let mut raw = onramp_net::mqtt::client::connect_tls_stream(&addr, tls(&server))
+    let mut raw = onramp_net::mqtt::client::connect_tls_stream(&addr, server.tls())
         .await
         .unwrap();
     raw.write_all(&connect_packet(
@@ -263,11 +265,7 @@ async fn bad_connects_are_refused_and_closed() {
     ))
     .await
     .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .ok();
+    let buf = until_closed(&mut raw, "refused CONNECT").await;
     assert_eq!(
         buf,
         [0x20, 0x02, 0x00, 0x05],
@@ -299,19 +297,10 @@ async fn bad_connects_are_refused_and_closed() {
             keep_alive: 60,
             clean_session: false,
         };
-        match MqttClient::connect(
-            &addr,
-            tls(&server),
-            &Transport::Tls,
-            &options,
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Err(ClientError::Refused(ConnectAckReason::NotAuthorized)) => {}
-            Err(e) => panic!("hub, {what}: {e}"),
-            Ok(_) => panic!("hub, {what}: accepted"),
-        }
+        let reason = ConnectAckReason::NotAuthorized;
+        server
+            .assert_mqtt_refused(&options, reason, &format!("hub, {what}"))
+            .await;
     }
 }
 
@@ -379,7 +368,7 @@ async fn clean_session_zero_and_puback_before_the_response() {
     let key = server.enroll("mq-raw", json!({})).await;
     let token = server.device_token("mq-raw", &key, unix_now() + 600);
     let mut raw =
-        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(&server))
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), server.tls())
             .await
             .unwrap();
     let username = format!(
@@ -438,51 +427,29 @@ async fn bad_requests_get_errors_or_end_the_connection() {
 
     // Malformed JSON: an Azure error on the response topic; the connection stays.
     let mut c = dps_client(&server, "mq-4", &key).await;
-    c.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=1",
-        "{\"registrationId\": ",
-        QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let m = c.next_message().await.unwrap();
-    assert_eq!(m.topic, "$dps/registrations/res/400/?$rid=1");
+    let m = register(&mut c, 1, "{\"registrationId\": ", QoS::AtLeastOnce, 400).await;
     let v: Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(v["errorCode"], 400001, "{v}");
     // A body over 96 KB: 413 on the response topic.
     let big = serde_json::to_vec(&json!({"payload": {"blob": "x".repeat(100 * 1024)}})).unwrap();
-    c.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=2",
-        big,
-        QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let m = c.next_message().await.unwrap();
-    assert_eq!(m.topic, "$dps/registrations/res/413/?$rid=2");
+    register(&mut c, 2, big, QoS::AtLeastOnce, 413).await;
     // A poll without an operationId, and one for an unknown operation.
-    c.publish(
+    ask(
+        &mut c,
         "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=3",
         "",
         QoS::AtLeastOnce,
+        "$dps/registrations/res/400/?$rid=3",
     )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.next_message().await.unwrap().topic,
-        "$dps/registrations/res/400/?$rid=3"
-    );
-    c.publish(
+    .await;
+    ask(
+        &mut c,
         "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=4&operationId=nope",
         "",
         QoS::AtLeastOnce,
+        "$dps/registrations/res/404/?$rid=4",
     )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.next_message().await.unwrap().topic,
-        "$dps/registrations/res/404/?$rid=4"
-    );
+    .await;
     c.ping().await.unwrap();
 
     // A publish to a topic outside the API ends the connection.
@@ -516,7 +483,7 @@ async fn bad_requests_get_errors_or_end_the_connection() {
 
     // Garbage instead of MQTT after CONNECT.
     let mut raw =
-        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(&server))
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), server.tls())
             .await
             .unwrap();
     let token = server.device_token("mq-4", &key, unix_now() + 600);
@@ -533,11 +500,7 @@ async fn bad_requests_get_errors_or_end_the_connection() {
     raw.write_all(&[0xF0, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .ok();
+    let buf = until_closed(&mut raw, "garbage after CONNECT").await;
     assert_eq!(
         &buf[..4],
         &[0x20, 0x02, 0x00, 0x00],
@@ -556,16 +519,12 @@ async fn clients_that_never_connect_are_dropped() {
     server.keep(temp);
     for address in [server.mqtt_endpoint(), server.endpoint()] {
         let started = Instant::now();
-        let mut raw = onramp_net::mqtt::client::connect_tls_stream(&address, tls(&server))
+        let mut raw = onramp_net::mqtt::client::connect_tls_stream(&address, server.tls())
             .await
             .unwrap();
         // Send a first byte of CONNECT, then nothing.
         raw.write_all(&[0x10]).await.unwrap();
-        let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
-            .await
-            .unwrap()
-            .ok();
+        let buf = until_closed(&mut raw, &address).await;
         let waited = started.elapsed();
         assert!(buf.is_empty());
         assert!(
@@ -655,15 +614,7 @@ async fn keep_alive_is_enforced_and_pings_keep_a_connection() {
         ..dps_options(&server, "ka", token)
     };
     // Pinging inside the keep-alive period keeps the connection…
-    let mut c = MqttClient::connect(
-        &server.mqtt_endpoint(),
-        tls(&server),
-        &Transport::Tls,
-        &options,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let mut c = server.mqtt_connect(&options).await.unwrap();
     let started = Instant::now();
     let mut silent = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -677,6 +628,21 @@ async fn keep_alive_is_enforced_and_pings_keep_a_connection() {
     let waited = silent.elapsed();
     let expected = Duration::from_millis(1400)..Duration::from_secs(5);
     assert!(expected.contains(&waited), "closed after {waited:?}");
+}
+
+/// An HTTP upgrade to a WebSocket at the SDKs' path, asking for `subprotocol`.
+async fn websocket_upgrade(server: &Server, subprotocol: &str) -> reqwest::Response {
+    server
+        .http()
+        .get(server.url("/$iothub/websocket"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Protocol", subprotocol)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -700,7 +666,7 @@ async fn websocket_paths_and_subprotocol_spellings_of_every_sdk() {
         );
         let mut c = MqttClient::connect(
             &server.endpoint(),
-            tls(&server),
+            server.tls(),
             &transport,
             &options,
             Duration::from_secs(10),
@@ -722,17 +688,7 @@ async fn websocket_paths_and_subprotocol_spellings_of_every_sdk() {
         c.disconnect().await;
     }
     // The server echoes the client's spelling of the subprotocol.
-    let resp = server
-        .http()
-        .get(server.url("/$iothub/websocket"))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("Sec-WebSocket-Protocol", "MQTT")
-        .send()
-        .await
-        .unwrap();
+    let resp = websocket_upgrade(&server, "MQTT").await;
     assert_eq!(resp.status().as_u16(), 101);
     assert_eq!(resp.headers()["sec-websocket-protocol"], "MQTT");
     assert_eq!(
@@ -740,17 +696,7 @@ async fn websocket_paths_and_subprotocol_spellings_of_every_sdk() {
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
     // An upgrade for anything but MQTT is refused.
-    let resp = server
-        .http()
-        .get(server.url("/$iothub/websocket"))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("Sec-WebSocket-Protocol", "chat")
-        .send()
-        .await
-        .unwrap();
+    let resp = websocket_upgrade(&server, "chat").await;
     assert_eq!(resp.status().as_u16(), 400);
 }
 
@@ -941,7 +887,7 @@ async fn publish_raw_until_closed(
     topic: &str,
 ) -> Vec<u8> {
     let mut raw =
-        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), tls(server))
+        onramp_net::mqtt::client::connect_tls_stream(&server.mqtt_endpoint(), server.tls())
             .await
             .unwrap();
     raw.write_all(&connect_packet(client_id, username, password))
@@ -956,12 +902,7 @@ async fn publish_raw_until_closed(
     body.extend_from_slice(&[0x00, 0x42]);
     body.extend_from_slice(b"{\"hello\": 1}");
     raw.write_all(&packet(0x32, body)).await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest))
-        .await
-        .unwrap_or_else(|_| panic!("{topic}: the connection stayed open"))
-        .ok();
-    rest
+    until_closed(&mut raw, topic).await
 }
 
 /// A PUBLISH to a topic the client may not use ends the connection without

@@ -43,6 +43,22 @@ fn assert_azure_error(
     assert!(headers.contains_key("x-ms-error-code"), "{what}");
 }
 
+/// A service API call at api-version 2021-10-01 that must be refused with
+/// an Azure error: `(what, HTTP status, error code)`. Returns the error.
+async fn refused(
+    server: &Server,
+    connection_string: &str,
+    (method, path, body, headers): (Method, &str, Option<Value>, &[(&str, &str)]),
+    (what, want_status, want_code): (&str, u16, u64),
+) -> Value {
+    let path = format!("{path}?api-version=2021-10-01");
+    let (status, headers, v) = server
+        .service_call(connection_string, method, &path, body, headers)
+        .await;
+    assert_azure_error(what, status, &headers, &v, want_status, want_code);
+    v
+}
+
 #[tokio::test]
 async fn device_api_refuses_bad_input_and_leaves_no_trace() {
     let server = Server::start("127.0.0.1:0");
@@ -263,58 +279,37 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         v["attestation"]["symmetricKey"].get("primaryKey").is_none(),
         "GET hides keys: {v}"
     );
-    let (status, headers, v) = server
-        .service_call(
-            &reader,
+    // Each refusal names the right the call needs.
+    for (method, path, body, what, right) in [
+        (
             Method::PUT,
-            "enrollments/dev-2?api-version=2021-10-01",
+            "enrollments/dev-2",
             Some(json!({"attestation": {"type": "symmetricKey"}})),
-            &[],
-        )
-        .await;
-    assert_azure_error(
-        "write without EnrollmentWrite",
-        status,
-        &headers,
-        &v,
-        403,
-        403001,
-    );
-    assert!(v["message"].as_str().unwrap().contains("EnrollmentWrite"));
-    let (status, headers, v) = server
-        .service_call(
-            &reader,
+            "write without EnrollmentWrite",
+            "EnrollmentWrite",
+        ),
+        (
             Method::POST,
-            "enrollments/dev-1/attestationmechanism?api-version=2021-10-01",
+            "enrollments/dev-1/attestationmechanism",
             None,
-            &[],
-        )
-        .await;
-    assert_azure_error(
-        "keys without EnrollmentWrite",
-        status,
-        &headers,
-        &v,
-        403,
-        403001,
-    );
-    let (status, headers, v) = server
-        .service_call(
-            &reader,
+            "keys without EnrollmentWrite",
+            "EnrollmentWrite",
+        ),
+        (
             Method::GET,
-            "registrations/dev-1?api-version=2021-10-01",
+            "registrations/dev-1",
             None,
-            &[],
-        )
-        .await;
-    assert_azure_error(
-        "registrations without RegistrationStatusRead",
-        status,
-        &headers,
-        &v,
-        403,
-        403001,
-    );
+            "registrations without RegistrationStatusRead",
+            "RegistrationStatusRead",
+        ),
+    ] {
+        let request = (method, path, body, &[][..]);
+        let v = refused(&server, &reader, request, (what, 403, 403001)).await;
+        assert!(
+            v["message"].as_str().unwrap().contains(right),
+            "{what}: {v}"
+        );
+    }
 
     // No token, a forged one, and a missing api-version.
     let resp = server
@@ -333,16 +328,13 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         401001,
     );
     let forged = reader.replace("SharedAccessKey=", "SharedAccessKey=AAAA");
-    let (status, headers, v) = server
-        .service_call(
-            &forged,
-            Method::GET,
-            "enrollments/dev-1?api-version=2021-10-01",
-            None,
-            &[],
-        )
-        .await;
-    assert_azure_error("forged key", status, &headers, &v, 401, 401002);
+    refused(
+        &server,
+        &forged,
+        (Method::GET, "enrollments/dev-1", None, &[]),
+        ("forged key", 401, 401002),
+    )
+    .await;
     let (status, headers, v) = server
         .service_call(&reader, Method::GET, "enrollments/dev-1", None, &[])
         .await;
@@ -446,16 +438,18 @@ async fn service_api_pages_and_guards_with_etags() {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_ne!(v["etag"], etag.as_str());
-    let (status, headers, v) = server
-        .service_call(
-            &cs,
+    refused(
+        &server,
+        &cs,
+        (
             Method::PUT,
-            "enrollments/page-0?api-version=2021-10-01",
+            "enrollments/page-0",
             Some(updated),
             &[("If-Match", &etag)],
-        )
-        .await;
-    assert_azure_error("stale etag", status, &headers, &v, 412, 412001);
+        ),
+        ("stale etag", 412, 412001),
+    )
+    .await;
     let (status, _, _) = server
         .service_call(
             &cs,
@@ -466,28 +460,27 @@ async fn service_api_pages_and_guards_with_etags() {
         )
         .await;
     assert_eq!(status, 204);
-    let (status, headers, v) = server
-        .service_call(
-            &cs,
-            Method::GET,
-            "enrollments/page-0?api-version=2021-10-01",
-            None,
-            &[],
-        )
-        .await;
-    assert_azure_error("deleted", status, &headers, &v, 404, 404201);
-    let (status, headers, v) = server
-        .service_call(
-            &cs,
+    refused(
+        &server,
+        &cs,
+        (Method::GET, "enrollments/page-0", None, &[]),
+        ("deleted", 404, 404201),
+    )
+    .await;
+    let v = refused(
+        &server,
+        &cs,
+        (
             Method::PUT,
-            "enrollments/bad?api-version=2021-10-01",
+            "enrollments/bad",
             Some(
                 json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": 5}}}),
             ),
             &[],
-        )
-        .await;
-    assert_azure_error("wrong type", status, &headers, &v, 400, 400001);
+        ),
+        ("wrong type", 400, 400001),
+    )
+    .await;
     assert!(
         v["message"]
             .as_str()
@@ -909,11 +902,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         Some(json!({"certificate": root.cert_pem})),
     )
     .await;
-    assert_eq!(
-        (status, v["properties"]["isVerified"].as_bool()),
-        (200, Some(false)),
-        "{v}"
-    );
+    common::assert_ca_verified(status, &v, false);
     let (status, _, _) = call(
         Method::PUT,
         "enrollmentGroups/by-ca".into(),
@@ -989,11 +978,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         Some(json!({"certificate": proof.cert_pem})),
     )
     .await;
-    assert_eq!(
-        (status, v["properties"]["isVerified"].as_bool()),
-        (200, Some(true)),
-        "{v}"
-    );
+    common::assert_ca_verified(status, &v, true);
     let (status, _, v) = register(&device, "pop-dev").await;
     common::assert_assigned(status, &v, 202);
     assert_eq!(

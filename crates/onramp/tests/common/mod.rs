@@ -153,6 +153,42 @@ impl Server {
         text(&self.state["endpoint"])
     }
 
+    /// A TLS client configuration that trusts the server's CA.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap())
+    }
+
+    /// An MQTT CONNECT over TLS to the server's MQTT endpoint.
+    pub async fn mqtt_connect(
+        &self,
+        options: &onramp_net::mqtt::client::ConnectOptions,
+    ) -> Result<onramp_net::mqtt::client::MqttClient, onramp_net::mqtt::client::ClientError> {
+        onramp_net::mqtt::client::MqttClient::connect(
+            &self.mqtt_endpoint(),
+            self.tls(),
+            &onramp_net::mqtt::client::Transport::Tls,
+            options,
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    /// An MQTT CONNECT that the server must refuse with `reason`.
+    pub async fn assert_mqtt_refused(
+        &self,
+        options: &onramp_net::mqtt::client::ConnectOptions,
+        reason: onramp_net::mqtt::ConnectAckReason,
+        what: &str,
+    ) {
+        match self.mqtt_connect(options).await {
+            Err(onramp_net::mqtt::client::ClientError::Refused(r)) => {
+                assert_eq!(r, reason, "{what}");
+            }
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.state["listen"]
             .as_str()
@@ -465,6 +501,17 @@ pub fn assert_assigned(status: u16, op: &Value, want_status: u16) {
         (status, op["status"].as_str()),
         (want_status, Some("assigned")),
         "{op}"
+    );
+}
+
+/// Asserts that a CA certificate call answered 200, with the certificate
+/// verified (`isVerified`) or not.
+#[track_caller]
+pub fn assert_ca_verified(status: u16, certificate: &Value, verified: bool) {
+    assert_eq!(
+        (status, certificate["properties"]["isVerified"].as_bool()),
+        (200, Some(verified)),
+        "{certificate}"
     );
 }
 
