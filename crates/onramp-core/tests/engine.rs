@@ -77,6 +77,13 @@ async fn world(hubs: &[(&str, u32)]) -> World {
     }
 }
 
+/// One linked hub, `hub-a`, and one enrolled device, `dev-01`.
+async fn one_device_on_hub_a() -> World {
+    let w = world(&[("hub-a", 1)]).await;
+    w.enroll("dev-01").await;
+    w
+}
+
 fn primary() -> String {
     conformance::enrollment("x")
         .attestation
@@ -127,10 +134,63 @@ impl World {
             serde_json::from_str(r#"{"tags":{"site":"lab"},"properties":{"desired":{"rate":5}}}"#)
                 .unwrap(),
         );
+        self.put(&e).await;
+    }
+
+    /// Stores individual enrollment `e` in the default service.
+    async fn put(&self, e: &IndividualEnrollment) {
         self.store
-            .put_enrollment("default", &e, Precondition::None, at(NOW))
+            .put_enrollment("default", e, Precondition::None, at(NOW))
             .await
             .unwrap();
+    }
+
+    /// Stores enrollment group `g` in the default service.
+    async fn put_group(&self, g: &onramp_model::EnrollmentGroup) {
+        self.store
+            .put_enrollment_group("default", g, Precondition::None, at(NOW))
+            .await
+            .unwrap();
+    }
+
+    /// A register request signed with the enrollments' primary key.
+    fn signed(&self, registration_id: &str) -> RegisterRequest {
+        let credential = self.token(registration_id, &primary(), NOW + 3600);
+        self.request(registration_id, credential)
+    }
+
+    /// The state `req` leaves the device in; the registration must succeed.
+    async fn registered(&self, req: RegisterRequest) -> onramp_model::DeviceRegistrationState {
+        let op = self.engine.register(req).await.unwrap();
+        op.registration_state.unwrap()
+    }
+
+    /// A registration signed with `key` that must be refused with `code`.
+    async fn refused_key(
+        &self,
+        registration_id: &str,
+        key: &str,
+        code: ErrorCode,
+    ) -> onramp_core::ProvisioningError {
+        let credential = self.token(registration_id, key, NOW + 3600);
+        self.refused(registration_id, credential, code).await
+    }
+
+    /// A registration of `registration_id` with `credential` that must be
+    /// refused with `code`.
+    async fn refused(
+        &self,
+        registration_id: &str,
+        credential: DeviceCredential,
+        code: ErrorCode,
+    ) -> onramp_core::ProvisioningError {
+        let err = self
+            .engine
+            .register(self.request(registration_id, credential))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, code, "{registration_id}: {}", err.message);
+        err
     }
 
     async fn no_trace_of(&self, id: &str) {
@@ -152,8 +212,7 @@ async fn memory_store_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn individual_enrollment_is_assigned_with_its_keys_and_initial_twin() {
-    let w = world(&[("hub-a", 1)]).await;
-    w.enroll("dev-01").await;
+    let w = one_device_on_hub_a().await;
     let op = w.register_with_key("dev-01", &primary()).await.unwrap();
     assert_eq!(op.status, RegistrationStatus::Assigned);
     let state = op.registration_state.unwrap();
@@ -223,20 +282,9 @@ async fn a_group_beyond_the_first_page_is_found() {
             "b3RoZXIta2V5LW9mLWEtZ3JvdXAtMDAwMDAwMA==",
         ));
         keys.secondary_key = keys.primary_key.clone();
-        w.store
-            .put_enrollment_group("default", &g, Precondition::None, at(NOW))
-            .await
-            .unwrap();
+        w.put_group(&g).await;
     }
-    w.store
-        .put_enrollment_group(
-            "default",
-            &conformance::group("z-last"),
-            Precondition::None,
-            at(NOW),
-        )
-        .await
-        .unwrap();
+    w.put_group(&conformance::group("z-last")).await;
     let derived = sas::derive_device_key(&primary(), "far-dev").unwrap();
     let op = w.register_with_key("far-dev", &derived).await.unwrap();
     let state = op.registration_state.unwrap();
@@ -251,10 +299,7 @@ async fn a_group_beyond_the_first_page_is_found() {
 async fn group_devices_use_derived_keys() {
     let w = world(&[("hub-a", 1)]).await;
     let group = conformance::group("factory-1");
-    w.store
-        .put_enrollment_group("default", &group, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put_group(&group).await;
     for id in ["sensor-001", "sensor-002"] {
         let derived = sas::derive_device_key(&primary(), id).unwrap();
         let op = w.register_with_key(id, &derived).await.unwrap();
@@ -275,90 +320,57 @@ async fn group_devices_use_derived_keys() {
         );
     }
     // The group key itself does not authenticate a device.
-    let err = w
-        .register_with_key("sensor-003", &primary())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::EnrollmentNotFound);
+    w.refused_key("sensor-003", &primary(), ErrorCode::EnrollmentNotFound)
+        .await;
 }
 
 #[tokio::test]
 async fn individual_enrollment_takes_precedence_over_its_group() {
     let w = world(&[("hub-a", 1)]).await;
-    w.store
-        .put_enrollment_group(
-            "default",
-            &conformance::group("g"),
-            Precondition::None,
-            at(NOW),
-        )
-        .await
-        .unwrap();
+    w.put_group(&conformance::group("g")).await;
     let mut e = conformance::enrollment("sensor-9");
     e.provisioning_status = Some(ProvisioningStatus::Disabled);
-    w.store
-        .put_enrollment("default", &e, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put(&e).await;
     let derived = sas::derive_device_key(&primary(), "sensor-9").unwrap();
     // The group would accept the derived key, but the individual enrollment decides.
-    let err = w.register_with_key("sensor-9", &derived).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unauthorized);
-    let err = w
-        .register_with_key("sensor-9", &primary())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::EnrollmentDisabled);
+    w.refused_key("sensor-9", &derived, ErrorCode::Unauthorized)
+        .await;
+    w.refused_key("sensor-9", &primary(), ErrorCode::EnrollmentDisabled)
+        .await;
     w.no_trace_of("sensor-9").await;
 }
 
 #[tokio::test]
 async fn refusals_leave_no_record_and_no_hub_device() {
-    let w = world(&[("hub-a", 1)]).await;
-    w.enroll("dev-01").await;
+    let w = one_device_on_hub_a().await;
     let mut g = conformance::group("off");
     g.provisioning_status = Some(ProvisioningStatus::Disabled);
-    w.store
-        .put_enrollment_group("default", &g, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put_group(&g).await;
 
     let wrong_key = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
-    let err = w.register_with_key("dev-01", wrong_key).await.unwrap_err();
-    assert_eq!(
-        (err.code, err.http_status()),
-        (ErrorCode::Unauthorized, 401)
-    );
+    let err = w
+        .refused_key("dev-01", wrong_key, ErrorCode::Unauthorized)
+        .await;
+    assert_eq!(err.http_status(), 401);
     assert!(err.message.contains("neither key"), "{}", err.message);
 
     let expired = w.token("dev-01", &primary(), NOW - 3600);
-    let err = w
-        .engine
-        .register(w.request("dev-01", expired))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unauthorized);
+    let err = w.refused("dev-01", expired, ErrorCode::Unauthorized).await;
     assert!(err.message.contains("expired"), "{}", err.message);
 
     // A valid token for another registration ID.
     let other = w.token("dev-02", &primary(), NOW + 3600);
-    let err = w
-        .engine
-        .register(w.request("dev-01", other))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unauthorized);
+    let err = w.refused("dev-01", other, ErrorCode::Unauthorized).await;
     assert!(err.message.contains("dev-02"), "{}", err.message);
 
-    let err = w.register_with_key("nobody", &primary()).await.unwrap_err();
-    assert_eq!(
-        (err.code, err.http_status()),
-        (ErrorCode::EnrollmentNotFound, 404)
-    );
+    let err = w
+        .refused_key("nobody", &primary(), ErrorCode::EnrollmentNotFound)
+        .await;
+    assert_eq!(err.http_status(), 404);
 
     let derived = sas::derive_device_key(&primary(), "member").unwrap();
-    let err = w.register_with_key("member", &derived).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::EnrollmentDisabled);
+    w.refused_key("member", &derived, ErrorCode::EnrollmentDisabled)
+        .await;
 
     let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 60));
     req.id_scope = "0ne99999999".into();
@@ -375,27 +387,26 @@ async fn refusals_leave_no_record_and_no_hub_device() {
         ErrorCode::RegistrationIdMismatch
     );
 
-    let err = w
-        .engine
-        .register(w.request("dev-01", DeviceCredential::None))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::MissingAuthorization);
+    w.refused(
+        "dev-01",
+        DeviceCredential::None,
+        ErrorCode::MissingAuthorization,
+    )
+    .await;
 
-    let err = w
-        .engine
-        .register(w.request("bad id!", DeviceCredential::None))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    w.refused(
+        "bad id!",
+        DeviceCredential::None,
+        ErrorCode::InvalidArgument,
+    )
+    .await;
 
     w.no_trace_of("dev-01").await;
 }
 
 #[tokio::test]
 async fn hub_failures_are_recorded_as_failed_registrations() {
-    let w = world(&[("hub-a", 1)]).await;
-    w.enroll("dev-01").await;
+    let w = one_device_on_hub_a().await;
     w.hubs
         .fail(Some(HubError::Unauthorized("401 from hub".into())));
     let op = w.register_with_key("dev-01", &primary()).await.unwrap();
@@ -454,10 +465,7 @@ async fn static_allocation_uses_the_named_hub() {
     let mut e = conformance::enrollment("pinned");
     e.allocation_policy = Some(AllocationPolicy::Static);
     e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.store
-        .put_enrollment("default", &e, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put(&e).await;
     let op = w.register_with_key("pinned", &primary()).await.unwrap();
     assert_eq!(
         op.registration_state.unwrap().assigned_hub.as_deref(),
@@ -468,15 +476,7 @@ async fn static_allocation_uses_the_named_hub() {
 #[tokio::test]
 async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
     let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 2)]).await;
-    w.store
-        .put_enrollment_group(
-            "default",
-            &conformance::group("fleet"),
-            Precondition::None,
-            at(NOW),
-        )
-        .await
-        .unwrap();
+    w.put_group(&conformance::group("fleet")).await;
     let n = 10_000;
     let mut counts = std::collections::HashMap::new();
     for i in 0..n {
@@ -513,8 +513,7 @@ async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
 
 #[tokio::test]
 async fn old_and_foreign_operations_are_not_found() {
-    let w = world(&[("hub-a", 1)]).await;
-    w.enroll("dev-01").await;
+    let w = one_device_on_hub_a().await;
     let op = w.register_with_key("dev-01", &primary()).await.unwrap();
     let poll = |operation_id: String| OperationRequest {
         id_scope: w.scope.clone(),
@@ -603,13 +602,6 @@ async fn a_device_without_an_assigned_registration_has_no_status_to_show() {
 // ---- Reprovisioning -------------------------------------------------------
 
 impl World {
-    async fn put(&self, e: &onramp_model::IndividualEnrollment) {
-        self.store
-            .put_enrollment("default", e, Precondition::None, at(NOW))
-            .await
-            .unwrap();
-    }
-
     /// An enrollment with an initial twin, pinned to `hubs` (hashed among them).
     fn enrollment_on(&self, id: &str, hubs: &[&str], policy: (bool, bool)) -> IndividualEnrollment {
         let mut e = conformance::enrollment(id);
@@ -748,15 +740,9 @@ async fn never_policy_stays_unless_forced_or_its_hub_is_unlinked() {
 
     // Forced: allocation runs again.
     w.clock.advance_seconds(1);
-    let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 3600));
+    let mut req = w.signed("dev-01");
     req.force_registration = true;
-    let state = w
-        .engine
-        .register(req)
-        .await
-        .unwrap()
-        .registration_state
-        .unwrap();
+    let state = w.registered(req).await;
     assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
     assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
     assert!(w.hubs.device("hub-a", "dev-01").is_none());
@@ -797,10 +783,7 @@ async fn a_device_that_moves_to_another_enrollment_follows_the_new_one() {
     let mut g = conformance::group("line-1");
     g.allocation_policy = Some(AllocationPolicy::Static);
     g.iot_hubs = Some(vec!["hub-a".into()]);
-    w.store
-        .put_enrollment_group("default", &g, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put_group(&g).await;
     let key = sas::derive_device_key(&primary(), "unit-7").unwrap();
     let op = w.register_with_key("unit-7", &key).await.unwrap();
     assert_eq!(
@@ -890,15 +873,9 @@ async fn custom_webhook_sees_the_device_payload_and_its_answer_reaches_the_devic
         ),
         payload: Some(json!({"welcome": "toaster"})),
     }));
-    let mut req = w.request("toaster-1", w.token("toaster-1", &primary(), NOW + 3600));
+    let mut req = w.signed("toaster-1");
     req.body.payload = Some(json!({"model": "toaster"}));
-    let state = w
-        .engine
-        .register(req)
-        .await
-        .unwrap()
-        .registration_state
-        .unwrap();
+    let state = w.registered(req).await;
     assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
     assert_eq!(state.payload, Some(json!({"welcome": "toaster"})));
     let twin = w.hubs.twin_of("hub-b", "toaster-1").unwrap();
@@ -1078,10 +1055,7 @@ async fn lowest_latency_skips_the_slow_hub_until_it_recovers() {
     let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 1)]).await;
     let mut g = conformance::group("fleet");
     g.allocation_policy = Some(AllocationPolicy::GeoLatency);
-    w.store
-        .put_enrollment_group("default", &g, Precondition::None, at(NOW))
-        .await
-        .unwrap();
+    w.put_group(&g).await;
     w.latency.set("hub-a", Some(1.0));
     w.latency.set("hub-b", Some(2.0));
     w.latency.set("hub-c", Some(150.0));
@@ -1128,8 +1102,7 @@ async fn edge_enrollments_create_edge_devices_and_device_id_overrides_the_regist
 
 #[tokio::test]
 async fn tenants_with_colliding_registration_ids_stay_apart() {
-    let w = world(&[("hub-a", 1)]).await;
-    w.enroll("dev-01").await;
+    let w = one_device_on_hub_a().await;
     let other = conformance::service("other", 0xB0B0);
     w.store
         .create_service(&other, &[conformance::owner("b3RoZXI=")])
@@ -1155,7 +1128,7 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
         .unwrap();
 
     // A valid token of scope A does not open scope B.
-    let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 3600));
+    let mut req = w.signed("dev-01");
     req.id_scope = other.id_scope.to_string();
     let err = w.engine.register(req).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unauthorized);
@@ -1166,13 +1139,7 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
     let token = sas::sign(&resource, their_key, NOW + 3600, Some("registration")).unwrap();
     let mut req = w.request("dev-01", DeviceCredential::SasToken(token));
     req.id_scope = other.id_scope.to_string();
-    let theirs = w
-        .engine
-        .register(req)
-        .await
-        .unwrap()
-        .registration_state
-        .unwrap();
+    let theirs = w.registered(req).await;
     assert_eq!(theirs.assigned_hub.as_deref(), Some("hub-z"));
     let ours = w
         .store
@@ -1276,7 +1243,7 @@ async fn a_newer_registration_ends_an_older_one_that_waits_on_its_webhook() {
         .with_webhook(gated.clone()),
     );
     // A: its webhook does not answer (it is being retried, say).
-    let first = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let first = w.signed("racer");
     let slow = tokio::spawn({
         let engine = engine.clone();
         async move { engine.register(first).await }
@@ -1284,10 +1251,7 @@ async fn a_newer_registration_ends_an_older_one_that_waits_on_its_webhook() {
     wait(&gated.entered).await;
     // B: the device registers again and is assigned to hub-b; A ends at
     // once, without its webhook ever answering.
-    let done = engine
-        .register(w.request("racer", w.token("racer", &primary(), NOW + 3600)))
-        .await
-        .unwrap();
+    let done = engine.register(w.signed("racer")).await.unwrap();
     assert_eq!(
         done.registration_state.unwrap().assigned_hub.as_deref(),
         Some("hub-b")
@@ -1324,7 +1288,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         EngineConfig::default(),
     ));
     // A: its hub call to hub-a is slow.
-    let first = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let first = w.signed("racer");
     let slow = tokio::spawn({
         let engine = engine.clone();
         async move { engine.register(first).await }
@@ -1333,7 +1297,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     // B: the enrollment now names hub-b, and the device registers again.
     e.iot_hubs = Some(vec!["hub-b".into()]);
     w.put(&e).await;
-    let newer = w.request("racer", w.token("racer", &primary(), NOW + 3600));
+    let newer = w.signed("racer");
     let done = engine.register(newer).await.unwrap();
     let newer_op = done.operation_id.clone();
     assert_eq!(
