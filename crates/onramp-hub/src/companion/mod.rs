@@ -22,7 +22,7 @@ use onramp_store::Sealer;
 
 pub use auth::{HubPolicy, HubRights};
 pub use connections::Connections;
-pub use mqtt::HubMqtt;
+pub use mqtt::{HubMqtt, parse_hub_username};
 pub use store::{DeviceRecord, HubStore, HubStoreError, StoredMessage, TwinState};
 
 /// The policy every companion hub starts with, holding every right.

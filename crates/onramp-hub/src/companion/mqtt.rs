@@ -41,7 +41,7 @@ impl HubMqtt {
 
 /// `{hub}/{deviceId}/?{query}` → (hub, device ID). Module identities
 /// (`{hub}/{deviceId}/{moduleId}/?…`) are not served.
-fn parse_username(username: &str) -> Option<(&str, &str)> {
+pub fn parse_hub_username(username: &str) -> Option<(&str, &str)> {
     let (host, rest) = username.split_once('/')?;
     let (device, rest) = rest.split_once('/')?;
     (rest.is_empty() || rest.starts_with('?'))
@@ -57,7 +57,7 @@ impl MqttApp for HubMqtt {
         outbox: Outbox,
     ) -> Result<Box<dyn MqttSession>, Refusal> {
         let username = info.username.as_deref().unwrap_or_default();
-        let Some((host, device_id)) = parse_username(username) else {
+        let Some((host, device_id)) = parse_hub_username(username) else {
             return Err(Refusal::BadUserNameOrPassword(format!(
                 "user name '{username}' is not {{hub}}/{{deviceId}}/?api-version=…"
             )));
@@ -380,14 +380,17 @@ mod tests {
     #[test]
     fn user_names() {
         assert_eq!(
-            parse_username("localhost/dev-1/?api-version=2021-04-12&DeviceClientType=x"),
+            parse_hub_username("localhost/dev-1/?api-version=2021-04-12&DeviceClientType=x"),
             Some(("localhost", "dev-1"))
         );
         assert_eq!(
-            parse_username("hub.example.net/dev-1/"),
+            parse_hub_username("hub.example.net/dev-1/"),
             Some(("hub.example.net", "dev-1"))
         );
-        assert_eq!(parse_username("hub/dev-1/module-1/?api-version=1"), None);
-        assert_eq!(parse_username("nothing"), None);
+        assert_eq!(
+            parse_hub_username("hub/dev-1/module-1/?api-version=1"),
+            None
+        );
+        assert_eq!(parse_hub_username("nothing"), None);
     }
 }
