@@ -27,7 +27,8 @@ pub fn split(authority: &str) -> Result<(&str, Option<u16>), BadAuthority> {
     let bad = || BadAuthority(authority.to_owned());
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        if host.is_empty() {
+        // Brackets hold one address: not nothing, and no second bracket.
+        if host.is_empty() || host.contains('[') {
             return Err(bad());
         }
         return match after {
@@ -114,6 +115,8 @@ mod tests {
             // An empty host is no host, bracketed or not (found by fuzzing).
             "[]",
             "[]:11",
+            "[[]:0",
+            "[[::1]]:443",
         ] {
             assert!(split(bad).is_err(), "{bad}");
         }
