@@ -23,6 +23,7 @@ mod settings;
 mod status;
 mod tasks;
 
+pub use operation_id::operation_started;
 pub use tasks::Drained;
 
 use std::net::IpAddr;

@@ -15,8 +15,11 @@ impl Engine {
     }
 }
 
-/// Start time (Unix ns) encoded in an operation ID from [`Engine::new_operation_id`].
-pub(super) fn operation_started(operation_id: &str) -> Option<i128> {
+/// Start time (Unix ns) encoded in an operation ID from
+/// [`Engine::new_operation_id`]; `None` for any other text. A poll's
+/// operation ID comes from the device, so this reads outside input (the
+/// `operation_ids` fuzz target runs it).
+pub fn operation_started(operation_id: &str) -> Option<i128> {
     let mut parts = operation_id.split('.');
     let (version, time, rest) = (parts.next()?, parts.next()?, parts.next()?);
     if version != "1" || rest.is_empty() || parts.next().is_some() {
