@@ -1275,18 +1275,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
     let mut e = w.enrollment_on("racer", &["hub-a"], (true, false));
     w.put(&e).await;
-    let gated = Arc::new(GatedHubs {
-        inner: w.hubs.clone(),
-        calls: Default::default(),
-        entered: Default::default(),
-        release: Default::default(),
-    });
-    let engine = Arc::new(Engine::new(
-        w.store.clone(),
-        gated.clone(),
-        w.clock.clone(),
-        EngineConfig::default(),
-    ));
+    let (gated, engine) = gated_engine_of(&w, EngineConfig::default());
     // A: its hub call to hub-a is slow.
     let first = w.signed("racer");
     let slow = tokio::spawn({
@@ -1325,13 +1314,9 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     assert!(w.hubs.device("hub-a", "racer").is_none());
 }
 
-// ---- Reply budget and shutdown ----------------------------------------------
-
-/// An engine whose first hub registration waits for `release`, and whose
-/// register calls wait 50 ms before answering `assigning`.
-async fn gated_engine(hubs: &[(&str, u32)]) -> (World, Arc<GatedHubs>, Arc<Engine>) {
-    let w = world(hubs).await;
-    w.enroll("slow-dev").await;
+/// An engine over `w`'s store and clock whose first hub registration waits
+/// for `release`.
+fn gated_engine_of(w: &World, config: EngineConfig) -> (Arc<GatedHubs>, Arc<Engine>) {
     let gated = Arc::new(GatedHubs {
         inner: w.hubs.clone(),
         calls: Default::default(),
@@ -1342,11 +1327,23 @@ async fn gated_engine(hubs: &[(&str, u32)]) -> (World, Arc<GatedHubs>, Arc<Engin
         w.store.clone(),
         gated.clone(),
         w.clock.clone(),
-        EngineConfig {
-            reply_budget: std::time::Duration::from_millis(50),
-            ..EngineConfig::default()
-        },
+        config,
     ));
+    (gated, engine)
+}
+
+// ---- Reply budget and shutdown ----------------------------------------------
+
+/// An engine whose first hub registration waits for `release`, and whose
+/// register calls wait 50 ms before answering `assigning`.
+async fn gated_engine(hubs: &[(&str, u32)]) -> (World, Arc<GatedHubs>, Arc<Engine>) {
+    let w = world(hubs).await;
+    w.enroll("slow-dev").await;
+    let config = EngineConfig {
+        reply_budget: std::time::Duration::from_millis(50),
+        ..EngineConfig::default()
+    };
+    let (gated, engine) = gated_engine_of(&w, config);
     (w, gated, engine)
 }
 
@@ -1365,7 +1362,7 @@ impl World {
 #[tokio::test]
 async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on() {
     let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
-    let req = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let req = w.signed("slow-dev");
     let first = engine.register(req).await.unwrap();
     assert_eq!(first.status, RegistrationStatus::Assigning);
     assert!(first.registration_state.is_none(), "{first:?}");
@@ -1407,7 +1404,7 @@ async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on(
 #[tokio::test]
 async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() {
     let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
-    let req = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let req = w.signed("slow-dev");
     let first = engine.register(req).await.unwrap();
     assert_eq!(first.status, RegistrationStatus::Assigning);
     wait(&gated.entered).await;
@@ -1418,7 +1415,7 @@ async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() 
             cut: 1
         }
     );
-    let again = w.request("slow-dev", w.token("slow-dev", &primary(), NOW + 3600));
+    let again = w.signed("slow-dev");
     let err = engine.register(again).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ShuttingDown, "{}", err.message);
     assert_eq!(err.http_status(), 503);

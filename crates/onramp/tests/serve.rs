@@ -490,6 +490,17 @@ async fn service_api_pages_and_guards_with_etags() {
     );
 }
 
+/// The attestation mechanism of `resource` (`enrollments/{id}` or
+/// `enrollmentGroups/{id}`) with its keys, which a GET hides.
+async fn attestation_mechanism(server: &Server, connection_string: &str, resource: &str) -> Value {
+    let path = format!("{resource}/attestationmechanism?api-version=2021-10-01");
+    let (status, v) = server
+        .call(connection_string, Method::POST, &path, None)
+        .await;
+    assert_eq!(status, 200, "{resource}: {v}");
+    v
+}
+
 #[tokio::test]
 async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
     let temp = tempfile::tempdir().unwrap();
@@ -608,14 +619,7 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
             .await;
         common::assert_assigned(status, &v, 200);
     }
-    let (_, att) = server
-        .call(
-            &owner_cs,
-            Method::POST,
-            "enrollments/keep-1/attestationmechanism?api-version=2021-10-01",
-            None,
-        )
-        .await;
+    let att = attestation_mechanism(&server, &owner_cs, "enrollments/keep-1").await;
     assert_eq!(
         att["symmetricKey"]["primaryKey"],
         ind_key.as_str(),
@@ -626,14 +630,7 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         .register("keep-1", &ind_key, "?api-version=2021-06-01")
         .await;
     common::assert_assigned(status, &v, 202);
-    let (_, g) = server
-        .call(
-            &owner_cs,
-            Method::POST,
-            "enrollmentGroups/keep-group/attestationmechanism?api-version=2021-10-01",
-            None,
-        )
-        .await;
+    let g = attestation_mechanism(&server, &owner_cs, "enrollmentGroups/keep-group").await;
     let group_secondary = common::text(&g["symmetricKey"]["secondaryKey"]);
     let ind_secondary = common::text(&att["symmetricKey"]["secondaryKey"]);
     drop(server);
