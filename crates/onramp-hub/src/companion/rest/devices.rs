@@ -48,12 +48,7 @@ pub(super) async fn get_device(
     headers: HeaderMap,
 ) -> HubResult {
     check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
-    let record = hub
-        .store()
-        .device(&id)
-        .await
-        .map_err(HubStoreError::from)?
-        .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
+    let record = existing_device(&hub, &id).await?;
     Ok(ok_json(device_view(&hub, &record)))
 }
 

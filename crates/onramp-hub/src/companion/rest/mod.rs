@@ -174,6 +174,16 @@ fn check(
     Ok(())
 }
 
+/// The stored device with this ID, or IoT Hub's `DeviceNotFound`.
+async fn existing_device(hub: &CompanionHub, id: &str) -> Result<DeviceRecord, HubFailure> {
+    Ok(hub
+        .store()
+        .device(id)
+        .await
+        .map_err(HubStoreError::from)?
+        .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?)
+}
+
 fn if_match(headers: &HeaderMap) -> Option<String> {
     headers
         .get("if-match")

@@ -53,12 +53,7 @@ pub(super) async fn get_twin(
         &headers,
         HubRights::REGISTRY_READ.union(HubRights::SERVICE_CONNECT),
     )?;
-    let record = hub
-        .store()
-        .device(&id)
-        .await
-        .map_err(HubStoreError::from)?
-        .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?;
+    let record = existing_device(&hub, &id).await?;
     Ok(ok_json(twin_view(&hub, &record)))
 }
 
@@ -168,20 +163,48 @@ pub(super) async fn patch_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
+    service_twin_write(&hub, &id, &uri, &headers, &body, false).await
+}
+
+pub(super) async fn replace_twin(
+    State(hub): State<Arc<CompanionHub>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HubResult {
+    service_twin_write(&hub, &id, &uri, &headers, &body, true).await
+}
+
+/// A service's PATCH (merge) or PUT (replace) of tags and desired properties;
+/// a connected device hears of a desired change: the patch after a merge, the
+/// whole desired document after a replace.
+async fn service_twin_write(
+    hub: &CompanionHub,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    replace: bool,
+) -> HubResult {
     check(
-        &hub,
-        &uri,
-        &headers,
+        hub,
+        uri,
+        headers,
         HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
     )?;
-    let (tags, desired) = twin_write(&body)?;
-    let patch = desired.clone();
-    let (record, desired_changed) =
-        write_twin(&hub, &id, &headers, move |t| apply(t, tags, desired, false)).await?;
-    if desired_changed {
-        notify(&hub, &record, patch);
+    let (mut tags, mut desired) = twin_write(body)?;
+    if replace {
+        tags.get_or_insert_with(Map::new);
+        desired.get_or_insert_with(Map::new);
     }
-    Ok(ok_json(twin_view(&hub, &record)))
+    let patch = if replace { None } else { desired.clone() };
+    let (record, desired_changed) =
+        write_twin(hub, id, headers, move |t| apply(t, tags, desired, replace)).await?;
+    if desired_changed {
+        notify(hub, &record, patch);
+    }
+    Ok(ok_json(twin_view(hub, &record)))
 }
 
 /// Runs a twin write; returns the record and whether desired properties changed.
@@ -211,33 +234,4 @@ pub(super) async fn write_twin_as(
         })
         .await?;
     Ok((record, desired_changed.load(Ordering::Relaxed)))
-}
-
-pub(super) async fn replace_twin(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HubResult {
-    check(
-        &hub,
-        &uri,
-        &headers,
-        HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
-    )?;
-    let (tags, desired) = twin_write(&body)?;
-    let (record, desired_changed) = write_twin(&hub, &id, &headers, move |t| {
-        apply(
-            t,
-            Some(tags.unwrap_or_default()),
-            Some(desired.unwrap_or_default()),
-            true,
-        )
-    })
-    .await?;
-    if desired_changed {
-        notify(&hub, &record, None);
-    }
-    Ok(ok_json(twin_view(&hub, &record)))
 }
