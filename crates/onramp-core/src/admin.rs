@@ -6,20 +6,16 @@ use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use onramp_model::{
-    AttestationMechanism, DeviceRegistrationState, EnrollmentGroup, ErrorCode,
-    IndividualEnrollment, RegistrationId,
-    query::{
-        BulkEnrollmentGroupOperation, BulkEnrollmentGroupOperationError,
-        BulkEnrollmentGroupOperationResult, BulkEnrollmentOperation, BulkEnrollmentOperationError,
-        BulkEnrollmentOperationResult, BulkMode, QuerySpecification,
-    },
+    AttestationMechanism, DeviceRegistrationState, Enrollment, EnrollmentGroup, EnrollmentKind,
+    EnrollmentRecord, ErrorCode, RegistrationId,
+    query::{BulkMode, QuerySpecification},
 };
 
 use onramp_model::certificate::{
     CertificateBody, CertificateList, CertificateProperties, CertificateResponse,
 };
 
-use crate::ports::{Clock, Precondition, Store, StoreError};
+use crate::ports::{Clock, Precondition, Store, StoreError, StoreExt};
 use crate::tenant::{CaCertificate, LinkedHub};
 use crate::{ProvisioningError, validate, x509};
 
@@ -41,14 +37,6 @@ pub struct PageRequest {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub continuation: Option<String>,
-}
-
-/// What a query is over (checked against the query text).
-#[derive(Debug, Clone, Copy)]
-enum Collection {
-    Enrollments,
-    EnrollmentGroups,
-    DeviceRegistrations,
 }
 
 /// What enrollments are checked against: the linked hubs, and whether the
@@ -92,341 +80,165 @@ impl Admin {
         })
     }
 
-    // ---- individual enrollments ----
+    // ---- individual enrollments and enrollment groups ----
 
-    pub async fn put_enrollment(
+    /// Creates or replaces an individual enrollment or a group (PUT).
+    pub async fn put<E: EnrollmentRecord>(
         &self,
         service: &str,
         path_id: &str,
-        body: IndividualEnrollment,
+        body: E,
         if_match: Option<&str>,
-    ) -> Result<IndividualEnrollment, ProvisioningError> {
+    ) -> Result<E, ProvisioningError> {
         let targets = self.allocation_targets(service).await?;
         let condition = Precondition::from_if_match(if_match);
-        self.write_enrollment(service, path_id, body, condition, &targets, |e| {
-            not_found_as(e, ErrorCode::EnrollmentNotFound)
+        self.write(service, path_id, body, condition, &targets, |e| {
+            not_found_as(e, E::KIND.not_found_code())
         })
         .await
     }
 
-    /// Validates an enrollment against what it replaces and the allocation
-    /// targets, and stores it: the one path of single and bulk writes.
-    async fn write_enrollment(
+    /// Validates a record against what it replaces, the allocation targets
+    /// and the CA certificates it names, and stores it: the one path of
+    /// single and bulk writes.
+    async fn write<E: EnrollmentRecord>(
         &self,
         service: &str,
         id: &str,
-        body: IndividualEnrollment,
+        body: E,
         condition: Precondition,
         targets: &Targets,
         store_error: impl FnOnce(StoreError) -> ProvisioningError,
-    ) -> Result<IndividualEnrollment, ProvisioningError> {
+    ) -> Result<E, ProvisioningError> {
         let existing = self
             .store
-            .enrollment(service, &id.to_ascii_lowercase())
+            .get_enrollment::<E>(service, &id.to_ascii_lowercase())
             .await?;
-        let ctx = targets.context(existing.as_ref().and_then(|e| e.attestation.as_ref()));
-        let enrollment = validate::individual_enrollment(id, body, &ctx)?;
+        let ctx = targets.context(existing.as_ref().and_then(|e| e.attestation()));
+        let record = validate::enrollment(id, body, &ctx)?;
+        self.check_ca_references(service, record.attestation())
+            .await?;
         self.store
-            .put_enrollment(service, &enrollment, condition, self.clock.now())
+            .put_enrollment_of(service, record, condition, self.clock.now())
             .await
             .map_err(store_error)
     }
 
-    /// The enrollment with its registration record; keys are not returned
-    /// (use [`Admin::enrollment_attestation`]).
-    pub async fn enrollment(
+    /// A record without its keys (see [`Admin::attestation`]); an individual
+    /// enrollment with its device's registration record.
+    pub async fn get<E: EnrollmentRecord>(
         &self,
         service: &str,
         id: &str,
-    ) -> Result<IndividualEnrollment, ProvisioningError> {
+    ) -> Result<E, ProvisioningError> {
         let key = id.to_ascii_lowercase();
-        let mut e = self
+        let mut record = self
             .store
-            .enrollment(service, &key)
+            .get_enrollment::<E>(service, &key)
             .await?
-            .ok_or_else(|| enrollment_not_found(id))?;
-        e.registration_state = self
-            .store
-            .registration(service, &key)
-            .await?
-            .map(|r| service_view(r.state));
-        Ok(hide_enrollment_keys(e))
+            .ok_or_else(|| not_found(E::KIND, id))?
+            .into_enrollment();
+        if let Enrollment::Individual(e) = &mut record {
+            e.registration_state = self
+                .store
+                .registration(service, &key)
+                .await?
+                .map(|r| service_view(r.state));
+        }
+        E::from_enrollment(record)
+            .map(hide_keys)
+            .ok_or_else(|| ProvisioningError::internal("an enrollment changed its kind"))
     }
 
-    pub async fn delete_enrollment(
+    pub async fn delete<E: EnrollmentRecord>(
         &self,
         service: &str,
         id: &str,
         if_match: Option<&str>,
     ) -> Result<(), ProvisioningError> {
         self.store
-            .delete_enrollment(
+            .delete_enrollment_of::<E>(
                 service,
                 &id.to_ascii_lowercase(),
                 Precondition::from_if_match(if_match),
             )
             .await
-            .map_err(|e| not_found_as(e, ErrorCode::EnrollmentNotFound))
+            .map_err(|e| not_found_as(e, E::KIND.not_found_code()))
     }
 
-    pub async fn enrollment_attestation(
+    /// The attestation mechanism with its keys.
+    pub async fn attestation<E: EnrollmentRecord>(
         &self,
         service: &str,
         id: &str,
     ) -> Result<AttestationMechanism, ProvisioningError> {
         self.store
-            .enrollment(service, &id.to_ascii_lowercase())
+            .get_enrollment::<E>(service, &id.to_ascii_lowercase())
             .await?
-            .and_then(|e| e.attestation)
-            .ok_or_else(|| enrollment_not_found(id))
+            .and_then(|e| e.attestation().cloned())
+            .ok_or_else(|| not_found(E::KIND, id))
     }
 
-    pub async fn query_enrollments(
+    pub async fn query<E: EnrollmentRecord>(
         &self,
         service: &str,
         query: &QuerySpecification,
         page: &PageRequest,
-    ) -> Result<Page<IndividualEnrollment>, ProvisioningError> {
-        check_query(query, Collection::Enrollments)?;
+    ) -> Result<Page<E>, ProvisioningError> {
+        check_query(query, E::KIND.collection())?;
         let (after, limit) = page_bounds(page)?;
         let mut items = self
             .store
-            .enrollments(service, after.as_deref(), limit + 1)
+            .enrollments_of::<E>(service, after.as_deref(), limit + 1)
             .await?;
-        let continuation = next_token(&mut items, limit, |e| {
-            e.registration_id.to_ascii_lowercase()
-        });
+        let continuation = next_token(&mut items, limit, |e| e.id().to_ascii_lowercase());
         Ok(Page {
-            items: items.into_iter().map(hide_enrollment_keys).collect(),
+            items: items.into_iter().map(hide_keys).collect(),
             continuation,
         })
     }
 
     /// Applies a bulk operation item by item; failures are reported per item
     /// and do not stop the others.
-    pub async fn bulk_enrollments(
+    pub async fn bulk<E: EnrollmentRecord>(
         &self,
         service: &str,
-        op: BulkEnrollmentOperation,
-    ) -> Result<BulkEnrollmentOperationResult, ProvisioningError> {
-        check_bulk_size(op.enrollments.len())?;
-        check_bulk_ids(
-            op.enrollments.iter().map(|e| e.registration_id.as_str()),
-            "enrollments",
-            "registrationId",
-        )?;
+        op: E::BulkOperation,
+    ) -> Result<E::BulkResult, ProvisioningError> {
+        let (mode, items) = E::bulk_items(op);
+        check_bulk_size(items.len())?;
+        check_bulk_ids(items.iter().map(|e| e.id()), E::KIND)?;
         // Read once for the whole batch, not once per item.
         let targets = self.allocation_targets(service).await?;
         let mut errors = Vec::new();
-        for item in op.enrollments {
-            let id = item.registration_id.clone();
-            let outcome = match op.mode {
-                BulkMode::Delete => {
-                    let cond = item.etag.as_ref().map(|t| t.as_str().to_owned());
-                    self.delete_enrollment(service, &id, cond.as_deref()).await
-                }
-                mode => self
-                    .bulk_put_enrollment(service, item, mode, &targets)
+        for item in items {
+            let id = item.id().to_owned();
+            let etag = item.etag().map(|t| t.as_str().to_owned());
+            let outcome = match mode {
+                BulkMode::Delete => self.delete::<E>(service, &id, etag.as_deref()).await,
+                mode => {
+                    let condition = bulk_condition(mode, etag.as_deref());
+                    self.write(service, &id, item, condition, &targets, |e| {
+                        bulk_error(e, &id)
+                    })
                     .await
-                    .map(|_| ()),
+                    .map(drop)
+                }
             };
             if let Err(e) = outcome {
-                errors.push(BulkEnrollmentOperationError {
-                    registration_id: id,
-                    error_code: e.code.code(),
-                    error_status: e.message,
-                });
+                errors.push((id, e.code.code(), e.message));
             }
         }
-        Ok(BulkEnrollmentOperationResult {
-            is_successful: errors.is_empty(),
-            errors,
-        })
+        Ok(E::bulk_result(errors))
     }
 
-    async fn bulk_put_enrollment(
-        &self,
-        service: &str,
-        item: IndividualEnrollment,
-        mode: BulkMode,
-        targets: &Targets,
-    ) -> Result<IndividualEnrollment, ProvisioningError> {
-        let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
-        let id = item.registration_id.clone();
-        self.write_enrollment(service, &id, item, condition, targets, |e| {
-            bulk_error(e, &id)
-        })
-        .await
-    }
-
-    // ---- enrollment groups ----
-
-    pub async fn put_group(
-        &self,
-        service: &str,
-        path_id: &str,
-        body: EnrollmentGroup,
-        if_match: Option<&str>,
-    ) -> Result<EnrollmentGroup, ProvisioningError> {
-        let targets = self.allocation_targets(service).await?;
-        let condition = Precondition::from_if_match(if_match);
-        self.write_group(service, path_id, body, condition, &targets, |e| {
-            not_found_as(e, ErrorCode::EnrollmentGroupNotFound)
-        })
-        .await
-    }
-
-    /// Validates a group against what it replaces, the allocation targets and
-    /// the CA certificates it names, and stores it.
-    async fn write_group(
-        &self,
-        service: &str,
-        id: &str,
-        body: EnrollmentGroup,
-        condition: Precondition,
-        targets: &Targets,
-        store_error: impl FnOnce(StoreError) -> ProvisioningError,
-    ) -> Result<EnrollmentGroup, ProvisioningError> {
-        let existing = self
-            .store
-            .enrollment_group(service, &id.to_ascii_lowercase())
-            .await?;
-        let ctx = targets.context(existing.as_ref().and_then(|g| g.attestation.as_ref()));
-        let group = validate::enrollment_group(id, body, &ctx)?;
-        self.check_ca_references(service, &group).await?;
-        self.store
-            .put_enrollment_group(service, &group, condition, self.clock.now())
-            .await
-            .map_err(store_error)
-    }
-
-    async fn bulk_put_group(
-        &self,
-        service: &str,
-        item: EnrollmentGroup,
-        mode: BulkMode,
-        targets: &Targets,
-    ) -> Result<EnrollmentGroup, ProvisioningError> {
-        let condition = bulk_condition(mode, item.etag.as_ref().map(|t| t.as_str()));
-        let id = item.enrollment_group_id.clone();
-        self.write_group(service, &id, item, condition, targets, |e| {
-            bulk_error(e, &id)
-        })
-        .await
-    }
-
-    pub async fn group(
-        &self,
-        service: &str,
-        id: &str,
-    ) -> Result<EnrollmentGroup, ProvisioningError> {
-        self.store
-            .enrollment_group(service, &id.to_ascii_lowercase())
-            .await?
-            .map(hide_group_keys)
-            .ok_or_else(|| group_not_found(id))
-    }
-
-    pub async fn delete_group(
-        &self,
-        service: &str,
-        id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ProvisioningError> {
-        self.store
-            .delete_enrollment_group(
-                service,
-                &id.to_ascii_lowercase(),
-                Precondition::from_if_match(if_match),
-            )
-            .await
-            .map_err(|e| not_found_as(e, ErrorCode::EnrollmentGroupNotFound))
-    }
-
-    pub async fn group_attestation(
-        &self,
-        service: &str,
-        id: &str,
-    ) -> Result<AttestationMechanism, ProvisioningError> {
-        self.store
-            .enrollment_group(service, &id.to_ascii_lowercase())
-            .await?
-            .and_then(|g| g.attestation)
-            .ok_or_else(|| group_not_found(id))
-    }
-
-    pub async fn query_groups(
-        &self,
-        service: &str,
-        query: &QuerySpecification,
-        page: &PageRequest,
-    ) -> Result<Page<EnrollmentGroup>, ProvisioningError> {
-        check_query(query, Collection::EnrollmentGroups)?;
-        let (after, limit) = page_bounds(page)?;
-        let mut items = self
-            .store
-            .enrollment_groups(service, after.as_deref(), limit + 1)
-            .await?;
-        let continuation = next_token(&mut items, limit, |g| {
-            g.enrollment_group_id.to_ascii_lowercase()
-        });
-        Ok(Page {
-            items: items.into_iter().map(hide_group_keys).collect(),
-            continuation,
-        })
-    }
-
-    pub async fn bulk_groups(
-        &self,
-        service: &str,
-        op: BulkEnrollmentGroupOperation,
-    ) -> Result<BulkEnrollmentGroupOperationResult, ProvisioningError> {
-        check_bulk_size(op.enrollment_groups.len())?;
-        check_bulk_ids(
-            op.enrollment_groups
-                .iter()
-                .map(|g| g.enrollment_group_id.as_str()),
-            "enrollmentGroups",
-            "enrollmentGroupId",
-        )?;
-        // Read once for the whole batch, not once per item.
-        let targets = self.allocation_targets(service).await?;
-        let mut errors = Vec::new();
-        for item in op.enrollment_groups {
-            let id = item.enrollment_group_id.clone();
-            let outcome = match op.mode {
-                BulkMode::Delete => {
-                    let cond = item.etag.as_ref().map(|t| t.as_str().to_owned());
-                    self.delete_group(service, &id, cond.as_deref()).await
-                }
-                mode => self
-                    .bulk_put_group(service, item, mode, &targets)
-                    .await
-                    .map(|_| ()),
-            };
-            if let Err(e) = outcome {
-                errors.push(BulkEnrollmentGroupOperationError {
-                    enrollment_group_id: id,
-                    error_code: e.code.code(),
-                    error_status: e.message,
-                });
-            }
-        }
-        Ok(BulkEnrollmentGroupOperationResult {
-            is_successful: errors.is_empty(),
-            errors,
-        })
-    }
-
-    /// A group's `caReferences` must name CA certificates of this service.
+    /// An X.509 group's `caReferences` must name CA certificates of this service.
     async fn check_ca_references(
         &self,
         service: &str,
-        group: &EnrollmentGroup,
+        attestation: Option<&AttestationMechanism>,
     ) -> Result<(), ProvisioningError> {
-        let refs = group
-            .attestation
-            .as_ref()
+        let refs = attestation
             .and_then(|a| a.x509.as_ref())
             .and_then(|x| x.ca_references.as_ref());
         for (slot, name) in [
@@ -668,16 +480,16 @@ impl Admin {
         page: &PageRequest,
     ) -> Result<Page<DeviceRegistrationState>, ProvisioningError> {
         if let Some(q) = query {
-            check_query(q, Collection::DeviceRegistrations)?;
+            check_query(q, "deviceRegistrations")?;
         }
         let group_key = group_id.to_ascii_lowercase();
         if self
             .store
-            .enrollment_group(service, &group_key)
+            .get_enrollment::<EnrollmentGroup>(service, &group_key)
             .await?
             .is_none()
         {
-            return Err(group_not_found(group_id));
+            return Err(not_found(EnrollmentKind::Group, group_id));
         }
         let (after, limit) = page_bounds(page)?;
         let mut items = self
@@ -751,18 +563,8 @@ fn certificate_response(service: &str, ca: &CaCertificate) -> CertificateRespons
     }
 }
 
-fn enrollment_not_found(id: &str) -> ProvisioningError {
-    ProvisioningError::new(
-        ErrorCode::EnrollmentNotFound,
-        format!("no individual enrollment has registration ID '{id}'"),
-    )
-}
-
-fn group_not_found(id: &str) -> ProvisioningError {
-    ProvisioningError::new(
-        ErrorCode::EnrollmentGroupNotFound,
-        format!("no enrollment group has ID '{id}'"),
-    )
+fn not_found(kind: EnrollmentKind, id: &str) -> ProvisioningError {
+    ProvisioningError::new(kind.not_found_code(), kind.not_found(id))
 }
 
 fn registration_not_found(id: &str) -> ProvisioningError {
@@ -814,9 +616,9 @@ fn check_bulk_size(n: usize) -> Result<(), ProvisioningError> {
 /// refused, as a single write without an ID is.
 fn check_bulk_ids<'a>(
     ids: impl Iterator<Item = &'a str>,
-    list: &str,
-    field: &str,
+    kind: EnrollmentKind,
 ) -> Result<(), ProvisioningError> {
+    let (list, field) = (kind.collection(), kind.id_field());
     for (i, id) in ids.enumerate() {
         if id.trim().is_empty() {
             return Err(ProvisioningError::invalid(format!(
@@ -828,27 +630,18 @@ fn check_bulk_ids<'a>(
     Ok(())
 }
 
-fn hide_enrollment_keys(mut e: IndividualEnrollment) -> IndividualEnrollment {
-    if let Some(att) = e.attestation.as_mut() {
-        hide_keys(att);
-    }
-    e
-}
-
-fn hide_group_keys(mut g: EnrollmentGroup) -> EnrollmentGroup {
-    if let Some(att) = g.attestation.as_mut() {
-        hide_keys(att);
-    }
-    g
-}
-
 /// GET and query never return symmetric keys (as in Azure); the
 /// attestation-mechanism call does.
-fn hide_keys(att: &mut AttestationMechanism) {
-    if let Some(keys) = att.symmetric_key.as_mut() {
+fn hide_keys<E: EnrollmentRecord>(mut record: E) -> E {
+    if let Some(keys) = record
+        .attestation_mut()
+        .as_mut()
+        .and_then(|a| a.symmetric_key.as_mut())
+    {
         keys.primary_key = None;
         keys.secondary_key = None;
     }
+    record
 }
 
 /// Azure's service ignores the query text and returns the whole collection,
@@ -856,10 +649,7 @@ fn hide_keys(att: &mut AttestationMechanism) {
 /// `SELECT * FROM enrollments` to the registration query, and filters are
 /// sent and ignored. Onramp does the same for any `SELECT … FROM …`, and
 /// refuses only text that is no query at all.
-fn check_query(
-    query: &QuerySpecification,
-    collection: Collection,
-) -> Result<(), ProvisioningError> {
+fn check_query(query: &QuerySpecification, collection: &str) -> Result<(), ProvisioningError> {
     let text = query.query.trim();
     if text.is_empty() || text == "*" {
         return Ok(());
@@ -869,13 +659,8 @@ fn check_query(
     if words.next() == Some("select") && words.any(|w| w == "from") {
         return Ok(());
     }
-    let example = match collection {
-        Collection::Enrollments => "SELECT * FROM enrollments",
-        Collection::EnrollmentGroups => "SELECT * FROM enrollmentGroups",
-        Collection::DeviceRegistrations => "SELECT * FROM deviceRegistrations",
-    };
     Err(ProvisioningError::invalid(format!(
-        "query '{text}' is not a query; use '*' or '{example}' (every item is returned, \
+        "query '{text}' is not a query; use '*' or 'SELECT * FROM {collection}' (every item is returned, \
          as Azure's service does)"
     )))
 }
@@ -933,26 +718,20 @@ mod query_tests {
     #[test]
     fn every_form_the_sdks_and_tools_send_is_accepted() {
         for (text, collection) in [
-            ("*", Collection::Enrollments),
-            ("", Collection::EnrollmentGroups),
-            ("SELECT * FROM enrollments", Collection::Enrollments),
+            ("*", "enrollments"),
+            ("", "enrollmentGroups"),
+            ("SELECT * FROM enrollments", "enrollments"),
             (
                 "select * from enrollmentGroups where attestation.type = 'x509'",
-                Collection::EnrollmentGroups,
+                "enrollmentGroups",
             ),
-            ("SELECT * FROM enrollments", Collection::DeviceRegistrations),
-            (
-                "SELECT * FROM enrollmentGroups",
-                Collection::DeviceRegistrations,
-            ),
-            (
-                "select * from deviceRegistrations",
-                Collection::DeviceRegistrations,
-            ),
+            ("SELECT * FROM enrollments", "deviceRegistrations"),
+            ("SELECT * FROM enrollmentGroups", "deviceRegistrations"),
+            ("select * from deviceRegistrations", "deviceRegistrations"),
         ] {
             assert!(check_query(&q(text), collection).is_ok(), "{text}");
         }
-        let err = check_query(&q("hello"), Collection::EnrollmentGroups).unwrap_err();
+        let err = check_query(&q("hello"), "enrollmentGroups").unwrap_err();
         assert!(
             err.message.contains("SELECT * FROM enrollmentGroups"),
             "{}",
@@ -965,7 +744,8 @@ mod query_tests {
 mod tests {
     use super::*;
     use crate::testing::{ManualClock, MemoryStore, conformance};
-    use onramp_model::UtcTime;
+    use onramp_model::query::{BulkEnrollmentGroupOperation, BulkEnrollmentOperation};
+    use onramp_model::{IndividualEnrollment, UtcTime};
 
     async fn admin() -> Admin {
         let store = Arc::new(MemoryStore::new());
@@ -990,20 +770,31 @@ mod tests {
                     conformance::enrollment(""),
                 ],
             };
-            let e = admin.bulk_enrollments("default", op).await.unwrap_err();
+            let e = admin
+                .bulk::<IndividualEnrollment>("default", op)
+                .await
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
             assert!(
                 e.message.contains("enrollments[1] has no registrationId"),
                 "{}",
                 e.message
             );
-            assert!(admin.enrollment("default", "bulk-1").await.is_err());
+            assert!(
+                admin
+                    .get::<IndividualEnrollment>("default", "bulk-1")
+                    .await
+                    .is_err()
+            );
 
             let op = BulkEnrollmentGroupOperation {
                 mode,
                 enrollment_groups: vec![conformance::group(" "), conformance::group("g-1")],
             };
-            let e = admin.bulk_groups("default", op).await.unwrap_err();
+            let e = admin
+                .bulk::<EnrollmentGroup>("default", op)
+                .await
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
             assert!(
                 e.message
@@ -1011,7 +802,12 @@ mod tests {
                 "{}",
                 e.message
             );
-            assert!(admin.group("default", "g-1").await.is_err());
+            assert!(
+                admin
+                    .get::<EnrollmentGroup>("default", "g-1")
+                    .await
+                    .is_err()
+            );
         }
         // Every item named: applied, and failures reported under their IDs.
         let op = BulkEnrollmentOperation {
@@ -1022,10 +818,18 @@ mod tests {
                 e
             }],
         };
-        let result = admin.bulk_enrollments("default", op).await.unwrap();
+        let result = admin
+            .bulk::<IndividualEnrollment>("default", op)
+            .await
+            .unwrap();
         assert!(!result.is_successful);
         assert_eq!(result.errors.len(), 1);
         assert_eq!(result.errors[0].registration_id, "bad id");
-        assert!(admin.enrollment("default", "bulk-1").await.is_ok());
+        assert!(
+            admin
+                .get::<IndividualEnrollment>("default", "bulk-1")
+                .await
+                .is_ok()
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use onramp_model::{
-    DeviceCapabilities, DeviceRegistrationState, ETag, EnrollmentGroup, IndividualEnrollment,
-    InitialTwin, Secret, UtcTime,
+    DeviceCapabilities, DeviceRegistrationState, ETag, Enrollment, EnrollmentGroup, EnrollmentKind,
+    EnrollmentRecord, IndividualEnrollment, InitialTwin, Secret, UtcTime,
 };
 
 use serde::{Deserialize, Serialize};
@@ -374,6 +374,95 @@ pub trait Store: Send + Sync + 'static {
     async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError>;
     async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError>;
 }
+
+/// Enrollments of either kind, typed: the service rules are written once for
+/// individual enrollments and groups through these.
+#[async_trait]
+pub trait StoreExt: Store {
+    async fn get_enrollment<E: EnrollmentRecord>(
+        &self,
+        service: &str,
+        id_key: &str,
+    ) -> Result<Option<E>, StoreError> {
+        let found = match E::KIND {
+            EnrollmentKind::Individual => self
+                .enrollment(service, id_key)
+                .await?
+                .map(IndividualEnrollment::into_enrollment),
+            EnrollmentKind::Group => self
+                .enrollment_group(service, id_key)
+                .await?
+                .map(EnrollmentGroup::into_enrollment),
+        };
+        Ok(found.and_then(E::from_enrollment))
+    }
+
+    async fn put_enrollment_of<E: EnrollmentRecord>(
+        &self,
+        service: &str,
+        record: E,
+        condition: Precondition,
+        now: UtcTime,
+    ) -> Result<E, StoreError> {
+        let stored = match record.into_enrollment() {
+            Enrollment::Individual(e) => self
+                .put_enrollment(service, &e, condition, now)
+                .await?
+                .into_enrollment(),
+            Enrollment::Group(g) => self
+                .put_enrollment_group(service, &g, condition, now)
+                .await?
+                .into_enrollment(),
+        };
+        E::from_enrollment(stored).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the store returned another kind than {}",
+                E::KIND.noun()
+            ))
+        })
+    }
+
+    async fn delete_enrollment_of<E: EnrollmentRecord>(
+        &self,
+        service: &str,
+        id_key: &str,
+        condition: Precondition,
+    ) -> Result<(), StoreError> {
+        match E::KIND {
+            EnrollmentKind::Individual => self.delete_enrollment(service, id_key, condition).await,
+            EnrollmentKind::Group => {
+                self.delete_enrollment_group(service, id_key, condition)
+                    .await
+            }
+        }
+    }
+
+    /// A page in key order, starting after `after_key`.
+    async fn enrollments_of<E: EnrollmentRecord>(
+        &self,
+        service: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<E>, StoreError> {
+        let all: Vec<Enrollment> = match E::KIND {
+            EnrollmentKind::Individual => self
+                .enrollments(service, after_key, limit)
+                .await?
+                .into_iter()
+                .map(IndividualEnrollment::into_enrollment)
+                .collect(),
+            EnrollmentKind::Group => self
+                .enrollment_groups(service, after_key, limit)
+                .await?
+                .into_iter()
+                .map(EnrollmentGroup::into_enrollment)
+                .collect(),
+        };
+        Ok(all.into_iter().filter_map(E::from_enrollment).collect())
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
 
 /// The identity the engine asks a hub to hold for a device.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,9 +2,9 @@
 //! service API. Every refusal names the field (as a JSON path) and the fix.
 
 use onramp_model::{
-    AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
-    IndividualEnrollment, InitialTwin, ProvisioningStatus, RegistrationId, ReprovisionPolicy,
-    SymmetricKeyAttestation, X509CertificateWithInfo, X509Certificates, ids::check_group_id,
+    AllocationPolicy, AttestationMechanism, AttestationType, EnrollmentKind, EnrollmentRecord,
+    EnrollmentSettings, RegistrationId, SymmetricKeyAttestation, X509CertificateWithInfo,
+    X509Certificates, ids::check_group_id,
 };
 use serde_json::Value;
 
@@ -20,98 +20,51 @@ pub struct Context<'a> {
     pub existing_attestation: Option<&'a AttestationMechanism>,
 }
 
-/// Checks an individual enrollment PUT to `/enrollments/{path_id}` and fills
-/// in what the service owns (generated keys, certificate info, defaults).
-pub fn individual_enrollment(
+/// Checks an enrollment or group PUT to `/enrollments/{path_id}` or
+/// `/enrollmentGroups/{path_id}` and fills in what the service owns
+/// (generated keys, certificate info, defaults).
+pub fn enrollment<E: EnrollmentRecord>(
     path_id: &str,
-    mut e: IndividualEnrollment,
+    mut e: E,
     ctx: &Context<'_>,
-) -> Result<IndividualEnrollment, ProvisioningError> {
-    let id = RegistrationId::parse(path_id).map_err(ProvisioningError::invalid)?;
-    if e.registration_id.is_empty() {
-        e.registration_id = id.as_str().to_owned();
-    } else if !e.registration_id.eq_ignore_ascii_case(id.as_str()) {
+) -> Result<E, ProvisioningError> {
+    let id = match E::KIND {
+        EnrollmentKind::Individual => RegistrationId::parse(path_id)
+            .map(|id| id.as_str().to_owned())
+            .map_err(ProvisioningError::invalid)?,
+        EnrollmentKind::Group => {
+            check_group_id(path_id).map_err(ProvisioningError::invalid)?;
+            path_id.to_owned()
+        }
+    };
+    if e.id().is_empty() {
+        e.set_id(&id);
+    } else if !e.id().eq_ignore_ascii_case(&id) {
         return Err(ProvisioningError::new(
             onramp_model::ErrorCode::RegistrationIdMismatch,
             format!(
-                "registrationId '{}' in the body differs from '{}' in the path; make them equal",
-                e.registration_id, id
+                "{} '{}' in the body differs from '{id}' in the path; make them equal",
+                E::KIND.id_field(),
+                e.id(),
             ),
         ));
     }
-    if let Some(device_id) = &e.device_id {
+    if let Some(device_id) = e.settings().device_id {
         check_device_id(device_id)?;
     }
-    e.attestation = Some(attestation(e.attestation.take(), ctx, Kind::Individual)?);
-    let settings = Settings {
-        initial_twin: e.initial_twin.as_ref(),
-        allocation_policy: e.allocation_policy,
-        iot_hubs: e.iot_hubs.as_deref(),
-        iot_hub_host_name: e.iot_hub_host_name.as_deref(),
-        custom: e.custom_allocation_definition.as_ref(),
-    };
-    settings.check(ctx)?;
-    e.provisioning_status
-        .get_or_insert(ProvisioningStatus::Enabled);
-    e.reprovision_policy
-        .get_or_insert(ReprovisionPolicy::default());
-    e.capabilities.get_or_insert(DeviceCapabilities::default());
-    // Read-only members: the store and the engine own them.
-    e.registration_state = None;
-    e.etag = None;
-    e.created_date_time_utc = None;
-    e.last_updated_date_time_utc = None;
+    let checked = attestation(e.attestation_mut().take(), ctx, E::KIND)?;
+    *e.attestation_mut() = Some(checked);
+    check_settings(&e.settings(), ctx)?;
+    let mut owned = e.service_owned();
+    owned.fill_defaults();
+    owned.clear();
     Ok(e)
-}
-
-/// Checks an enrollment group PUT to `/enrollmentGroups/{path_id}`.
-pub fn enrollment_group(
-    path_id: &str,
-    mut g: EnrollmentGroup,
-    ctx: &Context<'_>,
-) -> Result<EnrollmentGroup, ProvisioningError> {
-    check_group_id(path_id).map_err(ProvisioningError::invalid)?;
-    if g.enrollment_group_id.is_empty() {
-        g.enrollment_group_id = path_id.to_owned();
-    } else if !g.enrollment_group_id.eq_ignore_ascii_case(path_id) {
-        return Err(ProvisioningError::new(
-            onramp_model::ErrorCode::RegistrationIdMismatch,
-            format!(
-                "enrollmentGroupId '{}' in the body differs from '{}' in the path; make them equal",
-                g.enrollment_group_id, path_id
-            ),
-        ));
-    }
-    g.attestation = Some(attestation(g.attestation.take(), ctx, Kind::Group)?);
-    let settings = Settings {
-        initial_twin: g.initial_twin.as_ref(),
-        allocation_policy: g.allocation_policy,
-        iot_hubs: g.iot_hubs.as_deref(),
-        iot_hub_host_name: g.iot_hub_host_name.as_deref(),
-        custom: g.custom_allocation_definition.as_ref(),
-    };
-    settings.check(ctx)?;
-    g.provisioning_status
-        .get_or_insert(ProvisioningStatus::Enabled);
-    g.reprovision_policy
-        .get_or_insert(ReprovisionPolicy::default());
-    g.capabilities.get_or_insert(DeviceCapabilities::default());
-    g.etag = None;
-    g.created_date_time_utc = None;
-    g.last_updated_date_time_utc = None;
-    Ok(g)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Individual,
-    Group,
 }
 
 fn attestation(
     att: Option<AttestationMechanism>,
     ctx: &Context<'_>,
-    kind: Kind,
+    kind: EnrollmentKind,
 ) -> Result<AttestationMechanism, ProvisioningError> {
     let Some(att) = att else {
         return Err(ProvisioningError::invalid(
@@ -160,7 +113,7 @@ fn attestation(
             })
         }
         AttestationType::Tpm => {
-            if kind == Kind::Group {
+            if kind == EnrollmentKind::Group {
                 return Err(ProvisioningError::invalid(
                     "enrollment groups cannot use tpm attestation; enroll each TPM device individually",
                 ));
@@ -194,7 +147,7 @@ fn attestation(
                 ));
             };
             match kind {
-                Kind::Individual => {
+                EnrollmentKind::Individual => {
                     if x.client_certificates.is_none() {
                         return Err(ProvisioningError::invalid(
                             "attestation.x509.clientCertificates is required for an individual enrollment; \
@@ -204,7 +157,7 @@ fn attestation(
                     x.signing_certificates = None;
                     x.ca_references = None;
                 }
-                Kind::Group => {
+                EnrollmentKind::Group => {
                     if x.signing_certificates.is_none() && x.ca_references.is_none() {
                         return Err(ProvisioningError::invalid(
                             "an x509 enrollment group needs attestation.x509.signingCertificates \
@@ -283,80 +236,74 @@ fn check_device_id(id: &str) -> Result<(), ProvisioningError> {
         .map_err(|m| ProvisioningError::invalid(format!("deviceId: {m}")))
 }
 
-/// The members enrollments and groups share.
-struct Settings<'a> {
-    initial_twin: Option<&'a InitialTwin>,
-    allocation_policy: Option<AllocationPolicy>,
-    iot_hubs: Option<&'a [String]>,
-    iot_hub_host_name: Option<&'a str>,
-    custom: Option<&'a onramp_model::CustomAllocationDefinition>,
-}
-
-impl Settings<'_> {
-    fn check(&self, ctx: &Context<'_>) -> Result<(), ProvisioningError> {
-        if let Some(twin) = self.initial_twin {
-            if let Some(tags) = &twin.tags {
-                check_twin_keys("initialTwin.tags", tags, 1)?;
-            }
-            if let Some(desired) = twin.desired() {
-                check_twin_keys("initialTwin.properties.desired", desired, 1)?;
-            }
+/// The twin, the hubs and the allocation an enrollment names must make sense
+/// together and with the service's linked hubs.
+fn check_settings(
+    settings: &EnrollmentSettings<'_>,
+    ctx: &Context<'_>,
+) -> Result<(), ProvisioningError> {
+    if let Some(twin) = settings.initial_twin {
+        if let Some(tags) = &twin.tags {
+            check_twin_keys("initialTwin.tags", tags, 1)?;
         }
-        let hubs = self.iot_hubs.unwrap_or_default();
-        for (i, name) in hubs.iter().enumerate() {
-            if !ctx.linked_hubs.iter().any(|h| h.is_named(name)) {
+        if let Some(desired) = twin.desired() {
+            check_twin_keys("initialTwin.properties.desired", desired, 1)?;
+        }
+    }
+    let hubs = settings.iot_hubs.unwrap_or_default();
+    for (i, name) in hubs.iter().enumerate() {
+        if !ctx.linked_hubs.iter().any(|h| h.is_named(name)) {
+            return Err(ProvisioningError::invalid(format!(
+                "iotHubs[{i}] '{name}' is not linked to this provisioning service; \
+                 link it first (onramp linked-hub add) or remove it from iotHubs"
+            )));
+        }
+    }
+    if let Some(name) = settings.iot_hub_host_name.filter(|n| !n.is_empty())
+        && !ctx.linked_hubs.iter().any(|h| h.is_named(name))
+    {
+        return Err(ProvisioningError::invalid(format!(
+            "iotHubHostName '{name}' is not linked to this provisioning service; link it first"
+        )));
+    }
+    match settings.allocation_policy {
+        Some(AllocationPolicy::Static) => {
+            let count = if hubs.is_empty() {
+                usize::from(settings.iot_hub_host_name.is_some_and(|n| !n.is_empty()))
+            } else {
+                hubs.len()
+            };
+            if count != 1 {
                 return Err(ProvisioningError::invalid(format!(
-                    "iotHubs[{i}] '{name}' is not linked to this provisioning service; \
-                     link it first (onramp linked-hub add) or remove it from iotHubs"
+                    "allocationPolicy static needs exactly one hub in iotHubs, found {count}"
                 )));
             }
         }
-        if let Some(name) = self.iot_hub_host_name.filter(|n| !n.is_empty())
-            && !ctx.linked_hubs.iter().any(|h| h.is_named(name))
-        {
-            return Err(ProvisioningError::invalid(format!(
-                "iotHubHostName '{name}' is not linked to this provisioning service; link it first"
-            )));
-        }
-        match self.allocation_policy {
-            Some(AllocationPolicy::Static) => {
-                let count = if hubs.is_empty() {
-                    usize::from(self.iot_hub_host_name.is_some_and(|n| !n.is_empty()))
-                } else {
-                    hubs.len()
-                };
-                if count != 1 {
-                    return Err(ProvisioningError::invalid(format!(
-                        "allocationPolicy static needs exactly one hub in iotHubs, found {count}"
-                    )));
+        Some(AllocationPolicy::Custom) => {
+            let Some(def) = settings.custom_allocation_definition else {
+                if ctx.service_webhook {
+                    return Ok(());
                 }
+                return Err(ProvisioningError::invalid(
+                    "allocationPolicy custom needs customAllocationDefinition with webhookUrl and apiVersion \
+                     (or a service default: onramp service update --webhook-url)",
+                ));
+            };
+            let url = def.webhook_url.trim();
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+                return Err(ProvisioningError::invalid(format!(
+                    "customAllocationDefinition.webhookUrl '{url}' is not an http(s) URL"
+                )));
             }
-            Some(AllocationPolicy::Custom) => {
-                let Some(def) = self.custom else {
-                    if ctx.service_webhook {
-                        return Ok(());
-                    }
-                    return Err(ProvisioningError::invalid(
-                        "allocationPolicy custom needs customAllocationDefinition with webhookUrl and apiVersion \
-                         (or a service default: onramp service update --webhook-url)",
-                    ));
-                };
-                let url = def.webhook_url.trim();
-                if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
-                    return Err(ProvisioningError::invalid(format!(
-                        "customAllocationDefinition.webhookUrl '{url}' is not an http(s) URL"
-                    )));
-                }
-                if def.api_version.trim().is_empty() {
-                    return Err(ProvisioningError::invalid(
-                        "customAllocationDefinition.apiVersion is required, e.g. 2021-10-01",
-                    ));
-                }
+            if def.api_version.trim().is_empty() {
+                return Err(ProvisioningError::invalid(
+                    "customAllocationDefinition.apiVersion is required, e.g. 2021-10-01",
+                ));
             }
-            _ => {}
         }
-        Ok(())
+        _ => {}
     }
+    Ok(())
 }
 
 /// Twin property names: no `.`, `$`, spaces or control characters; at most
@@ -393,7 +340,7 @@ fn check_twin_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onramp_model::Secret;
+    use onramp_model::{EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, Secret};
 
     fn ctx() -> Context<'static> {
         Context {
@@ -416,7 +363,7 @@ mod tests {
             attestation: sym(),
             ..Default::default()
         };
-        let e = individual_enrollment("Dev-1", e, &ctx()).unwrap();
+        let e = enrollment("Dev-1", e, &ctx()).unwrap();
         assert_eq!(e.registration_id, "Dev-1");
         let keys = e.attestation.unwrap().symmetric_key.unwrap();
         assert!(keys.primary_key.is_some() && keys.secondary_key.is_some());
@@ -443,7 +390,7 @@ mod tests {
             attestation: sym(),
             ..Default::default()
         };
-        let e = individual_enrollment("d", e, &c).unwrap();
+        let e = enrollment("d", e, &c).unwrap();
         assert_eq!(e.attestation, Some(stored));
     }
 
@@ -567,7 +514,7 @@ mod tests {
             ),
         ];
         for (e, want) in cases {
-            let err = individual_enrollment("d", e, &ctx()).unwrap_err();
+            let err = enrollment("d", e, &ctx()).unwrap_err();
             assert!(
                 err.message.contains(want),
                 "{} does not contain {want}",
@@ -592,8 +539,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let e =
-            individual_enrollment("tpm-1", tpm(&format!(" {ek}\n"), Some(&srk)), &ctx()).unwrap();
+        let e = enrollment("tpm-1", tpm(&format!(" {ek}\n"), Some(&srk)), &ctx()).unwrap();
         let kept = e.attestation.unwrap().tpm.unwrap();
         assert_eq!(kept.endorsement_key, ek);
         assert_eq!(kept.storage_root_key.as_deref(), Some(srk.as_str()));
@@ -603,7 +549,7 @@ mod tests {
         fake.extend([0xAB; 0x116]);
         let fake = STANDARD.encode(fake);
         let short = STANDARD.encode(&include_bytes!("../tests/data/tpm/ek.pub")[..200]);
-        for (enrollment, expected) in [
+        for (record, expected) in [
             (
                 tpm(&fake, None),
                 "attestation.tpm.endorsementKey has type 0xabab (unknown); an RSA key",
@@ -617,7 +563,7 @@ mod tests {
                 "attestation.tpm.storageRootKey has type 0xabab",
             ),
         ] {
-            let err = individual_enrollment("tpm-1", enrollment, &ctx()).unwrap_err();
+            let err = enrollment("tpm-1", record, &ctx()).unwrap_err();
             assert_eq!(err.code, onramp_model::ErrorCode::InvalidArgument);
             assert!(err.message.starts_with(expected), "{}", err.message);
         }
@@ -633,7 +579,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            enrollment_group("g", g, &ctx())
+            enrollment("g", g, &ctx())
                 .unwrap_err()
                 .message
                 .contains("cannot use tpm")

@@ -173,7 +173,10 @@ async fn an_individual_enrollment_with_a_self_signed_certificate() {
     // The service API shows the enrollment's registration in the service's
     // form: the device-side certificate details are not part of it.
     let admin = onramp_core::admin::Admin::new(w.store.clone(), w.clock.clone());
-    let shown = admin.enrollment("default", "x-dev-1").await.unwrap();
+    let shown = admin
+        .get::<onramp_model::IndividualEnrollment>("default", "x-dev-1")
+        .await
+        .unwrap();
     let state = shown.registration_state.unwrap();
     assert_eq!(state.status, RegistrationStatus::Assigned);
     assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));

@@ -11,6 +11,8 @@
 //! - [`registration`]: the device API (register request, operation status) and
 //!   the registration state the service API exposes.
 //! - [`query`]: query specifications and bulk operations of the service API.
+//! - [`record`]: what individual enrollments and groups share, so that the
+//!   service rules and the stores are written once for both.
 //! - [`error`]: the Azure error body and Onramp's catalogue of error codes.
 //! - [`allocation`]: the custom-allocation webhook contract.
 //! - [`certificate`]: CA certificates and their proof of possession.
@@ -27,11 +29,13 @@ pub mod error;
 pub mod hub;
 pub mod ids;
 pub mod query;
+pub mod record;
 pub mod registration;
 pub mod time;
 
 pub use enrollment::*;
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{ETag, IdScope, RegistrationId};
+pub use record::{Enrollment, EnrollmentKind, EnrollmentRecord, EnrollmentSettings};
 pub use registration::*;
 pub use time::UtcTime;

@@ -116,7 +116,7 @@ async fn provision(
         "properties": {"desired": {"telemetryIntervalSeconds": 30, "firmware": "1.0.0"}},
     }))?;
     let group = admin
-        .put_group(
+        .put(
             service,
             GROUP,
             EnrollmentGroup {

@@ -18,9 +18,7 @@
 mod certificate;
 mod token;
 
-use onramp_model::{
-    EnrollmentGroup, ErrorCode, IndividualEnrollment, ProvisioningStatus, RegistrationId, Secret,
-};
+use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, RegistrationId, Secret};
 
 use crate::ports::Store;
 use crate::{ProvisioningError, x509};
@@ -43,11 +41,7 @@ pub enum DeviceCredential {
 }
 
 /// The enrollment that vouched for a device.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Enrollment {
-    Individual(Box<IndividualEnrollment>),
-    Group(Box<EnrollmentGroup>),
-}
+pub use onramp_model::Enrollment;
 
 /// The outcome of a successful attestation.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,31 +62,6 @@ pub enum Proof {
         leaf: Box<x509::Parsed>,
         signing: Option<Box<x509::Parsed>>,
     },
-}
-
-impl Enrollment {
-    pub fn group_id(&self) -> Option<&str> {
-        match self {
-            Enrollment::Individual(_) => None,
-            Enrollment::Group(g) => Some(&g.enrollment_group_id),
-        }
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        let status = match self {
-            Enrollment::Individual(e) => e.provisioning_status,
-            Enrollment::Group(g) => g.provisioning_status,
-        };
-        status != Some(ProvisioningStatus::Disabled)
-    }
-
-    /// A human name for messages: `individual enrollment 'x'` or `enrollment group 'g'`.
-    pub fn describe(&self) -> String {
-        match self {
-            Enrollment::Individual(e) => format!("individual enrollment '{}'", e.registration_id),
-            Enrollment::Group(g) => format!("enrollment group '{}'", g.enrollment_group_id),
-        }
-    }
 }
 
 /// How many enrollment groups attestation reads at a time.

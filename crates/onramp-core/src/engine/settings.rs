@@ -22,31 +22,19 @@ pub(super) struct Settings<'a> {
 
 impl<'a> Settings<'a> {
     pub(super) fn of(enrollment: &'a Enrollment, service: &ProvisioningService) -> Self {
-        match enrollment {
-            Enrollment::Individual(e) => Settings {
-                selection: HubSelection {
-                    policy: e.allocation_policy.unwrap_or(service.allocation_policy),
-                    iot_hubs: e.iot_hubs.as_deref().unwrap_or_default(),
-                    iot_hub_host_name: e.iot_hub_host_name.as_deref(),
-                },
-                initial_twin: e.initial_twin.as_ref(),
-                capabilities: e.capabilities.unwrap_or_default(),
-                device_id: e.device_id.as_deref().filter(|d| !d.is_empty()),
-                reprovision: e.reprovision_policy.unwrap_or_default(),
-                custom: e.custom_allocation_definition.as_ref(),
+        let s = enrollment.settings();
+        Settings {
+            selection: HubSelection {
+                policy: s.allocation_policy.unwrap_or(service.allocation_policy),
+                iot_hubs: s.iot_hubs.unwrap_or_default(),
+                iot_hub_host_name: s.iot_hub_host_name,
             },
-            Enrollment::Group(g) => Settings {
-                selection: HubSelection {
-                    policy: g.allocation_policy.unwrap_or(service.allocation_policy),
-                    iot_hubs: g.iot_hubs.as_deref().unwrap_or_default(),
-                    iot_hub_host_name: g.iot_hub_host_name.as_deref(),
-                },
-                initial_twin: g.initial_twin.as_ref(),
-                capabilities: g.capabilities.unwrap_or_default(),
-                device_id: None,
-                reprovision: g.reprovision_policy.unwrap_or_default(),
-                custom: g.custom_allocation_definition.as_ref(),
-            },
+            initial_twin: s.initial_twin,
+            capabilities: s.capabilities.unwrap_or_default(),
+            // Empty means "the registration ID".
+            device_id: s.device_id.filter(|d| !d.is_empty()),
+            reprovision: s.reprovision_policy.unwrap_or_default(),
+            custom: s.custom_allocation_definition,
         }
     }
 

@@ -11,10 +11,10 @@ use onramp_core::admin::{Page, PageRequest};
 use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::tenant::AccessRights;
 use onramp_model::certificate::CertificateBody;
-use onramp_model::query::{
-    BulkEnrollmentGroupOperation, BulkEnrollmentOperation, QuerySpecification,
+use onramp_model::query::QuerySpecification;
+use onramp_model::{
+    EnrollmentGroup, EnrollmentKind, EnrollmentRecord, ErrorCode, IndividualEnrollment, UtcTime,
 };
-use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
 use serde::Serialize;
 
 use super::route::Route;
@@ -87,103 +87,29 @@ async fn run(
         state.config.token_skew_seconds,
     )
     .await?;
+    let call = Call {
+        state,
+        caller: &caller,
+    };
     let svc = caller.service.as_str();
     let admin = &state.admin;
     let limit = state.config.max_body_bytes;
     let if_match = header(headers, "if-match");
     let resp = match (route, Method::of(method)) {
-        (Route::Enrollment(id), Method::Get) => {
-            caller.require(AccessRights::ENROLLMENT_READ, "reading an enrollment")?;
-            ok(&admin.enrollment(svc, &id).await?)
+        (Route::Enrollment(id), m) => {
+            one::<IndividualEnrollment>(&call, id, m, body, if_match).await?
         }
-        (Route::Enrollment(id), Method::Put) => {
-            caller.require(AccessRights::ENROLLMENT_WRITE, "writing an enrollment")?;
-            let body: IndividualEnrollment =
-                respond::parse(&respond::read_body(body, limit).await?, false)?;
-            ok(&admin.put_enrollment(svc, &id, body, if_match).await?)
-        }
-        (Route::Enrollment(id), Method::Delete) => {
-            caller.require(AccessRights::ENROLLMENT_WRITE, "deleting an enrollment")?;
-            admin.delete_enrollment(svc, &id, if_match).await?;
-            no_content()
-        }
+        (Route::Group(id), m) => one::<EnrollmentGroup>(&call, id, m, body, if_match).await?,
         (Route::EnrollmentAttestation(id), _) => {
-            // The answer holds the keys: as sensitive as writing them.
-            caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                "reading an enrollment's keys",
-            )?;
-            ok(&admin.enrollment_attestation(svc, &id).await?)
+            attestation::<IndividualEnrollment>(&call, &id).await?
         }
+        (Route::GroupAttestation(id), _) => attestation::<EnrollmentGroup>(&call, &id).await?,
         (Route::EnrollmentQuery, _) => {
-            caller.require(AccessRights::ENROLLMENT_READ, "querying enrollments")?;
-            let spec: QuerySpecification =
-                respond::parse(&respond::read_body(body, limit).await?, true)?;
-            page(
-                admin
-                    .query_enrollments(svc, &spec, &page_request(headers)?)
-                    .await?,
-                "Enrollment",
-            )
+            query_page::<IndividualEnrollment>(&call, headers, body).await?
         }
-        (Route::EnrollmentBulk, _) => {
-            caller.require(AccessRights::ENROLLMENT_WRITE, "bulk enrollment operations")?;
-            let op: BulkEnrollmentOperation = respond::parse(
-                &respond::read_body(body, state.config.max_bulk_body_bytes).await?,
-                false,
-            )?;
-            ok(&admin.bulk_enrollments(svc, op).await?)
-        }
-        (Route::Group(id), Method::Get) => {
-            caller.require(AccessRights::ENROLLMENT_READ, "reading an enrollment group")?;
-            ok(&admin.group(svc, &id).await?)
-        }
-        (Route::Group(id), Method::Put) => {
-            caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                "writing an enrollment group",
-            )?;
-            let body: EnrollmentGroup =
-                respond::parse(&respond::read_body(body, limit).await?, false)?;
-            ok(&admin.put_group(svc, &id, body, if_match).await?)
-        }
-        (Route::Group(id), Method::Delete) => {
-            caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                "deleting an enrollment group",
-            )?;
-            admin.delete_group(svc, &id, if_match).await?;
-            no_content()
-        }
-        (Route::GroupAttestation(id), _) => {
-            caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                "reading an enrollment group's keys",
-            )?;
-            ok(&admin.group_attestation(svc, &id).await?)
-        }
-        (Route::GroupQuery, _) => {
-            caller.require(AccessRights::ENROLLMENT_READ, "querying enrollment groups")?;
-            let spec: QuerySpecification =
-                respond::parse(&respond::read_body(body, limit).await?, true)?;
-            page(
-                admin
-                    .query_groups(svc, &spec, &page_request(headers)?)
-                    .await?,
-                "EnrollmentGroup",
-            )
-        }
-        (Route::GroupBulk, _) => {
-            caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                "bulk enrollment group operations",
-            )?;
-            let op: BulkEnrollmentGroupOperation = respond::parse(
-                &respond::read_body(body, state.config.max_bulk_body_bytes).await?,
-                false,
-            )?;
-            ok(&admin.bulk_groups(svc, op).await?)
-        }
+        (Route::GroupQuery, _) => query_page::<EnrollmentGroup>(&call, headers, body).await?,
+        (Route::EnrollmentBulk, _) => bulk::<IndividualEnrollment>(&call, body).await?,
+        (Route::GroupBulk, _) => bulk::<EnrollmentGroup>(&call, body).await?,
         (Route::Registration(id), Method::Get) => {
             caller.require(
                 AccessRights::REGISTRATION_STATUS_READ,
@@ -260,6 +186,113 @@ async fn run(
         }
     };
     Ok((resp, caller))
+}
+
+/// An authenticated call: what every handler of a resource needs.
+struct Call<'a> {
+    state: &'a Arc<AppState>,
+    caller: &'a ServiceCaller,
+}
+
+impl Call<'_> {
+    fn service(&self) -> &str {
+        &self.caller.service
+    }
+}
+
+/// How the rights messages name the resource: "an enrollment", "an enrollment group".
+fn resource<E: EnrollmentRecord>() -> &'static str {
+    match E::KIND {
+        EnrollmentKind::Individual => "enrollment",
+        EnrollmentKind::Group => "enrollment group",
+    }
+}
+
+/// GET, PUT or DELETE of one individual enrollment or group.
+async fn one<E: EnrollmentRecord>(
+    call: &Call<'_>,
+    id: String,
+    method: Method,
+    body: Body,
+    if_match: Option<&str>,
+) -> Result<Response, ProvisioningError> {
+    let (admin, svc, what) = (&call.state.admin, call.service(), resource::<E>());
+    match method {
+        Method::Get => {
+            call.caller
+                .require(AccessRights::ENROLLMENT_READ, &format!("reading an {what}"))?;
+            Ok(ok(&admin.get::<E>(svc, &id).await?))
+        }
+        Method::Delete => {
+            call.caller.require(
+                AccessRights::ENROLLMENT_WRITE,
+                &format!("deleting an {what}"),
+            )?;
+            admin.delete::<E>(svc, &id, if_match).await?;
+            Ok(no_content())
+        }
+        Method::Put => {
+            call.caller.require(
+                AccessRights::ENROLLMENT_WRITE,
+                &format!("writing an {what}"),
+            )?;
+            let limit = call.state.config.max_body_bytes;
+            let body: E = respond::parse(&respond::read_body(body, limit).await?, false)?;
+            Ok(ok(&admin.put(svc, &id, body, if_match).await?))
+        }
+        // The router answers 405 for other methods before this.
+        Method::Other => Err(ProvisioningError::internal(format!(
+            "unexpected method on {what} '{id}'"
+        ))),
+    }
+}
+
+async fn attestation<E: EnrollmentRecord>(
+    call: &Call<'_>,
+    id: &str,
+) -> Result<Response, ProvisioningError> {
+    // The answer holds the keys: as sensitive as writing them.
+    call.caller.require(
+        AccessRights::ENROLLMENT_WRITE,
+        &format!("reading an {}'s keys", resource::<E>()),
+    )?;
+    Ok(ok(&call
+        .state
+        .admin
+        .attestation::<E>(call.service(), id)
+        .await?))
+}
+
+async fn query_page<E: EnrollmentRecord>(
+    call: &Call<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ProvisioningError> {
+    call.caller.require(
+        AccessRights::ENROLLMENT_READ,
+        &format!("querying {}s", resource::<E>()),
+    )?;
+    let limit = call.state.config.max_body_bytes;
+    let spec: QuerySpecification = respond::parse(&respond::read_body(body, limit).await?, true)?;
+    let found = call
+        .state
+        .admin
+        .query::<E>(call.service(), &spec, &page_request(headers)?)
+        .await?;
+    Ok(page(found, E::KIND.item_type()))
+}
+
+async fn bulk<E: EnrollmentRecord>(
+    call: &Call<'_>,
+    body: Body,
+) -> Result<Response, ProvisioningError> {
+    call.caller.require(
+        AccessRights::ENROLLMENT_WRITE,
+        &format!("bulk {} operations", resource::<E>()),
+    )?;
+    let limit = call.state.config.max_bulk_body_bytes;
+    let op: E::BulkOperation = respond::parse(&respond::read_body(body, limit).await?, false)?;
+    Ok(ok(&call.state.admin.bulk::<E>(call.service(), op).await?))
 }
 
 /// The HTTP method, for routes where it picks the operation.
