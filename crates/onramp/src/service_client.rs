@@ -7,15 +7,15 @@ use onramp_core::ports::Store;
 use onramp_core::sas;
 use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::{
-    AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentGroup,
-    ErrorBody, IndividualEnrollment, InitialTwin, ProvisioningStatus, Secret,
-    SymmetricKeyAttestation, X509Attestation, X509CaReferences, X509CertificateWithInfo,
-    X509Certificates,
+    AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentKind,
+    ErrorBody, InitialTwin, ProvisioningStatus, Secret, SymmetricKeyAttestation, X509Attestation,
+    X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use reqwest::Method;
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{EnrollmentCommand, EnrollmentSpec, GroupCommand, ServiceApi};
+use crate::cli::{EnrollmentSpec, RecordCommand, ServiceApi};
 use crate::config::Config;
 use crate::device::http_client;
 use crate::local::{self, Deployment, Target};
@@ -73,6 +73,15 @@ impl Api {
         })
     }
 
+    /// A service token valid for an hour.
+    fn token(&self) -> anyhow::Result<String> {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64
+            + 3600;
+        sas::sign(&self.host, &self.key, expiry, Some(&self.key_name)).map_err(anyhow::Error::msg)
+    }
+
     /// Sends `req`; a transport error says what is (not) answering.
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         match req.send().await {
@@ -90,12 +99,7 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
-        let expiry = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64
-            + 3600;
-        let token = sas::sign(&self.host, &self.key, expiry, Some(&self.key_name))
-            .map_err(anyhow::Error::msg)?;
+        let token = self.token()?;
         let mut req = self
             .client
             .request(
@@ -128,12 +132,7 @@ impl Api {
 
     /// Every item of a query, following continuation tokens.
     async fn query_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
-        let expiry = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs() as i64
-            + 3600;
-        let token = sas::sign(&self.host, &self.key, expiry, Some(&self.key_name))
-            .map_err(anyhow::Error::msg)?;
+        let token = self.token()?;
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
         loop {
@@ -254,13 +253,19 @@ fn attestation(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<Attestation
 }
 
 /// What `--initial-twin`, `--allocation-policy`, `--iot-hub`, `--disabled`
-/// and `--edge` say, for an enrollment or a group alike.
+/// and `--edge` say, for an enrollment or a group alike, in the members'
+/// JSON form.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct SpecSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     initial_twin: Option<InitialTwin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     allocation_policy: Option<AllocationPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     iot_hubs: Option<Vec<String>>,
-    provisioning_status: Option<ProvisioningStatus>,
-    capabilities: Option<DeviceCapabilities>,
+    provisioning_status: ProvisioningStatus,
+    capabilities: DeviceCapabilities,
 }
 
 fn settings(spec: &EnrollmentSpec) -> anyhow::Result<SpecSettings> {
@@ -280,37 +285,31 @@ fn settings(spec: &EnrollmentSpec) -> anyhow::Result<SpecSettings> {
         initial_twin,
         allocation_policy,
         iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
-        provisioning_status: Some(if spec.disabled {
+        provisioning_status: if spec.disabled {
             ProvisioningStatus::Disabled
         } else {
             ProvisioningStatus::Enabled
-        }),
-        capabilities: Some(DeviceCapabilities {
+        },
+        capabilities: DeviceCapabilities {
             iot_edge: spec.edge,
-        }),
+        },
     })
 }
 
 /// Individual enrollments and enrollment groups sit at parallel paths of the
-/// service API and are shown, listed and deleted the same way.
+/// service API and are written, shown, listed and deleted the same way.
 #[derive(Clone, Copy)]
-enum Collection {
-    Enrollments,
-    Groups,
-}
+struct Records(EnrollmentKind);
 
-impl Collection {
+impl Records {
     fn path(self) -> &'static str {
-        match self {
-            Collection::Enrollments => "enrollments",
-            Collection::Groups => "enrollmentGroups",
-        }
+        self.0.collection()
     }
 
     fn noun(self) -> &'static str {
-        match self {
-            Collection::Enrollments => "enrollment",
-            Collection::Groups => "enrollment group",
+        match self.0 {
+            EnrollmentKind::Individual => "enrollment",
+            EnrollmentKind::Group => "enrollment group",
         }
     }
 
@@ -320,6 +319,30 @@ impl Collection {
 
     async fn put(self, api: &Api, id: &str, doc: Value) -> anyhow::Result<Value> {
         api.call(Method::PUT, &self.item(id), Some(&doc)).await
+    }
+
+    /// The body of a create: the ID, the attestation and the settings of
+    /// the command line.
+    fn body(
+        self,
+        id: &str,
+        device_id: Option<String>,
+        spec: &EnrollmentSpec,
+    ) -> anyhow::Result<Value> {
+        let group = self.0 == EnrollmentKind::Group;
+        let mut body = serde_json::to_value(settings(spec)?)?;
+        body[self.0.id_field()] = id.into();
+        body["attestation"] = serde_json::to_value(attestation(spec, group)?)?;
+        match device_id {
+            Some(_) if group => {
+                bail!(
+                    "--device-id is for individual enrollments; a group's devices keep their registration IDs"
+                )
+            }
+            Some(device_id) => body["deviceId"] = device_id.into(),
+            None => {}
+        }
+        Ok(body)
     }
 
     async fn show(self, api: &Api, id: &str, keys: bool) -> anyhow::Result<()> {
@@ -341,6 +364,27 @@ impl Collection {
         eprintln!("deleted {} {id}", self.noun());
         Ok(())
     }
+
+    /// Runs `onramp enrollment …` or `onramp group …`.
+    pub async fn run(self, command: RecordCommand) -> anyhow::Result<()> {
+        match command {
+            RecordCommand::Create {
+                api,
+                id,
+                device_id,
+                spec,
+            } => {
+                let body = self.body(&id, device_id, &spec)?;
+                let api = Api::open(&api).await?;
+                print(&self.put(&api, &id, body).await?)
+            }
+            RecordCommand::Show { api, id, keys } => {
+                self.show(&Api::open(&api).await?, &id, keys).await
+            }
+            RecordCommand::List { api } => self.list(&Api::open(&api).await?).await,
+            RecordCommand::Delete { api, id } => self.delete(&Api::open(&api).await?, &id).await,
+        }
+    }
 }
 
 pub(crate) fn print(value: &Value) -> anyhow::Result<()> {
@@ -355,93 +399,19 @@ pub(crate) fn enc(id: &str) -> String {
 /// Creates a symmetric-key enrollment group for a load test; returns its primary key.
 pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Result<String> {
     let api = Api::open(api).await?;
-    let group = EnrollmentGroup {
-        enrollment_group_id: group_id.to_owned(),
-        attestation: Some(attestation(&EnrollmentSpec::default(), true)?),
-        ..Default::default()
-    };
-    let created = Collection::Groups
-        .put(&api, group_id, serde_json::to_value(&group)?)
-        .await?;
+    let groups = Records(EnrollmentKind::Group);
+    let body = groups.body(group_id, None, &EnrollmentSpec::default())?;
+    let created = groups.put(&api, group_id, body).await?;
     created["attestation"]["symmetricKey"]["primaryKey"]
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("the service returned no group key"))
 }
 
-pub async fn enrollment(command: EnrollmentCommand) -> anyhow::Result<()> {
-    let c = Collection::Enrollments;
-    match command {
-        EnrollmentCommand::Create {
-            api,
-            registration_id,
-            device_id,
-            spec,
-        } => {
-            let api = Api::open(&api).await?;
-            let set = settings(&spec)?;
-            let e = IndividualEnrollment {
-                registration_id: registration_id.clone(),
-                device_id,
-                attestation: Some(attestation(&spec, false)?),
-                initial_twin: set.initial_twin,
-                allocation_policy: set.allocation_policy,
-                iot_hubs: set.iot_hubs,
-                provisioning_status: set.provisioning_status,
-                capabilities: set.capabilities,
-                ..Default::default()
-            };
-            print(
-                &c.put(&api, &registration_id, serde_json::to_value(&e)?)
-                    .await?,
-            )
-        }
-        EnrollmentCommand::Show {
-            api,
-            registration_id,
-            keys,
-        } => {
-            c.show(&Api::open(&api).await?, &registration_id, keys)
-                .await
-        }
-        EnrollmentCommand::List { api } => c.list(&Api::open(&api).await?).await,
-        EnrollmentCommand::Delete {
-            api,
-            registration_id,
-        } => c.delete(&Api::open(&api).await?, &registration_id).await,
-    }
+pub async fn enrollment(command: RecordCommand) -> anyhow::Result<()> {
+    Records(EnrollmentKind::Individual).run(command).await
 }
 
-pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
-    let c = Collection::Groups;
-    match command {
-        GroupCommand::Create {
-            api,
-            group_id,
-            spec,
-        } => {
-            let api = Api::open(&api).await?;
-            let set = settings(&spec)?;
-            let g = EnrollmentGroup {
-                enrollment_group_id: group_id.clone(),
-                attestation: Some(attestation(&spec, true)?),
-                initial_twin: set.initial_twin,
-                allocation_policy: set.allocation_policy,
-                iot_hubs: set.iot_hubs,
-                provisioning_status: set.provisioning_status,
-                capabilities: set.capabilities,
-                ..Default::default()
-            };
-            print(&c.put(&api, &group_id, serde_json::to_value(&g)?).await?)
-        }
-        GroupCommand::Show {
-            api,
-            group_id,
-            keys,
-        } => c.show(&Api::open(&api).await?, &group_id, keys).await,
-        GroupCommand::List { api } => c.list(&Api::open(&api).await?).await,
-        GroupCommand::Delete { api, group_id } => {
-            c.delete(&Api::open(&api).await?, &group_id).await
-        }
-    }
+pub async fn group(command: RecordCommand) -> anyhow::Result<()> {
+    Records(EnrollmentKind::Group).run(command).await
 }

@@ -49,12 +49,12 @@ pub enum Command {
     /// Individual enrollments, through the service API.
     Enrollment {
         #[command(subcommand)]
-        command: EnrollmentCommand,
+        command: RecordCommand,
     },
     /// Enrollment groups, through the service API.
     Group {
         #[command(subcommand)]
-        command: GroupCommand,
+        command: RecordCommand,
     },
     /// A simulated device.
     Device {

@@ -174,69 +174,45 @@ pub struct EnrollmentSpec {
     pub ca_reference: Option<String>,
 }
 
+/// The verbs of `onramp enrollment` and `onramp group`: individual
+/// enrollments and enrollment groups are written, shown, listed and deleted
+/// alike.
 #[derive(Subcommand, Debug)]
-pub enum EnrollmentCommand {
-    /// Create or replace an individual enrollment (symmetric key).
+pub enum RecordCommand {
+    /// Create or replace one: symmetric keys (generated unless given), or
+    /// X.509 with --certificate or --ca-reference.
     Create {
         #[command(flatten)]
         api: ServiceApi,
-        registration_id: String,
-        /// Hub device ID (default: the registration ID).
+        /// The registration ID (individual enrollment) or the group ID.
+        id: String,
+        /// Individual enrollments only: the hub device ID (default: the
+        /// registration ID).
         #[arg(long)]
         device_id: Option<String>,
         #[command(flatten)]
         spec: Box<EnrollmentSpec>,
     },
-    /// Show an individual enrollment.
+    /// Show one by its ID.
     Show {
         #[command(flatten)]
         api: ServiceApi,
-        registration_id: String,
+        /// The registration ID (individual enrollment) or the group ID.
+        id: String,
         /// Also show the symmetric keys.
         #[arg(long)]
         keys: bool,
     },
-    /// List individual enrollments.
+    /// List them all.
     List {
         #[command(flatten)]
         api: ServiceApi,
     },
-    /// Delete an individual enrollment.
+    /// Delete one by its ID.
     Delete {
         #[command(flatten)]
         api: ServiceApi,
-        registration_id: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum GroupCommand {
-    /// Create or replace a symmetric-key enrollment group.
-    Create {
-        #[command(flatten)]
-        api: ServiceApi,
-        group_id: String,
-        #[command(flatten)]
-        spec: Box<EnrollmentSpec>,
-    },
-    /// Show an enrollment group.
-    Show {
-        #[command(flatten)]
-        api: ServiceApi,
-        group_id: String,
-        /// Also show the group keys.
-        #[arg(long)]
-        keys: bool,
-    },
-    /// List enrollment groups.
-    List {
-        #[command(flatten)]
-        api: ServiceApi,
-    },
-    /// Delete an enrollment group.
-    Delete {
-        #[command(flatten)]
-        api: ServiceApi,
-        group_id: String,
+        /// The registration ID (individual enrollment) or the group ID.
+        id: String,
     },
 }
