@@ -15,22 +15,23 @@ pub struct ProvisioningError {
 }
 
 impl ProvisioningError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// `message` is any text or error that names the field or check and the fix.
+    pub fn new(code: ErrorCode, message: impl std::fmt::Display) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub fn invalid(message: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
-    pub fn unauthorized(message: impl Into<String>) -> Self {
+    pub fn unauthorized(message: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::Unauthorized, message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::InternalError, message)
     }
 

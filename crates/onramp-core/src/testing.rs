@@ -109,7 +109,7 @@ impl Store for MemoryStore {
             .lock()
             .services
             .values()
-            .find(|s| s.id_scope.key() == id_scope_key)
+            .find(|s| s.id_scope.key().as_str() == id_scope_key)
             .cloned())
     }
     async fn services(&self) -> Result<Vec<ProvisioningService>, StoreError> {

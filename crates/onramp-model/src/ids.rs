@@ -8,6 +8,66 @@ use serde::{Deserialize, Serialize};
 /// Longest registration or enrollment group ID Azure accepts.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Why a client's identifier or version was refused. The message names the
+/// value (shortened and with control characters escaped) and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("the {what} is empty; use 1 to {max} characters")]
+    Empty { what: &'static str, max: usize },
+    #[error("the {what} '{shown}' is {chars} characters long; the limit is {max}")]
+    TooLong {
+        what: &'static str,
+        shown: String,
+        chars: usize,
+        max: usize,
+    },
+    #[error("the {what} '{shown}' contains '{bad}'; {allowed}")]
+    BadCharacter {
+        what: &'static str,
+        shown: String,
+        bad: String,
+        allowed: String,
+    },
+    #[error("the {what} '{shown}' must end with a letter, a digit or '-'")]
+    BadEnd { what: &'static str, shown: String },
+    #[error(
+        "api-version '{0}' is not an API version; send a date such as 2021-10-01, \
+         optionally followed by a label such as -preview"
+    )]
+    ApiVersion(String),
+    #[error("'{0}' is not an ID scope; an ID scope looks like 0ne0001A2B3")]
+    IdScope(String),
+}
+
+/// The case-folded form of an ID, under which stores keep and find records
+/// (IDs compare case-insensitively). It is made only from an ID, so no
+/// lookup can use a spelling that was not folded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct IdKey(String);
+
+impl IdKey {
+    pub fn of(id: &str) -> Self {
+        Self(id.to_ascii_lowercase())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for IdKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A registration ID (or enrollment group ID) that passed [`RegistrationId::parse`].
 ///
 /// IDs are case-insensitive: [`RegistrationId::key`] is the lower-case form used
@@ -19,7 +79,7 @@ pub struct RegistrationId(String);
 impl RegistrationId {
     /// Checks Azure's rules: 1 to 128 characters from `A-Z a-z 0-9 - . _ :`,
     /// ending with a letter, digit or `-`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, IdError> {
         check_id(text, "registration ID").map(|()| Self(text.to_owned()))
     }
 
@@ -28,8 +88,8 @@ impl RegistrationId {
     }
 
     /// The case-folded form under which the ID is stored and looked up.
-    pub fn key(&self) -> String {
-        self.0.to_ascii_lowercase()
+    pub fn key(&self) -> IdKey {
+        IdKey::of(&self.0)
     }
 }
 
@@ -40,37 +100,44 @@ impl fmt::Display for RegistrationId {
 }
 
 /// Validates an enrollment group ID (same alphabet and length as registration IDs).
-pub fn check_group_id(text: &str) -> Result<(), String> {
+pub fn check_group_id(text: &str) -> Result<(), IdError> {
     check_id(text, "enrollment group ID")
 }
 
-fn check_id(text: &str, what: &str) -> Result<(), String> {
+fn check_id(text: &str, what: &'static str) -> Result<(), IdError> {
     if text.is_empty() {
-        return Err(format!(
-            "the {what} is empty; use 1 to {MAX_ID_LEN} characters"
-        ));
+        return Err(IdError::Empty {
+            what,
+            max: MAX_ID_LEN,
+        });
     }
     let chars = text.chars().count();
     if chars > MAX_ID_LEN {
-        let head: String = text.chars().take(16).collect();
-        return Err(format!(
-            "the {what} '{head}…' is {chars} characters long; the limit is {MAX_ID_LEN}"
-        ));
+        return Err(IdError::TooLong {
+            what,
+            shown: text.chars().take(16).chain(['…']).collect(),
+            chars,
+            max: MAX_ID_LEN,
+        });
     }
     if let Some(bad) = text
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
     {
-        return Err(format!(
-            "the {what} '{text}' contains '{bad}'; only letters, digits and - . _ : are allowed"
-        ));
+        return Err(IdError::BadCharacter {
+            what,
+            shown: text.to_owned(),
+            bad: bad.to_string(),
+            allowed: "only letters, digits and - . _ : are allowed".into(),
+        });
     }
     // Azure's rule constrains the last character only; `_dev` and `-a` are IDs.
     let last = text.as_bytes()[text.len() - 1];
     if !(last.is_ascii_alphanumeric() || last == b'-') {
-        return Err(format!(
-            "the {what} '{text}' must end with a letter, a digit or '-'"
-        ));
+        return Err(IdError::BadEnd {
+            what,
+            shown: text.to_owned(),
+        });
     }
     Ok(())
 }
@@ -84,28 +151,33 @@ pub const DEVICE_ID_SPECIALS: &str = "-.%_*?!(),:=@$'";
 
 /// Checks IoT Hub's rule for device IDs: 1 to 128 characters, ASCII letters
 /// and digits plus [`DEVICE_ID_SPECIALS`]; case-sensitive.
-pub fn check_device_id(id: &str) -> Result<(), String> {
+pub fn check_device_id(id: &str) -> Result<(), IdError> {
+    const WHAT: &str = "device ID";
     if id.is_empty() {
-        return Err(format!(
-            "the device ID is empty; use 1 to {MAX_DEVICE_ID_LEN} characters"
-        ));
+        return Err(IdError::Empty {
+            what: WHAT,
+            max: MAX_DEVICE_ID_LEN,
+        });
     }
     let chars = id.chars().count();
     if chars > MAX_DEVICE_ID_LEN {
-        return Err(format!(
-            "the device ID '{}' is {chars} characters long; the limit is {MAX_DEVICE_ID_LEN}",
-            shown(id, 16)
-        ));
+        return Err(IdError::TooLong {
+            what: WHAT,
+            shown: shown(id, 16),
+            chars,
+            max: MAX_DEVICE_ID_LEN,
+        });
     }
     if let Some(bad) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || DEVICE_ID_SPECIALS.contains(*c)))
     {
-        return Err(format!(
-            "the device ID '{}' contains '{}'; use ASCII letters, digits and {DEVICE_ID_SPECIALS}",
-            shown(id, 32),
-            bad.escape_default()
-        ));
+        return Err(IdError::BadCharacter {
+            what: WHAT,
+            shown: shown(id, 32),
+            bad: bad.escape_default().to_string(),
+            allowed: format!("use ASCII letters, digits and {DEVICE_ID_SPECIALS}"),
+        });
     }
     Ok(())
 }
@@ -114,14 +186,8 @@ pub fn check_device_id(id: &str) -> Result<(), String> {
 /// by `-` and a label of letters (`2017-08-31-preview`). Every version Azure
 /// has published has this form, so devices in the field that still send old
 /// ones are served; anything else is not an API version at all.
-pub fn check_api_version(value: &str) -> Result<(), String> {
-    let refuse = || {
-        Err(format!(
-            "api-version '{}' is not an API version; send a date such as 2021-10-01, \
-             optionally followed by a label such as -preview",
-            shown(value, 32)
-        ))
-    };
+pub fn check_api_version(value: &str) -> Result<(), IdError> {
+    let refuse = || Err(IdError::ApiVersion(shown(value, 32)));
     let (Some(date), label) = (value.get(..10), value.get(10..)) else {
         return refuse();
     };
@@ -173,11 +239,9 @@ pub struct IdScope(String);
 
 impl IdScope {
     /// Accepts what a device may send: 1 to 64 ASCII letters and digits.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, IdError> {
         if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!(
-                "'{text}' is not an ID scope; an ID scope looks like 0ne0001A2B3"
-            ));
+            return Err(IdError::IdScope(shown(text, 64)));
         }
         Ok(Self(text.to_owned()))
     }
@@ -192,8 +256,8 @@ impl IdScope {
     }
 
     /// ID scopes compare case-insensitively.
-    pub fn key(&self) -> String {
-        self.0.to_ascii_lowercase()
+    pub fn key(&self) -> IdKey {
+        IdKey::of(&self.0)
     }
 }
 
@@ -274,8 +338,13 @@ mod tests {
         for bad in ["", "a.", "a_", "a b", "ü", "a/b", &"x".repeat(129)] {
             assert!(RegistrationId::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(RegistrationId::parse("Dev-01").unwrap().key(), "dev-01");
-        let long = RegistrationId::parse(&"x".repeat(129)).unwrap_err();
+        assert_eq!(
+            RegistrationId::parse("Dev-01").unwrap().key().as_str(),
+            "dev-01"
+        );
+        let long = RegistrationId::parse(&"x".repeat(129))
+            .unwrap_err()
+            .to_string();
         assert!(long.contains("129 characters"), "{long}");
     }
 
@@ -301,7 +370,7 @@ mod tests {
         ] {
             assert!(check_device_id(bad).is_err(), "{bad}");
         }
-        let long = check_device_id(&"x".repeat(300)).unwrap_err();
+        let long = check_device_id(&"x".repeat(300)).unwrap_err().to_string();
         assert!(
             long.contains("300 characters") && long.contains("128"),
             "{long}"
@@ -310,7 +379,7 @@ mod tests {
             long.len() < 120,
             "the message does not repeat the whole ID: {long}"
         );
-        let bad = check_device_id("a\u{1b}[31m").unwrap_err();
+        let bad = check_device_id("a\u{1b}[31m").unwrap_err().to_string();
         assert!(!bad.contains('\u{1b}'), "{bad}");
     }
 
@@ -347,7 +416,7 @@ mod tests {
             "２０２１-10-01",
             long.as_str(),
         ] {
-            let e = check_api_version(bad).unwrap_err();
+            let e = check_api_version(bad).unwrap_err().to_string();
             assert!(e.contains("api-version") && e.contains("2021-10-01"), "{e}");
             assert!(e.len() < 200 && !e.contains('\0'), "{e}");
         }

@@ -35,7 +35,7 @@ pub mod time;
 
 pub use enrollment::*;
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{ETag, IdScope, RegistrationId};
+pub use ids::{ETag, IdError, IdKey, IdScope, RegistrationId};
 pub use record::{Enrollment, EnrollmentKind, EnrollmentRecord, EnrollmentSettings};
 pub use registration::*;
 pub use time::UtcTime;

@@ -1,7 +1,7 @@
 //! Who is asking: the provisioning service an ID scope names, and
 //! attestation in it, each attempt logged and counted.
 
-use onramp_model::{ErrorCode, IdScope, RegistrationId};
+use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 
 use super::{Engine, parse_registration_id};
 use crate::ProvisioningError;
@@ -109,7 +109,7 @@ impl Engine {
 }
 
 /// The store key of the ID scope a device sent.
-fn scope_key(id_scope: &str) -> Result<String, ProvisioningError> {
+fn scope_key(id_scope: &str) -> Result<IdKey, ProvisioningError> {
     IdScope::parse(id_scope)
         .map(|scope| scope.key())
         .map_err(|e| ProvisioningError::new(ErrorCode::ProvisioningServiceNotFound, e))

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use onramp_model::IdKey;
+
 use super::Engine;
 
 #[derive(Default)]
@@ -19,7 +21,7 @@ pub(super) struct InFlightOps {
 #[derive(Debug, Clone)]
 pub(super) struct InFlight {
     pub(super) service: String,
-    pub(super) registration_key: String,
+    pub(super) registration_key: IdKey,
     pub(super) registration_id: String,
     pub(super) overtaken: Arc<Overtaken>,
 }

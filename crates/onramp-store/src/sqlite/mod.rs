@@ -337,7 +337,7 @@ impl Store for SqliteStore {
                 let exists: bool = conn
                     .query_row(
                         "SELECT EXISTS(SELECT 1 FROM services WHERE name = ?1 OR id_scope_key = ?2)",
-                        params![name, scope_key],
+                        params![name, scope_key.as_str()],
                         |r| r.get(0),
                     )
                     .map_err(sql_error)?;
@@ -346,7 +346,7 @@ impl Store for SqliteStore {
                         "a provisioning service named '{name}' or with ID scope '{scope_key}' already exists"
                     )));
                 }
-                conn.execute("INSERT INTO services (name, id_scope_key, doc) VALUES (?1, ?2, ?3)", params![name, scope_key, doc])
+                conn.execute("INSERT INTO services (name, id_scope_key, doc) VALUES (?1, ?2, ?3)", params![name, scope_key.as_str(), doc])
                     .map_err(sql_error)?;
                 for (policy, rights, keys) in sealed {
                     conn.execute(
@@ -410,7 +410,7 @@ impl Store for SqliteStore {
                 let n = conn
                     .execute(
                         "UPDATE services SET doc = ?2, id_scope_key = ?3 WHERE name = ?1",
-                        params![name, doc, scope_key],
+                        params![name, doc, scope_key.as_str()],
                     )
                     .map_err(sql_error)?;
                 if n == 0 {

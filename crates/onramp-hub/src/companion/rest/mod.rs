@@ -80,7 +80,9 @@ async fn require_api_version(
         None | Some("") => Some(
             "the api-version query parameter is required, e.g. ?api-version=2021-04-12".to_owned(),
         ),
-        Some(v) => onramp_model::ids::check_api_version(v).err(),
+        Some(v) => onramp_model::ids::check_api_version(v)
+            .err()
+            .map(|e| e.to_string()),
     };
     match refusal {
         Some(m) => {
@@ -99,11 +101,11 @@ struct HubFailure {
 }
 
 impl HubFailure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Self {
         Self {
             status,
             code,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
