@@ -3,6 +3,7 @@
 //!
 //! - [`seal`]: AES-256-GCM under a master key ring; the key ID is stored
 //!   beside each ciphertext so keys can rotate.
+//! - [`migrations`]: numbered schema steps for every SQLite file Onramp keeps.
 //! - [`sqlite`]: the embedded default, one SQLite file in WAL mode, one writer
 //!   thread that commits in groups and a few reader threads.
 //!
@@ -11,6 +12,7 @@
 //! Every file and folder they create is private to the owner ([`private`]).
 #![forbid(unsafe_code)]
 
+pub mod migrations;
 pub mod private;
 pub mod seal;
 pub mod sqlite;

@@ -109,13 +109,12 @@ impl Db {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.readers
-            .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
-            }))
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        hand_off(&self.readers, move |reply| -> ReadJob {
+            Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            })
+        })
+        .await
     }
 
     /// Runs `f` inside the next group commit; returns after the commit.
@@ -124,17 +123,26 @@ impl Db {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(Box::new(move |conn: Result<&Connection, StoreError>| {
+        hand_off(&self.writer, move |reply| -> WriteJob {
+            Box::new(move |conn: Result<&Connection, StoreError>| {
                 let result = conn.and_then(|conn| in_savepoint(conn, f));
                 Box::new(move |commit: Result<(), StoreError>| {
-                    let _ = tx.send(commit.and(result));
+                    let _ = reply.send(commit.and(result));
                 })
-            }))
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+            })
+        })
+        .await
     }
+}
+
+/// Queues the job `job` makes around a reply channel and waits for the reply.
+async fn hand_off<J, R>(
+    queue: &mpsc::Sender<J>,
+    job: impl FnOnce(oneshot::Sender<Result<R, StoreError>>) -> J,
+) -> Result<R, StoreError> {
+    let (tx, rx) = oneshot::channel();
+    queue.send(job(tx)).map_err(|_| closed())?;
+    rx.await.map_err(|_| closed())?
 }
 
 /// Creates the database file private before SQLite opens it: SQLite gives

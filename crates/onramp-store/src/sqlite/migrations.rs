@@ -1,0 +1,16 @@
+//! The provisioning store's schema, one step per version.
+
+use rusqlite::Connection;
+
+use crate::migrations::{Step, run};
+
+const STEPS: [Step; 4] = [
+    (1, include_str!("schema.sql")),
+    (2, include_str!("schema_v2.sql")),
+    (3, include_str!("schema_v3.sql")),
+    (4, include_str!("schema_v4.sql")),
+];
+
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    run(conn, &STEPS)
+}
