@@ -1,0 +1,101 @@
+//! Device-to-cloud messages the hub received, in arrival order.
+
+use bytes::Bytes;
+use onramp_core::ports::StoreError;
+use onramp_model::UtcTime;
+use onramp_store::sqlite::{query_all, sql_error};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{HubStore, corrupt};
+
+/// A device-to-cloud message as the hub stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub seq: i64,
+    pub device_id: String,
+    pub received: UtcTime,
+    /// The property bag of the topic (`$.ct`, `$.ce`, application properties).
+    pub properties: Map<String, Value>,
+    /// The body as text when it is UTF-8, else base64.
+    pub body: String,
+    pub body_is_base64: bool,
+}
+
+impl HubStore {
+    /// Stores a device-to-cloud message; returns its sequence number.
+    pub async fn add_message(
+        &self,
+        device_id: &str,
+        properties: Map<String, Value>,
+        body: Bytes,
+        received: UtcTime,
+    ) -> Result<i64, StoreError> {
+        let key = device_id.to_ascii_lowercase();
+        let id = device_id.to_owned();
+        let props = serde_json::to_string(&properties).map_err(corrupt)?;
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO messages (device_key, device_id, received, properties, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![key, id, received.to_string(), props, body.as_ref()]))
+                .map_err(sql_error)?;
+                Ok(conn.last_insert_rowid())
+            })
+            .await
+    }
+
+    /// Messages after `after_seq`, oldest first, of one device or of all.
+    pub async fn messages(
+        &self,
+        device_id: Option<&str>,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let key = device_id.map(str::to_ascii_lowercase);
+        self.db
+            .read(move |conn| {
+                let rows = query_all(
+                    conn,
+                    "SELECT seq, device_id, received, properties, body FROM messages
+                     WHERE seq > ?1 AND (?2 IS NULL OR device_key = ?2) ORDER BY seq LIMIT ?3",
+                    params![after_seq, key, limit as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Vec<u8>>(4)?,
+                        ))
+                    },
+                )?;
+                rows.into_iter()
+                    .map(|(seq, device_id, received, props, body)| {
+                        let (body, body_is_base64) = match String::from_utf8(body) {
+                            Ok(text) => (text, false),
+                            Err(e) => (
+                                base64::Engine::encode(
+                                    &base64::engine::general_purpose::STANDARD,
+                                    e.as_bytes(),
+                                ),
+                                true,
+                            ),
+                        };
+                        Ok(StoredMessage {
+                            seq,
+                            device_id,
+                            received: UtcTime::parse(&received).unwrap_or_else(UtcTime::now),
+                            properties: serde_json::from_str(&props).map_err(corrupt)?,
+                            body,
+                            body_is_base64,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+}
