@@ -12,8 +12,8 @@ use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::{Precondition, Store, SystemClock};
 use onramp_core::sas;
-use onramp_core::testing::{MemoryStore, RecordingHubs, conformance};
 use onramp_model::{AllocationPolicy, DeviceRegistration, UtcTime};
+use onramp_testkit::{MemoryStore, RecordingHubs, conformance};
 
 const GROUP_KEY: &str = "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw==";
 

@@ -45,7 +45,4 @@ pub mod tpm;
 pub mod validate;
 pub mod x509;
 
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-
 pub use error::ProvisioningError;

@@ -11,14 +11,14 @@ use onramp_core::engine::{
 use onramp_core::events::Protocol;
 use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
 use onramp_core::sas;
-use onramp_core::testing::{
-    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance,
-};
 use onramp_model::allocation::AllocationResponse;
 use onramp_model::{
     AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, ErrorCode,
     IndividualEnrollment, ProvisioningStatus, RegistrationStatus, ReprovisionPolicy, Substatus,
     UtcTime,
+};
+use onramp_testkit::{
+    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance,
 };
 use serde_json::json;
 
@@ -203,11 +203,6 @@ impl World {
         );
         assert_eq!(self.hubs.count(), 0);
     }
-}
-
-#[tokio::test]
-async fn memory_store_passes_the_conformance_suite() {
-    conformance::run(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]

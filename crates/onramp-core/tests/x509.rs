@@ -10,13 +10,13 @@ use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::{IdentityAuth, Precondition, Store};
 use onramp_core::tenant::CaCertificate;
-use onramp_core::testing::{ManualClock, MemoryStore, RecordingHubs, conformance};
 use onramp_model::{
     AttestationMechanism, AttestationType, DeviceRegistration, EnrollmentGroup, ErrorCode,
     IndividualEnrollment, ProvisioningStatus, RegistrationStatus, UtcTime, X509Attestation,
     X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use onramp_net::pki::testing::{Issued, Validity};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance};
 
 struct World {
     store: Arc<MemoryStore>,

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use onramp_core::ports::{RegistrationRecord, Store};
-use onramp_core::testing::conformance;
 use onramp_model::{DeviceRegistrationState, RegistrationStatus, UtcTime};
 use onramp_store::sqlite::{Durability, SqliteOptions};
 use onramp_store::{Sealer, SqliteStore};
+use onramp_testkit::conformance;
 
 fn record(i: u64) -> RegistrationRecord {
     let mut state =

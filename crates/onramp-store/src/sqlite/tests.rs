@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use onramp_core::ports::{Precondition, RegistrationRecord, Store, StoreError};
-use onramp_core::testing::conformance;
 use onramp_model::{DeviceRegistrationState, UtcTime};
+use onramp_testkit::conformance;
 use rusqlite::Connection;
 
 use super::{SqliteOptions, SqliteStore};
@@ -67,11 +67,11 @@ async fn upgrade_indexes_from(from: &str, schema: &str) {
     );
 }
 
-#[tokio::test]
-async fn passes_the_conformance_suite() {
+// The directory goes with the store, after it.
+onramp_testkit::store_conformance!(async || {
     let dir = tempfile::tempdir().unwrap();
-    conformance::run(Arc::new(open(dir.path()))).await;
-}
+    (Arc::new(open(dir.path())), dir)
+});
 
 #[tokio::test]
 async fn concurrent_writes_commit_in_groups_and_all_land() {

@@ -1,0 +1,135 @@
+//! Individual enrollments: ETags, conditions, paging, deletion.
+
+use onramp_core::ports::{Precondition, Store, StoreError};
+
+use super::fixtures::{enrollment, now};
+use super::{given_enrollment_pages, given_tenant};
+
+pub async fn enrollments(store: &dyn Store) {
+    given_tenant(store).await;
+    let e = store
+        .put_enrollment("t1", &enrollment("Dev-1"), Precondition::None, now(10))
+        .await
+        .expect("create");
+    let tag1 = e.etag.clone().expect("etag");
+    assert_eq!(e.created_date_time_utc, Some(now(10)));
+    assert_eq!(e.last_updated_date_time_utc, Some(now(10)));
+    let got = store
+        .enrollment("t1", "dev-1")
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(got.registration_id, "Dev-1", "original spelling is kept");
+    assert_eq!(
+        got.attestation,
+        enrollment("x").attestation,
+        "keys survive storage"
+    );
+    assert_eq!(got.etag, Some(tag1.clone()));
+
+    // Conditional update.
+    let e2 = store
+        .put_enrollment(
+            "t1",
+            &enrollment("dev-1"),
+            Precondition::IfMatch(tag1.as_str().into()),
+            now(20),
+        )
+        .await
+        .expect("update with etag");
+    let tag2 = e2.etag.clone().expect("etag");
+    assert_ne!(tag1, tag2);
+    assert_eq!(e2.created_date_time_utc, Some(now(10)), "created is kept");
+    assert_eq!(e2.last_updated_date_time_utc, Some(now(20)));
+    assert!(matches!(
+        store
+            .put_enrollment(
+                "t1",
+                &enrollment("dev-1"),
+                Precondition::IfMatch(tag1.as_str().into()),
+                now(30)
+            )
+            .await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    assert!(matches!(
+        store
+            .put_enrollment(
+                "t1",
+                &enrollment("dev-1"),
+                Precondition::IfNotExists,
+                now(30)
+            )
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store
+            .put_enrollment(
+                "t1",
+                &enrollment("dev-new"),
+                Precondition::IfMatch("\"x\"".into()),
+                now(30)
+            )
+            .await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    store
+        .put_enrollment(
+            "t1",
+            &enrollment("dev-1"),
+            Precondition::IfMatch("*".into()),
+            now(30),
+        )
+        .await
+        .expect("wildcard");
+
+    // Paging in key order.
+    given_enrollment_pages(store).await;
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .enrollments("t1", after.as_deref(), 10)
+            .await
+            .expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        after = page.last().map(|e| e.registration_id.to_ascii_lowercase());
+        seen.extend(page.into_iter().map(|e| e.registration_id));
+    }
+    assert_eq!(seen.len(), 26);
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|s| s.to_ascii_lowercase());
+    assert_eq!(seen, sorted);
+
+    // Delete.
+    let current = store
+        .enrollment("t1", "dev-1")
+        .await
+        .expect("get")
+        .expect("found");
+    assert!(matches!(
+        store
+            .delete_enrollment("t1", "dev-1", Precondition::IfMatch(tag1.as_str().into()))
+            .await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    store
+        .delete_enrollment(
+            "t1",
+            "dev-1",
+            Precondition::IfMatch(current.etag.expect("etag").as_str().into()),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(store.enrollment("t1", "dev-1").await.expect("get"), None);
+    assert!(matches!(
+        store
+            .delete_enrollment("t1", "dev-1", Precondition::None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}

@@ -1,0 +1,70 @@
+//! Services do not see each other's data.
+
+use onramp_core::ports::{Precondition, Store};
+use onramp_core::tenant::OWNER_POLICY;
+
+use super::fixtures::{enrollment, now, owner, service};
+use super::{given_enrollment_pages, given_tenant};
+
+pub async fn isolation(store: &dyn Store) {
+    given_tenant(store).await;
+    given_enrollment_pages(store).await;
+    store
+        .create_service(&service("t2", 2), &[owner("b3duZXIta2V5LTI=")])
+        .await
+        .expect("t2");
+    assert_eq!(store.enrollment("t2", "page-00").await.expect("get"), None);
+    assert!(
+        store
+            .enrollments("t2", None, 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(store.linked_hubs("t2").await.expect("hubs").is_empty());
+    store
+        .put_enrollment("t2", &enrollment("page-00"), Precondition::None, now(90))
+        .await
+        .expect("same id");
+    assert_eq!(
+        store
+            .enrollments("t2", None, 100)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .enrollments("t1", None, 1000)
+            .await
+            .expect("list")
+            .len(),
+        25
+    );
+    assert_eq!(
+        store
+            .policies_named(OWNER_POLICY)
+            .await
+            .expect("named")
+            .len(),
+        2
+    );
+    assert!(store.delete_service("t2").await.expect("delete"));
+    assert!(
+        store
+            .enrollments("t2", None, 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .policies_named(OWNER_POLICY)
+            .await
+            .expect("named")
+            .len(),
+        1
+    );
+    assert_eq!(store.services().await.expect("list").len(), 1);
+}

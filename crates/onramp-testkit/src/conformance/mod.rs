@@ -1,0 +1,131 @@
+//! The store conformance suite: what every `Store` must do, case by case.
+//!
+//! Each case starts from an empty store and sets up what it needs, so that
+//! one failure names itself and leaves the other cases' verdicts alone.
+//! A backend runs them all with [`store_conformance!`](crate::store_conformance).
+
+use std::sync::Arc;
+
+use onramp_core::ports::{Precondition, Store};
+
+mod certificates;
+mod enrollments;
+mod fixtures;
+mod groups;
+mod isolation;
+mod placements;
+mod registrations;
+mod tenants;
+
+pub use certificates::certificates;
+pub use enrollments::enrollments;
+pub use fixtures::{enrollment, group, hub, owner, service};
+pub use groups::groups;
+pub use isolation::isolation;
+pub use placements::placements_and_latencies;
+pub use registrations::{registration_inputs, registrations};
+pub use tenants::tenants;
+
+/// Expands to a module `store_conformance` of `#[tokio::test]`s, one per
+/// case of the suite and named after it. The argument makes a fresh, empty
+/// store for each case: an `async` closure returning the store in an `Arc`,
+/// or a pair of it and whatever must outlive it (a temporary directory),
+/// which is dropped after the store.
+///
+/// The calling crate needs `tokio` (with `macros` and `rt`) among its
+/// dev-dependencies; the closure may use anything the calling module names.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use onramp_testkit::MemoryStore;
+///
+/// onramp_testkit::store_conformance!(async || Arc::new(MemoryStore::new()));
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    ($fresh:expr $(,)?) => {
+        // A case missing from this list runs nowhere.
+        $crate::store_conformance!(@cases $fresh;
+            tenants,
+            enrollments,
+            groups,
+            registrations,
+            registration_inputs,
+            placements_and_latencies,
+            certificates,
+            isolation,
+        );
+    };
+    (@cases $fresh:expr; $($case:ident,)+) => {
+        mod store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let fresh = $fresh;
+                    let subject = fresh().await;
+                    $crate::conformance::$case($crate::conformance::Subject::store(&subject)).await;
+                }
+            )+
+        }
+    };
+}
+
+/// A store under test, with whatever must live as long as it.
+pub trait Subject {
+    fn store(&self) -> &dyn Store;
+}
+
+impl<S: Store> Subject for Arc<S> {
+    fn store(&self) -> &dyn Store {
+        &**self
+    }
+}
+
+impl Subject for Arc<dyn Store> {
+    fn store(&self) -> &dyn Store {
+        &**self
+    }
+}
+
+/// The store and a guard: a tuple drops its fields in order, so the guard
+/// outlives the store.
+impl<S: Store, G> Subject for (Arc<S>, G) {
+    fn store(&self) -> &dyn Store {
+        &*self.0
+    }
+}
+
+/// Service `t1` (ID scope 1) with its owner policy and one linked hub,
+/// `hub-a.example.net` of weight 5: where `tenants` leaves a store.
+async fn given_tenant(store: &dyn Store) {
+    store
+        .create_service(&service("t1", 1), &[owner("b3duZXIta2V5LTE=")])
+        .await
+        .expect("given: service t1");
+    let mut hub_a = hub("hub-a.example.net");
+    hub_a.allocation_weight = 5;
+    store
+        .put_linked_hub("t1", &hub_a)
+        .await
+        .expect("given: hub-a");
+}
+
+/// Enrollments `page-00` to `page-24` in `t1`.
+async fn given_enrollment_pages(store: &dyn Store) {
+    for i in 0..25 {
+        store
+            .put_enrollment(
+                "t1",
+                &enrollment(&format!("page-{i:02}")),
+                Precondition::None,
+                fixtures::now(40),
+            )
+            .await
+            .expect("page item");
+    }
+}

@@ -1,0 +1,27 @@
+//! Test support for Onramp's crates: in-memory fakes of the engine's ports
+//! and the store conformance suite. Nothing here ships as a backend.
+//!
+//! - [`MemoryStore`]: a `Store` with the same semantics as the real
+//!   backends (it passes the conformance suite), so engine tests run on a
+//!   faithful fake.
+//! - [`RecordingHubs`] and [`FixedLatency`]: a hub registry that remembers
+//!   what it was asked, and hub latencies set by hand.
+//! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
+//! - [`ManualClock`]: a clock tests set.
+//! - [`conformance`]: the checks every `Store` must pass, one test per case
+//!   through [`store_conformance!`].
+//!
+//! onramp-core's own unit tests cannot use this crate (it depends on
+//! onramp-core, so its types would be a second copy); tests that need fakes
+//! live in onramp-core's `tests/`.
+
+mod clock;
+pub mod conformance;
+mod hubs;
+mod store;
+mod webhook;
+
+pub use clock::ManualClock;
+pub use hubs::{FixedLatency, RecordingHubs};
+pub use store::MemoryStore;
+pub use webhook::ScriptedWebhook;
