@@ -15,7 +15,7 @@ use onramp_model::{
     IndividualEnrollment, ProvisioningStatus, RegistrationStatus, UtcTime, X509Attestation,
     X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
-use onramp_net::pki::testing::{Issued, Validity};
+use onramp_net::pki::dev_certs::{Issued, Validity};
 use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance};
 
 struct World {

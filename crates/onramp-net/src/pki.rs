@@ -362,8 +362,8 @@ mod tests {
     }
 
     #[test]
-    fn the_test_pki_names_issuer_keys() {
-        use testing::{Issued, Validity};
+    fn dev_certs_name_issuer_keys() {
+        use dev_certs::{Issued, Validity};
         let root = Issued::root("Test Root", Validity::days(1)).unwrap();
         let ica = root
             .intermediate("Test Intermediate", Validity::days(1))
@@ -389,9 +389,12 @@ mod tests {
     }
 }
 
-/// A small PKI for people who test X.509 attestation: roots, intermediates
-/// and device certificates (ECDSA P-256). Not for production devices.
-pub mod testing {
+/// Development certificates for trying X.509 attestation: the root and
+/// intermediate CAs and the device certificates (ECDSA P-256) that
+/// `onramp cert create-root`, `create-intermediate` and `create-device`
+/// write, and that tests issue. Apart from the server's development PKI
+/// above; not for production devices.
+pub mod dev_certs {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
         IsCa, Issuer, KeyPair, KeyUsagePurpose,

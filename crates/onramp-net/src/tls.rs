@@ -148,7 +148,7 @@ mod tests {
     use rustls::sign::CertifiedKey;
 
     use super::*;
-    use crate::pki::testing::{Issued, Validity};
+    use crate::pki::dev_certs::{Issued, Validity};
 
     /// Presents a device certificate and remembers the CA hints it was given.
     #[derive(Debug)]

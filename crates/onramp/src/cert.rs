@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use onramp_net::pki::testing::{Issued, Validity};
+use onramp_net::pki::dev_certs::{Issued, Validity};
 use reqwest::Method;
 use serde_json::json;
 

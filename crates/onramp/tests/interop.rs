@@ -456,7 +456,7 @@ async fn x509_fleet(
     server: &Server,
     prefix: &str,
 ) -> (tempfile::TempDir, Vec<(String, PathBuf, PathBuf)>) {
-    use onramp_net::pki::testing::{Issued, Validity};
+    use onramp_net::pki::dev_certs::{Issued, Validity};
     let files = tempfile::tempdir().unwrap();
     let dir = files.path();
     let cs = server.owner_connection_string().await;
@@ -602,9 +602,9 @@ async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
     }
     // A device of another (unenrolled) PKI is refused.
     let stranger_dir = tempfile::tempdir().unwrap();
-    let stranger = onramp_net::pki::testing::Issued::self_signed_device(
+    let stranger = onramp_net::pki::dev_certs::Issued::self_signed_device(
         "nodex-stranger",
-        onramp_net::pki::testing::Validity::days(30),
+        onramp_net::pki::dev_certs::Validity::days(30),
     )
     .unwrap();
     let (chain, key) = (

@@ -865,7 +865,7 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
 
 #[tokio::test]
 async fn x509_refusals_over_https_and_proof_of_possession() {
-    use onramp_net::pki::testing::{Issued, Validity};
+    use onramp_net::pki::dev_certs::{Issued, Validity};
     let server = Server::start("127.0.0.1:0");
     let cs = server.owner_connection_string().await;
     let root = Issued::root("PoP Root", Validity::days(30)).unwrap();
@@ -1012,8 +1012,8 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
 /// An HTTPS client presenting `device`'s certificate (and `intermediates`).
 fn x509_client(
     server: &Server,
-    device: &onramp_net::pki::testing::Issued,
-    intermediates: &[&onramp_net::pki::testing::Issued],
+    device: &onramp_net::pki::dev_certs::Issued,
+    intermediates: &[&onramp_net::pki::dev_certs::Issued],
 ) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     for ca in onramp_net::tls::certs_from_pem(&server.ca_pem).unwrap() {
