@@ -101,18 +101,15 @@ impl<S: Store, G> Subject for (Arc<S>, G) {
 }
 
 /// Service `t1` (ID scope 1) with its owner policy and one linked hub,
-/// `hub-a.example.net` of weight 5: where `tenants` leaves a store.
+/// `hub-a.example.net`, much as `tenants` leaves a store.
 async fn given_tenant(store: &dyn Store) {
-    store
-        .create_service(&service("t1", 1), &[owner("b3duZXIta2V5LTE=")])
-        .await
-        .expect("given: service t1");
-    let mut hub_a = hub("hub-a.example.net");
-    hub_a.allocation_weight = 5;
-    store
-        .put_linked_hub("t1", &hub_a)
-        .await
-        .expect("given: hub-a");
+    let seeded = async {
+        store
+            .create_service(&service("t1", 1), &[owner("b3duZXIta2V5LTE=")])
+            .await?;
+        store.put_linked_hub("t1", &hub("hub-a.example.net")).await
+    };
+    seeded.await.expect("given: service t1 and hub-a");
 }
 
 /// Enrollments `page-00` to `page-24` in `t1`.
