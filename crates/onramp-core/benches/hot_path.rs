@@ -10,6 +10,7 @@ use onramp_core::allocate::{HubSelection, Proximity, allocate};
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{Precondition, Store, SystemClock};
 use onramp_core::sas;
 use onramp_model::{AllocationPolicy, DeviceRegistration, UtcTime};
@@ -74,11 +75,16 @@ fn engine(c: &mut Criterion) {
     rt.block_on(async {
         store.create_service(&svc, &[]).await.unwrap();
         store
-            .put_linked_hub("default", &conformance::hub("hub-a"))
+            .put(
+                "default",
+                (conformance::hub("hub-a")).clone(),
+                Precondition::None,
+                UtcTime::now(),
+            )
             .await
             .unwrap();
         store
-            .put_enrollment_group("default", &group, Precondition::None, UtcTime::now())
+            .put("default", group.clone(), Precondition::None, UtcTime::now())
             .await
             .unwrap();
     });

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::ports::{Store, StoreError};
+use onramp_model::{IdKey, UtcTime};
+
+use crate::ports::{Precondition, Store, StoreError, StoreExt};
 use crate::tenant::LinkedHub;
 
 /// The linked-hub rules over a store.
@@ -98,7 +100,9 @@ impl LinkedHubs {
     /// again here.
     pub async fn link(&self, service: &str, link: &LinkedHub) -> Result<(), LinkError> {
         link.check().map_err(LinkError::Invalid)?;
-        self.store.put_linked_hub(service, link).await?;
+        self.store
+            .put(service, link.clone(), Precondition::None, UtcTime::now())
+            .await?;
         Ok(())
     }
 
@@ -126,7 +130,10 @@ impl LinkedHubs {
                 link.allocation_weight = old.allocation_weight;
                 link.apply_allocation_policy = old.apply_allocation_policy;
             } else {
-                self.store.delete_linked_hub(service, &old.name).await?;
+                let key = IdKey::of(&old.name);
+                self.store
+                    .delete::<LinkedHub>(service, &key, Precondition::None)
+                    .await?;
             }
         }
         self.link(service, &link).await?;
@@ -187,10 +194,14 @@ impl LinkedHubs {
                 devices,
             });
         }
-        if self.store.delete_linked_hub(service, name).await? {
-            Ok(())
-        } else {
-            Err(not_linked(service, name))
+        let key = IdKey::of(name.trim());
+        match self
+            .store
+            .delete::<LinkedHub>(service, &key, Precondition::None)
+            .await
+        {
+            Err(StoreError::NotFound(_)) => Err(not_linked(service, name)),
+            other => Ok(other?),
         }
     }
 }

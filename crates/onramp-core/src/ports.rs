@@ -1,11 +1,11 @@
 //! The engine's ports: what it needs from storage, from IoT hubs and from the
 //! clock. Implementations live in other crates (`onramp-store`, `onramp-hub`);
-//! in-memory fakes for tests live in [`crate::testing`].
+//! in-memory fakes for tests live in the `onramp-testkit` crate.
 
 use async_trait::async_trait;
 use onramp_model::{
-    DeviceCapabilities, DeviceRegistrationState, ETag, Enrollment, EnrollmentGroup, EnrollmentKind,
-    EnrollmentRecord, IndividualEnrollment, InitialTwin, Secret, UtcTime,
+    AttestationMechanism, DeviceCapabilities, DeviceRegistrationState, ETag, EnrollmentGroup,
+    EnrollmentKind, IdKey, IndividualEnrollment, InitialTwin, Secret, UtcTime,
 };
 
 use serde::{Deserialize, Serialize};
@@ -86,10 +86,8 @@ pub fn check_precondition(
 
 /// SHA-256 thumbprints (upper-case hex) of an enrollment's X.509 client
 /// certificates: what stores index for [`Store::enrollments_by_thumbprint`].
-pub fn client_thumbprints(e: &IndividualEnrollment) -> Vec<String> {
-    let Some(certs) = e
-        .attestation
-        .as_ref()
+pub fn client_thumbprints(attestation: Option<&AttestationMechanism>) -> Vec<String> {
+    let Some(certs) = attestation
         .and_then(|a| a.x509.as_ref())
         .and_then(|x| x.client_certificates.as_ref())
     else {
@@ -184,8 +182,102 @@ pub struct RegistrationInputs {
     pub linked_hubs: Vec<LinkedHub>,
 }
 
-/// Storage of tenants, enrollments and registrations. Keys passed as `*_key`
-/// are the lower-case forms of IDs (IDs compare case-insensitively).
+/// The kinds of record a provisioning service owns, each kept under the
+/// service and an [`IdKey`] (the lower-case form of its ID or name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKind {
+    Enrollment,
+    EnrollmentGroup,
+    Registration,
+    CaCertificate,
+    LinkedHub,
+}
+
+impl RecordKind {
+    /// How a "not found" names a record of this kind and key.
+    pub fn missing(self, key: &IdKey) -> String {
+        match self {
+            RecordKind::Enrollment => EnrollmentKind::Individual.not_found(key),
+            RecordKind::EnrollmentGroup => EnrollmentKind::Group.not_found(key),
+            RecordKind::Registration => {
+                format!("no device has registered with registration ID '{key}'")
+            }
+            RecordKind::CaCertificate => format!("no CA certificate is named '{key}'"),
+            RecordKind::LinkedHub => format!("no linked hub is named '{key}'"),
+        }
+    }
+}
+
+/// A record of any kind, as [`Store`] reads and writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    // Boxed: records travel inside futures, which are moved whole.
+    Enrollment(Box<IndividualEnrollment>),
+    EnrollmentGroup(Box<EnrollmentGroup>),
+    Registration(Box<RegistrationRecord>),
+    CaCertificate(Box<CaCertificate>),
+    LinkedHub(Box<LinkedHub>),
+}
+
+impl Record {
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Enrollment(_) => RecordKind::Enrollment,
+            Record::EnrollmentGroup(_) => RecordKind::EnrollmentGroup,
+            Record::Registration(_) => RecordKind::Registration,
+            Record::CaCertificate(_) => RecordKind::CaCertificate,
+            Record::LinkedHub(_) => RecordKind::LinkedHub,
+        }
+    }
+
+    /// The key the record is kept under.
+    pub fn key(&self) -> IdKey {
+        IdKey::of(match self {
+            Record::Enrollment(e) => &e.registration_id,
+            Record::EnrollmentGroup(g) => &g.enrollment_group_id,
+            Record::Registration(r) => &r.state.registration_id,
+            Record::CaCertificate(c) => &c.name,
+            Record::LinkedHub(h) => h.name.trim(),
+        })
+    }
+}
+
+/// A type kept as one [`RecordKind`]: what the typed calls of [`StoreExt`]
+/// take and return.
+pub trait StoredRecord: Sized + Send + Sync + 'static {
+    const RECORD_KIND: RecordKind;
+    fn into_record(self) -> Record;
+    fn from_record(record: Record) -> Option<Self>;
+}
+
+macro_rules! stored_record {
+    ($($ty:ty => $variant:ident),+ $(,)?) => {$(
+        impl StoredRecord for $ty {
+            const RECORD_KIND: RecordKind = RecordKind::$variant;
+            fn into_record(self) -> Record {
+                Record::$variant(Box::new(self))
+            }
+            fn from_record(record: Record) -> Option<Self> {
+                match record {
+                    Record::$variant(r) => Some(*r),
+                    _ => None,
+                }
+            }
+        }
+    )+};
+}
+
+stored_record!(
+    IndividualEnrollment => Enrollment,
+    EnrollmentGroup => EnrollmentGroup,
+    RegistrationRecord => Registration,
+    CaCertificate => CaCertificate,
+    LinkedHub => LinkedHub,
+);
+
+/// Storage of tenants, enrollments and registrations: what a store (SQLite,
+/// PostgreSQL, the in-memory one of the tests) implements. The records a
+/// service owns share four calls; [`StoreExt`] gives them types.
 ///
 /// Writes return the stored record with its new ETag and timestamps.
 #[async_trait]
@@ -199,12 +291,13 @@ pub trait Store: Send + Sync + 'static {
     async fn service(&self, name: &str) -> Result<Option<ProvisioningService>, StoreError>;
     async fn service_by_scope(
         &self,
-        id_scope_key: &str,
+        id_scope_key: &IdKey,
     ) -> Result<Option<ProvisioningService>, StoreError>;
     async fn services(&self) -> Result<Vec<ProvisioningService>, StoreError>;
     async fn update_service(&self, service: &ProvisioningService) -> Result<(), StoreError>;
     /// Removes a service and everything it owns.
     async fn delete_service(&self, name: &str) -> Result<bool, StoreError>;
+    /// Policy names are case-sensitive, as in Azure.
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError>;
     async fn put_policy(
         &self,
@@ -218,30 +311,41 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError>;
 
-    // Linked hubs.
-    async fn linked_hubs(&self, service: &str) -> Result<Vec<LinkedHub>, StoreError>;
-    async fn put_linked_hub(&self, service: &str, hub: &LinkedHub) -> Result<(), StoreError>;
-    async fn delete_linked_hub(&self, service: &str, name: &str) -> Result<bool, StoreError>;
-
-    // Individual enrollments.
-    async fn enrollment(
+    // The records a service owns, by kind and key.
+    async fn record(
         &self,
         service: &str,
-        id_key: &str,
-    ) -> Result<Option<IndividualEnrollment>, StoreError>;
-    async fn put_enrollment(
+        kind: RecordKind,
+        key: &IdKey,
+    ) -> Result<Option<Record>, StoreError>;
+    /// Writes a record under [`Record::key`] if `condition` holds. Enrollments,
+    /// groups and CA certificates get a new ETag, and the first write's time
+    /// as their creation time; registrations get both times from `now`.
+    async fn put_record(
         &self,
         service: &str,
-        enrollment: &IndividualEnrollment,
+        record: Record,
         condition: Precondition,
         now: UtcTime,
-    ) -> Result<IndividualEnrollment, StoreError>;
-    async fn delete_enrollment(
+    ) -> Result<Record, StoreError>;
+    /// A missing record is [`StoreError::NotFound`] with [`RecordKind::missing`].
+    async fn delete_record(
         &self,
         service: &str,
-        id_key: &str,
+        kind: RecordKind,
+        key: &IdKey,
         condition: Precondition,
     ) -> Result<(), StoreError>;
+    /// A page in key order, starting after `after`.
+    async fn records(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        after: Option<&IdKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    // Indexed reads.
     /// Individual enrollments whose X.509 client certificate (primary or
     /// secondary) has this SHA-256 thumbprint (upper-case hex).
     async fn enrollments_by_thumbprint(
@@ -249,67 +353,15 @@ pub trait Store: Send + Sync + 'static {
         service: &str,
         sha256: &str,
     ) -> Result<Vec<IndividualEnrollment>, StoreError>;
-    /// A page in key order, starting after `after_key`.
-    async fn enrollments(
+    async fn registrations_of_group(
         &self,
         service: &str,
-        after_key: Option<&str>,
+        group_key: &IdKey,
+        after: Option<&IdKey>,
         limit: usize,
-    ) -> Result<Vec<IndividualEnrollment>, StoreError>;
-
-    // Enrollment groups.
-    async fn enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<EnrollmentGroup>, StoreError>;
-    async fn put_enrollment_group(
-        &self,
-        service: &str,
-        group: &EnrollmentGroup,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<EnrollmentGroup, StoreError>;
-    async fn delete_enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError>;
-    async fn enrollment_groups(
-        &self,
-        service: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError>;
-
-    // CA certificates (names compare case-insensitively).
-    async fn ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-    ) -> Result<Option<CaCertificate>, StoreError>;
-    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError>;
-    /// Writes a CA certificate; the store sets its ETag.
-    async fn put_ca_certificate(
-        &self,
-        service: &str,
-        certificate: &CaCertificate,
-        condition: Precondition,
-    ) -> Result<CaCertificate, StoreError>;
-    async fn delete_ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError>;
-
-    // Registration records.
-    async fn registration(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<RegistrationRecord>, StoreError>;
+    ) -> Result<Vec<RegistrationRecord>, StoreError>;
+    /// How many registered devices live on a hub (by host name, any case).
+    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError>;
 
     /// The service with this ID scope and what a registration of
     /// `registration_key` reads from it; `None` when no service has the scope.
@@ -317,29 +369,27 @@ pub trait Store: Send + Sync + 'static {
     /// cheaper way (one read transaction) overrides it.
     async fn registration_inputs(
         &self,
-        id_scope_key: &str,
-        registration_key: &str,
+        id_scope_key: &IdKey,
+        registration_key: &IdKey,
         group_page: usize,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
         let Some(service) = self.service_by_scope(id_scope_key).await? else {
             return Ok(None);
         };
+        let name = service.name.as_str();
         let enrollment = self
-            .enrollment(&service.name, registration_key)
+            .get::<IndividualEnrollment>(name, registration_key)
             .await?
             .map(Box::new);
         let first_groups = match enrollment {
             Some(_) => None,
-            None => Some(
-                self.enrollment_groups(&service.name, None, group_page)
-                    .await?,
-            ),
+            None => Some(self.list::<EnrollmentGroup>(name, None, group_page).await?),
         };
         let previous = self
-            .registration(&service.name, registration_key)
+            .get::<RegistrationRecord>(name, registration_key)
             .await?
             .map(Box::new);
-        let linked_hubs = self.linked_hubs(&service.name).await?;
+        let linked_hubs = self.linked_hubs(name).await?;
         Ok(Some(RegistrationInputs {
             service,
             enrollment,
@@ -348,121 +398,80 @@ pub trait Store: Send + Sync + 'static {
             linked_hubs,
         }))
     }
-    async fn put_registration(
-        &self,
-        service: &str,
-        record: &RegistrationRecord,
-        now: UtcTime,
-    ) -> Result<RegistrationRecord, StoreError>;
-    async fn delete_registration(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError>;
-    async fn registrations_of_group(
-        &self,
-        service: &str,
-        group_key: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RegistrationRecord>, StoreError>;
-    /// How many registered devices live on a hub (by host name, any case).
-    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError>;
 
     // Hub latencies measured by each node (shown by `onramp linked-hub list`).
     async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError>;
     async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError>;
 }
 
-/// Enrollments of either kind, typed: the service rules are written once for
-/// individual enrollments and groups through these.
+/// Typed calls over [`Store`]'s records, for every store.
 #[async_trait]
 pub trait StoreExt: Store {
-    async fn get_enrollment<E: EnrollmentRecord>(
+    async fn get<T: StoredRecord>(
         &self,
         service: &str,
-        id_key: &str,
-    ) -> Result<Option<E>, StoreError> {
-        let found = match E::KIND {
-            EnrollmentKind::Individual => self
-                .enrollment(service, id_key)
-                .await?
-                .map(IndividualEnrollment::into_enrollment),
-            EnrollmentKind::Group => self
-                .enrollment_group(service, id_key)
-                .await?
-                .map(EnrollmentGroup::into_enrollment),
-        };
-        Ok(found.and_then(E::from_enrollment))
+        key: &IdKey,
+    ) -> Result<Option<T>, StoreError> {
+        let found = self.record(service, T::RECORD_KIND, key).await?;
+        found.map(typed).transpose()
     }
 
-    async fn put_enrollment_of<E: EnrollmentRecord>(
+    async fn put<T: StoredRecord>(
         &self,
         service: &str,
-        record: E,
+        record: T,
         condition: Precondition,
         now: UtcTime,
-    ) -> Result<E, StoreError> {
-        let stored = match record.into_enrollment() {
-            Enrollment::Individual(e) => self
-                .put_enrollment(service, &e, condition, now)
-                .await?
-                .into_enrollment(),
-            Enrollment::Group(g) => self
-                .put_enrollment_group(service, &g, condition, now)
-                .await?
-                .into_enrollment(),
-        };
-        E::from_enrollment(stored).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "the store returned another kind than {}",
-                E::KIND.noun()
-            ))
-        })
+    ) -> Result<T, StoreError> {
+        typed(
+            self.put_record(service, record.into_record(), condition, now)
+                .await?,
+        )
     }
 
-    async fn delete_enrollment_of<E: EnrollmentRecord>(
+    async fn delete<T: StoredRecord>(
         &self,
         service: &str,
-        id_key: &str,
+        key: &IdKey,
         condition: Precondition,
     ) -> Result<(), StoreError> {
-        match E::KIND {
-            EnrollmentKind::Individual => self.delete_enrollment(service, id_key, condition).await,
-            EnrollmentKind::Group => {
-                self.delete_enrollment_group(service, id_key, condition)
-                    .await
-            }
-        }
+        self.delete_record(service, T::RECORD_KIND, key, condition)
+            .await
     }
 
-    /// A page in key order, starting after `after_key`.
-    async fn enrollments_of<E: EnrollmentRecord>(
+    async fn list<T: StoredRecord>(
         &self,
         service: &str,
-        after_key: Option<&str>,
+        after: Option<&IdKey>,
         limit: usize,
-    ) -> Result<Vec<E>, StoreError> {
-        let all: Vec<Enrollment> = match E::KIND {
-            EnrollmentKind::Individual => self
-                .enrollments(service, after_key, limit)
-                .await?
-                .into_iter()
-                .map(IndividualEnrollment::into_enrollment)
-                .collect(),
-            EnrollmentKind::Group => self
-                .enrollment_groups(service, after_key, limit)
-                .await?
-                .into_iter()
-                .map(EnrollmentGroup::into_enrollment)
-                .collect(),
-        };
-        Ok(all.into_iter().filter_map(E::from_enrollment).collect())
+    ) -> Result<Vec<T>, StoreError> {
+        let page = self.records(service, T::RECORD_KIND, after, limit).await?;
+        page.into_iter().map(typed).collect()
+    }
+
+    /// Every linked hub of a service, in name order.
+    async fn linked_hubs(&self, service: &str) -> Result<Vec<LinkedHub>, StoreError> {
+        self.list(service, None, usize::MAX).await
+    }
+
+    /// Every CA certificate of a service, in name order.
+    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        self.list(service, None, usize::MAX).await
     }
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}
+
+/// A record of the kind asked for; any other kind is a store's defect.
+fn typed<T: StoredRecord>(record: Record) -> Result<T, StoreError> {
+    let kind = record.kind();
+    T::from_record(record).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "the store returned a {kind:?} where a {:?} was asked for",
+            T::RECORD_KIND
+        ))
+    })
+}
 
 /// The identity the engine asks a hub to hold for a device.
 #[derive(Debug, Clone, PartialEq)]

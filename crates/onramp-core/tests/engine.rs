@@ -9,8 +9,12 @@ use onramp_core::engine::{
     Drained, Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest,
 };
 use onramp_core::events::Protocol;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
 use onramp_core::sas;
+use onramp_core::tenant::LinkedHub;
+use onramp_model::IdKey;
 use onramp_model::allocation::AllocationResponse;
 use onramp_model::{
     AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, ErrorCode,
@@ -50,7 +54,10 @@ async fn world(hubs: &[(&str, u32)]) -> World {
     for (name, weight) in hubs {
         let mut h = conformance::hub(name);
         h.allocation_weight = *weight;
-        store.put_linked_hub("default", &h).await.unwrap();
+        store
+            .put("default", h.clone(), Precondition::None, UtcTime::now())
+            .await
+            .unwrap();
     }
     let recording = Arc::new(RecordingHubs::default());
     let clock = Arc::new(ManualClock::new(at(NOW)));
@@ -140,7 +147,7 @@ impl World {
     /// Stores individual enrollment `e` in the default service.
     async fn put(&self, e: &IndividualEnrollment) {
         self.store
-            .put_enrollment("default", e, Precondition::None, at(NOW))
+            .put("default", e.clone(), Precondition::None, at(NOW))
             .await
             .unwrap();
     }
@@ -148,7 +155,7 @@ impl World {
     /// Stores enrollment group `g` in the default service.
     async fn put_group(&self, g: &onramp_model::EnrollmentGroup) {
         self.store
-            .put_enrollment_group("default", g, Precondition::None, at(NOW))
+            .put("default", g.clone(), Precondition::None, at(NOW))
             .await
             .unwrap();
     }
@@ -196,7 +203,7 @@ impl World {
     async fn no_trace_of(&self, id: &str) {
         assert_eq!(
             self.store
-                .registration("default", &id.to_ascii_lowercase())
+                .get::<RegistrationRecord>("default", &IdKey::of(&id.to_ascii_lowercase()))
                 .await
                 .unwrap(),
             None
@@ -230,7 +237,7 @@ async fn individual_enrollment_is_assigned_with_its_keys_and_initial_twin() {
     // The record is durable and answers polls and status lookups.
     let rec = w
         .store
-        .registration("default", "dev-01")
+        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
         .await
         .unwrap()
         .unwrap();
@@ -411,7 +418,7 @@ async fn hub_failures_are_recorded_as_failed_registrations() {
     assert!(state.error_message.unwrap().contains("hub-a"));
     let rec = w
         .store
-        .registration("default", "dev-01")
+        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
         .await
         .unwrap()
         .unwrap();
@@ -494,7 +501,7 @@ async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
         let id = format!("fleet-{i:05}");
         let before = w
             .store
-            .registration("default", &id)
+            .get::<RegistrationRecord>("default", &IdKey::of(&id))
             .await
             .unwrap()
             .unwrap()
@@ -582,7 +589,7 @@ async fn a_device_without_an_assigned_registration_has_no_status_to_show() {
         placement: None,
     };
     w.store
-        .put_registration("default", &record, at(NOW))
+        .put("default", record.clone(), Precondition::None, at(NOW))
         .await
         .unwrap();
     let err = w.engine.registration_status(lookup()).await.unwrap_err();
@@ -745,7 +752,10 @@ async fn never_policy_stays_unless_forced_or_its_hub_is_unlinked() {
     // Its hub is unlinked: it has to go somewhere else.
     e.iot_hubs = Some(vec!["hub-c".into()]);
     w.put(&e).await;
-    assert!(w.store.delete_linked_hub("default", "hub-b").await.unwrap());
+    w.store
+        .delete::<LinkedHub>("default", &IdKey::of("hub-b"), Precondition::None)
+        .await
+        .unwrap();
     let state = w.assigned("dev-01").await;
     assert_eq!(state.assigned_hub.as_deref(), Some("hub-c"));
     assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
@@ -765,7 +775,10 @@ async fn a_removed_hub_cannot_be_migrated_from_so_the_device_starts_afresh() {
             .unwrap(),
         1
     );
-    assert!(w.store.delete_linked_hub("default", &first).await.unwrap());
+    w.store
+        .delete::<LinkedHub>("default", &IdKey::of(&first), Precondition::None)
+        .await
+        .unwrap();
     let state = w.assigned("dev-01").await;
     assert_eq!(state.assigned_hub.as_deref(), Some(other));
     assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
@@ -1008,7 +1021,7 @@ async fn custom_webhook_failures_are_recorded_with_their_own_codes_and_no_hub_de
         );
         let recorded = w
             .store
-            .registration("default", "dev-01")
+            .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
             .await
             .unwrap()
             .unwrap();
@@ -1104,7 +1117,12 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
         .await
         .unwrap();
     w.store
-        .put_linked_hub("other", &conformance::hub("hub-z"))
+        .put(
+            "other",
+            (conformance::hub("hub-z")).clone(),
+            Precondition::None,
+            UtcTime::now(),
+        )
         .await
         .unwrap();
     let mut theirs = conformance::enrollment("dev-01");
@@ -1118,7 +1136,7 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
         .unwrap()
         .primary_key = Some(onramp_model::Secret::new(their_key));
     w.store
-        .put_enrollment("other", &theirs, Precondition::None, at(NOW))
+        .put("other", theirs.clone(), Precondition::None, at(NOW))
         .await
         .unwrap();
 
@@ -1138,7 +1156,7 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
     assert_eq!(theirs.assigned_hub.as_deref(), Some("hub-z"));
     let ours = w
         .store
-        .registration("default", "dev-01")
+        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
         .await
         .unwrap()
         .unwrap();
@@ -1299,7 +1317,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
     );
     let record = w
         .store
-        .registration("default", "racer")
+        .get::<RegistrationRecord>("default", &IdKey::of("racer"))
         .await
         .unwrap()
         .unwrap();

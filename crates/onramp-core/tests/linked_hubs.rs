@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use onramp_core::linked_hubs::{LinkChanges, LinkError, LinkedHubs, NewLink, Unlink};
+use onramp_core::ports::Precondition;
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{Placement, RegistrationRecord, Store};
 use onramp_model::{DeviceRegistrationState, RegistrationStatus};
 use onramp_testkit::{MemoryStore, conformance};
@@ -94,7 +96,12 @@ async fn a_hub_with_devices_is_unlinked_only_when_asked() {
         }),
     };
     store
-        .put_registration("default", &record, onramp_model::UtcTime::now())
+        .put(
+            "default",
+            record.clone(),
+            Precondition::None,
+            onramp_model::UtcTime::now(),
+        )
         .await
         .unwrap();
     let err = hubs

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{IdentityAuth, Precondition, Store};
 use onramp_core::tenant::CaCertificate;
+use onramp_model::IdKey;
 use onramp_model::{
     AttestationMechanism, AttestationType, DeviceRegistration, EnrollmentGroup, ErrorCode,
     IndividualEnrollment, ProvisioningStatus, RegistrationStatus, UtcTime, X509Attestation,
@@ -31,7 +34,12 @@ async fn world() -> World {
     let svc = conformance::service("default", 0x5A5A);
     store.create_service(&svc, &[]).await.unwrap();
     store
-        .put_linked_hub("default", &conformance::hub("hub-a"))
+        .put(
+            "default",
+            (conformance::hub("hub-a")).clone(),
+            Precondition::None,
+            UtcTime::now(),
+        )
         .await
         .unwrap();
     let hubs = Arc::new(RecordingHubs::default());
@@ -81,7 +89,7 @@ impl World {
             ..Default::default()
         };
         self.store
-            .put_enrollment("default", &e, Precondition::None, UtcTime::now())
+            .put("default", e.clone(), Precondition::None, UtcTime::now())
             .await
             .unwrap();
     }
@@ -97,7 +105,7 @@ impl World {
             ..Default::default()
         };
         self.store
-            .put_enrollment_group("default", &g, Precondition::None, UtcTime::now())
+            .put("default", g.clone(), Precondition::None, UtcTime::now())
             .await
             .unwrap();
     }
@@ -127,7 +135,7 @@ impl World {
         assert_eq!(err.code, code, "{what}: {}", err.message);
         assert!(
             self.store
-                .registration("default", &id.to_ascii_lowercase())
+                .get::<RegistrationRecord>("default", &IdKey::of(&id.to_ascii_lowercase()))
                 .await
                 .unwrap()
                 .is_none(),
@@ -261,7 +269,7 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
         updated: UtcTime::now(),
     };
     w.store
-        .put_ca_certificate("default", &ca, Precondition::None)
+        .put("default", ca.clone(), Precondition::None, UtcTime::now())
         .await
         .unwrap();
     let g = EnrollmentGroup {
@@ -277,7 +285,7 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
         ..Default::default()
     };
     w.store
-        .put_enrollment_group("default", &g, Precondition::None, UtcTime::now())
+        .put("default", g.clone(), Precondition::None, UtcTime::now())
         .await
         .unwrap();
     let err = w.register("x-dev-3", &[&device]).await.unwrap_err();
@@ -286,7 +294,7 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
 
     ca.is_verified = true;
     w.store
-        .put_ca_certificate("default", &ca, Precondition::None)
+        .put("default", ca.clone(), Precondition::None, UtcTime::now())
         .await
         .unwrap();
     let op = w.register("x-dev-3", &[&device]).await.unwrap();

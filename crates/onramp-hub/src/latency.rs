@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use onramp_core::ports::{HubLatency, HubLatencySample, Store};
+use onramp_core::ports::{HubLatency, HubLatencySample, Store, StoreExt};
 use onramp_model::UtcTime;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;

@@ -210,153 +210,121 @@ pub trait EnrollmentRecord:
     fn bulk_result(errors: Vec<(String, u32, String)>) -> Self::BulkResult;
 }
 
-/// Both kinds have the same service-owned and deciding members; only the
-/// device ID differs.
-macro_rules! shared_members {
-    ($self:ident, $device_id:expr) => {
-        EnrollmentSettings {
-            provisioning_status: $self.provisioning_status,
-            allocation_policy: $self.allocation_policy,
-            iot_hubs: $self.iot_hubs.as_deref(),
-            iot_hub_host_name: $self.iot_hub_host_name.as_deref(),
-            custom_allocation_definition: $self.custom_allocation_definition.as_ref(),
-            reprovision_policy: $self.reprovision_policy,
-            initial_twin: $self.initial_twin.as_ref(),
-            capabilities: $self.capabilities,
-            device_id: $device_id,
+/// The two impls differ only in the names of their ID and bulk members, and
+/// in what only an individual enrollment has (a device ID, a registration
+/// state).
+macro_rules! enrollment_record {
+    (@optional $s:ident) => {
+        None
+    };
+    (@optional $s:ident $field:ident) => {
+        Some(&mut $s.$field)
+    };
+    (@device_id $s:ident) => {
+        None
+    };
+    (@device_id $s:ident $field:ident) => {
+        $s.$field.as_deref()
+    };
+    (
+        $ty:ty, $kind:ident, $id:ident, $items:ident,
+        $op:ty, $result:ident, $error:ident { $error_id:ident }
+        $(, only: $device_id:ident, $registration_state:ident)? $(,)?
+    ) => {
+        impl EnrollmentRecord for $ty {
+            const KIND: EnrollmentKind = EnrollmentKind::$kind;
+            type BulkOperation = $op;
+            type BulkResult = $result;
+
+            fn id(&self) -> &str {
+                &self.$id
+            }
+            fn set_id(&mut self, id: &str) {
+                id.clone_into(&mut self.$id);
+            }
+            fn attestation(&self) -> Option<&AttestationMechanism> {
+                self.attestation.as_ref()
+            }
+            fn attestation_mut(&mut self) -> &mut Option<AttestationMechanism> {
+                &mut self.attestation
+            }
+            fn etag(&self) -> Option<&ETag> {
+                self.etag.as_ref()
+            }
+            fn created(&self) -> Option<UtcTime> {
+                self.created_date_time_utc
+            }
+            fn settings(&self) -> EnrollmentSettings<'_> {
+                EnrollmentSettings {
+                    provisioning_status: self.provisioning_status,
+                    allocation_policy: self.allocation_policy,
+                    iot_hubs: self.iot_hubs.as_deref(),
+                    iot_hub_host_name: self.iot_hub_host_name.as_deref(),
+                    custom_allocation_definition: self.custom_allocation_definition.as_ref(),
+                    reprovision_policy: self.reprovision_policy,
+                    initial_twin: self.initial_twin.as_ref(),
+                    capabilities: self.capabilities,
+                    device_id: enrollment_record!(@device_id self $($device_id)?),
+                }
+            }
+            fn service_owned(&mut self) -> ServiceOwned<'_> {
+                ServiceOwned {
+                    etag: &mut self.etag,
+                    created: &mut self.created_date_time_utc,
+                    last_updated: &mut self.last_updated_date_time_utc,
+                    provisioning_status: &mut self.provisioning_status,
+                    reprovision_policy: &mut self.reprovision_policy,
+                    capabilities: &mut self.capabilities,
+                    registration_state: enrollment_record!(@optional self $($registration_state)?),
+                }
+            }
+            fn into_enrollment(self) -> Enrollment {
+                Enrollment::$kind(Box::new(self))
+            }
+            fn from_enrollment(e: Enrollment) -> Option<Self> {
+                match e {
+                    Enrollment::$kind(e) => Some(*e),
+                    _ => None,
+                }
+            }
+            fn bulk_items(op: Self::BulkOperation) -> (BulkMode, Vec<Self>) {
+                (op.mode, op.$items)
+            }
+            fn bulk_result(errors: Vec<(String, u32, String)>) -> Self::BulkResult {
+                $result {
+                    is_successful: errors.is_empty(),
+                    errors: errors
+                        .into_iter()
+                        .map(|($error_id, error_code, error_status)| $error {
+                            $error_id,
+                            error_code,
+                            error_status,
+                        })
+                        .collect(),
+                }
+            }
         }
     };
 }
 
-macro_rules! service_owned {
-    ($self:ident, $registration_state:expr) => {
-        ServiceOwned {
-            etag: &mut $self.etag,
-            created: &mut $self.created_date_time_utc,
-            last_updated: &mut $self.last_updated_date_time_utc,
-            provisioning_status: &mut $self.provisioning_status,
-            reprovision_policy: &mut $self.reprovision_policy,
-            capabilities: &mut $self.capabilities,
-            registration_state: $registration_state,
-        }
-    };
-}
+enrollment_record!(
+    IndividualEnrollment, Individual, registration_id, enrollments,
+    BulkEnrollmentOperation, BulkEnrollmentOperationResult,
+    BulkEnrollmentOperationError { registration_id },
+    only: device_id, registration_state,
+);
 
-impl EnrollmentRecord for IndividualEnrollment {
-    const KIND: EnrollmentKind = EnrollmentKind::Individual;
-    type BulkOperation = BulkEnrollmentOperation;
-    type BulkResult = BulkEnrollmentOperationResult;
-
-    fn id(&self) -> &str {
-        &self.registration_id
-    }
-    fn set_id(&mut self, id: &str) {
-        id.clone_into(&mut self.registration_id);
-    }
-    fn attestation(&self) -> Option<&AttestationMechanism> {
-        self.attestation.as_ref()
-    }
-    fn attestation_mut(&mut self) -> &mut Option<AttestationMechanism> {
-        &mut self.attestation
-    }
-    fn etag(&self) -> Option<&ETag> {
-        self.etag.as_ref()
-    }
-    fn created(&self) -> Option<UtcTime> {
-        self.created_date_time_utc
-    }
-    fn settings(&self) -> EnrollmentSettings<'_> {
-        shared_members!(self, self.device_id.as_deref())
-    }
-    fn service_owned(&mut self) -> ServiceOwned<'_> {
-        service_owned!(self, Some(&mut self.registration_state))
-    }
-    fn into_enrollment(self) -> Enrollment {
-        Enrollment::Individual(Box::new(self))
-    }
-    fn from_enrollment(e: Enrollment) -> Option<Self> {
-        match e {
-            Enrollment::Individual(e) => Some(*e),
-            Enrollment::Group(_) => None,
-        }
-    }
-    fn bulk_items(op: Self::BulkOperation) -> (BulkMode, Vec<Self>) {
-        (op.mode, op.enrollments)
-    }
-    fn bulk_result(errors: Vec<(String, u32, String)>) -> Self::BulkResult {
-        BulkEnrollmentOperationResult {
-            is_successful: errors.is_empty(),
-            errors: errors
-                .into_iter()
-                .map(
-                    |(registration_id, error_code, error_status)| BulkEnrollmentOperationError {
-                        registration_id,
-                        error_code,
-                        error_status,
-                    },
-                )
-                .collect(),
-        }
-    }
-}
-
-impl EnrollmentRecord for EnrollmentGroup {
-    const KIND: EnrollmentKind = EnrollmentKind::Group;
-    type BulkOperation = BulkEnrollmentGroupOperation;
-    type BulkResult = BulkEnrollmentGroupOperationResult;
-
-    fn id(&self) -> &str {
-        &self.enrollment_group_id
-    }
-    fn set_id(&mut self, id: &str) {
-        id.clone_into(&mut self.enrollment_group_id);
-    }
-    fn attestation(&self) -> Option<&AttestationMechanism> {
-        self.attestation.as_ref()
-    }
-    fn attestation_mut(&mut self) -> &mut Option<AttestationMechanism> {
-        &mut self.attestation
-    }
-    fn etag(&self) -> Option<&ETag> {
-        self.etag.as_ref()
-    }
-    fn created(&self) -> Option<UtcTime> {
-        self.created_date_time_utc
-    }
-    fn settings(&self) -> EnrollmentSettings<'_> {
-        shared_members!(self, None)
-    }
-    fn service_owned(&mut self) -> ServiceOwned<'_> {
-        service_owned!(self, None)
-    }
-    fn into_enrollment(self) -> Enrollment {
-        Enrollment::Group(Box::new(self))
-    }
-    fn from_enrollment(e: Enrollment) -> Option<Self> {
-        match e {
-            Enrollment::Group(g) => Some(*g),
-            Enrollment::Individual(_) => None,
-        }
-    }
-    fn bulk_items(op: Self::BulkOperation) -> (BulkMode, Vec<Self>) {
-        (op.mode, op.enrollment_groups)
-    }
-    fn bulk_result(errors: Vec<(String, u32, String)>) -> Self::BulkResult {
-        BulkEnrollmentGroupOperationResult {
-            is_successful: errors.is_empty(),
-            errors: errors
-                .into_iter()
-                .map(|(enrollment_group_id, error_code, error_status)| {
-                    BulkEnrollmentGroupOperationError {
-                        enrollment_group_id,
-                        error_code,
-                        error_status,
-                    }
-                })
-                .collect(),
-        }
-    }
-}
+enrollment_record!(
+    EnrollmentGroup,
+    Group,
+    enrollment_group_id,
+    enrollment_groups,
+    BulkEnrollmentGroupOperation,
+    BulkEnrollmentGroupOperationResult,
+    BulkEnrollmentGroupOperationError {
+        enrollment_group_id
+    },
+);
 
 #[cfg(test)]
 mod tests {

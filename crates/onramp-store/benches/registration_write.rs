@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use onramp_core::ports::Precondition;
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{RegistrationRecord, Store};
 use onramp_model::{DeviceRegistrationState, RegistrationStatus, UtcTime};
 use onramp_store::sqlite::{Durability, SqliteOptions};
@@ -56,7 +58,7 @@ fn writes(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     let i = n.fetch_add(1, Ordering::Relaxed);
-                    rt.block_on(store.put_registration("default", &record(i), UtcTime::now()))
+                    rt.block_on(store.put("default", record(i), Precondition::None, UtcTime::now()))
                         .unwrap()
                 })
             },
@@ -71,7 +73,7 @@ fn writes(c: &mut Criterion) {
                             let (store, i) = (store.clone(), n.fetch_add(1, Ordering::Relaxed));
                             tasks.push(tokio::spawn(async move {
                                 store
-                                    .put_registration("default", &record(i), UtcTime::now())
+                                    .put("default", record(i), Precondition::None, UtcTime::now())
                                     .await
                             }));
                         }

@@ -6,24 +6,50 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, RegistrationRecord, Store, StoreError, check_precondition,
-    client_thumbprints,
+    HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord, Store, StoreError,
+    StoredRecord, check_precondition, client_thumbprints,
 };
-use onramp_core::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
-use onramp_model::{ETag, EnrollmentGroup, IndividualEnrollment, UtcTime};
+use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
+use onramp_model::{ETag, IdKey, IndividualEnrollment, UtcTime};
 
 type Key = (String, String);
+
+/// Records by kind, service and key: one ordered map serves every page.
+type RecordKey = (RecordKind, String, IdKey);
 
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, ProvisioningService>,
     policies: BTreeMap<Key, SharedAccessPolicy>,
-    hubs: BTreeMap<Key, LinkedHub>,
-    enrollments: BTreeMap<Key, IndividualEnrollment>,
-    groups: BTreeMap<Key, EnrollmentGroup>,
-    registrations: BTreeMap<Key, RegistrationRecord>,
-    cas: BTreeMap<Key, CaCertificate>,
+    records: BTreeMap<RecordKey, Record>,
     latencies: BTreeMap<Key, HubLatencySample>,
+}
+
+impl State {
+    /// Records of one kind and service in key order, after `after`.
+    fn page<'a>(
+        &'a self,
+        service: &'a str,
+        kind: RecordKind,
+        after: Option<&'a IdKey>,
+    ) -> impl Iterator<Item = &'a Record> + 'a {
+        let start = (kind, service.to_owned(), after.cloned().unwrap_or_default());
+        self.records
+            .range(start..)
+            .take_while(move |((k, s, _), _)| *k == kind && s == service)
+            .filter(move |((_, _, key), _)| Some(key) != after)
+            .map(|(_, r)| r)
+    }
+
+    fn require_service(&self, service: &str) -> Result<(), StoreError> {
+        if self.services.contains_key(service) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!(
+                "no provisioning service '{service}'"
+            )))
+        }
+    }
 }
 
 /// A `Store` in a mutex. Same semantics as the real backends.
@@ -48,23 +74,62 @@ impl MemoryStore {
             self.etags.fetch_add(1, Ordering::Relaxed) + 1
         ))
     }
+
+    /// Sets what the store owns on a write: a new ETag, and for enrollments,
+    /// groups and registrations the creation time (kept from `current`) and
+    /// the update time.
+    fn stamp(&self, record: &mut Record, current: Option<&Record>, now: UtcTime) {
+        let created = |c: Option<UtcTime>| Some(c.unwrap_or(now));
+        match record {
+            Record::Enrollment(e) => {
+                e.created_date_time_utc = created(current.and_then(created_of));
+                e.last_updated_date_time_utc = Some(now);
+                e.etag = Some(self.etag());
+                e.registration_state = None;
+            }
+            Record::EnrollmentGroup(g) => {
+                g.created_date_time_utc = created(current.and_then(created_of));
+                g.last_updated_date_time_utc = Some(now);
+                g.etag = Some(self.etag());
+            }
+            Record::Registration(r) => {
+                r.state.created_date_time_utc = created(current.and_then(created_of));
+                r.state.last_updated_date_time_utc = Some(now);
+                r.state.etag = Some(self.etag());
+            }
+            Record::CaCertificate(c) => c.etag = Some(self.etag()),
+            Record::LinkedHub(_) => {}
+        }
+    }
 }
 
 fn k(service: &str, key: &str) -> Key {
     (service.to_owned(), key.to_owned())
 }
 
-fn page<T: Clone>(
-    map: &BTreeMap<Key, T>,
-    service: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Vec<T> {
-    map.range(k(service, after.unwrap_or(""))..)
-        .filter(|((s, key), _)| s == service && Some(key.as_str()) != after)
-        .take(limit)
-        .map(|(_, v)| v.clone())
-        .collect()
+fn created_of(record: &Record) -> Option<UtcTime> {
+    match record {
+        Record::Enrollment(e) => e.created_date_time_utc,
+        Record::EnrollmentGroup(g) => g.created_date_time_utc,
+        Record::Registration(r) => r.state.created_date_time_utc,
+        Record::CaCertificate(_) | Record::LinkedHub(_) => None,
+    }
+}
+
+/// The ETag a condition is checked against; linked hubs have none, and
+/// match only `*`.
+fn etag_of(record: &Record) -> Option<ETag> {
+    match record {
+        Record::Enrollment(e) => e.etag.clone(),
+        Record::EnrollmentGroup(g) => g.etag.clone(),
+        Record::Registration(r) => r.state.etag.clone(),
+        Record::CaCertificate(c) => c.etag.clone(),
+        Record::LinkedHub(_) => Some(ETag::from_raw("*")),
+    }
+}
+
+fn typed<T: StoredRecord>(records: impl Iterator<Item = Record>) -> Vec<T> {
+    records.filter_map(T::from_record).collect()
 }
 
 #[async_trait]
@@ -96,13 +161,13 @@ impl Store for MemoryStore {
     }
     async fn service_by_scope(
         &self,
-        id_scope_key: &str,
+        id_scope_key: &IdKey,
     ) -> Result<Option<ProvisioningService>, StoreError> {
         Ok(self
             .lock()
             .services
             .values()
-            .find(|s| s.id_scope.key().as_str() == id_scope_key)
+            .find(|s| s.id_scope.key() == *id_scope_key)
             .cloned())
     }
     async fn services(&self) -> Result<Vec<ProvisioningService>, StoreError> {
@@ -125,15 +190,17 @@ impl Store for MemoryStore {
         let mut s = self.lock();
         let existed = s.services.remove(name).is_some();
         s.policies.retain(|(svc, _), _| svc != name);
-        s.hubs.retain(|(svc, _), _| svc != name);
-        s.enrollments.retain(|(svc, _), _| svc != name);
-        s.groups.retain(|(svc, _), _| svc != name);
-        s.registrations.retain(|(svc, _), _| svc != name);
-        s.cas.retain(|(svc, _), _| svc != name);
+        s.records.retain(|(_, svc, _), _| svc != name);
         Ok(existed)
     }
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {
-        Ok(page(&self.lock().policies, service, None, usize::MAX))
+        Ok(self
+            .lock()
+            .policies
+            .iter()
+            .filter(|((svc, _), _)| svc == service)
+            .map(|(_, p)| p.clone())
+            .collect())
     }
     async fn put_policy(
         &self,
@@ -141,11 +208,7 @@ impl Store for MemoryStore {
         policy: &SharedAccessPolicy,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();
-        if !s.services.contains_key(service) {
-            return Err(StoreError::NotFound(format!(
-                "no provisioning service '{service}'"
-            )));
-        }
+        s.require_service(service)?;
         s.policies.insert(k(service, &policy.name), policy.clone());
         Ok(())
     }
@@ -161,299 +224,110 @@ impl Store for MemoryStore {
             .map(|((svc, _), p)| (svc.clone(), p.clone()))
             .collect())
     }
-    async fn linked_hubs(&self, service: &str) -> Result<Vec<LinkedHub>, StoreError> {
-        Ok(page(&self.lock().hubs, service, None, usize::MAX))
-    }
-    async fn put_linked_hub(&self, service: &str, hub: &LinkedHub) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        if !s.services.contains_key(service) {
-            return Err(StoreError::NotFound(format!(
-                "no provisioning service '{service}'"
-            )));
-        }
-        s.hubs
-            .insert(k(service, &hub.name.to_ascii_lowercase()), hub.clone());
-        Ok(())
-    }
-    async fn delete_linked_hub(&self, service: &str, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .hubs
-            .remove(&k(service, &name.to_ascii_lowercase()))
-            .is_some())
-    }
-
-    async fn enrollment(
+    async fn record(
         &self,
         service: &str,
-        id_key: &str,
-    ) -> Result<Option<IndividualEnrollment>, StoreError> {
-        Ok(self.lock().enrollments.get(&k(service, id_key)).cloned())
+        kind: RecordKind,
+        key: &IdKey,
+    ) -> Result<Option<Record>, StoreError> {
+        let s = self.lock();
+        Ok(s.records
+            .get(&(kind, service.to_owned(), key.clone()))
+            .cloned())
     }
-    async fn put_enrollment(
+    async fn put_record(
         &self,
         service: &str,
-        enrollment: &IndividualEnrollment,
+        mut record: Record,
         condition: Precondition,
         now: UtcTime,
-    ) -> Result<IndividualEnrollment, StoreError> {
+    ) -> Result<Record, StoreError> {
         let mut s = self.lock();
-        let key = k(service, &enrollment.registration_id.to_ascii_lowercase());
-        let current = s.enrollments.get(&key);
+        s.require_service(service)?;
+        let at = (record.kind(), service.to_owned(), record.key());
+        let current = s.records.get(&at);
         check_precondition(
-            current.and_then(|c| c.etag.as_ref()),
+            current.and_then(etag_of).as_ref(),
             &condition,
-            &format!("enrollment '{}'", enrollment.registration_id),
+            &format!("{:?} '{}'", at.0, at.2),
         )?;
-        let mut stored = enrollment.clone();
-        stored.created_date_time_utc =
-            Some(current.and_then(|c| c.created_date_time_utc).unwrap_or(now));
-        stored.last_updated_date_time_utc = Some(now);
-        stored.etag = Some(self.etag());
-        stored.registration_state = None;
-        s.enrollments.insert(key, stored.clone());
-        Ok(stored)
+        self.stamp(&mut record, current, now);
+        s.records.insert(at, record.clone());
+        Ok(record)
     }
-    async fn delete_enrollment(
+    async fn delete_record(
         &self,
         service: &str,
-        id_key: &str,
+        kind: RecordKind,
+        key: &IdKey,
         condition: Precondition,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();
-        let key = k(service, id_key);
-        let Some(current) = s.enrollments.get(&key) else {
-            return Err(StoreError::NotFound(format!(
-                "no individual enrollment has registration ID '{id_key}'"
-            )));
+        let at = (kind, service.to_owned(), key.clone());
+        let Some(current) = s.records.get(&at) else {
+            return Err(StoreError::NotFound(kind.missing(key)));
         };
         check_precondition(
-            current.etag.as_ref(),
+            etag_of(current).as_ref(),
             &condition,
-            &format!("enrollment '{id_key}'"),
+            &format!("{kind:?} '{key}'"),
         )?;
-        s.enrollments.remove(&key);
+        s.records.remove(&at);
         Ok(())
+    }
+    async fn records(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        after: Option<&IdKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let s = self.lock();
+        Ok(s.page(service, kind, after).take(limit).cloned().collect())
     }
     async fn enrollments_by_thumbprint(
         &self,
         service: &str,
         sha256: &str,
     ) -> Result<Vec<IndividualEnrollment>, StoreError> {
-        Ok(page(&self.lock().enrollments, service, None, usize::MAX)
+        let s = self.lock();
+        let all = s.page(service, RecordKind::Enrollment, None).cloned();
+        Ok(typed::<IndividualEnrollment>(all)
             .into_iter()
             .filter(|e| {
-                client_thumbprints(e)
+                client_thumbprints(e.attestation.as_ref())
                     .iter()
                     .any(|t| t.eq_ignore_ascii_case(sha256))
             })
             .collect())
     }
-    async fn ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-    ) -> Result<Option<CaCertificate>, StoreError> {
-        Ok(self
-            .lock()
-            .cas
-            .get(&k(service, &name.to_ascii_lowercase()))
-            .cloned())
-    }
-    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError> {
-        Ok(page(&self.lock().cas, service, None, usize::MAX))
-    }
-    async fn put_ca_certificate(
-        &self,
-        service: &str,
-        certificate: &CaCertificate,
-        condition: Precondition,
-    ) -> Result<CaCertificate, StoreError> {
-        let mut s = self.lock();
-        if !s.services.contains_key(service) {
-            return Err(StoreError::NotFound(format!(
-                "no provisioning service '{service}'"
-            )));
-        }
-        let key = k(service, &certificate.name.to_ascii_lowercase());
-        check_precondition(
-            s.cas.get(&key).and_then(|c| c.etag.as_ref()),
-            &condition,
-            &format!("CA certificate '{}'", certificate.name),
-        )?;
-        let mut stored = certificate.clone();
-        stored.etag = Some(self.etag());
-        s.cas.insert(key, stored.clone());
-        Ok(stored)
-    }
-    async fn delete_ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let key = k(service, &name.to_ascii_lowercase());
-        let Some(current) = s.cas.get(&key) else {
-            return Err(StoreError::NotFound(format!(
-                "no CA certificate is named '{name}'"
-            )));
-        };
-        check_precondition(
-            current.etag.as_ref(),
-            &condition,
-            &format!("CA certificate '{name}'"),
-        )?;
-        s.cas.remove(&key);
-        Ok(())
-    }
-    async fn enrollments(
-        &self,
-        service: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
-        Ok(page(&self.lock().enrollments, service, after_key, limit))
-    }
-
-    async fn enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<EnrollmentGroup>, StoreError> {
-        Ok(self.lock().groups.get(&k(service, id_key)).cloned())
-    }
-    async fn put_enrollment_group(
-        &self,
-        service: &str,
-        group: &EnrollmentGroup,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<EnrollmentGroup, StoreError> {
-        let mut s = self.lock();
-        let key = k(service, &group.enrollment_group_id.to_ascii_lowercase());
-        let current = s.groups.get(&key);
-        check_precondition(
-            current.and_then(|c| c.etag.as_ref()),
-            &condition,
-            &format!("enrollment group '{}'", group.enrollment_group_id),
-        )?;
-        let mut stored = group.clone();
-        stored.created_date_time_utc =
-            Some(current.and_then(|c| c.created_date_time_utc).unwrap_or(now));
-        stored.last_updated_date_time_utc = Some(now);
-        stored.etag = Some(self.etag());
-        s.groups.insert(key, stored.clone());
-        Ok(stored)
-    }
-    async fn delete_enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let key = k(service, id_key);
-        let Some(current) = s.groups.get(&key) else {
-            return Err(StoreError::NotFound(format!(
-                "no enrollment group has ID '{id_key}'"
-            )));
-        };
-        check_precondition(
-            current.etag.as_ref(),
-            &condition,
-            &format!("enrollment group '{id_key}'"),
-        )?;
-        s.groups.remove(&key);
-        Ok(())
-    }
-    async fn enrollment_groups(
-        &self,
-        service: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError> {
-        Ok(page(&self.lock().groups, service, after_key, limit))
-    }
-
-    async fn registration(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<RegistrationRecord>, StoreError> {
-        Ok(self.lock().registrations.get(&k(service, id_key)).cloned())
-    }
-    async fn put_registration(
-        &self,
-        service: &str,
-        record: &RegistrationRecord,
-        now: UtcTime,
-    ) -> Result<RegistrationRecord, StoreError> {
-        let mut s = self.lock();
-        let key = k(service, &record.state.registration_id.to_ascii_lowercase());
-        let created = s
-            .registrations
-            .get(&key)
-            .and_then(|c| c.state.created_date_time_utc)
-            .unwrap_or(now);
-        let mut stored = record.clone();
-        stored.state.created_date_time_utc = Some(created);
-        stored.state.last_updated_date_time_utc = Some(now);
-        stored.state.etag = Some(self.etag());
-        s.registrations.insert(key, stored.clone());
-        Ok(stored)
-    }
-    async fn delete_registration(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let key = k(service, id_key);
-        let Some(current) = s.registrations.get(&key) else {
-            return Err(StoreError::NotFound(format!(
-                "no device has registered with registration ID '{id_key}'"
-            )));
-        };
-        check_precondition(
-            current.state.etag.as_ref(),
-            &condition,
-            &format!("registration '{id_key}'"),
-        )?;
-        s.registrations.remove(&key);
-        Ok(())
-    }
     async fn registrations_of_group(
         &self,
         service: &str,
-        group_key: &str,
-        after_key: Option<&str>,
+        group_key: &IdKey,
+        after: Option<&IdKey>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
-        Ok(
-            page(&self.lock().registrations, service, after_key, usize::MAX)
-                .into_iter()
-                .filter(|r| {
-                    r.enrollment_group_id
-                        .as_deref()
-                        .map(str::to_ascii_lowercase)
-                        .as_deref()
-                        == Some(group_key)
-                })
-                .take(limit)
-                .collect(),
-        )
+        let s = self.lock();
+        let all = s.page(service, RecordKind::Registration, after).cloned();
+        Ok(typed::<RegistrationRecord>(all)
+            .into_iter()
+            .filter(|r| {
+                r.enrollment_group_id
+                    .as_deref()
+                    .is_some_and(|g| IdKey::of(g) == *group_key)
+            })
+            .take(limit)
+            .collect())
     }
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .lock()
-            .registrations
+        let s = self.lock();
+        let all = s.page(service, RecordKind::Registration, None).cloned();
+        Ok(typed::<RegistrationRecord>(all)
             .iter()
-            .filter(|((s, _), r)| {
-                s == service
-                    && r.current_placement()
-                        .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub))
+            .filter(|r| {
+                r.current_placement()
+                    .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub.trim()))
             })
             .count() as u64)
     }

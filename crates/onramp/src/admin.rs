@@ -5,7 +5,7 @@
 use anyhow::Context;
 use onramp_core::keys;
 use onramp_core::linked_hubs::{LinkChanges, LinkError, LinkedHubs, NewLink, Unlink};
-use onramp_core::ports::Store;
+use onramp_core::ports::{Store, StoreExt};
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 

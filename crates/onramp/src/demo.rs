@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use onramp_core::admin::Admin;
 use onramp_core::linked_hubs::{LinkedHubs, NewLink};
-use onramp_core::ports::{Store, SystemClock};
-use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, InitialTwin};
+use onramp_core::ports::{RegistrationRecord, StoreExt, SystemClock};
+use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, IdKey, InitialTwin};
 
 use crate::bench::{self, Fleet, Load};
 use crate::cli::{DemoArgs, DeviceTarget, HubServeArgs};
@@ -190,7 +190,7 @@ async fn provision(
         .device(&load.prefix, 0)
         .map_err(anyhow::Error::msg)?;
     if let Some(record) = store
-        .registration(service, &sample.to_ascii_lowercase())
+        .get::<RegistrationRecord>(service, &IdKey::of(&sample))
         .await?
         && let Some(hub_name) = record.state.assigned_hub.as_deref()
         && let Some(link) = store

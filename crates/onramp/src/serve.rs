@@ -8,7 +8,7 @@ use anyhow::Context;
 use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::linked_hubs::{LinkedHubs, NewLink};
-use onramp_core::ports::{Store, SystemClock};
+use onramp_core::ports::{Store, StoreExt, SystemClock};
 use onramp_endpoints::https::MqttWebSockets;
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};

@@ -8,7 +8,10 @@ mod common;
 use std::path::Path;
 
 use common::{Server, onramp, unix_now};
-use onramp_core::ports::Store;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -1110,7 +1113,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     let store = server.store();
     assert!(
         store
-            .enrollment("default", "imp-0000499")
+            .get::<IndividualEnrollment>("default", &IdKey::of("imp-0000499"))
             .await
             .unwrap()
             .is_some()
@@ -1118,14 +1121,14 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     // Spread over the whole list (every third of 500), not its first 60.
     assert!(
         store
-            .registration("default", "imp-0000177")
+            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000177"))
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .registration("default", "imp-0000001")
+            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000001"))
             .await
             .unwrap()
             .is_none()
@@ -1153,7 +1156,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     // the scattered order is enrollment 180).
     assert!(
         store
-            .registration("default", "imp-0000180")
+            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000180"))
             .await
             .unwrap()
             .is_none()
@@ -1177,7 +1180,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     assert_eq!(summary["assigned"], 20, "{summary}");
     assert!(
         store
-            .registration("default", "imp-0000180")
+            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000180"))
             .await
             .unwrap()
             .is_some()

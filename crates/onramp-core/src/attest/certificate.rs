@@ -7,7 +7,7 @@ use onramp_model::{
 };
 
 use super::{Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
-use crate::ports::{Store, client_thumbprints};
+use crate::ports::{Store, StoreExt, client_thumbprints};
 use crate::{ProvisioningError, x509};
 
 /// (X.520's upper bound), and Azure applies the same limit.
@@ -84,7 +84,7 @@ pub(super) async fn attest(
             )));
         }
         // The enrolled certificates' thumbprints, computed when the enrollment was written.
-        if !client_thumbprints(&enrollment)
+        if !client_thumbprints(enrollment.attestation.as_ref())
             .iter()
             .any(|t| leaf.has_thumbprint(t))
         {

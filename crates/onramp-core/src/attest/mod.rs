@@ -18,9 +18,11 @@
 mod certificate;
 mod token;
 
-use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, RegistrationId, Secret};
+use onramp_model::{
+    EnrollmentGroup, ErrorCode, IdKey, IndividualEnrollment, RegistrationId, Secret,
+};
 
-use crate::ports::Store;
+use crate::ports::{Store, StoreExt};
 use crate::{ProvisioningError, x509};
 
 /// How the device proved (or tried to prove) who it is.
@@ -82,11 +84,14 @@ impl Prefetched {
         &mut self,
         store: &dyn Store,
         service: &str,
-        key: &str,
+        key: &IdKey,
     ) -> Result<Option<Box<IndividualEnrollment>>, ProvisioningError> {
         match self.enrollment.take() {
             Some(found) => Ok(found),
-            None => Ok(store.enrollment(service, key).await?.map(Box::new)),
+            None => Ok(store
+                .get::<IndividualEnrollment>(service, key)
+                .await?
+                .map(Box::new)),
         }
     }
 }
@@ -94,7 +99,7 @@ impl Prefetched {
 /// Enrollment groups page by page, the first page perhaps read already.
 struct GroupPages {
     first: Option<Vec<EnrollmentGroup>>,
-    after: Option<String>,
+    after: Option<IdKey>,
     done: bool,
 }
 
@@ -120,15 +125,13 @@ impl GroupPages {
             Some(page) => page,
             None => {
                 store
-                    .enrollment_groups(service, self.after.as_deref(), GROUP_PAGE)
+                    .list::<EnrollmentGroup>(service, self.after.as_ref(), GROUP_PAGE)
                     .await?
             }
         };
         // A short page is the last one: no need to ask for the next.
         self.done = page.len() < GROUP_PAGE;
-        self.after = page
-            .last()
-            .map(|g| g.enrollment_group_id.to_ascii_lowercase());
+        self.after = page.last().map(|g| IdKey::of(&g.enrollment_group_id));
         Ok(Some(page).filter(|p| !p.is_empty()))
     }
 }

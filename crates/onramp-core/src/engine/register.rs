@@ -15,7 +15,7 @@ use super::{Engine, RegisterRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::attest::{Attested, Prefetched, Proof};
 use crate::events::{AttestationStep, HubCleanup, RegistrationAttempt};
-use crate::ports::{Placement, RegistrationInputs, RegistrationRecord};
+use crate::ports::{Placement, Precondition, RegistrationInputs, RegistrationRecord, StoreExt};
 use crate::tenant::{LinkedHub, ProvisioningService};
 
 impl Engine {
@@ -221,7 +221,7 @@ impl Engine {
         }
         let record = self
             .store
-            .put_registration(&service.name, &record, self.clock.now())
+            .put(&service.name, record, Precondition::None, self.clock.now())
             .await?;
         if let Some((hub_name, old_id)) = leaves
             && let Some(hub) = linked.iter().find(|h| h.is_named(&hub_name))
@@ -253,7 +253,7 @@ impl Engine {
         {
             let recorded = self
                 .store
-                .registration(&service.name, &attested.registration_id.key())
+                .get::<RegistrationRecord>(&service.name, &attested.registration_id.key())
                 .await
                 .ok()
                 .flatten()

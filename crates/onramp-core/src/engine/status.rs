@@ -10,6 +10,7 @@ use super::operation_id::operation_started;
 use super::{Engine, OperationRequest, StatusRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::events::AttestationStep;
+use crate::ports::{RegistrationRecord, StoreExt};
 
 impl Engine {
     /// Answers a poll: `assigning` while the work runs, then the recorded result.
@@ -63,7 +64,7 @@ impl Engine {
         }
         let record = self
             .store
-            .registration(&service.name, &key)
+            .get::<RegistrationRecord>(&service.name, &key)
             .await?
             .ok_or_else(not_found)?;
         // An operation newer than the record's ended without one (its write
@@ -109,7 +110,7 @@ impl Engine {
             .await?;
         let state = self
             .store
-            .registration(&service.name, &registration_id.key())
+            .get::<RegistrationRecord>(&service.name, &registration_id.key())
             .await?
             .map(|r| r.state)
             .ok_or_else(|| {

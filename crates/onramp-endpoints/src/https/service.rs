@@ -7,14 +7,12 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use onramp_core::ProvisioningError;
-use onramp_core::admin::{Page, PageRequest};
+use onramp_core::admin::{EnrollmentResource, Page, PageRequest};
 use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::tenant::AccessRights;
 use onramp_model::certificate::CertificateBody;
 use onramp_model::query::QuerySpecification;
-use onramp_model::{
-    EnrollmentGroup, EnrollmentKind, EnrollmentRecord, ErrorCode, IndividualEnrollment, UtcTime,
-};
+use onramp_model::{EnrollmentGroup, EnrollmentKind, ErrorCode, IndividualEnrollment, UtcTime};
 use serde::Serialize;
 
 use super::route::Route;
@@ -201,7 +199,7 @@ impl Call<'_> {
 }
 
 /// How the rights messages name the resource: "an enrollment", "an enrollment group".
-fn resource<E: EnrollmentRecord>() -> &'static str {
+fn resource<E: EnrollmentResource>() -> &'static str {
     match E::KIND {
         EnrollmentKind::Individual => "enrollment",
         EnrollmentKind::Group => "enrollment group",
@@ -209,7 +207,7 @@ fn resource<E: EnrollmentRecord>() -> &'static str {
 }
 
 /// GET, PUT or DELETE of one individual enrollment or group.
-async fn one<E: EnrollmentRecord>(
+async fn one<E: EnrollmentResource>(
     call: &Call<'_>,
     id: String,
     method: Method,
@@ -247,7 +245,7 @@ async fn one<E: EnrollmentRecord>(
     }
 }
 
-async fn attestation<E: EnrollmentRecord>(
+async fn attestation<E: EnrollmentResource>(
     call: &Call<'_>,
     id: &str,
 ) -> Result<Response, ProvisioningError> {
@@ -263,7 +261,7 @@ async fn attestation<E: EnrollmentRecord>(
         .await?))
 }
 
-async fn query_page<E: EnrollmentRecord>(
+async fn query_page<E: EnrollmentResource>(
     call: &Call<'_>,
     headers: &HeaderMap,
     body: Body,
@@ -282,7 +280,7 @@ async fn query_page<E: EnrollmentRecord>(
     Ok(page(found, E::KIND.item_type()))
 }
 
-async fn bulk<E: EnrollmentRecord>(
+async fn bulk<E: EnrollmentResource>(
     call: &Call<'_>,
     body: Body,
 ) -> Result<Response, ProvisioningError> {

@@ -1,8 +1,9 @@
 //! Individual enrollments (with their thumbprint index) and enrollment
-//! groups: JSON documents whose symmetric keys are sealed beside them.
+//! groups: JSON documents whose symmetric keys are sealed beside them, one
+//! table per kind and one code path for both.
 
 use onramp_core::ports::{Precondition, StoreError, check_precondition, client_thumbprints};
-use onramp_model::{EnrollmentGroup, IndividualEnrollment, UtcTime};
+use onramp_model::{EnrollmentKind, EnrollmentRecord, IndividualEnrollment, UtcTime};
 use rusqlite::{Connection, params};
 
 use super::db::sql_error;
@@ -15,63 +16,58 @@ use crate::seal::Sealer;
 pub(super) const ENROLLMENTS: &str = "enrollments";
 pub(super) const GROUPS: &str = "enrollment_groups";
 
-fn enrollment_aad(service: &str, key: &str) -> String {
-    format!("enrollment:{service}/{key}")
-}
-fn group_aad(service: &str, key: &str) -> String {
-    format!("group:{service}/{key}")
+pub(super) fn table(kind: EnrollmentKind) -> &'static str {
+    match kind {
+        EnrollmentKind::Individual => ENROLLMENTS,
+        EnrollmentKind::Group => GROUPS,
+    }
 }
 
-/// An individual enrollment from its stored JSON and its sealed keys.
-fn open_enrollment(
+/// What a record's sealed keys are bound to: its kind, service and key.
+fn aad(kind: EnrollmentKind, service: &str, key: &str) -> String {
+    let prefix = match kind {
+        EnrollmentKind::Individual => "enrollment",
+        EnrollmentKind::Group => "group",
+    };
+    format!("{prefix}:{service}/{key}")
+}
+
+/// A record from its stored JSON and its sealed keys.
+fn open<E: EnrollmentRecord>(
     sealer: &Sealer,
     service: &str,
     key: &str,
     doc: &str,
     sealed: Option<Vec<u8>>,
-) -> Result<IndividualEnrollment, StoreError> {
-    let aad = enrollment_aad(service, key);
-    let mut e: IndividualEnrollment =
-        serde_json::from_str(doc).map_err(|err| corrupt(&aad, err))?;
-    unseal_keys(sealer, e.attestation.as_mut(), sealed, &aad)?;
-    Ok(e)
+) -> Result<E, StoreError> {
+    let aad = aad(E::KIND, service, key);
+    let mut record: E = serde_json::from_str(doc).map_err(|err| corrupt(&aad, err))?;
+    unseal_keys(sealer, record.attestation_mut().as_mut(), sealed, &aad)?;
+    Ok(record)
 }
 
-/// An enrollment group from its stored JSON and its sealed keys.
-fn open_group(
-    sealer: &Sealer,
-    service: &str,
-    key: &str,
-    doc: &str,
-    sealed: Option<Vec<u8>>,
-) -> Result<EnrollmentGroup, StoreError> {
-    let aad = group_aad(service, key);
-    let mut g: EnrollmentGroup = serde_json::from_str(doc).map_err(|err| corrupt(&aad, err))?;
-    unseal_keys(sealer, g.attestation.as_mut(), sealed, &aad)?;
-    Ok(g)
-}
-
-pub(super) fn read_enrollment(
+pub(super) fn read_one<E: EnrollmentRecord>(
     conn: &Connection,
     sealer: &Sealer,
     service: &str,
     key: &str,
-) -> Result<Option<IndividualEnrollment>, StoreError> {
-    let row = get_row(conn, ENROLLMENTS, service, key)?;
-    row.map(|(doc, sealed)| open_enrollment(sealer, service, key, &doc, sealed))
+) -> Result<Option<E>, StoreError> {
+    let row = get_row(conn, table(E::KIND), service, key)?;
+    row.map(|(doc, sealed)| open(sealer, service, key, &doc, sealed))
         .transpose()
 }
 
-pub(super) fn read_enrollments(
+/// A page in key order, after `after` ("" for the first).
+pub(super) fn read_page<E: EnrollmentRecord>(
     conn: &Connection,
     sealer: &Sealer,
     service: &str,
     after: &str,
     limit: usize,
-) -> Result<Vec<IndividualEnrollment>, StoreError> {
-    list_rows(conn, ENROLLMENTS, service, after, limit)?
+) -> Result<Vec<E>, StoreError> {
+    list_rows(conn, table(E::KIND), service, after, limit)?
         .into_iter()
-        .map(|(key, doc, sealed)| open_enrollment(sealer, service, &key, &doc, sealed))
+        .map(|(key, doc, sealed)| open(sealer, service, &key, &doc, sealed))
         .collect()
 }
 
@@ -92,188 +88,89 @@ pub(super) fn read_by_thumbprint(
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     rows.into_iter()
-        .map(|(key, doc, sealed)| open_enrollment(sealer, service, &key, &doc, sealed))
+        .map(|(key, doc, sealed)| open::<IndividualEnrollment>(sealer, service, &key, &doc, sealed))
         .collect()
 }
 
-pub(super) fn read_group(
-    conn: &Connection,
-    sealer: &Sealer,
-    service: &str,
-    key: &str,
-) -> Result<Option<EnrollmentGroup>, StoreError> {
-    let row = get_row(conn, GROUPS, service, key)?;
-    row.map(|(doc, sealed)| open_group(sealer, service, key, &doc, sealed))
-        .transpose()
-}
-
-pub(super) fn read_groups(
-    conn: &Connection,
-    sealer: &Sealer,
-    service: &str,
-    after: &str,
-    limit: usize,
-) -> Result<Vec<EnrollmentGroup>, StoreError> {
-    list_rows(conn, GROUPS, service, after, limit)?
-        .into_iter()
-        .map(|(key, doc, sealed)| open_group(sealer, service, &key, &doc, sealed))
-        .collect()
-}
-
-/// An individual enrollment ready to write: stamped with a new ETag and the
-/// time, its keys sealed apart from the document.
-pub(super) struct EnrollmentWrite {
+/// A record ready to write: stamped with a new ETag and the time, its keys
+/// sealed apart from the document (work done before the writer thread).
+pub(super) struct EnrollmentWrite<E> {
     key: String,
-    stored: IndividualEnrollment,
-    doc_form: IndividualEnrollment,
+    stored: E,
+    doc_form: E,
     sealed: Option<Vec<u8>>,
     what: String,
+    /// Individual enrollments only: what the thumbprint index holds.
     thumbprints: Vec<String>,
     now: UtcTime,
 }
 
-impl EnrollmentWrite {
+impl<E: EnrollmentRecord> EnrollmentWrite<E> {
     pub(super) fn seal(
         sealer: &Sealer,
         service: &str,
-        enrollment: &IndividualEnrollment,
+        record: &E,
         now: UtcTime,
     ) -> Result<Self, StoreError> {
-        let key = enrollment.registration_id.to_ascii_lowercase();
-        let aad = enrollment_aad(service, &key);
-        let mut stored = enrollment.clone();
-        stored.registration_state = None;
-        stored.last_updated_date_time_utc = Some(now);
-        stored.etag = Some(new_etag());
+        let key = record.id().to_ascii_lowercase();
+        let mut stored = record.clone();
+        let mut owned = stored.service_owned();
+        owned.clear();
+        *owned.last_updated = Some(now);
+        *owned.etag = Some(new_etag());
         let mut doc_form = stored.clone();
-        let sealed = seal_keys(sealer, doc_form.attestation.as_mut(), &aad)?;
-        let what = format!("enrollment '{}'", enrollment.registration_id);
-        let thumbprints = client_thumbprints(enrollment);
-        Ok(Self {
-            key,
-            stored,
-            doc_form,
-            sealed,
-            what,
-            thumbprints,
-            now,
-        })
-    }
-
-    /// Writes it if `condition` holds, keeping the creation time of the
-    /// enrollment it replaces; returns it as stored.
-    pub(super) fn apply(
-        self,
-        conn: &Connection,
-        service: &str,
-        condition: &Precondition,
-    ) -> Result<IndividualEnrollment, StoreError> {
-        let Self {
-            key,
-            mut stored,
-            mut doc_form,
-            sealed,
-            what,
-            thumbprints,
-            now,
-        } = self;
-        ensure_service(conn, service)?;
-        let current = current_etag(conn, ENROLLMENTS, service, &key)?;
-        check_precondition(current.as_ref().map(|(t, _)| t), condition, &what)?;
-        let created = current
-            .as_ref()
-            .and_then(|(_, d)| created_of(d))
-            .unwrap_or(now);
-        stored.created_date_time_utc = Some(created);
-        doc_form.created_date_time_utc = Some(created);
-        let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt(&what, e))?;
-        let etag = stored
-            .etag
-            .as_ref()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default();
-        upsert(
-            conn,
-            ENROLLMENTS,
-            service,
-            &key,
-            &etag,
-            &doc,
-            sealed.as_deref(),
+        let sealed = seal_keys(
+            sealer,
+            doc_form.attestation_mut().as_mut(),
+            &aad(E::KIND, service, &key),
         )?;
-        index_thumbprints(conn, service, &key, &thumbprints)?;
-        Ok(stored)
-    }
-}
-
-/// An enrollment group ready to write: stamped with a new ETag and the
-/// time, its keys sealed apart from the document.
-pub(super) struct GroupWrite {
-    key: String,
-    stored: EnrollmentGroup,
-    doc_form: EnrollmentGroup,
-    sealed: Option<Vec<u8>>,
-    what: String,
-    now: UtcTime,
-}
-
-impl GroupWrite {
-    pub(super) fn seal(
-        sealer: &Sealer,
-        service: &str,
-        group: &EnrollmentGroup,
-        now: UtcTime,
-    ) -> Result<Self, StoreError> {
-        let key = group.enrollment_group_id.to_ascii_lowercase();
-        let aad = group_aad(service, &key);
-        let mut stored = group.clone();
-        stored.last_updated_date_time_utc = Some(now);
-        stored.etag = Some(new_etag());
-        let mut doc_form = stored.clone();
-        let sealed = seal_keys(sealer, doc_form.attestation.as_mut(), &aad)?;
-        let what = format!("enrollment group '{}'", group.enrollment_group_id);
         Ok(Self {
+            thumbprints: client_thumbprints(record.attestation()),
+            what: format!("{} '{}'", E::KIND.noun(), record.id()),
             key,
             stored,
             doc_form,
             sealed,
-            what,
             now,
         })
     }
 
     /// Writes it if `condition` holds, keeping the creation time of the
-    /// group it replaces; returns it as stored.
+    /// record it replaces; returns it as stored.
     pub(super) fn apply(
         self,
         conn: &Connection,
         service: &str,
         condition: &Precondition,
-    ) -> Result<EnrollmentGroup, StoreError> {
+    ) -> Result<E, StoreError> {
         let Self {
             key,
             mut stored,
             mut doc_form,
             sealed,
             what,
+            thumbprints,
             now,
         } = self;
+        let table = table(E::KIND);
         ensure_service(conn, service)?;
-        let current = current_etag(conn, GROUPS, service, &key)?;
+        let current = current_etag(conn, table, service, &key)?;
         check_precondition(current.as_ref().map(|(t, _)| t), condition, &what)?;
         let created = current
             .as_ref()
             .and_then(|(_, d)| created_of(d))
             .unwrap_or(now);
-        stored.created_date_time_utc = Some(created);
-        doc_form.created_date_time_utc = Some(created);
+        *stored.service_owned().created = Some(created);
+        *doc_form.service_owned().created = Some(created);
         let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt(&what, e))?;
         let etag = stored
-            .etag
-            .as_ref()
+            .etag()
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default();
-        upsert(conn, GROUPS, service, &key, &etag, &doc, sealed.as_deref())?;
+        upsert(conn, table, service, &key, &etag, &doc, sealed.as_deref())?;
+        if E::KIND == EnrollmentKind::Individual {
+            index_thumbprints(conn, service, &key, &thumbprints)?;
+        }
         Ok(stored)
     }
 }

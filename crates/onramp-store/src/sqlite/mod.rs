@@ -25,17 +25,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, RegistrationInputs, RegistrationRecord, Store, StoreError,
+    HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
+    Store, StoreError, StoredRecord, check_precondition,
 };
 use onramp_core::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
-use onramp_model::{EnrollmentGroup, IndividualEnrollment, UtcTime};
+use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment, UtcTime};
+use rusqlite::Connection;
 
 pub use db::Durability;
 
 use crate::seal::Sealer;
-use enrollments::{ENROLLMENTS, EnrollmentWrite, GROUPS, GroupWrite};
+use enrollments::EnrollmentWrite;
 use registrations::REGISTRATIONS;
-use rows::{corrupt, delete_row};
+use rows::{check_row, corrupt, delete_row};
 use services::{NewService, SealedHub, SealedPolicy};
 
 /// Tuning of the embedded store.
@@ -79,21 +81,6 @@ impl SqliteStore {
         )?;
         Ok(Self { db, sealer })
     }
-
-    /// Deletes a keyed row of `table` if `condition` holds for its ETag.
-    async fn delete_keyed(
-        &self,
-        table: &'static str,
-        service: &str,
-        key: &str,
-        condition: Precondition,
-        missing: String,
-    ) -> Result<(), StoreError> {
-        let (service, key) = (service.to_owned(), key.to_owned());
-        self.db
-            .write(move |conn| delete_row(conn, table, &service, &key, &condition, missing))
-            .await
-    }
 }
 
 #[async_trait]
@@ -116,9 +103,9 @@ impl Store for SqliteStore {
 
     async fn service_by_scope(
         &self,
-        id_scope_key: &str,
+        id_scope_key: &IdKey,
     ) -> Result<Option<ProvisioningService>, StoreError> {
-        let key = id_scope_key.to_owned();
+        let key = id_scope_key.clone();
         self.db
             .read(move |conn| services::by_scope(conn, &key))
             .await
@@ -175,69 +162,58 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn linked_hubs(&self, service: &str) -> Result<Vec<LinkedHub>, StoreError> {
-        let service = service.to_owned();
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| services::linked_hubs_of(conn, &sealer, &service))
-            .await
-    }
-
-    async fn put_linked_hub(&self, service: &str, hub: &LinkedHub) -> Result<(), StoreError> {
-        let sealed = SealedHub::seal(&self.sealer, service, hub)?;
-        let service = service.to_owned();
-        self.db
-            .write(move |conn| sealed.upsert(conn, &service))
-            .await
-    }
-
-    async fn delete_linked_hub(&self, service: &str, name: &str) -> Result<bool, StoreError> {
-        let (service, key) = (service.to_owned(), name.to_ascii_lowercase());
-        self.db
-            .write(move |conn| services::delete_linked_hub(conn, &service, &key))
-            .await
-    }
-
-    async fn enrollment(
+    async fn record(
         &self,
         service: &str,
-        id_key: &str,
-    ) -> Result<Option<IndividualEnrollment>, StoreError> {
-        let (service, key) = (service.to_owned(), id_key.to_owned());
+        kind: RecordKind,
+        key: &IdKey,
+    ) -> Result<Option<Record>, StoreError> {
+        let (service, key) = (service.to_owned(), key.clone());
         let sealer = self.sealer.clone();
         self.db
-            .read(move |conn| enrollments::read_enrollment(conn, &sealer, &service, &key))
+            .read(move |conn| read_record(conn, &sealer, &service, kind, &key))
             .await
     }
 
-    async fn put_enrollment(
+    async fn put_record(
         &self,
         service: &str,
-        enrollment: &IndividualEnrollment,
+        record: Record,
         condition: Precondition,
         now: UtcTime,
-    ) -> Result<IndividualEnrollment, StoreError> {
-        let write = EnrollmentWrite::seal(&self.sealer, service, enrollment, now)?;
+    ) -> Result<Record, StoreError> {
+        let write = RecordWrite::prepare(&self.sealer, service, record, now)?;
         let service = service.to_owned();
         self.db
             .write(move |conn| write.apply(conn, &service, &condition))
             .await
     }
 
-    async fn delete_enrollment(
+    async fn delete_record(
         &self,
         service: &str,
-        id_key: &str,
+        kind: RecordKind,
+        key: &IdKey,
         condition: Precondition,
     ) -> Result<(), StoreError> {
-        self.delete_keyed(
-            ENROLLMENTS,
-            service,
-            id_key,
-            condition,
-            format!("no individual enrollment has registration ID '{id_key}'"),
-        )
-        .await
+        let (service, key) = (service.to_owned(), key.clone());
+        self.db
+            .write(move |conn| delete_record(conn, &service, kind, &key, &condition))
+            .await
+    }
+
+    async fn records(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        after: Option<&IdKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (service, after) = (service.to_owned(), after.cloned().unwrap_or_default());
+        let sealer = self.sealer.clone();
+        self.db
+            .read(move |conn| read_records(conn, &sealer, &service, kind, &after, limit))
+            .await
     }
 
     async fn enrollments_by_thumbprint(
@@ -252,181 +228,30 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-    ) -> Result<Option<CaCertificate>, StoreError> {
-        let (service, key) = (service.to_owned(), name.to_ascii_lowercase());
-        self.db
-            .read(move |conn| certificates::read_one(conn, &service, &key))
-            .await
-    }
-
-    async fn ca_certificates(&self, service: &str) -> Result<Vec<CaCertificate>, StoreError> {
-        let service = service.to_owned();
-        self.db
-            .read(move |conn| certificates::read_all(conn, &service))
-            .await
-    }
-
-    async fn put_ca_certificate(
-        &self,
-        service: &str,
-        certificate: &CaCertificate,
-        condition: Precondition,
-    ) -> Result<CaCertificate, StoreError> {
-        let stored = certificates::stamp(certificate);
-        let service = service.to_owned();
-        self.db
-            .write(move |conn| certificates::write(conn, &service, stored, &condition))
-            .await
-    }
-
-    async fn delete_ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        let (service, name) = (service.to_owned(), name.to_owned());
-        self.db
-            .write(move |conn| certificates::delete(conn, &service, &name, &condition))
-            .await
-    }
-
-    async fn enrollments(
-        &self,
-        service: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
-        let (service, after) = (service.to_owned(), after_key.unwrap_or("").to_owned());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| enrollments::read_enrollments(conn, &sealer, &service, &after, limit))
-            .await
-    }
-
-    async fn enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<EnrollmentGroup>, StoreError> {
-        let (service, key) = (service.to_owned(), id_key.to_owned());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| enrollments::read_group(conn, &sealer, &service, &key))
-            .await
-    }
-
-    async fn put_enrollment_group(
-        &self,
-        service: &str,
-        group: &EnrollmentGroup,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<EnrollmentGroup, StoreError> {
-        let write = GroupWrite::seal(&self.sealer, service, group, now)?;
-        let service = service.to_owned();
-        self.db
-            .write(move |conn| write.apply(conn, &service, &condition))
-            .await
-    }
-
-    async fn delete_enrollment_group(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        self.delete_keyed(
-            GROUPS,
-            service,
-            id_key,
-            condition,
-            format!("no enrollment group has ID '{id_key}'"),
-        )
-        .await
-    }
-
-    async fn enrollment_groups(
-        &self,
-        service: &str,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError> {
-        let (service, after) = (service.to_owned(), after_key.unwrap_or("").to_owned());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| enrollments::read_groups(conn, &sealer, &service, &after, limit))
-            .await
-    }
-
-    async fn registration(
-        &self,
-        service: &str,
-        id_key: &str,
-    ) -> Result<Option<RegistrationRecord>, StoreError> {
-        let (service, key) = (service.to_owned(), id_key.to_owned());
-        self.db
-            .read(move |conn| registrations::read_registration(conn, &service, &key))
-            .await
-    }
-
     async fn registration_inputs(
         &self,
-        id_scope_key: &str,
-        registration_key: &str,
+        id_scope_key: &IdKey,
+        registration_key: &IdKey,
         group_page: usize,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
-        let (scope, key) = (id_scope_key.to_owned(), registration_key.to_owned());
+        let (scope, key) = (id_scope_key.clone(), registration_key.clone());
         let sealer = self.sealer.clone();
         self.db
             .read(move |conn| registrations::read_inputs(conn, &sealer, &scope, &key, group_page))
             .await
     }
 
-    async fn put_registration(
-        &self,
-        service: &str,
-        record: &RegistrationRecord,
-        now: UtcTime,
-    ) -> Result<RegistrationRecord, StoreError> {
-        let stored = registrations::stamp(record, now);
-        let service = service.to_owned();
-        self.db
-            .write(move |conn| registrations::write(conn, &service, stored, now))
-            .await
-    }
-
-    async fn delete_registration(
-        &self,
-        service: &str,
-        id_key: &str,
-        condition: Precondition,
-    ) -> Result<(), StoreError> {
-        self.delete_keyed(
-            REGISTRATIONS,
-            service,
-            id_key,
-            condition,
-            format!("no device has registered with registration ID '{id_key}'"),
-        )
-        .await
-    }
-
     async fn registrations_of_group(
         &self,
         service: &str,
-        group_key: &str,
-        after_key: Option<&str>,
+        group_key: &IdKey,
+        after: Option<&IdKey>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let (service, group, after) = (
             service.to_owned(),
-            group_key.to_owned(),
-            after_key.unwrap_or("").to_owned(),
+            group_key.clone(),
+            after.cloned().unwrap_or_default(),
         );
         self.db
             .read(move |conn| registrations::of_group(conn, &service, &group, &after, limit))
@@ -451,4 +276,168 @@ impl Store for SqliteStore {
     async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError> {
         self.db.read(services::latencies).await
     }
+}
+
+/// Reads one record of `kind`.
+fn read_record(
+    conn: &Connection,
+    sealer: &Sealer,
+    service: &str,
+    kind: RecordKind,
+    key: &IdKey,
+) -> Result<Option<Record>, StoreError> {
+    Ok(match kind {
+        RecordKind::Enrollment => {
+            enrollments::read_one::<IndividualEnrollment>(conn, sealer, service, key)?
+                .map(StoredRecord::into_record)
+        }
+        RecordKind::EnrollmentGroup => {
+            enrollments::read_one::<EnrollmentGroup>(conn, sealer, service, key)?
+                .map(StoredRecord::into_record)
+        }
+        RecordKind::Registration => {
+            registrations::read_registration(conn, service, key)?.map(StoredRecord::into_record)
+        }
+        RecordKind::CaCertificate => {
+            certificates::read_one(conn, service, key)?.map(StoredRecord::into_record)
+        }
+        RecordKind::LinkedHub => services::linked_hubs_of(conn, sealer, service, Some(key))?
+            .pop()
+            .map(StoredRecord::into_record),
+    })
+}
+
+/// A page of records of `kind` in key order, after `after` ("" for the first).
+fn read_records(
+    conn: &Connection,
+    sealer: &Sealer,
+    service: &str,
+    kind: RecordKind,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<Record>, StoreError> {
+    fn all<T: StoredRecord>(records: Vec<T>) -> Vec<Record> {
+        records.into_iter().map(T::into_record).collect()
+    }
+    Ok(match kind {
+        RecordKind::Enrollment => all(enrollments::read_page::<IndividualEnrollment>(
+            conn, sealer, service, after, limit,
+        )?),
+        RecordKind::EnrollmentGroup => all(enrollments::read_page::<EnrollmentGroup>(
+            conn, sealer, service, after, limit,
+        )?),
+        RecordKind::Registration => all(registrations::page(conn, service, after, limit)?),
+        // A service has a handful of these: paged here, not in SQL.
+        RecordKind::CaCertificate => all(certificates::read_all(conn, service)?)
+            .into_iter()
+            .filter(|r| r.key().as_str() > after)
+            .take(limit)
+            .collect(),
+        RecordKind::LinkedHub => all(services::linked_hubs_of(conn, sealer, service, None)?)
+            .into_iter()
+            .filter(|r| r.key().as_str() > after)
+            .take(limit)
+            .collect(),
+    })
+}
+
+/// A record ready to write: stamped, its secrets sealed (work done before it
+/// reaches the writer thread).
+enum RecordWrite {
+    Enrollment(Box<EnrollmentWrite<IndividualEnrollment>>),
+    EnrollmentGroup(Box<EnrollmentWrite<EnrollmentGroup>>),
+    Registration(Box<RegistrationRecord>, UtcTime),
+    CaCertificate(Box<CaCertificate>),
+    LinkedHub(Box<SealedHub>, Box<LinkedHub>),
+}
+
+impl RecordWrite {
+    fn prepare(
+        sealer: &Sealer,
+        service: &str,
+        record: Record,
+        now: UtcTime,
+    ) -> Result<Self, StoreError> {
+        Ok(match record {
+            Record::Enrollment(e) => {
+                RecordWrite::Enrollment(Box::new(EnrollmentWrite::seal(sealer, service, &*e, now)?))
+            }
+            Record::EnrollmentGroup(g) => RecordWrite::EnrollmentGroup(Box::new(
+                EnrollmentWrite::seal(sealer, service, &*g, now)?,
+            )),
+            Record::Registration(r) => {
+                RecordWrite::Registration(Box::new(registrations::stamp(&r, now)), now)
+            }
+            Record::CaCertificate(c) => {
+                RecordWrite::CaCertificate(Box::new(certificates::stamp(&c)))
+            }
+            Record::LinkedHub(h) => {
+                RecordWrite::LinkedHub(Box::new(SealedHub::seal(sealer, service, &h)?), h)
+            }
+        })
+    }
+
+    fn apply(
+        self,
+        conn: &Connection,
+        service: &str,
+        condition: &Precondition,
+    ) -> Result<Record, StoreError> {
+        Ok(match self {
+            RecordWrite::Enrollment(w) => w.apply(conn, service, condition)?.into_record(),
+            RecordWrite::EnrollmentGroup(w) => w.apply(conn, service, condition)?.into_record(),
+            RecordWrite::Registration(r, now) => {
+                check_row(
+                    conn,
+                    REGISTRATIONS,
+                    service,
+                    &r.state.registration_id,
+                    condition,
+                )?;
+                registrations::write(conn, service, *r, now)?.into_record()
+            }
+            RecordWrite::CaCertificate(c) => {
+                certificates::write(conn, service, *c, condition)?.into_record()
+            }
+            RecordWrite::LinkedHub(sealed, hub) => {
+                let exists = services::has_linked_hub(conn, service, sealed.key())?;
+                check_existence(exists, condition, &format!("linked hub '{}'", hub.name))?;
+                sealed.upsert(conn, service)?;
+                hub.into_record()
+            }
+        })
+    }
+}
+
+fn delete_record(
+    conn: &Connection,
+    service: &str,
+    kind: RecordKind,
+    key: &IdKey,
+    condition: &Precondition,
+) -> Result<(), StoreError> {
+    let table = match kind {
+        RecordKind::Enrollment => enrollments::table(EnrollmentKind::Individual),
+        RecordKind::EnrollmentGroup => enrollments::table(EnrollmentKind::Group),
+        RecordKind::Registration => REGISTRATIONS,
+        RecordKind::CaCertificate => {
+            return certificates::delete(conn, service, key, condition);
+        }
+        RecordKind::LinkedHub => {
+            let exists = services::has_linked_hub(conn, service, key)?;
+            if !exists {
+                return Err(StoreError::NotFound(kind.missing(key)));
+            }
+            check_existence(exists, condition, &format!("linked hub '{key}'"))?;
+            return services::delete_linked_hub(conn, service, key).map(drop);
+        }
+    };
+    delete_row(conn, table, service, key, condition, kind.missing(key))
+}
+
+/// Applies a condition to a record without an ETag (linked hubs): `*` or
+/// nothing, and create-only.
+fn check_existence(exists: bool, condition: &Precondition, what: &str) -> Result<(), StoreError> {
+    let current = exists.then(|| ETag::from_raw("*"));
+    check_precondition(current.as_ref(), condition, what)
 }

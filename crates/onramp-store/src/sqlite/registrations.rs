@@ -5,7 +5,7 @@ use onramp_model::{DeviceRegistrationState, UtcTime};
 use rusqlite::{Connection, params};
 
 use super::db::sql_error;
-use super::enrollments::{read_enrollment, read_groups};
+use super::enrollments::{read_one, read_page};
 use super::rows::{corrupt, created_of, new_etag, query_all, query_optional};
 use super::services::{by_scope, linked_hubs_of};
 use crate::seal::Sealer;
@@ -98,14 +98,14 @@ pub(super) fn read_inputs(
         return Ok(None);
     };
     let name = &service.name;
-    let enrollment = read_enrollment(&tx, sealer, name, key)?.map(Box::new);
+    let enrollment = read_one(&tx, sealer, name, key)?.map(Box::new);
     let first_groups = match enrollment {
         Some(_) => None,
-        None => Some(read_groups(&tx, sealer, name, "", group_page)?),
+        None => Some(read_page(&tx, sealer, name, "", group_page)?),
     };
     let inputs = RegistrationInputs {
         previous: read_registration(&tx, name, key)?.map(Box::new),
-        linked_hubs: linked_hubs_of(&tx, sealer, name)?,
+        linked_hubs: linked_hubs_of(&tx, sealer, name, None)?,
         service,
         enrollment,
         first_groups,
@@ -198,6 +198,25 @@ pub(super) fn of_group(
         "SELECT doc, group_key, operation_id, placement FROM registrations
          WHERE service = ?1 AND group_key = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
         params![service, group, after, limit as i64],
+        RegistrationRow::read,
+    )?
+    .into_iter()
+    .map(RegistrationRow::into_record)
+    .collect()
+}
+
+/// Every registration of `service` in key order, a page at a time.
+pub(super) fn page(
+    conn: &Connection,
+    service: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<RegistrationRecord>, StoreError> {
+    query_all(
+        conn,
+        "SELECT doc, group_key, operation_id, placement FROM registrations
+         WHERE service = ?1 AND id_key > ?2 ORDER BY id_key LIMIT ?3",
+        params![service, after, limit.min(i64::MAX as usize) as i64],
         RegistrationRow::read,
     )?
     .into_iter()

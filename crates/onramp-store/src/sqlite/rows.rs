@@ -183,6 +183,32 @@ pub(super) fn upsert(
     .map_err(sql_error)
 }
 
+/// Checks `condition` against the ETag of the row of `id` (any case) before a
+/// write; an unconditional write reads nothing.
+pub(super) fn check_row(
+    conn: &Connection,
+    table: &str,
+    service: &str,
+    id: &str,
+    condition: &Precondition,
+) -> Result<(), StoreError> {
+    if *condition == Precondition::None {
+        return Ok(());
+    }
+    let key = id.to_ascii_lowercase();
+    let current: Option<String> = query_optional(
+        conn,
+        &format!("SELECT etag FROM {table} WHERE service = ?1 AND id_key = ?2"),
+        params![service, key],
+        |r| r.get(0),
+    )?;
+    check_precondition(
+        current.map(|c| ETag::from_raw(&c)).as_ref(),
+        condition,
+        &format!("'{id}'"),
+    )
+}
+
 /// Deletes a keyed row if `condition` holds for its ETag; `missing` is the
 /// message when there is no such row.
 pub(super) fn delete_row(

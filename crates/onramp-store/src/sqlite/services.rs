@@ -262,15 +262,18 @@ pub(super) fn policies_called(
     .collect()
 }
 
+/// The linked hubs of `service` in name order, or only the one called `key`.
 pub(super) fn linked_hubs_of(
     conn: &Connection,
     sealer: &Sealer,
     service: &str,
+    key: Option<&str>,
 ) -> Result<Vec<LinkedHub>, StoreError> {
     let rows: Vec<(String, String, Vec<u8>)> = query_all(
         conn,
-        "SELECT name_key, doc, connection_sealed FROM linked_hubs WHERE service = ?1 ORDER BY name_key",
-        [service],
+        "SELECT name_key, doc, connection_sealed FROM linked_hubs
+         WHERE service = ?1 AND (?2 IS NULL OR name_key = ?2) ORDER BY name_key",
+        params![service, key],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     rows.into_iter()
@@ -314,11 +317,27 @@ impl SealedHub {
         })
     }
 
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Creates or replaces the hub in `service`, which must exist.
     pub(super) fn upsert(&self, conn: &Connection, service: &str) -> Result<(), StoreError> {
         let row = params![service, self.key, self.doc, self.connection];
         upsert_under(conn, service, UPSERT_HUB, row)
     }
+}
+
+pub(super) fn has_linked_hub(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM linked_hubs WHERE service = ?1 AND name_key = ?2)",
+    )
+    .and_then(|mut s| s.query_row(params![service, key], |r| r.get(0)))
+    .map_err(sql_error)
 }
 
 pub(super) fn delete_linked_hub(

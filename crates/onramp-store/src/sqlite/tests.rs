@@ -12,6 +12,9 @@ use rusqlite::Connection;
 
 use super::{SqliteOptions, SqliteStore};
 use crate::seal::Sealer;
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
 
 fn open(dir: &Path) -> SqliteStore {
     let sealer = Arc::new(Sealer::load_or_create(&dir.join("keys")).unwrap());
@@ -96,7 +99,9 @@ async fn concurrent_writes_commit_in_groups_and_all_land() {
                 enrollment_group_id: None,
                 placement: None,
             };
-            store.put_registration("s", &rec, UtcTime::now()).await
+            store
+                .put("s", rec.clone(), Precondition::None, UtcTime::now())
+                .await
         }));
     }
     for t in tasks {
@@ -105,7 +110,7 @@ async fn concurrent_writes_commit_in_groups_and_all_land() {
     for i in 0..200 {
         assert!(
             store
-                .registration("s", &format!("d{i}"))
+                .get::<RegistrationRecord>("s", &IdKey::of(&format!("d{i}")))
                 .await
                 .unwrap()
                 .is_some()
@@ -113,8 +118,8 @@ async fn concurrent_writes_commit_in_groups_and_all_land() {
     }
     // A failing job (unknown service) does not take its group down with it.
     let (x, y) = (conformance::enrollment("x"), conformance::enrollment("y"));
-    let bad = store.put_enrollment("nope", &x, Precondition::None, UtcTime::now());
-    let good = store.put_enrollment("s", &y, Precondition::None, UtcTime::now());
+    let bad = store.put("nope", x.clone(), Precondition::None, UtcTime::now());
+    let good = store.put("s", y.clone(), Precondition::None, UtcTime::now());
     let (bad, good) = tokio::join!(bad, good);
     assert!(matches!(bad, Err(StoreError::NotFound(_))));
     assert!(good.is_ok());
@@ -132,21 +137,30 @@ async fn survives_reopening_and_keeps_secrets_sealed_on_disk() {
             .await
             .unwrap();
         store
-            .put_enrollment(
+            .put(
                 "s",
-                &conformance::enrollment("dev"),
+                (conformance::enrollment("dev")).clone(),
                 Precondition::None,
                 UtcTime::now(),
             )
             .await
             .unwrap();
         store
-            .put_linked_hub("s", &conformance::hub("hub.example.net"))
+            .put(
+                "s",
+                (conformance::hub("hub.example.net")).clone(),
+                Precondition::None,
+                UtcTime::now(),
+            )
             .await
             .unwrap();
     }
     let store = open(dir.path());
-    let e = store.enrollment("s", "dev").await.unwrap().unwrap();
+    let e = store
+        .get::<IndividualEnrollment>("s", &IdKey::of("dev"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         e.attestation
             .unwrap()

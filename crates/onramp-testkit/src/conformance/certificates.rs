@@ -6,6 +6,10 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
+use onramp_model::UtcTime;
 
 pub async fn certificates(store: &dyn Store) {
     given_tenant(store).await;
@@ -23,12 +27,12 @@ pub async fn certificates(store: &dyn Store) {
         updated: now(100),
     };
     let stored = store
-        .put_ca_certificate("t1", &ca, Precondition::IfNotExists)
+        .put("t1", ca.clone(), Precondition::IfNotExists, UtcTime::now())
         .await
         .expect("put");
     let tag = stored.etag.clone().expect("etag");
     let got = store
-        .ca_certificate("t1", "my-root")
+        .get::<CaCertificate>("t1", &IdKey::of("my-root"))
         .await
         .expect("get")
         .expect("found");
@@ -38,18 +42,28 @@ pub async fn certificates(store: &dyn Store) {
     let mut verified = got.clone();
     verified.is_verified = true;
     store
-        .put_ca_certificate("t1", &verified, Precondition::IfMatch(tag.as_str().into()))
+        .put(
+            "t1",
+            verified.clone(),
+            Precondition::IfMatch(tag.as_str().into()),
+            UtcTime::now(),
+        )
         .await
         .expect("update");
     assert!(matches!(
         store
-            .put_ca_certificate("t1", &verified, Precondition::IfMatch(tag.as_str().into()))
+            .put(
+                "t1",
+                verified.clone(),
+                Precondition::IfMatch(tag.as_str().into()),
+                UtcTime::now()
+            )
             .await,
         Err(StoreError::PreconditionFailed(_))
     ));
     assert!(
         store
-            .ca_certificate("t1", "MY-ROOT")
+            .get::<CaCertificate>("t1", &IdKey::of("MY-ROOT"))
             .await
             .expect("get")
             .expect("found")
@@ -57,16 +71,19 @@ pub async fn certificates(store: &dyn Store) {
     );
     assert_eq!(store.ca_certificates("t1").await.expect("list").len(), 1);
     store
-        .delete_ca_certificate("t1", "my-root", Precondition::None)
+        .delete::<CaCertificate>("t1", &IdKey::of("my-root"), Precondition::None)
         .await
         .expect("delete");
     assert_eq!(
-        store.ca_certificate("t1", "my-root").await.expect("get"),
+        store
+            .get::<CaCertificate>("t1", &IdKey::of("my-root"))
+            .await
+            .expect("get"),
         None
     );
     assert!(matches!(
         store
-            .delete_ca_certificate("t1", "my-root", Precondition::None)
+            .delete::<CaCertificate>("t1", &IdKey::of("my-root"), Precondition::None)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -98,7 +115,7 @@ pub async fn certificates(store: &dyn Store) {
         ..Default::default()
     });
     store
-        .put_enrollment("t1", &revoked, Precondition::None, now(110))
+        .put("t1", revoked.clone(), Precondition::None, now(110))
         .await
         .expect("x509 enrollment");
     let found = store
@@ -115,12 +132,7 @@ pub async fn certificates(store: &dyn Store) {
             .is_empty()
     );
     store
-        .put_enrollment(
-            "t1",
-            &enrollment("revoke-ica"),
-            Precondition::None,
-            now(120),
-        )
+        .put("t1", enrollment("revoke-ica"), Precondition::None, now(120))
         .await
         .expect("now symmetric");
     assert!(
@@ -131,11 +143,11 @@ pub async fn certificates(store: &dyn Store) {
             .is_empty()
     );
     store
-        .put_enrollment("t1", &revoked, Precondition::None, now(130))
+        .put("t1", revoked.clone(), Precondition::None, now(130))
         .await
         .expect("x509 again");
     store
-        .delete_enrollment("t1", "revoke-ica", Precondition::None)
+        .delete::<IndividualEnrollment>("t1", &IdKey::of("revoke-ica"), Precondition::None)
         .await
         .expect("delete");
     assert!(

@@ -4,18 +4,21 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{enrollment, now};
 use super::{given_enrollment_pages, given_tenant};
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
 
 pub async fn enrollments(store: &dyn Store) {
     given_tenant(store).await;
     let e = store
-        .put_enrollment("t1", &enrollment("Dev-1"), Precondition::None, now(10))
+        .put("t1", enrollment("Dev-1"), Precondition::None, now(10))
         .await
         .expect("create");
     let tag1 = e.etag.clone().expect("etag");
     assert_eq!(e.created_date_time_utc, Some(now(10)));
     assert_eq!(e.last_updated_date_time_utc, Some(now(10)));
     let got = store
-        .enrollment("t1", "dev-1")
+        .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
         .await
         .expect("get")
         .expect("found");
@@ -29,9 +32,9 @@ pub async fn enrollments(store: &dyn Store) {
 
     // Conditional update.
     let e2 = store
-        .put_enrollment(
+        .put(
             "t1",
-            &enrollment("dev-1"),
+            enrollment("dev-1"),
             Precondition::IfMatch(tag1.as_str().into()),
             now(20),
         )
@@ -43,9 +46,9 @@ pub async fn enrollments(store: &dyn Store) {
     assert_eq!(e2.last_updated_date_time_utc, Some(now(20)));
     assert!(matches!(
         store
-            .put_enrollment(
+            .put(
                 "t1",
-                &enrollment("dev-1"),
+                enrollment("dev-1"),
                 Precondition::IfMatch(tag1.as_str().into()),
                 now(30)
             )
@@ -54,9 +57,9 @@ pub async fn enrollments(store: &dyn Store) {
     ));
     assert!(matches!(
         store
-            .put_enrollment(
+            .put(
                 "t1",
-                &enrollment("dev-1"),
+                enrollment("dev-1"),
                 Precondition::IfNotExists,
                 now(30)
             )
@@ -65,9 +68,9 @@ pub async fn enrollments(store: &dyn Store) {
     ));
     assert!(matches!(
         store
-            .put_enrollment(
+            .put(
                 "t1",
-                &enrollment("dev-new"),
+                enrollment("dev-new"),
                 Precondition::IfMatch("\"x\"".into()),
                 now(30)
             )
@@ -75,9 +78,9 @@ pub async fn enrollments(store: &dyn Store) {
         Err(StoreError::PreconditionFailed(_))
     ));
     store
-        .put_enrollment(
+        .put(
             "t1",
-            &enrollment("dev-1"),
+            enrollment("dev-1"),
             Precondition::IfMatch("*".into()),
             now(30),
         )
@@ -87,17 +90,17 @@ pub async fn enrollments(store: &dyn Store) {
     // Paging in key order.
     given_enrollment_pages(store).await;
     let mut seen = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after: Option<IdKey> = None;
     loop {
         let page = store
-            .enrollments("t1", after.as_deref(), 10)
+            .list::<IndividualEnrollment>("t1", after.as_ref(), 10)
             .await
             .expect("page");
         if page.is_empty() {
             break;
         }
         assert!(page.len() <= 10);
-        after = page.last().map(|e| e.registration_id.to_ascii_lowercase());
+        after = page.last().map(|e| IdKey::of(&e.registration_id));
         seen.extend(page.into_iter().map(|e| e.registration_id));
     }
     assert_eq!(seen.len(), 26);
@@ -107,28 +110,38 @@ pub async fn enrollments(store: &dyn Store) {
 
     // Delete.
     let current = store
-        .enrollment("t1", "dev-1")
+        .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
         .await
         .expect("get")
         .expect("found");
     assert!(matches!(
         store
-            .delete_enrollment("t1", "dev-1", Precondition::IfMatch(tag1.as_str().into()))
+            .delete::<IndividualEnrollment>(
+                "t1",
+                &IdKey::of("dev-1"),
+                Precondition::IfMatch(tag1.as_str().into())
+            )
             .await,
         Err(StoreError::PreconditionFailed(_))
     ));
     store
-        .delete_enrollment(
+        .delete::<IndividualEnrollment>(
             "t1",
-            "dev-1",
+            &IdKey::of("dev-1"),
             Precondition::IfMatch(current.etag.expect("etag").as_str().into()),
         )
         .await
         .expect("delete");
-    assert_eq!(store.enrollment("t1", "dev-1").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
+            .await
+            .expect("get"),
+        None
+    );
     assert!(matches!(
         store
-            .delete_enrollment("t1", "dev-1", Precondition::None)
+            .delete::<IndividualEnrollment>("t1", &IdKey::of("dev-1"), Precondition::None)
             .await,
         Err(StoreError::NotFound(_))
     ));

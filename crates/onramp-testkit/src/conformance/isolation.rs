@@ -5,6 +5,9 @@ use onramp_core::tenant::OWNER_POLICY;
 
 use super::fixtures::{enrollment, now, owner, service};
 use super::{given_enrollment_pages, given_tenant};
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
 
 pub async fn isolation(store: &dyn Store) {
     given_tenant(store).await;
@@ -13,22 +16,28 @@ pub async fn isolation(store: &dyn Store) {
         .create_service(&service("t2", 2), &[owner("b3duZXIta2V5LTI=")])
         .await
         .expect("t2");
-    assert_eq!(store.enrollment("t2", "page-00").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get::<IndividualEnrollment>("t2", &IdKey::of("page-00"))
+            .await
+            .expect("get"),
+        None
+    );
     assert!(
         store
-            .enrollments("t2", None, 100)
+            .list::<IndividualEnrollment>("t2", None, 100)
             .await
             .expect("list")
             .is_empty()
     );
     assert!(store.linked_hubs("t2").await.expect("hubs").is_empty());
     store
-        .put_enrollment("t2", &enrollment("page-00"), Precondition::None, now(90))
+        .put("t2", enrollment("page-00"), Precondition::None, now(90))
         .await
         .expect("same id");
     assert_eq!(
         store
-            .enrollments("t2", None, 100)
+            .list::<IndividualEnrollment>("t2", None, 100)
             .await
             .expect("list")
             .len(),
@@ -36,7 +45,7 @@ pub async fn isolation(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .enrollments("t1", None, 1000)
+            .list::<IndividualEnrollment>("t1", None, 1000)
             .await
             .expect("list")
             .len(),
@@ -53,7 +62,7 @@ pub async fn isolation(store: &dyn Store) {
     assert!(store.delete_service("t2").await.expect("delete"));
     assert!(
         store
-            .enrollments("t2", None, 100)
+            .list::<IndividualEnrollment>("t2", None, 100)
             .await
             .expect("list")
             .is_empty()

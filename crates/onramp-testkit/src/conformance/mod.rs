@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
+use onramp_core::ports::StoreExt;
 use onramp_core::ports::{Precondition, Store};
+use onramp_model::UtcTime;
 
 mod certificates;
 mod enrollments;
@@ -107,7 +109,14 @@ async fn given_tenant(store: &dyn Store) {
         store
             .create_service(&service("t1", 1), &[owner("b3duZXIta2V5LTE=")])
             .await?;
-        store.put_linked_hub("t1", &hub("hub-a.example.net")).await
+        store
+            .put(
+                "t1",
+                hub("hub-a.example.net"),
+                Precondition::None,
+                UtcTime::now(),
+            )
+            .await
     };
     seeded.await.expect("given: service t1 and hub-a");
 }
@@ -116,9 +125,9 @@ async fn given_tenant(store: &dyn Store) {
 async fn given_enrollment_pages(store: &dyn Store) {
     for i in 0..25 {
         store
-            .put_enrollment(
+            .put(
                 "t1",
-                &enrollment(&format!("page-{i:02}")),
+                (enrollment(&format!("page-{i:02}"))).clone(),
                 Precondition::None,
                 fixtures::now(40),
             )

@@ -5,6 +5,9 @@ use onramp_model::RegistrationStatus;
 
 use super::fixtures::{now, record};
 use super::given_tenant;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::ports::StoreExt;
+use onramp_model::IdKey;
 
 pub async fn placements_and_latencies(store: &dyn Store) {
     given_tenant(store).await;
@@ -18,7 +21,7 @@ pub async fn placements_and_latencies(store: &dyn Store) {
     });
     moved.state.assigned_hub = Some("HUB-B".into());
     store
-        .put_registration("t1", &moved, now(90))
+        .put("t1", moved.clone(), Precondition::None, now(90))
         .await
         .expect("put");
     let on_a_before = store
@@ -30,11 +33,11 @@ pub async fn placements_and_latencies(store: &dyn Store) {
     failed.state.assigned_hub = None;
     failed.state.error_code = Some(400214);
     store
-        .put_registration("t1", &failed, now(90))
+        .put("t1", failed.clone(), Precondition::None, now(90))
         .await
         .expect("put");
     let got = store
-        .registration("t1", "mover")
+        .get::<RegistrationRecord>("t1", &IdKey::of("mover"))
         .await
         .expect("get")
         .expect("found");
@@ -61,7 +64,7 @@ pub async fn placements_and_latencies(store: &dyn Store) {
         "other tenants' devices are not counted"
     );
     store
-        .delete_registration("t1", "mover", Precondition::None)
+        .delete::<RegistrationRecord>("t1", &IdKey::of("mover"), Precondition::None)
         .await
         .expect("delete");
     assert_eq!(

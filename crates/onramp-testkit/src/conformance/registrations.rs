@@ -4,17 +4,32 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::ports::StoreExt;
+use onramp_model::EnrollmentGroup;
+use onramp_model::IdKey;
+use onramp_model::IndividualEnrollment;
 
 pub async fn registrations(store: &dyn Store) {
     given_tenant(store).await;
     let r = store
-        .put_registration("t1", &record("Reg-1", Some("Group-1")), now(70))
+        .put(
+            "t1",
+            (record("Reg-1", Some("Group-1"))).clone(),
+            Precondition::None,
+            now(70),
+        )
         .await
         .expect("put");
     assert_eq!(r.state.created_date_time_utc, Some(now(70)));
     assert!(r.state.etag.is_some());
     let r2 = store
-        .put_registration("t1", &record("reg-1", Some("Group-1")), now(80))
+        .put(
+            "t1",
+            (record("reg-1", Some("Group-1"))).clone(),
+            Precondition::None,
+            now(80),
+        )
         .await
         .expect("again");
     assert_eq!(
@@ -24,41 +39,56 @@ pub async fn registrations(store: &dyn Store) {
     );
     assert_ne!(r.state.etag, r2.state.etag);
     let got = store
-        .registration("t1", "reg-1")
+        .get::<RegistrationRecord>("t1", &IdKey::of("reg-1"))
         .await
         .expect("get")
         .expect("found");
     assert_eq!(got.operation_id, "op-reg-1");
     assert_eq!(got.state.assigned_hub.as_deref(), Some("hub-a"));
     store
-        .put_registration("t1", &record("reg-2", Some("group-1")), now(80))
+        .put(
+            "t1",
+            (record("reg-2", Some("group-1"))).clone(),
+            Precondition::None,
+            now(80),
+        )
         .await
         .expect("put");
     store
-        .put_registration("t1", &record("reg-3", None), now(80))
+        .put("t1", record("reg-3", None), Precondition::None, now(80))
         .await
         .expect("put");
     let of_group = store
-        .registrations_of_group("t1", "group-1", None, 100)
+        .registrations_of_group("t1", &IdKey::of("group-1"), None, 100)
         .await
         .expect("query");
     assert_eq!(of_group.len(), 2, "{of_group:?}");
     let page2 = store
-        .registrations_of_group("t1", "group-1", Some("reg-1"), 100)
+        .registrations_of_group("t1", &IdKey::of("group-1"), Some(&IdKey::of("reg-1")), 100)
         .await
         .expect("query");
     assert_eq!(page2.len(), 1);
     assert!(matches!(
         store
-            .delete_registration("t1", "reg-2", Precondition::IfMatch("\"stale\"".into()))
+            .delete::<RegistrationRecord>(
+                "t1",
+                &IdKey::of("reg-2"),
+                Precondition::IfMatch("\"stale\"".into())
+            )
             .await,
         Err(StoreError::PreconditionFailed(_))
     ));
     store
-        .delete_registration("t1", "reg-2", Precondition::None)
+        .delete::<RegistrationRecord>("t1", &IdKey::of("reg-2"), Precondition::None)
         .await
         .expect("delete");
-    assert_eq!(store.registration("t1", "reg-2").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get::<RegistrationRecord>("t1", &IdKey::of("reg-2"))
+            .await
+            .expect("get"),
+        None
+    );
 }
 
 /// The reads of one registration, asked for at once, answer what the
@@ -68,7 +98,7 @@ pub async fn registration_inputs(store: &dyn Store) {
     // More groups than the page asked for below.
     for id in ["group-1", "group-2"] {
         store
-            .put_enrollment_group("t1", &group(id), Precondition::None, now(50))
+            .put("t1", group(id), Precondition::None, now(50))
             .await
             .expect("given: group");
     }
@@ -76,23 +106,23 @@ pub async fn registration_inputs(store: &dyn Store) {
     let unknown = service("nowhere", 77).id_scope.key();
     assert!(
         store
-            .registration_inputs(&unknown, "reg-1", 10)
+            .registration_inputs(&IdKey::of(&unknown), &IdKey::of("reg-1"), 10)
             .await
             .expect("read")
             .is_none()
     );
     store
-        .put_enrollment("t1", &enrollment("Inputs-1"), Precondition::None, now(85))
+        .put("t1", enrollment("Inputs-1"), Precondition::None, now(85))
         .await
         .expect("put");
     store
-        .put_registration("t1", &record("Inputs-1", None), now(85))
+        .put("t1", record("Inputs-1", None), Precondition::None, now(85))
         .await
         .expect("put");
 
     // An individual enrollment: groups are not read.
     let got = store
-        .registration_inputs(&scope, "inputs-1", 10)
+        .registration_inputs(&IdKey::of(&scope), &IdKey::of("inputs-1"), 10)
         .await
         .expect("read")
         .expect("service found");
@@ -100,7 +130,7 @@ pub async fn registration_inputs(store: &dyn Store) {
     assert_eq!(
         got.enrollment,
         store
-            .enrollment("t1", "inputs-1")
+            .get::<IndividualEnrollment>("t1", &IdKey::of("inputs-1"))
             .await
             .expect("get")
             .map(Box::new)
@@ -120,7 +150,7 @@ pub async fn registration_inputs(store: &dyn Store) {
     assert_eq!(
         got.previous,
         store
-            .registration("t1", "inputs-1")
+            .get::<RegistrationRecord>("t1", &IdKey::of("inputs-1"))
             .await
             .expect("get")
             .map(Box::new)
@@ -134,23 +164,26 @@ pub async fn registration_inputs(store: &dyn Store) {
 
     // No individual enrollment: the first page of groups, at most the page asked for.
     let got = store
-        .registration_inputs(&scope, "device-of-a-group", 1)
+        .registration_inputs(&IdKey::of(&scope), &IdKey::of("device-of-a-group"), 1)
         .await
         .expect("read")
         .expect("service found");
     assert_eq!(got.enrollment, None);
     assert_eq!(got.previous, None);
-    let first = store.enrollment_groups("t1", None, 1).await.expect("list");
+    let first = store
+        .list::<EnrollmentGroup>("t1", None, 1)
+        .await
+        .expect("list");
     assert_eq!(first.len(), 1);
     assert_eq!(got.first_groups, Some(first));
 
     // What it wrote deletes cleanly.
     store
-        .delete_registration("t1", "inputs-1", Precondition::None)
+        .delete::<RegistrationRecord>("t1", &IdKey::of("inputs-1"), Precondition::None)
         .await
         .expect("delete");
     store
-        .delete_enrollment("t1", "inputs-1", Precondition::None)
+        .delete::<IndividualEnrollment>("t1", &IdKey::of("inputs-1"), Precondition::None)
         .await
         .expect("delete");
 }

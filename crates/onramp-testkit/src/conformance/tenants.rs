@@ -5,6 +5,11 @@ use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::AllocationPolicy;
 
 use super::fixtures::{hub, owner, service};
+use onramp_core::ports::Precondition;
+use onramp_core::ports::StoreExt;
+use onramp_core::tenant::LinkedHub;
+use onramp_model::IdKey;
+use onramp_model::UtcTime;
 
 pub async fn tenants(store: &dyn Store) {
     let svc = service("t1", 1);
@@ -28,13 +33,16 @@ pub async fn tenants(store: &dyn Store) {
     assert_eq!(store.service("t1").await.expect("get"), Some(svc.clone()));
     assert_eq!(
         store
-            .service_by_scope(&svc.id_scope.key())
+            .service_by_scope(&IdKey::of(&svc.id_scope.key()))
             .await
             .expect("by scope"),
         Some(svc.clone())
     );
     assert_eq!(
-        store.service_by_scope("0ne99999999").await.expect("none"),
+        store
+            .service_by_scope(&IdKey::of("0ne99999999"))
+            .await
+            .expect("none"),
         None
     );
     let policies = store.policies("t1").await.expect("policies");
@@ -44,17 +52,27 @@ pub async fn tenants(store: &dyn Store) {
     assert_eq!(named[0].0, "t1");
 
     store
-        .put_linked_hub("t1", &hub("Hub-A.example.net"))
+        .put(
+            "t1",
+            hub("Hub-A.example.net"),
+            Precondition::None,
+            UtcTime::now(),
+        )
         .await
         .expect("hub");
     store
-        .put_linked_hub("t1", &hub("hub-b.example.net"))
+        .put(
+            "t1",
+            hub("hub-b.example.net"),
+            Precondition::None,
+            UtcTime::now(),
+        )
         .await
         .expect("hub");
     let mut updated = hub("hub-a.example.net");
     updated.allocation_weight = 5;
     store
-        .put_linked_hub("t1", &updated)
+        .put("t1", updated.clone(), Precondition::None, UtcTime::now())
         .await
         .expect("update hub");
     let hubs = store.linked_hubs("t1").await.expect("hubs");
@@ -64,20 +82,20 @@ pub async fn tenants(store: &dyn Store) {
         "hub names are case-insensitive keys: {hubs:?}"
     );
     assert!(hubs.iter().any(|h| h.allocation_weight == 5));
-    assert!(
-        store
-            .delete_linked_hub("t1", "HUB-B.example.net")
-            .await
-            .expect("del")
-    );
-    assert!(
-        !store
-            .delete_linked_hub("t1", "hub-b.example.net")
-            .await
-            .expect("del twice")
-    );
+    store
+        .delete::<LinkedHub>("t1", &IdKey::of("HUB-B.example.net"), Precondition::None)
+        .await
+        .expect("del");
     assert!(matches!(
-        store.put_linked_hub("nope", &hub("h")).await,
+        store
+            .delete::<LinkedHub>("t1", &IdKey::of("hub-b.example.net"), Precondition::None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .put("nope", hub("h"), Precondition::None, UtcTime::now())
+            .await,
         Err(StoreError::NotFound(_))
     ));
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onramp_core::ports::Store;
+use onramp_core::ports::StoreExt;
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
 use onramp_store::sqlite::SqliteOptions;

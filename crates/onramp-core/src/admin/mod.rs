@@ -1,0 +1,237 @@
+//! The service API's rules: enrollments, groups and registration records as
+//! operators see them. Endpoints decode HTTP and call these; nothing here
+//! knows about HTTP.
+//!
+//! - `enrollments`: individual enrollments and groups, one path for both;
+//! - `certificates`: CA certificates and their proof of possession;
+//! - `registrations`: the registration records devices leave.
+
+mod certificates;
+mod enrollments;
+mod registrations;
+
+use std::sync::Arc;
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use onramp_model::{
+    AttestationMechanism, DeviceRegistrationState, Enrollment, EnrollmentGroup, EnrollmentKind,
+    EnrollmentRecord, ErrorCode, IdKey, RegistrationId,
+    query::{BulkMode, QuerySpecification},
+};
+
+use onramp_model::certificate::{
+    CertificateBody, CertificateList, CertificateProperties, CertificateResponse,
+};
+
+use crate::ports::{
+    Clock, Precondition, RegistrationRecord, Store, StoreError, StoreExt, StoredRecord,
+};
+use crate::tenant::{CaCertificate, LinkedHub};
+use crate::{ProvisioningError, validate, x509};
+
+/// Page sizes when the caller gives none, and at most.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Items per bulk call. Azure allows 10; Onramp's limit only bounds one request's work.
+pub const MAX_BULK_ITEMS: usize = 10_000;
+
+/// Paging headers of a query request.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub max_items: Option<usize>,
+    pub continuation: Option<String>,
+}
+
+/// One page of results and the token for the next, if there is one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub continuation: Option<String>,
+}
+
+/// What enrollments are checked against: the linked hubs, and whether the
+/// service has a default custom-allocation webhook. Read once per request or
+/// bulk batch.
+struct Targets {
+    linked_hubs: Vec<LinkedHub>,
+    service_webhook: bool,
+}
+
+impl Targets {
+    fn context<'a>(&'a self, existing: Option<&'a AttestationMechanism>) -> validate::Context<'a> {
+        validate::Context {
+            linked_hubs: &self.linked_hubs,
+            service_webhook: self.service_webhook,
+            existing_attestation: existing,
+        }
+    }
+}
+
+/// An individual enrollment or a group, as the service rules check and the
+/// store keeps it.
+pub trait EnrollmentResource: EnrollmentRecord + StoredRecord {}
+
+impl<E: EnrollmentRecord + StoredRecord> EnrollmentResource for E {}
+
+pub struct Admin {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Admin {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// Deletes a record if `if_match` allows; a missing one is answered
+    /// with `missing`.
+    async fn remove<T: StoredRecord>(
+        &self,
+        service: &str,
+        id: &str,
+        if_match: Option<&str>,
+        missing: ErrorCode,
+    ) -> Result<(), ProvisioningError> {
+        self.store
+            .delete::<T>(
+                service,
+                &IdKey::of(id),
+                Precondition::from_if_match(if_match),
+            )
+            .await
+            .map_err(|e| not_found_as(e, missing))
+    }
+
+    async fn allocation_targets(&self, service: &str) -> Result<Targets, ProvisioningError> {
+        let linked_hubs = self.store.linked_hubs(service).await?;
+        let service_webhook = self
+            .store
+            .service(service)
+            .await?
+            .is_some_and(|s| s.custom_allocation.is_some());
+        Ok(Targets {
+            linked_hubs,
+            service_webhook,
+        })
+    }
+}
+
+/// The registration record as the service API shows it: the device API's
+/// attestation-specific members (`symmetricKey`, `x509`, `tpm`, issued
+/// certificates) are not part of `DeviceRegistrationState`.
+fn service_view(mut state: DeviceRegistrationState) -> DeviceRegistrationState {
+    state.symmetric_key = None;
+    state.x509 = None;
+    state.tpm = None;
+    state.issued_certificate_chain = None;
+    state
+}
+
+fn not_found(kind: EnrollmentKind, id: &str) -> ProvisioningError {
+    ProvisioningError::new(kind.not_found_code(), kind.not_found(id))
+}
+
+fn not_found_as(e: StoreError, code: ErrorCode) -> ProvisioningError {
+    match e {
+        StoreError::NotFound(m) => ProvisioningError::new(code, m),
+        other => other.into(),
+    }
+}
+
+/// Azure's service ignores the query text and returns the whole collection,
+/// and real callers lean on that: PowerShell and the Java SDK's examples send
+/// `SELECT * FROM enrollments` to the registration query, and filters are
+/// sent and ignored. Onramp does the same for any `SELECT … FROM …`, and
+/// refuses only text that is no query at all.
+fn check_query(query: &QuerySpecification, collection: &str) -> Result<(), ProvisioningError> {
+    let text = query.query.trim();
+    if text.is_empty() || text == "*" {
+        return Ok(());
+    }
+    let lower = text.to_ascii_lowercase();
+    let mut words = lower.split_whitespace();
+    if words.next() == Some("select") && words.any(|w| w == "from") {
+        return Ok(());
+    }
+    Err(ProvisioningError::invalid(format!(
+        "query '{text}' is not a query; use '*' or 'SELECT * FROM {collection}' (every item is returned, \
+         as Azure's service does)"
+    )))
+}
+
+fn page_bounds(page: &PageRequest) -> Result<(Option<IdKey>, usize), ProvisioningError> {
+    let limit = page
+        .max_items
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .clamp(1, MAX_PAGE_SIZE);
+    let after = match page
+        .continuation
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        None => None,
+        Some(token) => {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(token)
+                .map_err(|_| bad_continuation(token))?;
+            let key = String::from_utf8(bytes).map_err(|_| bad_continuation(token))?;
+            if RegistrationId::parse(&key).is_err() {
+                return Err(bad_continuation(token));
+            }
+            Some(IdKey::of(&key))
+        }
+    };
+    Ok((after, limit))
+}
+
+fn bad_continuation(token: &str) -> ProvisioningError {
+    ProvisioningError::invalid(format!(
+        "x-ms-continuation '{token}' is not a token this service issued; repeat the query without it"
+    ))
+}
+
+/// Trims `items` (fetched with one extra) to `limit`, and returns the token
+/// for the next page when the extra one showed there is more.
+fn next_token<T>(items: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> IdKey) -> Option<String> {
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items
+        .last()
+        .map(|last| URL_SAFE_NO_PAD.encode(key(last).as_str()))
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    fn q(text: &str) -> QuerySpecification {
+        QuerySpecification { query: text.into() }
+    }
+
+    #[test]
+    fn every_form_the_sdks_and_tools_send_is_accepted() {
+        for (text, collection) in [
+            ("*", "enrollments"),
+            ("", "enrollmentGroups"),
+            ("SELECT * FROM enrollments", "enrollments"),
+            (
+                "select * from enrollmentGroups where attestation.type = 'x509'",
+                "enrollmentGroups",
+            ),
+            ("SELECT * FROM enrollments", "deviceRegistrations"),
+            ("SELECT * FROM enrollmentGroups", "deviceRegistrations"),
+            ("select * from deviceRegistrations", "deviceRegistrations"),
+        ] {
+            assert!(check_query(&q(text), collection).is_ok(), "{text}");
+        }
+        let err = check_query(&q("hello"), "enrollmentGroups").unwrap_err();
+        assert!(
+            err.message.contains("SELECT * FROM enrollmentGroups"),
+            "{}",
+            err.message
+        );
+    }
+}
