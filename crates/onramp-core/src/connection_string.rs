@@ -2,6 +2,15 @@
 
 use onramp_model::Secret;
 
+/// Why a connection string could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionStringError {
+    #[error("connection string part '{part}' has no '='; expected Name=value")]
+    PartWithoutEquals { part: String },
+    #[error("the connection string has no HostName=")]
+    NoHostName,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionString {
     pub host_name: String,
@@ -13,15 +22,17 @@ pub struct ConnectionString {
 impl ConnectionString {
     /// Parses by name, in any order; keys are case-insensitive, values are
     /// kept verbatim (base64 keys end in `=`, so only the first `=` splits).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConnectionStringError> {
         let mut host_name = None;
         let mut key_name = None;
         let mut key = None;
         let mut device_id = None;
         for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
-            let (name, value) = part.split_once('=').ok_or_else(|| {
-                format!("connection string part '{part}' has no '='; expected Name=value")
-            })?;
+            let (name, value) =
+                part.split_once('=')
+                    .ok_or_else(|| ConnectionStringError::PartWithoutEquals {
+                        part: part.to_owned(),
+                    })?;
             let value = value.trim().to_owned();
             match name.trim().to_ascii_lowercase().as_str() {
                 "hostname" => host_name = Some(value),
@@ -33,7 +44,7 @@ impl ConnectionString {
         }
         let host_name = host_name
             .filter(|h| !h.is_empty())
-            .ok_or("the connection string has no HostName=")?;
+            .ok_or(ConnectionStringError::NoHostName)?;
         Ok(Self {
             host_name,
             shared_access_key_name: key_name,

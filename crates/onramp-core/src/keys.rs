@@ -23,16 +23,34 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     bytes
 }
 
+/// Why a user-supplied key was refused; `field` names where it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "{field} is not valid base64; give base64 of 16 to 64 random bytes, or leave it out to \
+         have one generated"
+    )]
+    NotBase64 { field: String },
+    #[error(
+        "{field} decodes to {bytes} bytes; keys must be {min} to {max} bytes",
+        min = MIN_KEY_BYTES,
+        max = MAX_KEY_BYTES
+    )]
+    Length { field: String, bytes: usize },
+}
+
 /// Checks a user-supplied key: base64 of 16 to 64 bytes.
-pub fn validate(field: &str, key: &str) -> Result<(), String> {
-    let bytes = STANDARD.decode(key.trim()).map_err(|_| {
-        format!("{field} is not valid base64; give base64 of 16 to 64 random bytes, or leave it out to have one generated")
-    })?;
+pub fn validate(field: &str, key: &str) -> Result<(), KeyError> {
+    let bytes = STANDARD
+        .decode(key.trim())
+        .map_err(|_| KeyError::NotBase64 {
+            field: field.to_owned(),
+        })?;
     if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&bytes.len()) {
-        return Err(format!(
-            "{field} decodes to {} bytes; keys must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes",
-            bytes.len()
-        ));
+        return Err(KeyError::Length {
+            field: field.to_owned(),
+            bytes: bytes.len(),
+        });
     }
     Ok(())
 }
@@ -47,10 +65,16 @@ mod tests {
         let b = generate();
         assert_ne!(a, b);
         assert!(validate("k", a.expose()).is_ok());
-        assert!(validate("k", "c2hvcnQ=").unwrap_err().contains("5 bytes"));
+        assert!(
+            validate("k", "c2hvcnQ=")
+                .unwrap_err()
+                .to_string()
+                .contains("5 bytes")
+        );
         assert!(
             validate("k", "***")
                 .unwrap_err()
+                .to_string()
                 .contains("not valid base64")
         );
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use onramp_model::{IdKey, UtcTime};
 
 use crate::ports::{Precondition, Store, StoreError, StoreExt};
-use crate::tenant::LinkedHub;
+use crate::tenant::{LinkedHub, TenantError};
 
 /// The linked-hub rules over a store.
 pub struct LinkedHubs {
@@ -37,8 +37,7 @@ impl NewLink<'_> {
             self.region,
             self.weight,
             self.allocate,
-        )
-        .map_err(LinkError::Invalid)?;
+        )?;
         link.companion = self.companion;
         Ok(link)
     }
@@ -67,8 +66,8 @@ pub enum Unlink {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// A connection string, name, region or weight breaks the rules.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] TenantError),
     #[error("hub '{hub}' is not linked to '{service}'")]
     NotLinked { service: String, hub: String },
     /// An update's connection string is for another hub.
@@ -99,7 +98,7 @@ impl LinkedHubs {
     /// Writes a link built already (from the configuration, say), checked
     /// again here.
     pub async fn link(&self, service: &str, link: &LinkedHub) -> Result<(), LinkError> {
-        link.check().map_err(LinkError::Invalid)?;
+        link.check()?;
         self.store
             .put(service, link.clone(), Precondition::None, UtcTime::now())
             .await?;
@@ -156,8 +155,7 @@ impl LinkedHubs {
             .find(|h| h.is_named(name))
             .ok_or_else(|| not_linked(service, name))?;
         if let Some(cs) = changes.connection_string {
-            let fresh = LinkedHub::from_connection_string(&cs, &link.location, 1, true)
-                .map_err(LinkError::Invalid)?;
+            let fresh = LinkedHub::from_connection_string(&cs, &link.location, 1, true)?;
             if !fresh.is_named(&link.name) {
                 return Err(LinkError::OtherHub {
                     given: fresh.name,

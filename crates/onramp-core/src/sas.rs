@@ -27,7 +27,8 @@ pub struct SasToken<'a> {
     pub key_name: Option<String>,
 }
 
-/// Why a token was refused. The messages are shown to the caller.
+/// Why a token was refused, or could not be signed or a key derived. The
+/// messages are shown to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasError {
     #[error("the token is not a SharedAccessSignature: {0}")]
@@ -38,6 +39,10 @@ pub enum SasError {
     WrongResource { actual: String, expected: String },
     #[error("the token's signature does not match {0}")]
     BadSignature(String),
+    #[error("the key is not base64")]
+    KeyNotBase64,
+    #[error("the group key is not base64")]
+    GroupKeyNotBase64,
 }
 
 const PREFIX: &str = "sharedaccesssignature";
@@ -174,10 +179,10 @@ pub fn sign(
     key_base64: &str,
     expiry: i64,
     key_name: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, SasError> {
     let key = STANDARD
         .decode(key_base64.trim())
-        .map_err(|_| "the key is not base64".to_owned())?;
+        .map_err(|_| SasError::KeyNotBase64)?;
     let sr = encode(resource);
     let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
     let tag = hmac::sign(&key, format!("{sr}\n{expiry}").as_bytes());
@@ -192,10 +197,13 @@ pub fn sign(
 
 /// The key of one device of a symmetric-key enrollment group:
 /// `base64(HMAC-SHA256(base64decode(group key), registration ID))`.
-pub fn derive_device_key(group_key_base64: &str, registration_id: &str) -> Result<String, String> {
+pub fn derive_device_key(
+    group_key_base64: &str,
+    registration_id: &str,
+) -> Result<String, SasError> {
     let key = STANDARD
         .decode(group_key_base64.trim())
-        .map_err(|_| "the group key is not base64".to_owned())?;
+        .map_err(|_| SasError::GroupKeyNotBase64)?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
     Ok(STANDARD.encode(hmac::sign(&key, registration_id.as_bytes()).as_ref()))
 }

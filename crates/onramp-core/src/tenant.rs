@@ -9,7 +9,47 @@ use std::fmt;
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition, IdScope, Secret, UtcTime};
 use serde::{Deserialize, Serialize};
 
-use crate::connection_string::ConnectionString;
+use crate::connection_string::{ConnectionString, ConnectionStringError};
+
+/// Why a right, or a hub link, breaks the rules. Names and regions are
+/// shown escaped, so control characters cannot reach a terminal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error(
+        "'{word}' is not a right; use any of ServiceConfig, EnrollmentRead, EnrollmentWrite, \
+         DeviceConnect, RegistrationStatusRead, RegistrationStatusWrite"
+    )]
+    UnknownRight { word: String },
+    #[error(transparent)]
+    ConnectionString(#[from] ConnectionStringError),
+    #[error(
+        "the hub connection string has no SharedAccessKey; Onramp needs a policy key with \
+         registry write rights (e.g. iothubowner)"
+    )]
+    NoSharedAccessKey,
+    #[error(
+        "the hub name (the connection string's HostName) '{shown}' holds spaces, slashes or \
+         control characters; use the hub's host name, e.g. my-hub.azure-devices.net"
+    )]
+    HubNameCharacters { shown: String },
+    #[error(
+        "the hub name (the connection string's HostName) '{shown}' has no host; use the hub's \
+         host name, e.g. my-hub.azure-devices.net"
+    )]
+    HubNameWithoutHost { shown: String },
+    #[error(transparent)]
+    HubAuthority(#[from] onramp_model::authority::BadAuthority),
+    #[error("the hub's region is empty; give its region, e.g. westeurope")]
+    RegionEmpty,
+    #[error(
+        "region '{shown}' is not a region name: use at most {max} printable characters, \
+         e.g. westeurope",
+        max = LinkedHub::MAX_REGION_LEN
+    )]
+    RegionName { shown: String },
+    #[error("allocation weight {weight} is out of range; use 1 to {max}", max = LinkedHub::MAX_WEIGHT)]
+    WeightOutOfRange { weight: u32 },
+}
 
 /// The policy every new provisioning service gets, with all rights.
 pub const OWNER_POLICY: &str = "provisioningserviceowner";
@@ -69,17 +109,14 @@ impl AccessRights {
 
     /// Parses Azure's form, `"EnrollmentRead, EnrollmentWrite"` (any case,
     /// commas or spaces between names).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TenantError> {
         let mut rights = Self::default();
         for word in text.split([',', ' ', '|']).filter(|w| !w.is_empty()) {
             let (bit, _) = Self::NAMES
                 .iter()
                 .find(|(_, name)| name.eq_ignore_ascii_case(word))
-                .ok_or_else(|| {
-                    format!(
-                        "'{word}' is not a right; use any of ServiceConfig, EnrollmentRead, \
-                         EnrollmentWrite, DeviceConnect, RegistrationStatusRead, RegistrationStatusWrite"
-                    )
+                .ok_or_else(|| TenantError::UnknownRight {
+                    word: word.to_owned(),
                 })?;
             rights = rights.union(*bit);
         }
@@ -111,8 +148,8 @@ impl From<AccessRights> for String {
 }
 
 impl TryFrom<String> for AccessRights {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = TenantError;
+    fn try_from(s: String) -> Result<Self, TenantError> {
         Self::parse(&s)
     }
 }
@@ -210,14 +247,10 @@ impl LinkedHub {
         location: &str,
         allocation_weight: u32,
         apply_allocation_policy: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TenantError> {
         let parsed = ConnectionString::parse(connection_string)?;
         if parsed.shared_access_key.is_none() {
-            return Err(
-                "the hub connection string has no SharedAccessKey; Onramp needs a policy key \
-                 with registry write rights (e.g. iothubowner)"
-                    .into(),
-            );
+            return Err(TenantError::NoSharedAccessKey);
         }
         let link = Self {
             name: parsed.host_name.clone(),
@@ -234,7 +267,7 @@ impl LinkedHub {
 
     /// The rules every stored link meets: its name is a `host[:port]`, its
     /// region a short printable name, its weight within range.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TenantError> {
         check_hub_name(&self.name)?;
         check_region(&self.location)?;
         check_weight(self.allocation_weight)
@@ -246,47 +279,35 @@ impl LinkedHub {
     }
 }
 
-fn check_hub_name(name: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "the hub name (the connection string's HostName) '{}' {why}; use the hub's host name, \
-             e.g. my-hub.azure-devices.net",
-            name.escape_debug()
-        ))
-    };
+fn check_hub_name(name: &str) -> Result<(), TenantError> {
+    let shown = || name.escape_debug().to_string();
     if name
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '/')
     {
-        return bad("holds spaces, slashes or control characters");
+        return Err(TenantError::HubNameCharacters { shown: shown() });
     }
-    match onramp_model::authority::split(name) {
-        Ok((host, _)) if !host.is_empty() => Ok(()),
-        Ok(_) => bad("has no host"),
-        Err(e) => Err(e.to_string()),
+    match onramp_model::authority::split(name)? {
+        (host, _) if !host.is_empty() => Ok(()),
+        _ => Err(TenantError::HubNameWithoutHost { shown: shown() }),
     }
 }
 
-fn check_region(region: &str) -> Result<(), String> {
+fn check_region(region: &str) -> Result<(), TenantError> {
     if region.trim().is_empty() {
-        return Err("the hub's region is empty; give its region, e.g. westeurope".into());
+        return Err(TenantError::RegionEmpty);
     }
     if region.chars().count() > LinkedHub::MAX_REGION_LEN || region.chars().any(char::is_control) {
-        return Err(format!(
-            "region '{}' is not a region name: use at most {} printable characters, e.g. westeurope",
-            region.escape_debug(),
-            LinkedHub::MAX_REGION_LEN
-        ));
+        return Err(TenantError::RegionName {
+            shown: region.escape_debug().to_string(),
+        });
     }
     Ok(())
 }
 
-fn check_weight(weight: u32) -> Result<(), String> {
+fn check_weight(weight: u32) -> Result<(), TenantError> {
     if !(1..=LinkedHub::MAX_WEIGHT).contains(&weight) {
-        return Err(format!(
-            "allocation weight {weight} is out of range; use 1 to {}",
-            LinkedHub::MAX_WEIGHT
-        ));
+        return Err(TenantError::WeightOutOfRange { weight });
     }
     Ok(())
 }
@@ -308,6 +329,7 @@ mod tests {
         assert!(
             AccessRights::parse("Root")
                 .unwrap_err()
+                .to_string()
                 .contains("'Root' is not a right")
         );
     }
@@ -348,11 +370,11 @@ mod tests {
         assert!(link("h1.example.net:8443", "westeurope").is_ok());
         assert!(link("[::1]:8443", "West Europe").is_ok());
         for bad in ["h1 example", "h1/x", "h1:99999", ":443", "h1\u{1b}[31m"] {
-            let err = link(bad, "westeurope").unwrap_err();
+            let err = link(bad, "westeurope").unwrap_err().to_string();
             assert!(err.contains("host"), "{bad}: {err}");
         }
         for bad in ["", "  ", "west\neurope", &"x".repeat(65)] {
-            let err = link("h1", bad).unwrap_err();
+            let err = link("h1", bad).unwrap_err().to_string();
             assert!(err.contains("region"), "{bad:?}: {err}");
         }
         assert_eq!(link("h1", " lab ").unwrap().location, "lab");

@@ -6,36 +6,50 @@ use aws_lc_rs::digest;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_model::{UtcTime, X509CertificateInfo};
 use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::error::{PEMError, X509Error};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// Why a certificate an operator gave, or a device sent, cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("the PEM text could not be read ({0})")]
+    Pem(#[source] x509_parser::nom::Err<PEMError>),
+    #[error("the PEM block is a '{label}'; give a CERTIFICATE block")]
+    NotCertificatePem { label: String },
+    #[error("the certificate is neither PEM text (-----BEGIN CERTIFICATE-----) nor base64 DER")]
+    NeitherPemNorBase64,
+    #[error("the certificate is not valid X.509 DER ({0})")]
+    Der(#[source] x509_parser::nom::Err<X509Error>),
+    #[error("the certificate has {bytes} bytes of trailing data after its DER encoding")]
+    TrailingData { bytes: usize },
+    #[error("the certificate's validity dates are out of range")]
+    ValidityOutOfRange,
+}
+
 /// A certificate's DER bytes, decoded from PEM or base64.
-pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+pub fn decode(text: &str) -> Result<Vec<u8>, CertificateError> {
     let text = text.trim();
     if text.starts_with("-----BEGIN") {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
-            .map_err(|e| format!("the PEM text could not be read ({e})"))?;
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(text.as_bytes()).map_err(CertificateError::Pem)?;
         if pem.label != "CERTIFICATE" {
-            return Err(format!(
-                "the PEM block is a '{}'; give a CERTIFICATE block",
-                pem.label
-            ));
+            return Err(CertificateError::NotCertificatePem { label: pem.label });
         }
         return Ok(pem.contents);
     }
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(compact).map_err(|_| {
-        "the certificate is neither PEM text (-----BEGIN CERTIFICATE-----) nor base64 DER"
-            .to_owned()
-    })
+    STANDARD
+        .decode(compact)
+        .map_err(|_| CertificateError::NeitherPemNorBase64)
 }
 
 /// Parses a certificate and computes the info Azure returns for it.
-pub fn info(text: &str) -> Result<X509CertificateInfo, String> {
+pub fn info(text: &str) -> Result<X509CertificateInfo, CertificateError> {
     let der = decode(text)?;
     info_from_der(&der)
 }
 
-pub fn info_from_der(der: &[u8]) -> Result<X509CertificateInfo, String> {
+pub fn info_from_der(der: &[u8]) -> Result<X509CertificateInfo, CertificateError> {
     Ok(Parsed::from_der(der)?.info)
 }
 
@@ -49,18 +63,14 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (rest, cert) = X509Certificate::from_der(der)
-            .map_err(|e| format!("the certificate is not valid X.509 DER ({e})"))?;
+    pub fn from_der(der: &[u8]) -> Result<Self, CertificateError> {
+        let (rest, cert) = X509Certificate::from_der(der).map_err(CertificateError::Der)?;
         if !rest.is_empty() {
-            return Err(format!(
-                "the certificate has {} bytes of trailing data after its DER encoding",
-                rest.len()
-            ));
+            return Err(CertificateError::TrailingData { bytes: rest.len() });
         }
         let time = |t: x509_parser::time::ASN1Time| {
             UtcTime::from_unix_nanos(i128::from(t.timestamp()) * 1_000_000_000)
-                .ok_or_else(|| "the certificate's validity dates are out of range".to_owned())
+                .ok_or(CertificateError::ValidityOutOfRange)
         };
         let info = X509CertificateInfo {
             subject_name: dotnet_name(cert.subject()),
@@ -246,8 +256,18 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_a_reason() {
-        assert!(info("hello").unwrap_err().contains("neither PEM"));
-        assert!(info("aGVsbG8=").unwrap_err().contains("not valid X.509"));
+        assert!(
+            info("hello")
+                .unwrap_err()
+                .to_string()
+                .contains("neither PEM")
+        );
+        assert!(
+            info("aGVsbG8=")
+                .unwrap_err()
+                .to_string()
+                .contains("not valid X.509")
+        );
         assert!(info("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----").is_err());
     }
 

@@ -28,6 +28,13 @@ use onramp_model::hub::{
 };
 use reqwest::StatusCode;
 
+/// Why a [`HubClient`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HubClientError {
+    #[error("cannot build the hub HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 /// Lifetime of the SAS tokens the client signs; they are reused until close to expiry.
 const TOKEN_TTL_SECONDS: i64 = 3600;
 
@@ -60,7 +67,7 @@ pub const TRUST_REFRESH: Duration = Duration::from_secs(300);
 impl HubClient {
     /// `tls` decides which hub certificates are trusted (the machine's roots
     /// plus, in development, Onramp's own CA).
-    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, HubClientError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(timeout)
@@ -71,7 +78,7 @@ impl HubClient {
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| format!("cannot build the hub HTTP client: {e}"))?;
+            .map_err(HubClientError::Build)?;
         Ok(Self {
             http,
             tokens: Mutex::new(HashMap::new()),

@@ -16,8 +16,27 @@ use std::time::{Duration, Instant};
 
 use onramp_core::ports::{HubLatency, HubLatencySample, Store, StoreExt};
 use onramp_model::UtcTime;
+use onramp_model::authority::BadAuthority;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+
+/// Why a probe took no measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Authority(#[from] BadAuthority),
+    #[error("'{host}' is not a host name: {source}")]
+    HostName {
+        host: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("no TLS handshake within {ms} ms")]
+    Timeout { ms: u128 },
+}
 
 /// Weight of a new sample in the smoothed value.
 const SMOOTHING: f64 = 0.3;
@@ -116,17 +135,18 @@ pub async fn run(
             });
             for (hub, result) in futures_util::future::join_all(probes).await {
                 let smoothed = table.record(hub, result.as_ref().map(|ms| *ms).map_err(|_| ()));
+                let error = result.err().map(|e| e.to_string());
                 crate::events::HubProbe {
                     hub,
                     smoothed_ms: smoothed,
-                    error: result.as_ref().err().map(String::as_str),
+                    error: error.as_deref(),
                 }
                 .emit();
                 let sample = HubLatencySample {
                     node: node.clone(),
                     hub: hub.clone(),
                     latency_ms: smoothed,
-                    error: result.err(),
+                    error,
                     measured: UtcTime::now(),
                 };
                 if let Err(e) = store.record_hub_latency(&sample).await {
@@ -159,35 +179,35 @@ pub async fn probe(
     hub: &str,
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, ProbeError> {
     let (host, port) = split_host_port(hub)?;
-    let server_name = ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("'{host}' is not a host name: {e}"))?;
+    let server_name =
+        ServerName::try_from(host.to_owned()).map_err(|source| ProbeError::HostName {
+            host: host.to_owned(),
+            source,
+        })?;
     let started = Instant::now();
     let handshake = async {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(ProbeError::Connect)?;
         tcp.set_nodelay(true).ok();
         tokio_rustls::TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))
+            .map_err(ProbeError::Handshake)
     };
     match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => Err(format!(
-            "no TLS handshake within {} ms",
-            timeout.as_millis()
-        )),
+        Err(_) => Err(ProbeError::Timeout {
+            ms: timeout.as_millis(),
+        }),
         Ok(Err(e)) => Err(e),
         Ok(Ok(_stream)) => Ok(started.elapsed().as_secs_f64() * 1000.0),
     }
 }
 
-fn split_host_port(hub: &str) -> Result<(&str, u16), String> {
-    onramp_model::authority::split(hub)
-        .map(|(host, port)| (host, port.unwrap_or(443)))
-        .map_err(|e| e.to_string())
+fn split_host_port(hub: &str) -> Result<(&str, u16), BadAuthority> {
+    onramp_model::authority::split(hub).map(|(host, port)| (host, port.unwrap_or(443)))
 }
 
 #[cfg(test)]

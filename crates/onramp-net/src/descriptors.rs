@@ -12,6 +12,25 @@ const MIN_CONNECTIONS: u64 = 16;
 /// even when the hard limit says "unlimited".
 const HIGHEST_SOFT_LIMIT: u64 = 1 << 20;
 
+/// Why no connection budget could be set.
+#[derive(Debug, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("cannot read the open-file limit: {0}")]
+    ReadLimit(#[source] std::io::Error),
+    #[error("cannot raise the open-file limit: {0}")]
+    RaiseLimit(#[source] std::io::Error),
+    #[error(
+        "the open-file limit is {open_files}, which leaves {room} connections after the \
+         {reserve} descriptors kept for the store, hub clients and logs; raise it \
+         (ulimit -n, or LimitNOFILE= in a systemd unit) or lower limits.reserved_descriptors"
+    )]
+    TooFewForConnections {
+        open_files: u64,
+        room: u64,
+        reserve: u64,
+    },
+}
+
 /// What the process may hold, and how many connections that leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionBudget {
@@ -26,12 +45,12 @@ pub struct ConnectionBudget {
 
 /// Raises the soft open-file limit to the hard limit, then works out how
 /// many connections fit below it with `reserve` descriptors left over.
-pub fn connection_budget(wanted: usize, reserve: u64) -> Result<ConnectionBudget, String> {
+pub fn connection_budget(wanted: usize, reserve: u64) -> Result<ConnectionBudget, DescriptorError> {
     let (before, _) = rlimit::Resource::NOFILE
         .get()
-        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
-    let open_files = rlimit::increase_nofile_limit(HIGHEST_SOFT_LIMIT)
-        .map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+        .map_err(DescriptorError::ReadLimit)?;
+    let open_files =
+        rlimit::increase_nofile_limit(HIGHEST_SOFT_LIMIT).map_err(DescriptorError::RaiseLimit)?;
     budget(wanted, reserve, before, open_files)
 }
 
@@ -40,14 +59,14 @@ fn budget(
     reserve: u64,
     before: u64,
     open_files: u64,
-) -> Result<ConnectionBudget, String> {
+) -> Result<ConnectionBudget, DescriptorError> {
     let room = open_files.saturating_sub(reserve);
     if room < MIN_CONNECTIONS {
-        return Err(format!(
-            "the open-file limit is {open_files}, which leaves {room} connections after the \
-             {reserve} descriptors kept for the store, hub clients and logs; raise it \
-             (ulimit -n, or LimitNOFILE= in a systemd unit) or lower limits.reserved_descriptors"
-        ));
+        return Err(DescriptorError::TooFewForConnections {
+            open_files,
+            room,
+            reserve,
+        });
     }
     Ok(ConnectionBudget {
         open_files,
@@ -70,7 +89,7 @@ mod tests {
         let b = budget(1000, 256, 1024, 65_536).unwrap();
         assert_eq!(b.max_connections, 1000, "what was asked for, when it fits");
         assert_eq!(b.raised_from, Some(1024));
-        let err = budget(50_000, 256, 200, 200).unwrap_err();
+        let err = budget(50_000, 256, 200, 200).unwrap_err().to_string();
         assert!(err.contains("open-file limit is 200"), "{err}");
     }
 

@@ -17,6 +17,13 @@ use onramp_model::allocation::{AllocationRequest, AllocationResponse};
 
 pub mod events;
 
+/// Why a [`WebhookClient`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookClientError {
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 /// Largest answer read from a webhook.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// How much of an error answer goes into the registration's error message.
@@ -57,14 +64,14 @@ impl Retries {
 
 impl WebhookClient {
     /// `tls` decides which webhook certificates are trusted.
-    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Result<Self, WebhookClientError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("onramp/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+            .map_err(WebhookClientError::Build)?;
         Ok(Self {
             http,
             timeout,

@@ -214,6 +214,15 @@ pub trait MqttApp: Send + Sync + 'static {
 
 type Conn<S> = Framed<S, Codec>;
 
+/// Why a packet did not go to the client; it ends the connection.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("write failed: {0}")]
+    Write(#[source] rmqtt_codec::error::EncodeError),
+    #[error("{0} messages unacknowledged; the client does not keep up")]
+    ClientBehind(usize),
+}
+
 /// Serves one MQTT connection to its end. The client must have sent a
 /// complete CONNECT by `connect_by` (the end of the TLS handshake or of the
 /// WebSocket upgrade, plus [`MqttLimits::connect_timeout`]).
@@ -320,10 +329,8 @@ fn connack(code: ConnectAckReason) -> Packet {
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     packet: Packet,
-) -> Result<(), String> {
-    conn.send(packet)
-        .await
-        .map_err(|e| format!("write failed: {e}"))
+) -> Result<(), SendError> {
+    conn.send(packet).await.map_err(SendError::Write)
 }
 
 /// The loop after CONNACK; returns why the connection ended.
@@ -353,7 +360,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             Some(out) = outbox.recv() => {
                 if let Err(e) = deliver(conn, out, &subscriptions, &mut inflight, &mut next_id, limits).await {
-                    return e;
+                    return e.to_string();
                 }
                 continue;
             }
@@ -373,7 +380,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         // PUBACK first, then any response (C# expects exactly this order).
                         if let Err(e) = send(conn, Packet::PublishAck { packet_id: id }).await {
-                            return e;
+                            return e.to_string();
                         }
                         session.publish(&p.topic, p.payload).await
                     }
@@ -396,7 +403,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             )
                             .await
                             {
-                                return e;
+                                return e.to_string();
                             }
                         }
                     }
@@ -428,7 +435,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 if let Err(e) = send(conn, Packet::SubscribeAck { packet_id, status }).await {
-                    return e;
+                    return e.to_string();
                 }
             }
             Packet::Unsubscribe {
@@ -440,12 +447,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     session.unsubscribe(&filter);
                 }
                 if let Err(e) = send(conn, Packet::UnsubscribeAck { packet_id }).await {
-                    return e;
+                    return e.to_string();
                 }
             }
             Packet::PingRequest => {
                 if let Err(e) = send(conn, Packet::PingResponse).await {
-                    return e;
+                    return e.to_string();
                 }
             }
             Packet::Disconnect => return "DISCONNECT".into(),
@@ -464,7 +471,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     inflight: &mut HashSet<u16>,
     next_id: &mut u16,
     limits: MqttLimits,
-) -> Result<(), String> {
+) -> Result<(), SendError> {
     let granted = subscriptions
         .iter()
         .filter(|(filter, _)| super::topic::matches(filter, &out.topic))
@@ -479,10 +486,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         QoS::AtMostOnce => None,
         _ => {
             if inflight.len() >= limits.max_inflight {
-                return Err(format!(
-                    "{} messages unacknowledged; the client does not keep up",
-                    inflight.len()
-                ));
+                return Err(SendError::ClientBehind(inflight.len()));
             }
             loop {
                 *next_id = next_id.wrapping_add(1);

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use onramp_core::sas;
+use onramp_core::sas::{self, SasError};
 use onramp_model::{ErrorBody, RegistrationOperationStatus, RegistrationStatus};
 use serde::Serialize;
 
@@ -169,7 +169,7 @@ pub(crate) enum Fleet {
 
 impl Fleet {
     /// Registration ID and key of the `n`-th device to register.
-    pub(crate) fn device(&self, prefix: &str, n: u64) -> Result<(String, String), String> {
+    pub(crate) fn device(&self, prefix: &str, n: u64) -> Result<(String, String), SasError> {
         let i = match self {
             Fleet::Group { .. } => n,
             Fleet::Individual {
@@ -180,7 +180,7 @@ impl Fleet {
     }
 
     /// Registration ID and key of member `i` (in ID order).
-    pub(crate) fn member(&self, prefix: &str, i: u64) -> Result<(String, String), String> {
+    pub(crate) fn member(&self, prefix: &str, i: u64) -> Result<(String, String), SasError> {
         let id = format!("{prefix}-{i:07}");
         let key = match self {
             Fleet::Group { key } | Fleet::Individual { secret: key, .. } => {
