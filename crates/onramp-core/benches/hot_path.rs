@@ -10,11 +10,10 @@ use onramp_core::allocate::{HubSelection, Proximity, allocate};
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::StoreExt;
-use onramp_core::ports::{Precondition, Store, SystemClock};
+use onramp_core::ports::{Store, SystemClock};
 use onramp_core::sas;
-use onramp_model::{AllocationPolicy, DeviceRegistration, UtcTime};
-use onramp_testkit::{MemoryStore, RecordingHubs, conformance};
+use onramp_model::{AllocationPolicy, DeviceRegistration};
+use onramp_testkit::{MemoryStore, RecordingHubs, conformance, given};
 
 const GROUP_KEY: &str = "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw==";
 
@@ -74,19 +73,8 @@ fn engine(c: &mut Criterion) {
     let group = conformance::group("fleet");
     rt.block_on(async {
         store.create_service(&svc, &[]).await.unwrap();
-        store
-            .put(
-                "default",
-                (conformance::hub("hub-a")).clone(),
-                Precondition::None,
-                UtcTime::now(),
-            )
-            .await
-            .unwrap();
-        store
-            .put("default", group.clone(), Precondition::None, UtcTime::now())
-            .await
-            .unwrap();
+        given(&*store, "default", conformance::hub("hub-a")).await;
+        given(&*store, "default", group.clone()).await;
     });
     let engine = Arc::new(Engine::new(
         store,

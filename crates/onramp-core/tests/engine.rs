@@ -22,7 +22,7 @@ use onramp_model::{
     UtcTime,
 };
 use onramp_testkit::{
-    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance,
+    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance, given,
 };
 use serde_json::json;
 
@@ -54,10 +54,7 @@ async fn world(hubs: &[(&str, u32)]) -> World {
     for (name, weight) in hubs {
         let mut h = conformance::hub(name);
         h.allocation_weight = *weight;
-        store
-            .put("default", h.clone(), Precondition::None, UtcTime::now())
-            .await
-            .unwrap();
+        given(&*store, "default", h.clone()).await;
     }
     let recording = Arc::new(RecordingHubs::default());
     let clock = Arc::new(ManualClock::new(at(NOW)));
@@ -1116,15 +1113,7 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
         .create_service(&other, &[conformance::owner("b3RoZXI=")])
         .await
         .unwrap();
-    w.store
-        .put(
-            "other",
-            (conformance::hub("hub-z")).clone(),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    given(&*w.store, "other", conformance::hub("hub-z")).await;
     let mut theirs = conformance::enrollment("dev-01");
     let their_key = "dGhlaXItZGV2aWNlLWtleS0xMjM0NTY3ODkwMTI=";
     theirs

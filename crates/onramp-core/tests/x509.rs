@@ -10,7 +10,7 @@ use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
-use onramp_core::ports::{IdentityAuth, Precondition, Store};
+use onramp_core::ports::{IdentityAuth, Store};
 use onramp_core::tenant::CaCertificate;
 use onramp_model::IdKey;
 use onramp_model::{
@@ -19,7 +19,7 @@ use onramp_model::{
     X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use onramp_net::pki::dev_certs::{Issued, Validity};
-use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
 
 struct World {
     store: Arc<MemoryStore>,
@@ -33,15 +33,7 @@ async fn world() -> World {
     let store = Arc::new(MemoryStore::new());
     let svc = conformance::service("default", 0x5A5A);
     store.create_service(&svc, &[]).await.unwrap();
-    store
-        .put(
-            "default",
-            (conformance::hub("hub-a")).clone(),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    given(&*store, "default", conformance::hub("hub-a")).await;
     let hubs = Arc::new(RecordingHubs::default());
     let clock = Arc::new(ManualClock::new(UtcTime::now()));
     let engine = Arc::new(Engine::new(
@@ -88,10 +80,7 @@ impl World {
             provisioning_status: Some(status),
             ..Default::default()
         };
-        self.store
-            .put("default", e.clone(), Precondition::None, UtcTime::now())
-            .await
-            .unwrap();
+        given(&*self.store, "default", e.clone()).await;
     }
 
     async fn enroll_group(&self, id: &str, signing: &Issued, status: ProvisioningStatus) {
@@ -104,10 +93,7 @@ impl World {
             provisioning_status: Some(status),
             ..Default::default()
         };
-        self.store
-            .put("default", g.clone(), Precondition::None, UtcTime::now())
-            .await
-            .unwrap();
+        given(&*self.store, "default", g.clone()).await;
     }
 
     async fn register(
@@ -268,10 +254,7 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
         created: UtcTime::now(),
         updated: UtcTime::now(),
     };
-    w.store
-        .put("default", ca.clone(), Precondition::None, UtcTime::now())
-        .await
-        .unwrap();
+    given(&*w.store, "default", ca.clone()).await;
     let g = EnrollmentGroup {
         enrollment_group_id: "by-reference".into(),
         attestation: x509(X509Attestation {
@@ -284,19 +267,13 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
         }),
         ..Default::default()
     };
-    w.store
-        .put("default", g.clone(), Precondition::None, UtcTime::now())
-        .await
-        .unwrap();
+    given(&*w.store, "default", g.clone()).await;
     let err = w.register("x-dev-3", &[&device]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::CertificateUntrusted);
     assert!(err.message.contains("not verified"), "{}", err.message);
 
     ca.is_verified = true;
-    w.store
-        .put("default", ca.clone(), Precondition::None, UtcTime::now())
-        .await
-        .unwrap();
+    given(&*w.store, "default", ca.clone()).await;
     let op = w.register("x-dev-3", &[&device]).await.unwrap();
     assert_eq!(
         op.registration_state

@@ -8,6 +8,7 @@
 //!   what it was asked, and hub latencies set by hand.
 //! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
 //! - [`ManualClock`]: a clock tests set.
+//! - [`given`]: a record stored as a test's setup.
 //! - [`conformance`]: the checks every `Store` must pass, one test per case
 //!   through [`store_conformance!`].
 //!
@@ -25,3 +26,15 @@ pub use clock::ManualClock;
 pub use hubs::{FixedLatency, RecordingHubs};
 pub use store::MemoryStore;
 pub use webhook::ScriptedWebhook;
+
+use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
+use onramp_model::UtcTime;
+
+/// Stores `record` in `service` whatever is there, as a test's setup, and
+/// returns it as stored.
+pub async fn given<T: StoredRecord>(store: &dyn Store, service: &str, record: T) -> T {
+    store
+        .put(service, record, Precondition::None, UtcTime::now())
+        .await
+        .expect("storing a test's setup")
+}

@@ -254,7 +254,7 @@ impl Store for SqliteStore {
             after.cloned().unwrap_or_default(),
         );
         self.db
-            .read(move |conn| registrations::of_group(conn, &service, &group, &after, limit))
+            .read(move |conn| registrations::page(conn, &service, Some(&group), &after, limit))
             .await
     }
 
@@ -326,7 +326,7 @@ fn read_records(
         RecordKind::EnrollmentGroup => all(enrollments::read_page::<EnrollmentGroup>(
             conn, sealer, service, after, limit,
         )?),
-        RecordKind::Registration => all(registrations::page(conn, service, after, limit)?),
+        RecordKind::Registration => all(registrations::page(conn, service, None, after, limit)?),
         // A service has a handful of these: paged here, not in SQL.
         RecordKind::CaCertificate => all(certificates::read_all(conn, service)?)
             .into_iter()

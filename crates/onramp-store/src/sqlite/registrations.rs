@@ -186,42 +186,34 @@ pub(super) fn write(
     Ok(stored)
 }
 
-pub(super) fn of_group(
-    conn: &Connection,
-    service: &str,
-    group: &str,
-    after: &str,
-    limit: usize,
-) -> Result<Vec<RegistrationRecord>, StoreError> {
-    query_all(
-        conn,
-        "SELECT doc, group_key, operation_id, placement FROM registrations
-         WHERE service = ?1 AND group_key = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
-        params![service, group, after, limit as i64],
-        RegistrationRow::read,
-    )?
-    .into_iter()
-    .map(RegistrationRow::into_record)
-    .collect()
-}
-
-/// Every registration of `service` in key order, a page at a time.
+/// Registrations of `service` in key order, a page at a time: all of them,
+/// or those of one enrollment group (through its index).
 pub(super) fn page(
     conn: &Connection,
     service: &str,
+    group: Option<&str>,
     after: &str,
     limit: usize,
 ) -> Result<Vec<RegistrationRecord>, StoreError> {
-    query_all(
-        conn,
-        "SELECT doc, group_key, operation_id, placement FROM registrations
-         WHERE service = ?1 AND id_key > ?2 ORDER BY id_key LIMIT ?3",
-        params![service, after, limit.min(i64::MAX as usize) as i64],
-        RegistrationRow::read,
-    )?
-    .into_iter()
-    .map(RegistrationRow::into_record)
-    .collect()
+    const COLUMNS: &str = "SELECT doc, group_key, operation_id, placement FROM registrations";
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let rows = match group {
+        Some(group) => query_all(
+            conn,
+            &format!(
+                "{COLUMNS} WHERE service = ?1 AND group_key = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4"
+            ),
+            params![service, group, after, limit],
+            RegistrationRow::read,
+        )?,
+        None => query_all(
+            conn,
+            &format!("{COLUMNS} WHERE service = ?1 AND id_key > ?2 ORDER BY id_key LIMIT ?3"),
+            params![service, after, limit],
+            RegistrationRow::read,
+        )?,
+    };
+    rows.into_iter().map(RegistrationRow::into_record).collect()
 }
 
 pub(super) fn count_on_hub(

@@ -183,6 +183,22 @@ pub(super) fn upsert(
     .map_err(sql_error)
 }
 
+/// The ETag of a keyed row, if there is one.
+fn row_etag(
+    conn: &Connection,
+    table: &str,
+    service: &str,
+    key: &str,
+) -> Result<Option<ETag>, StoreError> {
+    let current: Option<String> = query_optional(
+        conn,
+        &format!("SELECT etag FROM {table} WHERE service = ?1 AND id_key = ?2"),
+        params![service, key],
+        |r| r.get(0),
+    )?;
+    Ok(current.map(|c| ETag::from_raw(&c)))
+}
+
 /// Checks `condition` against the ETag of the row of `id` (any case) before a
 /// write; an unconditional write reads nothing.
 pub(super) fn check_row(
@@ -195,18 +211,8 @@ pub(super) fn check_row(
     if *condition == Precondition::None {
         return Ok(());
     }
-    let key = id.to_ascii_lowercase();
-    let current: Option<String> = query_optional(
-        conn,
-        &format!("SELECT etag FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-        |r| r.get(0),
-    )?;
-    check_precondition(
-        current.map(|c| ETag::from_raw(&c)).as_ref(),
-        condition,
-        &format!("'{id}'"),
-    )
+    let current = row_etag(conn, table, service, &id.to_ascii_lowercase())?;
+    check_precondition(current.as_ref(), condition, &format!("'{id}'"))
 }
 
 /// Deletes a keyed row if `condition` holds for its ETag; `missing` is the
@@ -219,20 +225,10 @@ pub(super) fn delete_row(
     condition: &Precondition,
     missing: String,
 ) -> Result<(), StoreError> {
-    let current: Option<String> = query_optional(
-        conn,
-        &format!("SELECT etag FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-        |r| r.get(0),
-    )?;
-    let Some(current) = current else {
+    let Some(current) = row_etag(conn, table, service, key)? else {
         return Err(StoreError::NotFound(missing));
     };
-    check_precondition(
-        Some(&ETag::from_raw(&current)),
-        condition,
-        &format!("'{key}'"),
-    )?;
+    check_precondition(Some(&current), condition, &format!("'{key}'"))?;
     conn.execute(
         &format!("DELETE FROM {table} WHERE service = ?1 AND id_key = ?2"),
         params![service, key],

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use onramp_core::ports::{Precondition, RegistrationRecord, Store, StoreError};
 use onramp_model::{DeviceRegistrationState, UtcTime};
-use onramp_testkit::conformance;
+use onramp_testkit::{conformance, given};
 use rusqlite::Connection;
 
 use super::{SqliteOptions, SqliteStore};
@@ -136,24 +136,8 @@ async fn survives_reopening_and_keeps_secrets_sealed_on_disk() {
             .create_service(&conformance::service("s", 1), &[owner])
             .await
             .unwrap();
-        store
-            .put(
-                "s",
-                (conformance::enrollment("dev")).clone(),
-                Precondition::None,
-                UtcTime::now(),
-            )
-            .await
-            .unwrap();
-        store
-            .put(
-                "s",
-                (conformance::hub("hub.example.net")).clone(),
-                Precondition::None,
-                UtcTime::now(),
-            )
-            .await
-            .unwrap();
+        given(&store, "s", conformance::enrollment("dev")).await;
+        given(&store, "s", conformance::hub("hub.example.net")).await;
     }
     let store = open(dir.path());
     let e = store

@@ -6,6 +6,7 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
+use super::{absent, remove};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
@@ -70,17 +71,8 @@ pub async fn certificates(store: &dyn Store) {
             .is_verified
     );
     assert_eq!(store.ca_certificates("t1").await.expect("list").len(), 1);
-    store
-        .delete::<CaCertificate>("t1", &IdKey::of("my-root"), Precondition::None)
-        .await
-        .expect("delete");
-    assert_eq!(
-        store
-            .get::<CaCertificate>("t1", &IdKey::of("my-root"))
-            .await
-            .expect("get"),
-        None
-    );
+    remove::<CaCertificate>(store, "t1", "my-root").await;
+    assert!(absent::<CaCertificate>(store, "t1", "my-root").await);
     assert!(matches!(
         store
             .delete::<CaCertificate>("t1", &IdKey::of("my-root"), Precondition::None)
@@ -146,10 +138,7 @@ pub async fn certificates(store: &dyn Store) {
         .put("t1", revoked.clone(), Precondition::None, now(130))
         .await
         .expect("x509 again");
-    store
-        .delete::<IndividualEnrollment>("t1", &IdKey::of("revoke-ica"), Precondition::None)
-        .await
-        .expect("delete");
+    remove::<IndividualEnrollment>(store, "t1", "revoke-ica").await;
     assert!(
         store
             .enrollments_by_thumbprint("t1", &print)

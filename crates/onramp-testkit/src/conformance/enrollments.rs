@@ -2,6 +2,7 @@
 
 use onramp_core::ports::{Precondition, Store, StoreError};
 
+use super::absent;
 use super::fixtures::{enrollment, now};
 use super::{given_enrollment_pages, given_tenant};
 use onramp_core::ports::StoreExt;
@@ -132,13 +133,7 @@ pub async fn enrollments(store: &dyn Store) {
         )
         .await
         .expect("delete");
-    assert_eq!(
-        store
-            .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
-            .await
-            .expect("get"),
-        None
-    );
+    assert!(absent::<IndividualEnrollment>(store, "t1", "dev-1").await);
     assert!(matches!(
         store
             .delete::<IndividualEnrollment>("t1", &IdKey::of("dev-1"), Precondition::None)

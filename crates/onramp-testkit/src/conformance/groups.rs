@@ -4,6 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{group, now};
 use super::given_tenant;
+use super::remove;
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
 use onramp_model::IdKey;
@@ -48,10 +49,7 @@ pub async fn groups(store: &dyn Store) {
             .await,
         Err(StoreError::PreconditionFailed(_))
     ));
-    store
-        .delete::<EnrollmentGroup>("t1", &IdKey::of("group-2"), Precondition::None)
-        .await
-        .expect("delete");
+    remove::<EnrollmentGroup>(store, "t1", "group-2").await;
     assert_eq!(
         store
             .list::<EnrollmentGroup>("t1", None, 100)

@@ -3,10 +3,10 @@
 use onramp_core::ports::{Precondition, Store};
 use onramp_core::tenant::OWNER_POLICY;
 
+use super::absent;
 use super::fixtures::{enrollment, now, owner, service};
 use super::{given_enrollment_pages, given_tenant};
 use onramp_core::ports::StoreExt;
-use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
 
 pub async fn isolation(store: &dyn Store) {
@@ -16,13 +16,7 @@ pub async fn isolation(store: &dyn Store) {
         .create_service(&service("t2", 2), &[owner("b3duZXIta2V5LTI=")])
         .await
         .expect("t2");
-    assert_eq!(
-        store
-            .get::<IndividualEnrollment>("t2", &IdKey::of("page-00"))
-            .await
-            .expect("get"),
-        None
-    );
+    assert!(absent::<IndividualEnrollment>(store, "t2", "page-00").await);
     assert!(
         store
             .list::<IndividualEnrollment>("t2", None, 100)

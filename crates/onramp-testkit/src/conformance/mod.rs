@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use onramp_core::ports::StoreExt;
-use onramp_core::ports::{Precondition, Store};
-use onramp_model::UtcTime;
+use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
+use onramp_model::{IdKey, UtcTime};
 
 mod certificates;
 mod enrollments;
@@ -104,6 +103,23 @@ impl<S: Store, G> Subject for (Arc<S>, G) {
 
 /// Service `t1` (ID scope 1) with its owner policy and one linked hub,
 /// `hub-a.example.net`, much as `tenants` leaves a store.
+/// Whether `service` holds no record of kind `T` called `id`.
+async fn absent<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> bool {
+    store
+        .get::<T>(service, &IdKey::of(id))
+        .await
+        .expect("get")
+        .is_none()
+}
+
+/// Deletes the record of kind `T` called `id` unconditionally.
+async fn remove<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) {
+    store
+        .delete::<T>(service, &IdKey::of(id), Precondition::None)
+        .await
+        .expect("delete");
+}
+
 async fn given_tenant(store: &dyn Store) {
     let seeded = async {
         store

@@ -5,6 +5,7 @@ use onramp_model::RegistrationStatus;
 
 use super::fixtures::{now, record};
 use super::given_tenant;
+use super::remove;
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
@@ -63,10 +64,7 @@ pub async fn placements_and_latencies(store: &dyn Store) {
         0,
         "other tenants' devices are not counted"
     );
-    store
-        .delete::<RegistrationRecord>("t1", &IdKey::of("mover"), Precondition::None)
-        .await
-        .expect("delete");
+    remove::<RegistrationRecord>(store, "t1", "mover").await;
     assert_eq!(
         store
             .count_devices_on_hub("t1", "hub-b")

@@ -4,6 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
+use super::{absent, remove};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
@@ -78,17 +79,8 @@ pub async fn registrations(store: &dyn Store) {
             .await,
         Err(StoreError::PreconditionFailed(_))
     ));
-    store
-        .delete::<RegistrationRecord>("t1", &IdKey::of("reg-2"), Precondition::None)
-        .await
-        .expect("delete");
-    assert_eq!(
-        store
-            .get::<RegistrationRecord>("t1", &IdKey::of("reg-2"))
-            .await
-            .expect("get"),
-        None
-    );
+    remove::<RegistrationRecord>(store, "t1", "reg-2").await;
+    assert!(absent::<RegistrationRecord>(store, "t1", "reg-2").await);
 }
 
 /// The reads of one registration, asked for at once, answer what the
@@ -178,12 +170,6 @@ pub async fn registration_inputs(store: &dyn Store) {
     assert_eq!(got.first_groups, Some(first));
 
     // What it wrote deletes cleanly.
-    store
-        .delete::<RegistrationRecord>("t1", &IdKey::of("inputs-1"), Precondition::None)
-        .await
-        .expect("delete");
-    store
-        .delete::<IndividualEnrollment>("t1", &IdKey::of("inputs-1"), Precondition::None)
-        .await
-        .expect("delete");
+    remove::<RegistrationRecord>(store, "t1", "inputs-1").await;
+    remove::<IndividualEnrollment>(store, "t1", "inputs-1").await;
 }

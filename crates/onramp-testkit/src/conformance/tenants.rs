@@ -5,6 +5,8 @@ use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::AllocationPolicy;
 
 use super::fixtures::{hub, owner, service};
+use super::remove;
+use crate::given;
 use onramp_core::ports::Precondition;
 use onramp_core::ports::StoreExt;
 use onramp_core::tenant::LinkedHub;
@@ -51,30 +53,11 @@ pub async fn tenants(store: &dyn Store) {
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].0, "t1");
 
-    store
-        .put(
-            "t1",
-            hub("Hub-A.example.net"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .expect("hub");
-    store
-        .put(
-            "t1",
-            hub("hub-b.example.net"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .expect("hub");
+    given(store, "t1", hub("Hub-A.example.net")).await;
+    given(store, "t1", hub("hub-b.example.net")).await;
     let mut updated = hub("hub-a.example.net");
     updated.allocation_weight = 5;
-    store
-        .put("t1", updated.clone(), Precondition::None, UtcTime::now())
-        .await
-        .expect("update hub");
+    given(store, "t1", updated.clone()).await;
     let hubs = store.linked_hubs("t1").await.expect("hubs");
     assert_eq!(
         hubs.len(),
@@ -82,10 +65,7 @@ pub async fn tenants(store: &dyn Store) {
         "hub names are case-insensitive keys: {hubs:?}"
     );
     assert!(hubs.iter().any(|h| h.allocation_weight == 5));
-    store
-        .delete::<LinkedHub>("t1", &IdKey::of("HUB-B.example.net"), Precondition::None)
-        .await
-        .expect("del");
+    remove::<LinkedHub>(store, "t1", "HUB-B.example.net").await;
     assert!(matches!(
         store
             .delete::<LinkedHub>("t1", &IdKey::of("hub-b.example.net"), Precondition::None)
