@@ -265,7 +265,7 @@ async fn lowest_latency_avoids_a_distant_hub_until_it_comes_closer() {
         d.link(i, &[]);
     }
     let proxy = d.proxy.as_ref().unwrap();
-    proxy.set_delay_ms(60);
+    proxy.set_delay_ms(200);
     let slow = d.name(2);
     let store = d.server.store();
     let latency_of = |hub: &str| {
@@ -279,18 +279,23 @@ async fn lowest_latency_avoids_a_distant_hub_until_it_comes_closer() {
                 .and_then(|s| s.latency_ms)
         }
     };
+    let (near_a, near_b, far_hub) = (
+        latency_of(&d.name(0)),
+        latency_of(&d.name(1)),
+        latency_of(&slow),
+    );
+    // The gap to the nearest hub, once all three are measured; judged
+    // against the 30 ms tolerance, so a loaded machine that slows every
+    // probe does not change the verdict.
+    let gap = move || {
+        let nearest = near_a()?.min(near_b()?);
+        Some(far_hub()? - nearest)
+    };
     wait_for(
         Duration::from_secs(30),
-        "the distant hub to be measured as slow",
-        || latency_of(&slow)().filter(|ms| *ms > 60.0),
+        "the distant hub to be measured well beyond the tolerance",
+        || gap().filter(|ms| *ms > 100.0),
     );
-    for i in 0..2 {
-        wait_for(
-            Duration::from_secs(30),
-            "the near hubs to be measured",
-            latency_of(&d.name(i)),
-        );
-    }
 
     let key = d
         .server
@@ -320,8 +325,8 @@ async fn lowest_latency_avoids_a_distant_hub_until_it_comes_closer() {
     proxy.set_delay_ms(0);
     wait_for(
         Duration::from_secs(30),
-        "the hub to be measured as near",
-        || latency_of(&slow)().filter(|ms| *ms < 10.0),
+        "the hub to be measured within the tolerance of the nearest",
+        || gap().filter(|ms| *ms < 10.0),
     );
     let near = d.bench(&key, 60, "geo-b");
     assert!(count(&near, &slow) > 0, "devices spread again: {near:?}");
