@@ -14,10 +14,7 @@ impl Admin {
         if_match: Option<&str>,
     ) -> Result<CertificateResponse, ProvisioningError> {
         check_certificate_name(name)?;
-        let der = x509::decode(&body.certificate)
-            .map_err(|e| ProvisioningError::invalid(format!("certificate: {e}")))?;
-        let parsed = x509::Parsed::from_der(&der)
-            .map_err(|e| ProvisioningError::invalid(format!("certificate: {e}")))?;
+        let (der, parsed) = certificate_of(&body)?;
         if !parsed.is_ca {
             return Err(ProvisioningError::invalid(format!(
                 "certificate {} is not a CA certificate (basicConstraints CA:TRUE); upload the root or intermediate                  that signs device certificates",
@@ -128,10 +125,7 @@ impl Admin {
                 "CA certificate '{name}' has no verification code yet; generate one first (generateVerificationCode)"
             )));
         };
-        let der = x509::decode(&body.certificate)
-            .map_err(|e| ProvisioningError::invalid(format!("certificate: {e}")))?;
-        let parsed = x509::Parsed::from_der(&der)
-            .map_err(|e| ProvisioningError::invalid(format!("certificate: {e}")))?;
+        let (der, parsed) = certificate_of(&body)?;
         if !parsed
             .common_name
             .as_deref()
@@ -229,4 +223,13 @@ fn certificate_response(service: &str, ca: &CaCertificate) -> CertificateRespons
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default(),
     }
+}
+
+/// The certificate of an upload or a proof: its DER and what it says.
+fn certificate_of(body: &CertificateBody) -> Result<(Vec<u8>, x509::Parsed), ProvisioningError> {
+    let invalid =
+        |e: x509::CertificateError| ProvisioningError::invalid(format!("certificate: {e}"));
+    let der = x509::decode(&body.certificate).map_err(invalid)?;
+    let parsed = x509::Parsed::from_der(&der).map_err(invalid)?;
+    Ok((der, parsed))
 }
