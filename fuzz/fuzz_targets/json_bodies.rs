@@ -30,11 +30,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<DeviceRegistration>(data);
     if let Ok(e) = serde_json::from_slice::<IndividualEnrollment>(data) {
         let id = e.registration_id.clone();
-        let _ = validate::individual_enrollment(&id, e, &ctx);
+        let _ = validate::enrollment(&id, e, &ctx);
     }
     if let Ok(g) = serde_json::from_slice::<EnrollmentGroup>(data) {
         let id = g.enrollment_group_id.clone();
-        let _ = validate::enrollment_group(&id, g, &ctx);
+        let _ = validate::enrollment(&id, g, &ctx);
     }
     let _ = serde_json::from_slice::<BulkEnrollmentOperation>(data);
     let _ = serde_json::from_slice::<BulkEnrollmentGroupOperation>(data);
