@@ -9,13 +9,8 @@ pub(super) const MAX_BULK: usize = 100;
 /// `POST /devices`: creates, updates or deletes identities, or overwrites
 /// twins (reported properties included, which is how a provisioning service
 /// carries a device's data to another hub).
-pub(super) async fn bulk_devices(
-    State(hub): State<Arc<CompanionHub>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
+pub(super) async fn bulk_devices(call: Call, body: Bytes) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_WRITE)?;
     let items: Vec<ExportImportDevice> = parse(&body)?;
     if items.is_empty() || items.len() > MAX_BULK {
         return Err(HubFailure::new(
@@ -51,7 +46,7 @@ pub(super) async fn bulk_devices(
     let mut errors = Vec::new();
     for item in items {
         let device_id = item.id.clone();
-        if let Err(f) = bulk_item(&hub, item).await {
+        if let Err(f) = bulk_item(hub, item).await {
             // The store failing is the hub's trouble, not the item's: the
             // whole call answers 503, which callers retry later.
             if f.status.is_server_error() {
@@ -139,7 +134,7 @@ pub(super) async fn bulk_item(
             let props = item.properties.unwrap_or_default();
             let (tags, desired, reported) = bulk_twin(item.tags, props.desired, props.reported)?;
             let if_match = etag(&item.twin_e_tag);
-            let (record, desired_changed) = write_twin_as(hub, &item.id, if_match, move |t| {
+            let (record, desired_changed) = write_twin(hub, &item.id, if_match, move |t| {
                 overwrite_twin(t, tags, desired, reported)
             })
             .await?;

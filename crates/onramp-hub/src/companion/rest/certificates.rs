@@ -20,12 +20,8 @@ pub(super) fn certificate_view(name: &str, der: &[u8]) -> Value {
     }
 }
 
-pub(super) async fn list_certificates(
-    State(hub): State<Arc<CompanionHub>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
+pub(super) async fn list_certificates(call: Call) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_READ)?;
     let certs = hub
         .store()
         .certificates()
@@ -37,13 +33,11 @@ pub(super) async fn list_certificates(
 }
 
 pub(super) async fn put_certificate(
-    State(hub): State<Arc<CompanionHub>>,
+    call: Call,
     Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
+    let hub = call.allow(HubRights::REGISTRY_WRITE)?;
     let upload: CertificateUpload = parse(&body)?;
     let bad = |m: String| HubFailure::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", m);
     let der = onramp_core::x509::decode(&upload.certificate)
@@ -62,13 +56,8 @@ pub(super) async fn put_certificate(
     Ok(ok_json(certificate_view(&name, &der)))
 }
 
-pub(super) async fn delete_certificate(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
+pub(super) async fn delete_certificate(call: Call, Path(name): Path<String>) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_WRITE)?;
     if !hub.untrust_ca(&name).await.map_err(HubStoreError::from)? {
         return Err(HubFailure::new(
             StatusCode::NOT_FOUND,

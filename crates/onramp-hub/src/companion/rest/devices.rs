@@ -20,13 +20,8 @@ pub(super) struct ListQuery {
     top: Option<usize>,
 }
 
-pub(super) async fn list_devices(
-    State(hub): State<Arc<CompanionHub>>,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
+pub(super) async fn list_devices(call: Call, Query(q): Query<ListQuery>) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_READ)?;
     let top = q.top.unwrap_or(1000).clamp(1, 10_000);
     let records = hub
         .store()
@@ -36,30 +31,19 @@ pub(super) async fn list_devices(
     Ok(ok_json(
         records
             .iter()
-            .map(|r| device_view(&hub, r))
+            .map(|r| device_view(hub, r))
             .collect::<Vec<_>>(),
     ))
 }
 
-pub(super) async fn get_device(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_READ)?;
-    let record = existing_device(&hub, &id).await?;
-    Ok(ok_json(device_view(&hub, &record)))
+pub(super) async fn get_device(call: Call, Path(id): Path<String>) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_READ)?;
+    let record = existing_device(hub, &id).await?;
+    Ok(ok_json(device_view(hub, &record)))
 }
 
-pub(super) async fn put_device(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
+pub(super) async fn put_device(call: Call, Path(id): Path<String>, body: Bytes) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_WRITE)?;
     let mut device: Device = parse(&body)?;
     if device.device_id.is_empty() {
         device.device_id = id.clone();
@@ -83,9 +67,9 @@ pub(super) async fn put_device(
     device.cloud_to_device_message_count = None;
     let record = hub
         .store()
-        .put_device(device, if_match(&headers), UtcTime::now())
+        .put_device(device, call.if_match(), UtcTime::now())
         .await?;
-    Ok(ok_json(device_view(&hub, &record)))
+    Ok(ok_json(device_view(hub, &record)))
 }
 
 /// IoT Hub's rule for device IDs, on every write that names one.
@@ -150,13 +134,8 @@ pub(super) fn normalize_identity(device: &mut Device) -> Result<(), HubFailure> 
     Ok(())
 }
 
-pub(super) async fn delete_device(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> HubResult {
-    check(&hub, &uri, &headers, HubRights::REGISTRY_WRITE)?;
-    hub.store().delete_device(&id, if_match(&headers)).await?;
+pub(super) async fn delete_device(call: Call, Path(id): Path<String>) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_WRITE)?;
+    hub.store().delete_device(&id, call.if_match()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -17,12 +17,14 @@ use certificates::*;
 use devices::*;
 use twins::*;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,35 +147,69 @@ impl From<HubStoreError> for HubFailure {
 
 type HubResult = Result<Response, HubFailure>;
 
-fn check(
-    hub: &CompanionHub,
-    uri: &Uri,
-    headers: &HeaderMap,
-    any_of: HubRights,
-) -> Result<(), HubFailure> {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let rights = authorize(
-        &hub.policies(),
-        auth,
-        hub.host_name(),
-        uri.path(),
-        UtcTime::now().unix_seconds(),
-    )
-    .map_err(|r| {
-        HubFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "IotHubUnauthorizedAccess",
-            r.message,
-        )
-    })?;
-    if !rights.intersects(any_of) {
-        return Err(HubFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "IotHubUnauthorizedAccess",
-            format!("the policy's rights [{rights}] do not include [{any_of}]"),
-        ));
+/// What every call brings: the hub it reached, and the path and headers its
+/// authorization and preconditions are read from.
+struct Call {
+    hub: Arc<CompanionHub>,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<CompanionHub>> for Call {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        hub: &Arc<CompanionHub>,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            hub: hub.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
     }
-    Ok(())
+}
+
+impl Call {
+    /// The hub, when the caller's token grants any of `any_of`.
+    fn allow(&self, any_of: HubRights) -> Result<&CompanionHub, HubFailure> {
+        let auth = self
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let hub = &*self.hub;
+        let rights = authorize(
+            &hub.policies(),
+            auth,
+            hub.host_name(),
+            self.uri.path(),
+            UtcTime::now().unix_seconds(),
+        )
+        .map_err(|r| {
+            HubFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "IotHubUnauthorizedAccess",
+                r.message,
+            )
+        })?;
+        if !rights.intersects(any_of) {
+            return Err(HubFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "IotHubUnauthorizedAccess",
+                format!("the policy's rights [{rights}] do not include [{any_of}]"),
+            ));
+        }
+        Ok(hub)
+    }
+
+    /// The `If-Match` ETag, when the caller gave one.
+    fn if_match(&self) -> Option<String> {
+        self.headers
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .filter(|v| !v.trim().is_empty())
+    }
 }
 
 /// The stored device with this ID, or IoT Hub's `DeviceNotFound`.
@@ -184,14 +220,6 @@ async fn existing_device(hub: &CompanionHub, id: &str) -> Result<DeviceRecord, H
         .await
         .map_err(HubStoreError::from)?
         .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?)
-}
-
-fn if_match(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("if-match")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .filter(|v| !v.trim().is_empty())
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, HubFailure> {

@@ -41,20 +41,10 @@ pub(super) fn twin_view(hub: &CompanionHub, record: &DeviceRecord) -> Value {
     })
 }
 
-pub(super) async fn get_twin(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> HubResult {
-    check(
-        &hub,
-        &uri,
-        &headers,
-        HubRights::REGISTRY_READ.union(HubRights::SERVICE_CONNECT),
-    )?;
-    let record = existing_device(&hub, &id).await?;
-    Ok(ok_json(twin_view(&hub, &record)))
+pub(super) async fn get_twin(call: Call, Path(id): Path<String>) -> HubResult {
+    let hub = call.allow(HubRights::REGISTRY_READ.union(HubRights::SERVICE_CONNECT))?;
+    let record = existing_device(hub, &id).await?;
+    Ok(ok_json(twin_view(hub, &record)))
 }
 
 /// Tags and desired properties of a service write.
@@ -156,51 +146,29 @@ pub(super) fn notify(hub: &CompanionHub, record: &DeviceRecord, patch: Option<Ma
     );
 }
 
-pub(super) async fn patch_twin(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HubResult {
-    service_twin_write(&hub, &id, &uri, &headers, &body, false).await
+pub(super) async fn patch_twin(call: Call, Path(id): Path<String>, body: Bytes) -> HubResult {
+    service_twin_write(&call, &id, &body, false).await
 }
 
-pub(super) async fn replace_twin(
-    State(hub): State<Arc<CompanionHub>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HubResult {
-    service_twin_write(&hub, &id, &uri, &headers, &body, true).await
+pub(super) async fn replace_twin(call: Call, Path(id): Path<String>, body: Bytes) -> HubResult {
+    service_twin_write(&call, &id, &body, true).await
 }
 
 /// A service's PATCH (merge) or PUT (replace) of tags and desired properties;
 /// a connected device hears of a desired change: the patch after a merge, the
 /// whole desired document after a replace.
-async fn service_twin_write(
-    hub: &CompanionHub,
-    id: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-    replace: bool,
-) -> HubResult {
-    check(
-        hub,
-        uri,
-        headers,
-        HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE),
-    )?;
+async fn service_twin_write(call: &Call, id: &str, body: &Bytes, replace: bool) -> HubResult {
+    let hub = call.allow(HubRights::SERVICE_CONNECT.union(HubRights::REGISTRY_WRITE))?;
     let (mut tags, mut desired) = twin_write(body)?;
     if replace {
         tags.get_or_insert_with(Map::new);
         desired.get_or_insert_with(Map::new);
     }
     let patch = if replace { None } else { desired.clone() };
-    let (record, desired_changed) =
-        write_twin(hub, id, headers, move |t| apply(t, tags, desired, replace)).await?;
+    let (record, desired_changed) = write_twin(hub, id, call.if_match(), move |t| {
+        apply(t, tags, desired, replace)
+    })
+    .await?;
     if desired_changed {
         notify(hub, &record, patch);
     }
@@ -209,15 +177,6 @@ async fn service_twin_write(
 
 /// Runs a twin write; returns the record and whether desired properties changed.
 pub(super) async fn write_twin(
-    hub: &CompanionHub,
-    id: &str,
-    headers: &HeaderMap,
-    change: impl FnOnce(&mut TwinState) -> (bool, bool) + Send + 'static,
-) -> Result<(DeviceRecord, bool), HubFailure> {
-    write_twin_as(hub, id, if_match(headers), change).await
-}
-
-pub(super) async fn write_twin_as(
     hub: &CompanionHub,
     id: &str,
     if_match: Option<String>,
