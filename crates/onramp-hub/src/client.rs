@@ -220,23 +220,7 @@ impl HubClient {
         hub: &LinkedHub,
         device_id: &str,
     ) -> Result<Option<Device>, HubError> {
-        let creds = Self::credentials(hub)?;
-        let (status, body) = self
-            .send(
-                &creds,
-                reqwest::Method::GET,
-                &format!("devices/{}", encode(device_id)),
-                None,
-                None::<&()>,
-            )
-            .await?;
-        match status {
-            StatusCode::OK => serde_json::from_slice(&body).map(Some).map_err(|e| {
-                HubError::Rejected(format!("the hub answered an unreadable device: {e}"))
-            }),
-            StatusCode::NOT_FOUND => Ok(None),
-            other => Err(failure(other, &body)),
-        }
+        self.read(hub, "devices", device_id, "device").await
     }
 
     /// Reads a device twin.
@@ -245,19 +229,31 @@ impl HubClient {
         hub: &LinkedHub,
         device_id: &str,
     ) -> Result<Option<Twin>, HubError> {
+        self.read(hub, "twins", device_id, "twin").await
+    }
+
+    /// GETs `{collection}/{device_id}`: the document, or `None` when the hub
+    /// has no such device; `what` names it in an error.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        hub: &LinkedHub,
+        collection: &str,
+        device_id: &str,
+        what: &str,
+    ) -> Result<Option<T>, HubError> {
         let creds = Self::credentials(hub)?;
         let (status, body) = self
             .send(
                 &creds,
                 reqwest::Method::GET,
-                &format!("twins/{}", encode(device_id)),
+                &format!("{collection}/{}", encode(device_id)),
                 None,
                 None::<&()>,
             )
             .await?;
         match status {
             StatusCode::OK => serde_json::from_slice(&body).map(Some).map_err(|e| {
-                HubError::Rejected(format!("the hub answered an unreadable twin: {e}"))
+                HubError::Rejected(format!("the hub answered an unreadable {what}: {e}"))
             }),
             StatusCode::NOT_FOUND => Ok(None),
             other => Err(failure(other, &body)),
