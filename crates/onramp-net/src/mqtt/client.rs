@@ -183,6 +183,22 @@ impl MqttClient {
         NonZeroU16::new(self.next_id).unwrap_or(NonZeroU16::MIN)
     }
 
+    /// Sends `packet` and waits for the answer `wanted` takes (giving back
+    /// any other), handling the others as they come.
+    async fn request<T>(
+        &mut self,
+        packet: Packet,
+        wanted: impl Fn(Packet) -> Result<T, Packet>,
+    ) -> Result<T, ClientError> {
+        self.send(packet).await?;
+        loop {
+            match wanted(self.receive().await?) {
+                Ok(answer) => return Ok(answer),
+                Err(other) => self.stash(other).await?,
+            }
+        }
+    }
+
     /// Handles a packet that is not the one being waited for.
     async fn stash(&mut self, packet: Packet) -> Result<(), ClientError> {
         match packet {
@@ -214,20 +230,18 @@ impl MqttClient {
             .iter()
             .map(|(f, q)| (ByteString::from(f.to_string()), *q))
             .collect();
-        self.send(Packet::Subscribe {
+        let subscribe = Packet::Subscribe {
             packet_id,
             topic_filters,
+        };
+        self.request(subscribe, |packet| match packet {
+            Packet::SubscribeAck {
+                packet_id: id,
+                status,
+            } if id == packet_id => Ok(status),
+            other => Err(other),
         })
-        .await?;
-        loop {
-            match self.receive().await? {
-                Packet::SubscribeAck {
-                    packet_id: id,
-                    status,
-                } if id == packet_id => return Ok(status),
-                other => self.stash(other).await?,
-            }
-        }
+        .await
     }
 
     /// Unsubscribes and waits for the UNSUBACK.
@@ -237,17 +251,15 @@ impl MqttClient {
             .iter()
             .map(|f| ByteString::from(f.to_string()))
             .collect();
-        self.send(Packet::Unsubscribe {
+        let unsubscribe = Packet::Unsubscribe {
             packet_id,
             topic_filters,
+        };
+        self.request(unsubscribe, |packet| match packet {
+            Packet::UnsubscribeAck { packet_id: id } if id == packet_id => Ok(()),
+            other => Err(other),
         })
-        .await?;
-        loop {
-            match self.receive().await? {
-                Packet::UnsubscribeAck { packet_id: id } if id == packet_id => return Ok(()),
-                other => self.stash(other).await?,
-            }
-        }
+        .await
     }
 
     /// Publishes; at QoS 1 waits for the PUBACK.
@@ -267,16 +279,15 @@ impl MqttClient {
             payload: payload.into(),
             properties: None,
         };
-        self.send(Packet::Publish(Box::new(publish))).await?;
+        let publish = Packet::Publish(Box::new(publish));
         let Some(wanted) = packet_id.filter(|_| qos == QoS::AtLeastOnce) else {
-            return Ok(());
+            return self.send(publish).await;
         };
-        loop {
-            match self.receive().await? {
-                Packet::PublishAck { packet_id: id } if id == wanted => return Ok(()),
-                other => self.stash(other).await?,
-            }
-        }
+        self.request(publish, |packet| match packet {
+            Packet::PublishAck { packet_id: id } if id == wanted => Ok(()),
+            other => Err(other),
+        })
+        .await
     }
 
     /// The next application message from the server (acknowledged at QoS 1).
@@ -307,13 +318,11 @@ impl MqttClient {
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        self.send(Packet::PingRequest).await?;
-        loop {
-            match self.receive().await? {
-                Packet::PingResponse => return Ok(()),
-                other => self.stash(other).await?,
-            }
-        }
+        self.request(Packet::PingRequest, |packet| match packet {
+            Packet::PingResponse => Ok(()),
+            other => Err(other),
+        })
+        .await
     }
 
     pub async fn disconnect(mut self) {
