@@ -9,7 +9,7 @@ use onramp_net::pki::dev_certs::{Issued, Validity};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::cli::CertCommand;
+use crate::cli::{CertCommand, NewCertificate};
 use crate::service_client::{Api, enc, print};
 
 pub async fn run(command: CertCommand) -> anyhow::Result<()> {
@@ -24,12 +24,8 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let pem = read(&file)?;
             let body = json!({"certificate": pem, "isVerified": verified});
             print(
-                &api.call(
-                    Method::PUT,
-                    &format!("certificates/{}", enc(&name)),
-                    Some(&body),
-                )
-                .await?,
+                &api.call(Method::PUT, &certificate(&name, ""), Some(&body))
+                    .await?,
             )
         }
         CertCommand::VerificationCode { api, name } => {
@@ -37,7 +33,7 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let resp = api
                 .call(
                     Method::POST,
-                    &format!("certificates/{}/generateVerificationCode", enc(&name)),
+                    &certificate(&name, "/generateVerificationCode"),
                     None,
                 )
                 .await?;
@@ -56,12 +52,8 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let api = Api::open(&api).await?;
             let body = json!({"certificate": read(&file)?});
             print(
-                &api.call(
-                    Method::POST,
-                    &format!("certificates/{}/verify", enc(&name)),
-                    Some(&body),
-                )
-                .await?,
+                &api.call(Method::POST, &certificate(&name, "/verify"), Some(&body))
+                    .await?,
             )
         }
         CertCommand::List { api } => {
@@ -70,40 +62,26 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::Delete { api, name } => {
             let api = Api::open(&api).await?;
-            api.call(
-                Method::DELETE,
-                &format!("certificates/{}", enc(&name)),
-                None,
-            )
-            .await?;
+            api.call(Method::DELETE, &certificate(&name, ""), None)
+                .await?;
             eprintln!("deleted CA certificate {name}");
             Ok(())
         }
-        CertCommand::CreateRoot {
-            cn,
-            out,
-            days,
-            force,
-        } => {
-            refuse_to_overwrite(&out, force)?;
-            let root = Issued::root(&cn, Validity::days(days)).context("creating the root")?;
-            write(&out, &root, None)
+        CertCommand::CreateRoot { new } => {
+            refuse_to_overwrite(&new)?;
+            let root =
+                Issued::root(&new.cn, Validity::days(new.days)).context("creating the root")?;
+            write(&new.out, &root, None)
         }
-        CertCommand::CreateIntermediate {
-            issuer,
-            cn,
-            out,
-            days,
-            force,
-        } => {
-            refuse_to_overwrite(&out, force)?;
+        CertCommand::CreateIntermediate { issuer, new } => {
+            refuse_to_overwrite(&new)?;
             let parent = load(&issuer)?;
             let ica = parent
-                .intermediate(&cn, Validity::days(days))
+                .intermediate(&new.cn, Validity::days(new.days))
                 .context("creating the intermediate")?;
             // The chain a device under it sends: this intermediate, then the issuer's intermediates.
             write(
-                &out,
+                &new.out,
                 &ica,
                 Some(&format!("{}{}", ica.cert_pem, chain_of(&issuer))),
             )
@@ -111,17 +89,14 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
         CertCommand::CreateDevice {
             issuer,
             self_signed,
-            cn,
-            out,
-            days,
-            force,
+            new,
         } => {
-            refuse_to_overwrite(&out, force)?;
+            refuse_to_overwrite(&new)?;
             let device = match (&issuer, self_signed) {
-                (_, true) => Issued::self_signed_device(&cn, Validity::days(days))
+                (_, true) => Issued::self_signed_device(&new.cn, Validity::days(new.days))
                     .context("creating the certificate")?,
                 (Some(issuer), false) => load(issuer)?
-                    .device(&cn, Validity::days(days))
+                    .device(&new.cn, Validity::days(new.days))
                     .context("creating the certificate")?,
                 (None, false) => anyhow::bail!("give --issuer or --self-signed"),
             };
@@ -130,9 +105,14 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
                 device.cert_pem,
                 issuer.as_deref().map(chain_of).unwrap_or_default()
             );
-            write(&out, &device, Some(&chain))
+            write(&new.out, &device, Some(&chain))
         }
     }
+}
+
+/// The service API path of the CA certificate `name`, then `action` (`/verify`, …).
+fn certificate(name: &str, action: &str) -> String {
+    format!("certificates/{}{action}", enc(name))
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -166,14 +146,14 @@ fn chain_of(prefix: &Path) -> String {
 const OUTPUTS: [&str; 3] = [".pem", ".key.pem", ".chain.pem"];
 
 /// A key once overwritten is gone, and with it every certificate it signed.
-fn refuse_to_overwrite(out: &Path, force: bool) -> anyhow::Result<()> {
+fn refuse_to_overwrite(new: &NewCertificate) -> anyhow::Result<()> {
     let existing: Vec<String> = OUTPUTS
         .iter()
-        .map(|s| with_suffix(out, s))
+        .map(|s| with_suffix(&new.out, s))
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
         .collect();
-    if !force && !existing.is_empty() {
+    if !new.force && !existing.is_empty() {
         anyhow::bail!(
             "{} already exist{}: choose another --out, or add --force to replace {} (the key there is lost)",
             existing.join(", "),

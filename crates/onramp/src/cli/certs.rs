@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::*;
 
@@ -46,29 +46,15 @@ pub enum CertCommand {
     },
     /// FOR TESTING: create a root CA (writes OUT.pem and OUT.key.pem).
     CreateRoot {
-        #[arg(long)]
-        cn: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        /// Replace files that exist at OUT (their key is lost).
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        new: NewCertificate,
     },
     /// FOR TESTING: create an intermediate CA signed by ISSUER (ISSUER.pem, ISSUER.key.pem).
     CreateIntermediate {
         #[arg(long)]
         issuer: PathBuf,
-        #[arg(long)]
-        cn: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        /// Replace files that exist at OUT (their key is lost).
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        new: NewCertificate,
     },
     /// FOR TESTING: create a device certificate signed by ISSUER, or self-signed.
     /// Writes OUT.pem, OUT.key.pem and OUT.chain.pem (the certificate and the
@@ -78,14 +64,21 @@ pub enum CertCommand {
         issuer: Option<PathBuf>,
         #[arg(long, conflicts_with = "issuer")]
         self_signed: bool,
-        #[arg(long)]
-        cn: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        /// Replace files that exist at OUT (their key is lost).
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        new: NewCertificate,
     },
+}
+
+/// What every `create-*` command issues: its subject, where it goes and for how long.
+#[derive(Args, Debug)]
+pub struct NewCertificate {
+    #[arg(long)]
+    pub cn: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 365)]
+    pub days: i64,
+    /// Replace files that exist at OUT (their key is lost).
+    #[arg(long)]
+    pub force: bool,
 }
