@@ -174,11 +174,8 @@ async fn provision(
         summary.latency_ms.p99
     );
     println!("Distribution over the hubs (evenly weighted hashing):");
-    for (hub, n) in &summary.hubs {
-        println!(
-            "  {hub:<24} {n:>7} devices ({:.1}%)",
-            100.0 * *n as f64 / summary.assigned.max(1) as f64
-        );
+    for (hub, n, percent) in summary.hub_shares() {
+        println!("  {hub:<24} {n:>7} devices ({percent:.1}%)");
     }
     for (code, n) in &summary.errors {
         println!("  failed with {code}: {n}");

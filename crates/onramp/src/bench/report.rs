@@ -86,6 +86,16 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Summary {
+    /// Each hub with its devices and their percentage of those assigned.
+    pub fn hub_shares(&self) -> impl Iterator<Item = (&str, u64, f64)> {
+        let assigned = self.assigned.max(1) as f64;
+        self.hubs
+            .iter()
+            .map(move |(hub, &n)| (hub.as_str(), n, 100.0 * n as f64 / assigned))
+    }
+}
+
 pub(super) fn print_summary(s: &Summary) {
     println!(
         "{} registrations over {} ({} connections) with concurrency {} in {:.2} s",
@@ -100,11 +110,8 @@ pub(super) fn print_summary(s: &Summary) {
         "  latency ms            p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
         s.latency_ms.p50, s.latency_ms.p90, s.latency_ms.p99, s.latency_ms.max
     );
-    for (hub, n) in &s.hubs {
-        println!(
-            "  hub {hub:<30} {n} ({:.1}%)",
-            100.0 * *n as f64 / s.assigned.max(1) as f64
-        );
+    for (hub, n, percent) in s.hub_shares() {
+        println!("  hub {hub:<30} {n} ({percent:.1}%)");
     }
     for (code, n) in &s.errors {
         println!("  error {code:<28} {n}");
