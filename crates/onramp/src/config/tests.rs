@@ -1,11 +1,24 @@
 use super::*;
 
-#[test]
-fn file_then_flags() {
+/// A configuration file holding `text` (kept while the folder lives), and
+/// `serve` arguments that name it.
+fn serve_with_file(text: &str) -> (tempfile::TempDir, PathBuf, ServeArgs) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("onramp.toml");
-    std::fs::write(
-        &file,
+    std::fs::write(&file, text).unwrap();
+    let args = ServeArgs {
+        location: Location {
+            config: Some(file.clone()),
+            data_dir: None,
+        },
+        ..Default::default()
+    };
+    (dir, file, args)
+}
+
+#[test]
+fn file_then_flags() {
+    let (_dir, file, args) = serve_with_file(
         r#"
         public_host = "dps.example.net"
         [https]
@@ -14,15 +27,10 @@ fn file_then_flags() {
         connection_string = "HostName=h;SharedAccessKeyName=o;SharedAccessKey=a2V5"
         allocation_weight = 3
         "#,
-    )
-    .unwrap();
+    );
     let args = ServeArgs {
-        location: Location {
-            config: Some(file.clone()),
-            data_dir: None,
-        },
         https_listen: Some("127.0.0.1:9443".into()),
-        ..Default::default()
+        ..args
     };
     let c = Config::for_serve(&args).unwrap();
     assert_eq!(c.public_host, "dps.example.net", "from the file");
@@ -47,20 +55,9 @@ fn file_then_flags() {
 
 #[test]
 fn front_door_limits_from_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("onramp.toml");
-    std::fs::write(
-        &file,
+    let (_dir, file, args) = serve_with_file(
         "[limits]\nheader_timeout_ms = 2500\nbody_timeout_ms = 4000\nshutdown_grace_ms = 3000\n",
-    )
-    .unwrap();
-    let args = ServeArgs {
-        location: Location {
-            config: Some(file.clone()),
-            data_dir: None,
-        },
-        ..Default::default()
-    };
+    );
     let c = Config::for_serve(&args).unwrap();
     let l = c.limits.listener(700, 1 << 20);
     assert_eq!(l.header_timeout, std::time::Duration::from_millis(2500));
