@@ -509,30 +509,30 @@ mod tests {
             ListenerLimits::default(),
             shutdown,
         ));
-        let mut client_tls = crate::tls::client_config(Some(&pki.ca_pem)).unwrap();
-        client_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(client_tls)
-            .build()
-            .unwrap();
-        let resp = client
-            .get(format!("https://localhost:{port}/hello"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN h2");
-        assert_eq!(resp.text().await.unwrap(), "hello, 0 certificates");
-        let h1 = reqwest::Client::builder()
-            .use_preconfigured_tls(crate::tls::client_config(Some(&pki.ca_pem)).unwrap())
-            .http1_only()
-            .build()
-            .unwrap();
-        let resp = h1
-            .get(format!("https://127.0.0.1:{port}/hello"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        // A client that offers h2 by ALPN is served HTTP/2; one that offers
+        // nothing and speaks only HTTP/1.1 is served that.
+        for (h2, host, version) in [
+            (true, "localhost", reqwest::Version::HTTP_2),
+            (false, "127.0.0.1", reqwest::Version::HTTP_11),
+        ] {
+            let mut tls = crate::tls::client_config(Some(&pki.ca_pem)).unwrap();
+            let mut client = reqwest::Client::builder();
+            if h2 {
+                tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            } else {
+                client = client.http1_only();
+            }
+            let resp = client
+                .use_preconfigured_tls(tls)
+                .build()
+                .unwrap()
+                .get(format!("https://{host}:{port}/hello"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.version(), version, "ALPN h2: {h2}");
+            assert_eq!(resp.text().await.unwrap(), "hello, 0 certificates");
+        }
         stop.trigger();
         tokio::time::timeout(Duration::from_secs(15), server)
             .await
