@@ -80,10 +80,7 @@ impl MqttApp for DpsMqtt {
             )));
         };
         let query = username.splitn(4, '/').nth(3).unwrap_or("");
-        if let Some(version) = topic::get(&topic::pairs(query), "api-version") {
-            onramp_model::ids::check_api_version(version)
-                .map_err(|m| Refusal::BadUserNameOrPassword(format!("in the user name: {m}")))?;
-        }
+        Refusal::check_api_version(query)?;
         if !info.client_id.eq_ignore_ascii_case(registration_id) {
             return Err(Refusal::IdentifierRejected(format!(
                 "client ID '{}' must be the registration ID '{registration_id}'",

@@ -63,10 +63,7 @@ impl MqttApp for HubMqtt {
             )));
         };
         let query = username.split_once('?').map_or("", |(_, q)| q);
-        if let Some(version) = topic::get(&topic::pairs(query), "api-version") {
-            onramp_model::ids::check_api_version(version)
-                .map_err(|m| Refusal::BadUserNameOrPassword(format!("in the user name: {m}")))?;
-        }
+        Refusal::check_api_version(query)?;
         if !same_host(host, self.hub.host_name()) {
             return Err(Refusal::NotAuthorized(format!(
                 "this hub is {}, not {host}",

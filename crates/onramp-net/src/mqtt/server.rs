@@ -100,6 +100,16 @@ impl Refusal {
         }
     }
 
+    /// Refuses a user name whose query names an `api-version` that is not
+    /// one (devices in the field send old versions: those are fine).
+    pub fn check_api_version(query: &str) -> Result<(), Refusal> {
+        match crate::mqtt::topic::get(&crate::mqtt::topic::pairs(query), "api-version") {
+            Some(version) => onramp_model::ids::check_api_version(version)
+                .map_err(|m| Refusal::BadUserNameOrPassword(format!("in the user name: {m}"))),
+            None => Ok(()),
+        }
+    }
+
     pub fn message(&self) -> &str {
         match self {
             Refusal::IdentifierRejected(m)
