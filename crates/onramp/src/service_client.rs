@@ -6,10 +6,11 @@ use onramp_core::connection_string::ConnectionString;
 use onramp_core::ports::Store;
 use onramp_core::sas;
 use onramp_core::tenant::OWNER_POLICY;
+use onramp_core::tpm::RsaPublic;
 use onramp_model::{
     AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentKind,
-    ErrorBody, InitialTwin, ProvisioningStatus, Secret, SymmetricKeyAttestation, X509Attestation,
-    X509CaReferences, X509CertificateWithInfo, X509Certificates,
+    ErrorBody, InitialTwin, ProvisioningStatus, Secret, SymmetricKeyAttestation, TpmAttestation,
+    X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -207,6 +208,19 @@ fn attestation(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<Attestation
             info: None,
         })
     };
+    if let Some(ek) = &spec.tpm_ek {
+        let srk = spec.tpm_srk.as_deref();
+        return Ok(AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: tpm_key(ek, "--tpm-ek")?.to_base64(),
+                storage_root_key: srk
+                    .map(|k| tpm_key(k, "--tpm-srk").map(|k| k.to_base64()))
+                    .transpose()?,
+            }),
+            ..Default::default()
+        });
+    }
     if let Some(name) = &spec.ca_reference {
         return Ok(AttestationMechanism {
             kind: AttestationType::X509,
@@ -250,6 +264,27 @@ fn attestation(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<Attestation
         }),
         ..Default::default()
     })
+}
+
+/// A TPM key given on the command line: a file holding the marshaled
+/// `TPM2B_PUBLIC` (as `tpm2_readpublic -f tss` writes it, or base64 of it),
+/// or the base64 text itself. Checked here so a wrong file is named before
+/// anything is sent.
+fn tpm_key(value: &str, flag: &str) -> anyhow::Result<RsaPublic> {
+    let path = std::path::Path::new(value);
+    let parsed = if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        match RsaPublic::parse(&bytes) {
+            Ok(key) => Ok(key),
+            Err(binary) => match std::str::from_utf8(&bytes) {
+                Ok(text) => RsaPublic::from_base64(text.trim()),
+                Err(_) => Err(binary),
+            },
+        }
+    } else {
+        RsaPublic::from_base64(value.trim())
+    };
+    parsed.map_err(|e| anyhow::anyhow!("{flag} '{value}': the key {e}"))
 }
 
 /// What `--initial-twin`, `--allocation-policy`, `--iot-hub`, `--disabled`
@@ -374,6 +409,17 @@ impl Records {
                 device_id,
                 spec,
             } => {
+                let id = match (id, &spec.tpm_ek) {
+                    (Some(id), _) => id,
+                    (None, Some(ek)) => tpm_key(ek, "--tpm-ek")?.registration_id(),
+                    (None, None) => match self.0 {
+                        EnrollmentKind::Individual => bail!(
+                            "give the registration ID (only a TPM enrollment, --tpm-ek, can leave it out: \
+                             its key names the device)"
+                        ),
+                        EnrollmentKind::Group => bail!("give the group ID"),
+                    },
+                };
                 let body = self.body(&id, device_id, &spec)?;
                 let api = Api::open(&api).await?;
                 print(&self.put(&api, &id, body).await?)

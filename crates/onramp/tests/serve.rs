@@ -786,6 +786,73 @@ async fn first_provisioning_with_the_cli() {
 }
 
 #[tokio::test]
+async fn tpm_enrollments_from_the_cli() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let server = Server::start("127.0.0.1:0");
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../onramp-core/tests/data/tpm");
+    let (ek_path, srk_path) = (data.join("ek.pub"), data.join("srk.pub"));
+    let ek = std::fs::read(&ek_path).unwrap();
+    let ek_text = STANDARD.encode(&ek);
+    let sdk_id = onramp_core::tpm::RsaPublic::parse(&ek)
+        .unwrap()
+        .registration_id();
+
+    // Without an ID the enrollment takes the one the device's SDK computes
+    // from its endorsement key; the key files are the TPM's binary form.
+    let created: Value = serde_json::from_str(&server.cli_ok(&[
+        "enrollment",
+        "create",
+        "--tpm-ek",
+        ek_path.to_str().unwrap(),
+        "--tpm-srk",
+        srk_path.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(created["registrationId"], sdk_id.as_str());
+    assert_eq!(created["attestation"]["type"], "tpm");
+    assert_eq!(
+        created["attestation"]["tpm"]["endorsementKey"],
+        ek_text.as_str()
+    );
+    assert_eq!(
+        created["attestation"]["tpm"]["storageRootKey"],
+        STANDARD.encode(std::fs::read(&srk_path).unwrap()).as_str()
+    );
+    // Base64 text works as well, under an ID of the operator's choosing.
+    let named: Value = serde_json::from_str(&server.cli_ok(&[
+        "enrollment",
+        "create",
+        "tpm-2",
+        "--tpm-ek",
+        &ek_text,
+    ]))
+    .unwrap();
+    assert_eq!(named["registrationId"], "tpm-2");
+    assert_eq!(
+        named["attestation"]["tpm"]["endorsementKey"],
+        ek_text.as_str()
+    );
+
+    for (args, expected) in [
+        (
+            vec!["enrollment", "create", "tpm-3", "--tpm-ek", "AAAA"],
+            "--tpm-ek 'AAAA': the key",
+        ),
+        (vec!["enrollment", "create"], "give the registration ID"),
+        (
+            vec!["group", "create", "tpm-group", "--tpm-ek", &ek_text],
+            "enrollment groups cannot use tpm attestation",
+        ),
+    ] {
+        let out = server.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
     let server = Server::start("127.0.0.1:0");
     // A device presenting a client certificate in the TLS handshake.

@@ -172,6 +172,19 @@ pub struct EnrollmentSpec {
     /// X.509 group: the name of a verified CA certificate of the service.
     #[arg(long, conflicts_with_all = ["key", "secondary_key", "certificate"])]
     pub ca_reference: Option<String>,
+    /// TPM (individual enrollments): the device's endorsement key, a
+    /// marshaled TPM2B_PUBLIC as a file (binary or base64) or as base64
+    /// text. Without an ID, the enrollment gets the registration ID the
+    /// device's SDK computes from this key.
+    #[arg(
+        long,
+        value_name = "FILE|BASE64",
+        conflicts_with_all = ["key", "secondary_key", "certificate", "ca_reference"]
+    )]
+    pub tpm_ek: Option<String>,
+    /// TPM: the device's storage root key, in the same forms (optional).
+    #[arg(long, value_name = "FILE|BASE64", requires = "tpm_ek")]
+    pub tpm_srk: Option<String>,
 }
 
 /// The verbs of `onramp enrollment` and `onramp group`: individual
@@ -179,13 +192,14 @@ pub struct EnrollmentSpec {
 /// alike.
 #[derive(Subcommand, Debug)]
 pub enum RecordCommand {
-    /// Create or replace one: symmetric keys (generated unless given), or
-    /// X.509 with --certificate or --ca-reference.
+    /// Create or replace one: symmetric keys (generated unless given), X.509
+    /// with --certificate or --ca-reference, or TPM with --tpm-ek.
     Create {
         #[command(flatten)]
         api: ServiceApi,
-        /// The registration ID (individual enrollment) or the group ID.
-        id: String,
+        /// The registration ID (individual enrollment) or the group ID;
+        /// optional only with --tpm-ek.
+        id: Option<String>,
         /// Individual enrollments only: the hub device ID (default: the
         /// registration ID).
         #[arg(long)]
