@@ -6,7 +6,7 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
-use super::{absent, remove};
+use super::{absent, refused, remove};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
@@ -52,15 +52,14 @@ pub async fn certificates(store: &dyn Store) {
         .await
         .expect("update");
     assert!(matches!(
-        store
-            .put(
-                "t1",
-                verified.clone(),
-                Precondition::IfMatch(tag.as_str().into()),
-                UtcTime::now()
-            )
-            .await,
-        Err(StoreError::PreconditionFailed(_))
+        refused(
+            store,
+            "t1",
+            verified.clone(),
+            Precondition::IfMatch(tag.as_str().into())
+        )
+        .await,
+        StoreError::PreconditionFailed(_)
     ));
     assert!(
         store

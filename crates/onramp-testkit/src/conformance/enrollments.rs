@@ -4,7 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::absent;
 use super::fixtures::{enrollment, now};
-use super::{given_enrollment_pages, given_tenant};
+use super::{given_enrollment_pages, given_tenant, refused};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
@@ -46,37 +46,28 @@ pub async fn enrollments(store: &dyn Store) {
     assert_eq!(e2.created_date_time_utc, Some(now(10)), "created is kept");
     assert_eq!(e2.last_updated_date_time_utc, Some(now(20)));
     assert!(matches!(
-        store
-            .put(
-                "t1",
-                enrollment("dev-1"),
-                Precondition::IfMatch(tag1.as_str().into()),
-                now(30)
-            )
-            .await,
-        Err(StoreError::PreconditionFailed(_))
+        refused(
+            store,
+            "t1",
+            enrollment("dev-1"),
+            Precondition::IfMatch(tag1.as_str().into())
+        )
+        .await,
+        StoreError::PreconditionFailed(_)
     ));
     assert!(matches!(
-        store
-            .put(
-                "t1",
-                enrollment("dev-1"),
-                Precondition::IfNotExists,
-                now(30)
-            )
-            .await,
-        Err(StoreError::AlreadyExists(_))
+        refused(store, "t1", enrollment("dev-1"), Precondition::IfNotExists).await,
+        StoreError::AlreadyExists(_)
     ));
     assert!(matches!(
-        store
-            .put(
-                "t1",
-                enrollment("dev-new"),
-                Precondition::IfMatch("\"x\"".into()),
-                now(30)
-            )
-            .await,
-        Err(StoreError::PreconditionFailed(_))
+        refused(
+            store,
+            "t1",
+            enrollment("dev-new"),
+            Precondition::IfMatch("\"x\"".into())
+        )
+        .await,
+        StoreError::PreconditionFailed(_)
     ));
     store
         .put(

@@ -3,8 +3,8 @@
 use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{group, now};
-use super::given_tenant;
 use super::remove;
+use super::{given_tenant, refused};
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
 use onramp_model::IdKey;
@@ -39,15 +39,14 @@ pub async fn groups(store: &dyn Store) {
         .expect("after");
     assert_eq!(after.len(), 1);
     assert!(matches!(
-        store
-            .put(
-                "t1",
-                group("group-1"),
-                Precondition::IfMatch("\"stale\"".into()),
-                now(60)
-            )
-            .await,
-        Err(StoreError::PreconditionFailed(_))
+        refused(
+            store,
+            "t1",
+            group("group-1"),
+            Precondition::IfMatch("\"stale\"".into())
+        )
+        .await,
+        StoreError::PreconditionFailed(_)
     ));
     remove::<EnrollmentGroup>(store, "t1", "group-2").await;
     assert_eq!(

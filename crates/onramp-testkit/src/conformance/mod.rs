@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
+use onramp_core::ports::{Precondition, Store, StoreError, StoreExt, StoredRecord};
 use onramp_model::{IdKey, UtcTime};
 
 mod certificates;
@@ -110,6 +110,19 @@ async fn absent<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> 
         .await
         .expect("get")
         .is_none()
+}
+
+/// The error of a write that `condition` must refuse.
+async fn refused<T: StoredRecord>(
+    store: &dyn Store,
+    service: &str,
+    record: T,
+    condition: Precondition,
+) -> StoreError {
+    match store.put(service, record, condition, UtcTime::now()).await {
+        Ok(_) => panic!("a write that had to be refused was stored"),
+        Err(e) => e,
+    }
 }
 
 /// Deletes the record of kind `T` called `id` unconditionally.

@@ -5,13 +5,13 @@ use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::AllocationPolicy;
 
 use super::fixtures::{hub, owner, service};
+use super::refused;
 use super::remove;
 use crate::given;
 use onramp_core::ports::Precondition;
 use onramp_core::ports::StoreExt;
 use onramp_core::tenant::LinkedHub;
 use onramp_model::IdKey;
-use onramp_model::UtcTime;
 
 pub async fn tenants(store: &dyn Store) {
     let svc = service("t1", 1);
@@ -73,10 +73,8 @@ pub async fn tenants(store: &dyn Store) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store
-            .put("nope", hub("h"), Precondition::None, UtcTime::now())
-            .await,
-        Err(StoreError::NotFound(_))
+        refused(store, "nope", hub("h"), Precondition::None).await,
+        StoreError::NotFound(_)
     ));
 
     let mut changed = svc.clone();
