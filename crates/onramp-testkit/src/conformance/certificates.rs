@@ -6,7 +6,7 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
-use super::{absent, refused, remove};
+use super::{absent, found, refused, remove};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
@@ -32,10 +32,8 @@ pub async fn certificates(store: &dyn Store) {
         .await
         .expect("put");
     let tag = stored.etag.clone().expect("etag");
-    let got = store
-        .get::<CaCertificate>("t1", &IdKey::of("my-root"))
+    let got = found::<CaCertificate>(store, "t1", "my-root")
         .await
-        .expect("get")
         .expect("found");
     assert_eq!(got.der, ca.der);
     assert_eq!(got.name, "My-Root");
@@ -62,10 +60,8 @@ pub async fn certificates(store: &dyn Store) {
         StoreError::PreconditionFailed(_)
     ));
     assert!(
-        store
-            .get::<CaCertificate>("t1", &IdKey::of("MY-ROOT"))
+        found::<CaCertificate>(store, "t1", "MY-ROOT")
             .await
-            .expect("get")
             .expect("found")
             .is_verified
     );

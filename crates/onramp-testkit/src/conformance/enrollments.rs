@@ -4,7 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::absent;
 use super::fixtures::{enrollment, now};
-use super::{given_enrollment_pages, given_tenant, refused};
+use super::{found, given_enrollment_pages, given_tenant, refused};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
@@ -18,10 +18,8 @@ pub async fn enrollments(store: &dyn Store) {
     let tag1 = e.etag.clone().expect("etag");
     assert_eq!(e.created_date_time_utc, Some(now(10)));
     assert_eq!(e.last_updated_date_time_utc, Some(now(10)));
-    let got = store
-        .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
+    let got = found::<IndividualEnrollment>(store, "t1", "dev-1")
         .await
-        .expect("get")
         .expect("found");
     assert_eq!(got.registration_id, "Dev-1", "original spelling is kept");
     assert_eq!(
@@ -101,10 +99,8 @@ pub async fn enrollments(store: &dyn Store) {
     assert_eq!(seen, sorted);
 
     // Delete.
-    let current = store
-        .get::<IndividualEnrollment>("t1", &IdKey::of("dev-1"))
+    let current = found::<IndividualEnrollment>(store, "t1", "dev-1")
         .await
-        .expect("get")
         .expect("found");
     assert!(matches!(
         store

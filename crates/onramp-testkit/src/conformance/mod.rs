@@ -103,13 +103,23 @@ impl<S: Store, G> Subject for (Arc<S>, G) {
 
 /// Service `t1` (ID scope 1) with its owner policy and one linked hub,
 /// `hub-a.example.net`, much as `tenants` leaves a store.
+/// The record of kind `T` called `id` in `service`, if there is one.
+async fn found<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> Option<T> {
+    store.get::<T>(service, &IdKey::of(id)).await.expect("get")
+}
+
 /// Whether `service` holds no record of kind `T` called `id`.
 async fn absent<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> bool {
+    found::<T>(store, service, id).await.is_none()
+}
+
+/// How many records of kind `T` `service` holds.
+async fn count<T: StoredRecord>(store: &dyn Store, service: &str) -> usize {
     store
-        .get::<T>(service, &IdKey::of(id))
+        .list::<T>(service, None, usize::MAX)
         .await
-        .expect("get")
-        .is_none()
+        .expect("list")
+        .len()
 }
 
 /// The error of a write that `condition` must refuse.

@@ -4,11 +4,11 @@ use onramp_core::ports::{HubLatencySample, Placement, Precondition, Store};
 use onramp_model::RegistrationStatus;
 
 use super::fixtures::{now, record};
+use super::found;
 use super::given_tenant;
 use super::remove;
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
-use onramp_model::IdKey;
 
 pub async fn placements_and_latencies(store: &dyn Store) {
     given_tenant(store).await;
@@ -37,10 +37,8 @@ pub async fn placements_and_latencies(store: &dyn Store) {
         .put("t1", failed.clone(), Precondition::None, now(90))
         .await
         .expect("put");
-    let got = store
-        .get::<RegistrationRecord>("t1", &IdKey::of("mover"))
+    let got = found::<RegistrationRecord>(store, "t1", "mover")
         .await
-        .expect("get")
         .expect("found");
     assert_eq!(got.placement, moved.placement);
     assert_eq!(

@@ -4,7 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
-use super::{absent, remove};
+use super::{absent, found, remove};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
@@ -39,10 +39,8 @@ pub async fn registrations(store: &dyn Store) {
         "created is kept"
     );
     assert_ne!(r.state.etag, r2.state.etag);
-    let got = store
-        .get::<RegistrationRecord>("t1", &IdKey::of("reg-1"))
+    let got = found::<RegistrationRecord>(store, "t1", "reg-1")
         .await
-        .expect("get")
         .expect("found");
     assert_eq!(got.operation_id, "op-reg-1");
     assert_eq!(got.state.assigned_hub.as_deref(), Some("hub-a"));
@@ -121,10 +119,8 @@ pub async fn registration_inputs(store: &dyn Store) {
     assert_eq!(got.service.name, "t1");
     assert_eq!(
         got.enrollment,
-        store
-            .get::<IndividualEnrollment>("t1", &IdKey::of("inputs-1"))
+        found::<IndividualEnrollment>(store, "t1", "inputs-1")
             .await
-            .expect("get")
             .map(Box::new)
     );
     assert!(got.enrollment.is_some());
@@ -141,10 +137,8 @@ pub async fn registration_inputs(store: &dyn Store) {
     assert_eq!(got.first_groups, None);
     assert_eq!(
         got.previous,
-        store
-            .get::<RegistrationRecord>("t1", &IdKey::of("inputs-1"))
+        found::<RegistrationRecord>(store, "t1", "inputs-1")
             .await
-            .expect("get")
             .map(Box::new)
     );
     assert!(got.previous.is_some());
