@@ -6,9 +6,8 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
-use super::{absent, found, refused, remove};
+use super::{absent, deleted, found, put_at, refused, remove};
 use onramp_core::ports::StoreExt;
-use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
 use onramp_model::UtcTime;
 
@@ -69,9 +68,7 @@ pub async fn certificates(store: &dyn Store) {
     remove::<CaCertificate>(store, "t1", "my-root").await;
     assert!(absent::<CaCertificate>(store, "t1", "my-root").await);
     assert!(matches!(
-        store
-            .delete::<CaCertificate>("t1", &IdKey::of("my-root"), Precondition::None)
-            .await,
+        deleted::<CaCertificate>(store, "t1", "my-root").await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -101,10 +98,7 @@ pub async fn certificates(store: &dyn Store) {
         }),
         ..Default::default()
     });
-    store
-        .put("t1", revoked.clone(), Precondition::None, now(110))
-        .await
-        .expect("x509 enrollment");
+    put_at(store, "t1", revoked.clone(), now(110)).await;
     let found = store
         .enrollments_by_thumbprint("t1", &print.to_ascii_lowercase())
         .await
@@ -118,10 +112,7 @@ pub async fn certificates(store: &dyn Store) {
             .expect("other service")
             .is_empty()
     );
-    store
-        .put("t1", enrollment("revoke-ica"), Precondition::None, now(120))
-        .await
-        .expect("now symmetric");
+    put_at(store, "t1", enrollment("revoke-ica"), now(120)).await;
     assert!(
         store
             .enrollments_by_thumbprint("t1", &print)
@@ -129,10 +120,7 @@ pub async fn certificates(store: &dyn Store) {
             .expect("gone")
             .is_empty()
     );
-    store
-        .put("t1", revoked.clone(), Precondition::None, now(130))
-        .await
-        .expect("x509 again");
+    put_at(store, "t1", revoked.clone(), now(130)).await;
     remove::<IndividualEnrollment>(store, "t1", "revoke-ica").await;
     assert!(
         store

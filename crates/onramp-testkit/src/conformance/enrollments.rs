@@ -4,17 +4,14 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::absent;
 use super::fixtures::{enrollment, now};
-use super::{found, given_enrollment_pages, given_tenant, refused};
+use super::{deleted, found, given_enrollment_pages, given_tenant, put_at, refused};
 use onramp_core::ports::StoreExt;
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
 
 pub async fn enrollments(store: &dyn Store) {
     given_tenant(store).await;
-    let e = store
-        .put("t1", enrollment("Dev-1"), Precondition::None, now(10))
-        .await
-        .expect("create");
+    let e = put_at(store, "t1", enrollment("Dev-1"), now(10)).await;
     let tag1 = e.etag.clone().expect("etag");
     assert_eq!(e.created_date_time_utc, Some(now(10)));
     assert_eq!(e.last_updated_date_time_utc, Some(now(10)));
@@ -122,9 +119,7 @@ pub async fn enrollments(store: &dyn Store) {
         .expect("delete");
     assert!(absent::<IndividualEnrollment>(store, "t1", "dev-1").await);
     assert!(matches!(
-        store
-            .delete::<IndividualEnrollment>("t1", &IdKey::of("dev-1"), Precondition::None)
-            .await,
+        deleted::<IndividualEnrollment>(store, "t1", "dev-1").await,
         Err(StoreError::NotFound(_))
     ));
 }

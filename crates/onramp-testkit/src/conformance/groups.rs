@@ -4,17 +4,14 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{group, now};
 use super::remove;
-use super::{count, found, given_tenant, refused};
+use super::{count, found, given_tenant, put_at, refused};
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
 use onramp_model::IdKey;
 
 pub async fn groups(store: &dyn Store) {
     given_tenant(store).await;
-    let g = store
-        .put("t1", group("Group-1"), Precondition::None, now(50))
-        .await
-        .expect("group");
+    let g = put_at(store, "t1", group("Group-1"), now(50)).await;
     assert!(g.etag.is_some());
     assert_eq!(
         found::<EnrollmentGroup>(store, "t1", "group-1")
@@ -22,10 +19,7 @@ pub async fn groups(store: &dyn Store) {
             .map(|g| g.attestation),
         Some(group("x").attestation)
     );
-    store
-        .put("t1", group("group-2"), Precondition::None, now(50))
-        .await
-        .expect("g2");
+    put_at(store, "t1", group("group-2"), now(50)).await;
     let all = store
         .list::<EnrollmentGroup>("t1", None, 100)
         .await

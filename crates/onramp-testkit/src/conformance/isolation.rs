@@ -1,11 +1,11 @@
 //! Services do not see each other's data.
 
-use onramp_core::ports::{Precondition, Store};
+use onramp_core::ports::Store;
 use onramp_core::tenant::OWNER_POLICY;
 
 use super::absent;
 use super::fixtures::{enrollment, now, owner, service};
-use super::{count, given_enrollment_pages, given_tenant};
+use super::{count, given_enrollment_pages, given_tenant, put_at};
 use onramp_core::ports::StoreExt;
 use onramp_model::IndividualEnrollment;
 
@@ -25,10 +25,7 @@ pub async fn isolation(store: &dyn Store) {
             .is_empty()
     );
     assert!(store.linked_hubs("t2").await.expect("hubs").is_empty());
-    store
-        .put("t2", enrollment("page-00"), Precondition::None, now(90))
-        .await
-        .expect("same id");
+    put_at(store, "t2", enrollment("page-00"), now(90)).await;
     assert_eq!(count::<IndividualEnrollment>(store, "t2").await, 1);
     assert_eq!(count::<IndividualEnrollment>(store, "t1").await, 25);
     assert_eq!(

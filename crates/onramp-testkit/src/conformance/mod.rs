@@ -136,11 +136,27 @@ async fn refused<T: StoredRecord>(
 }
 
 /// Deletes the record of kind `T` called `id` unconditionally.
-async fn remove<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) {
+async fn deleted<T: StoredRecord>(
+    store: &dyn Store,
+    service: &str,
+    id: &str,
+) -> Result<(), StoreError> {
     store
         .delete::<T>(service, &IdKey::of(id), Precondition::None)
         .await
-        .expect("delete");
+}
+
+/// Deletes the record of kind `T` called `id`, which must be there.
+async fn remove<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) {
+    deleted::<T>(store, service, id).await.expect("delete");
+}
+
+/// Writes `record` unconditionally at the time `at`; returns it as stored.
+async fn put_at<T: StoredRecord>(store: &dyn Store, service: &str, record: T, at: UtcTime) -> T {
+    store
+        .put(service, record, Precondition::None, at)
+        .await
+        .expect("put")
 }
 
 async fn given_tenant(store: &dyn Store) {

@@ -1,14 +1,14 @@
 //! Where devices live, and hub latencies.
 
-use onramp_core::ports::{HubLatencySample, Placement, Precondition, Store};
+use onramp_core::ports::{HubLatencySample, Placement, Store};
 use onramp_model::RegistrationStatus;
 
 use super::fixtures::{now, record};
 use super::found;
 use super::given_tenant;
+use super::put_at;
 use super::remove;
 use onramp_core::ports::RegistrationRecord;
-use onramp_core::ports::StoreExt;
 
 pub async fn placements_and_latencies(store: &dyn Store) {
     given_tenant(store).await;
@@ -21,10 +21,7 @@ pub async fn placements_and_latencies(store: &dyn Store) {
         initial_hub: "hub-a".into(),
     });
     moved.state.assigned_hub = Some("HUB-B".into());
-    store
-        .put("t1", moved.clone(), Precondition::None, now(90))
-        .await
-        .expect("put");
+    put_at(store, "t1", moved.clone(), now(90)).await;
     let on_a_before = store
         .count_devices_on_hub("t1", "hub-a")
         .await
@@ -33,10 +30,7 @@ pub async fn placements_and_latencies(store: &dyn Store) {
     failed.state.status = RegistrationStatus::Failed;
     failed.state.assigned_hub = None;
     failed.state.error_code = Some(400214);
-    store
-        .put("t1", failed.clone(), Precondition::None, now(90))
-        .await
-        .expect("put");
+    put_at(store, "t1", failed.clone(), now(90)).await;
     let got = found::<RegistrationRecord>(store, "t1", "mover")
         .await
         .expect("found");

@@ -4,7 +4,7 @@ use onramp_core::ports::{Precondition, Store, StoreError};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
-use super::{absent, found, remove};
+use super::{absent, found, put_at, remove};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
@@ -13,26 +13,10 @@ use onramp_model::IndividualEnrollment;
 
 pub async fn registrations(store: &dyn Store) {
     given_tenant(store).await;
-    let r = store
-        .put(
-            "t1",
-            (record("Reg-1", Some("Group-1"))).clone(),
-            Precondition::None,
-            now(70),
-        )
-        .await
-        .expect("put");
+    let r = put_at(store, "t1", record("Reg-1", Some("Group-1")), now(70)).await;
     assert_eq!(r.state.created_date_time_utc, Some(now(70)));
     assert!(r.state.etag.is_some());
-    let r2 = store
-        .put(
-            "t1",
-            (record("reg-1", Some("Group-1"))).clone(),
-            Precondition::None,
-            now(80),
-        )
-        .await
-        .expect("again");
+    let r2 = put_at(store, "t1", record("reg-1", Some("Group-1")), now(80)).await;
     assert_eq!(
         r2.state.created_date_time_utc,
         Some(now(70)),
@@ -44,19 +28,8 @@ pub async fn registrations(store: &dyn Store) {
         .expect("found");
     assert_eq!(got.operation_id, "op-reg-1");
     assert_eq!(got.state.assigned_hub.as_deref(), Some("hub-a"));
-    store
-        .put(
-            "t1",
-            (record("reg-2", Some("group-1"))).clone(),
-            Precondition::None,
-            now(80),
-        )
-        .await
-        .expect("put");
-    store
-        .put("t1", record("reg-3", None), Precondition::None, now(80))
-        .await
-        .expect("put");
+    put_at(store, "t1", record("reg-2", Some("group-1")), now(80)).await;
+    put_at(store, "t1", record("reg-3", None), now(80)).await;
     let of_group = store
         .registrations_of_group("t1", &IdKey::of("group-1"), None, 100)
         .await
@@ -87,10 +60,7 @@ pub async fn registration_inputs(store: &dyn Store) {
     given_tenant(store).await;
     // More groups than the page asked for below.
     for id in ["group-1", "group-2"] {
-        store
-            .put("t1", group(id), Precondition::None, now(50))
-            .await
-            .expect("given: group");
+        put_at(store, "t1", group(id), now(50)).await;
     }
     let scope = service("t1", 1).id_scope.key();
     let unknown = service("nowhere", 77).id_scope.key();
@@ -101,14 +71,8 @@ pub async fn registration_inputs(store: &dyn Store) {
             .expect("read")
             .is_none()
     );
-    store
-        .put("t1", enrollment("Inputs-1"), Precondition::None, now(85))
-        .await
-        .expect("put");
-    store
-        .put("t1", record("Inputs-1", None), Precondition::None, now(85))
-        .await
-        .expect("put");
+    put_at(store, "t1", enrollment("Inputs-1"), now(85)).await;
+    put_at(store, "t1", record("Inputs-1", None), now(85)).await;
 
     // An individual enrollment: groups are not read.
     let got = store

@@ -4,6 +4,7 @@ use onramp_core::ports::{Store, StoreError};
 use onramp_core::tenant::OWNER_POLICY;
 use onramp_model::AllocationPolicy;
 
+use super::deleted;
 use super::fixtures::{hub, owner, service};
 use super::refused;
 use super::remove;
@@ -67,9 +68,7 @@ pub async fn tenants(store: &dyn Store) {
     assert!(hubs.iter().any(|h| h.allocation_weight == 5));
     remove::<LinkedHub>(store, "t1", "HUB-B.example.net").await;
     assert!(matches!(
-        store
-            .delete::<LinkedHub>("t1", &IdKey::of("hub-b.example.net"), Precondition::None)
-            .await,
+        deleted::<LinkedHub>(store, "t1", "hub-b.example.net").await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
