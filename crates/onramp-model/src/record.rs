@@ -36,6 +36,14 @@ impl EnrollmentKind {
         }
     }
 
+    /// The short name operators use: "enrollment", "enrollment group".
+    pub fn short_noun(self) -> &'static str {
+        match self {
+            EnrollmentKind::Individual => "enrollment",
+            EnrollmentKind::Group => "enrollment group",
+        }
+    }
+
     /// The JSON member that holds the ID.
     pub fn id_field(self) -> &'static str {
         match self {
@@ -197,13 +205,8 @@ pub trait EnrollmentRecord:
     fn attestation(&self) -> Option<&AttestationMechanism>;
     fn attestation_mut(&mut self) -> &mut Option<AttestationMechanism>;
     fn etag(&self) -> Option<&ETag>;
-    fn created(&self) -> Option<UtcTime>;
     fn settings(&self) -> EnrollmentSettings<'_>;
     fn service_owned(&mut self) -> ServiceOwned<'_>;
-
-    fn into_enrollment(self) -> Enrollment;
-    /// The record, when `e` is of this kind.
-    fn from_enrollment(e: Enrollment) -> Option<Self>;
 
     fn bulk_items(op: Self::BulkOperation) -> (BulkMode, Vec<Self>);
     /// The answer of a bulk operation from its failed items (ID, code, message).
@@ -251,9 +254,6 @@ macro_rules! enrollment_record {
             fn etag(&self) -> Option<&ETag> {
                 self.etag.as_ref()
             }
-            fn created(&self) -> Option<UtcTime> {
-                self.created_date_time_utc
-            }
             fn settings(&self) -> EnrollmentSettings<'_> {
                 EnrollmentSettings {
                     provisioning_status: self.provisioning_status,
@@ -276,15 +276,6 @@ macro_rules! enrollment_record {
                     reprovision_policy: &mut self.reprovision_policy,
                     capabilities: &mut self.capabilities,
                     registration_state: enrollment_record!(@optional self $($registration_state)?),
-                }
-            }
-            fn into_enrollment(self) -> Enrollment {
-                Enrollment::$kind(Box::new(self))
-            }
-            fn from_enrollment(e: Enrollment) -> Option<Self> {
-                match e {
-                    Enrollment::$kind(e) => Some(*e),
-                    _ => None,
                 }
             }
             fn bulk_items(op: Self::BulkOperation) -> (BulkMode, Vec<Self>) {

@@ -341,13 +341,6 @@ impl Records {
         self.0.collection()
     }
 
-    fn noun(self) -> &'static str {
-        match self.0 {
-            EnrollmentKind::Individual => "enrollment",
-            EnrollmentKind::Group => "enrollment group",
-        }
-    }
-
     fn item(self, id: &str) -> String {
         format!("{}/{}", self.path(), enc(id))
     }
@@ -396,7 +389,7 @@ impl Records {
 
     async fn delete(self, api: &Api, id: &str) -> anyhow::Result<()> {
         api.call(Method::DELETE, &self.item(id), None).await?;
-        eprintln!("deleted {} {id}", self.noun());
+        eprintln!("deleted {} {id}", self.0.short_noun());
         Ok(())
     }
 

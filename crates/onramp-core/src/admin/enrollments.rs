@@ -55,18 +55,18 @@ impl Admin {
             .store
             .get::<E>(service, &key)
             .await?
-            .ok_or_else(|| not_found(E::KIND, id))?
-            .into_enrollment();
-        if let Enrollment::Individual(e) = &mut record {
-            e.registration_state = self
+            .ok_or_else(|| not_found(E::KIND, id))?;
+        if E::KIND == EnrollmentKind::Individual {
+            let state = self
                 .store
                 .get::<RegistrationRecord>(service, &key)
                 .await?
                 .map(|r| service_view(r.state));
+            if let Some(slot) = record.service_owned().registration_state {
+                *slot = state;
+            }
         }
-        E::from_enrollment(record)
-            .map(hide_keys)
-            .ok_or_else(|| ProvisioningError::internal("an enrollment changed its kind"))
+        Ok(hide_keys(record))
     }
 
     pub async fn delete<E: EnrollmentResource>(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use onramp_model::{
-    AttestationMechanism, DeviceRegistrationState, Enrollment, EnrollmentGroup, EnrollmentKind,
+    AttestationMechanism, DeviceRegistrationState, EnrollmentGroup, EnrollmentKind,
     EnrollmentRecord, ErrorCode, IdKey, RegistrationId,
     query::{BulkMode, QuerySpecification},
 };

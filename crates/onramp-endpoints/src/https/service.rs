@@ -12,7 +12,7 @@ use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::tenant::AccessRights;
 use onramp_model::certificate::CertificateBody;
 use onramp_model::query::QuerySpecification;
-use onramp_model::{EnrollmentGroup, EnrollmentKind, ErrorCode, IndividualEnrollment, UtcTime};
+use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
 use serde::Serialize;
 
 use super::route::Route;
@@ -198,14 +198,6 @@ impl Call<'_> {
     }
 }
 
-/// How the rights messages name the resource: "an enrollment", "an enrollment group".
-fn resource<E: EnrollmentResource>() -> &'static str {
-    match E::KIND {
-        EnrollmentKind::Individual => "enrollment",
-        EnrollmentKind::Group => "enrollment group",
-    }
-}
-
 /// GET, PUT or DELETE of one individual enrollment or group.
 async fn one<E: EnrollmentResource>(
     call: &Call<'_>,
@@ -214,7 +206,7 @@ async fn one<E: EnrollmentResource>(
     body: Body,
     if_match: Option<&str>,
 ) -> Result<Response, ProvisioningError> {
-    let (admin, svc, what) = (&call.state.admin, call.service(), resource::<E>());
+    let (admin, svc, what) = (&call.state.admin, call.service(), E::KIND.short_noun());
     match method {
         Method::Get => {
             call.caller
@@ -252,7 +244,7 @@ async fn attestation<E: EnrollmentResource>(
     // The answer holds the keys: as sensitive as writing them.
     call.caller.require(
         AccessRights::ENROLLMENT_WRITE,
-        &format!("reading an {}'s keys", resource::<E>()),
+        &format!("reading an {}'s keys", E::KIND.short_noun()),
     )?;
     Ok(ok(&call
         .state
@@ -268,7 +260,7 @@ async fn query_page<E: EnrollmentResource>(
 ) -> Result<Response, ProvisioningError> {
     call.caller.require(
         AccessRights::ENROLLMENT_READ,
-        &format!("querying {}s", resource::<E>()),
+        &format!("querying {}s", E::KIND.short_noun()),
     )?;
     let limit = call.state.config.max_body_bytes;
     let spec: QuerySpecification = respond::parse(&respond::read_body(body, limit).await?, true)?;
@@ -286,7 +278,7 @@ async fn bulk<E: EnrollmentResource>(
 ) -> Result<Response, ProvisioningError> {
     call.caller.require(
         AccessRights::ENROLLMENT_WRITE,
-        &format!("bulk {} operations", resource::<E>()),
+        &format!("bulk {} operations", E::KIND.short_noun()),
     )?;
     let limit = call.state.config.max_bulk_body_bytes;
     let op: E::BulkOperation = respond::parse(&respond::read_body(body, limit).await?, false)?;

@@ -25,7 +25,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use onramp_core::keys;
@@ -147,12 +147,13 @@ impl From<HubStoreError> for HubFailure {
 
 type HubResult = Result<Response, HubFailure>;
 
-/// What every call brings: the hub it reached, and the path and headers its
-/// authorization and preconditions are read from.
+/// What every call brings: the hub it reached, the path its token must
+/// cover, and the two headers its authorization and precondition come from.
 struct Call {
     hub: Arc<CompanionHub>,
     uri: Uri,
-    headers: HeaderMap,
+    authorization: Option<String>,
+    if_match: Option<String>,
 }
 
 impl FromRequestParts<Arc<CompanionHub>> for Call {
@@ -162,10 +163,18 @@ impl FromRequestParts<Arc<CompanionHub>> for Call {
         parts: &mut Parts,
         hub: &Arc<CompanionHub>,
     ) -> Result<Self, Infallible> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         Ok(Self {
             hub: hub.clone(),
             uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
+            authorization: header("authorization"),
+            if_match: header("if-match").filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -173,14 +182,10 @@ impl FromRequestParts<Arc<CompanionHub>> for Call {
 impl Call {
     /// The hub, when the caller's token grants any of `any_of`.
     fn allow(&self, any_of: HubRights) -> Result<&CompanionHub, HubFailure> {
-        let auth = self
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
         let hub = &*self.hub;
         let rights = authorize(
             &hub.policies(),
-            auth,
+            self.authorization.as_deref(),
             hub.host_name(),
             self.uri.path(),
             UtcTime::now().unix_seconds(),
@@ -204,11 +209,7 @@ impl Call {
 
     /// The `If-Match` ETag, when the caller gave one.
     fn if_match(&self) -> Option<String> {
-        self.headers
-            .get("if-match")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|v| !v.trim().is_empty())
+        self.if_match.clone()
     }
 }
 
