@@ -156,18 +156,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, Pro
     } else {
         bytes
     };
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at '{path}'")
-        };
+    onramp_model::json::decode(bytes).map_err(|e| {
         ProvisioningError::new(
             ErrorCode::InvalidRequestBody,
-            format!("the request body is not valid JSON for this call{at}: {inner}"),
+            format!(
+                "the request body is not valid JSON for this call{}: {}",
+                e.location(),
+                e.reason()
+            ),
         )
     })
 }

@@ -28,6 +28,7 @@ pub mod enrollment;
 pub mod error;
 pub mod hub;
 pub mod ids;
+pub mod json;
 pub mod query;
 pub mod record;
 pub mod registration;

@@ -39,7 +39,7 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 /// missing, and re-issuing the server certificate if it does not cover
 /// every name in `host_names` (or expires within 30 days).
 pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
-    private_dir(dir)?;
+    onramp_files::own_dir(dir)?;
     let ca_cert_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");
     let server_cert_path = dir.join("server.pem");
@@ -50,7 +50,7 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
         &server_cert_path,
         &server_key_path,
     ] {
-        restrict(path)?;
+        onramp_files::restrict(path)?;
     }
 
     if !ca_cert_path.exists() || !ca_key_path.exists() {
@@ -78,8 +78,8 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
         params.not_after = now + Duration::days(3650);
         // A CA certificate carries its subject key identifier (rcgen writes it for CAs).
         let cert = params.self_signed(&key).map_err(other)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-        write_private(&ca_cert_path, cert.pem().as_bytes())?;
+        onramp_files::write(&ca_key_path, key.serialize_pem().as_bytes())?;
+        onramp_files::write(&ca_cert_path, cert.pem().as_bytes())?;
         let _ = fs::remove_file(&server_cert_path);
     }
     let ca_pem = fs::read_to_string(&ca_cert_path)?;
@@ -127,8 +127,8 @@ pub fn load_or_create(dir: &Path, host_names: &[String]) -> io::Result<DevPki> {
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(825);
         let cert = params.signed_by(&key, &issuer).map_err(other)?;
-        write_private(&server_key_path, key.serialize_pem().as_bytes())?;
-        write_private(
+        onramp_files::write(&server_key_path, key.serialize_pem().as_bytes())?;
+        onramp_files::write(
             &server_cert_path,
             format!("{}{}", cert.pem(), ca_pem).as_bytes(),
         )?;
@@ -199,57 +199,6 @@ fn names_its_issuer(pem: &str) -> bool {
                 if a.key_identifier.is_some()
         )
     })
-}
-
-// Private files and folders, whatever the umask: the CA's key signs for
-// every name. (The rules of `onramp_store::private`, a crate this one does
-// not depend on.)
-
-fn private_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)?;
-    restrict(dir)
-}
-
-/// Takes group and other permissions away from a path left by an earlier version.
-fn restrict(path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = match fs::metadata(path) {
-            Ok(meta) => meta.permissions().mode(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if mode & 0o077 != 0 {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o700))?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
-/// Writes a file only its owner can read (created so, or restricted).
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    restrict(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@
 //!
 //! Symmetric keys, policy keys and hub connection strings never reach a
 //! database file in plaintext: every backend seals them with [`seal::Sealer`].
-//! Every file and folder they create is private to the owner ([`private`]).
+//! Every file and folder they create is private to the owner (`onramp_files`).
 #![forbid(unsafe_code)]
 
 pub mod migrations;
-pub mod private;
 pub mod seal;
 pub mod sqlite;
 

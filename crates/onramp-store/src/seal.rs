@@ -75,7 +75,7 @@ impl Sealer {
     /// Loads the ring from `dir` (files `<id>.key` holding base64 keys, and
     /// `active` naming the sealing key), creating a first key if there is none.
     pub fn load_or_create(dir: &Path) -> io::Result<Self> {
-        crate::private::own_dir(dir)?;
+        onramp_files::own_dir(dir)?;
         let active_file = dir.join("active");
         if !active_file.exists() {
             let mut key = vec![0u8; 32];
@@ -83,13 +83,13 @@ impl Sealer {
                 .fill(&mut key)
                 .map_err(|_| io::Error::other("the system random number generator failed"))?;
             let id = key_id(&key);
-            crate::private::write(
+            onramp_files::write(
                 &dir.join(format!("{id}.key")),
                 STANDARD.encode(&key).as_bytes(),
             )?;
-            crate::private::write(&active_file, id.as_bytes())?;
+            onramp_files::write(&active_file, id.as_bytes())?;
         }
-        crate::private::restrict(&active_file)?;
+        onramp_files::restrict(&active_file)?;
         let active = fs::read_to_string(&active_file)?.trim().to_owned();
         let mut active_key = None;
         let mut others = Vec::new();
@@ -98,7 +98,7 @@ impl Sealer {
             if path.extension().and_then(|e| e.to_str()) != Some("key") {
                 continue;
             }
-            crate::private::restrict(&path)?;
+            onramp_files::restrict(&path)?;
             let text = fs::read_to_string(&path)?;
             let key = STANDARD.decode(text.trim()).map_err(|_| {
                 io::Error::new(

@@ -83,7 +83,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             allocation_policy,
         } => {
             let config = Config::load(&location)?;
-            onramp_store::private::create_dir(&config.data_dir).with_context(|| {
+            onramp_files::create_dir(&config.data_dir).with_context(|| {
                 format!("creating the data directory {}", config.data_dir.display())
             })?;
             let store = local::open_store(&config, local::sealer(&config)?)?;

@@ -171,7 +171,7 @@ fn write(out: &Path, issued: &Issued, chain: Option<&str>) -> anyhow::Result<()>
     let path = |suffix| with_suffix(out, suffix);
     std::fs::write(path(".pem"), &issued.cert_pem)?;
     // Only the owner may read a private key.
-    onramp_store::private::write(&path(".key.pem"), issued.key_pem.as_bytes())
+    onramp_files::write(&path(".key.pem"), issued.key_pem.as_bytes())
         .with_context(|| format!("writing {}", path(".key.pem").display()))?;
     match chain {
         Some(chain) => std::fs::write(path(".chain.pem"), chain)?,

@@ -204,7 +204,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    onramp_store::private::write(&partial, text.as_bytes())
+    onramp_files::write(&partial, text.as_bytes())
         .and_then(|()| std::fs::rename(&partial, path))
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -305,8 +305,8 @@ impl DataDirLock {
     /// and takes the lock (then [`DataDirLock::claim`]).
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(Self::FILE);
-        onramp_store::private::create_dir(dir)
-            .and_then(|()| onramp_store::private::touch(&path))
+        onramp_files::create_dir(dir)
+            .and_then(|()| onramp_files::touch(&path))
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let file = std::fs::OpenOptions::new()
             .read(true)

@@ -152,12 +152,12 @@ async fn hand_off<J, R>(
 fn make_private(path: &Path) -> Result<(), StoreError> {
     let failed =
         |p: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", p.display()));
-    crate::private::touch(path).map_err(|e| failed(path, e))?;
+    onramp_files::touch(path).map_err(|e| failed(path, e))?;
     for suffix in ["-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
         let side = Path::new(&name);
-        crate::private::restrict(side).map_err(|e| failed(side, e))?;
+        onramp_files::restrict(side).map_err(|e| failed(side, e))?;
     }
     Ok(())
 }

@@ -69,7 +69,7 @@ impl SqliteStore {
         options: SqliteOptions,
     ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            crate::private::create_dir(dir).map_err(|e| {
+            onramp_files::create_dir(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }

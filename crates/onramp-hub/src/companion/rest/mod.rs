@@ -223,7 +223,7 @@ async fn existing_device(hub: &CompanionHub, id: &str) -> Result<DeviceRecord, H
         .ok_or_else(|| HubStoreError::NotFound(format!("device '{id}' does not exist")))?)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, HubFailure> {
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, HubFailure> {
     if body.len() > MAX_BODY {
         return Err(HubFailure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -231,18 +231,11 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, HubFailure> {
             format!("the body exceeds {MAX_BODY} bytes"),
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at {path}")
-        };
+    onramp_model::json::decode(body).map_err(|e| {
         HubFailure::new(
             StatusCode::BAD_REQUEST,
             "ArgumentInvalid",
-            format!("the JSON body is invalid{at}: {}", e.inner()),
+            format!("the JSON body is invalid{}: {}", e.location(), e.reason()),
         )
     })
 }

@@ -100,7 +100,7 @@ fn matches(current: &str, if_match: &str) -> bool {
 impl HubStore {
     pub fn open(path: &Path, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            onramp_store::private::create_dir(dir).map_err(|e| {
+            onramp_files::create_dir(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
