@@ -8,58 +8,51 @@ use crate::enrollment::{
     EnrollmentGroup, IndividualEnrollment, InitialTwin, TpmAttestation, X509CertificateInfo,
 };
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationRequest {
     /// The enrollment, without its secrets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub individual_enrollment: Option<IndividualEnrollment>,
     /// The enrollment group, without its secrets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group: Option<EnrollmentGroup>,
     pub device_runtime_context: DeviceRuntimeContext,
     /// Host names of the hubs the webhook may choose from.
     pub linked_hubs: Vec<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRuntimeContext {
     pub registration_id: String,
     /// Only when the device was assigned before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_iot_hub_host_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_device_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509DeviceAttestation>,
     /// Present (empty) for symmetric-key devices: keys are never sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmAttestation>,
     /// The device's `payload`, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
 }
 
 /// The device's certificates as the webhook sees them.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509DeviceAttestation {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<X509CertificateInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_certificate: Option<X509CertificateInfo>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationResponse {
-    #[serde(default)]
+    /// Always written: a webhook that answers `null` refuses the device.
+    #[serialize_always]
     pub iot_hub_host_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_twin: Option<InitialTwin>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
 }

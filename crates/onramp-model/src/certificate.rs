@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Body of `PUT /certificates/{name}` and of `POST …/verify`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateBody {
@@ -12,10 +13,10 @@ pub struct CertificateBody {
     #[serde(default)]
     pub certificate: String,
     /// Uploading with `true` skips the proof of possession.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_verified: Option<bool>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateProperties {
@@ -30,7 +31,6 @@ pub struct CertificateProperties {
     pub created: String,
     pub updated: String,
     /// Only in a `generateVerificationCode` answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification_code: Option<String>,
 }
 

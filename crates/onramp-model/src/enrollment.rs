@@ -34,107 +34,77 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IndividualEnrollment {
-    /// Required by the spec; a PUT may leave it out and let the path supply it.
-    #[serde(default)]
-    pub registration_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    /// Read-only: the registration record of this enrollment's device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration_state: Option<DeviceRegistrationState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub optional_device_information: Option<TwinCollection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attestation: Option<AttestationMechanism>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<DeviceCapabilities>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iot_hub_host_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_twin: Option<InitialTwin>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<ETag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provisioning_status: Option<ProvisioningStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reprovision_policy: Option<ReprovisionPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_updated_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocation_policy: Option<AllocationPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iot_hubs: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_allocation_definition: Option<CustomAllocationDefinition>,
-    #[serde(flatten)]
-    pub extensions: VersionExtensions,
+/// Defines one of the two enrollment resources: its own fields first, then
+/// the settings both share, in the order Azure writes them.
+macro_rules! enrollment_resource {
+    ($(#[$meta:meta])* $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[serde_with::skip_serializing_none]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            $($own)*
+            pub attestation: Option<AttestationMechanism>,
+            pub capabilities: Option<DeviceCapabilities>,
+            pub iot_hub_host_name: Option<String>,
+            pub initial_twin: Option<InitialTwin>,
+            pub etag: Option<ETag>,
+            pub provisioning_status: Option<ProvisioningStatus>,
+            pub reprovision_policy: Option<ReprovisionPolicy>,
+            pub created_date_time_utc: Option<UtcTime>,
+            pub last_updated_date_time_utc: Option<UtcTime>,
+            pub allocation_policy: Option<AllocationPolicy>,
+            pub iot_hubs: Option<Vec<String>>,
+            pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+            #[serde(flatten)]
+            pub extensions: VersionExtensions,
+        }
+    };
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrollmentGroup {
-    #[serde(default)]
-    pub enrollment_group_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attestation: Option<AttestationMechanism>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<DeviceCapabilities>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iot_hub_host_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_twin: Option<InitialTwin>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<ETag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provisioning_status: Option<ProvisioningStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reprovision_policy: Option<ReprovisionPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_updated_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocation_policy: Option<AllocationPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iot_hubs: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_allocation_definition: Option<CustomAllocationDefinition>,
-    #[serde(flatten)]
-    pub extensions: VersionExtensions,
-}
+enrollment_resource!(
+    /// One device's enrollment.
+    IndividualEnrollment {
+        /// Required by the spec; a PUT may leave it out and let the path supply it.
+        #[serde(default)]
+        pub registration_id: String,
+        pub device_id: Option<String>,
+        /// Read-only: the registration record of this enrollment's device.
+        pub registration_state: Option<DeviceRegistrationState>,
+        pub optional_device_information: Option<TwinCollection>,
+    }
+);
+
+enrollment_resource!(
+    /// The enrollment of every device whose credential derives from one key
+    /// or chains to one certificate.
+    EnrollmentGroup {
+        #[serde(default)]
+        pub enrollment_group_id: String,
+    }
+);
 
 /// Fields that newer (or preview) api-versions added. Onramp stores and echoes
 /// them so that a client of any version reads back what it wrote.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionExtensions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_policy_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_policy_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_issuance_policy: Option<Value>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttestationMechanism {
     #[serde(rename = "type")]
     pub kind: AttestationType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmAttestation>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509Attestation>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyAttestation>,
 }
 
@@ -223,52 +193,47 @@ case_insensitive_enum!(
     }
 );
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TpmAttestation {
     #[serde(default)]
     pub endorsement_key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_root_key: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKeyAttestation {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<Secret>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509Attestation {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificates: Option<X509Certificates>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_certificates: Option<X509Certificates>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_references: Option<X509CaReferences>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509Certificates {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<X509CertificateWithInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary: Option<X509CertificateWithInfo>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509CertificateWithInfo {
     /// PEM text or bare base64 DER, as the client sent it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
     /// Computed by the service from `certificate`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<X509CertificateInfo>,
 }
 
@@ -285,21 +250,19 @@ pub struct X509CertificateInfo {
     pub version: i32,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509CaReferences {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitialTwin {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TwinCollection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<InitialTwinProperties>,
 }
 
@@ -314,10 +277,10 @@ impl InitialTwin {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitialTwinProperties {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<TwinCollection>,
 }
 

@@ -10,13 +10,13 @@ use serde_json::{Map, Value};
 use crate::UtcTime;
 
 /// `ProvisioningServiceErrorDetails`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     pub error_code: u32,
     pub tracking_id: String,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Map<String, Value>>,
     pub timestamp_utc: UtcTime,
 }

@@ -10,36 +10,24 @@ use crate::enrollment::{DeviceCapabilities, Secret, TwinCollection};
 /// The api-version the hub adapter sends and the companion hub advertises.
 pub const HUB_API_VERSION: &str = "2021-04-12";
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
     #[serde(default)]
     pub device_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DeviceStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_state_updated_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_updated_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_to_device_message_count: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<AuthenticationMechanism>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<DeviceCapabilities>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_scopes: Option<Vec<String>>,
 }
 
@@ -51,12 +39,11 @@ pub enum DeviceStatus {
     Disabled,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthenticationMechanism {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKey>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509_thumbprint: Option<X509Thumbprint>,
     #[serde(rename = "type", default)]
     pub kind: AuthenticationType,
@@ -72,81 +59,64 @@ pub enum AuthenticationType {
     None,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKey {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<Secret>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509Thumbprint {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_thumbprint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_thumbprint: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Twin {
     #[serde(default)]
     pub device_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DeviceStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TwinCollection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<TwinProperties>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<DeviceCapabilities>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_type: Option<AuthenticationType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_state: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TwinProperties {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<TwinCollection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<TwinCollection>,
 }
 
 /// One item of a bulk registry operation (`POST /devices`), at most 100 per call.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportImportDevice {
     #[serde(default)]
     pub id: String,
-    #[serde(rename = "eTag", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "eTag")]
     pub e_tag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_mode: Option<ImportMode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DeviceStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<AuthenticationMechanism>,
-    #[serde(rename = "twinETag", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "twinETag")]
     pub twin_e_tag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TwinCollection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<TwinProperties>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<DeviceCapabilities>,
 }
 

@@ -14,21 +14,15 @@ use crate::{ETag, UtcTime};
 /// Every member is optional: C# over MQTT/AMQP sends no `registrationId`,
 /// Python always sends `payload` (possibly `null`), Java sends `payload` as a
 /// JSON string. Identity never comes from this body alone.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistration {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmAttestation>,
     /// Any JSON value; `null` counts as absent.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "null_as_none"
-    )]
+    #[serde(default, deserialize_with = "null_as_none")]
     pub payload: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csr: Option<String>,
 }
 
@@ -69,48 +63,36 @@ case_insensitive_enum!(
 );
 
 /// `RegistrationOperationStatus`: the answer to register and to every poll.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationOperationStatus {
     pub operation_id: String,
     pub status: RegistrationStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_state: Option<DeviceRegistrationState>,
 }
 
 /// The registration record of one device: `DeviceRegistrationResult` on the
 /// device API, `DeviceRegistrationState` on the service API.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistrationState {
     pub registration_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_hub: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     pub status: RegistrationStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substatus: Option<Substatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated_date_time_utc: Option<UtcTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<ETag>,
     /// Only ever an object (Java's SDK parses it as one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509RegistrationResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmRegistrationResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_certificate_chain: Option<Vec<String>>,
 }
 
@@ -136,21 +118,19 @@ impl DeviceRegistrationState {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKeyRegistrationResult {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group_id: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X509RegistrationResult {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_info: Option<X509CertificateInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_certificate_info: Option<X509CertificateInfo>,
 }
 

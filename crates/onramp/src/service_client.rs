@@ -290,14 +290,12 @@ fn tpm_key(value: &str, flag: &str) -> anyhow::Result<RsaPublic> {
 /// What `--initial-twin`, `--allocation-policy`, `--iot-hub`, `--disabled`
 /// and `--edge` say, for an enrollment or a group alike, in the members'
 /// JSON form.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SpecSettings {
-    #[serde(skip_serializing_if = "Option::is_none")]
     initial_twin: Option<InitialTwin>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     allocation_policy: Option<AllocationPolicy>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     iot_hubs: Option<Vec<String>>,
     provisioning_status: ProvisioningStatus,
     capabilities: DeviceCapabilities,

@@ -47,6 +47,7 @@ pub(super) fn histogram() -> Histogram<u64> {
 }
 
 /// The summary `onramp bench` prints (and `--json` emits).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -55,7 +56,6 @@ pub struct Summary {
     pub devices: u64,
     pub concurrency: usize,
     /// Registrations started per second, when limited (`--rate`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<f64>,
     pub assigned: u64,
     pub failed: u64,
@@ -65,7 +65,6 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     pub hubs: BTreeMap<String, u64>,
     /// The same load against the ceiling server, run first (`--ceiling`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<CeilingComparison>,
 }
 
