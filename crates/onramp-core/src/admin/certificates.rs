@@ -53,7 +53,7 @@ impl Admin {
             .store
             .put(service, ca, Precondition::from_if_match(if_match), now)
             .await
-            .map_err(|e| not_found_as(e, ErrorCode::CaCertificateNotFound))?;
+            .map_err(|e| record_error::<CaCertificate>(e, name))?;
         Ok(certificate_response(service, &stored))
     }
 
@@ -62,7 +62,7 @@ impl Admin {
         service: &str,
         name: &str,
     ) -> Result<CertificateResponse, ProvisioningError> {
-        let ca = self.existing_ca(service, name).await?;
+        let ca = self.existing::<CaCertificate>(service, name).await?;
         Ok(certificate_response(service, &ca))
     }
 
@@ -79,16 +79,6 @@ impl Admin {
         })
     }
 
-    pub async fn delete_ca_certificate(
-        &self,
-        service: &str,
-        name: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ProvisioningError> {
-        self.remove::<CaCertificate>(service, name, if_match, ErrorCode::CaCertificateNotFound)
-            .await
-    }
-
     /// Issues the code a verification certificate must carry as its CN.
     pub async fn generate_verification_code(
         &self,
@@ -96,7 +86,7 @@ impl Admin {
         name: &str,
         if_match: Option<&str>,
     ) -> Result<CertificateResponse, ProvisioningError> {
-        let mut ca = self.existing_ca(service, name).await?;
+        let mut ca = self.existing::<CaCertificate>(service, name).await?;
         let code: String = crate::keys::random_bytes(16)
             .iter()
             .map(|b| format!("{b:02X}"))
@@ -118,7 +108,7 @@ impl Admin {
         body: CertificateBody,
         if_match: Option<&str>,
     ) -> Result<CertificateResponse, ProvisioningError> {
-        let mut ca = self.existing_ca(service, name).await?;
+        let mut ca = self.existing::<CaCertificate>(service, name).await?;
         let failed = |m: String| ProvisioningError::new(ErrorCode::VerificationFailed, m);
         let Some(code) = ca.verification_code.clone() else {
             return Err(failed(format!(
@@ -152,17 +142,6 @@ impl Admin {
         Ok(certificate_response(service, &stored))
     }
 
-    async fn existing_ca(
-        &self,
-        service: &str,
-        name: &str,
-    ) -> Result<CaCertificate, ProvisioningError> {
-        self.store
-            .get::<CaCertificate>(service, &IdKey::of(name))
-            .await?
-            .ok_or_else(|| ca_not_found(name))
-    }
-
     /// Writes back a CA certificate just read: without If-Match, only if no
     /// one changed it in between.
     async fn write_ca(
@@ -172,18 +151,13 @@ impl Admin {
         if_match: Option<&str>,
     ) -> Result<CaCertificate, ProvisioningError> {
         let condition = Precondition::from_if_match(if_match).or_as_read(ca.etag.as_ref());
-        self.store
+        let name = ca.name.clone();
+        let written = self
+            .store
             .put(service, ca, condition, self.clock.now())
-            .await
-            .map_err(|e| not_found_as(e, ErrorCode::CaCertificateNotFound))
+            .await;
+        written.map_err(|e| record_error::<CaCertificate>(e, &name))
     }
-}
-
-fn ca_not_found(name: &str) -> ProvisioningError {
-    ProvisioningError::new(
-        ErrorCode::CaCertificateNotFound,
-        format!("no CA certificate is named '{name}'"),
-    )
 }
 
 fn check_certificate_name(name: &str) -> Result<(), ProvisioningError> {

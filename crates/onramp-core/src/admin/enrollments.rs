@@ -15,7 +15,7 @@ impl Admin {
         let targets = self.allocation_targets(service).await?;
         let condition = Precondition::from_if_match(if_match);
         self.write(service, path_id, body, condition, &targets, |e| {
-            not_found_as(e, E::KIND.not_found_code())
+            record_error::<E>(e, path_id)
         })
         .await
     }
@@ -51,11 +51,7 @@ impl Admin {
         id: &str,
     ) -> Result<E, ProvisioningError> {
         let key = IdKey::of(id);
-        let mut record = self
-            .store
-            .get::<E>(service, &key)
-            .await?
-            .ok_or_else(|| not_found(E::KIND, id))?;
+        let mut record = self.existing::<E>(service, id).await?;
         if E::KIND == EnrollmentKind::Individual {
             let state = self
                 .store
@@ -69,27 +65,17 @@ impl Admin {
         Ok(hide_keys(record))
     }
 
-    pub async fn delete<E: EnrollmentResource>(
-        &self,
-        service: &str,
-        id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ProvisioningError> {
-        self.remove::<E>(service, id, if_match, E::KIND.not_found_code())
-            .await
-    }
-
     /// The attestation mechanism with its keys.
     pub async fn attestation<E: EnrollmentResource>(
         &self,
         service: &str,
         id: &str,
     ) -> Result<AttestationMechanism, ProvisioningError> {
-        self.store
-            .get::<E>(service, &IdKey::of(id))
-            .await?
-            .and_then(|e| e.attestation().cloned())
-            .ok_or_else(|| not_found(E::KIND, id))
+        let record = self.existing::<E>(service, id).await?;
+        record
+            .attestation()
+            .cloned()
+            .ok_or_else(|| not_found::<E>(id))
     }
 
     pub async fn query<E: EnrollmentResource>(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use onramp_model::{
     AttestationMechanism, DeviceRegistrationState, EnrollmentGroup, EnrollmentKind,
-    EnrollmentRecord, ErrorCode, IdKey, RegistrationId,
+    EnrollmentRecord, ErrorCode, IdKey, IndividualEnrollment, RegistrationId,
     query::{BulkMode, QuerySpecification},
 };
 
@@ -69,9 +69,18 @@ impl Targets {
 
 /// An individual enrollment or a group, as the service rules check and the
 /// store keeps it.
-pub trait EnrollmentResource: EnrollmentRecord + StoredRecord {}
+pub trait EnrollmentResource: EnrollmentRecord + ServiceApiRecord {}
 
-impl<E: EnrollmentRecord + StoredRecord> EnrollmentResource for E {}
+impl<E: EnrollmentRecord + ServiceApiRecord> EnrollmentResource for E {}
+
+/// The records the service API reads and deletes by ID. Linked hubs are not
+/// among them: their edits go through [`crate::linked_hubs`].
+pub trait ServiceApiRecord: StoredRecord {}
+
+impl ServiceApiRecord for IndividualEnrollment {}
+impl ServiceApiRecord for EnrollmentGroup {}
+impl ServiceApiRecord for RegistrationRecord {}
+impl ServiceApiRecord for CaCertificate {}
 
 pub struct Admin {
     store: Arc<dyn Store>,
@@ -83,23 +92,30 @@ impl Admin {
         Self { store, clock }
     }
 
-    /// Deletes a record if `if_match` allows; a missing one is answered
-    /// with `missing`.
-    async fn remove<T: StoredRecord>(
+    /// Deletes an enrollment, a group, a registration record or a CA
+    /// certificate if `if_match` allows.
+    pub async fn delete<T: ServiceApiRecord>(
         &self,
         service: &str,
         id: &str,
         if_match: Option<&str>,
-        missing: ErrorCode,
     ) -> Result<(), ProvisioningError> {
-        self.store
-            .delete::<T>(
-                service,
-                &IdKey::of(id),
-                Precondition::from_if_match(if_match),
-            )
-            .await
-            .map_err(|e| not_found_as(e, missing))
+        let condition = Precondition::from_if_match(if_match);
+        let deleted = self
+            .store
+            .delete::<T>(service, &IdKey::of(id), condition)
+            .await;
+        deleted.map_err(|e| record_error::<T>(e, id))
+    }
+
+    /// A record that must exist: its kind's "not found" otherwise.
+    async fn existing<T: StoredRecord>(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<T, ProvisioningError> {
+        let found = self.store.get::<T>(service, &IdKey::of(id)).await?;
+        found.ok_or_else(|| not_found::<T>(id))
     }
 
     async fn allocation_targets(&self, service: &str) -> Result<Targets, ProvisioningError> {
@@ -127,13 +143,16 @@ fn service_view(mut state: DeviceRegistrationState) -> DeviceRegistrationState {
     state
 }
 
-fn not_found(kind: EnrollmentKind, id: &str) -> ProvisioningError {
-    ProvisioningError::new(kind.not_found_code(), kind.not_found(id))
+/// "Not found" for a record of kind `T`, named by the ID as the caller sent it.
+fn not_found<T: StoredRecord>(id: &str) -> ProvisioningError {
+    ProvisioningError::new(T::RECORD_KIND.not_found_code(), T::RECORD_KIND.missing(id))
 }
 
-fn not_found_as(e: StoreError, code: ErrorCode) -> ProvisioningError {
+/// The error of a store call on the record of kind `T` named `id`, its
+/// "not found" in the service API's words.
+fn record_error<T: StoredRecord>(e: StoreError, id: &str) -> ProvisioningError {
     match e {
-        StoreError::NotFound(m) => ProvisioningError::new(code, m),
+        StoreError::NotFound(_) => not_found::<T>(id),
         other => other.into(),
     }
 }

@@ -9,21 +9,8 @@ impl Admin {
         service: &str,
         id: &str,
     ) -> Result<DeviceRegistrationState, ProvisioningError> {
-        self.store
-            .get::<RegistrationRecord>(service, &IdKey::of(id))
-            .await?
-            .map(|r| service_view(r.state))
-            .ok_or_else(|| registration_not_found(id))
-    }
-
-    pub async fn delete_registration(
-        &self,
-        service: &str,
-        id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ProvisioningError> {
-        self.remove::<RegistrationRecord>(service, id, if_match, ErrorCode::RegistrationNotFound)
-            .await
+        let record = self.existing::<RegistrationRecord>(service, id).await?;
+        Ok(service_view(record.state))
     }
 
     /// Registration records of one enrollment group. The query body is
@@ -38,15 +25,8 @@ impl Admin {
         if let Some(q) = query {
             check_query(q, "deviceRegistrations")?;
         }
+        self.existing::<EnrollmentGroup>(service, group_id).await?;
         let group_key = IdKey::of(group_id);
-        if self
-            .store
-            .get::<EnrollmentGroup>(service, &group_key)
-            .await?
-            .is_none()
-        {
-            return Err(not_found(EnrollmentKind::Group, group_id));
-        }
         let (after, limit) = page_bounds(page)?;
         let mut items = self
             .store
@@ -58,11 +38,4 @@ impl Admin {
             continuation,
         })
     }
-}
-
-fn registration_not_found(id: &str) -> ProvisioningError {
-    ProvisioningError::new(
-        ErrorCode::RegistrationNotFound,
-        format!("no device has registered with registration ID '{id}'"),
-    )
 }

@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use onramp_model::{
-    AttestationMechanism, DeviceRegistrationState, ETag, EnrollmentGroup, EnrollmentKind, IdKey,
-    IndividualEnrollment, UtcTime,
+    AttestationMechanism, DeviceRegistrationState, ETag, EnrollmentGroup, EnrollmentKind,
+    ErrorCode, IdKey, IndividualEnrollment, UtcTime,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,8 +192,8 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    /// How a "not found" names a record of this kind and key.
-    pub fn missing(self, key: &IdKey) -> String {
+    /// How a "not found" names a record of this kind and ID.
+    pub fn missing(self, key: &str) -> String {
         match self {
             RecordKind::Enrollment => EnrollmentKind::Individual.not_found(key),
             RecordKind::EnrollmentGroup => EnrollmentKind::Group.not_found(key),
@@ -202,6 +202,17 @@ impl RecordKind {
             }
             RecordKind::CaCertificate => format!("no CA certificate is named '{key}'"),
             RecordKind::LinkedHub => format!("no linked hub is named '{key}'"),
+        }
+    }
+
+    /// The Azure error code of a missing record of this kind.
+    pub fn not_found_code(self) -> ErrorCode {
+        match self {
+            RecordKind::Enrollment => EnrollmentKind::Individual.not_found_code(),
+            RecordKind::EnrollmentGroup => EnrollmentKind::Group.not_found_code(),
+            RecordKind::Registration => ErrorCode::RegistrationNotFound,
+            RecordKind::CaCertificate => ErrorCode::CaCertificateNotFound,
+            RecordKind::LinkedHub => ErrorCode::LinkedHubNotFound,
         }
     }
 }

@@ -16,34 +16,55 @@ use onramp_core::events::Protocol;
 use onramp_model::DeviceRegistration;
 use onramp_net::PeerCertificates;
 
-use super::route::Route;
-use super::{AppState, Query, respond};
+use super::route::{DevicePath, Route};
+use super::{AppState, Incoming, Query, respond};
 use crate::wire::{self, Call};
 
-pub(super) async fn handle(
-    state: &Arc<AppState>,
+pub(super) async fn handle(state: &Arc<AppState>, route: Route, req: Incoming) -> Response {
+    answer(state, route, req)
+        .await
+        .unwrap_or_else(|e| respond::error(&e))
+}
+
+/// A device-API request: the device its path names and the request's head.
+struct DeviceCall<'a> {
+    state: &'a AppState,
+    device: DevicePath,
+    query: &'a Query,
+    parts: &'a http::request::Parts,
+}
+
+impl DeviceCall<'_> {
+    /// Who the device says it is; a status lookup needs nothing more.
+    fn into_status_request(self) -> StatusRequest {
+        StatusRequest {
+            credential: credential(self.parts, None),
+            id_scope: self.device.scope,
+            registration_id: self.device.registration_id,
+            protocol: Protocol::Https,
+        }
+    }
+}
+
+async fn answer(
+    state: &AppState,
     route: Route,
-    query: &Query,
-    parts: &http::request::Parts,
-    body: Body,
-) -> Response {
-    let result = match route {
-        Route::DeviceRegister {
-            scope,
-            registration_id,
-        } => register(state, scope, registration_id, query, parts, body).await,
-        Route::DeviceOperation {
-            scope,
-            registration_id,
-            operation_id,
-        } => operation(state, scope, registration_id, operation_id, query, parts).await,
-        Route::DeviceStatus {
-            scope,
-            registration_id,
-        } => status(state, scope, registration_id, query, parts, body).await,
-        _ => Err(ProvisioningError::internal("not a device route")),
+    req: Incoming,
+) -> Result<Response, ProvisioningError> {
+    req.query.require_api_version()?;
+    let Incoming { query, parts, body } = req;
+    let call = |device| DeviceCall {
+        state,
+        device,
+        query: &query,
+        parts: &parts,
     };
-    result.unwrap_or_else(|e| respond::error(&e))
+    match route {
+        Route::DeviceRegister(device) => register(call(device), body).await,
+        Route::DeviceOperation(device, operation_id) => operation(call(device), operation_id).await,
+        Route::DeviceStatus(device) => status(call(device), body).await,
+        _ => Err(ProvisioningError::internal("not a device route")),
+    }
 }
 
 /// The token from `Authorization`, else the TLS client certificate chain,
@@ -68,15 +89,16 @@ fn credential(parts: &http::request::Parts, body: Option<&DeviceRegistration>) -
     }
 }
 
-async fn register(
-    state: &Arc<AppState>,
-    scope: String,
-    registration_id: String,
-    query: &Query,
-    parts: &http::request::Parts,
-    body: Body,
-) -> Result<Response, ProvisioningError> {
-    query.require_api_version()?;
+async fn register(call: DeviceCall<'_>, body: Body) -> Result<Response, ProvisioningError> {
+    let DeviceCall {
+        state,
+        device: DevicePath {
+            scope,
+            registration_id,
+        },
+        query,
+        parts,
+    } = call;
     let bytes = respond::read_body(body, state.config.max_body_bytes).await?;
     let registration = wire::decode_registration(&bytes, state.config.max_body_bytes)?;
     let force_registration = query
@@ -88,7 +110,7 @@ async fn register(
     );
     let request = RegisterRequest {
         id_scope: scope,
-        registration_id: registration_id.clone(),
+        registration_id,
         credential: credential(parts, Some(&registration)),
         body: registration,
         force_registration,
@@ -107,46 +129,34 @@ async fn register(
 }
 
 async fn operation(
-    state: &Arc<AppState>,
-    scope: String,
-    registration_id: String,
+    call: DeviceCall<'_>,
     operation_id: String,
-    query: &Query,
-    parts: &http::request::Parts,
 ) -> Result<Response, ProvisioningError> {
-    query.require_api_version()?;
-    let status = state
-        .engine
-        .operation_status(OperationRequest {
-            id_scope: scope,
-            registration_id,
-            credential: credential(parts, None),
-            operation_id,
-            protocol: Protocol::Https,
-        })
-        .await?;
+    let engine = &call.state.engine;
+    let StatusRequest {
+        id_scope,
+        registration_id,
+        credential,
+        protocol,
+    } = call.into_status_request();
+    let request = OperationRequest {
+        id_scope,
+        registration_id,
+        credential,
+        operation_id,
+        protocol,
+    };
+    let status = engine.operation_status(request).await?;
     Ok(respond::answer(wire::operation(Call::Poll, &status)))
 }
 
-async fn status(
-    state: &Arc<AppState>,
-    scope: String,
-    registration_id: String,
-    query: &Query,
-    parts: &http::request::Parts,
-    body: Body,
-) -> Result<Response, ProvisioningError> {
-    query.require_api_version()?;
+async fn status(call: DeviceCall<'_>, body: Body) -> Result<Response, ProvisioningError> {
+    let state = call.state;
     // The credential comes from the headers alone here, so the caller is
     // checked before its body is read.
     let record = state
         .engine
-        .registration_status(StatusRequest {
-            id_scope: scope,
-            registration_id,
-            credential: credential(parts, None),
-            protocol: Protocol::Https,
-        })
+        .registration_status(call.into_status_request())
         .await?;
     // The body (a DeviceRegistration) carries nothing this call needs; it is
     // still bounded and must be JSON if present.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -128,12 +129,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     let query = Query::parse(req.uri().query());
     let (parts, body) = req.into_parts();
+    let incoming = Incoming { query, parts, body };
     let resp = match route {
         Route::Health => (StatusCode::OK, "ok").into_response(),
-        Route::DeviceRegister { .. }
-        | Route::DeviceOperation { .. }
-        | Route::DeviceStatus { .. } => device::handle(&state, route, &query, &parts, body).await,
-        other => service::handle(&state, other, &query, &parts, body).await,
+        Route::DeviceRegister(_) | Route::DeviceOperation(..) | Route::DeviceStatus(_) => {
+            device::handle(&state, route, incoming).await
+        }
+        other => service::handle(&state, other, incoming).await,
     };
     tracing::debug!(
         target: "onramp::http",
@@ -149,8 +151,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
 fn body_limit(route: &Route, config: &EndpointConfig) -> Option<usize> {
     match route {
         Route::EnrollmentBulk | Route::GroupBulk => Some(config.max_bulk_body_bytes),
-        Route::DeviceRegister { .. }
-        | Route::DeviceStatus { .. }
+        Route::DeviceRegister(_)
+        | Route::DeviceStatus(_)
         | Route::Enrollment(_)
         | Route::EnrollmentQuery
         | Route::Group(_)
@@ -167,6 +169,13 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A routed request taken apart; the route holds its path parameters.
+pub(super) struct Incoming {
+    query: Query,
+    parts: http::request::Parts,
+    body: Body,
 }
 
 /// The query string, decoded.

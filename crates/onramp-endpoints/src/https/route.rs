@@ -6,21 +6,27 @@
 use http::Method;
 use percent_encoding::percent_decode_str;
 
+/// The device a device-API path names: `/{scope}/registrations/{id}/…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePath {
+    pub scope: String,
+    pub registration_id: String,
+}
+
+impl DevicePath {
+    fn new(scope: &str, registration_id: &str) -> Self {
+        Self {
+            scope: scope.to_owned(),
+            registration_id: registration_id.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    DeviceRegister {
-        scope: String,
-        registration_id: String,
-    },
-    DeviceOperation {
-        scope: String,
-        registration_id: String,
-        operation_id: String,
-    },
-    DeviceStatus {
-        scope: String,
-        registration_id: String,
-    },
+    DeviceRegister(DevicePath),
+    DeviceOperation(DevicePath, String),
+    DeviceStatus(DevicePath),
     Enrollment(String),
     EnrollmentAttestation(String),
     EnrollmentQuery,
@@ -62,103 +68,64 @@ pub fn route(method: &Method, path: &str) -> RouteMatch {
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     let m = method.clone();
     use RouteMatch::{Found, WrongMethod};
-    let only = |allowed: Method, allowed_text: &'static str, route: Route| {
-        if m == allowed {
+    // The route if the method is one of `allowed` ("GET, PUT, DELETE": the
+    // text of the Allow header otherwise).
+    let allow = |allowed: &'static str, route: Route| {
+        if allowed.split(", ").any(|a| a == m.as_str()) {
             Found(route)
         } else {
-            WrongMethod {
-                allowed: allowed_text,
-            }
+            WrongMethod { allowed }
         }
     };
-    let crud = |route: Route| {
-        if m == Method::GET || m == Method::PUT || m == Method::DELETE {
-            Found(route)
-        } else {
-            WrongMethod {
-                allowed: "GET, PUT, DELETE",
-            }
-        }
-    };
+    const CRUD: &str = "GET, PUT, DELETE";
     match s.as_slice() {
         [] => RouteMatch::NotMine,
-        [h] if lit(h, "health") => only(Method::GET, "GET", Route::Health),
+        [h] if lit(h, "health") => allow("GET", Route::Health),
 
-        [e] if lit(e, "enrollments") => only(Method::POST, "POST", Route::EnrollmentBulk),
+        [e] if lit(e, "enrollments") => allow("POST", Route::EnrollmentBulk),
         [e, q] if lit(e, "enrollments") && lit(q, "query") && m == Method::POST => {
             Found(Route::EnrollmentQuery)
         }
-        [e, id] if lit(e, "enrollments") => crud(Route::Enrollment(id.to_string())),
-        [e, id, a] if lit(e, "enrollments") && lit(a, "attestationmechanism") => only(
-            Method::POST,
-            "POST",
-            Route::EnrollmentAttestation(id.to_string()),
-        ),
+        [e, id] if lit(e, "enrollments") => allow(CRUD, Route::Enrollment(id.to_string())),
+        [e, id, a] if lit(e, "enrollments") && lit(a, "attestationmechanism") => {
+            allow("POST", Route::EnrollmentAttestation(id.to_string()))
+        }
 
-        [g] if lit(g, "enrollmentgroups") => only(Method::POST, "POST", Route::GroupBulk),
+        [g] if lit(g, "enrollmentgroups") => allow("POST", Route::GroupBulk),
         [g, q] if lit(g, "enrollmentgroups") && lit(q, "query") && m == Method::POST => {
             Found(Route::GroupQuery)
         }
-        [g, id] if lit(g, "enrollmentgroups") => crud(Route::Group(id.to_string())),
-        [g, id, a] if lit(g, "enrollmentgroups") && lit(a, "attestationmechanism") => only(
-            Method::POST,
-            "POST",
-            Route::GroupAttestation(id.to_string()),
-        ),
-
-        [r, id, q] if lit(r, "registrations") && lit(q, "query") => only(
-            Method::POST,
-            "POST",
-            Route::RegistrationQuery(id.to_string()),
-        ),
-        [r, id] if lit(r, "registrations") => {
-            if m == Method::GET || m == Method::DELETE {
-                Found(Route::Registration(id.to_string()))
-            } else {
-                WrongMethod {
-                    allowed: "GET, DELETE",
-                }
-            }
+        [g, id] if lit(g, "enrollmentgroups") => allow(CRUD, Route::Group(id.to_string())),
+        [g, id, a] if lit(g, "enrollmentgroups") && lit(a, "attestationmechanism") => {
+            allow("POST", Route::GroupAttestation(id.to_string()))
         }
 
-        [c] if lit(c, "certificates") => only(Method::GET, "GET", Route::Certificates),
-        [c, name] if lit(c, "certificates") => crud(Route::Certificate(name.to_string())),
-        [c, name, v] if lit(c, "certificates") && lit(v, "generateverificationcode") => only(
-            Method::POST,
-            "POST",
-            Route::CertificateVerificationCode(name.to_string()),
-        ),
-        [c, name, v] if lit(c, "certificates") && lit(v, "verify") => only(
-            Method::POST,
-            "POST",
-            Route::CertificateVerify(name.to_string()),
-        ),
+        [r, id, q] if lit(r, "registrations") && lit(q, "query") => {
+            allow("POST", Route::RegistrationQuery(id.to_string()))
+        }
+        [r, id] if lit(r, "registrations") => {
+            allow("GET, DELETE", Route::Registration(id.to_string()))
+        }
 
-        [scope, r, id, reg] if lit(r, "registrations") && lit(reg, "register") => only(
-            Method::PUT,
-            "PUT",
-            Route::DeviceRegister {
-                scope: scope.to_string(),
-                registration_id: id.to_string(),
-            },
-        ),
-        [scope, r, id, ops, op] if lit(r, "registrations") && lit(ops, "operations") => only(
-            Method::GET,
-            "GET",
-            Route::DeviceOperation {
-                scope: scope.to_string(),
-                registration_id: id.to_string(),
-                operation_id: op.to_string(),
-            },
-        ),
-        [scope, r, id] if lit(r, "registrations") => only(
-            Method::POST,
-            "POST",
-            Route::DeviceStatus {
-                scope: scope.to_string(),
-                registration_id: id.to_string(),
-            },
-        ),
+        [c] if lit(c, "certificates") => allow("GET", Route::Certificates),
+        [c, name] if lit(c, "certificates") => allow(CRUD, Route::Certificate(name.to_string())),
+        [c, name, v] if lit(c, "certificates") && lit(v, "generateverificationcode") => {
+            allow("POST", Route::CertificateVerificationCode(name.to_string()))
+        }
+        [c, name, v] if lit(c, "certificates") && lit(v, "verify") => {
+            allow("POST", Route::CertificateVerify(name.to_string()))
+        }
+
+        [scope, r, id, reg] if lit(r, "registrations") && lit(reg, "register") => {
+            allow("PUT", Route::DeviceRegister(DevicePath::new(scope, id)))
+        }
+        [scope, r, id, ops, op] if lit(r, "registrations") && lit(ops, "operations") => {
+            let device = DevicePath::new(scope, id);
+            allow("GET", Route::DeviceOperation(device, op.to_string()))
+        }
+        [scope, r, id] if lit(r, "registrations") => {
+            allow("POST", Route::DeviceStatus(DevicePath::new(scope, id)))
+        }
         _ => RouteMatch::NotMine,
     }
 }
@@ -200,28 +167,27 @@ mod tests {
         );
         assert_eq!(
             r(Method::PUT, "/0ne0001A2B3/registrations/dev-01/register"),
-            RouteMatch::Found(Route::DeviceRegister {
-                scope: "0ne0001A2B3".into(),
-                registration_id: "dev-01".into()
-            })
+            RouteMatch::Found(Route::DeviceRegister(DevicePath::new(
+                "0ne0001A2B3",
+                "dev-01"
+            )))
         );
         assert_eq!(
             r(
                 Method::GET,
                 "/0ne0001A2B3/registrations/dev%3A01/operations/1.abc.def"
             ),
-            RouteMatch::Found(Route::DeviceOperation {
-                scope: "0ne0001A2B3".into(),
-                registration_id: "dev:01".into(),
-                operation_id: "1.abc.def".into()
-            })
+            RouteMatch::Found(Route::DeviceOperation(
+                DevicePath::new("0ne0001A2B3", "dev:01"),
+                "1.abc.def".into()
+            ))
         );
         assert_eq!(
             r(Method::POST, "/0ne0001A2B3/registrations/dev-01"),
-            RouteMatch::Found(Route::DeviceStatus {
-                scope: "0ne0001A2B3".into(),
-                registration_id: "dev-01".into()
-            })
+            RouteMatch::Found(Route::DeviceStatus(DevicePath::new(
+                "0ne0001A2B3",
+                "dev-01"
+            )))
         );
         assert_eq!(
             r(Method::PATCH, "/enrollments/x"),

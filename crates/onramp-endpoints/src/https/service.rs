@@ -9,25 +9,20 @@ use axum::response::Response;
 use onramp_core::ProvisioningError;
 use onramp_core::admin::{EnrollmentResource, Page, PageRequest};
 use onramp_core::auth::{self, ServiceCaller};
-use onramp_core::tenant::AccessRights;
+use onramp_core::ports::RegistrationRecord;
+use onramp_core::tenant::{AccessRights, CaCertificate};
 use onramp_model::certificate::CertificateBody;
 use onramp_model::query::QuerySpecification;
 use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
 use serde::Serialize;
 
 use super::route::Route;
-use super::{AppState, Query, header, respond};
+use super::{AppState, Incoming, header, respond};
 
-pub(super) async fn handle(
-    state: &Arc<AppState>,
-    route: Route,
-    query: &Query,
-    parts: &http::request::Parts,
-    body: Body,
-) -> Response {
+pub(super) async fn handle(state: &Arc<AppState>, route: Route, req: Incoming) -> Response {
     let started = std::time::Instant::now();
     let name = operation_name(&route);
-    let result = run(state, route, query, parts, body).await;
+    let result = run(state, route, req).await;
     let (status, caller) = match &result {
         Ok((resp, caller)) => (resp.status().as_u16(), Some(caller.clone())),
         Err(e) => (e.http_status(), None),
@@ -69,10 +64,9 @@ fn operation_name(route: &Route) -> &'static str {
 async fn run(
     state: &Arc<AppState>,
     route: Route,
-    query: &Query,
-    parts: &http::request::Parts,
-    body: Body,
+    req: Incoming,
 ) -> Result<(Response, ServiceCaller), ProvisioningError> {
+    let Incoming { query, parts, body } = req;
     let (method, headers) = (&parts.method, &parts.headers);
     query.require_api_version()?;
     let caller = auth::authenticate(
@@ -120,7 +114,9 @@ async fn run(
                 AccessRights::REGISTRATION_STATUS_WRITE,
                 "deleting a registration",
             )?;
-            admin.delete_registration(svc, &id, if_match).await?;
+            admin
+                .delete::<RegistrationRecord>(svc, &id, if_match)
+                .await?;
             no_content()
         }
         (Route::RegistrationQuery(group), _) => {
@@ -157,7 +153,7 @@ async fn run(
         }
         (Route::Certificate(name), Method::Delete) => {
             caller.require(AccessRights::SERVICE_CONFIG, "deleting a CA certificate")?;
-            admin.delete_ca_certificate(svc, &name, if_match).await?;
+            admin.delete::<CaCertificate>(svc, &name, if_match).await?;
             no_content()
         }
         (Route::CertificateVerificationCode(name), _) => {
