@@ -109,6 +109,30 @@ impl AttestationStep {
     }
 }
 
+/// One device operation's log event: the same fields whether it succeeded
+/// (`result = "Success"` at the `success` level) or failed (`"Failure"` at
+/// the `failure` level, with the error's own fields).
+macro_rules! outcome_event {
+    (
+        $error:expr, success: $ok:ident, failure: $failed:ident,
+        { $($field:tt)* }, |$e:ident| { $($error_field:tt)* }
+    ) => {
+        match $error {
+            None => tracing::$ok!(
+                target: "onramp::device_operations",
+                $($field)*
+                result = "Success",
+            ),
+            Some($e) => tracing::$failed!(
+                target: "onramp::device_operations",
+                $($field)*
+                result = "Failure",
+                $($error_field)*
+            ),
+        }
+    };
+}
+
 /// A device tried to prove who it is.
 pub struct AttestationAttempt<'a> {
     pub id_scope: &'a str,
@@ -130,29 +154,17 @@ impl AttestationAttempt<'_> {
             "outcome" => outcome,
         )
         .increment(1);
-        match self.error {
-            None => tracing::debug!(
-                target: "onramp::device_operations",
-                operation = "AttestationAttempt",
-                id_scope = self.id_scope,
-                registration_id = self.registration_id,
-                protocol = self.protocol.as_str(),
-                step = self.step.as_str(),
-                result = "Success",
-            ),
-            Some(e) => tracing::info!(
-                target: "onramp::device_operations",
-                operation = "AttestationAttempt",
-                id_scope = self.id_scope,
-                registration_id = self.registration_id,
-                protocol = self.protocol.as_str(),
-                step = self.step.as_str(),
-                result = "Failure",
-                error_code = e.code.code(),
-                error = e.code.name(),
-                message = %e.message,
-            ),
-        }
+        outcome_event!(self.error, success: debug, failure: info, {
+            operation = "AttestationAttempt",
+            id_scope = self.id_scope,
+            registration_id = self.registration_id,
+            protocol = self.protocol.as_str(),
+            step = self.step.as_str(),
+        }, |e| {
+            error_code = e.code.code(),
+            error = e.code.name(),
+            message = %e.message,
+        });
     }
 }
 
@@ -222,26 +234,15 @@ impl HubCleanup<'_> {
             "outcome" => if self.error.is_some() { "failed" } else { "removed" },
         )
         .increment(1);
-        match self.error {
-            None => tracing::info!(
-                target: "onramp::device_operations",
-                operation = "HubCleanup",
-                service = self.service,
-                hub = self.hub,
-                device_id = self.device_id,
-                result = "Success",
-            ),
-            Some(e) => tracing::warn!(
-                target: "onramp::device_operations",
-                operation = "HubCleanup",
-                service = self.service,
-                hub = self.hub,
-                device_id = self.device_id,
-                result = "Failure",
-                message = %e,
-                "the device moved to another hub but its old identity could not be removed; delete it from that hub",
-            ),
-        }
+        outcome_event!(self.error, success: info, failure: warn, {
+            operation = "HubCleanup",
+            service = self.service,
+            hub = self.hub,
+            device_id = self.device_id,
+        }, |e| {
+            message = %e,
+            "the device moved to another hub but its old identity could not be removed; delete it from that hub",
+        });
     }
 }
 

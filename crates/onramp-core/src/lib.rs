@@ -39,6 +39,7 @@ pub mod keys;
 pub mod linked_hubs;
 pub mod ports;
 pub mod reprovision;
+pub mod rights;
 pub mod sas;
 pub mod tenant;
 pub mod tpm;

@@ -240,41 +240,38 @@ mod tests {
     fn accepts_every_sdk_spelling() {
         let se = 1_900_000_000;
         let expected = "0ne00TEST01/registrations/dev-01";
+        // The SDKs differ in how they encode the resource (`sr`), in the
+        // order of the fields after it and in how they write `skn`.
+        let token = |sr: &str, sig: String, tail: &str| {
+            format!("SharedAccessSignature sr={sr}&sig={sig}{tail}")
+        };
+        let sig = |sr: &str| encode(&sign_raw(sr, se, KEY));
+        let (python_sr, c_sr) = (
+            "0ne00TEST01%2Fregistrations%2Fdev-01",
+            "0ne00TEST01%2fregistrations%2fdev-01",
+        );
+        let edge_sr = "0ne00test01%2Fregistrations%2Fdev-01";
         let spellings = [
             // Node: raw resource, skn=registration, order sr,sig,skn,se
-            format!(
-                "SharedAccessSignature sr={expected}&sig={}&skn=registration&se={se}",
-                encode(&sign_raw(expected, se, KEY))
+            token(
+                expected,
+                sig(expected),
+                &format!("&skn=registration&se={se}"),
             ),
             // Python: %2F, no skn
-            format!(
-                "SharedAccessSignature sr=0ne00TEST01%2Fregistrations%2Fdev-01&sig={}&se={se}",
-                encode(&sign_raw("0ne00TEST01%2Fregistrations%2Fdev-01", se, KEY))
-            ),
-            // C: %2f lower-case
-            format!(
-                "SharedAccessSignature sr=0ne00TEST01%2fregistrations%2fdev-01&sig={}&se={se}&skn=registration",
-                lower_hex(&encode(&sign_raw(
-                    "0ne00TEST01%2fregistrations%2fdev-01",
-                    se,
-                    KEY
-                )))
+            token(python_sr, sig(python_sr), &format!("&se={se}")),
+            // C: %2f lower-case, in the signature too
+            token(
+                c_sr,
+                lower_hex(&sig(c_sr)),
+                &format!("&se={se}&skn=registration"),
             ),
             // Java: raw, empty skn
-            format!(
-                "SharedAccessSignature sr={expected}&sig={}&se={se}&skn=",
-                encode(&sign_raw(expected, se, KEY))
-            ),
+            token(expected, sig(expected), &format!("&se={se}&skn=")),
             // Edge: lower-cased then encoded
-            format!(
-                "SharedAccessSignature sr=0ne00test01%2Fregistrations%2Fdev-01&sig={}&se={se}&skn=registration",
-                encode(&sign_raw("0ne00test01%2Fregistrations%2Fdev-01", se, KEY))
-            ),
+            token(edge_sr, sig(edge_sr), &format!("&se={se}&skn=registration")),
             // Hand-made: literal '+' left in the signature
-            format!(
-                "SharedAccessSignature sr={expected}&sig={}&se={se}",
-                sign_raw(expected, se, KEY)
-            ),
+            token(expected, sign_raw(expected, se, KEY), &format!("&se={se}")),
             // Our own signer
             sign(expected, KEY, se, Some("registration")).unwrap(),
         ];

@@ -4,8 +4,6 @@
 //! ID scope (what devices name), policies (what operators hold) and linked
 //! hubs; nothing of one is visible through another.
 
-use std::fmt;
-
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition, IdScope, Secret, UtcTime};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +52,7 @@ pub enum TenantError {
 /// The policy every new provisioning service gets, with all rights.
 pub const OWNER_POLICY: &str = "provisioningserviceowner";
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProvisioningService {
@@ -63,81 +62,30 @@ pub struct ProvisioningService {
     /// Policy for enrollments that name none.
     pub allocation_policy: AllocationPolicy,
     /// The webhook for `custom` allocation when an enrollment names none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_allocation: Option<CustomAllocationDefinition>,
     pub created: UtcTime,
 }
 
-/// Rights a shared access policy grants, as Azure names them.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct AccessRights(u8);
+crate::named_rights!(
+    /// Rights a shared access policy grants, as Azure names them.
+    #[derive(Serialize, Deserialize)]
+    #[serde(into = "String", try_from = "String")]
+    pub struct AccessRights {
+        SERVICE_CONFIG = 1 => "ServiceConfig",
+        ENROLLMENT_READ = 2 => "EnrollmentRead",
+        ENROLLMENT_WRITE = 4 => "EnrollmentWrite",
+        DEVICE_CONNECT = 8 => "DeviceConnect",
+        REGISTRATION_STATUS_READ = 16 => "RegistrationStatusRead",
+        REGISTRATION_STATUS_WRITE = 32 => "RegistrationStatusWrite",
+    }
+);
 
 impl AccessRights {
-    pub const SERVICE_CONFIG: Self = Self(1);
-    pub const ENROLLMENT_READ: Self = Self(2);
-    pub const ENROLLMENT_WRITE: Self = Self(4);
-    pub const DEVICE_CONNECT: Self = Self(8);
-    pub const REGISTRATION_STATUS_READ: Self = Self(16);
-    pub const REGISTRATION_STATUS_WRITE: Self = Self(32);
-    pub const ALL: Self = Self(63);
-
-    const NAMES: [(Self, &'static str); 6] = [
-        (Self::SERVICE_CONFIG, "ServiceConfig"),
-        (Self::ENROLLMENT_READ, "EnrollmentRead"),
-        (Self::ENROLLMENT_WRITE, "EnrollmentWrite"),
-        (Self::DEVICE_CONNECT, "DeviceConnect"),
-        (Self::REGISTRATION_STATUS_READ, "RegistrationStatusRead"),
-        (Self::REGISTRATION_STATUS_WRITE, "RegistrationStatusWrite"),
-    ];
-
-    pub fn contains(&self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    pub fn bits(&self) -> u8 {
-        self.0
-    }
-
-    pub fn from_bits(bits: u8) -> Self {
-        Self(bits & Self::ALL.0)
-    }
-
-    /// Parses Azure's form, `"EnrollmentRead, EnrollmentWrite"` (any case,
-    /// commas or spaces between names).
+    /// Parses Azure's form, `"EnrollmentRead, EnrollmentWrite"`.
     pub fn parse(text: &str) -> Result<Self, TenantError> {
-        let mut rights = Self::default();
-        for word in text.split([',', ' ', '|']).filter(|w| !w.is_empty()) {
-            let (bit, _) = Self::NAMES
-                .iter()
-                .find(|(_, name)| name.eq_ignore_ascii_case(word))
-                .ok_or_else(|| TenantError::UnknownRight {
-                    word: word.to_owned(),
-                })?;
-            rights = rights.union(*bit);
-        }
-        Ok(rights)
-    }
-}
-
-impl fmt::Display for AccessRights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = Self::NAMES
-            .iter()
-            .filter(|(bit, _)| self.contains(*bit))
-            .map(|(_, name)| *name)
-            .collect();
-        f.write_str(&names.join(", "))
-    }
-}
-
-impl fmt::Debug for AccessRights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AccessRights({self})")
+        Self::parse_names(text).map_err(|word| TenantError::UnknownRight {
+            word: word.to_owned(),
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use onramp_core::engine::{Engine, OperationRequest, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_model::{ErrorCode, RegistrationOperationStatus};
 use onramp_net::mqtt::{
-    ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
+    Admission, ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
 };
 
 use crate::EndpointConfig;
@@ -66,27 +66,20 @@ fn refusal(e: ProvisioningError) -> Refusal {
     }
 }
 
+/// A DPS user name's scope and registration ID, and the query after them.
+fn dps_user_name(username: &str) -> Option<((&str, &str), &str)> {
+    let query = username.splitn(4, '/').nth(3).unwrap_or("");
+    parse_dps_username(username).map(|identity| (identity, query))
+}
+
 #[async_trait]
 impl MqttApp for DpsMqtt {
-    async fn connect(
-        &self,
-        info: &ConnectInfo,
-        _outbox: Outbox,
-    ) -> Result<Box<dyn MqttSession>, Refusal> {
-        let username = info.username.as_deref().unwrap_or_default();
-        let Some((scope, registration_id)) = parse_dps_username(username) else {
-            return Err(Refusal::BadUserNameOrPassword(format!(
-                "user name '{username}' is not {{idScope}}/registrations/{{registrationId}}/api-version=…"
-            )));
-        };
-        let query = username.splitn(4, '/').nth(3).unwrap_or("");
-        Refusal::check_api_version(query)?;
-        if !info.client_id.eq_ignore_ascii_case(registration_id) {
-            return Err(Refusal::IdentifierRejected(format!(
-                "client ID '{}' must be the registration ID '{registration_id}'",
-                info.client_id
-            )));
-        }
+    async fn connect(&self, info: &ConnectInfo, _outbox: Outbox) -> Admission {
+        let (scope, registration_id) = info.user_name_identity(
+            dps_user_name,
+            "{idScope}/registrations/{registrationId}/api-version=…",
+        )?;
+        info.require_client_id(registration_id, "registration ID")?;
         let credential = match info.password_text() {
             Some(token) if !token.is_empty() => DeviceCredential::SasToken(token.to_owned()),
             _ if !info.peer_certificates.0.is_empty() => DeviceCredential::X509Chain(
@@ -242,11 +235,7 @@ pub struct MqttRouter {
 
 #[async_trait]
 impl MqttApp for MqttRouter {
-    async fn connect(
-        &self,
-        info: &ConnectInfo,
-        outbox: Outbox,
-    ) -> Result<Box<dyn MqttSession>, Refusal> {
+    async fn connect(&self, info: &ConnectInfo, outbox: Outbox) -> Admission {
         let is_dps = info
             .username
             .as_deref()

@@ -10,6 +10,31 @@ use crate::events::{AttestationAttempt, AttestationStep, Protocol};
 use crate::ports::RegistrationInputs;
 use crate::tenant::ProvisioningService;
 
+/// Who a device request says it is, for attestation to check.
+#[derive(Clone, Copy)]
+pub(super) struct Claim<'a> {
+    pub id_scope: &'a str,
+    pub registration_id: &'a RegistrationId,
+    pub credential: &'a DeviceCredential,
+    pub protocol: Protocol,
+}
+
+impl<'a> Claim<'a> {
+    pub fn of(
+        id_scope: &'a str,
+        registration_id: &'a RegistrationId,
+        credential: &'a DeviceCredential,
+        protocol: Protocol,
+    ) -> Self {
+        Self {
+            id_scope,
+            registration_id,
+            credential,
+            protocol,
+        }
+    }
+}
+
 impl Engine {
     /// Checks a device's credential without registering it (an MQTT or AMQP
     /// connection is accepted or refused before any request).
@@ -21,31 +46,22 @@ impl Engine {
         protocol: Protocol,
     ) -> Result<(), ProvisioningError> {
         let registration_id = parse_registration_id(registration_id)?;
-        self.authenticate(
-            id_scope,
-            &registration_id,
-            credential,
-            protocol,
-            AttestationStep::Connect,
-        )
-        .await
-        .map(|_| ())
+        let claim = Claim::of(id_scope, &registration_id, credential, protocol);
+        self.authenticate(claim, AttestationStep::Connect)
+            .await
+            .map(|_| ())
     }
 
     pub(super) async fn authenticate(
         &self,
-        id_scope: &str,
-        registration_id: &RegistrationId,
-        credential: &DeviceCredential,
-        protocol: Protocol,
+        claim: Claim<'_>,
         step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
         let found = self
-            .service_for_scope(id_scope)
+            .service_for_scope(claim.id_scope)
             .await
             .map(|service| (service, Prefetched::default()));
-        self.attest_in(found, id_scope, registration_id, credential, protocol, step)
-            .await
+        self.attest_in(found, claim, step).await
     }
 
     /// Attestation in the service found for the ID scope (or the error of not
@@ -53,12 +69,15 @@ impl Engine {
     pub(super) async fn attest_in(
         &self,
         found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
-        id_scope: &str,
-        registration_id: &RegistrationId,
-        credential: &DeviceCredential,
-        protocol: Protocol,
+        claim: Claim<'_>,
         step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
+        let Claim {
+            id_scope,
+            registration_id,
+            credential,
+            protocol,
+        } = claim;
         let result = match found {
             Ok((service, prefetched)) => attest(
                 &*self.store,

@@ -9,6 +9,7 @@ use onramp_model::{
     SymmetricKeyRegistrationResult, UtcTime, X509RegistrationResult,
 };
 
+use super::authenticate::Claim;
 use super::in_flight::{InFlight, Overtaken};
 use super::settings::Settings;
 use super::{Engine, RegisterRequest, parse_registration_id};
@@ -68,15 +69,14 @@ impl Engine {
             }
             Err(e) => (Err(e), Default::default()),
         };
+        let claim = Claim::of(
+            &req.id_scope,
+            &registration_id,
+            &req.credential,
+            req.protocol,
+        );
         let (service, attested) = self
-            .attest_in(
-                found,
-                &req.id_scope,
-                &registration_id,
-                &req.credential,
-                req.protocol,
-                AttestationStep::Register,
-            )
+            .attest_in(found, claim, AttestationStep::Register)
             .await?;
         let (previous, linked) = earlier;
 

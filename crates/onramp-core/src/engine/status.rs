@@ -6,6 +6,7 @@ use onramp_model::{
     DeviceRegistrationState, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
 };
 
+use super::authenticate::Claim;
 use super::operation_id::operation_started;
 use super::{Engine, OperationRequest, StatusRequest, parse_registration_id};
 use crate::ProvisioningError;
@@ -19,14 +20,14 @@ impl Engine {
         req: OperationRequest,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
         let registration_id = parse_registration_id(&req.registration_id)?;
+        let claim = Claim::of(
+            &req.id_scope,
+            &registration_id,
+            &req.credential,
+            req.protocol,
+        );
         let (service, _) = self
-            .authenticate(
-                &req.id_scope,
-                &registration_id,
-                &req.credential,
-                req.protocol,
-                AttestationStep::OperationStatus,
-            )
+            .authenticate(claim, AttestationStep::OperationStatus)
             .await?;
         let key = registration_id.key();
         let running = self
@@ -99,14 +100,14 @@ impl Engine {
         req: StatusRequest,
     ) -> Result<DeviceRegistrationState, ProvisioningError> {
         let registration_id = parse_registration_id(&req.registration_id)?;
+        let claim = Claim::of(
+            &req.id_scope,
+            &registration_id,
+            &req.credential,
+            req.protocol,
+        );
         let (service, _) = self
-            .authenticate(
-                &req.id_scope,
-                &registration_id,
-                &req.credential,
-                req.protocol,
-                AttestationStep::RegistrationStatus,
-            )
+            .authenticate(claim, AttestationStep::RegistrationStatus)
             .await?;
         let state = self
             .store

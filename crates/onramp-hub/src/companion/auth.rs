@@ -1,59 +1,18 @@
 //! Who may call the companion hub: IoT Hub shared access policies and their
 //! rights (RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect).
 
-use std::fmt;
-
 use onramp_core::sas;
 use onramp_model::Secret;
 
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub struct HubRights(u8);
-
-impl HubRights {
-    pub const REGISTRY_READ: Self = Self(1);
-    pub const REGISTRY_WRITE: Self = Self(2);
-    pub const SERVICE_CONNECT: Self = Self(4);
-    pub const DEVICE_CONNECT: Self = Self(8);
-    pub const ALL: Self = Self(15);
-
-    pub fn bits(&self) -> u8 {
-        self.0
+onramp_core::named_rights!(
+    /// Rights an IoT Hub shared access policy grants.
+    pub struct HubRights {
+        REGISTRY_READ = 1 => "RegistryRead",
+        REGISTRY_WRITE = 2 => "RegistryWrite",
+        SERVICE_CONNECT = 4 => "ServiceConnect",
+        DEVICE_CONNECT = 8 => "DeviceConnect",
     }
-    pub fn from_bits(bits: u8) -> Self {
-        Self(bits & 15)
-    }
-    pub fn contains(&self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub fn intersects(&self, other: Self) -> bool {
-        self.0 & other.0 != 0
-    }
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-}
-
-impl fmt::Display for HubRights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = [
-            (Self::REGISTRY_READ, "RegistryRead"),
-            (Self::REGISTRY_WRITE, "RegistryWrite"),
-            (Self::SERVICE_CONNECT, "ServiceConnect"),
-            (Self::DEVICE_CONNECT, "DeviceConnect"),
-        ]
-        .iter()
-        .filter(|(r, _)| self.contains(*r))
-        .map(|(_, n)| *n)
-        .collect();
-        f.write_str(&names.join(", "))
-    }
-}
-
-impl fmt::Debug for HubRights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HubRights({self})")
-    }
-}
+);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubPolicy {

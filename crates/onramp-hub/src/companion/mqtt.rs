@@ -20,7 +20,7 @@ use onramp_model::UtcTime;
 use onramp_model::authority::same_host;
 use onramp_model::hub::{AuthenticationType, DeviceStatus};
 use onramp_net::mqtt::{
-    ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
+    Admission, ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
 };
 use serde_json::{Map, Value, json};
 
@@ -49,33 +49,24 @@ pub fn parse_hub_username(username: &str) -> Option<(&str, &str)> {
         .filter(|(h, d)| !h.is_empty() && !d.is_empty())
 }
 
+/// A hub user name's host and device ID, and the query after them.
+fn hub_user_name(username: &str) -> Option<((&str, &str), &str)> {
+    let query = username.split_once('?').map_or("", |(_, q)| q);
+    parse_hub_username(username).map(|identity| (identity, query))
+}
+
 #[async_trait]
 impl MqttApp for HubMqtt {
-    async fn connect(
-        &self,
-        info: &ConnectInfo,
-        outbox: Outbox,
-    ) -> Result<Box<dyn MqttSession>, Refusal> {
-        let username = info.username.as_deref().unwrap_or_default();
-        let Some((host, device_id)) = parse_hub_username(username) else {
-            return Err(Refusal::BadUserNameOrPassword(format!(
-                "user name '{username}' is not {{hub}}/{{deviceId}}/?api-version=…"
-            )));
-        };
-        let query = username.split_once('?').map_or("", |(_, q)| q);
-        Refusal::check_api_version(query)?;
+    async fn connect(&self, info: &ConnectInfo, outbox: Outbox) -> Admission {
+        let (host, device_id) =
+            info.user_name_identity(hub_user_name, "{hub}/{deviceId}/?api-version=…")?;
         if !same_host(host, self.hub.host_name()) {
             return Err(Refusal::NotAuthorized(format!(
                 "this hub is {}, not {host}",
                 self.hub.host_name()
             )));
         }
-        if !info.client_id.eq_ignore_ascii_case(device_id) {
-            return Err(Refusal::IdentifierRejected(format!(
-                "client ID '{}' must be the device ID '{device_id}'",
-                info.client_id
-            )));
-        }
+        info.require_client_id(device_id, "device ID")?;
         let record = self
             .hub
             .store()

@@ -93,6 +93,33 @@ pub async fn connect_tls_stream(
         .map_err(|e| ClientError::Io(format!("TLS with {address}: {e}")))
 }
 
+/// TLS to `address`, then a WebSocket upgrade when the transport asks for one.
+async fn open_transport(
+    address: &str,
+    tls: Arc<rustls::ClientConfig>,
+    transport: &Transport,
+) -> Result<Box<dyn Io>, ClientError> {
+    let stream = connect_tls_stream(address, tls).await?;
+    let io: Box<dyn Io> = match transport {
+        Transport::Tls => Box::new(stream),
+        Transport::WebSocket { path, subprotocol } => {
+            let mut request = format!("wss://{address}{path}")
+                .into_client_request()
+                .map_err(|e| ClientError::Io(format!("WebSocket request: {e}")))?;
+            let protocol =
+                HeaderValue::from_str(subprotocol).map_err(|e| ClientError::Io(e.to_string()))?;
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocol);
+            let (ws, _) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .map_err(|e| ClientError::Io(format!("WebSocket upgrade: {e}")))?;
+            Box::new(WsStream::new(ws))
+        }
+    };
+    Ok(io)
+}
+
 impl MqttClient {
     /// Connects, sends CONNECT and waits for a successful CONNACK.
     pub async fn connect(
@@ -102,39 +129,21 @@ impl MqttClient {
         options: &ConnectOptions,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        tokio::time::timeout(
-            timeout,
-            Self::connect_inner(address, tls, transport, options, timeout),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout(timeout))?
+        let attempt = async {
+            let io = open_transport(address, tls, transport).await?;
+            Self::handshake(io, options, timeout).await
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
     }
 
-    async fn connect_inner(
-        address: &str,
-        tls: Arc<rustls::ClientConfig>,
-        transport: &Transport,
+    /// CONNECT, then a successful CONNACK.
+    async fn handshake(
+        io: Box<dyn Io>,
         options: &ConnectOptions,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let stream = connect_tls_stream(address, tls).await?;
-        let io: Box<dyn Io> = match transport {
-            Transport::Tls => Box::new(stream),
-            Transport::WebSocket { path, subprotocol } => {
-                let mut request = format!("wss://{address}{path}")
-                    .into_client_request()
-                    .map_err(|e| ClientError::Io(format!("WebSocket request: {e}")))?;
-                let protocol = HeaderValue::from_str(subprotocol)
-                    .map_err(|e| ClientError::Io(e.to_string()))?;
-                request
-                    .headers_mut()
-                    .insert("Sec-WebSocket-Protocol", protocol);
-                let (ws, _) = tokio_tungstenite::client_async(request, stream)
-                    .await
-                    .map_err(|e| ClientError::Io(format!("WebSocket upgrade: {e}")))?;
-                Box::new(WsStream::new(ws))
-            }
-        };
         let mut client = Self {
             conn: Framed::new(io, Codec::new(0)),
             next_id: 0,

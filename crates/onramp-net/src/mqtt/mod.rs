@@ -22,5 +22,5 @@ pub mod ws;
 
 pub use rmqtt_codec::v3::{ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 pub use server::{
-    ConnectInfo, MqttApp, MqttLimits, MqttSession, Outbox, Outgoing, Refusal, SessionEnd,
+    Admission, ConnectInfo, MqttApp, MqttLimits, MqttSession, Outbox, Outgoing, Refusal, SessionEnd,
 };

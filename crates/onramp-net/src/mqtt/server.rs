@@ -75,6 +75,35 @@ impl ConnectInfo {
             .as_deref()
             .and_then(|p| std::str::from_utf8(p).ok())
     }
+
+    /// Who the user name says the client is, as `split` finds it (with the
+    /// user name's query); refused when `split` finds nothing (`form` is
+    /// what was expected) or the query names an unknown `api-version`.
+    pub fn user_name_identity<'a, T>(
+        &'a self,
+        split: impl FnOnce(&'a str) -> Option<(T, &'a str)>,
+        form: &str,
+    ) -> Result<T, Refusal> {
+        let username = self.username.as_deref().unwrap_or_default();
+        let Some((identity, query)) = split(username) else {
+            return Err(Refusal::BadUserNameOrPassword(format!(
+                "user name '{username}' is not {form}"
+            )));
+        };
+        Refusal::check_api_version(query)?;
+        Ok(identity)
+    }
+
+    /// The client ID must be the identity the user name names (`what`).
+    pub fn require_client_id(&self, id: &str, what: &str) -> Result<(), Refusal> {
+        if self.client_id.eq_ignore_ascii_case(id) {
+            return Ok(());
+        }
+        Err(Refusal::IdentifierRejected(format!(
+            "client ID '{}' must be the {what} '{id}'",
+            self.client_id
+        )))
+    }
 }
 
 /// Why a CONNECT is refused; becomes the CONNACK return code.
@@ -212,14 +241,13 @@ pub trait MqttSession: Send {
     async fn closed(&mut self) {}
 }
 
+/// What an application answers a CONNECT with: the session, or why not.
+pub type Admission = Result<Box<dyn MqttSession>, Refusal>;
+
 /// An MQTT application: decides who may connect.
 #[async_trait]
 pub trait MqttApp: Send + Sync + 'static {
-    async fn connect(
-        &self,
-        info: &ConnectInfo,
-        outbox: Outbox,
-    ) -> Result<Box<dyn MqttSession>, Refusal>;
+    async fn connect(&self, info: &ConnectInfo, outbox: Outbox) -> Admission;
 }
 
 type Conn<S> = Framed<S, Codec>;
