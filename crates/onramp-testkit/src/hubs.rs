@@ -10,60 +10,59 @@ use onramp_core::ports::{
 };
 use onramp_core::tenant::LinkedHub;
 
+use crate::lock;
+
+/// What the fakes hold per device: keyed by hub name and device ID.
+type PerDevice<T> = Mutex<BTreeMap<(String, String), T>>;
+
 /// A hub registry that remembers what it was asked and can be told to fail.
 /// Twins behave as in a hub: set on registration, kept, or carried over.
 #[derive(Default)]
 pub struct RecordingHubs {
-    pub devices: Mutex<BTreeMap<(String, String), DeviceIdentity>>,
-    pub twins: Mutex<BTreeMap<(String, String), TwinSnapshot>>,
+    pub devices: PerDevice<DeviceIdentity>,
+    pub twins: PerDevice<TwinSnapshot>,
     pub calls: AtomicU64,
     pub fail_with: Mutex<Option<HubError>>,
 }
 
+fn device_key(hub: &str, device_id: &str) -> (String, String) {
+    (hub.to_owned(), device_id.to_owned())
+}
+
+/// What `map` holds for `device_id` on `hub`.
+fn held<T: Clone>(map: &PerDevice<T>, hub: &str, device_id: &str) -> Option<T> {
+    lock(map).get(&device_key(hub, device_id)).cloned()
+}
+
 impl RecordingHubs {
     pub fn device(&self, hub: &str, device_id: &str) -> Option<DeviceIdentity> {
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(hub.to_owned(), device_id.to_owned()))
-            .cloned()
+        held(&self.devices, hub, device_id)
     }
 
     pub fn count(&self) -> usize {
-        self.devices.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.devices).len()
     }
 
     pub fn fail(&self, error: Option<HubError>) {
-        *self.fail_with.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        *lock(&self.fail_with) = error;
     }
 
     /// The twin a hub holds for a device.
     pub fn twin_of(&self, hub: &str, device_id: &str) -> Option<TwinSnapshot> {
-        self.twins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(hub.to_owned(), device_id.to_owned()))
-            .cloned()
+        held(&self.twins, hub, device_id)
     }
 
     /// What a device reports through its hub.
     pub fn report(&self, hub: &str, device_id: &str, reported: serde_json::Value) {
-        if let (Some(t), serde_json::Value::Object(m)) = (
-            self.twins
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&(hub.to_owned(), device_id.to_owned())),
-            reported,
-        ) {
+        let mut twins = lock(&self.twins);
+        let twin = twins.get_mut(&device_key(hub, device_id));
+        if let (Some(t), serde_json::Value::Object(m)) = (twin, reported) {
             t.reported.extend(m);
         }
     }
 
     fn failure(&self) -> Option<HubError> {
-        self.fail_with
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.fail_with).clone()
     }
 }
 
@@ -78,12 +77,9 @@ impl HubRegistry for RecordingHubs {
         if let Some(e) = self.failure() {
             return Err(e);
         }
-        let key = (hub.name.clone(), device.device_id.clone());
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), device.clone());
-        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        let key = device_key(&hub.name, &device.device_id);
+        lock(&self.devices).insert(key.clone(), device.clone());
+        let mut twins = lock(&self.twins);
         match &device.twin {
             TwinSetup::Initial(t) => {
                 twins.insert(
@@ -117,15 +113,9 @@ impl HubRegistry for RecordingHubs {
     }
 
     async fn remove_device(&self, hub: &LinkedHub, device_id: &str) -> Result<(), HubError> {
-        let key = (hub.name.clone(), device_id.to_owned());
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.twins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        let key = device_key(&hub.name, device_id);
+        lock(&self.devices).remove(&key);
+        lock(&self.twins).remove(&key);
         Ok(())
     }
 }
@@ -136,7 +126,7 @@ pub struct FixedLatency(pub Mutex<BTreeMap<String, f64>>);
 
 impl FixedLatency {
     pub fn set(&self, hub: &str, ms: Option<f64>) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = lock(&self.0);
         match ms {
             Some(ms) => m.insert(hub.to_ascii_lowercase(), ms),
             None => m.remove(&hub.to_ascii_lowercase()),
@@ -146,10 +136,6 @@ impl FixedLatency {
 
 impl HubLatency for FixedLatency {
     fn latency_ms(&self, hub: &str) -> Option<f64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hub.to_ascii_lowercase())
-            .copied()
+        lock(&self.0).get(&hub.to_ascii_lowercase()).copied()
     }
 }

@@ -30,6 +30,11 @@ pub use webhook::ScriptedWebhook;
 use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
 use onramp_model::UtcTime;
 
+/// Locks `m`; a test that panicked while holding it leaves the data as it was.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Stores `record` in `service` whatever is there, as a test's setup, and
 /// returns it as stored.
 pub async fn given<T: StoredRecord>(store: &dyn Store, service: &str, record: T) -> T {
