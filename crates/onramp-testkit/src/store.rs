@@ -41,6 +41,20 @@ impl State {
             .map(|(_, r)| r)
     }
 
+    /// The records of type `T` in `service`, in key order after `after`,
+    /// that `keep` accepts.
+    fn matching<'a, T: StoredRecord>(
+        &'a self,
+        service: &'a str,
+        after: Option<&'a IdKey>,
+        keep: impl Fn(&T) -> bool + 'a,
+    ) -> impl Iterator<Item = T> + 'a {
+        self.page(service, T::RECORD_KIND, after)
+            .cloned()
+            .filter_map(T::from_record)
+            .filter(move |r| keep(r))
+    }
+
     fn require_service(&self, service: &str) -> Result<(), StoreError> {
         if self.services.contains_key(service) {
             Ok(())
@@ -65,7 +79,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     fn etag(&self) -> ETag {
@@ -126,10 +140,6 @@ fn etag_of(record: &Record) -> Option<ETag> {
         Record::CaCertificate(c) => c.etag.clone(),
         Record::LinkedHub(_) => Some(ETag::from_raw("*")),
     }
-}
-
-fn typed<T: StoredRecord>(records: impl Iterator<Item = Record>) -> Vec<T> {
-    records.filter_map(T::from_record).collect()
 }
 
 #[async_trait]
@@ -290,16 +300,12 @@ impl Store for MemoryStore {
         service: &str,
         sha256: &str,
     ) -> Result<Vec<IndividualEnrollment>, StoreError> {
-        let s = self.lock();
-        let all = s.page(service, RecordKind::Enrollment, None).cloned();
-        Ok(typed::<IndividualEnrollment>(all)
-            .into_iter()
-            .filter(|e| {
-                client_thumbprints(e.attestation.as_ref())
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(sha256))
-            })
-            .collect())
+        let vouches = |e: &IndividualEnrollment| {
+            client_thumbprints(e.attestation.as_ref())
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(sha256))
+        };
+        Ok(self.lock().matching(service, None, vouches).collect())
     }
     async fn registrations_of_group(
         &self,
@@ -308,28 +314,23 @@ impl Store for MemoryStore {
         after: Option<&IdKey>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
-        let s = self.lock();
-        let all = s.page(service, RecordKind::Registration, after).cloned();
-        Ok(typed::<RegistrationRecord>(all)
-            .into_iter()
-            .filter(|r| {
-                r.enrollment_group_id
-                    .as_deref()
-                    .is_some_and(|g| IdKey::of(g) == *group_key)
-            })
+        let in_group = |r: &RegistrationRecord| {
+            r.enrollment_group_id
+                .as_deref()
+                .is_some_and(|g| IdKey::of(g) == *group_key)
+        };
+        Ok(self
+            .lock()
+            .matching(service, after, in_group)
             .take(limit)
             .collect())
     }
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
-        let s = self.lock();
-        let all = s.page(service, RecordKind::Registration, None).cloned();
-        Ok(typed::<RegistrationRecord>(all)
-            .iter()
-            .filter(|r| {
-                r.current_placement()
-                    .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub.trim()))
-            })
-            .count() as u64)
+        let on_hub = |r: &RegistrationRecord| {
+            r.current_placement()
+                .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub.trim()))
+        };
+        Ok(self.lock().matching(service, None, on_hub).count() as u64)
     }
     async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError> {
         self.lock().latencies.insert(
