@@ -6,7 +6,7 @@ use onramp_model::{AttestationMechanism, AttestationType};
 
 use super::fixtures::{enrollment, now};
 use super::given_tenant;
-use super::{absent, deleted, found, put_at, refused, remove};
+use super::{absent, deleted, found, put_at, refused_as_stale, remove};
 use onramp_core::ports::StoreExt;
 use onramp_model::IndividualEnrollment;
 use onramp_model::UtcTime;
@@ -48,16 +48,8 @@ pub async fn certificates(store: &dyn Store) {
         )
         .await
         .expect("update");
-    assert!(matches!(
-        refused(
-            store,
-            "t1",
-            verified.clone(),
-            Precondition::IfMatch(tag.as_str().into())
-        )
-        .await,
-        StoreError::PreconditionFailed(_)
-    ));
+    let stale = Precondition::IfMatch(tag.as_str().into());
+    refused_as_stale(store, "t1", verified.clone(), stale).await;
     assert!(
         found::<CaCertificate>(store, "t1", "MY-ROOT")
             .await

@@ -1,10 +1,10 @@
 //! Enrollment groups.
 
-use onramp_core::ports::{Precondition, Store, StoreError};
+use onramp_core::ports::{Precondition, Store};
 
 use super::fixtures::{group, now};
 use super::remove;
-use super::{count, found, given_tenant, put_at, refused};
+use super::{count, found, given_tenant, put_at, refused_as_stale};
 use onramp_core::ports::StoreExt;
 use onramp_model::EnrollmentGroup;
 use onramp_model::IdKey;
@@ -30,16 +30,8 @@ pub async fn groups(store: &dyn Store) {
         .await
         .expect("after");
     assert_eq!(after.len(), 1);
-    assert!(matches!(
-        refused(
-            store,
-            "t1",
-            group("group-1"),
-            Precondition::IfMatch("\"stale\"".into())
-        )
-        .await,
-        StoreError::PreconditionFailed(_)
-    ));
+    let stale = Precondition::IfMatch("\"stale\"".into());
+    refused_as_stale(store, "t1", group("group-1"), stale).await;
     remove::<EnrollmentGroup>(store, "t1", "group-2").await;
     assert_eq!(count::<EnrollmentGroup>(store, "t1").await, 1);
 }

@@ -101,8 +101,6 @@ impl<S: Store, G> Subject for (Arc<S>, G) {
     }
 }
 
-/// Service `t1` (ID scope 1) with its owner policy and one linked hub,
-/// `hub-a.example.net`, much as `tenants` leaves a store.
 /// The record of kind `T` called `id` in `service`, if there is one.
 async fn found<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> Option<T> {
     store.get::<T>(service, &IdKey::of(id)).await.expect("get")
@@ -120,6 +118,18 @@ async fn count<T: StoredRecord>(store: &dyn Store, service: &str) -> usize {
         .await
         .expect("list")
         .len()
+}
+
+/// Asserts that `condition` refuses writing `record` to `service` because
+/// its precondition failed.
+async fn refused_as_stale<T: StoredRecord>(
+    store: &dyn Store,
+    service: &str,
+    record: T,
+    condition: Precondition,
+) {
+    let err = refused(store, service, record, condition).await;
+    assert!(matches!(err, StoreError::PreconditionFailed(_)), "{err:?}");
 }
 
 /// The error of a write that `condition` must refuse.
@@ -159,6 +169,8 @@ async fn put_at<T: StoredRecord>(store: &dyn Store, service: &str, record: T, at
         .expect("put")
 }
 
+/// Service `t1` (ID scope 1) with its owner policy and one linked hub,
+/// `hub-a.example.net`, much as `tenants` leaves a store.
 async fn given_tenant(store: &dyn Store) {
     let seeded = async {
         store

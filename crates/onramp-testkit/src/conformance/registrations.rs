@@ -1,6 +1,6 @@
 //! Registration records, and the reads of one registration at once.
 
-use onramp_core::ports::{Precondition, Store, StoreError};
+use onramp_core::ports::{Precondition, Store, StoreError, StoredRecord};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
@@ -81,13 +81,7 @@ pub async fn registration_inputs(store: &dyn Store) {
         .expect("read")
         .expect("service found");
     assert_eq!(got.service.name, "t1");
-    assert_eq!(
-        got.enrollment,
-        found::<IndividualEnrollment>(store, "t1", "inputs-1")
-            .await
-            .map(Box::new)
-    );
-    assert!(got.enrollment.is_some());
+    same_as_single_read(store, "inputs-1", &got.enrollment).await;
     assert_eq!(
         got.enrollment
             .as_ref()
@@ -99,13 +93,7 @@ pub async fn registration_inputs(store: &dyn Store) {
         "keys are unsealed"
     );
     assert_eq!(got.first_groups, None);
-    assert_eq!(
-        got.previous,
-        found::<RegistrationRecord>(store, "t1", "inputs-1")
-            .await
-            .map(Box::new)
-    );
-    assert!(got.previous.is_some());
+    same_as_single_read(store, "inputs-1", &got.previous).await;
     assert_eq!(
         got.linked_hubs,
         store.linked_hubs("t1").await.expect("list")
@@ -130,4 +118,15 @@ pub async fn registration_inputs(store: &dyn Store) {
     // What it wrote deletes cleanly.
     remove::<RegistrationRecord>(store, "t1", "inputs-1").await;
     remove::<IndividualEnrollment>(store, "t1", "inputs-1").await;
+}
+
+/// Asserts that `got`, read with the others at once, is there and is what
+/// the single read of `id` in `t1` answers.
+async fn same_as_single_read<T>(store: &dyn Store, id: &str, got: &Option<Box<T>>)
+where
+    T: StoredRecord + PartialEq + std::fmt::Debug,
+{
+    let single = found::<T>(store, "t1", id).await;
+    assert_eq!(got.as_deref(), single.as_ref());
+    assert!(got.is_some());
 }
