@@ -3,28 +3,33 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use onramp_core::ProvisioningError;
 use onramp_core::attest::{DeviceCredential, GROUP_PAGE};
 use onramp_core::engine::{
     Drained, Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest,
 };
 use onramp_core::events::Protocol;
-use onramp_core::ports::RegistrationRecord;
-use onramp_core::ports::StoreExt;
-use onramp_core::ports::{HubError, IdentityAuth, Precondition, Store, TwinSetup};
+use onramp_core::ports::{
+    DeviceIdentity, HubError, HubRegistry, IdentityAuth, Precondition, RegistrationRecord, Store,
+    StoreExt, StoredRecord, TwinSetup, TwinSnapshot,
+};
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
 use onramp_model::IdKey;
 use onramp_model::allocation::AllocationResponse;
 use onramp_model::{
-    AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, ErrorCode,
-    IndividualEnrollment, ProvisioningStatus, RegistrationStatus, ReprovisionPolicy, Substatus,
-    UtcTime,
+    AllocationPolicy, CustomAllocationDefinition, DeviceRegistration, DeviceRegistrationState,
+    ErrorCode, IndividualEnrollment, ProvisioningStatus, RegistrationOperationStatus,
+    RegistrationStatus, ReprovisionPolicy, Substatus, UtcTime,
 };
 use onramp_testkit::{
     FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance, given,
 };
 use serde_json::json;
+use tokio::sync::Notify;
 
 const SCOPE: u32 = 0xA2B3;
 
@@ -125,7 +130,7 @@ impl World {
         &self,
         registration_id: &str,
         key: &str,
-    ) -> Result<onramp_model::RegistrationOperationStatus, onramp_core::ProvisioningError> {
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
         let cred = self.token(registration_id, key, NOW + 3600);
         self.engine
             .register(self.request(registration_id, cred))
@@ -141,20 +146,75 @@ impl World {
         self.put(&e).await;
     }
 
-    /// Stores individual enrollment `e` in the default service.
-    async fn put(&self, e: &IndividualEnrollment) {
+    /// Stores `record` (an enrollment, a group, a registration) in the
+    /// default service.
+    async fn put<T: StoredRecord + Clone>(&self, record: &T) {
         self.store
-            .put("default", e.clone(), Precondition::None, at(NOW))
+            .put("default", record.clone(), Precondition::None, at(NOW))
             .await
             .unwrap();
     }
 
-    /// Stores enrollment group `g` in the default service.
-    async fn put_group(&self, g: &onramp_model::EnrollmentGroup) {
+    /// The registration record of `id` in the default service, if any.
+    async fn record(&self, id: &str) -> Option<RegistrationRecord> {
         self.store
-            .put("default", g.clone(), Precondition::None, at(NOW))
+            .get::<RegistrationRecord>("default", &IdKey::of(id))
+            .await
+            .unwrap()
+    }
+
+    /// Unlinks `hub` from the default service.
+    async fn unlink(&self, hub: &str) {
+        self.store
+            .delete::<LinkedHub>("default", &IdKey::of(hub), Precondition::None)
             .await
             .unwrap();
+    }
+
+    /// A poll of operation `operation_id` of `registration_id`.
+    fn poll(&self, registration_id: &str, operation_id: &str) -> OperationRequest {
+        OperationRequest {
+            id_scope: self.scope.clone(),
+            registration_id: registration_id.into(),
+            credential: self.token(registration_id, &primary(), NOW + 3600),
+            operation_id: operation_id.into(),
+            protocol: Protocol::Internal,
+        }
+    }
+
+    /// What the engine answers a poll of `operation_id` of `registration_id`.
+    async fn polled(
+        &self,
+        registration_id: &str,
+        operation_id: &str,
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
+        let poll = self.poll(registration_id, operation_id);
+        self.engine.operation_status(poll).await
+    }
+
+    /// What the engine answers a device asking for its registration state.
+    async fn status(
+        &self,
+        registration_id: &str,
+    ) -> Result<DeviceRegistrationState, ProvisioningError> {
+        let lookup = StatusRequest {
+            id_scope: self.scope.clone(),
+            registration_id: registration_id.into(),
+            credential: self.token(registration_id, &primary(), NOW + 60),
+            protocol: Protocol::Internal,
+        };
+        self.engine.registration_status(lookup).await
+    }
+
+    /// Registers group member `id` with its derived key: it must be assigned
+    /// through `group`.
+    async fn assigned_in_group(&self, id: &str, group: &str) -> DeviceRegistrationState {
+        let op = self.register_with_key(id, &member_key(id)).await.unwrap();
+        let state = op.registration_state.unwrap();
+        assert_eq!(state.status, RegistrationStatus::Assigned);
+        let through = state.symmetric_key.as_ref().unwrap();
+        assert_eq!(through.enrollment_group_id.as_deref(), Some(group));
+        state
     }
 
     /// A register request signed with the enrollments' primary key.
@@ -164,7 +224,7 @@ impl World {
     }
 
     /// The state `req` leaves the device in; the registration must succeed.
-    async fn registered(&self, req: RegisterRequest) -> onramp_model::DeviceRegistrationState {
+    async fn registered(&self, req: RegisterRequest) -> DeviceRegistrationState {
         let op = self.engine.register(req).await.unwrap();
         op.registration_state.unwrap()
     }
@@ -175,7 +235,7 @@ impl World {
         registration_id: &str,
         key: &str,
         code: ErrorCode,
-    ) -> onramp_core::ProvisioningError {
+    ) -> ProvisioningError {
         let credential = self.token(registration_id, key, NOW + 3600);
         self.refused(registration_id, credential, code).await
     }
@@ -187,7 +247,7 @@ impl World {
         registration_id: &str,
         credential: DeviceCredential,
         code: ErrorCode,
-    ) -> onramp_core::ProvisioningError {
+    ) -> ProvisioningError {
         let err = self
             .engine
             .register(self.request(registration_id, credential))
@@ -198,15 +258,14 @@ impl World {
     }
 
     async fn no_trace_of(&self, id: &str) {
-        assert_eq!(
-            self.store
-                .get::<RegistrationRecord>("default", &IdKey::of(&id.to_ascii_lowercase()))
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(self.record(id).await, None);
         assert_eq!(self.hubs.count(), 0);
     }
+}
+
+/// The key a member `id` of a group with the enrollments' primary key derives.
+fn member_key(id: &str) -> String {
+    sas::derive_device_key(&primary(), id).unwrap()
 }
 
 #[tokio::test]
@@ -232,35 +291,11 @@ async fn individual_enrollment_is_assigned_with_its_keys_and_initial_twin() {
     assert_eq!(twin.desired().unwrap()["rate"], 5);
 
     // The record is durable and answers polls and status lookups.
-    let rec = w
-        .store
-        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = w.record("dev-01").await.unwrap();
     assert_eq!(rec.operation_id, op.operation_id);
-    let poll = w
-        .engine
-        .operation_status(OperationRequest {
-            id_scope: w.scope.clone(),
-            registration_id: "dev-01".into(),
-            credential: w.token("dev-01", &primary(), NOW + 60),
-            operation_id: op.operation_id.clone(),
-            protocol: Protocol::Internal,
-        })
-        .await
-        .unwrap();
+    let poll = w.polled("dev-01", &op.operation_id).await.unwrap();
     assert_eq!(poll.status, RegistrationStatus::Assigned);
-    let status = w
-        .engine
-        .registration_status(StatusRequest {
-            id_scope: w.scope.clone(),
-            registration_id: "DEV-01".into(),
-            credential: w.token("DEV-01", &primary(), NOW + 60),
-            protocol: Protocol::Internal,
-        })
-        .await
-        .unwrap();
+    let status = w.status("DEV-01").await.unwrap();
     assert_eq!(status.assigned_hub.as_deref(), Some("hub-a"));
 }
 
@@ -281,40 +316,26 @@ async fn a_group_beyond_the_first_page_is_found() {
             "b3RoZXIta2V5LW9mLWEtZ3JvdXAtMDAwMDAwMA==",
         ));
         keys.secondary_key = keys.primary_key.clone();
-        w.put_group(&g).await;
+        w.put(&g).await;
     }
-    w.put_group(&conformance::group("z-last")).await;
-    let derived = sas::derive_device_key(&primary(), "far-dev").unwrap();
-    let op = w.register_with_key("far-dev", &derived).await.unwrap();
-    let state = op.registration_state.unwrap();
-    assert_eq!(state.status, RegistrationStatus::Assigned);
-    assert_eq!(
-        state.symmetric_key.unwrap().enrollment_group_id.as_deref(),
-        Some("z-last")
-    );
+    w.put(&conformance::group("z-last")).await;
+    w.assigned_in_group("far-dev", "z-last").await;
 }
 
 #[tokio::test]
 async fn group_devices_use_derived_keys() {
     let w = world(&[("hub-a", 1)]).await;
     let group = conformance::group("factory-1");
-    w.put_group(&group).await;
+    w.put(&group).await;
     for id in ["sensor-001", "sensor-002"] {
-        let derived = sas::derive_device_key(&primary(), id).unwrap();
-        let op = w.register_with_key(id, &derived).await.unwrap();
-        let state = op.registration_state.unwrap();
-        assert_eq!(state.status, RegistrationStatus::Assigned);
-        assert_eq!(
-            state.symmetric_key.unwrap().enrollment_group_id.as_deref(),
-            Some("factory-1")
-        );
+        w.assigned_in_group(id, "factory-1").await;
         let device = w.hubs.device("hub-a", id).unwrap();
         let IdentityAuth::SymmetricKey { primary: p, .. } = &device.auth else {
             panic!("a symmetric-key identity")
         };
         assert_eq!(
             p.expose(),
-            derived,
+            member_key(id),
             "the hub identity carries the derived key"
         );
     }
@@ -326,13 +347,12 @@ async fn group_devices_use_derived_keys() {
 #[tokio::test]
 async fn individual_enrollment_takes_precedence_over_its_group() {
     let w = world(&[("hub-a", 1)]).await;
-    w.put_group(&conformance::group("g")).await;
+    w.put(&conformance::group("g")).await;
     let mut e = conformance::enrollment("sensor-9");
     e.provisioning_status = Some(ProvisioningStatus::Disabled);
     w.put(&e).await;
-    let derived = sas::derive_device_key(&primary(), "sensor-9").unwrap();
     // The group would accept the derived key, but the individual enrollment decides.
-    w.refused_key("sensor-9", &derived, ErrorCode::Unauthorized)
+    w.refused_key("sensor-9", &member_key("sensor-9"), ErrorCode::Unauthorized)
         .await;
     w.refused_key("sensor-9", &primary(), ErrorCode::EnrollmentDisabled)
         .await;
@@ -344,7 +364,7 @@ async fn refusals_leave_no_record_and_no_hub_device() {
     let w = one_device_on_hub_a().await;
     let mut g = conformance::group("off");
     g.provisioning_status = Some(ProvisioningStatus::Disabled);
-    w.put_group(&g).await;
+    w.put(&g).await;
 
     let wrong_key = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
     let err = w
@@ -367,9 +387,12 @@ async fn refusals_leave_no_record_and_no_hub_device() {
         .await;
     assert_eq!(err.http_status(), 404);
 
-    let derived = sas::derive_device_key(&primary(), "member").unwrap();
-    w.refused_key("member", &derived, ErrorCode::EnrollmentDisabled)
-        .await;
+    w.refused_key(
+        "member",
+        &member_key("member"),
+        ErrorCode::EnrollmentDisabled,
+    )
+    .await;
 
     let mut req = w.request("dev-01", w.token("dev-01", &primary(), NOW + 60));
     req.id_scope = "0ne99999999".into();
@@ -386,19 +409,12 @@ async fn refusals_leave_no_record_and_no_hub_device() {
         ErrorCode::RegistrationIdMismatch
     );
 
-    w.refused(
-        "dev-01",
-        DeviceCredential::None,
-        ErrorCode::MissingAuthorization,
-    )
-    .await;
-
-    w.refused(
-        "bad id!",
-        DeviceCredential::None,
-        ErrorCode::InvalidArgument,
-    )
-    .await;
+    for (id, code) in [
+        ("dev-01", ErrorCode::MissingAuthorization),
+        ("bad id!", ErrorCode::InvalidArgument),
+    ] {
+        w.refused(id, DeviceCredential::None, code).await;
+    }
 
     w.no_trace_of("dev-01").await;
 }
@@ -413,12 +429,7 @@ async fn hub_failures_are_recorded_as_failed_registrations() {
     let state = op.registration_state.unwrap();
     assert_eq!(state.error_code, Some(400209));
     assert!(state.error_message.unwrap().contains("hub-a"));
-    let rec = w
-        .store
-        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
-        .await
-        .unwrap()
-        .unwrap();
+    let rec = w.record("dev-01").await.unwrap();
     assert_eq!(rec.state.status, RegistrationStatus::Failed);
 
     // The hub recovers: the next registration succeeds.
@@ -463,8 +474,7 @@ async fn static_allocation_uses_the_named_hub() {
     let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
     let mut e = conformance::enrollment("pinned");
     e.allocation_policy = Some(AllocationPolicy::Static);
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    w.point_at(&mut e, "hub-b").await;
     let op = w.register_with_key("pinned", &primary()).await.unwrap();
     assert_eq!(
         op.registration_state.unwrap().assigned_hub.as_deref(),
@@ -475,13 +485,12 @@ async fn static_allocation_uses_the_named_hub() {
 #[tokio::test]
 async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
     let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 2)]).await;
-    w.put_group(&conformance::group("fleet")).await;
+    w.put(&conformance::group("fleet")).await;
     let n = 10_000;
     let mut counts = std::collections::HashMap::new();
     for i in 0..n {
         let id = format!("fleet-{i:05}");
-        let key = sas::derive_device_key(&primary(), &id).unwrap();
-        let op = w.register_with_key(&id, &key).await.unwrap();
+        let op = w.register_with_key(&id, &member_key(&id)).await.unwrap();
         *counts
             .entry(op.registration_state.unwrap().assigned_hub.unwrap())
             .or_insert(0usize) += 1;
@@ -496,16 +505,8 @@ async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
     // Stable per device.
     for i in (0..n).step_by(97) {
         let id = format!("fleet-{i:05}");
-        let before = w
-            .store
-            .get::<RegistrationRecord>("default", &IdKey::of(&id))
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-            .assigned_hub;
-        let key = sas::derive_device_key(&primary(), &id).unwrap();
-        let op = w.register_with_key(&id, &key).await.unwrap();
+        let before = w.record(&id).await.unwrap().state.assigned_hub;
+        let op = w.register_with_key(&id, &member_key(&id)).await.unwrap();
         assert_eq!(op.registration_state.unwrap().assigned_hub, before);
     }
 }
@@ -514,34 +515,14 @@ async fn hashed_allocation_over_three_hubs_follows_weights_1_1_2() {
 async fn old_and_foreign_operations_are_not_found() {
     let w = one_device_on_hub_a().await;
     let op = w.register_with_key("dev-01", &primary()).await.unwrap();
-    let poll = |operation_id: String| OperationRequest {
-        id_scope: w.scope.clone(),
-        registration_id: "dev-01".into(),
-        credential: w.token("dev-01", &primary(), NOW + 7200),
-        operation_id,
-        protocol: Protocol::Internal,
-    };
-    assert!(
-        w.engine
-            .operation_status(poll(op.operation_id.clone()))
-            .await
-            .is_ok()
-    );
-    let err = w
-        .engine
-        .operation_status(poll("made-up".into()))
-        .await
-        .unwrap_err();
+    assert!(w.polled("dev-01", &op.operation_id).await.is_ok());
+    let err = w.polled("dev-01", "made-up").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::OperationNotFound);
     // An operation begun after the record that never finished (its write
     // failed, or the process stopped) is not answered with the older record.
     w.clock.advance_seconds(5);
     let unfinished = w.engine.new_operation_id();
-    let err = w
-        .engine
-        .operation_status(poll(unfinished))
-        .await
-        .unwrap_err();
+    let err = w.polled("dev-01", &unfinished).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::OperationNotFound);
     assert!(
         err.message.contains("ended without a result"),
@@ -551,18 +532,9 @@ async fn old_and_foreign_operations_are_not_found() {
     // An older operation polled late still reads the current record.
     let later = w.register_with_key("dev-01", &primary()).await.unwrap();
     assert_ne!(later.operation_id, op.operation_id);
-    assert!(
-        w.engine
-            .operation_status(poll(op.operation_id.clone()))
-            .await
-            .is_ok()
-    );
+    assert!(w.polled("dev-01", &op.operation_id).await.is_ok());
     w.clock.advance_seconds(31 * 60);
-    let err = w
-        .engine
-        .operation_status(poll(op.operation_id))
-        .await
-        .unwrap_err();
+    let err = w.polled("dev-01", &op.operation_id).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::OperationNotFound);
 }
 
@@ -570,31 +542,22 @@ async fn old_and_foreign_operations_are_not_found() {
 async fn a_device_without_an_assigned_registration_has_no_status_to_show() {
     let w = world(&[("hub-a", 1)]).await;
     w.enroll("dev-01").await;
-    let lookup = || StatusRequest {
-        id_scope: w.scope.clone(),
-        registration_id: "dev-01".into(),
-        credential: w.token("dev-01", &primary(), NOW + 60),
-        protocol: Protocol::Internal,
-    };
-    let err = w.engine.registration_status(lookup()).await.unwrap_err();
+    let err = w.status("dev-01").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::RegistrationNotFound, "{}", err.message);
     // A record that says `unassigned` is not shown either.
-    let record = onramp_core::ports::RegistrationRecord {
-        state: onramp_model::DeviceRegistrationState::new("dev-01", RegistrationStatus::Unassigned),
+    let record = RegistrationRecord {
+        state: DeviceRegistrationState::new("dev-01", RegistrationStatus::Unassigned),
         operation_id: w.engine.new_operation_id(),
         enrollment_group_id: None,
         placement: None,
     };
-    w.store
-        .put("default", record.clone(), Precondition::None, at(NOW))
-        .await
-        .unwrap();
-    let err = w.engine.registration_status(lookup()).await.unwrap_err();
+    w.put(&record).await;
+    let err = w.status("dev-01").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::RegistrationNotFound, "{}", err.message);
     assert_eq!(err.http_status(), 404);
     // Once assigned, it is.
     w.register_with_key("dev-01", &primary()).await.unwrap();
-    let state = w.engine.registration_status(lookup()).await.unwrap();
+    let state = w.status("dev-01").await.unwrap();
     assert_eq!(state.status, RegistrationStatus::Assigned);
 }
 
@@ -616,13 +579,45 @@ impl World {
         e
     }
 
-    async fn assigned(&self, id: &str) -> onramp_model::DeviceRegistrationState {
+    async fn assigned(&self, id: &str) -> DeviceRegistrationState {
         self.clock.advance_seconds(1);
         let op = self.register_with_key(id, &primary()).await.unwrap();
         let state = op.registration_state.unwrap();
         assert_eq!(state.status, RegistrationStatus::Assigned, "{state:?}");
         state
     }
+
+    /// Points enrollment `e` at `hub` alone, and stores it.
+    async fn point_at(&self, e: &mut IndividualEnrollment, hub: &str) {
+        e.iot_hubs = Some(vec![hub.into()]);
+        self.put(e).await;
+    }
+
+    /// The firmware version `device_id` reports through its twin on `hub`.
+    fn firmware(&self, hub: &str, device_id: &str) -> serde_json::Value {
+        self.hubs.twin_of(hub, device_id).unwrap().reported["firmware"].clone()
+    }
+}
+
+/// `dev-01` enrolled on hub-a with reprovisioning `policy`, in a world of
+/// `hubs`: assigned there and reporting firmware 1.2. Returns the world, the
+/// enrollment (to change) and the state of that first assignment.
+async fn reporting_on_hub_a(
+    hubs: &[(&str, u32)],
+    policy: (bool, bool),
+) -> (World, IndividualEnrollment, DeviceRegistrationState) {
+    let w = world(hubs).await;
+    let e = w.enrollment_on("dev-01", &["hub-a"], policy);
+    w.put(&e).await;
+    let state = w.assigned("dev-01").await;
+    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    (w, e, state)
+}
+
+/// Asserts that `state` places its device on `hub`, with `substatus`.
+fn assert_placed(state: &DeviceRegistrationState, hub: &str, substatus: Substatus) {
+    assert_eq!(state.assigned_hub.as_deref(), Some(hub), "{state:?}");
+    assert_eq!(state.substatus, Some(substatus), "{state:?}");
 }
 
 const MIGRATE: (bool, bool) = (true, true);
@@ -631,15 +626,9 @@ const NEVER: (bool, bool) = (false, false);
 
 #[tokio::test]
 async fn migrate_policy_carries_the_twin_to_the_new_hub_and_removes_the_old_identity() {
-    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
-    let mut e = w.enrollment_on("dev-01", &["hub-a"], MIGRATE);
-    w.put(&e).await;
-    assert_eq!(
-        w.assigned("dev-01").await.assigned_hub.as_deref(),
-        Some("hub-a")
-    );
-    // The device reports, an operator changes a desired property.
-    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    let (w, mut e, first) = reporting_on_hub_a(&[("hub-a", 1), ("hub-b", 1)], MIGRATE).await;
+    assert_eq!(first.assigned_hub.as_deref(), Some("hub-a"));
+    // The device has reported; an operator changes a desired property.
     w.hubs
         .twins
         .lock()
@@ -650,11 +639,9 @@ async fn migrate_policy_carries_the_twin_to_the_new_hub_and_removes_the_old_iden
         .insert("rate".into(), json!(9));
 
     // The enrollment's hub list changes: the device moves and keeps its data.
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    w.point_at(&mut e, "hub-b").await;
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
+    assert_placed(&state, "hub-b", Substatus::DeviceDataMigrated);
     let twin = w.hubs.twin_of("hub-b", "dev-01").unwrap();
     assert_eq!(twin.reported["firmware"], "1.2");
     assert_eq!(twin.desired["rate"], 9);
@@ -665,18 +652,10 @@ async fn migrate_policy_carries_the_twin_to_the_new_hub_and_removes_the_old_iden
     );
 
     // Back to the first hub: named so, data still carried.
-    e.iot_hubs = Some(vec!["hub-a".into()]);
-    w.put(&e).await;
+    w.point_at(&mut e, "hub-a").await;
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));
-    assert_eq!(
-        state.substatus,
-        Some(Substatus::ReprovisionedToInitialAssignment)
-    );
-    assert_eq!(
-        w.hubs.twin_of("hub-a", "dev-01").unwrap().reported["firmware"],
-        "1.2"
-    );
+    assert_placed(&state, "hub-a", Substatus::ReprovisionedToInitialAssignment);
+    assert_eq!(w.firmware("hub-a", "dev-01"), "1.2");
     assert!(w.hubs.device("hub-b", "dev-01").is_none());
 
     // Unchanged: stays, twin kept, substatus unchanged.
@@ -693,11 +672,7 @@ async fn migrate_policy_carries_the_twin_to_the_new_hub_and_removes_the_old_iden
 
 #[tokio::test]
 async fn reset_policy_gives_the_initial_twin_on_a_move_and_on_the_same_hub() {
-    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
-    let mut e = w.enrollment_on("dev-01", &["hub-a"], RESET);
-    w.put(&e).await;
-    w.assigned("dev-01").await;
-    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
+    let (w, mut e, _) = reporting_on_hub_a(&[("hub-a", 1), ("hub-b", 1)], RESET).await;
     // Same hub: a factory reset.
     let state = w.assigned("dev-01").await;
     assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
@@ -710,11 +685,9 @@ async fn reset_policy_gives_the_initial_twin_on_a_move_and_on_the_same_hub() {
     );
     // A move: the new hub gets the initial twin, the old identity goes.
     w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.3"}));
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    w.point_at(&mut e, "hub-b").await;
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert_placed(&state, "hub-b", Substatus::DeviceDataReset);
     let twin = w.hubs.twin_of("hub-b", "dev-01").unwrap();
     assert!(twin.reported.is_empty());
     assert_eq!(twin.desired["rate"], 5);
@@ -723,39 +696,26 @@ async fn reset_policy_gives_the_initial_twin_on_a_move_and_on_the_same_hub() {
 
 #[tokio::test]
 async fn never_policy_stays_unless_forced_or_its_hub_is_unlinked() {
-    let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 1)]).await;
-    let mut e = w.enrollment_on("dev-01", &["hub-a"], NEVER);
-    w.put(&e).await;
-    w.assigned("dev-01").await;
-    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    let three_hubs = [("hub-a", 1), ("hub-b", 1), ("hub-c", 1)];
+    let (w, mut e, _) = reporting_on_hub_a(&three_hubs, NEVER).await;
+    w.point_at(&mut e, "hub-b").await;
     let state = w.assigned("dev-01").await;
     assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"), "never moves");
-    assert_eq!(
-        w.hubs.twin_of("hub-a", "dev-01").unwrap().reported["firmware"],
-        "1.2"
-    );
+    assert_eq!(w.firmware("hub-a", "dev-01"), "1.2");
 
     // Forced: allocation runs again.
     w.clock.advance_seconds(1);
     let mut req = w.signed("dev-01");
     req.force_registration = true;
     let state = w.registered(req).await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert_placed(&state, "hub-b", Substatus::DeviceDataReset);
     assert!(w.hubs.device("hub-a", "dev-01").is_none());
 
     // Its hub is unlinked: it has to go somewhere else.
-    e.iot_hubs = Some(vec!["hub-c".into()]);
-    w.put(&e).await;
-    w.store
-        .delete::<LinkedHub>("default", &IdKey::of("hub-b"), Precondition::None)
-        .await
-        .unwrap();
+    w.point_at(&mut e, "hub-c").await;
+    w.unlink("hub-b").await;
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-c"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert_placed(&state, "hub-c", Substatus::DeviceDataReset);
 }
 
 #[tokio::test]
@@ -772,13 +732,9 @@ async fn a_removed_hub_cannot_be_migrated_from_so_the_device_starts_afresh() {
             .unwrap(),
         1
     );
-    w.store
-        .delete::<LinkedHub>("default", &IdKey::of(&first), Precondition::None)
-        .await
-        .unwrap();
+    w.unlink(&first).await;
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some(other));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataReset));
+    assert_placed(&state, other, Substatus::DeviceDataReset);
     assert_eq!(w.hubs.twin_of(other, "dev-01").unwrap().desired["rate"], 5);
 }
 
@@ -788,8 +744,8 @@ async fn a_device_that_moves_to_another_enrollment_follows_the_new_one() {
     let mut g = conformance::group("line-1");
     g.allocation_policy = Some(AllocationPolicy::Static);
     g.iot_hubs = Some(vec!["hub-a".into()]);
-    w.put_group(&g).await;
-    let key = sas::derive_device_key(&primary(), "unit-7").unwrap();
+    w.put(&g).await;
+    let key = member_key("unit-7");
     let op = w.register_with_key("unit-7", &key).await.unwrap();
     assert_eq!(
         op.registration_state.unwrap().assigned_hub.as_deref(),
@@ -815,24 +771,15 @@ async fn a_device_that_moves_to_another_enrollment_follows_the_new_one() {
         .unwrap()
         .registration_state
         .unwrap();
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
+    assert_placed(&state, "hub-b", Substatus::DeviceDataMigrated);
     assert_eq!(state.symmetric_key, None, "no group any more");
-    assert_eq!(
-        w.hubs.twin_of("hub-b", "unit-7").unwrap().reported["firmware"],
-        "2.0"
-    );
+    assert_eq!(w.firmware("hub-b", "unit-7"), "2.0");
 }
 
 #[tokio::test]
 async fn a_failed_move_keeps_the_device_where_its_data_is() {
-    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
-    let mut e = w.enrollment_on("dev-01", &["hub-a"], MIGRATE);
-    w.put(&e).await;
-    w.assigned("dev-01").await;
-    w.hubs.report("hub-a", "dev-01", json!({"firmware": "1.2"}));
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    let (w, mut e, _) = reporting_on_hub_a(&[("hub-a", 1), ("hub-b", 1)], MIGRATE).await;
+    w.point_at(&mut e, "hub-b").await;
     w.hubs
         .fail(Some(HubError::Unreachable("connection refused".into())));
     w.clock.advance_seconds(1);
@@ -843,12 +790,8 @@ async fn a_failed_move_keeps_the_device_where_its_data_is() {
     assert!(state.error_message.unwrap().contains("to migrate it"));
     w.hubs.fail(None);
     let state = w.assigned("dev-01").await;
-    assert_eq!(state.assigned_hub.as_deref(), Some("hub-b"));
-    assert_eq!(state.substatus, Some(Substatus::DeviceDataMigrated));
-    assert_eq!(
-        w.hubs.twin_of("hub-b", "dev-01").unwrap().reported["firmware"],
-        "1.2"
-    );
+    assert_placed(&state, "hub-b", Substatus::DeviceDataMigrated);
+    assert_eq!(w.firmware("hub-b", "dev-01"), "1.2");
 }
 
 // ---- Custom allocation ----------------------------------------------------
@@ -1016,12 +959,7 @@ async fn custom_webhook_failures_are_recorded_with_their_own_codes_and_no_hub_de
             !message.contains("s3cret"),
             "the webhook's code stays secret: {message}"
         );
-        let recorded = w
-            .store
-            .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
-            .await
-            .unwrap()
-            .unwrap();
+        let recorded = w.record("dev-01").await.unwrap();
         assert_eq!(recorded.state.error_code, Some(code));
         assert_eq!(w.hubs.count(), 0, "no hub device for {code}");
     }
@@ -1060,7 +998,7 @@ async fn lowest_latency_skips_the_slow_hub_until_it_recovers() {
     let w = world(&[("hub-a", 1), ("hub-b", 1), ("hub-c", 1)]).await;
     let mut g = conformance::group("fleet");
     g.allocation_policy = Some(AllocationPolicy::GeoLatency);
-    w.put_group(&g).await;
+    w.put(&g).await;
     w.latency.set("hub-a", Some(1.0));
     w.latency.set("hub-b", Some(2.0));
     w.latency.set("hub-c", Some(150.0));
@@ -1070,9 +1008,8 @@ async fn lowest_latency_skips_the_slow_hub_until_it_recovers() {
             let mut counts = std::collections::HashMap::<String, usize>::new();
             for i in from..from + n {
                 let id = format!("geo-{i}");
-                let key = sas::derive_device_key(&primary(), &id).unwrap();
                 let hub = w
-                    .register_with_key(&id, &key)
+                    .register_with_key(&id, &member_key(&id))
                     .await
                     .unwrap()
                     .registration_state
@@ -1143,122 +1080,96 @@ async fn tenants_with_colliding_registration_ids_stay_apart() {
     req.id_scope = other.id_scope.to_string();
     let theirs = w.registered(req).await;
     assert_eq!(theirs.assigned_hub.as_deref(), Some("hub-z"));
-    let ours = w
-        .store
-        .get::<RegistrationRecord>("default", &IdKey::of("dev-01"))
-        .await
-        .unwrap()
-        .unwrap();
+    let ours = w.record("dev-01").await.unwrap();
     assert_eq!(ours.state.assigned_hub.as_deref(), Some("hub-a"));
     assert_ne!(ours.state.etag, theirs.etag);
 }
 
-/// Holds its first allocation until released (answering hub-a), and
-/// answers every later one with hub-b at once.
+/// Holds the first caller that passes until released, and lets every later
+/// one through at once.
 #[derive(Default)]
-struct GatedWebhook {
-    calls: std::sync::atomic::AtomicUsize,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Notify,
+struct Gate {
+    calls: AtomicUsize,
+    entered: Notify,
+    release: Notify,
 }
 
-#[async_trait::async_trait]
-impl onramp_core::ports::AllocationWebhook for GatedWebhook {
-    async fn allocate(
-        &self,
-        _target: &onramp_core::ports::WebhookTarget,
-        _request: &onramp_model::allocation::AllocationRequest,
-    ) -> Result<AllocationResponse, onramp_core::ports::WebhookError> {
-        let answer = |hub: &str| AllocationResponse {
-            iot_hub_host_name: Some(hub.into()),
-            initial_twin: None,
-            payload: None,
-        };
-        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+impl Gate {
+    async fn pass(&self) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             self.entered.notify_one();
             self.release.notified().await;
-            return Ok(answer("hub-a"));
         }
-        Ok(answer("hub-b"))
+    }
+
+    /// Waits until the first caller is held.
+    async fn holds_one(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.entered.notified())
+            .await
+            .unwrap();
     }
 }
 
-/// Holds the first device registration on hub-a until released; passes
-/// everything else to the recording hubs.
+/// Holds the first device registration until released (once it is
+/// recorded); passes everything else to the recording hubs.
 struct GatedHubs {
     inner: Arc<RecordingHubs>,
-    calls: std::sync::atomic::AtomicUsize,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Notify,
+    gate: Gate,
 }
 
 #[async_trait::async_trait]
-impl onramp_core::ports::HubRegistry for GatedHubs {
+impl HubRegistry for GatedHubs {
     async fn register_device(
         &self,
-        hub: &onramp_core::tenant::LinkedHub,
-        device: &onramp_core::ports::DeviceIdentity,
+        hub: &LinkedHub,
+        device: &DeviceIdentity,
     ) -> Result<(), HubError> {
         let result = self.inner.register_device(hub, device).await;
-        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            self.entered.notify_one();
-            self.release.notified().await;
-        }
+        self.gate.pass().await;
         result
     }
 
     async fn twin(
         &self,
-        hub: &onramp_core::tenant::LinkedHub,
+        hub: &LinkedHub,
         device_id: &str,
-    ) -> Result<Option<onramp_core::ports::TwinSnapshot>, HubError> {
+    ) -> Result<Option<TwinSnapshot>, HubError> {
         self.inner.twin(hub, device_id).await
     }
 
-    async fn remove_device(
-        &self,
-        hub: &onramp_core::tenant::LinkedHub,
-        device_id: &str,
-    ) -> Result<(), HubError> {
+    async fn remove_device(&self, hub: &LinkedHub, device_id: &str) -> Result<(), HubError> {
         self.inner.remove_device(hub, device_id).await
     }
-}
-
-async fn wait(entered: &tokio::sync::Notify) {
-    tokio::time::timeout(std::time::Duration::from_secs(10), entered.notified())
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
 async fn a_newer_registration_ends_an_older_one_that_waits_on_its_webhook() {
     let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
     w.put(&custom_enrollment("racer")).await;
-    let gated = Arc::new(GatedWebhook::default());
-    let engine = Arc::new(
-        Engine::new(
-            w.store.clone(),
-            w.hubs.clone(),
-            w.clock.clone(),
-            EngineConfig::default(),
-        )
-        .with_webhook(gated.clone()),
-    );
     // A: its webhook does not answer (it is being retried, say).
+    let gate = Arc::new(Gate::default());
+    w.webhook.hold_next({
+        let gate = gate.clone();
+        async move { gate.pass().await }
+    });
+    w.webhook.answer(Ok(AllocationResponse {
+        iot_hub_host_name: Some("hub-b".into()),
+        ..Default::default()
+    }));
     let first = w.signed("racer");
     let slow = tokio::spawn({
-        let engine = engine.clone();
+        let engine = w.engine.clone();
         async move { engine.register(first).await }
     });
-    wait(&gated.entered).await;
+    gate.holds_one().await;
     // B: the device registers again and is assigned to hub-b; A ends at
     // once, without its webhook ever answering.
-    let done = engine.register(w.signed("racer")).await.unwrap();
+    let done = w.engine.register(w.signed("racer")).await.unwrap();
     assert_eq!(
         done.registration_state.unwrap().assigned_hub.as_deref(),
         Some("hub-b")
     );
-    let err = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
+    let err = tokio::time::timeout(Duration::from_secs(10), slow)
         .await
         .unwrap()
         .unwrap()
@@ -1284,10 +1195,9 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         let engine = engine.clone();
         async move { engine.register(first).await }
     });
-    wait(&gated.entered).await;
+    gated.gate.holds_one().await;
     // B: the enrollment now names hub-b, and the device registers again.
-    e.iot_hubs = Some(vec!["hub-b".into()]);
-    w.put(&e).await;
+    w.point_at(&mut e, "hub-b").await;
     let newer = w.signed("racer");
     let done = engine.register(newer).await.unwrap();
     let newer_op = done.operation_id.clone();
@@ -1296,7 +1206,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         Some("hub-b")
     );
     // A ends after B: it records nothing, and the identity it made is gone.
-    gated.release.notify_one();
+    gated.gate.release.notify_one();
     let err = slow.await.unwrap().unwrap_err();
     assert_eq!(
         err.code,
@@ -1304,12 +1214,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         "{}",
         err.message
     );
-    let record = w
-        .store
-        .get::<RegistrationRecord>("default", &IdKey::of("racer"))
-        .await
-        .unwrap()
-        .unwrap();
+    let record = w.record("racer").await.unwrap();
     assert_eq!(record.operation_id, newer_op);
     assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
     assert!(w.hubs.device("hub-b", "racer").is_some());
@@ -1317,13 +1222,11 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
 }
 
 /// An engine over `w`'s store and clock whose first hub registration waits
-/// for `release`.
+/// for its gate.
 fn gated_engine_of(w: &World, config: EngineConfig) -> (Arc<GatedHubs>, Arc<Engine>) {
     let gated = Arc::new(GatedHubs {
         inner: w.hubs.clone(),
-        calls: Default::default(),
-        entered: Default::default(),
-        release: Default::default(),
+        gate: Gate::default(),
     });
     let engine = Arc::new(Engine::new(
         w.store.clone(),
@@ -1336,54 +1239,59 @@ fn gated_engine_of(w: &World, config: EngineConfig) -> (Arc<GatedHubs>, Arc<Engi
 
 // ---- Reply budget and shutdown ----------------------------------------------
 
-/// An engine whose first hub registration waits for `release`, and whose
-/// register calls wait 50 ms before answering `assigning`.
-async fn gated_engine(hubs: &[(&str, u32)]) -> (World, Arc<GatedHubs>, Arc<Engine>) {
-    let w = world(hubs).await;
+/// A registration of `slow-dev` through an engine whose register calls wait
+/// 50 ms before they answer: answered `assigning`, while its hub call waits
+/// for the gate.
+struct Waiting {
+    w: World,
+    gated: Arc<GatedHubs>,
+    engine: Arc<Engine>,
+    first: RegistrationOperationStatus,
+}
+
+async fn waiting() -> Waiting {
+    let w = world(&[("hub-a", 1)]).await;
     w.enroll("slow-dev").await;
     let config = EngineConfig {
-        reply_budget: std::time::Duration::from_millis(50),
+        reply_budget: Duration::from_millis(50),
         ..EngineConfig::default()
     };
     let (gated, engine) = gated_engine_of(&w, config);
-    (w, gated, engine)
+    let first = engine.register(w.signed("slow-dev")).await.unwrap();
+    assert_eq!(first.status, RegistrationStatus::Assigning);
+    gated.gate.holds_one().await;
+    Waiting {
+        w,
+        gated,
+        engine,
+        first,
+    }
 }
 
-impl World {
-    fn poll(&self, operation_id: &str) -> OperationRequest {
-        OperationRequest {
-            id_scope: self.scope.clone(),
-            registration_id: "slow-dev".into(),
-            credential: self.token("slow-dev", &primary(), NOW + 3600),
-            operation_id: operation_id.into(),
-            protocol: Protocol::Internal,
-        }
+impl Waiting {
+    /// What the engine answers a poll of the waiting registration.
+    async fn poll(&self) -> RegistrationOperationStatus {
+        let poll = self.w.poll("slow-dev", &self.first.operation_id);
+        self.engine.operation_status(poll).await.unwrap()
     }
 }
 
 #[tokio::test]
 async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on() {
-    let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
-    let req = w.signed("slow-dev");
-    let first = engine.register(req).await.unwrap();
-    assert_eq!(first.status, RegistrationStatus::Assigning);
+    let slow = waiting().await;
+    let first = &slow.first;
     assert!(first.registration_state.is_none(), "{first:?}");
     assert!(
         first.operation_id.starts_with("1."),
         "{}",
         first.operation_id
     );
-    wait(&gated.entered).await;
-    let poll = engine
-        .operation_status(w.poll(&first.operation_id))
-        .await
-        .unwrap();
-    assert_eq!(poll.status, RegistrationStatus::Assigning);
+    assert_eq!(slow.poll().await.status, RegistrationStatus::Assigning);
 
     // The work finishes after the answer; the drain waits for it, and the
     // poll then reads the record it wrote.
-    let (drained, ()) = tokio::join!(engine.drain(std::time::Duration::from_secs(10)), async {
-        gated.release.notify_one()
+    let (drained, ()) = tokio::join!(slow.engine.drain(Duration::from_secs(10)), async {
+        slow.gated.gate.release.notify_one()
     });
     assert_eq!(
         drained,
@@ -1392,10 +1300,7 @@ async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on(
             cut: 0
         }
     );
-    let poll = engine
-        .operation_status(w.poll(&first.operation_id))
-        .await
-        .unwrap();
+    let poll = slow.poll().await;
     assert_eq!(poll.status, RegistrationStatus::Assigned);
     assert_eq!(
         poll.registration_state.unwrap().assigned_hub.as_deref(),
@@ -1405,27 +1310,19 @@ async fn a_registration_past_its_reply_budget_is_answered_assigning_and_goes_on(
 
 #[tokio::test]
 async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() {
-    let (w, gated, engine) = gated_engine(&[("hub-a", 1)]).await;
-    let req = w.signed("slow-dev");
-    let first = engine.register(req).await.unwrap();
-    assert_eq!(first.status, RegistrationStatus::Assigning);
-    wait(&gated.entered).await;
+    let slow = waiting().await;
     assert_eq!(
-        engine.drain(std::time::Duration::from_millis(50)).await,
+        slow.engine.drain(Duration::from_millis(50)).await,
         Drained {
             in_flight: 1,
             cut: 1
         }
     );
-    let again = w.signed("slow-dev");
-    let err = engine.register(again).await.unwrap_err();
+    let again = slow.w.signed("slow-dev");
+    let err = slow.engine.register(again).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ShuttingDown, "{}", err.message);
     assert_eq!(err.http_status(), 503);
     // Polls are still answered while the server stops.
-    let poll = engine
-        .operation_status(w.poll(&first.operation_id))
-        .await
-        .unwrap();
-    assert_eq!(poll.status, RegistrationStatus::Assigning);
-    gated.release.notify_one();
+    assert_eq!(slow.poll().await.status, RegistrationStatus::Assigning);
+    slow.gated.gate.release.notify_one();
 }
