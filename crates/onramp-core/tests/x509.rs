@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use onramp_core::admin::EnrollmentResource;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
@@ -15,8 +16,8 @@ use onramp_core::tenant::CaCertificate;
 use onramp_model::IdKey;
 use onramp_model::{
     AttestationMechanism, AttestationType, DeviceRegistration, EnrollmentGroup, ErrorCode,
-    IndividualEnrollment, ProvisioningStatus, RegistrationStatus, UtcTime, X509Attestation,
-    X509CaReferences, X509CertificateWithInfo, X509Certificates,
+    IndividualEnrollment, ProvisioningStatus, RegistrationOperationStatus, RegistrationStatus,
+    UtcTime, X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use onramp_net::pki::dev_certs::{Issued, Validity};
 use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
@@ -70,37 +71,42 @@ fn x509(x: X509Attestation) -> Option<AttestationMechanism> {
 }
 
 impl World {
+    /// Stores an enrollment of kind `E` called `id` with X.509 `attestation`
+    /// and provisioning `status`.
+    async fn enroll<E: EnrollmentResource + Default>(
+        &self,
+        id: &str,
+        attestation: X509Attestation,
+        status: ProvisioningStatus,
+    ) {
+        let mut e = E::default();
+        e.set_id(id);
+        *e.attestation_mut() = x509(attestation);
+        *e.service_owned().provisioning_status = Some(status);
+        given(&*self.store, "default", e).await;
+    }
+
     async fn enroll_device(&self, id: &str, cert: &Issued, status: ProvisioningStatus) {
-        let e = IndividualEnrollment {
-            registration_id: id.into(),
-            attestation: x509(X509Attestation {
-                client_certificates: Some(certs(cert)),
-                ..Default::default()
-            }),
-            provisioning_status: Some(status),
+        let own = X509Attestation {
+            client_certificates: Some(certs(cert)),
             ..Default::default()
         };
-        given(&*self.store, "default", e.clone()).await;
+        self.enroll::<IndividualEnrollment>(id, own, status).await;
     }
 
     async fn enroll_group(&self, id: &str, signing: &Issued, status: ProvisioningStatus) {
-        let g = EnrollmentGroup {
-            enrollment_group_id: id.into(),
-            attestation: x509(X509Attestation {
-                signing_certificates: Some(certs(signing)),
-                ..Default::default()
-            }),
-            provisioning_status: Some(status),
+        let signed_by = X509Attestation {
+            signing_certificates: Some(certs(signing)),
             ..Default::default()
         };
-        given(&*self.store, "default", g.clone()).await;
+        self.enroll::<EnrollmentGroup>(id, signed_by, status).await;
     }
 
     async fn register(
         &self,
         id: &str,
         chain: &[&Issued],
-    ) -> Result<onramp_model::RegistrationOperationStatus, onramp_core::ProvisioningError> {
+    ) -> Result<RegistrationOperationStatus, onramp_core::ProvisioningError> {
         self.engine
             .register(RegisterRequest {
                 id_scope: self.scope.clone(),
@@ -114,6 +120,37 @@ impl World {
                 client_addr: None,
             })
             .await
+    }
+
+    /// Registers `id` with `chain`, which must be assigned.
+    async fn assigned(&self, id: &str, chain: &[&Issued]) -> RegistrationOperationStatus {
+        let op = self.register(id, chain).await.unwrap();
+        assert_eq!(op.status, RegistrationStatus::Assigned, "{id}");
+        op
+    }
+
+    /// The group that vouches for `id` registering with `chain`; the
+    /// registration must succeed.
+    async fn vouching_group(&self, id: &str, chain: &[&Issued]) -> Option<String> {
+        let op = self.register(id, chain).await.unwrap();
+        op.registration_state
+            .unwrap()
+            .x509
+            .unwrap()
+            .enrollment_group_id
+    }
+
+    /// Registering `id` with `chain` is refused because the chain leads to
+    /// no trusted certificate.
+    async fn refused_as_untrusted(&self, id: &str, chain: &[&Issued], what: &str) {
+        self.refused(id, chain, ErrorCode::CertificateUntrusted, what)
+            .await;
+    }
+
+    /// Registering `id` with `chain` is refused because an enrollment is disabled.
+    async fn refused_as_disabled(&self, id: &str, chain: &[&Issued], what: &str) {
+        self.refused(id, chain, ErrorCode::EnrollmentDisabled, what)
+            .await;
     }
 
     async fn refused(&self, id: &str, chain: &[&Issued], code: ErrorCode, what: &str) {
@@ -134,14 +171,22 @@ fn days(n: i64) -> Validity {
     Validity::days(n)
 }
 
+/// Valid from `from` days to `to` days from now; negative days are past.
+fn valid_between(from: i64, to: i64) -> Validity {
+    let now = time::OffsetDateTime::now_utc();
+    Validity {
+        not_before: now + time::Duration::days(from),
+        not_after: now + time::Duration::days(to),
+    }
+}
+
 #[tokio::test]
 async fn an_individual_enrollment_with_a_self_signed_certificate() {
     let w = world().await;
     let device = Issued::self_signed_device("x-dev-1", days(30)).unwrap();
     w.enroll_device("x-dev-1", &device, ProvisioningStatus::Enabled)
         .await;
-    let op = w.register("x-dev-1", &[&device]).await.unwrap();
-    assert_eq!(op.status, RegistrationStatus::Assigned);
+    let op = w.assigned("x-dev-1", &[&device]).await;
     let state = op.registration_state.unwrap();
     let x = state.x509.unwrap();
     let info = x.certificate_info.unwrap();
@@ -200,39 +245,18 @@ async fn groups_by_root_and_by_intermediate_and_the_nearest_wins() {
     // A group on the intermediate is nearer to the device than the root's.
     w.enroll_group("by-intermediate", &ica, ProvisioningStatus::Enabled)
         .await;
-    let op = w.register("x-dev-2", &[&device, &ica]).await.unwrap();
-    assert_eq!(
-        op.registration_state
-            .unwrap()
-            .x509
-            .unwrap()
-            .enrollment_group_id
-            .as_deref(),
-        Some("by-intermediate")
-    );
+    let group = w.vouching_group("x-dev-2", &[&device, &ica]).await;
+    assert_eq!(group.as_deref(), Some("by-intermediate"));
     // …also when the device sends only its own certificate.
-    let op = w.register("x-dev-2", &[&device]).await.unwrap();
-    assert_eq!(
-        op.registration_state
-            .unwrap()
-            .x509
-            .unwrap()
-            .enrollment_group_id
-            .as_deref(),
-        Some("by-intermediate")
-    );
+    let group = w.vouching_group("x-dev-2", &[&device]).await;
+    assert_eq!(group.as_deref(), Some("by-intermediate"));
 
     // The nearest entry decides, even when it is disabled.
     w.enroll_group("by-intermediate", &ica, ProvisioningStatus::Disabled)
         .await;
     let another = ica.device("x-dev-2b", days(30)).unwrap();
-    w.refused(
-        "x-dev-2b",
-        &[&another, &ica],
-        ErrorCode::EnrollmentDisabled,
-        "disabled intermediate group",
-    )
-    .await;
+    w.refused_as_disabled("x-dev-2b", &[&another, &ica], "disabled intermediate group")
+        .await;
 }
 
 #[tokio::test]
@@ -274,16 +298,8 @@ async fn a_verified_ca_reference_counts_and_an_unverified_one_does_not() {
 
     ca.is_verified = true;
     given(&*w.store, "default", ca.clone()).await;
-    let op = w.register("x-dev-3", &[&device]).await.unwrap();
-    assert_eq!(
-        op.registration_state
-            .unwrap()
-            .x509
-            .unwrap()
-            .enrollment_group_id
-            .as_deref(),
-        Some("by-reference")
-    );
+    let group = w.vouching_group("x-dev-3", &[&device]).await;
+    assert_eq!(group.as_deref(), Some("by-reference"));
 }
 
 #[tokio::test]
@@ -296,13 +312,8 @@ async fn refusals_each_with_their_code() {
 
     let rogue = Issued::root("Rogue Root", days(365)).unwrap();
     let from_rogue = rogue.device("x-rogue", days(30)).unwrap();
-    w.refused(
-        "x-rogue",
-        &[&from_rogue],
-        ErrorCode::CertificateUntrusted,
-        "untrusted root",
-    )
-    .await;
+    w.refused_as_untrusted("x-rogue", &[&from_rogue], "untrusted root")
+        .await;
 
     // 65 characters: a registration ID, but too long for an X.509 device.
     let long_id = format!("x-{}", "l".repeat(63));
@@ -315,48 +326,18 @@ async fn refusals_each_with_their_code() {
     )
     .await;
 
-    let now = time::OffsetDateTime::now_utc();
-    let expired = ica
-        .device(
-            "x-expired",
-            Validity {
-                not_before: now - time::Duration::days(30),
-                not_after: now - time::Duration::days(1),
-            },
-        )
-        .unwrap();
-    w.refused(
-        "x-expired",
-        &[&expired, &ica],
-        ErrorCode::CertificateExpired,
-        "expired",
-    )
-    .await;
-    let future = ica
-        .device(
-            "x-future",
-            Validity {
-                not_before: now + time::Duration::days(1),
-                not_after: now + time::Duration::days(30),
-            },
-        )
-        .unwrap();
-    w.refused(
-        "x-future",
-        &[&future, &ica],
-        ErrorCode::CertificateExpired,
-        "not yet valid",
-    )
-    .await;
+    for (id, validity, what) in [
+        ("x-expired", valid_between(-30, -1), "expired"),
+        ("x-future", valid_between(1, 30), "not yet valid"),
+    ] {
+        let device = ica.device(id, validity).unwrap();
+        w.refused(id, &[&device, &ica], ErrorCode::CertificateExpired, what)
+            .await;
+    }
 
     let device = ica.device("x-dev-4", days(30)).unwrap();
-    w.refused(
-        "x-dev-4",
-        &[&device],
-        ErrorCode::CertificateUntrusted,
-        "missing intermediate",
-    )
-    .await;
+    w.refused_as_untrusted("x-dev-4", &[&device], "missing intermediate")
+        .await;
     w.refused(
         "someone-else",
         &[&device, &ica],
@@ -365,59 +346,33 @@ async fn refusals_each_with_their_code() {
     )
     .await;
     // The control: with its intermediate the same device is accepted.
-    assert_eq!(
-        w.register("x-dev-4", &[&device, &ica])
-            .await
-            .unwrap()
-            .status,
-        RegistrationStatus::Assigned
-    );
+    w.assigned("x-dev-4", &[&device, &ica]).await;
 
     // Revocation: a disabled individual enrollment for the intermediate blocks every device under it…
     let revoked_ica = root.intermediate("Revoked ICA", days(365)).unwrap();
     let under = revoked_ica.device("x-dev-5", days(30)).unwrap();
-    assert_eq!(
-        w.register("x-dev-5", &[&under, &revoked_ica])
-            .await
-            .unwrap()
-            .status,
-        RegistrationStatus::Assigned
-    );
+    w.assigned("x-dev-5", &[&under, &revoked_ica]).await;
     w.enroll_device("revoke-line-9", &revoked_ica, ProvisioningStatus::Disabled)
         .await;
-    w.refused(
-        "x-dev-6",
-        &[
-            &revoked_ica.device("x-dev-6", days(30)).unwrap(),
-            &revoked_ica,
-        ],
-        ErrorCode::EnrollmentDisabled,
-        "under a disabled intermediate",
-    )
-    .await;
+    let also_under = revoked_ica.device("x-dev-6", days(30)).unwrap();
+    let chain = [&also_under, &revoked_ica];
+    w.refused_as_disabled("x-dev-6", &chain, "under a disabled intermediate")
+        .await;
 
     // …and one for the device blocks it inside its enabled group.
     let blocked = ica.device("x-dev-7", days(30)).unwrap();
     w.enroll_device("x-dev-7", &blocked, ProvisioningStatus::Disabled)
         .await;
-    w.refused(
-        "x-dev-7",
-        &[&blocked, &ica],
-        ErrorCode::EnrollmentDisabled,
-        "disabled device in an enabled group",
-    )
-    .await;
+    let chain = [&blocked, &ica];
+    w.refused_as_disabled("x-dev-7", &chain, "disabled device in an enabled group")
+        .await;
 
     // A disabled group blocks the group.
     let other_root = Issued::root("Other Root", days(365)).unwrap();
     w.enroll_group("off", &other_root, ProvisioningStatus::Disabled)
         .await;
-    w.refused(
-        "x-dev-8",
-        &[&other_root.device("x-dev-8", days(30)).unwrap()],
-        ErrorCode::EnrollmentDisabled,
-        "disabled group",
-    )
-    .await;
+    let in_off = other_root.device("x-dev-8", days(30)).unwrap();
+    w.refused_as_disabled("x-dev-8", &[&in_off], "disabled group")
+        .await;
     assert_eq!(w.hubs.device("hub-a", "x-dev-8"), None);
 }
