@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use onramp_core::admin::Admin;
+use onramp_core::admin::{Admin, EnrollmentResource};
 use onramp_core::ports::Store;
 use onramp_model::query::{BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode};
 use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
@@ -22,6 +22,24 @@ async fn admin() -> Admin {
     Admin::new(store, Arc::new(ManualClock::new(UtcTime::now())))
 }
 
+/// Asserts that bulk request `op` in `mode` is refused whole, as an invalid
+/// argument whose message has `words`, and that `named`, its item with an ID,
+/// was not stored.
+async fn refused_whole<E: EnrollmentResource>(
+    admin: &Admin,
+    mode: BulkMode,
+    op: E::BulkOperation,
+    words: &str,
+    named: &str,
+) {
+    let Err(e) = admin.bulk::<E>("default", op).await else {
+        panic!("{mode:?}: a bulk request with an item without an ID was applied");
+    };
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
+    assert!(e.message.contains(words), "{}", e.message);
+    assert!(admin.get::<E>("default", named).await.is_err());
+}
+
 #[tokio::test]
 async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
     let admin = admin().await;
@@ -33,44 +51,15 @@ async fn a_bulk_item_without_an_id_refuses_the_whole_request() {
                 conformance::enrollment(""),
             ],
         };
-        let e = admin
-            .bulk::<IndividualEnrollment>("default", op)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
-        assert!(
-            e.message.contains("enrollments[1] has no registrationId"),
-            "{}",
-            e.message
-        );
-        assert!(
-            admin
-                .get::<IndividualEnrollment>("default", "bulk-1")
-                .await
-                .is_err()
-        );
+        let words = "enrollments[1] has no registrationId";
+        refused_whole::<IndividualEnrollment>(&admin, mode, op, words, "bulk-1").await;
 
         let op = BulkEnrollmentGroupOperation {
             mode,
             enrollment_groups: vec![conformance::group(" "), conformance::group("g-1")],
         };
-        let e = admin
-            .bulk::<EnrollmentGroup>("default", op)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidArgument, "{mode:?}");
-        assert!(
-            e.message
-                .contains("enrollmentGroups[0] has no enrollmentGroupId"),
-            "{}",
-            e.message
-        );
-        assert!(
-            admin
-                .get::<EnrollmentGroup>("default", "g-1")
-                .await
-                .is_err()
-        );
+        let words = "enrollmentGroups[0] has no enrollmentGroupId";
+        refused_whole::<EnrollmentGroup>(&admin, mode, op, words, "g-1").await;
     }
     // Every item named: applied, and failures reported under their IDs.
     let op = BulkEnrollmentOperation {

@@ -291,13 +291,22 @@ fn now() -> i64 {
         .unwrap()
 }
 
-#[test]
-fn a_software_tpm_imports_the_blob_and_signs_a_token_onramp_accepts() {
+/// A started software TPM with its EK and SRK, or `None` when the tools are
+/// not installed and the test is skipped.
+fn tpm_with_keys() -> Option<(Swtpm, RsaPublic, RsaPublic)> {
     if !tools_installed() {
-        return;
+        return None;
     }
     let tpm = Swtpm::start();
     let (ek, srk) = tpm.make_keys();
+    Some((tpm, ek, srk))
+}
+
+#[test]
+fn a_software_tpm_imports_the_blob_and_signs_a_token_onramp_accepts() {
+    let Some((tpm, ek, srk)) = tpm_with_keys() else {
+        return;
+    };
     // The keys the SDKs' templates give are the same on every TPM but for
     // the modulus, so the checked-in vectors have this shape too.
     for (fresh, stored) in [(&ek, "ek.pub"), (&srk, "srk.pub")] {
@@ -348,11 +357,9 @@ fn a_software_tpm_imports_the_blob_and_signs_a_token_onramp_accepts() {
 
 #[test]
 fn a_blob_for_another_tpm_or_another_srk_does_not_open() {
-    if !tools_installed() {
+    let Some((tpm, ek, srk)) = tpm_with_keys() else {
         return;
-    }
-    let tpm = Swtpm::start();
-    let (ek, srk) = tpm.make_keys();
+    };
     let key = [0x11; 32];
 
     // Bound to another SRK's Name: the credential's integrity check fails.
