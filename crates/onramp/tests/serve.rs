@@ -8,8 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::{Server, onramp, unix_now};
-use onramp_core::ports::RegistrationRecord;
-use onramp_core::ports::StoreExt;
+use onramp_core::ports::{RegistrationRecord, Store, StoreExt, StoredRecord};
 use onramp_model::IdKey;
 use onramp_model::IndividualEnrollment;
 use reqwest::Method;
@@ -60,6 +59,22 @@ async fn refused(
         .await;
     assert_azure_error(what, status, &headers, &v, want_status, want_code);
     v
+}
+
+/// A GET of `path` that must be refused; see [`refused`].
+async fn refused_get(
+    server: &Server,
+    connection_string: &str,
+    path: &str,
+    want: (&str, u16, u64),
+) -> Value {
+    refused(
+        server,
+        connection_string,
+        (Method::GET, path, None, &[]),
+        want,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -250,24 +265,13 @@ async fn device_api_refuses_bad_input_and_leaves_no_trace() {
 async fn service_calls_need_a_valid_token_and_the_right_right() {
     let server = Server::start("127.0.0.1:0");
     server.enroll("dev-1", json!({})).await;
-    let out = onramp()
-        .args([
-            "service",
-            "add-policy",
-            "reader",
-            "--rights",
-            "EnrollmentRead",
-            "--data-dir",
-        ])
-        .arg(&server.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = server.cli_ok(&[
+        "service",
+        "add-policy",
+        "reader",
+        "--rights",
+        "EnrollmentRead",
+    ]);
     let reader = text
         .lines()
         .find_map(|l| l.strip_prefix("Connection string: "))
@@ -331,10 +335,10 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
         401001,
     );
     let forged = reader.replace("SharedAccessKey=", "SharedAccessKey=AAAA");
-    refused(
+    refused_get(
         &server,
         &forged,
-        (Method::GET, "enrollments/dev-1", None, &[]),
+        "enrollments/dev-1",
         ("forged key", 401, 401002),
     )
     .await;
@@ -463,13 +467,7 @@ async fn service_api_pages_and_guards_with_etags() {
         )
         .await;
     assert_eq!(status, 204);
-    refused(
-        &server,
-        &cs,
-        (Method::GET, "enrollments/page-0", None, &[]),
-        ("deleted", 404, 404201),
-    )
-    .await;
+    refused_get(&server, &cs, "enrollments/page-0", ("deleted", 404, 404201)).await;
     let v = refused(
         &server,
         &cs,
@@ -681,67 +679,42 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
     }
 }
 
+/// The arguments of `onramp device provision` for `id` with `credential`
+/// (and whatever else follows it).
+fn provision<'a>(id: &'a str, credential: &[&'a str]) -> Vec<&'a str> {
+    [
+        &["device", "provision", "--registration-id", id][..],
+        credential,
+    ]
+    .concat()
+}
+
 #[tokio::test]
 async fn first_provisioning_with_the_cli() {
     let server = Server::start("127.0.0.1:0");
-    let dir = server.data_dir.clone();
-    let run = |args: &[&str]| {
-        let out = onramp()
-            .args(args)
-            .arg("--data-dir")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let created: Value =
-        serde_json::from_str(&run(&["enrollment", "create", "my-first-device"])).unwrap();
+    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
+    let created = cli_json(&["enrollment", "create", "my-first-device"]);
     let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
-    let result: Value = serde_json::from_str(&run(&[
-        "device",
-        "provision",
-        "--registration-id",
-        "my-first-device",
-        "--key",
-        &key,
-    ]))
-    .unwrap();
+    let result = cli_json(&provision("my-first-device", &["--key", &key]));
     assert_eq!(result["status"], "assigned");
     assert_eq!(result["registrationState"]["deviceId"], "my-first-device");
 
-    let group: Value = serde_json::from_str(&run(&[
-        "group",
-        "create",
-        "line-7",
-        "--initial-twin",
-        r#"{"properties":{"desired":{"rate":10}}}"#,
-    ]))
-    .unwrap();
+    let twin = r#"{"properties":{"desired":{"rate":10}}}"#;
+    let group = cli_json(&["group", "create", "line-7", "--initial-twin", twin]);
     let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
-    let result: Value = serde_json::from_str(&run(&[
-        "device",
-        "provision",
-        "--registration-id",
+    let payload = r#"{"fw":"1.0"}"#;
+    let result = cli_json(&provision(
         "line-7-unit-1",
-        "--group-key",
-        &group_key,
-        "--payload",
-        r#"{"fw":"1.0"}"#,
-    ]))
-    .unwrap();
+        &["--group-key", &group_key, "--payload", payload],
+    ));
     assert_eq!(
         result["registrationState"]["symmetricKey"]["enrollmentGroupId"],
         "line-7"
     );
-    let listed: Value = serde_json::from_str(&run(&["group", "list"])).unwrap();
+    let listed = cli_json(&["group", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     // Listed and shown without keys unless asked for them.
-    let shown: Value = serde_json::from_str(&run(&["group", "show", "line-7"])).unwrap();
+    let shown = cli_json(&["group", "show", "line-7"]);
     assert_eq!(shown["initialTwin"]["properties"]["desired"]["rate"], 10);
     for (what, group) in [("listed", &listed[0]), ("shown", &shown)] {
         assert_eq!(group["enrollmentGroupId"], "line-7", "{what}");
@@ -752,31 +725,18 @@ async fn first_provisioning_with_the_cli() {
             "{what}: {group}"
         );
     }
-    let shown: Value = serde_json::from_str(&run(&["group", "show", "line-7", "--keys"])).unwrap();
+    let shown = cli_json(&["group", "show", "line-7", "--keys"]);
     assert_eq!(
         shown["attestation"]["symmetricKey"]["primaryKey"],
         group_key.as_str()
     );
-    let shown: Value =
-        serde_json::from_str(&run(&["enrollment", "show", "my-first-device"])).unwrap();
+    let shown = cli_json(&["enrollment", "show", "my-first-device"]);
     assert_eq!(shown["registrationState"]["status"], "assigned");
-    run(&["enrollment", "delete", "my-first-device"]);
-    let listed: Value = serde_json::from_str(&run(&["enrollment", "list"])).unwrap();
+    server.cli_ok(&["enrollment", "delete", "my-first-device"]);
+    let listed = cli_json(&["enrollment", "list"]);
     assert_eq!(listed, json!([]));
 
-    let out = onramp()
-        .args([
-            "device",
-            "provision",
-            "--registration-id",
-            "stranger",
-            "--key",
-            &key,
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = server.cli(&provision("stranger", &["--key", &key]));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("404201"),
@@ -955,13 +915,21 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         }
     };
 
+    let by_ca = || {
+        let group = json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "pop-root"}}}});
+        call(Method::PUT, "enrollmentGroups/by-ca".into(), Some(group))
+    };
+    let verify = |certificate: &Issued| {
+        let proof = json!({"certificate": certificate.cert_pem});
+        call(
+            Method::POST,
+            "certificates/pop-root/verify".into(),
+            Some(proof),
+        )
+    };
+
     // A group may only refer to a CA certificate that exists…
-    let (status, headers, v) = call(
-        Method::PUT,
-        "enrollmentGroups/by-ca".into(),
-        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "pop-root"}}}})),
-    )
-    .await;
+    let (status, headers, v) = by_ca().await;
     assert_azure_error("unknown CA reference", status, &headers, &v, 400, 400004);
     let (status, _, v) = call(
         Method::PUT,
@@ -970,12 +938,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
     )
     .await;
     common::assert_ca_verified(status, &v, false);
-    let (status, _, _) = call(
-        Method::PUT,
-        "enrollmentGroups/by-ca".into(),
-        Some(json!({"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "pop-root"}}}})),
-    )
-    .await;
+    let (status, _, _) = by_ca().await;
     assert_eq!(status, 200);
     // …and its devices are refused until the CA is verified.
     let device = root.device("pop-dev", Validity::days(30)).unwrap();
@@ -1015,21 +978,11 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
     assert_eq!(status, 200, "{code}");
     let code = common::text(&code["properties"]["verificationCode"]);
     let wrong_code = root.device("not-the-code", Validity::days(1)).unwrap();
-    let (status, headers, v) = call(
-        Method::POST,
-        "certificates/pop-root/verify".into(),
-        Some(json!({"certificate": wrong_code.cert_pem})),
-    )
-    .await;
+    let (status, headers, v) = verify(&wrong_code).await;
     assert_azure_error("wrong verification code", status, &headers, &v, 400, 400011);
     let other_ca = Issued::root("Another Root", Validity::days(30)).unwrap();
     let not_signed = other_ca.device(&code, Validity::days(1)).unwrap();
-    let (status, headers, v) = call(
-        Method::POST,
-        "certificates/pop-root/verify".into(),
-        Some(json!({"certificate": not_signed.cert_pem})),
-    )
-    .await;
+    let (status, headers, v) = verify(&not_signed).await;
     assert_azure_error("not signed by the CA", status, &headers, &v, 400, 400011);
     assert!(
         v["message"]
@@ -1039,12 +992,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         "{v}"
     );
     let proof = root.device(&code, Validity::days(1)).unwrap();
-    let (status, _, v) = call(
-        Method::POST,
-        "certificates/pop-root/verify".into(),
-        Some(json!({"certificate": proof.cert_pem})),
-    )
-    .await;
+    let (status, _, v) = verify(&proof).await;
     common::assert_ca_verified(status, &v, true);
     let (status, _, v) = register(&device, "pop-dev").await;
     common::assert_assigned(status, &v, 202);
@@ -1146,6 +1094,12 @@ async fn demo_provisions_a_fleet_and_leaves_nothing_behind() {
     assert!(!Path::new(removed).exists(), "{removed} is gone");
 }
 
+/// Whether `store` holds a record of kind `T` called `id` in the default service.
+async fn holds<T: StoredRecord>(store: &dyn Store, id: &str) -> bool {
+    let key = IdKey::of(id);
+    store.get::<T>("default", &key).await.unwrap().is_some()
+}
+
 #[tokio::test]
 async fn bench_imports_individual_enrollments_and_paces_registrations() {
     let server = Server::start("127.0.0.1:0");
@@ -1178,28 +1132,10 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     );
     assert_eq!(summary["assigned"], 60, "{summary}");
     let store = server.store();
-    assert!(
-        store
-            .get::<IndividualEnrollment>("default", &IdKey::of("imp-0000499"))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(holds::<IndividualEnrollment>(&*store, "imp-0000499").await);
     // Spread over the whole list (every third of 500), not its first 60.
-    assert!(
-        store
-            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000177"))
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000001"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(holds::<RegistrationRecord>(&*store, "imp-0000177").await);
+    assert!(!holds::<RegistrationRecord>(&*store, "imp-0000001").await);
 
     // The same enrollments again, without importing; paced at 100/s.
     let (summary, _) = bench(&[
@@ -1221,13 +1157,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
 
     // --first: a later run registers devices no earlier run did (the 61st in
     // the scattered order is enrollment 180).
-    assert!(
-        store
-            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000180"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!holds::<RegistrationRecord>(&*store, "imp-0000180").await);
     let individual = |first: &'static str, devices: &'static str| {
         [
             "--enrollments",
@@ -1245,13 +1175,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     };
     let (summary, _) = bench(&individual("60", "20"));
     assert_eq!(summary["assigned"], 20, "{summary}");
-    assert!(
-        store
-            .get::<RegistrationRecord>("default", &IdKey::of("imp-0000180"))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(holds::<RegistrationRecord>(&*store, "imp-0000180").await);
     let out = server.cli(&[&["bench"][..], &individual("490", "20")].concat());
     assert!(!out.status.success());
     assert!(
