@@ -43,6 +43,12 @@ pub fn request(
     };
     match &attested.proof {
         Proof::SymmetricKey { .. } => context.symmetric_key = Some(serde_json::Map::new()),
+        Proof::Tpm { challenge, .. } => {
+            context.tpm = Some(onramp_model::TpmAttestation {
+                endorsement_key: challenge.endorsement_key.clone(),
+                storage_root_key: Some(challenge.storage_root_key.clone()),
+            })
+        }
         Proof::X509 { leaf, signing } => {
             context.x509 = Some(X509DeviceAttestation {
                 client_certificate: Some(leaf.info.clone()),

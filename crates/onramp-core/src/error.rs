@@ -12,6 +12,9 @@ pub struct ProvisioningError {
     pub code: ErrorCode,
     /// Names the field or check that failed and, where there is one, the fix.
     pub message: String,
+    /// The activation blob (base64) of a TPM challenge: the refusal that asks
+    /// the device to sign its next request with the key inside.
+    pub tpm_challenge: Option<String>,
 }
 
 impl ProvisioningError {
@@ -20,6 +23,19 @@ impl ProvisioningError {
         Self {
             code,
             message: message.to_string(),
+            tpm_challenge: None,
+        }
+    }
+
+    /// The answer to a TPM device's first request: sign the next one with
+    /// the key this blob carries to your TPM.
+    pub fn tpm_challenge(activation_blob: String) -> Self {
+        Self {
+            tpm_challenge: Some(activation_blob),
+            ..Self::unauthorized(
+                "import authenticationKey into the TPM and sign the registration's \
+                 SharedAccessSignature with it (keyName: registration)",
+            )
         }
     }
 

@@ -13,9 +13,21 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use std::sync::Arc;
+
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use onramp_core::ProvisioningError;
+use onramp_core::attest::DeviceCredential;
+use onramp_core::engine::{Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest};
+use onramp_core::events::Protocol;
+use onramp_core::ports::{IdentityAuth, Store, StoreExt, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::{self, RsaPublic, TpmError};
+use onramp_model::{
+    AttestationMechanism, AttestationType, DeviceRegistration, ErrorCode, IdKey,
+    IndividualEnrollment, RegistrationStatus, TpmAttestation, UtcTime,
+};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
 
 /// The persistent handles the SDKs use (and tests/data/tpm/tpm-keys.sh sets).
 const EK_HANDLE: &str = "0x81010001";
@@ -385,4 +397,346 @@ fn a_blob_for_another_tpm_or_another_srk_does_not_open() {
         tpm::verify_token(&token, resource, &key, now(), 300),
         Ok(())
     );
+}
+
+// The challenge through the engine: what the HTTPS and AMQP device APIs
+// run, with the TPM on the device's side.
+
+/// An engine over in-memory ports with one linked hub, whose clock is the
+/// wall clock (the TPM signs tokens that expire in real time).
+struct Provisioning {
+    engine: Arc<Engine>,
+    store: Arc<MemoryStore>,
+    hubs: Arc<RecordingHubs>,
+    clock: Arc<ManualClock>,
+    scope: String,
+}
+
+const TPM_DEVICE: &str = "tpm-device-1";
+
+async fn provisioning(ek: &RsaPublic) -> Provisioning {
+    let store = Arc::new(MemoryStore::new());
+    let svc = conformance::service("default", 0x7A11);
+    store
+        .create_service(&svc, &[conformance::owner("b3duZXI=")])
+        .await
+        .unwrap();
+    given(&*store, "default", conformance::hub("hub-a")).await;
+    given(&*store, "default", tpm_enrollment(TPM_DEVICE, ek)).await;
+    let hubs = Arc::new(RecordingHubs::default());
+    let clock = Arc::new(ManualClock::new(UtcTime::now()));
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        hubs.clone(),
+        clock.clone(),
+        EngineConfig::default(),
+    ));
+    Provisioning {
+        engine,
+        store,
+        hubs,
+        clock,
+        scope: svc.id_scope.to_string(),
+    }
+}
+
+fn tpm_enrollment(id: &str, ek: &RsaPublic) -> IndividualEnrollment {
+    IndividualEnrollment {
+        registration_id: id.into(),
+        attestation: Some(AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: ek.to_base64(),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Provisioning {
+    fn resource(&self) -> String {
+        format!("{}/registrations/{TPM_DEVICE}", self.scope)
+    }
+
+    fn register(
+        &self,
+        credential: DeviceCredential,
+        tpm: Option<TpmAttestation>,
+    ) -> RegisterRequest {
+        RegisterRequest {
+            id_scope: self.scope.clone(),
+            registration_id: TPM_DEVICE.into(),
+            credential,
+            body: DeviceRegistration {
+                registration_id: Some(TPM_DEVICE.into()),
+                tpm,
+                ..Default::default()
+            },
+            force_registration: false,
+            protocol: Protocol::Https,
+            client_addr: None,
+        }
+    }
+
+    /// The first request of a TPM device: its keys, no token.
+    async fn ask_challenge(&self, ek: &RsaPublic, srk: &RsaPublic) -> ProvisioningError {
+        let keys = DeviceCredential::Tpm {
+            endorsement_key: ek.to_base64(),
+            storage_root_key: Some(srk.to_base64()),
+        };
+        let tpm = TpmAttestation {
+            endorsement_key: ek.to_base64(),
+            storage_root_key: Some(srk.to_base64()),
+        };
+        self.engine
+            .register(self.register(keys, Some(tpm)))
+            .await
+            .unwrap_err()
+    }
+}
+
+#[tokio::test]
+async fn a_tpm_device_provisions_through_the_challenge_and_gets_its_hub_key() {
+    let Some((tpm, ek, srk)) = tpm_with_keys() else {
+        return;
+    };
+    let p = provisioning(&ek).await;
+
+    // 1. Keys without a token: the challenge, and nothing registered yet.
+    let challenge = p.ask_challenge(&ek, &srk).await;
+    assert_eq!(challenge.code, ErrorCode::Unauthorized);
+    let blob = STANDARD.decode(challenge.tpm_challenge.unwrap()).unwrap();
+    assert_eq!(p.hubs.count(), 0);
+
+    // 2. The TPM opens it and signs the retry, sent without the tpm object
+    //    (as Edge does): assigned, with the hub key wrapped for the TPM.
+    tpm.import(&blob).unwrap();
+    let token = tpm.sign(&p.resource(), now() + 3600, Some("registration"));
+    let op = p
+        .engine
+        .register(p.register(DeviceCredential::SasToken(token.clone()), None))
+        .await
+        .unwrap();
+    let state = op.registration_state.unwrap();
+    assert_eq!(state.status, RegistrationStatus::Assigned);
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));
+    let hub_blob = STANDARD
+        .decode(state.tpm.unwrap().authentication_key)
+        .unwrap();
+
+    // 3. That key is the hub identity's: the TPM signs a hub token with it
+    //    that the hub's own check accepts.
+    let identity = p.hubs.device("hub-a", TPM_DEVICE).unwrap();
+    let IdentityAuth::SymmetricKey { primary, .. } = identity.auth else {
+        panic!(
+            "a TPM device's hub identity has symmetric keys: {:?}",
+            identity.auth
+        );
+    };
+    tpm.import(&hub_blob).unwrap();
+    let hub_token = tpm.sign(&format!("hub-a/devices/{TPM_DEVICE}"), now() + 3600, None);
+    assert!(
+        sas::parse(&hub_token)
+            .unwrap()
+            .is_signed_by(primary.expose())
+    );
+
+    // 4. The challenge's token still reads this registration's status...
+    let status = p
+        .engine
+        .operation_status(OperationRequest {
+            id_scope: p.scope.clone(),
+            registration_id: TPM_DEVICE.into(),
+            credential: DeviceCredential::SasToken(token.clone()),
+            operation_id: op.operation_id.clone(),
+            protocol: Protocol::Https,
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.status, RegistrationStatus::Assigned);
+
+    // 5. ...but vouches for no second registration.
+    let again = p
+        .engine
+        .register(p.register(DeviceCredential::SasToken(token.clone()), None))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, ErrorCode::Unauthorized);
+    assert!(again.message.contains("spent"), "{}", again.message);
+
+    // 6. Once expired it reads nothing either.
+    p.clock.advance_seconds(16 * 60);
+    let late = p
+        .engine
+        .registration_status(StatusRequest {
+            id_scope: p.scope.clone(),
+            registration_id: TPM_DEVICE.into(),
+            credential: DeviceCredential::SasToken(token),
+            protocol: Protocol::Https,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code, ErrorCode::Unauthorized);
+    assert!(late.message.contains("expired"), "{}", late.message);
+}
+
+#[tokio::test]
+async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
+    // The checked-in keys: no TPM is needed to be refused.
+    let read =
+        |name: &str| RsaPublic::parse(&std::fs::read(data_dir().join(name)).unwrap()).unwrap();
+    let (ek, srk) = (read("ek.pub"), read("srk.pub"));
+    let p = provisioning(&ek).await;
+
+    // Another TPM's endorsement key.
+    let other = RsaPublic::endorsement_key(&[0xC5; 256]).unwrap();
+    let refused = p.ask_challenge(&other, &srk).await;
+    assert_eq!(refused.code, ErrorCode::Unauthorized);
+    assert_eq!(refused.tpm_challenge, None);
+    assert!(
+        refused.message.contains("endorsement key"),
+        "{}",
+        refused.message
+    );
+
+    // No storage root key anywhere: nothing to wrap the key for.
+    let keys = DeviceCredential::Tpm {
+        endorsement_key: ek.to_base64(),
+        storage_root_key: None,
+    };
+    let refused = p.engine.register(p.register(keys, None)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    assert!(
+        refused.message.contains("tpm.storageRootKey"),
+        "{}",
+        refused.message
+    );
+
+    // A token before any challenge.
+    let token = sas::sign(&p.resource(), &STANDARD.encode([7u8; 32]), now() + 60, None).unwrap();
+    let refused = p
+        .engine
+        .register(p.register(DeviceCredential::SasToken(token), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unauthorized);
+    assert!(
+        refused.message.contains("no TPM challenge"),
+        "{}",
+        refused.message
+    );
+
+    // A device without an enrollment.
+    let mut req = p.register(
+        DeviceCredential::Tpm {
+            endorsement_key: ek.to_base64(),
+            storage_root_key: Some(srk.to_base64()),
+        },
+        None,
+    );
+    req.registration_id = "someone-else".into();
+    req.body.registration_id = None;
+    let refused = p.engine.register(req).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::EnrollmentNotFound);
+
+    // The right keys: a challenge whose key the store keeps.
+    let challenge = p.ask_challenge(&ek, &srk).await;
+    assert!(challenge.tpm_challenge.is_some());
+    let kept = p
+        .store
+        .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.spent_by, None);
+    assert_eq!(
+        STANDARD.decode(kept.key.expose()).unwrap().len(),
+        tpm::CHALLENGE_KEY_LEN
+    );
+}
+
+/// A token signed with the key of the challenge the store now keeps, as the
+/// device would sign it after opening the blob.
+async fn token_of_pending_challenge(p: &Provisioning) -> String {
+    let kept = p
+        .store
+        .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
+        .await
+        .unwrap()
+        .unwrap();
+    sas::sign(
+        &p.resource(),
+        kept.key.expose(),
+        now() + 3600,
+        Some("registration"),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
+    let read =
+        |name: &str| RsaPublic::parse(&std::fs::read(data_dir().join(name)).unwrap()).unwrap();
+    let (ek, srk) = (read("ek.pub"), read("srk.pub"));
+    let p = provisioning(&ek).await;
+    let signed = |token: &str| p.register(DeviceCredential::SasToken(token.to_owned()), None);
+
+    // A malformed endorsement key.
+    let keys = DeviceCredential::Tpm {
+        endorsement_key: "AAAA".into(),
+        storage_root_key: Some(srk.to_base64()),
+    };
+    let refused = p.engine.register(p.register(keys, None)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    assert!(
+        refused.message.contains("tpm.endorsementKey"),
+        "{}",
+        refused.message
+    );
+
+    // A second challenge replaces the first: the first key is stale.
+    p.ask_challenge(&ek, &srk).await;
+    let stale = token_of_pending_challenge(&p).await;
+    p.ask_challenge(&ek, &srk).await;
+    let fresh = token_of_pending_challenge(&p).await;
+    let refused = p.engine.register(signed(&stale)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unauthorized);
+    assert!(
+        refused.message.contains("not signed with the key"),
+        "{}",
+        refused.message
+    );
+
+    // Over MQTT the fresh token is refused as TPM over the wrong protocol.
+    let refused = p
+        .engine
+        .check_device(
+            &p.scope,
+            TPM_DEVICE,
+            &DeviceCredential::SasToken(fresh.clone()),
+            Protocol::Mqtt,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::UnsupportedAttestation);
+    assert!(refused.message.contains("HTTPS"), "{}", refused.message);
+
+    // Over HTTPS it registers once; replayed, it is refused.
+    let op = p.engine.register(signed(&fresh)).await.unwrap();
+    assert_eq!(op.status, RegistrationStatus::Assigned);
+    let replayed = p.engine.register(signed(&fresh)).await.unwrap_err();
+    assert_eq!(replayed.code, ErrorCode::Unauthorized);
+    assert!(replayed.message.contains("spent"), "{}", replayed.message);
+
+    // A disabled enrollment still gets a challenge (the key proves nothing
+    // yet), and its signed retry is refused as disabled.
+    let mut disabled = tpm_enrollment(TPM_DEVICE, &ek);
+    disabled.provisioning_status = Some(onramp_model::ProvisioningStatus::Disabled);
+    given(&*p.store, "default", disabled).await;
+    p.ask_challenge(&ek, &srk).await;
+    let token = token_of_pending_challenge(&p).await;
+    let refused = p.engine.register(signed(&token)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::EnrollmentDisabled);
 }

@@ -8,7 +8,7 @@
 use onramp_core::ProvisioningError;
 use onramp_model::{
     DeviceRegistration, DeviceRegistrationState, ErrorBody, ErrorCode, RegistrationOperationStatus,
-    UtcTime,
+    TpmRegistrationChallenge, UtcTime,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -59,6 +59,16 @@ pub fn registration(state: &DeviceRegistrationState) -> Answer {
 /// An Azure error body with the error's status; 429 and 503 say when to
 /// try again.
 pub fn error(err: &ProvisioningError) -> Answer {
+    if let Some(blob) = &err.tpm_challenge {
+        // The SDKs read these three members; a `status` would make the C SDK
+        // take the body for a registration answer.
+        let challenge = TpmRegistrationChallenge {
+            message: err.message.clone(),
+            authentication_key: blob.clone(),
+            key_name: "registration".into(),
+        };
+        return answer(401, &challenge, None);
+    }
     let status = err.http_status();
     Answer {
         status,

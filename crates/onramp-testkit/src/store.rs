@@ -112,7 +112,7 @@ impl MemoryStore {
                 r.state.etag = Some(self.etag());
             }
             Record::CaCertificate(c) => c.etag = Some(self.etag()),
-            Record::LinkedHub(_) => {}
+            Record::LinkedHub(_) | Record::TpmChallenge(_) => {}
         }
     }
 }
@@ -126,7 +126,7 @@ fn created_of(record: &Record) -> Option<UtcTime> {
         Record::Enrollment(e) => e.created_date_time_utc,
         Record::EnrollmentGroup(g) => g.created_date_time_utc,
         Record::Registration(r) => r.state.created_date_time_utc,
-        Record::CaCertificate(_) | Record::LinkedHub(_) => None,
+        Record::CaCertificate(_) | Record::LinkedHub(_) | Record::TpmChallenge(_) => None,
     }
 }
 
@@ -138,7 +138,7 @@ fn etag_of(record: &Record) -> Option<ETag> {
         Record::EnrollmentGroup(g) => g.etag.clone(),
         Record::Registration(r) => r.state.etag.clone(),
         Record::CaCertificate(c) => c.etag.clone(),
-        Record::LinkedHub(_) => Some(ETag::from_raw("*")),
+        Record::LinkedHub(_) | Record::TpmChallenge(_) => Some(ETag::from_raw("*")),
     }
 }
 

@@ -789,6 +789,34 @@ async fn tpm_enrollments_from_the_cli() {
     ]))
     .unwrap();
     assert_eq!(named["registrationId"], "tpm-2");
+
+    // The enrolled TPM's first request over HTTPS, its keys and no token:
+    // 401 with the challenge in the members the SDKs read, and no `status`.
+    let srk_text = STANDARD.encode(std::fs::read(&srk_path).unwrap());
+    let keys = json!({"registrationId": sdk_id, "tpm": {"endorsementKey": ek_text, "storageRootKey": srk_text}});
+    let (status, headers, body) = server
+        .register_raw(
+            &server.id_scope(),
+            &sdk_id,
+            "?api-version=2021-06-01",
+            None,
+            serde_json::to_vec(&keys).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(headers["x-ms-error-code"], "Unauthorized");
+    let mut members: Vec<&String> = body.as_object().unwrap().keys().collect();
+    members.sort();
+    assert_eq!(
+        members,
+        ["authenticationKey", "keyName", "message"],
+        "{body}"
+    );
+    assert_eq!(body["keyName"], "registration");
+    let blob = STANDARD
+        .decode(body["authenticationKey"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(blob.len(), 766, "an activation blob for a 32-byte key");
     assert_eq!(
         named["attestation"]["tpm"]["endorsementKey"],
         ek_text.as_str()
@@ -877,8 +905,15 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
             serde_json::to_vec(&json!({"registrationId": "tpm-dev", "tpm": {"endorsementKey": "AToAAQ==", "storageRootKey": "ARgAAQ=="}})).unwrap(),
         )
         .await;
-    assert_azure_error("tpm device", status, &headers, &body, 400, 400006);
-    assert!(body["message"].as_str().unwrap().contains("TPM"), "{body}");
+    // Nothing enrolls it: refused as unknown, saying what a TPM device needs.
+    assert_azure_error("tpm device", status, &headers, &body, 404, 404201);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("attestation.tpm"),
+        "{body}"
+    );
 
     // No credential at all.
     let (status, headers, body) = server

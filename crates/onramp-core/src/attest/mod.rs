@@ -14,15 +14,17 @@
 //! - `token`: SharedAccessSignature tokens, against an individual
 //!   enrollment's keys or a group's derived keys.
 //! - `certificate`: X.509 chains, walked from the device certificate up.
+//! - `tpm`: the TPM nonce challenge, and tokens signed with its key.
 
 mod certificate;
 mod token;
+mod tpm;
 
 use onramp_model::{
-    EnrollmentGroup, ErrorCode, IdKey, IndividualEnrollment, RegistrationId, Secret,
+    EnrollmentGroup, ErrorCode, IdKey, IndividualEnrollment, RegistrationId, Secret, UtcTime,
 };
 
-use crate::ports::{Store, StoreExt};
+use crate::ports::{Store, StoreExt, TpmChallenge};
 use crate::{ProvisioningError, x509};
 
 /// How the device proved (or tried to prove) who it is.
@@ -63,6 +65,13 @@ pub enum Proof {
     X509 {
         leaf: Box<x509::Parsed>,
         signing: Option<Box<x509::Parsed>>,
+    },
+    /// A token signed with the key of its TPM challenge. The hub identity is
+    /// made with fresh keys; the primary travels to the TPM when assigned.
+    Tpm {
+        challenge: Box<TpmChallenge>,
+        hub_primary: Secret,
+        hub_secondary: Secret,
     },
 }
 
@@ -141,12 +150,16 @@ impl GroupPages {
 pub struct AttestationConfig {
     /// How far past its expiry a token is still accepted (clock skew).
     pub token_skew_seconds: i64,
+    /// How long the key of a TPM challenge signs tokens: its registration
+    /// and that registration's polls.
+    pub tpm_challenge_seconds: i64,
 }
 
 impl Default for AttestationConfig {
     fn default() -> Self {
         Self {
             token_skew_seconds: 300,
+            tpm_challenge_seconds: 15 * 60,
         }
     }
 }
@@ -160,9 +173,10 @@ pub async fn attest(
     id_scope: &str,
     registration_id: &RegistrationId,
     credential: &DeviceCredential,
-    now_unix: i64,
+    now: UtcTime,
     config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
+    let now_unix = now.unix_seconds();
     match credential {
         DeviceCredential::SasToken(token) => {
             token::attest(
@@ -172,7 +186,7 @@ pub async fn attest(
                 id_scope,
                 registration_id,
                 token,
-                now_unix,
+                now,
                 config,
             )
             .await
@@ -180,11 +194,22 @@ pub async fn attest(
         DeviceCredential::X509Chain(chain) => {
             certificate::attest(store, prefetched, service, registration_id, chain, now_unix).await
         }
-        DeviceCredential::Tpm { .. } => Err(ProvisioningError::new(
-            ErrorCode::UnsupportedAttestation,
-            "TPM attestation is not available on this Onramp server yet; \
-             provision this device with a symmetric key (SharedAccessSignature) instead",
-        )),
+        DeviceCredential::Tpm {
+            endorsement_key,
+            storage_root_key,
+        } => {
+            tpm::challenge(
+                store,
+                prefetched,
+                service,
+                registration_id,
+                endorsement_key,
+                storage_root_key.as_deref(),
+                now,
+                config,
+            )
+            .await
+        }
         DeviceCredential::None => Err(ProvisioningError::new(
             ErrorCode::MissingAuthorization,
             "the request carries no credential; send a SharedAccessSignature token \

@@ -2,7 +2,7 @@
 //! expiry first; then the individual enrollment's keys, else the first
 //! symmetric-key group whose key, derived for this registration ID, signed it.
 
-use onramp_model::{AttestationType, ErrorCode, RegistrationId, Secret};
+use onramp_model::{AttestationType, ErrorCode, RegistrationId, Secret, UtcTime};
 
 use super::{AttestationConfig, Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
 use crate::ports::Store;
@@ -16,9 +16,10 @@ pub(super) async fn attest(
     id_scope: &str,
     registration_id: &RegistrationId,
     token: &str,
-    now_unix: i64,
+    now: UtcTime,
     config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
+    let now_unix = now.unix_seconds();
     let token = sas::parse(token).map_err(|e| ProvisioningError::unauthorized(e.to_string()))?;
     let expected = format!("{id_scope}/registrations/{registration_id}");
     if !token.resource_is(&expected) {
@@ -36,6 +37,10 @@ pub(super) async fn attest(
 
     let key = registration_id.key();
     if let Some(enrollment) = prefetched.enrollment(store, service, &key).await? {
+        if enrollment.attestation.as_ref().map(|a| a.kind) == Some(AttestationType::Tpm) {
+            return super::tpm::verify(store, service, registration_id, enrollment, &token, now)
+                .await;
+        }
         let (primary, secondary) = symmetric_keys_of(
             enrollment
                 .attestation

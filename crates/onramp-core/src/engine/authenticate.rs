@@ -5,7 +5,7 @@ use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 
 use super::{Engine, parse_registration_id};
 use crate::ProvisioningError;
-use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, attest};
+use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
 use crate::events::{AttestationAttempt, AttestationStep, Protocol};
 use crate::ports::RegistrationInputs;
 use crate::tenant::ProvisioningService;
@@ -86,10 +86,11 @@ impl Engine {
                 service.id_scope.as_str(),
                 registration_id,
                 credential,
-                self.clock.now().unix_seconds(),
+                self.clock.now(),
                 self.config.attestation,
             )
             .await
+            .and_then(|a| tpm_only_where_it_exists(protocol, a))
             .map(|a| (service, a)),
             Err(e) => Err(e),
         };
@@ -124,6 +125,25 @@ impl Engine {
             .registration_inputs(&scope_key(id_scope)?, &registration_id.key(), GROUP_PAGE)
             .await?
             .ok_or_else(|| no_service(id_scope))
+    }
+}
+
+/// TPM attestation runs over HTTPS and AMQP: MQTT has no challenge in any
+/// SDK, so a TPM device there is refused, whatever token it holds.
+fn tpm_only_where_it_exists(
+    protocol: Protocol,
+    attested: Attested,
+) -> Result<Attested, ProvisioningError> {
+    match (&attested.proof, protocol) {
+        (Proof::Tpm { .. }, Protocol::Mqtt | Protocol::MqttWs) => Err(ProvisioningError::new(
+            ErrorCode::UnsupportedAttestation,
+            format!(
+                "registration '{}' attests with a TPM, which DPS devices do over HTTPS or \
+                 AMQP, not MQTT; provision it over HTTPS",
+                attested.registration_id
+            ),
+        )),
+        _ => Ok(attested),
     }
 }
 

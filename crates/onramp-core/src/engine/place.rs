@@ -149,6 +149,17 @@ fn identity_auth(attested: &Attested) -> IdentityAuth {
             secondary: secondary.clone(),
         },
         (
+            Proof::Tpm {
+                hub_primary,
+                hub_secondary,
+                ..
+            },
+            _,
+        ) => IdentityAuth::SymmetricKey {
+            primary: hub_primary.clone(),
+            secondary: hub_secondary.clone(),
+        },
+        (
             Proof::X509 {
                 signing: Some(anchor),
                 ..

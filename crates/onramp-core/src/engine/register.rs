@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_model::{
-    DeviceRegistrationState, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
-    SymmetricKeyRegistrationResult, UtcTime, X509RegistrationResult,
+    DeviceRegistrationState, ErrorCode, RegistrationOperationStatus, RegistrationStatus, Secret,
+    SymmetricKeyRegistrationResult, TpmRegistrationResult, UtcTime, X509RegistrationResult,
 };
 
 use super::authenticate::Claim;
@@ -16,8 +17,11 @@ use super::{Engine, RegisterRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::attest::{Attested, Prefetched, Proof};
 use crate::events::{AttestationStep, HubCleanup, RegistrationAttempt};
-use crate::ports::{Placement, Precondition, RegistrationInputs, RegistrationRecord, StoreExt};
+use crate::ports::{
+    Placement, Precondition, RegistrationInputs, RegistrationRecord, StoreExt, TpmChallenge,
+};
 use crate::tenant::{LinkedHub, ProvisioningService};
+use crate::tpm::{self, RsaPublic};
 
 impl Engine {
     /// Runs registration `operation_id` to its end and records it.
@@ -79,6 +83,9 @@ impl Engine {
             .attest_in(found, claim, AttestationStep::Register)
             .await?;
         let (previous, linked) = earlier;
+        if let Proof::Tpm { challenge, .. } = &attested.proof {
+            self.spend(&service.name, challenge, &operation_id).await?;
+        }
 
         let key = registration_id.key();
         let running = self.running(
@@ -177,6 +184,7 @@ impl Engine {
                             enrollment_group_id: Some(g.to_owned()),
                         });
             }
+            Proof::Tpm { .. } => {}
             Proof::X509 { leaf, signing } => {
                 state.x509 = Some(X509RegistrationResult {
                     certificate_info: Some(leaf.info.clone()),
@@ -187,6 +195,17 @@ impl Engine {
         }
         let (placement, leaves) = match placed {
             Ok(p) => {
+                if let Proof::Tpm {
+                    challenge,
+                    hub_primary,
+                    ..
+                } = &attested.proof
+                {
+                    // The hub identity's key, for the TPM only.
+                    state.tpm = Some(TpmRegistrationResult {
+                        authentication_key: hub_key_blob(challenge, hub_primary)?,
+                    });
+                }
                 state.assigned_hub = Some(p.hub.clone());
                 state.device_id = Some(device_id.clone());
                 state.substatus = Some(p.substatus);
@@ -289,4 +308,51 @@ pub(super) fn superseded(attested: &Attested) -> ProvisioningError {
 
 fn seconds_between(a: UtcTime, b: UtcTime) -> f64 {
     (b.unix_nanos() - a.unix_nanos()) as f64 / 1e9
+}
+
+impl Engine {
+    /// Marks a TPM challenge spent by registration `operation_id`: its key
+    /// vouches for one registration (and that one's polls), not for more.
+    async fn spend(
+        &self,
+        service: &str,
+        challenge: &TpmChallenge,
+        operation_id: &str,
+    ) -> Result<(), ProvisioningError> {
+        if challenge
+            .spent_by
+            .as_deref()
+            .is_some_and(|spent_by| spent_by != operation_id)
+        {
+            return Err(ProvisioningError::unauthorized(format!(
+                "the TPM challenge sent to '{}' was spent by an earlier registration; send the \
+                 register request without Authorization, with the tpm keys, to get a new one",
+                challenge.registration_id
+            )));
+        }
+        let mut spent = challenge.clone();
+        spent.spent_by = Some(operation_id.to_owned());
+        self.store
+            .put(service, spent, Precondition::None, self.clock.now())
+            .await?;
+        Ok(())
+    }
+}
+
+/// The activation blob (base64) that carries the hub identity's primary key
+/// to the TPM that answered `challenge`.
+fn hub_key_blob(
+    challenge: &TpmChallenge,
+    hub_primary: &Secret,
+) -> Result<String, ProvisioningError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        ProvisioningError::internal(format!("the TPM's hub key could not be wrapped: {e}"))
+    };
+    let ek = RsaPublic::from_base64(&challenge.endorsement_key).map_err(|e| failed(&e))?;
+    let srk = RsaPublic::from_base64(&challenge.storage_root_key).map_err(|e| failed(&e))?;
+    let key = STANDARD
+        .decode(hub_primary.expose())
+        .map_err(|e| failed(&e))?;
+    let blob = tpm::activation_blob(&ek, &srk, &key).map_err(|e| failed(&e))?;
+    Ok(STANDARD.encode(blob))
 }

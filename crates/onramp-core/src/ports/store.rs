@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use onramp_model::{
     AttestationMechanism, DeviceRegistrationState, ETag, EnrollmentGroup, EnrollmentKind,
-    ErrorCode, IdKey, IndividualEnrollment, UtcTime,
+    ErrorCode, IdKey, IndividualEnrollment, Secret, UtcTime,
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +147,25 @@ impl RegistrationRecord {
     }
 }
 
+/// The TPM challenge a device was sent and has not outlived: the key its
+/// activation blob carried, which its tokens must be signed with. Kept in the
+/// store (its key sealed at rest) so that the retry may reach another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmChallenge {
+    pub registration_id: String,
+    /// The HMAC key sent in the blob (base64).
+    pub key: Secret,
+    /// The device's keys as it sent them (base64 `TPM2B_PUBLIC`): the key
+    /// of its hub identity travels to them in the final blob.
+    pub endorsement_key: String,
+    pub storage_root_key: String,
+    pub expires: UtcTime,
+    /// The register operation that spent it: a challenge vouches for one
+    /// registration (and the polls of that one).
+    pub spent_by: Option<String>,
+}
+
 /// One measurement of the round trip from an Onramp node to a linked hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -189,6 +208,7 @@ pub enum RecordKind {
     Registration,
     CaCertificate,
     LinkedHub,
+    TpmChallenge,
 }
 
 impl RecordKind {
@@ -202,6 +222,9 @@ impl RecordKind {
             }
             RecordKind::CaCertificate => format!("no CA certificate is named '{key}'"),
             RecordKind::LinkedHub => format!("no linked hub is named '{key}'"),
+            RecordKind::TpmChallenge => {
+                format!("no TPM challenge is pending for registration ID '{key}'")
+            }
         }
     }
 
@@ -213,6 +236,7 @@ impl RecordKind {
             RecordKind::Registration => ErrorCode::RegistrationNotFound,
             RecordKind::CaCertificate => ErrorCode::CaCertificateNotFound,
             RecordKind::LinkedHub => ErrorCode::LinkedHubNotFound,
+            RecordKind::TpmChallenge => ErrorCode::Unauthorized,
         }
     }
 }
@@ -226,6 +250,7 @@ pub enum Record {
     Registration(Box<RegistrationRecord>),
     CaCertificate(Box<CaCertificate>),
     LinkedHub(Box<LinkedHub>),
+    TpmChallenge(Box<TpmChallenge>),
 }
 
 impl Record {
@@ -236,6 +261,7 @@ impl Record {
             Record::Registration(_) => RecordKind::Registration,
             Record::CaCertificate(_) => RecordKind::CaCertificate,
             Record::LinkedHub(_) => RecordKind::LinkedHub,
+            Record::TpmChallenge(_) => RecordKind::TpmChallenge,
         }
     }
 
@@ -247,6 +273,7 @@ impl Record {
             Record::Registration(r) => &r.state.registration_id,
             Record::CaCertificate(c) => &c.name,
             Record::LinkedHub(h) => h.name.trim(),
+            Record::TpmChallenge(c) => &c.registration_id,
         })
     }
 }
@@ -282,6 +309,7 @@ stored_record!(
     RegistrationRecord => Registration,
     CaCertificate => CaCertificate,
     LinkedHub => LinkedHub,
+    TpmChallenge => TpmChallenge,
 );
 
 /// Storage of tenants, enrollments and registrations: what a store (SQLite,

@@ -4,11 +4,12 @@ use rusqlite::Connection;
 
 use crate::migrations::{Step, run};
 
-const STEPS: [Step; 4] = [
+const STEPS: [Step; 5] = [
     (1, include_str!("schema.sql")),
     (2, include_str!("schema_v2.sql")),
     (3, include_str!("schema_v3.sql")),
     (4, include_str!("schema_v4.sql")),
+    (5, include_str!("schema_v5.sql")),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -7,6 +7,7 @@
 //! `Store` impl below hands each call to one of them.
 
 mod certificates;
+mod challenges;
 mod db;
 mod enrollments;
 mod migrations;
@@ -35,6 +36,7 @@ use rusqlite::Connection;
 pub use db::Durability;
 
 use crate::seal::Sealer;
+use challenges::{ChallengeWrite, TPM_CHALLENGES};
 use enrollments::EnrollmentWrite;
 use registrations::REGISTRATIONS;
 use rows::{check_row, corrupt, delete_row};
@@ -304,6 +306,9 @@ fn read_record(
         RecordKind::LinkedHub => services::linked_hubs_of(conn, sealer, service, Some(key))?
             .pop()
             .map(StoredRecord::into_record),
+        RecordKind::TpmChallenge => {
+            challenges::read_one(conn, sealer, service, key)?.map(StoredRecord::into_record)
+        }
     })
 }
 
@@ -338,6 +343,9 @@ fn read_records(
             .filter(|r| r.key().as_str() > after)
             .take(limit)
             .collect(),
+        RecordKind::TpmChallenge => {
+            all(challenges::read_page(conn, sealer, service, after, limit)?)
+        }
     })
 }
 
@@ -349,6 +357,7 @@ enum RecordWrite {
     Registration(Box<RegistrationRecord>, UtcTime),
     CaCertificate(Box<CaCertificate>),
     LinkedHub(Box<SealedHub>, Box<LinkedHub>),
+    TpmChallenge(Box<ChallengeWrite>),
 }
 
 impl RecordWrite {
@@ -373,6 +382,9 @@ impl RecordWrite {
             }
             Record::LinkedHub(h) => {
                 RecordWrite::LinkedHub(Box::new(SealedHub::seal(sealer, service, &h)?), h)
+            }
+            Record::TpmChallenge(c) => {
+                RecordWrite::TpmChallenge(Box::new(ChallengeWrite::seal(sealer, service, *c)?))
             }
         })
     }
@@ -405,6 +417,16 @@ impl RecordWrite {
                 sealed.upsert(conn, service)?;
                 hub.into_record()
             }
+            RecordWrite::TpmChallenge(w) => {
+                check_row(
+                    conn,
+                    TPM_CHALLENGES,
+                    service,
+                    w.registration_id(),
+                    condition,
+                )?;
+                w.apply(conn, service)?.into_record()
+            }
         })
     }
 }
@@ -420,6 +442,7 @@ fn delete_record(
         RecordKind::Enrollment => enrollments::table(EnrollmentKind::Individual),
         RecordKind::EnrollmentGroup => enrollments::table(EnrollmentKind::Group),
         RecordKind::Registration => REGISTRATIONS,
+        RecordKind::TpmChallenge => TPM_CHALLENGES,
         RecordKind::CaCertificate => {
             return certificates::delete(conn, service, key, condition);
         }

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use onramp_core::ports::{Precondition, RegistrationRecord, Store, StoreError};
-use onramp_model::{DeviceRegistrationState, UtcTime};
+use onramp_core::ports::{Precondition, RegistrationRecord, Store, StoreError, TpmChallenge};
+use onramp_model::{DeviceRegistrationState, Secret, UtcTime};
 use onramp_testkit::{conformance, given};
 use rusqlite::Connection;
 
@@ -138,6 +138,15 @@ async fn survives_reopening_and_keeps_secrets_sealed_on_disk() {
             .unwrap();
         given(&store, "s", conformance::enrollment("dev")).await;
         given(&store, "s", conformance::hub("hub.example.net")).await;
+        let challenge = TpmChallenge {
+            registration_id: "tpm-dev".into(),
+            key: Secret::new("dHBtLWNoYWxsZW5nZS1rZXk="),
+            endorsement_key: "ek".into(),
+            storage_root_key: "srk".into(),
+            expires: UtcTime::now(),
+            spent_by: None,
+        };
+        given(&store, "s", challenge).await;
     }
     let store = open(dir.path());
     let e = store
@@ -156,12 +165,23 @@ async fn survives_reopening_and_keeps_secrets_sealed_on_disk() {
         key
     );
     assert_eq!(store.linked_hubs("s").await.unwrap().len(), 1);
+    let challenge = store
+        .get::<TpmChallenge>("s", &IdKey::of("tpm-dev"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(challenge.key.expose(), "dHBtLWNoYWxsZW5nZS1rZXk=");
     drop(store);
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
             let bytes = std::fs::read(&path).unwrap();
-            for secret in [key, "b3duZXIta2V5LXNlY3JldC0x", "aHViLWtleQ=="] {
+            for secret in [
+                key,
+                "b3duZXIta2V5LXNlY3JldC0x",
+                "aHViLWtleQ==",
+                "dHBtLWNoYWxsZW5nZS1rZXk=",
+            ] {
                 assert!(
                     !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                     "{} holds {secret} in plaintext",

@@ -10,6 +10,7 @@ use onramp_core::ports::{Precondition, Store, StoreError, StoreExt, StoredRecord
 use onramp_model::{IdKey, UtcTime};
 
 mod certificates;
+mod challenges;
 mod enrollments;
 mod fixtures;
 mod groups;
@@ -19,6 +20,7 @@ mod registrations;
 mod tenants;
 
 pub use certificates::certificates;
+pub use challenges::tpm_challenges;
 pub use enrollments::enrollments;
 pub use fixtures::{enrollment, group, hub, owner, service};
 pub use groups::groups;
@@ -56,6 +58,7 @@ macro_rules! store_conformance {
             registration_inputs,
             placements_and_latencies,
             certificates,
+            tpm_challenges,
             isolation,
         );
     };
