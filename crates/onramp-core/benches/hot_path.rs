@@ -10,9 +10,13 @@ use onramp_core::allocate::{HubSelection, Proximity, allocate};
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::{Store, SystemClock};
+use onramp_core::ports::{Store, StoreExt, SystemClock, TpmChallenge};
 use onramp_core::sas;
-use onramp_model::{AllocationPolicy, DeviceRegistration};
+use onramp_core::tpm::RsaPublic;
+use onramp_model::{
+    AllocationPolicy, AttestationMechanism, AttestationType, DeviceRegistration, IdKey,
+    IndividualEnrollment, TpmAttestation,
+};
 use onramp_testkit::{MemoryStore, RecordingHubs, conformance, given};
 
 const GROUP_KEY: &str = "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw==";
@@ -106,5 +110,86 @@ fn engine(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sas_verification, allocation, engine);
+/// A TPM device's whole registration: the challenge (one activation blob,
+/// the key kept), then the retry signed with that key (the token checked,
+/// the challenge spent, the hub key wrapped in a second blob).
+fn engine_tpm(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let svc = conformance::service("default", 0xA2B4);
+    let scope = svc.id_scope.to_string();
+    let ek = RsaPublic::parse(include_bytes!("../tests/data/tpm/ek.pub")).unwrap();
+    let srk = RsaPublic::parse(include_bytes!("../tests/data/tpm/srk.pub")).unwrap();
+    let enrollment = IndividualEnrollment {
+        registration_id: "tpm-device".into(),
+        attestation: Some(AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: ek.to_base64(),
+                storage_root_key: Some(srk.to_base64()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        store.create_service(&svc, &[]).await.unwrap();
+        given(&*store, "default", conformance::hub("hub-a")).await;
+        given(&*store, "default", enrollment).await;
+    });
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        Arc::new(RecordingHubs::default()),
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    ));
+    let request = |credential| RegisterRequest {
+        id_scope: scope.clone(),
+        registration_id: "tpm-device".into(),
+        credential,
+        body: DeviceRegistration::default(),
+        force_registration: false,
+        protocol: Protocol::Internal,
+        client_addr: None,
+    };
+    let keys = DeviceCredential::Tpm {
+        endorsement_key: ek.to_base64(),
+        storage_root_key: Some(srk.to_base64()),
+    };
+    let resource = format!("{scope}/registrations/tpm-device");
+    c.bench_function(
+        "engine: register a TPM device, challenge and retry (in-memory ports)",
+        |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let challenge = engine.register(request(keys.clone())).await.unwrap_err();
+                    assert!(challenge.tpm_challenge.is_some());
+                    // The device's part (opening the blob) happens in its TPM:
+                    // here the key is read back from the store.
+                    let kept = store
+                        .get::<TpmChallenge>("default", &IdKey::of("tpm-device"))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let token = sas::sign(
+                        &resource,
+                        kept.key.expose(),
+                        4_000_000_000,
+                        Some("registration"),
+                    )
+                    .unwrap();
+                    engine
+                        .register(request(DeviceCredential::SasToken(token)))
+                        .await
+                        .unwrap()
+                })
+            })
+        },
+    );
+}
+
+criterion_group!(benches, sas_verification, allocation, engine, engine_tpm);
 criterion_main!(benches);

@@ -563,8 +563,7 @@ async fn a_tpm_device_provisions_through_the_challenge_and_gets_its_hub_key() {
         .register(p.register(DeviceCredential::SasToken(token.clone()), None))
         .await
         .unwrap_err();
-    assert_eq!(again.code, ErrorCode::Unauthorized);
-    assert!(again.message.contains("spent"), "{}", again.message);
+    assert_refused(&again, ErrorCode::Unauthorized, "spent");
 
     // 6. Once expired it reads nothing either.
     p.clock.advance_seconds(16 * 60);
@@ -578,16 +577,12 @@ async fn a_tpm_device_provisions_through_the_challenge_and_gets_its_hub_key() {
         })
         .await
         .unwrap_err();
-    assert_eq!(late.code, ErrorCode::Unauthorized);
-    assert!(late.message.contains("expired"), "{}", late.message);
+    assert_refused(&late, ErrorCode::Unauthorized, "expired");
 }
 
 #[tokio::test]
 async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
-    // The checked-in keys: no TPM is needed to be refused.
-    let read =
-        |name: &str| RsaPublic::parse(&std::fs::read(data_dir().join(name)).unwrap()).unwrap();
-    let (ek, srk) = (read("ek.pub"), read("srk.pub"));
+    let (ek, srk) = checked_in_keys();
     let p = provisioning(&ek).await;
 
     // Another TPM's endorsement key.
@@ -607,12 +602,7 @@ async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
         storage_root_key: None,
     };
     let refused = p.engine.register(p.register(keys, None)).await.unwrap_err();
-    assert_eq!(refused.code, ErrorCode::InvalidArgument);
-    assert!(
-        refused.message.contains("tpm.storageRootKey"),
-        "{}",
-        refused.message
-    );
+    assert_refused(&refused, ErrorCode::InvalidArgument, "tpm.storageRootKey");
 
     // A token before any challenge.
     let token = sas::sign(&p.resource(), &STANDARD.encode([7u8; 32]), now() + 60, None).unwrap();
@@ -621,12 +611,7 @@ async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
         .register(p.register(DeviceCredential::SasToken(token), None))
         .await
         .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::Unauthorized);
-    assert!(
-        refused.message.contains("no TPM challenge"),
-        "{}",
-        refused.message
-    );
+    assert_refused(&refused, ErrorCode::Unauthorized, "no TPM challenge");
 
     // A device without an enrollment.
     let mut req = p.register(
@@ -657,6 +642,19 @@ async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
     );
 }
 
+/// The EK and SRK checked in beside these tests: no TPM is needed to be refused.
+fn checked_in_keys() -> (RsaPublic, RsaPublic) {
+    let read =
+        |name: &str| RsaPublic::parse(&std::fs::read(data_dir().join(name)).unwrap()).unwrap();
+    (read("ek.pub"), read("srk.pub"))
+}
+
+/// Asserts a refusal's Azure error code, and that its message names `what`.
+fn assert_refused(e: &ProvisioningError, code: ErrorCode, what: &str) {
+    assert_eq!(e.code, code, "{}", e.message);
+    assert!(e.message.contains(what), "{}", e.message);
+}
+
 /// A token signed with the key of the challenge the store now keeps, as the
 /// device would sign it after opening the blob.
 async fn token_of_pending_challenge(p: &Provisioning) -> String {
@@ -677,9 +675,7 @@ async fn token_of_pending_challenge(p: &Provisioning) -> String {
 
 #[tokio::test]
 async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
-    let read =
-        |name: &str| RsaPublic::parse(&std::fs::read(data_dir().join(name)).unwrap()).unwrap();
-    let (ek, srk) = (read("ek.pub"), read("srk.pub"));
+    let (ek, srk) = checked_in_keys();
     let p = provisioning(&ek).await;
     let signed = |token: &str| p.register(DeviceCredential::SasToken(token.to_owned()), None);
 
@@ -689,12 +685,7 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
         storage_root_key: Some(srk.to_base64()),
     };
     let refused = p.engine.register(p.register(keys, None)).await.unwrap_err();
-    assert_eq!(refused.code, ErrorCode::InvalidArgument);
-    assert!(
-        refused.message.contains("tpm.endorsementKey"),
-        "{}",
-        refused.message
-    );
+    assert_refused(&refused, ErrorCode::InvalidArgument, "tpm.endorsementKey");
 
     // A second challenge replaces the first: the first key is stale.
     p.ask_challenge(&ek, &srk).await;
@@ -702,12 +693,7 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
     p.ask_challenge(&ek, &srk).await;
     let fresh = token_of_pending_challenge(&p).await;
     let refused = p.engine.register(signed(&stale)).await.unwrap_err();
-    assert_eq!(refused.code, ErrorCode::Unauthorized);
-    assert!(
-        refused.message.contains("not signed with the key"),
-        "{}",
-        refused.message
-    );
+    assert_refused(&refused, ErrorCode::Unauthorized, "not signed with the key");
 
     // Over MQTT the fresh token is refused as TPM over the wrong protocol.
     let refused = p
@@ -720,15 +706,13 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
         )
         .await
         .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::UnsupportedAttestation);
-    assert!(refused.message.contains("HTTPS"), "{}", refused.message);
+    assert_refused(&refused, ErrorCode::UnsupportedAttestation, "HTTPS");
 
     // Over HTTPS it registers once; replayed, it is refused.
     let op = p.engine.register(signed(&fresh)).await.unwrap();
     assert_eq!(op.status, RegistrationStatus::Assigned);
     let replayed = p.engine.register(signed(&fresh)).await.unwrap_err();
-    assert_eq!(replayed.code, ErrorCode::Unauthorized);
-    assert!(replayed.message.contains("spent"), "{}", replayed.message);
+    assert_refused(&replayed, ErrorCode::Unauthorized, "spent");
 
     // A disabled enrollment still gets a challenge (the key proves nothing
     // yet), and its signed retry is refused as disabled.
