@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::sas;
+use onramp_core::tpm::device::SoftTpm;
 use onramp_model::RegistrationStatus;
 
 use crate::cli::{DeviceCommand, DeviceTarget, ProvisionArgs, RunArgs};
@@ -139,12 +141,17 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
         id_scope,
         ca,
     } = args.target.resolve(local.as_ref(), protocol)?;
+    let tpm = match &args.tpm {
+        Some(path) => Some(Arc::new(soft_tpm(path, &args.registration_id)?)),
+        None => None,
+    };
     let key = match (&args.key, &args.group_key, &args.certificate) {
         (Some(k), None, None) => Some(k.clone()),
         (None, Some(g), None) => {
             Some(sas::derive_device_key(g, &args.registration_id).map_err(anyhow::Error::msg)?)
         }
         (None, None, Some(_)) => None,
+        (None, None, None) if tpm.is_some() => None,
         _ => bail!(
             "give the device key with --key, the enrollment group key with --group-key, or an X.509 \
              certificate with --certificate and --certificate-key"
@@ -190,6 +197,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
         key: key.clone(),
         payload,
         force: args.force,
+        tpm,
     };
     let status = match simulator::provision(&spec, protocol, &http, tls.clone()).await {
         Ok(status) => status,
@@ -205,6 +213,11 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
                     state.assigned_hub.as_deref().unwrap_or("?")
                 );
             }
+            // A TPM device's hub key is the one the answer wraps for its TPM.
+            let key = match spec.tpm_hub_key(&status)? {
+                Some(hub_key) => Some(hub_key),
+                None => key,
+            };
             Ok(Provisioned { status, key, tls })
         }
         other => {
@@ -269,4 +282,43 @@ async fn run_device(args: RunArgs) -> anyhow::Result<()> {
     }
     device.disconnect().await;
     Ok(())
+}
+
+/// The software TPM kept in `path`, made (and its enrollment command shown)
+/// when the file does not exist yet.
+fn soft_tpm(path: &std::path::Path, registration_id: &str) -> anyhow::Result<SoftTpm> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Kept {
+        endorsement_key: String,
+        storage_root_key: String,
+    }
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the software TPM {}", path.display()))?;
+        let kept: Kept = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a software TPM Onramp wrote", path.display()))?;
+        let der = |b64: &str| {
+            STANDARD
+                .decode(b64)
+                .context("a key in the TPM file is not base64")
+        };
+        return SoftTpm::from_pkcs8(&der(&kept.endorsement_key)?, &der(&kept.storage_root_key)?)
+            .with_context(|| format!("the keys in {}", path.display()));
+    }
+    let tpm = SoftTpm::generate()?;
+    let (ek, srk) = tpm.to_pkcs8()?;
+    let kept = Kept {
+        endorsement_key: STANDARD.encode(ek),
+        storage_root_key: STANDARD.encode(srk),
+    };
+    onramp_files::write(path, serde_json::to_string(&kept)?.as_bytes())
+        .with_context(|| format!("writing the software TPM {}", path.display()))?;
+    eprintln!(
+        "created a software TPM in {}; enroll it with:\n  onramp enrollment create {registration_id} --tpm-ek {} --tpm-srk {}",
+        path.display(),
+        tpm.endorsement_key().to_base64(),
+        tpm.storage_root_key().to_base64()
+    );
+    Ok(tpm)
 }

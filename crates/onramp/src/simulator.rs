@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::sas;
+use onramp_core::tpm::device::SoftTpm;
 use onramp_model::{
-    DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
+    DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus, TpmAttestation,
+    TpmRegistrationChallenge,
 };
 use onramp_net::mqtt::client::{ConnectOptions, MqttClient, Transport};
 use onramp_net::mqtt::{QoS, topic};
@@ -79,6 +82,9 @@ pub struct DeviceSpec {
     pub key: Option<String>,
     pub payload: Option<serde_json::Value>,
     pub force: bool,
+    /// A TPM device's TPM (in software): it answers the nonce challenge
+    /// over HTTPS, and opens the hub key the `assigned` answer carries.
+    pub tpm: Option<Arc<SoftTpm>>,
 }
 
 impl DeviceSpec {
@@ -96,9 +102,72 @@ impl DeviceSpec {
         DeviceRegistration {
             registration_id: Some(self.registration_id.clone()),
             payload: self.payload.clone(),
+            // The SDKs send their TPM's keys in every register request.
+            tpm: self.tpm.as_ref().map(|tpm| TpmAttestation {
+                endorsement_key: tpm.endorsement_key().to_base64(),
+                storage_root_key: Some(tpm.storage_root_key().to_base64()),
+            }),
             ..Default::default()
         }
     }
+
+    /// The hub key an `assigned` answer wraps for this device's TPM (base64).
+    pub fn tpm_hub_key(
+        &self,
+        status: &RegistrationOperationStatus,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(tpm) = &self.tpm else {
+            return Ok(None);
+        };
+        let wrapped = status
+            .registration_state
+            .as_ref()
+            .and_then(|s| s.tpm.as_ref())
+            .context("the assigned answer carries no tpm.authenticationKey")?;
+        let blob = STANDARD
+            .decode(&wrapped.authentication_key)
+            .context("tpm.authenticationKey is not base64")?;
+        Ok(Some(STANDARD.encode(tpm.open(&blob)?)))
+    }
+}
+
+/// A TPM device's first request, its keys and no token, answered 401 with
+/// the challenge: the key the blob carries, opened in the TPM, signs the
+/// device's token.
+async fn tpm_token(
+    client: &reqwest::Client,
+    url: &str,
+    spec: &DeviceSpec,
+    tpm: &SoftTpm,
+) -> anyhow::Result<String> {
+    let resp = client
+        .put(url)
+        .json(&spec.register_body())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", spec.endpoint))?;
+    let code = resp.status().as_u16();
+    let text = resp.text().await?;
+    let challenge: TpmRegistrationChallenge = match code {
+        401 => serde_json::from_str(&text)
+            .with_context(|| format!("HTTP 401 without a TPM challenge: {text}"))?,
+        _ => {
+            parse_status(code, &text)?;
+            bail!("expected the TPM challenge (HTTP 401), got HTTP {code}: {text}")
+        }
+    };
+    let blob = STANDARD
+        .decode(&challenge.authentication_key)
+        .context("authenticationKey is not base64")?;
+    let key = tpm.open(&blob)?;
+    let resource = format!("{}/registrations/{}", spec.id_scope, spec.registration_id);
+    sas::sign(
+        &resource,
+        &STANDARD.encode(key),
+        unix_now() + 3600,
+        Some(&challenge.key_name),
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Provisions over `protocol` and polls until the operation is finished.
@@ -132,11 +201,14 @@ pub async fn provision_https(
         sas::encode(&spec.id_scope),
         sas::encode(&spec.registration_id)
     );
-    let token = spec.dps_token()?;
     let mut url = format!("{base}/register?api-version={DEVICE_API_VERSION}");
     if spec.force {
         url.push_str("&forceRegistration=true");
     }
+    let token = match &spec.tpm {
+        Some(tpm) => Some(tpm_token(client, &url, spec, tpm).await?),
+        None => spec.dps_token()?,
+    };
     let mut put = client.put(&url).json(&spec.register_body());
     if let Some(token) = &token {
         put = put.header("Authorization", token);
@@ -218,6 +290,9 @@ pub async fn provision_mqtt(
     tls: Arc<rustls::ClientConfig>,
     transport: &Transport,
 ) -> anyhow::Result<RegistrationOperationStatus> {
+    if spec.tpm.is_some() {
+        bail!("a TPM device provisions over HTTPS: MQTT has no TPM challenge");
+    }
     let protocol = match transport {
         Transport::Tls => Protocol::Mqtt,
         Transport::WebSocket { .. } => Protocol::MqttWs,

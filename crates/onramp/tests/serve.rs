@@ -1232,3 +1232,75 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--skip-create"));
 }
+
+#[tokio::test]
+async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_tpm_opened() {
+    let server = Server::start("127.0.0.1:0");
+    let temp = tempfile::tempdir().unwrap();
+    let tpm_file = temp.path().join("device.tpm");
+    let tpm = tpm_file.to_str().unwrap();
+
+    // The first run makes the software TPM; nothing enrolls it yet.
+    let out = server.cli(&provision("sim-tpm-1", &["--tpm", tpm]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("404201"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&tpm_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the TPM's private keys are the owner's alone"
+        );
+    }
+    // It said how to enroll it: as an operator would, run that.
+    let enroll = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("onramp enrollment create"))
+        .unwrap_or_else(|| panic!("no enrollment command in: {stderr}"));
+    let args: Vec<&str> = enroll.split_whitespace().skip(1).collect();
+    server.cli_ok(&args);
+
+    // Now the challenge, the assignment, and the hub reached with the key
+    // the answer wrapped for this TPM.
+    let out = server.cli(&[
+        "device",
+        "run",
+        "--registration-id",
+        "sim-tpm-1",
+        "--tpm",
+        tpm,
+        "--messages",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("sent 2 telemetry messages"), "{stderr}");
+    let status: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .split("\n{\"desired\"")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["status"], "assigned");
+    assert!(
+        status["registrationState"]["tpm"]["authenticationKey"].is_string(),
+        "{status}"
+    );
+
+    // MQTT has no TPM challenge: the simulator says so before connecting.
+    let out = server.cli(&provision(
+        "sim-tpm-1",
+        &["--tpm", tpm, "--protocol", "mqtt"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("provisions over HTTPS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

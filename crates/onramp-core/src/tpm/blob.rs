@@ -32,7 +32,7 @@ use crate::keys;
 pub const CHALLENGE_KEY_LEN: usize = 32;
 
 /// The C and C# SDKs import with AES-128-CFB: the inner key is 16 bytes.
-const INNER_KEY_LEN: usize = 16;
+pub(super) const INNER_KEY_LEN: usize = 16;
 /// Seeds and obfuscation values are the size of a SHA-256 digest.
 const SEED_LEN: usize = 32;
 /// sign|noDA|userWithAuth; not fixedTPM/fixedParent, as it is imported.
@@ -157,7 +157,7 @@ fn aes_cfb(key: &[u8], data: &mut [u8]) -> Result<(), TpmError> {
     Ok(())
 }
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(super) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
     for part in parts {
         ctx.update(part);
@@ -169,159 +169,17 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
-    //! A TPM's side of the exchange in software (ActivateCredential, then
-    //! Import), checking every integrity value as the TPM does. The test
-    //! against a real software TPM is `tests/tpm.rs`.
+    //! The blob opened by the software TPM of [`super::super::device`]; the
+    //! test against a real software TPM is `tests/tpm.rs`.
 
     use std::sync::OnceLock;
 
-    use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext};
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::rsa::{
-        KeyPair, KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
-    };
-    use aws_lc_rs::signature::KeyPair as _;
-
+    use super::super::device::{OpenError, SoftTpm, items};
     use super::*;
-
-    struct SoftTpm {
-        ek: PrivateDecryptingKey,
-        srk: PrivateDecryptingKey,
-        ek_public: RsaPublic,
-        srk_public: RsaPublic,
-    }
-
-    fn rsa_key() -> (PrivateDecryptingKey, Vec<u8>) {
-        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("RSA key");
-        let pkcs8 = key.as_der().expect("PKCS#8");
-        let pair = KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key pair");
-        let modulus = pair
-            .public_key()
-            .modulus()
-            .big_endian_without_leading_zero()
-            .to_vec();
-        (key, modulus)
-    }
 
     fn tpm() -> &'static SoftTpm {
         static TPM: OnceLock<SoftTpm> = OnceLock::new();
-        TPM.get_or_init(|| {
-            let (ek, ek_modulus) = rsa_key();
-            let (srk, srk_modulus) = rsa_key();
-            SoftTpm {
-                ek,
-                srk,
-                ek_public: RsaPublic::endorsement_key(&ek_modulus).expect("EK"),
-                srk_public: RsaPublic::storage_root_key(&srk_modulus).expect("SRK"),
-            }
-        })
-    }
-
-    fn items(blob: &[u8]) -> Vec<&[u8]> {
-        let mut rest = blob;
-        let mut items = Vec::new();
-        while rest.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-            assert!(rest.len() >= 2 + len, "an item runs past the blob");
-            items.push(&rest[2..2 + len]);
-            rest = &rest[2 + len..];
-        }
-        assert!(rest.is_empty(), "a stray byte ends the blob");
-        items
-    }
-
-    fn split_sized(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
-        let len = usize::from(u16::from_be_bytes(
-            bytes
-                .get(..2)
-                .ok_or("short")?
-                .try_into()
-                .map_err(|_| "short")?,
-        ));
-        let body = bytes
-            .get(2..2 + len)
-            .ok_or("a 2B runs past its container")?;
-        Ok((body, &bytes[2 + len..]))
-    }
-
-    fn oaep_decrypt(
-        key: &PrivateDecryptingKey,
-        ciphertext: &[u8],
-        label: &[u8],
-    ) -> Result<Vec<u8>, &'static str> {
-        let key = OaepPrivateDecryptingKey::new(key.clone()).map_err(|_| "key")?;
-        let mut out = vec![0u8; key.min_output_size()];
-        let plain = key
-            .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, Some(label))
-            .map_err(|_| "OAEP decryption failed")?;
-        Ok(plain.to_vec())
-    }
-
-    fn cfb_decrypt(key: &[u8], data: &[u8]) -> Vec<u8> {
-        let mut data = data.to_vec();
-        DecryptingKey::cfb128(UnboundCipherKey::new(&AES_128, key).unwrap())
-            .unwrap()
-            .decrypt(
-                &mut data,
-                DecryptionContext::Iv128(FixedLength::from([0u8; 16])),
-            )
-            .unwrap();
-        data
-    }
-
-    impl SoftTpm {
-        /// ActivateCredential then Import: the key the blob delivers.
-        fn open(&self, blob: &[u8]) -> Result<Vec<u8>, &'static str> {
-            let items = items(blob);
-            assert_eq!(items.len(), 6);
-            // ActivateCredential(activateHandle = SRK, keyHandle = EK).
-            let seed = oaep_decrypt(&self.ek, items[1], b"IDENTITY\0")?;
-            let srk_name = self.srk_public.name();
-            let (integrity, identity) = split_sized(items[0])?;
-            let expected = hmac_sha256(
-                &kdfa(&seed, "INTEGRITY", &[], &[], 256),
-                &[identity, &srk_name],
-            );
-            if integrity != expected {
-                return Err("credential integrity");
-            }
-            let identity = cfb_decrypt(&kdfa(&seed, "STORAGE", &srk_name, &[], 128), identity);
-            let (inner_key, rest) = split_sized(&identity)?;
-            if !rest.is_empty() || inner_key.len() != INNER_KEY_LEN {
-                return Err("credential size");
-            }
-            // Import(parent = SRK, encryptionKey = the credential).
-            let dup_seed = oaep_decrypt(&self.srk, items[3], b"DUPLICATE\0")?;
-            let id_name = name_of(items[4]);
-            let (outer_hmac, wrapped) = split_sized(items[2])?;
-            let expected = hmac_sha256(
-                &kdfa(&dup_seed, "INTEGRITY", &[], &[], 256),
-                &[wrapped, &id_name],
-            );
-            if outer_hmac != expected {
-                return Err("outer integrity");
-            }
-            let wrapped = cfb_decrypt(&kdfa(&dup_seed, "STORAGE", &id_name, &[], 128), wrapped);
-            let plain = cfb_decrypt(inner_key, &wrapped);
-            let (inner_integrity, encoded_sensitive) = split_sized(&plain)?;
-            let digest =
-                digest::digest(&digest::SHA256, &[encoded_sensitive, &id_name[..]].concat());
-            if inner_integrity != digest.as_ref() {
-                return Err("inner integrity");
-            }
-            let (sensitive, rest) = split_sized(encoded_sensitive)?;
-            assert!(rest.is_empty());
-            assert_eq!(sensitive[..2], TPM_ALG_KEYEDHASH.to_be_bytes());
-            let (auth, rest) = split_sized(&sensitive[2..])?;
-            assert!(auth.is_empty(), "devices sign with an empty password");
-            let (obfuscation, rest) = split_sized(rest)?;
-            let (key, rest) = split_sized(rest)?;
-            assert!(rest.is_empty());
-            // The TPM refuses a public area that does not bind the key.
-            let unique = digest::digest(&digest::SHA256, &[obfuscation, key].concat());
-            assert_eq!(&items[4][items[4].len() - 32..], unique.as_ref());
-            Ok(key.to_vec())
-        }
+        TPM.get_or_init(|| SoftTpm::generate().expect("a software TPM"))
     }
 
     #[test]
@@ -329,22 +187,25 @@ mod tests {
         let tpm = tpm();
         for (len, total) in [(32, 766), (64, 798), (16, 750)] {
             let key: Vec<u8> = (0..len as u8).collect();
-            let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &key).unwrap();
+            let blob =
+                activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &key).unwrap();
             assert_eq!(blob.len(), total, "{len}-byte key");
-            let sizes: Vec<usize> = items(&blob).iter().map(|i| i.len() + 2).collect();
+            let sizes: Vec<usize> = items(&blob).unwrap().iter().map(|i| i.len() + 2).collect();
             assert_eq!(sizes, [54, 258, 112 + len, 258, 50, 2], "{len}-byte key");
             assert_eq!(tpm.open(&blob).unwrap(), key);
         }
         let challenge = challenge_key().unwrap();
-        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &challenge).unwrap();
+        let blob =
+            activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &challenge).unwrap();
         assert_eq!(tpm.open(&blob).unwrap(), challenge);
     }
 
     #[test]
     fn the_identity_key_has_the_public_area_the_sdks_import() {
         let tpm = tpm();
-        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &[7; 32]).unwrap();
-        let public = items(&blob)[4];
+        let blob =
+            activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &[7; 32]).unwrap();
+        let public = items(&blob).unwrap()[4];
         // KEYEDHASH, SHA-256, sign|noDA|userWithAuth, no policy, HMAC-SHA256, 32-byte unique.
         assert_eq!(
             public[..16],
@@ -356,10 +217,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tpm_kept_in_a_file_opens_what_was_made_for_it() {
+        let tpm = tpm();
+        let (ek, srk) = tpm.to_pkcs8().unwrap();
+        let again = SoftTpm::from_pkcs8(&ek, &srk).unwrap();
+        assert_eq!(again.endorsement_key(), tpm.endorsement_key());
+        let blob =
+            activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &[9; 32]).unwrap();
+        assert_eq!(again.open(&blob).unwrap(), [9; 32]);
+    }
+
+    #[test]
     fn every_blob_is_fresh() {
         let tpm = tpm();
-        let a = activation_blob(&tpm.ek_public, &tpm.srk_public, &[1; 32]).unwrap();
-        let b = activation_blob(&tpm.ek_public, &tpm.srk_public, &[1; 32]).unwrap();
+        let a = activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &[1; 32]).unwrap();
+        let b = activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &[1; 32]).unwrap();
         assert_ne!(a, b);
         assert_ne!(challenge_key().unwrap(), challenge_key().unwrap());
     }
@@ -368,14 +240,16 @@ mod tests {
     fn another_tpm_cannot_open_it() {
         let tpm = tpm();
         // Keys swapped: the credential is for the SRK's key, the duplicate for the EK's.
-        let swapped = activation_blob(&tpm.srk_public, &tpm.ek_public, &[2; 32]).unwrap();
-        assert_eq!(tpm.open(&swapped), Err("OAEP decryption failed"));
+        let swapped =
+            activation_blob(tpm.storage_root_key(), tpm.endorsement_key(), &[2; 32]).unwrap();
+        assert_eq!(tpm.open(&swapped), Err(OpenError("OAEP decryption failed")));
         // A flipped bit anywhere in the wrapped key is caught by an integrity check.
-        let blob = activation_blob(&tpm.ek_public, &tpm.srk_public, &[3; 32]).unwrap();
+        let blob =
+            activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &[3; 32]).unwrap();
         for (at, check) in [(40, "credential integrity"), (400, "outer integrity")] {
             let mut bad = blob.clone();
             bad[at] ^= 1;
-            assert_eq!(tpm.open(&bad), Err(check), "byte {at}");
+            assert_eq!(tpm.open(&bad), Err(OpenError(check)), "byte {at}");
         }
     }
 
@@ -384,7 +258,7 @@ mod tests {
         let tpm = tpm();
         for len in [0, 15, 65, 300] {
             assert_eq!(
-                activation_blob(&tpm.ek_public, &tpm.srk_public, &vec![0; len]),
+                activation_blob(tpm.endorsement_key(), tpm.storage_root_key(), &vec![0; len]),
                 Err(TpmError::IdentityKeyLength(len))
             );
         }

@@ -15,11 +15,14 @@
 //! - [`kdf`]: the TPM's key derivation function, KDFa.
 //! - [`blob`]: the activation blob.
 //! - [`token`]: verification of a token signed with the imported key.
+//! - [`device`]: the device's half in software (opening a blob), for the
+//!   simulator, the load generator and tests; the server never calls it.
 //!
 //! All cryptography comes from aws-lc-rs: RSA-OAEP with SHA-256 and the TPM's
 //! labels, AES-128-CFB, HMAC-SHA256, SHA-256 and randomness.
 
 pub mod blob;
+pub mod device;
 pub mod kdf;
 pub mod public;
 pub mod token;

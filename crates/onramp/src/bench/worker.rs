@@ -61,6 +61,7 @@ impl Worker {
             key: Some(key.to_owned()),
             payload: None,
             force: false,
+            tpm: None,
         };
         let transport = match self.load.protocol {
             Protocol::MqttWs => onramp_net::mqtt::client::Transport::WebSocket {

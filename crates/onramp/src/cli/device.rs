@@ -131,6 +131,10 @@ pub struct ProvisionArgs {
     /// The enrollment group's key: the device key is derived from it.
     #[arg(long)]
     pub group_key: Option<String>,
+    /// TPM: a software TPM kept in this file (its endorsement and storage root
+    /// keys), created when absent; the device answers the TPM challenge over HTTPS.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "group_key", "certificate"])]
+    pub tpm: Option<PathBuf>,
     /// X.509: the device's certificate chain (PEM: its certificate, then intermediates).
     #[arg(long, conflicts_with_all = ["key", "group_key"], requires = "certificate_key")]
     pub certificate: Option<PathBuf>,
