@@ -3,15 +3,11 @@
 //! ActivateCredential with the EK, Import and Load under the SRK, then HMAC
 //! with the imported key. The token so signed must pass Onramp's check.
 //!
-//! Needs the Debian packages `swtpm`, `swtpm-tools` and `tpm2-tools`
-//! (scripts/test installs them); without them the test is skipped, unless
+//! The TPM is `onramp_testkit::swtpm`'s. Needs the Debian packages `swtpm`,
+//! `swtpm-tools` and `tpm2-tools` (scripts/test installs them); without them the test is skipped, unless
 //! ONRAMP_REQUIRE_INTEROP is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test setup
-
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 
 use std::sync::Arc;
 
@@ -27,148 +23,16 @@ use onramp_model::{
     AttestationMechanism, AttestationType, DeviceRegistration, ErrorCode, IdKey,
     IndividualEnrollment, RegistrationStatus, TpmAttestation, UtcTime,
 };
+use onramp_testkit::swtpm::{EK_HANDLE, SRK_HANDLE, Swtpm, data_dir, tools_installed};
 use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
 
-/// The persistent handles the SDKs use (and tests/data/tpm/tpm-keys.sh sets).
-const EK_HANDLE: &str = "0x81010001";
-const SRK_HANDLE: &str = "0x81000001";
-
-fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tpm")
+/// What a device does with its TPM, through tpm2-tools.
+trait DeviceSteps {
+    fn import(&self, blob: &[u8]) -> Result<(), String>;
+    fn sign(&self, resource: &str, expiry: i64, key_name: Option<&str>) -> String;
 }
 
-fn tools_installed() -> bool {
-    let runs = |program: &str| {
-        Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if runs("swtpm") && runs("tpm2_createprimary") {
-        return true;
-    }
-    assert!(
-        std::env::var("ONRAMP_REQUIRE_INTEROP").is_err(),
-        "swtpm and tpm2-tools are not installed; run scripts/test \
-         (apt-get install swtpm swtpm-tools tpm2-tools)"
-    );
-    eprintln!(
-        "skipping: swtpm and tpm2-tools are not installed \
-         (apt-get install swtpm swtpm-tools tpm2-tools; scripts/test installs them)"
-    );
-    false
-}
-
-/// A software TPM on two free loopback ports, stopped when dropped.
-struct Swtpm {
-    pid: String,
-    tcti: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(&self.pid).status();
-    }
-}
-
-/// Two adjacent free ports: swtpm's TCTI takes the command port and uses the
-/// next one for control.
-fn free_port_pair() -> Option<u16> {
-    let probe = TcpListener::bind("127.0.0.1:0").ok()?;
-    let port = probe.local_addr().ok()?.port();
-    let next = port.checked_add(1)?;
-    TcpListener::bind(("127.0.0.1", next)).ok()?;
-    Some(port)
-}
-
-impl Swtpm {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        let pid_file = dir.path().join("swtpm.pid");
-        // With --daemon the command returns once the TPM is initialised and
-        // its ports listen. Another process may take a probed port before
-        // swtpm binds it: then swtpm fails, and another pair is tried.
-        for _ in 0..20 {
-            let Some(port) = free_port_pair() else {
-                continue;
-            };
-            let out = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--daemon", "--tpmstate"])
-                .arg(format!("dir={}", state.display()))
-                .arg("--pid")
-                .arg(format!("file={}", pid_file.display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .output()
-                .expect("swtpm starts");
-            if !out.status.success() {
-                eprintln!(
-                    "swtpm on ports {port}/{} failed ({}): {}; trying other ports",
-                    port + 1,
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                continue;
-            }
-            let pid = std::fs::read_to_string(&pid_file)
-                .unwrap()
-                .trim()
-                .to_owned();
-            return Self {
-                pid,
-                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-                dir,
-            };
-        }
-        panic!("swtpm could not bind a pair of loopback ports in 20 tries");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs a tpm2-tools command against this TPM.
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(program)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .output()
-            .unwrap_or_else(|e| panic!("{program} runs: {e}"))
-    }
-
-    fn ok(&self, program: &str, args: &[&str]) {
-        let out = self.run(program, args);
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The EK and SRK made with the SDKs' templates, persisted at the SDKs'
-    /// handles, as the device sends them.
-    fn make_keys(&self) -> (RsaPublic, RsaPublic) {
-        let out = self.dir.path().join("keys");
-        let status = Command::new("bash")
-            .arg(data_dir().join("tpm-keys.sh"))
-            .arg(&out)
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .status()
-            .expect("bash runs");
-        assert!(status.success(), "tpm-keys.sh failed");
-        let read = |name: &str| RsaPublic::parse(&std::fs::read(out.join(name)).unwrap());
-        (read("ek.pub").unwrap(), read("srk.pub").unwrap())
-    }
-
+impl DeviceSteps for Swtpm {
     /// What a device does with an activation blob (§5.4): the credential
     /// opened with the EK, the key imported and loaded under the SRK. Returns
     /// the tpm2_activatecredential output when that step fails.

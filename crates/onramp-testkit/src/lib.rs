@@ -9,6 +9,8 @@
 //! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
 //! - [`ManualClock`]: a clock tests set.
 //! - [`given`]: a record stored as a test's setup.
+//! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
+//!   that speak the TPM simulator protocol.
 //! - [`conformance`]: the checks every `Store` must pass, one test per case
 //!   through [`store_conformance!`].
 //!
@@ -20,6 +22,7 @@ mod clock;
 pub mod conformance;
 mod hubs;
 mod store;
+pub mod swtpm;
 mod webhook;
 
 pub use clock::ManualClock;
