@@ -708,3 +708,96 @@ async fn sdk_payloads_reach_the_webhook_and_its_payload_reaches_the_sdks() {
         "dtmi:onramp:test;1"
     );
 }
+
+/// The Node SDK's TPM support (azure-iot-security-tpm over tss.js) with a
+/// software TPM behind `onramp_testkit::swtpm`'s simulator shim: the device
+/// provisions over HTTPS through the TPM challenge, then signs its hub
+/// tokens in the TPM with the key the assignment wrapped for it.
+#[tokio::test]
+async fn node_sdk_provisions_a_tpm_device_over_https_and_it_reaches_its_hub() {
+    use onramp_testkit::swtpm::{self, Swtpm};
+    let Some(dir) = common::interop_dir(
+        "tests/interop/node",
+        "node_modules/azure-iot-security-tpm",
+        "the Node SDK's TPM support",
+    ) else {
+        return;
+    };
+    if !swtpm::tools_installed() {
+        return;
+    }
+    let (_port, server) = start_on_sdk_ports().await;
+    let tpm = Swtpm::start();
+    let (ek, _srk) = tpm.make_key_files();
+
+    // The enrollment takes the registration ID the SDK derives from the EK.
+    let created: Value = serde_json::from_str(&server.cli_ok(&[
+        "enrollment",
+        "create",
+        "--tpm-ek",
+        ek.to_str().unwrap(),
+        "--initial-twin",
+        &initial_twin().to_string(),
+    ]))
+    .unwrap();
+    let id = common::text(&created["registrationId"]);
+
+    // tpm2-tools are done with the TPM: the device's SDK takes it over.
+    let shim = tpm.simulator_shim().await;
+    let run = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .args([
+            "provision_tpm.js",
+            "localhost",
+            &server.id_scope(),
+            "127.0.0.1",
+        ])
+        .arg(shim.port().to_string())
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), run)
+        .await
+        .expect("provision_tpm.js ends within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "provision_tpm.js printed no JSON: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["registrationId"], id.as_str(), "{out}");
+    let result = &out["result"];
+    assert_eq!(result["status"], "assigned", "{out}");
+    assert_eq!(result["assignedHub"], "localhost", "{out}");
+    assert_eq!(result["deviceId"], id.as_str(), "{out}");
+
+    // The twin the device read is the enrollment's initial one.
+    assert_eq!(
+        without_version(out["desired"].clone()),
+        initial_twin()["properties"]["desired"],
+        "{out}"
+    );
+    let hub = server.embedded_hub().await;
+    let twin = server
+        .hub_client()
+        .get_twin(&hub, &id)
+        .await
+        .unwrap()
+        .expect("twin");
+    assert_eq!(twin.tags.unwrap()["site"], "lab-3");
+
+    // The hub stored its telemetry.
+    let messages: Vec<Value> = server
+        .cli_ok(&["hub", "messages", "--device", &id])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let body: Value = serde_json::from_str(messages[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["attestation"], "tpm", "{body}");
+    assert_eq!(messages[0]["properties"]["source"], "node-tpm");
+}
