@@ -744,30 +744,7 @@ async fn node_sdk_provisions_a_tpm_device_over_https_and_it_reaches_its_hub() {
 
     // tpm2-tools are done with the TPM: the device's SDK takes it over.
     let shim = tpm.simulator_shim().await;
-    let run = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .args([
-            "provision_tpm.js",
-            "localhost",
-            &server.id_scope(),
-            "127.0.0.1",
-        ])
-        .arg(shim.port().to_string())
-        .env("NODE_EXTRA_CA_CERTS", server.ca_path())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(90), run)
-        .await
-        .expect("provision_tpm.js ends within 90 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let out: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| {
-            panic!(
-                "provision_tpm.js printed no JSON: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let out = node_tpm_device(&dir, &server, shim.port()).await;
     assert_eq!(out["ok"], true, "{out}");
     assert_eq!(out["registrationId"], id.as_str(), "{out}");
     let result = &out["result"];
@@ -800,4 +777,52 @@ async fn node_sdk_provisions_a_tpm_device_over_https_and_it_reaches_its_hub() {
     let body: Value = serde_json::from_str(messages[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["attestation"], "tpm", "{body}");
     assert_eq!(messages[0]["properties"]["source"], "node-tpm");
+
+    // The device starts again: a new challenge, the same hub identity.
+    let again = node_tpm_device(&dir, &server, shim.port()).await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["result"], out["result"], "{again}");
+    let messages = server.cli_ok(&["hub", "messages", "--device", &id]);
+    assert_eq!(messages.lines().count(), 2, "{messages}");
+
+    // Once its enrollment is gone the SDK reports a failure (and does not
+    // hang). Whatever the refusal, the SDK reports only that the first
+    // request was not answered with a challenge.
+    server.cli_ok(&["enrollment", "delete", &id]);
+    let refused = node_tpm_device(&dir, &server, shim.port()).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["stage"], "provision", "{refused}");
+    assert_eq!(
+        refused["error"]["name"], "InvalidOperationError",
+        "{refused}"
+    );
+}
+
+/// Runs provision_tpm.js with the TPM behind the simulator shim on
+/// `tpm_port`; returns its last stdout line as JSON. It runs on the tokio
+/// runtime, which keeps serving the shim meanwhile.
+async fn node_tpm_device(dir: &Path, server: &Server, tpm_port: u16) -> Value {
+    let run = tokio::process::Command::new("node")
+        .current_dir(dir)
+        .args([
+            "provision_tpm.js",
+            "localhost",
+            &server.id_scope(),
+            "127.0.0.1",
+        ])
+        .arg(tpm_port.to_string())
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), run)
+        .await
+        .expect("provision_tpm.js ends within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "provision_tpm.js printed no JSON: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
