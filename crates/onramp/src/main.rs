@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LinkedHub { command } => admin::linked_hub(command).await,
         Command::Enrollment { command } => service_client::enrollment(command).await,
         Command::Group { command } => service_client::group(command).await,
+        Command::Registration { command } => service_client::registration(command).await,
         Command::Device { command } => device::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{EnrollmentSpec, RecordCommand, ServiceApi};
+use crate::cli::{EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi};
 use crate::config::Config;
 use crate::device::http_client;
 use crate::local::{self, Deployment, Target};
@@ -100,6 +100,26 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        self.request(method, path, body, None).await
+    }
+
+    /// A call without a body that holds only while the resource has `etag`.
+    async fn call_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        etag: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        self.request(method, path, None, etag).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let token = self.token()?;
         let mut req = self
             .client
@@ -110,6 +130,9 @@ impl Api {
             .header("Authorization", token);
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(etag) = if_match {
+            req = req.header("If-Match", etag);
         }
         let resp = self.send(req).await?;
         let status = resp.status();
@@ -449,6 +472,66 @@ pub async fn enrollment(command: RecordCommand) -> anyhow::Result<()> {
     Records(EnrollmentKind::Individual).run(command).await
 }
 
-pub async fn group(command: RecordCommand) -> anyhow::Result<()> {
-    Records(EnrollmentKind::Group).run(command).await
+pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::Record(command) => Records(EnrollmentKind::Group).run(command).await,
+        GroupCommand::ComputeDeviceKey {
+            api,
+            registration_id,
+            group_id,
+            key,
+        } => {
+            let group_key = match (key, group_id) {
+                (Some(key), _) => key,
+                (None, Some(group_id)) => {
+                    let api = Api::open(&api).await?;
+                    let path = format!(
+                        "{}/attestationmechanism",
+                        Records(EnrollmentKind::Group).item(&group_id)
+                    );
+                    let attestation = api.call(Method::POST, &path, None).await?;
+                    attestation["symmetricKey"]["primaryKey"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .with_context(|| {
+                            format!("enrollment group '{group_id}' has no symmetric key (it attests with {})", attestation["type"])
+                        })?
+                }
+                (None, None) => bail!("give the group with --group-id, or its key with --key"),
+            };
+            let device_key = sas::derive_device_key(&group_key, &registration_id)
+                .map_err(|e| anyhow::anyhow!("the group key: {e}"))?;
+            println!("{device_key}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn registration(command: RegistrationCommand) -> anyhow::Result<()> {
+    let item = |id: &str| format!("registrations/{}", enc(id));
+    match command {
+        RegistrationCommand::Show {
+            api,
+            registration_id,
+        } => {
+            let api = Api::open(&api).await?;
+            print(&api.call(Method::GET, &item(&registration_id), None).await?)
+        }
+        RegistrationCommand::List { api, group_id } => {
+            let api = Api::open(&api).await?;
+            let query = format!("{}/query", item(&group_id));
+            print(&Value::Array(api.query_all(&query).await?))
+        }
+        RegistrationCommand::Delete {
+            api,
+            registration_id,
+            etag,
+        } => {
+            let api = Api::open(&api).await?;
+            api.call_if_match(Method::DELETE, &item(&registration_id), etag.as_deref())
+                .await?;
+            eprintln!("deleted the registration record of {registration_id}");
+            Ok(())
+        }
+    }
 }

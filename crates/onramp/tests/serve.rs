@@ -1304,3 +1304,87 @@ async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn registrations_and_group_device_keys_from_the_cli() {
+    let server = Server::start("127.0.0.1:0");
+    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
+    let group = cli_json(&["group", "create", "line-9"]);
+    let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
+
+    // The device key a group gives a device: from the key, or from the group
+    // read through the service API; the same the device derives itself.
+    let derived = onramp_core::sas::derive_device_key(&group_key, "line-9-unit-1").unwrap();
+    for args in [
+        &[
+            "group",
+            "compute-device-key",
+            "line-9-unit-1",
+            "--key",
+            &group_key,
+        ][..],
+        &[
+            "group",
+            "compute-device-key",
+            "line-9-unit-1",
+            "--group-id",
+            "line-9",
+        ][..],
+    ] {
+        assert_eq!(server.cli_ok(args).trim(), derived, "{args:?}");
+    }
+    for unit in ["line-9-unit-1", "line-9-unit-2"] {
+        let key = onramp_core::sas::derive_device_key(&group_key, unit).unwrap();
+        let result = cli_json(&provision(unit, &["--key", &key]));
+        assert_eq!(result["status"], "assigned", "{unit}");
+    }
+
+    let shown = cli_json(&["registration", "show", "LINE-9-unit-1"]);
+    assert_eq!(shown["registrationId"], "line-9-unit-1");
+    assert_eq!(shown["status"], "assigned");
+    let listed = cli_json(&["registration", "list", "--group-id", "line-9"]);
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["registrationId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["line-9-unit-1", "line-9-unit-2"]);
+
+    // Deleting is ETag-checked when an ETag is given.
+    let out = server.cli(&[
+        "registration",
+        "delete",
+        "line-9-unit-1",
+        "--etag",
+        "\"stale\"",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("412"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etag = common::text(&shown["etag"]);
+    server.cli_ok(&["registration", "delete", "line-9-unit-1", "--etag", &etag]);
+    let out = server.cli(&["registration", "show", "line-9-unit-1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404203"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = cli_json(&["registration", "list", "--group-id", "line-9"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // A group without symmetric keys has no device keys to give.
+    let out = server.cli(&[
+        "group",
+        "compute-device-key",
+        "x",
+        "--group-id",
+        "no-such-group",
+    ]);
+    assert!(!out.status.success());
+}

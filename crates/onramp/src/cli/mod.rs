@@ -54,7 +54,12 @@ pub enum Command {
     /// Enrollment groups, through the service API.
     Group {
         #[command(subcommand)]
-        command: RecordCommand,
+        command: GroupCommand,
+    },
+    /// Registration records of devices, through the service API.
+    Registration {
+        #[command(subcommand)]
+        command: RegistrationCommand,
     },
     /// A simulated device.
     Device {

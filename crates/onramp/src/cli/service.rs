@@ -230,3 +230,55 @@ pub enum RecordCommand {
         id: String,
     },
 }
+
+/// `onramp group`: what `onramp enrollment` does, and the key a group gives
+/// one of its devices.
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    #[command(flatten)]
+    Record(RecordCommand),
+    /// Print the key a device of a symmetric-key group signs with (derived
+    /// from the group key and its registration ID), as `az iot dps
+    /// enrollment-group compute-device-key` does.
+    ComputeDeviceKey {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The device's registration ID.
+        registration_id: String,
+        /// The group whose primary key to derive from (read through the service API).
+        #[arg(long, required_unless_present = "key")]
+        group_id: Option<String>,
+        /// The group key itself (base64): nothing is asked of the service.
+        #[arg(long, conflicts_with = "group_id")]
+        key: Option<String>,
+    },
+}
+
+/// `onramp registration`: the registration records devices leave.
+#[derive(Subcommand, Debug)]
+pub enum RegistrationCommand {
+    /// Show a device's registration record by its registration ID.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+    },
+    /// List the registration records of an enrollment group's devices.
+    List {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The enrollment group (the service API lists registrations by group).
+        #[arg(long)]
+        group_id: String,
+    },
+    /// Delete a device's registration record (its hub identity stays); the
+    /// device may register again.
+    Delete {
+        #[command(flatten)]
+        api: ServiceApi,
+        registration_id: String,
+        /// Delete only if the record still has this ETag.
+        #[arg(long)]
+        etag: Option<String>,
+    },
+}
