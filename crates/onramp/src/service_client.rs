@@ -16,7 +16,9 @@ use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi};
+use crate::cli::{
+    EnrollmentChanges, EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi,
+};
 use crate::config::Config;
 use crate::device::http_client;
 use crate::local::{self, Deployment, Target};
@@ -394,6 +396,76 @@ impl Records {
         Ok(body)
     }
 
+    /// Whether one with this ID exists (a 404 says it does not).
+    async fn exists(self, api: &Api, id: &str) -> anyhow::Result<bool> {
+        match api.call(Method::GET, &self.item(id), None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().starts_with("HTTP 404 ") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads it, applies `changes` and writes it back under the ETag read
+    /// (or the one given): a change made in between is not overwritten.
+    async fn update(
+        self,
+        api: &Api,
+        id: &str,
+        changes: &EnrollmentChanges,
+    ) -> anyhow::Result<Value> {
+        let mut doc = api.call(Method::GET, &self.item(id), None).await?;
+        let etag = match &changes.etag {
+            Some(etag) => etag.clone(),
+            None => doc["etag"]
+                .as_str()
+                .map(str::to_owned)
+                .context("the service returned no ETag")?,
+        };
+        if let Some(twin) = &changes.initial_twin {
+            let twin: InitialTwin = serde_json::from_str(twin)
+                .context("--initial-twin is not an initial twin JSON object")?;
+            doc["initialTwin"] = serde_json::to_value(twin)?;
+        }
+        if let Some(policy) = &changes.allocation_policy {
+            let policy = AllocationPolicy::parse(policy).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--allocation-policy '{policy}': use hashed, static, geoLatency or custom"
+                )
+            })?;
+            doc["allocationPolicy"] = policy.as_str().into();
+        }
+        if !changes.iot_hubs.is_empty() {
+            doc["iotHubs"] = serde_json::to_value(&changes.iot_hubs)?;
+        }
+        if changes.disable || changes.enable {
+            let status = if changes.disable {
+                ProvisioningStatus::Disabled
+            } else {
+                ProvisioningStatus::Enabled
+            };
+            doc["provisioningStatus"] = status.as_str().into();
+        }
+        if let Some(edge) = changes.edge {
+            doc["capabilities"] = serde_json::json!({"iotEdge": edge});
+        }
+        for (given, field) in [
+            (&changes.key, "primaryKey"),
+            (&changes.secondary_key, "secondaryKey"),
+        ] {
+            let Some(key) = given else { continue };
+            if doc["attestation"]["type"] != "symmetricKey" {
+                bail!(
+                    "{} '{id}' attests with {}: it has no symmetric keys to change",
+                    self.0.noun(),
+                    doc["attestation"]["type"]
+                );
+            }
+            doc["attestation"]["symmetricKey"][field] = key.as_str().into();
+        }
+        api.request(Method::PUT, &self.item(id), Some(&doc), Some(&etag))
+            .await
+    }
+
     async fn show(self, api: &Api, id: &str, keys: bool) -> anyhow::Result<()> {
         let mut doc = api.call(Method::GET, &self.item(id), None).await?;
         if keys {
@@ -421,6 +493,7 @@ impl Records {
                 api,
                 id,
                 device_id,
+                replace,
                 spec,
             } => {
                 let id = match (id, &spec.tpm_ek) {
@@ -436,7 +509,17 @@ impl Records {
                 };
                 let body = self.body(&id, device_id, &spec)?;
                 let api = Api::open(&api).await?;
+                if !replace && self.exists(&api, &id).await? {
+                    bail!(
+                        "{} '{id}' exists; change it with `update`, or replace it with --replace",
+                        self.0.noun()
+                    );
+                }
                 print(&self.put(&api, &id, body).await?)
+            }
+            RecordCommand::Update { api, id, changes } => {
+                let api = Api::open(&api).await?;
+                print(&self.update(&api, &id, &changes).await?)
             }
             RecordCommand::Show { api, id, keys } => {
                 self.show(&Api::open(&api).await?, &id, keys).await

@@ -1388,3 +1388,96 @@ async fn registrations_and_group_device_keys_from_the_cli() {
     ]);
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn enrollments_are_created_once_and_updated_under_their_etag() {
+    let server = Server::start("127.0.0.1:0");
+    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
+    let created = cli_json(&["enrollment", "create", "upd-1"]);
+    let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
+
+    // Creating an ID that exists is refused unless it says --replace.
+    let out = server.cli(&["enrollment", "create", "upd-1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--replace"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replaced = cli_json(&["enrollment", "create", "upd-1", "--replace", "--key", &key]);
+    assert_ne!(replaced["etag"], created["etag"]);
+
+    // An update changes what it names and keeps the rest, keys included.
+    let twin = r#"{"properties":{"desired":{"interval":30}}}"#;
+    let updated = cli_json(&[
+        "enrollment",
+        "update",
+        "upd-1",
+        "--initial-twin",
+        twin,
+        "--disable",
+    ]);
+    assert_eq!(updated["provisioningStatus"], "disabled");
+    assert_eq!(
+        updated["initialTwin"]["properties"]["desired"]["interval"],
+        30
+    );
+    let shown = cli_json(&["enrollment", "show", "upd-1", "--keys"]);
+    assert_eq!(
+        shown["attestation"]["symmetricKey"]["primaryKey"],
+        key.as_str()
+    );
+    let out = server.cli(&provision("upd-1", &["--key", &key]));
+    assert!(
+        !out.status.success(),
+        "a disabled enrollment's device is refused"
+    );
+
+    // Under a stale ETag nothing changes.
+    let stale = common::text(&created["etag"]);
+    let out = server.cli(&[
+        "enrollment",
+        "update",
+        "upd-1",
+        "--enable",
+        "--etag",
+        &stale,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("412"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cli_json(&["enrollment", "show", "upd-1"])["provisioningStatus"],
+        "disabled"
+    );
+
+    // Enabled again with a new key: the device signs with that one.
+    let new_key = "bmV3LWtleS1mb3ItdXBkLTEtMDEyMzQ1Njc4OQ==";
+    cli_json(&[
+        "enrollment",
+        "update",
+        "upd-1",
+        "--enable",
+        "--key",
+        new_key,
+    ]);
+    let result = cli_json(&provision("upd-1", &["--key", new_key]));
+    assert_eq!(result["status"], "assigned");
+
+    // Groups alike; an edge flag and a hub list.
+    cli_json(&["group", "create", "upd-g"]);
+    let updated = cli_json(&[
+        "group",
+        "update",
+        "upd-g",
+        "--edge",
+        "true",
+        "--allocation-policy",
+        "hashed",
+    ]);
+    assert_eq!(updated["capabilities"]["iotEdge"], true);
+    assert_eq!(updated["allocationPolicy"], "hashed");
+}

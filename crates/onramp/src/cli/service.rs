@@ -187,6 +187,39 @@ pub struct EnrollmentSpec {
     pub tpm_srk: Option<String>,
 }
 
+/// What `update` changes; what it does not name stays as it is.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnrollmentChanges {
+    /// Initial twin as JSON, replacing the current one.
+    #[arg(long)]
+    pub initial_twin: Option<String>,
+    /// Allocation policy: hashed, static, geoLatency or custom.
+    #[arg(long)]
+    pub allocation_policy: Option<String>,
+    /// Hubs it may use, replacing the list (repeat the flag).
+    #[arg(long = "iot-hub")]
+    pub iot_hubs: Vec<String>,
+    /// Disable it: its devices are refused.
+    #[arg(long, conflicts_with = "enable")]
+    pub disable: bool,
+    /// Enable it.
+    #[arg(long)]
+    pub enable: bool,
+    /// Whether its devices get IoT Edge identities (true or false).
+    #[arg(long)]
+    pub edge: Option<bool>,
+    /// A new primary symmetric key (base64).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A new secondary symmetric key (base64).
+    #[arg(long)]
+    pub secondary_key: Option<String>,
+    /// Change it only if it still has this ETag (default: the ETag read
+    /// just before the change).
+    #[arg(long)]
+    pub etag: Option<String>,
+}
+
 /// The verbs of `onramp enrollment` and `onramp group`: individual
 /// enrollments and enrollment groups are written, shown, listed and deleted
 /// alike.
@@ -204,8 +237,22 @@ pub enum RecordCommand {
         /// registration ID).
         #[arg(long)]
         device_id: Option<String>,
+        /// Replace one that exists (otherwise an existing ID is refused:
+        /// change it with `update`).
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         spec: Box<EnrollmentSpec>,
+    },
+    /// Change some settings of one and keep the rest (and its keys, unless
+    /// new ones are given); refused if someone changed it in between.
+    Update {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The registration ID (individual enrollment) or the group ID.
+        id: String,
+        #[command(flatten)]
+        changes: Box<EnrollmentChanges>,
     },
     /// Show one by its ID.
     Show {
