@@ -1481,3 +1481,44 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
     assert_eq!(updated["capabilities"]["iotEdge"], true);
     assert_eq!(updated["allocationPolicy"], "hashed");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let run = |args: &[&str]| {
+        let out = common::onramp().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for (shell, marker) in [
+        ("bash", "complete -F _onramp"),
+        ("zsh", "#compdef onramp"),
+        ("fish", "complete -c onramp"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..script.len().min(200)]
+        );
+        // Every command, the newest included, completes.
+        for command in ["serve", "registration", "enrollment", "compute-device-key"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let page = run(&["man"]);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH onramp 1"),
+        "{}",
+        &page[..200]
+    );
+    assert!(page.contains("registration"), "the page lists the commands");
+    let out = common::onramp()
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unknown shell is refused");
+}

@@ -76,6 +76,14 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Print a completion script for a shell, e.g. `onramp completions bash
+    /// > /etc/bash_completion.d/onramp`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `onramp man | man -l -`.
+    Man,
 }
 
 /// Where simulated devices connect; each defaults to the local server's.
