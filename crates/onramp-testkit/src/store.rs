@@ -222,6 +222,9 @@ impl Store for MemoryStore {
         s.policies.insert(k(service, &policy.name), policy.clone());
         Ok(())
     }
+    async fn delete_policy(&self, service: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().policies.remove(&k(service, name)).is_some())
+    }
     async fn policies_named(
         &self,
         name: &str,

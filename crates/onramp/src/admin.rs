@@ -9,7 +9,7 @@ use onramp_core::ports::{Store, StoreExt};
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
-use crate::cli::{LinkedHubCommand, Location, ServiceCommand};
+use crate::cli::{LinkedHubCommand, Location, PolicyCommand, ServiceCommand};
 use crate::config::Config;
 use crate::local::{self, Deployment};
 
@@ -202,6 +202,130 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::List { location, service } => {
+            let (_, store, service) = open(&location, service).await?;
+            println!("{:<24} RIGHTS", "NAME");
+            for p in store.policies(&service).await? {
+                println!("{:<24} {}", p.name, p.rights);
+            }
+            Ok(())
+        }
+        PolicyCommand::Show {
+            location,
+            name,
+            service,
+            keys,
+        } => {
+            let (config, store, service) = open(&location, service).await?;
+            let policy = existing_policy(&*store, &service, &name).await?;
+            println!("Policy    {}", policy.name);
+            println!("Service   {service}");
+            println!("Rights    {}", policy.rights);
+            if keys {
+                let endpoint = endpoint(&config);
+                let secondary = SharedAccessPolicy {
+                    primary_key: policy.secondary_key.clone(),
+                    ..policy.clone()
+                };
+                println!("Primary   {}", policy.connection_string(&endpoint));
+                println!("Secondary {}", secondary.connection_string(&endpoint));
+            } else {
+                println!("Add --keys to show the connection strings (they hold the keys).");
+            }
+            Ok(())
+        }
+        PolicyCommand::Create {
+            location,
+            name,
+            rights,
+            service,
+        } => {
+            let (config, store, service) = open(&location, service).await?;
+            if store
+                .policies(&service)
+                .await?
+                .iter()
+                .any(|p| p.name == name)
+            {
+                anyhow::bail!(
+                    "policy '{name}' of '{service}' exists; give it new keys with onramp policy regenerate-key"
+                );
+            }
+            let rights = AccessRights::parse(&rights).map_err(anyhow::Error::msg)?;
+            let policy = SharedAccessPolicy {
+                name,
+                primary_key: keys::generate(),
+                secondary_key: keys::generate(),
+                rights,
+            };
+            store.put_policy(&service, &policy).await?;
+            println!("{}", policy.connection_string(&endpoint(&config)));
+            Ok(())
+        }
+        PolicyCommand::Delete {
+            location,
+            name,
+            service,
+        } => {
+            let (_, store, service) = open(&location, service).await?;
+            if name == OWNER_POLICY {
+                anyhow::bail!(
+                    "policy '{OWNER_POLICY}' is how this CLI and the console reach the service; \
+                     regenerate its keys instead of deleting it"
+                );
+            }
+            if !store.delete_policy(&service, &name).await? {
+                anyhow::bail!(
+                    "no policy '{name}' in '{service}'; list them with onramp policy list"
+                );
+            }
+            eprintln!("deleted policy '{name}' of '{service}'");
+            Ok(())
+        }
+        PolicyCommand::RegenerateKey {
+            location,
+            name,
+            key,
+            service,
+        } => {
+            let (config, store, service) = open(&location, service).await?;
+            let mut policy = existing_policy(&*store, &service, &name).await?;
+            let fresh = keys::generate();
+            let shown = if key == "secondary" {
+                policy.secondary_key = fresh;
+                SharedAccessPolicy {
+                    primary_key: policy.secondary_key.clone(),
+                    ..policy.clone()
+                }
+            } else {
+                policy.primary_key = fresh;
+                policy.clone()
+            };
+            store.put_policy(&service, &policy).await?;
+            println!("{}", shown.connection_string(&endpoint(&config)));
+            eprintln!("policy '{name}' has a new {key} key; the other one still works");
+            Ok(())
+        }
+    }
+}
+
+async fn existing_policy(
+    store: &dyn Store,
+    service: &str,
+    name: &str,
+) -> anyhow::Result<SharedAccessPolicy> {
+    store
+        .policies(service)
+        .await?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no policy '{name}' in '{service}'; list them with onramp policy list")
+        })
 }
 
 pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {

@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub { command } => hub_cmd::run(command).await,
         Command::Service { command } => admin::service(command).await,
         Command::LinkedHub { command } => admin::linked_hub(command).await,
+        Command::Policy { command } => admin::policy(command).await,
         Command::Enrollment { command } => service_client::enrollment(command).await,
         Command::Group { command } => service_client::group(command).await,
         Command::Registration { command } => service_client::registration(command).await,

@@ -1522,3 +1522,77 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
         .unwrap();
     assert!(!out.status.success(), "an unknown shell is refused");
 }
+
+#[tokio::test]
+async fn policies_are_created_rotated_and_deleted_from_the_cli() {
+    let server = Server::start("127.0.0.1:0");
+    let reader_cs = server
+        .cli_ok(&["policy", "create", "reader", "--rights", "EnrollmentRead"])
+        .trim()
+        .to_owned();
+    assert!(
+        reader_cs.contains("SharedAccessKeyName=reader;"),
+        "{reader_cs}"
+    );
+    let listed = server.cli_ok(&["policy", "list"]);
+    assert!(
+        listed.contains("reader") && listed.contains("EnrollmentRead"),
+        "{listed}"
+    );
+    let out = server.cli(&["policy", "create", "reader", "--rights", "EnrollmentRead"]);
+    assert!(
+        !out.status.success(),
+        "an existing policy is not overwritten"
+    );
+
+    // The reader reads, and may not write.
+    let as_reader =
+        |cs: &str, args: &[&str]| server.cli(&[args, &["--connection-string", cs]].concat());
+    assert!(
+        as_reader(&reader_cs, &["enrollment", "list"])
+            .status
+            .success()
+    );
+    let out = as_reader(&reader_cs, &["enrollment", "create", "by-reader"]);
+    assert!(!out.status.success());
+
+    // Both keys work; a new primary retires the old one and leaves the secondary.
+    let shown = server.cli_ok(&["policy", "show", "reader", "--keys"]);
+    let secondary_cs = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("Secondary "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        as_reader(&secondary_cs, &["enrollment", "list"])
+            .status
+            .success()
+    );
+    let new_cs = server
+        .cli_ok(&["policy", "regenerate-key", "reader"])
+        .trim()
+        .to_owned();
+    assert_ne!(new_cs, reader_cs);
+    let out = as_reader(&reader_cs, &["enrollment", "list"]);
+    assert!(!out.status.success(), "the old primary key is retired");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(as_reader(&new_cs, &["enrollment", "list"]).status.success());
+    assert!(
+        as_reader(&secondary_cs, &["enrollment", "list"])
+            .status
+            .success()
+    );
+
+    // Deleted, its keys open nothing; the owner policy cannot be deleted.
+    server.cli_ok(&["policy", "delete", "reader"]);
+    assert!(!as_reader(&new_cs, &["enrollment", "list"]).status.success());
+    let out = server.cli(&["policy", "delete", "provisioningserviceowner"]);
+    assert!(!out.status.success());
+    let out = server.cli(&["policy", "delete", "reader"]);
+    assert!(!out.status.success(), "deleting twice says there is none");
+}

@@ -341,6 +341,8 @@ pub trait Store: Send + Sync + 'static {
         service: &str,
         policy: &SharedAccessPolicy,
     ) -> Result<(), StoreError>;
+    /// Whether there was a policy of that name (case-sensitive) to delete.
+    async fn delete_policy(&self, service: &str, name: &str) -> Result<bool, StoreError>;
     /// Every policy with this name, across services: service authentication
     /// finds the tenant by the key that signs the token.
     async fn policies_named(

@@ -153,6 +153,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_policy(&self, service: &str, name: &str) -> Result<bool, StoreError> {
+        let (service, name) = (service.to_owned(), name.to_owned());
+        self.db
+            .write(move |conn| services::delete_policy(conn, &service, &name))
+            .await
+    }
+
     async fn policies_named(
         &self,
         name: &str,

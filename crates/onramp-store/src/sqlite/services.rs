@@ -226,6 +226,19 @@ fn open_policy(
 }
 
 /// The policies of one service, by name.
+pub(super) fn delete_policy(
+    conn: &Connection,
+    service: &str,
+    name: &str,
+) -> Result<bool, StoreError> {
+    conn.execute(
+        "DELETE FROM policies WHERE service = ?1 AND name = ?2",
+        params![service, name],
+    )
+    .map(|n| n > 0)
+    .map_err(sql_error)
+}
+
 pub(super) fn policies_of(
     conn: &Connection,
     sealer: &Sealer,

@@ -53,6 +53,23 @@ pub async fn tenants(store: &dyn Store) {
     let named = store.policies_named(OWNER_POLICY).await.expect("named");
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].0, "t1");
+    // A second policy comes and goes; names are case-sensitive.
+    let mut reader = owner("cmVhZGVyLWtleQ==");
+    reader.name = "reader".into();
+    store.put_policy("t1", &reader).await.expect("put policy");
+    assert_eq!(store.policies("t1").await.expect("policies").len(), 2);
+    assert!(!store.delete_policy("t1", "Reader").await.expect("delete"));
+    assert!(store.delete_policy("t1", "reader").await.expect("delete"));
+    assert!(
+        !store
+            .delete_policy("t1", "reader")
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store.policies("t1").await.expect("policies"),
+        vec![owner("b3duZXIta2V5LTE=")]
+    );
 
     given(store, "t1", hub("Hub-A.example.net")).await;
     given(store, "t1", hub("hub-b.example.net")).await;

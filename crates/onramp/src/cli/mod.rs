@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Shared access policies of a provisioning service: who may use the service API.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Hubs linked to a provisioning service.
     LinkedHub {
         #[command(subcommand)]

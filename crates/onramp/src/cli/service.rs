@@ -329,3 +329,58 @@ pub enum RegistrationCommand {
         etag: Option<String>,
     },
 }
+
+/// `onramp policy`: a provisioning service's shared access policies.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// List the policies and their rights.
+    List {
+        #[command(flatten)]
+        location: Location,
+        /// Provisioning service (default: the configured one).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Show one policy; --keys adds its connection strings.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        service: Option<String>,
+        /// Also show the connection strings (they hold the keys).
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Create a policy with fresh keys and print its connection string.
+    Create {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
+        #[arg(long)]
+        rights: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Delete a policy: tokens signed with its keys stop working.
+    Delete {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Give a policy a new primary or secondary key. Clients holding the
+    /// other key keep working: move them over, then regenerate that one.
+    RegenerateKey {
+        #[command(flatten)]
+        location: Location,
+        name: String,
+        /// Which key: primary or secondary.
+        #[arg(long, value_parser = ["primary", "secondary"], default_value = "primary")]
+        key: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
