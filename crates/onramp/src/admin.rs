@@ -403,6 +403,47 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        LinkedHubCommand::Show {
+            location,
+            name,
+            service,
+        } => {
+            let (_, store, service) = open(&location, service).await?;
+            let hub = store
+                .linked_hubs(&service)
+                .await?
+                .into_iter()
+                .find(|h| h.is_named(&name))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no linked hub '{name}' in '{service}'; list them with onramp linked-hub list")
+                })?;
+            let devices = store.count_devices_on_hub(&service, &hub.name).await?;
+            let latency: Vec<serde_json::Value> = store
+                .hub_latencies()
+                .await?
+                .into_iter()
+                .filter(|l| hub.is_named(&l.hub))
+                .map(|l| {
+                    serde_json::json!({
+                        "node": l.node,
+                        "latencyMs": l.latency_ms,
+                        "error": l.error,
+                        "measured": l.measured,
+                    })
+                })
+                .collect();
+            let shown = serde_json::json!({
+                "name": hub.name,
+                "region": hub.location,
+                "allocationWeight": hub.allocation_weight,
+                "applyAllocationPolicy": hub.apply_allocation_policy,
+                "kind": if hub.embedded { "embedded" } else if hub.companion { "companion" } else { "linked" },
+                "devices": devices,
+                "latency": latency,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
         LinkedHubCommand::Update {
             location,
             name,

@@ -60,6 +60,10 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
             let api = Api::open(&api).await?;
             print(&api.call(Method::GET, "certificates", None).await?)
         }
+        CertCommand::Show { api, name } => {
+            let api = Api::open(&api).await?;
+            print(&api.call(Method::GET, &certificate(&name, ""), None).await?)
+        }
         CertCommand::Delete { api, name } => {
             let api = Api::open(&api).await?;
             api.call(Method::DELETE, &certificate(&name, ""), None)

@@ -1596,3 +1596,61 @@ async fn policies_are_created_rotated_and_deleted_from_the_cli() {
     let out = server.cli(&["policy", "delete", "reader"]);
     assert!(!out.status.success(), "deleting twice says there is none");
 }
+
+#[tokio::test]
+async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("shown-1", json!({})).await;
+    server.assigned("shown-1", &key, &[]);
+    let hub = server.embedded_hub().await;
+    let shown: Value =
+        serde_json::from_str(&server.cli_ok(&["linked-hub", "show", &hub.name.to_uppercase()]))
+            .unwrap();
+    assert_eq!(shown["name"], hub.name.as_str());
+    assert_eq!(shown["kind"], "embedded");
+    assert_eq!(shown["devices"], 1);
+    assert!(shown["latency"].is_array(), "{shown}");
+    let out = server.cli(&["linked-hub", "show", "no-such-hub.example.net"]);
+    assert!(!out.status.success());
+
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("root");
+    // The test PKI needs no deployment: no --data-dir.
+    let created = common::onramp()
+        .args(["cert", "create-root", "--cn", "Shown Root", "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let pem = temp.path().join("root.pem");
+    server.cli_ok(&[
+        "cert",
+        "upload",
+        "shown-root",
+        "--file",
+        pem.to_str().unwrap(),
+    ]);
+    let cert: Value =
+        serde_json::from_str(&server.cli_ok(&["cert", "show", "shown-root"])).unwrap();
+    assert_eq!(cert["name"], "shown-root");
+    assert!(
+        cert["properties"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("Shown Root"),
+        "{cert}"
+    );
+    assert_eq!(cert["properties"]["isVerified"], false);
+    let out = server.cli(&["cert", "show", "no-such-cert"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -38,6 +38,12 @@ pub enum CertCommand {
         #[command(flatten)]
         api: ServiceApi,
     },
+    /// Show one CA certificate: subject, thumbprint, expiry, whether verified.
+    Show {
+        #[command(flatten)]
+        api: ServiceApi,
+        name: String,
+    },
     /// Delete a CA certificate.
     Delete {
         #[command(flatten)]

@@ -107,6 +107,15 @@ pub enum LinkedHubCommand {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Show one linked hub as JSON: its settings, devices and measured latency.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        /// The hub's host name.
+        name: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Change a linked hub's allocation settings or connection string.
     Update {
         #[command(flatten)]
