@@ -164,13 +164,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             service,
         } => {
             let (config, store, service) = open(&location, service).await?;
-            let rights = AccessRights::parse(&rights).map_err(anyhow::Error::msg)?;
-            let policy = SharedAccessPolicy {
-                name,
-                primary_key: keys::generate(),
-                secondary_key: keys::generate(),
-                rights,
-            };
+            let policy = fresh_policy(name, &rights)?;
             store.put_policy(&service, &policy).await?;
             println!(
                 "Policy '{}' of '{service}' has rights: {}",
@@ -255,13 +249,7 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                     "policy '{name}' of '{service}' exists; give it new keys with onramp policy regenerate-key"
                 );
             }
-            let rights = AccessRights::parse(&rights).map_err(anyhow::Error::msg)?;
-            let policy = SharedAccessPolicy {
-                name,
-                primary_key: keys::generate(),
-                secondary_key: keys::generate(),
-                rights,
-            };
+            let policy = fresh_policy(name, &rights)?;
             store.put_policy(&service, &policy).await?;
             println!("{}", policy.connection_string(&endpoint(&config)));
             Ok(())
@@ -311,6 +299,16 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A policy with fresh keys and the rights `rights` names.
+fn fresh_policy(name: String, rights: &str) -> anyhow::Result<SharedAccessPolicy> {
+    Ok(SharedAccessPolicy {
+        name,
+        primary_key: keys::generate(),
+        secondary_key: keys::generate(),
+        rights: AccessRights::parse(rights).map_err(anyhow::Error::msg)?,
+    })
 }
 
 async fn existing_policy(

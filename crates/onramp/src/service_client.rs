@@ -105,16 +105,7 @@ impl Api {
         self.request(method, path, body, None).await
     }
 
-    /// A call without a body that holds only while the resource has `etag`.
-    async fn call_if_match(
-        &self,
-        method: Method,
-        path: &str,
-        etag: Option<&str>,
-    ) -> anyhow::Result<Value> {
-        self.request(method, path, None, etag).await
-    }
-
+    /// A call that holds only while the resource has the ETag `if_match`, when given.
     async fn request(
         &self,
         method: Method,
@@ -611,8 +602,13 @@ pub async fn registration(command: RegistrationCommand) -> anyhow::Result<()> {
             etag,
         } => {
             let api = Api::open(&api).await?;
-            api.call_if_match(Method::DELETE, &item(&registration_id), etag.as_deref())
-                .await?;
+            api.request(
+                Method::DELETE,
+                &item(&registration_id),
+                None,
+                etag.as_deref(),
+            )
+            .await?;
             eprintln!("deleted the registration record of {registration_id}");
             Ok(())
         }
