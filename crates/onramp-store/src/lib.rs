@@ -12,6 +12,7 @@
 //! Every file and folder they create is private to the owner (`onramp_files`).
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod migrations;
 pub mod seal;
 pub mod sqlite;

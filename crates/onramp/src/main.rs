@@ -15,6 +15,7 @@ mod logging;
 mod serve;
 mod service_client;
 mod simulator;
+mod store_cmd;
 
 use clap::Parser;
 
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Cert { command } => cert::run(command).await,
+        Command::Store { command } => store_cmd::run(command),
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -599,3 +599,90 @@ fn the_test_pki_keeps_keys_private_and_does_not_overwrite_them() {
     assert!(ok, "{stderr}");
     assert_ne!(std::fs::read(&key).unwrap(), first, "--force replaces it");
 }
+
+#[tokio::test]
+async fn a_backup_taken_while_devices_register_restores_into_a_working_deployment() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("kept-1", json!({})).await;
+    server.assigned("kept-1", &key, &[]);
+    let temp = tempfile::tempdir().unwrap();
+    let backup = temp.path().join("backup");
+
+    // Devices keep registering while the copy is taken.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let assigned = std::sync::Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, assigned, key) = (stop.clone(), assigned.clone(), key.clone());
+        let data_dir = server.data_dir.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = onramp()
+                    .args([
+                        "device",
+                        "provision",
+                        "--registration-id",
+                        "kept-1",
+                        "--key",
+                        &key,
+                    ])
+                    .arg("--force")
+                    .arg("--data-dir")
+                    .arg(&data_dir)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    assigned.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    wait_for(Duration::from_secs(30), "a registration under load", || {
+        (assigned.load(Ordering::Relaxed) > 0).then_some(())
+    });
+    server.cli_ok(&["store", "backup", backup.to_str().unwrap()]);
+    let during = assigned.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(during > 0, "devices were registering when the backup was taken");
+    #[cfg(unix)]
+    for file in ["onramp.db", "keys"] {
+        let mode = std::fs::metadata(backup.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is the owner's alone");
+    }
+    // A second backup into the same folder needs --force.
+    let out = server.cli(&["store", "backup", backup.to_str().unwrap()]);
+    assert!(!out.status.success());
+    // Restoring over a running deployment is refused.
+    let out = server.cli(&["store", "restore", backup.to_str().unwrap(), "--force"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("stop it first"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // Restored into a new data directory, it serves the same enrollment,
+    // unseals its key, and knows the device's registration.
+    let restored = temp.path().join("restored");
+    let out = onramp()
+        .args(["store", "restore", backup.to_str().unwrap(), "--data-dir"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let again = Server::start_in(&restored, "127.0.0.1:0", &[]);
+    let shown: Value =
+        serde_json::from_str(&again.cli_ok(&["enrollment", "show", "kept-1", "--keys"])).unwrap();
+    assert_eq!(
+        shown["attestation"]["symmetricKey"]["primaryKey"],
+        key.as_str()
+    );
+    let record: Value =
+        serde_json::from_str(&again.cli_ok(&["registration", "show", "kept-1"])).unwrap();
+    assert_eq!(record["status"], "assigned");
+    assert_eq!(again.assigned("kept-1", &key, &[])["status"], "assigned");
+}

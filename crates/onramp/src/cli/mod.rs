@@ -81,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Backups of a deployment's data directory.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print a completion script for a shell, e.g. `onramp completions bash
     /// > /etc/bash_completion.d/onramp`.
     Completions {
@@ -131,4 +136,30 @@ pub struct ServiceApi {
     /// CA certificate (PEM) to trust. Default: the data directory's development CA.
     #[arg(long, env = "ONRAMP_CA")]
     pub ca: Option<PathBuf>,
+}
+
+/// `onramp store`: copies of a deployment's data.
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy the data directory's stores (consistently, while it serves), master
+    /// keys and TLS certificates into DIR, readable by the owner alone.
+    Backup {
+        #[command(flatten)]
+        location: Location,
+        /// The folder to write the backup to.
+        dir: PathBuf,
+        /// Overwrite a backup already in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup from DIR into the data directory; its server must be stopped.
+    Restore {
+        #[command(flatten)]
+        location: Location,
+        /// The folder a backup was written to.
+        dir: PathBuf,
+        /// Overwrite the deployment already in the data directory.
+        #[arg(long)]
+        force: bool,
+    },
 }
