@@ -644,7 +644,10 @@ async fn a_backup_taken_while_devices_register_restores_into_a_working_deploymen
     let during = assigned.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    assert!(during > 0, "devices were registering when the backup was taken");
+    assert!(
+        during > 0,
+        "devices were registering when the backup was taken"
+    );
     #[cfg(unix)]
     for file in ["onramp.db", "keys"] {
         let mode = std::fs::metadata(backup.join(file))

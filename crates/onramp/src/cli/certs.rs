@@ -12,7 +12,9 @@ pub enum CertCommand {
     Upload {
         #[command(flatten)]
         api: ServiceApi,
+        /// The CA certificate's name in the provisioning service.
         name: String,
+        /// The certificate, PEM.
         #[arg(long)]
         file: PathBuf,
         /// Mark it verified without a proof of possession.
@@ -23,13 +25,16 @@ pub enum CertCommand {
     VerificationCode {
         #[command(flatten)]
         api: ServiceApi,
+        /// The CA certificate's name in the provisioning service.
         name: String,
     },
     /// Prove possession: upload a certificate signed by the CA whose CN is the code.
     Verify {
         #[command(flatten)]
         api: ServiceApi,
+        /// The CA certificate's name in the provisioning service.
         name: String,
+        /// The certificate, PEM.
         #[arg(long)]
         file: PathBuf,
     },
@@ -42,12 +47,14 @@ pub enum CertCommand {
     Show {
         #[command(flatten)]
         api: ServiceApi,
+        /// The CA certificate's name in the provisioning service.
         name: String,
     },
     /// Delete a CA certificate.
     Delete {
         #[command(flatten)]
         api: ServiceApi,
+        /// The CA certificate's name in the provisioning service.
         name: String,
     },
     /// FOR TESTING: create a root CA (writes OUT.pem and OUT.key.pem).
@@ -57,6 +64,7 @@ pub enum CertCommand {
     },
     /// FOR TESTING: create an intermediate CA signed by ISSUER (ISSUER.pem, ISSUER.key.pem).
     CreateIntermediate {
+        /// The issuing CA: the OUT it was written to (OUT.pem and OUT.key.pem).
         #[arg(long)]
         issuer: PathBuf,
         #[command(flatten)]
@@ -66,8 +74,10 @@ pub enum CertCommand {
     /// Writes OUT.pem, OUT.key.pem and OUT.chain.pem (the certificate and the
     /// intermediates a device sends).
     CreateDevice {
+        /// The issuing CA: the OUT it was written to (OUT.pem and OUT.key.pem).
         #[arg(long, required_unless_present = "self_signed")]
         issuer: Option<PathBuf>,
+        /// A self-signed device certificate, with no issuer.
         #[arg(long, conflicts_with = "issuer")]
         self_signed: bool,
         #[command(flatten)]
@@ -78,10 +88,13 @@ pub enum CertCommand {
 /// What every `create-*` command issues: its subject, where it goes and for how long.
 #[derive(Args, Debug)]
 pub struct NewCertificate {
+    /// The certificate's common name (CN); a device certificate's is its registration ID.
     #[arg(long)]
     pub cn: String,
+    /// Where to write it: OUT.pem, OUT.key.pem (and OUT.chain.pem below a CA).
     #[arg(long)]
     pub out: PathBuf,
+    /// How many days it is valid.
     #[arg(long, default_value_t = 365)]
     pub days: i64,
     /// Replace files that exist at OUT (their key is lost).

@@ -123,6 +123,7 @@ pub struct ProvisionArgs {
     pub location: Location,
     #[command(flatten)]
     pub target: DeviceTarget,
+    /// The device's registration ID.
     #[arg(long)]
     pub registration_id: String,
     /// The device's own symmetric key (individual enrollment).

@@ -27,6 +27,7 @@ pub enum ServiceCommand {
     Create {
         #[command(flatten)]
         location: Location,
+        /// The provisioning service's name.
         name: String,
         /// Policy for enrollments that name none: hashed, geoLatency or static.
         #[arg(long)]
@@ -69,6 +70,7 @@ pub enum ServiceCommand {
     Delete {
         #[command(flatten)]
         location: Location,
+        /// The provisioning service's name.
         name: String,
         /// Required: deleting removes enrollments and registrations.
         #[arg(long)]
@@ -82,6 +84,7 @@ pub enum LinkedHubCommand {
     Add {
         #[command(flatten)]
         location: Location,
+        /// The hub's connection string (a policy with registry read and write rights).
         #[arg(long)]
         connection_string: String,
         /// Region of the hub.
@@ -104,6 +107,7 @@ pub enum LinkedHubCommand {
     List {
         #[command(flatten)]
         location: Location,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
@@ -113,6 +117,7 @@ pub enum LinkedHubCommand {
         location: Location,
         /// The hub's host name.
         name: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
@@ -120,7 +125,9 @@ pub enum LinkedHubCommand {
     Update {
         #[command(flatten)]
         location: Location,
+        /// The hub's host name.
         name: String,
+        /// The hub's connection string (a policy with registry read and write rights).
         #[arg(long)]
         connection_string: Option<String>,
         /// Region of the hub.
@@ -133,6 +140,7 @@ pub enum LinkedHubCommand {
         /// when an enrollment names it (off).
         #[arg(long, value_parser = ["on", "off"])]
         allocation: Option<String>,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
@@ -140,7 +148,9 @@ pub enum LinkedHubCommand {
     Remove {
         #[command(flatten)]
         location: Location,
+        /// The hub's host name.
         name: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
         /// Unlink even when devices are registered on the hub.
@@ -317,6 +327,7 @@ pub enum RegistrationCommand {
     Show {
         #[command(flatten)]
         api: ServiceApi,
+        /// The device's registration ID.
         registration_id: String,
     },
     /// List the registration records of an enrollment group's devices.
@@ -332,6 +343,7 @@ pub enum RegistrationCommand {
     Delete {
         #[command(flatten)]
         api: ServiceApi,
+        /// The device's registration ID.
         registration_id: String,
         /// Delete only if the record still has this ETag.
         #[arg(long)]
@@ -354,7 +366,9 @@ pub enum PolicyCommand {
     Show {
         #[command(flatten)]
         location: Location,
+        /// The policy name (case-sensitive).
         name: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
         /// Also show the connection strings (they hold the keys).
@@ -365,10 +379,12 @@ pub enum PolicyCommand {
     Create {
         #[command(flatten)]
         location: Location,
+        /// The policy name (case-sensitive).
         name: String,
         /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
         #[arg(long)]
         rights: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
@@ -376,7 +392,9 @@ pub enum PolicyCommand {
     Delete {
         #[command(flatten)]
         location: Location,
+        /// The policy name (case-sensitive).
         name: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
@@ -385,10 +403,12 @@ pub enum PolicyCommand {
     RegenerateKey {
         #[command(flatten)]
         location: Location,
+        /// The policy name (case-sensitive).
         name: String,
         /// Which key: primary or secondary.
         #[arg(long, value_parser = ["primary", "secondary"], default_value = "primary")]
         key: String,
+        /// Provisioning service (default: the configured one).
         #[arg(long)]
         service: Option<String>,
     },
