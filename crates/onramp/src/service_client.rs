@@ -1,6 +1,8 @@
 //! `onramp enrollment …` and `onramp group …`: the DPS service API, called
 //! over HTTPS with a service connection string, as any Azure service SDK would.
 
+use std::path::Path;
+
 use anyhow::{Context, bail};
 use onramp_core::connection_string::ConnectionString;
 use onramp_core::ports::Store;
@@ -14,7 +16,7 @@ use onramp_model::{
 };
 use reqwest::Method;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::cli::{
     EnrollmentChanges, EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi,
@@ -471,6 +473,100 @@ impl Records {
         print(&Value::Array(api.query_all(&query).await?))
     }
 
+    async fn export(self, api: &Api, file: Option<&Path>, keys: bool) -> anyhow::Result<()> {
+        let query = format!("{}/query", self.path());
+        let mut lines = String::new();
+        for mut record in api.query_all(&query).await? {
+            if keys {
+                let id = record[self.0.id_field()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = format!("{}/attestationmechanism", self.item(&id));
+                record["attestation"] = api.call(Method::POST, &path, None).await?;
+            }
+            lines.push_str(&serde_json::to_string(&record)?);
+            lines.push('\n');
+        }
+        match file {
+            // Keys or not, enrollments are the operator's alone.
+            Some(path) => onramp_files::write(path, lines.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => print!("{lines}"),
+        }
+        Ok(())
+    }
+
+    /// Creates the records of a JSON Lines file in bulk calls of `batch`.
+    async fn import(self, api: &Api, file: &Path, batch: usize, quiet: bool) -> anyhow::Result<()> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut rejected = Vec::new();
+        let mut records = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(line) {
+                Ok(record) if record[self.0.id_field()].is_string() => records.push(record),
+                Ok(_) => rejected
+                    .push(json!({"line": n + 1, "reason": format!("no {}", self.0.id_field())})),
+                Err(e) => rejected.push(json!({"line": n + 1, "reason": format!("not JSON: {e}")})),
+            }
+        }
+        let progress = crate::bench::bar(records.len() as u64, quiet, "importing");
+        let (mut created, mut existing) = (0usize, 0usize);
+        for chunk in records.chunks(batch) {
+            let mut items = chunk.to_vec();
+            for item in &mut items {
+                // What the service owns is not imported.
+                if let Some(fields) = item.as_object_mut() {
+                    for owned in [
+                        "etag",
+                        "createdDateTimeUtc",
+                        "lastUpdatedDateTimeUtc",
+                        "registrationState",
+                    ] {
+                        fields.remove(owned);
+                    }
+                }
+            }
+            let body = json!({"mode": "create", self.0.collection(): items});
+            let answer = api.call(Method::POST, self.path(), Some(&body)).await?;
+            let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+            let exists = |e: &Value| {
+                e["errorCode"].as_u64() == Some(409001)
+                    || e["errorStatus"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("exists"))
+            };
+            existing += errors.iter().filter(|e| exists(e)).count();
+            for error in errors.iter().filter(|e| !exists(e)) {
+                rejected.push(error.clone());
+            }
+            created += chunk.len() - errors.len();
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
+        eprintln!(
+            "imported {created} {}, skipped {existing} that exist, rejected {}",
+            self.0.collection(),
+            rejected.len()
+        );
+        if !rejected.is_empty() {
+            let report = file.with_extension("rejected.jsonl");
+            let lines: String = rejected.iter().map(|r| format!("{r}\n")).collect();
+            onramp_files::write(&report, lines.as_bytes())
+                .with_context(|| format!("writing {}", report.display()))?;
+            bail!(
+                "{} records were refused; see {}",
+                rejected.len(),
+                report.display()
+            );
+        }
+        Ok(())
+    }
+
     async fn delete(self, api: &Api, id: &str) -> anyhow::Result<()> {
         api.call(Method::DELETE, &self.item(id), None).await?;
         eprintln!("deleted {} {id}", self.0.short_noun());
@@ -517,6 +613,19 @@ impl Records {
             }
             RecordCommand::List { api } => self.list(&Api::open(&api).await?).await,
             RecordCommand::Delete { api, id } => self.delete(&Api::open(&api).await?, &id).await,
+            RecordCommand::Export { api, file, keys } => {
+                self.export(&Api::open(&api).await?, file.as_deref(), keys)
+                    .await
+            }
+            RecordCommand::Import {
+                api,
+                file,
+                batch,
+                quiet,
+            } => {
+                self.import(&Api::open(&api).await?, &file, batch as usize, quiet)
+                    .await
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{Server, onramp, unix_now};
@@ -1652,5 +1653,79 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
         String::from_utf8_lossy(&out.stderr).contains("404"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn enrollments_export_and_import_as_json_lines_resumably() {
+    let server = Server::start("127.0.0.1:0");
+    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
+    let twin = r#"{"tags":{"line":"7"}}"#;
+    let mut keys = BTreeMap::new();
+    for id in ["exp-1", "exp-2", "exp-3"] {
+        let created = cli_json(&["enrollment", "create", id, "--initial-twin", twin]);
+        keys.insert(
+            id,
+            common::text(&created["attestation"]["symmetricKey"]["primaryKey"]),
+        );
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("enrollments.jsonl");
+    server.cli_ok(&[
+        "enrollment",
+        "export",
+        "--keys",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let exported = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(exported.lines().count(), 3, "{exported}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "exported keys are the owner's alone");
+    }
+
+    // One is lost; importing again brings it back, with its key and twin,
+    // and skips the two that exist (an interrupted import just runs again).
+    server.cli_ok(&["enrollment", "delete", "exp-2"]);
+    let out = server.cli(&[
+        "enrollment",
+        "import",
+        file.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--quiet",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("imported 1 enrollments, skipped 2 that exist, rejected 0"),
+        "{stderr}"
+    );
+    let back = cli_json(&["enrollment", "show", "exp-2", "--keys"]);
+    assert_eq!(
+        back["attestation"]["symmetricKey"]["primaryKey"],
+        keys["exp-2"].as_str()
+    );
+    assert_eq!(back["initialTwin"]["tags"]["line"], "7");
+
+    // Lines that are not records, or records the service refuses, are
+    // reported, with the line or the ID and the reason.
+    let bad = temp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "not json\n{\"deviceId\":\"x\"}\n{\"registrationId\":\"bad id!\",\"attestation\":{\"type\":\"symmetricKey\"}}\n{\"registrationId\":\"exp-4\",\"attestation\":{\"type\":\"symmetricKey\"}}\n",
+    )
+    .unwrap();
+    let out = server.cli(&["enrollment", "import", bad.to_str().unwrap(), "--quiet"]);
+    assert!(!out.status.success());
+    let report = std::fs::read_to_string(temp.path().join("bad.rejected.jsonl")).unwrap();
+    assert_eq!(report.lines().count(), 3, "{report}");
+    assert!(report.contains("bad id!"), "{report}");
+    assert_eq!(
+        cli_json(&["enrollment", "show", "exp-4"])["registrationId"],
+        "exp-4"
     );
 }

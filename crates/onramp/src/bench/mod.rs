@@ -282,7 +282,7 @@ async fn import(
     Ok(())
 }
 
-fn bar(len: u64, hidden: bool, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn bar(len: u64, hidden: bool, what: &str) -> indicatif::ProgressBar {
     if hidden {
         return indicatif::ProgressBar::hidden();
     }

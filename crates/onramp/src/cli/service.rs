@@ -295,6 +295,32 @@ pub enum RecordCommand {
         /// The registration ID (individual enrollment) or the group ID.
         id: String,
     },
+    /// Write them all as JSON Lines (one record a line), for `import`.
+    Export {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Include the symmetric keys (one more call per record).
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Create them from a JSON Lines file (one record a line), in bulk calls.
+    /// IDs that exist are skipped, so an interrupted import runs again to its
+    /// end; refused lines go to FILE.rejected.jsonl with the reason.
+    Import {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The JSON Lines file to read.
+        file: PathBuf,
+        /// Records per bulk call.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 /// `onramp group`: what `onramp enrollment` does, and the key a group gives
