@@ -5,17 +5,20 @@
 //! - [`tls`]: rustls server and client configurations (aws-lc-rs only).
 //! - [`pki`]: a local CA and server certificate for development, created on
 //!   first start and reused after.
-//! - [`listener`]: the front door: TLS, then HTTP/1.1, HTTP/2 or MQTT on the
+//! - [`listener`]: the front door: TLS, then HTTP/1.1, HTTP/2, MQTT or AMQP on the
 //!   same port, deadlines for every stage before a request, a connection
 //!   cap, and graceful shutdown.
 //! - [`body`]: request bodies with a deadline, and the unread rest of a body
 //!   thrown away after an early answer.
 //! - [`descriptors`]: the open-file limit raised at start, and the
 //!   connection cap that keeps descriptors in reserve.
+//! - [`amqp`]: the hand-off of AMQP 1.0 connections (over TLS or
+//!   WebSockets) to their application.
 //! - [`mqtt`]: MQTT 3.1.1 sessions (and MQTT over WebSockets), a client for
 //!   the simulator and tests.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod body;
 pub mod descriptors;
 pub mod listener;

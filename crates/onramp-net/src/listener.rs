@@ -1,8 +1,9 @@
 //! The front door: one TLS listener per port, serving HTTP/1.1 and HTTP/2
-//! (device API, service API, hub REST API, WebSocket upgrades) and raw MQTT
-//! on the same socket. After the handshake the ALPN protocol `mqtt`, or else
-//! the first byte, tells them apart (an MQTT connection starts with CONNECT,
-//! 0x10; HTTP starts with a method or the HTTP/2 preface).
+//! (device API, service API, hub REST API, WebSocket upgrades), raw MQTT and
+//! AMQP 1.0 on the same socket. After the handshake the ALPN protocol `mqtt`,
+//! or else the first byte, tells them apart (an MQTT connection starts with
+//! CONNECT, 0x10; AMQP with its protocol header `AMQP…`; HTTP with a method
+//! or the HTTP/2 preface).
 //!
 //! So Onramp can listen on 443 and 8883 with the same handler, and a test
 //! (or a deployment behind one port) can use a single port for everything.
@@ -32,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::amqp::{AmqpApp, AmqpConnection};
 use crate::body::GuardedBody;
 use crate::mqtt::{MqttApp, MqttLimits};
 
@@ -81,6 +83,9 @@ pub struct Services {
     /// Raw MQTT connections; `None` serves HTTP only.
     pub mqtt: Option<Arc<dyn MqttApp>>,
     pub mqtt_limits: MqttLimits,
+    /// Raw AMQP connections; `None` refuses them. The application keeps
+    /// its own deadlines, counted from the end of the TLS handshake.
+    pub amqp: Option<Arc<dyn AmqpApp>>,
 }
 
 /// Limits of the listener. The MQTT CONNECT deadline is
@@ -276,13 +281,14 @@ async fn connection(
     // and MQTT read in large chunks, which pass a drained BufReader
     // by, so a bigger buffer would only cost memory per connection.
     let mut stream = BufReader::with_capacity(1, tls);
-    let is_mqtt = match (&shared.services.mqtt, alpn.as_deref()) {
-        (None, _) => false,
-        (Some(_), Some(b"mqtt")) => true,
-        (Some(_), negotiated) => {
-            // Until the first byte the client may speak either protocol, so
-            // the stricter of the two deadlines applies, unless it asked
-            // for HTTP by ALPN.
+    let sniff = shared.services.mqtt.is_some() || shared.services.amqp.is_some();
+    let first = match (sniff, alpn.as_deref()) {
+        (false, _) => None,
+        (true, Some(b"mqtt")) => Some(MQTT_CONNECT),
+        (true, negotiated) => {
+            // Until the first byte the client may speak any protocol, so
+            // the stricter of the deadlines applies, unless it asked for
+            // HTTP by ALPN.
             let first_byte_by = match negotiated {
                 Some(_) => handshake_done + limits.header_timeout,
                 None => connect_by.min(handshake_done + limits.header_timeout),
@@ -293,7 +299,7 @@ async fn connection(
             };
             match first {
                 Ok(Ok([])) => return,
-                Ok(Ok(bytes)) => bytes[0] == 0x10,
+                Ok(Ok(bytes)) => Some(bytes[0]),
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::debug!(%remote, "nothing sent after the TLS handshake; closing");
@@ -302,11 +308,11 @@ async fn connection(
             }
         }
     };
-    if is_mqtt {
-        if let Some(app) = shared.services.mqtt.clone() {
+    match (first, &shared.services.mqtt, &shared.services.amqp) {
+        (Some(MQTT_CONNECT), Some(app), _) => {
             crate::mqtt::server::run(
                 stream,
-                app,
+                app.clone(),
                 peer,
                 remote,
                 false,
@@ -316,10 +322,23 @@ async fn connection(
             )
             .await;
         }
-        return;
+        (Some(crate::amqp::FIRST_BYTE), _, Some(app)) => {
+            app.serve(AmqpConnection {
+                stream: Box::new(stream),
+                peer,
+                remote,
+                websocket: false,
+                accepted_at: handshake_done,
+                shutdown: shared.shutdown.receiver(),
+            })
+            .await;
+        }
+        _ => http(&shared, stream, peer, remote, handshake_done).await,
     }
-    http(&shared, stream, peer, remote, handshake_done).await;
 }
+
+/// The first byte of an MQTT CONNECT packet.
+const MQTT_CONNECT: u8 = 0x10;
 
 /// How long a stopping connection with no request in progress stays: to
 /// write out its last answer, or to receive a request already on its way.
@@ -501,6 +520,7 @@ mod tests {
             http: router,
             mqtt: None,
             mqtt_limits: MqttLimits::default(),
+            amqp: None,
         };
         let server = tokio::spawn(serve(
             listener,

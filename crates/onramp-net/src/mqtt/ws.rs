@@ -1,4 +1,4 @@
-//! MQTT over WebSockets. The SDKs upgrade on different paths (`/`,
+//! MQTT and AMQP over WebSockets. The SDKs upgrade on different paths (`/`,
 //! `/mqtt`, `/$iothub/websocket`) and spell the subprotocol `mqtt` or `MQTT`;
 //! any path is accepted and the client's spelling is echoed. After the
 //! upgrade, [`WsStream`] turns binary frames back into a byte stream so the
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::server::{self, MqttApp, MqttLimits};
+use crate::amqp::{AmqpApp, AmqpConnection};
 use crate::{PeerCertificates, RemoteAddr};
 
 /// A WebSocket as a byte stream: reads yield the payload of binary frames,
@@ -29,6 +30,14 @@ use crate::{PeerCertificates, RemoteAddr};
 pub struct WsStream<S> {
     inner: WebSocketStream<S>,
     pending: Bytes,
+}
+
+impl<S> std::fmt::Debug for WsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsStream")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> WsStream<S> {
@@ -61,12 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
                 Some(Ok(Message::Binary(data))) => self.pending = data,
-                // Pings are answered by tungstenite itself; text frames are not MQTT.
+                // Pings are answered by tungstenite itself; text frames carry
+                // neither MQTT nor AMQP.
                 Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "a text frame on an MQTT WebSocket",
+                        "a text frame on an MQTT or AMQP WebSocket",
                     )));
                 }
                 Some(Ok(_)) => {}
@@ -97,16 +107,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 }
 
-/// The subprotocol the client offered that names MQTT, in its spelling.
-fn mqtt_subprotocol(headers: &HeaderMap) -> Option<String> {
+/// The first subprotocol the client offered among `names`, in its spelling.
+fn subprotocol(headers: &HeaderMap, names: &[&str]) -> Option<String> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .find(|p| p.eq_ignore_ascii_case("mqtt"))
+        .find(|p| names.iter().any(|n| p.eq_ignore_ascii_case(n)))
         .map(str::to_owned)
+}
+
+/// The subprotocol the client offered that names MQTT, in its spelling.
+fn mqtt_subprotocol(headers: &HeaderMap) -> Option<String> {
+    subprotocol(headers, &["mqtt"])
+}
+
+/// AMQP over WebSockets: `AMQPWSB10` (the Azure SDKs) or `amqp` (OASIS).
+fn amqp_subprotocol(headers: &HeaderMap) -> Option<String> {
+    subprotocol(headers, &["AMQPWSB10", "amqp"])
+}
+
+/// Whether a WebSocket upgrade offers an AMQP subprotocol.
+pub fn offers_amqp(headers: &HeaderMap) -> bool {
+    amqp_subprotocol(headers).is_some()
 }
 
 /// Whether a request asks for a WebSocket upgrade.
@@ -135,11 +160,79 @@ fn refuse(status: StatusCode, message: &'static str) -> Response<Body> {
 /// Answers a WebSocket upgrade for MQTT and serves the connection with `app`
 /// once the upgrade completes.
 pub fn accept(
-    mut req: Request<Body>,
+    req: Request<Body>,
     app: Arc<dyn MqttApp>,
     limits: MqttLimits,
     shutdown: watch::Receiver<bool>,
 ) -> Response<Body> {
+    let Some(protocol) = mqtt_subprotocol(req.headers()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks MQTT over WebSockets: offer the subprotocol mqtt",
+        );
+    };
+    upgrade(
+        req,
+        protocol,
+        limits.max_packet_bytes as usize,
+        move |ws, peer, remote| async move {
+            let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
+            server::run(ws, app, peer, remote, true, limits, connect_by, shutdown).await;
+        },
+    )
+}
+
+/// Answers a WebSocket upgrade for AMQP (subprotocol `AMQPWSB10` or `amqp`)
+/// and hands the connection to `app` once the upgrade completes. Messages
+/// larger than `max_message_bytes` end the connection.
+pub fn accept_amqp(
+    req: Request<Body>,
+    app: Arc<dyn AmqpApp>,
+    max_message_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    let Some(protocol) = amqp_subprotocol(req.headers()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks AMQP over WebSockets: offer the subprotocol AMQPWSB10",
+        );
+    };
+    upgrade(
+        req,
+        protocol,
+        max_message_bytes,
+        move |ws, peer, remote| async move {
+            app.serve(AmqpConnection {
+                stream: Box::new(ws),
+                peer,
+                remote,
+                websocket: true,
+                accepted_at: tokio::time::Instant::now(),
+                shutdown,
+            })
+            .await;
+        },
+    )
+}
+
+/// Answers a WebSocket upgrade with `protocol` and runs `serve` on the
+/// connection once the upgrade completes.
+fn upgrade<F, Fut>(
+    mut req: Request<Body>,
+    protocol: String,
+    max_message_bytes: usize,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(
+            WsStream<TokioIo<hyper::upgrade::Upgraded>>,
+            PeerCertificates,
+            std::net::SocketAddr,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let headers = req.headers();
     let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -165,12 +258,6 @@ pub fn accept(
         );
         return resp;
     }
-    let Some(protocol) = mqtt_subprotocol(headers) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "this endpoint speaks MQTT over WebSockets: offer the subprotocol mqtt",
-        );
-    };
     let peer = req
         .extensions()
         .get::<PeerCertificates>()
@@ -192,23 +279,12 @@ pub fn accept(
             }
         };
         let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(limits.max_packet_bytes as usize + 64);
-        config.max_frame_size = Some(limits.max_packet_bytes as usize + 64);
+        config.max_message_size = Some(max_message_bytes + 64);
+        config.max_frame_size = Some(max_message_bytes + 64);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
-        server::run(
-            WsStream::new(ws),
-            app,
-            peer,
-            remote,
-            true,
-            limits,
-            connect_by,
-            shutdown,
-        )
-        .await;
+        serve(WsStream::new(ws), peer, remote).await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
