@@ -2,6 +2,7 @@
 //! protocol-neutral requests and encodes the answers back; none holds a
 //! product rule.
 //!
+//! - [`amqp`]: the DPS device API over AMQP 1.0 (and AMQP over WebSockets).
 //! - [`https`]: the HTTPS listener's application: the DPS device API, the DPS
 //!   service API and `/health`, with Azure-compatible routing, error bodies
 //!   and headers, and WebSocket upgrades for MQTT.
@@ -13,6 +14,7 @@
 //!   bodies decoded, answers and errors encoded as the SDKs expect them.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod https;
 pub mod metrics;
 pub mod mqtt;

@@ -20,6 +20,7 @@ use onramp_core::admin::Admin;
 use onramp_core::engine::Engine;
 use onramp_model::ErrorCode;
 use onramp_net::Shutdown;
+use onramp_net::amqp::AmqpApp;
 use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use tower::ServiceExt;
 
@@ -58,16 +59,26 @@ pub struct AppState {
     pub config: EndpointConfig,
     /// Routes served when a path is not a DPS path (the embedded hub).
     pub fallback: Option<Router>,
-    /// MQTT over WebSockets, upgraded on any path.
-    pub websockets: Option<MqttWebSockets>,
+    /// MQTT (and AMQP) over WebSockets, upgraded on any path.
+    pub websockets: Option<WebSockets>,
 }
 
-/// What a WebSocket upgrade for MQTT is handed to.
+/// What WebSocket upgrades are handed to: MQTT (subprotocol `mqtt`), and
+/// AMQP (`AMQPWSB10` or `amqp`) when `amqp` is set.
 #[derive(Clone)]
-pub struct MqttWebSockets {
+pub struct WebSockets {
     pub app: Arc<dyn MqttApp>,
     pub limits: MqttLimits,
     pub shutdown: Shutdown,
+    pub amqp: Option<AmqpWebSockets>,
+}
+
+/// The AMQP application WebSocket upgrades are handed to.
+#[derive(Clone)]
+pub struct AmqpWebSockets {
+    pub app: Arc<dyn AmqpApp>,
+    /// The largest WebSocket message accepted (one AMQP frame or more).
+    pub max_message_bytes: usize,
 }
 
 /// The application to serve with [`onramp_net::serve`].
@@ -82,9 +93,19 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
             Some(w) if ws::offers_mqtt(req.headers()) => {
                 ws::accept(req, w.app.clone(), w.limits, w.shutdown.receiver())
             }
+            Some(WebSockets {
+                amqp: Some(amqp),
+                shutdown,
+                ..
+            }) if ws::offers_amqp(req.headers()) => ws::accept_amqp(
+                req,
+                amqp.app.clone(),
+                amqp.max_message_bytes,
+                shutdown.receiver(),
+            ),
             _ => respond::error(&ProvisioningError::new(
                 ErrorCode::InvalidArgument,
-                "WebSocket upgrades here carry MQTT: offer the subprotocol mqtt",
+                "WebSocket upgrades here carry MQTT or AMQP: offer the subprotocol mqtt or AMQPWSB10",
             )),
         };
     }
