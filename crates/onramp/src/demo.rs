@@ -52,6 +52,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     config.https.listen = "127.0.0.1:0".into();
     config.mqtt.listen = "127.0.0.1:0".into();
+    config.amqp.listen = "127.0.0.1:0".into();
     config.metrics.listen = "off".into();
     config.hub.embedded = false;
     config.tls.trust = hubs.iter().map(|h| h.ca_cert.clone()).collect();

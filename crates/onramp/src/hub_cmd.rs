@@ -197,6 +197,7 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         http: hub.standalone_router(limits, shutdown.clone()),
         mqtt: Some(hub.mqtt_app()),
         mqtt_limits: limits,
+        amqp: None,
     };
     let defaults = ListenerLimits::default();
     let budget = onramp_net::descriptors::connection_budget(

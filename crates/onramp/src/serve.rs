@@ -9,10 +9,12 @@ use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::linked_hubs::{LinkedHubs, NewLink};
 use onramp_core::ports::{Store, StoreExt, SystemClock};
-use onramp_endpoints::https::MqttWebSockets;
+use onramp_endpoints::amqp::DpsAmqp;
+use onramp_endpoints::https::{AmqpWebSockets, WebSockets};
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
+use onramp_net::amqp::AmqpApp;
 use onramp_net::mqtt::MqttApp;
 use onramp_net::{Services, Shutdown};
 
@@ -146,6 +148,19 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         None
     };
     let mqtt_bound = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let amqp_listener = if config.amqp.enabled() {
+        let l = tokio::net::TcpListener::bind(&config.amqp.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for AMQP on {}: {e} (set --amqp-listen off to go without)",
+                    config.amqp.listen
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
     let metrics_listener = bind_metrics(config).await?;
     let metrics_bound = metrics_listener
         .as_ref()
@@ -297,16 +312,28 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         hub: hub.as_ref().map(|h| h.mqtt_app() as Arc<dyn MqttApp>),
     });
     let mqtt_limits = config.mqtt.limits();
+    // DPS over AMQP, on the AMQP port, on every other port by its protocol
+    // header, and over WebSockets on the HTTPS port.
+    let amqp_limits = config.amqp.limits();
+    let amqp_app: Arc<dyn AmqpApp> = Arc::new(DpsAmqp::new(
+        engine.clone(),
+        endpoint_config.clone(),
+        amqp_limits,
+    ));
     let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {
         engine: engine.clone(),
         admin,
         config: endpoint_config,
         fallback: hub.as_ref().map(|h| h.router()),
-        websockets: Some(MqttWebSockets {
+        websockets: Some(WebSockets {
             app: mqtt_app.clone(),
             limits: mqtt_limits,
             shutdown: shutdown.clone(),
+            amqp: Some(AmqpWebSockets {
+                app: amqp_app.clone(),
+                max_message_bytes: amqp_limits.max_frame_bytes as usize,
+            }),
         }),
     });
 
@@ -371,9 +398,13 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         http: onramp_endpoints::app(state),
         mqtt: Some(mqtt_app),
         mqtt_limits,
+        amqp: Some(amqp_app),
     };
     let serving = tokio::spawn(onramp_net::serve_all(
-        std::iter::once(listener).chain(mqtt_listener).collect(),
+        std::iter::once(listener)
+            .chain(mqtt_listener)
+            .chain(amqp_listener)
+            .collect(),
         Arc::new(server_tls),
         services,
         config

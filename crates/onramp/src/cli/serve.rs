@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// Address of the MQTT listener ("off" for none).
     #[arg(long, env = "ONRAMP_MQTT_LISTEN")]
     pub mqtt_listen: Option<String>,
+    /// Address of the AMQP listener, DPS over AMQP 1.0 with TLS ("off" for
+    /// none; default 0.0.0.0:5671).
+    #[arg(long, env = "ONRAMP_AMQP_LISTEN")]
+    pub amqp_listen: Option<String>,
     /// Address of the Prometheus metrics listener, plain HTTP ("off" for
     /// none; default 127.0.0.1:9464).
     #[arg(long, env = "ONRAMP_METRICS_LISTEN")]

@@ -18,6 +18,7 @@ pub struct Config {
     pub public_host: String,
     pub https: HttpsConfig,
     pub mqtt: MqttConfig,
+    pub amqp: AmqpConfig,
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub store: StoreConfig,
@@ -131,6 +132,43 @@ impl MqttConfig {
         onramp_net::mqtt::MqttLimits {
             max_packet_bytes: self.max_packet_bytes,
             connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Address of the AMQP listener (DPS over AMQP 1.0, TLS); empty or
+    /// `off` for none. (Every listener also takes AMQP: its protocol header
+    /// tells; AMQP over WebSockets comes on the HTTPS port.)
+    pub listen: String,
+    /// Largest AMQP frame accepted (the server's Open max-frame-size).
+    pub max_frame_bytes: u32,
+    /// A client must finish SASL and Open within this time.
+    pub open_timeout_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:5671".into(),
+            max_frame_bytes: 64 * 1024,
+            open_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl AmqpConfig {
+    pub fn enabled(&self) -> bool {
+        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
+    }
+
+    pub fn limits(&self) -> onramp_endpoints::amqp::AmqpLimits {
+        onramp_endpoints::amqp::AmqpLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            open_timeout: std::time::Duration::from_millis(self.open_timeout_ms),
             ..Default::default()
         }
     }
@@ -252,6 +290,7 @@ impl Default for Config {
             public_host: "localhost".into(),
             https: HttpsConfig::default(),
             mqtt: MqttConfig::default(),
+            amqp: AmqpConfig::default(),
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
             store: StoreConfig::default(),
@@ -379,6 +418,9 @@ impl Config {
         if let Some(v) = &args.mqtt_listen {
             c.mqtt.listen = v.clone();
         }
+        if let Some(v) = &args.amqp_listen {
+            c.amqp.listen = v.clone();
+        }
         if let Some(v) = &args.metrics_listen {
             c.metrics.listen = v.clone();
         }
@@ -457,6 +499,12 @@ impl Config {
         }
         if self.mqtt.connect_timeout_ms == 0 {
             bail!("mqtt.connect_timeout_ms must be more than 0");
+        }
+        if self.amqp.open_timeout_ms == 0 {
+            bail!("amqp.open_timeout_ms must be more than 0");
+        }
+        if self.amqp.max_frame_bytes < 512 {
+            bail!("amqp.max_frame_bytes must be at least 512 (AMQP 1.0's minimum)");
         }
         if self.limits.max_connections == 0 {
             bail!("limits.max_connections must be more than 0");
