@@ -108,8 +108,10 @@ fn stdout_of(out: &std::process::Output) -> String {
 }
 
 /// `onramp serve` on free loopback ports, without the metrics listener.
-const SERVE: [&str; 7] = [
+const SERVE: [&str; 9] = [
     "serve",
+    "--amqp-listen",
+    "127.0.0.1:0",
     "--https-listen",
     "127.0.0.1:0",
     "--mqtt-listen",
@@ -186,6 +188,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "HTTPS port in use",
             vec![
                 "serve",
+                "--amqp-listen",
+                "127.0.0.1:0",
                 "--metrics-listen",
                 "off",
                 "--https-listen",
@@ -199,6 +203,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "MQTT port in use",
             vec![
                 "serve",
+                "--amqp-listen",
+                "127.0.0.1:0",
                 "--metrics-listen",
                 "off",
                 "--https-listen",
@@ -212,6 +218,8 @@ async fn a_failed_start_changes_nothing_on_disk() {
             "certificate missing",
             vec![
                 "serve",
+                "--amqp-listen",
+                "127.0.0.1:0",
                 "--metrics-listen",
                 "off",
                 "--config",

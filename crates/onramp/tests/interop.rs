@@ -1,7 +1,7 @@
 //! The unmodified Azure IoT SDKs (Node and Python) against `onramp serve`.
 //!
-//! The SDKs' transports insist on ports 443 (HTTPS, WebSockets) and 8883
-//! (MQTT), so these tests bind 127.0.0.1:443 and 127.0.0.1:8883 (root or
+//! The SDKs' transports insist on ports 443 (HTTPS, WebSockets), 8883
+//! (MQTT) and 5671 (AMQP), so these tests bind them on 127.0.0.1 (root or
 //! CAP_NET_BIND_SERVICE) and take turns. The SDK packages are installed by
 //! `scripts/test` into tests/interop/node and tests/interop/python.
 
@@ -188,7 +188,16 @@ async fn start_on_sdk_ports() -> (tokio::sync::MutexGuard<'static, ()>, Server) 
     let port = PORT_443.lock().await;
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
-    let mut server = Server::start_in(&dir, "127.0.0.1:443", &["--mqtt-listen", "127.0.0.1:8883"]);
+    let mut server = Server::start_in(
+        &dir,
+        "127.0.0.1:443",
+        &[
+            "--mqtt-listen",
+            "127.0.0.1:8883",
+            "--amqp-listen",
+            "127.0.0.1:5671",
+        ],
+    );
     server.keep(temp);
     (port, server)
 }
@@ -421,6 +430,56 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
             .env("NODE_EXTRA_CA_CERTS", server.ca_path());
         hub_scenario(&server, command, transport, id, "node").await;
     }
+}
+
+/// The Node SDK provisions over `transport` (`amqp` or `ws`): a device of an
+/// individual enrollment and one of a group, each assigned to the embedded
+/// hub under its registration ID; a wrong key is refused by SASL.
+async fn amqp_provisioning(transport: &str) {
+    let Some(dir) = common::interop_dir(
+        "tests/interop/node",
+        "node_modules/azure-iot-provisioning-device-amqp",
+        "the Node SDK's AMQP transport",
+    ) else {
+        return;
+    };
+    let (_port, server) = start_on_sdk_ports().await;
+    let individual = format!("node-amqp-{transport}-ind");
+    let twin = serde_json::json!({"initialTwin": initial_twin()});
+    let individual_key = server.enroll(&individual, twin.clone()).await;
+    let group_key = server
+        .enroll_group(&format!("node-amqp-{transport}-grp"), twin)
+        .await;
+    let unit = format!("node-amqp-{transport}-unit-1");
+    let unit_key = sas::derive_device_key(&group_key, &unit).unwrap();
+    for (id, key) in [(&individual, &individual_key), (&unit, &unit_key)] {
+        let out = provision(&dir, &server, "provision_amqp", id, key, &[transport]);
+        assert_eq!(out["ok"], true, "{id} over AMQP ({transport}): {out}");
+        assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
+        assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
+    }
+    let out = provision(
+        &dir,
+        &server,
+        "provision_amqp",
+        &individual,
+        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        &[transport],
+    );
+    assert_eq!(
+        out["ok"], false,
+        "a wrong key over AMQP ({transport}): {out}"
+    );
+}
+
+#[tokio::test]
+async fn node_sdk_provisions_over_amqp() {
+    amqp_provisioning("amqp").await;
+}
+
+#[tokio::test]
+async fn node_sdk_provisions_over_amqp_websockets() {
+    amqp_provisioning("ws").await;
 }
 
 #[tokio::test]

@@ -86,6 +86,12 @@ impl Server {
         } else {
             &["--mqtt-listen", "127.0.0.1:0"]
         };
+        // AMQP likewise.
+        let amqp: &[&str] = if extra.contains(&"--amqp-listen") {
+            &[]
+        } else {
+            &["--amqp-listen", "127.0.0.1:0"]
+        };
         // Metrics too: their default port is one per machine.
         let metrics: &[&str] = if extra.contains(&"--metrics-listen") {
             &[]
@@ -105,6 +111,7 @@ impl Server {
             .arg(data_dir)
             .args(["--log", "warn,onramp=info,onramp_net=debug"])
             .args(mqtt)
+            .args(amqp)
             .args(metrics)
             .args(extra)
             .env_remove("ONRAMP_CONFIG")
