@@ -43,6 +43,7 @@ async fn start() -> Running {
         http: hub.router(),
         mqtt: Some(hub.mqtt_app()),
         mqtt_limits: Default::default(),
+        amqp: None,
     };
     tokio::spawn(onramp_net::serve(
         listener,
