@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Milliseconds an MQTT client has to send CONNECT.
     #[arg(long, env = "ONRAMP_MQTT_CONNECT_TIMEOUT_MS")]
     pub mqtt_connect_timeout_ms: Option<u64>,
+    /// Milliseconds an AMQP client has to finish SASL and Open.
+    #[arg(long, env = "ONRAMP_AMQP_OPEN_TIMEOUT_MS")]
+    pub amqp_open_timeout_ms: Option<u64>,
     /// Host name devices and operators use to reach this server.
     #[arg(long, env = "ONRAMP_PUBLIC_HOST")]
     pub public_host: Option<String>,

@@ -427,6 +427,9 @@ impl Config {
         if let Some(v) = args.mqtt_connect_timeout_ms {
             c.mqtt.connect_timeout_ms = v;
         }
+        if let Some(v) = args.amqp_open_timeout_ms {
+            c.amqp.open_timeout_ms = v;
+        }
         if let Some(v) = &args.public_host {
             c.public_host = v.clone();
         }

@@ -1,0 +1,250 @@
+//! DPS over AMQP against `onramp serve`, with fe2o3-amqp as the device: a
+//! registration and a poll, and the refusals (a bad token or an unknown
+//! registration fail SASL, a link to another registration is detached, an
+//! unknown operation is rejected, a client that never finishes SASL is
+//! dropped). Every listener takes AMQP by its protocol header, so these
+//! tests use the server's HTTPS port.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
+};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(server.tls())
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// An AMQP connection authenticated by SASL PLAIN as `registration_id`.
+async fn connect(
+    server: &Server,
+    registration_id: &str,
+    token: &str,
+) -> Result<ConnectionHandle<()>, fe2o3_amqp::connection::OpenError> {
+    Connection::builder()
+        .container_id("onramp-test-device")
+        .hostname("localhost:5671")
+        .sasl_profile(SaslProfile::Plain {
+            username: format!("{}/registrations/{registration_id}", server.id_scope()),
+            password: token.to_owned(),
+        })
+        .open_with_stream(tls(server).await)
+        .await
+}
+
+fn request(
+    op: &str,
+    correlation: &str,
+    operation_id: Option<&str>,
+    body: &[u8],
+) -> Message<Body<Value>> {
+    let mut props = ApplicationProperties::builder()
+        .insert("iotdps-operation-type", SimpleValue::String(op.into()));
+    if let Some(id) = operation_id {
+        props = props.insert("iotdps-operation-id", SimpleValue::String(id.into()));
+    }
+    Message::builder()
+        .properties(Properties {
+            correlation_id: Some(MessageId::String(correlation.into())),
+            ..Default::default()
+        })
+        .application_properties(props.build())
+        .body(Body::Data(
+            vec![fe2o3_amqp::types::messaging::Data(Binary::from(
+                body.to_vec(),
+            ))]
+            .into(),
+        ))
+        .build()
+}
+
+/// The answer to a request: its status property and JSON body.
+async fn answer(receiver: &mut Receiver, correlation: &str) -> (i64, Json) {
+    let delivery = tokio::time::timeout(Duration::from_secs(10), receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.accept(&delivery).await.unwrap();
+    let message = delivery.message();
+    assert_eq!(
+        message.properties.as_ref().unwrap().correlation_id,
+        Some(MessageId::String(correlation.into()))
+    );
+    let props = message.application_properties.as_ref().unwrap();
+    let status = match props.0.get("iotdps-status") {
+        Some(SimpleValue::Int(s)) => i64::from(*s),
+        other => panic!("iotdps-status: {other:?}"),
+    };
+    let Body::Data(data) = &message.body else {
+        panic!("not a Data section: {:?}", message.body)
+    };
+    let bytes: Vec<u8> = data.iter().flat_map(|d| d.0.iter().copied()).collect();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_device_registers_and_polls_over_amqp() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-1", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-1", &key, common::unix_now() + 600);
+    let mut conn = connect(&server, "amqp-dev-1", &token).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    // Two of the address spellings the SDKs use.
+    let scope = server.id_scope();
+    let mut receiver = Receiver::attach(
+        &mut session,
+        "recv",
+        format!("{scope}/registrations/amqp-dev-1"),
+    )
+    .await
+    .unwrap();
+    let mut sender = Sender::attach(
+        &mut session,
+        "send",
+        format!("/{scope}/registrations/amqp-dev-1"),
+    )
+    .await
+    .unwrap();
+    let outcome = sender
+        .send(request(
+            "iotdps-register",
+            "c-1",
+            None,
+            br#"{"registrationId":"amqp-dev-1"}"#,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let (status, mut op) = answer(&mut receiver, "c-1").await;
+    assert_eq!(status, 202, "{op}");
+    let operation_id = op["operationId"].as_str().unwrap().to_owned();
+    for n in 0..50 {
+        if op["status"] == "assigned" {
+            break;
+        }
+        assert_eq!(op["status"], "assigning", "{op}");
+        let correlation = format!("poll-{n}");
+        let outcome = sender
+            .send(request(
+                "iotdps-get-operationstatus",
+                &correlation,
+                Some(&operation_id),
+                b"",
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        op = answer(&mut receiver, &correlation).await.1;
+    }
+    assert_eq!(op["status"], "assigned", "{op}");
+    assert_eq!(op["registrationState"]["deviceId"], "amqp-dev-1", "{op}");
+
+    // An operation this API does not have is rejected with an Azure error body.
+    let outcome = sender
+        .send(request("iotdps-frobnicate", "c-2", None, b""))
+        .await
+        .unwrap();
+    let Outcome::Rejected(rejected) = outcome else {
+        panic!("not rejected: {outcome:?}")
+    };
+    let error = rejected.error.unwrap();
+    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    assert_eq!(body["errorCode"].as_u64().unwrap() / 1000, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("iotdps-frobnicate"),
+        "{body}"
+    );
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn sasl_refuses_bad_tokens_and_unknown_registrations() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-2", serde_json::json!({})).await;
+    let wrong = server.device_token(
+        "amqp-dev-2",
+        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        common::unix_now() + 600,
+    );
+    assert!(
+        connect(&server, "amqp-dev-2", &wrong).await.is_err(),
+        "a wrong key"
+    );
+    let stranger = server.device_token("amqp-nobody", &key, common::unix_now() + 600);
+    assert!(
+        connect(&server, "amqp-nobody", &stranger).await.is_err(),
+        "an unknown registration"
+    );
+    // A token for one registration does not open another's links.
+    let token = server.device_token("amqp-dev-2", &key, common::unix_now() + 600);
+    assert!(
+        connect(&server, "amqp-other", &token).await.is_err(),
+        "a token for another registration"
+    );
+}
+
+#[tokio::test]
+async fn links_to_another_registration_are_refused() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-3", serde_json::json!({})).await;
+    server.enroll("amqp-dev-4", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-3", &key, common::unix_now() + 600);
+    let mut conn = connect(&server, "amqp-dev-3", &token).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let scope = server.id_scope();
+    let result = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sender = Sender::attach(
+            &mut session,
+            "send",
+            format!("{scope}/registrations/amqp-dev-4"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        sender
+            .send(request("iotdps-register", "c-1", None, b"{}"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(
+        result.is_err(),
+        "a link to another registration carried a request"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_sasl_is_dropped() {
+    let server = Server::start_in(
+        &tempfile::tempdir().unwrap().keep().join("data"),
+        "127.0.0.1:0",
+        &["--amqp-open-timeout-ms", "500"],
+    );
+    let mut stream = tls(&server).await;
+    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    // The server's header and mechanisms come; then, with no sasl-init, the end.
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(seen.starts_with(b"AMQP\x03\x01\x00\x00"), "{seen:02x?}");
+}
