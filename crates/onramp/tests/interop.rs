@@ -628,7 +628,7 @@ async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
     let (_port, server) = start_on_sdk_ports().await;
     let (_pki, devices) = x509_fleet(&server, "nodex").await;
     for (id, chain, key) in &devices {
-        for transport in ["http", "mqtt"] {
+        for transport in ["http", "mqtt", "amqp", "amqpws"] {
             let out = provision(
                 &dir,
                 &server,
