@@ -248,3 +248,64 @@ async fn a_client_that_never_finishes_sasl_is_dropped() {
     assert!(read.is_ok(), "the connection was not closed");
     assert!(seen.starts_with(b"AMQP\x03\x01\x00\x00"), "{seen:02x?}");
 }
+
+#[tokio::test]
+async fn a_client_without_sasl_or_certificate_is_told_to_use_sasl() {
+    let server = Server::start("127.0.0.1:0");
+    let mut stream = tls(&server).await;
+    stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(seen, b"AMQP\x03\x01\x00\x00");
+}
+
+#[tokio::test]
+async fn sessions_and_links_are_bounded() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-5", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-5", &key, common::unix_now() + 600);
+    let scope = server.id_scope();
+    let address = format!("{scope}/registrations/amqp-dev-5");
+
+    // Links: a session takes four; the fifth is detached at once.
+    let mut conn = connect(&server, "amqp-dev-5", &token).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut receivers = Vec::new();
+    for n in 0..4 {
+        receivers.push(
+            Receiver::attach(&mut session, format!("recv-{n}"), address.as_str())
+                .await
+                .unwrap(),
+        );
+    }
+    let fifth = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sender = Sender::attach(&mut session, "send-5", address.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        sender
+            .send(request("iotdps-register", "c-1", None, b"{}"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(fifth.is_err(), "a fifth link carried a request");
+
+    // Sessions: a connection begins at most four.
+    let mut conn = connect(&server, "amqp-dev-5", &token).await.unwrap();
+    let mut begun = 0;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        match tokio::time::timeout(Duration::from_secs(5), Session::begin(&mut conn)).await {
+            Ok(Ok(s)) => {
+                begun += 1;
+                sessions.push(s);
+            }
+            _ => break,
+        }
+    }
+    assert!(begun <= 4, "{begun} sessions");
+}

@@ -43,7 +43,9 @@ pub use session::{Address, parse_address};
 #[derive(Debug, Clone, Copy)]
 pub struct AmqpLimits {
     /// The protocol header, the SASL exchange and the Open must all be done
-    /// within this time after the TLS handshake (or the WebSocket upgrade).
+    /// within this time after the TLS handshake (or the WebSocket upgrade);
+    /// an X.509 device (no SASL) must also have attached a link to its
+    /// registration by then.
     pub open_timeout: Duration,
     /// The largest frame the server accepts (its Open `max-frame-size`).
     pub max_frame_bytes: u32,
@@ -194,7 +196,7 @@ impl DpsAmqp {
             client_addr: remote.ip(),
             identity: tokio::sync::Mutex::new(identity),
         });
-        session::serve_connection(&mut connection, context, &mut shutdown).await;
+        session::serve_connection(&mut connection, context, &mut shutdown, open_by).await;
         let _ = connection.close().await;
         Ok(())
     }

@@ -75,18 +75,40 @@ fn amqp_error(condition: AmqpError, description: impl Into<String>) -> definitio
     )
 }
 
-/// Serves a connection's sessions until it ends or the server stops.
+/// Completes when the server stops.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves a connection's sessions until it ends or the server stops. A
+/// connection not yet authenticated (an X.509 device proves itself with its
+/// first link) must attach an accepted link by `authenticate_by`.
 pub(crate) async fn serve_connection(
     connection: &mut ListenerConnectionHandle,
     context: Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<bool>,
+    authenticate_by: tokio::time::Instant,
 ) {
     let mut sessions = JoinSet::new();
     let mut begun = 0u16;
+    let mut authenticated = context.identity.lock().await.is_some();
     loop {
         let incoming = tokio::select! {
             incoming = connection.next_incoming_session() => incoming,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = stopped(shutdown) => return,
+            () = tokio::time::sleep_until(authenticate_by), if !authenticated => {
+                authenticated = context.identity.lock().await.is_some();
+                if authenticated {
+                    continue;
+                }
+                let _ = connection
+                    .close_with_error(amqp_error(
+                        AmqpError::UnauthorizedAccess,
+                        "no link to a registration the certificate is enrolled for in time",
+                    ))
+                    .await;
+                return;
+            }
         };
         let Some(incoming) = incoming else { return };
         begun += 1;
