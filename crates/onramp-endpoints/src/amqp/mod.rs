@@ -19,6 +19,7 @@
 //! A request the engine refuses is settled `rejected`, with the JSON error
 //! body as the error's description.
 
+pub mod guard;
 mod sasl;
 mod session;
 
@@ -35,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::EndpointConfig;
 
-pub use sasl::{Mechanism, parse_plain};
+pub use sasl::{Mechanism, decode_frame as decode_sasl_frame, parse_plain};
 pub use session::{Address, parse_address};
 
 /// What one AMQP connection may make the server hold, and how long it may
@@ -183,6 +184,7 @@ impl DpsAmqp {
             .channel_max(self.limits.max_sessions.saturating_sub(1))
             .idle_time_out(u32::try_from(self.limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
             .build();
+        let stream = guard::FrameGuard::new(stream, self.limits.max_frame_bytes as usize);
         let mut connection = tokio::time::timeout_at(open_by, acceptor.accept(stream))
             .await
             .map_err(|_| "no Open in time".to_owned())?

@@ -101,7 +101,22 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Frame, Strin
         .read_exact(&mut body)
         .await
         .map_err(|e| format!("reading a SASL frame: {e}"))?;
-    match (FrameCodec {}).decode(&mut body) {
+    decode_frame(&body)
+}
+
+/// A SASL frame from the bytes after its 4-byte size: the data offset, the
+/// frame type and the performative.
+pub fn decode_frame(body: &[u8]) -> Result<Frame, String> {
+    if body.len() < 4 {
+        return Err(format!("a SASL frame of {} bytes", body.len() + 4));
+    }
+    // The decoder allocates what a value declares: check the sizes first.
+    let doff = usize::from(body[0]) * 4;
+    if doff < 8 || doff - 4 > body.len() {
+        return Err(format!("a SASL frame with a data offset of {doff} bytes"));
+    }
+    super::guard::check_values(&body[doff - 4..])?;
+    match (FrameCodec {}).decode(&mut BytesMut::from(body)) {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err("an incomplete SASL frame".into()),
         Err(e) => Err(format!("a malformed SASL frame: {e}")),
