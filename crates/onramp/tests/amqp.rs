@@ -309,3 +309,37 @@ async fn sessions_and_links_are_bounded() {
     }
     assert!(begun <= 4, "{begun} sessions");
 }
+
+/// Sends `bytes` after the SASL header and reads until the server closes.
+async fn closed_after(server: &Server, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = tls(server).await;
+    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    seen
+}
+
+#[tokio::test]
+async fn frames_that_lie_about_their_size_end_the_connection() {
+    let server = Server::start("127.0.0.1:0");
+    // A SASL frame over 512 bytes.
+    closed_after(&server, &[0x00, 0x10, 0x00, 0x00, 0x02, 0x01, 0x00, 0x00]).await;
+    // A SASL frame of 20 bytes whose string declares 4 GiB (the fuzz
+    // finding): refused without allocating it.
+    let mut frame = vec![0x00, 0x00, 0x00, 0x14];
+    frame.extend_from_slice(b"\x02\x01\xff\xfe\xb1\xff\xfe\xb1\x00\x00\x00\x29\x0e\xff\x00\x00");
+    closed_after(&server, &frame).await;
+    // The server is still there and serves a device.
+    let key = server.enroll("amqp-dev-6", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-6", &key, common::unix_now() + 600);
+    connect(&server, "amqp-dev-6", &token)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+}
