@@ -9,7 +9,7 @@ use onramp_core::ports::{Store, StoreExt};
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
-use crate::cli::{LinkedHubCommand, Location, PolicyCommand, ServiceCommand};
+use crate::cli::{LinkedHubCommand, Location, NewPolicy, PolicyCommand, ServiceCommand};
 use crate::config::Config;
 use crate::local::{self, Deployment};
 
@@ -157,25 +157,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ServiceCommand::AddPolicy {
-            location,
-            name,
-            rights,
-            service,
-        } => {
-            let (config, store, service) = open(&location, service).await?;
-            let policy = fresh_policy(name, &rights)?;
-            store.put_policy(&service, &policy).await?;
-            println!(
-                "Policy '{}' of '{service}' has rights: {}",
-                policy.name, policy.rights
-            );
-            println!(
-                "Connection string: {}",
-                policy.connection_string(&endpoint(&config))
-            );
-            Ok(())
-        }
+        ServiceCommand::AddPolicy(new) => add_policy(new, true).await,
         ServiceCommand::Delete {
             location,
             name,
@@ -232,28 +214,7 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Create {
-            location,
-            name,
-            rights,
-            service,
-        } => {
-            let (config, store, service) = open(&location, service).await?;
-            if store
-                .policies(&service)
-                .await?
-                .iter()
-                .any(|p| p.name == name)
-            {
-                anyhow::bail!(
-                    "policy '{name}' of '{service}' exists; give it new keys with onramp policy regenerate-key"
-                );
-            }
-            let policy = fresh_policy(name, &rights)?;
-            store.put_policy(&service, &policy).await?;
-            println!("{}", policy.connection_string(&endpoint(&config)));
-            Ok(())
-        }
+        PolicyCommand::Create(new) => add_policy(new, false).await,
         PolicyCommand::Delete {
             location,
             name,
@@ -299,6 +260,44 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes a policy with fresh keys (replacing one of that name only when
+/// `replace`) and prints its connection string.
+async fn add_policy(new: NewPolicy, replace: bool) -> anyhow::Result<()> {
+    let NewPolicy {
+        location,
+        name,
+        rights,
+        service,
+    } = new;
+    let (config, store, service) = open(&location, service).await?;
+    if !replace
+        && store
+            .policies(&service)
+            .await?
+            .iter()
+            .any(|p| p.name == name)
+    {
+        anyhow::bail!(
+            "policy '{name}' of '{service}' exists; give it new keys with onramp policy regenerate-key"
+        );
+    }
+    let policy = fresh_policy(name, &rights)?;
+    store.put_policy(&service, &policy).await?;
+    let connection_string = policy.connection_string(&endpoint(&config));
+    let rights = format!(
+        "Policy '{}' of '{service}' has rights: {}",
+        policy.name, policy.rights
+    );
+    if replace {
+        // `service add-policy` prints as it always has.
+        println!("{rights}\nConnection string: {connection_string}");
+    } else {
+        eprintln!("{rights}");
+        println!("{connection_string}");
+    }
+    Ok(())
 }
 
 /// A policy with fresh keys and the rights `rights` names.

@@ -53,19 +53,9 @@ pub enum ServiceCommand {
         #[arg(long, conflicts_with = "webhook_url")]
         no_webhook: bool,
     },
-    /// Add (or replace) a shared access policy and print its connection string.
-    AddPolicy {
-        #[command(flatten)]
-        location: Location,
-        /// Policy name.
-        name: String,
-        /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
-        #[arg(long)]
-        rights: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
-    },
+    /// Add (or replace) a shared access policy and print its connection
+    /// string (`onramp policy create` refuses to replace one).
+    AddPolicy(NewPolicy),
     /// Delete a provisioning service and everything it holds.
     Delete {
         #[command(flatten)]
@@ -377,6 +367,21 @@ pub enum RegistrationCommand {
     },
 }
 
+/// A policy to make: its name, rights and service.
+#[derive(Args, Debug)]
+pub struct NewPolicy {
+    #[command(flatten)]
+    pub location: Location,
+    /// The policy name (case-sensitive).
+    pub name: String,
+    /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
+    #[arg(long)]
+    pub rights: String,
+    /// Provisioning service (default: the configured one).
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
 /// `onramp policy`: a provisioning service's shared access policies.
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -402,18 +407,7 @@ pub enum PolicyCommand {
         keys: bool,
     },
     /// Create a policy with fresh keys and print its connection string.
-    Create {
-        #[command(flatten)]
-        location: Location,
-        /// The policy name (case-sensitive).
-        name: String,
-        /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
-        #[arg(long)]
-        rights: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
-    },
+    Create(NewPolicy),
     /// Delete a policy: tokens signed with its keys stop working.
     Delete {
         #[command(flatten)]
