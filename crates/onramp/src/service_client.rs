@@ -11,8 +11,8 @@ use onramp_core::tenant::OWNER_POLICY;
 use onramp_core::tpm::RsaPublic;
 use onramp_model::{
     AllocationPolicy, AttestationMechanism, AttestationType, DeviceCapabilities, EnrollmentKind,
-    ErrorBody, InitialTwin, ProvisioningStatus, Secret, SymmetricKeyAttestation, TpmAttestation,
-    X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
+    ErrorBody, ErrorCode, InitialTwin, ProvisioningStatus, Secret, SymmetricKeyAttestation,
+    TpmAttestation, X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -26,6 +26,22 @@ use crate::device::http_client;
 use crate::local::{self, Deployment, Target};
 
 const SERVICE_API_VERSION: &str = "2021-10-01";
+
+/// A refusal of the service API: its HTTP status, then the Azure error code
+/// and message (or the body as it came).
+#[derive(Debug)]
+struct ApiError {
+    status: u16,
+    detail: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}{}", self.status, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 pub(crate) struct Api {
     client: reqwest::Client,
@@ -133,15 +149,15 @@ impl Api {
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
-            if let Ok(err) = serde_json::from_str::<ErrorBody>(&text) {
-                bail!(
-                    "HTTP {} {}: {}",
-                    status.as_u16(),
-                    err.error_code,
-                    err.message
-                );
+            let detail = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(err) => format!(" {}: {}", err.error_code, err.message),
+                Err(_) => format!(": {text}"),
+            };
+            return Err(ApiError {
+                status: status.as_u16(),
+                detail,
             }
-            bail!("HTTP {}: {text}", status.as_u16());
+            .into());
         }
         if text.is_empty() {
             return Ok(Value::Null);
@@ -393,7 +409,12 @@ impl Records {
     async fn exists(self, api: &Api, id: &str) -> anyhow::Result<bool> {
         match api.call(Method::GET, &self.item(id), None).await {
             Ok(_) => Ok(true),
-            Err(e) if e.to_string().starts_with("HTTP 404 ") => Ok(false),
+            Err(e)
+                if e.downcast_ref::<ApiError>()
+                    .is_some_and(|e| e.status == 404) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -535,10 +556,7 @@ impl Records {
             let answer = api.call(Method::POST, self.path(), Some(&body)).await?;
             let errors = answer["errors"].as_array().cloned().unwrap_or_default();
             let exists = |e: &Value| {
-                e["errorCode"].as_u64() == Some(409001)
-                    || e["errorStatus"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("exists"))
+                e["errorCode"].as_u64() == Some(u64::from(ErrorCode::AlreadyExists.code()))
             };
             existing += errors.iter().filter(|e| exists(e)).count();
             for error in errors.iter().filter(|e| !exists(e)) {
