@@ -14,12 +14,15 @@
 //!   connection cap that keeps descriptors in reserve.
 //! - [`amqp`]: the hand-off of AMQP 1.0 connections (over TLS or
 //!   WebSockets) to their application.
+//! - [`client`]: the client side (TLS, then a WebSocket when asked), for
+//!   the simulator's MQTT and AMQP clients and the tests.
 //! - [`mqtt`]: MQTT 3.1.1 sessions (and MQTT over WebSockets), a client for
 //!   the simulator and tests.
 #![forbid(unsafe_code)]
 
 pub mod amqp;
 pub mod body;
+pub mod client;
 pub mod descriptors;
 pub mod listener;
 pub mod mqtt;

@@ -233,8 +233,8 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
 
 async fn run_device(args: RunArgs) -> anyhow::Result<()> {
     let hub_protocol = Protocol::parse(&args.hub_protocol)?;
-    if hub_protocol == Protocol::Https {
-        bail!("the hub is reached over mqtt or mqtt-ws");
+    if !matches!(hub_protocol, Protocol::Mqtt | Protocol::MqttWs) {
+        bail!("--hub-protocol: the simulated device reaches its hub over mqtt or mqtt-ws");
     }
     let report = match &args.report {
         Some(r) => {

@@ -1136,6 +1136,61 @@ async fn holds<T: StoredRecord>(store: &dyn Store, id: &str) -> bool {
     store.get::<T>("default", &key).await.unwrap().is_some()
 }
 
+/// `onramp device provision` and `onramp bench` over AMQP and AMQP over
+/// WebSockets (the server's HTTPS port takes AMQP by its protocol header).
+#[tokio::test]
+async fn the_cli_provisions_and_benches_over_amqp() {
+    let server = Server::start("127.0.0.1:0");
+    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
+    let group = cli_json(&["group", "create", "amqp-line"]);
+    let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
+    for protocol in ["amqp", "amqp-ws"] {
+        let id = format!("amqp-cli-{protocol}");
+        let created = cli_json(&["enrollment", "create", &id]);
+        let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
+        let result = cli_json(&provision(&id, &["--key", &key, "--protocol", protocol]));
+        assert_eq!(result["status"], "assigned", "{protocol}: {result}");
+        assert_eq!(result["registrationState"]["deviceId"], id.as_str());
+
+        let unit = format!("amqp-line-{protocol}-1");
+        let result = cli_json(&provision(
+            &unit,
+            &["--group-key", &group_key, "--protocol", protocol],
+        ));
+        assert_eq!(
+            result["registrationState"]["symmetricKey"]["enrollmentGroupId"], "amqp-line",
+            "{protocol}: {result}"
+        );
+
+        // A wrong key fails SASL; the command says so and exits non-zero.
+        let wrong = onramp_core::keys::generate().expose().to_owned();
+        let out = server.cli(&provision(&id, &["--key", &wrong, "--protocol", protocol]));
+        assert!(!out.status.success(), "{protocol}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("refused"), "{protocol}: {stderr}");
+
+        let out = server.cli(&[
+            "bench",
+            "--json",
+            "--protocol",
+            protocol,
+            "--devices",
+            "20",
+            "--concurrency",
+            "4",
+            "--prefix",
+            &format!("bench-{protocol}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["assigned"], 20, "{protocol}: {summary}");
+    }
+}
+
 #[tokio::test]
 async fn bench_imports_individual_enrollments_and_paces_registrations() {
     let server = Server::start("127.0.0.1:0");

@@ -12,27 +12,9 @@ use bytestring::ByteString;
 use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v3::{Codec, Connect, ConnectAckReason, Packet, QoS, SubscribeReturnCode};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::codec::Framed;
 
-use super::ws::WsStream;
-
-/// How to reach the server.
-#[derive(Debug, Clone)]
-pub enum Transport {
-    Tls,
-    /// MQTT inside a WebSocket on `path`, offering `subprotocol`.
-    WebSocket {
-        path: String,
-        subprotocol: String,
-    },
-}
+pub use crate::client::{Transport, connect_tls_stream};
 
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
@@ -57,8 +39,11 @@ pub enum ClientError {
     Protocol(String),
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+impl From<crate::client::ConnectError> for ClientError {
+    fn from(e: crate::client::ConnectError) -> Self {
+        ClientError::Io(e.0)
+    }
+}
 
 /// A received application message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,55 +54,10 @@ pub struct Message {
 }
 
 pub struct MqttClient {
-    conn: Framed<Box<dyn Io>, Codec>,
+    conn: Framed<Box<dyn crate::client::ClientIo>, Codec>,
     next_id: u16,
     pending: VecDeque<Message>,
     timeout: Duration,
-}
-
-/// A TLS connection to `host:port` (the host is also the TLS server name).
-pub async fn connect_tls_stream(
-    address: &str,
-    tls: Arc<rustls::ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ClientError> {
-    let host = onramp_model::authority::host(address);
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|e| ClientError::Io(format!("{address}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| ClientError::Io(format!("server name '{host}': {e}")))?;
-    TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| ClientError::Io(format!("TLS with {address}: {e}")))
-}
-
-/// TLS to `address`, then a WebSocket upgrade when the transport asks for one.
-async fn open_transport(
-    address: &str,
-    tls: Arc<rustls::ClientConfig>,
-    transport: &Transport,
-) -> Result<Box<dyn Io>, ClientError> {
-    let stream = connect_tls_stream(address, tls).await?;
-    let io: Box<dyn Io> = match transport {
-        Transport::Tls => Box::new(stream),
-        Transport::WebSocket { path, subprotocol } => {
-            let mut request = format!("wss://{address}{path}")
-                .into_client_request()
-                .map_err(|e| ClientError::Io(format!("WebSocket request: {e}")))?;
-            let protocol =
-                HeaderValue::from_str(subprotocol).map_err(|e| ClientError::Io(e.to_string()))?;
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", protocol);
-            let (ws, _) = tokio_tungstenite::client_async(request, stream)
-                .await
-                .map_err(|e| ClientError::Io(format!("WebSocket upgrade: {e}")))?;
-            Box::new(WsStream::new(ws))
-        }
-    };
-    Ok(io)
 }
 
 impl MqttClient {
@@ -130,7 +70,7 @@ impl MqttClient {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let attempt = async {
-            let io = open_transport(address, tls, transport).await?;
+            let io = crate::client::open(address, tls, transport).await?;
             Self::handshake(io, options, timeout).await
         };
         tokio::time::timeout(timeout, attempt)
@@ -140,7 +80,7 @@ impl MqttClient {
 
     /// CONNECT, then a successful CONNACK.
     async fn handshake(
-        io: Box<dyn Io>,
+        io: Box<dyn crate::client::ClientIo>,
         options: &ConnectOptions,
         timeout: Duration,
     ) -> Result<Self, ClientError> {

@@ -53,7 +53,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "fresh" => false,
         "reuse" if protocol == Protocol::Https => true,
         "reuse" => {
-            bail!("--connections reuse is for https; an MQTT connection belongs to one device")
+            bail!(
+                "--connections reuse is for https; an MQTT or AMQP connection belongs to one device"
+            )
         }
         other => bail!("--connections '{other}': use fresh or reuse"),
     };

@@ -45,7 +45,7 @@ impl Worker {
                     }
                     self.https(&mut connection, &registration_id, &key).await
                 }
-                _ => self.mqtt(&registration_id, &key).await,
+                _ => self.session(&registration_id, &key).await,
             };
             tally.record(outcome, started.elapsed());
             self.progress.inc(1);
@@ -53,7 +53,9 @@ impl Worker {
         tally
     }
 
-    async fn mqtt(&self, registration_id: &str, key: &str) -> Outcome {
+    /// One device over MQTT or AMQP (either over WebSockets): its own
+    /// connection, as a device of a fleet has.
+    async fn session(&self, registration_id: &str, key: &str) -> Outcome {
         let spec = DeviceSpec {
             endpoint: self.load.endpoint.clone(),
             id_scope: self.load.id_scope.clone(),
@@ -63,14 +65,9 @@ impl Worker {
             force: false,
             tpm: None,
         };
-        let transport = match self.load.protocol {
-            Protocol::MqttWs => onramp_net::mqtt::client::Transport::WebSocket {
-                path: "/$iothub/websocket".into(),
-                subprotocol: "mqtt".into(),
-            },
-            _ => onramp_net::mqtt::client::Transport::Tls,
-        };
-        match simulator::provision_mqtt(&spec, self.load.tls.clone(), &transport).await {
+        let provisioned =
+            simulator::provision_over_session(&spec, self.load.protocol, self.load.tls.clone());
+        match provisioned.await {
             Ok(status) => outcome_of(status),
             Err(e) => Outcome::Failed {
                 code: error_code(&e.to_string()),
@@ -80,7 +77,7 @@ impl Worker {
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream =
-            onramp_net::mqtt::client::connect_tls_stream(&self.load.address, self.load.tls.clone())
+            onramp_net::client::connect_tls_stream(&self.load.address, self.load.tls.clone())
                 .await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {

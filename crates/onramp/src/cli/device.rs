@@ -23,7 +23,7 @@ pub struct DemoArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub location: Location,
-    /// Transport: https, mqtt or mqtt-ws.
+    /// Transport: https, mqtt, mqtt-ws, amqp or amqp-ws.
     #[arg(long, default_value = "https")]
     pub protocol: String,
     /// Devices that register.
@@ -145,7 +145,7 @@ pub struct ProvisionArgs {
     /// JSON payload for the provisioning service (custom allocation).
     #[arg(long)]
     pub payload: Option<String>,
-    /// Transport: https, mqtt or mqtt-ws.
+    /// Transport: https, mqtt, mqtt-ws, amqp or amqp-ws.
     #[arg(long, default_value = "https")]
     pub protocol: String,
     /// Ask for re-provisioning even if nothing changed.

@@ -1,6 +1,8 @@
-//! A simulated device speaking the DPS device API (HTTPS, MQTT, MQTT over
-//! WebSockets) and the IoT Hub device API (MQTT), exactly as the Azure SDKs
-//! do. `onramp device …` and load generators drive it.
+//! A simulated device speaking the DPS device API (HTTPS, MQTT, AMQP, and
+//! MQTT or AMQP over WebSockets) and the IoT Hub device API (MQTT), exactly
+//! as the Azure SDKs do. `onramp device …` and load generators drive it.
+
+pub mod amqp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub enum Protocol {
     Https,
     Mqtt,
     MqttWs,
+    Amqp,
+    AmqpWs,
 }
 
 impl Protocol {
@@ -36,15 +40,20 @@ impl Protocol {
             "https" | "http" => Ok(Protocol::Https),
             "mqtt" => Ok(Protocol::Mqtt),
             "mqtt-ws" | "mqttws" | "mqtt_ws" => Ok(Protocol::MqttWs),
-            other => bail!("protocol '{other}' is unknown; use https, mqtt or mqtt-ws"),
+            "amqp" => Ok(Protocol::Amqp),
+            "amqp-ws" | "amqpws" | "amqp_ws" => Ok(Protocol::AmqpWs),
+            other => {
+                bail!("protocol '{other}' is unknown; use https, mqtt, mqtt-ws, amqp or amqp-ws")
+            }
         }
     }
 
     /// The port the SDKs use for this transport.
     pub fn default_port(&self) -> u16 {
         match self {
-            Protocol::Https | Protocol::MqttWs => 443,
+            Protocol::Https | Protocol::MqttWs | Protocol::AmqpWs => 443,
             Protocol::Mqtt => 8883,
+            Protocol::Amqp => 5671,
         }
     }
 }
@@ -179,6 +188,19 @@ pub async fn provision(
 ) -> anyhow::Result<RegistrationOperationStatus> {
     match protocol {
         Protocol::Https => provision_https(http, spec).await,
+        _ => provision_over_session(spec, protocol, tls).await,
+    }
+}
+
+/// Provisions over MQTT or AMQP (either over WebSockets): a connection of the
+/// device's own, as each device of a fleet has.
+pub async fn provision_over_session(
+    spec: &DeviceSpec,
+    protocol: Protocol,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<RegistrationOperationStatus> {
+    match protocol {
+        Protocol::Https => bail!("HTTPS has no session; use provision"),
         Protocol::Mqtt => provision_mqtt(spec, tls, &Transport::Tls).await,
         Protocol::MqttWs => {
             let ws = Transport::WebSocket {
@@ -187,6 +209,8 @@ pub async fn provision(
             };
             provision_mqtt(spec, tls, &ws).await
         }
+        Protocol::Amqp => amqp::provision_amqp(spec, tls, &Transport::Tls).await,
+        Protocol::AmqpWs => amqp::provision_amqp(spec, tls, &amqp::websocket()).await,
     }
 }
 
@@ -505,6 +529,9 @@ mod tests {
         assert_eq!(address("localhost:9000", Protocol::Mqtt), "localhost:9000");
         assert_eq!(address("::1", Protocol::Mqtt), "[::1]:8883");
         assert_eq!(Protocol::parse("MQTT-WS").unwrap(), Protocol::MqttWs);
-        assert!(Protocol::parse("amqp").is_err());
+        assert_eq!(address("localhost", Protocol::Amqp), "localhost:5671");
+        assert_eq!(address("localhost", Protocol::AmqpWs), "localhost:443");
+        assert_eq!(Protocol::parse("amqp-ws").unwrap(), Protocol::AmqpWs);
+        assert!(Protocol::parse("coap").is_err());
     }
 }
