@@ -1,8 +1,9 @@
 //! DPS over AMQP against `onramp serve`, with fe2o3-amqp as the device: a
 //! registration and a poll, and the refusals (a bad token or an unknown
 //! registration fail SASL, a link to another registration is detached, an
-//! unknown operation is rejected, a client that never finishes SASL is
-//! dropped). Every listener takes AMQP by its protocol header, so these
+//! unknown operation or a malformed body is rejected, a client that never
+//! finishes SASL is dropped, a frame over the server's size ends the
+//! connection). Every listener takes AMQP by its protocol header, so these
 //! tests use the server's HTTPS port.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
@@ -19,6 +20,8 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use onramp_core::ports::{RegistrationRecord, StoreExt};
+use onramp_model::IdKey;
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -342,4 +345,116 @@ async fn frames_that_lie_about_their_size_end_the_connection() {
         .close()
         .await
         .unwrap();
+}
+
+/// A SASL frame (type 1) around `body`.
+fn sasl_frame(body: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(8 + body.len()).unwrap();
+    let mut frame = size.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0x02, 0x01, 0x00, 0x00]);
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// `sasl-init` for PLAIN with `user` and `password`, encoded by hand so that
+/// the test controls every byte that follows.
+fn sasl_plain_init(user: &str, password: &str) -> Vec<u8> {
+    let response = format!("\0{user}\0{password}");
+    let mut fields = vec![0xa3, 0x05];
+    fields.extend_from_slice(b"PLAIN");
+    fields.push(0xb0);
+    fields.extend_from_slice(&u32::try_from(response.len()).unwrap().to_be_bytes());
+    fields.extend_from_slice(response.as_bytes());
+    let mut body = vec![0x00, 0x53, 0x41, 0xd0];
+    body.extend_from_slice(&u32::try_from(fields.len() + 4).unwrap().to_be_bytes());
+    body.extend_from_slice(&2u32.to_be_bytes());
+    body.extend_from_slice(&fields);
+    sasl_frame(&body)
+}
+
+#[tokio::test]
+async fn a_frame_over_the_max_frame_size_after_sasl_ends_the_connection() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-7", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-7", &key, common::unix_now() + 600);
+    let user = format!("{}/registrations/amqp-dev-7", server.id_scope());
+    let mut stream = tls(&server).await;
+    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    stream
+        .write_all(&sasl_plain_init(&user, &token))
+        .await
+        .unwrap();
+    // The server's header, its mechanisms, then the outcome: code 0 (ok).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.windows(3).any(|w| w == [0x00, 0x53, 0x44]) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed during SASL: {seen:02x?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let outcome = seen
+        .windows(3)
+        .position(|w| w == [0x00, 0x53, 0x44])
+        .unwrap();
+    // sasl-outcome: list, then the code as a ubyte (0x50 0x00 is ok).
+    assert!(
+        seen[outcome..].windows(2).any(|w| w == [0x50, 0x00]),
+        "SASL did not succeed: {seen:02x?}"
+    );
+    // AMQP itself, then a frame declaring 1 MiB (the server offers 64 KiB):
+    // the connection ends at once, long before the Open deadline.
+    stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+    stream
+        .write_all(&[0x00, 0x10, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server ends the connection before its 10 s Open deadline")
+        .ok();
+}
+
+#[tokio::test]
+async fn a_register_request_with_a_malformed_body_is_rejected() {
+    let server = Server::start("127.0.0.1:0");
+    let key = server.enroll("amqp-dev-8", serde_json::json!({})).await;
+    let token = server.device_token("amqp-dev-8", &key, common::unix_now() + 600);
+    let mut conn = connect(&server, "amqp-dev-8", &token).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let address = format!("{}/registrations/amqp-dev-8", server.id_scope());
+    let _receiver = Receiver::attach(&mut session, "recv", address.clone())
+        .await
+        .unwrap();
+    let mut sender = Sender::attach(&mut session, "send", address).await.unwrap();
+    for (body, names) in [
+        (&b"{\"registrationId\": "[..], "body"),
+        (&b"{\"registrationId\": 7}"[..], "registrationId"),
+    ] {
+        let outcome = sender
+            .send(request("iotdps-register", "c-1", None, body))
+            .await
+            .unwrap();
+        let Outcome::Rejected(rejected) = outcome else {
+            panic!("not rejected: {outcome:?}")
+        };
+        let description = rejected.error.unwrap().description.unwrap();
+        let error: Json = serde_json::from_str(&description).unwrap();
+        assert_eq!(error["errorCode"].as_u64().unwrap() / 1000, 400, "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(names),
+            "{error}"
+        );
+    }
+    // No registration was made.
+    let store = server.store();
+    let record = store
+        .get::<RegistrationRecord>("default", &IdKey::of("amqp-dev-8"))
+        .await
+        .unwrap();
+    assert!(record.is_none(), "{record:?}");
+    conn.close().await.unwrap();
 }
