@@ -15,6 +15,9 @@ pub struct ProvisioningError {
     /// The activation blob (base64) of a TPM challenge: the refusal that asks
     /// the device to sign its next request with the key inside.
     pub tpm_challenge: Option<String>,
+    /// Seconds the caller should wait before it asks again, where the
+    /// refusal knows (a throttle's bucket); the protocols' default otherwise.
+    pub retry_after: Option<u32>,
 }
 
 impl ProvisioningError {
@@ -24,6 +27,7 @@ impl ProvisioningError {
             code,
             message: message.to_string(),
             tpm_challenge: None,
+            retry_after: None,
         }
     }
 

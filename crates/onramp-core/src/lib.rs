@@ -11,6 +11,8 @@
 //! - [`ports`]: the traits the engine needs from the outside (`Store`,
 //!   `HubRegistry`, `AllocationWebhook`, `HubLatency`, `Clock`) and the
 //!   records they exchange.
+//! - [`throttle`]: Azure-style throttling (429 with Retry-After) from token
+//!   buckets per service, per device and per client address's failures;
 //! - [`tenant`]: provisioning services (tenants), access policies, linked hubs;
 //!   [`linked_hubs`]: the rules of linking and unlinking hubs.
 //! - [`sas`], [`keys`], [`connection_string`]: shared access signatures and secrets.
@@ -42,6 +44,7 @@ pub mod reprovision;
 pub mod rights;
 pub mod sas;
 pub mod tenant;
+pub mod throttle;
 pub mod tpm;
 pub mod validate;
 pub mod x509;

@@ -97,7 +97,13 @@ impl MqttApp for DpsMqtt {
             Protocol::Mqtt
         };
         self.engine
-            .check_device(scope, registration_id, &credential, protocol)
+            .check_device(
+                scope,
+                registration_id,
+                &credential,
+                protocol,
+                Some(info.remote.ip()),
+            )
             .await
             .map_err(refusal)?;
         Ok(Box::new(DpsSession {

@@ -73,7 +73,8 @@ pub fn error(err: &ProvisioningError) -> Answer {
     Answer {
         status,
         body: to_json(&error_body(err)).unwrap_or_else(|_| "{}".into()),
-        retry_after: matches!(status, 429 | 503).then_some(RETRY_AFTER_SECONDS),
+        retry_after: matches!(status, 429 | 503)
+            .then(|| err.retry_after.unwrap_or(RETRY_AFTER_SECONDS)),
     }
 }
 

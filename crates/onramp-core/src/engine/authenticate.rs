@@ -1,6 +1,8 @@
 //! Who is asking: the provisioning service an ID scope names, and
 //! attestation in it, each attempt logged and counted.
 
+use std::net::IpAddr;
+
 use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 
 use super::{Engine, parse_registration_id};
@@ -17,6 +19,9 @@ pub(super) struct Claim<'a> {
     pub registration_id: &'a RegistrationId,
     pub credential: &'a DeviceCredential,
     pub protocol: Protocol,
+    /// Where the request came from, when the protocol knows: failed
+    /// authentications are counted per address.
+    pub client_addr: Option<IpAddr>,
 }
 
 impl<'a> Claim<'a> {
@@ -31,6 +36,14 @@ impl<'a> Claim<'a> {
             registration_id,
             credential,
             protocol,
+            client_addr: None,
+        }
+    }
+
+    pub fn from(self, client_addr: Option<IpAddr>) -> Self {
+        Self {
+            client_addr,
+            ..self
         }
     }
 }
@@ -44,9 +57,10 @@ impl Engine {
         registration_id: &str,
         credential: &DeviceCredential,
         protocol: Protocol,
+        client_addr: Option<IpAddr>,
     ) -> Result<(), ProvisioningError> {
         let registration_id = parse_registration_id(registration_id)?;
-        let claim = Claim::of(id_scope, &registration_id, credential, protocol);
+        let claim = Claim::of(id_scope, &registration_id, credential, protocol).from(client_addr);
         self.authenticate(claim, AttestationStep::Connect)
             .await
             .map(|_| ())
@@ -65,7 +79,9 @@ impl Engine {
     }
 
     /// Attestation in the service found for the ID scope (or the error of not
-    /// finding it), with the enrollment reads made already; records the attempt.
+    /// finding it), with the enrollment reads made already; records the
+    /// attempt. An address that spent its failed authentications is refused
+    /// before any check, and a failure spends one.
     pub(super) async fn attest_in(
         &self,
         found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
@@ -77,8 +93,40 @@ impl Engine {
             registration_id,
             credential,
             protocol,
+            client_addr,
         } = claim;
-        let result = match found {
+        let admitted = self.throttle.admit_address(client_addr);
+        let result = match (admitted, found) {
+            (Err(e), _) => Err(e),
+            (Ok(()), found) => self
+                .attest_found(found, registration_id, credential, protocol)
+                .await
+                .inspect_err(|e| {
+                    if matches!(e.http_status(), 401 | 404) && e.tpm_challenge.is_none() {
+                        self.throttle.failed(client_addr);
+                    }
+                }),
+        };
+        AttestationAttempt {
+            id_scope,
+            service: result.as_ref().ok().map(|(s, _)| s.name.as_str()),
+            registration_id: registration_id.as_str(),
+            protocol,
+            step,
+            error: result.as_ref().err(),
+        }
+        .emit();
+        result
+    }
+
+    async fn attest_found(
+        &self,
+        found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
+        registration_id: &RegistrationId,
+        credential: &DeviceCredential,
+        protocol: Protocol,
+    ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
+        match found {
             Ok((service, prefetched)) => attest(
                 &*self.store,
                 prefetched,
@@ -93,17 +141,7 @@ impl Engine {
             .and_then(|a| tpm_only_where_it_exists(protocol, a))
             .map(|a| (service, a)),
             Err(e) => Err(e),
-        };
-        AttestationAttempt {
-            id_scope,
-            service: result.as_ref().ok().map(|(s, _)| s.name.as_str()),
-            registration_id: registration_id.as_str(),
-            protocol,
-            step,
-            error: result.as_ref().err(),
         }
-        .emit();
-        result
     }
 
     async fn service_for_scope(

@@ -40,6 +40,7 @@ use crate::ports::{
     AllocationWebhook, Clock, HubLatency, HubRegistry, NoLatency, Store, WebhookError,
     WebhookTarget,
 };
+use crate::throttle::{Throttle, ThrottleConfig};
 use in_flight::InFlightOps;
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +111,7 @@ pub struct Engine {
     /// Operations whose work has not finished yet.
     in_flight: Mutex<InFlightOps>,
     tasks: tasks::Tasks,
+    throttle: Throttle,
 }
 
 impl Engine {
@@ -129,7 +131,18 @@ impl Engine {
             regions: Regions::default(),
             in_flight: Mutex::new(InFlightOps::default()),
             tasks: tasks::Tasks::default(),
+            throttle: Throttle::default(),
         }
+    }
+
+    /// The limits that answer `Throttled` (429 with Retry-After).
+    pub fn with_throttle(mut self, config: ThrottleConfig) -> Self {
+        self.throttle = Throttle::new(config);
+        self
+    }
+
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// The client custom allocation calls webhooks with.

@@ -78,10 +78,13 @@ impl Engine {
             &registration_id,
             &req.credential,
             req.protocol,
-        );
+        )
+        .from(req.client_addr);
         let (service, attested) = self
             .attest_in(found, claim, AttestationStep::Register)
             .await?;
+        self.throttle
+            .admit_registration(&service.name, &registration_id.key())?;
         let (previous, linked) = earlier;
         if let Proof::Tpm { challenge, .. } = &attested.proof {
             self.spend(&service.name, challenge, &operation_id).await?;

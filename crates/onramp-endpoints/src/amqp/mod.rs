@@ -152,7 +152,7 @@ impl DpsAmqp {
             SASL_HEADER => {
                 let outcome = tokio::time::timeout_at(
                     open_by,
-                    sasl::negotiate(&mut stream, &self.engine, protocol),
+                    sasl::negotiate(&mut stream, &self.engine, protocol, remote.ip()),
                 )
                 .await
                 .map_err(|_| "SASL not finished in time".to_owned())??;

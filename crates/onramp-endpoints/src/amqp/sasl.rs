@@ -151,6 +151,7 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     engine: &Engine,
     protocol: Protocol,
+    client_addr: std::net::IpAddr,
 ) -> Result<SaslSuccess, String> {
     stream
         .write_all(&SASL_HEADER)
@@ -196,7 +197,13 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let credential = DeviceCredential::SasToken(password.to_owned());
             if let Err(e) = engine
-                .check_device(scope, registration_id, &credential, protocol)
+                .check_device(
+                    scope,
+                    registration_id,
+                    &credential,
+                    protocol,
+                    Some(client_addr),
+                )
                 .await
             {
                 outcome(stream, code_for(&e)).await?;

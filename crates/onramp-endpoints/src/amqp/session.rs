@@ -255,6 +255,7 @@ async fn check_link(
             &address.registration_id,
             &context.credential,
             context.protocol,
+            Some(context.client_addr),
         )
         .await
         .map_err(|e| rejection(&e))?;

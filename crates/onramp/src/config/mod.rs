@@ -26,6 +26,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub throttle: ThrottleConfig,
     pub node: NodeConfig,
     pub allocation: AllocationConfig,
     /// Hubs linked to the service at start.
@@ -298,6 +299,7 @@ impl Default for Config {
             service: ServiceConfig::default(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            throttle: ThrottleConfig::default(),
             node: NodeConfig::default(),
             allocation: AllocationConfig::default(),
             linked_hubs: Vec::new(),
@@ -359,6 +361,47 @@ impl Default for LimitsConfig {
             max_connections: 50_000,
             reserved_descriptors: 256,
             shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// `[throttle]`: the limits answered with 429 and Retry-After; 0 is no
+/// limit. Registrations are counted once the device has authenticated;
+/// failed authentications per client address, before any credential check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Registrations one provisioning service takes per second.
+    pub registrations_per_second: u32,
+    /// Registrations one device (registration ID) may make per minute.
+    pub device_registrations_per_minute: u32,
+    /// Failed authentications one client address may make per minute; past
+    /// them the address is refused until its budget refills.
+    pub failed_authentications_per_minute: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            registrations_per_second: 0,
+            device_registrations_per_minute: 0,
+            // Ten a second sustained: no factory line fails that often, and
+            // a guesser is slowed a hundredfold.
+            failed_authentications_per_minute: 600,
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// The engine's form of these limits.
+    pub fn engine(&self) -> onramp_core::throttle::ThrottleConfig {
+        use std::num::NonZeroU32;
+        onramp_core::throttle::ThrottleConfig {
+            service_registrations_per_second: NonZeroU32::new(self.registrations_per_second),
+            device_registrations_per_minute: NonZeroU32::new(self.device_registrations_per_minute),
+            failed_authentications_per_minute: NonZeroU32::new(
+                self.failed_authentications_per_minute,
+            ),
         }
     }
 }

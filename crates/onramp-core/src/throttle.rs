@@ -1,0 +1,350 @@
+//! Throttling in Azure's form: token buckets an operator sets, answered with
+//! `Throttled` (429) and a `Retry-After` that says when the bucket holds a
+//! token again, which every SDK honours.
+//!
+//! Three limits, each off unless configured:
+//! - registrations per second of one provisioning service;
+//! - registrations per minute of one device (registration ID);
+//! - failed authentications per minute of one client address: once its
+//!   bucket is empty the address is refused before any credential check
+//!   until the bucket refills, so guessing is slowed to the refill rate.
+//!
+//! The first two count only requests that authenticated, so nobody can spend
+//! a device's or a service's budget with wrong credentials; the third counts
+//! only failures and is keyed by address, so a device with the right key is
+//! never refused for someone else's wrong guesses.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, QuantaInstant, Reference};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use onramp_model::{ErrorCode, IdKey};
+
+use crate::ProvisioningError;
+
+/// The limits an operator sets; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// Registrations one provisioning service takes per second (and at once).
+    pub service_registrations_per_second: Option<NonZeroU32>,
+    /// Registrations one device may make per minute (and at once).
+    pub device_registrations_per_minute: Option<NonZeroU32>,
+    /// Failed authentications one client address may make per minute (and
+    /// at once) before it is refused until its bucket refills.
+    pub failed_authentications_per_minute: Option<NonZeroU32>,
+}
+
+/// How many requests each limit refused since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottledCounts {
+    pub service: u64,
+    pub device: u64,
+    pub address: u64,
+}
+
+/// Keys a limiter keeps before it forgets the ones whose buckets are full
+/// again (a full bucket is the state of a key never seen).
+const TIDY_EVERY: u64 = 4096;
+/// Client addresses refused at once, at the most: past this the oldest
+/// refusals are forgotten first (their buckets refill anyway).
+const MAX_BENCHED: usize = 100_000;
+
+/// One keyed token bucket, tidied as it grows.
+struct Bucket<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    checks: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> Bucket<K> {
+    fn new(quota: Quota) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            checks: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a token for `key`, or says how long until there is one.
+    fn take(&self, key: &K) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % TIDY_EVERY == TIDY_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(key).map_err(|not_until| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            not_until.wait_time_from(DefaultClock::default().now())
+        })
+    }
+}
+
+/// The engine's throttle: the buckets of [`ThrottleConfig`].
+pub struct Throttle {
+    config: ThrottleConfig,
+    services: Option<Bucket<String>>,
+    devices: Option<Bucket<(String, IdKey)>>,
+    failures: Option<Bucket<IpAddr>>,
+    /// Addresses whose failure bucket is empty, and when it holds a token.
+    benched: Mutex<HashMap<IpAddr, QuantaInstant>>,
+    benched_refusals: AtomicU64,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new(ThrottleConfig::default())
+    }
+}
+
+impl Throttle {
+    pub fn new(config: ThrottleConfig) -> Self {
+        Self {
+            config,
+            services: config
+                .service_registrations_per_second
+                .map(|n| Bucket::new(Quota::per_second(n))),
+            devices: config
+                .device_registrations_per_minute
+                .map(|n| Bucket::new(Quota::per_minute(n))),
+            failures: config
+                .failed_authentications_per_minute
+                .map(|n| Bucket::new(Quota::per_minute(n))),
+            benched: Mutex::new(HashMap::new()),
+            benched_refusals: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> ThrottleConfig {
+        self.config
+    }
+
+    pub fn counts(&self) -> ThrottledCounts {
+        let refused = |b: Option<u64>| b.unwrap_or(0);
+        ThrottledCounts {
+            service: refused(
+                self.services
+                    .as_ref()
+                    .map(|b| b.refused.load(Ordering::Relaxed)),
+            ),
+            device: refused(
+                self.devices
+                    .as_ref()
+                    .map(|b| b.refused.load(Ordering::Relaxed)),
+            ),
+            address: self.benched_refusals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Before any credential check: refuses an address that spent its
+    /// failed authentications.
+    pub fn admit_address(&self, addr: Option<IpAddr>) -> Result<(), ProvisioningError> {
+        let (Some(addr), Some(_)) = (addr, &self.failures) else {
+            return Ok(());
+        };
+        let now = DefaultClock::default().now();
+        let mut benched = self.benched.lock().unwrap_or_else(|p| p.into_inner());
+        match benched.get(&addr) {
+            Some(until) if *until > now => {
+                let wait = until.duration_since(now);
+                drop(benched);
+                self.benched_refusals.fetch_add(1, Ordering::Relaxed);
+                Err(throttled(
+                    format!(
+                        "too many failed authentications from {addr} (more than {} a minute); \
+                         check the device's credentials",
+                        self.config
+                            .failed_authentications_per_minute
+                            .map_or(0, NonZeroU32::get)
+                    ),
+                    wait.into(),
+                ))
+            }
+            Some(_) => {
+                benched.remove(&addr);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed authentication: spends a token of the address's
+    /// failure bucket, and benches the address once it is empty.
+    pub fn failed(&self, addr: Option<IpAddr>) {
+        let (Some(addr), Some(failures)) = (addr, &self.failures) else {
+            return;
+        };
+        if let Err(wait) = failures.take(&addr) {
+            let now = DefaultClock::default().now();
+            let mut benched = self.benched.lock().unwrap_or_else(|p| p.into_inner());
+            if benched.len() >= MAX_BENCHED {
+                benched.retain(|_, until| *until > now);
+            }
+            if benched.len() < MAX_BENCHED {
+                benched.insert(addr, now + wait.into());
+            }
+        }
+    }
+
+    /// After a device authenticated for a registration: its service's and
+    /// its own buckets.
+    pub fn admit_registration(
+        &self,
+        service: &str,
+        registration: &IdKey,
+    ) -> Result<(), ProvisioningError> {
+        if let Some(devices) = &self.devices {
+            devices
+                .take(&(service.to_owned(), registration.clone()))
+                .map_err(|wait| {
+                    throttled(
+                        format!(
+                            "registration '{}' registered more than {} times a minute; \
+                             register again after the Retry-After interval",
+                            registration.as_str(),
+                            self.config
+                                .device_registrations_per_minute
+                                .map_or(0, NonZeroU32::get)
+                        ),
+                        wait,
+                    )
+                })?;
+        }
+        if let Some(services) = &self.services {
+            services.take(&service.to_owned()).map_err(|wait| {
+                throttled(
+                    format!(
+                        "provisioning service '{service}' takes at most {} registrations a \
+                         second; register again after the Retry-After interval",
+                        self.config
+                            .service_registrations_per_second
+                            .map_or(0, NonZeroU32::get)
+                    ),
+                    wait,
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `Throttled` (429) with the whole seconds until a token is there.
+fn throttled(message: String, wait: Duration) -> ProvisioningError {
+    let seconds = u32::try_from(wait.as_secs_f64().ceil() as u64)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    ProvisioningError {
+        retry_after: Some(seconds),
+        ..ProvisioningError::new(ErrorCode::Throttled, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(v: u32) -> Option<NonZeroU32> {
+        NonZeroU32::new(v)
+    }
+
+    #[test]
+    fn no_limits_admit_everything() {
+        let throttle = Throttle::default();
+        let addr = Some(IpAddr::from([10, 0, 0, 1]));
+        for _ in 0..1000 {
+            throttle.failed(addr);
+            assert!(throttle.admit_address(addr).is_ok());
+            assert!(
+                throttle
+                    .admit_registration("default", &IdKey::of("dev"))
+                    .is_ok()
+            );
+        }
+        assert_eq!(throttle.counts(), ThrottledCounts::default());
+    }
+
+    #[test]
+    fn a_device_over_its_budget_hears_when_to_come_back() {
+        let throttle = Throttle::new(ThrottleConfig {
+            device_registrations_per_minute: n(2),
+            ..Default::default()
+        });
+        let dev = IdKey::of("dev-1");
+        assert!(throttle.admit_registration("default", &dev).is_ok());
+        assert!(throttle.admit_registration("default", &dev).is_ok());
+        let refused = throttle.admit_registration("default", &dev).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        // One token every 30 s.
+        assert!(
+            (20..=30).contains(&refused.retry_after.unwrap()),
+            "{refused:?}"
+        );
+        assert!(refused.message.contains("dev-1"), "{}", refused.message);
+        // Another device, or the same ID in another service, has its own budget.
+        assert!(
+            throttle
+                .admit_registration("default", &IdKey::of("dev-2"))
+                .is_ok()
+        );
+        assert!(throttle.admit_registration("other", &dev).is_ok());
+        assert_eq!(throttle.counts().device, 1);
+    }
+
+    #[test]
+    fn a_service_over_its_rate_is_throttled() {
+        let throttle = Throttle::new(ThrottleConfig {
+            service_registrations_per_second: n(3),
+            ..Default::default()
+        });
+        let admitted = (0..10)
+            .filter(|i| {
+                throttle
+                    .admit_registration("default", &IdKey::of(&format!("d{i}")))
+                    .is_ok()
+            })
+            .count();
+        // Three at once; a fourth only if a third of a second passed.
+        assert!((3..=4).contains(&admitted), "{admitted}");
+        let refused = throttle
+            .admit_registration("default", &IdKey::of("late"))
+            .unwrap_err();
+        assert_eq!(refused.retry_after, Some(1));
+    }
+
+    #[test]
+    fn failures_bench_their_address_only() {
+        let throttle = Throttle::new(ThrottleConfig {
+            failed_authentications_per_minute: n(3),
+            ..Default::default()
+        });
+        let guesser = Some(IpAddr::from([10, 0, 0, 66]));
+        let device = Some(IpAddr::from([10, 0, 0, 7]));
+        for _ in 0..3 {
+            assert!(throttle.admit_address(guesser).is_ok());
+            throttle.failed(guesser);
+        }
+        // The bucket is empty but not yet overdrawn: the fourth failure benches.
+        assert!(throttle.admit_address(guesser).is_ok());
+        throttle.failed(guesser);
+        let refused = throttle.admit_address(guesser).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        assert!((1..=20).contains(&refused.retry_after.unwrap()));
+        assert!(throttle.admit_address(device).is_ok());
+        // Without an address (a unit test, a local call) nothing is counted.
+        throttle.failed(None);
+        assert!(throttle.admit_address(None).is_ok());
+        assert_eq!(throttle.counts().address, 1);
+    }
+}

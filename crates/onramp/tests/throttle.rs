@@ -1,0 +1,188 @@
+//! Throttling against `onramp serve` configured with `[throttle]`: a device
+//! over its registrations per minute hears 429 with the Retry-After of its
+//! bucket over HTTPS and MQTT; a client address that spent its failed
+//! authentications is refused before any check while a device elsewhere is
+//! served; a provisioning service over its rate throttles the surplus.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{Server, unix_now};
+use onramp_net::mqtt::QoS;
+use onramp_net::mqtt::client::ConnectOptions;
+use serde_json::Value;
+
+const API: &str = "?api-version=2021-06-01";
+
+/// A server with `throttle` as its `[throttle]` section.
+fn throttled_server(throttle: &str) -> Server {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, format!("[throttle]\n{throttle}\n")).unwrap();
+    let mut server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    server.keep(temp);
+    server
+}
+
+/// The Retry-After header of an answer, in seconds.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_device_over_its_registrations_per_minute_is_told_when_to_come_back() {
+    let server = throttled_server("device_registrations_per_minute = 2");
+    let key = server.enroll("thr-dev-1", serde_json::json!({})).await;
+    for _ in 0..2 {
+        let (status, _, op) = server.register("thr-dev-1", &key, API).await;
+        assert!(status == 200 || status == 202, "{status} {op}");
+    }
+    let (status, headers, body) = server.register("thr-dev-1", &key, API).await;
+    common::assert_error(status, &body, 429, 429001);
+    // One registration every 30 s: the next one is due within 30 s.
+    let wait = retry_after(&headers);
+    assert!((20..=30).contains(&wait), "Retry-After {wait}");
+    assert!(
+        body["message"].as_str().unwrap().contains("thr-dev-1"),
+        "{body}"
+    );
+
+    // The same budget over MQTT: the answer's topic carries 429 and retry-after.
+    let options = ConnectOptions {
+        client_id: "thr-dev-1".into(),
+        username: Some(format!(
+            "{}/registrations/thr-dev-1/api-version=2019-03-31",
+            server.id_scope()
+        )),
+        password: Some(server.device_token("thr-dev-1", &key, unix_now() + 600)),
+        keep_alive: 60,
+        clean_session: true,
+    };
+    let mut mqtt = server.mqtt_connect(&options).await.unwrap();
+    mqtt.subscribe(&[("$dps/registrations/res/#", QoS::AtLeastOnce)])
+        .await
+        .unwrap();
+    mqtt.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=7",
+        r#"{"registrationId":"thr-dev-1"}"#,
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let answer = mqtt.next_message().await.unwrap();
+    assert!(
+        answer
+            .topic
+            .starts_with("$dps/registrations/res/429/?$rid=7&retry-after="),
+        "{}",
+        answer.topic
+    );
+    let seconds: u64 = answer.topic.rsplit('=').next().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&seconds), "{}", answer.topic);
+
+    // Another device has a budget of its own.
+    let other = server.enroll("thr-dev-2", serde_json::json!({})).await;
+    let (status, _, op) = server.register("thr-dev-2", &other, API).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+}
+
+/// A client whose connections come from `addr` (any 127.0.0.0/8 address
+/// reaches the server on 127.0.0.1).
+fn client_from(server: &Server, addr: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*server.tls()).clone())
+        .local_address(IpAddr::from(addr))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn register_from(
+    server: &Server,
+    client: &reqwest::Client,
+    registration_id: &str,
+    key: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let token = server.device_token(registration_id, key, unix_now() + 600);
+    common::answer(
+        client
+            .put(server.url(&format!(
+                "{}/registrations/{registration_id}/register?api-version=2021-06-01",
+                server.id_scope()
+            )))
+            .header("Authorization", token)
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(format!(r#"{{"registrationId":"{registration_id}"}}"#)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_address_that_spent_its_failures_waits_and_others_are_served() {
+    let server = throttled_server("failed_authentications_per_minute = 3");
+    let key = server.enroll("thr-dev-3", serde_json::json!({})).await;
+    let wrong = onramp_core::keys::generate().expose().to_owned();
+    let guesser = client_from(&server, [127, 0, 0, 2]);
+    let device = client_from(&server, [127, 0, 0, 1]);
+
+    // Three wrong guesses fill the budget, the fourth overdraws it.
+    for attempt in 0..4 {
+        let (status, _, body) = register_from(&server, &guesser, "thr-dev-3", &wrong).await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+    // Now the guessing address is refused before any check, even with the
+    // right key, and told when to come back.
+    let (status, headers, body) = register_from(&server, &guesser, "thr-dev-3", &key).await;
+    common::assert_error(status, &body, 429, 429001);
+    let wait = retry_after(&headers);
+    assert!((1..=20).contains(&wait), "Retry-After {wait}");
+    assert!(
+        body["message"].as_str().unwrap().contains("127.0.0.2"),
+        "{body}"
+    );
+    // The device itself, from its own address, is never locked out.
+    let (status, _, op) = register_from(&server, &device, "thr-dev-3", &key).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+}
+
+#[tokio::test]
+async fn a_service_over_its_rate_throttles_the_surplus() {
+    let server = throttled_server("registrations_per_second = 2");
+    let group_key = server.enroll_group("thr-line", serde_json::json!({})).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let id = format!("thr-line-{n}");
+        let key = onramp_core::sas::derive_device_key(&group_key, &id).unwrap();
+        let request = server
+            .http()
+            .put(server.url(&format!(
+                "{}/registrations/{id}/register?api-version=2021-06-01",
+                server.id_scope()
+            )))
+            .header(
+                "Authorization",
+                server.device_token(&id, &key, unix_now() + 600),
+            )
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(format!(r#"{{"registrationId":"{id}"}}"#));
+        burst.spawn(common::answer(request));
+    }
+    let answers = burst.join_all().await;
+    let throttled: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    let admitted = answers.len() - throttled.len();
+    // Two at once, and one more for each half second the burst took.
+    assert!((2..=5).contains(&admitted), "{answers:?}");
+    for (_, headers, body) in throttled {
+        assert_eq!(body["errorCode"], 429001, "{body}");
+        assert_eq!(retry_after(headers), 1);
+    }
+}
