@@ -6,6 +6,8 @@
 //! - [`migrations`]: numbered schema steps for every SQLite file Onramp keeps.
 //! - [`sqlite`]: the embedded default, one SQLite file in WAL mode, one writer
 //!   thread that commits in groups and a few reader threads.
+//! - [`postgres`]: several nodes on one PostgreSQL database (a pool per
+//!   node, conditional writes that lock the row they check).
 //!
 //! Symmetric keys, policy keys and hub connection strings never reach a
 //! database file in plaintext: every backend seals them with [`seal::Sealer`].
@@ -14,8 +16,10 @@
 
 pub mod backup;
 pub mod migrations;
+pub mod postgres;
 pub mod seal;
 pub mod sqlite;
 
+pub use postgres::PgStore;
 pub use seal::Sealer;
 pub use sqlite::SqliteStore;

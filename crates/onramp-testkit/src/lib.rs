@@ -11,6 +11,7 @@
 //! - [`given`]: a record stored as a test's setup.
 //! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
 //!   that speak the TPM simulator protocol.
+//! - [`postgres`]: a PostgreSQL database of a test's own, dropped after it.
 //! - [`conformance`]: the checks every `Store` must pass, one test per case
 //!   through [`store_conformance!`].
 //!
@@ -21,6 +22,7 @@
 mod clock;
 pub mod conformance;
 mod hubs;
+pub mod postgres;
 mod store;
 pub mod swtpm;
 mod webhook;

@@ -8,7 +8,7 @@ use rusqlite::{Connection, params};
 use super::db::sql_error;
 use super::rows::{corrupt, ensure_service, new_etag, query_all, query_optional};
 
-fn ca_from_row(doc: &str, etag: &str) -> Result<CaCertificate, StoreError> {
+pub(crate) fn ca_from_row(doc: &str, etag: &str) -> Result<CaCertificate, StoreError> {
     let mut ca: CaCertificate =
         serde_json::from_str(doc).map_err(|e| corrupt("CA certificate", e))?;
     ca.etag = Some(ETag::from_raw(etag));
@@ -51,7 +51,7 @@ pub(super) fn read_all(conn: &Connection, service: &str) -> Result<Vec<CaCertifi
 }
 
 /// A certificate stamped with a new ETag, ready to write.
-pub(super) fn stamp(certificate: &CaCertificate) -> CaCertificate {
+pub(crate) fn stamp(certificate: &CaCertificate) -> CaCertificate {
     let mut stored = certificate.clone();
     stored.etag = Some(new_etag());
     stored

@@ -15,7 +15,7 @@ fn aad(service: &str, key: &str) -> String {
     format!("tpm-challenge:{service}/{key}")
 }
 
-fn open(
+pub(crate) fn open(
     sealer: &Sealer,
     service: &str,
     key: &str,
@@ -56,15 +56,15 @@ pub(super) fn read_page(
 }
 
 /// A challenge ready to write: its document without the key, the key sealed.
-pub(super) struct ChallengeWrite {
-    key: String,
-    doc: String,
-    sealed: Vec<u8>,
-    challenge: TpmChallenge,
+pub(crate) struct ChallengeWrite {
+    pub(crate) key: String,
+    pub(crate) doc: String,
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) challenge: TpmChallenge,
 }
 
 impl ChallengeWrite {
-    pub(super) fn seal(
+    pub(crate) fn seal(
         sealer: &Sealer,
         service: &str,
         challenge: TpmChallenge,

@@ -33,7 +33,7 @@ fn aad(kind: EnrollmentKind, service: &str, key: &str) -> String {
 }
 
 /// A record from its stored JSON and its sealed keys.
-fn open<E: EnrollmentRecord>(
+pub(crate) fn open<E: EnrollmentRecord>(
     sealer: &Sealer,
     service: &str,
     key: &str,
@@ -94,19 +94,19 @@ pub(super) fn read_by_thumbprint(
 
 /// A record ready to write: stamped with a new ETag and the time, its keys
 /// sealed apart from the document (work done before the writer thread).
-pub(super) struct EnrollmentWrite<E> {
-    key: String,
-    stored: E,
-    doc_form: E,
-    sealed: Option<Vec<u8>>,
-    what: String,
+pub(crate) struct EnrollmentWrite<E> {
+    pub(crate) key: String,
+    pub(crate) stored: E,
+    pub(crate) doc_form: E,
+    pub(crate) sealed: Option<Vec<u8>>,
+    pub(crate) what: String,
     /// Individual enrollments only: what the thumbprint index holds.
-    thumbprints: Vec<String>,
-    now: UtcTime,
+    pub(crate) thumbprints: Vec<String>,
+    pub(crate) now: UtcTime,
 }
 
 impl<E: EnrollmentRecord> EnrollmentWrite<E> {
-    pub(super) fn seal(
+    pub(crate) fn seal(
         sealer: &Sealer,
         service: &str,
         record: &E,

@@ -6,14 +6,14 @@
 //! schema. Their functions run on a connection the `db` threads lend; the
 //! `Store` impl below hands each call to one of them.
 
-mod certificates;
-mod challenges;
+pub(crate) mod certificates;
+pub(crate) mod challenges;
 mod db;
-mod enrollments;
+pub(crate) mod enrollments;
 mod migrations;
-mod registrations;
-mod rows;
-mod services;
+pub(crate) mod registrations;
+pub(crate) mod rows;
+pub(crate) mod services;
 #[cfg(test)]
 mod tests;
 

@@ -42,7 +42,7 @@ impl RegistrationRow {
     }
 }
 
-fn registration_from_row(
+pub(crate) fn registration_from_row(
     doc: &str,
     group: Option<String>,
     operation_id: String,
@@ -115,7 +115,7 @@ pub(super) fn read_inputs(
 }
 
 /// A record stamped for writing: new ETag, updated now.
-pub(super) fn stamp(record: &RegistrationRecord, now: UtcTime) -> RegistrationRecord {
+pub(crate) fn stamp(record: &RegistrationRecord, now: UtcTime) -> RegistrationRecord {
     let mut stored = record.clone();
     stored.state.last_updated_date_time_utc = Some(now);
     stored.state.etag = Some(new_etag());

@@ -38,11 +38,11 @@ where
         .map_err(sql_error)
 }
 
-pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-pub(super) fn new_etag() -> ETag {
+pub(crate) fn new_etag() -> ETag {
     let mut bytes = [0u8; 8];
     // Uniqueness is all an ETag needs; the system RNG failing is not recoverable.
     SystemRandom::new()
@@ -52,7 +52,7 @@ pub(super) fn new_etag() -> ETag {
 }
 
 /// Takes the symmetric keys out of an attestation and seals them.
-pub(super) fn seal_keys(
+pub(crate) fn seal_keys(
     sealer: &Sealer,
     att: Option<&mut AttestationMechanism>,
     aad: &str,
@@ -68,7 +68,7 @@ pub(super) fn seal_keys(
     Ok(Some(sealer.seal(&json, aad)))
 }
 
-pub(super) fn unseal_keys(
+pub(crate) fn unseal_keys(
     sealer: &Sealer,
     att: Option<&mut AttestationMechanism>,
     sealed: Option<Vec<u8>>,
@@ -85,7 +85,7 @@ pub(super) fn unseal_keys(
 }
 
 /// `createdDateTimeUtc` of a stored doc, kept across updates.
-pub(super) fn created_of(doc: &str) -> Option<UtcTime> {
+pub(crate) fn created_of(doc: &str) -> Option<UtcTime> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Created {

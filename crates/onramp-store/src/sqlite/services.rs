@@ -22,7 +22,7 @@ struct PolicyKeys {
 fn policy_aad(service: &str, name: &str) -> String {
     format!("policy:{service}/{name}")
 }
-fn hub_aad(service: &str, key: &str) -> String {
+pub(crate) fn hub_aad(service: &str, key: &str) -> String {
     format!("linked-hub:{service}/{key}")
 }
 
@@ -31,14 +31,14 @@ fn service_doc(doc: &str) -> Result<ProvisioningService, StoreError> {
 }
 
 /// A policy as its row holds it: name, rights and sealed keys.
-pub(super) struct SealedPolicy {
-    name: String,
-    rights: u8,
-    keys: Vec<u8>,
+pub(crate) struct SealedPolicy {
+    pub(crate) name: String,
+    pub(crate) rights: u8,
+    pub(crate) keys: Vec<u8>,
 }
 
 impl SealedPolicy {
-    pub(super) fn seal(
+    pub(crate) fn seal(
         sealer: &Sealer,
         service: &str,
         policy: &SharedAccessPolicy,
@@ -63,15 +63,15 @@ impl SealedPolicy {
 }
 
 /// A service ready to insert, its policies sealed.
-pub(super) struct NewService {
-    name: String,
-    scope_key: IdKey,
-    doc: String,
-    policies: Vec<SealedPolicy>,
+pub(crate) struct NewService {
+    pub(crate) name: String,
+    pub(crate) scope_key: IdKey,
+    pub(crate) doc: String,
+    pub(crate) policies: Vec<SealedPolicy>,
 }
 
 impl NewService {
-    pub(super) fn seal(
+    pub(crate) fn seal(
         sealer: &Sealer,
         service: &ProvisioningService,
         policies: &[SharedAccessPolicy],
@@ -207,7 +207,7 @@ fn policy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRow> {
     ))
 }
 
-fn open_policy(
+pub(crate) fn open_policy(
     sealer: &Sealer,
     service: &str,
     name: String,
@@ -303,14 +303,14 @@ pub(super) fn linked_hubs_of(
 
 /// A linked hub as its row holds it: the document without the connection
 /// string, which is sealed beside it.
-pub(super) struct SealedHub {
-    key: String,
-    doc: String,
-    connection: Vec<u8>,
+pub(crate) struct SealedHub {
+    pub(crate) key: String,
+    pub(crate) doc: String,
+    pub(crate) connection: Vec<u8>,
 }
 
 impl SealedHub {
-    pub(super) fn seal(
+    pub(crate) fn seal(
         sealer: &Sealer,
         service: &str,
         hub: &LinkedHub,

@@ -1,0 +1,267 @@
+//! The PostgreSQL store: several Onramp nodes on one database.
+//!
+//! One concept a file, as in `sqlite/`: `db` (the pool, errors, the
+//! numbered schema steps), `rows` (what the keyed tables share and the
+//! locked read of a conditional write), `services`, `records` (the records
+//! a service owns) and `registrations` (with the one statement a
+//! registration's reads are). Documents, sealing and stamping are the
+//! embedded store's own functions, so a secret is sealed the same way, with
+//! the same associated data, in both.
+//!
+//! Conditional writes run in a transaction that locks the row they check
+//! (`SELECT … FOR UPDATE`), so an `If-Match` holds against writers on other
+//! nodes; a create-only write inserts with `ON CONFLICT DO NOTHING`. Every
+//! session commits with `synchronous_commit = on`: a write has reached the
+//! database's disk before its call returns.
+
+mod db;
+mod records;
+mod registrations;
+mod rows;
+mod services;
+
+pub use db::{PgOptions, redact};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use onramp_core::ports::{
+    HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
+    Store, StoreError,
+};
+use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
+use onramp_model::{IdKey, IndividualEnrollment, UtcTime};
+
+use crate::seal::Sealer;
+use crate::sqlite::rows::corrupt;
+use crate::sqlite::services::{NewService, SealedPolicy};
+use db::{connection, pg_error};
+use records::RecordWrite;
+
+/// Whether a store URL names PostgreSQL (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+pub struct PgStore {
+    pool: Pool,
+    sealer: Arc<Sealer>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("max_connections", &self.pool.status().max_size)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` and brings its schema up to date (once, whatever
+    /// the number of nodes starting at the same time).
+    pub async fn open(
+        url: &str,
+        sealer: Arc<Sealer>,
+        options: PgOptions,
+    ) -> Result<Self, StoreError> {
+        let pool = db::pool(url, options)?;
+        db::migrate(&pool).await.map_err(|e| match e {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                "opening the PostgreSQL store {}: {m}",
+                redact(url)
+            )),
+            other => other,
+        })?;
+        Ok(Self { pool, sealer })
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let conn = connection(&self.pool).await?;
+        let row = conn
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.try_get(0).map_err(pg_error)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_service(
+        &self,
+        service: &ProvisioningService,
+        policies: &[SharedAccessPolicy],
+    ) -> Result<(), StoreError> {
+        let new = NewService::seal(&self.sealer, service, policies)?;
+        services::create(&self.pool, new).await
+    }
+
+    async fn service(&self, name: &str) -> Result<Option<ProvisioningService>, StoreError> {
+        services::one(&self.pool, "SELECT doc FROM services WHERE name = $1", name).await
+    }
+
+    async fn service_by_scope(
+        &self,
+        id_scope_key: &IdKey,
+    ) -> Result<Option<ProvisioningService>, StoreError> {
+        services::one(
+            &self.pool,
+            "SELECT doc FROM services WHERE id_scope_key = $1",
+            id_scope_key,
+        )
+        .await
+    }
+
+    async fn services(&self) -> Result<Vec<ProvisioningService>, StoreError> {
+        services::all(&self.pool).await
+    }
+
+    async fn update_service(&self, service: &ProvisioningService) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(service).map_err(|e| corrupt("service", e))?;
+        let scope_key = service.id_scope.key();
+        services::update(&self.pool, &service.name, &scope_key, &doc).await
+    }
+
+    async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
+        services::delete(&self.pool, name).await
+    }
+
+    async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {
+        services::policies_of(&self.pool, &self.sealer, service).await
+    }
+
+    async fn put_policy(
+        &self,
+        service: &str,
+        policy: &SharedAccessPolicy,
+    ) -> Result<(), StoreError> {
+        let sealed = SealedPolicy::seal(&self.sealer, service, policy)?;
+        services::put_policy(&self.pool, service, &sealed).await
+    }
+
+    async fn delete_policy(&self, service: &str, name: &str) -> Result<bool, StoreError> {
+        services::delete_policy(&self.pool, service, name).await
+    }
+
+    async fn policies_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError> {
+        services::policies_called(&self.pool, &self.sealer, name).await
+    }
+
+    async fn record(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        key: &IdKey,
+    ) -> Result<Option<Record>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        records::read(&conn, &self.sealer, service, kind, key).await
+    }
+
+    async fn put_record(
+        &self,
+        service: &str,
+        record: Record,
+        condition: Precondition,
+        now: UtcTime,
+    ) -> Result<Record, StoreError> {
+        let write = RecordWrite::prepare(&self.sealer, service, record, now)?;
+        let mut conn = connection(&self.pool).await?;
+        if write.is_single_statement(&condition) {
+            return write.apply(&conn, service, &condition).await;
+        }
+        let tx = conn.transaction().await.map_err(pg_error)?;
+        let written = write.apply(&tx, service, &condition).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(written)
+    }
+
+    async fn delete_record(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        key: &IdKey,
+        condition: Precondition,
+    ) -> Result<(), StoreError> {
+        let mut conn = connection(&self.pool).await?;
+        let tx = conn.transaction().await.map_err(pg_error)?;
+        records::delete(&tx, service, kind, key, &condition).await?;
+        tx.commit().await.map_err(pg_error)
+    }
+
+    async fn records(
+        &self,
+        service: &str,
+        kind: RecordKind,
+        after: Option<&IdKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        let after = after.map_or("", IdKey::as_str);
+        records::page(&conn, &self.sealer, service, kind, after, limit).await
+    }
+
+    async fn enrollments_by_thumbprint(
+        &self,
+        service: &str,
+        sha256: &str,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        let print = sha256.to_ascii_uppercase();
+        records::by_thumbprint(&conn, &self.sealer, service, &print).await
+    }
+
+    async fn registration_inputs(
+        &self,
+        id_scope_key: &IdKey,
+        registration_key: &IdKey,
+        group_page: usize,
+    ) -> Result<Option<RegistrationInputs>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        registrations::read_inputs(
+            &conn,
+            &self.sealer,
+            id_scope_key,
+            registration_key,
+            group_page,
+        )
+        .await
+    }
+
+    async fn registrations_of_group(
+        &self,
+        service: &str,
+        group_key: &IdKey,
+        after: Option<&IdKey>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationRecord>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        let after = after.map_or("", IdKey::as_str);
+        registrations::page(&conn, service, Some(group_key), after, limit).await
+    }
+
+    async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
+        let conn = connection(&self.pool).await?;
+        let hub_key = hub.trim().to_ascii_lowercase();
+        registrations::count_on_hub(&conn, service, &hub_key).await
+    }
+
+    async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(sample).map_err(|e| corrupt("hub latency", e))?;
+        let hub_key = sample.hub.to_ascii_lowercase();
+        let conn = connection(&self.pool).await?;
+        services::record_latency(&conn, &sample.node, &hub_key, &doc).await
+    }
+
+    async fn hub_latencies(&self) -> Result<Vec<HubLatencySample>, StoreError> {
+        services::latencies(&self.pool).await
+    }
+}
