@@ -420,3 +420,27 @@ async fn an_absent_database_is_unavailable_within_the_deadline() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+/// A node whose master keys differ from the database's is refused at
+/// start, naming the key it lacks; with the keys it opens.
+#[tokio::test]
+async fn a_node_with_other_master_keys_is_refused() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let first = node(&db).await;
+    given_service(&*first).await;
+    let stranger = Arc::new(Sealer::new(&[9u8; 32], &[]).unwrap());
+    let err = PgStore::open(db.url(), stranger, PgOptions::default())
+        .await
+        .unwrap_err();
+    let expected = sealer().active_key_id().to_owned();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains(&expected), "{err}");
+    // A ring that rotated to a new key but keeps the old one still opens.
+    let rotated = Arc::new(Sealer::new(&[9u8; 32], &[vec![7u8; 32]]).unwrap());
+    let store = PgStore::open(db.url(), rotated, PgOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.policies("t1").await.unwrap().len(), 1);
+}

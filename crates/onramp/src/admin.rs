@@ -21,7 +21,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             keys,
         } => {
             let config = Config::load(&location)?;
-            let store = local::open_existing(&config)?;
+            let store = local::open_existing(&config).await?;
             let name = name.unwrap_or_else(|| config.service.name.clone());
             let service = store.service(&name).await?.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -63,7 +63,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
         }
         ServiceCommand::List { location } => {
             let config = Config::load(&location)?;
-            let store = local::open_existing(&config)?;
+            let store = local::open_existing(&config).await?;
             println!(
                 "{:<24} {:<14} {:<10} LINKED HUBS",
                 "NAME", "ID SCOPE", "POLICY"
@@ -86,7 +86,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             onramp_files::create_dir(&config.data_dir).with_context(|| {
                 format!("creating the data directory {}", config.data_dir.display())
             })?;
-            let store = local::open_store(&config, local::sealer(&config)?)?;
+            let store = local::open_store(&config, local::sealer(&config)?).await?;
             let policy = match allocation_policy {
                 Some(p) => service_default_policy(&p, false)?,
                 None => config.allocation_policy()?,
@@ -169,7 +169,7 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
                 );
             }
             let config = Config::load(&location)?;
-            let store = local::open_existing(&config)?;
+            let store = local::open_existing(&config).await?;
             if store.delete_service(&name).await? {
                 println!("Deleted provisioning service '{name}'.");
                 Ok(())
@@ -553,9 +553,13 @@ fn service_default_policy(text: &str, has_webhook: bool) -> anyhow::Result<Alloc
 async fn open(
     location: &Location,
     service: Option<String>,
-) -> anyhow::Result<(Config, std::sync::Arc<onramp_store::SqliteStore>, String)> {
+) -> anyhow::Result<(
+    Config,
+    std::sync::Arc<dyn onramp_core::ports::Store>,
+    String,
+)> {
     let config = Config::load(location)?;
-    let store = local::open_existing(&config)?;
+    let store = local::open_existing(&config).await?;
     let service = service.unwrap_or_else(|| config.service.name.clone());
     if store.service(&service).await?.is_none() {
         anyhow::bail!("no provisioning service named '{service}'");

@@ -10,8 +10,9 @@ use onramp_core::keys;
 use onramp_core::ports::Store;
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, ProvisioningService, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, IdScope, UtcTime};
+use onramp_store::postgres::{PgOptions, redact};
 use onramp_store::sqlite::{Durability, SqliteOptions};
-use onramp_store::{Sealer, SqliteStore};
+use onramp_store::{PgStore, Sealer, SqliteStore};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::Location;
@@ -35,7 +36,17 @@ pub fn sealer_in(keys_dir: &std::path::Path) -> anyhow::Result<Arc<Sealer>> {
     )?))
 }
 
-pub fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<SqliteStore>> {
+/// Opens the deployment's store: PostgreSQL when `[store] url` (or
+/// `--store-url`, `ONRAMP_STORE_URL`) names one, else the embedded SQLite
+/// file in the data directory. Every command that reads or writes the
+/// store opens it here, so each works on either.
+pub async fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(url) = config.store_url() {
+        let store = PgStore::open(url, sealer, PgOptions::default())
+            .await
+            .with_context(|| format!("opening the PostgreSQL store {}", redact(url)))?;
+        return Ok(Arc::new(store));
+    }
     let options = SqliteOptions {
         durability: if config.store.durability == "normal" {
             Durability::Normal
@@ -50,14 +61,14 @@ pub fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<Sq
 }
 
 /// Opens the store of an existing deployment (for admin commands).
-pub fn open_existing(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
-    if !config.store_path().exists() {
+pub async fn open_existing(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.store_url().is_none() && !config.store_path().exists() {
         anyhow::bail!(
             "no Onramp data in {}: start `onramp serve` there first, or point --data-dir / --config at the deployment",
             config.data_dir.display()
         );
     }
-    open_store(config, sealer(config)?)
+    open_store(config, sealer(config)?).await
 }
 
 /// Creates a provisioning service with a fresh ID scope and owner policy.

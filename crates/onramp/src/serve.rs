@@ -40,7 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// A started Onramp: its endpoints, and how to stop it.
 pub struct Running {
     pub state: Deployment,
-    pub store: Arc<onramp_store::SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub stop: Arc<onramp_net::ShutdownTrigger>,
     /// Trusts the development CA and the configured extra CAs.
     pub client_tls: rustls::ClientConfig,
@@ -206,7 +206,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     };
     lock.claim()?;
     let sealer = local::sealer(config)?;
-    let store = local::open_store(config, sealer.clone())?;
+    let store = local::open_store(config, sealer.clone()).await?;
 
     // TLS: the operator's certificate, or the development PKI.
     let (server_tls, ca_path, ca_pem) = match operator_tls {

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use onramp_core::connection_string::ConnectionString;
-use onramp_core::ports::Store;
 use onramp_core::sas;
 use onramp_core::tenant::OWNER_POLICY;
 use onramp_core::tpm::RsaPublic;
@@ -209,6 +208,7 @@ async fn local_connection_string(
     state: Option<&Deployment>,
 ) -> anyhow::Result<String> {
     let store = local::open_existing(config)
+        .await
         .context("no --connection-string given, and the local deployment could not be read")?;
     let service = state
         .map(|s| s.service.clone())

@@ -26,6 +26,7 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
             force,
         } => {
             let config = Config::load(&location)?;
+            refuse_postgres(&config, "back up")?;
             if !config.store_path().exists() {
                 bail!(
                     "no Onramp data in {}: nothing to back up",
@@ -53,6 +54,7 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
             force,
         } => {
             let config = Config::load(&location)?;
+            refuse_postgres(&config, "restore")?;
             if !dir.join(DATABASES[0]).exists() {
                 bail!(
                     "{} holds no Onramp backup ({} is missing)",
@@ -78,6 +80,20 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Backups copy the embedded SQLite files; a PostgreSQL store is the
+/// database's to back up.
+fn refuse_postgres(config: &Config, what: &str) -> anyhow::Result<()> {
+    if let Some(url) = config.store_url() {
+        bail!(
+            "this deployment keeps its data in PostgreSQL ({}): {what} that database with its own \
+             tools (pg_dump, pg_restore), and the master keys in {} with it",
+            onramp_store::postgres::redact(url),
+            config.keys_dir().display()
+        );
+    }
+    Ok(())
 }
 
 fn refuse_existing(dir: &Path, force: bool, what: &str) -> anyhow::Result<()> {

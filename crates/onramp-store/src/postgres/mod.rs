@@ -33,7 +33,7 @@ use onramp_core::ports::{
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{IdKey, IndividualEnrollment, UtcTime};
 
-use crate::seal::Sealer;
+use crate::seal::{SealError, Sealer};
 use crate::sqlite::rows::corrupt;
 use crate::sqlite::services::{NewService, SealedPolicy};
 use db::{connection, pg_error};
@@ -74,6 +74,7 @@ impl PgStore {
             )),
             other => other,
         })?;
+        check_master_keys(&pool, &sealer).await?;
         Ok(Self { pool, sealer })
     }
 
@@ -88,6 +89,39 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         row.try_get(0).map_err(pg_error)
+    }
+}
+
+/// What the master key check is bound to.
+const KEY_CHECK_AAD: &str = "master-key-check";
+
+/// Refuses a node whose master keys cannot open what the database's first
+/// node sealed (and seals that value, on a new database): nodes on one
+/// database must share their keys, or each would seal secrets the others
+/// cannot read.
+async fn check_master_keys(pool: &Pool, sealer: &Sealer) -> Result<(), StoreError> {
+    let conn = connection(pool).await?;
+    let ours = sealer.seal(b"onramp", KEY_CHECK_AAD);
+    conn.execute(
+        "INSERT INTO master_key_check (id, sealed) VALUES (1, $1) ON CONFLICT DO NOTHING",
+        &[&ours],
+    )
+    .await
+    .map_err(pg_error)?;
+    let row = conn
+        .query_one("SELECT sealed FROM master_key_check WHERE id = 1", &[])
+        .await
+        .map_err(pg_error)?;
+    let sealed: Vec<u8> = row.try_get(0).map_err(pg_error)?;
+    match sealer.open(&sealed, KEY_CHECK_AAD) {
+        Ok(_) => Ok(()),
+        Err(SealError::UnknownKey(id)) => Err(StoreError::Corrupt(format!(
+            "this database's secrets are sealed with master key '{id}', which this node's key \
+             ring lacks (its active key is '{}'): give every node on one database the same \
+             keys (copy the key files of <data>/keys, or set the same ONRAMP_MASTER_KEY)",
+            sealer.active_key_id()
+        ))),
+        Err(e) => Err(StoreError::Corrupt(format!("the master key check: {e}"))),
     }
 }
 

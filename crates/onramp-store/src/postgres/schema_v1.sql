@@ -86,3 +86,10 @@ CREATE TABLE tpm_challenges (
     keys_sealed  BYTEA,
     PRIMARY KEY (service, id_key)
 );
+-- One value sealed with the master key ring of the node that opened the
+-- database first: a node whose ring cannot open it has other keys, and is
+-- refused at start rather than sealing secrets the others cannot read.
+CREATE TABLE master_key_check (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed  BYTEA NOT NULL
+);

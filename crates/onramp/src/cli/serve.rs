@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Store durability: full (fsync every commit) or normal.
     #[arg(long, env = "ONRAMP_STORE_DURABILITY")]
     pub store_durability: Option<String>,
+    /// Keep the data in PostgreSQL (`postgres://user@host:port/database`),
+    /// shared by every node that names it; default: the embedded SQLite file.
+    #[arg(long, env = "ONRAMP_STORE_URL")]
+    pub store_url: Option<String>,
     /// Region this node runs in (compared with linked hubs' locations).
     #[arg(long, env = "ONRAMP_NODE_REGION")]
     pub node_region: Option<String>,

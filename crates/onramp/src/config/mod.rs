@@ -211,8 +211,13 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `full` (fsync every commit) or `normal`.
+    /// `full` (fsync every commit) or `normal` (the embedded SQLite store).
     pub durability: String,
+    /// `postgres://user[:password]@host[:port]/database`: keep the data in
+    /// PostgreSQL, shared by every node that names it. Unset: the embedded
+    /// SQLite file in the data directory. `ONRAMP_STORE_URL` and
+    /// `onramp serve --store-url` override it.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +324,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             durability: "full".into(),
+            url: None,
         }
     }
 }
@@ -442,6 +448,14 @@ impl Config {
         if let Some(dir) = &location.data_dir {
             config.data_dir = dir.clone();
         }
+        // Every command opens the same store as the server it administers.
+        if let Some(url) = std::env::var("ONRAMP_STORE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        {
+            config.store.url = Some(url);
+        }
+        config.validate_store()?;
         Ok(config)
     }
 
@@ -488,6 +502,9 @@ impl Config {
         if let Some(v) = &args.store_durability {
             c.store.durability = v.clone();
         }
+        if let Some(v) = args.store_url.as_ref().filter(|u| !u.trim().is_empty()) {
+            c.store.url = Some(v.clone());
+        }
         if let Some(v) = &args.node_region {
             c.node.region = v.clone();
         }
@@ -514,6 +531,7 @@ impl Config {
                 self.log.format
             );
         }
+        self.validate_store()?;
         if !matches!(self.store.durability.as_str(), "full" | "normal") {
             bail!(
                 "store durability '{}' is unknown; use full or normal",
@@ -586,6 +604,24 @@ impl Config {
                 .map(|n| (n.network, n.region.clone()))
                 .collect(),
         }
+    }
+
+    /// The PostgreSQL store's URL, when the deployment keeps its data there.
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    fn validate_store(&self) -> anyhow::Result<()> {
+        if let Some(url) = self.store_url()
+            && !onramp_store::postgres::is_postgres_url(url)
+        {
+            bail!(
+                "store url '{}' is not a postgres:// URL; leave [store] url out (and ONRAMP_STORE_URL unset) \
+                 for the embedded SQLite store",
+                onramp_store::postgres::redact(url)
+            );
+        }
+        Ok(())
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -73,3 +73,42 @@ fn front_door_limits_from_the_file() {
         "{err:#}"
     );
 }
+
+#[test]
+fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+    let (_dir, file, args) = serve_with_file("");
+    let c = Config::for_serve(&args).unwrap();
+    if std::env::var_os("ONRAMP_STORE_URL").is_none() {
+        assert_eq!(c.store_url(), None, "SQLite by default");
+    }
+
+    std::fs::write(
+        &file,
+        "[store]\nurl = \"postgres://onramp@db.example.net/onramp\"\n",
+    )
+    .unwrap();
+    let from_file = Config::for_serve(&args).unwrap();
+    if std::env::var_os("ONRAMP_STORE_URL").is_none() {
+        assert_eq!(
+            from_file.store_url(),
+            Some("postgres://onramp@db.example.net/onramp")
+        );
+    }
+    let flag = ServeArgs {
+        store_url: Some("postgresql://other@127.0.0.1:5432/onramp".into()),
+        ..args.clone()
+    };
+    assert_eq!(
+        Config::for_serve(&flag).unwrap().store_url(),
+        Some("postgresql://other@127.0.0.1:5432/onramp"),
+        "the flag wins"
+    );
+
+    let wrong = ServeArgs {
+        store_url: Some("mysql://onramp:s3cret@db/onramp".into()),
+        ..args
+    };
+    let err = format!("{:#}", Config::for_serve(&wrong).unwrap_err());
+    assert!(err.contains("not a postgres:// URL"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}

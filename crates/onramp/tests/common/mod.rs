@@ -50,6 +50,8 @@ pub struct Server {
     pub state: Value,
     pub ca_pem: String,
     pub stdout_path: PathBuf,
+    /// The PostgreSQL store the server keeps its data in (`--store-url`).
+    pub store_url: Option<String>,
 }
 
 impl Server {
@@ -127,6 +129,11 @@ impl Server {
             state: Value::Null,
             ca_pem: String::new(),
             stdout_path,
+            store_url: extra
+                .iter()
+                .position(|a| *a == "--store-url")
+                .and_then(|i| extra.get(i + 1))
+                .map(|u| (*u).to_owned()),
         };
         let state: Value = wait_for(Duration::from_secs(60), "serve.json", || {
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
@@ -285,8 +292,24 @@ impl Server {
         )
     }
 
+    /// The deployment's store, SQLite or PostgreSQL, beside the running server.
+    pub async fn any_store(&self) -> Arc<dyn Store> {
+        let Some(url) = &self.store_url else {
+            return self.store();
+        };
+        let sealer = match std::env::var("ONRAMP_MASTER_KEY") {
+            Ok(key) => Arc::new(Sealer::from_base64(&key).unwrap()),
+            Err(_) => Arc::new(Sealer::load_or_create(&self.data_dir.join("keys")).unwrap()),
+        };
+        Arc::new(
+            onramp_store::PgStore::open(url, sealer, Default::default())
+                .await
+                .unwrap(),
+        )
+    }
+
     pub async fn owner_connection_string(&self) -> String {
-        let store = self.store();
+        let store = self.any_store().await;
         let p = store
             .policies("default")
             .await
@@ -298,7 +321,8 @@ impl Server {
     }
 
     pub async fn embedded_hub(&self) -> LinkedHub {
-        self.store()
+        self.any_store()
+            .await
             .linked_hubs("default")
             .await
             .unwrap()
