@@ -236,6 +236,25 @@ async fn concurrent_writers_with_the_same_if_match_one_wins() {
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert!(matches!(r, StoreError::AlreadyExists(_)), "{r:?}");
     }
+    // Create-only registrations (two nodes registering a new device).
+    let results = together(4, |i| {
+        let store = nodes[i % 2].clone();
+        let record = registration("new-reg", &format!("hub-{i}"));
+        async move {
+            store
+                .put("t1", record, Precondition::IfNotExists, UtcTime::now())
+                .await
+        }
+    })
+    .await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(r, StoreError::AlreadyExists(_)), "{r:?}");
+    }
 }
 
 /// Two nodes (two pools) on one database: what one writes, the other reads

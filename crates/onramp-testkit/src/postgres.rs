@@ -130,7 +130,37 @@ impl Drop for TestDatabase {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    #![allow(clippy::unwrap_used)]
+    use super::{TestDatabase, admin, with_database};
+
+    /// A test that fails still drops its database.
+    #[tokio::test]
+    async fn a_failing_test_leaves_no_database_behind() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let failed = tokio::spawn(async move {
+            let Some(db) = TestDatabase::create().await else {
+                return;
+            };
+            tx.send(db.name().to_owned()).unwrap();
+            panic!("a test that fails while holding {}", db.name());
+        })
+        .await;
+        let Ok(name) = rx.await else {
+            return; // no server here: skipped
+        };
+        assert!(failed.is_err(), "the test failed");
+        let left: i64 = admin()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{name} was dropped");
+    }
 
     #[test]
     fn the_database_of_a_url_is_replaced() {

@@ -14,6 +14,8 @@ use tokio_postgres::error::SqlState;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// How long a schema step (or the wait for another node's) may take.
+const MIGRATION_TIMEOUT_S: u32 = 300;
 
 /// One schema step: the version it brings the database to, and its SQL.
 pub type Step = (i32, &'static str);
@@ -145,8 +147,11 @@ pub(super) async fn migrate_steps(pool: &Pool, steps: &[Step]) -> Result<(), Sto
     let mut conn = connection(pool).await?;
     for &(to, sql) in steps {
         let tx = conn.transaction().await.map_err(pg_error)?;
+        // Another node may hold the lock through a long step: wait for it
+        // longer than a statement may take.
         tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+            "SET LOCAL statement_timeout = '{MIGRATION_TIMEOUT_S}s';
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  version     INTEGER PRIMARY KEY,
                  applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()

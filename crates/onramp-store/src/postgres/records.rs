@@ -251,7 +251,7 @@ impl RecordWrite {
                     )
                     .await?;
                 }
-                registrations::write(tx, service, *r, now)
+                registrations::write(tx, service, *r, now, create_only)
                     .await?
                     .into_record()
             }

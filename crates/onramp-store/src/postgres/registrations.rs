@@ -55,12 +55,15 @@ pub(super) async fn read<C: GenericClient>(
 
 /// Writes a stamped record (see `sqlite::registrations::stamp`), keeping
 /// the creation time of the one it replaces, in one statement; returns it
-/// as stored. Conditions are checked by the caller, in the same transaction.
+/// as stored. `create_only` writes only when there is no record (another
+/// writer's is `AlreadyExists`); other conditions are checked by the
+/// caller, in the same transaction.
 pub(super) async fn write<C: GenericClient>(
     client: &C,
     service: &str,
     mut stored: RegistrationRecord,
     now: UtcTime,
+    create_only: bool,
 ) -> Result<RegistrationRecord, StoreError> {
     let key = stored.state.registration_id.to_ascii_lowercase();
     let mut doc_form = stored.state.clone();
@@ -83,14 +86,21 @@ pub(super) async fn write<C: GenericClient>(
         .transpose()
         .map_err(|e| corrupt("registration placement", e))?;
     let now_text = now.to_string();
-    let row = query(
-        client,
-        "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, created, doc, placement, hub_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (service, id_key) DO UPDATE SET group_key = excluded.group_key,
+    const INSERT: &str = "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, created, doc, placement, hub_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let sql = if create_only {
+        format!("{INSERT} ON CONFLICT (service, id_key) DO NOTHING RETURNING created")
+    } else {
+        format!(
+            "{INSERT} ON CONFLICT (service, id_key) DO UPDATE SET group_key = excluded.group_key,
             operation_id = excluded.operation_id, etag = excluded.etag, doc = excluded.doc,
             placement = excluded.placement, hub_key = excluded.hub_key
-         RETURNING created",
+         RETURNING created"
+        )
+    };
+    let row = query(
+        client,
+        &sql,
         &[
             &service,
             &key,
@@ -107,7 +117,12 @@ pub(super) async fn write<C: GenericClient>(
     .map_err(pg_error_in(service))?;
     let created: String = match row.first() {
         Some(r) => col(r, 0)?,
-        None => now_text.clone(),
+        None => {
+            return Err(StoreError::AlreadyExists(format!(
+                "'{}' already exists",
+                stored.state.registration_id
+            )));
+        }
     };
     stored.state.created_date_time_utc = Some(if created == now_text {
         now
