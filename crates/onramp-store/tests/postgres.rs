@@ -463,3 +463,56 @@ async fn a_node_with_other_master_keys_is_refused() {
         .unwrap();
     assert_eq!(store.policies("t1").await.unwrap().len(), 1);
 }
+
+/// Connections the database drops (a restart, a failover) are answered
+/// `Unavailable` (a retryable 503), never a hang, and the pool makes new
+/// ones: the store serves again without a restart of its own.
+#[tokio::test]
+async fn dropped_connections_are_unavailable_then_replaced() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let store = node(&db).await;
+    given_service(&*store).await;
+    // Hold several pooled connections open, then have the server end them all.
+    let warm = together(4, |_| {
+        let store = store.clone();
+        async move { store.service("t1").await }
+    })
+    .await;
+    assert!(warm.iter().all(Result::is_ok));
+    let client = raw(&db).await;
+    let ended: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "the store's connections were ended");
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    // At worst each pooled connection fails once (the pool holds at most 16).
+    for _ in 0..20 {
+        let answer = store.service("t1").await;
+        let served = answer.is_ok();
+        answers.push(answer);
+        if served {
+            break;
+        }
+    }
+    eprintln!("answers after the connections ended: {answers:?}");
+    for a in &answers {
+        assert!(
+            matches!(a, Ok(Some(_)) | Err(StoreError::Unavailable(_))),
+            "{a:?}"
+        );
+    }
+    assert!(
+        matches!(answers.last(), Some(Ok(Some(_)))),
+        "served again: {answers:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
