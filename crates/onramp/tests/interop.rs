@@ -11,11 +11,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::Server;
 use onramp_core::sas;
 use onramp_model::hub::AuthenticationType;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Tests that bind port 443 take turns.
 static PORT_443: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -185,9 +186,16 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
 /// `onramp serve` on the ports the SDKs insist on, which the test holds
 /// until it drops the guard.
 async fn start_on_sdk_ports() -> (tokio::sync::MutexGuard<'static, ()>, Server) {
+    start_on_sdk_ports_with("").await
+}
+
+/// [`start_on_sdk_ports`] with `config` as the configuration file.
+async fn start_on_sdk_ports_with(config: &str) -> (tokio::sync::MutexGuard<'static, ()>, Server) {
     let port = PORT_443.lock().await;
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data");
+    let config_file = temp.path().join("onramp.toml");
+    std::fs::write(&config_file, config).unwrap();
     let mut server = Server::start_in(
         &dir,
         "127.0.0.1:443",
@@ -196,6 +204,8 @@ async fn start_on_sdk_ports() -> (tokio::sync::MutexGuard<'static, ()>, Server) 
             "127.0.0.1:8883",
             "--amqp-listen",
             "127.0.0.1:5671",
+            "--config",
+            config_file.to_str().unwrap(),
         ],
     );
     server.keep(temp);
@@ -505,6 +515,71 @@ async fn python_sdk_provisions_over_mqtt_and_uses_the_hub() {
             .arg(&ca);
         hub_scenario(&server, command, transport, id, "python").await;
     }
+}
+
+/// Throttled by Onramp (a device over its registrations per minute hears
+/// 429 with Retry-After on its MQTT response topic), the Node and Python
+/// SDKs wait and register again, and succeed once the budget has refilled.
+#[tokio::test]
+async fn throttled_sdks_wait_for_retry_after_and_succeed() {
+    let (Some(node_dir), Some(python_dir)) = (node_dir(), python_dir()) else {
+        return;
+    };
+    let (_port, server) =
+        start_on_sdk_ports_with("[throttle]\ndevice_registrations_per_minute = 2\n").await;
+    let mut devices = Vec::new();
+    for id in ["node-throttled", "py-throttled"] {
+        let key = server.enroll(id, json!({})).await;
+        // The device's two registrations of this minute, spent beforehand.
+        for _ in 0..2 {
+            let (status, _, op) = server.register(id, &key, "?api-version=2021-06-01").await;
+            assert_eq!((status, &op["status"]), (202, &json!("assigned")), "{op}");
+        }
+        let (status, headers, body) = server.register(id, &key, "?api-version=2021-06-01").await;
+        assert_eq!(
+            (status, &body["errorCode"]),
+            (429, &json!(429001)),
+            "{body}"
+        );
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        devices.push((id, key));
+    }
+    let started = std::time::Instant::now();
+    let (node, python) = std::thread::scope(|s| {
+        let (node_id, node_key) = &devices[0];
+        let (py_id, py_key) = &devices[1];
+        let node = s.spawn(|| {
+            provision(
+                &node_dir,
+                &server,
+                "provision_mqtt",
+                node_id,
+                node_key,
+                &["mqtt"],
+            )
+        });
+        let python = s.spawn(|| {
+            python_sdk(
+                &python_dir,
+                &server,
+                "provision.py",
+                &[py_id, py_key, "mqtt"],
+            )
+        });
+        (node.join().unwrap(), python.join().unwrap())
+    });
+    assert_eq!(node["ok"], true, "{node}");
+    assert_eq!(node["result"]["deviceId"], "node-throttled", "{node}");
+    assert_eq!(python["ok"], true, "{python}");
+    assert_eq!(python["status"], "assigned", "{python}");
+    // Neither got through before its budget refilled (a token every 30 s).
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let throttled = server.stderr().matches("Throttled").count();
+    assert!(throttled >= 2, "{throttled} throttled answers in the log");
 }
 
 /// Three small PKIs: a group on a root, a group on an intermediate, a group

@@ -84,7 +84,17 @@ impl Engine {
             .attest_in(found, claim, AttestationStep::Register)
             .await?;
         self.throttle
-            .admit_registration(&service.name, &registration_id.key())?;
+            .admit_registration(&service.name, &registration_id.key())
+            .inspect_err(|e| {
+                tracing::info!(
+                    target: "onramp::device_operations",
+                    operation = "Throttled",
+                    service = %service.name,
+                    registration_id = registration_id.as_str(),
+                    retry_after = e.retry_after,
+                    message = %e.message,
+                );
+            })?;
         let (previous, linked) = earlier;
         if let Proof::Tpm { challenge, .. } = &attested.proof {
             self.spend(&service.name, challenge, &operation_id).await?;
