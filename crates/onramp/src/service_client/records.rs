@@ -1,0 +1,292 @@
+//! `onramp enrollment …` and `onramp group …`: one path for the two
+//! resources, which sit at parallel paths of the service API.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use onramp_model::{EnrollmentKind, ErrorCode, ProvisioningStatus};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::api::{Api, ApiError};
+use super::spec::{allocation_policy, attestation, initial_twin, settings, tpm_key};
+use super::{enc, print};
+use crate::cli::{EnrollmentChanges, EnrollmentSpec, RecordCommand};
+
+/// Individual enrollments and enrollment groups sit at parallel paths of the
+/// service API and are written, shown, listed and deleted the same way.
+#[derive(Clone, Copy)]
+pub(super) struct Records(pub(super) EnrollmentKind);
+
+impl Records {
+    fn path(self) -> &'static str {
+        self.0.collection()
+    }
+
+    pub(super) fn item(self, id: &str) -> String {
+        format!("{}/{}", self.path(), enc(id))
+    }
+
+    pub(super) async fn put(self, api: &Api, id: &str, doc: Value) -> anyhow::Result<Value> {
+        api.call(Method::PUT, &self.item(id), Some(&doc)).await
+    }
+
+    /// The body of a create: the ID, the attestation and the settings of
+    /// the command line.
+    pub(super) fn body(
+        self,
+        id: &str,
+        device_id: Option<String>,
+        spec: &EnrollmentSpec,
+    ) -> anyhow::Result<Value> {
+        let group = self.0 == EnrollmentKind::Group;
+        let mut body = serde_json::to_value(settings(spec)?)?;
+        body[self.0.id_field()] = id.into();
+        body["attestation"] = serde_json::to_value(attestation(spec, group)?)?;
+        match device_id {
+            Some(_) if group => {
+                bail!(
+                    "--device-id is for individual enrollments; a group's devices keep their registration IDs"
+                )
+            }
+            Some(device_id) => body["deviceId"] = device_id.into(),
+            None => {}
+        }
+        Ok(body)
+    }
+
+    /// Whether one with this ID exists (a 404 says it does not).
+    async fn exists(self, api: &Api, id: &str) -> anyhow::Result<bool> {
+        match api.call(Method::GET, &self.item(id), None).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.downcast_ref::<ApiError>()
+                    .is_some_and(|e| e.status == 404) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads it, applies `changes` and writes it back under the ETag read
+    /// (or the one given): a change made in between is not overwritten.
+    async fn update(
+        self,
+        api: &Api,
+        id: &str,
+        changes: &EnrollmentChanges,
+    ) -> anyhow::Result<Value> {
+        let mut doc = api.call(Method::GET, &self.item(id), None).await?;
+        let etag = match &changes.etag {
+            Some(etag) => etag.clone(),
+            None => doc["etag"]
+                .as_str()
+                .map(str::to_owned)
+                .context("the service returned no ETag")?,
+        };
+        if let Some(twin) = &changes.initial_twin {
+            doc["initialTwin"] = serde_json::to_value(initial_twin(twin)?)?;
+        }
+        if let Some(policy) = &changes.allocation_policy {
+            doc["allocationPolicy"] = allocation_policy(policy)?.as_str().into();
+        }
+        if !changes.iot_hubs.is_empty() {
+            doc["iotHubs"] = serde_json::to_value(&changes.iot_hubs)?;
+        }
+        if changes.disable || changes.enable {
+            let status = if changes.disable {
+                ProvisioningStatus::Disabled
+            } else {
+                ProvisioningStatus::Enabled
+            };
+            doc["provisioningStatus"] = status.as_str().into();
+        }
+        if let Some(edge) = changes.edge {
+            doc["capabilities"] = serde_json::json!({"iotEdge": edge});
+        }
+        for (given, field) in [
+            (&changes.key, "primaryKey"),
+            (&changes.secondary_key, "secondaryKey"),
+        ] {
+            let Some(key) = given else { continue };
+            if doc["attestation"]["type"] != "symmetricKey" {
+                bail!(
+                    "{} '{id}' attests with {}: it has no symmetric keys to change",
+                    self.0.noun(),
+                    doc["attestation"]["type"]
+                );
+            }
+            doc["attestation"]["symmetricKey"][field] = key.as_str().into();
+        }
+        api.request(Method::PUT, &self.item(id), Some(&doc), Some(&etag))
+            .await
+    }
+
+    async fn show(self, api: &Api, id: &str, keys: bool) -> anyhow::Result<()> {
+        let mut doc = api.call(Method::GET, &self.item(id), None).await?;
+        if keys {
+            let path = format!("{}/attestationmechanism", self.item(id));
+            doc["attestation"] = api.call(Method::POST, &path, None).await?;
+        }
+        print(&doc)
+    }
+
+    async fn list(self, api: &Api) -> anyhow::Result<()> {
+        let query = format!("{}/query", self.path());
+        print(&Value::Array(api.query_all(&query).await?))
+    }
+
+    async fn export(self, api: &Api, file: Option<&Path>, keys: bool) -> anyhow::Result<()> {
+        let query = format!("{}/query", self.path());
+        let mut lines = String::new();
+        for mut record in api.query_all(&query).await? {
+            if keys {
+                let id = record[self.0.id_field()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = format!("{}/attestationmechanism", self.item(&id));
+                record["attestation"] = api.call(Method::POST, &path, None).await?;
+            }
+            lines.push_str(&serde_json::to_string(&record)?);
+            lines.push('\n');
+        }
+        match file {
+            // Keys or not, enrollments are the operator's alone.
+            Some(path) => onramp_files::write(path, lines.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => print!("{lines}"),
+        }
+        Ok(())
+    }
+
+    /// Creates the records of a JSON Lines file in bulk calls of `batch`.
+    async fn import(self, api: &Api, file: &Path, batch: usize, quiet: bool) -> anyhow::Result<()> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut rejected = Vec::new();
+        let mut records = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(line) {
+                Ok(record) if record[self.0.id_field()].is_string() => records.push(record),
+                Ok(_) => rejected
+                    .push(json!({"line": n + 1, "reason": format!("no {}", self.0.id_field())})),
+                Err(e) => rejected.push(json!({"line": n + 1, "reason": format!("not JSON: {e}")})),
+            }
+        }
+        let progress = crate::bench::bar(records.len() as u64, quiet, "importing");
+        let (mut created, mut existing) = (0usize, 0usize);
+        for chunk in records.chunks(batch) {
+            let mut items = chunk.to_vec();
+            for item in &mut items {
+                // What the service owns is not imported.
+                if let Some(fields) = item.as_object_mut() {
+                    for owned in [
+                        "etag",
+                        "createdDateTimeUtc",
+                        "lastUpdatedDateTimeUtc",
+                        "registrationState",
+                    ] {
+                        fields.remove(owned);
+                    }
+                }
+            }
+            let body = json!({"mode": "create", self.0.collection(): items});
+            let answer = api.call(Method::POST, self.path(), Some(&body)).await?;
+            let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+            let exists = |e: &Value| {
+                e["errorCode"].as_u64() == Some(u64::from(ErrorCode::AlreadyExists.code()))
+            };
+            existing += errors.iter().filter(|e| exists(e)).count();
+            for error in errors.iter().filter(|e| !exists(e)) {
+                rejected.push(error.clone());
+            }
+            created += chunk.len() - errors.len();
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
+        eprintln!(
+            "imported {created} {}, skipped {existing} that exist, rejected {}",
+            self.0.collection(),
+            rejected.len()
+        );
+        if !rejected.is_empty() {
+            let report = file.with_extension("rejected.jsonl");
+            let lines: String = rejected.iter().map(|r| format!("{r}\n")).collect();
+            onramp_files::write(&report, lines.as_bytes())
+                .with_context(|| format!("writing {}", report.display()))?;
+            bail!(
+                "{} records were refused; see {}",
+                rejected.len(),
+                report.display()
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete(self, api: &Api, id: &str) -> anyhow::Result<()> {
+        api.call(Method::DELETE, &self.item(id), None).await?;
+        eprintln!("deleted {} {id}", self.0.short_noun());
+        Ok(())
+    }
+
+    /// Runs `onramp enrollment …` or `onramp group …`.
+    pub(super) async fn run(self, command: RecordCommand) -> anyhow::Result<()> {
+        match command {
+            RecordCommand::Create {
+                api,
+                id,
+                device_id,
+                replace,
+                spec,
+            } => {
+                let id = match (id, &spec.tpm_ek) {
+                    (Some(id), _) => id,
+                    (None, Some(ek)) => tpm_key(ek, "--tpm-ek")?.registration_id(),
+                    (None, None) => match self.0 {
+                        EnrollmentKind::Individual => bail!(
+                            "give the registration ID (only a TPM enrollment, --tpm-ek, can leave it out: \
+                             its key names the device)"
+                        ),
+                        EnrollmentKind::Group => bail!("give the group ID"),
+                    },
+                };
+                let body = self.body(&id, device_id, &spec)?;
+                let api = Api::open(&api).await?;
+                if !replace && self.exists(&api, &id).await? {
+                    bail!(
+                        "{} '{id}' exists; change it with `update`, or replace it with --replace",
+                        self.0.noun()
+                    );
+                }
+                print(&self.put(&api, &id, body).await?)
+            }
+            RecordCommand::Update { api, id, changes } => {
+                let api = Api::open(&api).await?;
+                print(&self.update(&api, &id, &changes).await?)
+            }
+            RecordCommand::Show { api, id, keys } => {
+                self.show(&Api::open(&api).await?, &id, keys).await
+            }
+            RecordCommand::List { api } => self.list(&Api::open(&api).await?).await,
+            RecordCommand::Delete { api, id } => self.delete(&Api::open(&api).await?, &id).await,
+            RecordCommand::Export { api, file, keys } => {
+                self.export(&Api::open(&api).await?, file.as_deref(), keys)
+                    .await
+            }
+            RecordCommand::Import {
+                api,
+                file,
+                batch,
+                quiet,
+            } => {
+                self.import(&Api::open(&api).await?, &file, batch as usize, quiet)
+                    .await
+            }
+        }
+    }
+}
