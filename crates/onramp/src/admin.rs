@@ -9,7 +9,7 @@ use onramp_core::ports::{Store, StoreExt};
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 
-use crate::cli::{LinkedHubCommand, Location, NewPolicy, PolicyCommand, ServiceCommand};
+use crate::cli::{LinkedHubCommand, NewPolicy, PolicyCommand, ServiceCommand, ServiceScope};
 use crate::config::Config;
 use crate::local::{self, Deployment};
 
@@ -114,7 +114,11 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
             webhook_api_version,
             no_webhook,
         } => {
-            let (_, store, name) = open(&location, name).await?;
+            let (_, store, name) = open(ServiceScope {
+                location,
+                service: name,
+            })
+            .await?;
             let mut service = store
                 .service(&name)
                 .await?
@@ -182,21 +186,16 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
 
 pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
-        PolicyCommand::List { location, service } => {
-            let (_, store, service) = open(&location, service).await?;
+        PolicyCommand::List { scope } => {
+            let (_, store, service) = open(scope).await?;
             println!("{:<24} RIGHTS", "NAME");
             for p in store.policies(&service).await? {
                 println!("{:<24} {}", p.name, p.rights);
             }
             Ok(())
         }
-        PolicyCommand::Show {
-            location,
-            name,
-            service,
-            keys,
-        } => {
-            let (config, store, service) = open(&location, service).await?;
+        PolicyCommand::Show { scope, name, keys } => {
+            let (config, store, service) = open(scope).await?;
             let policy = existing_policy(&*store, &service, &name).await?;
             println!("Policy    {}", policy.name);
             println!("Service   {service}");
@@ -215,12 +214,8 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PolicyCommand::Create(new) => add_policy(new, false).await,
-        PolicyCommand::Delete {
-            location,
-            name,
-            service,
-        } => {
-            let (_, store, service) = open(&location, service).await?;
+        PolicyCommand::Delete { scope, name } => {
+            let (_, store, service) = open(scope).await?;
             if name == OWNER_POLICY {
                 anyhow::bail!(
                     "policy '{OWNER_POLICY}' is how this CLI and the console reach the service; \
@@ -235,13 +230,8 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             eprintln!("deleted policy '{name}' of '{service}'");
             Ok(())
         }
-        PolicyCommand::RegenerateKey {
-            location,
-            name,
-            key,
-            service,
-        } => {
-            let (config, store, service) = open(&location, service).await?;
+        PolicyCommand::RegenerateKey { scope, name, key } => {
+            let (config, store, service) = open(scope).await?;
             let mut policy = existing_policy(&*store, &service, &name).await?;
             let fresh = keys::generate();
             let shown = if key == "secondary" {
@@ -266,12 +256,11 @@ pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
 /// `replace`) and prints its connection string.
 async fn add_policy(new: NewPolicy, replace: bool) -> anyhow::Result<()> {
     let NewPolicy {
-        location,
+        scope,
         name,
         rights,
-        service,
     } = new;
-    let (config, store, service) = open(&location, service).await?;
+    let (config, store, service) = open(scope).await?;
     if !replace
         && store
             .policies(&service)
@@ -328,15 +317,14 @@ async fn existing_policy(
 pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
     match command {
         LinkedHubCommand::Add {
-            location,
+            scope,
             connection_string,
             region,
             weight,
             no_allocation,
             companion,
-            service,
         } => {
-            let (_, store, service) = open(&location, service).await?;
+            let (_, store, service) = open(scope).await?;
             let link = LinkedHubs::new(store)
                 .add(
                     &service,
@@ -355,8 +343,8 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        LinkedHubCommand::List { location, service } => {
-            let (_, store, service) = open(&location, service).await?;
+        LinkedHubCommand::List { scope } => {
+            let (_, store, service) = open(scope).await?;
             let latencies = store.hub_latencies().await?;
             println!(
                 "{:<36} {:<12} {:>6} {:<9} {:<9} {:>8}  LATENCY (node: smoothed round trip)",
@@ -400,12 +388,8 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LinkedHubCommand::Show {
-            location,
-            name,
-            service,
-        } => {
-            let (_, store, service) = open(&location, service).await?;
+        LinkedHubCommand::Show { scope, name } => {
+            let (_, store, service) = open(scope).await?;
             let hub = store
                 .linked_hubs(&service)
                 .await?
@@ -442,15 +426,14 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LinkedHubCommand::Update {
-            location,
+            scope,
             name,
             connection_string,
             region,
             weight,
             allocation,
-            service,
         } => {
-            let (_, store, service) = open(&location, service).await?;
+            let (_, store, service) = open(scope).await?;
             let changes = LinkChanges {
                 connection_string,
                 region,
@@ -483,13 +466,8 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        LinkedHubCommand::Remove {
-            location,
-            name,
-            service,
-            yes,
-        } => {
-            let (_, store, service) = open(&location, service).await?;
+        LinkedHubCommand::Remove { scope, name, yes } => {
+            let (_, store, service) = open(scope).await?;
             let hubs = LinkedHubs::new(store);
             let when = if yes {
                 Unlink::EvenWithDevices
@@ -550,17 +528,17 @@ fn service_default_policy(text: &str, has_webhook: bool) -> anyhow::Result<Alloc
     }
 }
 
+/// The configuration, the store and the name of the (existing) service `scope` names.
 async fn open(
-    location: &Location,
-    service: Option<String>,
+    scope: ServiceScope,
 ) -> anyhow::Result<(
     Config,
     std::sync::Arc<dyn onramp_core::ports::Store>,
     String,
 )> {
-    let config = Config::load(location)?;
+    let config = Config::load(&scope.location)?;
     let store = local::open_existing(&config).await?;
-    let service = service.unwrap_or_else(|| config.service.name.clone());
+    let service = scope.service.unwrap_or_else(|| config.service.name.clone());
     if store.service(&service).await?.is_none() {
         anyhow::bail!("no provisioning service named '{service}'");
     }

@@ -91,6 +91,26 @@ pub struct OperationRequest {
     pub protocol: Protocol,
 }
 
+impl OperationRequest {
+    /// Who polls (what a status lookup carries) and the operation polled.
+    fn into_parts(self) -> (StatusRequest, String) {
+        let OperationRequest {
+            id_scope,
+            registration_id,
+            credential,
+            operation_id,
+            protocol,
+        } = self;
+        let asker = StatusRequest {
+            id_scope,
+            registration_id,
+            credential,
+            protocol,
+        };
+        (asker, operation_id)
+    }
+}
+
 /// A device asks for its registration record.
 #[derive(Debug, Clone)]
 pub struct StatusRequest {

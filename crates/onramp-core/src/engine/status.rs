@@ -3,7 +3,8 @@
 //! record.
 
 use onramp_model::{
-    DeviceRegistrationState, ErrorCode, RegistrationOperationStatus, RegistrationStatus,
+    DeviceRegistrationState, ErrorCode, RegistrationId, RegistrationOperationStatus,
+    RegistrationStatus,
 };
 
 use super::authenticate::Claim;
@@ -12,6 +13,7 @@ use super::{Engine, OperationRequest, StatusRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::events::AttestationStep;
 use crate::ports::{RegistrationRecord, StoreExt};
+use crate::tenant::ProvisioningService;
 
 impl Engine {
     /// Answers a poll: `assigning` while the work runs, then the recorded result.
@@ -19,26 +21,20 @@ impl Engine {
         &self,
         req: OperationRequest,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
-        let registration_id = parse_registration_id(&req.registration_id)?;
-        let claim = Claim::of(
-            &req.id_scope,
-            &registration_id,
-            &req.credential,
-            req.protocol,
-        );
-        let (service, _) = self
-            .authenticate(claim, AttestationStep::OperationStatus)
+        let (asker, operation_id) = req.into_parts();
+        let (registration_id, service) = self
+            .authenticate_asker(&asker, AttestationStep::OperationStatus)
             .await?;
         let key = registration_id.key();
         let running = self
             .lock_in_flight()
             .by_operation
-            .get(&req.operation_id)
+            .get(&operation_id)
             .filter(|f| f.service == service.name && f.registration_key == key)
             .cloned();
         if let Some(op) = running {
             return Ok(RegistrationOperationStatus {
-                operation_id: req.operation_id,
+                operation_id,
                 status: RegistrationStatus::Assigning,
                 registration_state: Some(DeviceRegistrationState::new(
                     op.registration_id,
@@ -51,12 +47,12 @@ impl Engine {
                 ErrorCode::OperationNotFound,
                 format!(
                     "operation '{}' of registration '{registration_id}' is unknown or older than {} minutes; register again",
-                    req.operation_id,
+                    operation_id,
                     self.config.operation_ttl_seconds / 60
                 ),
             )
         };
-        let started = operation_started(&req.operation_id).ok_or_else(not_found)?;
+        let started = operation_started(&operation_id).ok_or_else(not_found)?;
         let now = self.clock.now();
         if now.unix_nanos() - started
             > i128::from(self.config.operation_ttl_seconds) * 1_000_000_000
@@ -71,7 +67,7 @@ impl Engine {
         // An operation newer than the record's ended without one (its write
         // failed, or the process stopped): answering the older record would
         // tell the device a stale hub.
-        if record.operation_id != req.operation_id
+        if record.operation_id != operation_id
             && operation_started(&record.operation_id).is_some_and(|recorded| recorded < started)
         {
             return Err(ProvisioningError::new(
@@ -79,14 +75,14 @@ impl Engine {
                 format!(
                     "operation '{}' of registration '{registration_id}' ended without a result; \
                      register again",
-                    req.operation_id
+                    operation_id
                 ),
             ));
         }
         // Any earlier operation of this device answers with its current
         // record: polls may arrive late.
         Ok(RegistrationOperationStatus {
-            operation_id: req.operation_id,
+            operation_id,
             status: record.state.status,
             registration_state: Some(record.state),
         })
@@ -99,15 +95,8 @@ impl Engine {
         &self,
         req: StatusRequest,
     ) -> Result<DeviceRegistrationState, ProvisioningError> {
-        let registration_id = parse_registration_id(&req.registration_id)?;
-        let claim = Claim::of(
-            &req.id_scope,
-            &registration_id,
-            &req.credential,
-            req.protocol,
-        );
-        let (service, _) = self
-            .authenticate(claim, AttestationStep::RegistrationStatus)
+        let (registration_id, service) = self
+            .authenticate_asker(&req, AttestationStep::RegistrationStatus)
             .await?;
         let state = self
             .store
@@ -131,5 +120,23 @@ impl Engine {
             ));
         }
         Ok(state)
+    }
+
+    /// Parses the registration ID a device asks about and authenticates the
+    /// device as its holder: polls and status lookups read only their own.
+    async fn authenticate_asker(
+        &self,
+        asker: &StatusRequest,
+        step: AttestationStep,
+    ) -> Result<(RegistrationId, ProvisioningService), ProvisioningError> {
+        let registration_id = parse_registration_id(&asker.registration_id)?;
+        let claim = Claim::of(
+            &asker.id_scope,
+            &registration_id,
+            &asker.credential,
+            asker.protocol,
+        );
+        let (service, _) = self.authenticate(claim, step).await?;
+        Ok((registration_id, service))
     }
 }

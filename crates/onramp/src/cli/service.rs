@@ -73,7 +73,7 @@ pub enum LinkedHubCommand {
     /// Link a hub given its connection string (a policy with registry write rights).
     Add {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The hub's connection string (a policy with registry read and write rights).
         #[arg(long)]
         connection_string: String,
@@ -89,32 +89,23 @@ pub enum LinkedHubCommand {
         /// The hub is an Onramp companion hub (it is then given the CAs of X.509 groups).
         #[arg(long)]
         companion: bool,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
     },
     /// List linked hubs.
     List {
         #[command(flatten)]
-        location: Location,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
+        scope: ServiceScope,
     },
     /// Show one linked hub as JSON: its settings, devices and measured latency.
     Show {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The hub's host name.
         name: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
     },
     /// Change a linked hub's allocation settings or connection string.
     Update {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The hub's host name.
         name: String,
         /// The hub's connection string (a policy with registry read and write rights).
@@ -130,19 +121,13 @@ pub enum LinkedHubCommand {
         /// when an enrollment names it (off).
         #[arg(long, value_parser = ["on", "off"])]
         allocation: Option<String>,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
     },
     /// Unlink a hub. Devices on it stay there until they register again.
     Remove {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The hub's host name.
         name: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
         /// Unlink even when devices are registered on the hub.
         #[arg(long)]
         yes: bool,
@@ -371,12 +356,19 @@ pub enum RegistrationCommand {
 #[derive(Args, Debug)]
 pub struct NewPolicy {
     #[command(flatten)]
-    pub location: Location,
+    pub scope: ServiceScope,
     /// The policy name (case-sensitive).
     pub name: String,
     /// Rights, e.g. "EnrollmentRead, RegistrationStatusRead".
     #[arg(long)]
     pub rights: String,
+}
+
+/// The deployment, and which of its provisioning services a command is about.
+#[derive(Args, Debug)]
+pub struct ServiceScope {
+    #[command(flatten)]
+    pub location: Location,
     /// Provisioning service (default: the configured one).
     #[arg(long)]
     pub service: Option<String>,
@@ -388,20 +380,14 @@ pub enum PolicyCommand {
     /// List the policies and their rights.
     List {
         #[command(flatten)]
-        location: Location,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
+        scope: ServiceScope,
     },
     /// Show one policy; --keys adds its connection strings.
     Show {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The policy name (case-sensitive).
         name: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
         /// Also show the connection strings (they hold the keys).
         #[arg(long)]
         keys: bool,
@@ -411,25 +397,19 @@ pub enum PolicyCommand {
     /// Delete a policy: tokens signed with its keys stop working.
     Delete {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The policy name (case-sensitive).
         name: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
     },
     /// Give a policy a new primary or secondary key. Clients holding the
     /// other key keep working: move them over, then regenerate that one.
     RegenerateKey {
         #[command(flatten)]
-        location: Location,
+        scope: ServiceScope,
         /// The policy name (case-sensitive).
         name: String,
         /// Which key: primary or secondary.
         #[arg(long, value_parser = ["primary", "secondary"], default_value = "primary")]
         key: String,
-        /// Provisioning service (default: the configured one).
-        #[arg(long)]
-        service: Option<String>,
     },
 }
