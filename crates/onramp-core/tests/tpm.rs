@@ -14,7 +14,7 @@ use std::sync::Arc;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
-use onramp_core::engine::{Engine, EngineConfig, OperationRequest, RegisterRequest, StatusRequest};
+use onramp_core::engine::{Engine, OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::{IdentityAuth, Store, StoreExt, TpmChallenge};
 use onramp_core::sas;
@@ -24,7 +24,7 @@ use onramp_model::{
     IndividualEnrollment, RegistrationStatus, TpmAttestation, UtcTime,
 };
 use onramp_testkit::swtpm::{EK_HANDLE, SRK_HANDLE, Swtpm, data_dir, tools_installed};
-use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, engine_over, given};
 
 /// What a device does with its TPM, through tpm2-tools.
 trait DeviceSteps {
@@ -287,14 +287,7 @@ async fn provisioning(ek: &RsaPublic) -> Provisioning {
         .unwrap();
     given(&*store, "default", conformance::hub("hub-a")).await;
     given(&*store, "default", tpm_enrollment(TPM_DEVICE, ek)).await;
-    let hubs = Arc::new(RecordingHubs::default());
-    let clock = Arc::new(ManualClock::new(UtcTime::now()));
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        hubs.clone(),
-        clock.clone(),
-        EngineConfig::default(),
-    ));
+    let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
     Provisioning {
         engine,
         store,
@@ -322,6 +315,15 @@ fn tpm_enrollment(id: &str, ek: &RsaPublic) -> IndividualEnrollment {
 impl Provisioning {
     fn resource(&self) -> String {
         format!("{}/registrations/{TPM_DEVICE}", self.scope)
+    }
+
+    /// The challenge the store keeps for the TPM device.
+    async fn kept_challenge(&self) -> TpmChallenge {
+        self.store
+            .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     fn register(
@@ -493,12 +495,7 @@ async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
     // The right keys: a challenge whose key the store keeps.
     let challenge = p.ask_challenge(&ek, &srk).await;
     assert!(challenge.tpm_challenge.is_some());
-    let kept = p
-        .store
-        .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
-        .await
-        .unwrap()
-        .unwrap();
+    let kept = p.kept_challenge().await;
     assert_eq!(kept.spent_by, None);
     assert_eq!(
         STANDARD.decode(kept.key.expose()).unwrap().len(),
@@ -522,12 +519,7 @@ fn assert_refused(e: &ProvisioningError, code: ErrorCode, what: &str) {
 /// A token signed with the key of the challenge the store now keeps, as the
 /// device would sign it after opening the blob.
 async fn token_of_pending_challenge(p: &Provisioning) -> String {
-    let kept = p
-        .store
-        .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
-        .await
-        .unwrap()
-        .unwrap();
+    let kept = p.kept_challenge().await;
     sas::sign(
         &p.resource(),
         kept.key.expose(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use onramp_core::admin::EnrollmentResource;
 use onramp_core::attest::DeviceCredential;
-use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
+use onramp_core::engine::{Engine, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::ports::StoreExt;
@@ -20,7 +20,7 @@ use onramp_model::{
     UtcTime, X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 use onramp_net::pki::dev_certs::{Issued, Validity};
-use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, engine_over, given};
 
 struct World {
     store: Arc<MemoryStore>,
@@ -35,14 +35,7 @@ async fn world() -> World {
     let svc = conformance::service("default", 0x5A5A);
     store.create_service(&svc, &[]).await.unwrap();
     given(&*store, "default", conformance::hub("hub-a")).await;
-    let hubs = Arc::new(RecordingHubs::default());
-    let clock = Arc::new(ManualClock::new(UtcTime::now()));
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        hubs.clone(),
-        clock.clone(),
-        EngineConfig::default(),
-    ));
+    let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
     World {
         store,
         hubs,

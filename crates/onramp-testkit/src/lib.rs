@@ -8,7 +8,8 @@
 //!   what it was asked, and hub latencies set by hand.
 //! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
 //! - [`ManualClock`]: a clock tests set.
-//! - [`given`]: a record stored as a test's setup.
+//! - [`given`]: a record stored as a test's setup; [`engine_over`]: an
+//!   engine over a store with recording hubs and a clock set by hand.
 //! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
 //!   that speak the TPM simulator protocol.
 //! - [`postgres`]: a PostgreSQL database of a test's own, dropped after it.
@@ -32,6 +33,9 @@ pub use hubs::{FixedLatency, RecordingHubs};
 pub use store::MemoryStore;
 pub use webhook::ScriptedWebhook;
 
+use std::sync::Arc;
+
+use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
 use onramp_model::UtcTime;
 
@@ -47,4 +51,21 @@ pub async fn given<T: StoredRecord>(store: &dyn Store, service: &str, record: T)
         .put(service, record, Precondition::None, UtcTime::now())
         .await
         .expect("storing a test's setup")
+}
+
+/// An engine with the default configuration over `store`, with hubs that
+/// record what they are asked and a clock set by hand (starting at `now`).
+pub fn engine_over(
+    store: Arc<MemoryStore>,
+    now: UtcTime,
+) -> (Arc<Engine>, Arc<RecordingHubs>, Arc<ManualClock>) {
+    let hubs = Arc::new(RecordingHubs::default());
+    let clock = Arc::new(ManualClock::new(now));
+    let engine = Arc::new(Engine::new(
+        store,
+        hubs.clone(),
+        clock.clone(),
+        EngineConfig::default(),
+    ));
+    (engine, hubs, clock)
 }

@@ -169,6 +169,21 @@ async fn a_data_directory_in_use_is_refused_to_a_second_server() {
     assert!(hub.device_ids().await.is_empty(), "the hub still answers");
 }
 
+/// `onramp serve` on these HTTPS and MQTT addresses (AMQP on a free port,
+/// no metrics listener), then `extra`.
+fn serve_on<'a>(https: &'a str, mqtt: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "serve",
+        "--amqp-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--https-listen", https, "--mqtt-listen", mqtt]);
+    args
+}
+
 #[tokio::test]
 async fn a_failed_start_changes_nothing_on_disk() {
     let temp = tempfile::tempdir().unwrap();
@@ -186,49 +201,21 @@ async fn a_failed_start_changes_nothing_on_disk() {
     let attempts: Vec<(&str, Vec<&str>, &str)> = vec![
         (
             "HTTPS port in use",
-            vec![
-                "serve",
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--https-listen",
-                &busy.1,
-                "--mqtt-listen",
-                "127.0.0.1:0",
-            ],
+            serve_on(&busy.1, "127.0.0.1:0", &[]),
             "cannot listen on",
         ),
         (
             "MQTT port in use",
-            vec![
-                "serve",
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--https-listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-                &busy.1,
-            ],
+            serve_on("127.0.0.1:0", &busy.1, &[]),
             "cannot listen for MQTT",
         ),
         (
             "certificate missing",
-            vec![
-                "serve",
-                "--amqp-listen",
+            serve_on(
                 "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--config",
-                missing_cert.to_str().unwrap(),
-                "--https-listen",
                 "127.0.0.1:0",
-                "--mqtt-listen",
-                "127.0.0.1:0",
-            ],
+                &["--config", missing_cert.to_str().unwrap()],
+            ),
             "/nonexistent/server.pem",
         ),
         (

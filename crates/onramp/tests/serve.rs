@@ -738,12 +738,7 @@ async fn first_provisioning_with_the_cli() {
     assert_eq!(listed, json!([]));
 
     let out = server.cli(&provision("stranger", &["--key", &key]));
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("404201"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "404201");
 }
 
 #[tokio::test]
@@ -1268,12 +1263,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
     assert_eq!(summary["assigned"], 20, "{summary}");
     assert!(holds::<RegistrationRecord>(&*store, "imp-0000180").await);
     let out = server.cli(&[&["bench"][..], &individual("490", "20")].concat());
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--first 490 plus --devices 20"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "--first 490 plus --devices 20");
 
     // Importing the same prefix twice is refused with a hint.
     let out = server.cli(&[
@@ -1285,8 +1275,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
         "--prefix",
         "imp",
     ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--skip-create"));
+    common::assert_failed_saying(&out, "--skip-create");
 }
 
 #[tokio::test]
@@ -1353,12 +1342,7 @@ async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_
         "sim-tpm-1",
         &["--tpm", tpm, "--protocol", "mqtt"],
     ));
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("provisions over HTTPS"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "provisions over HTTPS");
 }
 
 #[tokio::test]
@@ -1416,21 +1400,11 @@ async fn registrations_and_group_device_keys_from_the_cli() {
         "--etag",
         "\"stale\"",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("412"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "412");
     let etag = common::text(&shown["etag"]);
     server.cli_ok(&["registration", "delete", "line-9-unit-1", "--etag", &etag]);
     let out = server.cli(&["registration", "show", "line-9-unit-1"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("404203"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "404203");
     let listed = cli_json(&["registration", "list", "--group-id", "line-9"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
@@ -1454,12 +1428,7 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
 
     // Creating an ID that exists is refused unless it says --replace.
     let out = server.cli(&["enrollment", "create", "upd-1"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--replace"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "--replace");
     let replaced = cli_json(&["enrollment", "create", "upd-1", "--replace", "--key", &key]);
     assert_ne!(replaced["etag"], created["etag"]);
 
@@ -1499,12 +1468,7 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
         "--etag",
         &stale,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("412"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "412");
     assert_eq!(
         cli_json(&["enrollment", "show", "upd-1"])["provisioningStatus"],
         "disabled"
@@ -1703,12 +1667,7 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
     );
     assert_eq!(cert["properties"]["isVerified"], false);
     let out = server.cli(&["cert", "show", "no-such-cert"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("404"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_failed_saying(&out, "404");
 }
 
 #[tokio::test]

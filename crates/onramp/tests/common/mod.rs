@@ -516,6 +516,14 @@ pub async fn answer(req: reqwest::RequestBuilder) -> (u16, reqwest::header::Head
     )
 }
 
+/// Asserts that a command failed and that its standard error says `needle`.
+#[track_caller]
+pub fn assert_failed_saying(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the command succeeded: {stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
 /// Asserts an answer's HTTP status and its Azure error code.
 #[track_caller]
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: u64) {
