@@ -10,7 +10,7 @@ use onramp_core::allocate::{HubSelection, Proximity, allocate};
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, EngineConfig, RegisterRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::{Store, StoreExt, SystemClock, TpmChallenge};
+use onramp_core::ports::{Store, StoreExt, StoredRecord, SystemClock, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::RsaPublic;
 use onramp_model::{
@@ -18,6 +18,7 @@ use onramp_model::{
     IndividualEnrollment, TpmAttestation,
 };
 use onramp_testkit::{MemoryStore, RecordingHubs, conformance, given};
+use tokio::runtime::Runtime;
 
 const GROUP_KEY: &str = "cHJpbWFyeS1rZXktZm9yLXRlc3RzLTEyMw==";
 
@@ -64,7 +65,13 @@ fn allocation(c: &mut Criterion) {
     });
 }
 
-fn engine(c: &mut Criterion) {
+/// A runtime and an engine over an in-memory store that holds service
+/// `default` (ID scope number `scope`), hub `hub-a` and `enrollment`;
+/// returns them with the store and the ID scope.
+fn engine_over<T: StoredRecord>(
+    scope: u32,
+    enrollment: T,
+) -> (Runtime, Arc<MemoryStore>, String, Arc<Engine>) {
     // Timers on: a registration runs in a task the engine awaits within its
     // reply budget.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -72,20 +79,23 @@ fn engine(c: &mut Criterion) {
         .build()
         .unwrap();
     let store = Arc::new(MemoryStore::new());
-    let svc = conformance::service("default", 0xA2B3);
-    let scope = svc.id_scope.to_string();
-    let group = conformance::group("fleet");
+    let svc = conformance::service("default", scope);
     rt.block_on(async {
         store.create_service(&svc, &[]).await.unwrap();
         given(&*store, "default", conformance::hub("hub-a")).await;
-        given(&*store, "default", group.clone()).await;
+        given(&*store, "default", enrollment).await;
     });
     let engine = Arc::new(Engine::new(
-        store,
+        store.clone(),
         Arc::new(RecordingHubs::default()),
         Arc::new(SystemClock),
         EngineConfig::default(),
     ));
+    (rt, store, svc.id_scope.to_string(), engine)
+}
+
+fn engine(c: &mut Criterion) {
+    let (rt, _, scope, engine) = engine_over(0xA2B3, conformance::group("fleet"));
     let key = sas::derive_device_key(GROUP_KEY, "device-000042").unwrap();
     let token = sas::sign(
         &format!("{scope}/registrations/device-000042"),
@@ -114,13 +124,6 @@ fn engine(c: &mut Criterion) {
 /// the key kept), then the retry signed with that key (the token checked,
 /// the challenge spent, the hub key wrapped in a second blob).
 fn engine_tpm(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let svc = conformance::service("default", 0xA2B4);
-    let scope = svc.id_scope.to_string();
     let ek = RsaPublic::parse(include_bytes!("../tests/data/tpm/ek.pub")).unwrap();
     let srk = RsaPublic::parse(include_bytes!("../tests/data/tpm/srk.pub")).unwrap();
     let enrollment = IndividualEnrollment {
@@ -135,17 +138,7 @@ fn engine_tpm(c: &mut Criterion) {
         }),
         ..Default::default()
     };
-    rt.block_on(async {
-        store.create_service(&svc, &[]).await.unwrap();
-        given(&*store, "default", conformance::hub("hub-a")).await;
-        given(&*store, "default", enrollment).await;
-    });
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        Arc::new(RecordingHubs::default()),
-        Arc::new(SystemClock),
-        EngineConfig::default(),
-    ));
+    let (rt, store, scope, engine) = engine_over(0xA2B4, enrollment);
     let request = |credential| RegisterRequest {
         id_scope: scope.clone(),
         registration_id: "tpm-device".into(),

@@ -350,6 +350,14 @@ mod tests {
         }
     }
 
+    /// An enrollment with this attestation and nothing else.
+    fn attested(attestation: AttestationMechanism) -> IndividualEnrollment {
+        IndividualEnrollment {
+            attestation: Some(attestation),
+            ..Default::default()
+        }
+    }
+
     fn sym() -> Option<AttestationMechanism> {
         Some(AttestationMechanism {
             kind: AttestationType::SymmetricKey,
@@ -407,17 +415,14 @@ mod tests {
                 "differs from 'd'",
             ),
             (
-                IndividualEnrollment {
-                    attestation: Some(AttestationMechanism {
-                        kind: AttestationType::SymmetricKey,
-                        symmetric_key: Some(SymmetricKeyAttestation {
-                            primary_key: Some(Secret::new("c2hvcnQ=")),
-                            secondary_key: None,
-                        }),
-                        ..Default::default()
+                attested(AttestationMechanism {
+                    kind: AttestationType::SymmetricKey,
+                    symmetric_key: Some(SymmetricKeyAttestation {
+                        primary_key: Some(Secret::new("c2hvcnQ=")),
+                        secondary_key: None,
                     }),
                     ..Default::default()
-                },
+                }),
                 "attestation.symmetricKey.primaryKey decodes to 5 bytes",
             ),
             (
@@ -437,47 +442,38 @@ mod tests {
                 "exactly one hub",
             ),
             (
-                IndividualEnrollment {
-                    attestation: Some(AttestationMechanism {
-                        kind: AttestationType::Tpm,
-                        ..Default::default()
-                    }),
+                attested(AttestationMechanism {
+                    kind: AttestationType::Tpm,
                     ..Default::default()
-                },
+                }),
                 "attestation.tpm is required",
             ),
             (
-                IndividualEnrollment {
-                    attestation: Some(AttestationMechanism {
-                        kind: AttestationType::Tpm,
-                        tpm: Some(onramp_model::TpmAttestation {
-                            endorsement_key: "%%%".into(),
-                            storage_root_key: None,
-                        }),
-                        ..Default::default()
+                attested(AttestationMechanism {
+                    kind: AttestationType::Tpm,
+                    tpm: Some(onramp_model::TpmAttestation {
+                        endorsement_key: "%%%".into(),
+                        storage_root_key: None,
                     }),
                     ..Default::default()
-                },
+                }),
                 "attestation.tpm.endorsementKey is not valid base64",
             ),
             (
-                IndividualEnrollment {
-                    attestation: Some(AttestationMechanism {
-                        kind: AttestationType::X509,
-                        x509: Some(onramp_model::X509Attestation {
-                            client_certificates: Some(X509Certificates {
-                                primary: Some(X509CertificateWithInfo {
-                                    certificate: Some("nonsense".into()),
-                                    info: None,
-                                }),
-                                secondary: None,
+                attested(AttestationMechanism {
+                    kind: AttestationType::X509,
+                    x509: Some(onramp_model::X509Attestation {
+                        client_certificates: Some(X509Certificates {
+                            primary: Some(X509CertificateWithInfo {
+                                certificate: Some("nonsense".into()),
+                                info: None,
                             }),
-                            ..Default::default()
+                            secondary: None,
                         }),
                         ..Default::default()
                     }),
                     ..Default::default()
-                },
+                }),
                 "attestation.x509.clientCertificates.primary.certificate",
             ),
             (

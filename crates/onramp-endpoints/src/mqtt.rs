@@ -260,25 +260,20 @@ mod tests {
 
     #[test]
     fn usernames_tell_dps_from_hub() {
-        assert_eq!(
-            parse_dps_username(
-                "0ne00TEST01/registrations/dev-01/api-version=2019-03-31&ClientVersion=x%2F1"
+        let device = Some(("0ne00TEST01", "dev-01"));
+        let cases = [
+            (
+                "0ne00TEST01/registrations/dev-01/api-version=2019-03-31&ClientVersion=x%2F1",
+                device,
             ),
-            Some(("0ne00TEST01", "dev-01"))
-        );
-        assert_eq!(
-            parse_dps_username("0ne00TEST01/registrations/dev-01"),
-            Some(("0ne00TEST01", "dev-01"))
-        );
-        assert_eq!(
-            parse_dps_username("localhost/dev-01/?api-version=2021-04-12"),
-            None
-        );
-        assert_eq!(
-            parse_dps_username("localhost/registrations/?api-version=2021-04-12"),
-            None,
-            "a hub device named 'registrations'"
-        );
-        assert_eq!(parse_dps_username(""), None);
+            ("0ne00TEST01/registrations/dev-01", device),
+            ("localhost/dev-01/?api-version=2021-04-12", None),
+            // A hub device named 'registrations'.
+            ("localhost/registrations/?api-version=2021-04-12", None),
+            ("", None),
+        ];
+        for (username, want) in cases {
+            assert_eq!(parse_dps_username(username), want, "{username:?}");
+        }
     }
 }

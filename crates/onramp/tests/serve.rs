@@ -384,10 +384,7 @@ async fn service_calls_need_a_valid_token_and_the_right_right() {
     }
     let (status, headers, v) = get(token("other.example.net", later), "2021-10-01").await;
     assert_azure_error("token for another host", status, &headers, &v, 401, 401002);
-    assert!(
-        v["message"].as_str().unwrap().contains("other.example.net"),
-        "{v}"
-    );
+    common::assert_message_says(&v, "other.example.net");
     let (status, headers, v) = get(token(&host, unix_now() - 3600), "2021-10-01").await;
     assert_azure_error("expired token", status, &headers, &v, 401, 401002);
 }
@@ -483,13 +480,7 @@ async fn service_api_pages_and_guards_with_etags() {
         ("wrong type", 400, 400001),
     )
     .await;
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("attestation.symmetricKey.primaryKey"),
-        "{v}"
-    );
+    common::assert_message_says(&v, "attestation.symmetricKey.primaryKey");
 }
 
 /// The attestation mechanism of `resource` (`enrollments/{id}` or
@@ -693,18 +684,17 @@ fn provision<'a>(id: &'a str, credential: &[&'a str]) -> Vec<&'a str> {
 #[tokio::test]
 async fn first_provisioning_with_the_cli() {
     let server = Server::start("127.0.0.1:0");
-    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
-    let created = cli_json(&["enrollment", "create", "my-first-device"]);
+    let created = server.cli_json(&["enrollment", "create", "my-first-device"]);
     let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
-    let result = cli_json(&provision("my-first-device", &["--key", &key]));
+    let result = server.cli_json(&provision("my-first-device", &["--key", &key]));
     assert_eq!(result["status"], "assigned");
     assert_eq!(result["registrationState"]["deviceId"], "my-first-device");
 
     let twin = r#"{"properties":{"desired":{"rate":10}}}"#;
-    let group = cli_json(&["group", "create", "line-7", "--initial-twin", twin]);
+    let group = server.cli_json(&["group", "create", "line-7", "--initial-twin", twin]);
     let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
     let payload = r#"{"fw":"1.0"}"#;
-    let result = cli_json(&provision(
+    let result = server.cli_json(&provision(
         "line-7-unit-1",
         &["--group-key", &group_key, "--payload", payload],
     ));
@@ -712,10 +702,10 @@ async fn first_provisioning_with_the_cli() {
         result["registrationState"]["symmetricKey"]["enrollmentGroupId"],
         "line-7"
     );
-    let listed = cli_json(&["group", "list"]);
+    let listed = server.cli_json(&["group", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     // Listed and shown without keys unless asked for them.
-    let shown = cli_json(&["group", "show", "line-7"]);
+    let shown = server.cli_json(&["group", "show", "line-7"]);
     assert_eq!(shown["initialTwin"]["properties"]["desired"]["rate"], 10);
     for (what, group) in [("listed", &listed[0]), ("shown", &shown)] {
         assert_eq!(group["enrollmentGroupId"], "line-7", "{what}");
@@ -726,15 +716,15 @@ async fn first_provisioning_with_the_cli() {
             "{what}: {group}"
         );
     }
-    let shown = cli_json(&["group", "show", "line-7", "--keys"]);
+    let shown = server.cli_json(&["group", "show", "line-7", "--keys"]);
     assert_eq!(
         shown["attestation"]["symmetricKey"]["primaryKey"],
         group_key.as_str()
     );
-    let shown = cli_json(&["enrollment", "show", "my-first-device"]);
+    let shown = server.cli_json(&["enrollment", "show", "my-first-device"]);
     assert_eq!(shown["registrationState"]["status"], "assigned");
     server.cli_ok(&["enrollment", "delete", "my-first-device"]);
-    let listed = cli_json(&["enrollment", "list"]);
+    let listed = server.cli_json(&["enrollment", "list"]);
     assert_eq!(listed, json!([]));
 
     let out = server.cli(&provision("stranger", &["--key", &key]));
@@ -883,13 +873,7 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
         401,
         401004,
     );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("leads to no enrolled certificate"),
-        "{body}"
-    );
+    common::assert_message_says(&body, "leads to no enrolled certificate");
 
     // A TPM device's first request: its keys in the body, no token.
     let (status, headers, body) = server
@@ -903,13 +887,7 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
         .await;
     // Nothing enrolls it: refused as unknown, saying what a TPM device needs.
     assert_azure_error("tpm device", status, &headers, &body, 404, 404201);
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("attestation.tpm"),
-        "{body}"
-    );
+    common::assert_message_says(&body, "attestation.tpm");
 
     // No credential at all.
     let (status, headers, body) = server
@@ -994,10 +972,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
         401,
         401004,
     );
-    assert!(
-        v["message"].as_str().unwrap().contains("not verified"),
-        "{v}"
-    );
+    common::assert_message_says(&v, "not verified");
 
     // Proof of possession: a wrong code, a certificate from another CA, then the right one.
     let (status, _, code) = call(
@@ -1015,13 +990,7 @@ async fn x509_refusals_over_https_and_proof_of_possession() {
     let not_signed = other_ca.device(&code, Validity::days(1)).unwrap();
     let (status, headers, v) = verify(&not_signed).await;
     assert_azure_error("not signed by the CA", status, &headers, &v, 400, 400011);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("not signed by CA certificate 'pop-root'"),
-        "{v}"
-    );
+    common::assert_message_says(&v, "not signed by CA certificate 'pop-root'");
     let proof = root.device(&code, Validity::days(1)).unwrap();
     let (status, _, v) = verify(&proof).await;
     common::assert_ca_verified(status, &v, true);
@@ -1136,19 +1105,18 @@ async fn holds<T: StoredRecord>(store: &dyn Store, id: &str) -> bool {
 #[tokio::test]
 async fn the_cli_provisions_and_benches_over_amqp() {
     let server = Server::start("127.0.0.1:0");
-    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
-    let group = cli_json(&["group", "create", "amqp-line"]);
+    let group = server.cli_json(&["group", "create", "amqp-line"]);
     let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
     for protocol in ["amqp", "amqp-ws"] {
         let id = format!("amqp-cli-{protocol}");
-        let created = cli_json(&["enrollment", "create", &id]);
+        let created = server.cli_json(&["enrollment", "create", &id]);
         let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
-        let result = cli_json(&provision(&id, &["--key", &key, "--protocol", protocol]));
+        let result = server.cli_json(&provision(&id, &["--key", &key, "--protocol", protocol]));
         assert_eq!(result["status"], "assigned", "{protocol}: {result}");
         assert_eq!(result["registrationState"]["deviceId"], id.as_str());
 
         let unit = format!("amqp-line-{protocol}-1");
-        let result = cli_json(&provision(
+        let result = server.cli_json(&provision(
             &unit,
             &["--group-key", &group_key, "--protocol", protocol],
         ));
@@ -1348,8 +1316,7 @@ async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_
 #[tokio::test]
 async fn registrations_and_group_device_keys_from_the_cli() {
     let server = Server::start("127.0.0.1:0");
-    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
-    let group = cli_json(&["group", "create", "line-9"]);
+    let group = server.cli_json(&["group", "create", "line-9"]);
     let group_key = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
 
     // The device key a group gives a device: from the key, or from the group
@@ -1375,14 +1342,14 @@ async fn registrations_and_group_device_keys_from_the_cli() {
     }
     for unit in ["line-9-unit-1", "line-9-unit-2"] {
         let key = onramp_core::sas::derive_device_key(&group_key, unit).unwrap();
-        let result = cli_json(&provision(unit, &["--key", &key]));
+        let result = server.cli_json(&provision(unit, &["--key", &key]));
         assert_eq!(result["status"], "assigned", "{unit}");
     }
 
-    let shown = cli_json(&["registration", "show", "LINE-9-unit-1"]);
+    let shown = server.cli_json(&["registration", "show", "LINE-9-unit-1"]);
     assert_eq!(shown["registrationId"], "line-9-unit-1");
     assert_eq!(shown["status"], "assigned");
-    let listed = cli_json(&["registration", "list", "--group-id", "line-9"]);
+    let listed = server.cli_json(&["registration", "list", "--group-id", "line-9"]);
     let mut ids: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -1405,7 +1372,7 @@ async fn registrations_and_group_device_keys_from_the_cli() {
     server.cli_ok(&["registration", "delete", "line-9-unit-1", "--etag", &etag]);
     let out = server.cli(&["registration", "show", "line-9-unit-1"]);
     common::assert_failed_saying(&out, "404203");
-    let listed = cli_json(&["registration", "list", "--group-id", "line-9"]);
+    let listed = server.cli_json(&["registration", "list", "--group-id", "line-9"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
     // A group without symmetric keys has no device keys to give.
@@ -1422,19 +1389,18 @@ async fn registrations_and_group_device_keys_from_the_cli() {
 #[tokio::test]
 async fn enrollments_are_created_once_and_updated_under_their_etag() {
     let server = Server::start("127.0.0.1:0");
-    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
-    let created = cli_json(&["enrollment", "create", "upd-1"]);
+    let created = server.cli_json(&["enrollment", "create", "upd-1"]);
     let key = common::text(&created["attestation"]["symmetricKey"]["primaryKey"]);
 
     // Creating an ID that exists is refused unless it says --replace.
     let out = server.cli(&["enrollment", "create", "upd-1"]);
     common::assert_failed_saying(&out, "--replace");
-    let replaced = cli_json(&["enrollment", "create", "upd-1", "--replace", "--key", &key]);
+    let replaced = server.cli_json(&["enrollment", "create", "upd-1", "--replace", "--key", &key]);
     assert_ne!(replaced["etag"], created["etag"]);
 
     // An update changes what it names and keeps the rest, keys included.
     let twin = r#"{"properties":{"desired":{"interval":30}}}"#;
-    let updated = cli_json(&[
+    let updated = server.cli_json(&[
         "enrollment",
         "update",
         "upd-1",
@@ -1447,7 +1413,7 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
         updated["initialTwin"]["properties"]["desired"]["interval"],
         30
     );
-    let shown = cli_json(&["enrollment", "show", "upd-1", "--keys"]);
+    let shown = server.cli_json(&["enrollment", "show", "upd-1", "--keys"]);
     assert_eq!(
         shown["attestation"]["symmetricKey"]["primaryKey"],
         key.as_str()
@@ -1470,13 +1436,13 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
     ]);
     common::assert_failed_saying(&out, "412");
     assert_eq!(
-        cli_json(&["enrollment", "show", "upd-1"])["provisioningStatus"],
+        server.cli_json(&["enrollment", "show", "upd-1"])["provisioningStatus"],
         "disabled"
     );
 
     // Enabled again with a new key: the device signs with that one.
     let new_key = "bmV3LWtleS1mb3ItdXBkLTEtMDEyMzQ1Njc4OQ==";
-    cli_json(&[
+    server.cli_json(&[
         "enrollment",
         "update",
         "upd-1",
@@ -1484,12 +1450,12 @@ async fn enrollments_are_created_once_and_updated_under_their_etag() {
         "--key",
         new_key,
     ]);
-    let result = cli_json(&provision("upd-1", &["--key", new_key]));
+    let result = server.cli_json(&provision("upd-1", &["--key", new_key]));
     assert_eq!(result["status"], "assigned");
 
     // Groups alike; an edge flag and a hub list.
-    cli_json(&["group", "create", "upd-g"]);
-    let updated = cli_json(&[
+    server.cli_json(&["group", "create", "upd-g"]);
+    let updated = server.cli_json(&[
         "group",
         "update",
         "upd-g",
@@ -1673,11 +1639,10 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
 #[tokio::test]
 async fn enrollments_export_and_import_as_json_lines_resumably() {
     let server = Server::start("127.0.0.1:0");
-    let cli_json = |args: &[&str]| serde_json::from_str::<Value>(&server.cli_ok(args)).unwrap();
     let twin = r#"{"tags":{"line":"7"}}"#;
     let mut keys = BTreeMap::new();
     for id in ["exp-1", "exp-2", "exp-3"] {
-        let created = cli_json(&["enrollment", "create", id, "--initial-twin", twin]);
+        let created = server.cli_json(&["enrollment", "create", id, "--initial-twin", twin]);
         keys.insert(
             id,
             common::text(&created["attestation"]["symmetricKey"]["primaryKey"]),
@@ -1718,7 +1683,7 @@ async fn enrollments_export_and_import_as_json_lines_resumably() {
         stderr.contains("imported 1 enrollments, skipped 2 that exist, rejected 0"),
         "{stderr}"
     );
-    let back = cli_json(&["enrollment", "show", "exp-2", "--keys"]);
+    let back = server.cli_json(&["enrollment", "show", "exp-2", "--keys"]);
     assert_eq!(
         back["attestation"]["symmetricKey"]["primaryKey"],
         keys["exp-2"].as_str()
@@ -1739,7 +1704,7 @@ async fn enrollments_export_and_import_as_json_lines_resumably() {
     assert_eq!(report.lines().count(), 3, "{report}");
     assert!(report.contains("bad id!"), "{report}");
     assert_eq!(
-        cli_json(&["enrollment", "show", "exp-4"])["registrationId"],
+        server.cli_json(&["enrollment", "show", "exp-4"])["registrationId"],
         "exp-4"
     );
 }

@@ -60,6 +60,16 @@ fn body(status: StatusCode, text: String) -> Response {
     resp
 }
 
+/// Reads at most `limit` bytes of body and parses them as JSON (see
+/// [`parse`]; an empty body is `{}` when `empty_ok`).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+    empty_ok: bool,
+) -> Result<T, ProvisioningError> {
+    parse(&read_body(body, limit).await?, empty_ok)
+}
+
 /// Reads at most `limit` bytes of body.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProvisioningError> {
     match http_body_util::Limited::new(body, limit).collect().await {

@@ -136,72 +136,74 @@ mod tests {
 
     #[test]
     fn every_sdk_spelling_routes() {
-        let r = |m: Method, p: &str| route(&m, p);
-        assert_eq!(
-            r(Method::POST, "/enrollments/"),
-            RouteMatch::Found(Route::EnrollmentBulk)
-        );
-        assert_eq!(
-            r(Method::POST, "/enrollmentgroups/g%2D1/attestationmechanism"),
-            RouteMatch::Found(Route::GroupAttestation("g-1".into()))
-        );
-        assert_eq!(
-            r(Method::PUT, "/enrollmentGroups/grp"),
-            RouteMatch::Found(Route::Group("grp".into()))
-        );
-        assert_eq!(
-            r(Method::GET, "/Enrollments/dev%3a1"),
-            RouteMatch::Found(Route::Enrollment("dev:1".into()))
-        );
-        assert_eq!(
-            r(Method::GET, "/enrollments/query"),
-            RouteMatch::Found(Route::Enrollment("query".into()))
-        );
-        assert_eq!(
-            r(Method::POST, "/enrollments/query"),
-            RouteMatch::Found(Route::EnrollmentQuery)
-        );
-        assert_eq!(
-            r(Method::POST, "/registrations/grp/query"),
-            RouteMatch::Found(Route::RegistrationQuery("grp".into()))
-        );
-        assert_eq!(
-            r(Method::PUT, "/0ne0001A2B3/registrations/dev-01/register"),
-            RouteMatch::Found(Route::DeviceRegister(DevicePath::new(
-                "0ne0001A2B3",
-                "dev-01"
-            )))
-        );
-        assert_eq!(
-            r(
-                Method::GET,
-                "/0ne0001A2B3/registrations/dev%3A01/operations/1.abc.def"
+        let device = |id: &str| DevicePath::new("0ne0001A2B3", id);
+        let found = RouteMatch::Found;
+        let cases = [
+            (Method::POST, "/enrollments/", found(Route::EnrollmentBulk)),
+            (
+                Method::POST,
+                "/enrollmentgroups/g%2D1/attestationmechanism",
+                found(Route::GroupAttestation("g-1".into())),
             ),
-            RouteMatch::Found(Route::DeviceOperation(
-                DevicePath::new("0ne0001A2B3", "dev:01"),
-                "1.abc.def".into()
-            ))
-        );
-        assert_eq!(
-            r(Method::POST, "/0ne0001A2B3/registrations/dev-01"),
-            RouteMatch::Found(Route::DeviceStatus(DevicePath::new(
-                "0ne0001A2B3",
-                "dev-01"
-            )))
-        );
-        assert_eq!(
-            r(Method::PATCH, "/enrollments/x"),
-            RouteMatch::WrongMethod {
-                allowed: "GET, PUT, DELETE"
-            }
-        );
-        assert_eq!(
-            r(Method::GET, "/0ne0001A2B3/registrations/dev-01/register"),
-            RouteMatch::WrongMethod { allowed: "PUT" }
-        );
-        assert_eq!(r(Method::GET, "/devices/x"), RouteMatch::NotMine);
-        assert_eq!(r(Method::GET, "/twins/x"), RouteMatch::NotMine);
-        // Metrics have a listener of their own, never the public one.
-        assert_eq!(r(Method::GET, "/metrics"), RouteMatch::NotMine);
+            (
+                Method::PUT,
+                "/enrollmentGroups/grp",
+                found(Route::Group("grp".into())),
+            ),
+            (
+                Method::GET,
+                "/Enrollments/dev%3a1",
+                found(Route::Enrollment("dev:1".into())),
+            ),
+            (
+                Method::GET,
+                "/enrollments/query",
+                found(Route::Enrollment("query".into())),
+            ),
+            (
+                Method::POST,
+                "/enrollments/query",
+                found(Route::EnrollmentQuery),
+            ),
+            (
+                Method::POST,
+                "/registrations/grp/query",
+                found(Route::RegistrationQuery("grp".into())),
+            ),
+            (
+                Method::PUT,
+                "/0ne0001A2B3/registrations/dev-01/register",
+                found(Route::DeviceRegister(device("dev-01"))),
+            ),
+            (
+                Method::GET,
+                "/0ne0001A2B3/registrations/dev%3A01/operations/1.abc.def",
+                found(Route::DeviceOperation(device("dev:01"), "1.abc.def".into())),
+            ),
+            (
+                Method::POST,
+                "/0ne0001A2B3/registrations/dev-01",
+                found(Route::DeviceStatus(device("dev-01"))),
+            ),
+            (
+                Method::PATCH,
+                "/enrollments/x",
+                RouteMatch::WrongMethod {
+                    allowed: "GET, PUT, DELETE",
+                },
+            ),
+            (
+                Method::GET,
+                "/0ne0001A2B3/registrations/dev-01/register",
+                RouteMatch::WrongMethod { allowed: "PUT" },
+            ),
+            (Method::GET, "/devices/x", RouteMatch::NotMine),
+            (Method::GET, "/twins/x", RouteMatch::NotMine),
+            // Metrics have a listener of their own, never the public one.
+            (Method::GET, "/metrics", RouteMatch::NotMine),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(route(&method, path), want, "{method} {path}");
+        }
     }
 }

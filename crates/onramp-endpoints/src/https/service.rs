@@ -147,8 +147,7 @@ async fn run(
         }
         (Route::Certificate(name), Method::Put) => {
             caller.require(AccessRights::SERVICE_CONFIG, "uploading a CA certificate")?;
-            let body: CertificateBody =
-                respond::parse(&respond::read_body(body, limit).await?, false)?;
+            let body: CertificateBody = respond::read_json(body, limit, false).await?;
             ok(&admin.put_ca_certificate(svc, &name, body, if_match).await?)
         }
         (Route::Certificate(name), Method::Delete) => {
@@ -167,8 +166,7 @@ async fn run(
         }
         (Route::CertificateVerify(name), _) => {
             caller.require(AccessRights::SERVICE_CONFIG, "verifying a CA certificate")?;
-            let body: CertificateBody =
-                respond::parse(&respond::read_body(body, limit).await?, false)?;
+            let body: CertificateBody = respond::read_json(body, limit, false).await?;
             ok(&admin
                 .verify_ca_certificate(svc, &name, body, if_match)
                 .await?)
@@ -222,8 +220,7 @@ async fn one<E: EnrollmentResource>(
                 AccessRights::ENROLLMENT_WRITE,
                 &format!("writing an {what}"),
             )?;
-            let limit = call.state.config.max_body_bytes;
-            let body: E = respond::parse(&respond::read_body(body, limit).await?, false)?;
+            let body: E = respond::read_json(body, call.state.config.max_body_bytes, false).await?;
             Ok(ok(&admin.put(svc, &id, body, if_match).await?))
         }
         // The router answers 405 for other methods before this.
@@ -258,8 +255,8 @@ async fn query_page<E: EnrollmentResource>(
         AccessRights::ENROLLMENT_READ,
         &format!("querying {}s", E::KIND.short_noun()),
     )?;
-    let limit = call.state.config.max_body_bytes;
-    let spec: QuerySpecification = respond::parse(&respond::read_body(body, limit).await?, true)?;
+    let spec: QuerySpecification =
+        respond::read_json(body, call.state.config.max_body_bytes, true).await?;
     let found = call
         .state
         .admin
@@ -276,8 +273,8 @@ async fn bulk<E: EnrollmentResource>(
         AccessRights::ENROLLMENT_WRITE,
         &format!("bulk {} operations", E::KIND.short_noun()),
     )?;
-    let limit = call.state.config.max_bulk_body_bytes;
-    let op: E::BulkOperation = respond::parse(&respond::read_body(body, limit).await?, false)?;
+    let op: E::BulkOperation =
+        respond::read_json(body, call.state.config.max_bulk_body_bytes, false).await?;
     Ok(ok(&call.state.admin.bulk::<E>(call.service(), op).await?))
 }
 

@@ -119,19 +119,34 @@ fn subprotocol(headers: &HeaderMap, names: &[&str]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The subprotocol the client offered that names MQTT, in its spelling.
-fn mqtt_subprotocol(headers: &HeaderMap) -> Option<String> {
-    subprotocol(headers, &["mqtt"])
+/// The subprotocols a WebSocket endpoint speaks, and what it answers a
+/// client that offers none of them.
+struct Subprotocols {
+    names: &'static [&'static str],
+    refusal: &'static str,
 }
 
-/// AMQP over WebSockets: `AMQPWSB10` (the Azure SDKs) or `amqp` (OASIS).
-fn amqp_subprotocol(headers: &HeaderMap) -> Option<String> {
-    subprotocol(headers, &["AMQPWSB10", "amqp"])
+impl Subprotocols {
+    /// The first of these the client offered, in its spelling.
+    fn offered(&self, headers: &HeaderMap) -> Option<String> {
+        subprotocol(headers, self.names)
+    }
 }
+
+const MQTT: Subprotocols = Subprotocols {
+    names: &["mqtt"],
+    refusal: "this endpoint speaks MQTT over WebSockets: offer the subprotocol mqtt",
+};
+
+/// AMQP over WebSockets: `AMQPWSB10` (the Azure SDKs) or `amqp` (OASIS).
+const AMQP: Subprotocols = Subprotocols {
+    names: &["AMQPWSB10", "amqp"],
+    refusal: "this endpoint speaks AMQP over WebSockets: offer the subprotocol AMQPWSB10",
+};
 
 /// Whether a WebSocket upgrade offers an AMQP subprotocol.
 pub fn offers_amqp(headers: &HeaderMap) -> bool {
-    amqp_subprotocol(headers).is_some()
+    AMQP.offered(headers).is_some()
 }
 
 /// Whether a request asks for a WebSocket upgrade.
@@ -148,7 +163,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether a WebSocket upgrade offers the MQTT subprotocol.
 pub fn offers_mqtt(headers: &HeaderMap) -> bool {
-    mqtt_subprotocol(headers).is_some()
+    MQTT.offered(headers).is_some()
 }
 
 fn refuse(status: StatusCode, message: &'static str) -> Response<Body> {
@@ -165,15 +180,9 @@ pub fn accept(
     limits: MqttLimits,
     shutdown: watch::Receiver<bool>,
 ) -> Response<Body> {
-    let Some(protocol) = mqtt_subprotocol(req.headers()) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "this endpoint speaks MQTT over WebSockets: offer the subprotocol mqtt",
-        );
-    };
     upgrade(
         req,
-        protocol,
+        &MQTT,
         limits.max_packet_bytes as usize,
         move |ws, peer, remote| async move {
             let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
@@ -191,15 +200,9 @@ pub fn accept_amqp(
     max_message_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Response<Body> {
-    let Some(protocol) = amqp_subprotocol(req.headers()) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "this endpoint speaks AMQP over WebSockets: offer the subprotocol AMQPWSB10",
-        );
-    };
     upgrade(
         req,
-        protocol,
+        &AMQP,
         max_message_bytes,
         move |ws, peer, remote| async move {
             app.serve(AmqpConnection {
@@ -215,11 +218,11 @@ pub fn accept_amqp(
     )
 }
 
-/// Answers a WebSocket upgrade with `protocol` and runs `serve` on the
-/// connection once the upgrade completes.
+/// Answers a WebSocket upgrade with the first of `protocols` the client
+/// offered and runs `serve` on the connection once the upgrade completes.
 fn upgrade<F, Fut>(
     mut req: Request<Body>,
-    protocol: String,
+    protocols: &Subprotocols,
     max_message_bytes: usize,
     serve: F,
 ) -> Response<Body>
@@ -234,6 +237,9 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let headers = req.headers();
+    let Some(protocol) = protocols.offered(headers) else {
+        return refuse(StatusCode::BAD_REQUEST, protocols.refusal);
+    };
     let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))

@@ -524,6 +524,13 @@ pub fn assert_failed_saying(out: &std::process::Output, needle: &str) {
     assert!(stderr.contains(needle), "{stderr}");
 }
 
+/// Asserts that an Azure error body's message says `needle`.
+#[track_caller]
+pub fn assert_message_says(body: &Value, needle: &str) {
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{body}");
+}
+
 /// Asserts an answer's HTTP status and its Azure error code.
 #[track_caller]
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: u64) {
@@ -660,6 +667,13 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An `onramp` admin command that must succeed and print JSON; returns it.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli_ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("onramp {}: {e}: {out}", args.join(" ")))
     }
 
     /// The service API with the owner policy of provisioning service `service`.
