@@ -358,6 +358,15 @@ mod tests {
         }
     }
 
+    /// A symmetric-key enrollment whose devices get this hub device ID.
+    fn with_device_id(device_id: impl Into<String>) -> IndividualEnrollment {
+        IndividualEnrollment {
+            attestation: sym(),
+            device_id: Some(device_id.into()),
+            ..Default::default()
+        }
+    }
+
     fn sym() -> Option<AttestationMechanism> {
         Some(AttestationMechanism {
             kind: AttestationType::SymmetricKey,
@@ -485,29 +494,14 @@ mod tests {
                 "initialTwin.tags has the property name 'a.b'",
             ),
             (
-                IndividualEnrollment {
-                    attestation: sym(),
-                    device_id: Some("bad id".into()),
-                    ..Default::default()
-                },
+                with_device_id("bad id"),
                 "deviceId: the device ID 'bad id' contains ' '",
             ),
             (
-                IndividualEnrollment {
-                    attestation: sym(),
-                    device_id: Some("x".repeat(129)),
-                    ..Default::default()
-                },
+                with_device_id("x".repeat(129)),
                 "deviceId: the device ID 'xxxxxxxxxxxxxxxx…' is 129 characters long",
             ),
-            (
-                IndividualEnrollment {
-                    attestation: sym(),
-                    device_id: Some("a+b".into()),
-                    ..Default::default()
-                },
-                "contains '+'",
-            ),
+            (with_device_id("a+b"), "contains '+'"),
         ];
         for (e, want) in cases {
             let err = enrollment("d", e, &ctx()).unwrap_err();
