@@ -875,30 +875,29 @@ async fn unenrolled_certificates_and_tpm_devices_get_clear_errors() {
     );
     common::assert_message_says(&body, "leads to no enrolled certificate");
 
+    // A register request without a token.
+    let tokenless = |registration_id: &'static str, body: Value| {
+        let server = &server;
+        async move {
+            let body = serde_json::to_vec(&body).unwrap();
+            let scope = server.id_scope();
+            let query = "?api-version=2019-03-31";
+            server
+                .register_raw(&scope, registration_id, query, None, body)
+                .await
+        }
+    };
+
     // A TPM device's first request: its keys in the body, no token.
-    let (status, headers, body) = server
-        .register_raw(
-            &server.id_scope(),
-            "tpm-dev",
-            "?api-version=2019-03-31",
-            None,
-            serde_json::to_vec(&json!({"registrationId": "tpm-dev", "tpm": {"endorsementKey": "AToAAQ==", "storageRootKey": "ARgAAQ=="}})).unwrap(),
-        )
-        .await;
+    let tpm = json!({"endorsementKey": "AToAAQ==", "storageRootKey": "ARgAAQ=="});
+    let (status, headers, body) =
+        tokenless("tpm-dev", json!({"registrationId": "tpm-dev", "tpm": tpm})).await;
     // Nothing enrolls it: refused as unknown, saying what a TPM device needs.
     assert_azure_error("tpm device", status, &headers, &body, 404, 404201);
     common::assert_message_says(&body, "attestation.tpm");
 
     // No credential at all.
-    let (status, headers, body) = server
-        .register_raw(
-            &server.id_scope(),
-            "anon",
-            "?api-version=2019-03-31",
-            None,
-            b"{}".to_vec(),
-        )
-        .await;
+    let (status, headers, body) = tokenless("anon", json!({})).await;
     assert_azure_error("no credential", status, &headers, &body, 401, 401001);
 }
 
