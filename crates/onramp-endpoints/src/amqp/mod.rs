@@ -19,12 +19,10 @@
 //! A request the engine refuses is settled `rejected`, with the JSON error
 //! body as the error's description.
 
-pub mod guard;
 mod sasl;
 mod session;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
@@ -36,43 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::EndpointConfig;
 
+pub use onramp_net::amqp::{AMQP_HEADER, AmqpLimits, Rewind, SASL_HEADER, guard};
 pub use sasl::{Mechanism, decode_frame as decode_sasl_frame, parse_plain};
 pub use session::{Address, parse_address};
-
-/// What one AMQP connection may make the server hold, and how long it may
-/// take before it has proven who it is.
-#[derive(Debug, Clone, Copy)]
-pub struct AmqpLimits {
-    /// The protocol header, the SASL exchange and the Open must all be done
-    /// within this time after the TLS handshake (or the WebSocket upgrade);
-    /// an X.509 device (no SASL) must also have attached a link to its
-    /// registration by then.
-    pub open_timeout: Duration,
-    /// The largest frame the server accepts (its Open `max-frame-size`).
-    pub max_frame_bytes: u32,
-    /// Sessions one connection may begin.
-    pub max_sessions: u16,
-    /// Links one session may attach (a device needs two).
-    pub max_links: usize,
-    /// The largest request message (the links' `max-message-size`).
-    pub max_message_bytes: u64,
-    /// A connection that sends nothing (not even an empty frame) for this
-    /// long is closed; the SDKs keep their connections alive well within it.
-    pub idle_timeout: Duration,
-}
-
-impl Default for AmqpLimits {
-    fn default() -> Self {
-        Self {
-            open_timeout: Duration::from_secs(10),
-            max_frame_bytes: 64 * 1024,
-            max_sessions: 4,
-            max_links: 4,
-            max_message_bytes: 64 * 1024,
-            idle_timeout: Duration::from_secs(240),
-        }
-    }
-}
 
 /// Who a connection proved to be, before any link.
 #[derive(Debug, Clone)]
@@ -110,11 +74,6 @@ impl DpsAmqp {
         }
     }
 }
-
-/// `AMQP 3 1 0 0`: a SASL layer comes first.
-pub const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
-/// `AMQP 0 1 0 0`: AMQP itself, no SASL.
-pub const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 
 #[async_trait]
 impl AmqpApp for DpsAmqp {
@@ -201,65 +160,5 @@ impl DpsAmqp {
         session::serve_connection(&mut connection, context, &mut shutdown, open_by).await;
         let _ = connection.close().await;
         Ok(())
-    }
-}
-
-/// A stream whose first bytes (a protocol header already read) are given
-/// back before the rest.
-#[derive(Debug)]
-pub struct Rewind<S> {
-    prefix: [u8; 8],
-    read: usize,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(prefix: [u8; 8], inner: S) -> Self {
-        Self {
-            prefix,
-            read: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.read < self.prefix.len() {
-            let n = (self.prefix.len() - self.read).min(buf.remaining());
-            let start = self.read;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.read += n;
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
