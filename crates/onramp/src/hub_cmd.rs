@@ -193,11 +193,13 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
     let connection_string = hub.owner_connection_string();
     let (stop, shutdown) = Shutdown::new();
     let limits = MqttLimits::default();
+    // AMQP on the listener by its protocol header, and over WebSockets.
+    let amqp_limits = onramp_net::amqp::AmqpLimits::default();
     let services = Services {
-        http: hub.standalone_router(limits, shutdown.clone()),
+        http: hub.standalone_router(limits, amqp_limits, shutdown.clone()),
         mqtt: Some(hub.mqtt_app()),
         mqtt_limits: limits,
-        amqp: None,
+        amqp: Some(hub.amqp_app(amqp_limits)),
     };
     let defaults = ListenerLimits::default();
     let budget = onramp_net::descriptors::connection_budget(

@@ -9,7 +9,7 @@ use onramp_core::admin::Admin;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::linked_hubs::{LinkedHubs, NewLink};
 use onramp_core::ports::{Store, StoreExt, SystemClock};
-use onramp_endpoints::amqp::DpsAmqp;
+use onramp_endpoints::amqp::{AmqpRouter, DpsAmqp};
 use onramp_endpoints::https::{AmqpWebSockets, WebSockets};
 use onramp_endpoints::mqtt::{DpsMqtt, MqttRouter};
 use onramp_endpoints::{AppState, EndpointConfig};
@@ -316,11 +316,19 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     // DPS over AMQP, on the AMQP port, on every other port by its protocol
     // header, and over WebSockets on the HTTPS port.
     let amqp_limits = config.amqp.limits();
-    let amqp_app: Arc<dyn AmqpApp> = Arc::new(DpsAmqp::new(
-        engine.clone(),
-        endpoint_config.clone(),
-        amqp_limits,
-    ));
+    // The embedded hub takes the connections that start without SASL and
+    // without a client certificate (see `AmqpRouter`).
+    let amqp_app: Arc<dyn AmqpApp> = Arc::new(AmqpRouter {
+        dps: Arc::new(DpsAmqp::new(
+            engine.clone(),
+            endpoint_config.clone(),
+            amqp_limits,
+        )),
+        hub: hub
+            .as_ref()
+            .map(|h| h.amqp_app(amqp_limits) as Arc<dyn AmqpApp>),
+        header_timeout: amqp_limits.open_timeout,
+    });
     let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {
         engine: engine.clone(),

@@ -19,6 +19,7 @@
 //! A request the engine refuses is settled `rejected`, with the JSON error
 //! body as the error's description.
 
+mod router;
 mod sasl;
 mod session;
 
@@ -35,6 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::EndpointConfig;
 
 pub use onramp_net::amqp::{AMQP_HEADER, AmqpLimits, Rewind, SASL_HEADER, guard};
+pub use router::{AmqpRouter, Route, route};
 pub use sasl::{Mechanism, decode_frame as decode_sasl_frame, parse_plain};
 pub use session::{Address, parse_address};
 

@@ -1,5 +1,6 @@
 //! Devices connected to the companion hub right now, so that a twin change
-//! made through the REST API reaches the device at once.
+//! made through the REST API reaches the device at once, whichever protocol
+//! it connected with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +10,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use onramp_net::mqtt::{Outbox, Outgoing};
 
+/// The way back to one connected device.
+pub trait DeviceChannel: Send + Sync {
+    /// Pushes a desired-properties patch (with its `$version`); whether it
+    /// was queued.
+    fn push_desired(&self, version: i64, patch: Bytes) -> bool;
+    /// Ends the device's connection (another connection replaced it).
+    fn close(&self);
+}
+
+impl DeviceChannel for Outbox {
+    fn push_desired(&self, version: i64, patch: Bytes) -> bool {
+        self.push(Outgoing::at_least_once(
+            format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+            patch,
+        ))
+    }
+
+    fn close(&self) {
+        Outbox::close(self);
+    }
+}
+
 struct Attached {
     id: u64,
-    outbox: Outbox,
+    channel: Box<dyn DeviceChannel>,
     wants_desired: Arc<AtomicBool>,
 }
 
@@ -28,18 +51,23 @@ impl Connections {
 
     /// Records a device's connection. Like IoT Hub, a second connection of
     /// the same device closes the first.
-    pub fn attach(&self, device_id: &str, outbox: Outbox, wants_desired: Arc<AtomicBool>) -> u64 {
+    pub fn attach(
+        &self,
+        device_id: &str,
+        channel: Box<dyn DeviceChannel>,
+        wants_desired: Arc<AtomicBool>,
+    ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let previous = self.lock().insert(
             device_id.to_ascii_lowercase(),
             Attached {
                 id,
-                outbox,
+                channel,
                 wants_desired,
             },
         );
         if let Some(old) = previous {
-            old.outbox.close();
+            old.channel.close();
         }
         let count = self.lock().len();
         crate::events::ConnectedDevices { count }.emit();
@@ -71,9 +99,6 @@ impl Connections {
         if !a.wants_desired.load(Ordering::Relaxed) {
             return false;
         }
-        a.outbox.push(Outgoing::at_least_once(
-            format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
-            patch,
-        ))
+        a.channel.push_desired(version, patch)
     }
 }

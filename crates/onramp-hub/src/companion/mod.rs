@@ -5,8 +5,11 @@
 //! `/devices/…` and `/twins/…`, do not overlap the DPS routes) and Onramp's
 //! engine still reaches it over real HTTPS, as it would any linked hub.
 
+mod amqp;
 mod auth;
 mod connections;
+mod device_auth;
+mod device_ops;
 mod mqtt;
 mod rest;
 mod store;
@@ -17,9 +20,11 @@ use std::sync::{Arc, RwLock};
 use onramp_core::keys;
 use onramp_core::ports::StoreError;
 use onramp_net::Shutdown;
+use onramp_net::amqp::{AmqpApp, AmqpLimits};
 use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use onramp_store::Sealer;
 
+pub use amqp::{HubAddress, HubAmqp, parse_hub_address};
 pub use auth::{HubPolicy, HubRights};
 pub use connections::Connections;
 pub use mqtt::{HubMqtt, parse_hub_username};
@@ -116,6 +121,12 @@ impl CompanionHub {
         &self.connections
     }
 
+    /// The device side over AMQP (and AMQP over WebSockets), to serve on
+    /// the listener.
+    pub fn amqp_app(self: &Arc<Self>, limits: AmqpLimits) -> Arc<HubAmqp> {
+        Arc::new(HubAmqp::new(self.clone(), limits))
+    }
+
     /// The device side over MQTT, to serve on the listener.
     pub fn mqtt_app(self: &Arc<Self>) -> Arc<HubMqtt> {
         Arc::new(HubMqtt::new(self.clone()))
@@ -147,18 +158,28 @@ impl CompanionHub {
         rest::router(self.clone())
     }
 
-    /// The REST routes plus MQTT over WebSockets on any other path: what a
-    /// hub running on its own serves.
+    /// The REST routes plus MQTT or AMQP over WebSockets on any other path
+    /// (AMQP when the upgrade offers `AMQPWSB10` or `amqp`): what a hub
+    /// running on its own serves.
     pub fn standalone_router(
         self: &Arc<Self>,
         limits: MqttLimits,
+        amqp_limits: AmqpLimits,
         shutdown: Shutdown,
     ) -> axum::Router {
         let app: Arc<dyn MqttApp> = self.mqtt_app();
+        let amqp: Arc<dyn AmqpApp> = self.amqp_app(amqp_limits);
         rest::router(self.clone()).fallback(move |req: axum::extract::Request| {
-            let (app, shutdown) = (app.clone(), shutdown.clone());
+            let (app, amqp, shutdown) = (app.clone(), amqp.clone(), shutdown.clone());
             async move {
-                if ws::is_upgrade(req.headers()) {
+                if ws::offers_amqp(req.headers()) {
+                    ws::accept_amqp(
+                        req,
+                        amqp,
+                        amqp_limits.max_frame_bytes as usize,
+                        shutdown.receiver(),
+                    )
+                } else if ws::is_upgrade(req.headers()) {
                     ws::accept(req, app, limits, shutdown.receiver())
                 } else {
                     let mut resp = axum::response::Response::new(axum::body::Body::from(

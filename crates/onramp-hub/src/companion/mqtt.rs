@@ -15,18 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use onramp_core::{sas, x509};
-use onramp_model::UtcTime;
 use onramp_model::authority::same_host;
-use onramp_model::hub::{AuthenticationType, DeviceStatus};
 use onramp_net::mqtt::{
     Admission, ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::CompanionHub;
-use super::store::HubStoreError;
-use crate::twin;
+use super::device_auth::{self, Denied, Proof};
+use super::device_ops::{self, TwinAnswer};
 
 /// The MQTT application of a companion hub.
 pub struct HubMqtt {
@@ -67,115 +64,21 @@ impl MqttApp for HubMqtt {
             )));
         }
         info.require_client_id(device_id, "device ID")?;
-        let record = self
-            .hub
-            .store()
-            .device(device_id)
-            .await
-            .map_err(|e| Refusal::ServerUnavailable(e.to_string()))?
-            .ok_or_else(|| {
-                Refusal::NotAuthorized(format!("no device '{device_id}' in this hub"))
-            })?;
-        if record.device.status == Some(DeviceStatus::Disabled) {
-            return Err(Refusal::NotAuthorized(format!(
-                "device '{device_id}' is disabled"
-            )));
-        }
-        let auth = record.device.authentication.clone().unwrap_or_default();
-        match auth.kind {
-            AuthenticationType::Sas => {
-                let token = info
-                    .password_text()
-                    .ok_or_else(|| Refusal::NotAuthorized("no SAS token in the password".into()))?;
-                let token = sas::parse(token).map_err(|e| Refusal::NotAuthorized(e.to_string()))?;
-                let (resource_host, resource_path) = token
-                    .resource
-                    .split_once('/')
-                    .unwrap_or((&token.resource, ""));
-                if !same_host(resource_host, self.hub.host_name())
-                    || !resource_path
-                        .trim_end_matches('/')
-                        .eq_ignore_ascii_case(&format!("devices/{device_id}"))
-                {
-                    return Err(Refusal::NotAuthorized(format!(
-                        "the token is for '{}', not for {}/devices/{device_id}",
-                        token.resource,
-                        self.hub.host_name()
-                    )));
-                }
-                token
-                    .check_expiry(UtcTime::now().unix_seconds(), 300)
-                    .map_err(|e| Refusal::NotAuthorized(e.to_string()))?;
-                let keys = auth.symmetric_key.unwrap_or_default();
-                let signed = [keys.primary_key, keys.secondary_key]
-                    .iter()
-                    .flatten()
-                    .any(|k| token.is_signed_by(k.expose()));
-                if !signed {
-                    return Err(Refusal::NotAuthorized(format!(
-                        "the token is not signed with a key of device '{device_id}'"
-                    )));
-                }
-            }
-            AuthenticationType::SelfSigned | AuthenticationType::CertificateAuthority => {
-                let chain = &info.peer_certificates.0;
-                let Some(leaf) = chain.first() else {
-                    return Err(Refusal::NotAuthorized(format!(
-                        "device '{device_id}' authenticates with an X.509 certificate; present it in the TLS handshake"
-                    )));
-                };
-                let leaf = x509::Parsed::from_der(leaf.as_ref())
-                    .map_err(|e| Refusal::NotAuthorized(format!("the device certificate: {e}")))?;
-                let now = UtcTime::now();
-                leaf.validity_at(now)
-                    .map_err(|e| Refusal::NotAuthorized(e.to_string()))?;
-                if auth.kind == AuthenticationType::SelfSigned {
-                    let prints = auth.x509_thumbprint.unwrap_or_default();
-                    let known = [prints.primary_thumbprint, prints.secondary_thumbprint]
-                        .into_iter()
-                        .flatten()
-                        .any(|t| leaf.has_thumbprint(&t));
-                    if !known {
-                        return Err(Refusal::NotAuthorized(format!(
-                            "the certificate (SHA-256 {}) is not one of device '{device_id}'",
-                            leaf.info.sha256_thumbprint
-                        )));
-                    }
-                } else {
-                    if !leaf
-                        .common_name
-                        .as_deref()
-                        .is_some_and(|cn| cn.eq_ignore_ascii_case(device_id))
-                    {
-                        return Err(Refusal::NotAuthorized(format!(
-                            "the certificate's CN is not the device ID '{device_id}'"
-                        )));
-                    }
-                    let intermediates: Vec<Vec<u8>> =
-                        chain[1..].iter().map(|c| c.as_ref().to_vec()).collect();
-                    let trusted =
-                        self.hub.trusted_cas().iter().any(|ca| {
-                            x509::verify_chain(&leaf.der, &intermediates, ca, now).is_ok()
-                        });
-                    if !trusted {
-                        return Err(Refusal::NotAuthorized(format!(
-                            "the certificate of '{device_id}' does not chain to a CA this hub trusts"
-                        )));
-                    }
-                }
-            }
-            AuthenticationType::None => {
-                return Err(Refusal::NotAuthorized(format!(
-                    "device '{device_id}' has no credentials"
-                )));
-            }
-        }
+        let proof = Proof {
+            token: info.password_text(),
+            chain: &info.peer_certificates.0,
+        };
+        let record = match device_auth::authenticate(&self.hub, device_id, proof).await {
+            Ok(admitted) => admitted.record,
+            Err(Denied::NotAuthorized(m)) => return Err(Refusal::NotAuthorized(m)),
+            Err(Denied::Unavailable(m)) => return Err(Refusal::ServerUnavailable(m)),
+        };
         let device_id = record.device.device_id.clone();
         let wants_desired = Arc::new(AtomicBool::new(false));
-        let connection = self
-            .hub
-            .connections()
-            .attach(&device_id, outbox, wants_desired.clone());
+        let connection =
+            self.hub
+                .connections()
+                .attach(&device_id, Box::new(outbox), wants_desired.clone());
         tracing::debug!(device_id = %device_id, websocket = info.websocket, "device connected to the hub");
         Ok(Box::new(HubSession {
             hub: self.hub.clone(),
@@ -194,21 +97,12 @@ struct HubSession {
 }
 
 impl HubSession {
-    fn twin_response(rid: &str, status: u16, body: Bytes, version: Option<i64>) -> Outgoing {
-        let mut topic = format!("$iothub/twin/res/{status}/?$rid={rid}");
-        if let Some(v) = version {
+    fn twin_response(rid: &str, answer: TwinAnswer) -> Outgoing {
+        let mut topic = format!("$iothub/twin/res/{}/?$rid={rid}", answer.status);
+        if let Some(v) = answer.version {
             topic.push_str(&format!("&$version={v}"));
         }
-        Outgoing::at_least_once(topic, body)
-    }
-
-    fn error(rid: &str, status: u16, message: &str) -> Outgoing {
-        Self::twin_response(
-            rid,
-            status,
-            Bytes::from(json!({"message": message}).to_string()),
-            None,
-        )
+        Outgoing::at_least_once(topic, answer.body)
     }
 
     /// `devices/{id}/messages/events/…`, the device's own telemetry topic.
@@ -226,70 +120,9 @@ impl HubSession {
             .into_iter()
             .map(|(k, v)| (k, Value::String(v)))
             .collect();
-        self.hub
-            .store()
-            .add_message(&self.device_id, properties, payload, UtcTime::now())
+        device_ops::telemetry(&self.hub, &self.device_id, properties, payload)
             .await
-            .map_err(|e| SessionEnd(format!("the message could not be stored: {e}")))?;
-        crate::events::MessageStored.emit();
-        Ok(())
-    }
-
-    async fn twin_get(&self, rid: &str) -> Outgoing {
-        match self.hub.store().device(&self.device_id).await {
-            Ok(Some(record)) => {
-                let t = &record.twin;
-                let collection = |m: &Map<String, Value>, v: i64| {
-                    let mut m = m.clone();
-                    m.insert("$version".into(), json!(v));
-                    Value::Object(m)
-                };
-                let body = json!({
-                    "desired": collection(&t.desired, t.desired_version),
-                    "reported": collection(&t.reported, t.reported_version),
-                });
-                Self::twin_response(rid, 200, Bytes::from(body.to_string()), None)
-            }
-            Ok(None) => Self::error(rid, 404, "the device no longer exists"),
-            Err(e) => Self::error(rid, 503, &e.to_string()),
-        }
-    }
-
-    async fn reported_patch(&self, rid: &str, payload: &Bytes) -> Outgoing {
-        let patch: Map<String, Value> = match serde_json::from_slice(payload) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return Self::error(
-                    rid,
-                    400,
-                    "a reported-properties patch must be a JSON object",
-                );
-            }
-            Err(e) => return Self::error(rid, 400, &format!("the patch is not JSON: {e}")),
-        };
-        if let Some(bad) = patch
-            .keys()
-            .find(|k| k.is_empty() || k.contains(['.', '$', ' ']))
-        {
-            return Self::error(rid, 400, &format!("'{bad}' is not a valid property name"));
-        }
-        let result = self
-            .hub
-            .store()
-            .update_twin(&self.device_id, None, move |t| {
-                twin::merge(&mut t.reported, &patch);
-                t.reported_version += 1;
-                t.reported_updated = Some(UtcTime::now());
-                Ok(true)
-            })
-            .await;
-        match result {
-            Ok(record) => {
-                Self::twin_response(rid, 204, Bytes::new(), Some(record.twin.reported_version))
-            }
-            Err(HubStoreError::NotFound(m)) => Self::error(rid, 404, &m),
-            Err(e) => Self::error(rid, 503, &e.to_string()),
-        }
+            .map_err(SessionEnd)
     }
 }
 
@@ -341,10 +174,14 @@ impl MqttSession for HubSession {
         let (path, _) = topic::split(topic_name);
         let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
         match path {
-            "$iothub/twin/GET/" => Ok(vec![self.twin_get(&rid).await]),
-            "$iothub/twin/PATCH/properties/reported/" => {
-                Ok(vec![self.reported_patch(&rid, &payload).await])
-            }
+            "$iothub/twin/GET/" => Ok(vec![Self::twin_response(
+                &rid,
+                device_ops::twin_get(&self.hub, &self.device_id).await,
+            )]),
+            "$iothub/twin/PATCH/properties/reported/" => Ok(vec![Self::twin_response(
+                &rid,
+                device_ops::reported_patch(&self.hub, &self.device_id, &payload).await,
+            )]),
             // Direct-method answers: this hub sends no methods, so there is nothing to match.
             p if p.starts_with("$iothub/methods/res/") => Ok(Vec::new()),
             _ => Err(SessionEnd(format!(

@@ -1,0 +1,109 @@
+//! What a connected device can do on the companion hub, whatever protocol it
+//! speaks: read its twin, patch its reported properties, send telemetry.
+
+use bytes::Bytes;
+use onramp_model::UtcTime;
+use serde_json::{Map, Value, json};
+
+use super::CompanionHub;
+use super::store::HubStoreError;
+use crate::twin;
+
+/// A twin operation's answer: an HTTP-like status, a JSON body (empty for
+/// a reported patch) and the new reported version.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TwinAnswer {
+    pub status: u16,
+    pub body: Bytes,
+    pub version: Option<i64>,
+}
+
+impl TwinAnswer {
+    pub fn error(status: u16, message: &str) -> Self {
+        Self {
+            status,
+            body: Bytes::from(json!({"message": message}).to_string()),
+            version: None,
+        }
+    }
+}
+
+/// `{"desired":{…,"$version":n},"reported":{…,"$version":m}}`
+pub(crate) async fn twin_get(hub: &CompanionHub, device_id: &str) -> TwinAnswer {
+    match hub.store().device(device_id).await {
+        Ok(Some(record)) => {
+            let t = &record.twin;
+            let collection = |m: &Map<String, Value>, v: i64| {
+                let mut m = m.clone();
+                m.insert("$version".into(), json!(v));
+                Value::Object(m)
+            };
+            let body = json!({
+                "desired": collection(&t.desired, t.desired_version),
+                "reported": collection(&t.reported, t.reported_version),
+            });
+            TwinAnswer {
+                status: 200,
+                body: Bytes::from(body.to_string()),
+                version: None,
+            }
+        }
+        Ok(None) => TwinAnswer::error(404, "the device no longer exists"),
+        Err(e) => TwinAnswer::error(503, &e.to_string()),
+    }
+}
+
+/// Merges a reported-properties patch (nulls delete); answers 204 with the
+/// new reported version.
+pub(crate) async fn reported_patch(
+    hub: &CompanionHub,
+    device_id: &str,
+    payload: &[u8],
+) -> TwinAnswer {
+    let patch: Map<String, Value> = match serde_json::from_slice(payload) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return TwinAnswer::error(400, "a reported-properties patch must be a JSON object");
+        }
+        Err(e) => return TwinAnswer::error(400, &format!("the patch is not JSON: {e}")),
+    };
+    if let Some(bad) = patch
+        .keys()
+        .find(|k| k.is_empty() || k.contains(['.', '$', ' ']))
+    {
+        return TwinAnswer::error(400, &format!("'{bad}' is not a valid property name"));
+    }
+    let result = hub
+        .store()
+        .update_twin(device_id, None, move |t| {
+            twin::merge(&mut t.reported, &patch);
+            t.reported_version += 1;
+            t.reported_updated = Some(UtcTime::now());
+            Ok(true)
+        })
+        .await;
+    match result {
+        Ok(record) => TwinAnswer {
+            status: 204,
+            body: Bytes::new(),
+            version: Some(record.twin.reported_version),
+        },
+        Err(HubStoreError::NotFound(m)) => TwinAnswer::error(404, &m),
+        Err(e) => TwinAnswer::error(503, &e.to_string()),
+    }
+}
+
+/// Stores a device-to-cloud message with its properties.
+pub(crate) async fn telemetry(
+    hub: &CompanionHub,
+    device_id: &str,
+    properties: Map<String, Value>,
+    payload: Bytes,
+) -> Result<(), String> {
+    hub.store()
+        .add_message(device_id, properties, payload, UtcTime::now())
+        .await
+        .map_err(|e| format!("the message could not be stored: {e}"))?;
+    crate::events::MessageStored.emit();
+    Ok(())
+}

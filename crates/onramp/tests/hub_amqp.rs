@@ -1,0 +1,634 @@
+//! The embedded companion hub over AMQP against `onramp serve`, with
+//! fe2o3-amqp as the device (no SASL, as the Azure IoT SDKs connect): CBS
+//! put-token with a good and a bad token, a link to another device's
+//! address, telemetry the hub stores, the twin (GET, reported PATCH, the
+//! desired-property subscription and a notification), and a connection
+//! that never authenticates. Every listener takes AMQP by its protocol
+//! header, so these tests use the server's HTTPS port.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
+};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WRONG_KEY: &str = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(server.tls())
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// An AMQP connection without SASL, as the SDKs open one to a hub.
+async fn connect(server: &Server) -> ConnectionHandle<()> {
+    Connection::builder()
+        .container_id("onramp-hub-test-device")
+        .hostname("localhost")
+        .open_with_stream(tls(server).await)
+        .await
+        .unwrap()
+}
+
+/// A device provisioned to the embedded hub (an individual enrollment with
+/// an initial twin): the hub's name and the device's key.
+async fn hub_device(server: &Server, id: &str) -> (String, String) {
+    let key = server
+        .enroll(
+            id,
+            json!({"initialTwin": {"properties": {"desired": {"telemetryRate": 5}}}}),
+        )
+        .await;
+    let state = server.assigned(id, &key, &[]);
+    let hub = server.embedded_hub().await.name;
+    assert_eq!(state["deviceId"], id, "{state}");
+    (hub, key)
+}
+
+fn device_token(hub: &str, id: &str, key: &str) -> String {
+    onramp_core::sas::sign(
+        &format!("{hub}/devices/{id}"),
+        key,
+        common::unix_now() + 600,
+        None,
+    )
+    .unwrap()
+}
+
+/// The CBS links of a session.
+struct Cbs {
+    sender: Sender,
+    receiver: Receiver,
+    next: u64,
+}
+
+impl Cbs {
+    async fn attach(session: &mut fe2o3_amqp::session::SessionHandle<()>) -> Cbs {
+        let sender = Sender::attach(session, "cbs-sender", "$cbs").await.unwrap();
+        let receiver = Receiver::attach(session, "cbs-receiver", "$cbs")
+            .await
+            .unwrap();
+        Cbs {
+            sender,
+            receiver,
+            next: 0,
+        }
+    }
+
+    /// A put-token as the Node SDK sends it; the answer's status and
+    /// description.
+    async fn put_token(&mut self, audience: &str, token: &str) -> (i32, String) {
+        self.next += 1;
+        let id = format!("put-{}", self.next);
+        let message = Message::builder()
+            .properties(Properties {
+                message_id: Some(MessageId::String(id.clone())),
+                reply_to: Some("cbs".into()),
+                to: Some("$cbs".into()),
+                ..Default::default()
+            })
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("operation", SimpleValue::String("put-token".into()))
+                    .insert(
+                        "type",
+                        SimpleValue::String("servicebus.windows.net:sastoken".into()),
+                    )
+                    .insert("name", SimpleValue::String(audience.into()))
+                    .build(),
+            )
+            .value(Value::String(token.into()))
+            .build();
+        let outcome = self.sender.send(message).await.unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let delivery = tokio::time::timeout(WAIT, self.receiver.recv::<Body<Value>>())
+            .await
+            .unwrap()
+            .unwrap();
+        self.receiver.accept(&delivery).await.unwrap();
+        let message = delivery.message();
+        assert_eq!(
+            message.properties.as_ref().unwrap().correlation_id,
+            Some(MessageId::String(id)),
+            "the answer carries the request's message-id"
+        );
+        let props = &message.application_properties.as_ref().unwrap().0;
+        let status = match props.get("status-code") {
+            Some(SimpleValue::Int(s)) => *s,
+            other => panic!("status-code: {other:?}"),
+        };
+        let description = match props.get("status-description") {
+            Some(SimpleValue::String(s)) => s.clone(),
+            other => panic!("status-description: {other:?}"),
+        };
+        (status, description)
+    }
+}
+
+fn telemetry_message(body: &str) -> Message<Data> {
+    Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::String("m-1".into())),
+            content_type: Some(Symbol::from("application/json")),
+            content_encoding: Some(Symbol::from("utf-8")),
+            ..Default::default()
+        })
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("source", SimpleValue::String("fe2o3".into()))
+                .build(),
+        )
+        .data(Binary::from(body.as_bytes().to_vec()))
+        .build()
+}
+
+/// Sends on a fresh link to `address`: the outcome, or why the link or the
+/// send failed (a refused link is detached right after its attach).
+async fn send_on(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    address: &str,
+    message: Message<Data>,
+) -> Result<Outcome, String> {
+    tokio::time::timeout(WAIT, async {
+        let mut sender = Sender::attach(session, name, address)
+            .await
+            .map_err(|e| e.to_string())?;
+        sender.send(message).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
+    let server = Server::start("127.0.0.1:0");
+    let (hub, key) = hub_device(&server, "hub-amqp-1").await;
+    let mut conn = connect(&server).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut cbs = Cbs::attach(&mut session).await;
+    let audience = onramp_core::sas::encode(&format!("{hub}/devices/hub-amqp-1"));
+
+    // A token signed with another key: 401, and no link of that device.
+    let (status, description) = cbs
+        .put_token(&audience, &device_token(&hub, "hub-amqp-1", WRONG_KEY))
+        .await;
+    assert_eq!(status, 401, "{description}");
+    assert!(description.contains("not signed"), "{description}");
+    let refused = send_on(
+        &mut session,
+        "events-0",
+        "/devices/hub-amqp-1/messages/events",
+        telemetry_message("{}"),
+    )
+    .await;
+    assert!(refused.is_err(), "a link without a token: {refused:?}");
+    // A token for a device this hub does not have.
+    let (status, description) = cbs
+        .put_token(&audience, &device_token(&hub, "hub-amqp-nobody", &key))
+        .await;
+    assert_eq!(status, 401, "{description}");
+    // Not a token at all.
+    let (status, _) = cbs.put_token(&audience, "not a token").await;
+    assert_eq!(status, 401);
+
+    // The right token: 200, and the device's links work.
+    let (status, description) = cbs
+        .put_token(&audience, &device_token(&hub, "hub-amqp-1", &key))
+        .await;
+    assert_eq!(status, 200, "{description}");
+    let outcome = send_on(
+        &mut session,
+        "events-1",
+        "/devices/hub-amqp-1/messages/events",
+        telemetry_message("{}"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    // fe2o3's client reports IllegalState closing a connection one of whose
+    // links the server detached; the server's side is checked above.
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn links_to_another_device_are_refused() {
+    let server = Server::start("127.0.0.1:0");
+    let (hub, key) = hub_device(&server, "hub-amqp-2").await;
+    hub_device(&server, "hub-amqp-3").await;
+    let mut conn = connect(&server).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut cbs = Cbs::attach(&mut session).await;
+    let (status, _) = cbs
+        .put_token("audience", &device_token(&hub, "hub-amqp-2", &key))
+        .await;
+    assert_eq!(status, 200);
+    for address in [
+        "/devices/hub-amqp-3/messages/events",
+        "amqps://localhost:5671/devices/hub-amqp-3/messages/events",
+        "/devices/hub-amqp-3/twin",
+        "/devices/hub-amqp-2/modules/m/messages/events",
+        "0ne00000000/registrations/hub-amqp-2",
+    ] {
+        let result = send_on(&mut session, address, address, telemetry_message("{}")).await;
+        assert!(result.is_err(), "{address}: {result:?}");
+    }
+    // The device's own address, in the C# spelling.
+    let outcome = send_on(
+        &mut session,
+        "own",
+        "amqps://localhost:5671/devices/HUB-AMQP-2/messages/events",
+        telemetry_message(r#"{"n":1}"#),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let stored = server.cli_ok(&["hub", "messages", "--device", "hub-amqp-3"]);
+    assert!(stored.trim().is_empty(), "{stored}");
+}
+
+/// A twin request as the Node SDK sends it (annotations, correlation-id,
+/// a Data body).
+fn twin_request(operation: &str, resource: Option<&str>, id: &str, body: &str) -> Message<Data> {
+    let mut annotations = MessageAnnotations::builder().insert(
+        OwnedKey::Symbol(Symbol::from("operation")),
+        Value::String(operation.into()),
+    );
+    if let Some(r) = resource {
+        annotations = annotations.insert(
+            OwnedKey::Symbol(Symbol::from("resource")),
+            Value::String(r.into()),
+        );
+    }
+    Message::builder()
+        .properties(Properties {
+            correlation_id: Some(MessageId::String(id.into())),
+            ..Default::default()
+        })
+        .message_annotations(annotations.build())
+        .data(Binary::from(body.as_bytes().to_vec()))
+        .build()
+}
+
+/// The next message on the twin link: correlation-id, status, version, body.
+async fn twin_answer(
+    receiver: &mut Receiver,
+) -> (Option<MessageId>, Option<i32>, Option<i64>, Vec<u8>) {
+    let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.accept(&delivery).await.unwrap();
+    let m = delivery.message();
+    let annotation = |k: &str| {
+        m.message_annotations
+            .as_ref()
+            .and_then(|a| a.0.get(&OwnedKey::Symbol(Symbol::from(k))).cloned())
+    };
+    let status = match annotation("status") {
+        Some(Value::Int(s)) => Some(s),
+        None => None,
+        other => panic!("status must be an int: {other:?}"),
+    };
+    let version = match annotation("version") {
+        Some(Value::Long(v)) => Some(v),
+        None => None,
+        other => panic!("version must be a long: {other:?}"),
+    };
+    let Body::Data(data) = &m.body else {
+        panic!("not one Data section: {:?}", m.body)
+    };
+    assert_eq!(data.len(), 1, "one Data section");
+    (
+        m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        status,
+        version,
+        data[0].0.to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn telemetry_is_stored_and_the_twin_is_served() {
+    let server = Server::start("127.0.0.1:0");
+    let (hub, key) = hub_device(&server, "hub-amqp-4").await;
+    let mut conn = connect(&server).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut cbs = Cbs::attach(&mut session).await;
+    let (status, _) = cbs
+        .put_token("audience", &device_token(&hub, "hub-amqp-4", &key))
+        .await;
+    assert_eq!(status, 200);
+
+    // Telemetry, stored with its properties.
+    let mut events = Sender::attach(
+        &mut session,
+        "events",
+        "/devices/hub-amqp-4/messages/events",
+    )
+    .await
+    .unwrap();
+    for n in 0..2 {
+        let outcome = events
+            .send(telemetry_message(&json!({"seq": n}).to_string()))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    }
+    let stored: Vec<Json> = server
+        .cli_ok(&["hub", "messages", "--device", "hub-amqp-4"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for (n, m) in stored.iter().enumerate() {
+        let body: Json = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["seq"], n, "{m}");
+        assert_eq!(m["properties"]["source"], "fe2o3", "{m}");
+        assert_eq!(m["properties"]["$.ct"], "application/json", "{m}");
+    }
+
+    // The twin links, paired as the Node SDK attaches them.
+    let mut twin_out = Sender::attach(&mut session, "twin-sender", "/devices/hub-amqp-4/twin")
+        .await
+        .unwrap();
+    let mut twin_in = Receiver::attach(&mut session, "twin-receiver", "/devices/hub-amqp-4/twin")
+        .await
+        .unwrap();
+    twin_out
+        .send(twin_request("GET", None, "get-1", " "))
+        .await
+        .unwrap();
+    let (correlation, status, _, body) = twin_answer(&mut twin_in).await;
+    assert_eq!(correlation, Some(MessageId::String("get-1".into())));
+    assert_eq!(status, Some(200));
+    let twin: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(twin["desired"]["telemetryRate"], 5, "{twin}");
+    let reported_version = twin["reported"]["$version"].as_i64().unwrap();
+
+    twin_out
+        .send(twin_request(
+            "PATCH",
+            Some("/properties/reported"),
+            "patch-1",
+            r#"{"firmware":"fe2o3-1.0"}"#,
+        ))
+        .await
+        .unwrap();
+    let (correlation, status, version, body) = twin_answer(&mut twin_in).await;
+    assert_eq!(correlation, Some(MessageId::String("patch-1".into())));
+    assert_eq!(status, Some(204));
+    assert_eq!(version, Some(reported_version + 1));
+    assert!(body.is_empty(), "{body:?}");
+    let hub_twin = server
+        .hub_client()
+        .get_twin(&server.embedded_hub().await, "hub-amqp-4")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hub_twin.properties.unwrap().reported.unwrap()["firmware"],
+        "fe2o3-1.0"
+    );
+
+    // A patch that is not an object: 400 with a JSON message.
+    twin_out
+        .send(twin_request(
+            "PATCH",
+            Some("/properties/reported"),
+            "patch-2",
+            "[1]",
+        ))
+        .await
+        .unwrap();
+    let (_, status, _, body) = twin_answer(&mut twin_in).await;
+    assert_eq!(status, Some(400));
+    let error: Json = serde_json::from_slice(&body).unwrap();
+    assert!(error["message"].is_string(), "{error}");
+
+    // Subscribe, then a desired change through the REST API arrives.
+    twin_out
+        .send(twin_request(
+            "PUT",
+            Some("/notifications/twin/properties/desired"),
+            "put-1",
+            " ",
+        ))
+        .await
+        .unwrap();
+    let (correlation, status, _, _) = twin_answer(&mut twin_in).await;
+    assert_eq!(correlation, Some(MessageId::String("put-1".into())));
+    assert_eq!(status, Some(200));
+    let hub_cs = server
+        .embedded_hub()
+        .await
+        .connection_string
+        .expose()
+        .to_owned();
+    let (status, written) = server
+        .call(
+            &hub_cs,
+            reqwest::Method::PATCH,
+            "twins/hub-amqp-4?api-version=2021-04-12",
+            Some(json!({"properties": {"desired": {"telemetryRate": 9}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{written}");
+    let (correlation, _, _, body) = twin_answer(&mut twin_in).await;
+    assert_eq!(correlation, None, "a notification has no correlation-id");
+    let patch: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(patch["telemetryRate"], 9, "{patch}");
+    assert_eq!(
+        patch["$version"], written["properties"]["desired"]["$version"],
+        "{patch}"
+    );
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_dropped() {
+    let server = Server::start_in(
+        &tempfile::tempdir().unwrap().keep().join("data"),
+        "127.0.0.1:0",
+        &["--amqp-open-timeout-ms", "500"],
+    );
+    // No Open after the header: the hub answers the header, then closes.
+    let mut stream = tls(&server).await;
+    stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(seen.starts_with(b"AMQP\x00\x01\x00\x00"), "{seen:02x?}");
+
+    // An Open, but no put-token: the hub closes the connection.
+    let mut conn = connect(&server).await;
+    let closed = tokio::time::timeout(WAIT, conn.on_close()).await;
+    assert!(closed.is_ok(), "the unauthenticated connection stayed open");
+}
+
+#[tokio::test]
+async fn hub_sessions_and_links_are_bounded() {
+    let server = Server::start("127.0.0.1:0");
+    let (hub, key) = hub_device(&server, "hub-amqp-5").await;
+    let mut conn = connect(&server).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut cbs = Cbs::attach(&mut session).await;
+    let (status, _) = cbs
+        .put_token("audience", &device_token(&hub, "hub-amqp-5", &key))
+        .await;
+    assert_eq!(status, 200);
+    // Eight links per session (two are CBS): six more are taken, the
+    // ninth is detached at once.
+    let mut held = Vec::new();
+    for n in 0..6 {
+        held.push(
+            Sender::attach(
+                &mut session,
+                format!("events-{n}"),
+                "/devices/hub-amqp-5/messages/events",
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let ninth = send_on(
+        &mut session,
+        "events-9",
+        "/devices/hub-amqp-5/messages/events",
+        telemetry_message("{}"),
+    )
+    .await;
+    assert!(ninth.is_err(), "a ninth link carried a message: {ninth:?}");
+    // A link that was taken still carries telemetry.
+    let outcome = held[0].send(telemetry_message("{}")).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+
+    // Sessions: a connection begins at most four.
+    let mut conn = connect(&server).await;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        match tokio::time::timeout(Duration::from_secs(5), Session::begin(&mut conn)).await {
+            Ok(Ok(s)) => sessions.push(s),
+            _ => break,
+        }
+    }
+    assert!(sessions.len() <= 4, "{} sessions", sessions.len());
+}
+
+/// `onramp hub serve` takes AMQP on its port; an X.509 device authenticates
+/// with the certificate of its TLS handshake when it attaches a link, and
+/// only for its own address.
+#[tokio::test]
+async fn a_standalone_hub_serves_x509_devices_over_amqp() {
+    use onramp_net::pki::dev_certs::{Issued, Validity};
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = common::HubProcess::start(&dir.path().join("hub"), None);
+    let device = Issued::self_signed_device("hub-x509-1", Validity::days(30)).unwrap();
+    let stranger = Issued::self_signed_device("hub-x509-2", Validity::days(30)).unwrap();
+    let thumbprint_of = |der: &[u8]| {
+        onramp_core::x509::Parsed::from_der(der)
+            .unwrap()
+            .info
+            .sha256_thumbprint
+    };
+    for (id, thumbprint) in [
+        ("hub-x509-1", thumbprint_of(&device.cert_der)),
+        ("hub-x509-2", thumbprint_of(&stranger.cert_der)),
+    ] {
+        let (status, body) = hub
+            .call(
+                reqwest::Method::PUT,
+                &format!("devices/{id}"),
+                Some(json!({
+                    "deviceId": id,
+                    "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": thumbprint}},
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let hub_ca = std::fs::read_to_string(hub.dir.join("tls/ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in onramp_net::tls::certs_from_pem(&hub_ca).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let with_cert = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(
+            vec![device.cert_der.clone().into()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(device.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let without_cert = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let open = |tls: rustls::ClientConfig| {
+        let listen = hub.listen;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            Connection::builder()
+                .container_id("x509-device")
+                .hostname("localhost")
+                .open_with_stream(stream)
+                .await
+                .unwrap()
+        }
+    };
+
+    let mut conn = open(with_cert).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let outcome = send_on(
+        &mut session,
+        "events",
+        "/devices/hub-x509-1/messages/events",
+        telemetry_message("{}"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    // A device with another certificate, and one the hub does not have.
+    for (name, address) in [
+        ("other", "/devices/hub-x509-2/messages/events"),
+        ("nobody", "/devices/no-such-device/messages/events"),
+    ] {
+        let refused = send_on(&mut session, name, address, telemetry_message("{}")).await;
+        assert!(refused.is_err(), "{address}: {refused:?}");
+    }
+    let _ = conn.close().await;
+
+    // Without a certificate and without a token, no link is served.
+    let mut conn = open(without_cert).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let refused = send_on(
+        &mut session,
+        "events",
+        "/devices/hub-x509-1/messages/events",
+        telemetry_message("{}"),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+}
