@@ -444,7 +444,8 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
 
 /// The Node SDK provisions over `transport` (`amqp` or `ws`): a device of an
 /// individual enrollment and one of a group, each assigned to the embedded
-/// hub under its registration ID; a wrong key is refused by SASL.
+/// hub under its registration ID; a wrong key is refused by SASL. Then the
+/// individual device uses its hub over AMQP (or AMQP over WebSockets).
 async fn amqp_provisioning(transport: &str) {
     let Some(dir) = common::interop_dir(
         "tests/interop/node",
@@ -480,6 +481,22 @@ async fn amqp_provisioning(transport: &str) {
         out["ok"], false,
         "a wrong key over AMQP ({transport}): {out}"
     );
+
+    // The individual device on its hub over the same transport
+    // (azure-iot-device-amqp): twin, telemetry, reported, desired.
+    let hub_transport = if transport == "ws" { "amqpws" } else { "amqp" };
+    let mut command = tokio::process::Command::new("node");
+    command
+        .current_dir(&dir)
+        .args([
+            "hub_device.js",
+            "localhost",
+            &individual,
+            &individual_key,
+            hub_transport,
+        ])
+        .env("NODE_EXTRA_CA_CERTS", server.ca_path());
+    hub_scenario(&server, command, hub_transport, &individual, "node").await;
 }
 
 #[tokio::test]

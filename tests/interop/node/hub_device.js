@@ -1,12 +1,22 @@
 // A device on its hub with the unmodified Azure IoT Node device SDK
-// (azure-iot-device + azure-iot-device-mqtt): reads its twin, sends telemetry,
-// reports properties, then waits for one desired-property update. Prints one
-// JSON line per stage.
-// Usage: node hub_device.js <hubHost> <deviceId> <deviceKey> <mqtt|ws>
+// (azure-iot-device + azure-iot-device-mqtt or azure-iot-device-amqp): reads
+// its twin, sends telemetry, reports properties, then waits for one
+// desired-property update. Prints one JSON line per stage.
+// Usage: node hub_device.js <hubHost> <deviceId> <deviceKey> <mqtt|ws|amqp|amqpws>
 'use strict';
 
 const { Client, Message } = require('azure-iot-device');
-const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
+
+// The transport class by its name on the command line.
+function transportFor(name) {
+  switch (name) {
+    case 'mqtt': return require('azure-iot-device-mqtt').Mqtt;
+    case 'ws': return require('azure-iot-device-mqtt').MqttWs;
+    case 'amqp': return require('azure-iot-device-amqp').Amqp;
+    case 'amqpws': return require('azure-iot-device-amqp').AmqpWs;
+    default: throw new Error(`unknown transport ${name}`);
+  }
+}
 
 const [hub, deviceId, key, transport] = process.argv.slice(2);
 const say = (fields) => console.log(JSON.stringify(fields));
@@ -18,7 +28,7 @@ const fail = (err) => {
 async function main() {
   const client = Client.fromConnectionString(
     `HostName=${hub};DeviceId=${deviceId};SharedAccessKey=${key}`,
-    transport === 'ws' ? MqttWs : Mqtt,
+    transportFor(transport),
   );
   await client.open();
   const twin = await client.getTwin();
