@@ -181,11 +181,11 @@ struct AmqpChannel {
 }
 
 impl DeviceChannel for AmqpChannel {
-    fn push_desired(&self, version: i64, patch: Bytes) -> bool {
+    /// The patch carries its `$version`; AMQP has no other place for it.
+    fn push_desired(&self, _version: i64, patch: Bytes) -> bool {
         if !self.wants_desired.load(Ordering::Relaxed) {
             return false;
         }
-        let _ = version; // the patch carries its `$version`
         self.twin_tx.try_send(data_message(None, patch)).is_ok()
     }
 

@@ -103,7 +103,8 @@ pub struct HubServeArgs {
     /// Data directory of this hub.
     #[arg(long, env = "ONRAMP_HUB_DATA_DIR", default_value = "./onramp-hub-data")]
     pub data_dir: PathBuf,
-    /// Address of the hub's HTTPS listener (REST API, MQTT over WebSockets).
+    /// Address of the hub's HTTPS listener (REST API, MQTT and AMQP over
+    /// WebSockets, and AMQP by its protocol header).
     #[arg(long, env = "ONRAMP_HUB_LISTEN", default_value = "0.0.0.0:443")]
     pub listen: String,
     /// Address of the hub's MQTT listener ("off" for none).
