@@ -84,6 +84,7 @@ impl From<StoreError> for ProvisioningError {
                 ErrorCode::StoreUnavailable,
                 format!("the store is unavailable, retry later: {m}"),
             ),
+            StoreError::Overtaken(m) => Self::new(ErrorCode::RegistrationSuperseded, m),
             StoreError::Corrupt(m) => {
                 Self::internal(format!("a stored record could not be read: {m}"))
             }

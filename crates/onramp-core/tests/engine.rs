@@ -1326,3 +1326,91 @@ async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() 
     assert_eq!(slow.poll().await.status, RegistrationStatus::Assigning);
     slow.gated.gate.release.notify_one();
 }
+
+// ---- Several nodes on one store ----------------------------------------------
+
+/// A registration still running on one node is `assigning` to a poll through
+/// another node on the same store (it has no in-flight map entry there), as
+/// long as the first node's lease lasts; then its record answers.
+#[tokio::test]
+async fn a_poll_through_another_node_hears_assigning_while_the_lease_lasts() {
+    let slow = waiting().await;
+    let other = slow.w.engine.clone();
+    let op = slow.first.operation_id.clone();
+    let poll = || other.operation_status(slow.w.poll("slow-dev", &op));
+    let heard = poll().await.unwrap();
+    assert_eq!(heard.status, RegistrationStatus::Assigning);
+    assert_eq!(
+        heard.registration_state.unwrap().registration_id,
+        "slow-dev"
+    );
+    let running = slow
+        .w
+        .store
+        .operation("default", &IdKey::of("slow-dev"))
+        .await
+        .unwrap()
+        .expect("the running registration is recorded");
+    assert_eq!(running.operation_id, op);
+
+    // Past the lease, the node is taken for dead: the poll answers as for an
+    // operation that ended without a record.
+    slow.w.clock.advance_seconds(31);
+    let err = poll().await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::OperationNotFound, "{}", err.message);
+
+    // The node finishes: its record answers, and the running entry is gone.
+    slow.gated.gate.release.notify_one();
+    slow.engine.drain(Duration::from_secs(10)).await;
+    let done = poll().await.unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+    assert!(
+        slow.w
+            .store
+            .operation("default", &IdKey::of("slow-dev"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Two nodes register the same device at about the same time: the older
+/// registration, finishing last on its node, is refused by the store; it
+/// removes the identity it made, and the newer one's record stays.
+#[tokio::test]
+async fn the_newest_registration_wins_across_nodes() {
+    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
+    let mut e = w.enrollment_on("racer", &["hub-a"], (true, false));
+    w.put(&e).await;
+    // Node A: its hub call to hub-a is slow.
+    let (gated, node_a) = gated_engine_of(&w, EngineConfig::default());
+    let first = w.signed("racer");
+    let slow = tokio::spawn({
+        let node_a = node_a.clone();
+        async move { node_a.register(first).await }
+    });
+    gated.gate.holds_one().await;
+    // Node B (w's engine, which knows nothing of A's registration): the
+    // enrollment now names hub-b, and the device registers again, later.
+    w.clock.advance_seconds(1);
+    w.point_at(&mut e, "hub-b").await;
+    let done = w.engine.register(w.signed("racer")).await.unwrap();
+    assert_eq!(
+        done.registration_state.unwrap().assigned_hub.as_deref(),
+        Some("hub-b")
+    );
+    // A ends after B: the store refuses its record as overtaken.
+    gated.gate.release.notify_one();
+    let err = slow.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.code,
+        ErrorCode::RegistrationSuperseded,
+        "{}",
+        err.message
+    );
+    let record = w.record("racer").await.unwrap();
+    assert_eq!(record.operation_id, done.operation_id);
+    assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
+    assert!(w.hubs.device("hub-b", "racer").is_some());
+    assert!(w.hubs.device("hub-a", "racer").is_none());
+}

@@ -75,6 +75,8 @@ async fn the_conformance_suite_passes_on_postgresql() {
         certificates,
         tpm_challenges,
         isolation,
+        running_operations,
+        newest_registration_wins,
     );
 }
 
@@ -409,7 +411,7 @@ async fn migrations_run_once_when_nodes_open_together() {
     .await;
     for store in &opened {
         let store = store.as_ref().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
     }
     let client = raw(&db).await;
     let steps: i64 = client
@@ -417,10 +419,10 @@ async fn migrations_run_once_when_nodes_open_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(steps, 1, "each step recorded once");
+    assert_eq!(steps, 2, "each step recorded once");
     // And a node that starts later finds nothing to do.
     let later = node(&db).await;
-    assert_eq!(later.schema_version().await.unwrap(), 1);
+    assert_eq!(later.schema_version().await.unwrap(), 2);
 }
 
 /// No database answering is `Unavailable` (a retryable 503) within the

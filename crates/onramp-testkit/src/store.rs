@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord, Store, StoreError,
-    StoredRecord, check_precondition, client_thumbprints,
+    HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord, RunningOperation,
+    Store, StoreError, StoredRecord, check_precondition, client_thumbprints, overtaken,
+    overtaken_by,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, IdKey, IndividualEnrollment, UtcTime};
@@ -23,6 +24,8 @@ struct State {
     policies: BTreeMap<Key, SharedAccessPolicy>,
     records: BTreeMap<RecordKey, Record>,
     latencies: BTreeMap<Key, HubLatencySample>,
+    /// Running operations by service and registration key.
+    operations: BTreeMap<(String, IdKey), RunningOperation>,
 }
 
 impl State {
@@ -201,6 +204,7 @@ impl Store for MemoryStore {
         let existed = s.services.remove(name).is_some();
         s.policies.retain(|(svc, _), _| svc != name);
         s.records.retain(|(_, svc, _), _| svc != name);
+        s.operations.retain(|(svc, _), _| svc != name);
         Ok(existed)
     }
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {
@@ -264,7 +268,21 @@ impl Store for MemoryStore {
             &condition,
             &format!("{:?} '{}'", at.0, at.2),
         )?;
+        if let (Record::Registration(new), Some(Record::Registration(stored))) = (&record, current)
+            && overtaken_by(&new.operation_id, &stored.operation_id)
+        {
+            return Err(overtaken(&new.state.registration_id));
+        }
         self.stamp(&mut record, current, now);
+        if let Record::Registration(r) = &record {
+            let device = (service.to_owned(), at.2.clone());
+            if s.operations
+                .get(&device)
+                .is_some_and(|op| op.operation_id == r.operation_id)
+            {
+                s.operations.remove(&device);
+            }
+        }
         s.records.insert(at, record.clone());
         Ok(record)
     }
@@ -286,6 +304,44 @@ impl Store for MemoryStore {
             &format!("{kind:?} '{key}'"),
         )?;
         s.records.remove(&at);
+        Ok(())
+    }
+    async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        s.require_service(service)?;
+        let device = (service.to_owned(), IdKey::of(&op.registration_id));
+        // The newest operation of a device stays.
+        if s.operations
+            .get(&device)
+            .is_some_and(|o| o.operation_id != op.operation_id && o.started > op.started)
+        {
+            return Ok(());
+        }
+        s.operations.insert(device, op.clone());
+        Ok(())
+    }
+    async fn operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+    ) -> Result<Option<RunningOperation>, StoreError> {
+        let device = (service.to_owned(), registration_key.clone());
+        Ok(self.lock().operations.get(&device).cloned())
+    }
+    async fn end_operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+        operation_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let device = (service.to_owned(), registration_key.clone());
+        if s.operations
+            .get(&device)
+            .is_some_and(|o| o.operation_id == operation_id)
+        {
+            s.operations.remove(&device);
+        }
         Ok(())
     }
     async fn records(

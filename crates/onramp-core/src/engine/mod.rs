@@ -11,11 +11,14 @@
 //!   reply budget, and drained when the server stops.
 //! - `in_flight`: operations still running, and the newest
 //!   one of each device.
+//! - `lease`: running operations recorded in the store, for polls
+//!   through other nodes.
 //! - `operation_id`: operation IDs and the time they carry.
 //! - `settings`: what an enrollment decides, whichever kind it is.
 
 mod authenticate;
 mod in_flight;
+mod lease;
 mod operation_id;
 mod place;
 mod register;
@@ -54,6 +57,10 @@ pub struct EngineConfig {
     /// How long a register call waits for its registration before it
     /// answers `assigning` and lets the device poll.
     pub reply_budget: Duration,
+    /// How long a node vouches for a registration it records as running
+    /// (renewed every third of it while the work goes on): a poll through
+    /// another node answers `assigning` until the lease ends.
+    pub operation_lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +70,7 @@ impl Default for EngineConfig {
             operation_ttl_seconds: 30 * 60,
             latency_tolerance_ms: 10.0,
             reply_budget: Duration::from_secs(10),
+            operation_lease: Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +140,8 @@ pub struct Engine {
     in_flight: Mutex<InFlightOps>,
     tasks: tasks::Tasks,
     throttle: Throttle,
+    /// This node's name, in the running operations it records.
+    node: String,
 }
 
 impl Engine {
@@ -152,7 +162,14 @@ impl Engine {
             in_flight: Mutex::new(InFlightOps::default()),
             tasks: tasks::Tasks::default(),
             throttle: Throttle::default(),
+            node: "onramp".to_owned(),
         }
+    }
+
+    /// This node's name, recorded with the registrations it runs.
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
     }
 
     /// The limits that answer `Throttled` (429 with Retry-After).

@@ -12,13 +12,15 @@ use onramp_model::{
 
 use super::authenticate::Claim;
 use super::in_flight::{InFlight, Overtaken};
+use super::lease::Announce;
 use super::settings::Settings;
 use super::{Engine, RegisterRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::attest::{Attested, Prefetched, Proof};
 use crate::events::{AttestationStep, HubCleanup, RegistrationAttempt};
 use crate::ports::{
-    Placement, Precondition, RegistrationInputs, RegistrationRecord, StoreExt, TpmChallenge,
+    Placement, Precondition, RegistrationInputs, RegistrationRecord, RunningOperation, StoreError,
+    StoreExt, TpmChallenge,
 };
 use crate::tenant::{LinkedHub, ProvisioningService};
 use crate::tpm::{self, RsaPublic};
@@ -33,6 +35,7 @@ impl Engine {
         &self,
         req: RegisterRequest,
         operation_id: String,
+        announce: Announce,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
         let started = self.clock.now();
         let registration_id = parse_registration_id(&req.registration_id)?;
@@ -110,17 +113,23 @@ impl Engine {
                 overtaken: Arc::default(),
             },
         );
-        let result = self
-            .assign(
-                &service,
-                &attested,
-                &req,
-                &operation_id,
-                previous,
-                linked,
-                &running.overtaken,
-            )
-            .await;
+        let visible = RunningOperation {
+            registration_id: registration_id.to_string(),
+            operation_id: operation_id.clone(),
+            node: self.node.clone(),
+            started,
+            lease_until: started,
+        };
+        let work = self.assign(
+            &service,
+            &attested,
+            &req,
+            &operation_id,
+            previous,
+            linked,
+            &running.overtaken,
+        );
+        let result = self.leased(&service.name, visible, announce, work).await;
         drop(running);
         let record = result?;
 
@@ -246,15 +255,30 @@ impl Engine {
             enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
             placement,
         };
+        // The identity this registration made, which a newer one's record may not name.
+        let made = (record.state.status == RegistrationStatus::Assigned)
+            .then(|| record.placement.clone())
+            .flatten();
         if overtaken.happened() {
             return Err(self
-                .superseded_answer(service, attested, &record, &linked)
+                .superseded_answer(service, attested, made, &linked)
                 .await);
         }
-        let record = self
+        // A newer registration on another node may have recorded first: the
+        // store refuses to put this older one over it.
+        let record = match self
             .store
             .put(&service.name, record, Precondition::None, self.clock.now())
-            .await?;
+            .await
+        {
+            Ok(record) => record,
+            Err(StoreError::Overtaken(_)) => {
+                return Err(self
+                    .superseded_answer(service, attested, made, &linked)
+                    .await);
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some((hub_name, old_id)) = leaves
             && let Some(hub) = linked.iter().find(|h| h.is_named(&hub_name))
         {
@@ -277,12 +301,10 @@ impl Engine {
         &self,
         service: &ProvisioningService,
         attested: &Attested,
-        mine: &RegistrationRecord,
+        made: Option<Placement>,
         linked: &[LinkedHub],
     ) -> ProvisioningError {
-        if mine.state.status == RegistrationStatus::Assigned
-            && let Some(made) = mine.placement.as_ref()
-        {
+        if let Some(made) = made {
             let recorded = self
                 .store
                 .get::<RegistrationRecord>(&service.name, &attested.registration_id.key())

@@ -62,23 +62,46 @@ impl Engine {
         let record = self
             .store
             .get::<RegistrationRecord>(&service.name, &key)
-            .await?
-            .ok_or_else(not_found)?;
+            .await?;
         // An operation newer than the record's ended without one (its write
         // failed, or the process stopped): answering the older record would
         // tell the device a stale hub.
-        if record.operation_id != operation_id
-            && operation_started(&record.operation_id).is_some_and(|recorded| recorded < started)
-        {
-            return Err(ProvisioningError::new(
-                ErrorCode::OperationNotFound,
-                format!(
-                    "operation '{}' of registration '{registration_id}' ended without a result; \
-                     register again",
-                    operation_id
-                ),
-            ));
-        }
+        let answers = record.as_ref().is_some_and(|r| {
+            r.operation_id == operation_id
+                || operation_started(&r.operation_id).is_none_or(|recorded| recorded >= started)
+        });
+        let record = match record {
+            Some(r) if answers => r,
+            stale => {
+                // Not recorded yet: it may still run on another node, which
+                // vouches for it until its lease ends.
+                let elsewhere = self.store.operation(&service.name, &key).await?;
+                if let Some(op) = elsewhere
+                    && op.operation_id == operation_id
+                    && op.lease_until > now
+                {
+                    return Ok(RegistrationOperationStatus {
+                        operation_id,
+                        status: RegistrationStatus::Assigning,
+                        registration_state: Some(DeviceRegistrationState::new(
+                            op.registration_id,
+                            RegistrationStatus::Assigning,
+                        )),
+                    });
+                }
+                if stale.is_none() {
+                    return Err(not_found());
+                }
+                return Err(ProvisioningError::new(
+                    ErrorCode::OperationNotFound,
+                    format!(
+                        "operation '{}' of registration '{registration_id}' ended without a result; \
+                         register again",
+                        operation_id
+                    ),
+                ));
+            }
+        };
         // Any earlier operation of this device answers with its current
         // record: polls may arrive late.
         Ok(RegistrationOperationStatus {

@@ -10,8 +10,13 @@ use std::time::Duration;
 use onramp_model::{ErrorCode, RegistrationOperationStatus, RegistrationStatus};
 use tokio_util::task::TaskTracker;
 
+use super::lease::Announce;
 use super::{Engine, RegisterRequest};
 use crate::ProvisioningError;
+
+/// How long a register call past its budget waits for its registration to
+/// be recorded as running.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
 
 /// The registration tasks, and whether the engine still takes new ones.
 #[derive(Debug, Default)]
@@ -48,19 +53,31 @@ impl Engine {
         let operation_id = self.new_operation_id();
         let engine = Arc::clone(self);
         let id = operation_id.clone();
+        let (done, mut announced) = tokio::sync::watch::channel(false);
+        // Half the budget: a registration still running then is recorded
+        // for the other nodes before the device hears `assigning`.
+        let announce = Announce {
+            at: tokio::time::Instant::now() + self.config.reply_budget / 2,
+            done,
+        };
         let mut work = self
             .tasks
             .tracker
-            .spawn(async move { engine.run(req, id).await });
+            .spawn(async move { engine.run(req, id, announce).await });
         match tokio::time::timeout(self.config.reply_budget, &mut work).await {
             Ok(joined) => joined.map_err(|e| {
                 ProvisioningError::internal(format!("the registration task failed: {e}"))
             })?,
-            Err(_) => Ok(RegistrationOperationStatus {
-                operation_id,
-                status: RegistrationStatus::Assigning,
-                registration_state: None,
-            }),
+            Err(_) => {
+                // Bounded: a store that does not answer delays no device
+                // longer than this. (An ended task closes the channel.)
+                let _ = tokio::time::timeout(ANNOUNCE_WAIT, announced.wait_for(|done| *done)).await;
+                Ok(RegistrationOperationStatus {
+                    operation_id,
+                    status: RegistrationStatus::Assigning,
+                    registration_state: None,
+                })
+            }
         }
     }
 

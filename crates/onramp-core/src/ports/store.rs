@@ -25,6 +25,11 @@ pub enum StoreError {
     /// A record exists but cannot be decoded (or unsealed).
     #[error("{0}")]
     Corrupt(String),
+    /// A registration record was not written because the device's record
+    /// comes from a registration that started later (on this node or
+    /// another): the newest registration of a device wins.
+    #[error("{0}")]
+    Overtaken(String),
 }
 
 /// The condition a write must meet, checked atomically by the store.
@@ -80,6 +85,25 @@ pub fn check_precondition(
             "If-Match {tag} was given but {what} does not exist; create it without If-Match"
         ))),
     }
+}
+
+/// Whether a registration record of operation `new` must give way to the
+/// stored record of operation `stored`: that one started later. Operation
+/// IDs whose start time cannot be read never give way.
+pub fn overtaken_by(new: &str, stored: &str) -> bool {
+    use crate::engine::operation_started;
+    match (operation_started(new), operation_started(stored)) {
+        (Some(new), Some(stored)) => stored > new,
+        _ => false,
+    }
+}
+
+/// The refusal of a registration record whose device has a newer one.
+pub fn overtaken(registration_id: &str) -> StoreError {
+    StoreError::Overtaken(format!(
+        "the record of '{registration_id}' comes from a registration that started later; \
+         the newest registration of a device wins"
+    ))
 }
 
 /// SHA-256 thumbprints (upper-case hex) of an enrollment's X.509 client
@@ -164,6 +188,23 @@ pub struct TpmChallenge {
     /// The register operation that spent it: a challenge vouches for one
     /// registration (and the polls of that one).
     pub spent_by: Option<String>,
+}
+
+/// A registration still running on some node: what a poll through another
+/// node answers `assigning` from. One per device (the newest registration's
+/// overwrites an older one's); the registration's record removes it when it
+/// is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningOperation {
+    /// The registration ID as the device spelled it.
+    pub registration_id: String,
+    pub operation_id: String,
+    /// The Onramp node running it.
+    pub node: String,
+    pub started: UtcTime,
+    /// Until when its node vouches for it; the node renews the lease while
+    /// the work goes on, so one past it ran on a node that died.
+    pub lease_until: UtcTime,
 }
 
 /// One measurement of the round trip from an Onramp node to a linked hub.
@@ -360,6 +401,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a record under [`Record::key`] if `condition` holds. Enrollments,
     /// groups and CA certificates get a new ETag, and the first write's time
     /// as their creation time; registrations get both times from `now`.
+    ///
+    /// A registration written without a condition is the result of its
+    /// operation: it is refused with [`StoreError::Overtaken`] when the
+    /// stored record's operation started later (by the start times in the
+    /// operation IDs, see `operation_started`), and it removes the device's
+    /// [`RunningOperation`] if that is its operation, in the same commit.
     async fn put_record(
         &self,
         service: &str,
@@ -383,6 +430,25 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&IdKey>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError>;
+
+    // Registrations running on some node, one per device.
+    /// Records (or renews) the device's running operation, replacing any
+    /// other of the device.
+    async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError>;
+    /// The device's running operation, if one is recorded (even past its lease).
+    async fn operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+    ) -> Result<Option<RunningOperation>, StoreError>;
+    /// Removes the device's running operation if it is `operation_id`
+    /// (a newer one's stays).
+    async fn end_operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+        operation_id: &str,
+    ) -> Result<(), StoreError>;
 
     // Indexed reads.
     /// Individual enrollments whose X.509 client certificate (primary or

@@ -20,7 +20,10 @@ const MIGRATION_TIMEOUT_S: u32 = 300;
 /// One schema step: the version it brings the database to, and its SQL.
 pub type Step = (i32, &'static str);
 
-const STEPS: [Step; 1] = [(1, include_str!("schema_v1.sql"))];
+const STEPS: [Step; 2] = [
+    (1, include_str!("schema_v1.sql")),
+    (2, include_str!("schema_v2.sql")),
+];
 
 /// The advisory lock nodes take to migrate one at a time ("onramp" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6f6e_7261_6d70;

@@ -15,6 +15,7 @@
 //! database's disk before its call returns.
 
 mod db;
+mod operations;
 mod records;
 mod registrations;
 mod rows;
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use onramp_core::ports::{
     HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
-    Store, StoreError,
+    RunningOperation, Store, StoreError,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{IdKey, IndividualEnrollment, UtcTime};
@@ -229,6 +230,30 @@ impl Store for PgStore {
         let tx = conn.transaction().await.map_err(pg_error)?;
         records::delete(&tx, service, kind, key, &condition).await?;
         tx.commit().await.map_err(pg_error)
+    }
+
+    async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
+        let conn = connection(&self.pool).await?;
+        operations::put(&conn, service, op).await
+    }
+
+    async fn operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+    ) -> Result<Option<RunningOperation>, StoreError> {
+        let conn = connection(&self.pool).await?;
+        operations::read(&conn, service, registration_key).await
+    }
+
+    async fn end_operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+        operation_id: &str,
+    ) -> Result<(), StoreError> {
+        let conn = connection(&self.pool).await?;
+        operations::end(&conn, service, registration_key, operation_id).await
     }
 
     async fn records(

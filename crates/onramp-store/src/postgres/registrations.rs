@@ -2,7 +2,7 @@
 //! with: one statement, so one round trip and one snapshot.
 
 use deadpool_postgres::GenericClient;
-use onramp_core::ports::{RegistrationInputs, RegistrationRecord, StoreError};
+use onramp_core::ports::{RegistrationInputs, RegistrationRecord, StoreError, overtaken};
 use onramp_model::{EnrollmentGroup, IndividualEnrollment, UtcTime};
 use tokio_postgres::Row;
 
@@ -86,15 +86,26 @@ pub(super) async fn write<C: GenericClient>(
         .transpose()
         .map_err(|e| corrupt("registration placement", e))?;
     let now_text = now.to_string();
-    const INSERT: &str = "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, created, doc, placement, hub_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let op_started = onramp_core::engine::operation_started(&stored.operation_id)
+        .and_then(|n| i64::try_from(n).ok());
+    // One statement: the operation stops running (its row goes) as its
+    // record is written, and a record whose operation started later than
+    // this one's stays (the newest registration of a device wins, whichever
+    // node commits last).
+    const INSERT: &str = "WITH ended AS (
+            DELETE FROM operations WHERE service = $1 AND id_key = $2 AND operation_id = $4)
+         INSERT INTO registrations (service, id_key, group_key, operation_id, etag, created, doc, placement, hub_key, op_started)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
     let sql = if create_only {
         format!("{INSERT} ON CONFLICT (service, id_key) DO NOTHING RETURNING created")
     } else {
         format!(
             "{INSERT} ON CONFLICT (service, id_key) DO UPDATE SET group_key = excluded.group_key,
             operation_id = excluded.operation_id, etag = excluded.etag, doc = excluded.doc,
-            placement = excluded.placement, hub_key = excluded.hub_key
+            placement = excluded.placement, hub_key = excluded.hub_key,
+            op_started = excluded.op_started
+         WHERE registrations.op_started IS NULL OR excluded.op_started IS NULL
+            OR registrations.op_started <= excluded.op_started
          RETURNING created"
         )
     };
@@ -111,18 +122,20 @@ pub(super) async fn write<C: GenericClient>(
             &doc,
             &placement,
             &hub_key,
+            &op_started,
         ],
     )
     .await
     .map_err(pg_error_in(service))?;
     let created: String = match row.first() {
         Some(r) => col(r, 0)?,
-        None => {
+        None if create_only => {
             return Err(StoreError::AlreadyExists(format!(
                 "'{}' already exists",
                 stored.state.registration_id
             )));
         }
+        None => return Err(overtaken(&stored.state.registration_id)),
     };
     stored.state.created_date_time_utc = Some(if created == now_text {
         now

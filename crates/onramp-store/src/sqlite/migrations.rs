@@ -4,12 +4,13 @@ use rusqlite::Connection;
 
 use crate::migrations::{Step, run};
 
-const STEPS: [Step; 5] = [
+const STEPS: [Step; 6] = [
     (1, include_str!("schema.sql")),
     (2, include_str!("schema_v2.sql")),
     (3, include_str!("schema_v3.sql")),
     (4, include_str!("schema_v4.sql")),
     (5, include_str!("schema_v5.sql")),
+    (6, include_str!("schema_v6.sql")),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

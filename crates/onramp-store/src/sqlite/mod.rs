@@ -11,6 +11,7 @@ pub(crate) mod challenges;
 mod db;
 pub(crate) mod enrollments;
 mod migrations;
+pub(crate) mod operations;
 pub(crate) mod registrations;
 pub(crate) mod rows;
 pub(crate) mod services;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use onramp_core::ports::{
     HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
-    Store, StoreError, StoredRecord, check_precondition,
+    RunningOperation, Store, StoreError, StoredRecord, check_precondition,
 };
 use onramp_core::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment, UtcTime};
@@ -208,6 +209,40 @@ impl Store for SqliteStore {
         let (service, key) = (service.to_owned(), key.clone());
         self.db
             .write(move |conn| delete_record(conn, &service, kind, &key, &condition))
+            .await
+    }
+
+    async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
+        let (service, op) = (service.to_owned(), op.clone());
+        self.db
+            .write(move |conn| operations::put(conn, &service, &op))
+            .await
+    }
+
+    async fn operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+    ) -> Result<Option<RunningOperation>, StoreError> {
+        let (service, key) = (service.to_owned(), registration_key.clone());
+        self.db
+            .read(move |conn| operations::read(conn, &service, &key))
+            .await
+    }
+
+    async fn end_operation(
+        &self,
+        service: &str,
+        registration_key: &IdKey,
+        operation_id: &str,
+    ) -> Result<(), StoreError> {
+        let (service, key, op) = (
+            service.to_owned(),
+            registration_key.clone(),
+            operation_id.to_owned(),
+        );
+        self.db
+            .write(move |conn| operations::end(conn, &service, &key, &op))
             .await
     }
 

@@ -1,6 +1,8 @@
 //! Device registration records, and the one read a registration starts with.
 
-use onramp_core::ports::{RegistrationInputs, RegistrationRecord, StoreError};
+use onramp_core::ports::{
+    RegistrationInputs, RegistrationRecord, StoreError, overtaken, overtaken_by,
+};
 use onramp_model::{DeviceRegistrationState, UtcTime};
 use rusqlite::{Connection, params};
 
@@ -131,14 +133,24 @@ pub(super) fn write(
     now: UtcTime,
 ) -> Result<RegistrationRecord, StoreError> {
     let key = stored.state.registration_id.to_ascii_lowercase();
-    let created: Option<String> = query_optional(
+    let current: Option<(String, String)> = query_optional(
         conn,
-        "SELECT doc FROM registrations WHERE service = ?1 AND id_key = ?2",
+        "SELECT doc, operation_id FROM registrations WHERE service = ?1 AND id_key = ?2",
         params![service, key],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    stored.state.created_date_time_utc =
-        Some(created.as_deref().and_then(created_of).unwrap_or(now));
+    // One writer: the check and the write below are one step.
+    if let Some((_, recorded)) = &current
+        && overtaken_by(&stored.operation_id, recorded)
+    {
+        return Err(overtaken(&stored.state.registration_id));
+    }
+    stored.state.created_date_time_utc = Some(
+        current
+            .as_ref()
+            .and_then(|(doc, _)| created_of(doc))
+            .unwrap_or(now),
+    );
     let doc = serde_json::to_string(&stored.state).map_err(|e| corrupt("registration", e))?;
     let group_key = stored
         .enrollment_group_id
@@ -183,6 +195,12 @@ pub(super) fn write(
         }
         other => sql_error(other),
     })?;
+    // The operation is over: no longer running anywhere.
+    conn.prepare_cached(
+        "DELETE FROM operations WHERE service = ?1 AND id_key = ?2 AND operation_id = ?3",
+    )
+    .and_then(|mut s| s.execute(params![service, key, stored.operation_id]))
+    .map_err(sql_error)?;
     Ok(stored)
 }
 

@@ -15,6 +15,7 @@ mod enrollments;
 mod fixtures;
 mod groups;
 mod isolation;
+mod operations;
 mod placements;
 mod registrations;
 mod tenants;
@@ -25,6 +26,7 @@ pub use enrollments::enrollments;
 pub use fixtures::{enrollment, group, hub, owner, service};
 pub use groups::groups;
 pub use isolation::isolation;
+pub use operations::{newest_registration_wins, running_operations};
 pub use placements::placements_and_latencies;
 pub use registrations::{registration_inputs, registrations};
 pub use tenants::tenants;
@@ -60,6 +62,8 @@ macro_rules! store_conformance {
             certificates,
             tpm_challenges,
             isolation,
+            running_operations,
+            newest_registration_wins,
         );
     };
     (@cases $fresh:expr; $($case:ident,)+) => {

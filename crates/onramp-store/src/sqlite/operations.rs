@@ -1,0 +1,102 @@
+//! Registrations running on some node, one per device (the newest stays).
+
+use onramp_core::ports::{RunningOperation, StoreError};
+use onramp_model::UtcTime;
+use rusqlite::{Connection, params};
+
+use super::db::sql_error;
+use super::rows::{corrupt, query_optional};
+
+/// Unix nanoseconds as a column (times before 2262).
+pub(crate) fn nanos(t: UtcTime) -> i64 {
+    i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn time(nanos: i64) -> Result<UtcTime, StoreError> {
+    UtcTime::from_unix_nanos(i128::from(nanos))
+        .ok_or_else(|| corrupt("running operation", "a time out of range"))
+}
+
+/// Records `op` unless the device's recorded operation started later.
+pub(super) fn put(
+    conn: &Connection,
+    service: &str,
+    op: &RunningOperation,
+) -> Result<(), StoreError> {
+    let key = op.registration_id.to_ascii_lowercase();
+    conn.prepare_cached(
+        "INSERT INTO operations (service, id_key, operation_id, node, started, lease_until, registration_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (service, id_key) DO UPDATE SET operation_id = excluded.operation_id,
+            node = excluded.node, started = excluded.started, lease_until = excluded.lease_until,
+            registration_id = excluded.registration_id
+         WHERE operations.operation_id = excluded.operation_id OR operations.started <= excluded.started",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            service,
+            key,
+            op.operation_id,
+            op.node,
+            nanos(op.started),
+            nanos(op.lease_until),
+            op.registration_id
+        ])
+    })
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::NotFound(format!("no provisioning service '{service}'"))
+        }
+        other => sql_error(other),
+    })?;
+    Ok(())
+}
+
+pub(super) fn read(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+) -> Result<Option<RunningOperation>, StoreError> {
+    let row = query_optional(
+        conn,
+        "SELECT registration_id, operation_id, node, started, lease_until FROM operations
+         WHERE service = ?1 AND id_key = ?2",
+        params![service, key],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        },
+    )?;
+    row.map(|(registration_id, operation_id, node, started, lease)| {
+        Ok(RunningOperation {
+            registration_id,
+            operation_id,
+            node,
+            started: time(started)?,
+            lease_until: time(lease)?,
+        })
+    })
+    .transpose()
+}
+
+/// Removes the device's running operation if it is `operation_id`.
+pub(super) fn end(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+    operation_id: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM operations WHERE service = ?1 AND id_key = ?2 AND operation_id = ?3",
+    )
+    .and_then(|mut s| s.execute(params![service, key, operation_id]))
+    .map_err(sql_error)?;
+    Ok(())
+}
