@@ -297,7 +297,8 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         .with_webhook(webhook)
         .with_latency(latency.clone())
         .with_regions(config.regions())
-        .with_throttle(config.throttle.engine()),
+        .with_throttle(config.throttle.engine())
+        .with_node(config.node.name.clone()),
     );
     let store_dyn_for_probes = store_dyn.clone();
     let admin = Arc::new(Admin::new(store_dyn, clock));

@@ -153,3 +153,183 @@ async fn a_device_polls_through_another_node() {
     b.stop();
     drop(a);
 }
+
+/// Two nodes on one database, each with a register reply budget of 300 ms,
+/// and a custom-allocation webhook that holds its answer to the first
+/// request until the test releases it, and answers the others at once.
+/// Node B shares A's keys and CA and runs no hub; the service's hub is A's.
+struct TwoNodes {
+    a: Server,
+    b: Server,
+    key: String,
+    /// Releases the webhook's answer to the first request.
+    release: std::sync::Arc<tokio::sync::Notify>,
+    /// The requests the webhook received.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _db: TestDatabase,
+}
+
+async fn two_nodes_with_a_held_webhook(registration_id: &str) -> Option<TwoNodes> {
+    let db = TestDatabase::create().await?;
+    let temp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (temp.path().join("a"), temp.path().join("b"));
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, "[limits]\nregister_reply_budget_ms = 300\n").unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let common_args = [
+        "--store-url",
+        db.url(),
+        "--config",
+        &config,
+        "--webhook-timeout-ms",
+        "30000",
+    ];
+    let mut a = Server::start_in(&dir_a, "127.0.0.1:0", &common_args);
+    share_keys(&dir_a, &dir_b);
+    share_ca(&dir_a, &dir_b);
+    let mut b_args = common_args.to_vec();
+    b_args.extend(["--embedded-hub", "false"]);
+    let b = Server::start_in(&dir_b, "127.0.0.1:0", &b_args);
+    let hub = a.embedded_hub().await.name;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let (url, seen) = common::start_webhook(move |_| {
+        let answer = json!({ "iotHubHostName": hub }).to_string();
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            common::WebhookReply::AnswerWhen(held.clone(), 200, answer)
+        } else {
+            common::WebhookReply::Answer(200, answer)
+        }
+    });
+    let key = a
+        .enroll(
+            registration_id,
+            json!({
+                "allocationPolicy": "custom",
+                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+            }),
+        )
+        .await;
+    a.keep(temp);
+    Some(TwoNodes {
+        a,
+        b,
+        key,
+        release,
+        seen,
+        _db: db,
+    })
+}
+
+/// Registers through `node`; the operation ID of the `assigning` answer.
+async fn register_assigning(node: &Server, registration_id: &str, key: &str) -> String {
+    let (status, _, op) = node
+        .register(registration_id, key, "?api-version=2021-06-01")
+        .await;
+    assert_eq!(status, 202, "{op}");
+    assert_eq!(op["status"], "assigning", "{op}");
+    op["operationId"].as_str().unwrap().to_owned()
+}
+
+/// One poll of `operation` through `node`: its status and body.
+async fn poll_once(
+    node: &Server,
+    registration_id: &str,
+    key: &str,
+    operation: &str,
+) -> (u16, serde_json::Value) {
+    let token = node.device_token(registration_id, key, common::unix_now() + 600);
+    let url = node.url(&format!(
+        "{}/registrations/{registration_id}/operations/{operation}?api-version=2021-06-01",
+        node.id_scope()
+    ));
+    let (status, _, body) = answer(
+        node.http()
+            .request(Method::GET, &url)
+            .header("Authorization", &token),
+    )
+    .await;
+    (status, body)
+}
+
+/// A registration still running on node A (its webhook holds the answer)
+/// is `assigning` to a poll through node B, which has no trace of it in
+/// memory: B reads it from the running operations in the database. Once A
+/// finishes, B answers `assigned` from the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_through_another_node_hears_assigning_then_assigned() {
+    let Some(mut nodes) = two_nodes_with_a_held_webhook("held-dev").await else {
+        return;
+    };
+    let TwoNodes { a, b, key, .. } = &nodes;
+    let operation = register_assigning(a, "held-dev", key).await;
+
+    let (status, polled) = poll_once(b, "held-dev", key, &operation).await;
+    assert_eq!(status, 202, "{polled}");
+    assert_eq!(polled["status"], "assigning", "{polled}");
+    assert_eq!(polled["operationId"], operation.as_str());
+
+    nodes.release.notify_one();
+    let (status, polled) = poll_until_done(&nodes.b, "held-dev", &nodes.key, &operation).await;
+    assert_assigned(status, &polled, 200);
+    assert_eq!(polled["operationId"], operation.as_str());
+    nodes.b.stop();
+    nodes.a.stop();
+}
+
+/// The same device registers through node A (held at its webhook) and then
+/// through node B, which finishes first. A, finishing last with the older
+/// registration, does not overwrite B's record: the database refuses it as
+/// overtaken (A's in-memory check cannot see B), A leaves the identity B's
+/// record names, and the device ends with B's record and its identity in
+/// the hub; a poll of A's operation reads B's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_registration_wins_across_nodes() {
+    let Some(mut nodes) = two_nodes_with_a_held_webhook("twice-dev").await else {
+        return;
+    };
+    let older = register_assigning(&nodes.a, "twice-dev", &nodes.key).await;
+    let seen = nodes.seen.clone();
+    common::wait_for(
+        std::time::Duration::from_secs(10),
+        "node A's webhook request",
+        || (!seen.lock().unwrap().is_empty()).then_some(()),
+    );
+    // B's registration starts later and its webhook answers at once.
+    let (status, _, op) = nodes
+        .b
+        .register("twice-dev", &nodes.key, "?api-version=2021-06-01")
+        .await;
+    assert!(matches!(status, 200 | 202), "{status} {op}");
+    let newer = op["operationId"].as_str().unwrap().to_owned();
+    if op["status"] != "assigned" {
+        let (status, polled) = poll_until_done(&nodes.b, "twice-dev", &nodes.key, &newer).await;
+        assert_assigned(status, &polled, 200);
+    }
+    // Now A's webhook answers: A's registration, the older, ends without a
+    // record of its own, and a poll of its operation reads B's.
+    nodes.release.notify_one();
+    let (status, polled) = poll_until_done(&nodes.a, "twice-dev", &nodes.key, &older).await;
+    assert_assigned(status, &polled, 200);
+    let store = nodes.a.any_store().await;
+    let record = store
+        .get::<RegistrationRecord>("default", &IdKey::of("twice-dev"))
+        .await
+        .unwrap()
+        .expect("one record");
+    assert_eq!(
+        record.operation_id, newer,
+        "the newer registration's record"
+    );
+    let hub = nodes.a.embedded_hub().await;
+    let device = nodes
+        .a
+        .hub_client()
+        .get_device(&hub, "twice-dev")
+        .await
+        .unwrap();
+    assert!(device.is_some(), "the device's identity stays in its hub");
+    nodes.b.stop();
+    nodes.a.stop();
+}
