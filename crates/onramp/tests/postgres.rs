@@ -1,7 +1,9 @@
 //! `onramp serve` on PostgreSQL: chosen by `--store-url`, a device
 //! registers and its record is in the database; the admin commands read the
 //! same store through `ONRAMP_STORE_URL`; a second node on the same database
-//! answers the device's poll of an operation the first node finished.
+//! answers the device's poll of an operation the first node finished, or
+//! still runs; the newest registration of a device wins across nodes; and
+//! `onramp store migrate` copies an embedded store into PostgreSQL.
 //!
 //! Each test makes a database of its own (see `onramp_testkit::postgres`):
 //! skipped without a server, failed when `ONRAMP_REQUIRE_POSTGRES=1`.
@@ -10,10 +12,12 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{Server, answer, assert_assigned, share_ca};
-use onramp_core::ports::{RegistrationRecord, StoreExt};
-use onramp_model::IdKey;
+use onramp_core::ports::{RegistrationRecord, Store, StoreExt};
+use onramp_model::{IdKey, IndividualEnrollment};
+use onramp_store::{PgStore, Sealer};
 use onramp_testkit::postgres::TestDatabase;
 use reqwest::Method;
 use serde_json::json;
@@ -332,4 +336,113 @@ async fn the_newest_registration_wins_across_nodes() {
     assert!(device.is_some(), "the device's identity stays in its hub");
     nodes.b.stop();
     nodes.a.stop();
+}
+
+/// `onramp store migrate` copies a stopped SQLite deployment's store into an
+/// empty PostgreSQL database: the records read back alike (secrets unsealed
+/// with the same keys, creation times kept), the counts are checked, and a
+/// database that already holds a service is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_migrates_into_postgresql() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let mut server = Server::start_in(&dir, "127.0.0.1:0", &[]);
+    let key = server.enroll("moved-dev", json!({})).await;
+    server.enroll_group("moved-group", json!({})).await;
+    let (status, _, op) = server
+        .register("moved-dev", &key, "?api-version=2021-06-01")
+        .await;
+    assert!(matches!(status, 200 | 202), "{status} {op}");
+    if op["status"] != "assigned" {
+        let operation = op["operationId"].as_str().unwrap();
+        let (status, polled) = poll_until_done(&server, "moved-dev", &key, operation).await;
+        assert_assigned(status, &polled, 200);
+    }
+    server.stop();
+    let source = server.store();
+    let enrollment = source
+        .get::<IndividualEnrollment>("default", &IdKey::of("moved-dev"))
+        .await
+        .unwrap()
+        .unwrap();
+    let registration = source
+        .get::<RegistrationRecord>("default", &IdKey::of("moved-dev"))
+        .await
+        .unwrap()
+        .unwrap();
+    let hubs = source.linked_hubs("default").await.unwrap();
+    drop(source);
+
+    let migrate = || {
+        common::onramp()
+            .args(["store", "migrate", "--from"])
+            .arg(&dir)
+            .args(["--to", db.url()])
+            .env_remove("ONRAMP_MASTER_KEY")
+            .env_remove("ONRAMP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("migrated 1 service(s)"), "{stdout}");
+    assert!(stdout.contains("1 enrollments"), "{stdout}");
+    assert!(stdout.contains("1 groups"), "{stdout}");
+    assert!(stdout.contains("1 registrations"), "{stdout}");
+
+    let sealer = Arc::new(Sealer::load_or_create(&dir.join("keys")).unwrap());
+    let target = PgStore::open(db.url(), sealer, Default::default())
+        .await
+        .unwrap();
+    let moved = target
+        .get::<IndividualEnrollment>("default", &IdKey::of("moved-dev"))
+        .await
+        .unwrap()
+        .expect("the enrollment, in PostgreSQL");
+    assert_eq!(
+        moved.attestation, enrollment.attestation,
+        "keys unsealed alike"
+    );
+    assert_eq!(
+        moved.created_date_time_utc,
+        enrollment.created_date_time_utc
+    );
+    assert_eq!(
+        moved.last_updated_date_time_utc,
+        enrollment.last_updated_date_time_utc
+    );
+    let moved = target
+        .get::<RegistrationRecord>("default", &IdKey::of("moved-dev"))
+        .await
+        .unwrap()
+        .expect("the registration, in PostgreSQL");
+    assert_eq!(moved.operation_id, registration.operation_id);
+    assert_eq!(moved.placement, registration.placement);
+    assert_eq!(moved.state.assigned_hub, registration.state.assigned_hub);
+    assert_eq!(
+        moved.state.created_date_time_utc,
+        registration.state.created_date_time_utc
+    );
+    assert_eq!(target.linked_hubs("default").await.unwrap(), hubs);
+    assert_eq!(
+        target.policies("default").await.unwrap().len(),
+        server.store().policies("default").await.unwrap().len()
+    );
+
+    // A database that holds a service already is refused, and left alone.
+    let out = migrate();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already holds 1 provisioning service"),
+        "{stderr}"
+    );
 }

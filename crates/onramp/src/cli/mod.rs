@@ -162,6 +162,19 @@ pub enum StoreCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Copy an embedded (SQLite) store into an empty PostgreSQL database:
+    /// services, policies, enrollments, groups, CA certificates,
+    /// registrations and linked hubs; the counts are checked after.
+    Migrate {
+        /// The data directory whose store (onramp.db) and master keys (keys/,
+        /// or ONRAMP_MASTER_KEY) to copy; its server should be stopped.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database to copy into (postgres://…); it must hold
+        /// no provisioning service yet.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[cfg(test)]
