@@ -88,7 +88,7 @@ impl Protocol {
 /// Why a device's credential is being checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttestationStep {
-    /// An MQTT CONNECT, before any request.
+    /// An MQTT CONNECT or an AMQP SASL exchange, before any request.
     Connect,
     /// A register request.
     Register,

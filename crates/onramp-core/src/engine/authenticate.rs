@@ -139,6 +139,7 @@ impl Engine {
             )
             .await
             .and_then(|a| tpm_only_where_it_exists(protocol, a))
+            .and_then(|a| unspent_before_a_connection(step, a))
             .map(|a| (service, a)),
             Err(e) => Err(e),
         }
@@ -181,6 +182,28 @@ fn tpm_only_where_it_exists(
                 attested.registration_id
             ),
         )),
+        _ => Ok(attested),
+    }
+}
+
+/// A connection (AMQP, MQTT) is authenticated before it registers: a TPM
+/// token whose challenge a registration has spent already is a replay there.
+/// (Polls of that registration still read with it, over HTTPS or on the
+/// connection that registered.)
+fn unspent_before_a_connection(
+    step: AttestationStep,
+    attested: Attested,
+) -> Result<Attested, ProvisioningError> {
+    match &attested.proof {
+        Proof::Tpm { challenge, .. }
+            if step == AttestationStep::Connect && challenge.spent_by.is_some() =>
+        {
+            Err(ProvisioningError::unauthorized(format!(
+                "the TPM challenge sent to '{}' was spent by an earlier registration, so its \
+                 token opens no new connection; authenticate with SASL TPM to get a new challenge",
+                attested.registration_id
+            )))
+        }
         _ => Ok(attested),
     }
 }

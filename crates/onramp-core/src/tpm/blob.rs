@@ -43,6 +43,15 @@ pub fn challenge_key() -> Result<[u8; CHALLENGE_KEY_LEN], TpmError> {
     random()
 }
 
+/// A blob for a TPM the server will not vouch for (its EK is not enrolled):
+/// a real blob around a key nobody keeps. Over AMQP the SDKs only report a
+/// refusal once they have a whole challenge to answer; with this one they
+/// sign a token the server then refuses at once, instead of waiting on a
+/// challenge that never comes.
+pub fn decoy_blob(ek: &RsaPublic, srk: &RsaPublic) -> Result<Vec<u8>, TpmError> {
+    activation_blob(ek, srk, &challenge_key()?)
+}
+
 /// Builds the activation blob that delivers `identity_key` into the TPM whose
 /// endorsement key is `ek`, under its storage root key `srk`.
 pub fn activation_blob(

@@ -27,7 +27,7 @@ pub mod kdf;
 pub mod public;
 pub mod token;
 
-pub use blob::{CHALLENGE_KEY_LEN, activation_blob, challenge_key};
+pub use blob::{CHALLENGE_KEY_LEN, activation_blob, challenge_key, decoy_blob};
 pub use public::RsaPublic;
 pub use token::verify_token;
 

@@ -3,7 +3,8 @@
 //!
 //! A connection starts with one of two protocol headers: `AMQP 3 1 0 0`
 //! (symmetric-key devices: SASL `PLAIN`, user name
-//! `{idScope}/registrations/{registrationId}`, password the SAS token) or
+//! `{idScope}/registrations/{registrationId}`, password the SAS token; TPM
+//! devices: SASL `TPM`, the nonce challenge in SASL frames) or
 //! `AMQP 0 1 0 0` (X.509 devices: no SASL, the certificate came in the TLS
 //! handshake). Onramp runs the SASL exchange itself ([`sasl`]) because the
 //! credential check needs the store, then hands the stream to fe2o3-amqp's
@@ -37,7 +38,10 @@ use crate::EndpointConfig;
 
 pub use onramp_net::amqp::{AMQP_HEADER, AmqpLimits, Rewind, SASL_HEADER, guard};
 pub use router::{AmqpRouter, Route, route};
-pub use sasl::{Mechanism, decode_frame as decode_sasl_frame, parse_plain};
+pub use sasl::{
+    MAX_SASL_FRAME, Mechanism, TpmInit, decode_frame as decode_sasl_frame, parse_plain,
+    parse_tpm_init, parse_tpm_response, tpm_blob_segments,
+};
 pub use session::{Address, parse_address};
 
 /// Who a connection proved to be, before any link.

@@ -1,0 +1,586 @@
+//! TPM attestation over AMQP: the SASL `TPM` mechanism served in process
+//! (the engine over the testkit's store, hubs and a manual clock), a device
+//! whose TPM is `SoftTpm`, the SASL frames written by hand and the links by
+//! fe2o3-amqp. A success that ends with the hub key opened in the TPM, and
+//! each refusal with its SASL outcome.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use bytes::{BufMut, BytesMut};
+use fe2o3_amqp::frames::sasl::{Frame, FrameCodec};
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
+};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use onramp_core::engine::{Engine, EngineConfig};
+use onramp_core::ports::{IdentityAuth, Store, StoreExt, TpmChallenge};
+use onramp_core::sas;
+use onramp_core::tpm::device::SoftTpm;
+use onramp_endpoints::EndpointConfig;
+use onramp_endpoints::amqp::{AmqpLimits, DpsAmqp};
+use onramp_model::{
+    AttestationMechanism, AttestationType, IdKey, IndividualEnrollment, TpmAttestation, UtcTime,
+};
+use onramp_net::PeerCertificates;
+use onramp_net::amqp::{AmqpApp, AmqpConnection};
+use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_util::codec::{Decoder, Encoder};
+
+const DEVICE: &str = "tpm-amqp-1";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Dps {
+    engine: Arc<Engine>,
+    store: Arc<MemoryStore>,
+    hubs: Arc<RecordingHubs>,
+    clock: Arc<ManualClock>,
+    scope: String,
+}
+
+fn tpm_enrollment(id: &str, tpm: &SoftTpm) -> IndividualEnrollment {
+    IndividualEnrollment {
+        registration_id: id.into(),
+        attestation: Some(AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: tpm.endorsement_key().to_base64(),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn dps(tpm: &SoftTpm) -> Dps {
+    let store = Arc::new(MemoryStore::new());
+    let svc = conformance::service("default", 0x7A12);
+    store
+        .create_service(&svc, &[conformance::owner("b3duZXI=")])
+        .await
+        .unwrap();
+    given(&*store, "default", conformance::hub("hub-a")).await;
+    given(&*store, "default", tpm_enrollment(DEVICE, tpm)).await;
+    let hubs = Arc::new(RecordingHubs::default());
+    let clock = Arc::new(ManualClock::new(UtcTime::now()));
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        hubs.clone(),
+        clock.clone(),
+        EngineConfig::default(),
+    ));
+    Dps {
+        engine,
+        store,
+        hubs,
+        clock,
+        scope: svc.id_scope.to_string(),
+    }
+}
+
+impl Dps {
+    /// A connection to the DPS AMQP endpoint, served in a task of its own.
+    fn connect(&self) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let app = DpsAmqp::new(
+            self.engine.clone(),
+            EndpointConfig::default(),
+            AmqpLimits::default(),
+        );
+        tokio::spawn(async move {
+            app.serve(AmqpConnection {
+                stream: Box::new(server),
+                peer: PeerCertificates::default(),
+                remote: "127.0.0.1:50000".parse().unwrap(),
+                websocket: false,
+                accepted_at: tokio::time::Instant::now(),
+                shutdown,
+            })
+            .await;
+            drop(stop);
+        });
+        client
+    }
+
+    fn resource(&self, id: &str) -> String {
+        format!("{}/registrations/{id}", self.scope)
+    }
+
+    /// A token for `id` signed with `key` (base64), as the SDKs sign it.
+    fn token(&self, id: &str, key: &str) -> String {
+        let expiry = UtcTime::now().unix_seconds() + 3600;
+        sas::sign(&self.resource(id), key, expiry, Some("registration")).unwrap()
+    }
+
+    async fn pending(&self) -> TpmChallenge {
+        self.store
+            .get::<TpmChallenge>("default", &IdKey::of(DEVICE))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+async fn write_frame(stream: &mut DuplexStream, frame: Frame) {
+    let mut body = BytesMut::new();
+    FrameCodec {}.encode(frame, &mut body).unwrap();
+    let mut out = BytesMut::new();
+    out.put_u32(u32::try_from(body.len() + 4).unwrap());
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await.unwrap();
+}
+
+/// The server's next SASL frame, or `None` when it closed the connection.
+async fn read_frame(stream: &mut DuplexStream) -> Option<Frame> {
+    let size = tokio::time::timeout(WAIT, stream.read_u32())
+        .await
+        .expect("the server answers")
+        .ok()?;
+    assert!(size <= 512, "a SASL frame of {size} bytes");
+    let mut body = BytesMut::zeroed(size as usize - 4);
+    stream.read_exact(&mut body).await.unwrap();
+    FrameCodec {}.decode(&mut body).unwrap()
+}
+
+async fn respond(stream: &mut DuplexStream, payload: Vec<u8>) {
+    write_frame(
+        stream,
+        Frame::Response(SaslResponse {
+            response: Binary::from(payload),
+        }),
+    )
+    .await;
+}
+
+/// How a SASL exchange ended.
+#[derive(Debug)]
+struct Ended {
+    code: SaslCode,
+    /// The activation blob, if both segments came.
+    blob: Option<Vec<u8>>,
+}
+
+/// Opens SASL and sends `sasl-init` for `mechanism`.
+async fn open_sasl(stream: &mut DuplexStream, mechanism: &str, initial: Vec<u8>, hostname: &str) {
+    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(&header, b"AMQP\x03\x01\x00\x00");
+    let Some(Frame::Mechanisms(offered)) = read_frame(stream).await else {
+        panic!("no sasl-mechanisms")
+    };
+    let offered: Vec<&str> = offered
+        .sasl_server_mechanisms
+        .0
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    assert_eq!(offered, ["PLAIN", "TPM"]);
+    write_frame(
+        stream,
+        Frame::Init(SaslInit {
+            mechanism: Symbol::from(mechanism),
+            initial_response: Some(Binary::from(initial)),
+            hostname: Some(hostname.to_owned()),
+        }),
+    )
+    .await;
+}
+
+/// The outcome the server sends next (the connection must not just end).
+async fn outcome(stream: &mut DuplexStream) -> SaslCode {
+    match read_frame(stream).await {
+        Some(Frame::Outcome(o)) => o.code,
+        other => panic!("expected sasl-outcome, got {other:?}"),
+    }
+}
+
+/// The `TPM` exchange as the SDKs run it, with `ek` and `srk` as sent, and
+/// `answer` turning the blob into the last response's payload.
+async fn tpm_exchange(
+    stream: &mut DuplexStream,
+    scope: &str,
+    id: &str,
+    ek: &[u8],
+    srk: &[u8],
+    answer: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Ended {
+    let init = [&[0u8][..], scope.as_bytes(), &[0], id.as_bytes(), &[0], ek].concat();
+    open_sasl(stream, "TPM", init, &format!("{scope}/registrations/{id}")).await;
+    match read_frame(stream).await {
+        Some(Frame::Challenge(c)) => assert_eq!(c.challenge.as_slice(), [0u8]),
+        Some(Frame::Outcome(o)) => {
+            return Ended {
+                code: o.code,
+                blob: None,
+            };
+        }
+        other => panic!("expected the first challenge, got {other:?}"),
+    }
+    respond(stream, [&[0u8][..], srk].concat()).await;
+    let first = match read_frame(stream).await {
+        Some(Frame::Challenge(c)) => c.challenge.to_vec(),
+        Some(Frame::Outcome(o)) => {
+            return Ended {
+                code: o.code,
+                blob: None,
+            };
+        }
+        other => panic!("expected the blob's first segment, got {other:?}"),
+    };
+    assert_eq!(first[0], 0x80, "the first segment's control byte");
+    respond(stream, vec![0]).await;
+    let Some(Frame::Challenge(last)) = read_frame(stream).await else {
+        panic!("no second segment")
+    };
+    assert_eq!(last.challenge[0], 0xC1, "the last segment's control byte");
+    let blob = [&first[1..], &last.challenge[1..]].concat();
+    respond(stream, [&[0u8][..], &answer(&blob)].concat()).await;
+    Ended {
+        code: outcome(stream).await,
+        blob: Some(blob),
+    }
+}
+
+/// The TPM's answer: the token signed with the key the blob carried.
+fn signed_by(dps: &Dps, tpm: &SoftTpm, id: &str) -> impl FnOnce(&[u8]) -> Vec<u8> {
+    let resource = dps.resource(id);
+    move |blob| {
+        let key = tpm.open(blob).expect("the blob opens in the TPM");
+        let expiry = UtcTime::now().unix_seconds() + 3600;
+        sas::sign(
+            &resource,
+            &STANDARD.encode(key),
+            expiry,
+            Some("registration"),
+        )
+        .unwrap()
+        .into_bytes()
+    }
+}
+
+fn request(
+    op: &str,
+    correlation: &str,
+    operation_id: Option<&str>,
+    body: &[u8],
+) -> Message<Body<Value>> {
+    let mut props = ApplicationProperties::builder()
+        .insert("iotdps-operation-type", SimpleValue::String(op.into()));
+    if let Some(id) = operation_id {
+        props = props.insert("iotdps-operation-id", SimpleValue::String(id.into()));
+    }
+    Message::builder()
+        .properties(Properties {
+            correlation_id: Some(MessageId::String(correlation.into())),
+            ..Default::default()
+        })
+        .application_properties(props.build())
+        .body(Body::Data(vec![Data(Binary::from(body.to_vec()))].into()))
+        .build()
+}
+
+async fn answer(receiver: &mut Receiver) -> Json {
+    let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.accept(&delivery).await.unwrap();
+    let Body::Data(data) = &delivery.message().body else {
+        panic!("not a Data section")
+    };
+    let bytes: Vec<u8> = data.iter().flat_map(|d| d.0.iter().copied()).collect();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Registers over the links of an authenticated connection; the final answer.
+async fn register(dps: &Dps, stream: DuplexStream, tpm: &SoftTpm) -> Json {
+    let mut conn = Connection::builder()
+        .container_id("onramp-test-tpm")
+        .hostname("localhost")
+        .open_with_stream(stream)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let address = dps.resource(DEVICE);
+    let mut receiver = Receiver::attach(&mut session, "recv", address.as_str())
+        .await
+        .unwrap();
+    let mut sender = Sender::attach(&mut session, "send", address.as_str())
+        .await
+        .unwrap();
+    // The Node SDK's register body repeats the TPM's keys.
+    let body = serde_json::json!({
+        "registrationId": DEVICE,
+        "tpm": {
+            "endorsementKey": tpm.endorsement_key().to_base64(),
+            "storageRootKey": tpm.storage_root_key().to_base64(),
+        }
+    });
+    let outcome = sender
+        .send(request(
+            "iotdps-register",
+            "r",
+            None,
+            body.to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let mut op = answer(&mut receiver).await;
+    for n in 0..50 {
+        if op["status"] != "assigning" {
+            break;
+        }
+        let operation_id = op["operationId"].as_str().unwrap().to_owned();
+        let correlation = format!("p{n}");
+        sender
+            .send(request(
+                "iotdps-get-operationstatus",
+                &correlation,
+                Some(&operation_id),
+                b"",
+            ))
+            .await
+            .unwrap();
+        op = answer(&mut receiver).await;
+    }
+    conn.close().await.ok();
+    op
+}
+
+#[tokio::test]
+async fn a_tpm_device_provisions_over_sasl_tpm_and_its_tokens_open_nothing_more() {
+    let tpm = SoftTpm::generate().unwrap();
+    let dps = dps(&tpm).await;
+    let ek = tpm.endorsement_key().as_bytes().to_vec();
+    let srk = tpm.storage_root_key().as_bytes().to_vec();
+
+    // The exchange: two segments of a real blob, the TPM's token, ok.
+    let mut stream = dps.connect();
+    let mut token = String::new();
+    let sign = signed_by(&dps, &tpm, DEVICE);
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |blob| {
+        let t = sign(blob);
+        token = String::from_utf8(t.clone()).unwrap();
+        t
+    })
+    .await;
+    assert_eq!(ended.code, SaslCode::Ok);
+    let blob = ended.blob.unwrap();
+    assert!((760..=800).contains(&blob.len()), "{} bytes", blob.len());
+
+    // The links: assigned, with the hub key wrapped for this TPM.
+    let op = register(&dps, stream, &tpm).await;
+    assert_eq!(op["status"], "assigned", "{op}");
+    let state = &op["registrationState"];
+    assert_eq!(state["assignedHub"], "hub-a", "{op}");
+    let wrapped = STANDARD
+        .decode(state["tpm"]["authenticationKey"].as_str().unwrap())
+        .unwrap();
+    let hub_key = tpm.open(&wrapped).unwrap();
+    let identity = dps.hubs.device("hub-a", DEVICE).unwrap();
+    let IdentityAuth::SymmetricKey { primary, .. } = identity.auth else {
+        panic!("not a symmetric-key identity: {:?}", identity.auth)
+    };
+    assert_eq!(STANDARD.encode(hub_key), primary.expose());
+
+    // Replayed as PLAIN, the spent challenge's token opens no connection.
+    let mut stream = dps.connect();
+    let plain = [
+        &b"\0"[..],
+        dps.resource(DEVICE).as_bytes(),
+        b"\0",
+        token.as_bytes(),
+    ]
+    .concat();
+    open_sasl(&mut stream, "PLAIN", plain, "localhost").await;
+    assert_eq!(outcome(&mut stream).await, SaslCode::Auth);
+
+    // Replayed as the last TPM response, it meets a new challenge: refused.
+    let mut stream = dps.connect();
+    let replayed = token.clone().into_bytes();
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |_| replayed).await;
+    assert_eq!(ended.code, SaslCode::Auth);
+    assert!(ended.blob.is_some());
+    assert_eq!(
+        dps.pending().await.spent_by,
+        None,
+        "the new challenge is pending"
+    );
+}
+
+#[tokio::test]
+async fn an_unenrolled_or_malformed_tpm_and_foreign_stale_or_expired_tokens_are_refused() {
+    let tpm = SoftTpm::generate().unwrap();
+    let dps = dps(&tpm).await;
+    let ek = tpm.endorsement_key().as_bytes().to_vec();
+    let srk = tpm.storage_root_key().as_bytes().to_vec();
+
+    // Another TPM claiming the registration, and a TPM nobody enrolled: each
+    // gets a blob it can open (as the SDKs need to report anything), whose
+    // key vouches for nothing.
+    let stranger = SoftTpm::generate().unwrap();
+    let stranger_ek = stranger.endorsement_key().as_bytes().to_vec();
+    let stranger_srk = stranger.storage_root_key().as_bytes().to_vec();
+    for id in [DEVICE, "tpm-nobody"] {
+        let mut stream = dps.connect();
+        let sign = signed_by(&dps, &stranger, id);
+        let ended = tpm_exchange(
+            &mut stream,
+            &dps.scope,
+            id,
+            &stranger_ek,
+            &stranger_srk,
+            sign,
+        )
+        .await;
+        assert_eq!(ended.code, SaslCode::Auth, "{id}");
+        assert!(ended.blob.is_some(), "{id}");
+    }
+    assert!(
+        dps.store
+            .get::<TpmChallenge>("default", &IdKey::of(DEVICE))
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused TPM leaves no challenge"
+    );
+
+    // A malformed endorsement key: refused once the keys are in, no blob.
+    let mut stream = dps.connect();
+    let mut bad_ek = ek.clone();
+    bad_ek.truncate(100); // its size field still says 314
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &bad_ek, &srk, |_| {
+        Vec::new()
+    })
+    .await;
+    assert_eq!(ended.code, SaslCode::Auth);
+    assert!(ended.blob.is_none());
+
+    // A token signed with a foreign key.
+    let mut stream = dps.connect();
+    let foreign = dps.token(DEVICE, &STANDARD.encode([7u8; 32])).into_bytes();
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |_| foreign).await;
+    assert_eq!(ended.code, SaslCode::Auth);
+
+    // A stale key: the one the previous exchange delivered.
+    let mut stream = dps.connect();
+    let mut stale = None;
+    tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |blob| {
+        stale = Some(STANDARD.encode(tpm.open(blob).unwrap()));
+        b"not a token".to_vec()
+    })
+    .await;
+    let stale = dps.token(DEVICE, &stale.unwrap()).into_bytes();
+    let mut stream = dps.connect();
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |_| stale).await;
+    assert_eq!(ended.code, SaslCode::Auth);
+
+    // The right key after the challenge expired.
+    let mut stream = dps.connect();
+    let sign = signed_by(&dps, &tpm, DEVICE);
+    let clock = dps.clock.clone();
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, |blob| {
+        clock.advance_seconds(16 * 60);
+        sign(blob)
+    })
+    .await;
+    assert_eq!(ended.code, SaslCode::Auth);
+
+    // A disabled enrollment: the challenge comes, the signed token is refused.
+    let mut disabled = tpm_enrollment(DEVICE, &tpm);
+    disabled.provisioning_status = Some(onramp_model::ProvisioningStatus::Disabled);
+    given(&*dps.store, "default", disabled).await;
+    let mut stream = dps.connect();
+    let sign = signed_by(&dps, &tpm, DEVICE);
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, sign).await;
+    assert_eq!(ended.code, SaslCode::Auth);
+    assert_eq!(dps.hubs.count(), 0, "no refused device reached a hub");
+}
+
+#[tokio::test]
+async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
+    let tpm = SoftTpm::generate().unwrap();
+    let dps = dps(&tpm).await;
+
+    // An init without a registration ID, and one that claims a blob segment.
+    for init in [b"\0scope-only".to_vec(), b"\x80scope\0id\0ek".to_vec()] {
+        let mut stream = dps.connect();
+        open_sasl(&mut stream, "TPM", init, "localhost").await;
+        assert_eq!(outcome(&mut stream).await, SaslCode::Auth);
+    }
+
+    // A TPM init frame over 512 bytes (a 600-byte key): the connection ends
+    // with no outcome, before any engine work.
+    let mut stream = dps.connect();
+    let ek = vec![0x41u8; 600];
+    let init = [
+        &b"\0"[..],
+        dps.scope.as_bytes(),
+        b"\0",
+        DEVICE.as_bytes(),
+        b"\0",
+        &ek,
+    ]
+    .concat();
+    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await.unwrap();
+    assert!(matches!(
+        read_frame(&mut stream).await,
+        Some(Frame::Mechanisms(_))
+    ));
+    write_frame(
+        &mut stream,
+        Frame::Init(SaslInit {
+            mechanism: Symbol::from("TPM"),
+            initial_response: Some(Binary::from(init)),
+            hostname: None,
+        }),
+    )
+    .await;
+    assert!(
+        read_frame(&mut stream).await.is_none(),
+        "the connection ends"
+    );
+
+    // A response over 512 bytes in the middle of the exchange ends it too.
+    let mut stream = dps.connect();
+    let ek = tpm.endorsement_key().as_bytes().to_vec();
+    let init = [
+        &b"\0"[..],
+        dps.scope.as_bytes(),
+        b"\0",
+        DEVICE.as_bytes(),
+        b"\0",
+        &ek,
+    ]
+    .concat();
+    open_sasl(&mut stream, "TPM", init, "localhost").await;
+    assert!(matches!(
+        read_frame(&mut stream).await,
+        Some(Frame::Challenge(_))
+    ));
+    respond(&mut stream, vec![0u8; 700]).await;
+    assert!(
+        read_frame(&mut stream).await.is_none(),
+        "the connection ends"
+    );
+    assert!(
+        dps.store
+            .get::<TpmChallenge>("default", &IdKey::of(DEVICE))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
