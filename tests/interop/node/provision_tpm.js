@@ -1,20 +1,27 @@
-// Provisions a TPM device with the unmodified Azure IoT Node SDKs over HTTPS
-// (azure-iot-provisioning-device-http + azure-iot-security-tpm), then connects
+// Provisions a TPM device with the unmodified Azure IoT Node SDKs over HTTPS,
+// AMQP or AMQP over WebSockets (azure-iot-provisioning-device-http or -amqp,
+// with azure-iot-security-tpm; over AMQP the challenge is SASL TPM), then connects
 // to the assigned hub over MQTT authenticated by the same TPM, reads the twin
 // and sends one telemetry message. The TPM is reached with tss.js's simulator
 // client at <tpmHost>:<tpmPort> (and its platform port, the next one).
 // Prints one JSON line: {ok, registrationId, result, desired, sent} or {ok: false, stage, error}.
-// Usage: node provision_tpm.js <host> <idScope> <tpmHost> <tpmPort>
+// Usage: node provision_tpm.js <host> <idScope> <tpmHost> <tpmPort> [http|amqp|amqpws]
 'use strict';
 
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Http } = require('azure-iot-provisioning-device-http');
+const { Amqp, AmqpWs } = require('azure-iot-provisioning-device-amqp');
 const { TpmSecurityClient, TpmAuthenticationProvider } = require('azure-iot-security-tpm');
 const { Client, Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Tpm } = require('tss.js');
 
-const [host, idScope, tpmHost, tpmPort] = process.argv.slice(2);
+const [host, idScope, tpmHost, tpmPort, transportName = 'http'] = process.argv.slice(2);
+const transports = { http: () => new Http(), amqp: () => new Amqp(), amqpws: () => new AmqpWs() };
+if (!transports[transportName]) {
+  console.error(`unknown transport '${transportName}': use http, amqp or amqpws`);
+  process.exit(2);
+}
 let stage = 'start';
 const fail = (err) => {
   const response = err.response || {};
@@ -35,7 +42,7 @@ async function main() {
   const registrationId = await call((done) => security.getRegistrationId(done));
 
   stage = 'provision';
-  const provisioning = ProvisioningDeviceClient.create(host, idScope, new Http(), security);
+  const provisioning = ProvisioningDeviceClient.create(host, idScope, transports[transportName](), security);
   const registration = await call((done) => provisioning.register(done));
   const state = registration.registrationState || registration;
   const result = { status: registration.status, assignedHub: state.assignedHub, deviceId: state.deviceId };
