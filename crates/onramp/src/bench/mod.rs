@@ -3,7 +3,9 @@
 //! Devices belong to one symmetric-key enrollment group (created through the
 //! service API unless `--group-key` names one) and register with their
 //! derived keys — or have individual enrollments, imported in bulk first — `--concurrency` at a time, over HTTPS, MQTT or MQTT over
-//! WebSockets. With `--connections fresh` every device opens its own TLS
+//! WebSockets. With `--attestation tpm` the devices are TPMs in software
+//! (`SoftTpm`) with individual enrollments, over HTTPS: each registration
+//! is the challenge request, the blob opened, and the signed retry. With `--connections fresh` every device opens its own TLS
 //! connection without session resumption, as a real fleet does; with
 //! `--connections reuse` (HTTPS only) each worker keeps one connection, which
 //! measures the engine rather than the handshakes.
@@ -21,6 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use onramp_core::sas::{self, SasError};
+use onramp_core::tpm::device::SoftTpm;
 use onramp_model::{ErrorBody, RegistrationOperationStatus, RegistrationStatus};
 use serde::Serialize;
 
@@ -79,7 +82,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("bench-{run_id}"));
 
-    let fleet = if args.enrollments == "individual" {
+    let tpm = args.attestation == "tpm";
+    if tpm && protocol != Protocol::Https {
+        bail!("--attestation tpm runs over https: MQTT has no TPM challenge");
+    }
+    if tpm && args.skip_create {
+        bail!(
+            "--attestation tpm makes new TPM keys each run: its enrollments cannot be reused (leave out --skip-create)"
+        );
+    }
+    let fleet = if tpm || args.enrollments == "individual" {
         let population = args.population.unwrap_or(args.devices).max(1);
         if args.first.saturating_add(args.devices) > population {
             bail!(
@@ -92,6 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             secret: individual_secret(&prefix)?,
             population,
             first: args.first,
+            tpms: if tpm { Some(tpm_pool()?) } else { None },
         };
         if !args.skip_create {
             import(&args, &prefix, &fleet, population).await?;
@@ -127,7 +140,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         devices: args.devices,
         concurrency: args.concurrency.max(1),
         rate: args.rate,
-        label: args.protocol.clone(),
+        label: if tpm {
+            format!("{} (tpm)", args.protocol)
+        } else {
+            args.protocol.clone()
+        },
         connections: args.connections.clone(),
     };
 
@@ -166,6 +183,8 @@ pub(crate) enum Fleet {
         secret: String,
         population: u64,
         first: u64,
+        /// `--attestation tpm`: the TPMs member `i` uses the `i % len`-th of.
+        tpms: Option<Arc<[SoftTpm]>>,
     },
 }
 
@@ -179,6 +198,24 @@ impl Fleet {
             } => spread(first + n, *population),
         };
         self.member(prefix, i)
+    }
+
+    /// The TPM of the `n`-th device to register, for a TPM fleet.
+    pub(crate) fn tpm(&self, n: u64) -> Option<&SoftTpm> {
+        match self {
+            Fleet::Individual {
+                population,
+                first,
+                tpms: Some(tpms),
+                ..
+            } => self.member_tpm(spread(first + n, *population), tpms),
+            _ => None,
+        }
+    }
+
+    fn member_tpm<'a>(&self, i: u64, tpms: &'a [SoftTpm]) -> Option<&'a SoftTpm> {
+        let len = u64::try_from(tpms.len()).ok().filter(|l| *l > 0)?;
+        tpms.get(usize::try_from(i % len).ok()?)
     }
 
     /// Registration ID and key of member `i` (in ID order).
@@ -202,6 +239,17 @@ fn spread(n: u64, population: u64) -> u64 {
         .find(|s| !population.is_multiple_of(*s))
         .unwrap_or(1);
     ((u128::from(n) * u128::from(stride)) % u128::from(population)) as u64
+}
+
+/// TPMs a TPM fleet shares: each is two RSA-2048 key generations, too slow
+/// to make one per device before a run.
+const TPM_POOL: usize = 8;
+
+fn tpm_pool() -> anyhow::Result<Arc<[SoftTpm]>> {
+    (0..TPM_POOL)
+        .map(|_| SoftTpm::generate().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Arc::from)
 }
 
 /// The key individual enrollments of a prefix are derived from.
@@ -244,10 +292,14 @@ async fn import(
                 let mut enrollments = Vec::with_capacity((last - first) as usize);
                 for i in first..last {
                     let (id, key) = fleet.member(&prefix, i).map_err(anyhow::Error::msg)?;
-                    enrollments.push(serde_json::json!({
-                        "registrationId": id,
-                        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}},
-                    }));
+                    let attestation = match &fleet {
+                        Fleet::Individual { tpms: Some(tpms), .. } => {
+                            let tpm = fleet.member_tpm(i, tpms).context("an empty TPM pool")?;
+                            serde_json::json!({"type": "tpm", "tpm": {"endorsementKey": tpm.endorsement_key().to_base64()}})
+                        }
+                        _ => serde_json::json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}}),
+                    };
+                    enrollments.push(serde_json::json!({"registrationId": id, "attestation": attestation}));
                 }
                 let result = api
                     .call(

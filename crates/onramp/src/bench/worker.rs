@@ -1,5 +1,8 @@
 //! One simulated device after another, over one worker's connection or fresh ones.
 
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use onramp_model::TpmRegistrationChallenge;
+
 use super::*;
 
 pub(super) struct Worker {
@@ -43,7 +46,9 @@ impl Worker {
                     if !self.load.reuse {
                         connection = None;
                     }
-                    self.https(&mut connection, &registration_id, &key).await
+                    let tpm = self.load.fleet.tpm(n);
+                    self.https(&mut connection, &registration_id, &key, tpm)
+                        .await
                 }
                 _ => self.session(&registration_id, &key).await,
             };
@@ -91,8 +96,13 @@ impl Worker {
         connection: &mut Option<SendRequest<Full<Bytes>>>,
         registration_id: &str,
         key: &str,
+        tpm: Option<&SoftTpm>,
     ) -> Outcome {
-        match self.https_register(connection, registration_id, key).await {
+        let result = match tpm {
+            Some(tpm) => self.https_tpm(connection, registration_id, tpm).await,
+            None => self.https_register(connection, registration_id, key).await,
+        };
+        match result {
             Ok(o) => o,
             Err(e) => {
                 *connection = None;
@@ -109,13 +119,6 @@ impl Worker {
         registration_id: &str,
         key: &str,
     ) -> anyhow::Result<Outcome> {
-        if connection.as_ref().is_none_or(|c| c.is_closed()) {
-            *connection = Some(self.connect().await?);
-        }
-        let Some(sender) = connection.as_mut() else {
-            bail!("no connection")
-        };
-        sender.ready().await?;
         let resource = format!("{}/registrations/{registration_id}", self.load.id_scope);
         let token = sas::sign(
             &resource,
@@ -124,28 +127,100 @@ impl Worker {
             Some("registration"),
         )
         .map_err(anyhow::Error::msg)?;
-        let body = serde_json::to_vec(&serde_json::json!({"registrationId": registration_id}))?;
-        let request = hyper::Request::put(format!(
+        let body = serde_json::json!({"registrationId": registration_id});
+        let (status, bytes) = self.put(connection, &resource, Some(&token), &body).await?;
+        answered(status, &bytes)
+    }
+
+    /// A TPM device: its keys without a token (answered 401 with the
+    /// challenge), the blob opened in its TPM, the signed retry.
+    async fn https_tpm(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        registration_id: &str,
+        tpm: &SoftTpm,
+    ) -> anyhow::Result<Outcome> {
+        let resource = format!("{}/registrations/{registration_id}", self.load.id_scope);
+        let body = serde_json::json!({
+            "registrationId": registration_id,
+            "tpm": {
+                "endorsementKey": tpm.endorsement_key().to_base64(),
+                "storageRootKey": tpm.storage_root_key().to_base64(),
+            },
+        });
+        let (status, bytes) = self.put(connection, &resource, None, &body).await?;
+        if status < 300 {
+            return Ok(Outcome::Failed {
+                code: format!("HTTP {status} without the TPM challenge"),
+            });
+        }
+        if status != 401 {
+            return answered(status, &bytes);
+        }
+        let challenge: TpmRegistrationChallenge = serde_json::from_slice(&bytes)?;
+        let key = tpm.open(&STANDARD.decode(challenge.authentication_key)?)?;
+        let token = sas::sign(
+            &resource,
+            &STANDARD.encode(key),
+            simulator::unix_now() + 3600,
+            Some("registration"),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (status, bytes) = self.put(connection, &resource, Some(&token), &body).await?;
+        let outcome = answered(status, &bytes)?;
+        // Assigned counts only with the hub key wrapped for the TPM.
+        if matches!(outcome, Outcome::Assigned { .. }) {
+            let op: RegistrationOperationStatus = serde_json::from_slice(&bytes)?;
+            if op.registration_state.and_then(|s| s.tpm).is_none() {
+                bail!("assigned without tpm.authenticationKey");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// One register request on the worker's connection: status and body.
+    async fn put(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        resource: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        if connection.as_ref().is_none_or(|c| c.is_closed()) {
+            *connection = Some(self.connect().await?);
+        }
+        let Some(sender) = connection.as_mut() else {
+            bail!("no connection")
+        };
+        sender.ready().await?;
+        let mut request = hyper::Request::put(format!(
             "/{resource}/register?api-version={}",
             simulator::DEVICE_API_VERSION
         ))
         // What an SDK sends: the endpoint it was given.
         .header("host", &self.load.endpoint)
-        .header("authorization", token)
-        .header("content-type", "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))?;
+        .header("content-type", "application/json; charset=utf-8");
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
         let resp = sender.send_request(request).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        if status >= 300 {
-            let code = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error_code.to_string())
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Ok(Outcome::Failed { code });
-        }
-        let op: RegistrationOperationStatus = serde_json::from_slice(&bytes)?;
-        Ok(outcome_of(op))
+        Ok((status, bytes))
     }
+}
+
+/// A register answer as the bench counts it.
+fn answered(status: u16, bytes: &[u8]) -> anyhow::Result<Outcome> {
+    if status >= 300 {
+        let code = serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|e| e.error_code.to_string())
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        return Ok(Outcome::Failed { code });
+    }
+    let op: RegistrationOperationStatus = serde_json::from_slice(bytes)?;
+    Ok(outcome_of(op))
 }
 
 pub(super) fn outcome_of(status: RegistrationOperationStatus) -> Outcome {

@@ -78,6 +78,12 @@ pub struct BenchArgs {
     /// the target, and report the ratio. Needs a build with --features ceiling.
     #[arg(long)]
     pub ceiling: bool,
+    /// How the devices attest: symmetric-key, or tpm (individual enrollments
+    /// of software TPMs that answer the nonce challenge over https; a few
+    /// TPMs' keys are shared by the whole fleet, as the server's work does
+    /// not depend on which TPM it is).
+    #[arg(long, default_value = "symmetric-key", value_parser = ["symmetric-key", "tpm"])]
+    pub attestation: String,
 }
 
 impl BenchArgs {
