@@ -570,6 +570,19 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
     assert_eq!(op.status, RegistrationStatus::Assigned);
     let replayed = p.engine.register(signed(&fresh)).await.unwrap_err();
     assert_refused(&replayed, ErrorCode::Unauthorized, "spent");
+    // Nor does it open a new connection (AMQP authenticates before it
+    // registers): the spent challenge is refused there already.
+    let refused = p
+        .engine
+        .check_device(
+            &p.scope,
+            TPM_DEVICE,
+            &DeviceCredential::SasToken(fresh.clone()),
+            Protocol::Amqp,
+        )
+        .await
+        .unwrap_err();
+    assert_refused(&refused, ErrorCode::Unauthorized, "spent");
 
     // A disabled enrollment still gets a challenge (the key proves nothing
     // yet), and its signed retry is refused as disabled.
