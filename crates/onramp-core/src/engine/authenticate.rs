@@ -99,7 +99,7 @@ impl Engine {
         let result = match (admitted, found) {
             (Err(e), _) => Err(e),
             (Ok(()), found) => self
-                .attest_found(found, registration_id, credential, protocol)
+                .attest_found(found, registration_id, credential, protocol, step)
                 .await
                 .inspect_err(|e| {
                     if matches!(e.http_status(), 401 | 404) && e.tpm_challenge.is_none() {
@@ -125,6 +125,7 @@ impl Engine {
         registration_id: &RegistrationId,
         credential: &DeviceCredential,
         protocol: Protocol,
+        step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
         match found {
             Ok((service, prefetched)) => attest(

@@ -310,7 +310,7 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                 credential,
             })
         }
-        Mechanism::Tpm => tpm_exchange(stream, engine, protocol, &init).await,
+        Mechanism::Tpm => tpm_exchange(stream, engine, protocol, client_addr, &init).await,
     }
 }
 
@@ -356,6 +356,7 @@ async fn tpm_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     engine: &Engine,
     protocol: Protocol,
+    client_addr: std::net::IpAddr,
     init: &SaslInit,
 ) -> Result<SaslSuccess, String> {
     let payload = init.initial_response.as_ref().map(|b| b.to_vec());
@@ -380,7 +381,13 @@ async fn tpm_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // 2. The engine's challenge (or, refused, a decoy), in two segments.
     let (blob, refused) = match engine
-        .check_device(init.scope, init.registration_id, &keys, protocol)
+        .check_device(
+            init.scope,
+            init.registration_id,
+            &keys,
+            protocol,
+            Some(client_addr),
+        )
         .await
     {
         Err(e) => match e.tpm_challenge.as_deref().map(|b| STANDARD.decode(b)) {
@@ -431,7 +438,13 @@ async fn tpm_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let credential = DeviceCredential::SasToken(token);
     if let Err(e) = engine
-        .check_device(init.scope, init.registration_id, &credential, protocol)
+        .check_device(
+            init.scope,
+            init.registration_id,
+            &credential,
+            protocol,
+            Some(client_addr),
+        )
         .await
     {
         return refuse(stream, code_for(&e), refusal(&e)).await;
