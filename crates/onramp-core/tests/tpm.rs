@@ -579,6 +579,7 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
             TPM_DEVICE,
             &DeviceCredential::SasToken(fresh.clone()),
             Protocol::Amqp,
+            None,
         )
         .await
         .unwrap_err();
