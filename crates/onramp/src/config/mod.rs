@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::cli::{Location, ServeArgs};
 
+mod limits;
+pub use limits::{LimitsConfig, ThrottleConfig};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -246,28 +249,6 @@ pub struct LogConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    pub max_body_bytes: usize,
-    pub register_reply_budget_ms: u64,
-    /// A client must finish its TLS handshake within this time.
-    pub handshake_timeout_ms: u64,
-    /// A client must send a request's headers within this time (after the
-    /// handshake, or after its previous request: also the idle timeout).
-    pub header_timeout_ms: u64,
-    /// A request's whole body must arrive within this time after its headers.
-    pub body_timeout_ms: u64,
-    /// Connections served at once, further capped by the open-file limit
-    /// less `reserved_descriptors`.
-    pub max_connections: usize,
-    /// Descriptors kept back from connections for the store, hub and
-    /// webhook clients and logs.
-    pub reserved_descriptors: u64,
-    /// On SIGTERM, registrations in flight get this long to finish.
-    pub shutdown_grace_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkedHubConfig {
     pub connection_string: String,
@@ -352,83 +333,6 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             filter: "info".into(),
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 96 * 1024,
-            register_reply_budget_ms: 10_000,
-            handshake_timeout_ms: 10_000,
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 10_000,
-            max_connections: 50_000,
-            reserved_descriptors: 256,
-            shutdown_grace_ms: 10_000,
-        }
-    }
-}
-
-/// `[throttle]`: the limits answered with 429 and Retry-After; 0 is no
-/// limit. Registrations are counted once the device has authenticated;
-/// failed authentications per client address, before any credential check.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ThrottleConfig {
-    /// Registrations one provisioning service takes per second.
-    pub registrations_per_second: u32,
-    /// Registrations one device (registration ID) may make per minute.
-    pub device_registrations_per_minute: u32,
-    /// Failed authentications one client address may make per minute; past
-    /// them the address is refused until its budget refills.
-    pub failed_authentications_per_minute: u32,
-}
-
-impl Default for ThrottleConfig {
-    fn default() -> Self {
-        Self {
-            registrations_per_second: 0,
-            device_registrations_per_minute: 0,
-            // Ten a second sustained: no factory line fails that often, and
-            // a guesser is slowed a hundredfold.
-            failed_authentications_per_minute: 600,
-        }
-    }
-}
-
-impl ThrottleConfig {
-    /// The engine's form of these limits.
-    pub fn engine(&self) -> onramp_core::throttle::ThrottleConfig {
-        use std::num::NonZeroU32;
-        onramp_core::throttle::ThrottleConfig {
-            service_registrations_per_second: NonZeroU32::new(self.registrations_per_second),
-            device_registrations_per_minute: NonZeroU32::new(self.device_registrations_per_minute),
-            failed_authentications_per_minute: NonZeroU32::new(
-                self.failed_authentications_per_minute,
-            ),
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// The listener's limits, with connections capped at `max_connections`
-    /// (see [`onramp_net::descriptors`]) and up to `max_discard_bytes` of an
-    /// unread body thrown away.
-    pub fn listener(
-        &self,
-        max_connections: usize,
-        max_discard_bytes: usize,
-    ) -> onramp_net::ListenerLimits {
-        use std::time::Duration;
-        onramp_net::ListenerLimits {
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            header_timeout: Duration::from_millis(self.header_timeout_ms),
-            body_timeout: Duration::from_millis(self.body_timeout_ms),
-            max_discard_bytes: max_discard_bytes as u64,
-            max_connections,
-            close_timeout: Duration::from_millis(self.shutdown_grace_ms),
         }
     }
 }
