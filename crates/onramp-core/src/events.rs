@@ -17,6 +17,8 @@
 //! - `onramp_registration_duration_seconds{protocol, status}` (histogram)
 //! - `onramp_hub_cleanups_total{service, outcome}`: identities removed from
 //!   the hub a device moved away from
+//! - `onramp_throttled_total{limit}`: requests a throttle limit refused
+//!   (`service`, `device`, `address`; each configured limit starts at 0)
 
 use onramp_model::RegistrationStatus;
 
@@ -59,6 +61,7 @@ pub const REGISTRATION_ATTEMPTS: &str = "onramp_registration_attempts_total";
 pub const DEVICE_ASSIGNMENTS: &str = "onramp_device_assignments_total";
 pub const REGISTRATION_DURATION: &str = "onramp_registration_duration_seconds";
 pub const HUB_CLEANUPS: &str = "onramp_hub_cleanups_total";
+pub const THROTTLED: &str = "onramp_throttled_total";
 
 /// The device transport a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,5 +275,10 @@ pub const METRICS: &[Metric] = &[
         MetricKind::Counter,
         HUB_CLEANUPS,
         "Identities removed, or not, from the hub a device moved away from.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        THROTTLED,
+        "Requests answered 429 Throttled, by the limit that refused them.",
     ),
 ];

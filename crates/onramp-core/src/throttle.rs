@@ -27,6 +27,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use onramp_model::{ErrorCode, IdKey};
 
 use crate::ProvisioningError;
+use crate::events::THROTTLED;
 
 /// The limits an operator sets; `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,14 +58,19 @@ const MAX_BENCHED: usize = 100_000;
 
 /// One keyed token bucket, tidied as it grows.
 struct Bucket<K: Hash + Eq + Clone> {
+    /// The `limit` label of its refusals in `onramp_throttled_total`.
+    limit: &'static str,
     limiter: DefaultKeyedRateLimiter<K>,
     checks: AtomicU64,
     refused: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> Bucket<K> {
-    fn new(quota: Quota) -> Self {
+    fn new(limit: &'static str, quota: Quota) -> Self {
+        // The series exists from the start, so a dashboard sees 0, not nothing.
+        metrics::counter!(THROTTLED, "limit" => limit).increment(0);
         Self {
+            limit,
             limiter: RateLimiter::keyed(quota),
             checks: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -79,6 +85,7 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         }
         self.limiter.check_key(key).map_err(|not_until| {
             self.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(THROTTLED, "limit" => self.limit).increment(1);
             not_until.wait_time_from(DefaultClock::default().now())
         })
     }
@@ -115,13 +122,13 @@ impl Throttle {
             config,
             services: config
                 .service_registrations_per_second
-                .map(|n| Bucket::new(Quota::per_second(n))),
+                .map(|n| Bucket::new("service", Quota::per_second(n))),
             devices: config
                 .device_registrations_per_minute
-                .map(|n| Bucket::new(Quota::per_minute(n))),
+                .map(|n| Bucket::new("device", Quota::per_minute(n))),
             failures: config
                 .failed_authentications_per_minute
-                .map(|n| Bucket::new(Quota::per_minute(n))),
+                .map(|n| Bucket::new("address", Quota::per_minute(n))),
             benched: Mutex::new(HashMap::new()),
             benched_refusals: AtomicU64::new(0),
         }
@@ -161,6 +168,7 @@ impl Throttle {
                 let wait = until.duration_since(now);
                 drop(benched);
                 self.benched_refusals.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(THROTTLED, "limit" => "address").increment(1);
                 Err(throttled(
                     format!(
                         "too many failed authentications from {addr} (more than {} a minute); \

@@ -92,6 +92,20 @@ async fn a_device_over_its_registrations_per_minute_is_told_when_to_come_back() 
     let other = server.enroll("thr-dev-2", serde_json::json!({})).await;
     let (status, _, op) = server.register("thr-dev-2", &other, API).await;
     assert!(status == 200 || status == 202, "{status} {op}");
+
+    // Both refusals are counted by their limit; the address limit, on by
+    // default, refused nothing.
+    let metrics = server.metrics().await;
+    for (series, want) in [
+        (r#"onramp_throttled_total{limit="device"} "#, "2"),
+        (r#"onramp_throttled_total{limit="address"} "#, "0"),
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .unwrap_or_else(|| panic!("no {series}in\n{metrics}"));
+        assert_eq!(value, want, "{series}");
+    }
 }
 
 /// A client whose connections come from `addr` (any 127.0.0.0/8 address
