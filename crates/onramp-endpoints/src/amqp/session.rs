@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use fe2o3_amqp::acceptor::{
-    LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
+    LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
 };
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields, Role};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageId, Properties,
 };
@@ -15,6 +15,7 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use onramp_core::ProvisioningError;
 use onramp_core::engine::{OperationRequest, RegisterRequest};
 use onramp_model::{ErrorCode, RegistrationOperationStatus};
+use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -67,14 +68,6 @@ pub fn parse_address(address: &str) -> Option<Address> {
     })
 }
 
-fn amqp_error(condition: AmqpError, description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(
-        ErrorCondition::AmqpError(condition),
-        Some(description.into()),
-        None,
-    )
-}
-
 /// Completes when the server stops.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -112,27 +105,10 @@ pub(crate) async fn serve_connection(
         };
         let Some(incoming) = incoming else { return };
         begun += 1;
-        if begun > context.limits.max_sessions {
-            let _ = connection
-                .close_with_error(amqp_error(
-                    AmqpError::ResourceLimitExceeded,
-                    format!(
-                        "at most {} sessions per connection",
-                        context.limits.max_sessions
-                    ),
-                ))
-                .await;
+        let Some(session) =
+            begin_session(connection, incoming, begun, context.limits.max_sessions).await
+        else {
             return;
-        }
-        let session = match SessionAcceptor::new()
-            .accept_incoming_session(incoming, connection)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "AMQP session not begun");
-                return;
-            }
         };
         sessions.spawn(serve_session(session, context.clone()));
     }
@@ -150,14 +126,7 @@ async fn serve_session(mut session: ListenerSessionHandle, context: Arc<Connecti
         .build();
     while let Some(attach) = session.next_incoming_attach().await {
         attached += 1;
-        let role = attach.role.clone();
-        let address = match role {
-            // The device sends: the address is the link's target.
-            Role::Sender => attach.target.as_ref().and_then(|t| match t.as_ref() {
-                fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => t.address.clone(),
-            }),
-            Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
-        };
+        let address = attach_address(&attach);
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(l) => l,
             Err(e) => {

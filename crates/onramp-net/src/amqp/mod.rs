@@ -7,6 +7,7 @@
 //! [`guard`] every frame passes before the AMQP crate decodes it.
 
 pub mod guard;
+pub mod sessions;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;

@@ -33,20 +33,19 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
-    ListenerSessionHandle, SessionAcceptor,
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
 };
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Role};
+use fe2o3_amqp::types::definitions::{self, AmqpError, Role};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
-    TargetArchetype,
 };
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Value};
 use onramp_model::UtcTime;
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::guard::FrameGuard;
+use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session};
 use onramp_net::amqp::{AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, Rewind};
 use serde_json::{Map, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,14 +94,6 @@ impl AmqpApp for HubAmqp {
             tracing::debug!(%remote, %reason, "hub AMQP connection ended");
         }
     }
-}
-
-fn amqp_error(condition: AmqpError, description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(
-        ErrorCondition::AmqpError(condition),
-        Some(description.into()),
-        None,
-    )
 }
 
 /// One device authenticated on a connection.
@@ -371,27 +362,10 @@ async fn serve_connection(
         };
         let Some(incoming) = incoming else { return };
         begun += 1;
-        if begun > state.limits.max_sessions {
-            let _ = connection
-                .close_with_error(amqp_error(
-                    AmqpError::ResourceLimitExceeded,
-                    format!(
-                        "at most {} sessions per connection",
-                        state.limits.max_sessions
-                    ),
-                ))
-                .await;
+        let Some(session) =
+            begin_session(connection, incoming, begun, state.limits.max_sessions).await
+        else {
             return;
-        }
-        let session = match SessionAcceptor::new()
-            .accept_incoming_session(incoming, connection)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "hub AMQP session not begun");
-                return;
-            }
         };
         sessions.spawn(serve_session(session, state.clone()));
     }
@@ -409,12 +383,7 @@ async fn serve_session(mut session: ListenerSessionHandle, state: Arc<ConnState>
     while let Some(attach) = session.next_incoming_attach().await {
         attached += 1;
         let role = attach.role.clone();
-        let address = match role {
-            Role::Sender => attach.target.as_ref().and_then(|t| match t.as_ref() {
-                TargetArchetype::Target(t) => t.address.clone(),
-            }),
-            Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
-        };
+        let address = attach_address(&attach);
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(l) => l,
             Err(e) => {
