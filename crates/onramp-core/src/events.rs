@@ -76,6 +76,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// AMQP, over WebSockets or not.
+    pub fn amqp(websocket: bool) -> Self {
+        if websocket {
+            Protocol::AmqpWs
+        } else {
+            Protocol::Amqp
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Https => "https",

@@ -14,7 +14,7 @@ use onramp_model::RegistrationStatus;
 use crate::cli::{DeviceCommand, DeviceTarget, ProvisionArgs, RunArgs};
 use crate::config::Config;
 use crate::local::{Deployment, Target};
-use crate::simulator::{self, DeviceSpec, HubDevice, Protocol};
+use crate::simulator::{self, DeviceSpec, HubDevice, HubLogin, Protocol};
 
 pub async fn run(command: DeviceCommand) -> anyhow::Result<()> {
     match command {
@@ -233,8 +233,10 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
 
 async fn run_device(args: RunArgs) -> anyhow::Result<()> {
     let hub_protocol = Protocol::parse(&args.hub_protocol)?;
-    if !matches!(hub_protocol, Protocol::Mqtt | Protocol::MqttWs) {
-        bail!("--hub-protocol: the simulated device reaches its hub over mqtt or mqtt-ws");
+    if hub_protocol == Protocol::Https {
+        bail!(
+            "--hub-protocol: the simulated device reaches its hub over mqtt, mqtt-ws, amqp or amqp-ws"
+        );
     }
     let report = match &args.report {
         Some(r) => {
@@ -250,13 +252,13 @@ async fn run_device(args: RunArgs) -> anyhow::Result<()> {
     else {
         bail!("the answer names no hub or device ID");
     };
-    let mut device = HubDevice::connect(
-        &hub,
-        &device_id,
-        provisioned.key.as_deref(),
-        hub_protocol,
-        provisioned.tls,
-    )
+    let mut device = HubDevice::connect(HubLogin {
+        hub: &hub,
+        device_id: &device_id,
+        key: provisioned.key.as_deref(),
+        protocol: hub_protocol,
+        tls: provisioned.tls,
+    })
     .await?;
     let twin = device.twin().await?;
     println!("{}", serde_json::json!({"desired": twin["desired"]}));

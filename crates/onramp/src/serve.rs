@@ -328,7 +328,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         hub: hub
             .as_ref()
             .map(|h| h.amqp_app(amqp_limits) as Arc<dyn AmqpApp>),
-        header_timeout: amqp_limits.open_timeout,
+        limits: amqp_limits,
     });
     let (stop, shutdown) = Shutdown::new();
     let state = Arc::new(AppState {

@@ -96,25 +96,7 @@ impl Cbs {
     async fn put_token(&mut self, audience: &str, token: &str) -> (i32, String) {
         self.next += 1;
         let id = format!("put-{}", self.next);
-        let message = Message::builder()
-            .properties(Properties {
-                message_id: Some(MessageId::String(id.clone())),
-                reply_to: Some("cbs".into()),
-                to: Some("$cbs".into()),
-                ..Default::default()
-            })
-            .application_properties(
-                ApplicationProperties::builder()
-                    .insert("operation", SimpleValue::String("put-token".into()))
-                    .insert(
-                        "type",
-                        SimpleValue::String("servicebus.windows.net:sastoken".into()),
-                    )
-                    .insert("name", SimpleValue::String(audience.into()))
-                    .build(),
-            )
-            .value(Value::String(token.into()))
-            .build();
+        let message = onramp_net::amqp::cbs::put_token_request(&id, audience, token);
         let outcome = self.sender.send(message).await.unwrap();
         assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
         let delivery = tokio::time::timeout(WAIT, self.receiver.recv::<Body<Value>>())
@@ -536,7 +518,6 @@ async fn hub_sessions_and_links_are_bounded() {
 #[tokio::test]
 async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     use onramp_net::pki::dev_certs::{Issued, Validity};
-    use rustls::pki_types::pem::PemObject;
     let dir = tempfile::tempdir().unwrap();
     let hub = common::HubProcess::start(&dir.path().join("hub"), None);
     let device = Issued::self_signed_device("hub-x509-1", Validity::days(30)).unwrap();
@@ -564,42 +545,9 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
         assert_eq!(status, 200, "{body}");
     }
     let hub_ca = std::fs::read_to_string(hub.dir.join("tls/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in onramp_net::tls::certs_from_pem(&hub_ca).unwrap() {
-        roots.add(ca).unwrap();
-    }
-    let with_cert = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_client_auth_cert(
-            vec![device.cert_der.clone().into()],
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(device.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let without_cert = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let open = |tls: rustls::ClientConfig| {
-        let listen = hub.listen;
-        async move {
-            let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
-            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-                .unwrap();
-            Connection::builder()
-                .container_id("x509-device")
-                .hostname("localhost")
-                .open_with_stream(stream)
-                .await
-                .unwrap()
-        }
-    };
-
-    let mut conn = open(with_cert).await;
+    let with_cert = client_tls(&hub_ca, Some(&device));
+    let without_cert = client_tls(&hub_ca, None);
+    let mut conn = open_without_sasl(hub.listen, with_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
     let outcome = send_on(
         &mut session,
@@ -621,7 +569,7 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     let _ = conn.close().await;
 
     // Without a certificate and without a token, no link is served.
-    let mut conn = open(without_cert).await;
+    let mut conn = open_without_sasl(hub.listen, without_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
     let refused = send_on(
         &mut session,
@@ -631,4 +579,178 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     )
     .await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+/// A TLS client trusting `ca_pem`, presenting `device`'s certificate if any.
+fn client_tls(
+    ca_pem: &str,
+    device: Option<&onramp_net::pki::dev_certs::Issued>,
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in onramp_net::tls::certs_from_pem(ca_pem).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(onramp_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match device {
+        Some(device) => builder
+            .with_client_auth_cert(
+                vec![device.cert_der.clone().into()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(device.key_pem.as_bytes())
+                    .unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// An AMQP connection without SASL to `listen`, as an X.509 device opens one.
+async fn open_without_sasl(
+    listen: std::net::SocketAddr,
+    tls: rustls::ClientConfig,
+) -> ConnectionHandle<()> {
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    Connection::builder()
+        .container_id("x509-device")
+        .hostname("localhost")
+        .open_with_stream(stream)
+        .await
+        .unwrap()
+}
+
+/// On `onramp serve`, an X.509 device registers over AMQP and then talks to
+/// the embedded hub over AMQP, on the same port with the same certificate
+/// and the same host name: its first link tells the two apart.
+#[tokio::test]
+async fn an_x509_device_registers_and_reaches_the_embedded_hub_over_amqp() {
+    use onramp_net::pki::dev_certs::{Issued, Validity};
+    let server = Server::start("127.0.0.1:0");
+    let id = "amqp-x509-1";
+    let device = Issued::self_signed_device(id, Validity::days(30)).unwrap();
+    let cs = server.owner_connection_string().await;
+    let (status, body) = server
+        .call(
+            &cs,
+            reqwest::Method::PUT,
+            &format!("enrollments/{id}?api-version=2021-10-01"),
+            Some(json!({"attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": device.cert_pem}}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let files = tempfile::tempdir().unwrap();
+    let (chain, key) = (files.path().join("d.pem"), files.path().join("d.key"));
+    std::fs::write(&chain, &device.cert_pem).unwrap();
+    std::fs::write(&key, &device.key_pem).unwrap();
+    let (chain, key) = (chain.to_str().unwrap(), key.to_str().unwrap());
+    let as_device = |command: &'static str, more: &[&'static str]| {
+        let mut args = vec!["device", command, "--registration-id", id];
+        args.extend(["--certificate", chain, "--certificate-key", key]);
+        args.extend(more);
+        server.cli(&args)
+    };
+    let out = as_device("provision", &["--protocol", "amqp"]);
+    assert!(out.status.success(), "{out:?}");
+    let state: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["status"], "assigned", "{state}");
+    assert_eq!(state["registrationState"]["deviceId"], id, "{state}");
+
+    let ca = std::fs::read_to_string(server.ca_path()).unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let mut conn = open_without_sasl(listen, client_tls(&ca, Some(&device))).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let outcome = send_on(
+        &mut session,
+        "events",
+        &format!("/devices/{id}/messages/events"),
+        telemetry_message("{\"x509\": true}"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    // The certificate speaks for its own device only.
+    let refused = send_on(
+        &mut session,
+        "other",
+        "/devices/someone-else/messages/events",
+        telemetry_message("{}"),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let _ = conn.close().await;
+
+    // The simulator does the same over WebSockets: provisions, then reaches
+    // the hub with its certificate.
+    let out = as_device(
+        "run",
+        &[
+            "--protocol",
+            "amqp-ws",
+            "--hub-protocol",
+            "amqp-ws",
+            "--messages",
+            "2",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("sent 2 telemetry messages"), "{stderr}");
+    let stored = server.cli_ok(&["hub", "messages", "--device", id]);
+    assert_eq!(stored.lines().count(), 3, "{stored}");
+}
+
+/// `onramp device run --hub-protocol amqp`: the simulated device reads its
+/// twin, reports properties and sends telemetry over AMQP after a CBS
+/// put-token, as the SDKs' AMQP transports do.
+#[tokio::test]
+async fn the_simulator_uses_its_hub_over_amqp() {
+    let server = Server::start("127.0.0.1:0");
+    let (_, key) = hub_device(&server, "hub-amqp-sim").await;
+    for (i, protocol) in ["amqp", "amqp-ws"].into_iter().enumerate() {
+        let report = json!({"firmware": format!("sim-{protocol}")}).to_string();
+        let out = server.cli(&[
+            "device",
+            "run",
+            "--registration-id",
+            "hub-amqp-sim",
+            "--key",
+            &key,
+            "--hub-protocol",
+            protocol,
+            "--report",
+            &report,
+            "--messages",
+            "2",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{protocol}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let twin: Json = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+            .find(|v| v.get("desired").is_some())
+            .unwrap_or_else(|| panic!("no twin in: {stdout}"));
+        assert_eq!(twin["desired"]["telemetryRate"], 5, "{twin}");
+        assert!(
+            stderr.contains("reported properties at version"),
+            "{stderr}"
+        );
+        let stored = server.cli_ok(&["hub", "messages", "--device", "hub-amqp-sim"]);
+        assert_eq!(stored.lines().count(), 2 * (i + 1), "{stored}");
+        let hub = server.embedded_hub().await;
+        let twin = server
+            .hub_client()
+            .get_twin(&hub, "hub-amqp-sim")
+            .await
+            .unwrap()
+            .unwrap();
+        let reported = twin.properties.unwrap().reported.unwrap();
+        assert_eq!(reported["firmware"], format!("sim-{protocol}").as_str());
+    }
 }

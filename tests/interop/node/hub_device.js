@@ -3,8 +3,10 @@
 // its twin, sends telemetry, reports properties, then waits for one
 // desired-property update. Prints one JSON line per stage.
 // Usage: node hub_device.js <hubHost> <deviceId> <deviceKey> <mqtt|ws|amqp|amqpws>
+//    or: node hub_device.js <hubHost> <deviceId> x509 <transport> <chain.pem> <key.pem>
 'use strict';
 
+const fs = require('fs');
 const { Client, Message } = require('azure-iot-device');
 
 // The transport class by its name on the command line.
@@ -18,7 +20,7 @@ function transportFor(name) {
   }
 }
 
-const [hub, deviceId, key, transport] = process.argv.slice(2);
+const [hub, deviceId, key, transport, chainFile, keyFile] = process.argv.slice(2);
 const say = (fields) => console.log(JSON.stringify(fields));
 const fail = (err) => {
   say({ stage: 'error', name: err.name, message: err.message });
@@ -26,10 +28,12 @@ const fail = (err) => {
 };
 
 async function main() {
-  const client = Client.fromConnectionString(
-    `HostName=${hub};DeviceId=${deviceId};SharedAccessKey=${key}`,
-    transportFor(transport),
-  );
+  const x509 = key === 'x509';
+  const credential = x509 ? 'x509=true' : `SharedAccessKey=${key}`;
+  const client = Client.fromConnectionString(`HostName=${hub};DeviceId=${deviceId};${credential}`, transportFor(transport));
+  if (x509) {
+    client.setOptions({ cert: fs.readFileSync(chainFile).toString(), key: fs.readFileSync(keyFile).toString() });
+  }
   await client.open();
   const twin = await client.getTwin();
   say({ stage: 'twin', desired: twin.properties.desired, reported: twin.properties.reported });

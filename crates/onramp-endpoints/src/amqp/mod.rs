@@ -27,11 +27,11 @@ mod session;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fe2o3_amqp::acceptor::ConnectionAcceptor;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::Engine;
 use onramp_core::events::Protocol;
-use onramp_net::amqp::{AmqpApp, AmqpConnection};
+use onramp_net::amqp::sessions::open_connection;
+use onramp_net::amqp::{AmqpApp, AmqpConnection, OpenedConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::EndpointConfig;
@@ -89,9 +89,48 @@ impl AmqpApp for DpsAmqp {
             tracing::debug!(%remote, %reason, "AMQP connection ended");
         }
     }
+
+    /// An X.509 device whose first link names a registration (see
+    /// [`AmqpRouter`]).
+    async fn serve_opened(&self, mut opened: OpenedConnection) {
+        let context = self.context(
+            Protocol::amqp(opened.websocket),
+            x509_credential(&opened.peer),
+            opened.remote.ip(),
+            None,
+        );
+        let open_by = opened.accepted_at + self.limits.open_timeout;
+        let first = Some((opened.session, opened.attach));
+        let connection = &mut opened.connection;
+        session::serve_connection(connection, context, &mut opened.shutdown, open_by, first).await;
+        let _ = connection.close().await;
+    }
+}
+
+/// The credential of a device that presented `peer` in the TLS handshake.
+fn x509_credential(peer: &onramp_net::PeerCertificates) -> DeviceCredential {
+    DeviceCredential::X509Chain(peer.0.iter().map(|c| c.as_ref().to_vec()).collect())
 }
 
 impl DpsAmqp {
+    fn context(
+        &self,
+        protocol: Protocol,
+        credential: DeviceCredential,
+        client_addr: std::net::IpAddr,
+        identity: Option<Identity>,
+    ) -> Arc<ConnectionContext> {
+        Arc::new(ConnectionContext {
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            limits: self.limits,
+            protocol,
+            credential,
+            client_addr,
+            identity: tokio::sync::Mutex::new(identity),
+        })
+    }
+
     async fn run(&self, conn: AmqpConnection) -> Result<(), String> {
         let AmqpConnection {
             mut stream,
@@ -102,11 +141,7 @@ impl DpsAmqp {
             mut shutdown,
         } = conn;
         let open_by = accepted_at + self.limits.open_timeout;
-        let protocol = if websocket {
-            Protocol::AmqpWs
-        } else {
-            Protocol::Amqp
-        };
+        let protocol = Protocol::amqp(websocket);
         let mut header = [0u8; 8];
         tokio::time::timeout_at(open_by, stream.read_exact(&mut header))
             .await
@@ -123,14 +158,11 @@ impl DpsAmqp {
                 .map_err(|_| "SASL not finished in time".to_owned())??;
                 (Some(outcome.identity), outcome.credential, stream)
             }
-            AMQP_HEADER if !peer.0.is_empty() => {
-                let chain = peer.0.iter().map(|c| c.as_ref().to_vec()).collect();
-                (
-                    None,
-                    DeviceCredential::X509Chain(chain),
-                    Box::new(Rewind::new(header, stream)),
-                )
-            }
+            AMQP_HEADER if !peer.0.is_empty() => (
+                None,
+                x509_credential(&peer),
+                Box::new(Rewind::new(header, stream)),
+            ),
             AMQP_HEADER => {
                 // Without SASL only a TLS client certificate can say who
                 // the device is; ask for SASL.
@@ -143,27 +175,9 @@ impl DpsAmqp {
                 return Err(format!("unsupported protocol header {header:02x?}"));
             }
         };
-        let acceptor = ConnectionAcceptor::builder()
-            .container_id("onramp-dps")
-            .max_frame_size(self.limits.max_frame_bytes)
-            .channel_max(self.limits.max_sessions.saturating_sub(1))
-            .idle_time_out(u32::try_from(self.limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
-            .build();
-        let stream = guard::FrameGuard::new(stream, self.limits.max_frame_bytes as usize);
-        let mut connection = tokio::time::timeout_at(open_by, acceptor.accept(stream))
-            .await
-            .map_err(|_| "no Open in time".to_owned())?
-            .map_err(|e| format!("opening: {e}"))?;
-        let context = Arc::new(ConnectionContext {
-            engine: self.engine.clone(),
-            config: self.config.clone(),
-            limits: self.limits,
-            protocol,
-            credential,
-            client_addr: remote.ip(),
-            identity: tokio::sync::Mutex::new(identity),
-        });
-        session::serve_connection(&mut connection, context, &mut shutdown, open_by).await;
+        let mut connection = open_connection(stream, &self.limits, "onramp-dps", open_by).await?;
+        let context = self.context(protocol, credential, remote.ip(), identity);
+        session::serve_connection(&mut connection, context, &mut shutdown, open_by, None).await;
         let _ = connection.close().await;
         Ok(())
     }

@@ -11,11 +11,12 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageId, Properties,
 };
+use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use onramp_core::ProvisioningError;
 use onramp_core::engine::{OperationRequest, RegisterRequest};
 use onramp_model::{ErrorCode, RegistrationOperationStatus};
-use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session};
+use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session, next_attach};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -73,17 +74,24 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Serves a connection's sessions until it ends or the server stops. A
-/// connection not yet authenticated (an X.509 device proves itself with its
-/// first link) must attach an accepted link by `authenticate_by`.
+/// Serves a connection's sessions until it ends or the server stops,
+/// starting with `first` (a session begun and its first Attach read) when
+/// the router opened the connection. A connection not yet authenticated (an
+/// X.509 device proves itself with its first link) must attach an accepted
+/// link by `authenticate_by`.
 pub(crate) async fn serve_connection(
     connection: &mut ListenerConnectionHandle,
     context: Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<bool>,
     authenticate_by: tokio::time::Instant,
+    first: Option<(ListenerSessionHandle, Attach)>,
 ) {
     let mut sessions = JoinSet::new();
     let mut begun = 0u16;
+    if let Some((session, attach)) = first {
+        begun = 1;
+        sessions.spawn(serve_session(session, context.clone(), Some(attach)));
+    }
     let mut authenticated = context.identity.lock().await.is_some();
     loop {
         let incoming = tokio::select! {
@@ -110,13 +118,17 @@ pub(crate) async fn serve_connection(
         else {
             return;
         };
-        sessions.spawn(serve_session(session, context.clone()));
+        sessions.spawn(serve_session(session, context.clone(), None));
     }
 }
 
 /// Serves one session's links: the device's sending link carries requests,
 /// its receiving link the answers.
-async fn serve_session(mut session: ListenerSessionHandle, context: Arc<ConnectionContext>) {
+async fn serve_session(
+    mut session: ListenerSessionHandle,
+    context: Arc<ConnectionContext>,
+    mut first: Option<Attach>,
+) {
     let (answers_tx, answers_rx) = mpsc::channel::<Message<Data>>(16);
     let mut answers_rx = Some(answers_rx);
     let mut links = JoinSet::new();
@@ -124,7 +136,7 @@ async fn serve_session(mut session: ListenerSessionHandle, context: Arc<Connecti
     let acceptor = LinkAcceptor::builder()
         .max_message_size(context.limits.max_message_bytes)
         .build();
-    while let Some(attach) = session.next_incoming_attach().await {
+    while let Some(attach) = next_attach(&mut session, &mut first).await {
         attached += 1;
         let address = attach_address(&attach);
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {

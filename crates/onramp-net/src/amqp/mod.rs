@@ -6,6 +6,7 @@
 //! headers, [`AmqpLimits`], [`Rewind`] (a header read, given back) and the
 //! [`guard`] every frame passes before the AMQP crate decodes it.
 
+pub mod cbs;
 pub mod guard;
 pub mod sessions;
 
@@ -14,6 +15,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fe2o3_amqp::acceptor::{ListenerConnectionHandle, ListenerSessionHandle};
+use fe2o3_amqp::types::definitions::AmqpError;
+use fe2o3_amqp::types::performatives::Attach;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -42,11 +46,41 @@ pub struct AmqpConnection {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// An X.509 connection opened before it was known which application it is
+/// for: its Open answered, its first session begun and that session's first
+/// Attach read (but not answered). Only the address of a device's first link
+/// tells a registering device from one that talks to its hub, since both
+/// present the same certificate and neither sends SASL.
+#[derive(Debug)]
+pub struct OpenedConnection {
+    pub connection: ListenerConnectionHandle,
+    pub session: ListenerSessionHandle,
+    pub attach: Attach,
+    pub peer: PeerCertificates,
+    pub remote: SocketAddr,
+    pub websocket: bool,
+    pub accepted_at: Instant,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// An application that serves AMQP connections.
 #[async_trait]
 pub trait AmqpApp: Send + Sync {
     /// Serves `conn` until it ends.
     async fn serve(&self, conn: AmqpConnection);
+
+    /// Serves a connection another application opened (see
+    /// [`OpenedConnection`]) until it ends. An application that cannot take
+    /// one over closes it.
+    async fn serve_opened(&self, mut opened: OpenedConnection) {
+        let _ = opened
+            .connection
+            .close_with_error(sessions::amqp_error(
+                AmqpError::NotImplemented,
+                "this server does not serve links of this kind",
+            ))
+            .await;
+    }
 }
 
 /// The first byte of every AMQP protocol header (`AMQP…`); no HTTP method,

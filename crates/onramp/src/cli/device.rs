@@ -112,7 +112,7 @@ pub struct RunArgs {
     /// Telemetry messages to send.
     #[arg(long, default_value_t = 5)]
     pub messages: u32,
-    /// Transport to the hub: mqtt or mqtt-ws.
+    /// Transport to the hub: mqtt, mqtt-ws, amqp or amqp-ws.
     #[arg(long, default_value = "mqtt")]
     pub hub_protocol: String,
     /// Reported properties to send, as a JSON object.

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
+    LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
 };
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, Role};
@@ -41,12 +41,16 @@ use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
 };
+use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Value};
 use onramp_model::UtcTime;
 use onramp_net::PeerCertificates;
-use onramp_net::amqp::guard::FrameGuard;
-use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session};
-use onramp_net::amqp::{AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, Rewind};
+use onramp_net::amqp::sessions::{
+    amqp_error, attach_address, begin_session, next_attach, open_connection,
+};
+use onramp_net::amqp::{
+    AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, OpenedConnection, Rewind,
+};
 use serde_json::{Map, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -93,6 +97,23 @@ impl AmqpApp for HubAmqp {
         if let Err(reason) = self.run(conn).await {
             tracing::debug!(%remote, %reason, "hub AMQP connection ended");
         }
+    }
+
+    /// An X.509 device whose first link is not to a registration: one
+    /// talking to this hub (see `AmqpRouter` in `onramp-endpoints`).
+    async fn serve_opened(&self, mut opened: OpenedConnection) {
+        let open_by = opened.accepted_at + self.limits.open_timeout;
+        let first = Some((opened.session, opened.attach));
+        let connection = &mut opened.connection;
+        self.serve_open(
+            connection,
+            opened.peer,
+            &mut opened.shutdown,
+            open_by,
+            first,
+        )
+        .await;
+        let _ = connection.close().await;
     }
 }
 
@@ -287,20 +308,29 @@ impl HubAmqp {
             let _ = stream.write_all(&AMQP_HEADER).await;
             return Err(format!("unsupported protocol header {header:02x?}"));
         }
-        let acceptor = ConnectionAcceptor::builder()
-            .container_id("onramp-hub")
-            .max_frame_size(self.limits.max_frame_bytes)
-            .channel_max(self.limits.max_sessions.saturating_sub(1))
-            .idle_time_out(u32::try_from(self.limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
-            .build();
-        let stream = FrameGuard::new(
-            Rewind::new(header, stream),
-            self.limits.max_frame_bytes as usize,
-        );
-        let mut connection = tokio::time::timeout_at(open_by, acceptor.accept(stream))
-            .await
-            .map_err(|_| "no Open in time".to_owned())?
-            .map_err(|e| format!("opening: {e}"))?;
+        let mut connection = open_connection(
+            Box::new(Rewind::new(header, stream)),
+            &self.limits,
+            "onramp-hub",
+            open_by,
+        )
+        .await?;
+        self.serve_open(&mut connection, peer, &mut shutdown, open_by, None)
+            .await;
+        let _ = connection.close().await;
+        Ok(())
+    }
+
+    /// Serves an open connection (from `first`, a session begun and its
+    /// first Attach read, when the router opened it) until it ends.
+    async fn serve_open(
+        &self,
+        connection: &mut ListenerConnectionHandle,
+        peer: PeerCertificates,
+        shutdown: &mut watch::Receiver<bool>,
+        open_by: tokio::time::Instant,
+        first: Option<(ListenerSessionHandle, Attach)>,
+    ) {
         let (replaced, _) = watch::channel(false);
         let state = Arc::new(ConnState {
             hub: self.hub.clone(),
@@ -309,10 +339,8 @@ impl HubAmqp {
             devices: Mutex::new(HashMap::new()),
             replaced,
         });
-        serve_connection(&mut connection, state.clone(), &mut shutdown, open_by).await;
+        serve_connection(connection, state.clone(), shutdown, open_by, first).await;
         state.detach_all();
-        let _ = connection.close().await;
-        Ok(())
     }
 }
 
@@ -328,9 +356,14 @@ async fn serve_connection(
     state: Arc<ConnState>,
     shutdown: &mut watch::Receiver<bool>,
     authenticate_by: tokio::time::Instant,
+    first: Option<(ListenerSessionHandle, Attach)>,
 ) {
     let mut sessions = JoinSet::new();
     let mut begun = 0u16;
+    if let Some((session, attach)) = first {
+        begun = 1;
+        sessions.spawn(serve_session(session, state.clone(), Some(attach)));
+    }
     let mut authenticated = false;
     let mut replaced = state.replaced.subscribe();
     loop {
@@ -367,12 +400,16 @@ async fn serve_connection(
         else {
             return;
         };
-        sessions.spawn(serve_session(session, state.clone()));
+        sessions.spawn(serve_session(session, state.clone(), None));
     }
 }
 
 /// Serves one session's links.
-async fn serve_session(mut session: ListenerSessionHandle, state: Arc<ConnState>) {
+async fn serve_session(
+    mut session: ListenerSessionHandle,
+    state: Arc<ConnState>,
+    mut first: Option<Attach>,
+) {
     let (cbs_tx, cbs_rx) = mpsc::channel::<Message<Data>>(8);
     let mut cbs_rx = Some(cbs_rx);
     let mut links = JoinSet::new();
@@ -380,7 +417,7 @@ async fn serve_session(mut session: ListenerSessionHandle, state: Arc<ConnState>
     let acceptor = LinkAcceptor::builder()
         .max_message_size(state.limits.max_message_bytes)
         .build();
-    while let Some(attach) = session.next_incoming_attach().await {
+    while let Some(attach) = next_attach(&mut session, &mut first).await {
         attached += 1;
         let role = attach.role.clone();
         let address = attach_address(&attach);
