@@ -18,7 +18,11 @@
 //! - `onramp_hub_cleanups_total{service, outcome}`: identities removed from
 //!   the hub a device moved away from
 //! - `onramp_throttled_total{limit}`: requests a throttle limit refused
-//!   (`service`, `device`, `address`; each configured limit starts at 0)
+//!   (`service`, `device`, `address`, `service-api`; each configured limit
+//!   starts at 0)
+//! - `onramp_registrations_in_flight`: registrations running on this node
+//! - `onramp_registrations_shed_total`: register calls refused with 503
+//!   `ServerBusy` because the node ran `max_registrations_in_flight`
 
 use onramp_model::RegistrationStatus;
 
@@ -62,6 +66,8 @@ pub const DEVICE_ASSIGNMENTS: &str = "onramp_device_assignments_total";
 pub const REGISTRATION_DURATION: &str = "onramp_registration_duration_seconds";
 pub const HUB_CLEANUPS: &str = "onramp_hub_cleanups_total";
 pub const THROTTLED: &str = "onramp_throttled_total";
+pub const REGISTRATIONS_IN_FLIGHT: &str = "onramp_registrations_in_flight";
+pub const REGISTRATIONS_SHED: &str = "onramp_registrations_shed_total";
 
 /// The device transport a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -289,5 +295,15 @@ pub const METRICS: &[Metric] = &[
         MetricKind::Counter,
         THROTTLED,
         "Requests answered 429 Throttled, by the limit that refused them.",
+    ),
+    Metric::new(
+        MetricKind::Gauge,
+        REGISTRATIONS_IN_FLIGHT,
+        "Registrations running on this node now.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        REGISTRATIONS_SHED,
+        "Register calls answered 503 ServerBusy because the node ran its limit of registrations at once.",
     ),
 ];

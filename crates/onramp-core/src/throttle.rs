@@ -2,8 +2,11 @@
 //! `Throttled` (429) and a `Retry-After` that says when the bucket holds a
 //! token again, which every SDK honours.
 //!
-//! Three limits, each off unless configured:
+//! Four limits, each off unless configured:
 //! - registrations per second of one provisioning service;
+//! - service-API (management) requests per minute of one provisioning
+//!   service, Azure's "operations per minute", counted once the caller's
+//!   token is checked;
 //! - registrations per minute of one device (registration ID);
 //! - failed authentications per minute of one client address: once its
 //!   bucket is empty the address is refused before any credential check
@@ -39,6 +42,9 @@ pub struct ThrottleConfig {
     /// Failed authentications one client address may make per minute (and
     /// at once) before it is refused until its bucket refills.
     pub failed_authentications_per_minute: Option<NonZeroU32>,
+    /// Service-API requests one provisioning service takes per minute (and
+    /// at once).
+    pub service_api_requests_per_minute: Option<NonZeroU32>,
 }
 
 /// Keys a limiter keeps before it forgets the ones whose buckets are full
@@ -86,6 +92,7 @@ pub struct Throttle {
     services: Option<Bucket<String>>,
     devices: Option<Bucket<(String, IdKey)>>,
     failures: Option<Bucket<IpAddr>>,
+    service_api: Option<Bucket<String>>,
     /// Addresses whose failure bucket is empty, and when it holds a token.
     benched: Mutex<HashMap<IpAddr, QuantaInstant>>,
     /// Whether `benched` holds anyone: every attestation asks, and nearly
@@ -120,6 +127,9 @@ impl Throttle {
             failures: config
                 .failed_authentications_per_minute
                 .map(|n| Bucket::new("address", Quota::per_minute(n))),
+            service_api: config
+                .service_api_requests_per_minute
+                .map(|n| Bucket::new("service-api", Quota::per_minute(n))),
             benched: Mutex::new(HashMap::new()),
             any_benched: AtomicBool::new(false),
         }
@@ -227,6 +237,27 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// After a service-API caller's token was checked: its service's bucket.
+    pub fn admit_service_call(&self, service: &str) -> Result<(), ProvisioningError> {
+        let Some(bucket) = &self.service_api else {
+            return Ok(());
+        };
+        bucket.take(&service.to_owned()).map_err(|wait| {
+            throttled(
+                format!(
+                    "provisioning service '{service}' takes at most {} service API requests a \
+                     minute; send this request again after the Retry-After interval",
+                    self.config
+                        .service_api_requests_per_minute
+                        .map_or(0, NonZeroU32::get)
+                ),
+                wait,
+            )
+        })
+    }
+}
+
 /// `Throttled` (429) with the whole seconds until a token is there.
 fn throttled(message: String, wait: Duration) -> ProvisioningError {
     let seconds = u32::try_from(wait.as_secs_f64().ceil() as u64)
@@ -306,6 +337,30 @@ mod tests {
             .admit_registration("default", &IdKey::of("late"))
             .unwrap_err();
         assert_eq!(refused.retry_after, Some(1));
+    }
+
+    #[test]
+    fn service_api_calls_have_a_budget_per_service() {
+        let throttle = Throttle::new(ThrottleConfig {
+            service_api_requests_per_minute: n(2),
+            ..Default::default()
+        });
+        assert!(throttle.admit_service_call("default").is_ok());
+        assert!(throttle.admit_service_call("default").is_ok());
+        let refused = throttle.admit_service_call("default").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        assert!(
+            (20..=30).contains(&refused.retry_after.unwrap()),
+            "{refused:?}"
+        );
+        assert!(refused.message.contains("'default'"), "{}", refused.message);
+        // Registrations and other services are not charged.
+        assert!(throttle.admit_service_call("other").is_ok());
+        assert!(
+            throttle
+                .admit_registration("default", &IdKey::of("d"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -1250,11 +1250,17 @@ struct Waiting {
 }
 
 async fn waiting() -> Waiting {
+    waiting_with(EngineConfig::default()).await
+}
+
+/// One registration waiting on its hub, in an engine with `config` (whose
+/// reply budget is set short).
+async fn waiting_with(config: EngineConfig) -> Waiting {
     let w = world(&[("hub-a", 1)]).await;
     w.enroll("slow-dev").await;
     let config = EngineConfig {
         reply_budget: Duration::from_millis(50),
-        ..EngineConfig::default()
+        ..config
     };
     let (gated, engine) = gated_engine_of(&w, config);
     let first = engine.register(w.signed("slow-dev")).await.unwrap();
@@ -1325,6 +1331,42 @@ async fn a_draining_engine_refuses_new_registrations_and_counts_those_it_cuts() 
     // Polls are still answered while the server stops.
     assert_eq!(slow.poll().await.status, RegistrationStatus::Assigning);
     slow.gated.gate.release.notify_one();
+}
+
+#[tokio::test]
+async fn an_engine_running_its_bound_of_registrations_sheds_new_ones() {
+    let slow = waiting_with(EngineConfig {
+        max_registrations_in_flight: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    assert_eq!(slow.engine.registrations_in_flight(), 1);
+    slow.w.enroll("other-dev").await;
+    let err = slow
+        .engine
+        .register(slow.w.signed("other-dev"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ServerBusy, "{}", err.message);
+    assert_eq!(err.http_status(), 503);
+    assert_eq!(err.retry_after, Some(2));
+    // Nothing ran for it: the hub saw only the waiting registration.
+    assert_eq!(slow.engine.registrations_in_flight(), 1);
+    // Once the running one ends, the device that waited is served.
+    slow.gated.gate.release.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while slow.engine.registrations_in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let served = slow
+        .engine
+        .register(slow.w.signed("other-dev"))
+        .await
+        .unwrap();
+    assert_eq!(served.status, RegistrationStatus::Assigned);
 }
 
 // ---- Several nodes on one store ----------------------------------------------

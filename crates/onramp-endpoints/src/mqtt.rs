@@ -60,6 +60,7 @@ fn refusal(e: ProvisioningError) -> Refusal {
     match e.code {
         ErrorCode::StoreUnavailable
         | ErrorCode::ShuttingDown
+        | ErrorCode::ServerBusy
         | ErrorCode::InternalError
         | ErrorCode::Throttled => Refusal::ServerUnavailable(e.message),
         _ => Refusal::NotAuthorized(e.message),

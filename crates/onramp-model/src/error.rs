@@ -89,6 +89,7 @@ error_codes! {
     HubRegistrationFailed = 500002,
     StoreUnavailable = 503001,
     ShuttingDown = 503002,
+    ServerBusy = 503003,
 }
 
 impl ErrorCode {

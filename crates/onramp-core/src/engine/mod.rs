@@ -61,6 +61,10 @@ pub struct EngineConfig {
     /// (renewed every third of it while the work goes on): a poll through
     /// another node answers `assigning` until the lease ends.
     pub operation_lease: Duration,
+    /// Registrations running at once on this node, at the most; past it a
+    /// register call is answered `ServerBusy` (503 with Retry-After) before
+    /// any work. 0 is no bound.
+    pub max_registrations_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +75,7 @@ impl Default for EngineConfig {
             latency_tolerance_ms: 10.0,
             reply_budget: Duration::from_secs(10),
             operation_lease: Duration::from_secs(30),
+            max_registrations_in_flight: 0,
         }
     }
 }
@@ -151,6 +156,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Self {
+        tasks::start_metrics(&config);
         Self {
             store,
             hubs,

@@ -13,10 +13,40 @@ use tokio_util::task::TaskTracker;
 use super::lease::Announce;
 use super::{Engine, RegisterRequest};
 use crate::ProvisioningError;
+use crate::events::{REGISTRATIONS_IN_FLIGHT, REGISTRATIONS_SHED};
 
 /// How long a register call past its budget waits for its registration to
 /// be recorded as running.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Seconds a device refused for load is told to wait: long enough for the
+/// registrations running to finish (most take well under a second), short
+/// enough that a factory line barely notices.
+const SHED_RETRY_AFTER_SECONDS: u32 = 2;
+
+/// The series exist from the start, so a dashboard sees 0, not nothing.
+pub(super) fn start_metrics(config: &super::EngineConfig) {
+    metrics::gauge!(REGISTRATIONS_IN_FLIGHT).set(0.0);
+    if config.max_registrations_in_flight > 0 {
+        metrics::counter!(REGISTRATIONS_SHED).increment(0);
+    }
+}
+
+/// `onramp_registrations_in_flight` counts a registration task while it lives.
+struct InFlightGauge;
+
+impl InFlightGauge {
+    fn new() -> Self {
+        metrics::gauge!(REGISTRATIONS_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(REGISTRATIONS_IN_FLIGHT).decrement(1.0);
+    }
+}
 
 /// The registration tasks, and whether the engine still takes new ones.
 #[derive(Debug, Default)]
@@ -50,6 +80,7 @@ impl Engine {
                 "the server is shutting down; register again after the Retry-After interval",
             ));
         }
+        self.admit_in_flight()?;
         let operation_id = self.new_operation_id();
         let engine = Arc::clone(self);
         let id = operation_id.clone();
@@ -60,10 +91,11 @@ impl Engine {
             at: tokio::time::Instant::now() + self.config.reply_budget / 2,
             done,
         };
-        let mut work = self
-            .tasks
-            .tracker
-            .spawn(async move { engine.run(req, id, announce).await });
+        let running = InFlightGauge::new();
+        let mut work = self.tasks.tracker.spawn(async move {
+            let _running = running;
+            engine.run(req, id, announce).await
+        });
         match tokio::time::timeout(self.config.reply_budget, &mut work).await {
             Ok(joined) => joined.map_err(|e| {
                 ProvisioningError::internal(format!("the registration task failed: {e}"))
@@ -79,6 +111,32 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// Registrations running on this node now.
+    pub fn registrations_in_flight(&self) -> usize {
+        self.tasks.tracker.len()
+    }
+
+    /// Load shedding: a node already running its bound of registrations
+    /// takes no more (work it could not finish in time would only make
+    /// every device wait longer); the device hears 503 and when to retry.
+    fn admit_in_flight(&self) -> Result<(), ProvisioningError> {
+        let bound = self.config.max_registrations_in_flight;
+        if bound == 0 || self.tasks.tracker.len() < bound {
+            return Ok(());
+        }
+        metrics::counter!(REGISTRATIONS_SHED).increment(1);
+        Err(ProvisioningError {
+            retry_after: Some(SHED_RETRY_AFTER_SECONDS),
+            ..ProvisioningError::new(
+                ErrorCode::ServerBusy,
+                format!(
+                    "this server is running its limit of {bound} registrations at once; \
+                     register again after the Retry-After interval"
+                ),
+            )
+        })
     }
 
     /// Takes no new registrations from now on, then waits up to `grace` for

@@ -219,6 +219,7 @@ fn code_for(e: &ProvisioningError) -> SaslCode {
     match e.code {
         ErrorCode::StoreUnavailable
         | ErrorCode::ShuttingDown
+        | ErrorCode::ServerBusy
         | ErrorCode::InternalError
         | ErrorCode::Throttled => SaslCode::SysTemp,
         _ => SaslCode::Auth,

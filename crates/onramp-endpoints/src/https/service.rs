@@ -79,6 +79,12 @@ async fn run(
         state.config.token_skew_seconds,
     )
     .await?;
+    // Counted once the token is checked: nobody spends a service's budget
+    // with a wrong key.
+    state
+        .engine
+        .throttle()
+        .admit_service_call(&caller.service)?;
     let call = Call {
         state,
         caller: &caller,
