@@ -8,6 +8,8 @@
 //! - [`listener`]: the front door: TLS, then HTTP/1.1, HTTP/2, MQTT or AMQP on the
 //!   same port, deadlines for every stage before a request, a connection
 //!   cap, and graceful shutdown.
+//! - [`admission`]: the caps a connection passes right after `accept`
+//!   (in all, per client address, handshakes per second per address).
 //! - [`body`]: request bodies with a deadline, and the unread rest of a body
 //!   thrown away after an early answer.
 //! - [`descriptors`]: the open-file limit raised at start, and the
@@ -20,6 +22,7 @@
 //!   the simulator and tests.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod amqp;
 pub mod body;
 pub mod client;

@@ -12,8 +12,9 @@
 //! handshake; then, counted from its end, the first byte and the first
 //! request's headers (HTTP) or a complete CONNECT (MQTT); the whole body of
 //! each request; and the idle time between requests. Connections are capped
-//! (see [`crate::descriptors`] for why the cap sits below the open-file
-//! limit); more wait in the kernel's accept queue.
+//! in all (see [`crate::descriptors`] for why the cap sits below the
+//! open-file limit) and per client address ([`crate::admission`]); one over
+//! a cap is closed right after `accept`, before any TLS work.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,12 +28,13 @@ use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::admission::{AddressLimits, Admission, Slot};
 use crate::amqp::{AmqpApp, AmqpConnection};
 use crate::body::GuardedBody;
 use crate::mqtt::{MqttApp, MqttLimits};
@@ -104,8 +106,10 @@ pub struct ListenerLimits {
     /// are read and thrown away, so HTTP/1.1 clients that send the whole body
     /// before reading see the answer and not a reset connection.
     pub max_discard_bytes: u64,
-    /// Connections served at once; more wait in the accept queue.
+    /// Connections served at once; more are closed right after `accept`.
     pub max_connections: usize,
+    /// Connections and handshakes per client address.
+    pub per_address: AddressLimits,
     /// When the server stops, open connections get this long to finish.
     pub close_timeout: Duration,
 }
@@ -118,6 +122,7 @@ impl Default for ListenerLimits {
             body_timeout: Duration::from_secs(10),
             max_discard_bytes: 32 * 1024 * 1024,
             max_connections: 50_000,
+            per_address: AddressLimits::default(),
             close_timeout: Duration::from_secs(10),
         }
     }
@@ -143,6 +148,7 @@ struct Shared {
     shutdown: Shutdown,
     /// One per connection being served, on every listener together.
     permits: Arc<Semaphore>,
+    admission: Arc<Admission>,
     connections: TaskTracker,
 }
 
@@ -172,6 +178,7 @@ pub async fn serve_all(
         limits,
         shutdown: shutdown.clone(),
         permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        admission: Arc::new(Admission::new(limits.per_address, limits.max_connections)),
         connections: TaskTracker::new(),
     });
     futures_util::future::join_all(listeners.into_iter().map(|l| accept(l, shared.clone()))).await;
@@ -195,25 +202,7 @@ pub async fn serve_all(
 /// Accepts connections on `listener` until the shutdown.
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     let shutdown = shared.shutdown.clone();
-    let mut warned_full: Option<Instant> = None;
     loop {
-        let permit = match shared.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                if warned_full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                    warned_full = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections = shared.limits.max_connections,
-                        "connection limit reached; new connections wait until others close"
-                    );
-                }
-                tokio::select! {
-                    p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    () = shutdown.wait() => break,
-                }
-            }
-        };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -226,32 +215,29 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
             },
             () = shutdown.wait() => break,
         };
-        let _ = tcp.set_nodelay(true);
-        shared
-            .connections
-            .spawn(connection(shared.clone(), tcp, remote, permit));
+        if let Some(slot) = shared.admission.admit_connection(&shared.permits, remote) {
+            let _ = tcp.set_nodelay(true);
+            shared
+                .connections
+                .spawn(connection(shared.clone(), tcp, remote, slot));
+        }
     }
     // Connections the kernel has already accepted for us would be reset when
     // the listener closes; take them, so their requests are answered.
     use futures_util::FutureExt;
-    while let Ok(permit) = shared.permits.clone().try_acquire_owned() {
-        let Some(Ok((tcp, remote))) = listener.accept().now_or_never() else {
-            break;
+    while let Some(Ok((tcp, remote))) = listener.accept().now_or_never() {
+        let Some(slot) = shared.admission.admit_connection(&shared.permits, remote) else {
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         shared
             .connections
-            .spawn(connection(shared.clone(), tcp, remote, permit));
+            .spawn(connection(shared.clone(), tcp, remote, slot));
     }
 }
 
 /// One connection, from the TLS handshake to its end.
-async fn connection(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr, _slot: Slot) {
     let limits = shared.limits;
     let tls = tokio::select! {
         tls = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(tcp)) => match tls {

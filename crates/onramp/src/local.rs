@@ -172,6 +172,11 @@ pub struct ServeState {
 }
 
 impl ServeState {
+    /// The running server's record, if a server runs.
+    pub fn read(config: &Config) -> Option<Self> {
+        read_json(&config.state_file())
+    }
+
     pub fn write(&self, config: &Config) -> anyhow::Result<()> {
         write_json(&config.state_file(), self)
     }

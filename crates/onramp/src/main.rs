@@ -10,6 +10,7 @@ mod config;
 mod demo;
 mod device;
 mod hub_cmd;
+mod limits_cmd;
 mod local;
 mod logging;
 mod serve;
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Cert { command } => cert::run(command).await,
         Command::Store { command } => store_cmd::run(command),
+        Command::Limits { location, json } => limits_cmd::run(&location, json).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -291,6 +291,7 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             EngineConfig {
                 latency_tolerance_ms: config.allocation.latency_tolerance_ms,
                 reply_budget: Duration::from_millis(config.limits.register_reply_budget_ms),
+                max_registrations_in_flight: config.limits.max_registrations_in_flight,
                 ..EngineConfig::default()
             },
         )
@@ -505,6 +506,7 @@ fn install_metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::Pro
     for metric in declared {
         metric.describe();
     }
+    onramp_net::admission::describe_metrics();
     Ok(handle)
 }
 

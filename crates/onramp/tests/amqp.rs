@@ -3,8 +3,9 @@
 //! registration fail SASL, a link to another registration is detached, an
 //! unknown operation or a malformed body is rejected, a client that never
 //! finishes SASL is dropped, a frame over the server's size ends the
-//! connection). Every listener takes AMQP by its protocol header, so these
-//! tests use the server's HTTPS port.
+//! connection), and a throttled register rejected with its Retry-After.
+//! Every listener takes AMQP by its protocol header, so these tests use the
+//! server's HTTPS port.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -18,7 +19,7 @@ use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
 };
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use onramp_core::ports::{RegistrationRecord, StoreExt};
 use onramp_model::IdKey;
@@ -468,5 +469,63 @@ async fn a_register_request_with_a_malformed_body_is_rejected() {
         .await
         .unwrap();
     assert!(record.is_none(), "{record:?}");
+    conn.close().await.unwrap();
+}
+
+/// A device over its registrations per minute is rejected as throttled, with
+/// the JSON error and the Retry-After the SDKs read from the rejection.
+#[tokio::test]
+async fn a_device_over_its_registrations_per_minute_is_rejected_as_throttled() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, "[throttle]\ndevice_registrations_per_minute = 1\n").unwrap();
+    let mut server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    server.keep(temp);
+    let key = server.enroll("amqp-thr", serde_json::json!({})).await;
+    let token = server.device_token("amqp-thr", &key, common::unix_now() + 600);
+    let mut conn = connect(&server, "amqp-thr", &token).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let address = format!("{}/registrations/amqp-thr", server.id_scope());
+    let mut receiver = Receiver::attach(&mut session, "recv", address.as_str())
+        .await
+        .unwrap();
+    let mut sender = Sender::attach(&mut session, "send", address.as_str())
+        .await
+        .unwrap();
+    let body = br#"{"registrationId":"amqp-thr"}"#;
+    let outcome = sender
+        .send(request("iotdps-register", "c-1", None, body))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    assert_eq!(answer(&mut receiver, "c-1").await.0, 202);
+
+    let outcome = sender
+        .send(request("iotdps-register", "c-2", None, body))
+        .await
+        .unwrap();
+    let Outcome::Rejected(rejected) = outcome else {
+        panic!("not rejected: {outcome:?}")
+    };
+    let error = rejected.error.unwrap();
+    assert_eq!(
+        error.condition,
+        fe2o3_amqp::types::definitions::ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:device-container-throttled"
+        ))
+    );
+    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    assert_eq!(body["errorCode"], 429001, "{body}");
+    let info = error.info.unwrap();
+    for key in ["retry-after", "Retry-After"] {
+        let Some(Value::Uint(seconds)) = info.get(&Symbol::from(key)) else {
+            panic!("{key}: {info:?}")
+        };
+        assert!((1..=60).contains(seconds), "{key} {seconds}");
+    }
     conn.close().await.unwrap();
 }

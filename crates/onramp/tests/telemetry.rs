@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{HubProcess, Server, WebhookReply, wait_for};
+use common::{HubProcess, Server, WebhookReply, value_of, wait_for};
 use reqwest::Method;
 use serde_json::json;
 
@@ -74,13 +74,6 @@ fn label_names(sample: &str) -> BTreeSet<String> {
         .map(|(name, _)| name.trim().to_owned())
         .filter(|name| name != "quantile")
         .collect()
-}
-
-/// The value of the sample `series` (name and labels, as rendered).
-fn value_of(scraped: &str, series: &str) -> Option<f64> {
-    scraped
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +175,7 @@ async fn every_documented_metric_is_served_with_its_type_labels_and_help() {
     );
 
     let documented = documented_metrics();
-    assert_eq!(documented.len(), 12, "{documented:?}");
+    assert_eq!(documented.len(), 16, "{documented:?}");
     for (name, doc) in &documented {
         for line in [
             format!("# HELP {name} {}", doc.help),

@@ -1,8 +1,9 @@
 //! Throttling against `onramp serve` configured with `[throttle]`: a device
 //! over its registrations per minute hears 429 with the Retry-After of its
 //! bucket over HTTPS and MQTT; a client address that spent its failed
-//! authentications is refused before any check while a device elsewhere is
-//! served; a provisioning service over its rate throttles the surplus.
+//! authentications is refused before any check (an MQTT CONNECT as server
+//! unavailable) while a device elsewhere is served; a provisioning service
+//! over its registration rate or its service-API rate throttles the surplus.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use common::{Server, unix_now};
 use onramp_net::mqtt::QoS;
-use onramp_net::mqtt::client::ConnectOptions;
 use serde_json::Value;
 
 const API: &str = "?api-version=2021-06-01";
@@ -56,17 +56,10 @@ async fn a_device_over_its_registrations_per_minute_is_told_when_to_come_back() 
     );
 
     // The same budget over MQTT: the answer's topic carries 429 and retry-after.
-    let options = ConnectOptions {
-        client_id: "thr-dev-1".into(),
-        username: Some(format!(
-            "{}/registrations/thr-dev-1/api-version=2019-03-31",
-            server.id_scope()
-        )),
-        password: Some(server.device_token("thr-dev-1", &key, unix_now() + 600)),
-        keep_alive: 60,
-        clean_session: true,
-    };
-    let mut mqtt = server.mqtt_connect(&options).await.unwrap();
+    let mut mqtt = server
+        .mqtt_connect(&server.mqtt_options("thr-dev-1", &key))
+        .await
+        .unwrap();
     mqtt.subscribe(&[("$dps/registrations/res/#", QoS::AtLeastOnce)])
         .await
         .unwrap();
@@ -199,4 +192,107 @@ async fn a_service_over_its_rate_throttles_the_surplus() {
         assert_eq!(body["errorCode"], 429001, "{body}");
         assert_eq!(retry_after(headers), 1);
     }
+}
+
+#[tokio::test]
+async fn an_mqtt_connect_from_an_address_past_its_failures_is_refused_as_unavailable() {
+    use onramp_net::mqtt::ConnectAckReason;
+    let server = throttled_server("failed_authentications_per_minute = 2");
+    let key = server.enroll("thr-mqtt", serde_json::json!({})).await;
+    let wrong = onramp_core::keys::generate().expose().to_owned();
+    // Two wrong guesses fill the budget, the third overdraws it: each is
+    // refused as a bad credential.
+    for attempt in 0..3 {
+        server
+            .assert_mqtt_refused(
+                &server.mqtt_options("thr-mqtt", &wrong),
+                ConnectAckReason::NotAuthorized,
+                &format!("wrong key, attempt {attempt}"),
+            )
+            .await;
+    }
+    // Then even the right key from that address hears "server unavailable"
+    // (what the SDKs retry), before any check.
+    server
+        .assert_mqtt_refused(
+            &server.mqtt_options("thr-mqtt", &key),
+            ConnectAckReason::ServiceUnavailable,
+            "right key from the benched address",
+        )
+        .await;
+    // The device from another address is served.
+    let device = client_from(&server, [127, 0, 0, 3]);
+    let (status, _, op) = register_from(&server, &device, "thr-mqtt", &key).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+    let refused = server
+        .metric(r#"onramp_throttled_total{limit="address"}"#)
+        .await
+        .unwrap();
+    assert!(refused >= 1.0, "{refused}");
+}
+
+#[tokio::test]
+async fn service_api_calls_over_their_rate_are_answered_429_with_retry_after() {
+    let server = throttled_server("service_api_requests_per_minute = 3");
+    let owner = server.owner_connection_string().await;
+    // The enrollment is the first call of the budget, two reads the rest.
+    let key = server.enroll("thr-svc", serde_json::json!({})).await;
+    let path = "enrollments/thr-svc?api-version=2021-10-01";
+    for _ in 0..2 {
+        let (status, body) = server.get(&owner, path).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // A wrong key is refused as such and spends nothing.
+    let wrong = owner.replace(
+        &owner.split("SharedAccessKey=").nth(1).unwrap().to_owned(),
+        &onramp_core::keys::generate().expose().to_owned(),
+    );
+    assert_eq!(server.get(&wrong, path).await.0, 401);
+    let (status, headers, body) = server
+        .service_call(&owner, reqwest::Method::GET, path, None, &[])
+        .await;
+    common::assert_error(status, &body, 429, 429001);
+    assert_eq!(headers["x-ms-error-code"], "Throttled");
+    // One call every 20 s.
+    let wait = retry_after(&headers);
+    assert!((15..=20).contains(&wait), "Retry-After {wait}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 service API requests a minute"),
+        "{body}"
+    );
+    // Devices are not charged.
+    let (status, _, op) = server.register("thr-svc", &key, API).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(
+        server
+            .metric(r#"onramp_throttled_total{limit="service-api"}"#)
+            .await,
+        Some(1.0)
+    );
+    // `onramp limits` shows the limit and its refusal, and what is in use.
+    let config = server.data_dir.parent().unwrap().join("onramp.toml");
+    let limits = server.cli_json(&["limits", "--json", "--config", config.to_str().unwrap()]);
+    let row = |setting: &str| {
+        limits
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["setting"] == setting)
+            .unwrap_or_else(|| panic!("no {setting} in {limits}"))
+            .clone()
+    };
+    let api = row("throttle.service_api_requests_per_minute");
+    assert_eq!(
+        (api["value"].as_u64(), api["refused"].as_f64()),
+        (Some(3), Some(1.0)),
+        "{api}"
+    );
+    let in_flight = row("limits.max_registrations_in_flight");
+    assert_eq!(in_flight["value"], 10_000, "{in_flight}");
+    assert_eq!(in_flight["inUse"], 0.0, "{in_flight}");
+    assert!(row("limits.max_connections")["inUse"].as_f64().unwrap() >= 1.0);
 }

@@ -81,6 +81,15 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// The limits a server runs with and, while it runs, how much of each
+    /// is in use and how often each refused.
+    Limits {
+        #[command(flatten)]
+        location: Location,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Backups of a deployment's data directory.
     Store {
         #[command(subcommand)]

@@ -19,8 +19,18 @@ pub struct LimitsConfig {
     /// less `reserved_descriptors`.
     pub max_connections: usize,
     /// Descriptors kept back from connections for the store, hub and
-    /// webhook clients and logs.
+    /// webhook clients and logs: the room established work needs.
     pub reserved_descriptors: u64,
+    /// Connections open at once from one client address; 0 is no cap. A
+    /// factory's NAT puts a whole line behind one address, each device with
+    /// a connection of its own, so the default is in the thousands.
+    pub max_connections_per_address: usize,
+    /// Connections (TLS handshakes) one client address may open a second,
+    /// with a second's worth at once; 0 is no cap.
+    pub handshakes_per_second_per_address: u32,
+    /// Registrations running at once on this node; past it a register call
+    /// is answered 503 with Retry-After. 0 is no bound.
+    pub max_registrations_in_flight: usize,
     /// On SIGTERM, registrations in flight get this long to finish.
     pub shutdown_grace_ms: u64,
 }
@@ -35,6 +45,13 @@ impl Default for LimitsConfig {
             body_timeout_ms: 10_000,
             max_connections: 50_000,
             reserved_descriptors: 256,
+            max_connections_per_address: onramp_net::admission::AddressLimits::default()
+                .max_connections,
+            handshakes_per_second_per_address: onramp_net::admission::AddressLimits::default()
+                .handshakes_per_second,
+            // Far above what the store and hubs finish in a reply budget at
+            // the measured peak (about 8,000 a second, most in under 10 ms).
+            max_registrations_in_flight: 10_000,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -53,6 +70,9 @@ pub struct ThrottleConfig {
     /// Failed authentications one client address may make per minute; past
     /// them the address is refused until its budget refills.
     pub failed_authentications_per_minute: u32,
+    /// Service-API (management) requests one provisioning service takes per
+    /// minute, counted once the caller's token is checked.
+    pub service_api_requests_per_minute: u32,
 }
 
 impl Default for ThrottleConfig {
@@ -63,6 +83,7 @@ impl Default for ThrottleConfig {
             // Ten a second sustained: no factory line fails that often, and
             // a guesser is slowed a hundredfold.
             failed_authentications_per_minute: 600,
+            service_api_requests_per_minute: 0,
         }
     }
 }
@@ -77,6 +98,7 @@ impl ThrottleConfig {
             failed_authentications_per_minute: NonZeroU32::new(
                 self.failed_authentications_per_minute,
             ),
+            service_api_requests_per_minute: NonZeroU32::new(self.service_api_requests_per_minute),
         }
     }
 }
@@ -97,6 +119,10 @@ impl LimitsConfig {
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             max_discard_bytes: max_discard_bytes as u64,
             max_connections,
+            per_address: onramp_net::admission::AddressLimits {
+                max_connections: self.max_connections_per_address,
+                handshakes_per_second: self.handshakes_per_second_per_address,
+            },
             close_timeout: Duration::from_millis(self.shutdown_grace_ms),
         }
     }

@@ -188,6 +188,24 @@ impl Server {
         .await
     }
 
+    /// The CONNECT options of a DPS device `registration_id` signed with `key`.
+    pub fn mqtt_options(
+        &self,
+        registration_id: &str,
+        key: &str,
+    ) -> onramp_net::mqtt::client::ConnectOptions {
+        onramp_net::mqtt::client::ConnectOptions {
+            client_id: registration_id.into(),
+            username: Some(format!(
+                "{}/registrations/{registration_id}/api-version=2019-03-31",
+                self.id_scope()
+            )),
+            password: Some(self.device_token(registration_id, key, unix_now() + 600)),
+            keep_alive: 60,
+            clean_session: true,
+        }
+    }
+
     /// An MQTT CONNECT that the server must refuse with `reason`.
     pub async fn assert_mqtt_refused(
         &self,
@@ -503,6 +521,13 @@ impl Drop for Server {
     }
 }
 
+/// The value of the sample `series` (name and labels, as rendered).
+pub fn value_of(scraped: &str, series: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Sends `req`; returns the status, the headers and the JSON (or text) answered.
 pub async fn answer(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = req.send().await.unwrap();
@@ -643,6 +668,12 @@ impl Server {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "GET http://{listen}/metrics");
         resp.text().await.unwrap()
+    }
+
+    /// The value of the sample `series` (name and labels, as rendered) in
+    /// a fresh scrape of `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        value_of(&self.metrics().await, series)
     }
 
     /// An `onramp` admin command on this server's data directory.

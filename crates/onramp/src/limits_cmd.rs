@@ -1,0 +1,193 @@
+//! `onramp limits`: the limits a server runs with (`[limits]` and
+//! `[throttle]` of its configuration) and, while it runs, how much of each
+//! is in use and how often each refused, read from its metrics listener.
+
+use serde::Serialize;
+
+use crate::cli::Location;
+use crate::config::Config;
+use crate::local::ServeState;
+
+/// One limit: its setting, its value, and what the running server says of it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row {
+    setting: &'static str,
+    /// 0 is off for the caps and rates.
+    value: u64,
+    unit: &'static str,
+    /// How much is in use now, for the limits with a level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_use: Option<f64>,
+    /// Requests or connections it refused since the server started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<f64>,
+}
+
+/// The series of `/metrics` a limit's usage and refusals are read from.
+struct Source {
+    in_use: Option<&'static str>,
+    refused: Option<&'static str>,
+}
+
+const NONE: Source = Source {
+    in_use: None,
+    refused: None,
+};
+
+fn refused_by(series: &'static str) -> Source {
+    Source {
+        in_use: None,
+        refused: Some(series),
+    }
+}
+
+fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
+    let l = &config.limits;
+    let t = &config.throttle;
+    vec![
+        (
+            "limits.max_connections",
+            l.max_connections as u64,
+            "connections (less the open-file limit's reserve)",
+            Source {
+                in_use: Some("onramp_connections_open"),
+                refused: Some(r#"onramp_connections_refused_total{reason="global"}"#),
+            },
+        ),
+        (
+            "limits.max_connections_per_address",
+            l.max_connections_per_address as u64,
+            "connections per client address",
+            refused_by(r#"onramp_connections_refused_total{reason="address-connections"}"#),
+        ),
+        (
+            "limits.handshakes_per_second_per_address",
+            u64::from(l.handshakes_per_second_per_address),
+            "handshakes a second per client address",
+            refused_by(r#"onramp_connections_refused_total{reason="address-handshakes"}"#),
+        ),
+        (
+            "limits.max_registrations_in_flight",
+            l.max_registrations_in_flight as u64,
+            "registrations at once",
+            Source {
+                in_use: Some("onramp_registrations_in_flight"),
+                refused: Some("onramp_registrations_shed_total"),
+            },
+        ),
+        (
+            "throttle.registrations_per_second",
+            u64::from(t.registrations_per_second),
+            "registrations a second per service",
+            refused_by(r#"onramp_throttled_total{limit="service"}"#),
+        ),
+        (
+            "throttle.device_registrations_per_minute",
+            u64::from(t.device_registrations_per_minute),
+            "registrations a minute per device",
+            refused_by(r#"onramp_throttled_total{limit="device"}"#),
+        ),
+        (
+            "throttle.failed_authentications_per_minute",
+            u64::from(t.failed_authentications_per_minute),
+            "failed authentications a minute per address",
+            refused_by(r#"onramp_throttled_total{limit="address"}"#),
+        ),
+        (
+            "throttle.service_api_requests_per_minute",
+            u64::from(t.service_api_requests_per_minute),
+            "service API requests a minute per service",
+            refused_by(r#"onramp_throttled_total{limit="service-api"}"#),
+        ),
+        (
+            "limits.handshake_timeout_ms",
+            l.handshake_timeout_ms,
+            "ms",
+            NONE,
+        ),
+        ("limits.header_timeout_ms", l.header_timeout_ms, "ms", NONE),
+        ("limits.body_timeout_ms", l.body_timeout_ms, "ms", NONE),
+        (
+            "limits.max_body_bytes",
+            l.max_body_bytes as u64,
+            "bytes",
+            NONE,
+        ),
+    ]
+}
+
+/// The value of the sample `series` (name and labels, as rendered).
+fn value_of(scraped: &str, series: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The running server's metrics, or why there are none.
+async fn scrape(config: &Config) -> Result<String, String> {
+    let Some(state) = ServeState::read(config) else {
+        return Err("no server runs on this data directory".into());
+    };
+    let Some(listen) = state.deployment.metrics_listen else {
+        return Err("the server runs without a metrics listener".into());
+    };
+    let url = format!("http://{listen}/metrics");
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("{url}: {e}"))?;
+    answer.text().await.map_err(|e| format!("{url}: {e}"))
+}
+
+pub async fn run(location: &Location, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(location)?;
+    let scraped = scrape(&config).await;
+    let rows: Vec<Row> = rows(&config)
+        .into_iter()
+        .map(|(setting, value, unit, source)| {
+            let read = |series: Option<&str>| {
+                let scraped = scraped.as_ref().ok()?;
+                value_of(scraped, series?)
+            };
+            Row {
+                setting,
+                value,
+                unit,
+                in_use: read(source.in_use),
+                refused: read(source.refused),
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:>8}  {:>8}  {:>9}  unit",
+        "limit", "value", "in use", "refused"
+    );
+    let shown = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for row in &rows {
+        // A cap or rate of 0 is none; a deadline or size is a number.
+        let value = match (row.value, row.unit) {
+            (0, u) if !matches!(u, "ms" | "bytes") => "off".to_owned(),
+            (v, _) => v.to_string(),
+        };
+        println!(
+            "{:<44} {:>8}  {:>8}  {:>9}  {}",
+            row.setting,
+            value,
+            shown(row.in_use),
+            shown(row.refused),
+            row.unit
+        );
+    }
+    if let Err(why) = scraped {
+        println!("(no usage: {why})");
+    }
+    Ok(())
+}
