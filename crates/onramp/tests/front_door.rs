@@ -488,18 +488,16 @@ async fn a_flood_of_slow_clients_is_cut_at_the_deadlines_and_cannot_starve_devic
     }
     // A device provisions while the flood is on (the simulator is a process
     // of its own; this worker thread waits for it). A connection over the
-    // cap is closed at once, and the device tries again a moment later, as
-    // the SDKs do.
+    // cap is closed at once, and the device tries again, as the SDKs do.
+    let mut last_error = String::new();
     let device = tokio::task::block_in_place(|| {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
+        wait_for(Duration::from_secs(30), "the device to provision", || {
             let (ok, status, stderr) = server.provision("flood-survivor", &key, &[]);
-            if ok || attempts == 20 {
-                break (ok, status, stderr, started.elapsed());
+            if !ok {
+                last_error = stderr;
             }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            ok.then(|| (ok, status, last_error.clone(), started.elapsed()))
+        })
     });
     let mut outcomes = Vec::new();
     while let Some(outcome) = flood.join_next().await {

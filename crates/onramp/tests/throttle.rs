@@ -244,10 +244,8 @@ async fn service_api_calls_over_their_rate_are_answered_429_with_retry_after() {
         assert_eq!(status, 200, "{body}");
     }
     // A wrong key is refused as such and spends nothing.
-    let wrong = owner.replace(
-        &owner.split("SharedAccessKey=").nth(1).unwrap().to_owned(),
-        &onramp_core::keys::generate().expose().to_owned(),
-    );
+    let right = owner.split("SharedAccessKey=").nth(1).unwrap();
+    let wrong = owner.replace(right, onramp_core::keys::generate().expose());
     assert_eq!(server.get(&wrong, path).await.0, 401);
     let (status, headers, body) = server
         .service_call(&owner, reqwest::Method::GET, path, None, &[])
