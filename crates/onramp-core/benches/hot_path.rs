@@ -133,6 +133,7 @@ fn engine_tpm(c: &mut Criterion) {
             tpm: Some(TpmAttestation {
                 endorsement_key: ek.to_base64(),
                 storage_root_key: Some(srk.to_base64()),
+                ..Default::default()
             }),
             ..Default::default()
         }),
@@ -151,6 +152,7 @@ fn engine_tpm(c: &mut Criterion) {
     let keys = DeviceCredential::Tpm {
         endorsement_key: ek.to_base64(),
         storage_root_key: Some(srk.to_base64()),
+        endorsement_key_certificate: None,
     };
     let resource = format!("{scope}/registrations/tpm-device");
     c.bench_function(

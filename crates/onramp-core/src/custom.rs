@@ -47,6 +47,7 @@ pub fn request(
             context.tpm = Some(onramp_model::TpmAttestation {
                 endorsement_key: challenge.endorsement_key.clone(),
                 storage_root_key: Some(challenge.storage_root_key.clone()),
+                ..Default::default()
             })
         }
         Proof::X509 { leaf, signing } => {

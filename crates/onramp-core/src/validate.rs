@@ -8,6 +8,8 @@ use onramp_model::{
 };
 use serde_json::Value;
 
+mod tpm;
+
 use crate::tenant::LinkedHub;
 use crate::{ProvisioningError, keys, x509};
 
@@ -112,34 +114,7 @@ fn attestation(
                 x509: None,
             })
         }
-        AttestationType::Tpm => {
-            if kind == EnrollmentKind::Group {
-                return Err(ProvisioningError::invalid(
-                    "enrollment groups cannot use tpm attestation; enroll each TPM device individually",
-                ));
-            }
-            let Some(mut tpm) = att.tpm else {
-                return Err(ProvisioningError::invalid(
-                    "attestation.tpm is required when attestation.type is tpm; give tpm.endorsementKey",
-                ));
-            };
-            tpm.endorsement_key = tpm.endorsement_key.trim().to_owned();
-            check_tpm_key("attestation.tpm.endorsementKey", &tpm.endorsement_key)?;
-            if let Some(srk) = tpm.storage_root_key.as_mut() {
-                *srk = srk.trim().to_owned();
-                if srk.is_empty() {
-                    tpm.storage_root_key = None;
-                } else {
-                    check_tpm_key("attestation.tpm.storageRootKey", srk)?;
-                }
-            }
-            Ok(AttestationMechanism {
-                kind: AttestationType::Tpm,
-                tpm: Some(tpm),
-                x509: None,
-                symmetric_key: None,
-            })
-        }
+        AttestationType::Tpm => tpm::attestation(att.tpm, kind),
         AttestationType::X509 => {
             let Some(mut x) = att.x509 else {
                 return Err(ProvisioningError::invalid(
@@ -221,12 +196,6 @@ fn fill_info(field: &str, cert: &mut X509CertificateWithInfo) -> Result<(), Prov
         .map_err(|e| ProvisioningError::invalid(format!("{field}.certificate: {e}")))?;
     cert.info = Some(info);
     Ok(())
-}
-
-fn check_tpm_key(field: &str, key: &str) -> Result<(), ProvisioningError> {
-    crate::tpm::RsaPublic::from_base64(key)
-        .map(drop)
-        .map_err(|e| ProvisioningError::invalid(format!("{field} {e}")))
 }
 
 /// The hub would refuse a device ID outside IoT Hub's rules when the device
@@ -463,6 +432,7 @@ mod tests {
                     tpm: Some(onramp_model::TpmAttestation {
                         endorsement_key: "%%%".into(),
                         storage_root_key: None,
+                        ..Default::default()
                     }),
                     ..Default::default()
                 }),
@@ -524,6 +494,7 @@ mod tests {
                 tpm: Some(onramp_model::TpmAttestation {
                     endorsement_key: ek.into(),
                     storage_root_key: srk.map(Into::into),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),
@@ -560,10 +531,11 @@ mod tests {
     }
 
     #[test]
-    fn groups_refuse_tpm() {
+    fn tpm_groups_need_their_manufacturer_certificates() {
         let g = EnrollmentGroup {
             attestation: Some(AttestationMechanism {
                 kind: AttestationType::Tpm,
+                tpm: Some(Default::default()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -572,7 +544,7 @@ mod tests {
             enrollment("g", g, &ctx())
                 .unwrap_err()
                 .message
-                .contains("cannot use tpm")
+                .starts_with("attestation.tpm.manufacturerCertificates needs at least one")
         );
     }
 }

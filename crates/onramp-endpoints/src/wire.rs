@@ -132,6 +132,23 @@ pub fn decode_registration(
     parse(payload, true)
 }
 
+/// The EK certificate a TPM device of a TPM enrollment group (Onramp's
+/// extension) sends: `tpm.endorsementKeyCertificate`, or else the member
+/// `endorsementKeyCertificate` of its custom `payload`, which every SDK lets
+/// an application set.
+pub fn endorsement_key_certificate(body: &DeviceRegistration) -> Option<String> {
+    body.tpm
+        .as_ref()
+        .and_then(|t| t.endorsement_key_certificate.clone())
+        .or_else(|| {
+            body.payload
+                .as_ref()
+                .and_then(|p| p.get("endorsementKeyCertificate"))
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+        })
+}
+
 /// Replaces every non-ASCII character with `\uXXXX` (surrogate pairs above
 /// the BMP). In JSON text such characters only occur inside strings, so the
 /// result is the same JSON value.

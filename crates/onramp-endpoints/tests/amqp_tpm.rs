@@ -53,6 +53,7 @@ fn tpm_enrollment(id: &str, tpm: &SoftTpm) -> IndividualEnrollment {
             tpm: Some(TpmAttestation {
                 endorsement_key: tpm.endorsement_key().to_base64(),
                 storage_root_key: None,
+                ..Default::default()
             }),
             ..Default::default()
         }),

@@ -197,9 +197,25 @@ case_insensitive_enum!(
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TpmAttestation {
-    #[serde(default)]
+    /// An individual enrollment's (and a device's) endorsement key; a TPM
+    /// enrollment group has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endorsement_key: String,
     pub storage_root_key: Option<String>,
+    /// Onramp extension (Azure has no TPM groups), enrollment groups only:
+    /// the manufacturer CA certificates (PEM or base64 DER) a device's
+    /// endorsement key certificate must be issued by.
+    pub manufacturer_certificates: Option<Vec<String>>,
+    /// Onramp extension, enrollment groups only: when set (with
+    /// `allowEndorsementKeyHashes`), only these registration IDs are admitted.
+    pub allow_registration_ids: Option<Vec<String>>,
+    /// Onramp extension, enrollment groups only: endorsement keys admitted,
+    /// as hex SHA-256 of the marshaled `TPM2B_PUBLIC` (`sha256sum` of what
+    /// `tpm2_readpublic -f tss` writes). Such a device needs no certificate.
+    pub allow_endorsement_key_hashes: Option<Vec<String>>,
+    /// Onramp extension, register requests only: the device's endorsement
+    /// key certificate (PEM or base64 DER), checked against a TPM group.
+    pub endorsement_key_certificate: Option<String>,
 }
 
 #[serde_with::skip_serializing_none]

@@ -339,6 +339,7 @@ async fn two_nodes_see_each_others_writes() {
         storage_root_key: "srk".into(),
         expires: UtcTime::now(),
         spent_by: None,
+        enrollment_group_id: None,
     };
     a.put("t1", challenge.clone(), Precondition::None, UtcTime::now())
         .await

@@ -12,6 +12,7 @@
 //!   engine over a store with recording hubs and a clock set by hand.
 //! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
 //!   that speak the TPM simulator protocol.
+//! - [`ek_cert`]: a TPM manufacturer's CA that issues EK certificates.
 //! - [`postgres`]: a PostgreSQL database of a test's own, dropped after it.
 //! - [`conformance`]: the checks every `Store` must pass, one test per case
 //!   through [`store_conformance!`].
@@ -22,6 +23,7 @@
 
 mod clock;
 pub mod conformance;
+pub mod ek_cert;
 mod hubs;
 pub mod postgres;
 mod store;

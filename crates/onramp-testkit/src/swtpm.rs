@@ -12,6 +12,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use onramp_core::sas;
 use onramp_core::tpm::RsaPublic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -182,6 +184,138 @@ impl Swtpm {
     pub async fn simulator_shim(&self) -> SimulatorShim {
         SimulatorShim::start(self.port).await
     }
+}
+
+/// What a device does with its TPM, through tpm2-tools.
+impl Swtpm {
+    /// What a device does with an activation blob (§5.4): the credential
+    /// opened with the EK, the key imported and loaded under the SRK. Returns
+    /// the tpm2_activatecredential output when that step fails.
+    pub fn import(&self, blob: &[u8]) -> Result<(), String> {
+        let items = split_blob(blob);
+        // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT,
+        // TPM2B_ENCRYPTED_SECRET (what tpm2_makecredential writes).
+        let mut credential = vec![0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1];
+        credential.extend_from_slice(items[0]);
+        credential.extend_from_slice(items[1]);
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(self.path(name), bytes).expect("a file in the scratch folder")
+        };
+        write("credential", &credential);
+        write("duplicate", items[2]);
+        write("seed", items[3]);
+        write("identity.pub", items[4]);
+        assert_eq!(items[5], [0, 0], "the sixth item is present and empty");
+
+        // The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT).
+        self.ok(
+            "tpm2_startauthsession",
+            &["--policy-session", "-S", "session.ctx"],
+        );
+        self.ok("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
+        let activated = self.run(
+            "tpm2_activatecredential",
+            &[
+                "-c",
+                SRK_HANDLE,
+                "-C",
+                EK_HANDLE,
+                "-i",
+                "credential",
+                "-o",
+                "inner.key",
+                "-P",
+                "session:session.ctx",
+            ],
+        );
+        self.ok("tpm2_flushcontext", &["session.ctx"]);
+        if !activated.status.success() {
+            return Err(String::from_utf8_lossy(&activated.stderr).into_owned());
+        }
+        assert_eq!(
+            std::fs::read(self.path("inner.key"))
+                .expect("tpm2_activatecredential wrote the key")
+                .len(),
+            16,
+            "the inner wrap key is an AES-128 key, as the C and C# SDKs import it"
+        );
+        self.ok(
+            "tpm2_import",
+            &[
+                "-C",
+                SRK_HANDLE,
+                "-u",
+                "identity.pub",
+                "-i",
+                "duplicate",
+                "-s",
+                "seed",
+                "-k",
+                "inner.key",
+                "-r",
+                "identity.priv",
+            ],
+        );
+        self.ok(
+            "tpm2_load",
+            &[
+                "-C",
+                SRK_HANDLE,
+                "-u",
+                "identity.pub",
+                "-r",
+                "identity.priv",
+                "-c",
+                "identity.ctx",
+            ],
+        );
+        Ok(())
+    }
+
+    /// A SharedAccessSignature for `resource` signed inside the TPM with the
+    /// key [`Self::import`] loaded, as the SDKs sign theirs.
+    pub fn sign(&self, resource: &str, expiry: i64, key_name: Option<&str>) -> String {
+        let sr = sas::encode(resource);
+        std::fs::write(self.path("to-sign"), format!("{sr}\n{expiry}"))
+            .expect("a file in the scratch folder");
+        self.ok(
+            "tpm2_hmac",
+            &[
+                "-c",
+                "identity.ctx",
+                "-g",
+                "sha256",
+                "-o",
+                "signature",
+                "to-sign",
+            ],
+        );
+        // Without a resource manager the loaded key stays: free the slot.
+        self.ok("tpm2_flushcontext", &["-t"]);
+        let signature = std::fs::read(self.path("signature")).expect("tpm2_hmac wrote it");
+        assert_eq!(signature.len(), 32, "an HMAC-SHA256");
+        let sig = sas::encode(&STANDARD.encode(signature));
+        let mut token = format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}");
+        if let Some(name) = key_name {
+            token.push_str("&skn=");
+            token.push_str(name);
+        }
+        token
+    }
+}
+
+/// The six TPM "2B" items, each with its size field.
+fn split_blob(blob: &[u8]) -> Vec<&[u8]> {
+    let mut items = Vec::new();
+    let mut at = 0;
+    while at < blob.len() {
+        let len = usize::from(u16::from_be_bytes([blob[at], blob[at + 1]]));
+        items.push(&blob[at..at + 2 + len]);
+        at += 2 + len;
+    }
+    assert_eq!(at, blob.len());
+    assert_eq!(items.len(), 6);
+    items
 }
 
 /// The TPM simulator protocol's codes that the shim handles.

@@ -317,10 +317,12 @@ fn soft_tpm(path: &std::path::Path, registration_id: &str) -> anyhow::Result<Sof
     onramp_files::write(path, serde_json::to_string(&kept)?.as_bytes())
         .with_context(|| format!("writing the software TPM {}", path.display()))?;
     eprintln!(
-        "created a software TPM in {}; enroll it with:\n  onramp enrollment create {registration_id} --tpm-ek {} --tpm-srk {}",
+        "created a software TPM in {}; enroll it with:\n  onramp enrollment create {registration_id} --tpm-ek {} --tpm-srk {}\n\
+         or admit it in a TPM enrollment group by its endorsement key hash:\n  --allow-ek-hash {}",
         path.display(),
         tpm.endorsement_key().to_base64(),
-        tpm.storage_root_key().to_base64()
+        tpm.storage_root_key().to_base64(),
+        tpm.endorsement_key().sha256_hex()
     );
     Ok(tpm)
 }

@@ -816,7 +816,7 @@ async fn tpm_enrollments_from_the_cli() {
         (vec!["enrollment", "create"], "give the registration ID"),
         (
             vec!["group", "create", "tpm-group", "--tpm-ek", &ek_text],
-            "enrollment groups cannot use tpm attestation",
+            "attestation.tpm of an enrollment group holds no endorsementKey",
         ),
     ] {
         let out = server.cli(&args);

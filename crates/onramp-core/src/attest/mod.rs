@@ -15,10 +15,13 @@
 //!   enrollment's keys or a group's derived keys.
 //! - `certificate`: X.509 chains, walked from the device certificate up.
 //! - `tpm`: the TPM nonce challenge, and tokens signed with its key.
+//! - `tpm_group`: which TPM enrollment group (Onramp's extension) admits a
+//!   TPM without an individual enrollment, by its EK certificate or EK hash.
 
 mod certificate;
 mod token;
 mod tpm;
+mod tpm_group;
 
 use onramp_model::{
     EnrollmentGroup, ErrorCode, IdKey, IndividualEnrollment, RegistrationId, Secret, UtcTime,
@@ -39,6 +42,9 @@ pub enum DeviceCredential {
     Tpm {
         endorsement_key: String,
         storage_root_key: Option<String>,
+        /// The EK certificate a device of a TPM enrollment group sends
+        /// (Onramp's extension), PEM or base64 DER.
+        endorsement_key_certificate: Option<String>,
     },
     /// Nothing: no token and no client certificate.
     None,
@@ -197,14 +203,19 @@ pub async fn attest(
         DeviceCredential::Tpm {
             endorsement_key,
             storage_root_key,
+            endorsement_key_certificate,
         } => {
+            let keys = tpm::SentKeys {
+                endorsement_key,
+                storage_root_key: storage_root_key.as_deref(),
+                certificate: endorsement_key_certificate.as_deref(),
+            };
             tpm::challenge(
                 store,
                 prefetched,
                 service,
                 registration_id,
-                endorsement_key,
-                storage_root_key.as_deref(),
+                keys,
                 now,
                 config,
             )

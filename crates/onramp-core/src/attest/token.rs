@@ -101,6 +101,12 @@ pub(super) async fn attest(
             }
         }
     }
+    // Nor that: a TPM whose challenge a TPM enrollment group issued.
+    if let Some(attested) =
+        super::tpm_group::verify(store, service, registration_id, &token, now).await?
+    {
+        return Ok(attested);
+    }
     Err(ProvisioningError::new(
         ErrorCode::EnrollmentNotFound,
         format!(

@@ -5,7 +5,7 @@
 //! (sealed) until it expires, so that the signed retry may reach any node.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use onramp_model::{AttestationType, ErrorCode, IndividualEnrollment, RegistrationId, UtcTime};
+use onramp_model::{AttestationType, IndividualEnrollment, RegistrationId, UtcTime};
 
 use super::{AttestationConfig, Attested, Enrollment, Prefetched, Proof, finish};
 use crate::ports::{Precondition, Store, StoreExt, TpmChallenge};
@@ -13,36 +13,48 @@ use crate::sas::SasToken;
 use crate::tpm::{self, RsaPublic};
 use crate::{ProvisioningError, keys};
 
+/// The keys (and for a TPM group, the EK certificate) a TPM device sent
+/// without a token.
+pub(super) struct SentKeys<'a> {
+    pub endorsement_key: &'a str,
+    pub storage_root_key: Option<&'a str>,
+    pub certificate: Option<&'a str>,
+}
+
 /// Answers a TPM device's first request: checks its endorsement key against
-/// its individual enrollment, keeps a fresh key and sends it wrapped for the
-/// TPM. Always an `Err`: [`ProvisioningError::tpm_challenge`] on success.
-#[allow(clippy::too_many_arguments)]
+/// its individual enrollment, else asks the TPM enrollment groups whether
+/// one admits it; keeps a fresh key and sends it wrapped for the TPM.
+/// Always an `Err`: [`ProvisioningError::tpm_challenge`] on success.
 pub(super) async fn challenge(
     store: &dyn Store,
     mut prefetched: Prefetched,
     service: &str,
     registration_id: &RegistrationId,
-    endorsement_key: &str,
-    storage_root_key: Option<&str>,
+    keys: SentKeys<'_>,
     now: UtcTime,
     config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
     let key = registration_id.key();
-    let enrollment = prefetched
-        .enrollment(store, service, &key)
-        .await?
-        .ok_or_else(|| {
-            ProvisioningError::new(
-                ErrorCode::EnrollmentNotFound,
-                format!(
-                    "no individual enrollment has registration ID '{registration_id}'; a TPM \
-                     device needs one with attestation.tpm holding its endorsement key"
-                ),
-            )
-        })?;
+    let Some(enrollment) = prefetched.enrollment(store, service, &key).await? else {
+        let first_groups = prefetched.first_groups.take();
+        let (group, sent) =
+            super::tpm_group::admit(store, first_groups, service, registration_id, &keys, now)
+                .await?;
+        return issue(
+            store,
+            service,
+            registration_id,
+            &sent,
+            &keys,
+            None,
+            Some(group),
+            now,
+            config,
+        )
+        .await;
+    };
     let enrolled = enrolled_tpm(&enrollment)?;
-    let sent = RsaPublic::from_base64(endorsement_key)
-        .map_err(|e| ProvisioningError::invalid(format!("tpm.endorsementKey {e}")))?;
+    let sent = sent_endorsement_key(keys.endorsement_key)?;
     let enrolled_ek = RsaPublic::from_base64(&enrolled.endorsement_key).map_err(|e| {
         ProvisioningError::internal(format!(
             "individual enrollment '{registration_id}' holds an unusable endorsement key: {e}"
@@ -54,9 +66,45 @@ pub(super) async fn challenge(
              '{registration_id}' holds; send this TPM's endorsement key, or enroll it"
         )));
     }
-    let srk_text = storage_root_key
+    let enrolled_srk = enrolled.storage_root_key.as_deref();
+    issue(
+        store,
+        service,
+        registration_id,
+        &sent,
+        &keys,
+        enrolled_srk,
+        None,
+        now,
+        config,
+    )
+    .await
+}
+
+/// The endorsement key a device sent, parsed.
+pub(super) fn sent_endorsement_key(text: &str) -> Result<RsaPublic, ProvisioningError> {
+    RsaPublic::from_base64(text)
+        .map_err(|e| ProvisioningError::invalid(format!("tpm.endorsementKey {e}")))
+}
+
+/// Keeps a fresh challenge key for the device (and the group that admitted
+/// it) and answers with it wrapped for the TPM.
+#[allow(clippy::too_many_arguments)]
+async fn issue(
+    store: &dyn Store,
+    service: &str,
+    registration_id: &RegistrationId,
+    sent: &RsaPublic,
+    keys: &SentKeys<'_>,
+    enrolled_srk: Option<&str>,
+    group: Option<String>,
+    now: UtcTime,
+    config: AttestationConfig,
+) -> Result<Attested, ProvisioningError> {
+    let srk_text = keys
+        .storage_root_key
         .filter(|k| !k.trim().is_empty())
-        .or(enrolled.storage_root_key.as_deref())
+        .or(enrolled_srk)
         .ok_or_else(|| {
             ProvisioningError::invalid(
                 "tpm.storageRootKey is required: the challenge key is wrapped for the \
@@ -66,7 +114,7 @@ pub(super) async fn challenge(
     let srk = RsaPublic::from_base64(srk_text)
         .map_err(|e| ProvisioningError::invalid(format!("tpm.storageRootKey {e}")))?;
     let challenge_key = tpm::challenge_key().map_err(tpm_failure)?;
-    let blob = tpm::activation_blob(&sent, &srk, &challenge_key).map_err(tpm_failure)?;
+    let blob = tpm::activation_blob(sent, &srk, &challenge_key).map_err(tpm_failure)?;
     let pending = TpmChallenge {
         registration_id: registration_id.to_string(),
         key: onramp_model::Secret::new(STANDARD.encode(challenge_key)),
@@ -77,10 +125,14 @@ pub(super) async fn challenge(
         )
         .unwrap_or(now),
         spent_by: None,
+        enrollment_group_id: group,
     };
     store.put(service, pending, Precondition::None, now).await?;
     Err(ProvisioningError::tpm_challenge(STANDARD.encode(blob)))
 }
+
+const ASK_AGAIN: &str = "send the register request without Authorization, with the tpm keys, \
+                         to get a new challenge";
 
 /// A token for a TPM enrollment: signed with the key of the device's
 /// pending challenge, which has not expired.
@@ -93,30 +145,56 @@ pub(super) async fn verify(
     now: UtcTime,
 ) -> Result<Attested, ProvisioningError> {
     enrolled_tpm(&enrollment)?;
-    let ask_again = "send the register request without Authorization, with the tpm keys, \
-                     to get a new challenge";
-    let challenge = store
-        .get::<TpmChallenge>(service, &registration_id.key())
+    let challenge = pending(store, service, registration_id, now)
         .await?
-        .filter(|c| c.expires > now)
         .ok_or_else(|| {
             ProvisioningError::unauthorized(format!(
                 "no TPM challenge is pending for registration ID '{registration_id}' \
-                 (none was sent, or it expired); {ask_again}"
+                 (none was sent, or it expired); {ASK_AGAIN}"
             ))
         })?;
+    signed(
+        challenge,
+        registration_id,
+        Ok(Enrollment::Individual(enrollment)),
+        token,
+    )
+}
+
+/// The device's challenge, unless none was sent or it expired.
+pub(super) async fn pending(
+    store: &dyn Store,
+    service: &str,
+    registration_id: &RegistrationId,
+    now: UtcTime,
+) -> Result<Option<TpmChallenge>, ProvisioningError> {
+    Ok(store
+        .get::<TpmChallenge>(service, &registration_id.key())
+        .await?
+        .filter(|c| c.expires > now))
+}
+
+/// Attested by `enrollment` when `token` is signed with the challenge's key.
+/// The signature is checked first, so that an unauthenticated caller learns
+/// nothing about the enrollment.
+pub(super) fn signed(
+    challenge: TpmChallenge,
+    registration_id: &RegistrationId,
+    enrollment: Result<Enrollment, ProvisioningError>,
+    token: &SasToken<'_>,
+) -> Result<Attested, ProvisioningError> {
     let key = STANDARD.decode(challenge.key.expose()).map_err(|e| {
         ProvisioningError::internal(format!("a stored TPM challenge key is not base64: {e}"))
     })?;
     if !token.is_signed_with(&key) {
         return Err(ProvisioningError::unauthorized(format!(
             "the token is not signed with the key of the TPM challenge sent to \
-             '{registration_id}'; sign it with the key imported from authenticationKey, or {ask_again}"
+             '{registration_id}'; sign it with the key imported from authenticationKey, or {ASK_AGAIN}"
         )));
     }
     finish(
         registration_id,
-        Enrollment::Individual(enrollment),
+        enrollment?,
         Proof::Tpm {
             challenge: Box::new(challenge),
             hub_primary: keys::generate(),

@@ -188,6 +188,10 @@ pub struct TpmChallenge {
     /// The register operation that spent it: a challenge vouches for one
     /// registration (and the polls of that one).
     pub spent_by: Option<String>,
+    /// The TPM enrollment group that admitted the device (Onramp's
+    /// extension), or `None` for a device with an individual enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
 }
 
 /// A registration still running on some node: what a poll through another

@@ -15,6 +15,8 @@
 //! - [`kdf`]: the TPM's key derivation function, KDFa.
 //! - [`blob`]: the activation blob.
 //! - [`token`]: verification of a token signed with the imported key.
+//! - [`ek_cert`]: endorsement key certificates, checked against the
+//!   manufacturer CAs of a TPM enrollment group (Onramp's extension).
 //! - [`device`]: the device's half in software (opening a blob), for the
 //!   simulator, the load generator and tests; the server never calls it.
 //!
@@ -23,6 +25,7 @@
 
 pub mod blob;
 pub mod device;
+pub mod ek_cert;
 pub mod kdf;
 pub mod public;
 pub mod token;

@@ -266,6 +266,13 @@ impl RsaPublic {
             .to_ascii_lowercase()
     }
 
+    /// The key's hash as a TPM enrollment group's allow list names it:
+    /// lower-case hex SHA-256 over the whole `TPM2B_PUBLIC` (what `sha256sum`
+    /// prints for the file `tpm2_readpublic -f tss` writes).
+    pub fn sha256_hex(&self) -> String {
+        data_encoding::HEXLOWER.encode(digest::digest(&digest::SHA256, &self.bytes).as_ref())
+    }
+
     /// RSA-OAEP with SHA-256 (hash and MGF1) and the TPM's label, whose
     /// trailing NUL the caller includes.
     pub(crate) fn encrypt(&self, plaintext: &[u8], label: &[u8]) -> Result<Vec<u8>, TpmError> {

@@ -379,6 +379,9 @@ async fn tpm_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let keys = DeviceCredential::Tpm {
         endorsement_key: STANDARD.encode(init.endorsement_key),
         storage_root_key: (!srk.is_empty()).then(|| STANDARD.encode(srk)),
+        // SASL carries no certificate: over AMQP a TPM group admits a device
+        // by its EK hash alone.
+        endorsement_key_certificate: None,
     };
     // 2. The engine's challenge (or, refused, a decoy), in two segments.
     let (blob, refused) = match engine

@@ -80,10 +80,11 @@ fn credential(parts: &http::request::Parts, body: Option<&DeviceRegistration>) -
     {
         return DeviceCredential::X509Chain(chain.iter().map(|c| c.as_ref().to_vec()).collect());
     }
-    match body.and_then(|b| b.tpm.as_ref()) {
-        Some(tpm) => DeviceCredential::Tpm {
+    match body.and_then(|b| b.tpm.as_ref().map(|tpm| (tpm, b))) {
+        Some((tpm, body)) => DeviceCredential::Tpm {
             endorsement_key: tpm.endorsement_key.clone(),
             storage_root_key: tpm.storage_root_key.clone(),
+            endorsement_key_certificate: wire::endorsement_key_certificate(body),
         },
         None => DeviceCredential::None,
     }

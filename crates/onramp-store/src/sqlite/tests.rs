@@ -145,6 +145,7 @@ async fn survives_reopening_and_keeps_secrets_sealed_on_disk() {
             storage_root_key: "srk".into(),
             expires: UtcTime::now(),
             spent_by: None,
+            enrollment_group_id: None,
         };
         given(&store, "s", challenge).await;
     }

@@ -17,6 +17,7 @@ pub async fn tpm_challenges(store: &dyn Store) {
         storage_root_key: "AToAAQALAAMAcg==".into(),
         expires: now(900),
         spent_by: None,
+        enrollment_group_id: None,
     };
     put_at(store, "t1", challenge.clone(), now(0)).await;
     let got = found::<TpmChallenge>(store, "t1", "tpm-device")
@@ -24,9 +25,11 @@ pub async fn tpm_challenges(store: &dyn Store) {
         .expect("found by its lower-case key");
     assert_eq!(got, challenge, "read back whole, key included");
 
-    // The next challenge (or the spending registration) replaces it.
+    // The next challenge (or the spending registration) replaces it; the
+    // TPM group that admitted the device is kept with it.
     let spent = TpmChallenge {
         spent_by: Some("op-1".into()),
+        enrollment_group_id: Some("tpm-line".into()),
         ..challenge.clone()
     };
     put_at(store, "t1", spent.clone(), now(10)).await;

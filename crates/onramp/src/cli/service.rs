@@ -179,6 +179,24 @@ pub struct EnrollmentSpec {
     /// TPM: the device's storage root key, in the same forms (optional).
     #[arg(long, value_name = "FILE|BASE64", requires = "tpm_ek")]
     pub tpm_srk: Option<String>,
+    /// TPM groups (Onramp's extension; Azure has no TPM groups): a
+    /// manufacturer CA certificate (PEM file) that issues the TPMs' EK
+    /// certificates (repeat the flag for several). The group admits every
+    /// TPM whose EK certificate it issued.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["key", "secondary_key", "certificate", "ca_reference", "tpm_ek"]
+    )]
+    pub tpm_ca: Vec<PathBuf>,
+    /// TPM groups: admit only these registration IDs (repeat the flag).
+    #[arg(long, value_name = "ID", requires = "tpm_ca")]
+    pub allow_registration_id: Vec<String>,
+    /// TPM groups: admit only these endorsement keys, by the hex SHA-256 of
+    /// their marshaled TPM2B_PUBLIC (repeat the flag); such a TPM needs no
+    /// EK certificate.
+    #[arg(long, value_name = "HEX", requires = "tpm_ca")]
+    pub allow_ek_hash: Vec<String>,
 }
 
 /// What `update` changes; what it does not name stays as it is.
@@ -220,7 +238,8 @@ pub struct EnrollmentChanges {
 #[derive(Subcommand, Debug)]
 pub enum RecordCommand {
     /// Create or replace one: symmetric keys (generated unless given), X.509
-    /// with --certificate or --ca-reference, or TPM with --tpm-ek.
+    /// with --certificate or --ca-reference, or TPM with --tpm-ek (a group:
+    /// --tpm-ca).
     Create {
         #[command(flatten)]
         api: ServiceApi,

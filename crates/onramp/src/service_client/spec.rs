@@ -40,9 +40,13 @@ pub(super) fn attestation(
                 storage_root_key: srk
                     .map(|k| tpm_key(k, "--tpm-srk").map(|k| k.to_base64()))
                     .transpose()?,
+                ..Default::default()
             }),
             ..Default::default()
         });
+    }
+    if !spec.tpm_ca.is_empty() {
+        return tpm_group(spec, group);
     }
     if let Some(name) = &spec.ca_reference {
         return Ok(AttestationMechanism {
@@ -84,6 +88,33 @@ pub(super) fn attestation(
         symmetric_key: Some(SymmetricKeyAttestation {
             primary_key: spec.key.clone().map(Secret::new),
             secondary_key: spec.secondary_key.clone().map(Secret::new),
+        }),
+        ..Default::default()
+    })
+}
+
+/// A TPM enrollment group (Onramp's extension): its manufacturer CA
+/// certificates and allow list. The service checks each; the files are read here.
+fn tpm_group(spec: &EnrollmentSpec, group: bool) -> anyhow::Result<AttestationMechanism> {
+    if !group {
+        anyhow::bail!(
+            "--tpm-ca makes a TPM enrollment group (onramp group create); \
+             enroll one TPM with --tpm-ek"
+        );
+    }
+    let certificates = spec
+        .tpm_ca
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let list = |l: &Vec<String>| (!l.is_empty()).then(|| l.clone());
+    Ok(AttestationMechanism {
+        kind: AttestationType::Tpm,
+        tpm: Some(TpmAttestation {
+            manufacturer_certificates: Some(certificates),
+            allow_registration_ids: list(&spec.allow_registration_id),
+            allow_endorsement_key_hashes: list(&spec.allow_ek_hash),
+            ..Default::default()
         }),
         ..Default::default()
     })

@@ -120,6 +120,7 @@ impl DeviceSpec {
             tpm: self.tpm.as_ref().map(|tpm| TpmAttestation {
                 endorsement_key: tpm.endorsement_key().to_base64(),
                 storage_root_key: Some(tpm.storage_root_key().to_base64()),
+                ..Default::default()
             }),
             ..Default::default()
         }
