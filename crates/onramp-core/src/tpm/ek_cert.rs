@@ -53,6 +53,11 @@ impl EkCertificate {
     /// Reads a certificate given as PEM text or base64 DER.
     pub fn parse(text: &str) -> Result<Self, EkCertError> {
         let der = x509::decode(text).map_err(|e| EkCertError::Unreadable(e.to_string()))?;
+        Self::from_der(der)
+    }
+
+    /// Reads a certificate's DER bytes.
+    pub fn from_der(der: Vec<u8>) -> Result<Self, EkCertError> {
         let cert = read(&der)?;
         let Ok(PublicKey::RSA(key)) = cert.public_key().parsed() else {
             return Err(EkCertError::NotRsa);
