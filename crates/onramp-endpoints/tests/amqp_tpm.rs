@@ -19,16 +19,18 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use onramp_core::engine::{Engine, EngineConfig};
-use onramp_core::ports::{IdentityAuth, Store, StoreExt, TpmChallenge};
+use onramp_core::ports::{IdentityAuth, Precondition, Store, StoreExt, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::device::SoftTpm;
 use onramp_endpoints::EndpointConfig;
 use onramp_endpoints::amqp::{AmqpLimits, DpsAmqp};
 use onramp_model::{
-    AttestationMechanism, AttestationType, IdKey, IndividualEnrollment, TpmAttestation, UtcTime,
+    AttestationMechanism, AttestationType, EnrollmentGroup, IdKey, IndividualEnrollment,
+    TpmAttestation, UtcTime,
 };
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::{AmqpApp, AmqpConnection};
+use onramp_testkit::ek_cert::ManufacturerCa;
 use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -584,4 +586,72 @@ async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A TPM enrollment group (Onramp's extension) over AMQP: SASL carries no
+/// EK certificate, so the group admits the TPM by its EK hash alone.
+#[tokio::test]
+async fn a_tpm_group_admits_a_tpm_by_its_ek_hash_over_sasl_tpm() {
+    let tpm = SoftTpm::generate().unwrap();
+    let dps = dps(&tpm).await;
+    dps.store
+        .delete::<IndividualEnrollment>("default", &IdKey::of(DEVICE), Precondition::None)
+        .await
+        .unwrap();
+    let maker = ManufacturerCa::new("AMQP Test TPM Manufacturer");
+    let group = |hash: String| EnrollmentGroup {
+        enrollment_group_id: "tpm-line".into(),
+        attestation: Some(AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                manufacturer_certificates: Some(vec![maker.cert_pem.clone()]),
+                allow_endorsement_key_hashes: Some(vec![hash]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ek = tpm.endorsement_key().as_bytes().to_vec();
+    let srk = tpm.storage_root_key().as_bytes().to_vec();
+
+    // Another TPM's hash on the list: a decoy blob (around a key nobody
+    // keeps), refused after the token the TPM signs with it.
+    given(&*dps.store, "default", group("00".repeat(32))).await;
+    let mut stream = dps.connect();
+    let sign = signed_by(&dps, &tpm, DEVICE);
+    let ended = tpm_exchange(&mut stream, &dps.scope, DEVICE, &ek, &srk, sign).await;
+    assert_eq!(ended.code, SaslCode::Auth);
+
+    // Its own hash: challenged, signed, assigned under the group.
+    given(
+        &*dps.store,
+        "default",
+        group(tpm.endorsement_key().sha256_hex()),
+    )
+    .await;
+    let mut stream = dps.connect();
+    let ended = tpm_exchange(
+        &mut stream,
+        &dps.scope,
+        DEVICE,
+        &ek,
+        &srk,
+        signed_by(&dps, &tpm, DEVICE),
+    )
+    .await;
+    assert_eq!(ended.code, SaslCode::Ok);
+    assert_eq!(
+        dps.pending().await.enrollment_group_id.as_deref(),
+        Some("tpm-line")
+    );
+    let op = register(&dps, stream, &tpm).await;
+    assert_eq!(op["status"], "assigned", "{op}");
+    let by_group = dps
+        .store
+        .registrations_of_group("default", &IdKey::of("tpm-line"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(by_group.len(), 1);
+    assert!(format!("{by_group:?}").contains(DEVICE), "{by_group:?}");
 }
