@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod migrations;
 pub mod postgres;
+mod record;
 pub mod seal;
 pub mod sqlite;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onramp_core::ports::{
-    Precondition, RegistrationRecord, Store, StoreError, StoreExt, TpmChallenge,
+    Precondition, RegistrationRecord, Store, StoreError, StoreExt, StoredRecord, TpmChallenge,
 };
 use onramp_model::{
     AttestationMechanism, DeviceRegistrationState, IdKey, IndividualEnrollment, RegistrationStatus,
@@ -47,7 +47,7 @@ async fn raw(db: &TestDatabase) -> tokio_postgres::Client {
 }
 
 /// Every case of the suite, each from an empty store (the tables are
-/// emptied between cases). Keep in step with `store_conformance!`.
+/// emptied between cases), as `store_conformance!` lists them.
 #[tokio::test]
 async fn the_conformance_suite_passes_on_postgresql() {
     let Some(db) = TestDatabase::create().await else {
@@ -56,7 +56,7 @@ async fn the_conformance_suite_passes_on_postgresql() {
     let store = node(&db).await;
     let client = raw(&db).await;
     macro_rules! cases {
-        ($($case:ident),+ $(,)?) => {$(
+        ($($case:ident,)+) => {$(
             client
                 .batch_execute("TRUNCATE services, hub_latencies CASCADE")
                 .await
@@ -65,19 +65,7 @@ async fn the_conformance_suite_passes_on_postgresql() {
             conformance::$case(&*store).await;
         )+};
     }
-    cases!(
-        tenants,
-        enrollments,
-        groups,
-        registrations,
-        registration_inputs,
-        placements_and_latencies,
-        certificates,
-        tpm_challenges,
-        isolation,
-        running_operations,
-        newest_registration_wins,
-    );
+    onramp_testkit::store_conformance!(each cases);
 }
 
 fn keyed_enrollment(id: &str) -> IndividualEnrollment {
@@ -219,29 +207,26 @@ async fn concurrent_writers_with_the_same_if_match_one_wins() {
         1,
         "{results:?}"
     );
-    let results = together(4, |i| {
-        let store = nodes[i % 2].clone();
+    exactly_one_creates(&nodes, |i| {
         let mut e = keyed_enrollment("fresh");
         e.device_id = Some(format!("writer-{i}"));
-        async move {
-            store
-                .put("t1", e, Precondition::IfNotExists, UtcTime::now())
-                .await
-        }
+        e
     })
     .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
-    for r in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert!(matches!(r, StoreError::AlreadyExists(_)), "{r:?}");
-    }
     // Create-only registrations (two nodes registering a new device).
+    exactly_one_creates(&nodes, |i| registration("new-reg", &format!("hub-{i}"))).await;
+}
+
+/// `make(i)` written create-only by four writers on the two nodes at once:
+/// exactly one creates it, the others are refused as already there.
+async fn exactly_one_creates<T, F>(nodes: &[Arc<PgStore>; 2], make: F)
+where
+    T: StoredRecord + std::fmt::Debug + Send + 'static,
+    F: Fn(usize) -> T,
+{
     let results = together(4, |i| {
         let store = nodes[i % 2].clone();
-        let record = registration("new-reg", &format!("hub-{i}"));
+        let record = make(i);
         async move {
             store
                 .put("t1", record, Precondition::IfNotExists, UtcTime::now())

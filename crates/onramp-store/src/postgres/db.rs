@@ -8,6 +8,8 @@ use onramp_core::ports::StoreError;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use crate::record::missing_service;
+
 /// How long a caller waits for a connection, for a new connection to be
 /// made, and for a statement: a database that does not answer is
 /// `Unavailable` (a retryable 503) within these, never a hang.
@@ -131,7 +133,7 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
 pub(super) fn pg_error_in(service: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
     move |e| {
         if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
-            StoreError::NotFound(format!("no provisioning service '{service}'"))
+            missing_service(service)
         } else {
             pg_error(e)
         }

@@ -34,11 +34,11 @@ use onramp_core::ports::{
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{IdKey, IndividualEnrollment, UtcTime};
 
+use crate::record::RecordWrite;
 use crate::seal::{SealError, Sealer};
 use crate::sqlite::rows::corrupt;
 use crate::sqlite::services::{NewService, SealedPolicy};
 use db::{connection, pg_error};
-use records::RecordWrite;
 
 /// Whether a store URL names PostgreSQL (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(url: &str) -> bool {
@@ -211,10 +211,10 @@ impl Store for PgStore {
         let write = RecordWrite::prepare(&self.sealer, service, record, now)?;
         let mut conn = connection(&self.pool).await?;
         if write.is_single_statement(&condition) {
-            return write.apply(&conn, service, &condition).await;
+            return write.apply_in(&conn, service, &condition).await;
         }
         let tx = conn.transaction().await.map_err(pg_error)?;
-        let written = write.apply(&tx, service, &condition).await?;
+        let written = write.apply_in(&tx, service, &condition).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(written)
     }

@@ -5,7 +5,7 @@ use onramp_core::ports::{RunningOperation, StoreError};
 
 use super::db::{pg_error, pg_error_in};
 use super::rows::{col, execute, query_opt};
-use crate::sqlite::operations::{nanos, time};
+use crate::sqlite::operations::{nanos, running};
 
 /// Records `op` unless the device's recorded operation started later.
 pub(super) async fn put<C: GenericClient>(
@@ -49,16 +49,15 @@ pub(super) async fn read<C: GenericClient>(
          WHERE service = $1 AND id_key = $2",
         &[&service, &key],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     row.map(|r| {
-        Ok(RunningOperation {
-            registration_id: col(&r, 0)?,
-            operation_id: col(&r, 1)?,
-            node: col(&r, 2)?,
-            started: time(col(&r, 3)?)?,
-            lease_until: time(col(&r, 4)?)?,
-        })
+        running(
+            col(&r, 0)?,
+            col(&r, 1)?,
+            col(&r, 2)?,
+            col(&r, 3)?,
+            col(&r, 4)?,
+        )
     })
     .transpose()
 }

@@ -5,23 +5,24 @@
 
 use deadpool_postgres::GenericClient;
 use onramp_core::ports::{Precondition, Record, RecordKind, StoreError, StoredRecord};
-use onramp_core::tenant::CaCertificate;
 use onramp_model::{EnrollmentGroup, EnrollmentKind, EnrollmentRecord, IndividualEnrollment};
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::db::{pg_error, pg_error_in};
 use super::registrations;
 use super::rows::{
-    CA_CERTIFICATES, ENROLLMENTS, GROUPS, LINKED_HUBS, Order, REGISTRATIONS, TPM_CHALLENGES, Table,
-    col, created_or_exists, delete_row, execute, lock_and_check, query, upsert_sql,
+    CA_CERTIFICATES, ENROLLMENTS, GROUPS, LINKED_HUBS, Order, Params, REGISTRATIONS,
+    TPM_CHALLENGES, Table, col, created_or_exists, delete_row, execute, lock_and_check, query,
+    upsert_sql,
 };
 use super::services::open_hub;
+use crate::record::RecordWrite;
 use crate::seal::Sealer;
 use crate::sqlite::certificates::ca_from_row;
-use crate::sqlite::challenges::{self, ChallengeWrite};
+use crate::sqlite::challenges;
 use crate::sqlite::enrollments::{EnrollmentWrite, open};
-use crate::sqlite::rows::{corrupt, created_of, new_etag};
-use crate::sqlite::services::SealedHub;
+use crate::sqlite::rows::{corrupt, new_etag};
 
 /// The table of a kind of record.
 pub(super) fn table(kind: RecordKind) -> Table {
@@ -83,6 +84,30 @@ fn decode(
     })
 }
 
+/// The records of `kind` whose rows meet `filter` (after the service,
+/// `$1`; `{k}` stands for the key column).
+async fn select<C: GenericClient>(
+    client: &C,
+    sealer: &Sealer,
+    service: &str,
+    kind: RecordKind,
+    filter: &str,
+    params: &Params<'_>,
+) -> Result<Vec<Record>, StoreError> {
+    let t = table(kind);
+    let sql = format!(
+        "SELECT {k}, {c} FROM {n} WHERE service = $1 AND {filter}",
+        k = t.key,
+        c = columns(kind),
+        n = t.name,
+        filter = filter.replace("{k}", t.key),
+    );
+    let rows = query(client, &sql, params).await?;
+    rows.iter()
+        .map(|r| decode(sealer, service, kind, r))
+        .collect()
+}
+
 /// The record of `kind` under `key`, if there is one.
 pub(super) async fn read<C: GenericClient>(
     client: &C,
@@ -95,22 +120,9 @@ pub(super) async fn read<C: GenericClient>(
         let found = registrations::read(client, service, key).await?;
         return Ok(found.map(StoredRecord::into_record));
     }
-    let t = table(kind);
-    let rows = query(
-        client,
-        &format!(
-            "SELECT {k}, {c} FROM {n} WHERE service = $1 AND {k} = $2",
-            k = t.key,
-            c = columns(kind),
-            n = t.name
-        ),
-        &[&service, &key],
-    )
-    .await
-    .map_err(pg_error)?;
-    rows.first()
-        .map(|r| decode(sealer, service, kind, r))
-        .transpose()
+    let params: [&(dyn ToSql + Sync); 2] = [&service, &key];
+    let found = select(client, sealer, service, kind, "{k} = $2", &params).await?;
+    Ok(found.into_iter().next())
 }
 
 /// A page of records of `kind` in key order, after `after` ("" for the first).
@@ -126,23 +138,10 @@ pub(super) async fn page<C: GenericClient>(
         let page = registrations::page(client, service, None, after, limit).await?;
         return Ok(page.into_iter().map(StoredRecord::into_record).collect());
     }
-    let t = table(kind);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = query(
-        client,
-        &format!(
-            "SELECT {k}, {c} FROM {n} WHERE service = $1 AND {k} > $2 ORDER BY {k} LIMIT $3",
-            k = t.key,
-            c = columns(kind),
-            n = t.name
-        ),
-        &[&service, &after, &limit],
-    )
-    .await
-    .map_err(pg_error)?;
-    rows.iter()
-        .map(|r| decode(sealer, service, kind, r))
-        .collect()
+    let params: [&(dyn ToSql + Sync); 3] = [&service, &after, &limit];
+    let filter = "{k} > $2 ORDER BY {k} LIMIT $3";
+    select(client, sealer, service, kind, filter, &params).await
 }
 
 /// The individual enrollments whose client certificate has the SHA-256
@@ -160,8 +159,7 @@ pub(super) async fn by_thumbprint<C: GenericClient>(
          WHERE t.service = $1 AND t.thumbprint = $2 ORDER BY e.id_key",
         &[&service, &print],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     rows.iter()
         .map(|r| {
             let key: String = col(r, 0)?;
@@ -171,50 +169,9 @@ pub(super) async fn by_thumbprint<C: GenericClient>(
         .collect()
 }
 
-/// A record ready to write: stamped, its secrets sealed (work done before a
-/// connection is taken).
-pub(super) enum RecordWrite {
-    Enrollment(Box<EnrollmentWrite<IndividualEnrollment>>),
-    EnrollmentGroup(Box<EnrollmentWrite<EnrollmentGroup>>),
-    Registration(
-        Box<onramp_core::ports::RegistrationRecord>,
-        onramp_model::UtcTime,
-    ),
-    CaCertificate(Box<CaCertificate>),
-    LinkedHub(Box<SealedHub>, Box<onramp_core::tenant::LinkedHub>),
-    TpmChallenge(Box<ChallengeWrite>),
-}
-
+/// How PostgreSQL writes a prepared record: in a transaction that locks
+/// the row it checks.
 impl RecordWrite {
-    pub(super) fn prepare(
-        sealer: &Sealer,
-        service: &str,
-        record: Record,
-        now: onramp_model::UtcTime,
-    ) -> Result<Self, StoreError> {
-        use crate::sqlite::{certificates, registrations as stamps};
-        Ok(match record {
-            Record::Enrollment(e) => {
-                RecordWrite::Enrollment(Box::new(EnrollmentWrite::seal(sealer, service, &*e, now)?))
-            }
-            Record::EnrollmentGroup(g) => RecordWrite::EnrollmentGroup(Box::new(
-                EnrollmentWrite::seal(sealer, service, &*g, now)?,
-            )),
-            Record::Registration(r) => {
-                RecordWrite::Registration(Box::new(stamps::stamp(&r, now)), now)
-            }
-            Record::CaCertificate(c) => {
-                RecordWrite::CaCertificate(Box::new(certificates::stamp(&c)))
-            }
-            Record::LinkedHub(h) => {
-                RecordWrite::LinkedHub(Box::new(SealedHub::seal(sealer, service, &h)?), h)
-            }
-            Record::TpmChallenge(c) => {
-                RecordWrite::TpmChallenge(Box::new(ChallengeWrite::seal(sealer, service, *c)?))
-            }
-        })
-    }
-
     /// Whether the write is one statement with no condition to check (a
     /// registration's, on the hot path): no transaction needed.
     pub(super) fn is_single_statement(&self, condition: &Precondition) -> bool {
@@ -222,7 +179,7 @@ impl RecordWrite {
     }
 
     /// Writes it inside `tx` if `condition` holds.
-    pub(super) async fn apply<C: GenericClient>(
+    pub(super) async fn apply_in<C: GenericClient>(
         self,
         tx: &C,
         service: &str,
@@ -328,32 +285,24 @@ impl RecordWrite {
 async fn write_enrollment<C: GenericClient, E: EnrollmentRecord>(
     tx: &C,
     service: &str,
-    write: EnrollmentWrite<E>,
+    mut write: EnrollmentWrite<E>,
     condition: &Precondition,
 ) -> Result<E, StoreError> {
-    let EnrollmentWrite {
-        key,
-        mut stored,
-        mut doc_form,
-        sealed,
-        what,
-        thumbprints,
-        now,
-    } = write;
     let t = match E::KIND {
         EnrollmentKind::Individual => ENROLLMENTS,
         EnrollmentKind::Group => GROUPS,
     };
-    let current =
-        lock_and_check(tx, t, service, &key, condition, &what, Order::ServiceFirst).await?;
-    let created = current.as_deref().and_then(created_of).unwrap_or(now);
-    *stored.service_owned().created = Some(created);
-    *doc_form.service_owned().created = Some(created);
-    let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt(&what, e))?;
-    let etag = stored
-        .etag()
-        .map(|t| t.as_str().to_owned())
-        .unwrap_or_default();
+    let current = lock_and_check(
+        tx,
+        t,
+        service,
+        &write.key,
+        condition,
+        &write.what,
+        Order::ServiceFirst,
+    )
+    .await?;
+    let (doc, etag) = write.row(current.as_deref())?;
     let n = execute(
         tx,
         &upsert_sql(
@@ -361,31 +310,31 @@ async fn write_enrollment<C: GenericClient, E: EnrollmentRecord>(
             &["etag", "doc", "keys_sealed"],
             *condition == Precondition::IfNotExists,
         ),
-        &[&service, &key, &etag, &doc, &sealed],
+        &[&service, &write.key, &etag, &doc, &write.sealed],
     )
     .await
     .map_err(pg_error_in(service))?;
-    created_or_exists(n, &what)?;
+    created_or_exists(n, &write.what)?;
     if E::KIND == EnrollmentKind::Individual {
         execute(
             tx,
             "DELETE FROM enrollment_thumbprints WHERE service = $1 AND id_key = $2",
-            &[&service, &key],
+            &[&service, &write.key],
         )
         .await
         .map_err(pg_error)?;
-        for print in &thumbprints {
+        for print in &write.thumbprints {
             execute(
                 tx,
                 "INSERT INTO enrollment_thumbprints (service, thumbprint, id_key) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                &[&service, print, &key],
+                &[&service, print, &write.key],
             )
             .await
             .map_err(pg_error)?;
         }
     }
-    Ok(stored)
+    Ok(write.stored)
 }
 
 /// Deletes the record of `kind` under `key` if `condition` holds.

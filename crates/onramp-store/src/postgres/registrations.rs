@@ -6,9 +6,10 @@ use onramp_core::ports::{RegistrationInputs, RegistrationRecord, StoreError, ove
 use onramp_model::{EnrollmentGroup, IndividualEnrollment, UtcTime};
 use tokio_postgres::Row;
 
-use super::db::{pg_error, pg_error_in};
-use super::rows::{col, query, query_opt};
+use super::db::pg_error_in;
+use super::rows::{col, query, query_opt, query_raw};
 use super::services::{open_hub, service_doc};
+use crate::record::RegistrationColumns;
 use crate::seal::Sealer;
 use crate::sqlite::enrollments::open;
 use crate::sqlite::registrations::registration_from_row;
@@ -48,8 +49,7 @@ pub(super) async fn read<C: GenericClient>(
         &format!("SELECT {COLUMNS} FROM registrations WHERE service = $1 AND id_key = $2"),
         &[&service, &key],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     row.map(|r| from_row(&r, PLAIN)).transpose()
 }
 
@@ -69,22 +69,7 @@ pub(super) async fn write<C: GenericClient>(
     let mut doc_form = stored.state.clone();
     doc_form.created_date_time_utc = None;
     let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt("registration", e))?;
-    let group_key = stored
-        .enrollment_group_id
-        .as_ref()
-        .map(|g| g.to_ascii_lowercase());
-    let etag = stored
-        .state
-        .etag
-        .as_ref()
-        .map(|t| t.as_str().to_owned())
-        .unwrap_or_default();
-    let placement = stored.current_placement();
-    let hub_key = placement.as_ref().map(|p| p.hub.to_ascii_lowercase());
-    let placement = placement
-        .map(|p| serde_json::to_string(&p))
-        .transpose()
-        .map_err(|e| corrupt("registration placement", e))?;
+    let cols = RegistrationColumns::of(&stored)?;
     let now_text = now.to_string();
     let op_started = onramp_core::engine::operation_started(&stored.operation_id)
         .and_then(|n| i64::try_from(n).ok());
@@ -109,19 +94,19 @@ pub(super) async fn write<C: GenericClient>(
          RETURNING created"
         )
     };
-    let row = query(
+    let row = query_raw(
         client,
         &sql,
         &[
             &service,
             &key,
-            &group_key,
+            &cols.group_key,
             &stored.operation_id,
-            &etag,
+            &cols.etag,
             &now_text,
             &doc,
-            &placement,
-            &hub_key,
+            &cols.placement,
+            &cols.hub_key,
             &op_started,
         ],
     )
@@ -179,8 +164,7 @@ pub(super) async fn page<C: GenericClient>(
             )
             .await
         }
-    }
-    .map_err(pg_error)?;
+    }?;
     rows.iter().map(|r| from_row(r, PLAIN)).collect()
 }
 
@@ -194,8 +178,7 @@ pub(super) async fn count_on_hub<C: GenericClient>(
         "SELECT count(*) FROM registrations WHERE service = $1 AND hub_key = $2",
         &[&service, &hub_key],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let n: i64 = match row {
         Some(r) => col(&r, 0)?,
         None => 0,
@@ -237,9 +220,7 @@ pub(super) async fn read_inputs<C: GenericClient>(
     group_page: usize,
 ) -> Result<Option<RegistrationInputs>, StoreError> {
     let limit = i64::try_from(group_page).unwrap_or(i64::MAX);
-    let rows = query(client, INPUTS, &[&scope, &key, &limit])
-        .await
-        .map_err(pg_error)?;
+    let rows = query(client, INPUTS, &[&scope, &key, &limit]).await?;
     let mut service = None;
     let mut enrollment = None;
     let mut groups = Vec::new();

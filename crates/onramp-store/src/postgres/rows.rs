@@ -9,12 +9,22 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
 
 use super::db::pg_error;
+use crate::record::missing_service;
 
 /// Parameters of a statement.
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 /// Every row `sql` selects (the statement is prepared once per connection).
 pub(super) async fn query<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &Params<'_>,
+) -> Result<Vec<Row>, StoreError> {
+    query_raw(client, sql, params).await.map_err(pg_error)
+}
+
+/// [`query`], with PostgreSQL's error for the caller to read.
+pub(super) async fn query_raw<C: GenericClient>(
     client: &C,
     sql: &str,
     params: &Params<'_>,
@@ -28,9 +38,9 @@ pub(super) async fn query_opt<C: GenericClient>(
     client: &C,
     sql: &str,
     params: &Params<'_>,
-) -> Result<Option<Row>, tokio_postgres::Error> {
-    let statement = client.prepare_cached(sql).await?;
-    client.query_opt(&statement, params).await
+) -> Result<Option<Row>, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query_opt(&statement, params).await.map_err(pg_error)
 }
 
 /// Runs `sql`; how many rows it touched.
@@ -58,36 +68,26 @@ pub(super) struct Table {
     pub etag: bool,
 }
 
-pub(super) const ENROLLMENTS: Table = Table {
-    name: "enrollments",
-    key: "id_key",
-    etag: true,
-};
-pub(super) const GROUPS: Table = Table {
-    name: "enrollment_groups",
-    key: "id_key",
-    etag: true,
-};
-pub(super) const REGISTRATIONS: Table = Table {
-    name: "registrations",
-    key: "id_key",
-    etag: true,
-};
-pub(super) const CA_CERTIFICATES: Table = Table {
-    name: "ca_certificates",
-    key: "name_key",
-    etag: true,
-};
+impl Table {
+    /// A table keyed by `key` whose rows carry an ETag.
+    const fn tagged(name: &'static str, key: &'static str) -> Self {
+        Self {
+            name,
+            key,
+            etag: true,
+        }
+    }
+}
+
+pub(super) const ENROLLMENTS: Table = Table::tagged("enrollments", "id_key");
+pub(super) const GROUPS: Table = Table::tagged("enrollment_groups", "id_key");
+pub(super) const REGISTRATIONS: Table = Table::tagged("registrations", "id_key");
+pub(super) const CA_CERTIFICATES: Table = Table::tagged("ca_certificates", "name_key");
 pub(super) const LINKED_HUBS: Table = Table {
-    name: "linked_hubs",
-    key: "name_key",
     etag: false,
+    ..Table::tagged("linked_hubs", "name_key")
 };
-pub(super) const TPM_CHALLENGES: Table = Table {
-    name: "tpm_challenges",
-    key: "id_key",
-    etag: true,
-};
+pub(super) const TPM_CHALLENGES: Table = Table::tagged("tpm_challenges", "id_key");
 
 /// Which a write to a missing service is refused for first: the missing
 /// service, or a condition the (then missing) record cannot meet. The
@@ -124,11 +124,9 @@ pub(super) async fn lock_and_check<C: GenericClient>(
             &service_params,
         ),
         query_opt(tx, &row_sql, &row_params),
-    )
-    .map_err(pg_error)?;
-    let missing_service = || StoreError::NotFound(format!("no provisioning service '{service}'"));
+    )?;
     if order == Order::ServiceFirst && service_row.is_none() {
-        return Err(missing_service());
+        return Err(missing_service(service));
     }
     let (tag, doc) = match &current {
         Some(row) => (
@@ -139,7 +137,7 @@ pub(super) async fn lock_and_check<C: GenericClient>(
     };
     check_precondition(tag.as_ref(), condition, what)?;
     if service_row.is_none() {
-        return Err(missing_service());
+        return Err(missing_service(service));
     }
     Ok(doc)
 }
@@ -200,8 +198,7 @@ pub(super) async fn delete_row<C: GenericClient>(
         ),
         &[&service, &key],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let Some(current) = current else {
         return Err(StoreError::NotFound(missing));
     };

@@ -9,6 +9,7 @@ use tokio_postgres::error::SqlState;
 
 use super::db::{connection, pg_error, pg_error_in};
 use super::rows::{col, execute, query, query_opt};
+use crate::record::missing_service;
 use crate::seal::Sealer;
 use crate::sqlite::rows::corrupt;
 use crate::sqlite::services::{NewService, SealedPolicy, hub_aad, open_policy};
@@ -58,15 +59,13 @@ pub(super) async fn one(
     key: &str,
 ) -> Result<Option<ProvisioningService>, StoreError> {
     let conn = connection(pool).await?;
-    let row = query_opt(&conn, sql, &[&key]).await.map_err(pg_error)?;
+    let row = query_opt(&conn, sql, &[&key]).await?;
     row.map(|r| service_doc(&col::<String>(&r, 0)?)).transpose()
 }
 
 pub(super) async fn all(pool: &Pool) -> Result<Vec<ProvisioningService>, StoreError> {
     let conn = connection(pool).await?;
-    let rows = query(&conn, "SELECT doc FROM services ORDER BY name", &[])
-        .await
-        .map_err(pg_error)?;
+    let rows = query(&conn, "SELECT doc FROM services ORDER BY name", &[]).await?;
     rows.iter()
         .map(|r| service_doc(&col::<String>(r, 0)?))
         .collect()
@@ -95,9 +94,7 @@ pub(super) async fn update(
         }
     })?;
     if n == 0 {
-        return Err(StoreError::NotFound(format!(
-            "no provisioning service '{name}'"
-        )));
+        return Err(missing_service(name));
     }
     Ok(())
 }
@@ -143,31 +140,13 @@ pub(super) async fn delete_policy(
     Ok(n > 0)
 }
 
-/// A policy row's rights as stored (a smallint) back to their bits.
-fn rights(row: &tokio_postgres::Row) -> Result<u8, StoreError> {
-    u8::try_from(col::<i16>(row, 1)?)
-        .map_err(|_| StoreError::Corrupt("a policy's rights are out of range".into()))
-}
-
 pub(super) async fn policies_of(
     pool: &Pool,
     sealer: &Sealer,
     service: &str,
 ) -> Result<Vec<SharedAccessPolicy>, StoreError> {
-    let conn = connection(pool).await?;
-    let rows = query(
-        &conn,
-        "SELECT name, rights, keys_sealed FROM policies WHERE service = $1 ORDER BY name",
-        &[&service],
-    )
-    .await
-    .map_err(pg_error)?;
-    rows.iter()
-        .map(|r| {
-            let sealed: Vec<u8> = col(r, 2)?;
-            open_policy(sealer, service, col(r, 0)?, rights(r)?, &sealed)
-        })
-        .collect()
+    let found = policies_where(pool, sealer, "service", service).await?;
+    Ok(found.into_iter().map(|(_, policy)| policy).collect())
 }
 
 pub(super) async fn policies_called(
@@ -175,19 +154,31 @@ pub(super) async fn policies_called(
     sealer: &Sealer,
     name: &str,
 ) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError> {
+    policies_where(pool, sealer, "name", name).await
+}
+
+/// The policies whose `column` (`service` or `name`) is `value`, each with
+/// its service, in order of service and name.
+async fn policies_where(
+    pool: &Pool,
+    sealer: &Sealer,
+    column: &str,
+    value: &str,
+) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError> {
     let conn = connection(pool).await?;
-    let rows = query(
-        &conn,
-        "SELECT service, rights, keys_sealed FROM policies WHERE name = $1 ORDER BY service",
-        &[&name],
-    )
-    .await
-    .map_err(pg_error)?;
+    let sql = format!(
+        "SELECT service, name, rights, keys_sealed FROM policies WHERE {column} = $1
+         ORDER BY service, name"
+    );
+    let rows = query(&conn, &sql, &[&value]).await?;
     rows.iter()
         .map(|r| {
             let service: String = col(r, 0)?;
-            let sealed: Vec<u8> = col(r, 2)?;
-            let policy = open_policy(sealer, &service, name.to_owned(), rights(r)?, &sealed)?;
+            // Rights are stored as a smallint.
+            let rights = u8::try_from(col::<i16>(r, 2)?)
+                .map_err(|_| StoreError::Corrupt("a policy's rights are out of range".into()))?;
+            let sealed: Vec<u8> = col(r, 3)?;
+            let policy = open_policy(sealer, &service, col(r, 1)?, rights, &sealed)?;
             Ok((service, policy))
         })
         .collect()
@@ -232,8 +223,7 @@ pub(super) async fn latencies(pool: &Pool) -> Result<Vec<HubLatencySample>, Stor
         "SELECT doc FROM hub_latencies ORDER BY node, hub_key",
         &[],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     rows.iter()
         .map(|r| serde_json::from_str(&col::<String>(r, 0)?).map_err(|e| corrupt("hub latency", e)))
         .collect()

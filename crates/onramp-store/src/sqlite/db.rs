@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use onramp_core::ports::StoreError;
+
+use crate::record::missing_service;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -35,6 +37,19 @@ pub struct Db {
 
 pub fn sql_error(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("SQLite: {e}"))
+}
+
+/// [`sql_error`] for a write under `service`, where a broken foreign key
+/// means the service is missing.
+pub(super) fn sql_error_in(service: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            missing_service(service)
+        }
+        other => sql_error(other),
+    }
 }
 
 fn configure(conn: &Connection, durability: Durability, read_only: bool) -> rusqlite::Result<()> {

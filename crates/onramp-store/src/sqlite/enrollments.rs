@@ -135,43 +135,41 @@ impl<E: EnrollmentRecord> EnrollmentWrite<E> {
         })
     }
 
+    /// The row's document and ETag, once the record it replaces is known
+    /// (`current`, its stored document): that record's creation time is
+    /// kept, a new one's is now.
+    pub(crate) fn row(&mut self, current: Option<&str>) -> Result<(String, String), StoreError> {
+        let created = current.and_then(created_of).unwrap_or(self.now);
+        *self.stored.service_owned().created = Some(created);
+        *self.doc_form.service_owned().created = Some(created);
+        let doc = serde_json::to_string(&self.doc_form).map_err(|e| corrupt(&self.what, e))?;
+        let etag = self
+            .stored
+            .etag()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default();
+        Ok((doc, etag))
+    }
+
     /// Writes it if `condition` holds, keeping the creation time of the
     /// record it replaces; returns it as stored.
     pub(super) fn apply(
-        self,
+        mut self,
         conn: &Connection,
         service: &str,
         condition: &Precondition,
     ) -> Result<E, StoreError> {
-        let Self {
-            key,
-            mut stored,
-            mut doc_form,
-            sealed,
-            what,
-            thumbprints,
-            now,
-        } = self;
         let table = table(E::KIND);
         ensure_service(conn, service)?;
-        let current = current_etag(conn, table, service, &key)?;
-        check_precondition(current.as_ref().map(|(t, _)| t), condition, &what)?;
-        let created = current
-            .as_ref()
-            .and_then(|(_, d)| created_of(d))
-            .unwrap_or(now);
-        *stored.service_owned().created = Some(created);
-        *doc_form.service_owned().created = Some(created);
-        let doc = serde_json::to_string(&doc_form).map_err(|e| corrupt(&what, e))?;
-        let etag = stored
-            .etag()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default();
-        upsert(conn, table, service, &key, &etag, &doc, sealed.as_deref())?;
+        let current = current_etag(conn, table, service, &self.key)?;
+        check_precondition(current.as_ref().map(|(t, _)| t), condition, &self.what)?;
+        let (doc, etag) = self.row(current.as_ref().map(|(_, d)| d.as_str()))?;
+        let sealed = self.sealed.as_deref();
+        upsert(conn, table, service, &self.key, &etag, &doc, sealed)?;
         if E::KIND == EnrollmentKind::Individual {
-            index_thumbprints(conn, service, &key, &thumbprints)?;
+            index_thumbprints(conn, service, &self.key, &self.thumbprints)?;
         }
-        Ok(stored)
+        Ok(self.stored)
     }
 }
 

@@ -30,18 +30,18 @@ use onramp_core::ports::{
     HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
     RunningOperation, Store, StoreError, StoredRecord, check_precondition,
 };
-use onramp_core::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
+use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment, UtcTime};
 use rusqlite::Connection;
 
 pub use db::Durability;
 
+use crate::record::RecordWrite;
 use crate::seal::Sealer;
-use challenges::{ChallengeWrite, TPM_CHALLENGES};
-use enrollments::EnrollmentWrite;
+use challenges::TPM_CHALLENGES;
 use registrations::REGISTRATIONS;
 use rows::{check_row, corrupt, delete_row};
-use services::{NewService, SealedHub, SealedPolicy};
+use services::{NewService, SealedPolicy};
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +83,15 @@ impl SqliteStore {
             migrations::migrate,
         )?;
         Ok(Self { db, sealer })
+    }
+
+    /// Runs `f` on a reader thread with the sealer (reads that open secrets).
+    async fn read_sealed<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &Sealer) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let sealer = self.sealer.clone();
+        self.db.read(move |conn| f(conn, &sealer)).await
     }
 }
 
@@ -136,9 +145,7 @@ impl Store for SqliteStore {
 
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {
         let service = service.to_owned();
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| services::policies_of(conn, &sealer, &service))
+        self.read_sealed(move |conn, sealer| services::policies_of(conn, sealer, &service))
             .await
     }
 
@@ -166,9 +173,7 @@ impl Store for SqliteStore {
         name: &str,
     ) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError> {
         let name = name.to_owned();
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| services::policies_called(conn, &sealer, &name))
+        self.read_sealed(move |conn, sealer| services::policies_called(conn, sealer, &name))
             .await
     }
 
@@ -179,9 +184,7 @@ impl Store for SqliteStore {
         key: &IdKey,
     ) -> Result<Option<Record>, StoreError> {
         let (service, key) = (service.to_owned(), key.clone());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| read_record(conn, &sealer, &service, kind, &key))
+        self.read_sealed(move |conn, sealer| read_record(conn, sealer, &service, kind, &key))
             .await
     }
 
@@ -254,10 +257,10 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let (service, after) = (service.to_owned(), after.cloned().unwrap_or_default());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| read_records(conn, &sealer, &service, kind, &after, limit))
-            .await
+        self.read_sealed(move |conn, sealer| {
+            read_records(conn, sealer, &service, kind, &after, limit)
+        })
+        .await
     }
 
     async fn enrollments_by_thumbprint(
@@ -266,10 +269,10 @@ impl Store for SqliteStore {
         sha256: &str,
     ) -> Result<Vec<IndividualEnrollment>, StoreError> {
         let (service, print) = (service.to_owned(), sha256.to_ascii_uppercase());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| enrollments::read_by_thumbprint(conn, &sealer, &service, &print))
-            .await
+        self.read_sealed(move |conn, sealer| {
+            enrollments::read_by_thumbprint(conn, sealer, &service, &print)
+        })
+        .await
     }
 
     async fn registration_inputs(
@@ -279,10 +282,10 @@ impl Store for SqliteStore {
         group_page: usize,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
         let (scope, key) = (id_scope_key.clone(), registration_key.clone());
-        let sealer = self.sealer.clone();
-        self.db
-            .read(move |conn| registrations::read_inputs(conn, &sealer, &scope, &key, group_page))
-            .await
+        self.read_sealed(move |conn, sealer| {
+            registrations::read_inputs(conn, sealer, &scope, &key, group_page)
+        })
+        .await
     }
 
     async fn registrations_of_group(
@@ -391,46 +394,9 @@ fn read_records(
     })
 }
 
-/// A record ready to write: stamped, its secrets sealed (work done before it
-/// reaches the writer thread).
-enum RecordWrite {
-    Enrollment(Box<EnrollmentWrite<IndividualEnrollment>>),
-    EnrollmentGroup(Box<EnrollmentWrite<EnrollmentGroup>>),
-    Registration(Box<RegistrationRecord>, UtcTime),
-    CaCertificate(Box<CaCertificate>),
-    LinkedHub(Box<SealedHub>, Box<LinkedHub>),
-    TpmChallenge(Box<ChallengeWrite>),
-}
-
+/// How the embedded store writes a prepared record: the writer thread is
+/// the only writer, so a check and the write after it are one step.
 impl RecordWrite {
-    fn prepare(
-        sealer: &Sealer,
-        service: &str,
-        record: Record,
-        now: UtcTime,
-    ) -> Result<Self, StoreError> {
-        Ok(match record {
-            Record::Enrollment(e) => {
-                RecordWrite::Enrollment(Box::new(EnrollmentWrite::seal(sealer, service, &*e, now)?))
-            }
-            Record::EnrollmentGroup(g) => RecordWrite::EnrollmentGroup(Box::new(
-                EnrollmentWrite::seal(sealer, service, &*g, now)?,
-            )),
-            Record::Registration(r) => {
-                RecordWrite::Registration(Box::new(registrations::stamp(&r, now)), now)
-            }
-            Record::CaCertificate(c) => {
-                RecordWrite::CaCertificate(Box::new(certificates::stamp(&c)))
-            }
-            Record::LinkedHub(h) => {
-                RecordWrite::LinkedHub(Box::new(SealedHub::seal(sealer, service, &h)?), h)
-            }
-            Record::TpmChallenge(c) => {
-                RecordWrite::TpmChallenge(Box::new(ChallengeWrite::seal(sealer, service, *c)?))
-            }
-        })
-    }
-
     fn apply(
         self,
         conn: &Connection,

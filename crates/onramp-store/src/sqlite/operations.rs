@@ -4,7 +4,7 @@ use onramp_core::ports::{RunningOperation, StoreError};
 use onramp_model::UtcTime;
 use rusqlite::{Connection, params};
 
-use super::db::sql_error;
+use super::db::{sql_error, sql_error_in};
 use super::rows::{corrupt, query_optional};
 
 /// Unix nanoseconds as a column (times before 2262).
@@ -12,7 +12,7 @@ pub(crate) fn nanos(t: UtcTime) -> i64 {
     i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn time(nanos: i64) -> Result<UtcTime, StoreError> {
+fn time(nanos: i64) -> Result<UtcTime, StoreError> {
     UtcTime::from_unix_nanos(i128::from(nanos))
         .ok_or_else(|| corrupt("running operation", "a time out of range"))
 }
@@ -43,14 +43,7 @@ pub(super) fn put(
             op.registration_id
         ])
     })
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            StoreError::NotFound(format!("no provisioning service '{service}'"))
-        }
-        other => sql_error(other),
-    })?;
+    .map_err(sql_error_in(service))?;
     Ok(())
 }
 
@@ -59,31 +52,34 @@ pub(super) fn read(
     service: &str,
     key: &str,
 ) -> Result<Option<RunningOperation>, StoreError> {
-    let row = query_optional(
+    query_optional(
         conn,
         "SELECT registration_id, operation_id, node, started, lease_until FROM operations
          WHERE service = ?1 AND id_key = ?2",
         params![service, key],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        },
-    )?;
-    row.map(|(registration_id, operation_id, node, started, lease)| {
-        Ok(RunningOperation {
-            registration_id,
-            operation_id,
-            node,
-            started: time(started)?,
-            lease_until: time(lease)?,
-        })
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?
+    .map(|(registration_id, operation_id, node, started, lease)| {
+        running(registration_id, operation_id, node, started, lease)
     })
     .transpose()
+}
+
+/// A running operation from its columns (times in Unix nanoseconds).
+pub(crate) fn running(
+    registration_id: String,
+    operation_id: String,
+    node: String,
+    started: i64,
+    lease_until: i64,
+) -> Result<RunningOperation, StoreError> {
+    Ok(RunningOperation {
+        registration_id,
+        operation_id,
+        node,
+        started: time(started)?,
+        lease_until: time(lease_until)?,
+    })
 }
 
 /// Removes the device's running operation if it is `operation_id`.

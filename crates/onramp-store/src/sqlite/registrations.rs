@@ -6,10 +6,11 @@ use onramp_core::ports::{
 use onramp_model::{DeviceRegistrationState, UtcTime};
 use rusqlite::{Connection, params};
 
-use super::db::sql_error;
+use super::db::{sql_error, sql_error_in};
 use super::enrollments::{read_one, read_page};
 use super::rows::{corrupt, created_of, new_etag, query_all, query_optional};
 use super::services::{by_scope, linked_hubs_of};
+use crate::record::RegistrationColumns;
 use crate::seal::Sealer;
 
 pub(super) const REGISTRATIONS: &str = "registrations";
@@ -152,22 +153,7 @@ pub(super) fn write(
             .unwrap_or(now),
     );
     let doc = serde_json::to_string(&stored.state).map_err(|e| corrupt("registration", e))?;
-    let group_key = stored
-        .enrollment_group_id
-        .as_ref()
-        .map(|g| g.to_ascii_lowercase());
-    let etag = stored
-        .state
-        .etag
-        .as_ref()
-        .map(|t| t.as_str().to_owned())
-        .unwrap_or_default();
-    let placement = stored.current_placement();
-    let hub_key = placement.as_ref().map(|p| p.hub.to_ascii_lowercase());
-    let placement = placement
-        .map(|p| serde_json::to_string(&p))
-        .transpose()
-        .map_err(|e| corrupt("registration placement", e))?;
+    let cols = RegistrationColumns::of(&stored)?;
     conn.prepare_cached(
         "INSERT INTO registrations (service, id_key, group_key, operation_id, etag, doc, placement, hub_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -179,22 +165,15 @@ pub(super) fn write(
         s.execute(params![
             service,
             key,
-            group_key,
+            cols.group_key,
             stored.operation_id,
-            etag,
+            cols.etag,
             doc,
-            placement,
-            hub_key
+            cols.placement,
+            cols.hub_key
         ])
     })
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            StoreError::NotFound(format!("no provisioning service '{service}'"))
-        }
-        other => sql_error(other),
-    })?;
+    .map_err(sql_error_in(service))?;
     // The operation is over: no longer running anywhere.
     conn.prepare_cached(
         "DELETE FROM operations WHERE service = ?1 AND id_key = ?2 AND operation_id = ?3",

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Params, params};
 use serde::Deserialize;
 
 use super::db::sql_error;
+use crate::record::missing_service;
 use crate::seal::Sealer;
 
 /// Every row `sql` selects, each made by `row`.
@@ -36,6 +37,15 @@ where
     conn.prepare_cached(sql)
         .and_then(|mut s| s.query_row(params, row).optional())
         .map_err(sql_error)
+}
+
+/// Runs a `DELETE`; whether it removed anything.
+pub(super) fn deleted(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<bool, StoreError> {
+    conn.execute(sql, params).map(|n| n > 0).map_err(sql_error)
 }
 
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -102,9 +112,7 @@ pub(super) fn ensure_service(conn: &Connection, service: &str) -> Result<(), Sto
         .and_then(|mut s| s.query_row([service], |r| r.get(0)))
         .map_err(sql_error)?;
     if !exists {
-        return Err(StoreError::NotFound(format!(
-            "no provisioning service '{service}'"
-        )));
+        return Err(missing_service(service));
     }
     Ok(())
 }

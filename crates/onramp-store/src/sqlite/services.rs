@@ -9,7 +9,8 @@ use rusqlite::{Connection, Params, params};
 use serde::{Deserialize, Serialize};
 
 use super::db::sql_error;
-use super::rows::{corrupt, ensure_service, query_all, query_optional};
+use super::rows::{corrupt, deleted, ensure_service, query_all, query_optional};
+use crate::record::missing_service;
 use crate::seal::Sealer;
 
 /// The two keys of a policy, sealed together.
@@ -166,17 +167,13 @@ pub(super) fn update(
         )
         .map_err(sql_error)?;
     if n == 0 {
-        return Err(StoreError::NotFound(format!(
-            "no provisioning service '{name}'"
-        )));
+        return Err(missing_service(name));
     }
     Ok(())
 }
 
 pub(super) fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    conn.execute("DELETE FROM services WHERE name = ?1", [name])
-        .map(|n| n > 0)
-        .map_err(sql_error)
+    deleted(conn, "DELETE FROM services WHERE name = ?1", [name])
 }
 
 const UPSERT_POLICY: &str = "INSERT INTO policies (service, name, rights, keys_sealed) VALUES (?1, ?2, ?3, ?4)
@@ -231,12 +228,8 @@ pub(super) fn delete_policy(
     service: &str,
     name: &str,
 ) -> Result<bool, StoreError> {
-    conn.execute(
-        "DELETE FROM policies WHERE service = ?1 AND name = ?2",
-        params![service, name],
-    )
-    .map(|n| n > 0)
-    .map_err(sql_error)
+    let sql = "DELETE FROM policies WHERE service = ?1 AND name = ?2";
+    deleted(conn, sql, params![service, name])
 }
 
 pub(super) fn policies_of(
@@ -358,12 +351,8 @@ pub(super) fn delete_linked_hub(
     service: &str,
     key: &str,
 ) -> Result<bool, StoreError> {
-    conn.execute(
-        "DELETE FROM linked_hubs WHERE service = ?1 AND name_key = ?2",
-        params![service, key],
-    )
-    .map(|n| n > 0)
-    .map_err(sql_error)
+    let sql = "DELETE FROM linked_hubs WHERE service = ?1 AND name_key = ?2";
+    deleted(conn, sql, params![service, key])
 }
 
 pub(super) fn record_latency(

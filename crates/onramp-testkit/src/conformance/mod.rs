@@ -48,11 +48,21 @@ pub use tenants::tenants;
 /// onramp_testkit::store_conformance!(async || Arc::new(MemoryStore::new()));
 /// # fn main() {}
 /// ```
+///
+/// `store_conformance!(each m)` instead hands the list of cases to the
+/// caller's macro `m` (as `m!(tenants, enrollments, …,)`), for a store
+/// that runs them in one test.
 #[macro_export]
 macro_rules! store_conformance {
+    (each $cases:ident) => {
+        $crate::store_conformance!(@list @each $cases;);
+    };
     ($fresh:expr $(,)?) => {
-        // A case missing from this list runs nowhere.
-        $crate::store_conformance!(@cases $fresh;
+        $crate::store_conformance!(@list @cases $fresh;);
+    };
+    // The one list of cases: a case missing from it runs nowhere.
+    (@list $($head:tt)*) => {
+        $crate::store_conformance!($($head)*
             tenants,
             enrollments,
             groups,
@@ -65,6 +75,9 @@ macro_rules! store_conformance {
             running_operations,
             newest_registration_wins,
         );
+    };
+    (@each $cases:ident; $($case:ident,)+) => {
+        $cases!($($case,)+);
     };
     (@cases $fresh:expr; $($case:ident,)+) => {
         mod store_conformance {
