@@ -21,38 +21,36 @@ pub struct AllocationRequest {
     pub linked_hubs: Vec<String>,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceRuntimeContext {
-    pub registration_id: String,
-    /// Only when the device was assigned before.
-    pub current_iot_hub_host_name: Option<String>,
-    pub current_device_id: Option<String>,
-    pub x509: Option<X509DeviceAttestation>,
-    /// Present (empty) for symmetric-key devices: keys are never sent.
-    pub symmetric_key: Option<Map<String, Value>>,
-    pub tpm: Option<TpmAttestation>,
-    /// The device's `payload`, verbatim.
-    pub payload: Option<Value>,
+json_object! {
+    pub struct DeviceRuntimeContext {
+        pub registration_id: String,
+        /// Only when the device was assigned before.
+        pub current_iot_hub_host_name: Option<String>,
+        pub current_device_id: Option<String>,
+        pub x509: Option<X509DeviceAttestation>,
+        /// Present (empty) for symmetric-key devices: keys are never sent.
+        pub symmetric_key: Option<Map<String, Value>>,
+        pub tpm: Option<TpmAttestation>,
+        /// The device's `payload`, verbatim.
+        pub payload: Option<Value>,
+    }
 }
 
-/// The device's certificates as the webhook sees them.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509DeviceAttestation {
-    pub client_certificate: Option<X509CertificateInfo>,
-    pub signing_certificate: Option<X509CertificateInfo>,
+json_object! {
+    /// The device's certificates as the webhook sees them.
+    #[derive(Eq)]
+    pub struct X509DeviceAttestation {
+        pub client_certificate: Option<X509CertificateInfo>,
+        pub signing_certificate: Option<X509CertificateInfo>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AllocationResponse {
-    /// Always written: a webhook that answers `null` refuses the device.
-    #[serialize_always]
-    pub iot_hub_host_name: Option<String>,
-    pub initial_twin: Option<InitialTwin>,
-    pub payload: Option<Value>,
+json_object! {
+    pub struct AllocationResponse {
+        /// Always written: a webhook that answers `null` refuses the device.
+        #[serialize_always]
+        pub iot_hub_host_name: Option<String>,
+        pub initial_twin: Option<InitialTwin>,
+        pub payload: Option<Value>,
+    }
 }

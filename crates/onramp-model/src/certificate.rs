@@ -4,16 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Body of `PUT /certificates/{name}` and of `POST …/verify`.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateBody {
-    /// PEM text or base64 DER.
-    #[serde(default)]
-    pub certificate: String,
-    /// Uploading with `true` skips the proof of possession.
-    pub is_verified: Option<bool>,
+json_object! {
+    /// Body of `PUT /certificates/{name}` and of `POST …/verify`.
+    #[derive(Eq)]
+    pub struct CertificateBody {
+        /// PEM text or base64 DER.
+        #[serde(default)]
+        pub certificate: String,
+        /// Uploading with `true` skips the proof of possession.
+        pub is_verified: Option<bool>,
+    }
 }
 
 #[serde_with::skip_serializing_none]

@@ -37,11 +37,8 @@ impl fmt::Debug for Secret {
 /// Defines one of the two enrollment resources: its own fields first, then
 /// the settings both share, in the order Azure writes them.
 macro_rules! enrollment_resource {
-    ($(#[$meta:meta])* $name:ident { $($own:tt)* }) => {
+    ($(#[$meta:meta])* $name:ident { $($own:tt)* }) => { json_object! {
         $(#[$meta])*
-        #[serde_with::skip_serializing_none]
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase")]
         pub struct $name {
             $($own)*
             pub attestation: Option<AttestationMechanism>,
@@ -59,7 +56,7 @@ macro_rules! enrollment_resource {
             #[serde(flatten)]
             pub extensions: VersionExtensions,
         }
-    };
+    } };
 }
 
 enrollment_resource!(
@@ -84,28 +81,26 @@ enrollment_resource!(
     }
 );
 
-/// Fields that newer (or preview) api-versions added. Onramp stores and echoes
-/// them so that a client of any version reads back what it wrote.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionExtensions {
-    pub credential_policy_name: Option<String>,
-    pub namespace_name: Option<String>,
-    pub certificate_authority_name: Option<String>,
-    pub certificate_policy_name: Option<String>,
-    pub client_certificate_issuance_policy: Option<Value>,
+json_object! {
+    /// Fields that newer (or preview) api-versions added. Onramp stores and echoes
+    /// them so that a client of any version reads back what it wrote.
+    pub struct VersionExtensions {
+        pub credential_policy_name: Option<String>,
+        pub namespace_name: Option<String>,
+        pub certificate_authority_name: Option<String>,
+        pub certificate_policy_name: Option<String>,
+        pub client_certificate_issuance_policy: Option<Value>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttestationMechanism {
-    #[serde(rename = "type")]
-    pub kind: AttestationType,
-    pub tpm: Option<TpmAttestation>,
-    pub x509: Option<X509Attestation>,
-    pub symmetric_key: Option<SymmetricKeyAttestation>,
+json_object! {
+    pub struct AttestationMechanism {
+        #[serde(rename = "type")]
+        pub kind: AttestationType,
+        pub tpm: Option<TpmAttestation>,
+        pub x509: Option<X509Attestation>,
+        pub symmetric_key: Option<SymmetricKeyAttestation>,
+    }
 }
 
 macro_rules! case_insensitive_enum {
@@ -193,64 +188,61 @@ case_insensitive_enum!(
     }
 );
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TpmAttestation {
-    /// An individual enrollment's (and a device's) endorsement key; a TPM
-    /// enrollment group has none.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub endorsement_key: String,
-    pub storage_root_key: Option<String>,
-    /// Onramp extension (Azure has no TPM groups), enrollment groups only:
-    /// the manufacturer CA certificates (PEM or base64 DER) a device's
-    /// endorsement key certificate must be issued by.
-    pub manufacturer_certificates: Option<Vec<String>>,
-    /// Onramp extension, enrollment groups only: when set (with
-    /// `allowEndorsementKeyHashes`), only these registration IDs are admitted.
-    pub allow_registration_ids: Option<Vec<String>>,
-    /// Onramp extension, enrollment groups only: endorsement keys admitted,
-    /// as hex SHA-256 of the marshaled `TPM2B_PUBLIC` (`sha256sum` of what
-    /// `tpm2_readpublic -f tss` writes). Such a device needs no certificate.
-    pub allow_endorsement_key_hashes: Option<Vec<String>>,
-    /// Onramp extension, register requests only: the device's endorsement
-    /// key certificate (PEM or base64 DER), checked against a TPM group.
-    pub endorsement_key_certificate: Option<String>,
+json_object! {
+    #[derive(Eq)]
+    pub struct TpmAttestation {
+        /// An individual enrollment's (and a device's) endorsement key; a TPM
+        /// enrollment group has none.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub endorsement_key: String,
+        pub storage_root_key: Option<String>,
+        /// Onramp extension (Azure has no TPM groups), enrollment groups only:
+        /// the manufacturer CA certificates (PEM or base64 DER) a device's
+        /// endorsement key certificate must be issued by.
+        pub manufacturer_certificates: Option<Vec<String>>,
+        /// Onramp extension, enrollment groups only: when set (with
+        /// `allowEndorsementKeyHashes`), only these registration IDs are admitted.
+        pub allow_registration_ids: Option<Vec<String>>,
+        /// Onramp extension, enrollment groups only: endorsement keys admitted,
+        /// as hex SHA-256 of the marshaled `TPM2B_PUBLIC` (`sha256sum` of what
+        /// `tpm2_readpublic -f tss` writes). Such a device needs no certificate.
+        pub allow_endorsement_key_hashes: Option<Vec<String>>,
+        /// Onramp extension, register requests only: the device's endorsement
+        /// key certificate (PEM or base64 DER), checked against a TPM group.
+        pub endorsement_key_certificate: Option<String>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SymmetricKeyAttestation {
-    pub primary_key: Option<Secret>,
-    pub secondary_key: Option<Secret>,
+json_object! {
+    #[derive(Eq)]
+    pub struct SymmetricKeyAttestation {
+        pub primary_key: Option<Secret>,
+        pub secondary_key: Option<Secret>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509Attestation {
-    pub client_certificates: Option<X509Certificates>,
-    pub signing_certificates: Option<X509Certificates>,
-    pub ca_references: Option<X509CaReferences>,
+json_object! {
+    pub struct X509Attestation {
+        pub client_certificates: Option<X509Certificates>,
+        pub signing_certificates: Option<X509Certificates>,
+        pub ca_references: Option<X509CaReferences>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509Certificates {
-    pub primary: Option<X509CertificateWithInfo>,
-    pub secondary: Option<X509CertificateWithInfo>,
+json_object! {
+    pub struct X509Certificates {
+        pub primary: Option<X509CertificateWithInfo>,
+        pub secondary: Option<X509CertificateWithInfo>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509CertificateWithInfo {
-    /// PEM text or bare base64 DER, as the client sent it.
-    pub certificate: Option<String>,
-    /// Computed by the service from `certificate`.
-    pub info: Option<X509CertificateInfo>,
+json_object! {
+    pub struct X509CertificateWithInfo {
+        /// PEM text or bare base64 DER, as the client sent it.
+        pub certificate: Option<String>,
+        /// Computed by the service from `certificate`.
+        pub info: Option<X509CertificateInfo>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,20 +258,19 @@ pub struct X509CertificateInfo {
     pub version: i32,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509CaReferences {
-    pub primary: Option<String>,
-    pub secondary: Option<String>,
+json_object! {
+    #[derive(Eq)]
+    pub struct X509CaReferences {
+        pub primary: Option<String>,
+        pub secondary: Option<String>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitialTwin {
-    pub tags: Option<TwinCollection>,
-    pub properties: Option<InitialTwinProperties>,
+json_object! {
+    pub struct InitialTwin {
+        pub tags: Option<TwinCollection>,
+        pub properties: Option<InitialTwinProperties>,
+    }
 }
 
 impl InitialTwin {
@@ -293,11 +284,10 @@ impl InitialTwin {
     }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitialTwinProperties {
-    pub desired: Option<TwinCollection>,
+json_object! {
+    pub struct InitialTwinProperties {
+        pub desired: Option<TwinCollection>,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,30 +5,29 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::enrollment::{DeviceCapabilities, Secret, TwinCollection};
+use crate::enrollment::{DeviceCapabilities, SymmetricKeyAttestation, TwinCollection};
 
 /// The api-version the hub adapter sends and the companion hub advertises.
 pub const HUB_API_VERSION: &str = "2021-04-12";
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Device {
-    #[serde(default)]
-    pub device_id: String,
-    pub generation_id: Option<String>,
-    pub etag: Option<String>,
-    pub connection_state: Option<String>,
-    pub status: Option<DeviceStatus>,
-    pub status_reason: Option<String>,
-    pub connection_state_updated_time: Option<String>,
-    pub status_updated_time: Option<String>,
-    pub last_activity_time: Option<String>,
-    pub cloud_to_device_message_count: Option<i64>,
-    pub authentication: Option<AuthenticationMechanism>,
-    pub capabilities: Option<DeviceCapabilities>,
-    pub device_scope: Option<String>,
-    pub parent_scopes: Option<Vec<String>>,
+json_object! {
+    pub struct Device {
+        #[serde(default)]
+        pub device_id: String,
+        pub generation_id: Option<String>,
+        pub etag: Option<String>,
+        pub connection_state: Option<String>,
+        pub status: Option<DeviceStatus>,
+        pub status_reason: Option<String>,
+        pub connection_state_updated_time: Option<String>,
+        pub status_updated_time: Option<String>,
+        pub last_activity_time: Option<String>,
+        pub cloud_to_device_message_count: Option<i64>,
+        pub authentication: Option<AuthenticationMechanism>,
+        pub capabilities: Option<DeviceCapabilities>,
+        pub device_scope: Option<String>,
+        pub parent_scopes: Option<Vec<String>>,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +38,13 @@ pub enum DeviceStatus {
     Disabled,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthenticationMechanism {
-    pub symmetric_key: Option<SymmetricKey>,
-    pub x509_thumbprint: Option<X509Thumbprint>,
-    #[serde(rename = "type", default)]
-    pub kind: AuthenticationType,
+json_object! {
+    pub struct AuthenticationMechanism {
+        pub symmetric_key: Option<SymmetricKey>,
+        pub x509_thumbprint: Option<X509Thumbprint>,
+        #[serde(rename = "type", default)]
+        pub kind: AuthenticationType,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,65 +57,57 @@ pub enum AuthenticationType {
     None,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SymmetricKey {
-    pub primary_key: Option<Secret>,
-    pub secondary_key: Option<Secret>,
+/// A device's keys: the same two members as an enrollment's.
+pub type SymmetricKey = SymmetricKeyAttestation;
+
+json_object! {
+    #[derive(Eq)]
+    pub struct X509Thumbprint {
+        pub primary_thumbprint: Option<String>,
+        pub secondary_thumbprint: Option<String>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509Thumbprint {
-    pub primary_thumbprint: Option<String>,
-    pub secondary_thumbprint: Option<String>,
+json_object! {
+    pub struct Twin {
+        #[serde(default)]
+        pub device_id: String,
+        pub etag: Option<String>,
+        pub device_etag: Option<String>,
+        pub status: Option<DeviceStatus>,
+        pub version: Option<i64>,
+        pub tags: Option<TwinCollection>,
+        pub properties: Option<TwinProperties>,
+        pub capabilities: Option<DeviceCapabilities>,
+        pub authentication_type: Option<AuthenticationType>,
+        pub connection_state: Option<String>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Twin {
-    #[serde(default)]
-    pub device_id: String,
-    pub etag: Option<String>,
-    pub device_etag: Option<String>,
-    pub status: Option<DeviceStatus>,
-    pub version: Option<i64>,
-    pub tags: Option<TwinCollection>,
-    pub properties: Option<TwinProperties>,
-    pub capabilities: Option<DeviceCapabilities>,
-    pub authentication_type: Option<AuthenticationType>,
-    pub connection_state: Option<String>,
+json_object! {
+    pub struct TwinProperties {
+        pub desired: Option<TwinCollection>,
+        pub reported: Option<TwinCollection>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TwinProperties {
-    pub desired: Option<TwinCollection>,
-    pub reported: Option<TwinCollection>,
-}
-
-/// One item of a bulk registry operation (`POST /devices`), at most 100 per call.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportImportDevice {
-    #[serde(default)]
-    pub id: String,
-    #[serde(rename = "eTag")]
-    pub e_tag: Option<String>,
-    pub import_mode: Option<ImportMode>,
-    pub status: Option<DeviceStatus>,
-    pub status_reason: Option<String>,
-    pub authentication: Option<AuthenticationMechanism>,
-    #[serde(rename = "twinETag")]
-    pub twin_e_tag: Option<String>,
-    pub tags: Option<TwinCollection>,
-    pub properties: Option<TwinProperties>,
-    pub capabilities: Option<DeviceCapabilities>,
+json_object! {
+    /// One item of a bulk registry operation (`POST /devices`), at most 100 per call.
+    pub struct ExportImportDevice {
+        #[serde(default)]
+        pub id: String,
+        #[serde(rename = "eTag")]
+        pub e_tag: Option<String>,
+        pub import_mode: Option<ImportMode>,
+        pub status: Option<DeviceStatus>,
+        pub status_reason: Option<String>,
+        pub authentication: Option<AuthenticationMechanism>,
+        #[serde(rename = "twinETag")]
+        pub twin_e_tag: Option<String>,
+        pub tags: Option<TwinCollection>,
+        pub properties: Option<TwinProperties>,
+        pub capabilities: Option<DeviceCapabilities>,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

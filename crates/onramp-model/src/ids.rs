@@ -62,12 +62,6 @@ impl std::ops::Deref for IdKey {
     }
 }
 
-impl fmt::Display for IdKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A registration ID (or enrollment group ID) that passed [`RegistrationId::parse`].
 ///
 /// IDs are case-insensitive: [`RegistrationId::key`] is the lower-case form used
@@ -90,12 +84,6 @@ impl RegistrationId {
     /// The case-folded form under which the ID is stored and looked up.
     pub fn key(&self) -> IdKey {
         IdKey::of(&self.0)
-    }
-}
-
-impl fmt::Display for RegistrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -261,12 +249,6 @@ impl IdScope {
     }
 }
 
-impl fmt::Display for IdScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// An entity tag in the quoted form Azure returns, e.g. `"\"1a2b3c4d5e6f7a8b\""`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -311,11 +293,18 @@ pub fn is_wildcard(if_match: &str) -> bool {
     strip_tag(if_match) == "*"
 }
 
-impl fmt::Display for ETag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Each ID shows as its text, spelled as it was given.
+macro_rules! display_as_text {
+    ($($ty:ty),+) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )+};
 }
+
+display_as_text!(IdKey, RegistrationId, IdScope, ETag);
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,19 @@
 //! Nothing here does I/O or holds business rules; it is data with `serde`.
 #![forbid(unsafe_code)]
 
+/// A JSON object of the Azure APIs: camelCase member names, members that
+/// are `None` left out when written, and `Default` for a body that leaves
+/// everything out. Docs and further derives (`Eq`) go before `struct`.
+macro_rules! json_object {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
+        #[serde_with::skip_serializing_none]
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        $(#[$meta])*
+        $vis struct $name { $($body)* }
+    };
+}
+
 pub mod allocation;
 pub mod authority;
 pub mod certificate;

@@ -9,21 +9,20 @@ use serde_json::Value;
 use crate::enrollment::{TpmAttestation, X509CertificateInfo, case_insensitive_enum};
 use crate::{ETag, UtcTime};
 
-/// Body of `PUT /{idScope}/registrations/{registrationId}/register`.
-///
-/// Every member is optional: C# over MQTT/AMQP sends no `registrationId`,
-/// Python always sends `payload` (possibly `null`), Java sends `payload` as a
-/// JSON string. Identity never comes from this body alone.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceRegistration {
-    pub registration_id: Option<String>,
-    pub tpm: Option<TpmAttestation>,
-    /// Any JSON value; `null` counts as absent.
-    #[serde(default, deserialize_with = "null_as_none")]
-    pub payload: Option<Value>,
-    pub csr: Option<String>,
+json_object! {
+    /// Body of `PUT /{idScope}/registrations/{registrationId}/register`.
+    ///
+    /// Every member is optional: C# over MQTT/AMQP sends no `registrationId`,
+    /// Python always sends `payload` (possibly `null`), Java sends `payload` as a
+    /// JSON string. Identity never comes from this body alone.
+    pub struct DeviceRegistration {
+        pub registration_id: Option<String>,
+        pub tpm: Option<TpmAttestation>,
+        /// Any JSON value; `null` counts as absent.
+        #[serde(default, deserialize_with = "null_as_none")]
+        pub payload: Option<Value>,
+        pub csr: Option<String>,
+    }
 }
 
 fn null_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -118,20 +117,20 @@ impl DeviceRegistrationState {
     }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SymmetricKeyRegistrationResult {
-    pub enrollment_group_id: Option<String>,
+json_object! {
+    #[derive(Eq)]
+    pub struct SymmetricKeyRegistrationResult {
+        pub enrollment_group_id: Option<String>,
+    }
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct X509RegistrationResult {
-    pub certificate_info: Option<X509CertificateInfo>,
-    pub enrollment_group_id: Option<String>,
-    pub signing_certificate_info: Option<X509CertificateInfo>,
+json_object! {
+    #[derive(Eq)]
+    pub struct X509RegistrationResult {
+        pub certificate_info: Option<X509CertificateInfo>,
+        pub enrollment_group_id: Option<String>,
+        pub signing_certificate_info: Option<X509CertificateInfo>,
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
