@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use fe2o3_amqp::acceptor::{
-    LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
-};
+use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle};
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields};
 use fe2o3_amqp::types::messaging::{
@@ -16,7 +14,9 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use onramp_core::ProvisioningError;
 use onramp_core::engine::{OperationRequest, RegisterRequest};
 use onramp_model::{ErrorCode, RegistrationOperationStatus};
-use onramp_net::amqp::sessions::{amqp_error, attach_address, begin_session, next_attach};
+use onramp_net::amqp::sessions::{
+    AttachedLink, LinkGate, amqp_error, next_delivery, refuse_link, serve_sessions,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -69,11 +69,6 @@ pub fn parse_address(address: &str) -> Option<Address> {
     })
 }
 
-/// Completes when the server stops.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
 /// Serves a connection's sessions until it ends or the server stops,
 /// starting with `first` (a session begun and its first Attach read) when
 /// the router opened the connection. A connection not yet authenticated (an
@@ -86,40 +81,20 @@ pub(crate) async fn serve_connection(
     authenticate_by: tokio::time::Instant,
     first: Option<(ListenerSessionHandle, Attach)>,
 ) {
-    let mut sessions = JoinSet::new();
-    let mut begun = 0u16;
-    if let Some((session, attach)) = first {
-        begun = 1;
-        sessions.spawn(serve_session(session, context.clone(), Some(attach)));
-    }
-    let mut authenticated = context.identity.lock().await.is_some();
-    loop {
-        let incoming = tokio::select! {
-            incoming = connection.next_incoming_session() => incoming,
-            () = stopped(shutdown) => return,
-            () = tokio::time::sleep_until(authenticate_by), if !authenticated => {
-                authenticated = context.identity.lock().await.is_some();
-                if authenticated {
-                    continue;
-                }
-                let _ = connection
-                    .close_with_error(amqp_error(
-                        AmqpError::UnauthorizedAccess,
-                        "no link to a registration the certificate is enrolled for in time",
-                    ))
-                    .await;
-                return;
-            }
-        };
-        let Some(incoming) = incoming else { return };
-        begun += 1;
-        let Some(session) =
-            begin_session(connection, incoming, begun, context.limits.max_sessions).await
-        else {
-            return;
-        };
-        sessions.spawn(serve_session(session, context.clone(), None));
-    }
+    let stopped = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        None
+    };
+    let authenticated = || async { context.identity.lock().await.is_some() };
+    let late = "no link to a registration the certificate is enrolled for in time";
+    serve_sessions(
+        connection,
+        (context.limits.max_sessions, first),
+        stopped,
+        (authenticate_by, authenticated, late),
+        |session, first| serve_session(session, context.clone(), first),
+    )
+    .await;
 }
 
 /// Serves one session's links: the device's sending link carries requests,
@@ -127,70 +102,39 @@ pub(crate) async fn serve_connection(
 async fn serve_session(
     mut session: ListenerSessionHandle,
     context: Arc<ConnectionContext>,
-    mut first: Option<Attach>,
+    first: Option<Attach>,
 ) {
     let (answers_tx, answers_rx) = mpsc::channel::<Message<Data>>(16);
     let mut answers_rx = Some(answers_rx);
     let mut links = JoinSet::new();
-    let mut attached = 0usize;
-    let acceptor = LinkAcceptor::builder()
-        .max_message_size(context.limits.max_message_bytes)
-        .build();
-    while let Some(attach) = next_attach(&mut session, &mut first).await {
-        attached += 1;
-        let address = attach_address(&attach);
-        let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
-            Ok(l) => l,
+    let limits = context.limits;
+    let mut gate = LinkGate::new(limits.max_message_bytes, limits.max_links, first);
+    while let Some(AttachedLink { link, address, .. }) = gate.next(&mut session).await {
+        let identity = match check_link(&context, address.as_deref()).await {
+            Ok(identity) => identity,
             Err(e) => {
-                tracing::debug!(error = %e, "AMQP link not attached");
+                refuse_link(link, e).await;
                 continue;
             }
         };
-        let refusal = if attached > context.limits.max_links {
-            Some(amqp_error(
-                AmqpError::ResourceLimitExceeded,
-                format!("at most {} links per session", context.limits.max_links),
-            ))
-        } else {
-            match check_link(&context, address.as_deref()).await {
-                Ok(identity) => {
-                    match link {
-                        LinkEndpoint::Receiver(receiver) => {
-                            links.spawn(requests(
-                                receiver,
-                                identity,
-                                context.clone(),
-                                answers_tx.clone(),
-                            ));
-                        }
-                        LinkEndpoint::Sender(sender) => match answers_rx.take() {
-                            Some(rx) => {
-                                links.spawn(answers(sender, rx));
-                            }
-                            None => {
-                                let _ = sender
-                                    .close_with_error(amqp_error(
-                                        AmqpError::ResourceLimitExceeded,
-                                        "one receiving link per session",
-                                    ))
-                                    .await;
-                            }
-                        },
-                    }
-                    continue;
-                }
-                Err(e) => Some(e),
+        match link {
+            LinkEndpoint::Receiver(receiver) => {
+                let answers = answers_tx.clone();
+                links.spawn(requests(receiver, identity, context.clone(), answers));
             }
-        };
-        if let Some(error) = refusal {
-            match link {
-                LinkEndpoint::Receiver(r) => {
-                    let _ = r.close_with_error(error).await;
+            LinkEndpoint::Sender(sender) => match answers_rx.take() {
+                Some(rx) => {
+                    links.spawn(answers(sender, rx));
                 }
-                LinkEndpoint::Sender(s) => {
-                    let _ = s.close_with_error(error).await;
+                None => {
+                    let _ = sender
+                        .close_with_error(amqp_error(
+                            AmqpError::ResourceLimitExceeded,
+                            "one receiving link per session",
+                        ))
+                        .await;
                 }
-            }
+            },
         }
     }
     let _ = session.end().await;
@@ -382,14 +326,7 @@ async fn requests(
     context: Arc<ConnectionContext>,
     answers: mpsc::Sender<Message<Data>>,
 ) {
-    loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "AMQP request link ended");
-                break;
-            }
-        };
+    while let Some(delivery) = next_delivery(&mut receiver, "AMQP request").await {
         let message = delivery.message();
         let correlation = message
             .properties

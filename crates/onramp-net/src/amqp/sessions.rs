@@ -1,15 +1,22 @@
 //! What the DPS and hub AMQP applications do alike: open a connection with
-//! fe2o3-amqp's acceptor behind the frame guard, refuse with an AMQP error,
-//! begin a session within the connection's bound, and read the address a
-//! link is attached to.
+//! fe2o3-amqp's acceptor behind the frame guard, serve its sessions within
+//! their bound (and close one that does not authenticate in time), accept a
+//! session's links within theirs with the address each names, read a link's
+//! messages, and refuse with an AMQP error.
+
+use std::future::Future;
 
 use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, IncomingSession, ListenerConnectionHandle, ListenerSessionHandle,
-    SessionAcceptor,
+    ConnectionAcceptor, IncomingSession, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SessionAcceptor,
 };
+use fe2o3_amqp::link::Receiver;
+use fe2o3_amqp::link::delivery::Delivery;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Role};
-use fe2o3_amqp::types::messaging::TargetArchetype;
+use fe2o3_amqp::types::messaging::{Body, Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::Value;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::guard::FrameGuard;
@@ -86,14 +93,145 @@ pub fn attach_address(attach: &Attach) -> Option<String> {
     }
 }
 
-/// The session's next Attach: `first` (read before the session was handed
-/// over) if there is one, else the peer's next.
-pub async fn next_attach(
-    session: &mut ListenerSessionHandle,
-    first: &mut Option<Attach>,
-) -> Option<Attach> {
-    match first.take() {
-        Some(attach) => Some(attach),
-        None => session.next_incoming_attach().await,
+/// Serves the connection's sessions, each on a task `serve` makes, until the
+/// connection ends or `ended` completes (with the error to close it with, if
+/// any); `first` is a session the router already began, with the first
+/// Attach it read there. Unless `authenticated` says so by
+/// `authenticate_by`, the connection is closed with `unauthorized-access`
+/// and `late` as the description.
+pub async fn serve_sessions<A, AF, S, SF>(
+    connection: &mut ListenerConnectionHandle,
+    (max_sessions, first): (u16, Option<(ListenerSessionHandle, Attach)>),
+    ended: impl Future<Output = Option<definitions::Error>>,
+    (authenticate_by, authenticated, late): (Instant, A, &str),
+    mut serve: S,
+) where
+    A: Fn() -> AF,
+    AF: Future<Output = bool>,
+    S: FnMut(ListenerSessionHandle, Option<Attach>) -> SF,
+    SF: Future<Output = ()> + Send + 'static,
+{
+    let mut sessions = JoinSet::new();
+    let mut begun = 0u16;
+    if let Some((session, attach)) = first {
+        begun = 1;
+        sessions.spawn(serve(session, Some(attach)));
+    }
+    let mut in_time = authenticated().await;
+    let mut ended = std::pin::pin!(ended);
+    loop {
+        let incoming = tokio::select! {
+            incoming = connection.next_incoming_session() => incoming,
+            error = &mut ended => {
+                if let Some(error) = error {
+                    let _ = connection.close_with_error(error).await;
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(authenticate_by), if !in_time => {
+                in_time = authenticated().await;
+                if in_time {
+                    continue;
+                }
+                let _ = connection
+                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, late))
+                    .await;
+                return;
+            }
+        };
+        let Some(incoming) = incoming else { return };
+        begun += 1;
+        let Some(session) = begin_session(connection, incoming, begun, max_sessions).await else {
+            return;
+        };
+        sessions.spawn(serve(session, None));
+    }
+}
+
+/// A link the peer attached: the link, the peer's role on it and the
+/// address it names (see [`attach_address`]).
+pub struct AttachedLink {
+    pub link: LinkEndpoint,
+    pub role: Role,
+    pub address: Option<String>,
+}
+
+/// Accepts a session's links, at most `max_links` of them.
+pub struct LinkGate {
+    acceptor: LinkAcceptor<fn(Source) -> Option<Source>, fn(Target) -> Option<Target>>,
+    attached: usize,
+    max_links: usize,
+    /// An Attach read before the session was handed over (by the router).
+    first: Option<Attach>,
+}
+
+impl LinkGate {
+    /// Links carry messages of at most `max_message_bytes`; `first` is an
+    /// Attach already read from the session, answered before any other.
+    pub fn new(max_message_bytes: u64, max_links: usize, first: Option<Attach>) -> Self {
+        Self {
+            acceptor: LinkAcceptor::builder()
+                .max_message_size(max_message_bytes)
+                .build(),
+            attached: 0,
+            max_links,
+            first,
+        }
+    }
+
+    /// The next link the peer attaches; `None` when the session ends. A
+    /// link past the session's bound is refused with
+    /// `resource-limit-exceeded` and the next one awaited.
+    pub async fn next(&mut self, session: &mut ListenerSessionHandle) -> Option<AttachedLink> {
+        loop {
+            let attach = match self.first.take() {
+                Some(attach) => attach,
+                None => session.next_incoming_attach().await?,
+            };
+            self.attached += 1;
+            let role = attach.role.clone();
+            let address = attach_address(&attach);
+            let link = match self.acceptor.accept_incoming_attach(attach, session).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "AMQP link not attached");
+                    continue;
+                }
+            };
+            if self.attached > self.max_links {
+                let bound = format!("at most {} links per session", self.max_links);
+                refuse_link(link, amqp_error(AmqpError::ResourceLimitExceeded, bound)).await;
+                continue;
+            }
+            return Some(AttachedLink {
+                link,
+                role,
+                address,
+            });
+        }
+    }
+}
+
+/// Detaches a link with `error`.
+pub async fn refuse_link(link: LinkEndpoint, error: definitions::Error) {
+    match link {
+        LinkEndpoint::Receiver(r) => {
+            let _ = r.close_with_error(error).await;
+        }
+        LinkEndpoint::Sender(s) => {
+            let _ = s.close_with_error(error).await;
+        }
+    }
+}
+
+/// The next message on a link the peer sends on; `None` once the link has
+/// ended (`link` names it in the log).
+pub async fn next_delivery(receiver: &mut Receiver, link: &str) -> Option<Delivery<Body<Value>>> {
+    match receiver.recv::<Body<Value>>().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!(error = %e, "{link} link ended");
+            None
+        }
     }
 }

@@ -152,14 +152,7 @@ pub(super) async fn cbs_requests(
     state: Arc<ConnState>,
     answers: mpsc::Sender<Message<Data>>,
 ) {
-    loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "hub $cbs link ended");
-                break;
-            }
-        };
+    while let Some(delivery) = next_delivery(&mut receiver, "hub $cbs").await {
         let message = delivery.message();
         let correlation = message
             .properties
@@ -244,14 +237,7 @@ pub(super) fn telemetry_properties(message: &Message<Body<Value>>) -> Map<String
 /// Stores each telemetry message, then settles it `accepted` (or
 /// `rejected` with the reason).
 pub(super) async fn telemetry(mut receiver: Receiver, state: Arc<ConnState>, device_id: String) {
-    loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "hub telemetry link ended");
-                break;
-            }
-        };
+    while let Some(delivery) = next_delivery(&mut receiver, "hub telemetry").await {
         let message = delivery.message();
         let stored = match state.authorized(&device_id) {
             Err(e) => Err(e),
@@ -346,14 +332,7 @@ pub(super) async fn twin_requests(
     state: Arc<ConnState>,
     device_id: String,
 ) {
-    loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "hub twin link ended");
-                break;
-            }
-        };
+    while let Some(delivery) = next_delivery(&mut receiver, "hub twin").await {
         if let Err(e) = state.authorized(&device_id) {
             let _ = receiver.reject(&delivery, e.clone()).await;
             let _ = receiver.close_with_error(e).await;

@@ -32,9 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fe2o3_amqp::acceptor::{
-    LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle,
-};
+use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle};
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, Role};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -46,7 +44,7 @@ use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Val
 use onramp_model::UtcTime;
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::sessions::{
-    amqp_error, attach_address, begin_session, next_attach, open_connection,
+    AttachedLink, LinkGate, amqp_error, next_delivery, open_connection, refuse_link, serve_sessions,
 };
 use onramp_net::amqp::{
     AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, OpenedConnection, Rewind,
@@ -358,97 +356,60 @@ async fn serve_connection(
     authenticate_by: tokio::time::Instant,
     first: Option<(ListenerSessionHandle, Attach)>,
 ) {
-    let mut sessions = JoinSet::new();
-    let mut begun = 0u16;
-    if let Some((session, attach)) = first {
-        begun = 1;
-        sessions.spawn(serve_session(session, state.clone(), Some(attach)));
-    }
-    let mut authenticated = false;
     let mut replaced = state.replaced.subscribe();
-    loop {
-        let incoming = tokio::select! {
-            incoming = connection.next_incoming_session() => incoming,
-            () = until_true(shutdown) => return,
-            () = until_true(&mut replaced) => {
-                let _ = connection
-                    .close_with_error(amqp_error(
-                        AmqpError::UnauthorizedAccess,
-                        "another connection of this device replaced this one",
-                    ))
-                    .await;
-                return;
-            }
-            () = tokio::time::sleep_until(authenticate_by), if !authenticated => {
-                authenticated = state.any_authenticated();
-                if authenticated {
-                    continue;
-                }
-                let _ = connection
-                    .close_with_error(amqp_error(
-                        AmqpError::UnauthorizedAccess,
-                        "no device authenticated in time (a put-token on $cbs, or a link with a client certificate)",
-                    ))
-                    .await;
-                return;
-            }
-        };
-        let Some(incoming) = incoming else { return };
-        begun += 1;
-        let Some(session) =
-            begin_session(connection, incoming, begun, state.limits.max_sessions).await
-        else {
-            return;
-        };
-        sessions.spawn(serve_session(session, state.clone(), None));
-    }
+    let ended = async {
+        tokio::select! {
+            () = until_true(shutdown) => None,
+            () = until_true(&mut replaced) => Some(amqp_error(
+                AmqpError::UnauthorizedAccess,
+                "another connection of this device replaced this one",
+            )),
+        }
+    };
+    let authenticated = || async { state.any_authenticated() };
+    let late = "no device authenticated in time (a put-token on $cbs, or a link with a client certificate)";
+    serve_sessions(
+        connection,
+        (state.limits.max_sessions, first),
+        ended,
+        (authenticate_by, authenticated, late),
+        |session, first| serve_session(session, state.clone(), first),
+    )
+    .await;
 }
 
 /// Serves one session's links.
 async fn serve_session(
     mut session: ListenerSessionHandle,
     state: Arc<ConnState>,
-    mut first: Option<Attach>,
+    first: Option<Attach>,
 ) {
     let (cbs_tx, cbs_rx) = mpsc::channel::<Message<Data>>(8);
     let mut cbs_rx = Some(cbs_rx);
     let mut links = JoinSet::new();
-    let mut attached = 0usize;
-    let acceptor = LinkAcceptor::builder()
-        .max_message_size(state.limits.max_message_bytes)
-        .build();
-    while let Some(attach) = next_attach(&mut session, &mut first).await {
-        attached += 1;
-        let role = attach.role.clone();
-        let address = attach_address(&attach);
-        let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "hub AMQP link not attached");
-                continue;
+    let mut gate = LinkGate::new(
+        state.limits.max_message_bytes,
+        state.limits.max_links,
+        first,
+    );
+    while let Some(AttachedLink {
+        link,
+        role,
+        address,
+    }) = gate.next(&mut session).await
+    {
+        let checked = match purpose(&role, address.as_deref()) {
+            Ok(Purpose::Telemetry(id)) => state.authorize_link(&id).await.map(Purpose::Telemetry),
+            Ok(Purpose::TwinRequests(id)) => {
+                state.authorize_link(&id).await.map(Purpose::TwinRequests)
             }
-        };
-        let checked = if attached > state.limits.max_links {
-            Err(amqp_error(
-                AmqpError::ResourceLimitExceeded,
-                format!("at most {} links per session", state.limits.max_links),
-            ))
-        } else {
-            match purpose(&role, address.as_deref()) {
-                Ok(Purpose::Telemetry(id)) => {
-                    state.authorize_link(&id).await.map(Purpose::Telemetry)
-                }
-                Ok(Purpose::TwinRequests(id)) => {
-                    state.authorize_link(&id).await.map(Purpose::TwinRequests)
-                }
-                Ok(Purpose::TwinAnswers(id)) => {
-                    state.authorize_link(&id).await.map(Purpose::TwinAnswers)
-                }
-                Ok(Purpose::CloudToDevice(id)) => {
-                    state.authorize_link(&id).await.map(Purpose::CloudToDevice)
-                }
-                other => other,
+            Ok(Purpose::TwinAnswers(id)) => {
+                state.authorize_link(&id).await.map(Purpose::TwinAnswers)
             }
+            Ok(Purpose::CloudToDevice(id)) => {
+                state.authorize_link(&id).await.map(Purpose::CloudToDevice)
+            }
+            other => other,
         };
         let refusal = match (checked, link) {
             (Ok(Purpose::CbsRequests), LinkEndpoint::Receiver(r)) => {
@@ -513,14 +474,7 @@ async fn serve_session(
             (Err(error), link) => Some((link, error)),
         };
         if let Some((link, error)) = refusal {
-            match link {
-                LinkEndpoint::Receiver(r) => {
-                    let _ = r.close_with_error(error).await;
-                }
-                LinkEndpoint::Sender(s) => {
-                    let _ = s.close_with_error(error).await;
-                }
-            }
+            refuse_link(link, error).await;
         }
     }
     let _ = session.end().await;
