@@ -5,20 +5,12 @@
 use std::sync::Arc;
 
 use onramp_core::admin::{Admin, EnrollmentResource};
-use onramp_core::ports::Store;
 use onramp_model::query::{BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode};
 use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
-use onramp_testkit::{ManualClock, MemoryStore, conformance};
+use onramp_testkit::{ManualClock, conformance, default_service};
 
 async fn admin() -> Admin {
-    let store = Arc::new(MemoryStore::new());
-    store
-        .create_service(
-            &conformance::service("default", 0x1234),
-            &[conformance::owner("b3duZXI=")],
-        )
-        .await
-        .unwrap();
+    let (store, _) = default_service(0x1234).await;
     Admin::new(store, Arc::new(ManualClock::new(UtcTime::now())))
 }
 

@@ -26,7 +26,8 @@ use onramp_model::{
     RegistrationStatus, ReprovisionPolicy, Substatus, UtcTime,
 };
 use onramp_testkit::{
-    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance, given,
+    FixedLatency, ManualClock, MemoryStore, RecordingHubs, ScriptedWebhook, conformance,
+    default_service, given,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -50,12 +51,7 @@ fn at(seconds: i64) -> UtcTime {
 const NOW: i64 = 1_800_000_000;
 
 async fn world(hubs: &[(&str, u32)]) -> World {
-    let store = Arc::new(MemoryStore::new());
-    let svc = conformance::service("default", SCOPE);
-    store
-        .create_service(&svc, &[conformance::owner("b3duZXI=")])
-        .await
-        .unwrap();
+    let (store, svc) = default_service(SCOPE).await;
     for (name, weight) in hubs {
         let mut h = conformance::hub(name);
         h.allocation_weight = *weight;
@@ -1185,27 +1181,65 @@ async fn a_newer_registration_ends_an_older_one_that_waits_on_its_webhook() {
 
 #[tokio::test]
 async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_identity() {
+    // A: its hub call to hub-a is slow.
+    let Race {
+        w,
+        mut e,
+        gated,
+        engine,
+        slow,
+    } = a_held_registration().await;
+    // B: the enrollment now names hub-b, and the device registers again.
+    w.point_at(&mut e, "hub-b").await;
+    let newer = w.signed("racer");
+    let done = engine.register(newer).await.unwrap();
+    // A ends after B: it records nothing, and the identity it made is gone.
+    the_later_registration_stays(&w, &gated, slow, done).await;
+}
+
+/// Device `racer`, enrolled for hub-a (of hub-a and hub-b), registering
+/// through an engine whose hub call is held: registration A.
+struct Race {
+    w: World,
+    e: IndividualEnrollment,
+    gated: Arc<GatedHubs>,
+    engine: Arc<Engine>,
+    slow: tokio::task::JoinHandle<Result<RegistrationOperationStatus, ProvisioningError>>,
+}
+
+async fn a_held_registration() -> Race {
     let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
-    let mut e = w.enrollment_on("racer", &["hub-a"], (true, false));
+    let e = w.enrollment_on("racer", &["hub-a"], (true, false));
     w.put(&e).await;
     let (gated, engine) = gated_engine_of(&w, EngineConfig::default());
-    // A: its hub call to hub-a is slow.
     let first = w.signed("racer");
     let slow = tokio::spawn({
         let engine = engine.clone();
         async move { engine.register(first).await }
     });
     gated.gate.holds_one().await;
-    // B: the enrollment now names hub-b, and the device registers again.
-    w.point_at(&mut e, "hub-b").await;
-    let newer = w.signed("racer");
-    let done = engine.register(newer).await.unwrap();
-    let newer_op = done.operation_id.clone();
+    Race {
+        w,
+        e,
+        gated,
+        engine,
+        slow,
+    }
+}
+
+/// B (`done`) was assigned to hub-b while A's hub call to hub-a was held:
+/// A, released now, is refused as superseded, and B's record and identity
+/// stay while A's identity is gone.
+async fn the_later_registration_stays(
+    w: &World,
+    gated: &GatedHubs,
+    slow: tokio::task::JoinHandle<Result<RegistrationOperationStatus, ProvisioningError>>,
+    done: RegistrationOperationStatus,
+) {
     assert_eq!(
         done.registration_state.unwrap().assigned_hub.as_deref(),
         Some("hub-b")
     );
-    // A ends after B: it records nothing, and the identity it made is gone.
     gated.gate.release.notify_one();
     let err = slow.await.unwrap().unwrap_err();
     assert_eq!(
@@ -1215,7 +1249,7 @@ async fn a_registration_overtaken_by_a_newer_one_records_nothing_and_leaves_no_i
         err.message
     );
     let record = w.record("racer").await.unwrap();
-    assert_eq!(record.operation_id, newer_op);
+    assert_eq!(record.operation_id, done.operation_id);
     assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
     assert!(w.hubs.device("hub-b", "racer").is_some());
     assert!(w.hubs.device("hub-a", "racer").is_none());
@@ -1421,38 +1455,19 @@ async fn a_poll_through_another_node_hears_assigning_while_the_lease_lasts() {
 /// removes the identity it made, and the newer one's record stays.
 #[tokio::test]
 async fn the_newest_registration_wins_across_nodes() {
-    let w = world(&[("hub-a", 1), ("hub-b", 1)]).await;
-    let mut e = w.enrollment_on("racer", &["hub-a"], (true, false));
-    w.put(&e).await;
     // Node A: its hub call to hub-a is slow.
-    let (gated, node_a) = gated_engine_of(&w, EngineConfig::default());
-    let first = w.signed("racer");
-    let slow = tokio::spawn({
-        let node_a = node_a.clone();
-        async move { node_a.register(first).await }
-    });
-    gated.gate.holds_one().await;
+    let Race {
+        w,
+        mut e,
+        gated,
+        slow,
+        ..
+    } = a_held_registration().await;
     // Node B (w's engine, which knows nothing of A's registration): the
     // enrollment now names hub-b, and the device registers again, later.
     w.clock.advance_seconds(1);
     w.point_at(&mut e, "hub-b").await;
     let done = w.engine.register(w.signed("racer")).await.unwrap();
-    assert_eq!(
-        done.registration_state.unwrap().assigned_hub.as_deref(),
-        Some("hub-b")
-    );
     // A ends after B: the store refuses its record as overtaken.
-    gated.gate.release.notify_one();
-    let err = slow.await.unwrap().unwrap_err();
-    assert_eq!(
-        err.code,
-        ErrorCode::RegistrationSuperseded,
-        "{}",
-        err.message
-    );
-    let record = w.record("racer").await.unwrap();
-    assert_eq!(record.operation_id, done.operation_id);
-    assert_eq!(record.state.assigned_hub.as_deref(), Some("hub-b"));
-    assert!(w.hubs.device("hub-b", "racer").is_some());
-    assert!(w.hubs.device("hub-a", "racer").is_none());
+    the_later_registration_stays(&w, &gated, slow, done).await;
 }

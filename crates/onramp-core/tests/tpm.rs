@@ -16,7 +16,7 @@ use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{Engine, OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::{IdentityAuth, Store, StoreExt, TpmChallenge};
+use onramp_core::ports::{IdentityAuth, StoreExt, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::{self, RsaPublic, TpmError};
 use onramp_model::{
@@ -24,7 +24,9 @@ use onramp_model::{
     IndividualEnrollment, RegistrationStatus, TpmAttestation, UtcTime,
 };
 use onramp_testkit::swtpm::{Swtpm, data_dir, tools_installed};
-use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, engine_over, given};
+use onramp_testkit::{
+    ManualClock, MemoryStore, RecordingHubs, conformance, default_service, engine_over, given,
+};
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -146,13 +148,19 @@ struct Provisioning {
 
 const TPM_DEVICE: &str = "tpm-device-1";
 
+impl Provisioning {
+    /// Why the TPM device's `token` does not open a connection over `protocol`.
+    async fn token_refused_over(&self, token: &str, protocol: Protocol) -> ProvisioningError {
+        let credential = DeviceCredential::SasToken(token.to_owned());
+        self.engine
+            .check_device(&self.scope, TPM_DEVICE, &credential, protocol, None)
+            .await
+            .unwrap_err()
+    }
+}
+
 async fn provisioning(ek: &RsaPublic) -> Provisioning {
-    let store = Arc::new(MemoryStore::new());
-    let svc = conformance::service("default", 0x7A11);
-    store
-        .create_service(&svc, &[conformance::owner("b3duZXI=")])
-        .await
-        .unwrap();
+    let (store, svc) = default_service(0x7A11).await;
     given(&*store, "default", conformance::hub("hub-a")).await;
     given(&*store, "default", tpm_enrollment(TPM_DEVICE, ek)).await;
     let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
@@ -426,17 +434,7 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
     assert_refused(&refused, ErrorCode::Unauthorized, "not signed with the key");
 
     // Over MQTT the fresh token is refused as TPM over the wrong protocol.
-    let refused = p
-        .engine
-        .check_device(
-            &p.scope,
-            TPM_DEVICE,
-            &DeviceCredential::SasToken(fresh.clone()),
-            Protocol::Mqtt,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let refused = p.token_refused_over(&fresh, Protocol::Mqtt).await;
     assert_refused(&refused, ErrorCode::UnsupportedAttestation, "HTTPS");
 
     // Over HTTPS it registers once; replayed, it is refused.
@@ -446,17 +444,7 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
     assert_refused(&replayed, ErrorCode::Unauthorized, "spent");
     // Nor does it open a new connection (AMQP authenticates before it
     // registers): the spent challenge is refused there already.
-    let refused = p
-        .engine
-        .check_device(
-            &p.scope,
-            TPM_DEVICE,
-            &DeviceCredential::SasToken(fresh.clone()),
-            Protocol::Amqp,
-            None,
-        )
-        .await
-        .unwrap_err();
+    let refused = p.token_refused_over(&fresh, Protocol::Amqp).await;
     assert_refused(&refused, ErrorCode::Unauthorized, "spent");
 
     // A disabled enrollment still gets a challenge (the key proves nothing

@@ -18,7 +18,7 @@ use fe2o3_amqp::types::messaging::{
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use onramp_core::engine::{Engine, EngineConfig};
+use onramp_core::engine::Engine;
 use onramp_core::ports::{IdentityAuth, Precondition, Store, StoreExt, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::device::SoftTpm;
@@ -31,7 +31,9 @@ use onramp_model::{
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::{AmqpApp, AmqpConnection};
 use onramp_testkit::ek_cert::ManufacturerCa;
-use onramp_testkit::{ManualClock, MemoryStore, RecordingHubs, conformance, given};
+use onramp_testkit::{
+    ManualClock, MemoryStore, RecordingHubs, conformance, default_service, engine_over, given,
+};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Decoder, Encoder};
@@ -64,22 +66,10 @@ fn tpm_enrollment(id: &str, tpm: &SoftTpm) -> IndividualEnrollment {
 }
 
 async fn dps(tpm: &SoftTpm) -> Dps {
-    let store = Arc::new(MemoryStore::new());
-    let svc = conformance::service("default", 0x7A12);
-    store
-        .create_service(&svc, &[conformance::owner("b3duZXI=")])
-        .await
-        .unwrap();
+    let (store, svc) = default_service(0x7A12).await;
     given(&*store, "default", conformance::hub("hub-a")).await;
     given(&*store, "default", tpm_enrollment(DEVICE, tpm)).await;
-    let hubs = Arc::new(RecordingHubs::default());
-    let clock = Arc::new(ManualClock::new(UtcTime::now()));
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        hubs.clone(),
-        clock.clone(),
-        EngineConfig::default(),
-    ));
+    let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
     Dps {
         engine,
         store,
@@ -207,6 +197,12 @@ async fn outcome(stream: &mut DuplexStream) -> SaslCode {
     }
 }
 
+/// The `TPM` mechanism's initial response: scope, registration ID and
+/// endorsement key, each after a NUL.
+fn tpm_init(scope: &str, id: &str, ek: &[u8]) -> Vec<u8> {
+    [&[0u8][..], scope.as_bytes(), &[0], id.as_bytes(), &[0], ek].concat()
+}
+
 /// The `TPM` exchange as the SDKs run it, with `ek` and `srk` as sent, and
 /// `answer` turning the blob into the last response's payload.
 async fn tpm_exchange(
@@ -217,8 +213,13 @@ async fn tpm_exchange(
     srk: &[u8],
     answer: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> Ended {
-    let init = [&[0u8][..], scope.as_bytes(), &[0], id.as_bytes(), &[0], ek].concat();
-    open_sasl(stream, "TPM", init, &format!("{scope}/registrations/{id}")).await;
+    open_sasl(
+        stream,
+        "TPM",
+        tpm_init(scope, id, ek),
+        &format!("{scope}/registrations/{id}"),
+    )
+    .await;
     match read_frame(stream).await {
         Some(Frame::Challenge(c)) => assert_eq!(c.challenge.as_slice(), [0u8]),
         Some(Frame::Outcome(o)) => {
@@ -526,16 +527,7 @@ async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
     // A TPM init frame over 512 bytes (a 600-byte key): the connection ends
     // with no outcome, before any engine work.
     let mut stream = dps.connect();
-    let ek = vec![0x41u8; 600];
-    let init = [
-        &b"\0"[..],
-        dps.scope.as_bytes(),
-        b"\0",
-        DEVICE.as_bytes(),
-        b"\0",
-        &ek,
-    ]
-    .concat();
+    let init = tpm_init(&dps.scope, DEVICE, &[0x41u8; 600]);
     stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await.unwrap();
@@ -559,16 +551,7 @@ async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
 
     // A response over 512 bytes in the middle of the exchange ends it too.
     let mut stream = dps.connect();
-    let ek = tpm.endorsement_key().as_bytes().to_vec();
-    let init = [
-        &b"\0"[..],
-        dps.scope.as_bytes(),
-        b"\0",
-        DEVICE.as_bytes(),
-        b"\0",
-        &ek,
-    ]
-    .concat();
+    let init = tpm_init(&dps.scope, DEVICE, tpm.endorsement_key().as_bytes());
     open_sasl(&mut stream, "TPM", init, "localhost").await;
     assert!(matches!(
         read_frame(&mut stream).await,

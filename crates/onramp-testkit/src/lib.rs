@@ -8,8 +8,9 @@
 //!   what it was asked, and hub latencies set by hand.
 //! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
 //! - [`ManualClock`]: a clock tests set.
-//! - [`given`]: a record stored as a test's setup; [`engine_over`]: an
-//!   engine over a store with recording hubs and a clock set by hand.
+//! - [`given`]: a record stored as a test's setup; [`default_service`]: a
+//!   store with one service; [`engine_over`]: an engine over a store with
+//!   recording hubs and a clock set by hand.
 //! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
 //!   that speak the TPM simulator protocol.
 //! - [`ek_cert`]: a TPM manufacturer's CA that issues EK certificates.
@@ -39,6 +40,7 @@ use std::sync::Arc;
 
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
+use onramp_core::tenant::ProvisioningService;
 use onramp_model::UtcTime;
 
 /// Locks `m`; a test that panicked while holding it leaves the data as it was.
@@ -53,6 +55,18 @@ pub async fn given<T: StoredRecord>(store: &dyn Store, service: &str, record: T)
         .put(service, record, Precondition::None, UtcTime::now())
         .await
         .expect("storing a test's setup")
+}
+
+/// A store holding service `default` (ID scope `scope`, with its owner
+/// policy) as a test's setup: the store and the service.
+pub async fn default_service(scope: u32) -> (Arc<MemoryStore>, ProvisioningService) {
+    let store = Arc::new(MemoryStore::new());
+    let service = conformance::service("default", scope);
+    store
+        .create_service(&service, &[conformance::owner("b3duZXI=")])
+        .await
+        .expect("storing a test's service");
+    (store, service)
 }
 
 /// An engine with the default configuration over `store`, with hubs that

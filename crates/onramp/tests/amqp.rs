@@ -26,16 +26,6 @@ use onramp_model::IdKey;
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(server.tls())
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
 /// An AMQP connection authenticated by SASL PLAIN as `registration_id`.
 async fn connect(
     server: &Server,
@@ -49,7 +39,7 @@ async fn connect(
             username: format!("{}/registrations/{registration_id}", server.id_scope()),
             password: token.to_owned(),
         })
-        .open_with_stream(tls(server).await)
+        .open_with_stream(server.tls_stream().await)
         .await
 }
 
@@ -77,6 +67,28 @@ fn request(
             .into(),
         ))
         .build()
+}
+
+/// Attaches a sending link `name` to `address` and sends a register
+/// request on it: the outcome, or why the link or the send failed (within
+/// ten seconds).
+async fn register_on_new_link(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    address: &str,
+) -> Result<Outcome, String> {
+    let attempt = async {
+        let mut sender = Sender::attach(session, name, address)
+            .await
+            .map_err(|e| e.to_string())?;
+        sender
+            .send(request("iotdps-register", "c-1", None, b"{}"))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .unwrap()
 }
 
 /// The answer to a request: its status property and JSON body.
@@ -216,21 +228,12 @@ async fn links_to_another_registration_are_refused() {
     let mut conn = connect(&server, "amqp-dev-3", &token).await.unwrap();
     let mut session = Session::begin(&mut conn).await.unwrap();
     let scope = server.id_scope();
-    let result = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut sender = Sender::attach(
-            &mut session,
-            "send",
-            format!("{scope}/registrations/amqp-dev-4"),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        sender
-            .send(request("iotdps-register", "c-1", None, b"{}"))
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
+    let result = register_on_new_link(
+        &mut session,
+        "send",
+        &format!("{scope}/registrations/amqp-dev-4"),
+    )
+    .await;
     assert!(
         result.is_err(),
         "a link to another registration carried a request"
@@ -239,17 +242,9 @@ async fn links_to_another_registration_are_refused() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_sasl_is_dropped() {
-    let server = Server::start_in(
-        &tempfile::tempdir().unwrap().keep().join("data"),
-        "127.0.0.1:0",
-        &["--amqp-open-timeout-ms", "500"],
-    );
-    let mut stream = tls(&server).await;
-    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    let server = Server::with_quick_amqp_open();
     // The server's header and mechanisms come; then, with no sasl-init, the end.
-    let mut seen = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen)).await;
-    assert!(read.is_ok(), "the connection was not closed");
+    let seen = server.amqp_answer_to(b"AMQP\x03\x01\x00\x00").await;
     assert!(seen.starts_with(b"AMQP\x03\x01\x00\x00"), "{seen:02x?}");
 }
 
@@ -258,18 +253,8 @@ async fn a_client_that_never_finishes_sasl_is_dropped() {
 /// with its header and Open. `hub_amqp.rs` tests the hub's side.
 #[tokio::test]
 async fn a_client_without_sasl_or_certificate_goes_to_the_hub() {
-    let server = Server::start_in(
-        &tempfile::tempdir().unwrap().keep().join("data"),
-        "127.0.0.1:0",
-        &["--amqp-open-timeout-ms", "500"],
-    );
-    let mut stream = tls(&server).await;
-    stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
-        .await
-        .unwrap()
-        .ok();
+    let server = Server::with_quick_amqp_open();
+    let seen = server.amqp_answer_to(b"AMQP\x00\x01\x00\x00").await;
     // Its header, then its Open (container `onramp-hub`), then the close.
     assert!(seen.starts_with(b"AMQP\x00\x01\x00\x00"), "{seen:02x?}");
     assert!(
@@ -297,17 +282,7 @@ async fn sessions_and_links_are_bounded() {
                 .unwrap(),
         );
     }
-    let fifth = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut sender = Sender::attach(&mut session, "send-5", address.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        sender
-            .send(request("iotdps-register", "c-1", None, b"{}"))
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
+    let fifth = register_on_new_link(&mut session, "send-5", &address).await;
     assert!(fifth.is_err(), "a fifth link carried a request");
 
     // Sessions: a connection begins at most four.
@@ -328,15 +303,9 @@ async fn sessions_and_links_are_bounded() {
 
 /// Sends `bytes` after the SASL header and reads until the server closes.
 async fn closed_after(server: &Server, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = tls(server).await;
-    stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen))
+    server
+        .amqp_answer_to(&[&b"AMQP\x03\x01\x00\x00"[..], bytes].concat())
         .await
-        .expect("the server closes the connection")
-        .ok();
-    seen
 }
 
 #[tokio::test]
@@ -391,7 +360,7 @@ async fn a_frame_over_the_max_frame_size_after_sasl_ends_the_connection() {
     let key = server.enroll("amqp-dev-7", serde_json::json!({})).await;
     let token = server.device_token("amqp-dev-7", &key, common::unix_now() + 600);
     let user = format!("{}/registrations/amqp-dev-7", server.id_scope());
-    let mut stream = tls(&server).await;
+    let mut stream = server.tls_stream().await;
     stream.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
     stream
         .write_all(&sasl_plain_init(&user, &token))

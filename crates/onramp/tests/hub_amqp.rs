@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::Server;
 use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
@@ -21,27 +22,16 @@ use fe2o3_amqp::types::messaging::{
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WRONG_KEY: &str = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(server.tls())
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
 
 /// An AMQP connection without SASL, as the SDKs open one to a hub.
 async fn connect(server: &Server) -> ConnectionHandle<()> {
     Connection::builder()
         .container_id("onramp-hub-test-device")
         .hostname("localhost")
-        .open_with_stream(tls(server).await)
+        .open_with_stream(server.tls_stream().await)
         .await
         .unwrap()
 }
@@ -69,6 +59,21 @@ fn device_token(hub: &str, id: &str, key: &str) -> String {
         None,
     )
     .unwrap()
+}
+
+/// A device provisioned to the embedded hub (see [`hub_device`]) on a new
+/// connection, admitted by a put-token on `$cbs`: the connection, its
+/// session and the session's CBS links.
+async fn admitted(server: &Server, id: &str) -> (ConnectionHandle<()>, SessionHandle<()>, Cbs) {
+    let (hub, key) = hub_device(server, id).await;
+    let mut conn = connect(server).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut cbs = Cbs::attach(&mut session).await;
+    let (status, description) = cbs
+        .put_token("audience", &device_token(&hub, id, &key))
+        .await;
+    assert_eq!(status, 200, "{description}");
+    (conn, session, cbs)
 }
 
 /// The CBS links of a session.
@@ -142,6 +147,15 @@ fn telemetry_message(body: &str) -> Message<Data> {
 
 /// Sends on a fresh link to `address`: the outcome, or why the link or the
 /// send failed (a refused link is detached right after its attach).
+/// [`send_on`] with a telemetry message of an empty JSON object.
+async fn telemetry_on(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    address: &str,
+) -> Result<Outcome, String> {
+    send_on(session, name, address, telemetry_message("{}")).await
+}
+
 async fn send_on(
     session: &mut fe2o3_amqp::session::SessionHandle<()>,
     name: &str,
@@ -173,11 +187,10 @@ async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
         .await;
     assert_eq!(status, 401, "{description}");
     assert!(description.contains("not signed"), "{description}");
-    let refused = send_on(
+    let refused = telemetry_on(
         &mut session,
         "events-0",
         "/devices/hub-amqp-1/messages/events",
-        telemetry_message("{}"),
     )
     .await;
     assert!(refused.is_err(), "a link without a token: {refused:?}");
@@ -195,11 +208,10 @@ async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
         .put_token(&audience, &device_token(&hub, "hub-amqp-1", &key))
         .await;
     assert_eq!(status, 200, "{description}");
-    let outcome = send_on(
+    let outcome = telemetry_on(
         &mut session,
         "events-1",
         "/devices/hub-amqp-1/messages/events",
-        telemetry_message("{}"),
     )
     .await
     .unwrap();
@@ -212,15 +224,8 @@ async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
 #[tokio::test]
 async fn links_to_another_device_are_refused() {
     let server = Server::start("127.0.0.1:0");
-    let (hub, key) = hub_device(&server, "hub-amqp-2").await;
     hub_device(&server, "hub-amqp-3").await;
-    let mut conn = connect(&server).await;
-    let mut session = Session::begin(&mut conn).await.unwrap();
-    let mut cbs = Cbs::attach(&mut session).await;
-    let (status, _) = cbs
-        .put_token("audience", &device_token(&hub, "hub-amqp-2", &key))
-        .await;
-    assert_eq!(status, 200);
+    let (_conn, mut session, _cbs) = admitted(&server, "hub-amqp-2").await;
     for address in [
         "/devices/hub-amqp-3/messages/events",
         "amqps://localhost:5671/devices/hub-amqp-3/messages/events",
@@ -228,7 +233,7 @@ async fn links_to_another_device_are_refused() {
         "/devices/hub-amqp-2/modules/m/messages/events",
         "0ne00000000/registrations/hub-amqp-2",
     ] {
-        let result = send_on(&mut session, address, address, telemetry_message("{}")).await;
+        let result = telemetry_on(&mut session, address, address).await;
         assert!(result.is_err(), "{address}: {result:?}");
     }
     // The device's own address, in the C# spelling.
@@ -308,14 +313,7 @@ async fn twin_answer(
 #[tokio::test]
 async fn telemetry_is_stored_and_the_twin_is_served() {
     let server = Server::start("127.0.0.1:0");
-    let (hub, key) = hub_device(&server, "hub-amqp-4").await;
-    let mut conn = connect(&server).await;
-    let mut session = Session::begin(&mut conn).await.unwrap();
-    let mut cbs = Cbs::attach(&mut session).await;
-    let (status, _) = cbs
-        .put_token("audience", &device_token(&hub, "hub-amqp-4", &key))
-        .await;
-    assert_eq!(status, 200);
+    let (mut conn, mut session, _cbs) = admitted(&server, "hub-amqp-4").await;
 
     // Telemetry, stored with its properties.
     let mut events = Sender::attach(
@@ -332,11 +330,7 @@ async fn telemetry_is_stored_and_the_twin_is_served() {
             .unwrap();
         assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
     }
-    let stored: Vec<Json> = server
-        .cli_ok(&["hub", "messages", "--device", "hub-amqp-4"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let stored = server.hub_messages("hub-amqp-4");
     assert_eq!(stored.len(), 2, "{stored:?}");
     for (n, m) in stored.iter().enumerate() {
         let body: Json = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
@@ -444,17 +438,9 @@ async fn telemetry_is_stored_and_the_twin_is_served() {
 
 #[tokio::test]
 async fn a_connection_that_never_authenticates_is_dropped() {
-    let server = Server::start_in(
-        &tempfile::tempdir().unwrap().keep().join("data"),
-        "127.0.0.1:0",
-        &["--amqp-open-timeout-ms", "500"],
-    );
+    let server = Server::with_quick_amqp_open();
     // No Open after the header: the hub answers the header, then closes.
-    let mut stream = tls(&server).await;
-    stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
-    let mut seen = Vec::new();
-    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut seen)).await;
-    assert!(read.is_ok(), "the connection was not closed");
+    let seen = server.amqp_answer_to(b"AMQP\x00\x01\x00\x00").await;
     assert!(seen.starts_with(b"AMQP\x00\x01\x00\x00"), "{seen:02x?}");
 
     // An Open, but no put-token: the hub closes the connection.
@@ -466,14 +452,7 @@ async fn a_connection_that_never_authenticates_is_dropped() {
 #[tokio::test]
 async fn hub_sessions_and_links_are_bounded() {
     let server = Server::start("127.0.0.1:0");
-    let (hub, key) = hub_device(&server, "hub-amqp-5").await;
-    let mut conn = connect(&server).await;
-    let mut session = Session::begin(&mut conn).await.unwrap();
-    let mut cbs = Cbs::attach(&mut session).await;
-    let (status, _) = cbs
-        .put_token("audience", &device_token(&hub, "hub-amqp-5", &key))
-        .await;
-    assert_eq!(status, 200);
+    let (_conn, mut session, _cbs) = admitted(&server, "hub-amqp-5").await;
     // Eight links per session (two are CBS): six more are taken, the
     // ninth is detached at once.
     let mut held = Vec::new();
@@ -488,11 +467,10 @@ async fn hub_sessions_and_links_are_bounded() {
             .unwrap(),
         );
     }
-    let ninth = send_on(
+    let ninth = telemetry_on(
         &mut session,
         "events-9",
         "/devices/hub-amqp-5/messages/events",
-        telemetry_message("{}"),
     )
     .await;
     assert!(ninth.is_err(), "a ninth link carried a message: {ninth:?}");
@@ -549,11 +527,10 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     let without_cert = client_tls(&hub_ca, None);
     let mut conn = open_without_sasl(hub.listen, with_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
-    let outcome = send_on(
+    let outcome = telemetry_on(
         &mut session,
         "events",
         "/devices/hub-x509-1/messages/events",
-        telemetry_message("{}"),
     )
     .await
     .unwrap();
@@ -571,11 +548,10 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     // Without a certificate and without a token, no link is served.
     let mut conn = open_without_sasl(hub.listen, without_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
-    let refused = send_on(
+    let refused = telemetry_on(
         &mut session,
         "events",
         "/devices/hub-x509-1/messages/events",
-        telemetry_message("{}"),
     )
     .await;
     assert!(refused.is_err(), "{refused:?}");

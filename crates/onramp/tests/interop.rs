@@ -21,6 +21,17 @@ use serde_json::{Value, json};
 /// Tests that bind port 443 take turns.
 static PORT_443: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A well-formed key that no enrollment has.
+const WRONG_KEY: &str = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
+
+/// Asserts an SDK script's output says it provisioned `id` (over `how`) to
+/// the embedded hub, `localhost`, under its registration ID.
+fn assert_provisioned(out: &Value, id: &str, how: &str) {
+    assert_eq!(out["ok"], true, "{id} over {how}: {out}");
+    assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
+    assert_eq!(out["result"]["deviceId"], id, "{out}");
+}
+
 fn node_dir() -> Option<PathBuf> {
     common::interop_dir(
         "tests/interop/node",
@@ -128,10 +139,7 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
             primary,
             &[r#"{"modelId":"dtmi:onramp:test;1"}"#],
         );
-        assert_eq!(out["ok"], true, "{id}: {out}");
-        let result = &out["result"];
-        assert_eq!(result["assignedHub"], "localhost", "{out}");
-        assert_eq!(result["deviceId"], id.as_str(), "{out}");
+        assert_provisioned(&out, id, "HTTPS");
 
         // The hub's REST API shows the device with the right keys and its initial twin.
         let device = hub_client
@@ -157,7 +165,7 @@ async fn node_sdks_provision_devices_and_manage_enrollments() {
         &server,
         "provision_http",
         "node-ind-1",
-        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        WRONG_KEY,
         &[],
     );
     assert_eq!(out["ok"], false, "{out}");
@@ -324,14 +332,7 @@ async fn hub_scenario(
     device_id: &str,
     sdk: &str,
 ) {
-    let stored_messages = || {
-        server
-            .cli_ok(&["hub", "messages", "--device", device_id])
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let earlier = stored_messages().len();
+    let earlier = server.hub_messages(device_id).len();
     let hub = server.embedded_hub().await;
     let hub_client = server.hub_client();
     // On its first visit the device finds its enrollment's initial twin;
@@ -398,7 +399,7 @@ async fn hub_scenario(
     assert_eq!(reported["telemetry"]["sent"], 3);
 
     // Telemetry stored and counted by the hub: three more messages.
-    let messages = stored_messages();
+    let messages = server.hub_messages(device_id);
     assert_eq!(messages.len(), earlier + 3, "{messages:?}");
     for (i, m) in messages[earlier..].iter().enumerate() {
         let body: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
@@ -419,9 +420,7 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
     let devices = mqtt_devices(&server, "node-mqtt-ind", "node-mqtt-grp", "node-grp-unit").await;
     for (id, key, transport) in &devices {
         let out = provision(&dir, &server, "provision_mqtt", id, key, &[transport]);
-        assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
-        assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
-        assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
+        assert_provisioned(&out, id, transport);
     }
 
     // A wrong key is refused at CONNECT.
@@ -430,7 +429,7 @@ async fn node_sdks_provision_over_mqtt_and_use_the_hub() {
         &server,
         "provision_mqtt",
         "node-mqtt-ind",
-        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        WRONG_KEY,
         &["mqtt"],
     );
     assert_eq!(out["ok"], false, "{out}");
@@ -477,16 +476,14 @@ async fn amqp_provisioning(transport: &str) {
     let unit_key = sas::derive_device_key(&group_key, &unit).unwrap();
     for (id, key) in [(&individual, &individual_key), (&unit, &unit_key)] {
         let out = provision(&dir, &server, "provision_amqp", id, key, &[transport]);
-        assert_eq!(out["ok"], true, "{id} over AMQP ({transport}): {out}");
-        assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
-        assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
+        assert_provisioned(&out, id, &format!("AMQP ({transport})"));
     }
     let out = provision(
         &dir,
         &server,
         "provision_amqp",
         &individual,
-        "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==",
+        WRONG_KEY,
         &[transport],
     );
     assert_eq!(
@@ -741,9 +738,7 @@ async fn node_sdk_provisions_x509_devices_and_they_reach_their_hub() {
                 chain.to_str().unwrap(),
                 &[key.to_str().unwrap(), transport],
             );
-            assert_eq!(out["ok"], true, "{id} over {transport}: {out}");
-            assert_eq!(out["result"]["deviceId"], id.as_str(), "{out}");
-            assert_eq!(out["result"]["assignedHub"], "localhost", "{out}");
+            assert_provisioned(&out, id, transport);
         }
         // The same device on its hub, with the same certificate, over
         // each device transport (twin, telemetry, reported, desired).
@@ -953,11 +948,7 @@ async fn node_tpm_device_reaches_its_hub(transport: &str) -> Option<Value> {
     assert_eq!(twin.tags.unwrap()["site"], "lab-3");
 
     // The hub stored its telemetry.
-    let messages: Vec<Value> = server
-        .cli_ok(&["hub", "messages", "--device", &id])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let messages = server.hub_messages(&id);
     assert_eq!(messages.len(), 1, "{messages:?}");
     let body: Value = serde_json::from_str(messages[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["attestation"], "tpm", "{body}");

@@ -100,18 +100,9 @@ async fn poll_until_done(
     key: &str,
     operation: &str,
 ) -> (u16, serde_json::Value) {
-    let token = server.device_token(registration_id, key, common::unix_now() + 600);
-    let url = server.url(&format!(
-        "{}/registrations/{registration_id}/operations/{operation}?api-version=2021-06-01",
-        server.id_scope()
-    ));
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let poll = server
-            .http()
-            .request(Method::GET, &url)
-            .header("Authorization", &token);
-        let (status, _, polled) = answer(poll).await;
+        let (status, polled) = poll_once(server, registration_id, key, operation).await;
         if polled["status"] != "assigning" {
             return (status, polled);
         }
@@ -386,13 +377,7 @@ async fn an_embedded_store_migrates_into_postgresql() {
             .output()
             .unwrap()
     };
-    let out = migrate();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::succeeded(&migrate());
     assert!(stdout.contains("migrated 1 service(s)"), "{stdout}");
     assert!(stdout.contains("1 enrollments"), "{stdout}");
     assert!(stdout.contains("1 groups"), "{stdout}");

@@ -1062,12 +1062,7 @@ async fn demo_provisions_a_fleet_and_leaves_nothing_behind() {
         .env_remove("ONRAMP_CONFIG")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::succeeded(&out);
     assert!(stdout.contains("200 of 200 devices assigned"), "{stdout}");
     let hub_lines = stdout
         .lines()

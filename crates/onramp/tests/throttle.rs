@@ -37,6 +37,19 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> u64 {
     headers["retry-after"].to_str().unwrap().parse().unwrap()
 }
 
+/// Asserts an HTTPS answer is the throttling error, naming `who`, with a
+/// Retry-After (seconds) within `wait`.
+fn assert_throttled(
+    (status, headers, body): &(u16, reqwest::header::HeaderMap, serde_json::Value),
+    who: &str,
+    wait: std::ops::RangeInclusive<u64>,
+) {
+    common::assert_error(*status, body, 429, 429001);
+    let after = retry_after(headers);
+    assert!(wait.contains(&after), "Retry-After {after}");
+    common::assert_message_says(body, who);
+}
+
 #[tokio::test]
 async fn a_device_over_its_registrations_per_minute_is_told_when_to_come_back() {
     let server = throttled_server("device_registrations_per_minute = 2");
@@ -45,15 +58,9 @@ async fn a_device_over_its_registrations_per_minute_is_told_when_to_come_back() 
         let (status, _, op) = server.register("thr-dev-1", &key, API).await;
         assert!(status == 200 || status == 202, "{status} {op}");
     }
-    let (status, headers, body) = server.register("thr-dev-1", &key, API).await;
-    common::assert_error(status, &body, 429, 429001);
     // One registration every 30 s: the next one is due within 30 s.
-    let wait = retry_after(&headers);
-    assert!((20..=30).contains(&wait), "Retry-After {wait}");
-    assert!(
-        body["message"].as_str().unwrap().contains("thr-dev-1"),
-        "{body}"
-    );
+    let refused = server.register("thr-dev-1", &key, API).await;
+    assert_throttled(&refused, "thr-dev-1", 20..=30);
 
     // The same budget over MQTT: the answer's topic carries 429 and retry-after.
     let mut mqtt = server
@@ -147,14 +154,8 @@ async fn an_address_that_spent_its_failures_waits_and_others_are_served() {
     }
     // Now the guessing address is refused before any check, even with the
     // right key, and told when to come back.
-    let (status, headers, body) = register_from(&server, &guesser, "thr-dev-3", &key).await;
-    common::assert_error(status, &body, 429, 429001);
-    let wait = retry_after(&headers);
-    assert!((1..=20).contains(&wait), "Retry-After {wait}");
-    assert!(
-        body["message"].as_str().unwrap().contains("127.0.0.2"),
-        "{body}"
-    );
+    let refused = register_from(&server, &guesser, "thr-dev-3", &key).await;
+    assert_throttled(&refused, "127.0.0.2", 1..=20);
     // The device itself, from its own address, is never locked out.
     let (status, _, op) = register_from(&server, &device, "thr-dev-3", &key).await;
     assert!(status == 200 || status == 202, "{status} {op}");

@@ -173,6 +173,37 @@ impl Server {
         Arc::new(onramp_net::tls::client_config(Some(&self.ca_pem)).unwrap())
     }
 
+    /// Starts on a fresh data directory with AMQP clients given half a
+    /// second to open.
+    pub fn with_quick_amqp_open() -> Server {
+        let dir = tempfile::tempdir().unwrap().keep().join("data");
+        Self::start_in(&dir, "127.0.0.1:0", &["--amqp-open-timeout-ms", "500"])
+    }
+
+    /// A TLS connection to the HTTPS port (which takes AMQP by its header).
+    pub async fn tls_stream(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port()))
+            .await
+            .unwrap();
+        tokio_rustls::TlsConnector::from(self.tls())
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Writes `bytes` (starting with an AMQP protocol header) on a new
+    /// connection and reads until the server closes it: all it wrote. The
+    /// server must close it within ten seconds.
+    pub async fn amqp_answer_to(&self, bytes: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = self.tls_stream().await;
+        stream.write_all(bytes).await.unwrap();
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut seen));
+        assert!(read.await.is_ok(), "the connection was not closed");
+        seen
+    }
+
     /// An MQTT CONNECT over TLS to the server's MQTT endpoint.
     pub async fn mqtt_connect(
         &self,
@@ -543,6 +574,18 @@ pub async fn answer(req: reqwest::RequestBuilder) -> (u16, reqwest::header::Head
 
 /// Asserts that a command failed and that its standard error says `needle`.
 #[track_caller]
+/// The standard output of a command that must have succeeded (its output
+/// and errors are the failure's message).
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub fn assert_failed_saying(out: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the command succeeded: {stderr}");
@@ -701,6 +744,15 @@ impl Server {
     }
 
     /// An `onramp` admin command that must succeed and print JSON; returns it.
+    /// The telemetry the embedded hub stored from `device`, oldest first
+    /// (`onramp hub messages`, a JSON object a line).
+    pub fn hub_messages(&self, device: &str) -> Vec<Value> {
+        self.cli_ok(&["hub", "messages", "--device", device])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli_ok(args);
         serde_json::from_str(&out)
