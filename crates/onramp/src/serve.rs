@@ -134,34 +134,13 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     })?;
     let bound = listener.local_addr()?;
     let endpoint = authority(&config.public_host, bound.port());
-    let mqtt_listener = if config.mqtt.enabled() {
-        let l = tokio::net::TcpListener::bind(&config.mqtt.listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen for MQTT on {}: {e} (set --mqtt-listen off to go without)",
-                    config.mqtt.listen
-                )
-            })?;
-        Some(l)
-    } else {
-        None
-    };
+    let off = "set --mqtt-listen off to go without";
+    let mqtt_listener = bind_if_on(&config.mqtt.listen, "MQTT", off).await?;
     let mqtt_bound = mqtt_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let amqp_listener = if config.amqp.enabled() {
-        let l = tokio::net::TcpListener::bind(&config.amqp.listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen for AMQP on {}: {e} (set --amqp-listen off to go without)",
-                    config.amqp.listen
-                )
-            })?;
-        Some(l)
-    } else {
-        None
-    };
-    let metrics_listener = bind_metrics(config).await?;
+    let off = "set --amqp-listen off to go without";
+    let amqp_listener = bind_if_on(&config.amqp.listen, "AMQP", off).await?;
+    let advice = "choose another address with --metrics-listen, or off to go without";
+    let metrics_listener = bind_if_on(&config.metrics.listen, "metrics", advice).await?;
     let metrics_bound = metrics_listener
         .as_ref()
         .map(|l| l.local_addr())
@@ -512,20 +491,20 @@ fn install_metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::Pro
 
 /// The metrics listener, unless switched off: apart from the public port,
 /// because the metrics name tenants and hubs.
-async fn bind_metrics(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    if !config.metrics.enabled() {
+/// A listener on `listen` unless it is off (see [`crate::config::listening`]); the
+/// error names `what` it was for and `advice`.
+async fn bind_if_on(
+    listen: &str,
+    what: &str,
+    advice: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if !crate::config::listening(listen) {
         return Ok(None);
     }
-    let listen = &config.metrics.listen;
     tokio::net::TcpListener::bind(listen)
         .await
         .map(Some)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen for metrics on {listen}: {e} (choose another address with \
-                 --metrics-listen, or off to go without)"
-            )
-        })
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {listen}: {e} ({advice})"))
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -127,11 +127,12 @@ impl Default for MqttConfig {
     }
 }
 
-impl MqttConfig {
-    pub fn enabled(&self) -> bool {
-        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
-    }
+/// Whether a listener's address asks for one (empty or `off`: none).
+pub fn listening(listen: &str) -> bool {
+    !(listen.is_empty() || listen.eq_ignore_ascii_case("off"))
+}
 
+impl MqttConfig {
     pub fn limits(&self) -> onramp_net::mqtt::MqttLimits {
         onramp_net::mqtt::MqttLimits {
             max_packet_bytes: self.max_packet_bytes,
@@ -165,10 +166,6 @@ impl Default for AmqpConfig {
 }
 
 impl AmqpConfig {
-    pub fn enabled(&self) -> bool {
-        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
-    }
-
     pub fn limits(&self) -> onramp_endpoints::amqp::AmqpLimits {
         onramp_endpoints::amqp::AmqpLimits {
             max_frame_bytes: self.max_frame_bytes,
@@ -192,12 +189,6 @@ impl Default for MetricsConfig {
         Self {
             listen: "127.0.0.1:9464".into(),
         }
-    }
-}
-
-impl MetricsConfig {
-    pub fn enabled(&self) -> bool {
-        !(self.listen.is_empty() || self.listen.eq_ignore_ascii_case("off"))
     }
 }
 

@@ -41,12 +41,12 @@ fn file_then_flags() {
         c.metrics.listen, "127.0.0.1:9464",
         "metrics stay on loopback"
     );
-    assert!(c.metrics.enabled());
+    assert!(listening(&c.metrics.listen));
     let off = ServeArgs {
         metrics_listen: Some("off".into()),
         ..args.clone()
     };
-    assert!(!Config::for_serve(&off).unwrap().metrics.enabled());
+    assert!(!listening(&Config::for_serve(&off).unwrap().metrics.listen));
 
     std::fs::write(&file, "public_hots = \"typo\"").unwrap();
     let err = Config::for_serve(&args).unwrap_err();
