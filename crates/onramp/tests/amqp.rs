@@ -69,26 +69,22 @@ fn request(
         .build()
 }
 
-/// Attaches a sending link `name` to `address` and sends a register
-/// request on it: the outcome, or why the link or the send failed (within
-/// ten seconds).
-async fn register_on_new_link(
-    session: &mut fe2o3_amqp::session::SessionHandle<()>,
-    name: &str,
-    address: &str,
-) -> Result<Outcome, String> {
-    let attempt = async {
-        let mut sender = Sender::attach(session, name, address)
-            .await
-            .map_err(|e| e.to_string())?;
-        sender
-            .send(request("iotdps-register", "c-1", None, b"{}"))
-            .await
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .unwrap()
+/// A new device `id` (an individual enrollment), connected with a token its
+/// key signs: the connection and a session on it.
+async fn enrolled_session(
+    server: &Server,
+    id: &str,
+) -> (ConnectionHandle<()>, fe2o3_amqp::session::SessionHandle<()>) {
+    let key = server.enroll(id, serde_json::json!({})).await;
+    let token = server.device_token(id, &key, common::unix_now() + 600);
+    let mut conn = connect(server, id, &token).await.unwrap();
+    let session = Session::begin(&mut conn).await.unwrap();
+    (conn, session)
+}
+
+/// A register request with an empty body.
+fn register_request() -> Message<Body<Value>> {
+    request("iotdps-register", "c-1", None, b"{}")
 }
 
 /// The answer to a request: its status property and JSON body.
@@ -118,10 +114,7 @@ async fn answer(receiver: &mut Receiver, correlation: &str) -> (i64, Json) {
 #[tokio::test]
 async fn a_device_registers_and_polls_over_amqp() {
     let server = Server::start("127.0.0.1:0");
-    let key = server.enroll("amqp-dev-1", serde_json::json!({})).await;
-    let token = server.device_token("amqp-dev-1", &key, common::unix_now() + 600);
-    let mut conn = connect(&server, "amqp-dev-1", &token).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (mut conn, mut session) = enrolled_session(&server, "amqp-dev-1").await;
     // Two of the address spellings the SDKs use.
     let scope = server.id_scope();
     let mut receiver = Receiver::attach(
@@ -228,12 +221,8 @@ async fn links_to_another_registration_are_refused() {
     let mut conn = connect(&server, "amqp-dev-3", &token).await.unwrap();
     let mut session = Session::begin(&mut conn).await.unwrap();
     let scope = server.id_scope();
-    let result = register_on_new_link(
-        &mut session,
-        "send",
-        &format!("{scope}/registrations/amqp-dev-4"),
-    )
-    .await;
+    let address = format!("{scope}/registrations/amqp-dev-4");
+    let result = common::send_on(&mut session, "send", &address, register_request()).await;
     assert!(
         result.is_err(),
         "a link to another registration carried a request"
@@ -282,7 +271,7 @@ async fn sessions_and_links_are_bounded() {
                 .unwrap(),
         );
     }
-    let fifth = register_on_new_link(&mut session, "send-5", &address).await;
+    let fifth = common::send_on(&mut session, "send-5", &address, register_request()).await;
     assert!(fifth.is_err(), "a fifth link carried a request");
 
     // Sessions: a connection begins at most four.
@@ -403,10 +392,7 @@ async fn a_frame_over_the_max_frame_size_after_sasl_ends_the_connection() {
 #[tokio::test]
 async fn a_register_request_with_a_malformed_body_is_rejected() {
     let server = Server::start("127.0.0.1:0");
-    let key = server.enroll("amqp-dev-8", serde_json::json!({})).await;
-    let token = server.device_token("amqp-dev-8", &key, common::unix_now() + 600);
-    let mut conn = connect(&server, "amqp-dev-8", &token).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (mut conn, mut session) = enrolled_session(&server, "amqp-dev-8").await;
     let address = format!("{}/registrations/amqp-dev-8", server.id_scope());
     let _receiver = Receiver::attach(&mut session, "recv", address.clone())
         .await

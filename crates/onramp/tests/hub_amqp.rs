@@ -145,31 +145,35 @@ fn telemetry_message(body: &str) -> Message<Data> {
         .build()
 }
 
-/// Sends on a fresh link to `address`: the outcome, or why the link or the
-/// send failed (a refused link is detached right after its attach).
-/// [`send_on`] with a telemetry message of an empty JSON object.
+/// [`common::send_on`] with a telemetry message of an empty JSON object.
 async fn telemetry_on(
     session: &mut fe2o3_amqp::session::SessionHandle<()>,
     name: &str,
     address: &str,
 ) -> Result<Outcome, String> {
-    send_on(session, name, address, telemetry_message("{}")).await
+    common::send_on(session, name, address, telemetry_message("{}")).await
 }
 
-async fn send_on(
+/// Asserts a telemetry link `name` to `address` carries a message.
+async fn assert_carries(
     session: &mut fe2o3_amqp::session::SessionHandle<()>,
     name: &str,
     address: &str,
-    message: Message<Data>,
-) -> Result<Outcome, String> {
-    tokio::time::timeout(WAIT, async {
-        let mut sender = Sender::attach(session, name, address)
-            .await
-            .map_err(|e| e.to_string())?;
-        sender.send(message).await.map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap()
+) {
+    let outcome = telemetry_on(session, name, address).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+}
+
+/// Asserts a telemetry link `name` to `address` carries nothing (`why` it
+/// must not is the failure's message).
+async fn assert_carries_nothing(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    address: &str,
+    why: &str,
+) {
+    let sent = telemetry_on(session, name, address).await;
+    assert!(sent.is_err(), "{why}: {sent:?}");
 }
 
 #[tokio::test]
@@ -187,13 +191,8 @@ async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
         .await;
     assert_eq!(status, 401, "{description}");
     assert!(description.contains("not signed"), "{description}");
-    let refused = telemetry_on(
-        &mut session,
-        "events-0",
-        "/devices/hub-amqp-1/messages/events",
-    )
-    .await;
-    assert!(refused.is_err(), "a link without a token: {refused:?}");
+    let address = "/devices/hub-amqp-1/messages/events";
+    assert_carries_nothing(&mut session, "events-0", address, "a link without a token").await;
     // A token for a device this hub does not have.
     let (status, description) = cbs
         .put_token(&audience, &device_token(&hub, "hub-amqp-nobody", &key))
@@ -208,14 +207,12 @@ async fn cbs_takes_a_good_token_and_refuses_a_bad_one() {
         .put_token(&audience, &device_token(&hub, "hub-amqp-1", &key))
         .await;
     assert_eq!(status, 200, "{description}");
-    let outcome = telemetry_on(
+    assert_carries(
         &mut session,
         "events-1",
         "/devices/hub-amqp-1/messages/events",
     )
-    .await
-    .unwrap();
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    .await;
     // fe2o3's client reports IllegalState closing a connection one of whose
     // links the server detached; the server's side is checked above.
     let _ = conn.close().await;
@@ -233,11 +230,10 @@ async fn links_to_another_device_are_refused() {
         "/devices/hub-amqp-2/modules/m/messages/events",
         "0ne00000000/registrations/hub-amqp-2",
     ] {
-        let result = telemetry_on(&mut session, address, address).await;
-        assert!(result.is_err(), "{address}: {result:?}");
+        assert_carries_nothing(&mut session, address, address, address).await;
     }
     // The device's own address, in the C# spelling.
-    let outcome = send_on(
+    let outcome = common::send_on(
         &mut session,
         "own",
         "amqps://localhost:5671/devices/HUB-AMQP-2/messages/events",
@@ -467,13 +463,8 @@ async fn hub_sessions_and_links_are_bounded() {
             .unwrap(),
         );
     }
-    let ninth = telemetry_on(
-        &mut session,
-        "events-9",
-        "/devices/hub-amqp-5/messages/events",
-    )
-    .await;
-    assert!(ninth.is_err(), "a ninth link carried a message: {ninth:?}");
+    let address = "/devices/hub-amqp-5/messages/events";
+    assert_carries_nothing(&mut session, "events-9", address, "a ninth link").await;
     // A link that was taken still carries telemetry.
     let outcome = held[0].send(telemetry_message("{}")).await.unwrap();
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
@@ -527,34 +518,26 @@ async fn a_standalone_hub_serves_x509_devices_over_amqp() {
     let without_cert = client_tls(&hub_ca, None);
     let mut conn = open_without_sasl(hub.listen, with_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
-    let outcome = telemetry_on(
+    assert_carries(
         &mut session,
         "events",
         "/devices/hub-x509-1/messages/events",
     )
-    .await
-    .unwrap();
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    .await;
     // A device with another certificate, and one the hub does not have.
     for (name, address) in [
         ("other", "/devices/hub-x509-2/messages/events"),
         ("nobody", "/devices/no-such-device/messages/events"),
     ] {
-        let refused = send_on(&mut session, name, address, telemetry_message("{}")).await;
-        assert!(refused.is_err(), "{address}: {refused:?}");
+        assert_carries_nothing(&mut session, name, address, address).await;
     }
     let _ = conn.close().await;
 
     // Without a certificate and without a token, no link is served.
     let mut conn = open_without_sasl(hub.listen, without_cert).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
-    let refused = telemetry_on(
-        &mut session,
-        "events",
-        "/devices/hub-x509-1/messages/events",
-    )
-    .await;
-    assert!(refused.is_err(), "{refused:?}");
+    let address = "/devices/hub-x509-1/messages/events";
+    assert_carries_nothing(&mut session, "events", address, "no certificate, no token").await;
 }
 
 /// A TLS client trusting `ca_pem`, presenting `device`'s certificate if any.

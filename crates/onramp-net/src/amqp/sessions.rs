@@ -156,9 +156,12 @@ pub struct AttachedLink {
     pub address: Option<String>,
 }
 
+/// fe2o3-amqp's link acceptor with its default source and target checks.
+type DefaultLinkAcceptor = LinkAcceptor<fn(Source) -> Option<Source>, fn(Target) -> Option<Target>>;
+
 /// Accepts a session's links, at most `max_links` of them.
 pub struct LinkGate {
-    acceptor: LinkAcceptor<fn(Source) -> Option<Source>, fn(Target) -> Option<Target>>,
+    acceptor: DefaultLinkAcceptor,
     attached: usize,
     max_links: usize,
     /// An Attach read before the session was handed over (by the router).

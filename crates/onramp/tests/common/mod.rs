@@ -572,10 +572,29 @@ pub async fn answer(req: reqwest::RequestBuilder) -> (u16, reqwest::header::Head
     )
 }
 
-/// Asserts that a command failed and that its standard error says `needle`.
-#[track_caller]
+/// Sends `message` on a fresh AMQP link `name` to `address`: the outcome,
+/// or why the link or the send failed (a refused link is detached right
+/// after its attach), within ten seconds.
+pub async fn send_on<T: fe2o3_amqp::types::messaging::SerializableBody>(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    address: &str,
+    message: fe2o3_amqp::types::messaging::Message<T>,
+) -> Result<fe2o3_amqp::types::messaging::Outcome, String> {
+    let attempt = async {
+        let mut sender = fe2o3_amqp::Sender::attach(session, name, address)
+            .await
+            .map_err(|e| e.to_string())?;
+        sender.send(message).await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .unwrap()
+}
+
 /// The standard output of a command that must have succeeded (its output
 /// and errors are the failure's message).
+#[track_caller]
 pub fn succeeded(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -586,6 +605,8 @@ pub fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
+/// Asserts that a command failed and that its standard error says `needle`.
+#[track_caller]
 pub fn assert_failed_saying(out: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the command succeeded: {stderr}");
