@@ -8,7 +8,9 @@ use std::sync::Arc;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+use rustls::server::ResolvesServerCert;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,15 @@ pub fn server_config(
     key_pem: &str,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(ServerCert::from_pem(chain_pem, key_pem)?, alpn)
+}
+
+/// As [`server_config`], presenting whatever certificate `cert` holds at
+/// each handshake (so it can be replaced while the server runs).
+pub fn server_config_with(
+    cert: Arc<ServerCert>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(AnyClientCertificate {
         algorithms: provider.signature_verification_algorithms,
@@ -114,9 +125,56 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// The server's certificate and key, replaceable while it serves: a new
+/// handshake gets the certificate of the moment, and connections already
+/// established keep the session they made.
+#[derive(Debug)]
+pub struct ServerCert(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl ServerCert {
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self(std::sync::RwLock::new(certified(
+            chain_pem, key_pem,
+        )?))))
+    }
+
+    /// Presents `chain_pem` and `key_pem` from the next handshake on; a
+    /// chain or key that does not parse, or do not match, changes nothing.
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let fresh = certified(chain_pem, key_pem)?;
+        match self.0.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        match self.0.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn certified(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certified = CertifiedKey::from_der(
+        certs_from_pem(chain_pem)?,
+        key_from_pem(key_pem)?,
+        &provider(),
+    )?;
+    Ok(Arc::new(certified))
 }
 
 /// A client configuration trusting the machine's roots plus `extra_roots_pem`

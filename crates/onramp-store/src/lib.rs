@@ -2,7 +2,8 @@
 //! sealing of secrets at rest.
 //!
 //! - [`seal`]: AES-256-GCM under a master key ring; the key ID is stored
-//!   beside each ciphertext so keys can rotate.
+//!   beside each ciphertext so keys can rotate; [`keyring`] keeps the keys
+//!   on disk, and [`reseal`] moves every sealed value to the active key.
 //! - [`migrations`]: numbered schema steps for every SQLite file Onramp keeps.
 //! - [`sqlite`]: the embedded default, one SQLite file in WAL mode, one writer
 //!   thread that commits in groups and a few reader threads.
@@ -15,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod keyring;
 pub mod migrations;
 pub mod postgres;
 mod record;
+pub mod reseal;
 pub mod seal;
 pub mod sqlite;
 

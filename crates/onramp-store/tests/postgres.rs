@@ -452,6 +452,85 @@ async fn a_node_with_other_master_keys_is_refused() {
     assert_eq!(store.policies("t1").await.unwrap().len(), 1);
 }
 
+/// `onramp keys rotate` on PostgreSQL: a node whose ring has a new active
+/// key re-seals every value (the master key check too) in batches while
+/// another node still writes under the old key; after a last pass nothing
+/// is under the old key, and a node holding only the new key opens the
+/// database and reads every secret.
+#[tokio::test]
+async fn every_secret_and_the_key_check_reseal_under_a_new_key() {
+    use onramp_store::reseal::{Page, Resealable};
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let old_node = node(&db).await;
+    given_service(&*old_node).await;
+    together(300, |i| {
+        let store = old_node.clone();
+        async move {
+            let e = keyed_enrollment(&format!("e-{i:03}"));
+            store.put("t1", e, Precondition::None, UtcTime::now()).await
+        }
+    })
+    .await
+    .into_iter()
+    .for_each(|r| {
+        r.unwrap();
+    });
+    let rotated = Arc::new(Sealer::new(&[9u8; 32], &[vec![7u8; 32]]).unwrap());
+    let new_node = PgStore::open(db.url(), rotated.clone(), PgOptions::default())
+        .await
+        .unwrap();
+    let (old_id, new_id) = (sealer().active_key_id(), rotated.active_key_id());
+
+    let reseal_all = || async {
+        for column in new_node.sealed_columns() {
+            let mut after = None;
+            loop {
+                let page = Page {
+                    column,
+                    after,
+                    limit: 64,
+                };
+                let batch = new_node.reseal_batch(page).await.unwrap();
+                match batch.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+    };
+    reseal_all().await;
+    // The old node writes on under its key; a second pass catches it.
+    old_node
+        .put(
+            "t1",
+            keyed_enrollment("late"),
+            Precondition::None,
+            UtcTime::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(new_node.key_counts().await.unwrap().get(&old_id), Some(&1));
+    reseal_all().await;
+    let counts = new_node.key_counts().await.unwrap();
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec![&new_id],
+        "{counts:?}"
+    );
+    // owner policy, 301 enrollments, the master key check
+    assert_eq!(counts[&new_id], 303, "{counts:?}");
+
+    let only_new = Arc::new(Sealer::new(&[9u8; 32], &[]).unwrap());
+    let fresh = PgStore::open(db.url(), only_new, PgOptions::default())
+        .await
+        .unwrap();
+    let e: IndividualEnrollment = fresh.get("t1", &IdKey::of("e-299")).await.unwrap().unwrap();
+    assert_eq!(e.attestation, keyed_enrollment("e-299").attestation);
+    assert_eq!(fresh.policies("t1").await.unwrap().len(), 1);
+}
+
 /// Connections the database drops (a restart, a failover) are answered
 /// `Unavailable` (a retryable 503), never a hang, and the pool makes new
 /// ones: the store serves again without a restart of its own.

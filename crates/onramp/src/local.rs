@@ -11,6 +11,7 @@ use onramp_core::ports::Store;
 use onramp_core::tenant::{AccessRights, OWNER_POLICY, ProvisioningService, SharedAccessPolicy};
 use onramp_model::{AllocationPolicy, IdScope, UtcTime};
 use onramp_store::postgres::{PgOptions, redact};
+use onramp_store::reseal::Resealable;
 use onramp_store::sqlite::{Durability, SqliteOptions};
 use onramp_store::{PgStore, Sealer, SqliteStore};
 use serde::{Deserialize, Serialize};
@@ -41,11 +42,22 @@ pub fn sealer_in(keys_dir: &std::path::Path) -> anyhow::Result<Arc<Sealer>> {
 /// file in the data directory. Every command that reads or writes the
 /// store opens it here, so each works on either.
 pub async fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_sealed(config, sealer).await?.0)
+}
+
+/// The deployment's store (as [`open_store`]) both as a `Store` and as the
+/// keeper of sealed values `onramp keys` re-seals.
+pub async fn open_sealed(
+    config: &Config,
+    sealer: Arc<Sealer>,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Resealable>)> {
     if let Some(url) = config.store_url() {
-        let store = PgStore::open(url, sealer, PgOptions::default())
-            .await
-            .with_context(|| format!("opening the PostgreSQL store {}", redact(url)))?;
-        return Ok(Arc::new(store));
+        let store = Arc::new(
+            PgStore::open(url, sealer, PgOptions::default())
+                .await
+                .with_context(|| format!("opening the PostgreSQL store {}", redact(url)))?,
+        );
+        return Ok((store.clone(), store));
     }
     let options = SqliteOptions {
         durability: if config.store.durability == "normal" {
@@ -55,9 +67,11 @@ pub async fn open_store(config: &Config, sealer: Arc<Sealer>) -> anyhow::Result<
         },
         ..SqliteOptions::default()
     };
-    let store = SqliteStore::open(&config.store_path(), sealer, options)
-        .with_context(|| format!("opening the store {}", config.store_path().display()))?;
-    Ok(Arc::new(store))
+    let store = Arc::new(
+        SqliteStore::open(&config.store_path(), sealer, options)
+            .with_context(|| format!("opening the store {}", config.store_path().display()))?,
+    );
+    Ok((store.clone(), store))
 }
 
 /// Opens the store of an existing deployment (for admin commands).

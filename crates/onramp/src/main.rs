@@ -11,12 +11,15 @@ mod demo;
 mod device;
 mod hub_cmd;
 mod limits_cmd;
+mod keys_cmd;
 mod local;
 mod logging;
+mod progress;
 mod serve;
 mod service_client;
 mod simulator;
 mod store_cmd;
+mod tls_reload;
 
 use clap::Parser;
 
@@ -67,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert { command } => cert::run(command).await,
         Command::Store { command } => store_cmd::run(command),
         Command::Limits { location, json } => limits_cmd::run(&location, json).await,
+        Command::Keys { command } => keys_cmd::run(command).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -16,6 +16,7 @@ use onramp_endpoints::{AppState, EndpointConfig};
 use onramp_hub::{CompanionHub, HubClient};
 use onramp_net::amqp::AmqpApp;
 use onramp_net::mqtt::MqttApp;
+use onramp_net::tls::ServerCert;
 use onramp_net::{Services, Shutdown};
 
 use crate::cli::ServeArgs;
@@ -24,6 +25,7 @@ use crate::local::{
     self, DataDirLock, Deployment, HubRecord, ServeState, authority, authority_with_default,
 };
 use crate::logging;
+use crate::tls_reload::{self, CertSource};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
@@ -147,12 +149,14 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         .transpose()?;
 
     let operator_tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(onramp_net::tls::server_config(
-            &std::fs::read_to_string(cert)
-                .with_context(|| format!("reading {}", cert.display()))?,
-            &std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?,
-            ALPN,
-        )?),
+        (Some(cert), Some(key)) => {
+            let source = CertSource::Operator {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let (chain, key) = source.read()?;
+            Some((ServerCert::from_pem(&chain, &key)?, source))
+        }
         _ => None,
     };
     let mut extra_trust = String::new();
@@ -188,8 +192,8 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     let store = local::open_store(config, sealer.clone()).await?;
 
     // TLS: the operator's certificate, or the development PKI.
-    let (server_tls, ca_path, ca_pem) = match operator_tls {
-        Some(tls) => (tls, None, None),
+    let (server_cert, cert_source, ca_path, ca_pem) = match operator_tls {
+        Some((cert, source)) => (cert, source, None, None),
         None => {
             let mut names = onramp_net::pki::default_host_names();
             if !names
@@ -201,12 +205,18 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
             let pki = onramp_net::pki::load_or_create(&config.tls_dir(), &names)
                 .context("development certificates")?;
             (
-                onramp_net::tls::server_config(&pki.server_chain_pem, &pki.server_key_pem, ALPN)?,
+                ServerCert::from_pem(&pki.server_chain_pem, &pki.server_key_pem)?,
+                CertSource::Development {
+                    dir: config.tls_dir(),
+                    names,
+                },
                 Some(pki.ca_cert_path),
                 Some(pki.ca_pem),
             )
         }
     };
+    let server_tls = onramp_net::tls::server_config_with(server_cert.clone(), ALPN)?;
+    tls_reload::spawn(server_cert, cert_source);
 
     // The provisioning service, created on first start.
     let (service, created_owner) = match store.service(&config.service.name).await? {

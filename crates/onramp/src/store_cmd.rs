@@ -230,14 +230,7 @@ async fn migrate_stores(from: &Path, to: &str) -> anyhow::Result<()> {
         }
     }
     let total: usize = expected.records.values().sum::<usize>() + services.len();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>16} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = crate::progress::bar(total as u64, "services");
 
     for service in &services {
         bar.set_message("services");

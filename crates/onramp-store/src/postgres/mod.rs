@@ -15,6 +15,7 @@
 //! database's disk before its call returns.
 
 mod db;
+mod keys;
 mod operations;
 mod records;
 mod registrations;

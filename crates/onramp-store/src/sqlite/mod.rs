@@ -10,6 +10,7 @@ pub(crate) mod certificates;
 pub(crate) mod challenges;
 mod db;
 pub(crate) mod enrollments;
+mod keys;
 mod migrations;
 pub(crate) mod operations;
 pub(crate) mod registrations;

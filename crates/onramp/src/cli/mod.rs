@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The master keys that seal secrets at rest: list, rotate, retire.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print a completion script for a shell, e.g. `onramp completions bash
     /// > /etc/bash_completion.d/onramp`.
     Completions {
@@ -145,6 +150,36 @@ pub struct ServiceApi {
     /// CA certificate (PEM) to trust. Default: the data directory's development CA.
     #[arg(long, env = "ONRAMP_CA")]
     pub ca: Option<PathBuf>,
+}
+
+/// `onramp keys`: the master key ring (`<data>/keys`, or `ONRAMP_MASTER_KEY`).
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// The master keys, which one seals, and how many secrets each seals.
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Add a new master key, make it the one that seals, and re-seal every
+    /// secret under it, in batches, while servers run. Run it again after an
+    /// interruption: it continues where it stopped.
+    Rotate {
+        #[command(flatten)]
+        location: Location,
+        /// Secrets re-sealed per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Milliseconds to rest between batches, leaving the database to the servers.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
+    /// Remove an old master key; refused while any secret is still sealed under it.
+    Retire {
+        #[command(flatten)]
+        location: Location,
+        /// The ID of the key to remove (as `onramp keys list` shows it).
+        id: String,
+    },
 }
 
 /// `onramp store`: copies of a deployment's data.

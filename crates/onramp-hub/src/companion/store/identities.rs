@@ -15,7 +15,7 @@ use super::{
 };
 
 impl HubStore {
-    fn aad(id_key: &str) -> String {
+    pub(super) fn aad(id_key: &str) -> String {
         format!("hub-device:{id_key}")
     }
 

@@ -7,6 +7,7 @@
 
 mod certificates;
 mod identities;
+mod keys;
 mod policies;
 mod telemetry;
 #[cfg(test)]
