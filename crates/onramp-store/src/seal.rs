@@ -187,7 +187,8 @@ impl Sealer {
     fn follow_folder(&self) {
         let Some(dir) = &self.dir else { return };
         {
-            let Ok(mut checked) = self.checked.lock() else {
+            // Whoever holds the lock is looking already.
+            let Ok(mut checked) = self.checked.try_lock() else {
                 return;
             };
             if checked.elapsed() < RELOAD_INTERVAL {

@@ -441,7 +441,7 @@ async fn a_node_with_other_master_keys_is_refused() {
     let err = PgStore::open(db.url(), stranger, PgOptions::default())
         .await
         .unwrap_err();
-    let expected = sealer().active_key_id().to_owned();
+    let expected = sealer().active_key_id();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert!(err.to_string().contains(&expected), "{err}");
     // A ring that rotated to a new key but keeps the old one still opens.
