@@ -352,17 +352,22 @@ async fn a_rotation_killed_half_way_leaves_every_secret_readable_and_continues()
     register_until_done(&server, "steady", &key).await.unwrap();
 }
 
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
 /// A TLS connection to the server's HTTPS port, and the certificate it was shown.
-async fn tls_connection(
+async fn tls_connection(server: &Server) -> (Tls, Vec<u8>) {
+    tls_connection_trusting(server, server.tls()).await
+}
+
+/// As [`tls_connection`], trusting what `client` trusts.
+async fn tls_connection_trusting(
     server: &Server,
-) -> (
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    Vec<u8>,
-) {
+    client: Arc<rustls::ClientConfig>,
+) -> (Tls, Vec<u8>) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
         .await
         .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(server.tls())
+    let tls = tokio_rustls::TlsConnector::from(client)
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
@@ -371,7 +376,7 @@ async fn tls_connection(
 }
 
 /// `GET /health` on a kept-alive connection; true once a 200 comes back.
-async fn healthy(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
+async fn healthy(tls: &mut Tls) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -453,4 +458,64 @@ async fn a_development_certificate_near_its_expiry_is_renewed_on_sighup_without_
         before.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         first.as_slice()
     );
+}
+
+#[tokio::test]
+async fn a_configured_certificate_is_read_again_on_sighup_without_dropping_connections() {
+    let temp = tempfile::tempdir().unwrap();
+    let names = onramp_net::pki::default_host_names();
+    let one = onramp_net::pki::load_or_create(&temp.path().join("one"), &names).unwrap();
+    let two = onramp_net::pki::load_or_create(&temp.path().join("two"), &names).unwrap();
+    let (cert, key) = (
+        temp.path().join("server.pem"),
+        temp.path().join("server.key"),
+    );
+    std::fs::write(&cert, &one.server_chain_pem).unwrap();
+    std::fs::write(&key, &one.server_key_pem).unwrap();
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n")).unwrap();
+    let server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let trust = format!("{}{}", one.ca_pem, two.ca_pem);
+    let client = Arc::new(onramp_net::tls::client_config(Some(&trust)).unwrap());
+    let connect = || tls_connection_trusting(&server, client.clone());
+    let leaf_of = |pem: &str| onramp_net::tls::certs_from_pem(pem).unwrap()[0].to_vec();
+    let (mut before, first) = connect().await;
+    assert_eq!(first, leaf_of(&one.server_chain_pem));
+    assert!(healthy(&mut before).await);
+
+    // A key that does not match the certificate is refused; the old one stays.
+    std::fs::write(&cert, &two.server_chain_pem).unwrap();
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup();
+    wait_for(Duration::from_secs(30), "the refusal logged", || {
+        server.stderr().contains("not reloaded").then_some(())
+    });
+    assert_eq!(connect().await.1, first);
+
+    // The operator's new pair, then SIGHUP: new handshakes see it.
+    std::fs::write(&key, &two.server_key_pem).unwrap();
+    hup();
+    let wanted = leaf_of(&two.server_chain_pem);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut fresh = loop {
+        let (tls, leaf) = connect().await;
+        if leaf == wanted {
+            break tls;
+        }
+        assert!(Instant::now() < deadline, "the new certificate within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(healthy(&mut fresh).await);
+    // The connection made before goes on.
+    assert!(healthy(&mut before).await);
 }
