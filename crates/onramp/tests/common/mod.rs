@@ -47,6 +47,8 @@ pub struct Server {
     child: Option<Child>,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// What lives as long as the server (a test database, say).
+    _kept: Vec<Box<dyn std::any::Any + Send + Sync>>,
     pub state: Value,
     pub ca_pem: String,
     pub stdout_path: PathBuf,
@@ -126,6 +128,7 @@ impl Server {
             child: Some(child),
             data_dir: data_dir.to_owned(),
             _temp: None,
+            _kept: Vec::new(),
             state: Value::Null,
             ca_pem: String::new(),
             stdout_path,
@@ -158,6 +161,23 @@ impl Server {
     /// Keeps a temporary directory alive as long as the server.
     pub fn keep(&mut self, temp: tempfile::TempDir) {
         self._temp = Some(temp);
+    }
+
+    /// Keeps `thing` (a test database, say) alive as long as the server;
+    /// it goes after the server process.
+    pub fn keep_alive(&mut self, thing: impl std::any::Any + Send + Sync) {
+        self._kept.push(Box::new(thing));
+    }
+
+    /// An `onramp` command on this server's data directory and store (the
+    /// PostgreSQL one through `ONRAMP_STORE_URL`).
+    fn command(&self) -> Command {
+        let mut c = onramp();
+        c.env_remove("ONRAMP_CONFIG");
+        if let Some(url) = &self.store_url {
+            c.env("ONRAMP_STORE_URL", url);
+        }
+        c
     }
 
     pub fn pid(&self) -> u32 {
@@ -362,15 +382,7 @@ impl Server {
     }
 
     pub async fn owner_connection_string(&self) -> String {
-        let store = self.any_store().await;
-        let p = store
-            .policies("default")
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|p| p.name == "provisioningserviceowner")
-            .unwrap();
-        p.connection_string(&self.endpoint())
+        self.connection_string_of("default").await
     }
 
     pub async fn embedded_hub(&self) -> LinkedHub {
@@ -686,7 +698,8 @@ impl Server {
         key: &str,
         extra: &[&str],
     ) -> (bool, Value, String) {
-        let out = onramp()
+        let out = self
+            .command()
             .args([
                 "device",
                 "provision",
@@ -698,7 +711,6 @@ impl Server {
             .args(extra)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .env_remove("ONRAMP_CONFIG")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -746,11 +758,10 @@ impl Server {
 
     /// An `onramp` admin command on this server's data directory.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        onramp()
+        self.command()
             .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .env_remove("ONRAMP_CONFIG")
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -786,7 +797,8 @@ impl Server {
 
     /// The service API with the owner policy of provisioning service `service`.
     pub async fn connection_string_of(&self, service: &str) -> String {
-        self.store()
+        self.any_store()
+            .await
             .policies(service)
             .await
             .unwrap()
