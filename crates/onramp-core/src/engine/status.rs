@@ -59,19 +59,19 @@ impl Engine {
         {
             return Err(not_found());
         }
+        // An operation newer than the record's ended without one (its write
+        // failed, or the process stopped): answering the older record would
+        // tell the device a stale hub.
+        let answers = |r: &RegistrationRecord| {
+            r.operation_id == operation_id
+                || operation_started(&r.operation_id).is_none_or(|recorded| recorded >= started)
+        };
         let record = self
             .store
             .get::<RegistrationRecord>(&service.name, &key)
             .await?;
-        // An operation newer than the record's ended without one (its write
-        // failed, or the process stopped): answering the older record would
-        // tell the device a stale hub.
-        let answers = record.as_ref().is_some_and(|r| {
-            r.operation_id == operation_id
-                || operation_started(&r.operation_id).is_none_or(|recorded| recorded >= started)
-        });
         let record = match record {
-            Some(r) if answers => r,
+            Some(r) if answers(&r) => r,
             stale => {
                 // Not recorded yet: it may still run on another node, which
                 // vouches for it until its lease ends.
@@ -89,17 +89,26 @@ impl Engine {
                         )),
                     });
                 }
-                if stale.is_none() {
-                    return Err(not_found());
+                // The node may have finished between the two reads: its
+                // record replaces its running operation in one write.
+                let now_recorded = self
+                    .store
+                    .get::<RegistrationRecord>(&service.name, &key)
+                    .await?;
+                match now_recorded.filter(|r| answers(r)) {
+                    Some(r) => r,
+                    None if stale.is_none() => return Err(not_found()),
+                    None => {
+                        return Err(ProvisioningError::new(
+                            ErrorCode::OperationNotFound,
+                            format!(
+                                "operation '{}' of registration '{registration_id}' ended without a result; \
+                                 register again",
+                                operation_id
+                            ),
+                        ));
+                    }
                 }
-                return Err(ProvisioningError::new(
-                    ErrorCode::OperationNotFound,
-                    format!(
-                        "operation '{}' of registration '{registration_id}' ended without a result; \
-                         register again",
-                        operation_id
-                    ),
-                ));
             }
         };
         // Any earlier operation of this device answers with its current
