@@ -15,6 +15,19 @@ use crate::events::AttestationStep;
 use crate::ports::{RegistrationRecord, StoreExt};
 use crate::tenant::ProvisioningService;
 
+/// The answer to a poll of an operation still running (here or on another
+/// node).
+fn assigning(operation_id: String, registration_id: String) -> RegistrationOperationStatus {
+    RegistrationOperationStatus {
+        operation_id,
+        status: RegistrationStatus::Assigning,
+        registration_state: Some(DeviceRegistrationState::new(
+            registration_id,
+            RegistrationStatus::Assigning,
+        )),
+    }
+}
+
 impl Engine {
     /// Answers a poll: `assigning` while the work runs, then the recorded result.
     pub async fn operation_status(
@@ -33,14 +46,7 @@ impl Engine {
             .filter(|f| f.service == service.name && f.registration_key == key)
             .cloned();
         if let Some(op) = running {
-            return Ok(RegistrationOperationStatus {
-                operation_id,
-                status: RegistrationStatus::Assigning,
-                registration_state: Some(DeviceRegistrationState::new(
-                    op.registration_id,
-                    RegistrationStatus::Assigning,
-                )),
-            });
+            return Ok(assigning(operation_id, op.registration_id));
         }
         let not_found = || {
             ProvisioningError::new(
@@ -80,14 +86,7 @@ impl Engine {
                     && op.operation_id == operation_id
                     && op.lease_until > now
                 {
-                    return Ok(RegistrationOperationStatus {
-                        operation_id,
-                        status: RegistrationStatus::Assigning,
-                        registration_state: Some(DeviceRegistrationState::new(
-                            op.registration_id,
-                            RegistrationStatus::Assigning,
-                        )),
-                    });
+                    return Ok(assigning(operation_id, op.registration_id));
                 }
                 // The node may have finished between the two reads: its
                 // record replaces its running operation in one write.
