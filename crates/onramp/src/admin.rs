@@ -12,8 +12,13 @@ use onramp_model::{AllocationPolicy, CustomAllocationDefinition};
 use crate::cli::{LinkedHubCommand, NewPolicy, PolicyCommand, ServiceCommand, ServiceScope};
 use crate::config::Config;
 use crate::local::{self, Deployment};
+use crate::output::{Format, Output};
+use views::{LinkedHubRow, LinkedHubView, PolicyView, ServiceRow, ServiceView};
 
-pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
+mod views;
+
+pub async fn service(command: ServiceCommand, output: Output) -> anyhow::Result<()> {
+    let format = output.or(Format::Table);
     match command {
         ServiceCommand::Show {
             location,
@@ -29,33 +34,17 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
                 )
             })?;
             let endpoint = endpoint(&config);
-            println!("Provisioning service  {}", service.name);
-            println!("ID scope              {}", service.id_scope);
-            println!("Global device endpoint {endpoint}");
-            println!("Allocation policy     {}", service.allocation_policy);
-            if let Some(d) = &service.custom_allocation {
-                println!(
-                    "Default webhook       {} (api-version {})",
-                    d.webhook_url.split('?').next().unwrap_or_default(),
-                    d.api_version
-                );
-            }
-            for p in store.policies(&name).await? {
-                println!("Policy {:<24} rights: {}", p.name, p.rights);
-                if keys {
-                    println!("  connection string   {}", p.connection_string(&endpoint));
-                }
-            }
+            let policies = store.policies(&name).await?;
             let hubs = store.linked_hubs(&name).await?;
-            println!(
-                "Linked hubs           {}",
-                hubs.iter()
-                    .map(|h| h.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            format.one(&ServiceView::new(
+                &service,
+                &endpoint,
+                &policies,
+                &hubs,
+                keys.then_some(endpoint.as_str()),
+            ))?;
             if !keys {
-                println!(
+                eprintln!(
                     "Add --keys to show the connection strings (they hold the policies' keys)."
                 );
             }
@@ -64,18 +53,12 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::List { location } => {
             let config = Config::load(&location)?;
             let store = local::open_existing(&config).await?;
-            println!(
-                "{:<24} {:<14} {:<10} LINKED HUBS",
-                "NAME", "ID SCOPE", "POLICY"
-            );
+            let mut rows = Vec::new();
             for s in store.services().await? {
-                let hubs = store.linked_hubs(&s.name).await?.len();
-                println!(
-                    "{:<24} {:<14} {:<10} {hubs}",
-                    s.name, s.id_scope, s.allocation_policy
-                );
+                let linked_hubs = store.linked_hubs(&s.name).await?.len();
+                rows.push(ServiceRow::new(&s, linked_hubs));
             }
-            Ok(())
+            format.list(&rows)
         }
         ServiceCommand::Create {
             location,
@@ -184,32 +167,22 @@ pub async fn service(command: ServiceCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn policy(command: PolicyCommand, output: Output) -> anyhow::Result<()> {
+    let format = output.or(Format::Table);
     match command {
         PolicyCommand::List { scope } => {
             let (_, store, service) = open(scope).await?;
-            println!("{:<24} RIGHTS", "NAME");
-            for p in store.policies(&service).await? {
-                println!("{:<24} {}", p.name, p.rights);
-            }
-            Ok(())
+            let policies = store.policies(&service).await?;
+            let rows: Vec<PolicyView> = policies.iter().map(|p| PolicyView::new(p, None)).collect();
+            format.list(&rows)
         }
         PolicyCommand::Show { scope, name, keys } => {
             let (config, store, service) = open(scope).await?;
             let policy = existing_policy(&*store, &service, &name).await?;
-            println!("Policy    {}", policy.name);
-            println!("Service   {service}");
-            println!("Rights    {}", policy.rights);
-            if keys {
-                let endpoint = endpoint(&config);
-                let secondary = SharedAccessPolicy {
-                    primary_key: policy.secondary_key.clone(),
-                    ..policy.clone()
-                };
-                println!("Primary   {}", policy.connection_string(&endpoint));
-                println!("Secondary {}", secondary.connection_string(&endpoint));
-            } else {
-                println!("Add --keys to show the connection strings (they hold the keys).");
+            let endpoint = endpoint(&config);
+            format.one(&PolicyView::new(&policy, keys.then_some(endpoint.as_str())))?;
+            if !keys {
+                eprintln!("Add --keys to show the connection strings (they hold the keys).");
             }
             Ok(())
         }
@@ -314,7 +287,7 @@ async fn existing_policy(
         })
 }
 
-pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
+pub async fn linked_hub(command: LinkedHubCommand, output: Output) -> anyhow::Result<()> {
     match command {
         LinkedHubCommand::Add {
             scope,
@@ -346,47 +319,18 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
         LinkedHubCommand::List { scope } => {
             let (_, store, service) = open(scope).await?;
             let latencies = store.hub_latencies().await?;
-            println!(
-                "{:<36} {:<12} {:>6} {:<9} {:<9} {:>8}  LATENCY (node: smoothed round trip)",
-                "NAME", "REGION", "WEIGHT", "ALLOCATE", "KIND", "DEVICES"
-            );
+            let mut hubs = Vec::new();
             for h in store.linked_hubs(&service).await? {
                 let devices = store.count_devices_on_hub(&service, &h.name).await?;
-                let measured: Vec<String> = latencies
-                    .iter()
-                    .filter(|l| h.is_named(&l.hub))
-                    .map(|l| match (l.latency_ms, &l.error) {
-                        (Some(ms), _) => format!("{}: {ms:.1} ms", l.node),
-                        (None, Some(e)) => format!("{}: down ({e})", l.node),
-                        (None, None) => format!("{}: not measured", l.node),
-                    })
-                    .collect();
-                println!(
-                    "{:<36} {:<12} {:>6} {:<9} {:<9} {:>8}  {}",
-                    h.name,
-                    h.location,
-                    h.allocation_weight,
-                    if h.apply_allocation_policy {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    if h.embedded {
-                        "embedded"
-                    } else if h.companion {
-                        "companion"
-                    } else {
-                        "linked"
-                    },
-                    devices,
-                    if measured.is_empty() {
-                        "not measured yet".to_owned()
-                    } else {
-                        measured.join(", ")
-                    }
-                );
+                hubs.push(LinkedHubView::new(&h, devices, &latencies));
             }
-            Ok(())
+            match output.or(Format::Table) {
+                Format::Table => {
+                    let rows: Vec<LinkedHubRow> = hubs.iter().map(LinkedHubRow::from).collect();
+                    Format::Table.list(&rows)
+                }
+                format => format.list(&hubs),
+            }
         }
         LinkedHubCommand::Show { scope, name } => {
             let (_, store, service) = open(scope).await?;
@@ -399,31 +343,10 @@ pub async fn linked_hub(command: LinkedHubCommand) -> anyhow::Result<()> {
                     anyhow::anyhow!("no linked hub '{name}' in '{service}'; list them with onramp linked-hub list")
                 })?;
             let devices = store.count_devices_on_hub(&service, &hub.name).await?;
-            let latency: Vec<serde_json::Value> = store
-                .hub_latencies()
-                .await?
-                .into_iter()
-                .filter(|l| hub.is_named(&l.hub))
-                .map(|l| {
-                    serde_json::json!({
-                        "node": l.node,
-                        "latencyMs": l.latency_ms,
-                        "error": l.error,
-                        "measured": l.measured,
-                    })
-                })
-                .collect();
-            let shown = serde_json::json!({
-                "name": hub.name,
-                "region": hub.location,
-                "allocationWeight": hub.allocation_weight,
-                "applyAllocationPolicy": hub.apply_allocation_policy,
-                "kind": if hub.embedded { "embedded" } else if hub.companion { "companion" } else { "linked" },
-                "devices": devices,
-                "latency": latency,
-            });
-            println!("{}", serde_json::to_string_pretty(&shown)?);
-            Ok(())
+            let latencies = store.hub_latencies().await?;
+            output
+                .or(Format::Json)
+                .one(&LinkedHubView::new(&hub, devices, &latencies))
         }
         LinkedHubCommand::Update {
             scope,

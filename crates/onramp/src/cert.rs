@@ -10,9 +10,21 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::cli::{CertCommand, NewCertificate};
-use crate::service_client::{Api, enc, print};
+use crate::output::{Column, Format, Output};
+use crate::service_client::{Api, enc};
 
-pub async fn run(command: CertCommand) -> anyhow::Result<()> {
+/// What `--output table` shows of CA certificates.
+const CERTIFICATE_COLUMNS: &[Column] = &[
+    ("NAME", "/name"),
+    ("SUBJECT", "/properties/subject"),
+    ("VERIFIED", "/properties/isVerified"),
+    ("EXPIRES", "/properties/expiry"),
+    ("THUMBPRINT", "/properties/thumbprint"),
+];
+
+pub async fn run(command: CertCommand, output: Output) -> anyhow::Result<()> {
+    let format = output.or(Format::Json);
+    let print = |value: &serde_json::Value| format.one(value);
     match command {
         CertCommand::Upload {
             api,
@@ -58,7 +70,9 @@ pub async fn run(command: CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::List { api } => {
             let api = Api::open(&api).await?;
-            print(&api.call(Method::GET, "certificates", None).await?)
+            let list = api.call(Method::GET, "certificates", None).await?;
+            let certificates = list["value"].as_array().cloned().unwrap_or_default();
+            format.records(&certificates, CERTIFICATE_COLUMNS)
         }
         CertCommand::Show { api, name } => {
             let api = Api::open(&api).await?;

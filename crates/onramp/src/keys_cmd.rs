@@ -23,27 +23,47 @@ use onramp_store::{Sealer, keyring, seal};
 use crate::cli::KeysCommand;
 use crate::config::Config;
 use crate::local;
+use crate::output::{Format, Output};
 
 /// Passes over the stores before a rotation gives up on values that keep
 /// arriving under an older key.
 const MAX_PASSES: usize = 10;
 
-pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
+/// A master key as `onramp keys list` shows it.
+#[derive(serde::Serialize)]
+struct KeyRow {
+    key: String,
+    secrets: u64,
+    status: &'static str,
+}
+
+pub async fn run(command: KeysCommand, output: Output) -> anyhow::Result<()> {
     match command {
         KeysCommand::List { location } => {
             let keys = Keys::open(&Config::load(&location)?).await?;
             let counts = keys.counts().await?;
             let active = keys.sealer.active_key_id();
-            println!("{:<18} {:>10}  status", "key", "secrets");
-            for id in keys.sealer.key_ids() {
-                let status = if id == active { "active" } else { "" };
-                let n = counts.get(&id).copied().unwrap_or(0);
-                println!("{id:<18} {n:>10}  {status}");
-            }
-            for (id, n) in counts.iter().filter(|(id, _)| !keys.has(id)) {
-                println!("{id:<18} {n:>10}  missing from the key ring");
-            }
-            Ok(())
+            let mut rows: Vec<KeyRow> = keys
+                .sealer
+                .key_ids()
+                .into_iter()
+                .map(|id| KeyRow {
+                    secrets: counts.get(&id).copied().unwrap_or(0),
+                    status: if id == active { "active" } else { "" },
+                    key: id,
+                })
+                .collect();
+            rows.extend(
+                counts
+                    .iter()
+                    .filter(|(id, _)| !keys.has(id))
+                    .map(|(id, n)| KeyRow {
+                        key: id.clone(),
+                        secrets: *n,
+                        status: "missing from the key ring",
+                    }),
+            );
+            output.or(Format::Table).list(&rows)
         }
         KeysCommand::Rotate {
             location,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::cli::Location;
 use crate::config::Config;
 use crate::local::ServeState;
+use crate::output::{Format, Output};
 
 /// One limit: its setting, its value, and what the running server says of it.
 #[derive(Debug, Serialize)]
@@ -143,7 +144,7 @@ async fn scrape(config: &Config) -> Result<String, String> {
     answer.text().await.map_err(|e| format!("{url}: {e}"))
 }
 
-pub async fn run(location: &Location, json: bool) -> anyhow::Result<()> {
+pub async fn run(location: &Location, output: Output) -> anyhow::Result<()> {
     let config = Config::load(location)?;
     let scraped = scrape(&config).await;
     let rows: Vec<Row> = rows(&config)
@@ -162,9 +163,9 @@ pub async fn run(location: &Location, json: bool) -> anyhow::Result<()> {
             }
         })
         .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+    match output.or(Format::Table) {
+        Format::Table => {}
+        format => return format.list(&rows),
     }
     println!(
         "{:<44} {:>8}  {:>8}  {:>9}  unit",

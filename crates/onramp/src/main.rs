@@ -14,6 +14,7 @@ mod keys_cmd;
 mod limits_cmd;
 mod local;
 mod logging;
+mod output;
 mod progress;
 mod serve;
 mod service_client;
@@ -55,42 +56,35 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = output::Output(cli.output);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Hub { command } => hub_cmd::run(command).await,
-        Command::Service { command } => admin::service(command).await,
-        Command::LinkedHub { command } => admin::linked_hub(command).await,
-        Command::Policy { command } => admin::policy(command).await,
-        Command::Enrollment { command } => service_client::enrollment(command).await,
-        Command::Group { command } => service_client::group(command).await,
-        Command::Registration { command } => service_client::registration(command).await,
+        Command::Service { command } => admin::service(command, output).await,
+        Command::LinkedHub { command } => admin::linked_hub(command, output).await,
+        Command::Policy { command } => admin::policy(command, output).await,
+        Command::Enrollment { command } => service_client::enrollment(command, output).await,
+        Command::Group { command } => service_client::group(command, output).await,
+        Command::Registration { command } => service_client::registration(command, output).await,
         Command::Device { command } => device::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Cert { command } => cert::run(command).await,
+        Command::Cert { command } => cert::run(command, output).await,
         Command::Store { command } => store_cmd::run(command),
-        Command::Limits { location, json } => limits_cmd::run(&location, json).await,
-        Command::Keys { command } => keys_cmd::run(command).await,
+        Command::Limits { location, json } => {
+            limits_cmd::run(&location, output.or_json(json)).await
+        }
+        Command::Keys { command } => keys_cmd::run(command, output).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cli, "onramp", &mut script);
-            print_all(&script)
+            output::write_stdout(&script)
         }
         Command::Man => {
             let mut page = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
-            print_all(&page)
+            output::write_stdout(&page)
         }
-    }
-}
-
-/// Writes generated text to stdout; a reader that stops early (`| head`) is
-/// not an error.
-fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
     }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{Server, onramp, unix_now};
@@ -1537,13 +1536,19 @@ async fn policies_are_created_rotated_and_deleted_from_the_cli() {
     assert!(!out.status.success());
 
     // Both keys work; a new primary retires the old one and leaves the secondary.
-    let shown = server.cli_ok(&["policy", "show", "reader", "--keys"]);
-    let secondary_cs = shown
-        .lines()
-        .find_map(|l| l.strip_prefix("Secondary "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let shown = server.cli_json(&["policy", "show", "reader", "--keys", "-o", "json"]);
+    assert_eq!(shown["rights"], "EnrollmentRead", "{shown}");
+    assert_eq!(shown["primaryConnectionString"], reader_cs.as_str());
+    let secondary_cs = common::text(&shown["secondaryConnectionString"]);
+    // Without --keys, no connection string; the table says what it shows.
+    let table = server.cli_ok(&["policy", "show", "reader"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("rights") && l.ends_with("EnrollmentRead")),
+        "{table}"
+    );
+    assert!(!table.contains("SharedAccessKey="), "{table}");
     assert!(
         as_reader(&secondary_cs, &["enrollment", "list"])
             .status
@@ -1628,77 +1633,4 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
     assert_eq!(cert["properties"]["isVerified"], false);
     let out = server.cli(&["cert", "show", "no-such-cert"]);
     common::assert_failed_saying(&out, "404");
-}
-
-#[tokio::test]
-async fn enrollments_export_and_import_as_json_lines_resumably() {
-    let server = Server::start("127.0.0.1:0");
-    let twin = r#"{"tags":{"line":"7"}}"#;
-    let mut keys = BTreeMap::new();
-    for id in ["exp-1", "exp-2", "exp-3"] {
-        let created = server.cli_json(&["enrollment", "create", id, "--initial-twin", twin]);
-        keys.insert(
-            id,
-            common::text(&created["attestation"]["symmetricKey"]["primaryKey"]),
-        );
-    }
-    let temp = tempfile::tempdir().unwrap();
-    let file = temp.path().join("enrollments.jsonl");
-    server.cli_ok(&[
-        "enrollment",
-        "export",
-        "--keys",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
-    let exported = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(exported.lines().count(), 3, "{exported}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "exported keys are the owner's alone");
-    }
-
-    // One is lost; importing again brings it back, with its key and twin,
-    // and skips the two that exist (an interrupted import just runs again).
-    server.cli_ok(&["enrollment", "delete", "exp-2"]);
-    let out = server.cli(&[
-        "enrollment",
-        "import",
-        file.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--quiet",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("imported 1 enrollments, skipped 2 that exist, rejected 0"),
-        "{stderr}"
-    );
-    let back = server.cli_json(&["enrollment", "show", "exp-2", "--keys"]);
-    assert_eq!(
-        back["attestation"]["symmetricKey"]["primaryKey"],
-        keys["exp-2"].as_str()
-    );
-    assert_eq!(back["initialTwin"]["tags"]["line"], "7");
-
-    // Lines that are not records, or records the service refuses, are
-    // reported, with the line or the ID and the reason.
-    let bad = temp.path().join("bad.jsonl");
-    std::fs::write(
-        &bad,
-        "not json\n{\"deviceId\":\"x\"}\n{\"registrationId\":\"bad id!\",\"attestation\":{\"type\":\"symmetricKey\"}}\n{\"registrationId\":\"exp-4\",\"attestation\":{\"type\":\"symmetricKey\"}}\n",
-    )
-    .unwrap();
-    let out = server.cli(&["enrollment", "import", bad.to_str().unwrap(), "--quiet"]);
-    assert!(!out.status.success());
-    let report = std::fs::read_to_string(temp.path().join("bad.rejected.jsonl")).unwrap();
-    assert_eq!(report.lines().count(), 3, "{report}");
-    assert!(report.contains("bad id!"), "{report}");
-    assert_eq!(
-        server.cli_json(&["enrollment", "show", "exp-4"])["registrationId"],
-        "exp-4"
-    );
 }

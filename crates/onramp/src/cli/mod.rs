@@ -23,6 +23,11 @@ pub use service::*;
     about = "Zero-touch IoT device provisioning, compatible with Azure IoT Hub DPS"
 )]
 pub struct Cli {
+    /// How to print records: table, json or yaml (each command has its
+    /// default: JSON for the service API's records, a table for lists of the
+    /// deployment's).
+    #[arg(long, short = 'o', global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<crate::output::Format>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,7 +91,7 @@ pub enum Command {
     Limits {
         #[command(flatten)]
         location: Location,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (the same as --output json).
         #[arg(long)]
         json: bool,
     },

@@ -71,6 +71,7 @@ pub enum ServiceCommand {
 #[derive(Subcommand, Debug)]
 pub enum LinkedHubCommand {
     /// Link a hub given its connection string (a policy with registry write rights).
+    #[command(visible_alias = "create")]
     Add {
         #[command(flatten)]
         scope: ServiceScope,
@@ -123,6 +124,7 @@ pub enum LinkedHubCommand {
         allocation: Option<String>,
     },
     /// Unlink a hub. Devices on it stay there until they register again.
+    #[command(visible_alias = "delete")]
     Remove {
         #[command(flatten)]
         scope: ServiceScope,
@@ -289,32 +291,63 @@ pub enum RecordCommand {
         /// The registration ID (individual enrollment) or the group ID.
         id: String,
     },
-    /// Write them all as JSON Lines (one record a line), for `import`.
+    /// Write them all to a file, for `import`: JSON Lines (one record a
+    /// line) or CSV (a column per member, nested members as JSON).
     Export {
         #[command(flatten)]
         api: ServiceApi,
         /// The file to write (default: standard output).
         #[arg(long)]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        format: FileFormatArg,
         /// Include the symmetric keys (one more call per record).
         #[arg(long)]
         keys: bool,
-    },
-    /// Create them from a JSON Lines file (one record a line), in bulk calls.
-    /// IDs that exist are skipped, so an interrupted import runs again to its
-    /// end; refused lines go to FILE.rejected.jsonl with the reason.
-    Import {
-        #[command(flatten)]
-        api: ServiceApi,
-        /// The JSON Lines file to read.
-        file: PathBuf,
-        /// Records per bulk call.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        batch: u32,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
     },
+    /// Create them from a JSON Lines or CSV file (as `export` writes them),
+    /// in bulk calls. IDs that exist are skipped, so an interrupted import
+    /// runs again to its end; refused rows are reported (line, ID, the
+    /// service's error) in FILE.rejected.jsonl or --report.
+    Import {
+        #[command(flatten)]
+        api: ServiceApi,
+        /// The file to read.
+        file: PathBuf,
+        #[command(flatten)]
+        format: FileFormatArg,
+        /// Records per bulk call.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+        /// Where to write the report of refused rows (default: FILE.rejected.jsonl).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+/// The format of an import or export file.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct FileFormatArg {
+    /// The file's format: jsonl or csv (default: csv for a FILE ending in
+    /// .csv, else jsonl).
+    #[arg(long, value_enum)]
+    pub format: Option<RecordFile>,
+}
+
+/// The file formats of `import` and `export`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFile {
+    /// JSON Lines: one record a line, as the service API writes it.
+    Jsonl,
+    /// CSV with a header row: a column per member; nested members (the
+    /// attestation, the initial twin, …) as JSON.
+    Csv,
 }
 
 /// `onramp group`: what `onramp enrollment` does, and the key a group gives

@@ -21,12 +21,18 @@ const SERVICE_API_VERSION: &str = "2021-10-01";
 #[derive(Debug)]
 pub(super) struct ApiError {
     pub(super) status: u16,
-    detail: String,
+    /// The Azure error code, when the body was an Azure error.
+    pub(super) code: Option<u32>,
+    /// The error's message, or the body as it came.
+    pub(super) message: String,
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {}{}", self.status, self.detail)
+        match self.code {
+            Some(code) => write!(f, "HTTP {} {code}: {}", self.status, self.message),
+            None => write!(f, "HTTP {}: {}", self.status, self.message),
+        }
     }
 }
 
@@ -138,13 +144,14 @@ impl Api {
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
-            let detail = match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(err) => format!(" {}: {}", err.error_code, err.message),
-                Err(_) => format!(": {text}"),
+            let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(err) => (Some(err.error_code), err.message),
+                Err(_) => (None, text),
             };
             return Err(ApiError {
                 status: status.as_u16(),
-                detail,
+                code,
+                message,
             }
             .into());
         }

@@ -4,22 +4,29 @@
 mod api;
 mod records;
 mod spec;
+mod transfer;
 
 use anyhow::{Context, bail};
 use onramp_core::sas;
 use onramp_model::EnrollmentKind;
 use reqwest::Method;
-use serde_json::Value;
 
 pub(crate) use api::Api;
 use records::Records;
 
 use crate::cli::{EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi};
+use crate::output::{Column, Format, Output};
 
-pub(crate) fn print(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
+/// What `--output table` shows of registration records.
+const REGISTRATION_COLUMNS: &[Column] = &[
+    ("REGISTRATION ID", "/registrationId"),
+    ("STATUS", "/status"),
+    ("SUBSTATUS", "/substatus"),
+    ("HUB", "/assignedHub"),
+    ("DEVICE ID", "/deviceId"),
+    ("UPDATED", "/lastUpdatedDateTimeUtc"),
+    ("ERROR", "/errorMessage"),
+];
 
 pub(crate) fn enc(id: &str) -> String {
     sas::encode(id)
@@ -37,13 +44,19 @@ pub async fn create_bench_group(api: &ServiceApi, group_id: &str) -> anyhow::Res
         .ok_or_else(|| anyhow::anyhow!("the service returned no group key"))
 }
 
-pub async fn enrollment(command: RecordCommand) -> anyhow::Result<()> {
-    Records(EnrollmentKind::Individual).run(command).await
+pub async fn enrollment(command: RecordCommand, output: Output) -> anyhow::Result<()> {
+    Records(EnrollmentKind::Individual)
+        .run(command, output.or(Format::Json))
+        .await
 }
 
-pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
+pub async fn group(command: GroupCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        GroupCommand::Record(command) => Records(EnrollmentKind::Group).run(command).await,
+        GroupCommand::Record(command) => {
+            Records(EnrollmentKind::Group)
+                .run(command, output.or(Format::Json))
+                .await
+        }
         GroupCommand::ComputeDeviceKey {
             api,
             registration_id,
@@ -76,7 +89,8 @@ pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn registration(command: RegistrationCommand) -> anyhow::Result<()> {
+pub async fn registration(command: RegistrationCommand, output: Output) -> anyhow::Result<()> {
+    let format = output.or(Format::Json);
     let item = |id: &str| format!("registrations/{}", enc(id));
     match command {
         RegistrationCommand::Show {
@@ -84,12 +98,12 @@ pub async fn registration(command: RegistrationCommand) -> anyhow::Result<()> {
             registration_id,
         } => {
             let api = Api::open(&api).await?;
-            print(&api.call(Method::GET, &item(&registration_id), None).await?)
+            format.one(&api.call(Method::GET, &item(&registration_id), None).await?)
         }
         RegistrationCommand::List { api, group_id } => {
             let api = Api::open(&api).await?;
             let query = format!("{}/query", item(&group_id));
-            print(&Value::Array(api.query_all(&query).await?))
+            format.records(&api.query_all(&query).await?, REGISTRATION_COLUMNS)
         }
         RegistrationCommand::Delete {
             api,

@@ -1,17 +1,27 @@
 //! `onramp enrollment …` and `onramp group …`: one path for the two
 //! resources, which sit at parallel paths of the service API.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
-use onramp_model::{EnrollmentKind, ErrorCode, ProvisioningStatus};
+use onramp_model::{EnrollmentKind, ProvisioningStatus};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::api::{Api, ApiError};
+use super::enc;
 use super::spec::{allocation_policy, attestation, initial_twin, settings, tpm_key};
-use super::{enc, print};
+use super::transfer::Transfer;
 use crate::cli::{EnrollmentChanges, EnrollmentSpec, RecordCommand};
+use crate::output::{Column, Format};
+
+/// What `--output table` shows of enrollments and groups after their IDs.
+const SHARED_COLUMNS: &[Column] = &[
+    ("ATTESTATION", "/attestation/type"),
+    ("STATUS", "/provisioningStatus"),
+    ("ALLOCATION", "/allocationPolicy"),
+    ("HUBS", "/iotHubs"),
+    ("ETAG", "/etag"),
+    ("UPDATED", "/lastUpdatedDateTimeUtc"),
+];
 
 /// Individual enrollments and enrollment groups sit at parallel paths of the
 /// service API and are written, shown, listed and deleted the same way.
@@ -19,7 +29,7 @@ use crate::cli::{EnrollmentChanges, EnrollmentSpec, RecordCommand};
 pub(super) struct Records(pub(super) EnrollmentKind);
 
 impl Records {
-    fn path(self) -> &'static str {
+    pub(super) fn path(self) -> &'static str {
         self.0.collection()
     }
 
@@ -123,109 +133,26 @@ impl Records {
             .await
     }
 
-    async fn show(self, api: &Api, id: &str, keys: bool) -> anyhow::Result<()> {
+    async fn show(self, api: &Api, id: &str, keys: bool, format: Format) -> anyhow::Result<()> {
         let mut doc = api.call(Method::GET, &self.item(id), None).await?;
         if keys {
             let path = format!("{}/attestationmechanism", self.item(id));
             doc["attestation"] = api.call(Method::POST, &path, None).await?;
         }
-        print(&doc)
+        format.one(&doc)
     }
 
-    async fn list(self, api: &Api) -> anyhow::Result<()> {
+    async fn list(self, api: &Api, format: Format) -> anyhow::Result<()> {
         let query = format!("{}/query", self.path());
-        print(&Value::Array(api.query_all(&query).await?))
-    }
-
-    async fn export(self, api: &Api, file: Option<&Path>, keys: bool) -> anyhow::Result<()> {
-        let query = format!("{}/query", self.path());
-        let mut lines = String::new();
-        for mut record in api.query_all(&query).await? {
-            if keys {
-                let id = record[self.0.id_field()]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let path = format!("{}/attestationmechanism", self.item(&id));
-                record["attestation"] = api.call(Method::POST, &path, None).await?;
-            }
-            lines.push_str(&serde_json::to_string(&record)?);
-            lines.push('\n');
-        }
-        match file {
-            // Keys or not, enrollments are the operator's alone.
-            Some(path) => onramp_files::write(path, lines.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?,
-            None => print!("{lines}"),
-        }
-        Ok(())
-    }
-
-    /// Creates the records of a JSON Lines file in bulk calls of `batch`.
-    async fn import(self, api: &Api, file: &Path, batch: usize, quiet: bool) -> anyhow::Result<()> {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let mut rejected = Vec::new();
-        let mut records = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(line) {
-                Ok(record) if record[self.0.id_field()].is_string() => records.push(record),
-                Ok(_) => rejected
-                    .push(json!({"line": n + 1, "reason": format!("no {}", self.0.id_field())})),
-                Err(e) => rejected.push(json!({"line": n + 1, "reason": format!("not JSON: {e}")})),
-            }
-        }
-        let progress = crate::bench::bar(records.len() as u64, quiet, "importing");
-        let (mut created, mut existing) = (0usize, 0usize);
-        for chunk in records.chunks(batch) {
-            let mut items = chunk.to_vec();
-            for item in &mut items {
-                // What the service owns is not imported.
-                if let Some(fields) = item.as_object_mut() {
-                    for owned in [
-                        "etag",
-                        "createdDateTimeUtc",
-                        "lastUpdatedDateTimeUtc",
-                        "registrationState",
-                    ] {
-                        fields.remove(owned);
-                    }
-                }
-            }
-            let body = json!({"mode": "create", self.0.collection(): items});
-            let answer = api.call(Method::POST, self.path(), Some(&body)).await?;
-            let errors = answer["errors"].as_array().cloned().unwrap_or_default();
-            let exists = |e: &Value| {
-                e["errorCode"].as_u64() == Some(u64::from(ErrorCode::AlreadyExists.code()))
-            };
-            existing += errors.iter().filter(|e| exists(e)).count();
-            for error in errors.iter().filter(|e| !exists(e)) {
-                rejected.push(error.clone());
-            }
-            created += chunk.len() - errors.len();
-            progress.inc(chunk.len() as u64);
-        }
-        progress.finish_and_clear();
-        eprintln!(
-            "imported {created} {}, skipped {existing} that exist, rejected {}",
-            self.0.collection(),
-            rejected.len()
-        );
-        if !rejected.is_empty() {
-            let report = file.with_extension("rejected.jsonl");
-            let lines: String = rejected.iter().map(|r| format!("{r}\n")).collect();
-            onramp_files::write(&report, lines.as_bytes())
-                .with_context(|| format!("writing {}", report.display()))?;
-            bail!(
-                "{} records were refused; see {}",
-                rejected.len(),
-                report.display()
-            );
-        }
-        Ok(())
+        let mut columns: Vec<Column> = match self.0 {
+            EnrollmentKind::Individual => vec![
+                ("REGISTRATION ID", "/registrationId"),
+                ("DEVICE ID", "/deviceId"),
+            ],
+            EnrollmentKind::Group => vec![("GROUP ID", "/enrollmentGroupId")],
+        };
+        columns.extend_from_slice(SHARED_COLUMNS);
+        format.records(&api.query_all(&query).await?, &columns)
     }
 
     async fn delete(self, api: &Api, id: &str) -> anyhow::Result<()> {
@@ -235,7 +162,7 @@ impl Records {
     }
 
     /// Runs `onramp enrollment …` or `onramp group …`.
-    pub(super) async fn run(self, command: RecordCommand) -> anyhow::Result<()> {
+    pub(super) async fn run(self, command: RecordCommand, format: Format) -> anyhow::Result<()> {
         match command {
             RecordCommand::Create {
                 api,
@@ -263,29 +190,46 @@ impl Records {
                         self.0.noun()
                     );
                 }
-                print(&self.put(&api, &id, body).await?)
+                format.one(&self.put(&api, &id, body).await?)
             }
             RecordCommand::Update { api, id, changes } => {
                 let api = Api::open(&api).await?;
-                print(&self.update(&api, &id, &changes).await?)
+                format.one(&self.update(&api, &id, &changes).await?)
             }
             RecordCommand::Show { api, id, keys } => {
-                self.show(&Api::open(&api).await?, &id, keys).await
+                self.show(&Api::open(&api).await?, &id, keys, format).await
             }
-            RecordCommand::List { api } => self.list(&Api::open(&api).await?).await,
+            RecordCommand::List { api } => self.list(&Api::open(&api).await?, format).await,
             RecordCommand::Delete { api, id } => self.delete(&Api::open(&api).await?, &id).await,
-            RecordCommand::Export { api, file, keys } => {
-                self.export(&Api::open(&api).await?, file.as_deref(), keys)
+            RecordCommand::Export {
+                api,
+                file,
+                format: file_format,
+                keys,
+                quiet,
+            } => {
+                let to = Transfer::new(file_format, file.as_deref(), quiet);
+                self.export(&Api::open(&api).await?, file.as_deref(), keys, to)
                     .await
             }
             RecordCommand::Import {
                 api,
                 file,
+                format: file_format,
                 batch,
+                report,
                 quiet,
             } => {
-                self.import(&Api::open(&api).await?, &file, batch as usize, quiet)
-                    .await
+                let from = Transfer::new(file_format, Some(&file), quiet);
+                let report = report.unwrap_or_else(|| file.with_extension("rejected.jsonl"));
+                self.import(
+                    &Api::open(&api).await?,
+                    &file,
+                    batch as usize,
+                    &report,
+                    from,
+                )
+                .await
             }
         }
     }
