@@ -159,6 +159,9 @@ async fn provision(
         rate: 0.0,
         label: args.protocol.clone(),
         connections: "fresh".into(),
+        retry_for: std::time::Duration::ZERO,
+        poll_interval: std::time::Duration::from_secs(3),
+        outcomes: None,
     };
     println!(
         "Provisioning {} devices over {}, {} at a time, each over a new TLS connection:",

@@ -3,8 +3,9 @@
 //! TLS goes through to the nodes; health checks on `/health`), and the
 //! companion hub as a process of its own (`onramp hub serve`).
 //!
-//! A pool of simulated devices (a fresh TLS connection for every request,
-//! no session resumption) registers through HAProxy while the test
+//! `onramp bench` (a fresh TLS connection for every device, no session
+//! resumption, each device retrying as an SDK does for up to two minutes)
+//! registers a fleet through HAProxy while the test
 //! - SIGKILLs one node: the load goes on through the other two, devices
 //!   whose node died succeed on retry;
 //! - restarts PostgreSQL (a private cluster of the test's own, stopped as
@@ -15,8 +16,9 @@
 //! registration record (assigned, naming its own device on the hub), no
 //! running operation is left, and the hub holds exactly one identity per
 //! device and none other: nothing lost, duplicated or half-written. The
-//! figures (attempted, assigned at the first try, assigned after a retry,
-//! lost) are printed (`--nocapture`).
+//! devices' fates come from the bench's outcomes file (`--outcomes`, every
+//! answer a device heard); the figures (attempted, assigned at the first
+//! try, assigned after a retry, lost) are printed (`--nocapture`).
 //!
 //! Skipped without PostgreSQL, HAProxy or (for the restart) Debian's
 //! `initdb`, unless `ONRAMP_REQUIRE_POSTGRES=1`.
@@ -28,11 +30,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{HubProcess, Server, dead_port, share_ca, unix_now};
+use common::{HubProcess, Server, dead_port, share_ca};
 use onramp_core::ports::{RegistrationRecord, Store, StoreExt};
 use onramp_model::{IdKey, RegistrationStatus};
 use onramp_store::{PgStore, Sealer};
@@ -272,252 +273,212 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// What the simulated fleet saw.
-#[derive(Default)]
+/// How long a device keeps trying before the test calls it lost.
+const DEVICE_DEADLINE_SECONDS: &str = "120";
+
+/// `onramp bench` through HAProxy: devices of one symmetric-key group, a
+/// fresh TLS connection each (no session resumption), trying as SDKs do
+/// (`--retry-for`: a 503 waited out for its `Retry-After`, `assigning`
+/// polled through whichever node HAProxy picks, a broken connection or an
+/// operation no node knows registered again). Every answer a device hears
+/// lands in its outcomes file as it hears it.
+struct Bench {
+    child: tokio::process::Child,
+    outcomes: PathBuf,
+    devices: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn start(d: &Deployment, group: &str, devices: u64, concurrency: u64) -> Bench {
+        let group_key = d.nodes[0].enroll_group(group, json!({})).await;
+        let dir = tempfile::tempdir().unwrap();
+        let outcomes = dir.path().join("outcomes.jsonl");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_onramp"))
+            .arg("bench")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--endpoint", &d.front.to_string(), "--scope", &d.id_scope])
+            .arg("--ca")
+            .arg(d.nodes[0].ca_path())
+            .args(["--group-key", &group_key, "--prefix", group])
+            .args(["--devices", &devices.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--connections", "fresh", "--json"])
+            .args(["--retry-for", DEVICE_DEADLINE_SECONDS])
+            // Polls come sooner than the advised 3 s, to keep the test short.
+            .args(["--poll-interval-ms", "100"])
+            .arg("--outcomes")
+            .arg(&outcomes)
+            .env_remove("ONRAMP_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Bench {
+            child,
+            outcomes,
+            devices,
+            _dir: dir,
+        }
+    }
+
+    /// The answers heard so far, oldest first (a line being written is left out).
+    fn heard(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.outcomes).unwrap_or_default();
+        let Some((whole, _)) = text.rsplit_once('\n') else {
+            return Vec::new();
+        };
+        whole
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to 120 s) until `enough` holds of the answers heard.
+    async fn wait_for(&mut self, what: &str, enough: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let heard = self.heard();
+            if enough(&heard) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("onramp bench ended ({status}) before {what}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                Tally::of(&heard, 0)
+            );
+            // A condition poll on the load's progress.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `n` devices are assigned.
+    async fn wait_for_assigned(&mut self, n: u64) {
+        let what = format!("{n} assigned devices");
+        self.wait_for(&what, |heard| {
+            Tally::of(heard, 0).assigned.len() as u64 >= n
+        })
+        .await;
+    }
+
+    /// Waits for the bench to end (every device assigned or out of time)
+    /// and sums up what the devices heard, the fault at Unix ms `fault`.
+    async fn finish(self, prefix: &str, fault: u64) -> Tally {
+        let out = tokio::time::timeout(Duration::from_secs(300), self.child.wait_with_output())
+            .await
+            .expect("onramp bench ended within 300 s")
+            .unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "onramp bench: {summary}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&self.outcomes).unwrap();
+        let heard: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let t = Tally::of(&heard, fault);
+        println!(
+            "scale-out ({prefix}): attempted {}, assigned {} ({} at the first try, {} after a retry; {} started after the fault), lost {}; 503s {}; failed requests by kind: {:?}; onramp bench: {}",
+            self.devices,
+            t.assigned.len(),
+            t.first_try,
+            t.after_retry,
+            t.started_after_fault,
+            t.lost.len(),
+            t.unavailable,
+            t.errors,
+            summary.trim()
+        );
+        assert!(t.lost.is_empty(), "devices lost: {:?}", t.lost);
+        assert!(
+            t.bad_503.is_empty(),
+            "503s without Retry-After or an Azure error body: {:?}",
+            t.bad_503
+        );
+        assert_eq!(
+            t.assigned.len() as u64,
+            self.devices,
+            "every device ended assigned: {t:?}"
+        );
+        t
+    }
+}
+
+/// What the devices of a bench run heard (its outcomes file).
+#[derive(Debug, Default)]
 struct Tally {
-    assigned: AtomicU64,
+    /// The devices assigned.
+    assigned: BTreeSet<String>,
     /// Devices assigned at their first request.
-    first_try: AtomicU64,
+    first_try: u64,
     /// Devices assigned after at least one failed request.
-    after_retry: AtomicU64,
-    /// Devices whose registration started after the fault and were assigned.
-    started_after_fault: AtomicU64,
-    /// 503 answers with `Retry-After` and an Azure error body.
-    unavailable: AtomicU64,
-    /// Failures by kind: connection errors, statuses.
-    errors: Mutex<BTreeMap<String, u64>>,
-    /// Set once the fault is made.
-    fault: Mutex<Option<Instant>>,
+    after_retry: u64,
+    /// Devices assigned that began after the fault.
+    started_after_fault: u64,
+    /// The devices that ended without being assigned, with their last answer.
+    lost: Vec<Value>,
+    /// 503 answers.
+    unavailable: u64,
+    /// 503 answers without `Retry-After` or an Azure error body.
+    bad_503: Vec<Value>,
+    /// Failed requests by kind: connection errors, statuses.
+    errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn error(&self, kind: String) {
-        *self.errors.lock().unwrap().entry(kind).or_default() += 1;
-    }
-}
-
-/// The fleet: devices of one symmetric-key group, through HAProxy.
-struct Fleet {
-    client: reqwest::Client,
-    base: String,
-    scope: String,
-    group_key: String,
-    tally: Tally,
-}
-
-/// How long a device keeps trying before the test calls it lost.
-const DEVICE_DEADLINE: Duration = Duration::from_secs(120);
-
-impl Fleet {
-    fn token(&self, id: &str) -> String {
-        let key = onramp_core::sas::derive_device_key(&self.group_key, id).unwrap();
-        onramp_core::sas::sign(
-            &format!("{}/registrations/{id}", self.scope),
-            &key,
-            unix_now() + 600,
-            Some("registration"),
-        )
-        .unwrap()
-    }
-
-    /// Registers `id` as a device would: polls `assigning` (through
-    /// whichever node HAProxy picks), waits `Retry-After` after a 503, and
-    /// registers again after a broken connection or an operation no node
-    /// knows. Ok once assigned; Err when refused for good or out of time.
-    async fn provision(&self, id: &str) -> Result<(), String> {
-        let started = Instant::now();
-        let after_fault = self.tally.fault.lock().unwrap().is_some();
-        let token = self.token(id);
-        let register = format!(
-            "{}/{}/registrations/{id}/register?api-version=2021-06-01",
-            self.base, self.scope
-        );
-        let mut operation: Option<String> = None;
-        let mut failures = 0u32;
-        loop {
-            if started.elapsed() > DEVICE_DEADLINE {
-                return Err(format!("{id}: not assigned after {DEVICE_DEADLINE:?}"));
+    fn of(heard: &[Value], fault: u64) -> Tally {
+        let mut t = Tally::default();
+        for h in heard {
+            let id = h["registrationId"].as_str().unwrap().to_owned();
+            if h["status"] == 503 {
+                t.unavailable += 1;
+                let azure = h["errorCode"].as_u64().is_some_and(|c| c / 1000 == 503)
+                    && h["message"].is_string();
+                if h["retryAfter"].as_u64().is_none() || !azure {
+                    t.bad_503.push(h.clone());
+                }
             }
-            let request = match &operation {
-                None => self
-                    .client
-                    .put(&register)
-                    .header("Content-Type", "application/json")
-                    .body(json!({ "registrationId": id }).to_string()),
-                Some(op) => self.client.get(format!(
-                    "{}/{}/registrations/{id}/operations/{op}?api-version=2021-06-01",
-                    self.base, self.scope
-                )),
-            };
-            let (status, retry_after, body) =
-                match send(request.header("Authorization", &token)).await {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        self.tally.error(format!("connection: {e}"));
-                        failures += 1;
-                        operation = None;
-                        pause(Duration::from_millis(100)).await;
-                        continue;
-                    }
+            if h["outcome"] == "retry" {
+                let kind = match h["status"].as_u64() {
+                    Some(status) => format!("{status} {}", h["errorCode"]),
+                    None => "connection".into(),
                 };
-            match (status, body["status"].as_str()) {
-                (200 | 202, Some("assigned")) => {
-                    let t = &self.tally;
-                    t.assigned.fetch_add(1, Ordering::SeqCst);
-                    let which = if failures == 0 {
-                        &t.first_try
-                    } else {
-                        &t.after_retry
-                    };
-                    which.fetch_add(1, Ordering::SeqCst);
-                    if after_fault {
-                        t.started_after_fault.fetch_add(1, Ordering::SeqCst);
-                    }
-                    return Ok(());
-                }
-                (200 | 202, Some("assigning")) => {
-                    operation = Some(body["operationId"].as_str().unwrap().to_owned());
-                    // Polls come sooner than the advised 3 s, to keep the test short.
-                    pause(Duration::from_millis(100)).await;
-                }
-                (503, _) => {
-                    let seconds = retry_after
-                        .ok_or_else(|| format!("{id}: 503 without Retry-After: {body}"))?;
-                    if body["errorCode"].as_u64().is_none_or(|c| c / 1000 != 503)
-                        || !body["message"].is_string()
-                    {
-                        return Err(format!("{id}: 503 without an Azure error body: {body}"));
-                    }
-                    self.tally.unavailable.fetch_add(1, Ordering::SeqCst);
-                    self.tally.error(format!("503 {}", body["errorCode"]));
-                    failures += 1;
-                    operation = None;
-                    pause(Duration::from_secs(u64::from(seconds))).await;
-                }
-                // An operation no node knows (its node died before it was
-                // shared): register again.
-                (404, _) if operation.is_some() => {
-                    self.tally.error("poll: 404".into());
-                    failures += 1;
-                    operation = None;
-                }
-                _ => return Err(format!("{id}: {status} {body}")),
+                *t.errors.entry(kind).or_default() += 1;
+            }
+            if h["final"] != true {
+                continue;
+            }
+            if h["outcome"] != "assigned" {
+                t.lost.push(h.clone());
+                continue;
+            }
+            assert!(t.assigned.insert(id.clone()), "{id} was assigned twice");
+            if h["failures"] == 0 {
+                t.first_try += 1;
+            } else {
+                t.after_retry += 1;
+            }
+            if h["started"].as_u64().unwrap() > fault {
+                t.started_after_fault += 1;
             }
         }
-    }
-
-    /// Registers `devices` devices (`{prefix}-{n}`), `concurrency` at a
-    /// time; once `fault_after` are assigned, runs `fault` (the load goes
-    /// on meanwhile). The IDs of the fleet.
-    async fn run<F, Fut>(
-        self: &Arc<Self>,
-        prefix: &str,
-        devices: u64,
-        concurrency: u64,
-        fault_after: u64,
-        fault: F,
-    ) -> BTreeSet<String>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        let next = Arc::new(AtomicU64::new(0));
-        let lost = Arc::new(Mutex::new(Vec::new()));
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (fleet, next, lost, prefix) =
-                    (self.clone(), next.clone(), lost.clone(), prefix.to_owned());
-                tokio::spawn(async move {
-                    loop {
-                        let n = next.fetch_add(1, Ordering::SeqCst);
-                        if n >= devices {
-                            return;
-                        }
-                        if let Err(e) = fleet.provision(&format!("{prefix}-{n:04}")).await {
-                            lost.lock().unwrap().push(e);
-                        }
-                    }
-                })
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.tally.assigned.load(Ordering::SeqCst) < fault_after {
-            assert!(
-                Instant::now() < deadline,
-                "the load never reached {fault_after} assigned devices: {} assigned, failed requests {:?}, lost {:?}",
-                self.tally.assigned.load(Ordering::SeqCst),
-                self.tally.errors.lock().unwrap(),
-                lost.lock().unwrap()
-            );
-            // A condition poll on the load's progress.
-            pause(Duration::from_millis(10)).await;
-        }
-        fault().await;
-        for w in workers {
-            w.await.unwrap();
-        }
-        let t = &self.tally;
-        let lost = lost.lock().unwrap().clone();
-        println!(
-            "scale-out ({prefix}): attempted {devices}, assigned {} ({} at the first try, {} after a retry; {} started after the fault), lost {}; 503s {}; failed requests by kind: {:?}",
-            t.assigned.load(Ordering::SeqCst),
-            t.first_try.load(Ordering::SeqCst),
-            t.after_retry.load(Ordering::SeqCst),
-            t.started_after_fault.load(Ordering::SeqCst),
-            lost.len(),
-            t.unavailable.load(Ordering::SeqCst),
-            t.errors.lock().unwrap(),
-        );
-        assert!(lost.is_empty(), "devices lost: {lost:?}");
-        (0..devices).map(|n| format!("{prefix}-{n:04}")).collect()
-    }
-
-    fn mark_fault(&self) {
-        *self.tally.fault.lock().unwrap() = Some(Instant::now());
+        t
     }
 }
 
-/// A device's wait between two requests (a retry's pause, a poll's).
-async fn pause(d: Duration) {
-    tokio::time::sleep(d).await;
-}
-
-/// Sends `req`: the status, the `Retry-After` seconds, the JSON answered.
-async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Option<u32>, Value), String> {
-    let resp = req.send().await.map_err(|e| error_kind(&e))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let text = resp.text().await.map_err(|e| error_kind(&e))?;
-    Ok((
-        status,
-        retry_after,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
-/// A connection error's kind, without the address (so they count together).
-fn error_kind(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connect".into()
-    } else {
-        "broken".into()
-    }
-}
-
-async fn fleet(d: &Deployment, group: &str) -> Arc<Fleet> {
-    let group_key = d.nodes[0].enroll_group(group, json!({})).await;
-    Arc::new(Fleet {
-        client: d.client(),
-        base: format!("https://{}", d.front),
-        scope: d.id_scope.clone(),
-        group_key,
-        tally: Tally::default(),
-    })
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// One node is SIGKILLed in the middle of the load.
@@ -530,23 +491,21 @@ async fn a_node_killed_under_load_loses_nothing() {
         return;
     };
     let mut d = Deployment::start(db.url()).await;
-    let fleet = fleet(&d, "kill-fleet").await;
     let devices = 300;
-    let ids = fleet
-        .run("kill", devices, 16, devices / 3, || async {
-            d.kill(1);
-            fleet.mark_fault();
-        })
-        .await;
-    let t = &fleet.tally;
+    let mut bench = Bench::start(&d, "kill", devices, 16).await;
+    bench.wait_for_assigned(devices / 3).await;
+    let fault = unix_ms();
+    d.kill(1);
+    let t = bench.finish("kill", fault).await;
     assert!(
-        t.after_retry.load(Ordering::SeqCst) > 0,
+        t.after_retry > 0,
         "no device was caught on the killed node: the fault came at no load"
     );
     assert!(
-        t.started_after_fault.load(Ordering::SeqCst) >= devices / 3,
+        t.started_after_fault >= devices / 3,
         "the load went on through the other nodes"
     );
+    let ids = t.assigned;
     d.assert_whole(&ids).await;
     // The survivors stop cleanly; the killed one is gone.
     d.nodes[2].stop();
@@ -671,24 +630,20 @@ async fn postgresql_restarted_under_load_loses_nothing() {
     }
     let cluster = PrivateCluster::create();
     let d = Deployment::start(&cluster.url()).await;
-    let fleet = fleet(&d, "restart-fleet").await;
     let devices = 300;
-    let ids = fleet
-        .run("restart", devices, 16, devices / 3, || async {
-            cluster.crash();
-            fleet.mark_fault();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while fleet.tally.unavailable.load(Ordering::SeqCst) < 3 {
-                assert!(
-                    Instant::now() < deadline,
-                    "no device heard 503 while PostgreSQL was down"
-                );
-                // A condition poll: PostgreSQL comes back once devices heard it was gone.
-                pause(Duration::from_millis(10)).await;
-            }
-            cluster.start();
+    let mut bench = Bench::start(&d, "restart", devices, 16).await;
+    bench.wait_for_assigned(devices / 3).await;
+    let fault = unix_ms();
+    cluster.crash();
+    // PostgreSQL comes back once devices heard it was gone.
+    bench
+        .wait_for("three 503s while PostgreSQL is down", |heard| {
+            Tally::of(heard, fault).unavailable >= 3
         })
         .await;
-    assert!(fleet.tally.after_retry.load(Ordering::SeqCst) > 0);
+    cluster.start();
+    let t = bench.finish("restart", fault).await;
+    assert!(t.after_retry > 0, "no device had to retry");
+    let ids = t.assigned;
     d.assert_whole(&ids).await;
 }

@@ -33,9 +33,11 @@ use crate::local::Deployment;
 use crate::simulator::{self, DeviceSpec, Protocol};
 
 mod report;
+mod retry;
 mod worker;
 
 use report::*;
+use retry::OutcomeLog;
 use worker::*;
 
 fn is_loopback(endpoint: &str) -> bool {
@@ -83,6 +85,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("bench-{run_id}"));
 
     let tpm = args.attestation == "tpm";
+    if (args.retry_for > 0 || args.outcomes.is_some()) && (tpm || protocol != Protocol::Https) {
+        bail!("--retry-for and --outcomes are for symmetric-key devices over https");
+    }
     if tpm && protocol != Protocol::Https {
         bail!("--attestation tpm runs over https: MQTT has no TPM challenge");
     }
@@ -146,6 +151,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.protocol.clone()
         },
         connections: args.connections.clone(),
+        retry_for: Duration::from_secs(args.retry_for),
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        outcomes: match &args.outcomes {
+            Some(path) => Some(Arc::new(OutcomeLog::create(path)?)),
+            None => None,
+        },
     };
 
     let ceiling = if args.ceiling {
@@ -366,6 +377,12 @@ pub(crate) struct Load {
     pub rate: f64,
     pub label: String,
     pub connections: String,
+    /// How long a device keeps trying (`--retry-for`; zero: one request).
+    pub retry_for: Duration,
+    /// The wait before a poll or a new attempt the server advised none for.
+    pub poll_interval: Duration,
+    /// Where every answer is written (`--outcomes`).
+    pub outcomes: Option<Arc<OutcomeLog>>,
 }
 
 /// Runs a load to its end and sums it up.

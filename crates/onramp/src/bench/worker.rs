@@ -100,7 +100,7 @@ impl Worker {
     ) -> Outcome {
         let result = match tpm {
             Some(tpm) => self.https_tpm(connection, registration_id, tpm).await,
-            None => self.https_register(connection, registration_id, key).await,
+            None => return self.https_device(connection, registration_id, key).await,
         };
         match result {
             Ok(o) => o,
@@ -111,25 +111,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    async fn https_register(
-        &self,
-        connection: &mut Option<SendRequest<Full<Bytes>>>,
-        registration_id: &str,
-        key: &str,
-    ) -> anyhow::Result<Outcome> {
-        let resource = format!("{}/registrations/{registration_id}", self.load.id_scope);
-        let token = sas::sign(
-            &resource,
-            key,
-            simulator::unix_now() + 3600,
-            Some("registration"),
-        )
-        .map_err(anyhow::Error::msg)?;
-        let body = serde_json::json!({"registrationId": registration_id});
-        let (status, bytes) = self.put(connection, &resource, Some(&token), &body).await?;
-        answered(status, &bytes)
     }
 
     /// A TPM device: its keys without a token (answered 401 with the
@@ -186,6 +167,23 @@ impl Worker {
         token: Option<&str>,
         body: &serde_json::Value,
     ) -> anyhow::Result<(u16, Bytes)> {
+        let path = format!("/{resource}/register");
+        let answer = self
+            .send(connection, hyper::Method::PUT, &path, token, Some(body))
+            .await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// One request of the device API (`path` without its query) on the
+    /// worker's connection, opened first if it has none.
+    pub(super) async fn send(
+        &self,
+        connection: &mut Option<SendRequest<Full<Bytes>>>,
+        method: hyper::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Answer> {
         if connection.as_ref().is_none_or(|c| c.is_closed()) {
             *connection = Some(self.connect().await?);
         }
@@ -193,22 +191,45 @@ impl Worker {
             bail!("no connection")
         };
         sender.ready().await?;
-        let mut request = hyper::Request::put(format!(
-            "/{resource}/register?api-version={}",
-            simulator::DEVICE_API_VERSION
-        ))
-        // What an SDK sends: the endpoint it was given.
-        .header("host", &self.load.endpoint)
-        .header("content-type", "application/json; charset=utf-8");
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!(
+                "{path}?api-version={}",
+                simulator::DEVICE_API_VERSION
+            ))
+            // What an SDK sends: the endpoint it was given.
+            .header("host", &self.load.endpoint);
+        if body.is_some() {
+            request = request.header("content-type", "application/json; charset=utf-8");
+        }
         if let Some(token) = token {
             request = request.header("authorization", token);
         }
-        let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let resp = sender.send_request(request).await?;
+        let bytes = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b)?),
+            None => Bytes::new(),
+        };
+        let resp = sender.send_request(request.body(Full::new(bytes))?).await?;
         let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, bytes))
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
+}
+
+/// What the server answered one request.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    /// The `Retry-After` header's seconds.
+    pub(super) retry_after: Option<u32>,
+    pub(super) body: Bytes,
 }
 
 /// A register answer as the bench counts it.

@@ -84,6 +84,22 @@ pub struct BenchArgs {
     /// not depend on which TPM it is).
     #[arg(long, default_value = "symmetric-key", value_parser = ["symmetric-key", "tpm"])]
     pub attestation: String,
+    /// Symmetric keys over https: keep each device trying for this many
+    /// seconds, as an SDK does: a 429 or 503 waited out (its Retry-After),
+    /// an `assigning` operation polled, a broken connection or an operation
+    /// no server knows registered again. 0: one request a device.
+    #[arg(long, default_value_t = 0)]
+    pub retry_for: u64,
+    /// With --retry-for: the wait before polling an `assigning` operation
+    /// or registering again when the server advised none (no Retry-After).
+    #[arg(long, default_value_t = 3000)]
+    pub poll_interval_ms: u64,
+    /// Symmetric keys over https: write every answer a device hears to this
+    /// file as it hears it, one JSON object a line (registrationId, started
+    /// and at in Unix ms, request, status, outcome, final, failures,
+    /// retryAfter, errorCode, message, assignedHub).
+    #[arg(long)]
+    pub outcomes: Option<PathBuf>,
 }
 
 impl BenchArgs {
