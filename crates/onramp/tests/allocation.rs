@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{DelayProxy, HubProcess, Server, WebhookReply, wait_for};
-use onramp_core::ports::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -267,7 +266,7 @@ async fn lowest_latency_avoids_a_distant_hub_until_it_comes_closer() {
     let proxy = d.proxy.as_ref().unwrap();
     proxy.set_delay_ms(200);
     let slow = d.name(2);
-    let store = d.server.store();
+    let store = d.server.any_store().await;
     let latency_of = |hub: &str| {
         let hub = hub.to_owned();
         let store = store.clone();
@@ -712,7 +711,8 @@ async fn tenants_are_isolated_by_id_scope() {
     let owner_b = d.server.connection_string_of("tenant-b").await;
     let scope_b = d
         .server
-        .store()
+        .any_store()
+        .await
         .service("tenant-b")
         .await
         .unwrap()

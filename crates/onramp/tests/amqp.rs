@@ -418,7 +418,7 @@ async fn a_register_request_with_a_malformed_body_is_rejected() {
         );
     }
     // No registration was made.
-    let store = server.store();
+    let store = server.any_store().await;
     let record = store
         .get::<RegistrationRecord>("default", &IdKey::of("amqp-dev-8"))
         .await

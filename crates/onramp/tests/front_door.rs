@@ -1064,7 +1064,10 @@ async fn a_flood_from_one_address_does_not_delay_devices_from_another() {
     // is shown by the unit tests of `onramp_net::admission`.
     assert!(refused("address-connections") + refused("address-handshakes") >= 1.0);
     assert_eq!(refused("global"), 0.0);
-    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    // On PostgreSQL each registration also waits on the database server,
+    // which shares this machine's cores with the flood.
+    let bound = Duration::from_millis(if common::on_postgres() { 200 } else { 100 });
+    assert!(p99 < bound, "p99 {p99:?}");
 }
 
 /// 10,000 slow-header and slow-body connections from one address: past the

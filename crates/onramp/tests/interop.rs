@@ -5,9 +5,9 @@
 //! CAP_NET_BIND_SERVICE) and take turns. The SDK packages are installed by
 //! `scripts/test` into tests/interop/node and tests/interop/python.
 //!
-//! With `ONRAMP_INTEROP_STORE=postgres` every server keeps its data in a
-//! PostgreSQL database of its own (`onramp_testkit::postgres`, dropped
-//! after); `scripts/test` runs the suite that way too.
+//! With `ONRAMP_TEST_STORE=postgres` every server keeps its data in a
+//! PostgreSQL database of its own (see `common::Server`); `scripts/test`
+//! runs the suite that way too.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -208,7 +208,7 @@ async fn start_on_sdk_ports_with(config: &str) -> (tokio::sync::MutexGuard<'stat
     let dir = temp.path().join("data");
     let config_file = temp.path().join("onramp.toml");
     std::fs::write(&config_file, config).unwrap();
-    let mut args = vec![
+    let args = vec![
         "--mqtt-listen",
         "127.0.0.1:8883",
         "--amqp-listen",
@@ -216,30 +216,9 @@ async fn start_on_sdk_ports_with(config: &str) -> (tokio::sync::MutexGuard<'stat
         "--config",
         config_file.to_str().unwrap(),
     ];
-    let db = on_postgres().await;
-    if let Some(db) = &db {
-        args.extend(["--store-url", db.url()]);
-    }
     let mut server = Server::start_in(&dir, "127.0.0.1:443", &args);
     server.keep(temp);
-    if let Some(db) = db {
-        server.keep_alive(db);
-    }
     (port, server)
-}
-
-/// A database of the server's own when `ONRAMP_INTEROP_STORE=postgres`
-/// (a run that asks for it and finds no server fails).
-async fn on_postgres() -> Option<onramp_testkit::postgres::TestDatabase> {
-    match std::env::var("ONRAMP_INTEROP_STORE").as_deref() {
-        Ok("postgres") => Some(
-            onramp_testkit::postgres::TestDatabase::create()
-                .await
-                .expect("ONRAMP_INTEROP_STORE=postgres but no PostgreSQL answers"),
-        ),
-        Ok("sqlite") | Err(_) => None,
-        Ok(other) => panic!("ONRAMP_INTEROP_STORE={other}: use postgres or sqlite"),
-    }
 }
 
 fn python_dir() -> Option<PathBuf> {

@@ -335,6 +335,9 @@ async fn the_newest_registration_wins_across_nodes() {
 /// database that already holds a service is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_migrates_into_postgresql() {
+    if common::sqlite_only("the source of a migration is an embedded store") {
+        return;
+    }
     let Some(db) = TestDatabase::create().await else {
         return;
     };

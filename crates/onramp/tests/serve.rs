@@ -524,15 +524,7 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         || Some(()).filter(|()| server.stdout().contains("SharedAccessKey=")),
     );
     // Links go through the core's rules: a refused edit changes nothing.
-    let linked_hub = |args: &[&str]| {
-        onramp()
-            .arg("linked-hub")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&dir)
-            .output()
-            .unwrap()
-    };
+    let linked_hub = |args: &[&str]| server.cli(&[&["linked-hub"], args].concat());
     for (args, says) in [
         (["--region", " ", "--weight", "2"], "region is empty"),
         (["--region", "lab", "--weight", "0"], "use 1 to 1000"),
@@ -596,7 +588,12 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         "the connection string is printed only at creation"
     );
     assert_eq!(server.owner_connection_string().await, owner_cs);
-    let hubs = server.store().linked_hubs("default").await.unwrap();
+    let hubs = server
+        .any_store()
+        .await
+        .linked_hubs("default")
+        .await
+        .unwrap();
     assert_eq!(hubs.len(), 2, "{hubs:?}");
     assert!(
         hubs.iter()
@@ -1178,7 +1175,7 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
         "{stderr}"
     );
     assert_eq!(summary["assigned"], 60, "{summary}");
-    let store = server.store();
+    let store = server.any_store().await;
     assert!(holds::<IndividualEnrollment>(&*store, "imp-0000499").await);
     // Spread over the whole list (every third of 500), not its first 60.
     assert!(holds::<RegistrationRecord>(&*store, "imp-0000177").await);

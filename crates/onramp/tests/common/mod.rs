@@ -12,6 +12,7 @@ use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
 use onramp_store::sqlite::SqliteOptions;
 use onramp_store::{Sealer, SqliteStore};
+use onramp_testkit::postgres::TestDatabase;
 use serde_json::Value;
 
 pub fn onramp() -> Command {
@@ -40,6 +41,64 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// The PostgreSQL database of `data_dir`'s deployment when
+/// `ONRAMP_TEST_STORE=postgres` (`None` on SQLite, the default): made on the
+/// server `ONRAMP_TEST_POSTGRES` names the first time a server starts on the
+/// directory, shared by every server started on it again (a restart keeps
+/// its data), and dropped with the last of them.
+fn test_database(data_dir: &Path) -> Option<Arc<TestDatabase>> {
+    type Databases = Vec<(PathBuf, std::sync::Weak<TestDatabase>)>;
+    static DATABASES: std::sync::Mutex<Databases> = std::sync::Mutex::new(Vec::new());
+    if !on_postgres() {
+        return None;
+    }
+    let mut databases = DATABASES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    databases.retain(|(_, db)| db.strong_count() > 0);
+    let kept = databases
+        .iter()
+        .find(|(dir, _)| dir == data_dir)
+        .and_then(|(_, db)| db.upgrade());
+    if kept.is_some() {
+        return kept;
+    }
+    // Made on a runtime of its own: the caller may or may not be in one.
+    let created = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(TestDatabase::create())
+    })
+    .join()
+    .unwrap()
+    .expect("ONRAMP_TEST_STORE=postgres but no PostgreSQL answers (ONRAMP_TEST_POSTGRES)");
+    let db = Arc::new(created);
+    databases.push((data_dir.to_owned(), Arc::downgrade(&db)));
+    Some(db)
+}
+
+/// Whether the servers of this run keep their data in PostgreSQL
+/// (`ONRAMP_TEST_STORE=postgres`) rather than SQLite (`sqlite`, the default).
+pub fn on_postgres() -> bool {
+    match std::env::var("ONRAMP_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("ONRAMP_TEST_STORE={other}: use postgres or sqlite"),
+    }
+}
+
+/// True, with the reason on stderr, when the run is on PostgreSQL and the
+/// test is about the embedded SQLite store (`why`): the caller returns.
+pub fn sqlite_only(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    skip
 }
 
 /// A running `onramp serve`.
@@ -102,6 +161,16 @@ impl Server {
         } else {
             &["--metrics-listen", "127.0.0.1:0"]
         };
+        // ONRAMP_TEST_STORE=postgres: the data directory's own database.
+        let database = if extra.contains(&"--store-url") {
+            None
+        } else {
+            test_database(data_dir)
+        };
+        let store_flag: Vec<&str> = match &database {
+            Some(db) => vec!["--store-url", db.url()],
+            None => Vec::new(),
+        };
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -118,6 +187,7 @@ impl Server {
             .args(amqp)
             .args(metrics)
             .args(extra)
+            .args(&store_flag)
             .env_remove("ONRAMP_CONFIG")
             .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
             .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
@@ -134,10 +204,14 @@ impl Server {
             stdout_path,
             store_url: extra
                 .iter()
-                .position(|a| *a == "--store-url")
-                .and_then(|i| extra.get(i + 1))
+                .chain(&store_flag)
+                .skip_while(|a| **a != "--store-url")
+                .nth(1)
                 .map(|u| (*u).to_owned()),
         };
+        if let Some(db) = database {
+            server.keep_alive(db);
+        }
         let state: Value = wait_for(Duration::from_secs(60), "serve.json", || {
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!(
@@ -352,8 +426,13 @@ impl Server {
         }
     }
 
-    /// Opens the deployment's store beside the running server (SQLite WAL allows it).
+    /// Opens the deployment's SQLite store beside the running server (SQLite
+    /// WAL allows it); [`Server::any_store`] is the store whichever it is.
     pub fn store(&self) -> Arc<SqliteStore> {
+        assert!(
+            self.store_url.is_none(),
+            "this server keeps its data in PostgreSQL: use any_store()"
+        );
         let sealer = Arc::new(Sealer::load_or_create(&self.data_dir.join("keys")).unwrap());
         Arc::new(
             SqliteStore::open(
