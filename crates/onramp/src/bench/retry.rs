@@ -252,3 +252,87 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn answer(
+        status: u16,
+        retry_after: Option<u32>,
+        body: serde_json::Value,
+    ) -> anyhow::Result<Answer> {
+        Ok(Answer {
+            status,
+            retry_after,
+            body: Bytes::from(body.to_string()),
+        })
+    }
+
+    fn error(code: u32) -> serde_json::Value {
+        serde_json::json!({"errorCode": code, "trackingId": "t", "message": "why", "timestampUtc": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn unavailable_and_throttled_are_waited_out_and_registered_again() {
+        for status in [429, 503] {
+            let j = judge(
+                answer(status, Some(3), error(status as u32 * 1000 + 1)),
+                false,
+            );
+            assert!(
+                matches!(j.next, Next::Again(Outcome::Failed { .. })),
+                "{status}"
+            );
+            assert_eq!((j.retry_after, j.outcome.as_str()), (Some(3), "retry"));
+            assert_eq!(j.error_code, Some(i64::from(status) * 1000 + 1));
+            assert_eq!(j.message.as_deref(), Some("why"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_operation_registers_again_but_an_unknown_device_is_refused() {
+        let polled = judge(answer(404, None, error(404_201)), true);
+        assert!(matches!(polled.next, Next::Again(_)));
+        let registered = judge(answer(404, None, error(404_201)), false);
+        assert!(matches!(registered.next, Next::Done(_)));
+        assert_eq!(registered.outcome, "refused");
+        let unauthorized = judge(answer(401, None, error(401_002)), false);
+        assert!(
+            matches!(unauthorized.next, Next::Done(Outcome::Failed { code }) if code == "401002")
+        );
+    }
+
+    #[test]
+    fn assigning_is_polled_and_assigned_is_done() {
+        let assigning = judge(
+            answer(
+                202,
+                None,
+                serde_json::json!({"operationId": "op-1", "status": "assigning"}),
+            ),
+            false,
+        );
+        assert!(matches!(&assigning.next, Next::Poll(op) if op == "op-1"));
+        let assigned = judge(
+            answer(
+                200,
+                None,
+                serde_json::json!({"operationId": "op-1", "status": "assigned", "registrationState": {
+                    "registrationId": "d-1", "status": "assigned", "assignedHub": "hub-a", "deviceId": "d-1"}}),
+            ),
+            true,
+        );
+        assert!(matches!(assigned.next, Next::Done(Outcome::Assigned { hub }) if hub == "hub-a"));
+        assert_eq!(assigned.assigned_hub.as_deref(), Some("hub-a"));
+    }
+
+    #[test]
+    fn a_broken_connection_registers_again() {
+        let j = judge(Err(anyhow::anyhow!("connection reset")), true);
+        assert!(matches!(j.next, Next::Again(_)));
+        assert_eq!((j.status, j.outcome.as_str()), (None, "retry"));
+        assert_eq!(j.message.as_deref(), Some("connection reset"));
+    }
+}
