@@ -21,13 +21,11 @@ use onramp_model::{IdKey, Secret, UtcTime};
 use onramp_store::seal::sealed_key_id;
 use serde_json::json;
 
-/// Why the rotation tests run on SQLite only: they count the sealed values
-/// in the database files themselves.
-const SEALED_IN_SQLITE: &str = "the rotation tests read the sealed columns from the SQLite files";
-
 /// Every sealed value of the deployment's databases, counted by the key ID
-/// its envelope names, read from the files (not through Onramp).
-fn sealed_key_ids(data_dir: &Path) -> BTreeMap<String, usize> {
+/// its envelope names, read from the databases themselves (not through
+/// Onramp): the store's tables in SQLite's file or in PostgreSQL, the
+/// embedded hub's in its file.
+fn sealed_key_ids(server: &Server) -> BTreeMap<String, usize> {
     let columns = [
         ("onramp.db", "policies", "keys_sealed"),
         ("onramp.db", "linked_hubs", "connection_sealed"),
@@ -39,25 +37,44 @@ fn sealed_key_ids(data_dir: &Path) -> BTreeMap<String, usize> {
     ];
     let mut ids = BTreeMap::new();
     for (file, table, column) in columns {
-        let conn = rusqlite::Connection::open_with_flags(
-            data_dir.join(file),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
-            ))
-            .unwrap();
-        let values = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        let sql = format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL");
+        let values = match &server.store_url {
+            Some(url) if file == "onramp.db" => postgres_values(url, &sql),
+            _ => sqlite_values(&server.data_dir.join(file), &sql),
+        };
         for value in values {
-            let value = value.unwrap();
             let id = sealed_key_id(&value).unwrap_or("not sealed").to_owned();
             *ids.entry(id).or_default() += 1;
         }
     }
     ids
+}
+
+fn sqlite_values(file: &Path, sql: &str) -> Vec<Vec<u8>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The values `sql` selects in the PostgreSQL database `url` (from a
+/// multi-threaded test runtime).
+fn postgres_values(url: &str, sql: &str) -> Vec<Vec<u8>> {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let rows = client.query(sql, &[]).await.unwrap();
+            rows.iter().map(|r| r.get(0)).collect()
+        })
+    })
 }
 
 fn active_key(data_dir: &Path) -> String {
@@ -189,6 +206,9 @@ fn cli_in(server: &Server, args: &[&str]) -> std::process::Command {
         .env_remove("ONRAMP_CONFIG")
         .env_remove("ONRAMP_MASTER_KEY")
         .stdin(Stdio::null());
+    if let Some(url) = &server.store_url {
+        cmd.env("ONRAMP_STORE_URL", url);
+    }
     cmd
 }
 
@@ -221,11 +241,8 @@ async fn deployment_of(n: usize, device: &str) -> (Arc<Server>, String, String) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_of_100k_enrollments_rotates_while_devices_register() {
-    if common::sqlite_only(SEALED_IN_SQLITE) {
-        return;
-    }
     let (server, hub_key, old) = deployment_of(100_000, "hub-dev").await;
-    let before = sealed_key_ids(&server.data_dir);
+    let before = sealed_key_ids(&server);
     assert_eq!(before.keys().collect::<Vec<_>>(), vec![&old], "{before:?}");
     assert!(before[&old] > 100_000, "{before:?}");
 
@@ -249,7 +266,7 @@ async fn a_store_of_100k_enrollments_rotates_while_devices_register() {
     // Every sealed value in both databases names the new key.
     let new = active_key(&server.data_dir);
     assert_ne!(new, old);
-    let after = sealed_key_ids(&server.data_dir);
+    let after = sealed_key_ids(&server);
     assert_eq!(after.keys().collect::<Vec<_>>(), vec![&new], "{after:?}");
     assert!(after[&new] >= before[&old], "{before:?} → {after:?}");
 
@@ -306,9 +323,6 @@ async fn a_store_of_100k_enrollments_rotates_while_devices_register() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_killed_half_way_leaves_every_secret_readable_and_continues() {
-    if common::sqlite_only(SEALED_IN_SQLITE) {
-        return;
-    }
     let (server, key, old) = deployment_of(20_000, "steady").await;
 
     // Small batches with a rest between them, so the kill lands mid-way.
@@ -322,7 +336,7 @@ async fn a_rotation_killed_half_way_leaves_every_secret_readable_and_continues()
     .unwrap();
     let new = wait_for(Duration::from_secs(120), "a rotation half done", || {
         let new = active_key(&server.data_dir);
-        let ids = sealed_key_ids(&server.data_dir);
+        let ids = sealed_key_ids(&server);
         (new != old
             && ids.get(&new).copied().unwrap_or(0) > 1_000
             && ids.get(&old).copied().unwrap_or(0) > 1_000)
@@ -330,7 +344,7 @@ async fn a_rotation_killed_half_way_leaves_every_secret_readable_and_continues()
     });
     rotation.kill().unwrap();
     rotation.wait().unwrap();
-    let half = sealed_key_ids(&server.data_dir);
+    let half = sealed_key_ids(&server);
     assert!(half[&old] > 0 && half[&new] > 0, "{half:?}");
 
     // Both keys' secrets open: the device registers, the list shows both.
@@ -363,7 +377,7 @@ async fn a_rotation_killed_half_way_leaves_every_secret_readable_and_continues()
         })
         .count();
     assert_eq!(keys_in_ring, 2);
-    let done = sealed_key_ids(&server.data_dir);
+    let done = sealed_key_ids(&server);
     assert_eq!(done.keys().collect::<Vec<_>>(), vec![&new], "{done:?}");
     assert!(
         run_cli(&server, &["keys", "retire", &old])
