@@ -54,8 +54,10 @@ const TIDY_EVERY: u64 = 4096;
 /// refusals are forgotten first (their buckets refill anyway).
 const MAX_BENCHED: usize = 100_000;
 
-/// One keyed token bucket, tidied as it grows.
-struct Bucket<K: Hash + Eq + Clone> {
+/// One keyed token bucket, tidied as it grows; its refusals count in
+/// `onramp_throttled_total{limit}`. The companion hub's per-device message
+/// rate is one too.
+pub struct Bucket<K: Hash + Eq + Clone> {
     /// The `limit` label of its refusals in `onramp_throttled_total`.
     limit: &'static str,
     limiter: DefaultKeyedRateLimiter<K>,
@@ -73,8 +75,13 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         }
     }
 
+    /// `n` a second per key, with a second's worth at once.
+    pub fn per_second(limit: &'static str, n: NonZeroU32) -> Self {
+        Self::new(limit, Quota::per_second(n))
+    }
+
     /// Takes a token for `key`, or says how long until there is one.
-    fn take(&self, key: &K) -> Result<(), Duration> {
+    pub fn take(&self, key: &K) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % TIDY_EVERY == TIDY_EVERY - 1 {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();

@@ -186,7 +186,7 @@ impl MqttSession for DpsSession {
         (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
     }
 
-    fn check_publish(&self, topic_name: &str) -> Result<(), SessionEnd> {
+    fn check_publish(&self, topic_name: &str, _payload: &Bytes) -> Result<(), SessionEnd> {
         let (path, _) = topic::split(topic_name);
         if path != REGISTER_TOPIC && path != STATUS_TOPIC {
             return Err(SessionEnd(format!(
@@ -206,7 +206,7 @@ impl MqttSession for DpsSession {
         topic_name: &str,
         payload: Bytes,
     ) -> Result<Vec<Outgoing>, SessionEnd> {
-        self.check_publish(topic_name)?;
+        self.check_publish(topic_name, &payload)?;
         let (path, pairs) = topic::split(topic_name);
         let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
         match path {

@@ -3,6 +3,11 @@
 //!
 //! - `onramp_hub_connected_devices`: devices connected to the companion hub
 //! - `onramp_hub_messages_total`: telemetry messages the companion hub stored
+//! - `onramp_hub_messages_refused_total{reason}`: telemetry refused as too
+//!   large (`too-large`); over a device's rate it counts in
+//!   `onramp_throttled_total{limit="hub-messages"}`
+//! - `onramp_hub_messages_dropped_total`: stored telemetry dropped by the
+//!   retention limits
 //! - `onramp_hub_latency_seconds{hub}`: smoothed round trip to a linked hub
 //! - `onramp_hub_probe_failures_total{hub}`: latency probes that failed
 
@@ -10,6 +15,8 @@ use onramp_core::events::{Metric, MetricKind};
 
 pub const CONNECTED_DEVICES: &str = "onramp_hub_connected_devices";
 pub const MESSAGES: &str = "onramp_hub_messages_total";
+pub const MESSAGES_REFUSED: &str = "onramp_hub_messages_refused_total";
+pub const MESSAGES_DROPPED: &str = "onramp_hub_messages_dropped_total";
 pub const LATENCY: &str = "onramp_hub_latency_seconds";
 pub const PROBE_FAILURES: &str = "onramp_hub_probe_failures_total";
 
@@ -30,6 +37,34 @@ pub struct MessageStored;
 impl MessageStored {
     pub fn emit(&self) {
         metrics::counter!(MESSAGES).increment(1);
+    }
+}
+
+/// The companion hub refused a device's message.
+pub struct MessageRefused {
+    pub reason: &'static str,
+}
+
+impl MessageRefused {
+    pub fn emit(&self) {
+        metrics::counter!(MESSAGES_REFUSED, "reason" => self.reason).increment(1);
+    }
+}
+
+/// The companion hub dropped stored messages past its retention limits.
+pub struct MessagesDropped {
+    pub count: u64,
+}
+
+impl MessagesDropped {
+    pub fn emit(&self) {
+        if self.count > 0 {
+            metrics::counter!(MESSAGES_DROPPED).increment(self.count);
+            tracing::debug!(
+                count = self.count,
+                "hub telemetry past its retention dropped"
+            );
+        }
     }
 }
 
@@ -64,6 +99,16 @@ pub const METRICS: &[Metric] = &[
         MetricKind::Counter,
         MESSAGES,
         "Telemetry messages the companion hub received and stored.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        MESSAGES_REFUSED,
+        "Telemetry messages the companion hub refused, by reason (too-large).",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        MESSAGES_DROPPED,
+        "Stored telemetry messages the companion hub dropped past its retention limits.",
     ),
     Metric::new(
         MetricKind::Gauge,

@@ -40,6 +40,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".into(),
             mqtt_listen: "off".into(),
             host: "localhost".into(),
+            limits: Default::default(),
         })
         .await?;
         println!("  companion hub {}", hub.host);

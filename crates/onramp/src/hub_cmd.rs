@@ -181,7 +181,13 @@ pub async fn start(args: &HubServeArgs) -> anyhow::Result<RunningHub> {
         onramp_net::tls::ALPN_HTTP_AND_MQTT,
     )?;
     let sealer = crate::local::sealer_in(&args.data_dir.join("keys"))?;
-    let hub = CompanionHub::open(&args.data_dir.join("hub.db"), &host, sealer).await?;
+    let hub = CompanionHub::open_with(
+        &args.data_dir.join("hub.db"),
+        &host,
+        sealer,
+        args.limits.limits(),
+    )
+    .await?;
     HubRecord {
         host_name: host.clone(),
         embedded: false,

@@ -1,5 +1,5 @@
-//! `onramp limits`: the limits a server runs with (`[limits]` and
-//! `[throttle]` of its configuration) and, while it runs, how much of each
+//! `onramp limits`: the limits a server runs with (`[limits]`,
+//! `[throttle]` and the companion hub's in `[hub]` of its configuration) and, while it runs, how much of each
 //! is in use and how often each refused, read from its metrics listener.
 
 use serde::Serialize;
@@ -46,7 +46,8 @@ fn refused_by(series: &'static str) -> Source {
 fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
     let l = &config.limits;
     let t = &config.throttle;
-    vec![
+    let h = &config.hub;
+    let mut rows = vec![
         (
             "limits.max_connections",
             l.max_connections as u64,
@@ -115,7 +116,38 @@ fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
             "bytes",
             NONE,
         ),
-    ]
+    ];
+    // The companion hub's, one a line: (setting, value, unit, refusals).
+    let hub: [(&str, u64, &str, Option<&str>); 4] = [
+        (
+            "hub.max_message_bytes",
+            h.max_message_bytes as u64,
+            "bytes per device-to-cloud message",
+            Some(r#"onramp_hub_messages_refused_total{reason="too-large"}"#),
+        ),
+        (
+            "hub.device_messages_per_second",
+            u64::from(h.device_messages_per_second),
+            "hub messages a second per device",
+            Some(r#"onramp_throttled_total{limit="hub-messages"}"#),
+        ),
+        (
+            "hub.retained_messages_per_device",
+            h.retained_messages_per_device,
+            "hub messages kept per device (refused: dropped)",
+            Some("onramp_hub_messages_dropped_total"),
+        ),
+        (
+            "hub.retained_message_age_seconds",
+            h.retained_message_age_seconds,
+            "seconds a hub message is kept",
+            None,
+        ),
+    ];
+    rows.extend(hub.map(|(setting, value, unit, refused)| {
+        (setting, value, unit, refused.map_or(NONE, refused_by))
+    }));
+    rows
 }
 
 /// The value of the sample `series` (name and labels, as rendered).

@@ -230,7 +230,13 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
     // Hubs: the embedded companion hub and the configured ones.
     let linked_hubs = LinkedHubs::new(store.clone());
     let hub = if config.hub.embedded {
-        let hub = CompanionHub::open(&config.hub_store_path(), &endpoint, sealer.clone()).await?;
+        let hub = CompanionHub::open_with(
+            &config.hub_store_path(),
+            &endpoint,
+            sealer.clone(),
+            config.hub.limits(),
+        )
+        .await?;
         linked_hubs
             .link_embedded(&service.name, &hub.owner_connection_string())
             .await?;

@@ -20,16 +20,7 @@ const API: &str = "?api-version=2021-06-01";
 
 /// A server with `throttle` as its `[throttle]` section.
 fn throttled_server(throttle: &str) -> Server {
-    let temp = tempfile::tempdir().unwrap();
-    let config = temp.path().join("onramp.toml");
-    std::fs::write(&config, format!("[throttle]\n{throttle}\n")).unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-    );
-    server.keep(temp);
-    server
+    Server::with_config(&format!("[throttle]\n{throttle}\n"))
 }
 
 /// The Retry-After header of an answer, in seconds.

@@ -6,7 +6,8 @@ use onramp_model::UtcTime;
 use serde_json::{Map, Value, json};
 
 use super::CompanionHub;
-use super::store::HubStoreError;
+use super::limits::MessageRefusal;
+use super::store::{HubStoreError, Retention};
 use crate::twin;
 
 /// A twin operation's answer: an HTTP-like status, a JSON body (empty for
@@ -93,17 +94,43 @@ pub(crate) async fn reported_patch(
     }
 }
 
-/// Stores a device-to-cloud message with its properties.
+/// Stores a device-to-cloud message with its properties, within the hub's
+/// limits (size, the device's rate, retention).
 pub(crate) async fn telemetry(
     hub: &CompanionHub,
     device_id: &str,
     properties: Map<String, Value>,
     payload: Bytes,
-) -> Result<(), String> {
-    hub.store()
-        .add_message(device_id, properties, payload, UtcTime::now())
+) -> Result<(), MessageRefusal> {
+    hub.message_gate().admit(device_id, payload.len())?;
+    store_telemetry(hub, device_id, properties, payload).await
+}
+
+/// Stores a message [`super::limits::MessageGate::admit`] already let in,
+/// dropping what the retention limits no longer keep.
+pub(crate) async fn store_telemetry(
+    hub: &CompanionHub,
+    device_id: &str,
+    properties: Map<String, Value>,
+    payload: Bytes,
+) -> Result<(), MessageRefusal> {
+    let limits = hub.limits();
+    let now = UtcTime::now();
+    let retention = Retention {
+        per_device: limits.retained_messages_per_device,
+        older_than: (!limits.retained_message_age.is_zero())
+            .then(|| {
+                let age = i128::try_from(limits.retained_message_age.as_nanos()).ok()?;
+                UtcTime::from_unix_nanos(now.unix_nanos() - age)
+            })
+            .flatten(),
+    };
+    let (_, dropped) = hub
+        .store()
+        .add_message(device_id, properties, payload, now, retention)
         .await
-        .map_err(|e| format!("the message could not be stored: {e}"))?;
+        .map_err(|e| MessageRefusal::Unavailable(e.to_string()))?;
     crate::events::MessageStored.emit();
+    crate::events::MessagesDropped { count: dropped }.emit();
     Ok(())
 }

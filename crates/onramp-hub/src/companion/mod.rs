@@ -10,6 +10,7 @@ mod auth;
 mod connections;
 mod device_auth;
 mod device_ops;
+mod limits;
 mod mqtt;
 mod rest;
 mod store;
@@ -27,6 +28,7 @@ use onramp_store::Sealer;
 pub use amqp::{HubAddress, HubAmqp, parse_hub_address};
 pub use auth::{HubPolicy, HubRights};
 pub use connections::Connections;
+pub use limits::{HubLimits, MessageRefusal};
 pub use mqtt::{HubMqtt, parse_hub_username};
 pub use store::{DeviceRecord, HubStore, HubStoreError, StoredMessage, TwinState};
 
@@ -42,6 +44,8 @@ pub struct CompanionHub {
     trusted_cas: RwLock<Vec<Vec<u8>>>,
     /// Serializes CA changes, so that a reload cannot overtake a later write.
     ca_changes: tokio::sync::Mutex<()>,
+    /// Device-to-cloud message size and rate.
+    messages: limits::MessageGate,
 }
 
 impl CompanionHub {
@@ -52,6 +56,16 @@ impl CompanionHub {
         db_path: &Path,
         host_name: &str,
         sealer: Arc<Sealer>,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(db_path, host_name, sealer, HubLimits::default()).await
+    }
+
+    /// [`Self::open`] with the limits on what devices send.
+    pub async fn open_with(
+        db_path: &Path,
+        host_name: &str,
+        sealer: Arc<Sealer>,
+        limits: HubLimits,
     ) -> Result<Arc<Self>, StoreError> {
         let store = HubStore::open(db_path, sealer)?;
         let cas = trusted_cas_in(&store).await?;
@@ -73,6 +87,7 @@ impl CompanionHub {
             connections: Connections::default(),
             trusted_cas: RwLock::new(cas),
             ca_changes: tokio::sync::Mutex::new(()),
+            messages: limits::MessageGate::new(limits),
         }))
     }
 
@@ -82,6 +97,15 @@ impl CompanionHub {
 
     pub fn store(&self) -> &HubStore {
         &self.store
+    }
+
+    /// The limits on what devices send.
+    pub fn limits(&self) -> HubLimits {
+        self.messages.limits()
+    }
+
+    pub(crate) fn message_gate(&self) -> &limits::MessageGate {
+        &self.messages
     }
 
     pub fn trusted_cas(&self) -> Vec<Vec<u8>> {

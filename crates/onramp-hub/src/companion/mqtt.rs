@@ -120,9 +120,24 @@ impl HubSession {
             .into_iter()
             .map(|(k, v)| (k, Value::String(v)))
             .collect();
-        device_ops::telemetry(&self.hub, &self.device_id, properties, payload)
+        // Admitted by `check_publish`, before the PUBACK.
+        device_ops::store_telemetry(&self.hub, &self.device_id, properties, payload)
             .await
-            .map_err(SessionEnd)
+            .map_err(|refusal| SessionEnd(refusal.to_string()))
+    }
+
+    /// Whether a device may publish to `topic_name` at all.
+    fn allowed_topic(&self, topic_name: &str) -> Result<(), SessionEnd> {
+        if self.is_telemetry(topic_name) {
+            return Ok(());
+        }
+        match topic::split(topic_name).0 {
+            "$iothub/twin/GET/" | "$iothub/twin/PATCH/properties/reported/" => Ok(()),
+            p if p.starts_with("$iothub/methods/res/") => Ok(()),
+            _ => Err(SessionEnd(format!(
+                "'{topic_name}' is not a topic of the IoT Hub device API"
+            ))),
+        }
     }
 }
 
@@ -148,17 +163,19 @@ impl MqttSession for HubSession {
         }
     }
 
-    fn check_publish(&self, topic_name: &str) -> Result<(), SessionEnd> {
+    /// MQTT 3.1.1 has no negative PUBACK: as IoT Hub does, a message the
+    /// hub cannot take (too large, over the device's rate) closes the
+    /// connection unacknowledged, and the SDK reconnects after its back-off
+    /// and sends it again.
+    fn check_publish(&self, topic_name: &str, payload: &Bytes) -> Result<(), SessionEnd> {
+        self.allowed_topic(topic_name)?;
         if self.is_telemetry(topic_name) {
-            return Ok(());
+            self.hub
+                .message_gate()
+                .admit(&self.device_id, payload.len())
+                .map_err(|refusal| SessionEnd(refusal.to_string()))?;
         }
-        match topic::split(topic_name).0 {
-            "$iothub/twin/GET/" | "$iothub/twin/PATCH/properties/reported/" => Ok(()),
-            p if p.starts_with("$iothub/methods/res/") => Ok(()),
-            _ => Err(SessionEnd(format!(
-                "'{topic_name}' is not a topic of the IoT Hub device API"
-            ))),
-        }
+        Ok(())
     }
 
     async fn publish(
@@ -166,7 +183,7 @@ impl MqttSession for HubSession {
         topic_name: &str,
         payload: Bytes,
     ) -> Result<Vec<Outgoing>, SessionEnd> {
-        self.check_publish(topic_name)?;
+        self.allowed_topic(topic_name)?;
         if self.is_telemetry(topic_name) {
             self.telemetry(topic_name, payload).await?;
             return Ok(Vec::new());

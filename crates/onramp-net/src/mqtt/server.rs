@@ -227,10 +227,11 @@ pub trait MqttSession: Send {
 
     fn unsubscribe(&mut self, _filter: &str) {}
 
-    /// Whether the client may publish to `topic` at all; asked before the
-    /// PUBACK, so a message to a forbidden topic is never acknowledged (the
-    /// client must not believe it was delivered): `Err` ends the connection.
-    fn check_publish(&self, topic: &str) -> Result<(), SessionEnd>;
+    /// Whether the client may publish `payload` to `topic` at all; asked
+    /// before the PUBACK, so a message to a forbidden topic (or one the
+    /// application cannot take) is never acknowledged (the client must not
+    /// believe it was delivered): `Err` ends the connection.
+    fn check_publish(&self, topic: &str, payload: &Bytes) -> Result<(), SessionEnd>;
 
     /// A message from the client, to a topic [`MqttSession::check_publish`]
     /// allowed; its PUBACK is already on the wire. Returns the messages to
@@ -413,7 +414,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         let Some(id) = p.packet_id else {
                             return "a QoS 1 PUBLISH without a packet ID".into();
                         };
-                        if let Err(SessionEnd(reason)) = session.check_publish(&p.topic) {
+                        if let Err(SessionEnd(reason)) = session.check_publish(&p.topic, &p.payload)
+                        {
                             return reason;
                         }
                         // PUBACK first, then any response (C# expects exactly this order).
@@ -422,7 +424,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         session.publish(&p.topic, p.payload).await
                     }
-                    QoS::AtMostOnce => match session.check_publish(&p.topic) {
+                    QoS::AtMostOnce => match session.check_publish(&p.topic, &p.payload) {
                         Ok(()) => session.publish(&p.topic, p.payload).await,
                         Err(end) => Err(end),
                     },

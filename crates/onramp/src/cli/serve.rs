@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use onramp_hub::companion::HubLimits;
 
 use super::*;
 
@@ -114,4 +115,47 @@ pub struct HubServeArgs {
     /// 443); `host:port` when clients reach the hub through a proxy.
     #[arg(long, env = "ONRAMP_HUB_HOST", default_value = "localhost")]
     pub host: String,
+    #[command(flatten)]
+    pub limits: HubLimitArgs,
+}
+
+/// The companion hub's limits on what devices send.
+#[derive(Args, Debug, Clone)]
+pub struct HubLimitArgs {
+    /// Largest device-to-cloud message, in bytes (0: no limit).
+    #[arg(long, default_value_t = HubLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Messages one device may send a second (0: no limit).
+    #[arg(long, default_value_t = HubLimits::default().device_messages_per_second)]
+    pub device_messages_per_second: u32,
+    /// Telemetry messages kept per device, the oldest dropped first (0: no cap).
+    #[arg(long, default_value_t = HubLimits::default().retained_messages_per_device)]
+    pub retained_messages_per_device: u64,
+    /// Telemetry older than this many seconds is dropped (0: kept).
+    #[arg(long, default_value_t = HubLimits::default().retained_message_age.as_secs())]
+    pub retained_message_age_seconds: u64,
+}
+
+impl Default for HubLimitArgs {
+    fn default() -> Self {
+        let d = HubLimits::default();
+        Self {
+            max_message_bytes: d.max_message_bytes,
+            device_messages_per_second: d.device_messages_per_second,
+            retained_messages_per_device: d.retained_messages_per_device,
+            retained_message_age_seconds: d.retained_message_age.as_secs(),
+        }
+    }
+}
+
+impl HubLimitArgs {
+    /// The hub's limits on what devices send.
+    pub fn limits(&self) -> HubLimits {
+        HubLimits::new(
+            self.max_message_bytes,
+            self.device_messages_per_second,
+            self.retained_messages_per_device,
+            self.retained_message_age_seconds,
+        )
+    }
 }

@@ -221,6 +221,26 @@ pub struct HubConfig {
     pub embedded: bool,
     /// Seconds before a call to a linked hub times out.
     pub timeout_seconds: u64,
+    /// The companion hub's largest device-to-cloud message (0: no limit).
+    pub max_message_bytes: usize,
+    /// Messages a device may send the companion hub a second (0: no limit).
+    pub device_messages_per_second: u32,
+    /// Telemetry the companion hub keeps per device (0: no cap).
+    pub retained_messages_per_device: u64,
+    /// Telemetry older than this is dropped (0: kept whatever its age).
+    pub retained_message_age_seconds: u64,
+}
+
+impl HubConfig {
+    /// The companion hub's limits on what devices send.
+    pub fn limits(&self) -> onramp_hub::companion::HubLimits {
+        onramp_hub::companion::HubLimits::new(
+            self.max_message_bytes,
+            self.device_messages_per_second,
+            self.retained_messages_per_device,
+            self.retained_message_age_seconds,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,9 +323,15 @@ impl Default for StoreConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
+        // The same defaults as `onramp hub serve`'s.
+        let d = crate::cli::HubLimitArgs::default();
         Self {
             embedded: true,
             timeout_seconds: 10,
+            max_message_bytes: d.max_message_bytes,
+            device_messages_per_second: d.device_messages_per_second,
+            retained_messages_per_device: d.retained_messages_per_device,
+            retained_message_age_seconds: d.retained_message_age_seconds,
         }
     }
 }

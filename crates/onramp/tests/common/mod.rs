@@ -1,6 +1,8 @@
 //! Test harness: the real `onramp` binary on loopback, and clients for it.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -229,6 +231,21 @@ impl Server {
             .map(|ca| std::fs::read_to_string(ca).unwrap())
             .unwrap_or_default();
         server.state = state;
+        server
+    }
+
+    /// Starts on a fresh data directory with a configuration file holding
+    /// `toml` (`--config`, beside the data directory).
+    pub fn with_config(toml: &str) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let config = temp.path().join("onramp.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut server = Self::start_in(
+            &temp.path().join("data"),
+            "127.0.0.1:0",
+            &["--config", config.to_str().unwrap()],
+        );
+        server.keep(temp);
         server
     }
 

@@ -3,6 +3,8 @@
 //! answers and desired-property notifications.
 
 use super::*;
+use crate::companion::limits::MessageRefusal;
+use fe2o3_amqp::types::definitions::{ErrorCondition, Fields};
 
 /// Sends the queued messages on a link the device receives from, each
 /// after it gave credit, until it detaches; gives the queue back.
@@ -234,6 +236,29 @@ pub(super) fn telemetry_properties(message: &Message<Body<Value>>) -> Map<String
     out
 }
 
+/// A message the hub did not take, as IoT Hub rejects it: too large
+/// `amqp:link:message-size-exceeded`; over the device's rate
+/// `com.microsoft:device-container-throttled` (which the SDKs retry), with
+/// `retry-after` in its info; a store failure `amqp:internal-error`.
+fn telemetry_rejection(refusal: &MessageRefusal) -> definitions::Error {
+    let condition = match refusal {
+        MessageRefusal::TooLarge { .. } => {
+            ErrorCondition::LinkError(definitions::LinkError::MessageSizeExceeded)
+        }
+        MessageRefusal::Throttled { .. } => {
+            ErrorCondition::Custom(Symbol::from("com.microsoft:device-container-throttled"))
+        }
+        MessageRefusal::Unavailable(_) => ErrorCondition::AmqpError(AmqpError::InternalError),
+    };
+    let info = matches!(refusal, MessageRefusal::Throttled { .. }).then(|| {
+        let seconds = u32::try_from(refusal.retry_after_seconds()).unwrap_or(u32::MAX);
+        let mut fields = Fields::new();
+        fields.insert(Symbol::from("retry-after"), Value::Uint(seconds));
+        fields
+    });
+    definitions::Error::new(condition, Some(refusal.to_string()), info)
+}
+
 /// Stores each telemetry message, then settles it `accepted` (or
 /// `rejected` with the reason).
 pub(super) async fn telemetry(mut receiver: Receiver, state: Arc<ConnState>, device_id: String) {
@@ -250,7 +275,7 @@ pub(super) async fn telemetry(mut receiver: Receiver, state: Arc<ConnState>, dev
                     Bytes::from(body),
                 )
                 .await
-                .map_err(|m| amqp_error(AmqpError::InternalError, m)),
+                .map_err(|refusal| telemetry_rejection(&refusal)),
             },
         };
         let settled = match stored {

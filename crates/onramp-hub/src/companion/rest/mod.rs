@@ -10,11 +10,13 @@
 mod bulk;
 mod certificates;
 mod devices;
+mod messages;
 mod twins;
 
 use bulk::*;
 use certificates::*;
 use devices::*;
+use messages::*;
 use twins::*;
 
 use std::convert::Infallible;
@@ -50,6 +52,10 @@ pub fn router(hub: Arc<CompanionHub>) -> Router {
         .route(
             "/devices/{id}",
             get(get_device).put(put_device).delete(delete_device),
+        )
+        .route(
+            "/devices/{id}/messages/events",
+            axum::routing::post(send_event).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route(
             "/twins/{id}",
@@ -100,6 +106,8 @@ struct HubFailure {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` (a throttled call).
+    retry_after: Option<u64>,
 }
 
 impl HubFailure {
@@ -108,6 +116,7 @@ impl HubFailure {
             status,
             code,
             message: message.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -121,6 +130,10 @@ impl IntoResponse for HubFailure {
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut()
             .insert("iothub-errorcode", HeaderValue::from_static(self.code));
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
+        }
         resp
     }
 }

@@ -26,7 +26,7 @@ use onramp_store::sqlite::{Db, Durability};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-pub use telemetry::StoredMessage;
+pub use telemetry::{Retention, StoredMessage};
 pub use twins::{TwinChange, TwinState};
 
 /// A device identity and its twin.

@@ -10,6 +10,19 @@ use serde_json::{Map, Value};
 
 use super::{HubStore, corrupt};
 
+/// What the hub keeps of a device's telemetry; the oldest goes first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    /// Messages kept per device (0: no cap).
+    pub per_device: u64,
+    /// Messages received before this are dropped.
+    pub older_than: Option<UtcTime>,
+}
+
+/// Messages past their age dropped by one write, at the most: a store that
+/// kept years of telemetry sheds it over the next writes, not in one.
+const AGE_SWEEP: i64 = 256;
+
 /// A device-to-cloud message as the hub stored it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,14 +38,17 @@ pub struct StoredMessage {
 }
 
 impl HubStore {
-    /// Stores a device-to-cloud message; returns its sequence number.
+    /// Stores a device-to-cloud message and, in the same commit, drops what
+    /// `retention` no longer keeps; returns its sequence number and how many
+    /// messages were dropped.
     pub async fn add_message(
         &self,
         device_id: &str,
         properties: Map<String, Value>,
         body: Bytes,
         received: UtcTime,
-    ) -> Result<i64, StoreError> {
+        retention: Retention,
+    ) -> Result<(i64, u64), StoreError> {
         let key = device_id.to_ascii_lowercase();
         let id = device_id.to_owned();
         let props = serde_json::to_string(&properties).map_err(corrupt)?;
@@ -43,7 +59,35 @@ impl HubStore {
                 )
                 .and_then(|mut s| s.execute(params![key, id, received.to_string(), props, body.as_ref()]))
                 .map_err(sql_error)?;
-                Ok(conn.last_insert_rowid())
+                let seq = conn.last_insert_rowid();
+                let mut dropped = 0;
+                if retention.per_device > 0 {
+                    dropped += conn
+                        .prepare_cached(
+                            "DELETE FROM messages WHERE device_key = ?1 AND seq <= (
+                                SELECT seq FROM messages WHERE device_key = ?1
+                                ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                key,
+                                i64::try_from(retention.per_device).unwrap_or(i64::MAX)
+                            ])
+                        })
+                        .map_err(sql_error)?;
+                }
+                if let Some(before) = retention.older_than {
+                    // Oldest first across devices: sequence numbers follow arrival.
+                    dropped += conn
+                        .prepare_cached(
+                            "DELETE FROM messages WHERE seq IN (
+                                SELECT seq FROM messages ORDER BY seq LIMIT ?2)
+                             AND received < ?1",
+                        )
+                        .and_then(|mut s| s.execute(params![before.to_string(), AGE_SWEEP]))
+                        .map_err(sql_error)?;
+                }
+                Ok((seq, dropped as u64))
             })
             .await
     }
