@@ -1471,3 +1471,48 @@ async fn the_newest_registration_wins_across_nodes() {
     // A ends after B: the store refuses its record as overtaken.
     the_later_registration_stays(&w, &gated, slow, done).await;
 }
+
+/// The wall clock jumping back (an NTP correction, a host restored from a
+/// snapshot) and then forward: a device registers again and is assigned
+/// whichever way the clock went, an operation polled after the jump is
+/// still answered until it is old by the new clock, and a token is judged
+/// by the clock of the moment (a token past its expiry after the jump
+/// forward is refused, a fresh one accepted).
+#[tokio::test]
+async fn the_clock_jumping_back_and_forward() {
+    let w = one_device_on_hub_a().await;
+    let first = w.register_with_key("dev-01", &primary()).await.unwrap();
+    assert_eq!(first.status, RegistrationStatus::Assigned);
+
+    // An hour back: the device registers again and is assigned; the record
+    // is the new registration's, and both operations are answered.
+    w.clock.advance_seconds(-3600);
+    let back = w.register_with_key("dev-01", &primary()).await.unwrap();
+    assert_eq!(back.status, RegistrationStatus::Assigned, "{back:?}");
+    assert_eq!(
+        w.record("dev-01").await.unwrap().operation_id,
+        back.operation_id,
+        "the registration after the jump is the device's record"
+    );
+    assert!(w.polled("dev-01", &back.operation_id).await.is_ok());
+    assert_eq!(
+        w.hubs.device("hub-a", "dev-01").unwrap().twin,
+        TwinSetup::Keep
+    );
+
+    // Two days forward: the token signed for an hour after NOW has expired
+    // by the new clock; a fresh one is good; old operations are gone.
+    w.clock.advance_seconds(3600 + 2 * 86_400);
+    let stale = w.register_with_key("dev-01", &primary()).await.unwrap_err();
+    assert_eq!(stale.code, ErrorCode::Unauthorized, "{stale:?}");
+    let fresh = w.token("dev-01", &primary(), NOW + 3 * 86_400);
+    let forward = w.engine.register(w.request("dev-01", fresh)).await.unwrap();
+    assert_eq!(forward.status, RegistrationStatus::Assigned, "{forward:?}");
+    for old in [&first.operation_id, &back.operation_id] {
+        let mut poll = w.poll("dev-01", old);
+        poll.credential = w.token("dev-01", &primary(), NOW + 3 * 86_400);
+        let err = w.engine.operation_status(poll).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::OperationNotFound, "{err:?}");
+    }
+    assert_eq!(w.hubs.count(), 1, "one identity throughout");
+}

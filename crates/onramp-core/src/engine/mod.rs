@@ -145,6 +145,9 @@ pub struct Engine {
     in_flight: Mutex<InFlightOps>,
     tasks: tasks::Tasks,
     throttle: Throttle,
+    /// The start time (Unix ns) of the last operation ID minted: IDs never
+    /// go back in time, even when the wall clock does.
+    last_operation_start: std::sync::atomic::AtomicU64,
     /// This node's name, in the running operations it records.
     node: String,
 }
@@ -168,6 +171,7 @@ impl Engine {
             in_flight: Mutex::new(InFlightOps::default()),
             tasks: tasks::Tasks::default(),
             throttle: Throttle::default(),
+            last_operation_start: std::sync::atomic::AtomicU64::new(0),
             node: "onramp".to_owned(),
         }
     }

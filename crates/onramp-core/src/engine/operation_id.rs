@@ -2,6 +2,8 @@
 //! The start time lets a poll tell an operation that ended without a record
 //! from one whose record a newer operation replaced.
 
+use std::sync::atomic::Ordering;
+
 use super::Engine;
 
 impl Engine {
@@ -9,8 +11,20 @@ impl Engine {
     /// SDKs can put unescaped into paths and topics. [`Engine::register`]
     /// mints one for each registration; this is public for tools and tests
     /// that name an operation which never ran.
+    ///
+    /// The start times this engine mints only go forward: a wall clock set
+    /// back (an NTP step, a restored host) would otherwise make a device's
+    /// next registration older than its record, which the store refuses as
+    /// overtaken until the clock caught up.
     pub fn new_operation_id(&self) -> String {
-        let nanos = self.clock.now().unix_nanos().max(0) as u64;
+        let now = u64::try_from(self.clock.now().unix_nanos().max(0)).unwrap_or(u64::MAX);
+        let previous = self
+            .last_operation_start
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or(now);
+        let nanos = now.max(previous.saturating_add(1));
         format!("1.{nanos:016x}.{}", uuid::Uuid::new_v4())
     }
 }
