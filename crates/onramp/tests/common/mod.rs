@@ -1,6 +1,7 @@
 //! Test harness: the real `onramp` binary on loopback, and clients for it.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod hub;
 
 use std::path::{Path, PathBuf};
