@@ -68,6 +68,13 @@ impl MessagesDropped {
     }
 }
 
+/// The companion hub's refusal and drop counters start at 0, so a
+/// dashboard sees them before the first refusal.
+pub fn start_counters() {
+    metrics::counter!(MESSAGES_REFUSED, "reason" => "too-large").increment(0);
+    metrics::counter!(MESSAGES_DROPPED).increment(0);
+}
+
 /// One latency probe of a linked hub: its smoothed latency, if any, and
 /// the probe's failure, if it failed.
 pub struct HubProbe<'a> {

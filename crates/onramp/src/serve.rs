@@ -502,6 +502,7 @@ fn install_metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::Pro
         metric.describe();
     }
     onramp_net::admission::describe_metrics();
+    onramp_hub::events::start_counters();
     Ok(handle)
 }
 
