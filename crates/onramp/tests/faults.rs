@@ -11,7 +11,10 @@
 //! - the data directory's file system full (a small tmpfs): devices hear
 //!   503 with Retry-After or a failed registration they retry, the store
 //!   stays whole (`PRAGMA integrity_check`), and everything succeeds once
-//!   there is room again.
+//!   there is room again;
+//! - the server's wall clock jumping back an hour and forward two while it
+//!   runs (libfaketime): registrations, the throttle, tokens and measured
+//!   durations behave.
 //!
 //! The fleet is `common::fleet`, as in `scale_out.rs`.
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
@@ -457,5 +460,120 @@ async fn a_full_disk_is_answered_with_errors_devices_retry_and_recovers() {
         t.assigned.load(Ordering::SeqCst),
         t.unavailable.load(Ordering::SeqCst),
         t.hub_failures.load(Ordering::SeqCst)
+    );
+}
+
+/// A register call with a token signed for ten minutes of a clock two
+/// hours ahead of the test's.
+async fn register_two_hours_ahead(
+    server: &Server,
+    id: &str,
+    key: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let token = server.device_token(id, key, common::unix_now() + 2 * 3600 + 600);
+    let body = json!({ "registrationId": id }).to_string().into_bytes();
+    server
+        .register_raw(
+            &server.id_scope(),
+            id,
+            "?api-version=2021-06-01",
+            Some(&token),
+            body,
+        )
+        .await
+}
+
+/// Debian's libfaketime, which the test preloads into `onramp serve`.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The server's wall clock jumps back an hour, then forward two, while it
+/// runs (libfaketime reading its offset from a file on every call; the
+/// monotonic clock is left alone, as a real NTP step leaves it): a device
+/// registers again after the jump back (its new operation is not taken for
+/// an older one); the registration throttle, on the monotonic clock, is
+/// neither emptied nor refilled by the jumps; a token is judged by the
+/// server's clock of the moment; the latency measured stays sane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_jumping_under_a_running_server() {
+    if !Path::new(LIBFAKETIME).exists() {
+        eprintln!(
+            "skipped: {LIBFAKETIME} is missing (the faketime package; scripts/test installs it)"
+        );
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let offset = temp.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let config = temp.path().join("onramp.toml");
+    std::fs::write(&config, "[throttle]\ndevice_registrations_per_minute = 2\n").unwrap();
+    let preload = format!("LD_PRELOAD={LIBFAKETIME}");
+    let file = format!("FAKETIME_TIMESTAMP_FILE={}", offset.display());
+    let server = Server::start_wrapped(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[
+            "env",
+            &preload,
+            &file,
+            "FAKETIME_NO_CACHE=1",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        ],
+    );
+    const API: &str = "?api-version=2021-06-01";
+    let key = server.enroll("clock-1", json!({})).await;
+    let (status, _, op) = server.register("clock-1", &key, API).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+
+    // An hour back: the device registers again and is assigned.
+    std::fs::write(&offset, "-1h\n").unwrap();
+    let (status, _, op) = server.register("clock-1", &key, API).await;
+    assert_eq!(
+        op["status"], "assigned",
+        "after the jump back: {status} {op}"
+    );
+    let record = server.cli_json(&["registration", "show", "clock-1"]);
+    assert_eq!(record["status"], "assigned", "{record}");
+
+    // Its budget of two a minute is spent, whatever the wall clock says.
+    let (status, headers, op) = server.register("clock-1", &key, API).await;
+    assert_eq!(status, 429, "{op}");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "Retry-After {wait}");
+
+    // Two hours forward: still spent (a wall jump refills no bucket). (The
+    // test's service token is signed by its own clock: enroll first.)
+    let other = server.enroll("clock-2", json!({})).await;
+    std::fs::write(&offset, "+2h\n").unwrap();
+    let (status, _, op) = register_two_hours_ahead(&server, "clock-1", &key).await;
+    assert_eq!(status, 429, "a jump forward refilled the bucket: {op}");
+    // A token is judged by the server's clock of the moment: one signed for
+    // ten minutes of the device's clock has expired; one for ten minutes
+    // of the server's is good.
+    let (status, _, op) = server.register("clock-2", &other, API).await;
+    assert_eq!(status, 401, "{op}");
+    let (status, _, op) = register_two_hours_ahead(&server, "clock-2", &other).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+
+    // Durations are measured on the monotonic clock: none is negative or
+    // hours long.
+    let metrics = server.metrics().await;
+    let total = |suffix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("onramp_registration_duration_seconds_{suffix}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum, count) = (total("sum"), total("count"));
+    assert!(count >= 3.0, "{metrics}");
+    assert!(
+        (0.0..count * 10.0).contains(&sum),
+        "durations: sum {sum} of {count}"
+    );
+    println!(
+        "wall clock -1 h then +2 h under onramp serve: 3 registrations assigned, 2 throttled, 1 stale token refused; duration sum {sum:.3} s over {count}"
     );
 }
