@@ -15,8 +15,6 @@ use onramp_core::events::{Metric, MetricKind};
 
 pub const CONNECTED_DEVICES: &str = "onramp_hub_connected_devices";
 pub const MESSAGES: &str = "onramp_hub_messages_total";
-pub const MESSAGES_REFUSED: &str = "onramp_hub_messages_refused_total";
-pub const MESSAGES_DROPPED: &str = "onramp_hub_messages_dropped_total";
 pub const LATENCY: &str = "onramp_hub_latency_seconds";
 pub const PROBE_FAILURES: &str = "onramp_hub_probe_failures_total";
 
@@ -39,6 +37,9 @@ impl MessageStored {
         metrics::counter!(MESSAGES).increment(1);
     }
 }
+
+pub const MESSAGES_REFUSED: &str = "onramp_hub_messages_refused_total";
+pub const MESSAGES_DROPPED: &str = "onramp_hub_messages_dropped_total";
 
 /// The companion hub refused a device's message.
 pub struct MessageRefused {

@@ -79,30 +79,6 @@ fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
             },
         ),
         (
-            "throttle.registrations_per_second",
-            u64::from(t.registrations_per_second),
-            "registrations a second per service",
-            refused_by(r#"onramp_throttled_total{limit="service"}"#),
-        ),
-        (
-            "throttle.device_registrations_per_minute",
-            u64::from(t.device_registrations_per_minute),
-            "registrations a minute per device",
-            refused_by(r#"onramp_throttled_total{limit="device"}"#),
-        ),
-        (
-            "throttle.failed_authentications_per_minute",
-            u64::from(t.failed_authentications_per_minute),
-            "failed authentications a minute per address",
-            refused_by(r#"onramp_throttled_total{limit="address"}"#),
-        ),
-        (
-            "throttle.service_api_requests_per_minute",
-            u64::from(t.service_api_requests_per_minute),
-            "service API requests a minute per service",
-            refused_by(r#"onramp_throttled_total{limit="service-api"}"#),
-        ),
-        (
             "limits.handshake_timeout_ms",
             l.handshake_timeout_ms,
             "ms",
@@ -117,32 +93,27 @@ fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
             NONE,
         ),
     ];
+    // The token buckets, one a line: (setting, value, unit, refusals).
+    #[rustfmt::skip]
+    let throttles: [(&str, u32, &str, &str); 4] = [
+        ("throttle.registrations_per_second", t.registrations_per_second, "registrations a second per service", r#"onramp_throttled_total{limit="service"}"#),
+        ("throttle.device_registrations_per_minute", t.device_registrations_per_minute, "registrations a minute per device", r#"onramp_throttled_total{limit="device"}"#),
+        ("throttle.failed_authentications_per_minute", t.failed_authentications_per_minute, "failed authentications a minute per address", r#"onramp_throttled_total{limit="address"}"#),
+        ("throttle.service_api_requests_per_minute", t.service_api_requests_per_minute, "service API requests a minute per service", r#"onramp_throttled_total{limit="service-api"}"#),
+    ];
+    rows.extend(throttles.map(|(setting, value, unit, refused)| {
+        (setting, u64::from(value), unit, refused_by(refused))
+    }));
     // The companion hub's, one a line: (setting, value, unit, refusals).
+    let too_large = r#"onramp_hub_messages_refused_total{reason="too-large"}"#;
+    let over_rate = r#"onramp_throttled_total{limit="hub-messages"}"#;
+    let dropped = "onramp_hub_messages_dropped_total";
+    #[rustfmt::skip]
     let hub: [(&str, u64, &str, Option<&str>); 4] = [
-        (
-            "hub.max_message_bytes",
-            h.max_message_bytes as u64,
-            "bytes per device-to-cloud message",
-            Some(r#"onramp_hub_messages_refused_total{reason="too-large"}"#),
-        ),
-        (
-            "hub.device_messages_per_second",
-            u64::from(h.device_messages_per_second),
-            "hub messages a second per device",
-            Some(r#"onramp_throttled_total{limit="hub-messages"}"#),
-        ),
-        (
-            "hub.retained_messages_per_device",
-            h.retained_messages_per_device,
-            "hub messages kept per device (refused: dropped)",
-            Some("onramp_hub_messages_dropped_total"),
-        ),
-        (
-            "hub.retained_message_age_seconds",
-            h.retained_message_age_seconds,
-            "seconds a hub message is kept",
-            None,
-        ),
+        ("hub.max_message_bytes", h.max_message_bytes as u64, "bytes a message", Some(too_large)),
+        ("hub.device_messages_per_second", h.device_messages_per_second.into(), "messages a second per device", Some(over_rate)),
+        ("hub.retained_messages_per_device", h.retained_messages_per_device, "messages kept per device (refused: dropped)", Some(dropped)),
+        ("hub.retained_message_age_seconds", h.retained_message_age_seconds, "seconds a message is kept", None),
     ];
     rows.extend(hub.map(|(setting, value, unit, refused)| {
         (setting, value, unit, refused.map_or(NONE, refused_by))

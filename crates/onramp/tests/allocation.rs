@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{DelayProxy, HubProcess, Server, WebhookReply, wait_for};
+use common::{DelayProxy, HubProcess, Server, WebhookReply, share_ca, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -51,13 +50,6 @@ fn deployment(n: usize, proxied: Option<usize>, extra: &[&str]) -> Deployment {
         hubs,
         proxy,
         _temp: temp,
-    }
-}
-
-fn share_ca(server_dir: &Path, hub_dir: &Path) {
-    std::fs::create_dir_all(hub_dir.join("tls")).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(server_dir.join("tls").join(f), hub_dir.join("tls").join(f)).unwrap();
     }
 }
 

@@ -176,20 +176,14 @@ impl FaultProxy {
         let tls = Arc::new(onramp_net::tls::server_config(&chain, &key, &[b"http/1.1"]).unwrap());
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let mode = self.mode.clone();
-        common::background(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let (mode, acceptor) = (mode.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    match mode.load(Ordering::SeqCst) {
-                        PASS => relay(inbound, upstream, mode).await,
-                        REFUSE => drop(inbound),
-                        status => answer(inbound, acceptor, status).await,
-                    }
-                });
+        common::accept_each(listener, move |inbound| {
+            let (mode, acceptor) = (mode.clone(), acceptor.clone());
+            async move {
+                match mode.load(Ordering::SeqCst) {
+                    PASS => relay(inbound, upstream, mode).await,
+                    REFUSE => drop(inbound),
+                    status => answer(inbound, acceptor, status).await,
+                }
             }
         });
     }
@@ -268,13 +262,8 @@ async fn answer(inbound: tokio::net::TcpStream, acceptor: tokio_rustls::TlsAccep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_companion_hub_down_or_failing_under_load_loses_nothing() {
-    let temp = tempfile::tempdir().unwrap();
-    let server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--embedded-hub", "false"],
-    );
-    let hub_dir = temp.path().join("hub");
+    let server = Server::start_with(&["--embedded-hub", "false"]);
+    let hub_dir = server.data_dir.parent().unwrap().join("hub");
     share_ca(&server.data_dir, &hub_dir);
     let (proxy, listener) = FaultProxy::bind();
     let hub = HubProcess::start(&hub_dir, Some(&format!("localhost:{}", proxy.port)));

@@ -20,7 +20,7 @@ use fe2o3_amqp::types::definitions::{ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::{Data, Message, Outcome};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use onramp_net::mqtt::QoS;
-use onramp_net::mqtt::client::ConnectOptions;
+use onramp_net::mqtt::client::{ConnectOptions, MqttClient};
 
 /// A server whose `[hub]` section holds `hub`.
 fn hub_server(hub: &str) -> Server {
@@ -53,16 +53,20 @@ async fn send_https(
     (status, headers, answer.text().await.unwrap())
 }
 
-/// The hub's MQTT CONNECT options for a device.
-fn hub_mqtt_options(hub: &str, id: &str, key: &str) -> ConnectOptions {
+/// A device provisioned to the embedded hub and connected to it over MQTT,
+/// and its telemetry topic.
+async fn hub_mqtt(server: &Server, id: &str) -> (MqttClient, String) {
+    let (hub, key) = hub_device(server, id).await;
     let host = hub.split(':').next().unwrap();
-    ConnectOptions {
+    let options = ConnectOptions {
         client_id: id.into(),
         username: Some(format!("{host}/{id}/?api-version=2021-04-12")),
-        password: Some(device_token(hub, id, key)),
+        password: Some(device_token(&hub, id, &key)),
         keep_alive: 60,
         clean_session: true,
-    }
+    };
+    let mqtt = server.mqtt_connect(&options).await.unwrap();
+    (mqtt, format!("devices/{id}/messages/events/"))
 }
 
 fn data(len: usize) -> Message<Data> {
@@ -119,12 +123,8 @@ async fn a_message_over_the_size_limit_is_refused_on_every_protocol() {
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
 
     // MQTT has no negative PUBACK: the connection is closed, nothing stored.
-    let (_, key3) = hub_device(&server, "lim-size-3").await;
-    let mut mqtt = server
-        .mqtt_connect(&hub_mqtt_options(&hub, "lim-size-3", &key3))
-        .await
-        .unwrap();
-    let topic = "devices/lim-size-3/messages/events/";
+    let (mut mqtt, topic) = hub_mqtt(&server, "lim-size-3").await;
+    let topic = topic.as_str();
     mqtt.publish(topic, vec![b'b'; 100], QoS::AtLeastOnce)
         .await
         .unwrap();
@@ -194,12 +194,8 @@ async fn a_device_over_its_message_rate_is_throttled_until_it_waits() {
     );
 
     // MQTT: the connection is closed; the SDK reconnects after its back-off.
-    let (_, key3) = hub_device(&server, "lim-rate-3").await;
-    let mut mqtt = server
-        .mqtt_connect(&hub_mqtt_options(&hub, "lim-rate-3", &key3))
-        .await
-        .unwrap();
-    let topic = "devices/lim-rate-3/messages/events/";
+    let (mut mqtt, topic) = hub_mqtt(&server, "lim-rate-3").await;
+    let topic = topic.as_str();
     let mut sent = 0;
     while mqtt.publish(topic, "{}", QoS::AtLeastOnce).await.is_ok() {
         sent += 1;

@@ -94,25 +94,24 @@ pub(crate) async fn reported_patch(
     }
 }
 
+/// A device-to-cloud message: who sent it, its property bag, its body.
+pub(crate) type DeviceMessage<'a> = (&'a str, Map<String, Value>, Bytes);
+
 /// Stores a device-to-cloud message with its properties, within the hub's
 /// limits (size, the device's rate, retention).
 pub(crate) async fn telemetry(
     hub: &CompanionHub,
-    device_id: &str,
-    properties: Map<String, Value>,
-    payload: Bytes,
+    message: DeviceMessage<'_>,
 ) -> Result<(), MessageRefusal> {
-    hub.message_gate().admit(device_id, payload.len())?;
-    store_telemetry(hub, device_id, properties, payload).await
+    hub.message_gate().admit(message.0, message.2.len())?;
+    store_telemetry(hub, message).await
 }
 
 /// Stores a message [`super::limits::MessageGate::admit`] already let in,
 /// dropping what the retention limits no longer keep.
 pub(crate) async fn store_telemetry(
     hub: &CompanionHub,
-    device_id: &str,
-    properties: Map<String, Value>,
-    payload: Bytes,
+    (device_id, properties, payload): DeviceMessage<'_>,
 ) -> Result<(), MessageRefusal> {
     let limits = hub.limits();
     let now = UtcTime::now();

@@ -121,7 +121,7 @@ impl HubSession {
             .map(|(k, v)| (k, Value::String(v)))
             .collect();
         // Admitted by `check_publish`, before the PUBACK.
-        device_ops::store_telemetry(&self.hub, &self.device_id, properties, payload)
+        device_ops::store_telemetry(&self.hub, (&self.device_id, properties, payload))
             .await
             .map_err(|refusal| SessionEnd(refusal.to_string()))
     }

@@ -235,6 +235,14 @@ impl Server {
         server
     }
 
+    /// Starts on a fresh data directory with `extra` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(&temp.path().join("data"), "127.0.0.1:0", extra);
+        server.keep(temp);
+        server
+    }
+
     /// Starts on a fresh data directory with a configuration file holding
     /// `toml` (`--config`, beside the data directory).
     pub fn with_config(toml: &str) -> Server {
@@ -1112,6 +1120,21 @@ where
     });
 }
 
+/// Accepts connections on `listener` on a runtime of its own thread, each
+/// handed to `handle` in a task of its own.
+pub fn accept_each<F, Fut>(listener: std::net::TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    background(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(handle(socket));
+        }
+    });
+}
+
 /// A TCP proxy that holds every chunk for a settable delay in both
 /// directions: a hub far away.
 pub struct DelayProxy {
@@ -1136,21 +1159,15 @@ impl DelayProxy {
 
     pub fn forward(&self, listener: std::net::TcpListener, upstream: std::net::SocketAddr) {
         let delay = self.delay_ms.clone();
-        background(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
+        accept_each(listener, move |inbound| {
+            let delay = delay.clone();
+            async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
-                let delay = delay.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (ri, wi) = inbound.into_split();
-                    let (ro, wo) = outbound.into_split();
-                    tokio::join!(relay(ri, wo, delay.clone()), relay(ro, wi, delay));
-                });
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::join!(relay(ri, wo, delay.clone()), relay(ro, wi, delay));
             }
         });
     }

@@ -270,9 +270,7 @@ pub(super) async fn telemetry(mut receiver: Receiver, state: Arc<ConnState>, dev
                 Err(m) => Err(amqp_error(AmqpError::DecodeError, m)),
                 Ok(body) => device_ops::telemetry(
                     &state.hub,
-                    &device_id,
-                    telemetry_properties(message),
-                    Bytes::from(body),
+                    (&device_id, telemetry_properties(message), Bytes::from(body)),
                 )
                 .await
                 .map_err(|refusal| telemetry_rejection(&refusal)),

@@ -46,7 +46,7 @@ pub(super) async fn send_event(
             limit,
         })
     })?;
-    device_ops::telemetry(&hub, &id, properties(&headers), payload)
+    device_ops::telemetry(&hub, (&id, properties(&headers), payload))
         .await
         .map_err(|r| refusal(&r))?;
     Ok(StatusCode::NO_CONTENT.into_response())
