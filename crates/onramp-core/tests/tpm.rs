@@ -457,3 +457,37 @@ async fn stale_replayed_malformed_disabled_and_mqtt_tpm_requests_are_refused() {
     let refused = p.engine.register(signed(&token)).await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::EnrollmentDisabled);
 }
+
+/// The engine's clock jumping between a challenge and the signed retry: an
+/// hour back, the challenge is still good and the device is assigned (and
+/// registers again through a new challenge); past the challenge's life
+/// forward, its token is refused as expired, and a fresh challenge works.
+#[tokio::test]
+async fn a_tpm_challenge_across_clock_jumps() {
+    let Some((tpm, ek, srk)) = tpm_with_keys() else {
+        return;
+    };
+    let p = provisioning(&ek).await;
+    let signed_retry = |blob: Vec<u8>| {
+        tpm.import(&blob).unwrap();
+        let token = tpm.sign(&p.resource(), now() + 3 * 3600, Some("registration"));
+        p.register(DeviceCredential::SasToken(token), None)
+    };
+    let challenge_blob = |e: ProvisioningError| STANDARD.decode(e.tpm_challenge.unwrap()).unwrap();
+
+    let blob = challenge_blob(p.ask_challenge(&ek, &srk).await);
+    p.clock.advance_seconds(-3600);
+    let op = p.engine.register(signed_retry(blob)).await.unwrap();
+    assert_eq!(op.status, RegistrationStatus::Assigned, "{op:?}");
+
+    // Back at the hour it was: a new challenge, left until it has expired.
+    p.clock.advance_seconds(3600);
+    let blob = challenge_blob(p.ask_challenge(&ek, &srk).await);
+    p.clock.advance_seconds(16 * 60);
+    let late = p.engine.register(signed_retry(blob)).await.unwrap_err();
+    assert_eq!(late.code, ErrorCode::Unauthorized, "{late:?}");
+    let blob = challenge_blob(p.ask_challenge(&ek, &srk).await);
+    let op = p.engine.register(signed_retry(blob)).await.unwrap();
+    assert_eq!(op.status, RegistrationStatus::Assigned, "{op:?}");
+    assert_eq!(p.hubs.count(), 1, "one identity throughout");
+}
