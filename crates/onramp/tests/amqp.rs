@@ -16,12 +16,12 @@ use std::time::Duration;
 use common::Server;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{Body, Message, MessageId, Outcome};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use onramp_core::ports::{RegistrationRecord, StoreExt};
+use onramp_endpoints::amqp::{register_message, request_message, status_message};
 use onramp_model::IdKey;
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,38 +43,9 @@ async fn connect(
         .await
 }
 
-fn request(
-    op: &str,
-    correlation: &str,
-    operation_id: Option<&str>,
-    body: &[u8],
-) -> Message<Body<Value>> {
-    let mut props = ApplicationProperties::builder()
-        .insert("iotdps-operation-type", SimpleValue::String(op.into()));
-    if let Some(id) = operation_id {
-        props = props.insert("iotdps-operation-id", SimpleValue::String(id.into()));
-    }
-    Message::builder()
-        .properties(Properties {
-            correlation_id: Some(MessageId::String(correlation.into())),
-            ..Default::default()
-        })
-        .application_properties(props.build())
-        .body(Body::Data(
-            vec![fe2o3_amqp::types::messaging::Data(Binary::from(
-                body.to_vec(),
-            ))]
-            .into(),
-        ))
-        .build()
-}
-
 /// A new device `id` (an individual enrollment), connected with a token its
 /// key signs: the connection and a session on it.
-async fn enrolled_session(
-    server: &Server,
-    id: &str,
-) -> (ConnectionHandle<()>, fe2o3_amqp::session::SessionHandle<()>) {
+async fn enrolled_session(server: &Server, id: &str) -> (ConnectionHandle<()>, SessionHandle<()>) {
     let key = server.enroll(id, serde_json::json!({})).await;
     let token = server.device_token(id, &key, common::unix_now() + 600);
     let mut conn = connect(server, id, &token).await.unwrap();
@@ -83,8 +54,30 @@ async fn enrolled_session(
 }
 
 /// A register request with an empty body.
+/// A receiving and a sending link on `address`.
+async fn links(session: &mut SessionHandle<()>, address: &str) -> (Receiver, Sender) {
+    let receiver = Receiver::attach(session, "recv", address).await.unwrap();
+    let sender = Sender::attach(session, "send", address).await.unwrap();
+    (receiver, sender)
+}
+
+/// Sends `message`, which must be rejected: the AMQP error and the Azure
+/// error body its description carries.
+async fn rejected(
+    sender: &mut Sender,
+    message: Message<Body<Value>>,
+) -> (fe2o3_amqp::types::definitions::Error, Json) {
+    let outcome = sender.send(message).await.unwrap();
+    let Outcome::Rejected(rejected) = outcome else {
+        panic!("not rejected: {outcome:?}")
+    };
+    let error = rejected.error.unwrap();
+    let body = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    (error, body)
+}
+
 fn register_request() -> Message<Body<Value>> {
-    request("iotdps-register", "c-1", None, b"{}")
+    register_message("c-1", b"{}".to_vec())
 }
 
 /// The answer to a request: its status property and JSON body.
@@ -117,26 +110,16 @@ async fn a_device_registers_and_polls_over_amqp() {
     let (mut conn, mut session) = enrolled_session(&server, "amqp-dev-1").await;
     // Two of the address spellings the SDKs use.
     let scope = server.id_scope();
-    let mut receiver = Receiver::attach(
-        &mut session,
-        "recv",
-        format!("{scope}/registrations/amqp-dev-1"),
-    )
-    .await
-    .unwrap();
-    let mut sender = Sender::attach(
-        &mut session,
-        "send",
-        format!("/{scope}/registrations/amqp-dev-1"),
-    )
-    .await
-    .unwrap();
+    let address = format!("{scope}/registrations/amqp-dev-1");
+    let mut receiver = Receiver::attach(&mut session, "recv", address.as_str())
+        .await
+        .unwrap();
+    let slashed = format!("/{address}");
+    let mut sender = Sender::attach(&mut session, "send", slashed).await.unwrap();
     let outcome = sender
-        .send(request(
-            "iotdps-register",
+        .send(register_message(
             "c-1",
-            None,
-            br#"{"registrationId":"amqp-dev-1"}"#,
+            br#"{"registrationId":"amqp-dev-1"}"#.to_vec(),
         ))
         .await
         .unwrap();
@@ -151,12 +134,7 @@ async fn a_device_registers_and_polls_over_amqp() {
         assert_eq!(op["status"], "assigning", "{op}");
         let correlation = format!("poll-{n}");
         let outcome = sender
-            .send(request(
-                "iotdps-get-operationstatus",
-                &correlation,
-                Some(&operation_id),
-                b"",
-            ))
+            .send(status_message(&correlation, &operation_id))
             .await
             .unwrap();
         assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
@@ -166,15 +144,8 @@ async fn a_device_registers_and_polls_over_amqp() {
     assert_eq!(op["registrationState"]["deviceId"], "amqp-dev-1", "{op}");
 
     // An operation this API does not have is rejected with an Azure error body.
-    let outcome = sender
-        .send(request("iotdps-frobnicate", "c-2", None, b""))
-        .await
-        .unwrap();
-    let Outcome::Rejected(rejected) = outcome else {
-        panic!("not rejected: {outcome:?}")
-    };
-    let error = rejected.error.unwrap();
-    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    let frobnicate = request_message("iotdps-frobnicate", "c-2", None, false, Vec::new());
+    let (_, body) = rejected(&mut sender, frobnicate).await;
     assert_eq!(body["errorCode"].as_u64().unwrap() / 1000, 400, "{body}");
     assert!(
         body["message"]
@@ -394,23 +365,12 @@ async fn a_register_request_with_a_malformed_body_is_rejected() {
     let server = Server::start("127.0.0.1:0");
     let (mut conn, mut session) = enrolled_session(&server, "amqp-dev-8").await;
     let address = format!("{}/registrations/amqp-dev-8", server.id_scope());
-    let _receiver = Receiver::attach(&mut session, "recv", address.clone())
-        .await
-        .unwrap();
-    let mut sender = Sender::attach(&mut session, "send", address).await.unwrap();
+    let (_receiver, mut sender) = links(&mut session, &address).await;
     for (body, names) in [
         (&b"{\"registrationId\": "[..], "body"),
         (&b"{\"registrationId\": 7}"[..], "registrationId"),
     ] {
-        let outcome = sender
-            .send(request("iotdps-register", "c-1", None, body))
-            .await
-            .unwrap();
-        let Outcome::Rejected(rejected) = outcome else {
-            panic!("not rejected: {outcome:?}")
-        };
-        let description = rejected.error.unwrap().description.unwrap();
-        let error: Json = serde_json::from_str(&description).unwrap();
+        let (_, error) = rejected(&mut sender, register_message("c-1", body.to_vec())).await;
         assert_eq!(error["errorCode"].as_u64().unwrap() / 1000, 400, "{error}");
         assert!(
             error["message"].as_str().unwrap().contains(names),
@@ -445,35 +405,22 @@ async fn a_device_over_its_registrations_per_minute_is_rejected_as_throttled() {
     let mut conn = connect(&server, "amqp-thr", &token).await.unwrap();
     let mut session = Session::begin(&mut conn).await.unwrap();
     let address = format!("{}/registrations/amqp-thr", server.id_scope());
-    let mut receiver = Receiver::attach(&mut session, "recv", address.as_str())
-        .await
-        .unwrap();
-    let mut sender = Sender::attach(&mut session, "send", address.as_str())
-        .await
-        .unwrap();
+    let (mut receiver, mut sender) = links(&mut session, &address).await;
     let body = br#"{"registrationId":"amqp-thr"}"#;
     let outcome = sender
-        .send(request("iotdps-register", "c-1", None, body))
+        .send(register_message("c-1", body.to_vec()))
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
     assert_eq!(answer(&mut receiver, "c-1").await.0, 202);
 
-    let outcome = sender
-        .send(request("iotdps-register", "c-2", None, body))
-        .await
-        .unwrap();
-    let Outcome::Rejected(rejected) = outcome else {
-        panic!("not rejected: {outcome:?}")
-    };
-    let error = rejected.error.unwrap();
+    let (error, body) = rejected(&mut sender, register_message("c-2", body.to_vec())).await;
     assert_eq!(
         error.condition,
         fe2o3_amqp::types::definitions::ErrorCondition::Custom(Symbol::from(
             "com.microsoft:device-container-throttled"
         ))
     );
-    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
     assert_eq!(body["errorCode"], 429001, "{body}");
     let info = error.info.unwrap();
     for key in ["retry-after", "Retry-After"] {

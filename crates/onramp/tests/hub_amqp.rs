@@ -17,10 +17,11 @@ use common::hub::{Cbs, admitted, connect, device_token, hub_device};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
+    ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use onramp_hub::companion::twin_request_message;
 use serde_json::{Value as Json, json};
 
 const WRONG_KEY: &str = "d3Jvbmcta2V5LWZvci10ZXN0cy0xMjM0NQ==";
@@ -147,24 +148,8 @@ async fn links_to_another_device_are_refused() {
 /// A twin request as the Node SDK sends it (annotations, correlation-id,
 /// a Data body).
 fn twin_request(operation: &str, resource: Option<&str>, id: &str, body: &str) -> Message<Data> {
-    let mut annotations = MessageAnnotations::builder().insert(
-        OwnedKey::Symbol(Symbol::from("operation")),
-        Value::String(operation.into()),
-    );
-    if let Some(r) = resource {
-        annotations = annotations.insert(
-            OwnedKey::Symbol(Symbol::from("resource")),
-            Value::String(r.into()),
-        );
-    }
-    Message::builder()
-        .properties(Properties {
-            correlation_id: Some(MessageId::String(id.into())),
-            ..Default::default()
-        })
-        .message_annotations(annotations.build())
-        .data(Binary::from(body.as_bytes().to_vec()))
-        .build()
+    let correlation = MessageId::String(id.into());
+    twin_request_message(operation, resource, correlation, body.as_bytes().to_vec())
 }
 
 /// The next message on the twin link: correlation-id, status, version, body.

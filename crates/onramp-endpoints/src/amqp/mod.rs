@@ -42,7 +42,7 @@ pub use sasl::{
     MAX_SASL_FRAME, Mechanism, TpmInit, decode_frame as decode_sasl_frame, parse_plain,
     parse_tpm_init, parse_tpm_response, tpm_blob_segments,
 };
-pub use session::{Address, parse_address};
+pub use session::{Address, parse_address, register_message, request_message, status_message};
 
 /// Who a connection proved to be, before any link.
 #[derive(Debug, Clone)]

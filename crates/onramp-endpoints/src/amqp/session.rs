@@ -13,7 +13,7 @@ use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use onramp_core::ProvisioningError;
 use onramp_core::engine::{OperationRequest, RegisterRequest};
-use onramp_model::{ErrorCode, RegistrationOperationStatus};
+use onramp_model::ErrorCode;
 use onramp_net::amqp::sessions::{
     AttachedLink, LinkGate, amqp_error, next_delivery, refuse_link, serve_sessions,
 };
@@ -211,6 +211,54 @@ pub enum Request {
     Status { operation_id: Option<String> },
 }
 
+/// A request as a device sends it, the shape [`decode_request`] reads: the
+/// operation (and the operation a status request asks about, and
+/// `force` on a register that asks for it) in application properties,
+/// `correlation` as message-id and correlation-id, `body` one Data section.
+/// The simulator and the tests speak through it.
+pub fn request_message(
+    operation_type: &str,
+    correlation: &str,
+    operation_id: Option<&str>,
+    force: bool,
+    body: Vec<u8>,
+) -> Message<Body<Value>> {
+    let mut props = ApplicationProperties::builder()
+        .insert(OPERATION_TYPE, SimpleValue::String(operation_type.into()));
+    if let Some(id) = operation_id {
+        props = props.insert(OPERATION_ID, SimpleValue::String(id.into()));
+    }
+    if force {
+        props = props.insert(FORCE_REGISTRATION, SimpleValue::Bool(true));
+    }
+    let correlation = MessageId::String(correlation.into());
+    Message::builder()
+        .properties(Properties {
+            message_id: Some(correlation.clone()),
+            correlation_id: Some(correlation),
+            ..Default::default()
+        })
+        .application_properties(props.build())
+        .body(Body::Data(vec![Data(Binary::from(body))].into()))
+        .build()
+}
+
+/// A register request with the device's JSON `body`.
+pub fn register_message(correlation: &str, body: Vec<u8>) -> Message<Body<Value>> {
+    request_message(REGISTER, correlation, None, false, body)
+}
+
+/// A status request about `operation_id`.
+pub fn status_message(correlation: &str, operation_id: &str) -> Message<Body<Value>> {
+    request_message(
+        GET_STATUS,
+        correlation,
+        Some(operation_id),
+        false,
+        Vec::new(),
+    )
+}
+
 fn property<'a>(props: Option<&'a ApplicationProperties>, key: &str) -> Option<&'a SimpleValue> {
     props.and_then(|p| p.0.get(key))
 }
@@ -364,24 +412,18 @@ async fn serve_request(
     identity: &Identity,
     request: Request,
 ) -> Result<wire::Answer, ProvisioningError> {
-    let status: RegistrationOperationStatus;
-    let call;
-    match request {
+    let (call, status) = match request {
         Request::Register { body, force } => {
-            let body = wire::decode_registration(&body, context.config.max_body_bytes)?;
-            call = Call::Register;
-            status = context
-                .engine
-                .register(RegisterRequest {
-                    id_scope: identity.scope.clone(),
-                    registration_id: identity.registration_id.clone(),
-                    credential: context.credential.clone(),
-                    body,
-                    force_registration: force,
-                    protocol: context.protocol,
-                    client_addr: Some(context.client_addr),
-                })
-                .await?;
+            let register = RegisterRequest {
+                body: wire::decode_registration(&body, context.config.max_body_bytes)?,
+                force_registration: force,
+                id_scope: identity.scope.clone(),
+                registration_id: identity.registration_id.clone(),
+                credential: context.credential.clone(),
+                protocol: context.protocol,
+                client_addr: Some(context.client_addr),
+            };
+            (Call::Register, context.engine.register(register).await?)
         }
         Request::Status { operation_id } => {
             let Some(operation_id) = operation_id else {
@@ -389,19 +431,16 @@ async fn serve_request(
                     "the status request names no operation in {OPERATION_ID}"
                 )));
             };
-            call = Call::Poll;
-            status = context
-                .engine
-                .operation_status(OperationRequest {
-                    id_scope: identity.scope.clone(),
-                    registration_id: identity.registration_id.clone(),
-                    credential: context.credential.clone(),
-                    operation_id,
-                    protocol: context.protocol,
-                })
-                .await?;
+            let poll = OperationRequest {
+                operation_id,
+                id_scope: identity.scope.clone(),
+                registration_id: identity.registration_id.clone(),
+                credential: context.credential.clone(),
+                protocol: context.protocol,
+            };
+            (Call::Poll, context.engine.operation_status(poll).await?)
         }
-    }
+    };
     Ok(wire::operation(call, &status))
 }
 

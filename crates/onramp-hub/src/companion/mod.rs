@@ -25,7 +25,7 @@ use onramp_net::amqp::{AmqpApp, AmqpLimits};
 use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
 use onramp_store::Sealer;
 
-pub use amqp::{HubAddress, HubAmqp, parse_hub_address};
+pub use amqp::{HubAddress, HubAmqp, parse_hub_address, twin_request_message};
 pub use auth::{HubPolicy, HubRights};
 pub use connections::Connections;
 pub use limits::{HubLimits, MessageRefusal};

@@ -11,11 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::definitions::Fields;
-use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::messaging::{Body, Message, MessageId, Outcome};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use onramp_endpoints::amqp::request_message;
 use onramp_model::RegistrationOperationStatus;
 use onramp_net::client::Transport;
 
@@ -34,18 +33,12 @@ pub fn websocket() -> Transport {
 }
 
 /// Registers over AMQP (or AMQP over WebSockets) and polls until finished.
-pub async fn provision_amqp(
+pub(super) async fn provision_amqp(
     spec: &DeviceSpec,
     tls: Arc<rustls::ClientConfig>,
+    protocol: Protocol,
     transport: &Transport,
 ) -> anyhow::Result<RegistrationOperationStatus> {
-    if spec.tpm.is_some() {
-        bail!("the simulator's TPM device provisions over HTTPS; use --protocol https");
-    }
-    let protocol = match transport {
-        Transport::Tls => Protocol::Amqp,
-        Transport::WebSocket { .. } => Protocol::AmqpWs,
-    };
     let address = address(&spec.endpoint, protocol);
     let io = onramp_net::client::open(&address, tls, transport)
         .await
@@ -148,24 +141,7 @@ async fn request(
     force: bool,
 ) -> anyhow::Result<RegistrationOperationStatus> {
     let correlation = uuid::Uuid::new_v4().to_string();
-    let mut properties = ApplicationProperties::builder().insert(
-        "iotdps-operation-type",
-        SimpleValue::String(operation_type.into()),
-    );
-    if let Some(id) = operation_id {
-        properties = properties.insert("iotdps-operation-id", SimpleValue::String(id.into()));
-    } else {
-        properties = properties.insert("iotdps-forceRegistration", SimpleValue::Bool(force));
-    }
-    let message = Message::builder()
-        .properties(Properties {
-            message_id: Some(MessageId::String(correlation.clone())),
-            correlation_id: Some(MessageId::String(correlation.clone())),
-            ..Default::default()
-        })
-        .application_properties(properties.build())
-        .body(Body::<Value>::Data(vec![Data(Binary::from(body))].into()))
-        .build();
+    let message = request_message(operation_type, &correlation, operation_id, force, body);
     let outcome = sender
         .send(message)
         .await

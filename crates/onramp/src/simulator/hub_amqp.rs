@@ -14,12 +14,11 @@ use anyhow::{Context, bail};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
-use fe2o3_amqp::types::messaging::{
-    Body, Message, MessageAnnotations, MessageId, Outcome, Properties,
-};
+use fe2o3_amqp::types::messaging::{Body, Message, MessageId, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use onramp_core::sas;
+use onramp_hub::companion::twin_request_message;
 use serde_json::Value as Json;
 
 use super::amqp::websocket;
@@ -175,24 +174,7 @@ impl AmqpHubDevice {
     ) -> anyhow::Result<TwinAnswer> {
         self.next_request += 1;
         let correlation = MessageId::String(format!("twin-{}", self.next_request));
-        let mut annotations = MessageAnnotations::builder().insert(
-            OwnedKey::Symbol(Symbol::from("operation")),
-            Value::String(operation.into()),
-        );
-        if let Some(resource) = resource {
-            annotations = annotations.insert(
-                OwnedKey::Symbol(Symbol::from("resource")),
-                Value::String(resource.into()),
-            );
-        }
-        let message = Message::builder()
-            .properties(Properties {
-                correlation_id: Some(correlation.clone()),
-                ..Default::default()
-            })
-            .message_annotations(annotations.build())
-            .data(Binary::from(body.to_vec()))
-            .build();
+        let message = twin_request_message(operation, resource, correlation.clone(), body.to_vec());
         self.twin_requests
             .send(message)
             .await

@@ -205,18 +205,23 @@ pub async fn provision_over_session(
     protocol: Protocol,
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<RegistrationOperationStatus> {
+    if spec.tpm.is_some() && protocol != Protocol::Https {
+        // The TPM challenge is answered over HTTPS (MQTT has none; the
+        // simulator's TPM does not speak AMQP's SASL TPM).
+        bail!("a TPM device provisions over HTTPS; use --protocol https");
+    }
     match protocol {
         Protocol::Https => bail!("HTTPS has no session; use provision"),
-        Protocol::Mqtt => provision_mqtt(spec, tls, &Transport::Tls).await,
+        Protocol::Mqtt => provision_mqtt(spec, tls, protocol, &Transport::Tls).await,
         Protocol::MqttWs => {
             let ws = Transport::WebSocket {
                 path: "/$iothub/websocket".into(),
                 subprotocol: "mqtt".into(),
             };
-            provision_mqtt(spec, tls, &ws).await
+            provision_mqtt(spec, tls, protocol, &ws).await
         }
-        Protocol::Amqp => amqp::provision_amqp(spec, tls, &Transport::Tls).await,
-        Protocol::AmqpWs => amqp::provision_amqp(spec, tls, &amqp::websocket()).await,
+        Protocol::Amqp => amqp::provision_amqp(spec, tls, protocol, &Transport::Tls).await,
+        Protocol::AmqpWs => amqp::provision_amqp(spec, tls, protocol, &amqp::websocket()).await,
     }
 }
 
@@ -314,19 +319,14 @@ fn parse_status(code: u16, text: &str) -> anyhow::Result<RegistrationOperationSt
     serde_json::from_str(text).with_context(|| format!("unreadable answer: {text}"))
 }
 
-/// Registers over MQTT (or MQTT over WebSockets) and polls until finished.
-pub async fn provision_mqtt(
+/// Registers over MQTT (`protocol`: MQTT, or MQTT over WebSockets on
+/// `transport`) and polls until finished.
+async fn provision_mqtt(
     spec: &DeviceSpec,
     tls: Arc<rustls::ClientConfig>,
+    protocol: Protocol,
     transport: &Transport,
 ) -> anyhow::Result<RegistrationOperationStatus> {
-    if spec.tpm.is_some() {
-        bail!("a TPM device provisions over HTTPS: MQTT has no TPM challenge");
-    }
-    let protocol = match transport {
-        Transport::Tls => Protocol::Mqtt,
-        Transport::WebSocket { .. } => Protocol::MqttWs,
-    };
     let options = ConnectOptions {
         client_id: spec.registration_id.clone(),
         username: Some(format!(

@@ -311,6 +311,36 @@ pub(super) fn twin_message(correlation: Option<MessageId>, answer: TwinAnswer) -
         .build()
 }
 
+/// A twin request as a device sends it, the shape [`twin_request`] reads:
+/// `operation` (and `resource`) as message annotations, `correlation` as
+/// correlation-id, `body` one Data section. The simulator and the tests
+/// speak through it.
+pub fn twin_request_message(
+    operation: &str,
+    resource: Option<&str>,
+    correlation: MessageId,
+    body: Vec<u8>,
+) -> Message<Data> {
+    let mut annotations = MessageAnnotations::builder().insert(
+        OwnedKey::Symbol(Symbol::from("operation")),
+        Value::String(operation.into()),
+    );
+    if let Some(resource) = resource {
+        annotations = annotations.insert(
+            OwnedKey::Symbol(Symbol::from("resource")),
+            Value::String(resource.into()),
+        );
+    }
+    Message::builder()
+        .properties(Properties {
+            correlation_id: Some(correlation),
+            ..Default::default()
+        })
+        .message_annotations(annotations.build())
+        .data(Binary::from(body))
+        .build()
+}
+
 /// What a twin request asks for.
 pub(super) async fn twin_request(
     state: &ConnState,

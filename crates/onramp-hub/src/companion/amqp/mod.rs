@@ -63,6 +63,7 @@ use super::device_auth::{self, Denied, Proof};
 use super::device_ops::{self, TwinAnswer};
 pub use address::{HubAddress, parse_hub_address};
 use address::{Purpose, purpose};
+pub use links::twin_request_message;
 use links::*;
 
 /// The CBS node.
