@@ -9,24 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test setup
 
-use std::sync::Arc;
-
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
-use onramp_core::engine::{Engine, OperationRequest, RegisterRequest, StatusRequest};
+use onramp_core::engine::{OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::{IdentityAuth, StoreExt, TpmChallenge};
+use onramp_core::ports::IdentityAuth;
 use onramp_core::sas;
 use onramp_core::tpm::{self, RsaPublic, TpmError};
-use onramp_model::{
-    AttestationMechanism, AttestationType, DeviceRegistration, ErrorCode, IdKey,
-    IndividualEnrollment, RegistrationStatus, TpmAttestation, UtcTime,
-};
+use onramp_model::{DeviceRegistration, ErrorCode, RegistrationStatus, TpmAttestation};
+use onramp_testkit::given;
 use onramp_testkit::swtpm::{Swtpm, data_dir, tools_installed};
-use onramp_testkit::{
-    ManualClock, MemoryStore, RecordingHubs, conformance, default_service, engine_over, given,
-};
+use onramp_testkit::tpm_device::{TpmEnrolled, tpm_enrollment};
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -136,14 +130,14 @@ fn a_blob_for_another_tpm_or_another_srk_does_not_open() {
 // The challenge through the engine: what the HTTPS and AMQP device APIs
 // run, with the TPM on the device's side.
 
-/// An engine over in-memory ports with one linked hub, whose clock is the
-/// wall clock (the TPM signs tokens that expire in real time).
-struct Provisioning {
-    engine: Arc<Engine>,
-    store: Arc<MemoryStore>,
-    hubs: Arc<RecordingHubs>,
-    clock: Arc<ManualClock>,
-    scope: String,
+/// The TPM device's setup, with the requests its tests send.
+struct Provisioning(TpmEnrolled);
+
+impl std::ops::Deref for Provisioning {
+    type Target = TpmEnrolled;
+    fn deref(&self) -> &TpmEnrolled {
+        &self.0
+    }
 }
 
 const TPM_DEVICE: &str = "tpm-device-1";
@@ -160,49 +154,10 @@ impl Provisioning {
 }
 
 async fn provisioning(ek: &RsaPublic) -> Provisioning {
-    let (store, svc) = default_service(0x7A11).await;
-    given(&*store, "default", conformance::hub("hub-a")).await;
-    given(&*store, "default", tpm_enrollment(TPM_DEVICE, ek)).await;
-    let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
-    Provisioning {
-        engine,
-        store,
-        hubs,
-        clock,
-        scope: svc.id_scope.to_string(),
-    }
-}
-
-fn tpm_enrollment(id: &str, ek: &RsaPublic) -> IndividualEnrollment {
-    IndividualEnrollment {
-        registration_id: id.into(),
-        attestation: Some(AttestationMechanism {
-            kind: AttestationType::Tpm,
-            tpm: Some(TpmAttestation {
-                endorsement_key: ek.to_base64(),
-                storage_root_key: None,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    Provisioning(TpmEnrolled::new(0x7A11, TPM_DEVICE, ek).await)
 }
 
 impl Provisioning {
-    fn resource(&self) -> String {
-        format!("{}/registrations/{TPM_DEVICE}", self.scope)
-    }
-
-    /// The challenge the store keeps for the TPM device.
-    async fn kept_challenge(&self) -> TpmChallenge {
-        self.store
-            .get::<TpmChallenge>("default", &IdKey::of(TPM_DEVICE))
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
     fn register(
         &self,
         credential: DeviceCredential,
@@ -258,7 +213,7 @@ async fn a_tpm_device_provisions_through_the_challenge_and_gets_its_hub_key() {
     // 2. The TPM opens it and signs the retry, sent without the tpm object
     //    (as Edge does): assigned, with the hub key wrapped for the TPM.
     tpm.import(&blob).unwrap();
-    let token = tpm.sign(&p.resource(), now() + 3600, Some("registration"));
+    let token = tpm.sign(&p.resource(TPM_DEVICE), now() + 3600, Some("registration"));
     let op = p
         .engine
         .register(p.register(DeviceCredential::SasToken(token.clone()), None))
@@ -351,7 +306,13 @@ async fn a_challenge_is_refused_to_keys_that_are_not_enrolled_or_incomplete() {
     assert_refused(&refused, ErrorCode::InvalidArgument, "tpm.storageRootKey");
 
     // A token before any challenge.
-    let token = sas::sign(&p.resource(), &STANDARD.encode([7u8; 32]), now() + 60, None).unwrap();
+    let token = sas::sign(
+        &p.resource(TPM_DEVICE),
+        &STANDARD.encode([7u8; 32]),
+        now() + 60,
+        None,
+    )
+    .unwrap();
     let refused = p
         .engine
         .register(p.register(DeviceCredential::SasToken(token), None))
@@ -402,7 +363,7 @@ fn assert_refused(e: &ProvisioningError, code: ErrorCode, what: &str) {
 async fn token_of_pending_challenge(p: &Provisioning) -> String {
     let kept = p.kept_challenge().await;
     sas::sign(
-        &p.resource(),
+        &p.resource(TPM_DEVICE),
         kept.key.expose(),
         now() + 3600,
         Some("registration"),

@@ -6,24 +6,20 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use bytes::{BufMut, BytesMut};
 use fe2o3_amqp::frames::sasl::{Frame, FrameCodec};
-use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::messaging::{Body, Outcome};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use onramp_core::engine::Engine;
 use onramp_core::ports::{IdentityAuth, Precondition, Store, StoreExt, TpmChallenge};
 use onramp_core::sas;
 use onramp_core::tpm::device::SoftTpm;
 use onramp_endpoints::EndpointConfig;
-use onramp_endpoints::amqp::{AmqpLimits, DpsAmqp};
+use onramp_endpoints::amqp::{AmqpLimits, DpsAmqp, register_message, status_message};
 use onramp_model::{
     AttestationMechanism, AttestationType, EnrollmentGroup, IdKey, IndividualEnrollment,
     TpmAttestation, UtcTime,
@@ -31,9 +27,8 @@ use onramp_model::{
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::{AmqpApp, AmqpConnection};
 use onramp_testkit::ek_cert::ManufacturerCa;
-use onramp_testkit::{
-    ManualClock, MemoryStore, RecordingHubs, conformance, default_service, engine_over, given,
-};
+use onramp_testkit::given;
+use onramp_testkit::tpm_device::{TpmEnrolled, tpm_enrollment};
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Decoder, Encoder};
@@ -41,42 +36,28 @@ use tokio_util::codec::{Decoder, Encoder};
 const DEVICE: &str = "tpm-amqp-1";
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Dps {
-    engine: Arc<Engine>,
-    store: Arc<MemoryStore>,
-    hubs: Arc<RecordingHubs>,
-    clock: Arc<ManualClock>,
-    scope: String,
-}
+/// The TPM device's setup, with the DPS AMQP endpoint over its engine.
+struct Dps(TpmEnrolled);
 
-fn tpm_enrollment(id: &str, tpm: &SoftTpm) -> IndividualEnrollment {
-    IndividualEnrollment {
-        registration_id: id.into(),
-        attestation: Some(AttestationMechanism {
-            kind: AttestationType::Tpm,
-            tpm: Some(TpmAttestation {
-                endorsement_key: tpm.endorsement_key().to_base64(),
-                storage_root_key: None,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+impl std::ops::Deref for Dps {
+    type Target = TpmEnrolled;
+    fn deref(&self) -> &TpmEnrolled {
+        &self.0
     }
 }
 
-async fn dps(tpm: &SoftTpm) -> Dps {
-    let (store, svc) = default_service(0x7A12).await;
-    given(&*store, "default", conformance::hub("hub-a")).await;
-    given(&*store, "default", tpm_enrollment(DEVICE, tpm)).await;
-    let (engine, hubs, clock) = engine_over(store.clone(), UtcTime::now());
-    Dps {
-        engine,
-        store,
-        hubs,
-        clock,
-        scope: svc.id_scope.to_string(),
-    }
+/// A new software TPM, enrolled as `DEVICE`.
+async fn enrolled_tpm() -> (SoftTpm, Dps) {
+    let tpm = SoftTpm::generate().unwrap();
+    let dps = Dps(TpmEnrolled::new(0x7A12, DEVICE, tpm.endorsement_key()).await);
+    (tpm, dps)
+}
+
+/// The TPM's endorsement and storage root keys, as SASL TPM carries them.
+fn key_bytes(tpm: &SoftTpm) -> (Vec<u8>, Vec<u8>) {
+    let ek = tpm.endorsement_key().as_bytes().to_vec();
+    let srk = tpm.storage_root_key().as_bytes().to_vec();
+    (ek, srk)
 }
 
 impl Dps {
@@ -104,22 +85,10 @@ impl Dps {
         client
     }
 
-    fn resource(&self, id: &str) -> String {
-        format!("{}/registrations/{id}", self.scope)
-    }
-
     /// A token for `id` signed with `key` (base64), as the SDKs sign it.
     fn token(&self, id: &str, key: &str) -> String {
         let expiry = UtcTime::now().unix_seconds() + 3600;
         sas::sign(&self.resource(id), key, expiry, Some("registration")).unwrap()
-    }
-
-    async fn pending(&self) -> TpmChallenge {
-        self.store
-            .get::<TpmChallenge>("default", &IdKey::of(DEVICE))
-            .await
-            .unwrap()
-            .unwrap()
     }
 }
 
@@ -272,27 +241,6 @@ fn signed_by(dps: &Dps, tpm: &SoftTpm, id: &str) -> impl FnOnce(&[u8]) -> Vec<u8
     }
 }
 
-fn request(
-    op: &str,
-    correlation: &str,
-    operation_id: Option<&str>,
-    body: &[u8],
-) -> Message<Body<Value>> {
-    let mut props = ApplicationProperties::builder()
-        .insert("iotdps-operation-type", SimpleValue::String(op.into()));
-    if let Some(id) = operation_id {
-        props = props.insert("iotdps-operation-id", SimpleValue::String(id.into()));
-    }
-    Message::builder()
-        .properties(Properties {
-            correlation_id: Some(MessageId::String(correlation.into())),
-            ..Default::default()
-        })
-        .application_properties(props.build())
-        .body(Body::Data(vec![Data(Binary::from(body.to_vec()))].into()))
-        .build()
-}
-
 async fn answer(receiver: &mut Receiver) -> Json {
     let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
         .await
@@ -331,12 +279,7 @@ async fn register(dps: &Dps, stream: DuplexStream, tpm: &SoftTpm) -> Json {
         }
     });
     let outcome = sender
-        .send(request(
-            "iotdps-register",
-            "r",
-            None,
-            body.to_string().as_bytes(),
-        ))
+        .send(register_message("r", body.to_string().into_bytes()))
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
@@ -348,12 +291,7 @@ async fn register(dps: &Dps, stream: DuplexStream, tpm: &SoftTpm) -> Json {
         let operation_id = op["operationId"].as_str().unwrap().to_owned();
         let correlation = format!("p{n}");
         sender
-            .send(request(
-                "iotdps-get-operationstatus",
-                &correlation,
-                Some(&operation_id),
-                b"",
-            ))
+            .send(status_message(&correlation, &operation_id))
             .await
             .unwrap();
         op = answer(&mut receiver).await;
@@ -364,10 +302,8 @@ async fn register(dps: &Dps, stream: DuplexStream, tpm: &SoftTpm) -> Json {
 
 #[tokio::test]
 async fn a_tpm_device_provisions_over_sasl_tpm_and_its_tokens_open_nothing_more() {
-    let tpm = SoftTpm::generate().unwrap();
-    let dps = dps(&tpm).await;
-    let ek = tpm.endorsement_key().as_bytes().to_vec();
-    let srk = tpm.storage_root_key().as_bytes().to_vec();
+    let (tpm, dps) = enrolled_tpm().await;
+    let (ek, srk) = key_bytes(&tpm);
 
     // The exchange: two segments of a real blob, the TPM's token, ok.
     let mut stream = dps.connect();
@@ -417,7 +353,7 @@ async fn a_tpm_device_provisions_over_sasl_tpm_and_its_tokens_open_nothing_more(
     assert_eq!(ended.code, SaslCode::Auth);
     assert!(ended.blob.is_some());
     assert_eq!(
-        dps.pending().await.spent_by,
+        dps.kept_challenge().await.spent_by,
         None,
         "the new challenge is pending"
     );
@@ -425,17 +361,14 @@ async fn a_tpm_device_provisions_over_sasl_tpm_and_its_tokens_open_nothing_more(
 
 #[tokio::test]
 async fn an_unenrolled_or_malformed_tpm_and_foreign_stale_or_expired_tokens_are_refused() {
-    let tpm = SoftTpm::generate().unwrap();
-    let dps = dps(&tpm).await;
-    let ek = tpm.endorsement_key().as_bytes().to_vec();
-    let srk = tpm.storage_root_key().as_bytes().to_vec();
+    let (tpm, dps) = enrolled_tpm().await;
+    let (ek, srk) = key_bytes(&tpm);
 
     // Another TPM claiming the registration, and a TPM nobody enrolled: each
     // gets a blob it can open (as the SDKs need to report anything), whose
     // key vouches for nothing.
     let stranger = SoftTpm::generate().unwrap();
-    let stranger_ek = stranger.endorsement_key().as_bytes().to_vec();
-    let stranger_srk = stranger.storage_root_key().as_bytes().to_vec();
+    let (stranger_ek, stranger_srk) = key_bytes(&stranger);
     for id in [DEVICE, "tpm-nobody"] {
         let mut stream = dps.connect();
         let sign = signed_by(&dps, &stranger, id);
@@ -502,7 +435,7 @@ async fn an_unenrolled_or_malformed_tpm_and_foreign_stale_or_expired_tokens_are_
     assert_eq!(ended.code, SaslCode::Auth);
 
     // A disabled enrollment: the challenge comes, the signed token is refused.
-    let mut disabled = tpm_enrollment(DEVICE, &tpm);
+    let mut disabled = tpm_enrollment(DEVICE, tpm.endorsement_key());
     disabled.provisioning_status = Some(onramp_model::ProvisioningStatus::Disabled);
     given(&*dps.store, "default", disabled).await;
     let mut stream = dps.connect();
@@ -514,8 +447,7 @@ async fn an_unenrolled_or_malformed_tpm_and_foreign_stale_or_expired_tokens_are_
 
 #[tokio::test]
 async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
-    let tpm = SoftTpm::generate().unwrap();
-    let dps = dps(&tpm).await;
+    let (tpm, dps) = enrolled_tpm().await;
 
     // An init without a registration ID, and one that claims a blob segment.
     for init in [b"\0scope-only".to_vec(), b"\x80scope\0id\0ek".to_vec()] {
@@ -575,8 +507,7 @@ async fn malformed_tpm_payloads_and_frames_over_512_bytes_end_the_exchange() {
 /// EK certificate, so the group admits the TPM by its EK hash alone.
 #[tokio::test]
 async fn a_tpm_group_admits_a_tpm_by_its_ek_hash_over_sasl_tpm() {
-    let tpm = SoftTpm::generate().unwrap();
-    let dps = dps(&tpm).await;
+    let (tpm, dps) = enrolled_tpm().await;
     dps.store
         .delete::<IndividualEnrollment>("default", &IdKey::of(DEVICE), Precondition::None)
         .await
@@ -595,8 +526,7 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_hash_over_sasl_tpm() {
         }),
         ..Default::default()
     };
-    let ek = tpm.endorsement_key().as_bytes().to_vec();
-    let srk = tpm.storage_root_key().as_bytes().to_vec();
+    let (ek, srk) = key_bytes(&tpm);
 
     // Another TPM's hash on the list: a decoy blob (around a key nobody
     // keeps), refused after the token the TPM signs with it.
@@ -625,7 +555,7 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_hash_over_sasl_tpm() {
     .await;
     assert_eq!(ended.code, SaslCode::Ok);
     assert_eq!(
-        dps.pending().await.enrollment_group_id.as_deref(),
+        dps.kept_challenge().await.enrollment_group_id.as_deref(),
         Some("tpm-line")
     );
     let op = register(&dps, stream, &tpm).await;

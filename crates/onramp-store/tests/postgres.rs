@@ -20,8 +20,8 @@ use onramp_model::{
 };
 use onramp_store::postgres::PgOptions;
 use onramp_store::{PgStore, Sealer};
-use onramp_testkit::conformance;
 use onramp_testkit::postgres::TestDatabase;
+use onramp_testkit::{conformance, given, stored};
 use tokio::sync::Barrier;
 
 fn sealer() -> Arc<Sealer> {
@@ -102,6 +102,15 @@ async fn given_service(store: &dyn Store) {
         .unwrap();
 }
 
+/// A test database (`None` where PostgreSQL is not at hand) and a node on
+/// it that holds service `t1`.
+async fn node_with_service() -> Option<(TestDatabase, Arc<PgStore>)> {
+    let db = TestDatabase::create().await?;
+    let store = node(&db).await;
+    given_service(&*store).await;
+    Some((db, store))
+}
+
 /// Runs `write` on `n` tasks released together; their results.
 async fn together<T, F, Fut>(n: usize, write: F) -> Vec<T>
 where
@@ -136,15 +145,7 @@ async fn concurrent_writers_with_the_same_if_match_one_wins() {
     };
     let nodes = [node(&db).await, node(&db).await];
     given_service(&*nodes[0]).await;
-    let first = nodes[0]
-        .put(
-            "t1",
-            keyed_enrollment("dev"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    let first = given(&*nodes[0], "t1", keyed_enrollment("dev")).await;
     let mut etag = first.etag.clone().unwrap();
     for round in 0..20 {
         let results = together(4, |i| {
@@ -163,10 +164,8 @@ async fn concurrent_writers_with_the_same_if_match_one_wins() {
             }
         }
         let winner = won[0].clone();
-        let stored = nodes[1]
-            .get::<IndividualEnrollment>("t1", &IdKey::of("dev"))
+        let stored = stored::<IndividualEnrollment>(&*nodes[1], "t1", "dev")
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(
             stored.etag, winner.etag,
@@ -177,15 +176,7 @@ async fn concurrent_writers_with_the_same_if_match_one_wins() {
     }
 
     // Registration records (If-Match on their ETag) and create-only writes.
-    let reg = nodes[0]
-        .put(
-            "t1",
-            registration("reg", "hub-a"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    let reg = given(&*nodes[0], "t1", registration("reg", "hub-a")).await;
     let reg_etag = reg.state.etag.unwrap();
     let results = together(4, |i| {
         let store = nodes[i % 2].clone();
@@ -254,22 +245,8 @@ async fn two_nodes_see_each_others_writes() {
     let (a, b) = (node(&db).await, node(&db).await);
     given_service(&*a).await;
     assert_eq!(b.service("t1").await.unwrap().unwrap().name, "t1");
-    a.put(
-        "t1",
-        keyed_enrollment("dev-1"),
-        Precondition::None,
-        UtcTime::now(),
-    )
-    .await
-    .unwrap();
-    a.put(
-        "t1",
-        conformance::hub("hub-a.example.net"),
-        Precondition::None,
-        UtcTime::now(),
-    )
-    .await
-    .unwrap();
+    given(&*a, "t1", keyed_enrollment("dev-1")).await;
+    given(&*a, "t1", conformance::hub("hub-a.example.net")).await;
     let inputs = b
         .registration_inputs(
             &conformance::service("t1", 1).id_scope.key(),
@@ -296,18 +273,9 @@ async fn two_nodes_see_each_others_writes() {
     );
     assert!(inputs.previous.is_none());
 
-    b.put(
-        "t1",
-        registration("dev-1", "hub-a.example.net"),
-        Precondition::None,
-        UtcTime::now(),
-    )
-    .await
-    .unwrap();
-    let seen = a
-        .get::<RegistrationRecord>("t1", &IdKey::of("dev-1"))
+    given(&*b, "t1", registration("dev-1", "hub-a.example.net")).await;
+    let seen = stored::<RegistrationRecord>(&*a, "t1", "dev-1")
         .await
-        .unwrap()
         .expect("node A reads node B's registration");
     assert_eq!(seen.operation_id, "op-dev-1");
     assert_eq!(
@@ -329,10 +297,8 @@ async fn two_nodes_see_each_others_writes() {
     a.put("t1", challenge.clone(), Precondition::None, UtcTime::now())
         .await
         .unwrap();
-    let pending = b
-        .get::<TpmChallenge>("t1", &IdKey::of("dev-1"))
+    let pending = stored::<TpmChallenge>(&*b, "t1", "dev-1")
         .await
-        .unwrap()
         .expect("a TPM nonce sent by node A is pending on node B");
     assert_eq!(pending.key.expose(), "aG1hYy1rZXk=");
 
@@ -350,20 +316,10 @@ async fn two_nodes_see_each_others_writes() {
 /// Secrets reach the database only sealed, in the embedded store's form.
 #[tokio::test]
 async fn secrets_are_sealed_at_rest() {
-    let Some(db) = TestDatabase::create().await else {
+    let Some((db, store)) = node_with_service().await else {
         return;
     };
-    let store = node(&db).await;
-    given_service(&*store).await;
-    store
-        .put(
-            "t1",
-            keyed_enrollment("dev-1"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    given(&*store, "t1", keyed_enrollment("dev-1")).await;
     let client = raw(&db).await;
     let row = client
         .query_one("SELECT doc, keys_sealed FROM enrollments", &[])
@@ -432,11 +388,9 @@ async fn an_absent_database_is_unavailable_within_the_deadline() {
 /// start, naming the key it lacks; with the keys it opens.
 #[tokio::test]
 async fn a_node_with_other_master_keys_is_refused() {
-    let Some(db) = TestDatabase::create().await else {
+    let Some((db, _first)) = node_with_service().await else {
         return;
     };
-    let first = node(&db).await;
-    given_service(&*first).await;
     let stranger = Arc::new(Sealer::new(&[9u8; 32], &[]).unwrap());
     let err = PgStore::open(db.url(), stranger, PgOptions::default())
         .await
@@ -460,11 +414,9 @@ async fn a_node_with_other_master_keys_is_refused() {
 #[tokio::test]
 async fn every_secret_and_the_key_check_reseal_under_a_new_key() {
     use onramp_store::reseal::{Page, Resealable};
-    let Some(db) = TestDatabase::create().await else {
+    let Some((db, old_node)) = node_with_service().await else {
         return;
     };
-    let old_node = node(&db).await;
-    given_service(&*old_node).await;
     together(300, |i| {
         let store = old_node.clone();
         async move {
@@ -502,15 +454,7 @@ async fn every_secret_and_the_key_check_reseal_under_a_new_key() {
     };
     reseal_all().await;
     // The old node writes on under its key; a second pass catches it.
-    old_node
-        .put(
-            "t1",
-            keyed_enrollment("late"),
-            Precondition::None,
-            UtcTime::now(),
-        )
-        .await
-        .unwrap();
+    given(&*old_node, "t1", keyed_enrollment("late")).await;
     assert_eq!(new_node.key_counts().await.unwrap().get(&old_id), Some(&1));
     reseal_all().await;
     let counts = new_node.key_counts().await.unwrap();
@@ -536,11 +480,9 @@ async fn every_secret_and_the_key_check_reseal_under_a_new_key() {
 /// ones: the store serves again without a restart of its own.
 #[tokio::test]
 async fn dropped_connections_are_unavailable_then_replaced() {
-    let Some(db) = TestDatabase::create().await else {
+    let Some((db, store)) = node_with_service().await else {
         return;
     };
-    let store = node(&db).await;
-    given_service(&*store).await;
     // Hold several pooled connections open, then have the server end them all.
     let warm = together(4, |_| {
         let store = store.clone();

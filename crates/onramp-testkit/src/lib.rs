@@ -8,12 +8,14 @@
 //!   what it was asked, and hub latencies set by hand.
 //! - [`ScriptedWebhook`]: an allocation webhook that answers what it is told.
 //! - [`ManualClock`]: a clock tests set.
-//! - [`given`]: a record stored as a test's setup; [`default_service`]: a
+//! - [`given`]: a record stored as a test's setup; [`stored`]: a record
+//!   as the store holds it; [`default_service`]: a
 //!   store with one service; [`engine_over`]: an engine over a store with
 //!   recording hubs and a clock set by hand.
 //! - [`swtpm`]: a software TPM with the SDKs' keys, and a shim for SDKs
 //!   that speak the TPM simulator protocol.
-//! - [`ek_cert`]: a TPM manufacturer's CA that issues EK certificates.
+//! - [`ek_cert`]: a TPM manufacturer's CA that issues EK certificates;
+//!   [`tpm_device`]: an engine with a TPM device enrolled.
 //! - [`postgres`]: a PostgreSQL database of a test's own, dropped after it.
 //! - [`conformance`]: the checks every `Store` must pass, one test per case
 //!   through [`store_conformance!`].
@@ -29,6 +31,7 @@ mod hubs;
 pub mod postgres;
 mod store;
 pub mod swtpm;
+pub mod tpm_device;
 mod webhook;
 
 pub use clock::ManualClock;
@@ -41,7 +44,7 @@ use std::sync::Arc;
 use onramp_core::engine::{Engine, EngineConfig};
 use onramp_core::ports::{Precondition, Store, StoreExt, StoredRecord};
 use onramp_core::tenant::ProvisioningService;
-use onramp_model::UtcTime;
+use onramp_model::{IdKey, UtcTime};
 
 /// Locks `m`; a test that panicked while holding it leaves the data as it was.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,6 +58,15 @@ pub async fn given<T: StoredRecord>(store: &dyn Store, service: &str, record: T)
         .put(service, record, Precondition::None, UtcTime::now())
         .await
         .expect("storing a test's setup")
+}
+
+/// The record `id` of `service`, if the store has one; a failed read fails
+/// the test.
+pub async fn stored<T: StoredRecord>(store: &dyn Store, service: &str, id: &str) -> Option<T> {
+    store
+        .get::<T>(service, &IdKey::of(id))
+        .await
+        .expect("reading a test's record")
 }
 
 /// A store holding service `default` (ID scope `scope`, with its owner

@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use common::{Server, answer, assert_assigned, share_ca};
 use onramp_core::ports::{RegistrationRecord, Store, StoreExt};
-use onramp_model::{IdKey, IndividualEnrollment};
+use onramp_model::IndividualEnrollment;
 use onramp_store::{PgStore, Sealer};
 use onramp_testkit::postgres::TestDatabase;
+use onramp_testkit::stored;
 use reqwest::Method;
 use serde_json::json;
 
@@ -64,10 +65,8 @@ async fn serve_on_postgresql_registers_a_device() {
 
     // The record is in PostgreSQL.
     let store = server.any_store().await;
-    let record = store
-        .get::<RegistrationRecord>("default", &IdKey::of("pg-dev-1"))
+    let record = stored::<RegistrationRecord>(&*store, "default", "pg-dev-1")
         .await
-        .unwrap()
         .expect("the registration record, in PostgreSQL");
     assert_eq!(record.state.device_id.as_deref(), Some("pg-dev-1"));
 
@@ -79,11 +78,7 @@ async fn serve_on_postgresql_registers_a_device() {
         .env_remove("ONRAMP_CONFIG")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&server.id_scope()),
         "{}",
@@ -308,10 +303,8 @@ async fn the_newest_registration_wins_across_nodes() {
     let (status, polled) = poll_until_done(&nodes.a, "twice-dev", &nodes.key, &older).await;
     assert_assigned(status, &polled, 200);
     let store = nodes.a.any_store().await;
-    let record = store
-        .get::<RegistrationRecord>("default", &IdKey::of("twice-dev"))
+    let record = stored::<RegistrationRecord>(&*store, "default", "twice-dev")
         .await
-        .unwrap()
         .expect("one record");
     assert_eq!(
         record.operation_id, newer,
@@ -357,15 +350,11 @@ async fn an_embedded_store_migrates_into_postgresql() {
     }
     server.stop();
     let source = server.store();
-    let enrollment = source
-        .get::<IndividualEnrollment>("default", &IdKey::of("moved-dev"))
+    let enrollment = stored::<IndividualEnrollment>(&*source, "default", "moved-dev")
         .await
-        .unwrap()
         .unwrap();
-    let registration = source
-        .get::<RegistrationRecord>("default", &IdKey::of("moved-dev"))
+    let registration = stored::<RegistrationRecord>(&*source, "default", "moved-dev")
         .await
-        .unwrap()
         .unwrap();
     let hubs = source.linked_hubs("default").await.unwrap();
     drop(source);
@@ -390,10 +379,8 @@ async fn an_embedded_store_migrates_into_postgresql() {
     let target = PgStore::open(db.url(), sealer, Default::default())
         .await
         .unwrap();
-    let moved = target
-        .get::<IndividualEnrollment>("default", &IdKey::of("moved-dev"))
+    let moved = stored::<IndividualEnrollment>(&target, "default", "moved-dev")
         .await
-        .unwrap()
         .expect("the enrollment, in PostgreSQL");
     assert_eq!(
         moved.attestation, enrollment.attestation,
@@ -407,10 +394,8 @@ async fn an_embedded_store_migrates_into_postgresql() {
         moved.last_updated_date_time_utc,
         enrollment.last_updated_date_time_utc
     );
-    let moved = target
-        .get::<RegistrationRecord>("default", &IdKey::of("moved-dev"))
+    let moved = stored::<RegistrationRecord>(&target, "default", "moved-dev")
         .await
-        .unwrap()
         .expect("the registration, in PostgreSQL");
     assert_eq!(moved.operation_id, registration.operation_id);
     assert_eq!(moved.placement, registration.placement);
