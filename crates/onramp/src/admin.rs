@@ -50,7 +50,7 @@ pub async fn service(command: ServiceCommand, output: Output) -> anyhow::Result<
             }
             Ok(())
         }
-        ServiceCommand::List { location } => {
+        ServiceCommand::List(location) => {
             let config = Config::load(&location)?;
             let store = local::open_existing(&config).await?;
             let mut rows = Vec::new();
@@ -170,7 +170,7 @@ pub async fn service(command: ServiceCommand, output: Output) -> anyhow::Result<
 pub async fn policy(command: PolicyCommand, output: Output) -> anyhow::Result<()> {
     let format = output.or(Format::Table);
     match command {
-        PolicyCommand::List { scope } => {
+        PolicyCommand::List(scope) => {
             let (_, store, service) = open(scope).await?;
             let policies = store.policies(&service).await?;
             let rows: Vec<PolicyView> = policies.iter().map(|p| PolicyView::new(p, None)).collect();
@@ -316,7 +316,7 @@ pub async fn linked_hub(command: LinkedHubCommand, output: Output) -> anyhow::Re
             );
             Ok(())
         }
-        LinkedHubCommand::List { scope } => {
+        LinkedHubCommand::List(scope) => {
             let (_, store, service) = open(scope).await?;
             let latencies = store.hub_latencies().await?;
             let mut hubs = Vec::new();

@@ -68,7 +68,7 @@ pub async fn run(command: CertCommand, output: Output) -> anyhow::Result<()> {
                     .await?,
             )
         }
-        CertCommand::List { api } => {
+        CertCommand::List(api) => {
             let api = Api::open(&api).await?;
             let list = api.call(Method::GET, "certificates", None).await?;
             let certificates = list["value"].as_array().cloned().unwrap_or_default();

@@ -39,7 +39,7 @@ struct KeyRow {
 
 pub async fn run(command: KeysCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        KeysCommand::List { location } => {
+        KeysCommand::List(location) => {
             let keys = Keys::open(&Config::load(&location)?).await?;
             let counts = keys.counts().await?;
             let active = keys.sealer.active_key_id();

@@ -39,10 +39,7 @@ pub enum CertCommand {
         file: PathBuf,
     },
     /// List the CA certificates.
-    List {
-        #[command(flatten)]
-        api: ServiceApi,
-    },
+    List(ServiceApi),
     /// Show one CA certificate: subject, thumbprint, expiry, whether verified.
     Show {
         #[command(flatten)]

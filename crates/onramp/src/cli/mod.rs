@@ -161,10 +161,7 @@ pub struct ServiceApi {
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// The master keys, which one seals, and how many secrets each seals.
-    List {
-        #[command(flatten)]
-        location: Location,
-    },
+    List(Location),
     /// Add a new master key, make it the one that seals, and re-seal every
     /// secret under it, in batches, while servers run. Run it again after an
     /// interruption: it continues where it stopped.

@@ -19,10 +19,7 @@ pub enum ServiceCommand {
         keys: bool,
     },
     /// List the provisioning services.
-    List {
-        #[command(flatten)]
-        location: Location,
-    },
+    List(Location),
     /// Create a provisioning service with its own ID scope and keys.
     Create {
         #[command(flatten)]
@@ -92,10 +89,7 @@ pub enum LinkedHubCommand {
         companion: bool,
     },
     /// List linked hubs.
-    List {
-        #[command(flatten)]
-        scope: ServiceScope,
-    },
+    List(ServiceScope),
     /// Show one linked hub as JSON: its settings, devices and measured latency.
     Show {
         #[command(flatten)]
@@ -136,23 +130,39 @@ pub enum LinkedHubCommand {
     },
 }
 
+/// The symmetric keys `create` writes (each generated when absent) and
+/// `update` replaces.
 #[derive(Args, Debug, Clone, Default)]
-pub struct EnrollmentSpec {
-    /// Symmetric key (base64); generated when absent.
-    #[arg(long)]
+pub struct SymmetricKeys {
+    /// Primary symmetric key.
+    #[arg(long, value_name = "BASE64")]
     pub key: Option<String>,
-    /// Secondary symmetric key (base64); generated when absent.
-    #[arg(long)]
+    /// Secondary symmetric key.
+    #[arg(long, value_name = "BASE64")]
     pub secondary_key: Option<String>,
+}
+
+/// What an enrollment or a group decides about its devices' hubs and
+/// twins; `update` replaces what it names.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnrollmentSettings {
     /// Initial twin as JSON, e.g. '{"tags":{},"properties":{"desired":{}}}'.
     #[arg(long)]
     pub initial_twin: Option<String>,
     /// Allocation policy: hashed, static, geoLatency or custom.
     #[arg(long)]
     pub allocation_policy: Option<String>,
-    /// Hubs this enrollment may use (repeat the flag).
+    /// Hubs it may use (repeat the flag).
     #[arg(long = "iot-hub")]
     pub iot_hubs: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnrollmentSpec {
+    #[command(flatten)]
+    pub keys: SymmetricKeys,
+    #[command(flatten)]
+    pub settings: EnrollmentSettings,
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
@@ -204,15 +214,8 @@ pub struct EnrollmentSpec {
 /// What `update` changes; what it does not name stays as it is.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EnrollmentChanges {
-    /// Initial twin as JSON, replacing the current one.
-    #[arg(long)]
-    pub initial_twin: Option<String>,
-    /// Allocation policy: hashed, static, geoLatency or custom.
-    #[arg(long)]
-    pub allocation_policy: Option<String>,
-    /// Hubs it may use, replacing the list (repeat the flag).
-    #[arg(long = "iot-hub")]
-    pub iot_hubs: Vec<String>,
+    #[command(flatten)]
+    pub settings: EnrollmentSettings,
     /// Disable it: its devices are refused.
     #[arg(long, conflicts_with = "enable")]
     pub disable: bool,
@@ -222,12 +225,8 @@ pub struct EnrollmentChanges {
     /// Whether its devices get IoT Edge identities (true or false).
     #[arg(long)]
     pub edge: Option<bool>,
-    /// A new primary symmetric key (base64).
-    #[arg(long)]
-    pub key: Option<String>,
-    /// A new secondary symmetric key (base64).
-    #[arg(long)]
-    pub secondary_key: Option<String>,
+    #[command(flatten)]
+    pub keys: SymmetricKeys,
     /// Change it only if it still has this ETag (default: the ETag read
     /// just before the change).
     #[arg(long)]
@@ -280,10 +279,7 @@ pub enum RecordCommand {
         keys: bool,
     },
     /// List them all.
-    List {
-        #[command(flatten)]
-        api: ServiceApi,
-    },
+    List(ServiceApi),
     /// Delete one by its ID.
     Delete {
         #[command(flatten)]
@@ -430,10 +426,7 @@ pub struct ServiceScope {
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
     /// List the policies and their rights.
-    List {
-        #[command(flatten)]
-        scope: ServiceScope,
-    },
+    List(ServiceScope),
     /// Show one policy; --keys adds its connection strings.
     Show {
         #[command(flatten)]

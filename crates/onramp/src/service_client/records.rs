@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::api::{Api, ApiError};
 use super::enc;
-use super::spec::{allocation_policy, attestation, initial_twin, settings, tpm_key};
+use super::spec::{AllocationSettings, attestation, settings, tpm_key};
 use super::transfer::Transfer;
 use crate::cli::{EnrollmentChanges, EnrollmentSpec, RecordCommand};
 use crate::output::{Column, Format};
@@ -95,14 +95,9 @@ impl Records {
                 .map(str::to_owned)
                 .context("the service returned no ETag")?,
         };
-        if let Some(twin) = &changes.initial_twin {
-            doc["initialTwin"] = serde_json::to_value(initial_twin(twin)?)?;
-        }
-        if let Some(policy) = &changes.allocation_policy {
-            doc["allocationPolicy"] = allocation_policy(policy)?.as_str().into();
-        }
-        if !changes.iot_hubs.is_empty() {
-            doc["iotHubs"] = serde_json::to_value(&changes.iot_hubs)?;
+        let allocation = serde_json::to_value(AllocationSettings::of(&changes.settings)?)?;
+        for (field, value) in allocation.as_object().into_iter().flatten() {
+            doc[field.as_str()] = value.clone();
         }
         if changes.disable || changes.enable {
             let status = if changes.disable {
@@ -116,8 +111,8 @@ impl Records {
             doc["capabilities"] = serde_json::json!({"iotEdge": edge});
         }
         for (given, field) in [
-            (&changes.key, "primaryKey"),
-            (&changes.secondary_key, "secondaryKey"),
+            (&changes.keys.key, "primaryKey"),
+            (&changes.keys.secondary_key, "secondaryKey"),
         ] {
             let Some(key) = given else { continue };
             if doc["attestation"]["type"] != "symmetricKey" {
@@ -199,7 +194,7 @@ impl Records {
             RecordCommand::Show { api, id, keys } => {
                 self.show(&Api::open(&api).await?, &id, keys, format).await
             }
-            RecordCommand::List { api } => self.list(&Api::open(&api).await?, format).await,
+            RecordCommand::List(api) => self.list(&Api::open(&api).await?, format).await,
             RecordCommand::Delete { api, id } => self.delete(&Api::open(&api).await?, &id).await,
             RecordCommand::Export {
                 api,

@@ -10,7 +10,7 @@ use onramp_model::{
 };
 use serde::Serialize;
 
-use crate::cli::EnrollmentSpec;
+use crate::cli::{EnrollmentSettings, EnrollmentSpec};
 
 /// The attestation an enrollment or group gets from the command line:
 /// certificates (`client` for an individual enrollment, signing
@@ -86,8 +86,8 @@ pub(super) fn attestation(
     Ok(AttestationMechanism {
         kind: AttestationType::SymmetricKey,
         symmetric_key: Some(SymmetricKeyAttestation {
-            primary_key: spec.key.clone().map(Secret::new),
-            secondary_key: spec.secondary_key.clone().map(Secret::new),
+            primary_key: spec.keys.key.clone().map(Secret::new),
+            secondary_key: spec.keys.secondary_key.clone().map(Secret::new),
         }),
         ..Default::default()
     })
@@ -141,29 +141,45 @@ pub(super) fn tpm_key(value: &str, flag: &str) -> anyhow::Result<RsaPublic> {
     parsed.map_err(|e| anyhow::anyhow!("{flag} '{value}': the key {e}"))
 }
 
-/// What `--initial-twin`, `--allocation-policy`, `--iot-hub`, `--disabled`
-/// and `--edge` say, for an enrollment or a group alike, in the members'
-/// JSON form.
+/// What `--initial-twin`, `--allocation-policy` and `--iot-hub` say, in
+/// the members' JSON form; what is not given is left out.
 #[serde_with::skip_serializing_none]
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct SpecSettings {
+pub(super) struct AllocationSettings {
     initial_twin: Option<InitialTwin>,
     allocation_policy: Option<AllocationPolicy>,
     iot_hubs: Option<Vec<String>>,
+}
+
+impl AllocationSettings {
+    pub(super) fn of(args: &EnrollmentSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            initial_twin: args.initial_twin.as_deref().map(initial_twin).transpose()?,
+            allocation_policy: args
+                .allocation_policy
+                .as_deref()
+                .map(allocation_policy)
+                .transpose()?,
+            iot_hubs: (!args.iot_hubs.is_empty()).then(|| args.iot_hubs.clone()),
+        })
+    }
+}
+
+/// What a `create` command line says besides the attestation, for an
+/// enrollment or a group alike, in the members' JSON form.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SpecSettings {
+    #[serde(flatten)]
+    allocation: AllocationSettings,
     provisioning_status: ProvisioningStatus,
     capabilities: DeviceCapabilities,
 }
 
 pub(super) fn settings(spec: &EnrollmentSpec) -> anyhow::Result<SpecSettings> {
     Ok(SpecSettings {
-        initial_twin: spec.initial_twin.as_deref().map(initial_twin).transpose()?,
-        allocation_policy: spec
-            .allocation_policy
-            .as_deref()
-            .map(allocation_policy)
-            .transpose()?,
-        iot_hubs: (!spec.iot_hubs.is_empty()).then(|| spec.iot_hubs.clone()),
+        allocation: AllocationSettings::of(&spec.settings)?,
         provisioning_status: if spec.disabled {
             ProvisioningStatus::Disabled
         } else {
