@@ -80,6 +80,11 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         Self::new(limit, Quota::per_second(n))
     }
 
+    /// A bucket of `limit` tokens a minute, if there is a limit.
+    fn per_minute(limit: Option<NonZeroU32>, name: &'static str) -> Option<Self> {
+        limit.map(|n| Self::new(name, Quota::per_minute(n)))
+    }
+
     /// Takes a token for `key`, or says how long until there is one.
     pub fn take(&self, key: &K) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % TIDY_EVERY == TIDY_EVERY - 1 {
@@ -128,15 +133,9 @@ impl Throttle {
             services: config
                 .service_registrations_per_second
                 .map(|n| Bucket::new("service", Quota::per_second(n))),
-            devices: config
-                .device_registrations_per_minute
-                .map(|n| Bucket::new("device", Quota::per_minute(n))),
-            failures: config
-                .failed_authentications_per_minute
-                .map(|n| Bucket::new("address", Quota::per_minute(n))),
-            service_api: config
-                .service_api_requests_per_minute
-                .map(|n| Bucket::new("service-api", Quota::per_minute(n))),
+            devices: Bucket::per_minute(config.device_registrations_per_minute, "device"),
+            failures: Bucket::per_minute(config.failed_authentications_per_minute, "address"),
+            service_api: Bucket::per_minute(config.service_api_requests_per_minute, "service-api"),
             benched: Mutex::new(HashMap::new()),
             any_benched: AtomicBool::new(false),
         }
@@ -284,6 +283,20 @@ mod tests {
         NonZeroU32::new(v)
     }
 
+    /// A throttle with the limits `set` sets, the others off.
+    fn limited(set: impl FnOnce(&mut ThrottleConfig)) -> Throttle {
+        let mut config = ThrottleConfig::default();
+        set(&mut config);
+        Throttle::new(config)
+    }
+
+    /// Whether a registration of `device` in `service` is admitted.
+    fn admits(throttle: &Throttle, service: &str, device: &str) -> bool {
+        throttle
+            .admit_registration(service, &IdKey::of(device))
+            .is_ok()
+    }
+
     #[test]
     fn no_limits_admit_everything() {
         let throttle = Throttle::default();
@@ -291,20 +304,13 @@ mod tests {
         for _ in 0..1000 {
             throttle.failed(addr);
             assert!(throttle.admit_address(addr).is_ok());
-            assert!(
-                throttle
-                    .admit_registration("default", &IdKey::of("dev"))
-                    .is_ok()
-            );
+            assert!(admits(&throttle, "default", "dev"));
         }
     }
 
     #[test]
     fn a_device_over_its_budget_hears_when_to_come_back() {
-        let throttle = Throttle::new(ThrottleConfig {
-            device_registrations_per_minute: n(2),
-            ..Default::default()
-        });
+        let throttle = limited(|c| c.device_registrations_per_minute = n(2));
         let dev = IdKey::of("dev-1");
         assert!(throttle.admit_registration("default", &dev).is_ok());
         assert!(throttle.admit_registration("default", &dev).is_ok());
@@ -317,26 +323,15 @@ mod tests {
         );
         assert!(refused.message.contains("dev-1"), "{}", refused.message);
         // Another device, or the same ID in another service, has its own budget.
-        assert!(
-            throttle
-                .admit_registration("default", &IdKey::of("dev-2"))
-                .is_ok()
-        );
+        assert!(admits(&throttle, "default", "dev-2"));
         assert!(throttle.admit_registration("other", &dev).is_ok());
     }
 
     #[test]
     fn a_service_over_its_rate_is_throttled() {
-        let throttle = Throttle::new(ThrottleConfig {
-            service_registrations_per_second: n(3),
-            ..Default::default()
-        });
+        let throttle = limited(|c| c.service_registrations_per_second = n(3));
         let admitted = (0..10)
-            .filter(|i| {
-                throttle
-                    .admit_registration("default", &IdKey::of(&format!("d{i}")))
-                    .is_ok()
-            })
+            .filter(|i| admits(&throttle, "default", &format!("d{i}")))
             .count();
         // Three at once; a fourth only if a third of a second passed.
         assert!((3..=4).contains(&admitted), "{admitted}");
@@ -348,10 +343,7 @@ mod tests {
 
     #[test]
     fn service_api_calls_have_a_budget_per_service() {
-        let throttle = Throttle::new(ThrottleConfig {
-            service_api_requests_per_minute: n(2),
-            ..Default::default()
-        });
+        let throttle = limited(|c| c.service_api_requests_per_minute = n(2));
         assert!(throttle.admit_service_call("default").is_ok());
         assert!(throttle.admit_service_call("default").is_ok());
         let refused = throttle.admit_service_call("default").unwrap_err();
@@ -363,19 +355,12 @@ mod tests {
         assert!(refused.message.contains("'default'"), "{}", refused.message);
         // Registrations and other services are not charged.
         assert!(throttle.admit_service_call("other").is_ok());
-        assert!(
-            throttle
-                .admit_registration("default", &IdKey::of("d"))
-                .is_ok()
-        );
+        assert!(admits(&throttle, "default", "d"));
     }
 
     #[test]
     fn failures_bench_their_address_only() {
-        let throttle = Throttle::new(ThrottleConfig {
-            failed_authentications_per_minute: n(3),
-            ..Default::default()
-        });
+        let throttle = limited(|c| c.failed_authentications_per_minute = n(3));
         let guesser = Some(IpAddr::from([10, 0, 0, 66]));
         let device = Some(IpAddr::from([10, 0, 0, 7]));
         for _ in 0..3 {

@@ -194,11 +194,7 @@ async fn hashed_weights_static_and_edge_devices_across_three_hubs() {
     let out = d
         .server
         .cli(&["linked-hub", "update", &c, "--allocation", "off"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let later = d.bench(&key, 60, "later-dev");
     assert_eq!(count(&later, &c), 0, "{later:?}");
     assert_eq!(count(&later, &a) + count(&later, &b), 60, "{later:?}");
@@ -758,12 +754,7 @@ async fn tenants_are_isolated_by_id_scope() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
-    let ids: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["registrationId"].as_str().unwrap())
-        .collect();
+    let ids = common::registration_ids(&v);
     assert_eq!(ids, vec!["dev-1"]);
 
     // Both dev-1 register, each in its own tenant and hub.

@@ -125,6 +125,16 @@ fn with_config(temp: &tempfile::TempDir, toml: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// A server whose configuration file (in `temp`) is `toml`.
+fn start_with_config(temp: &tempfile::TempDir, toml: &str) -> Server {
+    let config = with_config(temp, toml);
+    Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", &config],
+    )
+}
+
 /// A DPS device connected over MQTT (TLS with `alpn`), signed with `key`.
 async fn mqtt_connect(
     server: &Server,
@@ -142,6 +152,35 @@ async fn mqtt_connect(
     )
     .await
     .unwrap()
+}
+
+/// A new device `id` (an individual enrollment), connected over MQTT and
+/// subscribed to its registration answers.
+async fn listening_device(server: &Server, id: &str) -> onramp_net::mqtt::client::MqttClient {
+    let key = server.enroll(id, json!({})).await;
+    let mut mqtt = mqtt_connect(server, id, &key, &[]).await;
+    mqtt.subscribe(&[(
+        "$dps/registrations/res/#",
+        onramp_net::mqtt::QoS::AtLeastOnce,
+    )])
+    .await
+    .unwrap();
+    mqtt
+}
+
+/// Sends `id`'s register request over MQTT (`$rid=7`): the answer.
+async fn mqtt_register(
+    mqtt: &mut onramp_net::mqtt::client::MqttClient,
+    id: &str,
+) -> onramp_net::mqtt::client::Message {
+    mqtt.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=7",
+        json!({"registrationId": id}).to_string(),
+        onramp_net::mqtt::QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    mqtt.next_message().await.unwrap()
 }
 
 /// HTTP/1.1 clients that send the whole body before reading (Python's
@@ -610,14 +649,7 @@ async fn sigterm_lets_registrations_in_flight_finish() {
     let go = Arc::new(tokio::sync::Notify::new());
     let (group_key, seen) = held_group(&server, go.clone()).await;
     // A device connected over MQTT before the SIGTERM.
-    let mqtt_key = server.enroll("late-mqtt", json!({})).await;
-    let mut mqtt = mqtt_connect(&server, "late-mqtt", &mqtt_key, &[]).await;
-    mqtt.subscribe(&[(
-        "$dps/registrations/res/#",
-        onramp_net::mqtt::QoS::AtLeastOnce,
-    )])
-    .await
-    .unwrap();
+    let mut mqtt = listening_device(&server, "late-mqtt").await;
     let mut in_flight = tokio::task::JoinSet::new();
     for i in 0..5 {
         let id = format!("held-{i}");
@@ -648,14 +680,7 @@ async fn sigterm_lets_registrations_in_flight_finish() {
     assert_eq!(body["errorCode"], 503002, "{body}");
     assert!(retry.is_some(), "a Retry-After for the SDKs");
     // Over MQTT: 503 on the response topic, with retry-after.
-    mqtt.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=7",
-        json!({"registrationId": "late-mqtt"}).to_string(),
-        onramp_net::mqtt::QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let answer = mqtt.next_message().await.unwrap();
+    let answer = mqtt_register(&mut mqtt, "late-mqtt").await;
     assert_eq!(
         answer.topic, "$dps/registrations/res/503/?$rid=7&retry-after=3",
         "{:?}",
@@ -724,12 +749,7 @@ async fn sigterm_with_nothing_in_flight_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_past_the_grace_period_are_cut() {
     let temp = tempfile::tempdir().unwrap();
-    let config = with_config(&temp, "[limits]\nshutdown_grace_ms = 1000\n");
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", &config],
-    );
+    let mut server = start_with_config(&temp, "[limits]\nshutdown_grace_ms = 1000\n");
     let (group_key, seen) = held_group(&server, Arc::new(tokio::sync::Notify::new())).await;
     let (url, token) = register_call(&server, &group_key, "held-forever");
     let pending = tokio::spawn(register(server.http(), url, token, "held-forever".into()));
@@ -827,25 +847,13 @@ async fn sigterm_under_load_exits_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_running_its_bound_of_registrations_sheds_new_ones_with_503() {
     let temp = tempfile::tempdir().unwrap();
-    let config = with_config(
+    let server = start_with_config(
         &temp,
         "[limits]\nmax_registrations_in_flight = 2\nregister_reply_budget_ms = 300\n",
     );
-    let server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", &config],
-    );
     let go = Arc::new(tokio::sync::Notify::new());
     let (group_key, seen) = held_group(&server, go.clone()).await;
-    let mqtt_key = server.enroll("shed-mqtt", json!({})).await;
-    let mut mqtt = mqtt_connect(&server, "shed-mqtt", &mqtt_key, &[]).await;
-    mqtt.subscribe(&[(
-        "$dps/registrations/res/#",
-        onramp_net::mqtt::QoS::AtLeastOnce,
-    )])
-    .await
-    .unwrap();
+    let mut mqtt = listening_device(&server, "shed-mqtt").await;
     // Two registrations wait on the webhook: past their reply budget the
     // devices hear `assigning`, and the work still runs.
     for i in 0..2 {
@@ -877,14 +885,7 @@ async fn a_server_running_its_bound_of_registrations_sheds_new_ones_with_503() {
     );
     let retry: u64 = retry.expect("a Retry-After for the SDKs").parse().unwrap();
     assert_eq!(retry, 2);
-    mqtt.publish(
-        "$dps/registrations/PUT/iotdps-register/?$rid=7",
-        json!({"registrationId": "shed-mqtt"}).to_string(),
-        onramp_net::mqtt::QoS::AtLeastOnce,
-    )
-    .await
-    .unwrap();
-    let answer = mqtt.next_message().await.unwrap();
+    let answer = mqtt_register(&mut mqtt, "shed-mqtt").await;
     assert_eq!(
         answer.topic, "$dps/registrations/res/503/?$rid=7&retry-after=2",
         "{:?}",
@@ -1088,17 +1089,12 @@ async fn ten_thousand_slow_connections_from_one_address_do_not_exhaust_descripto
         budget.open_files
     );
     let temp = tempfile::tempdir().unwrap();
-    let config = with_config(
+    let server = start_with_config(
         &temp,
         &format!(
             "[limits]\nmax_connections_per_address = {CAP}\nhandshakes_per_second_per_address = 0\n\
              header_timeout_ms = 2000\nbody_timeout_ms = 2000\n"
         ),
-    );
-    let server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", &config],
     );
     let group_key = server.enroll_group("line", json!({})).await;
     let fds = || {

@@ -912,15 +912,15 @@ async fn node_tpm_device_reaches_its_hub(transport: &str) -> Option<Value> {
     let (ek, _srk) = tpm.make_key_files();
 
     // The enrollment takes the registration ID the SDK derives from the EK.
-    let created: Value = serde_json::from_str(&server.cli_ok(&[
+    let (ek, twin) = (ek.to_str().unwrap(), initial_twin().to_string());
+    let created = server.cli_json(&[
         "enrollment",
         "create",
         "--tpm-ek",
-        ek.to_str().unwrap(),
+        ek,
         "--initial-twin",
-        &initial_twin().to_string(),
-    ]))
-    .unwrap();
+        &twin,
+    ]);
     let id = common::text(&created["registrationId"]);
 
     // tpm2-tools are done with the TPM: the device's SDK takes it over.

@@ -545,11 +545,7 @@ async fn restarts_keep_everything_and_no_secret_is_stored_in_plaintext() {
         "--weight",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let hub2_name = hub2_cs
         .split(';')
         .find_map(|p| p.strip_prefix("HostName="))
@@ -742,15 +738,14 @@ async fn tpm_enrollments_from_the_cli() {
 
     // Without an ID the enrollment takes the one the device's SDK computes
     // from its endorsement key; the key files are the TPM's binary form.
-    let created: Value = serde_json::from_str(&server.cli_ok(&[
+    let created = server.cli_json(&[
         "enrollment",
         "create",
         "--tpm-ek",
         ek_path.to_str().unwrap(),
         "--tpm-srk",
         srk_path.to_str().unwrap(),
-    ]))
-    .unwrap();
+    ]);
     assert_eq!(created["registrationId"], sdk_id.as_str());
     assert_eq!(created["attestation"]["type"], "tpm");
     assert_eq!(
@@ -762,14 +757,7 @@ async fn tpm_enrollments_from_the_cli() {
         STANDARD.encode(std::fs::read(&srk_path).unwrap()).as_str()
     );
     // Base64 text works as well, under an ID of the operator's choosing.
-    let named: Value = serde_json::from_str(&server.cli_ok(&[
-        "enrollment",
-        "create",
-        "tpm-2",
-        "--tpm-ek",
-        &ek_text,
-    ]))
-    .unwrap();
+    let named = server.cli_json(&["enrollment", "create", "tpm-2", "--tpm-ek", &ek_text]);
     assert_eq!(named["registrationId"], "tpm-2");
 
     // The enrolled TPM's first request over HTTPS, its keys and no token:
@@ -1239,19 +1227,17 @@ async fn bench_imports_individual_enrollments_and_paces_registrations() {
 #[tokio::test]
 async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_tpm_opened() {
     let server = Server::start("127.0.0.1:0");
-    let temp = tempfile::tempdir().unwrap();
-    let tpm_file = temp.path().join("device.tpm");
-    let tpm = tpm_file.to_str().unwrap();
+    let (_tpm_dir, tpm) = common::software_tpm_file();
 
     // The first run makes the software TPM; nothing enrolls it yet.
-    let out = server.cli(&provision("sim-tpm-1", &["--tpm", tpm]));
+    let out = server.cli(&provision("sim-tpm-1", &["--tpm", &tpm]));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("404201"), "{stderr}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&tpm_file).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&tpm).unwrap().permissions().mode();
         assert_eq!(
             mode & 0o077,
             0,
@@ -1275,7 +1261,7 @@ async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_
         "--registration-id",
         "sim-tpm-1",
         "--tpm",
-        tpm,
+        &tpm,
         "--messages",
         "2",
     ]);
@@ -1298,7 +1284,7 @@ async fn a_simulated_tpm_device_provisions_and_reaches_its_hub_with_the_key_its_
     // MQTT has no TPM challenge: the simulator says so before connecting.
     let out = server.cli(&provision(
         "sim-tpm-1",
-        &["--tpm", tpm, "--protocol", "mqtt"],
+        &["--tpm", &tpm, "--protocol", "mqtt"],
     ));
     common::assert_failed_saying(&out, "provisions over HTTPS");
 }
@@ -1340,12 +1326,7 @@ async fn registrations_and_group_device_keys_from_the_cli() {
     assert_eq!(shown["registrationId"], "line-9-unit-1");
     assert_eq!(shown["status"], "assigned");
     let listed = server.cli_json(&["registration", "list", "--group-id", "line-9"]);
-    let mut ids: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["registrationId"].as_str().unwrap())
-        .collect();
+    let mut ids = common::registration_ids(&listed);
     ids.sort();
     assert_eq!(ids, ["line-9-unit-1", "line-9-unit-2"]);
 
@@ -1585,9 +1566,7 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
     let key = server.enroll("shown-1", json!({})).await;
     server.assigned("shown-1", &key, &[]);
     let hub = server.embedded_hub().await;
-    let shown: Value =
-        serde_json::from_str(&server.cli_ok(&["linked-hub", "show", &hub.name.to_uppercase()]))
-            .unwrap();
+    let shown = server.cli_json(&["linked-hub", "show", &hub.name.to_uppercase()]);
     assert_eq!(shown["name"], hub.name.as_str());
     assert_eq!(shown["kind"], "embedded");
     assert_eq!(shown["devices"], 1);
@@ -1603,11 +1582,7 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
         .arg(&root)
         .output()
         .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    common::succeeded(&created);
 
     let pem = temp.path().join("root.pem");
     server.cli_ok(&[
@@ -1617,8 +1592,7 @@ async fn linked_hubs_and_ca_certificates_are_shown_one_at_a_time() {
         "--file",
         pem.to_str().unwrap(),
     ]);
-    let cert: Value =
-        serde_json::from_str(&server.cli_ok(&["cert", "show", "shown-root"])).unwrap();
+    let cert = server.cli_json(&["cert", "show", "shown-root"]);
     assert_eq!(cert["name"], "shown-root");
     assert!(
         cert["properties"]["subject"]

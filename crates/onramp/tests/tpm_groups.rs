@@ -195,12 +195,7 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
     let state = &op["registrationState"];
     assert!(state["tpm"]["authenticationKey"].is_string(), "{op}");
     let listed = server.cli_json(&["registration", "list", "--group-id", "tpm-line"]);
-    let ids: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["registrationId"].as_str().unwrap())
-        .collect();
+    let ids = common::registration_ids(&listed);
     assert_eq!(ids, ["tpm-unit-1"], "{listed}");
 
     // The certificate may come in the custom payload instead, which every
@@ -417,11 +412,16 @@ async fn tpm_groups_are_validated_through_the_service_api() {
 #[tokio::test]
 async fn the_simulator_provisions_a_software_tpm_through_a_tpm_group() {
     let server = Server::start("127.0.0.1:0");
-    let temp = tempfile::tempdir().unwrap();
-    let tpm_file = temp.path().join("device.tpm");
-    let tpm = tpm_file.to_str().unwrap();
+    let (temp, tpm) = common::software_tpm_file();
     let provision = |id: &str, extra: &[&str]| {
-        let mut args = vec!["device", "provision", "--registration-id", id, "--tpm", tpm];
+        let mut args = vec![
+            "device",
+            "provision",
+            "--registration-id",
+            id,
+            "--tpm",
+            &tpm,
+        ];
         args.extend_from_slice(extra);
         server.cli(&args)
     };

@@ -268,14 +268,11 @@ pub(super) async fn read_inputs<C: GenericClient>(
     let Some(service) = service else {
         return Ok(None);
     };
-    let first_groups = match enrollment {
-        Some(_) => None,
-        None => Some(groups),
-    };
     Ok(Some(RegistrationInputs {
+        // The groups are the device's only when no enrollment names it.
+        first_groups: enrollment.is_none().then_some(groups),
         service,
         enrollment,
-        first_groups,
         previous,
         linked_hubs,
     }))

@@ -726,6 +726,27 @@ pub fn succeeded(out: &std::process::Output) -> String {
     stdout
 }
 
+/// Where a simulated device keeps its software TPM (the simulator makes
+/// it on the first run): the directory to keep while it is used, and the
+/// file's path.
+pub fn software_tpm_file() -> (tempfile::TempDir, String) {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("device.tpm");
+    let path = path.to_str().unwrap().to_owned();
+    (temp, path)
+}
+
+/// The `registrationId`s of a JSON array of enrollments or registrations.
+pub fn registration_ids(listed: &Value) -> Vec<&str> {
+    let items = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {listed}"));
+    items
+        .iter()
+        .map(|item| item["registrationId"].as_str().unwrap())
+        .collect()
+}
+
 /// Asserts that a command failed and that its standard error says `needle`.
 #[track_caller]
 pub fn assert_failed_saying(out: &std::process::Output, needle: &str) {
