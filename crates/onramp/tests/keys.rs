@@ -273,15 +273,7 @@ async fn a_store_of_100k_enrollments_rotates_while_devices_register() {
     // The list agrees; the old key retires; the active one cannot.
     let listed = text(&run_cli(&server, &["keys", "list", "--output", "json"]).await);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let row = |id: &str| {
-        listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["key"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} is not listed: {listed}"))
-    };
+    let row = |id: &str| common::row(&listed, "key", id);
     assert_eq!(row(&old)["secrets"], 0, "{listed}");
     assert_eq!(row(&new)["status"], "active", "{listed}");
     let out = run_cli(&server, &["keys", "retire", &new]).await;

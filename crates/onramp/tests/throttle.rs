@@ -266,15 +266,7 @@ async fn service_api_calls_over_their_rate_are_answered_429_with_retry_after() {
     // `onramp limits` shows the limit and its refusal, and what is in use.
     let config = server.data_dir.parent().unwrap().join("onramp.toml");
     let limits = server.cli_json(&["limits", "--json", "--config", config.to_str().unwrap()]);
-    let row = |setting: &str| {
-        limits
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["setting"] == setting)
-            .unwrap_or_else(|| panic!("no {setting} in {limits}"))
-            .clone()
-    };
+    let row = |setting: &str| common::row(&limits, "setting", setting);
     let api = row("throttle.service_api_requests_per_minute");
     assert_eq!(
         (api["value"].as_u64(), api["refused"].as_f64()),

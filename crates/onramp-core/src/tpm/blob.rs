@@ -100,17 +100,7 @@ pub fn activation_blob(
     // C. The outer wrapper, to the SRK.
     let duplication_seed: [u8; SEED_LEN] = random()?;
     let encrypted_duplication_seed = srk.encrypt(&duplication_seed, b"DUPLICATE\0")?;
-    aes_cfb(
-        &kdfa(&duplication_seed, "STORAGE", &id_name, &[], 128),
-        &mut wrapped,
-    )?;
-    let outer_hmac = hmac_sha256(
-        &kdfa(&duplication_seed, "INTEGRITY", &[], &[], 256),
-        &[&wrapped, &id_name],
-    );
-    let mut duplicate = Vec::with_capacity(34 + wrapped.len());
-    put_sized(&mut duplicate, &outer_hmac)?;
-    duplicate.extend_from_slice(&wrapped);
+    let duplicate = outer_wrap(&duplication_seed, &id_name, wrapped)?;
 
     // D. The credential (the inner key) to the EK, bound to the SRK's Name:
     // the device activates it with activateHandle = SRK.
@@ -119,14 +109,7 @@ pub fn activation_blob(
     let srk_name = srk.name();
     let mut identity = Vec::with_capacity(2 + INNER_KEY_LEN);
     put_sized(&mut identity, &inner_key)?;
-    aes_cfb(&kdfa(&seed, "STORAGE", &srk_name, &[], 128), &mut identity)?;
-    let credential_hmac = hmac_sha256(
-        &kdfa(&seed, "INTEGRITY", &[], &[], 256),
-        &[&identity, &srk_name],
-    );
-    let mut id_object = Vec::with_capacity(34 + identity.len());
-    put_sized(&mut id_object, &credential_hmac)?;
-    id_object.extend_from_slice(&identity);
+    let id_object = outer_wrap(&seed, &srk_name, identity)?;
 
     // E. The six items.
     let mut blob = Vec::with_capacity(
@@ -147,6 +130,18 @@ pub fn activation_blob(
         put_sized(&mut blob, item)?;
     }
     Ok(blob)
+}
+
+/// The outer wrapper of a credential and of a duplicate alike: `plain`
+/// encrypted with the seed's storage key, after the HMAC (integrity key) of
+/// the ciphertext and `name`, as a sized buffer.
+fn outer_wrap(seed: &[u8], name: &[u8], mut plain: Vec<u8>) -> Result<Vec<u8>, TpmError> {
+    aes_cfb(&kdfa(seed, "STORAGE", name, &[], 128), &mut plain)?;
+    let integrity = hmac_sha256(&kdfa(seed, "INTEGRITY", &[], &[], 256), &[&plain, name]);
+    let mut wrapped = Vec::with_capacity(34 + plain.len());
+    put_sized(&mut wrapped, &integrity)?;
+    wrapped.extend_from_slice(&plain);
+    Ok(wrapped)
 }
 
 fn random<const N: usize>() -> Result<[u8; N], TpmError> {

@@ -100,15 +100,7 @@ impl SoftTpm {
         // ActivateCredential(activateHandle = SRK, keyHandle = EK).
         let seed = oaep_decrypt(&self.ek, secret, b"IDENTITY\0")?;
         let srk_name = self.srk_public.name();
-        let (integrity, identity) = split_sized(id_object)?;
-        let expected = hmac_sha256(
-            &kdfa(&seed, "INTEGRITY", &[], &[], 256),
-            &[identity, &srk_name],
-        );
-        if integrity != expected {
-            return Err(OpenError("credential integrity"));
-        }
-        let identity = cfb_decrypt(&kdfa(&seed, "STORAGE", &srk_name, &[], 128), identity)?;
+        let identity = outer_unwrap(&seed, &srk_name, id_object, "credential integrity")?;
         let (inner_key, rest) = split_sized(&identity)?;
         if !rest.is_empty() || inner_key.len() != INNER_KEY_LEN {
             return Err(OpenError("credential size"));
@@ -116,15 +108,7 @@ impl SoftTpm {
         // Import(parent = SRK, encryptionKey = the credential).
         let dup_seed = oaep_decrypt(&self.srk, sym_seed, b"DUPLICATE\0")?;
         let id_name = name_of(public);
-        let (outer_hmac, wrapped) = split_sized(duplicate)?;
-        let expected = hmac_sha256(
-            &kdfa(&dup_seed, "INTEGRITY", &[], &[], 256),
-            &[wrapped, &id_name],
-        );
-        if outer_hmac != expected {
-            return Err(OpenError("outer integrity"));
-        }
-        let wrapped = cfb_decrypt(&kdfa(&dup_seed, "STORAGE", &id_name, &[], 128), wrapped)?;
+        let wrapped = outer_unwrap(&dup_seed, &id_name, duplicate, "outer integrity")?;
         let plain = cfb_decrypt(inner_key, &wrapped)?;
         let (inner_integrity, encoded_sensitive) = split_sized(&plain)?;
         let digest = digest::digest(&digest::SHA256, &[encoded_sensitive, &id_name[..]].concat());
@@ -171,6 +155,23 @@ pub(super) fn items(blob: &[u8]) -> Result<Vec<&[u8]>, OpenError> {
         rest = after;
     }
     Ok(items)
+}
+
+/// Opens an outer wrapper (a credential's or a duplicate's): checks the
+/// HMAC with the seed's integrity key over the ciphertext and `name`
+/// (`what` names a mismatch), then decrypts with its storage key.
+fn outer_unwrap(
+    seed: &[u8],
+    name: &[u8],
+    wrapped: &[u8],
+    what: &'static str,
+) -> Result<Vec<u8>, OpenError> {
+    let (integrity, encrypted) = split_sized(wrapped)?;
+    let expected = hmac_sha256(&kdfa(seed, "INTEGRITY", &[], &[], 256), &[encrypted, name]);
+    if integrity != expected {
+        return Err(OpenError(what));
+    }
+    cfb_decrypt(&kdfa(seed, "STORAGE", name, &[], 128), encrypted)
 }
 
 fn split_sized(bytes: &[u8]) -> Result<(&[u8], &[u8]), OpenError> {

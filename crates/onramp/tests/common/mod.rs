@@ -736,6 +736,18 @@ pub fn software_tpm_file() -> (tempfile::TempDir, String) {
     (temp, path)
 }
 
+/// The item of a JSON array whose `field` is `value` (a row of a command's
+/// `--output json` list).
+pub fn row<'a>(rows: &'a Value, field: &str, value: &str) -> &'a Value {
+    let items = rows
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {rows}"));
+    items
+        .iter()
+        .find(|r| r[field] == value)
+        .unwrap_or_else(|| panic!("no {field} {value} in {rows}"))
+}
+
 /// The `registrationId`s of a JSON array of enrollments or registrations.
 pub fn registration_ids(listed: &Value) -> Vec<&str> {
     let items = listed
