@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use onramp_core::ports::{Precondition, Record, RecordKind, Store};
 use onramp_model::{IdKey, UtcTime};
 
-use crate::cli::StoreCommand;
+use crate::cli::{Location, StoreCommand};
 use crate::config::Config;
 
 /// The database files of a data directory, by file name.
@@ -28,8 +28,7 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
             dir,
             force,
         } => {
-            let config = Config::load(&location)?;
-            refuse_postgres(&config, "back up")?;
+            let config = sqlite_config(&location, "back up")?;
             if !config.store_path().exists() {
                 bail!(
                     "no Onramp data in {}: nothing to back up",
@@ -56,8 +55,7 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
             dir,
             force,
         } => {
-            let config = Config::load(&location)?;
-            refuse_postgres(&config, "restore")?;
+            let config = sqlite_config(&location, "restore")?;
             if !dir.join(DATABASES[0]).exists() {
                 bail!(
                     "{} holds no Onramp backup ({} is missing)",
@@ -88,7 +86,10 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
 
 /// Backups copy the embedded SQLite files; a PostgreSQL store is the
 /// database's to back up.
-fn refuse_postgres(config: &Config, what: &str) -> anyhow::Result<()> {
+/// The deployment's configuration, which must keep its data in SQLite:
+/// `what` (back up, restore) is refused for PostgreSQL.
+fn sqlite_config(location: &Location, what: &str) -> anyhow::Result<Config> {
+    let config = Config::load(location)?;
     if let Some(url) = config.store_url() {
         bail!(
             "this deployment keeps its data in PostgreSQL ({}): {what} that database with its own \
@@ -97,7 +98,7 @@ fn refuse_postgres(config: &Config, what: &str) -> anyhow::Result<()> {
             config.keys_dir().display()
         );
     }
-    Ok(())
+    Ok(config)
 }
 
 fn refuse_existing(dir: &Path, force: bool, what: &str) -> anyhow::Result<()> {
