@@ -431,7 +431,11 @@ async fn a_tpm_challenge_across_clock_jumps() {
     let p = provisioning(&ek).await;
     let signed_retry = |blob: Vec<u8>| {
         tpm.import(&blob).unwrap();
-        let token = tpm.sign(&p.resource(), now() + 3 * 3600, Some("registration"));
+        let token = tpm.sign(
+            &p.resource(TPM_DEVICE),
+            now() + 3 * 3600,
+            Some("registration"),
+        );
         p.register(DeviceCredential::SasToken(token), None)
     };
     let challenge_blob = |e: ProvisioningError| STANDARD.decode(e.tpm_challenge.unwrap()).unwrap();
