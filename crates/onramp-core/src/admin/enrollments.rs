@@ -1,7 +1,12 @@
 //! Individual enrollments and enrollment groups: written, read, queried and
 //! changed in bulk through one path for both kinds.
 
+use futures_util::StreamExt;
+
 use super::*;
+
+/// Items of a bulk operation written at once.
+const BULK_WRITES_IN_FLIGHT: usize = 64;
 
 impl Admin {
     /// Creates or replaces an individual enrollment or a group (PUT).
@@ -108,26 +113,33 @@ impl Admin {
         check_bulk_size(items.len())?;
         check_bulk_ids(items.iter().map(|e| e.id()), E::KIND)?;
         // Read once for the whole batch, not once per item.
-        let targets = self.allocation_targets(service).await?;
-        let mut errors = Vec::new();
-        for item in items {
+        let targets = &self.allocation_targets(service).await?;
+        // The items' IDs differ (checked above), so their writes are
+        // independent: several in flight let the store commit them in
+        // groups instead of one commit an item.
+        let outcomes = futures_util::stream::iter(items.into_iter().map(|item| async move {
             let id = item.id().to_owned();
             let etag = item.etag().map(|t| t.as_str().to_owned());
             let outcome = match mode {
                 BulkMode::Delete => self.delete::<E>(service, &id, etag.as_deref()).await,
                 mode => {
                     let condition = bulk_condition(mode, etag.as_deref());
-                    self.write(service, &id, item, condition, &targets, |e| {
+                    self.write(service, &id, item, condition, targets, |e| {
                         bulk_error(e, &id)
                     })
                     .await
                     .map(drop)
                 }
             };
-            if let Err(e) = outcome {
-                errors.push((id, e.code.code(), e.message));
-            }
-        }
+            (id, outcome)
+        }))
+        .buffered(BULK_WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        let errors = outcomes
+            .into_iter()
+            .filter_map(|(id, outcome)| outcome.err().map(|e| (id, e.code.code(), e.message)))
+            .collect();
         Ok(E::bulk_result(errors))
     }
 
