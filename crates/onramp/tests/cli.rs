@@ -96,6 +96,24 @@ async fn every_command_that_prints_records_takes_one_output_switch() {
     );
     assert_eq!(services[1][..2], ["default", server.id_scope().as_str()]);
 
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("root");
+    let created = common::onramp()
+        .args(["cert", "create-root", "--cn", "Listed Root", "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let pem = temp.path().join("root.pem");
+    server.cli_ok(&["cert", "upload", "listed", "--file", pem.to_str().unwrap()]);
+    let certificates = table(&server.cli_ok(&["cert", "list", "-o", "table"]));
+    assert_eq!(certificates[0][..3], ["NAME", "SUBJECT", "VERIFIED"]);
+    assert_eq!(certificates[1][0], "listed");
+    assert!(
+        certificates[1][1].contains("Listed Root"),
+        "{certificates:?}"
+    );
+
     // JSON: the service API's records whole, the deployment's as records.
     let listed = server.cli_json(&["enrollment", "list", "-o", "json"]);
     assert_eq!(listed[0]["attestation"]["type"], "symmetricKey");
