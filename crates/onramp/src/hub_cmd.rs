@@ -10,11 +10,12 @@ use onramp_net::{ListenerLimits, Services, Shutdown};
 use crate::cli::{HubCommand, HubServeArgs, Location};
 use crate::config::Config;
 use crate::local::{DataDirLock, Deployment, HubRecord, authority};
+use crate::output::{Format, Output};
 
-pub async fn run(command: HubCommand) -> anyhow::Result<()> {
+pub async fn run(command: HubCommand, output: Output) -> anyhow::Result<()> {
     match command {
         HubCommand::Serve(args) => serve(args).await,
-        HubCommand::Show { location, keys } => show(&location, keys).await,
+        HubCommand::Show { location, keys } => show(&location, keys, output).await,
         HubCommand::Messages {
             data_dir,
             device,
@@ -46,7 +47,7 @@ async fn messages(
 /// The companion hub of a data directory, from its files alone (the hub
 /// may be stopped): its host name and policies, and with `keys` their
 /// connection strings, which open the hub's REST API.
-async fn show(location: &Location, keys: bool) -> anyhow::Result<()> {
+async fn show(location: &Location, keys: bool, output: Output) -> anyhow::Result<()> {
     let config = Config::load(location)?;
     let dir = &config.data_dir;
     let db = dir.join("hub.db");
@@ -76,31 +77,50 @@ async fn show(location: &Location, keys: bool) -> anyhow::Result<()> {
         })?;
     let sealer = crate::local::sealer_in(&config.keys_dir())?;
     let store = onramp_hub::companion::HubStore::open(&db, sealer)?;
-    println!(
-        "Companion hub         {}   ({})",
-        record.host_name,
-        if record.embedded {
+    let policies = store
+        .policies()
+        .await?
+        .into_iter()
+        .map(|p| HubPolicyView {
+            connection_string: keys.then(|| p.connection_string(&record.host_name)),
+            rights: p.rights.to_string(),
+            name: p.name,
+        })
+        .collect();
+    output.or(Format::Table).one(&HubView {
+        host_name: record.host_name.clone(),
+        runs: if record.embedded {
             "embedded in onramp serve, on its listener"
         } else {
             "run by onramp hub serve"
-        }
-    );
-    if let Some(ca) = &record.ca_cert {
-        println!("CA certificate        {}", ca.display());
-    }
-    for policy in store.policies().await? {
-        println!("Policy {:<14} rights: {}", policy.name, policy.rights);
-        if keys {
-            println!(
-                "  connection string   {}",
-                policy.connection_string(&record.host_name)
-            );
-        }
-    }
+        },
+        ca_certificate: record.ca_cert.as_ref().map(|c| c.display().to_string()),
+        policies,
+    })?;
     if !keys {
-        println!("Add --keys to show the connection strings (they hold the policies' keys).");
+        eprintln!("Add --keys to show the connection strings (they hold the policies' keys).");
     }
     Ok(())
+}
+
+/// `onramp hub show`: where the hub answers and its policies.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HubView {
+    host_name: String,
+    runs: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_certificate: Option<String>,
+    policies: Vec<HubPolicyView>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HubPolicyView {
+    name: String,
+    rights: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_string: Option<String>,
 }
 
 async fn serve(args: HubServeArgs) -> anyhow::Result<()> {

@@ -59,7 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = output::Output(cli.output);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Hub { command } => hub_cmd::run(command).await,
+        Command::Hub { command } => hub_cmd::run(command, output).await,
         Command::Service { command } => admin::service(command, output).await,
         Command::LinkedHub { command } => admin::linked_hub(command, output).await,
         Command::Policy { command } => admin::policy(command, output).await,

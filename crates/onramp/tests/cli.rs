@@ -125,6 +125,16 @@ async fn every_command_that_prints_records_takes_one_output_switch() {
         owner.as_str(),
         "{service}"
     );
+    let companion = server.cli_json(&["hub", "show", "--keys", "-o", "json"]);
+    assert_eq!(
+        companion["hostName"],
+        server.endpoint().as_str(),
+        "{companion}"
+    );
+    assert!(
+        common::text(&companion["policies"][0]["connectionString"]).starts_with("HostName="),
+        "{companion}"
+    );
     let limits = server.cli_json(&["limits", "-o", "json"]);
     assert!(limits.as_array().is_some_and(|l| !l.is_empty()), "{limits}");
     let keys = server.cli_json(&["keys", "list", "-o", "json"]);
