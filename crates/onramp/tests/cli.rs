@@ -168,6 +168,14 @@ fn export_with_keys(server: &Server, file: &Path) {
     ]);
 }
 
+/// `onramp enrollment import FILE ARGS…`: whether it succeeded, and what
+/// it said.
+fn import(server: &Server, file: &Path, args: &[&str]) -> (bool, String) {
+    let out = server.cli(&[&["enrollment", "import", file.to_str().unwrap()], args].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stderr)
+}
+
 /// A key of 32 bytes, different for each `n`.
 fn key(n: u64, salt: u8) -> String {
     let mut bytes = [salt; 32];
@@ -266,15 +274,8 @@ async fn round_trip(server: &Server, fleet: u64) {
 
     // With its progress bar (drawn only on a terminal; here it stays quiet).
     let started = Instant::now();
-    let out = server.cli(&[
-        "enrollment",
-        "import",
-        file.to_str().unwrap(),
-        "--batch",
-        "1000",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, stderr) = import(server, &file, &["--batch", "1000"]);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains(&format!(
             "imported {fleet} enrollments, skipped 0 that exist, rejected 0"
@@ -314,15 +315,8 @@ async fn round_trip(server: &Server, fleet: u64) {
     );
 
     // Imported again, nothing changes: every ID is skipped.
-    let out = server.cli(&[
-        "enrollment",
-        "import",
-        exported.to_str().unwrap(),
-        "--batch",
-        "5000",
-        "--quiet",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = import(server, &exported, &["--batch", "5000", "--quiet"]);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains(&format!(
             "imported 0 enrollments, skipped {fleet} that exist"
@@ -357,12 +351,8 @@ async fn csv_round_trips_and_refused_rows_are_reported_by_line_id_and_reason() {
     for id in ["csv-1", "csv-2"] {
         server.cli_ok(&["enrollment", "delete", id]);
     }
-    let out = server.cli(&["enrollment", "import", file.to_str().unwrap(), "--quiet"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stderr) = import(&server, &file, &["--quiet"]);
+    assert!(ok, "{stderr}");
     for (id, was) in ["csv-1", "csv-2"].iter().zip(&before) {
         let now = set_by_client(&server.cli_json(&["enrollment", "show", id, "--keys"]));
         assert_eq!(&now, was);
@@ -390,16 +380,12 @@ async fn csv_round_trips_and_refused_rows_are_reported_by_line_id_and_reason() {
     )
     .unwrap();
     let report = temp.path().join("refused.jsonl");
-    let out = server.cli(&[
-        "enrollment",
-        "import",
-        bad.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        "--quiet",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = import(
+        &server,
+        &bad,
+        &["--report", report.to_str().unwrap(), "--quiet"],
+    );
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("imported 2 enrollments, skipped 1 that exist, rejected 3"),
         "{stderr}"
@@ -473,16 +459,8 @@ async fn enrollments_export_and_import_as_json_lines_resumably() {
     // One is lost; importing again brings it back, with its key and twin,
     // and skips the two that exist (an interrupted import just runs again).
     server.cli_ok(&["enrollment", "delete", "exp-2"]);
-    let out = server.cli(&[
-        "enrollment",
-        "import",
-        file.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--quiet",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (ok, stderr) = import(&server, &file, &["--batch", "2", "--quiet"]);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("imported 1 enrollments, skipped 2 that exist, rejected 0"),
         "{stderr}"
@@ -502,13 +480,43 @@ async fn enrollments_export_and_import_as_json_lines_resumably() {
         "not json\n{\"deviceId\":\"x\"}\n{\"registrationId\":\"bad id!\",\"attestation\":{\"type\":\"symmetricKey\"}}\n{\"registrationId\":\"exp-4\",\"attestation\":{\"type\":\"symmetricKey\"}}\n",
     )
     .unwrap();
-    let out = server.cli(&["enrollment", "import", bad.to_str().unwrap(), "--quiet"]);
-    assert!(!out.status.success());
+    let (ok, _) = import(&server, &bad, &["--quiet"]);
+    assert!(!ok);
     let report = std::fs::read_to_string(temp.path().join("bad.rejected.jsonl")).unwrap();
     assert_eq!(report.lines().count(), 3, "{report}");
     assert!(report.contains("bad id!"), "{report}");
     assert_eq!(
         server.cli_json(&["enrollment", "show", "exp-4"])["registrationId"],
         "exp-4"
+    );
+}
+
+#[tokio::test]
+async fn an_import_the_service_throttles_waits_as_it_is_told_and_finishes() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("onramp.toml");
+    // 60 calls at once, then one a second.
+    std::fs::write(
+        &config,
+        "[throttle]\nservice_api_requests_per_minute = 60\n",
+    )
+    .unwrap();
+    let mut server = Server::start_in(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let file = temp.path().join("slow.jsonl");
+    let lines: String = (0..63)
+        .map(|n| format!("{{\"registrationId\":\"slow-{n}\",\"attestation\":{{\"type\":\"symmetricKey\"}}}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    server.keep(temp);
+    let (ok, stderr) = import(&server, &file, &["--batch", "1", "--quiet"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("HTTP 429): waiting 1 s"), "{stderr}");
+    assert!(
+        stderr.contains("imported 63 enrollments, skipped 0 that exist, rejected 0"),
+        "{stderr}"
     );
 }

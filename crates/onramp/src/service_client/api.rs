@@ -16,6 +16,9 @@ use crate::local::{self, Deployment, Target};
 
 const SERVICE_API_VERSION: &str = "2021-10-01";
 
+/// How many times a throttled call (429 with Retry-After) waits and goes again.
+const MAX_THROTTLED_WAITS: u32 = 10;
+
 /// A refusal of the service API: its HTTP status, then the Azure error code
 /// and message (or the body as it came).
 #[derive(Debug)]
@@ -127,20 +130,41 @@ impl Api {
         if_match: Option<&str>,
     ) -> anyhow::Result<Value> {
         let token = self.token()?;
-        let mut req = self
-            .client
-            .request(
-                method,
-                format!("{}/{path}?api-version={SERVICE_API_VERSION}", self.base),
-            )
-            .header("Authorization", token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(etag) = if_match {
-            req = req.header("If-Match", etag);
-        }
-        let resp = self.send(req).await?;
+        let mut waits = 0;
+        let resp = loop {
+            let mut req = self
+                .client
+                .request(
+                    method.clone(),
+                    format!("{}/{path}?api-version={SERVICE_API_VERSION}", self.base),
+                )
+                .header("Authorization", &token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(etag) = if_match {
+                req = req.header("If-Match", etag);
+            }
+            let resp = self.send(req).await?;
+            // Throttled: wait as long as the service asks, as the Azure
+            // SDKs do, a few times before giving up.
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match retry_after {
+                Some(seconds) if resp.status() == 429 && waits < MAX_THROTTLED_WAITS => {
+                    waits += 1;
+                    let seconds = seconds.clamp(1, 60);
+                    eprintln!(
+                        "the service is throttling these calls (HTTP 429): waiting {seconds} s as it asks"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+                }
+                _ => break resp,
+            }
+        };
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
