@@ -18,6 +18,10 @@ pub struct ProvisioningError {
     /// Seconds the caller should wait before it asks again, where the
     /// refusal knows (a throttle's bucket); the protocols' default otherwise.
     pub retry_after: Option<u32>,
+    /// The enrollment attestation had found when it refused
+    /// (`individual:<id>` or `group:<id>`): for the operator's diagnostics,
+    /// never sent to the device.
+    pub enrollment: Option<String>,
 }
 
 impl ProvisioningError {
@@ -28,7 +32,31 @@ impl ProvisioningError {
             message: message.to_string(),
             tpm_challenge: None,
             retry_after: None,
+            enrollment: None,
         }
+    }
+
+    /// The same refusal, naming (for the operator) the enrollment that
+    /// refused, unless it names one already.
+    pub fn from_enrollment(self, enrollment: &onramp_model::Enrollment) -> Self {
+        self.naming(enrollment.kind(), enrollment.id())
+    }
+
+    /// [`from_enrollment`](Self::from_enrollment) for an individual
+    /// enrollment, by its registration ID.
+    pub fn from_individual(self, registration_id: &str) -> Self {
+        self.naming(onramp_model::EnrollmentKind::Individual, registration_id)
+    }
+
+    /// [`from_enrollment`](Self::from_enrollment) for an enrollment group, by its ID.
+    pub fn group_named(self, group_id: &str) -> Self {
+        self.naming(onramp_model::EnrollmentKind::Group, group_id)
+    }
+
+    fn naming(mut self, kind: onramp_model::EnrollmentKind, id: &str) -> Self {
+        self.enrollment
+            .get_or_insert_with(|| enrollment_ref(kind, id));
+        self
     }
 
     /// The answer to a TPM device's first request: sign the next one with
@@ -89,6 +117,14 @@ impl From<StoreError> for ProvisioningError {
                 Self::internal(format!("a stored record could not be read: {m}"))
             }
         }
+    }
+}
+
+/// How diagnostics name an enrollment: `individual:<id>` or `group:<id>`.
+pub fn enrollment_ref(kind: onramp_model::EnrollmentKind, id: &str) -> String {
+    match kind {
+        onramp_model::EnrollmentKind::Individual => format!("individual:{id}"),
+        onramp_model::EnrollmentKind::Group => format!("group:{id}"),
     }
 }
 

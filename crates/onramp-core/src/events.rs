@@ -23,6 +23,8 @@
 //! - `onramp_registrations_in_flight`: registrations running on this node
 //! - `onramp_registrations_shed_total`: register calls refused with 503
 //!   `ServerBusy` because the node ran `max_registrations_in_flight`
+//! - `onramp_diagnostics_dropped_total`: diagnostic entries lost because
+//!   the writer was behind or the store failed
 
 use onramp_model::RegistrationStatus;
 
@@ -68,6 +70,7 @@ pub const HUB_CLEANUPS: &str = "onramp_hub_cleanups_total";
 pub const THROTTLED: &str = "onramp_throttled_total";
 pub const REGISTRATIONS_IN_FLIGHT: &str = "onramp_registrations_in_flight";
 pub const REGISTRATIONS_SHED: &str = "onramp_registrations_shed_total";
+pub const DIAGNOSTICS_DROPPED: &str = "onramp_diagnostics_dropped_total";
 
 /// The device transport a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,5 +308,10 @@ pub const METRICS: &[Metric] = &[
         MetricKind::Counter,
         REGISTRATIONS_SHED,
         "Register calls answered 503 ServerBusy because the node ran its limit of registrations at once.",
+    ),
+    Metric::new(
+        MetricKind::Counter,
+        DIAGNOSTICS_DROPPED,
+        "Diagnostic entries of registration attempts lost because the writer was behind or the store failed.",
     ),
 ];

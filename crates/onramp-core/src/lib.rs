@@ -24,6 +24,8 @@
 //! - [`admin`], [`validate`], [`x509`]: the service API's rules.
 //! - [`auth`]: service API authentication against access policies.
 //! - [`events`]: what the engine logs and counts, one struct per event.
+//! - [`diagnostics`]: an entry per registration attempt, written to the
+//!   store off the hot path, for the operator's "why was it refused?".
 //! - [`error`]: one error type, carrying the Azure error code and a message
 //!   that names the field and the fix.
 #![forbid(unsafe_code)]
@@ -34,6 +36,7 @@ pub mod attest;
 pub mod auth;
 pub mod connection_string;
 pub mod custom;
+pub mod diagnostics;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -9,15 +9,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test setup
 
+use std::time::Duration;
+
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_core::ProvisioningError;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::{OperationRequest, RegisterRequest, StatusRequest};
 use onramp_core::events::Protocol;
-use onramp_core::ports::IdentityAuth;
+use onramp_core::ports::{DiagnosticsLog, DiagnosticsQuery, IdentityAuth, Outcome};
 use onramp_core::sas;
 use onramp_core::tpm::{self, RsaPublic, TpmError};
-use onramp_model::{DeviceRegistration, ErrorCode, RegistrationStatus, TpmAttestation};
+use onramp_model::{
+    AttestationType, DeviceRegistration, ErrorCode, IdKey, RegistrationStatus, TpmAttestation,
+};
 use onramp_testkit::given;
 use onramp_testkit::swtpm::{Swtpm, data_dir, tools_installed};
 use onramp_testkit::tpm_device::{TpmEnrolled, tpm_enrollment};
@@ -264,6 +268,33 @@ async fn a_tpm_device_provisions_through_the_challenge_and_gets_its_hub_key() {
         .await
         .unwrap_err();
     assert_refused(&again, ErrorCode::Unauthorized, "spent");
+
+    // The challenge was a step of the first attempt, not an attempt: two
+    // diagnostic entries, the replay refused and the registration assigned.
+    assert!(p.engine.diagnostics().flush(Duration::from_secs(5)).await);
+    let query = DiagnosticsQuery {
+        registration: Some(IdKey::of(TPM_DEVICE)),
+        outcome: None,
+        since: None,
+        top: 10,
+    };
+    let entries = p.store.diagnostics("default", &query).await.unwrap();
+    let seen: Vec<_> = entries
+        .iter()
+        .map(|e| (e.outcome, e.attestation, e.enrollment.clone()))
+        .collect();
+    let enrollment = Some(format!("individual:{TPM_DEVICE}"));
+    assert_eq!(
+        seen,
+        [
+            (
+                Outcome::Refused,
+                Some(AttestationType::Tpm),
+                enrollment.clone()
+            ),
+            (Outcome::Assigned, Some(AttestationType::Tpm), enrollment),
+        ]
+    );
 
     // 6. Once expired it reads nothing either.
     p.clock.advance_seconds(16 * 60);

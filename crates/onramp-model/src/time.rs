@@ -67,22 +67,30 @@ impl From<OffsetDateTime> for UtcTime {
     }
 }
 
-impl fmt::Display for UtcTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl UtcTime {
+    /// RFC 3339 in UTC with `digits` fractional digits (at most 9; 3 is
+    /// milliseconds), truncated.
+    pub fn to_rfc3339(&self, digits: u32) -> String {
+        let digits = digits.min(9);
         let t = self.0;
-        // 100-nanosecond ticks: the seven digits .NET (and so Azure) prints.
-        let ticks = t.nanosecond() / 100;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:0width$}Z",
             t.year(),
             u8::from(t.month()),
             t.day(),
             t.hour(),
             t.minute(),
             t.second(),
-            ticks
+            t.nanosecond() / 10u32.pow(9 - digits),
+            width = digits as usize
         )
+    }
+}
+
+impl fmt::Display for UtcTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // 100-nanosecond ticks: the seven digits .NET (and so Azure) prints.
+        f.write_str(&self.to_rfc3339(7))
     }
 }
 

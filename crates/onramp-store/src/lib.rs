@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+mod diagnostic_rows;
 pub mod keyring;
 pub mod migrations;
 pub mod postgres;

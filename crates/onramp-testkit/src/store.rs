@@ -1,14 +1,16 @@
 //! [`MemoryStore`]: the store in a mutex.
 
+mod diagnostics;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord, RunningOperation,
-    Store, StoreError, StoredRecord, check_precondition, client_thumbprints, overtaken,
-    overtaken_by,
+    DiagnosticEntry, HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord,
+    RunningOperation, Store, StoreError, StoredRecord, check_precondition, client_thumbprints,
+    overtaken, overtaken_by,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, IdKey, IndividualEnrollment, UtcTime};
@@ -26,6 +28,8 @@ struct State {
     latencies: BTreeMap<Key, HubLatencySample>,
     /// Running operations by service and registration key.
     operations: BTreeMap<(String, IdKey), RunningOperation>,
+    /// Diagnostic entries in the order they were added.
+    diagnostics: Vec<DiagnosticEntry>,
 }
 
 impl State {
@@ -205,6 +209,7 @@ impl Store for MemoryStore {
         s.policies.retain(|(svc, _), _| svc != name);
         s.records.retain(|(_, svc, _), _| svc != name);
         s.operations.retain(|(svc, _), _| svc != name);
+        s.diagnostics.retain(|d| d.service != name);
         Ok(existed)
     }
     async fn policies(&self, service: &str) -> Result<Vec<SharedAccessPolicy>, StoreError> {

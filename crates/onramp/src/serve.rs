@@ -294,8 +294,11 @@ pub async fn start(config: &Config, summary: bool) -> anyhow::Result<Running> {
         .with_latency(latency.clone())
         .with_regions(config.regions())
         .with_throttle(config.throttle.engine())
+        .with_diagnostics(config.diagnostics.engine())
         .with_node(config.node.name.clone()),
     );
+    // Its writer, and the pruning of old entries, from the start.
+    engine.diagnostics().start();
     let store_dyn_for_probes = store_dyn.clone();
     let admin = Arc::new(Admin::new(store_dyn, clock));
     let endpoint_config = EndpointConfig {

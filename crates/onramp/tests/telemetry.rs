@@ -175,7 +175,7 @@ async fn every_documented_metric_is_served_with_its_type_labels_and_help() {
     );
 
     let documented = documented_metrics();
-    assert_eq!(documented.len(), 18, "{documented:?}");
+    assert_eq!(documented.len(), 19, "{documented:?}");
     for (name, doc) in &documented {
         for line in [
             format!("# HELP {name} {}", doc.help),

@@ -4,13 +4,17 @@
 //!
 //! - `enrollments`: individual enrollments and groups, one path for both;
 //! - `certificates`: CA certificates and their proof of possession;
-//! - `registrations`: the registration records devices leave.
+//! - `registrations`: the registration records devices leave;
+//! - `diagnostics`: the registration attempts devices made (an Onramp extension).
 
 mod certificates;
+mod diagnostics;
 mod enrollments;
 mod registrations;
 
 use std::sync::Arc;
+
+pub use diagnostics::{DEFAULT_DIAGNOSTICS, DiagnosticsFilter, MAX_DIAGNOSTICS};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use onramp_model::{

@@ -74,6 +74,7 @@ pub(super) async fn attest(
         .enrollment(store, service, &registration_id.key())
         .await?
     {
+        let id = enrollment.registration_id.clone();
         let att = enrollment.attestation.as_ref();
         if !att.is_some_and(|a| a.kind == AttestationType::X509 && a.x509.is_some()) {
             return Err(ProvisioningError::unauthorized(format!(
@@ -81,7 +82,8 @@ pub(super) async fn attest(
                  authenticate with the enrollment's mechanism",
                 enrollment.registration_id,
                 att.map(|a| a.kind.as_str()).unwrap_or("no")
-            )));
+            ))
+            .from_individual(&id));
         }
         // The enrolled certificates' thumbprints, computed when the enrollment was written.
         if !client_thumbprints(enrollment.attestation.as_ref())
@@ -91,7 +93,8 @@ pub(super) async fn attest(
             return Err(ProvisioningError::unauthorized(format!(
                 "the device certificate (SHA-256 {}) is neither certificate of individual enrollment '{}'",
                 leaf.info.sha256_thumbprint, enrollment.registration_id
-            )));
+            ))
+            .from_individual(&id));
         }
         return finish(
             registration_id,
@@ -205,7 +208,8 @@ pub(super) async fn attest(
                         "certificate {} in the device's chain is disabled by individual enrollment '{}'",
                         parsed.info.subject_name, revoked.registration_id
                     ),
-                ));
+                )
+                .from_individual(&revoked.registration_id));
             }
         }
         if let Some((_, group, anchor)) = matches.iter().find(|(d, _, _)| *d == level) {
@@ -226,7 +230,8 @@ pub(super) async fn attest(
             return Err(untrusted(format!(
                 "the device chains to CA certificate '{name}' of enrollment group '{group}', but that CA is not \
                  verified; complete its proof of possession (onramp cert verification-code / verify)"
-            )));
+            ))
+            .group_named(group));
         }
     }
     Err(match first_error {

@@ -241,7 +241,8 @@ fn finish(
                 "{} is disabled (provisioningStatus: disabled); set it to enabled to let this device register",
                 enrollment.describe()
             ),
-        ));
+        )
+        .from_enrollment(&enrollment));
     }
     Ok(Attested {
         registration_id: registration_id.clone(),

@@ -37,23 +37,26 @@ pub(super) async fn attest(
 
     let key = registration_id.key();
     if let Some(enrollment) = prefetched.enrollment(store, service, &key).await? {
+        let id = enrollment.registration_id.clone();
         if enrollment.attestation.as_ref().map(|a| a.kind) == Some(AttestationType::Tpm) {
             return super::tpm::verify(store, service, registration_id, enrollment, &token, now)
-                .await;
+                .await
+                .map_err(|e| e.from_individual(&id));
         }
         let (primary, secondary) = symmetric_keys_of(
             enrollment
                 .attestation
                 .as_ref()
                 .map(|a| (a.kind, a.symmetric_key.as_ref())),
-            &format!("individual enrollment '{}'", enrollment.registration_id),
-        )?;
+            &format!("individual enrollment '{id}'"),
+        )
+        .map_err(|e| e.from_individual(&id))?;
         if !(token.is_signed_by(primary.expose()) || token.is_signed_by(secondary.expose())) {
             return Err(ProvisioningError::unauthorized(format!(
-                "the token's signature matches neither key of individual enrollment '{}'; \
-                 sign the token with the enrollment's primary or secondary key",
-                enrollment.registration_id
-            )));
+                "the token's signature matches neither key of individual enrollment '{id}'; \
+                 sign the token with the enrollment's primary or secondary key"
+            ))
+            .from_individual(&id));
         }
         return finish(
             registration_id,

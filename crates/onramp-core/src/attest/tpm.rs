@@ -53,7 +53,8 @@ pub(super) async fn challenge(
         )
         .await;
     };
-    let enrolled = enrolled_tpm(&enrollment)?;
+    let id = enrollment.registration_id.clone();
+    let enrolled = enrolled_tpm(&enrollment).map_err(|e| e.from_individual(&id))?;
     let sent = sent_endorsement_key(keys.endorsement_key)?;
     let enrolled_ek = RsaPublic::from_base64(&enrolled.endorsement_key).map_err(|e| {
         ProvisioningError::internal(format!(
@@ -64,7 +65,8 @@ pub(super) async fn challenge(
         return Err(ProvisioningError::unauthorized(format!(
             "the endorsement key sent is not the one individual enrollment \
              '{registration_id}' holds; send this TPM's endorsement key, or enroll it"
-        )));
+        ))
+        .from_individual(&id));
     }
     let enrolled_srk = enrolled.storage_root_key.as_deref();
     issue(

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 
+use super::diagnose::Trace;
 use super::{Engine, parse_registration_id};
 use crate::ProvisioningError;
 use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
@@ -59,11 +60,31 @@ impl Engine {
         protocol: Protocol,
         client_addr: Option<IpAddr>,
     ) -> Result<(), ProvisioningError> {
-        let registration_id = parse_registration_id(registration_id)?;
-        let claim = Claim::of(id_scope, &registration_id, credential, protocol).from(client_addr);
-        self.authenticate(claim, AttestationStep::Connect)
-            .await
-            .map(|_| ())
+        let mut trace = Trace::new(
+            self,
+            id_scope,
+            registration_id,
+            credential,
+            protocol,
+            client_addr,
+        );
+        let checked = async {
+            let registration_id = parse_registration_id(registration_id)?;
+            let claim =
+                Claim::of(id_scope, &registration_id, credential, protocol).from(client_addr);
+            let found = self.found_for(id_scope).await;
+            if let Ok((service, _)) = &found {
+                trace.in_service(&service.name);
+            }
+            self.attest_in(found, claim, AttestationStep::Connect).await
+        };
+        // Only a refusal is an attempt's end here: an accepted device
+        // registers next, and that leaves the entry.
+        let result = checked.await.map(|_| ());
+        if let Err(e) = &result {
+            self.diagnose(trace, Err(e));
+        }
+        result
     }
 
     pub(super) async fn authenticate(
@@ -71,11 +92,18 @@ impl Engine {
         claim: Claim<'_>,
         step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
-        let found = self
-            .service_for_scope(claim.id_scope)
-            .await
-            .map(|service| (service, Prefetched::default()));
+        let found = self.found_for(claim.id_scope).await;
         self.attest_in(found, claim, step).await
+    }
+
+    /// The service an ID scope names, with nothing read ahead for attestation.
+    async fn found_for(
+        &self,
+        id_scope: &str,
+    ) -> Result<(ProvisioningService, Prefetched), ProvisioningError> {
+        self.service_for_scope(id_scope)
+            .await
+            .map(|service| (service, Prefetched::default()))
     }
 
     /// Attestation in the service found for the ID scope (or the error of not

@@ -15,8 +15,10 @@
 //!   through other nodes.
 //! - `operation_id`: operation IDs and the time they carry.
 //! - `settings`: what an enrollment decides, whichever kind it is.
+//! - `diagnose`: each attempt's diagnostic entry, for the operator.
 
 mod authenticate;
+mod diagnose;
 mod in_flight;
 mod lease;
 mod operation_id;
@@ -38,6 +40,7 @@ use onramp_model::{DeviceRegistration, RegistrationId};
 use crate::ProvisioningError;
 use crate::allocate::Regions;
 use crate::attest::{AttestationConfig, DeviceCredential};
+use crate::diagnostics::{Diagnostics, DiagnosticsConfig};
 use crate::events::Protocol;
 use crate::ports::{
     AllocationWebhook, Clock, HubLatency, HubRegistry, NoLatency, Store, WebhookError,
@@ -150,6 +153,8 @@ pub struct Engine {
     last_operation_start: std::sync::atomic::AtomicU64,
     /// This node's name, in the running operations it records.
     node: String,
+    /// Where each attempt's diagnostic entry goes.
+    diagnostics: Diagnostics,
 }
 
 impl Engine {
@@ -160,10 +165,13 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         tasks::start_metrics(&config);
+        let diagnostics =
+            Diagnostics::new(store.clone(), clock.clone(), DiagnosticsConfig::default());
         Self {
             store,
             hubs,
             clock,
+            diagnostics,
             config,
             webhook: Arc::new(NoWebhook),
             latency: Arc::new(NoLatency),
@@ -180,6 +188,17 @@ impl Engine {
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
         self.node = node.into();
         self
+    }
+
+    /// How diagnostic entries are written and how long they are kept.
+    pub fn with_diagnostics(mut self, config: DiagnosticsConfig) -> Self {
+        self.diagnostics = Diagnostics::new(self.store.clone(), self.clock.clone(), config);
+        self
+    }
+
+    /// The diagnostics recorder: started by a server, flushed by tests.
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.diagnostics
     }
 
     /// The limits that answer `Throttled` (429 with Retry-After).

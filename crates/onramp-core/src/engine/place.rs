@@ -5,6 +5,7 @@
 use onramp_model::{AllocationPolicy, ErrorCode};
 
 use super::Engine;
+use super::diagnose::Progress;
 use super::in_flight::Overtaken;
 use super::register::superseded;
 use super::settings::Settings;
@@ -13,7 +14,7 @@ use crate::allocate::{Proximity, allocate, candidates};
 use crate::attest::{Attested, Enrollment, Proof};
 use crate::custom;
 use crate::engine::RegisterRequest;
-use crate::ports::{DeviceIdentity, HubError, IdentityAuth, Placement, TwinSetup};
+use crate::ports::{DeviceIdentity, HubError, IdentityAuth, Placement, Step, TwinSetup};
 use crate::reprovision::{self, TwinPlan};
 use crate::tenant::{LinkedHub, ProvisioningService};
 
@@ -32,6 +33,7 @@ impl Engine {
         previous_substatus: Option<onramp_model::Substatus>,
         device_id: &str,
         overtaken: &Overtaken,
+        progress: &Progress,
     ) -> Result<Placed, ProvisioningError> {
         let current_hub = current.and_then(|c| linked.iter().find(|h| h.is_named(&c.hub)));
         let may_move = reprovision::may_move(
@@ -76,6 +78,7 @@ impl Engine {
             (hub, None)
         };
 
+        progress.reach(Step::Hub);
         let plan = reprovision::plan(
             settings.reprovision,
             current,
@@ -130,6 +133,7 @@ impl Engine {
             .register_device(hub, &identity)
             .await
             .map_err(|e| hub_failure(&hub.name, e))?;
+        progress.reach(Step::Record);
         Ok(Placed {
             hub: hub.name.clone(),
             substatus,

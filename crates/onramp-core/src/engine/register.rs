@@ -11,6 +11,7 @@ use onramp_model::{
 };
 
 use super::authenticate::Claim;
+use super::diagnose::{Progress, Trace};
 use super::in_flight::{InFlight, Overtaken};
 use super::lease::Announce;
 use super::settings::Settings;
@@ -37,6 +38,19 @@ impl Engine {
         operation_id: String,
         announce: Announce,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
+        let mut trace = Trace::of(self, &req);
+        let result = self.traced(req, operation_id, announce, &mut trace).await;
+        self.diagnose(trace, result.as_ref());
+        result
+    }
+
+    async fn traced(
+        &self,
+        req: RegisterRequest,
+        operation_id: String,
+        announce: Announce,
+        trace: &mut Trace,
+    ) -> Result<RegistrationOperationStatus, ProvisioningError> {
         let started = self.clock.now();
         let registration_id = parse_registration_id(&req.registration_id)?;
         if let Some(body_id) = req
@@ -61,6 +75,7 @@ impl Engine {
             .await
         {
             Ok(inputs) => {
+                trace.in_service(&inputs.service.name);
                 let RegistrationInputs {
                     service,
                     enrollment,
@@ -86,6 +101,7 @@ impl Engine {
         let (service, attested) = self
             .attest_in(found, claim, AttestationStep::Register)
             .await?;
+        trace.attested(&attested);
         self.throttle
             .admit_registration(&service.name, &registration_id.key())
             .inspect_err(|e| {
@@ -103,6 +119,7 @@ impl Engine {
             self.spend(&service.name, challenge, &operation_id).await?;
         }
 
+        trace.assigning(&operation_id);
         let key = registration_id.key();
         let running = self.running(
             &operation_id,
@@ -128,6 +145,7 @@ impl Engine {
             previous,
             linked,
             &running.overtaken,
+            &trace.progress,
         );
         let result = self.leased(&service.name, visible, announce, work).await;
         drop(running);
@@ -164,6 +182,7 @@ impl Engine {
         previous: Option<Box<RegistrationRecord>>,
         linked: Vec<LinkedHub>,
         overtaken: &Overtaken,
+        progress: &Progress,
     ) -> Result<RegistrationRecord, ProvisioningError> {
         let current = previous
             .as_deref()
@@ -189,6 +208,7 @@ impl Engine {
                 previous_substatus,
                 &device_id,
                 overtaken,
+                progress,
             )
             .await;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use onramp_model::{ErrorCode, RegistrationOperationStatus, RegistrationStatus};
 use tokio_util::task::TaskTracker;
 
+use super::diagnose::Trace;
 use super::lease::Announce;
 use super::{Engine, RegisterRequest};
 use crate::ProvisioningError;
@@ -18,6 +19,9 @@ use crate::events::{REGISTRATIONS_IN_FLIGHT, REGISTRATIONS_SHED};
 /// How long a register call past its budget waits for its registration to
 /// be recorded as running.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a stopping engine waits for its diagnostic entries to be written.
+const DIAGNOSTICS_FLUSH: Duration = Duration::from_secs(2);
 
 /// Seconds a device refused for load is told to wait: long enough for the
 /// registrations running to finish (most take well under a second), short
@@ -74,13 +78,11 @@ impl Engine {
         self: &Arc<Self>,
         req: RegisterRequest,
     ) -> Result<RegistrationOperationStatus, ProvisioningError> {
-        if self.tasks.closing.load(Ordering::SeqCst) {
-            return Err(ProvisioningError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; register again after the Retry-After interval",
-            ));
+        if let Err(e) = self.admit() {
+            let trace = Trace::of(self, &req);
+            self.diagnose(trace, Err(&e));
+            return Err(e);
         }
-        self.admit_in_flight()?;
         let operation_id = self.new_operation_id();
         let engine = Arc::clone(self);
         let id = operation_id.clone();
@@ -118,6 +120,18 @@ impl Engine {
         self.tasks.tracker.len()
     }
 
+    /// Whether a new registration may start: not while the engine stops,
+    /// nor past the bound of registrations at once.
+    fn admit(&self) -> Result<(), ProvisioningError> {
+        if self.tasks.closing.load(Ordering::SeqCst) {
+            return Err(ProvisioningError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; register again after the Retry-After interval",
+            ));
+        }
+        self.admit_in_flight()
+    }
+
     /// Load shedding: a node already running its bound of registrations
     /// takes no more (work it could not finish in time would only make
     /// every device wait longer); the device hears 503 and when to retry.
@@ -146,9 +160,9 @@ impl Engine {
         self.tasks.tracker.close();
         let in_flight = self.tasks.tracker.len();
         let _ = tokio::time::timeout(grace, self.tasks.tracker.wait()).await;
-        Drained {
-            in_flight,
-            cut: self.tasks.tracker.len(),
-        }
+        let cut = self.tasks.tracker.len();
+        // The finished registrations' diagnostic entries, written before the stop.
+        self.diagnostics.flush(DIAGNOSTICS_FLUSH).await;
+        Drained { in_flight, cut }
     }
 }

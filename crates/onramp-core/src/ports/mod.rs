@@ -5,12 +5,16 @@
 //!
 //! - `store`: the [`Store`] trait, its records and preconditions;
 //! - `hubs`: the IoT Hub registry and hub latencies;
-//! - `webhook`: the custom-allocation webhook.
+//! - `webhook`: the custom-allocation webhook;
+//! - `diagnostics`: an entry per registration attempt, which every store
+//!   keeps ([`DiagnosticsLog`]).
 
+mod diagnostics;
 mod hubs;
 mod store;
 mod webhook;
 
+pub use diagnostics::*;
 pub use hubs::*;
 pub use store::*;
 pub use webhook::*;

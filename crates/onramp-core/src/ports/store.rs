@@ -8,6 +8,7 @@ use onramp_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::DiagnosticsLog;
 use crate::tenant::{CaCertificate, LinkedHub, ProvisioningService, SharedAccessPolicy};
 
 /// Why a store call failed.
@@ -363,7 +364,7 @@ stored_record!(
 ///
 /// Writes return the stored record with its new ETag and timestamps.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DiagnosticsLog + Send + Sync + 'static {
     // Provisioning services and their access policies.
     async fn create_service(
         &self,

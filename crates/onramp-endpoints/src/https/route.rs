@@ -41,6 +41,8 @@ pub enum Route {
     Certificate(String),
     CertificateVerificationCode(String),
     CertificateVerify(String),
+    /// Registration attempts of the service (an Onramp extension).
+    Diagnostics,
     Health,
 }
 
@@ -81,6 +83,7 @@ pub fn route(method: &Method, path: &str) -> RouteMatch {
     match s.as_slice() {
         [] => RouteMatch::NotMine,
         [h] if lit(h, "health") => allow("GET", Route::Health),
+        [d] if lit(d, "diagnostics") => allow("GET", Route::Diagnostics),
 
         [e] if lit(e, "enrollments") => allow("POST", Route::EnrollmentBulk),
         [e, q] if lit(e, "enrollments") && lit(q, "query") && m == Method::POST => {
@@ -196,6 +199,12 @@ mod tests {
                 Method::GET,
                 "/0ne0001A2B3/registrations/dev-01/register",
                 RouteMatch::WrongMethod { allowed: "PUT" },
+            ),
+            (Method::GET, "/Diagnostics/", found(Route::Diagnostics)),
+            (
+                Method::DELETE,
+                "/diagnostics",
+                RouteMatch::WrongMethod { allowed: "GET" },
             ),
             (Method::GET, "/devices/x", RouteMatch::NotMine),
             (Method::GET, "/twins/x", RouteMatch::NotMine),

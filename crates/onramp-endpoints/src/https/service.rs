@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use onramp_core::ProvisioningError;
-use onramp_core::admin::{EnrollmentResource, Page, PageRequest};
+use onramp_core::admin::{DiagnosticsFilter, EnrollmentResource, Page, PageRequest};
 use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::tenant::{AccessRights, CaCertificate};
@@ -57,6 +57,7 @@ fn operation_name(route: &Route) -> &'static str {
         Route::Certificates | Route::Certificate(_) => "Certificate",
         Route::CertificateVerificationCode(_) => "Certificate.GenerateVerificationCode",
         Route::CertificateVerify(_) => "Certificate.Verify",
+        Route::Diagnostics => "Diagnostics",
         _ => "Other",
     }
 }
@@ -142,6 +143,19 @@ async fn run(
                     .await?,
                 "DeviceRegistration",
             )
+        }
+        (Route::Diagnostics, _) => {
+            caller.require(
+                AccessRights::REGISTRATION_STATUS_READ,
+                "reading diagnostics",
+            )?;
+            let filter = DiagnosticsFilter {
+                registration_id: query.get("registrationId"),
+                outcome: query.get("outcome"),
+                since: query.get("since"),
+                top: query.get("top"),
+            };
+            ok(&admin.diagnostics(svc, filter).await?)
         }
         (Route::Certificates, _) => {
             caller.require(AccessRights::SERVICE_CONFIG, "listing CA certificates")?;

@@ -22,9 +22,10 @@ const MIGRATION_TIMEOUT_S: u32 = 300;
 /// One schema step: the version it brings the database to, and its SQL.
 pub type Step = (i32, &'static str);
 
-const STEPS: [Step; 2] = [
+const STEPS: [Step; 3] = [
     (1, include_str!("schema_v1.sql")),
     (2, include_str!("schema_v2.sql")),
+    (3, include_str!("schema_v3.sql")),
 ];
 
 /// The advisory lock nodes take to migrate one at a time ("onramp" in ASCII).

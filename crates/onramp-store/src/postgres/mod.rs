@@ -3,8 +3,8 @@
 //! One concept a file, as in `sqlite/`: `db` (the pool, errors, the
 //! numbered schema steps), `rows` (what the keyed tables share and the
 //! locked read of a conditional write), `services`, `records` (the records
-//! a service owns) and `registrations` (with the one statement a
-//! registration's reads are). Documents, sealing and stamping are the
+//! a service owns), `registrations` (with the one statement a
+//! registration's reads are) and `diagnostics`. Documents, sealing and stamping are the
 //! embedded store's own functions, so a secret is sealed the same way, with
 //! the same associated data, in both.
 //!
@@ -15,6 +15,7 @@
 //! database's disk before its call returns.
 
 mod db;
+mod diagnostics;
 mod keys;
 mod operations;
 mod records;

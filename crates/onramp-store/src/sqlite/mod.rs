@@ -2,13 +2,14 @@
 //!
 //! One concept a file: `services` (with policies, linked hubs and hub
 //! latencies), `enrollments` (individual and groups), `registrations`,
-//! `certificates`; `rows` holds what their rows share and `migrations` the
+//! `certificates`, `diagnostics`; `rows` holds what their rows share and `migrations` the
 //! schema. Their functions run on a connection the `db` threads lend; the
 //! `Store` impl below hands each call to one of them.
 
 pub(crate) mod certificates;
 pub(crate) mod challenges;
 mod db;
+mod diagnostics;
 pub(crate) mod enrollments;
 mod keys;
 mod migrations;

@@ -11,6 +11,7 @@ use onramp_model::{IdKey, UtcTime};
 
 mod certificates;
 mod challenges;
+mod diagnostics;
 mod enrollments;
 mod fixtures;
 mod groups;
@@ -22,6 +23,7 @@ mod tenants;
 
 pub use certificates::certificates;
 pub use challenges::tpm_challenges;
+pub use diagnostics::diagnostics;
 pub use enrollments::enrollments;
 pub use fixtures::{enrollment, group, hub, owner, service};
 pub use groups::groups;
@@ -74,6 +76,7 @@ macro_rules! store_conformance {
             isolation,
             running_operations,
             newest_registration_wins,
+            diagnostics,
         );
     };
     (@each $cases:ident; $($case:ident,)+) => {

@@ -1,5 +1,6 @@
-//! `[limits]` (deadlines and bounds at the front door) and `[throttle]`
-//! (the token buckets answered with 429 and Retry-After).
+//! `[limits]` (deadlines and bounds at the front door), `[throttle]`
+//! (the token buckets answered with 429 and Retry-After) and
+//! `[diagnostics]` (how long and how many registration attempts are kept).
 
 use serde::Deserialize;
 
@@ -124,6 +125,40 @@ impl LimitsConfig {
                 handshakes_per_second: self.handshakes_per_second_per_address,
             },
             close_timeout: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+/// `[diagnostics]`: the entries registration attempts leave, kept for
+/// `onramp diagnostics` and the service API's `/diagnostics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiagnosticsConfig {
+    /// Hours an entry is kept.
+    pub max_age_hours: u64,
+    /// Entries kept per provisioning service (the newest).
+    pub max_entries: u64,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        let retention = onramp_core::ports::Retention::default();
+        Self {
+            max_age_hours: retention.max_age.as_secs() / 3600,
+            max_entries: retention.max_entries_per_service,
+        }
+    }
+}
+
+impl DiagnosticsConfig {
+    /// The engine's form of these settings.
+    pub fn engine(&self) -> onramp_core::diagnostics::DiagnosticsConfig {
+        onramp_core::diagnostics::DiagnosticsConfig {
+            retention: onramp_core::ports::Retention {
+                max_age: std::time::Duration::from_secs(self.max_age_hours.saturating_mul(3600)),
+                max_entries_per_service: self.max_entries,
+            },
+            ..Default::default()
         }
     }
 }

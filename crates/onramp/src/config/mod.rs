@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::cli::{Location, ServeArgs};
 
 mod limits;
-pub use limits::{LimitsConfig, ThrottleConfig};
+pub use limits::{DiagnosticsConfig, LimitsConfig, ThrottleConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +32,7 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub node: NodeConfig,
     pub allocation: AllocationConfig,
+    pub diagnostics: DiagnosticsConfig,
     /// Hubs linked to the service at start.
     pub linked_hubs: Vec<LinkedHubConfig>,
 }
@@ -299,6 +300,7 @@ impl Default for Config {
             throttle: ThrottleConfig::default(),
             node: NodeConfig::default(),
             allocation: AllocationConfig::default(),
+            diagnostics: DiagnosticsConfig::default(),
             linked_hubs: Vec::new(),
         }
     }
@@ -469,6 +471,9 @@ impl Config {
         }
         if self.allocation.webhook_timeout_ms == 0 {
             bail!("allocation.webhook_timeout_ms must be more than 0");
+        }
+        if self.diagnostics.max_age_hours == 0 || self.diagnostics.max_entries == 0 {
+            bail!("diagnostics.max_age_hours and diagnostics.max_entries must be more than 0");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key go together; set both or neither");
