@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enrollment { command } => service_client::enrollment(command, output).await,
         Command::Group { command } => service_client::group(command, output).await,
         Command::Registration { command } => service_client::registration(command, output).await,
+        Command::Diagnostics(args) => service_client::diagnostics(args, output).await,
         Command::Device { command } => device::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -12,9 +12,29 @@ use std::time::Duration;
 use common::{Server, WebhookReply};
 use serde_json::{Value, json};
 
-/// The newest entry of `device` with `outcome`, through the service API,
-/// once the server has written it.
+/// The newest entry of `device` with `outcome`, once the server has
+/// written it: through the service API, and the same through
+/// `onramp diagnostics` (JSON, and in its table).
 async fn entry_of(server: &Server, device: &str, outcome: &str) -> Value {
+    let entry = api_entry_of(server, device, outcome).await;
+    let args = ["diagnostics", "--device", device, "--outcome", outcome];
+    let listed = server.cli_json(&[&args[..], &["--since", "1h", "--output", "json"]].concat());
+    assert_eq!(listed[0], entry, "onramp diagnostics --output json");
+    let table = server.cli_ok(&args);
+    let row = table
+        .lines()
+        .find(|l| l.contains(device))
+        .unwrap_or_else(|| panic!("no row of {device}:\n{table}"));
+    assert!(row.contains(outcome), "{table}");
+    assert!(row.contains(entry["message"].as_str().unwrap()), "{table}");
+    if let Some(code) = entry["errorCode"].as_u64() {
+        assert!(row.contains(&code.to_string()), "{table}");
+    }
+    entry
+}
+
+/// [`entry_of`] through the service API alone.
+async fn api_entry_of(server: &Server, device: &str, outcome: &str) -> Value {
     let cs = server.owner_connection_string().await;
     let path = format!(
         "diagnostics?api-version=2021-10-01&registrationId={device}&outcome={outcome}&top=5"

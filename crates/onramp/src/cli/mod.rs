@@ -71,6 +71,9 @@ pub enum Command {
         #[command(subcommand)]
         command: RegistrationCommand,
     },
+    /// Registration attempts (assigned, failed or refused) and why, newest
+    /// first, through the service API: "why was my device refused?".
+    Diagnostics(DiagnosticsArgs),
     /// A simulated device.
     Device {
         #[command(subcommand)]

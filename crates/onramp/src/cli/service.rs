@@ -458,3 +458,22 @@ pub enum PolicyCommand {
         key: String,
     },
 }
+
+/// `onramp diagnostics`: which registration attempts to show.
+#[derive(Args, Debug)]
+pub struct DiagnosticsArgs {
+    #[command(flatten)]
+    pub api: ServiceApi,
+    /// Only this device's attempts (its registration ID).
+    #[arg(long, value_name = "REGISTRATION_ID")]
+    pub device: Option<String>,
+    /// Only attempts this recent: a duration (30s, 15m, 1h, 7d) or an RFC 3339 time.
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// Only attempts that ended so.
+    #[arg(long, value_parser = ["assigned", "failed", "refused"])]
+    pub outcome: Option<String>,
+    /// At most this many attempts, the newest.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top: u16,
+}

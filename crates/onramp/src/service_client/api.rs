@@ -136,7 +136,12 @@ impl Api {
                 .client
                 .request(
                     method.clone(),
-                    format!("{}/{path}?api-version={SERVICE_API_VERSION}", self.base),
+                    // A path may carry a query of its own.
+                    format!(
+                        "{}/{path}{}api-version={SERVICE_API_VERSION}",
+                        self.base,
+                        if path.contains('?') { '&' } else { '?' }
+                    ),
                 )
                 .header("Authorization", &token);
             if let Some(b) = body {

@@ -2,6 +2,7 @@
 //! over HTTPS with a service connection string, as any Azure service SDK would.
 
 mod api;
+mod diagnostics;
 mod records;
 mod spec;
 mod transfer;
@@ -12,6 +13,7 @@ use onramp_model::EnrollmentKind;
 use reqwest::Method;
 
 pub(crate) use api::Api;
+pub use diagnostics::diagnostics;
 use records::Records;
 
 use crate::cli::{EnrollmentSpec, GroupCommand, RecordCommand, RegistrationCommand, ServiceApi};
