@@ -338,6 +338,9 @@ async fn secrets_are_sealed_at_rest() {
     assert!(!String::from_utf8_lossy(&policy).contains("b3duZXIta2V5LTE="));
 }
 
+/// The PostgreSQL store's newest schema step (schema_v3.sql: diagnostics).
+const NEWEST_STEP: i32 = 3;
+
 /// Nodes that start together on an empty database apply each schema step
 /// once, and all of them open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +356,7 @@ async fn migrations_run_once_when_nodes_open_together() {
     .await;
     for store in &opened {
         let store = store.as_ref().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), NEWEST_STEP);
     }
     let client = raw(&db).await;
     let steps: i64 = client
@@ -361,10 +364,10 @@ async fn migrations_run_once_when_nodes_open_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(steps, 2, "each step recorded once");
+    assert_eq!(steps, i64::from(NEWEST_STEP), "each step recorded once");
     // And a node that starts later finds nothing to do.
     let later = node(&db).await;
-    assert_eq!(later.schema_version().await.unwrap(), 2);
+    assert_eq!(later.schema_version().await.unwrap(), NEWEST_STEP);
 }
 
 /// No database answering is `Unavailable` (a retryable 503) within the
