@@ -6,11 +6,16 @@
 //! - `certificates`: CA certificates and their proof of possession;
 //! - `registrations`: the registration records devices leave;
 //! - `diagnostics`: the registration attempts devices made (an Onramp extension).
+//! - `overview`: the service and its linked hubs as the console shows them
+//!   (Onramp's read-only extension routes).
 
 mod certificates;
 mod diagnostics;
 mod enrollments;
+mod overview;
 mod registrations;
+
+pub use overview::{LatencyMeasured, LinkedHubStatus, ServiceSummary};
 
 use std::sync::Arc;
 

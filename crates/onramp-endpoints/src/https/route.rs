@@ -43,6 +43,10 @@ pub enum Route {
     CertificateVerify(String),
     /// Registration attempts of the service (an Onramp extension).
     Diagnostics,
+    /// Onramp's extension: the caller's provisioning service.
+    ServiceSummary,
+    /// Onramp's extension: linked hubs with devices and latency.
+    LinkedHubs,
     Health,
 }
 
@@ -111,6 +115,8 @@ pub fn route(method: &Method, path: &str) -> RouteMatch {
         }
 
         [c] if lit(c, "certificates") => allow("GET", Route::Certificates),
+        [s] if lit(s, "service") => allow("GET", Route::ServiceSummary),
+        [l] if lit(l, "linkedhubs") => allow("GET", Route::LinkedHubs),
         [c, name] if lit(c, "certificates") => allow(CRUD, Route::Certificate(name.to_string())),
         [c, name, v] if lit(c, "certificates") && lit(v, "generateverificationcode") => {
             allow("POST", Route::CertificateVerificationCode(name.to_string()))
@@ -210,6 +216,8 @@ mod tests {
             (Method::GET, "/twins/x", RouteMatch::NotMine),
             // Metrics have a listener of their own, never the public one.
             (Method::GET, "/metrics", RouteMatch::NotMine),
+            (Method::GET, "/linkedHubs", found(Route::LinkedHubs)),
+            (Method::GET, "/Service", found(Route::ServiceSummary)),
         ];
         for (method, path, want) in cases {
             assert_eq!(route(&method, path), want, "{method} {path}");

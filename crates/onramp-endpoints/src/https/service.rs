@@ -7,7 +7,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use onramp_core::ProvisioningError;
-use onramp_core::admin::{DiagnosticsFilter, EnrollmentResource, Page, PageRequest};
+use onramp_core::admin::{
+    DiagnosticsFilter, EnrollmentResource, Page, PageRequest, ServiceSummary,
+};
 use onramp_core::auth::{self, ServiceCaller};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::tenant::{AccessRights, CaCertificate};
@@ -58,6 +60,8 @@ fn operation_name(route: &Route) -> &'static str {
         Route::CertificateVerificationCode(_) => "Certificate.GenerateVerificationCode",
         Route::CertificateVerify(_) => "Certificate.Verify",
         Route::Diagnostics => "Diagnostics",
+        Route::ServiceSummary => "Onramp.Service",
+        Route::LinkedHubs => "Onramp.LinkedHubs",
         _ => "Other",
     }
 }
@@ -191,6 +195,16 @@ async fn run(
                 .verify_ca_certificate(svc, &name, body, if_match)
                 .await?)
         }
+        (Route::ServiceSummary, _) => ok(&CallerService {
+            service: admin.service_summary(svc).await?,
+            global_device_endpoint: global_device_endpoint(&state.config),
+            policy: &caller.policy,
+            rights: caller.rights.to_string(),
+        }),
+        (Route::LinkedHubs, _) => {
+            caller.require(AccessRights::SERVICE_CONFIG, "listing linked hubs")?;
+            ok(&admin.linked_hub_status(svc).await?)
+        }
         (other, _) => {
             return Err(ProvisioningError::internal(format!(
                 "unexpected route {other:?}"
@@ -198,6 +212,27 @@ async fn run(
         }
     };
     Ok((resp, caller))
+}
+
+/// `GET /service` (Onramp's extension): the service the caller's policy
+/// belongs to, where its devices connect, and what the policy may do.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallerService<'a> {
+    #[serde(flatten)]
+    service: ServiceSummary,
+    global_device_endpoint: String,
+    policy: &'a str,
+    rights: String,
+}
+
+/// The host (and port) of the public base URL: what devices are given.
+fn global_device_endpoint(config: &super::EndpointConfig) -> String {
+    let url = &config.public_base_url;
+    url.split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// An authenticated call: what every handler of a resource needs.
