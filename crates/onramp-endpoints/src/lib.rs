@@ -3,6 +3,8 @@
 //! product rule.
 //!
 //! - [`amqp`]: the DPS device API over AMQP 1.0 (and AMQP over WebSockets).
+//! - [`console`]: the web console's files, served to browsers on the HTTPS
+//!   listener.
 //! - [`https`]: the HTTPS listener's application: the DPS device API, the DPS
 //!   service API and `/health`, with Azure-compatible routing, error bodies
 //!   and headers, and WebSocket upgrades for MQTT.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod console;
 pub mod https;
 pub mod metrics;
 pub mod mqtt;

@@ -111,6 +111,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if let Some(page) = crate::console::serve(&method, &path, req.headers()) {
+        return page;
+    }
     let route = match route::route(&method, &path) {
         RouteMatch::Found(r) => r,
         RouteMatch::WrongMethod { allowed } => {
