@@ -102,6 +102,21 @@ async fn the_extension_routes_need_a_token_and_the_right() {
     assert_eq!(summary["rights"], "EnrollmentRead");
 }
 
+/// The live charts' arithmetic (tests/console/charts.test.mjs under `node --test`).
+#[test]
+fn the_charts_count_each_second() {
+    let Some(dir) = interop_dir("tests/console", "charts.test.mjs", "the chart tests") else {
+        return;
+    };
+    common::succeeded(
+        &Command::new("node")
+            .args(["--test", "charts.test.mjs"])
+            .current_dir(&dir)
+            .output()
+            .unwrap(),
+    );
+}
+
 /// The console in a real browser. Screenshots go to docs/console when
 /// `ONRAMP_CONSOLE_SCREENSHOTS=docs` (to refresh the README's), else to a
 /// temporary folder.
