@@ -161,13 +161,13 @@ try {
   await page.press('input[name=group-id]', 'Enter');
   const reg = page.locator('#registration-results tr', { hasText: 'sensor-1' });
   await reg.locator('.pill.assigned').waitFor();
+  await shot('registrations');
   await page.fill('input[name=registration-id]', 'sensor-2');
   await page.press('input[name=registration-id]', 'Enter');
   await page.getByText("No registration record for 'sensor-2'").waitFor();
   await page.fill('input[name=registration-id]', 'sensor-1');
   await page.press('input[name=registration-id]', 'Enter');
   await page.getByRole('heading', { name: "Registration 'sensor-1'" }).waitFor();
-  await shot('registrations');
 
   step('the linked hub counts the device');
   await page.click('nav >> text=Linked hubs');

@@ -2,7 +2,7 @@
 // Nothing secret ever goes into a URL: the credential stays in sessionStorage.
 
 import { session, parseConnectionString, describeToken, call } from './api.js';
-import { h, notify, describeError, card } from './ui.js';
+import { h, notify, clearNotice, describeError, card } from './ui.js';
 import { enrollmentsView } from './enrollments.js';
 import { overviewView, registrationsView, hubsView, diagnosticsView } from './views.js';
 import { certificatesView } from './certificates.js';
@@ -100,6 +100,10 @@ document.getElementById('sign-out').addEventListener('click', () => {
   notify('Signed out: the key is gone from this tab');
   location.hash = '#/signin';
   route();
+});
+// A notice belongs to the section it was given in.
+document.getElementById('nav').addEventListener('click', (e) => {
+  if (e.target.closest('a')) clearNotice();
 });
 window.addEventListener('hashchange', route);
 window.addEventListener('unhandledrejection', (e) => notify(describeError(e.reason), true));

@@ -26,6 +26,12 @@ export function notify(text, isError = false) {
   notify.timer = setTimeout(() => status.replaceChildren(), isError ? 12000 : 5000);
 }
 
+/** Removes the notice (when the operator moves to another section). */
+export function clearNotice() {
+  clearTimeout(notify.timer);
+  document.getElementById('status').replaceChildren();
+}
+
 /** An error as the operator should read it: Azure's code and message. */
 export function describeError(e) {
   if (e && e.errorCode) return `${e.status} ${e.errorCode}: ${e.message}`;
