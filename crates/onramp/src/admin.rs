@@ -3,6 +3,7 @@
 //! reads them from the store for every registration).
 
 use anyhow::Context;
+use onramp_core::admin::LinkedHubStatus;
 use onramp_core::keys;
 use onramp_core::linked_hubs::{LinkChanges, LinkError, LinkedHubs, NewLink, Unlink};
 use onramp_core::ports::{Store, StoreExt};
@@ -13,7 +14,7 @@ use crate::cli::{LinkedHubCommand, NewPolicy, PolicyCommand, ServiceCommand, Ser
 use crate::config::Config;
 use crate::local::{self, Deployment};
 use crate::output::{Format, Output};
-use views::{LinkedHubRow, LinkedHubView, PolicyView, ServiceRow, ServiceView};
+use views::{LinkedHubRow, PolicyView, ServiceRow, ServiceView};
 
 mod views;
 
@@ -322,7 +323,7 @@ pub async fn linked_hub(command: LinkedHubCommand, output: Output) -> anyhow::Re
             let mut hubs = Vec::new();
             for h in store.linked_hubs(&service).await? {
                 let devices = store.count_devices_on_hub(&service, &h.name).await?;
-                hubs.push(LinkedHubView::new(&h, devices, &latencies));
+                hubs.push(LinkedHubStatus::new(&h, devices, &latencies));
             }
             match output.or(Format::Table) {
                 Format::Table => {
@@ -346,7 +347,7 @@ pub async fn linked_hub(command: LinkedHubCommand, output: Output) -> anyhow::Re
             let latencies = store.hub_latencies().await?;
             output
                 .or(Format::Json)
-                .one(&LinkedHubView::new(&hub, devices, &latencies))
+                .one(&LinkedHubStatus::new(&hub, devices, &latencies))
         }
         LinkedHubCommand::Update {
             scope,

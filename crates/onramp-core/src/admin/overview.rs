@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::Admin;
 use crate::ProvisioningError;
-use crate::ports::StoreExt;
+use crate::ports::{HubLatencySample, StoreExt};
 use crate::tenant::LinkedHub;
 
 /// A provisioning service as the console shows it (no webhook: its URL may
@@ -77,7 +77,23 @@ impl Admin {
         let mut out = Vec::new();
         for hub in self.store.linked_hubs(service).await? {
             let devices = self.store.count_devices_on_hub(service, &hub.name).await?;
-            let latency = latencies
+            out.push(LinkedHubStatus::new(&hub, devices, &latencies));
+        }
+        Ok(out)
+    }
+}
+
+impl LinkedHubStatus {
+    /// `hub` with its device count and the measurements of it among `latencies`.
+    pub fn new(hub: &LinkedHub, devices: u64, latencies: &[HubLatencySample]) -> Self {
+        Self {
+            name: hub.name.clone(),
+            region: hub.location.clone(),
+            allocation_weight: hub.allocation_weight,
+            apply_allocation_policy: hub.apply_allocation_policy,
+            kind: hub.kind(),
+            devices,
+            latency: latencies
                 .iter()
                 .filter(|l| hub.is_named(&l.hub))
                 .map(|l| LatencyMeasured {
@@ -86,18 +102,8 @@ impl Admin {
                     error: l.error.clone(),
                     measured: l.measured,
                 })
-                .collect();
-            out.push(LinkedHubStatus {
-                kind: hub.kind(),
-                name: hub.name,
-                region: hub.location,
-                allocation_weight: hub.allocation_weight,
-                apply_allocation_policy: hub.apply_allocation_policy,
-                devices,
-                latency,
-            });
+                .collect(),
         }
-        Ok(out)
     }
 }
 

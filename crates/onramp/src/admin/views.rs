@@ -1,9 +1,8 @@
 //! What the deployment's admin commands print: services, policies and
 //! linked hubs as records, for `--output table|json|yaml`.
 
-use onramp_core::ports::HubLatencySample;
+use onramp_core::admin::LinkedHubStatus;
 use onramp_core::tenant::{LinkedHub, ProvisioningService, SharedAccessPolicy};
-use onramp_model::UtcTime;
 use serde::Serialize;
 
 /// `onramp service list`: a row per provisioning service.
@@ -106,57 +105,6 @@ impl PolicyView {
     }
 }
 
-/// A linked hub: its settings, its devices and what each node measured.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LinkedHubView {
-    name: String,
-    region: String,
-    allocation_weight: u32,
-    apply_allocation_policy: bool,
-    kind: &'static str,
-    devices: u64,
-    latency: Vec<LatencyView>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LatencyView {
-    node: String,
-    latency_ms: Option<f64>,
-    error: Option<String>,
-    measured: UtcTime,
-}
-
-impl LinkedHubView {
-    pub fn new(hub: &LinkedHub, devices: u64, latencies: &[HubLatencySample]) -> Self {
-        Self {
-            name: hub.name.clone(),
-            region: hub.location.clone(),
-            allocation_weight: hub.allocation_weight,
-            apply_allocation_policy: hub.apply_allocation_policy,
-            kind: if hub.embedded {
-                "embedded"
-            } else if hub.companion {
-                "companion"
-            } else {
-                "linked"
-            },
-            devices,
-            latency: latencies
-                .iter()
-                .filter(|l| hub.is_named(&l.hub))
-                .map(|l| LatencyView {
-                    node: l.node.clone(),
-                    latency_ms: l.latency_ms,
-                    error: l.error.clone(),
-                    measured: l.measured,
-                })
-                .collect(),
-        }
-    }
-}
-
 /// `onramp linked-hub list` as a table: the measurements in one column.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,8 +119,8 @@ pub struct LinkedHubRow {
     latency: String,
 }
 
-impl From<&LinkedHubView> for LinkedHubRow {
-    fn from(hub: &LinkedHubView) -> Self {
+impl From<&LinkedHubStatus> for LinkedHubRow {
+    fn from(hub: &LinkedHubStatus) -> Self {
         let measured: Vec<String> = hub
             .latency
             .iter()
