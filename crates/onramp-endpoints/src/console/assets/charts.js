@@ -84,6 +84,14 @@ function drawLines(canvas, series, unit) {
       pen = true;
     });
     ctx.stroke();
+    // A dot on every second that has a value: a lone second shows too.
+    ctx.fillStyle = s.colour;
+    s.values.forEach((v, i) => {
+      if (v === null || (s.dotsFrom !== undefined && v < s.dotsFrom)) return;
+      ctx.beginPath();
+      ctx.arc(left + i * step, top + plotH - (plotH * v) / max, 2.5, 0, 2 * Math.PI);
+      ctx.fill();
+    });
   }
 }
 
@@ -122,8 +130,8 @@ export function liveCharts() {
     const assigned = s.assigned.reduce((a, b) => a + b, 0);
     const unsuccessful = s.unsuccessful.reduce((a, b) => a + b, 0);
     drawLines(rate.canvas, [
-      { values: s.assigned, colour: '#1a7f37' },
-      { values: s.unsuccessful, colour: '#b42318' },
+      { values: s.unsuccessful, colour: '#b42318', dotsFrom: 1 },
+      { values: s.assigned, colour: '#1a7f37', dotsFrom: 1 },
     ], '');
     rate.canvas.dataset.total = String(s.total);
     rate.summary.textContent = `${assigned} assigned, ${unsuccessful} failed or refused in the last ${WINDOW_SECONDS} s (green: assigned, red: not)`;
