@@ -31,7 +31,7 @@ use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::Engine;
 use onramp_core::events::Protocol;
 use onramp_net::amqp::sessions::open_connection;
-use onramp_net::amqp::{AmqpApp, AmqpConnection, OpenedConnection};
+use onramp_net::amqp::{AmqpApp, AmqpConnection, OpenedConnection, log_end};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::EndpointConfig;
@@ -84,10 +84,7 @@ impl DpsAmqp {
 #[async_trait]
 impl AmqpApp for DpsAmqp {
     async fn serve(&self, conn: AmqpConnection) {
-        let remote = conn.remote;
-        if let Err(reason) = self.run(conn).await {
-            tracing::debug!(%remote, %reason, "AMQP connection ended");
-        }
+        log_end(conn.remote, "AMQP", self.run(conn).await);
     }
 
     /// An X.509 device whose first link names a registration (see

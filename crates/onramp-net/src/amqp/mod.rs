@@ -83,6 +83,14 @@ pub trait AmqpApp: Send + Sync {
     }
 }
 
+/// Logs (at debug) why an application's connection from `remote` ended
+/// early; `what` names the application ("AMQP", "hub AMQP").
+pub fn log_end(remote: SocketAddr, what: &str, ended: Result<(), String>) {
+    if let Err(reason) = ended {
+        tracing::debug!(%remote, %reason, "{what} connection ended");
+    }
+}
+
 /// The first byte of every AMQP protocol header (`AMQP…`); no HTTP method,
 /// the HTTP/2 preface or an MQTT CONNECT starts with it.
 pub const FIRST_BYTE: u8 = b'A';

@@ -47,7 +47,7 @@ use onramp_net::amqp::sessions::{
     AttachedLink, LinkGate, amqp_error, next_delivery, open_connection, refuse_link, serve_sessions,
 };
 use onramp_net::amqp::{
-    AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, OpenedConnection, Rewind,
+    AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, OpenedConnection, Rewind, log_end,
 };
 use serde_json::{Map, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,10 +92,7 @@ impl HubAmqp {
 #[async_trait]
 impl AmqpApp for HubAmqp {
     async fn serve(&self, conn: AmqpConnection) {
-        let remote = conn.remote;
-        if let Err(reason) = self.run(conn).await {
-            tracing::debug!(%remote, %reason, "hub AMQP connection ended");
-        }
+        log_end(conn.remote, "hub AMQP", self.run(conn).await);
     }
 
     /// An X.509 device whose first link is not to a registration: one
