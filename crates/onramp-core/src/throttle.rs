@@ -80,9 +80,9 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         Self::new(limit, Quota::per_second(n))
     }
 
-    /// A bucket of `limit` tokens a minute, if there is a limit.
-    fn per_minute(limit: Option<NonZeroU32>, name: &'static str) -> Option<Self> {
-        limit.map(|n| Self::new(name, Quota::per_minute(n)))
+    /// `n` a minute per key, if there is a limit.
+    fn per_minute(limit: &'static str, n: Option<NonZeroU32>) -> Option<Self> {
+        n.map(|n| Self::new(limit, Quota::per_minute(n)))
     }
 
     /// Takes a token for `key`, or says how long until there is one.
@@ -132,10 +132,10 @@ impl Throttle {
             config,
             services: config
                 .service_registrations_per_second
-                .map(|n| Bucket::new("service", Quota::per_second(n))),
-            devices: Bucket::per_minute(config.device_registrations_per_minute, "device"),
-            failures: Bucket::per_minute(config.failed_authentications_per_minute, "address"),
-            service_api: Bucket::per_minute(config.service_api_requests_per_minute, "service-api"),
+                .map(|n| Bucket::per_second("service", n)),
+            devices: Bucket::per_minute("device", config.device_registrations_per_minute),
+            failures: Bucket::per_minute("address", config.failed_authentications_per_minute),
+            service_api: Bucket::per_minute("service-api", config.service_api_requests_per_minute),
             benched: Mutex::new(HashMap::new()),
             any_benched: AtomicBool::new(false),
         }
