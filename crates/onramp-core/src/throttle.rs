@@ -12,6 +12,10 @@
 //!   bucket is empty the address is refused before any credential check
 //!   until the bucket refills, so guessing is slowed to the refill rate.
 //!
+//! The first two can be set apart for one provisioning service
+//! ([`ThrottleConfig::services`]): such a service has buckets of its own, and
+//! the others share the keyed defaults.
+//!
 //! The first two count only requests that authenticated, so nobody can spend
 //! a device's or a service's budget with wrong credentials; the third counts
 //! only failures and is keyed by address, so a device with the right key is
@@ -32,8 +36,18 @@ use onramp_model::{ErrorCode, IdKey};
 use crate::ProvisioningError;
 use crate::events::THROTTLED;
 
-/// The limits an operator sets; `None` is no limit.
+/// One provisioning service's own registration and service-API rates;
+/// `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceRates {
+    /// Registrations the service takes per second (and at once).
+    pub registrations_per_second: Option<NonZeroU32>,
+    /// Service-API requests the service takes per minute (and at once).
+    pub service_api_requests_per_minute: Option<NonZeroU32>,
+}
+
+/// The limits an operator sets; `None` is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ThrottleConfig {
     /// Registrations one provisioning service takes per second (and at once).
     pub service_registrations_per_second: Option<NonZeroU32>,
@@ -45,6 +59,19 @@ pub struct ThrottleConfig {
     /// Service-API requests one provisioning service takes per minute (and
     /// at once).
     pub service_api_requests_per_minute: Option<NonZeroU32>,
+    /// Provisioning services held to rates of their own instead of the two
+    /// per-service ones above.
+    pub services: HashMap<String, ServiceRates>,
+}
+
+impl ThrottleConfig {
+    /// The registration and service-API rates `service` is held to.
+    pub fn rates_of(&self, service: &str) -> ServiceRates {
+        self.services.get(service).copied().unwrap_or(ServiceRates {
+            registrations_per_second: self.service_registrations_per_second,
+            service_api_requests_per_minute: self.service_api_requests_per_minute,
+        })
+    }
 }
 
 /// Keys a limiter keeps before it forgets the ones whose buckets are full
@@ -98,13 +125,54 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
     }
 }
 
+/// A per-service rate and its bucket, keyed by service name (one key for
+/// a service with rates of its own).
+struct ServiceLimit {
+    rate: Option<NonZeroU32>,
+    bucket: Option<Bucket<String>>,
+}
+
+impl ServiceLimit {
+    fn registrations(rate: Option<NonZeroU32>) -> Self {
+        Self {
+            rate,
+            bucket: rate.map(|n| Bucket::per_second("service", n)),
+        }
+    }
+
+    fn service_api(rate: Option<NonZeroU32>) -> Self {
+        Self {
+            rate,
+            bucket: Bucket::per_minute("service-api", rate),
+        }
+    }
+
+    /// Takes a token of `service`, or says in the 429 the message `says`
+    /// makes of the rate how long until there is one.
+    fn take(
+        &self,
+        service: &str,
+        says: impl FnOnce(u32) -> String,
+    ) -> Result<(), ProvisioningError> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
+        bucket
+            .take(&service.to_owned())
+            .map_err(|wait| throttled(says(self.rate.map_or(0, NonZeroU32::get)), wait))
+    }
+}
+
 /// The engine's throttle: the buckets of [`ThrottleConfig`].
 pub struct Throttle {
     config: ThrottleConfig,
-    services: Option<Bucket<String>>,
+    /// The services' shared registration and service-API limits.
+    registrations: ServiceLimit,
+    service_api: ServiceLimit,
+    /// The services with limits of their own: (registrations, service API).
+    overrides: HashMap<String, (ServiceLimit, ServiceLimit)>,
     devices: Option<Bucket<(String, IdKey)>>,
     failures: Option<Bucket<IpAddr>>,
-    service_api: Option<Bucket<String>>,
     /// Addresses whose failure bucket is empty, and when it holds a token.
     benched: Mutex<HashMap<IpAddr, QuantaInstant>>,
     /// Whether `benched` holds anyone: every attestation asks, and nearly
@@ -128,21 +196,44 @@ impl Default for Throttle {
 
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
+        let overrides = config
+            .services
+            .iter()
+            .map(|(name, rates)| {
+                let limits = (
+                    ServiceLimit::registrations(rates.registrations_per_second),
+                    ServiceLimit::service_api(rates.service_api_requests_per_minute),
+                );
+                (name.clone(), limits)
+            })
+            .collect();
         Self {
-            config,
-            services: config
-                .service_registrations_per_second
-                .map(|n| Bucket::per_second("service", n)),
+            registrations: ServiceLimit::registrations(config.service_registrations_per_second),
+            service_api: ServiceLimit::service_api(config.service_api_requests_per_minute),
+            overrides,
             devices: Bucket::per_minute("device", config.device_registrations_per_minute),
             failures: Bucket::per_minute("address", config.failed_authentications_per_minute),
-            service_api: Bucket::per_minute("service-api", config.service_api_requests_per_minute),
             benched: Mutex::new(HashMap::new()),
             any_benched: AtomicBool::new(false),
+            config,
         }
     }
 
-    pub fn config(&self) -> ThrottleConfig {
-        self.config
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.config
+    }
+
+    /// The registration and service-API limits `service` is held to: its
+    /// own if it has any, else the shared ones (without a lookup when no
+    /// service has its own).
+    fn limits_of(&self, service: &str) -> (&ServiceLimit, &ServiceLimit) {
+        if self.overrides.is_empty() {
+            return (&self.registrations, &self.service_api);
+        }
+        match self.overrides.get(service) {
+            Some((registrations, service_api)) => (registrations, service_api),
+            None => (&self.registrations, &self.service_api),
+        }
     }
 
     /// Before any credential check: refuses an address that spent its
@@ -225,40 +316,22 @@ impl Throttle {
                     )
                 })?;
         }
-        if let Some(services) = &self.services {
-            services.take(&service.to_owned()).map_err(|wait| {
-                throttled(
-                    format!(
-                        "provisioning service '{service}' takes at most {} registrations a \
-                         second; register again after the Retry-After interval",
-                        self.config
-                            .service_registrations_per_second
-                            .map_or(0, NonZeroU32::get)
-                    ),
-                    wait,
-                )
-            })?;
-        }
-        Ok(())
+        self.limits_of(service).0.take(service, |rate| {
+            format!(
+                "provisioning service '{service}' takes at most {rate} registrations a second; \
+                 register again after the Retry-After interval"
+            )
+        })
     }
 }
 
 impl Throttle {
     /// After a service-API caller's token was checked: its service's bucket.
     pub fn admit_service_call(&self, service: &str) -> Result<(), ProvisioningError> {
-        let Some(bucket) = &self.service_api else {
-            return Ok(());
-        };
-        bucket.take(&service.to_owned()).map_err(|wait| {
-            throttled(
-                format!(
-                    "provisioning service '{service}' takes at most {} service API requests a \
-                     minute; send this request again after the Retry-After interval",
-                    self.config
-                        .service_api_requests_per_minute
-                        .map_or(0, NonZeroU32::get)
-                ),
-                wait,
+        self.limits_of(service).1.take(service, |rate| {
+            format!(
+                "provisioning service '{service}' takes at most {rate} service API requests a \
+                 minute; send this request again after the Retry-After interval"
             )
         })
     }
@@ -297,6 +370,18 @@ mod tests {
             .is_ok()
     }
 
+    /// `count` registrations in `service` at once: how many were admitted,
+    /// and the refusal of one more.
+    fn burst(throttle: &Throttle, service: &str, count: usize) -> (usize, ProvisioningError) {
+        let admitted = (0..count)
+            .filter(|i| admits(throttle, service, &format!("d{i}")))
+            .count();
+        let refused = throttle
+            .admit_registration(service, &IdKey::of("late"))
+            .unwrap_err();
+        (admitted, refused)
+    }
+
     #[test]
     fn no_limits_admit_everything() {
         let throttle = Throttle::default();
@@ -330,14 +415,9 @@ mod tests {
     #[test]
     fn a_service_over_its_rate_is_throttled() {
         let throttle = limited(|c| c.service_registrations_per_second = n(3));
-        let admitted = (0..10)
-            .filter(|i| admits(&throttle, "default", &format!("d{i}")))
-            .count();
+        let (admitted, refused) = burst(&throttle, "default", 10);
         // Three at once; a fourth only if a third of a second passed.
         assert!((3..=4).contains(&admitted), "{admitted}");
-        let refused = throttle
-            .admit_registration("default", &IdKey::of("late"))
-            .unwrap_err();
         assert_eq!(refused.retry_after, Some(1));
     }
 
@@ -356,6 +436,61 @@ mod tests {
         // Registrations and other services are not charged.
         assert!(throttle.admit_service_call("other").is_ok());
         assert!(admits(&throttle, "default", "d"));
+    }
+
+    #[test]
+    fn a_service_with_rates_of_its_own_is_held_to_them_alone() {
+        let own = |registrations, calls| ServiceRates {
+            registrations_per_second: n(registrations),
+            service_api_requests_per_minute: n(calls),
+        };
+        let throttle = limited(|c| {
+            c.service_registrations_per_second = n(2);
+            c.service_api_requests_per_minute = n(2);
+            c.services.insert("factory-a".into(), own(1, 1));
+            // 0 is no limit for this service, whatever the default.
+            c.services.insert("lab".into(), own(0, 0));
+        });
+        // factory-a: one registration at once, and its own rate in the answer.
+        assert!(admits(&throttle, "factory-a", "a1"));
+        let refused = throttle
+            .admit_registration("factory-a", &IdKey::of("a2"))
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        assert_eq!(refused.retry_after, Some(1));
+        assert!(
+            refused
+                .message
+                .contains("'factory-a' takes at most 1 registrations"),
+            "{}",
+            refused.message
+        );
+        assert!(throttle.admit_service_call("factory-a").is_ok());
+        let refused = throttle.admit_service_call("factory-a").unwrap_err();
+        assert!(
+            (50..=60).contains(&refused.retry_after.unwrap()),
+            "{refused:?}"
+        );
+        assert!(
+            refused.message.contains("at most 1 service API"),
+            "{}",
+            refused.message
+        );
+        // Any other service: the default of 2, its own budget untouched.
+        let (admitted, refused) = burst(&throttle, "default", 5);
+        assert!((2..=3).contains(&admitted), "{admitted}");
+        assert!(
+            refused.message.contains("at most 2 registrations"),
+            "{}",
+            refused.message
+        );
+        // lab: no limit at all.
+        for i in 0..100 {
+            assert!(admits(&throttle, "lab", &format!("l{i}")));
+            assert!(throttle.admit_service_call("lab").is_ok());
+        }
+        assert_eq!(throttle.config().rates_of("lab"), own(0, 0));
+        assert_eq!(throttle.config().rates_of("other"), own(2, 2));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (the token buckets answered with 429 and Retry-After) and
 //! `[diagnostics]` (how long and how many registration attempts are kept).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +76,18 @@ pub struct ThrottleConfig {
     /// Service-API (management) requests one provisioning service takes per
     /// minute, counted once the caller's token is checked.
     pub service_api_requests_per_minute: u32,
+    /// `[throttle.services.NAME]`: provisioning services with rates of their
+    /// own (the name need not exist yet: services are created at run time).
+    pub services: BTreeMap<String, ServiceThrottle>,
+}
+
+/// `[throttle.services.NAME]`: one provisioning service's own rates; a key
+/// left out is the `[throttle]` one, 0 is no limit for this service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceThrottle {
+    pub registrations_per_second: Option<u32>,
+    pub service_api_requests_per_minute: Option<u32>,
 }
 
 impl Default for ThrottleConfig {
@@ -85,6 +99,7 @@ impl Default for ThrottleConfig {
             // a guesser is slowed a hundredfold.
             failed_authentications_per_minute: 600,
             service_api_requests_per_minute: 0,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -100,6 +115,23 @@ impl ThrottleConfig {
                 self.failed_authentications_per_minute,
             ),
             service_api_requests_per_minute: NonZeroU32::new(self.service_api_requests_per_minute),
+            services: self
+                .services
+                .iter()
+                .map(|(name, own)| {
+                    let rates = onramp_core::throttle::ServiceRates {
+                        registrations_per_second: NonZeroU32::new(
+                            own.registrations_per_second
+                                .unwrap_or(self.registrations_per_second),
+                        ),
+                        service_api_requests_per_minute: NonZeroU32::new(
+                            own.service_api_requests_per_minute
+                                .unwrap_or(self.service_api_requests_per_minute),
+                        ),
+                    };
+                    (name.clone(), rates)
+                })
+                .collect(),
         }
     }
 }

@@ -112,3 +112,33 @@ fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
     assert!(err.contains("not a postgres:// URL"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn a_service_may_have_throttle_rates_of_its_own() {
+    let (_dir, file, args) = serve_with_file(
+        "[throttle]\nregistrations_per_second = 20\nservice_api_requests_per_minute = 100\n\
+         [throttle.services.factory-a]\nregistrations_per_second = 50\n\
+         [throttle.services.lab]\nregistrations_per_second = 0\nservice_api_requests_per_minute = 0\n",
+    );
+    let engine = Config::for_serve(&args).unwrap().throttle.engine();
+    let rates = |name: &str| {
+        let r = engine.rates_of(name);
+        let get = |n: Option<std::num::NonZeroU32>| n.map_or(0, std::num::NonZeroU32::get);
+        (
+            get(r.registrations_per_second),
+            get(r.service_api_requests_per_minute),
+        )
+    };
+    // A key left out is the default; 0 is none; a service not named, the defaults.
+    assert_eq!(rates("factory-a"), (50, 100));
+    assert_eq!(rates("lab"), (0, 0));
+    assert_eq!(rates("default"), (20, 100));
+
+    std::fs::write(
+        &file,
+        "[throttle.services.factory-a]\nregistrations_per_minute = 5\n",
+    )
+    .unwrap();
+    let err = format!("{:#}", Config::for_serve(&args).unwrap_err());
+    assert!(err.contains("registrations_per_minute"), "{err}");
+}
