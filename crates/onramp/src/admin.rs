@@ -39,6 +39,7 @@ pub async fn service(command: ServiceCommand, output: Output) -> anyhow::Result<
             let hubs = store.linked_hubs(&name).await?;
             format.one(&ServiceView::new(
                 &service,
+                config.throttle.engine().rates_of(&name),
                 &endpoint,
                 &policies,
                 &hubs,

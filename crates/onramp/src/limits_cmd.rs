@@ -13,7 +13,7 @@ use crate::output::{Format, Output};
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Row {
-    setting: &'static str,
+    setting: String,
     /// 0 is off for the caps and rates.
     value: u64,
     unit: &'static str,
@@ -121,6 +121,40 @@ fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
     rows
 }
 
+/// A row per rate of each `[throttle.services.NAME]` table: what that
+/// service is held to (its refusals count with the shared rate's).
+fn service_rows(config: &Config) -> Vec<Row> {
+    let engine = config.throttle.engine();
+    let rate = |n: Option<std::num::NonZeroU32>| n.map_or(0, |n| u64::from(n.get()));
+    config
+        .throttle
+        .services
+        .keys()
+        .flat_map(|name| {
+            let own = engine.rates_of(name);
+            [
+                (
+                    "registrations_per_second",
+                    rate(own.registrations_per_second),
+                    "registrations a second of this service",
+                ),
+                (
+                    "service_api_requests_per_minute",
+                    rate(own.service_api_requests_per_minute),
+                    "service API requests a minute of this service",
+                ),
+            ]
+            .map(|(key, value, unit)| Row {
+                setting: format!("throttle.services.{name}.{key}"),
+                value,
+                unit,
+                in_use: None,
+                refused: None,
+            })
+        })
+        .collect()
+}
+
 /// The value of the sample `series` (name and labels, as rendered).
 fn value_of(scraped: &str, series: &str) -> Option<f64> {
     scraped
@@ -150,7 +184,7 @@ async fn scrape(config: &Config) -> Result<String, String> {
 pub async fn run(location: &Location, output: Output) -> anyhow::Result<()> {
     let config = Config::load(location)?;
     let scraped = scrape(&config).await;
-    let rows: Vec<Row> = rows(&config)
+    let mut rows: Vec<Row> = rows(&config)
         .into_iter()
         .map(|(setting, value, unit, source)| {
             let read = |series: Option<&str>| {
@@ -158,7 +192,7 @@ pub async fn run(location: &Location, output: Output) -> anyhow::Result<()> {
                 value_of(scraped, series?)
             };
             Row {
-                setting,
+                setting: setting.to_owned(),
                 value,
                 unit,
                 in_use: read(source.in_use),
@@ -166,12 +200,14 @@ pub async fn run(location: &Location, output: Output) -> anyhow::Result<()> {
             }
         })
         .collect();
+    rows.extend(service_rows(&config));
     match output.or(Format::Table) {
         Format::Table => {}
         format => return format.list(&rows),
     }
+    let width = rows.iter().map(|r| r.setting.len()).fold(44, usize::max);
     println!(
-        "{:<44} {:>8}  {:>8}  {:>9}  unit",
+        "{:<width$} {:>8}  {:>8}  {:>9}  unit",
         "limit", "value", "in use", "refused"
     );
     let shown = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
@@ -182,7 +218,7 @@ pub async fn run(location: &Location, output: Output) -> anyhow::Result<()> {
             (v, _) => v.to_string(),
         };
         println!(
-            "{:<44} {:>8}  {:>8}  {:>9}  {}",
+            "{:<width$} {:>8}  {:>8}  {:>9}  {}",
             row.setting,
             value,
             shown(row.in_use),

@@ -3,7 +3,9 @@
 //! bucket over HTTPS and MQTT; a client address that spent its failed
 //! authentications is refused before any check (an MQTT CONNECT as server
 //! unavailable) while a device elsewhere is served; a provisioning service
-//! over its registration rate or its service-API rate throttles the surplus.
+//! over its registration rate or its service-API rate throttles the surplus,
+//! and one with a rate of its own (`[throttle.services.NAME]`) is held to it
+//! alone.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -153,29 +155,45 @@ async fn an_address_that_spent_its_failures_waits_and_others_are_served() {
     assert_eq!(op["status"], "assigned", "{op}");
 }
 
-#[tokio::test]
-async fn a_service_over_its_rate_throttles_the_surplus() {
-    let server = throttled_server("registrations_per_second = 2");
-    let group_key = server.enroll_group("thr-line", serde_json::json!({})).await;
+/// `count` devices of the symmetric-key group whose key is `group_key`, in
+/// the provisioning service of ID scope `scope`, register all at once; their
+/// answers.
+async fn register_burst(
+    server: &Server,
+    scope: &str,
+    group_key: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(u16, reqwest::header::HeaderMap, Value)> {
     let mut burst = tokio::task::JoinSet::new();
-    for n in 0..8 {
-        let id = format!("thr-line-{n}");
-        let key = onramp_core::sas::derive_device_key(&group_key, &id).unwrap();
+    for n in 0..count {
+        let id = format!("{prefix}-{n}");
+        let key = onramp_core::sas::derive_device_key(group_key, &id).unwrap();
+        let token = onramp_core::sas::sign(
+            &format!("{scope}/registrations/{id}"),
+            &key,
+            unix_now() + 600,
+            Some("registration"),
+        )
+        .unwrap();
         let request = server
             .http()
             .put(server.url(&format!(
-                "{}/registrations/{id}/register?api-version=2021-06-01",
-                server.id_scope()
+                "{scope}/registrations/{id}/register?api-version=2021-06-01"
             )))
-            .header(
-                "Authorization",
-                server.device_token(&id, &key, unix_now() + 600),
-            )
+            .header("Authorization", token)
             .header("Content-Type", "application/json; charset=utf-8")
             .body(format!(r#"{{"registrationId":"{id}"}}"#));
         burst.spawn(common::answer(request));
     }
-    let answers = burst.join_all().await;
+    burst.join_all().await
+}
+
+#[tokio::test]
+async fn a_service_over_its_rate_throttles_the_surplus() {
+    let server = throttled_server("registrations_per_second = 2");
+    let group_key = server.enroll_group("thr-line", serde_json::json!({})).await;
+    let answers = register_burst(&server, &server.id_scope(), &group_key, "thr-line", 8).await;
     let throttled: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
     let admitted = answers.len() - throttled.len();
     // Two at once, and one more for each half second the burst took.
@@ -277,4 +295,84 @@ async fn service_api_calls_over_their_rate_are_answered_429_with_retry_after() {
     assert_eq!(in_flight["value"], 10_000, "{in_flight}");
     assert_eq!(in_flight["inUse"], 0.0, "{in_flight}");
     assert!(row("limits.max_connections")["inUse"].as_f64().unwrap() >= 1.0);
+}
+
+#[tokio::test]
+async fn a_service_with_a_rate_of_its_own_is_throttled_alone() {
+    // factory-a takes one registration a second; the others, by default, any.
+    let server = throttled_server("[throttle.services.factory-a]\nregistrations_per_second = 1\n");
+    server.cli_ok(&["service", "create", "factory-a"]);
+    let config = server.data_dir.parent().unwrap().join("onramp.toml");
+    let config = config.to_str().unwrap();
+    let show =
+        |name: &str| server.cli_json(&["service", "show", name, "--config", config, "-o", "json"]);
+    let shown = show("factory-a");
+    let rates = &shown["throttle"];
+    assert_eq!(
+        (
+            rates["registrationsPerSecond"].as_u64(),
+            rates["serviceApiRequestsPerMinute"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{shown}"
+    );
+    assert_eq!(show("default")["throttle"]["registrationsPerSecond"], 0);
+    let table = server.cli_ok(&[
+        "service",
+        "show",
+        "factory-a",
+        "--config",
+        config,
+        "-o",
+        "table",
+    ]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("throttle.registrationsPerSecond") && l.ends_with('1')),
+        "{table}"
+    );
+
+    // A burst in factory-a: the surplus hears 429 with its service's rate.
+    let owner_a = server.connection_string_of("factory-a").await;
+    let (status, group) = server
+        .call(
+            &owner_a,
+            reqwest::Method::PUT,
+            "enrollmentGroups/line-a?api-version=2021-10-01",
+            Some(serde_json::json!({"enrollmentGroupId": "line-a", "attestation": {"type": "symmetricKey"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{group}");
+    let key_a = common::text(&group["attestation"]["symmetricKey"]["primaryKey"]);
+    let scope_a = common::text(&shown["idScope"]);
+    let answers = register_burst(&server, &scope_a, &key_a, "line-a", 4).await;
+    let throttled: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(!throttled.is_empty(), "{answers:?}");
+    for refused in throttled {
+        assert_throttled(
+            refused,
+            "'factory-a' takes at most 1 registrations a second",
+            1..=1,
+        );
+    }
+    // The same burst in the default service is all admitted.
+    let key = server.enroll_group("line-d", serde_json::json!({})).await;
+    let answers = register_burst(&server, &server.id_scope(), &key, "line-d", 4).await;
+    for (status, _, op) in &answers {
+        assert!(*status == 200 || *status == 202, "{status} {op}");
+    }
+
+    // `onramp limits` lists what factory-a is held to.
+    let limits = server.cli_json(&["limits", "--json", "--config", config]);
+    let row = |setting: &str| common::row(&limits, "setting", setting)["value"].clone();
+    assert_eq!(
+        row("throttle.services.factory-a.registrations_per_second"),
+        1
+    );
+    assert_eq!(
+        row("throttle.services.factory-a.service_api_requests_per_minute"),
+        0
+    );
+    assert_eq!(row("throttle.registrations_per_second"), 0);
 }

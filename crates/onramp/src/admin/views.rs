@@ -1,8 +1,11 @@
 //! What the deployment's admin commands print: services, policies and
 //! linked hubs as records, for `--output table|json|yaml`.
 
+use std::num::NonZeroU32;
+
 use onramp_core::admin::LinkedHubStatus;
 use onramp_core::tenant::{LinkedHub, ProvisioningService, SharedAccessPolicy};
+use onramp_core::throttle::ServiceRates;
 use serde::Serialize;
 
 /// `onramp service list`: a row per provisioning service.
@@ -38,15 +41,37 @@ pub struct ServiceView {
     default_webhook: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     default_webhook_api_version: Option<String>,
+    /// The rates this configuration holds the service to.
+    throttle: ServiceThrottleView,
     policies: Vec<PolicyView>,
     linked_hubs: Vec<String>,
 }
 
+/// A service's registration and service-API rates (`[throttle]`, or its
+/// `[throttle.services.NAME]`); 0 is no limit.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceThrottleView {
+    registrations_per_second: u32,
+    service_api_requests_per_minute: u32,
+}
+
+impl From<ServiceRates> for ServiceThrottleView {
+    fn from(rates: ServiceRates) -> Self {
+        let rate = |n: Option<NonZeroU32>| n.map_or(0, NonZeroU32::get);
+        Self {
+            registrations_per_second: rate(rates.registrations_per_second),
+            service_api_requests_per_minute: rate(rates.service_api_requests_per_minute),
+        }
+    }
+}
+
 impl ServiceView {
-    /// The view of `service`; with `keys_at`, the policies' connection
-    /// strings for that endpoint.
+    /// The view of `service`, held to `rates`; with `keys_at`, the
+    /// policies' connection strings for that endpoint.
     pub fn new(
         service: &ProvisioningService,
+        rates: ServiceRates,
         endpoint: &str,
         policies: &[SharedAccessPolicy],
         hubs: &[LinkedHub],
@@ -67,6 +92,7 @@ impl ServiceView {
                     .to_owned()
             }),
             default_webhook_api_version: webhook.map(|d| d.api_version.clone()),
+            throttle: rates.into(),
             policies: policies
                 .iter()
                 .map(|p| PolicyView::new(p, keys_at))
