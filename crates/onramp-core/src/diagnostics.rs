@@ -4,6 +4,7 @@
 //! that fails loses entries (counted in `onramp_diagnostics_dropped_total`),
 //! never a registration and never its time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ enum Message {
 pub struct Diagnostics {
     sender: mpsc::Sender<Message>,
     writer: Mutex<Option<Writer>>,
+    /// Whether the writer runs: every registration asks, and after the
+    /// first the answer is yes without taking the lock.
+    started: AtomicBool,
 }
 
 struct Writer {
@@ -75,12 +79,16 @@ impl Diagnostics {
                 clock,
                 config,
             })),
+            started: AtomicBool::new(false),
         }
     }
 
     /// Starts the writer (and its pruning) now rather than at the first
     /// entry. Needs a Tokio runtime; a second call does nothing.
     pub fn start(&self) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
         let writer = self
             .writer
             .lock()
@@ -89,6 +97,7 @@ impl Diagnostics {
         if let Some(writer) = writer {
             metrics::counter!(DIAGNOSTICS_DROPPED).increment(0);
             tokio::spawn(writer.run());
+            self.started.store(true, Ordering::Release);
         }
     }
 

@@ -159,11 +159,23 @@ fn header(name: &str) -> String {
     out
 }
 
-/// A value in a cell: text as it is, a list of texts joined, anything
-/// nested as compact JSON, nothing for null.
+/// A value in a cell: text as it is (its control characters escaped: a
+/// registration ID or message came from a device, and a table goes to a
+/// terminal), a list of texts joined, anything nested as compact JSON,
+/// nothing for null.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
+        Value::String(s) if s.chars().any(char::is_control) => s
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
         Value::String(s) => s.clone(),
         Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
             items.iter().map(cell).collect::<Vec<_>>().join(", ")
@@ -268,7 +280,16 @@ mod tests {
     use serde::Serialize;
     use serde_json::json;
 
-    use super::Format;
+    use super::{Format, cell};
+
+    #[test]
+    fn a_cell_escapes_control_characters_and_keeps_the_rest() {
+        assert_eq!(
+            cell(&json!("enrollment 'x' is disabled")),
+            "enrollment 'x' is disabled"
+        );
+        assert_eq!(cell(&json!("a\u{1b}[2Jb\n")), "a\\u{1b}[2Jb\\u{a}");
+    }
 
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]

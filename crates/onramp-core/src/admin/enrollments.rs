@@ -114,9 +114,13 @@ impl Admin {
         check_bulk_ids(items.iter().map(|e| e.id()), E::KIND)?;
         // Read once for the whole batch, not once per item.
         let targets = &self.allocation_targets(service).await?;
-        // The items' IDs differ (checked above), so their writes are
-        // independent: several in flight let the store commit them in
-        // groups instead of one commit an item.
+        // Items with different IDs are independent writes: several in
+        // flight let the store commit them in groups instead of one commit
+        // an item. A call that names one ID twice (in any case) is applied
+        // one item after another, in order, as Azure does.
+        let mut keys = std::collections::HashSet::with_capacity(items.len());
+        let distinct = items.iter().all(|e| keys.insert(IdKey::of(e.id())));
+        let in_flight = if distinct { BULK_WRITES_IN_FLIGHT } else { 1 };
         let outcomes = futures_util::stream::iter(items.into_iter().map(|item| async move {
             let id = item.id().to_owned();
             let etag = item.etag().map(|t| t.as_str().to_owned());
@@ -133,7 +137,7 @@ impl Admin {
             };
             (id, outcome)
         }))
-        .buffered(BULK_WRITES_IN_FLIGHT)
+        .buffered(in_flight)
         .collect::<Vec<_>>()
         .await;
         let errors = outcomes

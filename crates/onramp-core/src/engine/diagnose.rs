@@ -78,8 +78,8 @@ impl Trace {
     ) -> Self {
         Self {
             started: engine.clock.now(),
-            id_scope: id_scope.to_owned(),
-            registration_id: registration_id.to_owned(),
+            id_scope: bounded(id_scope, MAX_ID_CHARS),
+            registration_id: bounded(registration_id, MAX_ID_CHARS),
             protocol,
             client_addr,
             attestation: match credential {
@@ -155,7 +155,7 @@ impl Engine {
                     Outcome::Failed
                 };
                 entry.error_code = Some(e.code.code() as i32);
-                entry.message = e.message.clone();
+                entry.message = bounded(&e.message, MAX_MESSAGE_CHARS);
                 if entry.enrollment.is_none() {
                     entry.enrollment = e.enrollment.clone();
                 }
@@ -180,7 +180,10 @@ impl Engine {
                 } else {
                     entry.outcome = Outcome::Failed;
                     entry.error_code = state.error_code;
-                    entry.message = state.error_message.clone().unwrap_or_default();
+                    entry.message = bounded(
+                        state.error_message.as_deref().unwrap_or_default(),
+                        MAX_MESSAGE_CHARS,
+                    );
                 }
             }
         }
@@ -192,6 +195,29 @@ impl Engine {
     }
 }
 
+/// The longest registration ID or ID scope an entry keeps. What a device
+/// sends is recorded before it is checked (a refusal of a malformed ID is
+/// worth an entry too), so an entry keeps at most this much of it: Azure's
+/// IDs are at most 128 characters.
+const MAX_ID_CHARS: usize = 128;
+/// The longest message an entry keeps (messages quote what the device sent).
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// `text` as an entry keeps it: control characters replaced (they would
+/// reach an operator's terminal through `onramp diagnostics`), and cut at
+/// `max` characters, an ellipsis marking the cut.
+fn bounded(text: &str, max: usize) -> String {
+    let mut kept: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        kept.push('…');
+    }
+    kept
+}
+
 /// Errors that are the server's, not the device's: an attempt that meets
 /// one before its assignment began failed rather than was refused.
 fn is_ours(code: ErrorCode) -> bool {
@@ -200,4 +226,20 @@ fn is_ours(code: ErrorCode) -> bool {
 
 fn millis_between(a: onramp_model::UtcTime, b: onramp_model::UtcTime) -> u64 {
     u64::try_from((b.unix_nanos() - a.unix_nanos()) / 1_000_000).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn what_a_device_sent_is_kept_bounded_and_without_control_characters() {
+        assert_eq!(bounded("dev-1", 128), "dev-1");
+        assert_eq!(bounded("a\u{1b}[31mb\n", 128), "a\u{FFFD}[31mb\u{FFFD}");
+        let long = "é".repeat(70_000);
+        let kept = bounded(&long, 128);
+        assert_eq!(kept.chars().count(), 129);
+        assert!(kept.ends_with('…'));
+        assert_eq!(bounded(&"x".repeat(128), 128), "x".repeat(128));
+    }
 }

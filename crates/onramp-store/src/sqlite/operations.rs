@@ -7,9 +7,11 @@ use rusqlite::{Connection, params};
 use super::db::{sql_error, sql_error_in};
 use super::rows::{corrupt, query_optional};
 
-/// Unix nanoseconds as a column (times before 2262).
+/// Unix nanoseconds as a column (times from 1677 to 2262; a time outside
+/// saturates to the nearer end, so a query `since` 0001 reads everything).
 pub(crate) fn nanos(t: UtcTime) -> i64 {
-    i64::try_from(t.unix_nanos()).unwrap_or(i64::MAX)
+    let n = t.unix_nanos();
+    i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX })
 }
 
 fn time(nanos: i64) -> Result<UtcTime, StoreError> {

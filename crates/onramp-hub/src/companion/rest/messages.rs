@@ -40,16 +40,38 @@ pub(super) async fn send_event(
         n => n,
     };
     // One byte past the limit is enough to know the message is too large.
-    let payload = axum::body::to_bytes(body, limit + 1).await.map_err(|_| {
-        refusal(&MessageRefusal::TooLarge {
-            size: limit + 1,
-            limit,
-        })
-    })?;
+    let payload = axum::body::to_bytes(body, limit.saturating_add(1))
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                refusal(&MessageRefusal::TooLarge {
+                    size: limit.saturating_add(1),
+                    limit,
+                })
+            } else {
+                HubFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    "ArgumentInvalid",
+                    format!("the message body could not be read ({e}); send it again"),
+                )
+            }
+        })?;
     device_ops::telemetry(&hub, (&id, properties(&headers), payload))
         .await
         .map_err(|r| refusal(&r))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Whether reading a body failed on its length limit, not on the client.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A refusal as IoT Hub answers it.
