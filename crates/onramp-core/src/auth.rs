@@ -36,20 +36,34 @@ impl ServiceCaller {
     }
 }
 
+/// What a service call's authentication looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceRequest<'a> {
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a str>,
+    /// The names this service answers to; the token's `sr` must start with
+    /// one of them (port and case ignored; an empty list skips the check).
+    pub host_names: &'a [String],
+    /// The path as sent: a path after the token's host must cover it (see
+    /// [`sas::SasToken::covers_path`]).
+    pub request_path: &'a str,
+    pub now_unix: i64,
+    /// How far past its expiry a token is still taken.
+    pub skew_seconds: i64,
+}
+
 /// Checks the `Authorization` value of a service call.
-///
-/// `host_names` are the names this service answers to; the token's `sr` must
-/// start with one of them (port and case ignored; an empty list skips the
-/// check), and a path after the host must cover `request_path` (see
-/// [`sas::SasToken::covers_path`]).
 pub async fn authenticate(
     store: &dyn Store,
-    authorization: Option<&str>,
-    host_names: &[String],
-    request_path: &str,
-    now_unix: i64,
-    skew_seconds: i64,
+    request: &ServiceRequest<'_>,
 ) -> Result<ServiceCaller, ProvisioningError> {
+    let ServiceRequest {
+        authorization,
+        host_names,
+        request_path,
+        now_unix,
+        skew_seconds,
+    } = *request;
     let Some(header) = authorization.map(str::trim).filter(|h| !h.is_empty()) else {
         return Err(ProvisioningError::new(
             ErrorCode::MissingAuthorization,

@@ -18,8 +18,9 @@
 //! - `onramp_hub_cleanups_total{service, outcome}`: identities removed from
 //!   the hub a device moved away from
 //! - `onramp_throttled_total{limit}`: requests a throttle limit refused
-//!   (`service`, `device`, `address`, `service-api`; each configured limit
-//!   starts at 0)
+//!   (`service`, `device`, `address`, `service-api`) or failures it
+//!   answered late (`registration-failures`, `policy-failures`); each
+//!   configured limit starts at 0
 //! - `onramp_registrations_in_flight`: registrations running on this node
 //! - `onramp_registrations_shed_total`: register calls refused with 503
 //!   `ServerBusy` because the node ran `max_registrations_in_flight`

@@ -12,6 +12,9 @@
 //!   bucket is empty the address is refused before any credential check
 //!   until the bucket refills, so guessing is slowed to the refill rate.
 //!
+//! Failed authentications per registration ID and per shared access policy
+//! are not refused but slowed: see [`backoff`].
+//!
 //! The first two can be set apart for one provisioning service
 //! ([`ThrottleConfig::services`]): such a service has buckets of its own, and
 //! the others share the keyed defaults.
@@ -36,6 +39,10 @@ use onramp_model::{ErrorCode, IdKey};
 use crate::ProvisioningError;
 use crate::events::THROTTLED;
 
+mod backoff;
+
+pub use backoff::back_off;
+
 /// One provisioning service's own registration and service-API rates;
 /// `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +66,14 @@ pub struct ThrottleConfig {
     /// Service-API requests one provisioning service takes per minute (and
     /// at once).
     pub service_api_requests_per_minute: Option<NonZeroU32>,
+    /// Failed authentications one registration ID of one service may make
+    /// per minute (and at once) before its failure answers are delayed.
+    pub failed_authentications_per_registration_per_minute: Option<NonZeroU32>,
+    /// Failed authentications with one shared access policy's name per
+    /// minute (and at once) before their failure answers are delayed.
+    pub failed_authentications_per_policy_per_minute: Option<NonZeroU32>,
+    /// The longest a failure answer is delayed; zero is no delay.
+    pub failed_authentication_delay_max: Duration,
     /// Provisioning services held to rates of their own instead of the two
     /// per-service ones above.
     pub services: HashMap<String, ServiceRates>,
@@ -173,6 +188,8 @@ pub struct Throttle {
     overrides: HashMap<String, (ServiceLimit, ServiceLimit)>,
     devices: Option<Bucket<(String, IdKey)>>,
     failures: Option<Bucket<IpAddr>>,
+    /// The failure buckets of registration IDs and policies.
+    backoff: backoff::Backoff,
     /// Addresses whose failure bucket is empty, and when it holds a token.
     benched: Mutex<HashMap<IpAddr, QuantaInstant>>,
     /// Whether `benched` holds anyone: every attestation asks, and nearly
@@ -213,6 +230,7 @@ impl Throttle {
             overrides,
             devices: Bucket::per_minute("device", config.device_registrations_per_minute),
             failures: Bucket::per_minute("address", config.failed_authentications_per_minute),
+            backoff: backoff::Backoff::new(&config),
             benched: Mutex::new(HashMap::new()),
             any_benched: AtomicBool::new(false),
             config,

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
-use onramp_core::auth::authenticate;
+use onramp_core::auth::{ServiceRequest, authenticate};
 use onramp_core::ports::Store;
 use onramp_core::sas;
 use onramp_model::ErrorCode;
@@ -30,7 +30,19 @@ async fn a_token_covers_only_the_paths_under_its_resource() {
         )
         .unwrap();
         let (store, hosts) = (&store, &hosts);
-        async move { authenticate(store, Some(&token), hosts, path, 1_900_000_000, 300).await }
+        async move {
+            authenticate(
+                store,
+                &ServiceRequest {
+                    authorization: Some(&token),
+                    host_names: hosts,
+                    request_path: path,
+                    now_unix: 1_900_000_000,
+                    skew_seconds: 300,
+                },
+            )
+            .await
+        }
     };
     for (resource, path) in [
         ("dps.example.net", "/enrollments/dev-1"),

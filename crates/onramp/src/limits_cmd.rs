@@ -95,15 +95,23 @@ fn rows(config: &Config) -> Vec<(&'static str, u64, &'static str, Source)> {
     ];
     // The token buckets, one a line: (setting, value, unit, refusals).
     #[rustfmt::skip]
-    let throttles: [(&str, u32, &str, &str); 4] = [
+    let throttles: [(&str, u32, &str, &str); 6] = [
         ("throttle.registrations_per_second", t.registrations_per_second, "registrations a second per service", r#"onramp_throttled_total{limit="service"}"#),
         ("throttle.device_registrations_per_minute", t.device_registrations_per_minute, "registrations a minute per device", r#"onramp_throttled_total{limit="device"}"#),
         ("throttle.failed_authentications_per_minute", t.failed_authentications_per_minute, "failed authentications a minute per address", r#"onramp_throttled_total{limit="address"}"#),
+        ("throttle.failed_authentications_per_registration_per_minute", t.failed_authentications_per_registration_per_minute, "failed authentications a minute per registration ID (then delayed)", r#"onramp_throttled_total{limit="registration-failures"}"#),
+        ("throttle.failed_authentications_per_policy_per_minute", t.failed_authentications_per_policy_per_minute, "failed authentications a minute per policy (then delayed)", r#"onramp_throttled_total{limit="policy-failures"}"#),
         ("throttle.service_api_requests_per_minute", t.service_api_requests_per_minute, "service API requests a minute per service", r#"onramp_throttled_total{limit="service-api"}"#),
     ];
     rows.extend(throttles.map(|(setting, value, unit, refused)| {
         (setting, u64::from(value), unit, refused_by(refused))
     }));
+    rows.push((
+        "throttle.failed_authentication_delay_max_ms",
+        t.failed_authentication_delay_max_ms,
+        "ms a delayed failure answer waits at most",
+        NONE,
+    ));
     // The companion hub's, one a line: (setting, value, unit, refusals).
     let too_large = r#"onramp_hub_messages_refused_total{reason="too-large"}"#;
     let over_rate = r#"onramp_throttled_total{limit="hub-messages"}"#;

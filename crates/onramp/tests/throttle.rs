@@ -5,7 +5,8 @@
 //! unavailable) while a device elsewhere is served; a provisioning service
 //! over its registration rate or its service-API rate throttles the surplus,
 //! and one with a rate of its own (`[throttle.services.NAME]`) is held to it
-//! alone.
+//! alone; wrong keys past the failures of their registration ID or policy
+//! are answered late while right keys are answered at once.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
@@ -375,4 +376,95 @@ async fn a_service_with_a_rate_of_its_own_is_throttled_alone() {
         0
     );
     assert_eq!(row("throttle.registrations_per_second"), 0);
+}
+
+/// What `answer` resolved to, and how long it took.
+async fn timed<T>(answer: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = std::time::Instant::now();
+    let answer = answer.await;
+    (answer, start.elapsed())
+}
+
+#[tokio::test]
+async fn wrong_keys_past_their_budget_are_answered_late_and_right_keys_at_once() {
+    // Two failures a minute per registration ID and per policy, then each
+    // failure answer waits 2 s (the refill, 30 s, capped).
+    let server = throttled_server(
+        "failed_authentications_per_registration_per_minute = 2\n\
+         failed_authentications_per_policy_per_minute = 2\n\
+         failed_authentication_delay_max_ms = 2000",
+    );
+    let delay = Duration::from_millis(2000);
+    // Well under the delay, far above an answer on a loaded machine.
+    let prompt = Duration::from_millis(1500);
+    let key_a = server.enroll("bo-dev-a", serde_json::json!({})).await;
+    server.enroll("bo-dev-b", serde_json::json!({})).await;
+    let wrong = onramp_core::keys::generate().expose().to_owned();
+
+    // Device A: two wrong keys spend its budget and are answered at once.
+    for attempt in 0..2 {
+        let ((status, _, body), took) = timed(server.register("bo-dev-a", &wrong, API)).await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+        assert!(took < prompt, "attempt {attempt} took {took:?}");
+    }
+    // The third is the same 401, late.
+    let ((status, _, body), took) = timed(server.register("bo-dev-a", &wrong, API)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        took >= delay,
+        "the third wrong key was answered in {took:?}"
+    );
+    // The right key of device A is answered at once: assigned.
+    let ((status, _, op), took) = timed(server.register("bo-dev-a", &key_a, API)).await;
+    assert!(status == 200 || status == 202, "{status} {op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+    assert!(took < prompt, "the right key took {took:?}");
+    // A wrong key for device B has a budget of its own.
+    let ((status, _, body), took) = timed(server.register("bo-dev-b", &wrong, API)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(took < prompt, "device B's wrong key took {took:?}");
+
+    // The owner policy: the same with a wrong key of the service API.
+    let owner = server.owner_connection_string().await;
+    let right = owner.split("SharedAccessKey=").nth(1).unwrap();
+    let wrong_owner = owner.replace(right, onramp_core::keys::generate().expose());
+    let path = "enrollments/bo-dev-a?api-version=2021-10-01";
+    for attempt in 0..2 {
+        let ((status, body), took) = timed(server.get(&wrong_owner, path)).await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+        assert!(took < prompt, "policy attempt {attempt} took {took:?}");
+    }
+    let ((status, body), took) = timed(server.get(&wrong_owner, path)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        took >= delay,
+        "the third wrong policy key was answered in {took:?}"
+    );
+    let ((status, body), took) = timed(server.get(&owner, path)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(took < prompt, "the right policy key took {took:?}");
+
+    // Each delay is counted by its limit, and `onramp limits` shows both.
+    for limit in ["registration-failures", "policy-failures"] {
+        let series = format!(r#"onramp_throttled_total{{limit="{limit}"}}"#);
+        assert_eq!(server.metric(&series).await, Some(1.0), "{series}");
+    }
+    let config = server.data_dir.parent().unwrap().join("onramp.toml");
+    let limits = server.cli_json(&["limits", "--json", "--config", config.to_str().unwrap()]);
+    let row = |setting: &str| common::row(&limits, "setting", setting);
+    for setting in [
+        "throttle.failed_authentications_per_registration_per_minute",
+        "throttle.failed_authentications_per_policy_per_minute",
+    ] {
+        let shown = row(setting);
+        assert_eq!(
+            (shown["value"].as_u64(), shown["refused"].as_f64()),
+            (Some(2), Some(1.0)),
+            "{shown}"
+        );
+    }
+    assert_eq!(
+        row("throttle.failed_authentication_delay_max_ms")["value"],
+        2000
+    );
 }

@@ -2,6 +2,7 @@
 //! attestation in it, each attempt logged and counted.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 
@@ -9,9 +10,11 @@ use super::diagnose::Trace;
 use super::{Engine, parse_registration_id};
 use crate::ProvisioningError;
 use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
+use crate::auth::{ServiceCaller, ServiceRequest};
 use crate::events::{AttestationAttempt, AttestationStep, Protocol};
 use crate::ports::RegistrationInputs;
 use crate::tenant::ProvisioningService;
+use crate::throttle::back_off;
 
 /// Who a device request says it is, for attestation to check.
 #[derive(Clone, Copy)]
@@ -87,6 +90,38 @@ impl Engine {
         result
     }
 
+    /// Checks a service-API call's `Authorization` (see
+    /// [`crate::auth::authenticate`]) and counts it in its service's
+    /// budget. A failure with a policy's name spends that policy's failed
+    /// authentications, and is answered late once they are spent.
+    pub async fn authenticate_service_call(
+        &self,
+        request: &ServiceRequest<'_>,
+    ) -> Result<ServiceCaller, ProvisioningError> {
+        let caller = crate::auth::authenticate(&*self.store, request).await;
+        match caller {
+            Ok(caller) => {
+                // Counted once the token is checked: nobody spends a
+                // service's budget with a wrong key.
+                self.throttle.admit_service_call(&caller.service)?;
+                Ok(caller)
+            }
+            Err(e) => {
+                let policy = (e.http_status() == 401)
+                    .then(|| {
+                        crate::sas::parse(request.authorization?.trim())
+                            .ok()?
+                            .key_name
+                    })
+                    .flatten();
+                if let Some(policy) = policy {
+                    back_off(self.throttle.policy_failed(&policy)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub(super) async fn authenticate(
         &self,
         claim: Claim<'_>,
@@ -109,7 +144,8 @@ impl Engine {
     /// Attestation in the service found for the ID scope (or the error of not
     /// finding it), with the enrollment reads made already; records the
     /// attempt. An address that spent its failed authentications is refused
-    /// before any check, and a failure spends one.
+    /// before any check, and a failure spends one; a failure of a
+    /// registration ID that spent its own is answered late.
     pub(super) async fn attest_in(
         &self,
         found: Result<(ProvisioningService, Prefetched), ProvisioningError>,
@@ -124,6 +160,8 @@ impl Engine {
             client_addr,
         } = claim;
         let admitted = self.throttle.admit_address(client_addr);
+        let service = found.as_ref().ok().map(|(s, _)| s.name.clone());
+        let mut delay = Duration::ZERO;
         let result = match (admitted, found) {
             (Err(e), _) => Err(e),
             (Ok(()), found) => self
@@ -132,6 +170,11 @@ impl Engine {
                 .inspect_err(|e| {
                     if matches!(e.http_status(), 401 | 404) && e.tpm_challenge.is_none() {
                         self.throttle.failed(client_addr);
+                        if let Some(service) = &service {
+                            delay = self
+                                .throttle
+                                .registration_failed(service, &registration_id.key());
+                        }
                     }
                 }),
         };
@@ -144,6 +187,7 @@ impl Engine {
             error: result.as_ref().err(),
         }
         .emit();
+        back_off(delay).await;
         result
     }
 

@@ -10,7 +10,7 @@ use onramp_core::ProvisioningError;
 use onramp_core::admin::{
     DiagnosticsFilter, EnrollmentResource, Page, PageRequest, ServiceSummary,
 };
-use onramp_core::auth::{self, ServiceCaller};
+use onramp_core::auth::{ServiceCaller, ServiceRequest};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::tenant::{AccessRights, CaCertificate};
 use onramp_model::certificate::CertificateBody;
@@ -74,22 +74,17 @@ async fn run(
     let Incoming { query, parts, body } = req;
     let (method, headers) = (&parts.method, &parts.headers);
     query.require_api_version()?;
-    let caller = auth::authenticate(
-        &**state.engine.store(),
-        header(headers, "authorization"),
-        &state.config.service_host_names,
-        // As sent: the token's resource must cover it.
-        parts.uri.path(),
-        UtcTime::now().unix_seconds(),
-        state.config.token_skew_seconds,
-    )
-    .await?;
-    // Counted once the token is checked: nobody spends a service's budget
-    // with a wrong key.
-    state
+    let caller = state
         .engine
-        .throttle()
-        .admit_service_call(&caller.service)?;
+        .authenticate_service_call(&ServiceRequest {
+            authorization: header(headers, "authorization"),
+            host_names: &state.config.service_host_names,
+            // As sent: the token's resource must cover it.
+            request_path: parts.uri.path(),
+            now_unix: UtcTime::now().unix_seconds(),
+            skew_seconds: state.config.token_skew_seconds,
+        })
+        .await?;
     let call = Call {
         state,
         caller: &caller,

@@ -62,7 +62,8 @@ impl Default for LimitsConfig {
 
 /// `[throttle]`: the limits answered with 429 and Retry-After; 0 is no
 /// limit. Registrations are counted once the device has authenticated;
-/// failed authentications per client address, before any credential check.
+/// failed authentications per client address, before any credential check;
+/// failed authentications per registration ID and per policy, after it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {
@@ -73,6 +74,14 @@ pub struct ThrottleConfig {
     /// Failed authentications one client address may make per minute; past
     /// them the address is refused until its budget refills.
     pub failed_authentications_per_minute: u32,
+    /// Failed authentications one registration ID may make per minute;
+    /// past them its failure answers are delayed (a right key never is).
+    pub failed_authentications_per_registration_per_minute: u32,
+    /// Failed service-API authentications naming one shared access policy
+    /// per minute; past them their failure answers are delayed.
+    pub failed_authentications_per_policy_per_minute: u32,
+    /// The longest a failure answer is delayed, in milliseconds.
+    pub failed_authentication_delay_max_ms: u64,
     /// Service-API (management) requests one provisioning service takes per
     /// minute, counted once the caller's token is checked.
     pub service_api_requests_per_minute: u32,
@@ -98,6 +107,11 @@ impl Default for ThrottleConfig {
             // Ten a second sustained: no factory line fails that often, and
             // a guesser is slowed a hundredfold.
             failed_authentications_per_minute: 600,
+            // A device or a policy that fails more often than this is being
+            // guessed at: each further guess waits up to five seconds.
+            failed_authentications_per_registration_per_minute: 10,
+            failed_authentications_per_policy_per_minute: 60,
+            failed_authentication_delay_max_ms: 5_000,
             service_api_requests_per_minute: 0,
             services: BTreeMap::new(),
         }
@@ -113,6 +127,15 @@ impl ThrottleConfig {
             device_registrations_per_minute: NonZeroU32::new(self.device_registrations_per_minute),
             failed_authentications_per_minute: NonZeroU32::new(
                 self.failed_authentications_per_minute,
+            ),
+            failed_authentications_per_registration_per_minute: NonZeroU32::new(
+                self.failed_authentications_per_registration_per_minute,
+            ),
+            failed_authentications_per_policy_per_minute: NonZeroU32::new(
+                self.failed_authentications_per_policy_per_minute,
+            ),
+            failed_authentication_delay_max: std::time::Duration::from_millis(
+                self.failed_authentication_delay_max_ms,
             ),
             service_api_requests_per_minute: NonZeroU32::new(self.service_api_requests_per_minute),
             services: self
