@@ -298,7 +298,7 @@ pub const METRICS: &[Metric] = &[
     Metric::new(
         MetricKind::Counter,
         THROTTLED,
-        "Requests answered 429 Throttled, by the limit that refused them.",
+        "Requests answered 429 Throttled, and failed authentications answered late, by the limit that refused or delayed them.",
     ),
     Metric::new(
         MetricKind::Gauge,
