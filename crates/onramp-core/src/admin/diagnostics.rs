@@ -28,30 +28,31 @@ fn given(value: Option<&str>) -> Option<&str> {
 impl DiagnosticsFilter<'_> {
     /// The store's query, or a refusal naming the parameter and its fix.
     pub fn query(&self) -> Result<DiagnosticsQuery, ProvisioningError> {
-        let registration = match given(self.registration_id) {
-            None => None,
-            Some(id) => Some(
+        let registration = given(self.registration_id)
+            .map(|id| {
                 RegistrationId::parse(id)
-                    .map_err(|e| ProvisioningError::invalid(format!("registrationId: {e}")))?
-                    .key(),
-            ),
-        };
-        let outcome = match given(self.outcome) {
-            None => None,
-            Some(text) => Some(Outcome::parse(text).ok_or_else(|| {
-                ProvisioningError::invalid(format!(
-                    "outcome '{text}' is not an outcome; use assigned, failed or refused"
-                ))
-            })?),
-        };
-        let since = match given(self.since) {
-            None => None,
-            Some(text) => Some(UtcTime::parse(text).ok_or_else(|| {
-                ProvisioningError::invalid(format!(
-                    "since '{text}' is not an RFC 3339 time; use e.g. 2026-12-05T01:00:00Z"
-                ))
-            })?),
-        };
+                    .map(|id| id.key())
+                    .map_err(|e| ProvisioningError::invalid(format!("registrationId: {e}")))
+            })
+            .transpose()?;
+        let outcome = given(self.outcome)
+            .map(|text| {
+                Outcome::parse(text).ok_or_else(|| {
+                    ProvisioningError::invalid(format!(
+                        "outcome '{text}' is not an outcome; use assigned, failed or refused"
+                    ))
+                })
+            })
+            .transpose()?;
+        let since = given(self.since)
+            .map(|text| {
+                UtcTime::parse(text).ok_or_else(|| {
+                    ProvisioningError::invalid(format!(
+                        "since '{text}' is not an RFC 3339 time; use e.g. 2026-12-05T01:00:00Z"
+                    ))
+                })
+            })
+            .transpose()?;
         let top = match given(self.top) {
             None => DEFAULT_DIAGNOSTICS,
             Some(text) => text
