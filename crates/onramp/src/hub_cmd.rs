@@ -126,6 +126,7 @@ struct HubPolicyView {
 async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
     let filter = std::env::var("ONRAMP_LOG").unwrap_or_else(|_| "info".into());
     crate::logging::init(crate::logging::Format::Text, &filter)?;
+    let signals = crate::serve::ShutdownSignals::listen();
     let hub = start(&args).await?;
     println!(
         "Onramp companion hub {} is running (listening on {}).",
@@ -139,7 +140,7 @@ async fn serve(args: HubServeArgs) -> anyhow::Result<()> {
     println!("  Link it:           onramp linked-hub add --connection-string '<the string above>'");
     let stop = hub.stop.clone();
     tokio::spawn(async move {
-        crate::serve::shutdown_signal().await;
+        signals.recv().await;
         stop.trigger();
     });
     let _ = hub.serving.await;

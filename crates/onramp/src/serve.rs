@@ -30,8 +30,11 @@ use crate::tls_reload::{self, CertSource};
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::for_serve(&args)?;
     init_logging(&config)?;
+    // Listening for SIGTERM before the banner says the server runs: a stop
+    // that comes right after it must not meet the default action (death).
+    let stop = ShutdownSignals::listen();
     let running = start(&config, true).await?;
-    shutdown_signal().await;
+    stop.recv().await;
     running
         .shut_down(Duration::from_millis(config.limits.shutdown_grace_ms))
         .await;
@@ -536,24 +539,44 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     logging::init(format, &config.log.filter)
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from the moment this is made (a signal
+/// that comes before [`ShutdownSignals::recv`] waits there).
+pub(crate) struct ShutdownSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    pub(crate) fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                signals: signal(SignalKind::interrupt())
+                    .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                    .ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        Self {}
     }
-    tracing::info!("shutting down");
+
+    /// Waits for the first of them.
+    pub(crate) async fn recv(self) {
+        #[cfg(unix)]
+        match self.signals {
+            Some((mut int, mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    }
 }
