@@ -30,6 +30,10 @@ pub fn init(format: Format, filter: &str) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk, a closed
+        // pipe) is dropped: reporting it would print to the same stderr,
+        // whose failure panics the task that logged.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         Format::Json => builder.json().try_init(),

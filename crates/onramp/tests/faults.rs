@@ -14,7 +14,9 @@
 //!   there is room again;
 //! - the server's wall clock jumping back an hour and forward two while it
 //!   runs (libfaketime): registrations, the throttle, tokens and measured
-//!   durations behave.
+//!   durations behave;
+//! - the server's log unwritable (stderr on /dev/full, as on a full disk):
+//!   every request is answered as before, none loses its connection.
 //!
 //! The fleet is `common::fleet`, as in `scale_out.rs`.
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
@@ -571,4 +573,41 @@ async fn the_wall_clock_jumping_under_a_running_server() {
     println!(
         "wall clock -1 h then +2 h under onramp serve: 3 registrations assigned, 2 throttled, 1 stale token refused; duration sum {sum:.3} s over {count}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_stops_no_request() {
+    // Every write to /dev/full fails with ENOSPC, as a log file's does on a
+    // full disk: the tests' servers log connections at debug and refusals
+    // at info, so every request writes (and fails to write) lines.
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_wrapped(
+        &temp.path().join("data"),
+        "127.0.0.1:0",
+        &[],
+        &["sh", "-c", "exec \"$@\" 2>/dev/full", "sh"],
+    );
+    const API: &str = "?api-version=2021-06-01";
+    let mut answered = 0;
+    for i in 0..10 {
+        let id = format!("unlogged-{i}");
+        let key = server.enroll(&id, json!({})).await;
+        let (status, _, op) = server.register(&id, &key, API).await;
+        assert!(status == 200 || status == 202, "{status} {op}");
+        assert_eq!(op["status"], "assigned", "{op}");
+        // A wrong key is logged as a refusal, and refused.
+        let wrong = onramp_core::sas::derive_device_key(&key, "another device").unwrap();
+        let (status, _, op) = server.register(&id, &wrong, API).await;
+        assert_eq!(status, 401, "{op}");
+        answered += 2;
+    }
+    let (status, body) = server
+        .owner_call(
+            reqwest::Method::GET,
+            "enrollments/unlogged-3?api-version=2021-10-01",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    println!("stderr on /dev/full: {answered} registrations answered, 1 service call answered");
 }
