@@ -25,46 +25,42 @@ fn given(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
+/// A parameter read by `parse`, absent when not given; `parse` names the
+/// parameter and its fix when the value is no good.
+fn parsed<T>(
+    value: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ProvisioningError> {
+    given(value)
+        .map(|text| parse(text).map_err(ProvisioningError::invalid))
+        .transpose()
+}
+
 impl DiagnosticsFilter<'_> {
     /// The store's query, or a refusal naming the parameter and its fix.
     pub fn query(&self) -> Result<DiagnosticsQuery, ProvisioningError> {
-        let registration = given(self.registration_id)
-            .map(|id| {
-                RegistrationId::parse(id)
-                    .map(|id| id.key())
-                    .map_err(|e| ProvisioningError::invalid(format!("registrationId: {e}")))
+        let registration = parsed(self.registration_id, |id| {
+            RegistrationId::parse(id)
+                .map(|id| id.key())
+                .map_err(|e| format!("registrationId: {e}"))
+        })?;
+        let outcome = parsed(self.outcome, |text| {
+            Outcome::parse(text).ok_or_else(|| {
+                format!("outcome '{text}' is not an outcome; use assigned, failed or refused")
             })
-            .transpose()?;
-        let outcome = given(self.outcome)
-            .map(|text| {
-                Outcome::parse(text).ok_or_else(|| {
-                    ProvisioningError::invalid(format!(
-                        "outcome '{text}' is not an outcome; use assigned, failed or refused"
-                    ))
-                })
+        })?;
+        let since = parsed(self.since, |text| {
+            UtcTime::parse(text).ok_or_else(|| {
+                format!("since '{text}' is not an RFC 3339 time; use e.g. 2026-12-05T01:00:00Z")
             })
-            .transpose()?;
-        let since = given(self.since)
-            .map(|text| {
-                UtcTime::parse(text).ok_or_else(|| {
-                    ProvisioningError::invalid(format!(
-                        "since '{text}' is not an RFC 3339 time; use e.g. 2026-12-05T01:00:00Z"
-                    ))
-                })
-            })
-            .transpose()?;
-        let top = match given(self.top) {
-            None => DEFAULT_DIAGNOSTICS,
-            Some(text) => text
-                .parse::<usize>()
+        })?;
+        let top = parsed(self.top, |text| {
+            text.parse::<usize>()
                 .ok()
                 .filter(|n| (1..=MAX_DIAGNOSTICS).contains(n))
-                .ok_or_else(|| {
-                    ProvisioningError::invalid(format!(
-                        "top '{text}' is not a number from 1 to {MAX_DIAGNOSTICS}"
-                    ))
-                })?,
-        };
+                .ok_or_else(|| format!("top '{text}' is not a number from 1 to {MAX_DIAGNOSTICS}"))
+        })?
+        .unwrap_or(DEFAULT_DIAGNOSTICS);
         Ok(DiagnosticsQuery {
             registration,
             outcome,
