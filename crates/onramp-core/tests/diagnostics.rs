@@ -119,6 +119,15 @@ async fn an_assigned_device_leaves_where_it_went() {
     assert!(e.message.contains("hub 'hub-a'"), "{}", e.message);
 }
 
+/// `entry` is a refusal with `code`, naming `enrollment`, whose message says `says`.
+#[track_caller]
+fn assert_refused(entry: &DiagnosticEntry, code: ErrorCode, enrollment: Option<&str>, says: &str) {
+    assert_eq!(entry.outcome, Outcome::Refused);
+    assert_eq!(entry.error_code, Some(code.code() as i32));
+    assert_eq!(entry.enrollment.as_deref(), enrollment);
+    assert!(entry.message.contains(says), "{}", entry.message);
+}
+
 #[tokio::test]
 async fn refusals_name_the_failed_check_and_leave_no_record() {
     let s = site().await;
@@ -133,46 +142,25 @@ async fn refusals_name_the_failed_check_and_leave_no_record() {
     s.register("stranger", &enrolled_key()).await;
 
     let wrong_key = s.entry_of("meter-1").await;
-    assert_eq!(
-        (wrong_key.outcome, wrong_key.step),
-        (Outcome::Refused, Step::Attest)
+    assert_refused(
+        &wrong_key,
+        ErrorCode::Unauthorized,
+        Some("individual:meter-1"),
+        "matches neither key",
     );
-    assert_eq!(
-        wrong_key.error_code,
-        Some(ErrorCode::Unauthorized.code() as i32)
-    );
-    assert_eq!(wrong_key.enrollment.as_deref(), Some("individual:meter-1"));
-    assert!(
-        wrong_key.message.contains("matches neither key"),
-        "{}",
-        wrong_key.message
-    );
+    assert_eq!(wrong_key.step, Step::Attest);
     assert_eq!(wrong_key.operation_id, None);
-
-    let disabled = s.entry_of("meter-2").await;
-    assert_eq!(disabled.outcome, Outcome::Refused);
-    assert_eq!(
-        disabled.error_code,
-        Some(ErrorCode::EnrollmentDisabled.code() as i32)
+    assert_refused(
+        &s.entry_of("meter-2").await,
+        ErrorCode::EnrollmentDisabled,
+        Some("individual:meter-2"),
+        "is disabled",
     );
-    assert_eq!(disabled.enrollment.as_deref(), Some("individual:meter-2"));
-    assert!(
-        disabled.message.contains("is disabled"),
-        "{}",
-        disabled.message
-    );
-
-    let unknown = s.entry_of("stranger").await;
-    assert_eq!(unknown.outcome, Outcome::Refused);
-    assert_eq!(
-        unknown.error_code,
-        Some(ErrorCode::EnrollmentNotFound.code() as i32)
-    );
-    assert_eq!(unknown.enrollment, None);
-    assert!(
-        unknown.message.contains("'stranger'"),
-        "{}",
-        unknown.message
+    assert_refused(
+        &s.entry_of("stranger").await,
+        ErrorCode::EnrollmentNotFound,
+        None,
+        "'stranger'",
     );
 
     // Refusals leave no registration record and no hub identity.
