@@ -2,12 +2,10 @@
 //! matched against its individual enrollment, revocations and the groups'
 //! certificates and verified CAs.
 
-use onramp_model::{
-    AttestationType, EnrollmentGroup, ErrorCode, ProvisioningStatus, RegistrationId, UtcTime,
-};
+use onramp_model::{AttestationType, EnrollmentGroup, ErrorCode, ProvisioningStatus, UtcTime};
 
-use super::{Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
-use crate::ports::{Store, StoreExt, client_thumbprints};
+use super::{Attempt, Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
+use crate::ports::{StoreExt, client_thumbprints};
 use crate::{ProvisioningError, x509};
 
 /// (X.520's upper bound), and Azure applies the same limit.
@@ -24,13 +22,17 @@ const X509_MAX_ID_LEN: usize = 64;
 /// is, nearest first; a group whose certificate issued the topmost
 /// certificate the device sent comes last.
 pub(super) async fn attest(
-    store: &dyn Store,
+    attempt: Attempt<'_>,
     mut prefetched: Prefetched,
-    service: &str,
-    registration_id: &RegistrationId,
     chain: &[Vec<u8>],
-    now_unix: i64,
 ) -> Result<Attested, ProvisioningError> {
+    let Attempt {
+        store,
+        service,
+        registration_id,
+        ..
+    } = attempt;
+    let now_unix = attempt.now.unix_seconds();
     let untrusted = |m: String| ProvisioningError::new(ErrorCode::CertificateUntrusted, m);
     let Some(leaf_der) = chain.first() else {
         return Err(untrusted(

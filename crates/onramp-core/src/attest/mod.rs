@@ -170,36 +170,27 @@ impl Default for AttestationConfig {
     }
 }
 
-/// Decides whether `credential` proves `registration_id` in provisioning service `service`.
-#[allow(clippy::too_many_arguments)]
+/// One registration's attestation: who asks, in which provisioning
+/// service, when, and under which settings.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub store: &'a dyn Store,
+    pub service: &'a str,
+    pub id_scope: &'a str,
+    pub registration_id: &'a RegistrationId,
+    pub now: UtcTime,
+    pub config: AttestationConfig,
+}
+
+/// Decides whether `credential` proves the attempt's registration ID.
 pub async fn attest(
-    store: &dyn Store,
+    attempt: Attempt<'_>,
     prefetched: Prefetched,
-    service: &str,
-    id_scope: &str,
-    registration_id: &RegistrationId,
     credential: &DeviceCredential,
-    now: UtcTime,
-    config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
-    let now_unix = now.unix_seconds();
     match credential {
-        DeviceCredential::SasToken(token) => {
-            token::attest(
-                store,
-                prefetched,
-                service,
-                id_scope,
-                registration_id,
-                token,
-                now,
-                config,
-            )
-            .await
-        }
-        DeviceCredential::X509Chain(chain) => {
-            certificate::attest(store, prefetched, service, registration_id, chain, now_unix).await
-        }
+        DeviceCredential::SasToken(token) => token::attest(attempt, prefetched, token).await,
+        DeviceCredential::X509Chain(chain) => certificate::attest(attempt, prefetched, chain).await,
         DeviceCredential::Tpm {
             endorsement_key,
             storage_root_key,
@@ -210,16 +201,7 @@ pub async fn attest(
                 storage_root_key: storage_root_key.as_deref(),
                 certificate: endorsement_key_certificate.as_deref(),
             };
-            tpm::challenge(
-                store,
-                prefetched,
-                service,
-                registration_id,
-                keys,
-                now,
-                config,
-            )
-            .await
+            tpm::challenge(attempt, prefetched, keys).await
         }
         DeviceCredential::None => Err(ProvisioningError::new(
             ErrorCode::MissingAuthorization,

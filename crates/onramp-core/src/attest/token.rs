@@ -2,23 +2,24 @@
 //! expiry first; then the individual enrollment's keys, else the first
 //! symmetric-key group whose key, derived for this registration ID, signed it.
 
-use onramp_model::{AttestationType, ErrorCode, RegistrationId, Secret, UtcTime};
+use onramp_model::{AttestationType, ErrorCode, Secret};
 
-use super::{AttestationConfig, Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
-use crate::ports::Store;
+use super::{Attempt, Attested, Enrollment, GroupPages, Prefetched, Proof, finish};
 use crate::{ProvisioningError, sas};
 
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn attest(
-    store: &dyn Store,
+    attempt: Attempt<'_>,
     mut prefetched: Prefetched,
-    service: &str,
-    id_scope: &str,
-    registration_id: &RegistrationId,
     token: &str,
-    now: UtcTime,
-    config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
+    let Attempt {
+        store,
+        service,
+        id_scope,
+        registration_id,
+        now,
+        config,
+    } = attempt;
     let now_unix = now.unix_seconds();
     let token = sas::parse(token).map_err(|e| ProvisioningError::unauthorized(e.to_string()))?;
     let expected = format!("{id_scope}/registrations/{registration_id}");

@@ -7,7 +7,7 @@
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use onramp_model::{AttestationType, IndividualEnrollment, RegistrationId, UtcTime};
 
-use super::{AttestationConfig, Attested, Enrollment, Prefetched, Proof, finish};
+use super::{Attempt, AttestationConfig, Attested, Enrollment, Prefetched, Proof, finish};
 use crate::ports::{Precondition, Store, StoreExt, TpmChallenge};
 use crate::sas::SasToken;
 use crate::tpm::{self, RsaPublic};
@@ -26,14 +26,18 @@ pub(super) struct SentKeys<'a> {
 /// one admits it; keeps a fresh key and sends it wrapped for the TPM.
 /// Always an `Err`: [`ProvisioningError::tpm_challenge`] on success.
 pub(super) async fn challenge(
-    store: &dyn Store,
+    attempt: Attempt<'_>,
     mut prefetched: Prefetched,
-    service: &str,
-    registration_id: &RegistrationId,
     keys: SentKeys<'_>,
-    now: UtcTime,
-    config: AttestationConfig,
 ) -> Result<Attested, ProvisioningError> {
+    let Attempt {
+        store,
+        service,
+        registration_id,
+        now,
+        config,
+        ..
+    } = attempt;
     let key = registration_id.key();
     let Some(enrollment) = prefetched.enrollment(store, service, &key).await? else {
         let first_groups = prefetched.first_groups.take();

@@ -9,7 +9,7 @@ use onramp_model::{ErrorCode, IdKey, IdScope, RegistrationId};
 use super::diagnose::Trace;
 use super::{Engine, parse_registration_id};
 use crate::ProvisioningError;
-use crate::attest::{Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
+use crate::attest::{Attempt, Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
 use crate::auth::{ServiceCaller, ServiceRequest};
 use crate::events::{AttestationAttempt, AttestationStep, Protocol};
 use crate::ports::RegistrationInputs;
@@ -200,20 +200,21 @@ impl Engine {
         step: AttestationStep,
     ) -> Result<(ProvisioningService, Attested), ProvisioningError> {
         match found {
-            Ok((service, prefetched)) => attest(
-                &*self.store,
-                prefetched,
-                &service.name,
-                service.id_scope.as_str(),
-                registration_id,
-                credential,
-                self.clock.now(),
-                self.config.attestation,
-            )
-            .await
-            .and_then(|a| tpm_only_where_it_exists(protocol, a))
-            .and_then(|a| unspent_before_a_connection(step, a))
-            .map(|a| (service, a)),
+            Ok((service, prefetched)) => {
+                let attempt = Attempt {
+                    store: &*self.store,
+                    service: &service.name,
+                    id_scope: service.id_scope.as_str(),
+                    registration_id,
+                    now: self.clock.now(),
+                    config: self.config.attestation,
+                };
+                attest(attempt, prefetched, credential)
+                    .await
+                    .and_then(|a| tpm_only_where_it_exists(protocol, a))
+                    .and_then(|a| unspent_before_a_connection(step, a))
+                    .map(|a| (service, a))
+            }
             Err(e) => Err(e),
         }
     }
