@@ -124,6 +124,22 @@ mod tests {
         }
     }
 
+    /// The outcomes of a move: the twin copied over, or the initial twin.
+    const MIGRATED: (TwinPlan, Substatus) = (TwinPlan::Migrate, Substatus::DeviceDataMigrated);
+    const AFRESH: (TwinPlan, Substatus) = (TwinPlan::Initial, Substatus::DeviceDataReset);
+
+    /// The twin and substatus for device "dev", now on `current`, when
+    /// allocation chose `hub`.
+    fn decided(
+        policy: ReprovisionPolicy,
+        current: &Placement,
+        current_hub_linked: bool,
+        hub: &str,
+    ) -> (TwinPlan, Substatus) {
+        let p = plan(policy, Some(current), None, current_hub_linked, hub, "dev");
+        (p.twin, p.substatus)
+    }
+
     #[test]
     fn first_assignment_uses_the_initial_twin() {
         let p = plan(MIGRATE, None, None, false, "a", "dev");
@@ -136,26 +152,26 @@ mod tests {
     #[test]
     fn moves_migrate_or_reset_and_leave_the_old_identity() {
         let cur = on("a", "a");
+        assert_eq!(decided(MIGRATE, &cur, true, "b"), MIGRATED);
+        assert_eq!(decided(RESET, &cur, true, "b"), AFRESH);
         let p = plan(MIGRATE, Some(&cur), None, true, "b", "dev");
-        assert_eq!(p.twin, TwinPlan::Migrate);
-        assert_eq!(p.substatus, Substatus::DeviceDataMigrated);
         assert_eq!(p.leaves, Some(("a".into(), "dev".into())));
-        let p = plan(RESET, Some(&cur), None, true, "b", "dev");
-        assert_eq!(p.twin, TwinPlan::Initial);
-        assert_eq!(p.substatus, Substatus::DeviceDataReset);
         // The old hub was unlinked: nothing to read, nothing to remove.
+        assert_eq!(decided(MIGRATE, &cur, false, "b"), AFRESH);
         let p = plan(MIGRATE, Some(&cur), None, false, "b", "dev");
-        assert_eq!(p.twin, TwinPlan::Initial);
-        assert_eq!(p.substatus, Substatus::DeviceDataReset);
         assert_eq!(p.leaves, None);
     }
 
     #[test]
     fn returning_to_the_first_hub_is_named_so() {
         let cur = on("b", "a");
-        let p = plan(MIGRATE, Some(&cur), None, true, "A", "dev");
-        assert_eq!(p.twin, TwinPlan::Migrate);
-        assert_eq!(p.substatus, Substatus::ReprovisionedToInitialAssignment);
+        assert_eq!(
+            decided(MIGRATE, &cur, true, "A"),
+            (
+                TwinPlan::Migrate,
+                Substatus::ReprovisionedToInitialAssignment
+            )
+        );
     }
 
     #[test]
@@ -171,11 +187,8 @@ mod tests {
         );
         assert_eq!(p.twin, TwinPlan::Keep);
         assert_eq!(p.substatus, Substatus::DeviceDataMigrated);
-        let p = plan(RESET, Some(&cur), None, true, "a", "dev");
-        assert_eq!(p.twin, TwinPlan::Initial);
-        assert_eq!(p.substatus, Substatus::DeviceDataReset);
-        let p = plan(NEVER, Some(&cur), None, true, "a", "dev");
-        assert_eq!(p.twin, TwinPlan::Keep);
+        assert_eq!(decided(RESET, &cur, true, "a"), AFRESH);
+        assert_eq!(decided(NEVER, &cur, true, "a").0, TwinPlan::Keep);
     }
 
     #[test]
@@ -186,8 +199,6 @@ mod tests {
         assert!(may_move(NEVER, false, Some(&cur), false));
         assert!(may_move(MIGRATE, false, Some(&cur), true));
         // Forced to another hub under "never": the device starts afresh.
-        let p = plan(NEVER, Some(&cur), None, true, "b", "dev");
-        assert_eq!(p.twin, TwinPlan::Initial);
-        assert_eq!(p.substatus, Substatus::DeviceDataReset);
+        assert_eq!(decided(NEVER, &cur, true, "b"), AFRESH);
     }
 }
