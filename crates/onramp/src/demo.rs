@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use onramp_core::admin::Admin;
+use onramp_core::admin::{Admin, Write};
 use onramp_core::linked_hubs::{LinkedHubs, NewLink};
 use onramp_core::ports::{RegistrationRecord, StoreExt, SystemClock};
 use onramp_model::{AttestationMechanism, AttestationType, EnrollmentGroup, IdKey, InitialTwin};
@@ -120,17 +120,19 @@ async fn provision(
     let group = admin
         .put(
             service,
-            GROUP,
-            EnrollmentGroup {
-                enrollment_group_id: GROUP.into(),
-                attestation: Some(AttestationMechanism {
-                    kind: AttestationType::SymmetricKey,
+            Write {
+                id: GROUP,
+                body: EnrollmentGroup {
+                    enrollment_group_id: GROUP.into(),
+                    attestation: Some(AttestationMechanism {
+                        kind: AttestationType::SymmetricKey,
+                        ..Default::default()
+                    }),
+                    initial_twin: Some(twin),
                     ..Default::default()
-                }),
-                initial_twin: Some(twin),
-                ..Default::default()
+                },
+                if_match: None,
             },
-            None,
         )
         .await
         .map_err(|e| anyhow::anyhow!("creating the enrollment group: {}", e.message))?;

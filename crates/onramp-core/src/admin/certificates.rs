@@ -9,11 +9,14 @@ impl Admin {
     pub async fn put_ca_certificate(
         &self,
         service: &str,
-        name: &str,
-        body: CertificateBody,
-        if_match: Option<&str>,
+        upload: Write<'_, CertificateBody>,
     ) -> Result<CertificateResponse, ProvisioningError> {
-        check_certificate_name(name)?;
+        check_certificate_name(upload.id)?;
+        let Write {
+            id: name,
+            body,
+            if_match,
+        } = upload;
         let (der, parsed) = certificate_of(&body)?;
         if !parsed.is_ca {
             return Err(ProvisioningError::invalid(format!(
@@ -104,11 +107,14 @@ impl Admin {
     pub async fn verify_ca_certificate(
         &self,
         service: &str,
-        name: &str,
-        body: CertificateBody,
-        if_match: Option<&str>,
+        proof: Write<'_, CertificateBody>,
     ) -> Result<CertificateResponse, ProvisioningError> {
-        let mut ca = self.existing::<CaCertificate>(service, name).await?;
+        let mut ca = self.existing::<CaCertificate>(service, proof.id).await?;
+        let Write {
+            id: name,
+            body,
+            if_match,
+        } = proof;
         let failed = |m: String| ProvisioningError::new(ErrorCode::VerificationFailed, m);
         let Some(code) = ca.verification_code.clone() else {
             return Err(failed(format!(

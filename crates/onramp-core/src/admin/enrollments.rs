@@ -13,13 +13,12 @@ impl Admin {
     pub async fn put<E: EnrollmentResource>(
         &self,
         service: &str,
-        path_id: &str,
-        body: E,
-        if_match: Option<&str>,
+        request: Write<'_, E>,
     ) -> Result<E, ProvisioningError> {
         let targets = self.allocation_targets(service).await?;
-        let condition = Precondition::from_if_match(if_match);
-        self.write(service, path_id, body, condition, &targets, |e| {
+        let condition = Precondition::from_if_match(request.if_match);
+        let path_id = request.id;
+        self.write(service, path_id, request.body, condition, &targets, |e| {
             record_error::<E>(e, path_id)
         })
         .await

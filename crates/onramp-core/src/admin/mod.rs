@@ -51,6 +51,15 @@ pub struct PageRequest {
     pub continuation: Option<String>,
 }
 
+/// What a write of the service API carries: the ID its path names, the
+/// body, and the request's If-Match.
+#[derive(Debug, Clone)]
+pub struct Write<'a, B> {
+    pub id: &'a str,
+    pub body: B,
+    pub if_match: Option<&'a str>,
+}
+
 /// One page of results and the token for the next, if there is one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {

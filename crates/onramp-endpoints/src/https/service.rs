@@ -8,12 +8,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use onramp_core::ProvisioningError;
 use onramp_core::admin::{
-    DiagnosticsFilter, EnrollmentResource, Page, PageRequest, ServiceSummary,
+    DiagnosticsFilter, EnrollmentResource, Page, PageRequest, ServiceSummary, Write,
 };
 use onramp_core::auth::{ServiceCaller, ServiceRequest};
 use onramp_core::ports::RegistrationRecord;
 use onramp_core::tenant::{AccessRights, CaCertificate};
-use onramp_model::certificate::CertificateBody;
 use onramp_model::query::QuerySpecification;
 use onramp_model::{EnrollmentGroup, ErrorCode, IndividualEnrollment, UtcTime};
 use serde::Serialize;
@@ -166,8 +165,8 @@ async fn run(
         }
         (Route::Certificate(name), Method::Put) => {
             caller.require(AccessRights::SERVICE_CONFIG, "uploading a CA certificate")?;
-            let body: CertificateBody = respond::read_json(body, limit, false).await?;
-            ok(&admin.put_ca_certificate(svc, &name, body, if_match).await?)
+            let upload = write_of(&name, body, limit, if_match).await?;
+            ok(&admin.put_ca_certificate(svc, upload).await?)
         }
         (Route::Certificate(name), Method::Delete) => {
             caller.require(AccessRights::SERVICE_CONFIG, "deleting a CA certificate")?;
@@ -185,10 +184,8 @@ async fn run(
         }
         (Route::CertificateVerify(name), _) => {
             caller.require(AccessRights::SERVICE_CONFIG, "verifying a CA certificate")?;
-            let body: CertificateBody = respond::read_json(body, limit, false).await?;
-            ok(&admin
-                .verify_ca_certificate(svc, &name, body, if_match)
-                .await?)
+            let proof = write_of(&name, body, limit, if_match).await?;
+            ok(&admin.verify_ca_certificate(svc, proof).await?)
         }
         (Route::ServiceSummary, _) => ok(&CallerService {
             service: admin.service_summary(svc).await?,
@@ -270,14 +267,26 @@ async fn one<E: EnrollmentResource>(
                 AccessRights::ENROLLMENT_WRITE,
                 &format!("writing an {what}"),
             )?;
-            let body: E = respond::read_json(body, call.state.config.max_body_bytes, false).await?;
-            Ok(ok(&admin.put(svc, &id, body, if_match).await?))
+            let limit = call.state.config.max_body_bytes;
+            let request = write_of(&id, body, limit, if_match).await?;
+            Ok(ok(&admin.put::<E>(svc, request).await?))
         }
         // The router answers 405 for other methods before this.
         Method::Other => Err(ProvisioningError::internal(format!(
             "unexpected method on {what} '{id}'"
         ))),
     }
+}
+
+/// A write's JSON body, for the record `id` names, with its If-Match.
+async fn write_of<'a, B: serde::de::DeserializeOwned>(
+    id: &'a str,
+    body: Body,
+    limit: usize,
+    if_match: Option<&'a str>,
+) -> Result<Write<'a, B>, ProvisioningError> {
+    let body = respond::read_json(body, limit, false).await?;
+    Ok(Write { id, body, if_match })
 }
 
 async fn attestation<E: EnrollmentResource>(
