@@ -230,13 +230,6 @@ json_object! {
 }
 
 json_object! {
-    pub struct X509Certificates {
-        pub primary: Option<X509CertificateWithInfo>,
-        pub secondary: Option<X509CertificateWithInfo>,
-    }
-}
-
-json_object! {
     pub struct X509CertificateWithInfo {
         /// PEM text or bare base64 DER, as the client sent it.
         pub certificate: Option<String>,
@@ -259,12 +252,17 @@ pub struct X509CertificateInfo {
 }
 
 json_object! {
+    /// Azure's `{"primary": …, "secondary": …}`: a credential and the one
+    /// that replaces it during a rollover.
     #[derive(Eq)]
-    pub struct X509CaReferences {
-        pub primary: Option<String>,
-        pub secondary: Option<String>,
+    pub struct PrimaryAndSecondary<T> {
+        pub primary: Option<T>,
+        pub secondary: Option<T>,
     }
 }
+
+pub type X509Certificates = PrimaryAndSecondary<X509CertificateWithInfo>;
+pub type X509CaReferences = PrimaryAndSecondary<String>;
 
 json_object! {
     pub struct InitialTwin {

@@ -25,12 +25,15 @@
 /// are `None` left out when written, and `Default` for a body that leaves
 /// everything out. Docs and further derives (`Eq`) go before `struct`.
 macro_rules! json_object {
-    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
+    (
+        $(#[$meta:meta])* $vis:vis struct $name:ident $(<$($param:ident),+>)?
+        { $($body:tt)* }
+    ) => {
         #[serde_with::skip_serializing_none]
         #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         $(#[$meta])*
-        $vis struct $name { $($body)* }
+        $vis struct $name $(<$($param),+>)? { $($body)* }
     };
 }
 
