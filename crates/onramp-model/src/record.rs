@@ -150,26 +150,29 @@ pub enum Enrollment {
 }
 
 impl Enrollment {
-    pub fn kind(&self) -> EnrollmentKind {
+    /// Kind, ID and settings read through [`EnrollmentRecord`], which both
+    /// kinds implement, after one match on the variant.
+    fn parts(&self) -> (EnrollmentKind, &str, EnrollmentSettings<'_>) {
+        fn of<R: EnrollmentRecord>(record: &R) -> (EnrollmentKind, &str, EnrollmentSettings<'_>) {
+            (R::KIND, record.id(), record.settings())
+        }
         match self {
-            Enrollment::Individual(_) => EnrollmentKind::Individual,
-            Enrollment::Group(_) => EnrollmentKind::Group,
+            Enrollment::Individual(e) => of(e.as_ref()),
+            Enrollment::Group(g) => of(g.as_ref()),
         }
     }
 
+    pub fn kind(&self) -> EnrollmentKind {
+        self.parts().0
+    }
+
     pub fn id(&self) -> &str {
-        match self {
-            Enrollment::Individual(e) => e.id(),
-            Enrollment::Group(g) => g.id(),
-        }
+        self.parts().1
     }
 
     /// What the enrollment decides, whichever kind it is.
     pub fn settings(&self) -> EnrollmentSettings<'_> {
-        match self {
-            Enrollment::Individual(e) => e.settings(),
-            Enrollment::Group(g) => g.settings(),
-        }
+        self.parts().2
     }
 
     pub fn group_id(&self) -> Option<&str> {
