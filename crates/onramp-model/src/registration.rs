@@ -154,14 +154,12 @@ mod tests {
 
     #[test]
     fn register_body_accepts_every_sdk_shape() {
-        let python: DeviceRegistration =
-            serde_json::from_str(r#"{"payload": null, "registrationId": "x"}"#).unwrap();
+        let parse = |body| serde_json::from_str::<DeviceRegistration>(body).unwrap();
+        let python = parse(r#"{"payload": null, "registrationId": "x"}"#);
         assert_eq!(python.payload, None);
-        let java: DeviceRegistration =
-            serde_json::from_str(r#"{"registrationId":"x","payload":"{\"a\":1}"}"#).unwrap();
+        let java = parse(r#"{"registrationId":"x","payload":"{\"a\":1}"}"#);
         assert_eq!(java.payload, Some(Value::String("{\"a\":1}".into())));
-        let csharp: DeviceRegistration = serde_json::from_str("{}").unwrap();
-        assert_eq!(csharp.registration_id, None);
+        assert_eq!(parse("{}").registration_id, None);
     }
 
     #[test]
