@@ -391,15 +391,7 @@ async fn a_register_request_with_a_malformed_body_is_rejected() {
 /// the JSON error and the Retry-After the SDKs read from the rejection.
 #[tokio::test]
 async fn a_device_over_its_registrations_per_minute_is_rejected_as_throttled() {
-    let temp = tempfile::tempdir().unwrap();
-    let config = temp.path().join("onramp.toml");
-    std::fs::write(&config, "[throttle]\ndevice_registrations_per_minute = 1\n").unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-    );
-    server.keep(temp);
+    let server = Server::with_config("[throttle]\ndevice_registrations_per_minute = 1\n");
     let key = server.enroll("amqp-thr", serde_json::json!({})).await;
     let token = server.device_token("amqp-thr", &key, common::unix_now() + 600);
     let mut conn = connect(&server, "amqp-thr", &token).await.unwrap();

@@ -251,13 +251,7 @@ async fn enrollments_import_and_export_whole_on_postgresql() {
     let Some(db) = onramp_testkit::postgres::TestDatabase::create().await else {
         return;
     };
-    let temp = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--store-url", db.url()],
-    );
-    server.keep(temp);
+    let server = Server::start_with(&["--store-url", db.url()]);
     round_trip(&server, 5_000).await;
 }
 
@@ -493,25 +487,14 @@ async fn enrollments_export_and_import_as_json_lines_resumably() {
 
 #[tokio::test]
 async fn an_import_the_service_throttles_waits_as_it_is_told_and_finishes() {
-    let temp = tempfile::tempdir().unwrap();
-    let config = temp.path().join("onramp.toml");
     // 60 calls at once, then one a second.
-    std::fs::write(
-        &config,
-        "[throttle]\nservice_api_requests_per_minute = 60\n",
-    )
-    .unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = Server::with_config("[throttle]\nservice_api_requests_per_minute = 60\n");
+    let temp = tempfile::tempdir().unwrap();
     let file = temp.path().join("slow.jsonl");
     let lines: String = (0..63)
         .map(|n| format!("{{\"registrationId\":\"slow-{n}\",\"attestation\":{{\"type\":\"symmetricKey\"}}}}\n"))
         .collect();
     std::fs::write(&file, lines).unwrap();
-    server.keep(temp);
     let (ok, stderr) = import(&server, &file, &["--batch", "1", "--quiet"]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("HTTP 429): waiting 1 s"), "{stderr}");

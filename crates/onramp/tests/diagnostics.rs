@@ -142,13 +142,7 @@ async fn a_disabled_enrollment_is_found_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_failure_is_found_failed_at_allocation() {
     // A failing webhook is asked once: no retries on Azure's schedule.
-    let temp = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--webhook-retries", "0"],
-    );
-    server.keep(temp);
+    let server = Server::start_with(&["--webhook-retries", "0"]);
     let (url, _) = common::start_webhook(|_| WebhookReply::Answer(500, "boom".to_owned()));
     let group_key = server.enroll_custom_group("appliances", &url).await;
     let device_key = onramp_core::sas::derive_device_key(&group_key, "oven-1").unwrap();

@@ -130,13 +130,7 @@ async fn metrics_have_a_listener_of_their_own() {
     );
 
     // Switched off: no listener, nothing in the state file, still 404 in public.
-    let temp = tempfile::tempdir().unwrap();
-    let mut off = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--metrics-listen", "off", "--embedded-hub", "false"],
-    );
-    off.keep(temp);
+    let off = Server::start_with(&["--metrics-listen", "off", "--embedded-hub", "false"]);
     assert_eq!(off.metrics_listen(), None);
     let resp = off.http().get(off.url("metrics")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);

@@ -152,41 +152,77 @@ fn twin_request(operation: &str, resource: Option<&str>, id: &str, body: &str) -
     twin_request_message(operation, resource, correlation, body.as_bytes().to_vec())
 }
 
-/// The next message on the twin link: correlation-id, status, version, body.
-async fn twin_answer(
-    receiver: &mut Receiver,
-) -> (Option<MessageId>, Option<i32>, Option<i64>, Vec<u8>) {
-    let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
-        .await
-        .unwrap()
-        .unwrap();
-    receiver.accept(&delivery).await.unwrap();
-    let m = delivery.message();
-    let annotation = |k: &str| {
-        m.message_annotations
-            .as_ref()
-            .and_then(|a| a.0.get(&OwnedKey::Symbol(Symbol::from(k))).cloned())
-    };
-    let status = match annotation("status") {
-        Some(Value::Int(s)) => Some(s),
-        None => None,
-        other => panic!("status must be an int: {other:?}"),
-    };
-    let version = match annotation("version") {
-        Some(Value::Long(v)) => Some(v),
-        None => None,
-        other => panic!("version must be a long: {other:?}"),
-    };
-    let Body::Data(data) = &m.body else {
-        panic!("not one Data section: {:?}", m.body)
-    };
-    assert_eq!(data.len(), 1, "one Data section");
-    (
-        m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
-        status,
-        version,
-        data[0].0.to_vec(),
-    )
+/// A twin answer or notification: correlation-id, status, version, body.
+type TwinAnswer = (Option<MessageId>, Option<i32>, Option<i64>, Vec<u8>);
+
+/// A device's twin links, paired as the Node SDK attaches them.
+struct Twin {
+    requests: Sender,
+    answers: Receiver,
+}
+
+impl Twin {
+    async fn attach(session: &mut fe2o3_amqp::session::SessionHandle<()>, device: &str) -> Self {
+        let address = format!("/devices/{device}/twin");
+        let requests = Sender::attach(session, "twin-sender", address.as_str())
+            .await
+            .unwrap();
+        let answers = Receiver::attach(session, "twin-receiver", address)
+            .await
+            .unwrap();
+        Self { requests, answers }
+    }
+
+    /// Sends one request and reads the next message on the twin link.
+    async fn call(
+        &mut self,
+        operation: &str,
+        resource: Option<&str>,
+        id: &str,
+        body: &str,
+    ) -> TwinAnswer {
+        self.requests
+            .send(twin_request(operation, resource, id, body))
+            .await
+            .unwrap();
+        self.next().await
+    }
+
+    /// The next message on the twin link: an answer or a notification.
+    async fn next(&mut self) -> TwinAnswer {
+        let receiver = &mut self.answers;
+        let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>())
+            .await
+            .unwrap()
+            .unwrap();
+        receiver.accept(&delivery).await.unwrap();
+        let m = delivery.message();
+        let annotation = |k: &str| {
+            m.message_annotations
+                .as_ref()
+                .and_then(|a| a.0.get(&OwnedKey::Symbol(Symbol::from(k))).cloned())
+        };
+        let status = match annotation("status") {
+            Some(Value::Int(s)) => Some(s),
+            None => None,
+            other => panic!("status must be an int: {other:?}"),
+        };
+        let version = match annotation("version") {
+            Some(Value::Long(v)) => Some(v),
+            None => None,
+            other => panic!("version must be a long: {other:?}"),
+        };
+        let Body::Data(data) = &m.body else {
+            panic!("not one Data section: {:?}", m.body)
+        };
+        assert_eq!(data.len(), 1, "one Data section");
+        (
+            m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+            status,
+            version,
+            data[0].0.to_vec(),
+        )
+    }
 }
 
 #[tokio::test]
@@ -219,33 +255,22 @@ async fn telemetry_is_stored_and_the_twin_is_served() {
     }
 
     // The twin links, paired as the Node SDK attaches them.
-    let mut twin_out = Sender::attach(&mut session, "twin-sender", "/devices/hub-amqp-4/twin")
-        .await
-        .unwrap();
-    let mut twin_in = Receiver::attach(&mut session, "twin-receiver", "/devices/hub-amqp-4/twin")
-        .await
-        .unwrap();
-    twin_out
-        .send(twin_request("GET", None, "get-1", " "))
-        .await
-        .unwrap();
-    let (correlation, status, _, body) = twin_answer(&mut twin_in).await;
+    let mut links = Twin::attach(&mut session, "hub-amqp-4").await;
+    let (correlation, status, _, body) = links.call("GET", None, "get-1", " ").await;
     assert_eq!(correlation, Some(MessageId::String("get-1".into())));
     assert_eq!(status, Some(200));
     let twin: Json = serde_json::from_slice(&body).unwrap();
     assert_eq!(twin["desired"]["telemetryRate"], 5, "{twin}");
     let reported_version = twin["reported"]["$version"].as_i64().unwrap();
 
-    twin_out
-        .send(twin_request(
+    let (correlation, status, version, body) = links
+        .call(
             "PATCH",
             Some("/properties/reported"),
             "patch-1",
             r#"{"firmware":"fe2o3-1.0"}"#,
-        ))
-        .await
-        .unwrap();
-    let (correlation, status, version, body) = twin_answer(&mut twin_in).await;
+        )
+        .await;
     assert_eq!(correlation, Some(MessageId::String("patch-1".into())));
     assert_eq!(status, Some(204));
     assert_eq!(version, Some(reported_version + 1));
@@ -262,31 +287,22 @@ async fn telemetry_is_stored_and_the_twin_is_served() {
     );
 
     // A patch that is not an object: 400 with a JSON message.
-    twin_out
-        .send(twin_request(
-            "PATCH",
-            Some("/properties/reported"),
-            "patch-2",
-            "[1]",
-        ))
-        .await
-        .unwrap();
-    let (_, status, _, body) = twin_answer(&mut twin_in).await;
+    let (_, status, _, body) = links
+        .call("PATCH", Some("/properties/reported"), "patch-2", "[1]")
+        .await;
     assert_eq!(status, Some(400));
     let error: Json = serde_json::from_slice(&body).unwrap();
     assert!(error["message"].is_string(), "{error}");
 
     // Subscribe, then a desired change through the REST API arrives.
-    twin_out
-        .send(twin_request(
+    let (correlation, status, _, _) = links
+        .call(
             "PUT",
             Some("/notifications/twin/properties/desired"),
             "put-1",
             " ",
-        ))
-        .await
-        .unwrap();
-    let (correlation, status, _, _) = twin_answer(&mut twin_in).await;
+        )
+        .await;
     assert_eq!(correlation, Some(MessageId::String("put-1".into())));
     assert_eq!(status, Some(200));
     let hub_cs = server
@@ -304,7 +320,7 @@ async fn telemetry_is_stored_and_the_twin_is_served() {
         )
         .await;
     assert_eq!(status, 200, "{written}");
-    let (correlation, _, _, body) = twin_answer(&mut twin_in).await;
+    let (correlation, _, _, body) = links.next().await;
     assert_eq!(correlation, None, "a notification has no correlation-id");
     let patch: Json = serde_json::from_slice(&body).unwrap();
     assert_eq!(patch["telemetryRate"], 9, "{patch}");

@@ -510,13 +510,7 @@ async fn bad_requests_get_errors_or_end_the_connection() {
 
 #[tokio::test]
 async fn clients_that_never_connect_are_dropped() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(
-        &temp.path().join("data"),
-        "127.0.0.1:0",
-        &["--mqtt-connect-timeout-ms", "300"],
-    );
-    server.keep(temp);
+    let server = Server::start_with(&["--mqtt-connect-timeout-ms", "300"]);
     for address in [server.mqtt_endpoint(), server.endpoint()] {
         let started = Instant::now();
         let mut raw = onramp_net::mqtt::client::connect_tls_stream(&address, server.tls())

@@ -40,66 +40,82 @@ impl Device {
         Some(Self { tpm, ek, srk })
     }
 
+    /// A registration of this TPM with `server` as `registration_id`,
+    /// presenting `certificate` as its EK certificate when given.
+    fn registration<'a>(
+        &'a self,
+        server: &'a Server,
+        registration_id: &'a str,
+        certificate: Option<&'a str>,
+    ) -> Registration<'a> {
+        Registration {
+            device: self,
+            server,
+            registration_id,
+            certificate,
+        }
+    }
+}
+
+/// One device registering: the TPM, the server, and what it presents.
+struct Registration<'a> {
+    device: &'a Device,
+    server: &'a Server,
+    registration_id: &'a str,
+    certificate: Option<&'a str>,
+}
+
+impl Registration<'_> {
     /// The register body: the keys, and the EK certificate when given.
-    fn body(&self, registration_id: &str, certificate: Option<&str>) -> Vec<u8> {
+    fn body(&self) -> Vec<u8> {
         let mut tpm = json!({
-            "endorsementKey": self.ek.to_base64(),
-            "storageRootKey": self.srk.to_base64(),
+            "endorsementKey": self.device.ek.to_base64(),
+            "storageRootKey": self.device.srk.to_base64(),
         });
-        if let Some(c) = certificate {
+        if let Some(c) = self.certificate {
             tpm["endorsementKeyCertificate"] = json!(c);
         }
-        json!({"registrationId": registration_id, "tpm": tpm})
+        json!({"registrationId": self.registration_id, "tpm": tpm})
             .to_string()
             .into_bytes()
     }
 
-    /// The first request, keys (and certificate) without a token: the
-    /// challenge's status, error code and body.
-    async fn ask(
-        &self,
-        server: &Server,
-        registration_id: &str,
-        certificate: Option<&str>,
-    ) -> (u16, Value) {
-        let (status, _, body) = server
+    /// A register request with the keys (and certificate), signed with
+    /// `token` when given: its status and body.
+    async fn register(&self, token: Option<&str>) -> (u16, Value) {
+        let (status, _, body) = self
+            .server
             .register_raw(
-                &server.id_scope(),
-                registration_id,
+                &self.server.id_scope(),
+                self.registration_id,
                 API,
-                None,
-                self.body(registration_id, certificate),
+                token,
+                self.body(),
             )
             .await;
         (status, body)
     }
 
+    /// The first request, keys (and certificate) without a token: the
+    /// challenge's status, error code and body.
+    async fn ask(&self) -> (u16, Value) {
+        self.register(None).await
+    }
+
     /// The challenge answered: the blob opened in the TPM and the retry
     /// signed with the key it carried; the retry's status and body.
-    async fn answer(
-        &self,
-        server: &Server,
-        registration_id: &str,
-        certificate: Option<&str>,
-        challenge: &Value,
-    ) -> (u16, Value) {
+    async fn answer(&self, challenge: &Value) -> (u16, Value) {
+        let (server, registration_id) = (self.server, self.registration_id);
         let blob = STANDARD
             .decode(challenge["authenticationKey"].as_str().unwrap())
             .unwrap();
-        self.tpm.import(&blob).unwrap();
+        self.device.tpm.import(&blob).unwrap();
         let resource = format!("{}/registrations/{registration_id}", server.id_scope());
         let token = self
+            .device
             .tpm
             .sign(&resource, unix_now() + 3600, Some("registration"));
-        let (mut status, _, mut body) = server
-            .register_raw(
-                &server.id_scope(),
-                registration_id,
-                API,
-                Some(&token),
-                self.body(registration_id, certificate),
-            )
-            .await;
+        let (mut status, mut body) = self.register(Some(&token)).await;
         // Still assigning after the reply budget: poll, as the SDKs do.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while status == 202 && std::time::Instant::now() < deadline {
@@ -120,18 +136,12 @@ impl Device {
 
     /// The challenge, then the signed retry, which registers the device
     /// (polled until it is done): the final operation status.
-    async fn provision(
-        &self,
-        server: &Server,
-        registration_id: &str,
-        certificate: Option<&str>,
-    ) -> (u16, Value) {
-        let (status, challenge) = self.ask(server, registration_id, certificate).await;
+    async fn provision(&self) -> (u16, Value) {
+        let (status, challenge) = self.ask().await;
         if status != 401 || challenge["authenticationKey"].is_null() {
             return (status, challenge);
         }
-        self.answer(server, registration_id, certificate, &challenge)
-            .await
+        self.answer(&challenge).await
     }
 }
 
@@ -189,7 +199,8 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
     // Admitted: challenged, signed in the TPM, assigned under the group,
     // with the hub key wrapped for the TPM.
     let (status, op) = device
-        .provision(&server, "tpm-unit-1", Some(&certificate))
+        .registration(&server, "tpm-unit-1", Some(&certificate))
+        .provision()
         .await;
     common::assert_assigned(status, &op, 200);
     let state = &op["registrationState"];
@@ -217,62 +228,57 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
     assert_eq!(status, 401, "{challenge}");
     assert!(challenge["authenticationKey"].is_string(), "{challenge}");
 
-    // Refusals, each before any challenge:
-    // an EK certificate from another manufacturer,
-    let stranger = ManufacturerCa::new("Another Manufacturer");
-    let foreign = stranger.issue(&device.ek);
-    assert_refused(
-        "another CA",
-        device.ask(&server, "tpm-unit-3", Some(&foreign)).await,
-        401,
-        401004,
-        "manufacturerCertificates",
-    );
-    // a certificate for another TPM's endorsement key,
+    // Refusals, each before any challenge: an EK certificate from another
+    // manufacturer, a certificate for another TPM's endorsement key, an
+    // expired certificate, a certificate that is not one, and no
+    // certificate at all, with the EK hash on no list.
+    let foreign = ManufacturerCa::new("Another Manufacturer").issue(&device.ek);
     let other_ek =
         RsaPublic::parse(&std::fs::read(swtpm::data_dir().join("ek.pub")).unwrap()).unwrap();
     assert_ne!(other_ek.modulus(), device.ek.modulus());
-    assert_refused(
-        "another key",
-        device
-            .ask(&server, "tpm-unit-3", Some(&maker.issue(&other_ek)))
-            .await,
-        401,
-        401002,
-        "certifies another key",
-    );
-    // an expired certificate,
+    let another_key = maker.issue(&other_ek);
     let now = OffsetDateTime::now_utc();
     let expired = maker.issue_valid(
         &device.ek,
         now - Duration::days(400),
         now - Duration::days(1),
     );
-    assert_refused(
-        "expired",
-        device.ask(&server, "tpm-unit-3", Some(&expired)).await,
-        401,
-        401005,
-        "endorsement key certificate is valid from",
-    );
-    // a certificate that is not one,
-    assert_refused(
-        "garbage",
-        device
-            .ask(&server, "tpm-unit-3", Some("bm90IGEgY2VydA=="))
-            .await,
-        400,
-        400004,
-        "tpm.endorsementKeyCertificate",
-    );
-    // and no certificate at all, with the EK hash on no list.
-    assert_refused(
-        "no certificate",
-        device.ask(&server, "tpm-unit-3", None).await,
-        404,
-        404201,
-        &device.ek.sha256_hex(),
-    );
+    let ek_hash = device.ek.sha256_hex();
+    let refusals: [(&str, Option<&str>, u16, u64, &str); 5] = [
+        (
+            "another CA",
+            Some(&foreign),
+            401,
+            401004,
+            "manufacturerCertificates",
+        ),
+        (
+            "another key",
+            Some(&another_key),
+            401,
+            401002,
+            "certifies another key",
+        ),
+        (
+            "expired",
+            Some(&expired),
+            401,
+            401005,
+            "endorsement key certificate is valid from",
+        ),
+        (
+            "garbage",
+            Some("bm90IGEgY2VydA=="),
+            400,
+            400004,
+            "tpm.endorsementKeyCertificate",
+        ),
+        ("no certificate", None, 404, 404201, &ek_hash),
+    ];
+    for (what, certificate, status, code, says) in refusals {
+        let attempt = device.registration(&server, "tpm-unit-3", certificate);
+        assert_refused(what, attempt.ask().await, status, code, says);
+    }
 
     // An allow list: only the registration IDs and EK hashes it names.
     server.cli_ok(&["group", "delete", "tpm-line"]);
@@ -285,13 +291,17 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
     );
     assert_refused(
         "not on the allow list",
-        device.ask(&server, "tpm-unit-4", Some(&certificate)).await,
+        device
+            .registration(&server, "tpm-unit-4", Some(&certificate))
+            .ask()
+            .await,
         404,
         404201,
         "allow list names neither",
     );
     let (status, op) = device
-        .provision(&server, "tpm-unit-1", Some(&certificate))
+        .registration(&server, "tpm-unit-1", Some(&certificate))
+        .provision()
         .await;
     common::assert_assigned(status, &op, 200);
 
@@ -305,14 +315,20 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
         &maker,
         &["--allow-ek-hash", &hash.to_uppercase()],
     );
-    let (status, op) = device.provision(&server, "tpm-unit-5", None).await;
+    let (status, op) = device
+        .registration(&server, "tpm-unit-5", None)
+        .provision()
+        .await;
     common::assert_assigned(status, &op, 200);
 
     // A disabled group refuses, once the device has proven its EK.
     server.cli_ok(&["group", "update", "tpm-hashes", "--disable"]);
     assert_refused(
         "disabled group",
-        device.provision(&server, "tpm-unit-5", None).await,
+        device
+            .registration(&server, "tpm-unit-5", None)
+            .provision()
+            .await,
         401,
         401003,
         "disabled",
@@ -330,7 +346,10 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_certificate_over_https() {
     ]);
     assert_refused(
         "individual first",
-        device.provision(&server, "tpm-unit-6", None).await,
+        device
+            .registration(&server, "tpm-unit-6", None)
+            .provision()
+            .await,
         401,
         401003,
         "individual enrollment",

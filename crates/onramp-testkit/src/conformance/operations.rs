@@ -35,31 +35,40 @@ fn record_of(registration_id: &str, seconds: i64, tag: &str, hub: &str) -> Regis
     r
 }
 
-async fn operation_of(store: &dyn Store, service: &str, id: &str) -> Option<RunningOperation> {
-    store
+/// Asserts which operation `service` holds as running for device `id`.
+async fn assert_running(
+    store: &dyn Store,
+    service: &str,
+    id: &str,
+    expected: Option<&RunningOperation>,
+) {
+    let running = store
         .operation(service, &IdKey::of(id))
         .await
-        .expect("operation")
+        .expect("operation");
+    assert_eq!(running.as_ref(), expected, "{service}/{id}");
+}
+
+/// Ends operation `operation_id` of t1's dev-1.
+async fn end(store: &dyn Store, operation_id: &str, what: &str) {
+    store
+        .end_operation("t1", &IdKey::of("dev-1"), operation_id)
+        .await
+        .expect(what);
 }
 
 pub async fn running_operations(store: &dyn Store) {
     given_tenant(store).await;
-    assert_eq!(operation_of(store, "t1", "dev-1").await, None);
+    assert_running(store, "t1", "dev-1", None).await;
 
     // Recorded and read back under the folded key; renewed in place.
     let first = running("Dev-1", 100, "a");
     store.put_operation("t1", &first).await.expect("put");
-    assert_eq!(
-        operation_of(store, "t1", "dev-1").await,
-        Some(first.clone())
-    );
+    assert_running(store, "t1", "dev-1", Some(&first)).await;
     let mut renewed = first.clone();
     renewed.lease_until = now(160);
     store.put_operation("t1", &renewed).await.expect("renew");
-    assert_eq!(
-        operation_of(store, "t1", "DEV-1").await,
-        Some(renewed.clone())
-    );
+    assert_running(store, "t1", "DEV-1", Some(&renewed)).await;
 
     // A newer operation of the device replaces it; an older one does not
     // replace the newer.
@@ -69,49 +78,36 @@ pub async fn running_operations(store: &dyn Store) {
         .put_operation("t1", &renewed)
         .await
         .expect("put older");
-    assert_eq!(
-        operation_of(store, "t1", "dev-1").await,
-        Some(newer.clone())
-    );
+    assert_running(store, "t1", "dev-1", Some(&newer)).await;
 
     // Ending another operation leaves it; ending it removes it.
-    store
-        .end_operation("t1", &IdKey::of("dev-1"), &first.operation_id)
-        .await
-        .expect("end other");
-    assert_eq!(
-        operation_of(store, "t1", "dev-1").await,
-        Some(newer.clone())
-    );
-    store
-        .end_operation("t1", &IdKey::of("dev-1"), &newer.operation_id)
-        .await
-        .expect("end");
-    assert_eq!(operation_of(store, "t1", "dev-1").await, None);
-    store
-        .end_operation("t1", &IdKey::of("dev-1"), &newer.operation_id)
-        .await
-        .expect("ending an ended operation is no error");
+    end(store, &first.operation_id, "end other").await;
+    assert_running(store, "t1", "dev-1", Some(&newer)).await;
+    end(store, &newer.operation_id, "end").await;
+    assert_running(store, "t1", "dev-1", None).await;
+    end(
+        store,
+        &newer.operation_id,
+        "ending an ended operation is no error",
+    )
+    .await;
 
     // The record of the operation removes it in the same write; the record
     // of another operation leaves the device's running one alone.
     let third = running("dev-2", 120, "c");
     store.put_operation("t1", &third).await.expect("put");
     put_at(store, "t1", record_of("dev-2", 90, "z", "hub-a"), now(121)).await;
-    assert_eq!(
-        operation_of(store, "t1", "dev-2").await,
-        Some(third.clone())
-    );
+    assert_running(store, "t1", "dev-2", Some(&third)).await;
     put_at(store, "t1", record_of("dev-2", 120, "c", "hub-a"), now(122)).await;
-    assert_eq!(operation_of(store, "t1", "dev-2").await, None);
+    assert_running(store, "t1", "dev-2", None).await;
 
     // Each device and service has its own.
     store
         .put_operation("t1", &running("dev-3", 130, "d"))
         .await
         .expect("put");
-    assert_eq!(operation_of(store, "t1", "dev-4").await, None);
-    assert_eq!(operation_of(store, "t2", "dev-3").await, None);
+    assert_running(store, "t1", "dev-4", None).await;
+    assert_running(store, "t2", "dev-3", None).await;
 
     // Only for a service that exists; gone with its service.
     let err = store
@@ -124,7 +120,7 @@ pub async fn running_operations(store: &dyn Store) {
         .create_service(&service("t1", 1), &[])
         .await
         .expect("again");
-    assert_eq!(operation_of(store, "t1", "dev-3").await, None);
+    assert_running(store, "t1", "dev-3", None).await;
 }
 
 pub async fn newest_registration_wins(store: &dyn Store) {
