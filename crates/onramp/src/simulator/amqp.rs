@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fe2o3_amqp::link::builder::{Builder, WithName, WithoutName};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::definitions::Fields;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId, Outcome};
@@ -75,17 +76,13 @@ async fn exchange(
     let mut session = Session::begin(connection)
         .await
         .context("AMQP session refused")?;
-    let mut receiver = Receiver::builder()
-        .name("provision-receiver")
+    let mut receiver = link(Receiver::builder(), "provision-receiver")
         .source(registration.to_owned())
-        .properties(link_properties())
         .attach(&mut session)
         .await
         .context("the receiving link was refused")?;
-    let mut sender = Sender::builder()
-        .name("provision-sender")
+    let mut sender = link(Sender::builder(), "provision-sender")
         .target(registration.to_owned())
-        .properties(link_properties())
         .attach(&mut session)
         .await
         .context("the sending link was refused")?;
@@ -116,6 +113,15 @@ async fn exchange(
     let _ = receiver.close().await;
     let _ = session.end().await;
     Ok(status)
+}
+
+/// A link named `name` that carries the SDK's api-version and client-version
+/// properties, as both links on the registration path do.
+fn link<Role, T, SS, TS>(
+    builder: Builder<Role, T, WithoutName, SS, TS>,
+    name: &str,
+) -> Builder<Role, T, WithName, SS, TS> {
+    builder.name(name).properties(link_properties())
 }
 
 fn link_properties() -> Fields {
