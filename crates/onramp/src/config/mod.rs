@@ -282,6 +282,13 @@ fn yes() -> bool {
     true
 }
 
+/// Puts a flag's value (or its environment variable's) over the file's.
+fn set<T: Clone>(setting: &mut T, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *setting = v.clone();
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -392,57 +399,37 @@ impl Config {
     /// The `serve` configuration: file, then environment and flags.
     pub fn for_serve(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut c = Self::load(&args.location)?;
-        if let Some(v) = &args.https_listen {
-            c.https.listen = v.clone();
-        }
-        if let Some(v) = &args.mqtt_listen {
-            c.mqtt.listen = v.clone();
-        }
-        if let Some(v) = &args.amqp_listen {
-            c.amqp.listen = v.clone();
-        }
-        if let Some(v) = &args.metrics_listen {
-            c.metrics.listen = v.clone();
-        }
-        if let Some(v) = args.mqtt_connect_timeout_ms {
-            c.mqtt.connect_timeout_ms = v;
-        }
-        if let Some(v) = args.amqp_open_timeout_ms {
-            c.amqp.open_timeout_ms = v;
-        }
-        if let Some(v) = &args.public_host {
-            c.public_host = v.clone();
-        }
-        if let Some(v) = args.embedded_hub {
-            c.hub.embedded = v;
-        }
-        if let Some(v) = &args.log_format {
-            c.log.format = v.clone();
-        }
-        if let Some(v) = &args.log {
-            c.log.filter = v.clone();
-        }
-        if let Some(v) = &args.store_durability {
-            c.store.durability = v.clone();
-        }
+        set(&mut c.https.listen, &args.https_listen);
+        set(&mut c.mqtt.listen, &args.mqtt_listen);
+        set(&mut c.amqp.listen, &args.amqp_listen);
+        set(&mut c.metrics.listen, &args.metrics_listen);
+        set(
+            &mut c.mqtt.connect_timeout_ms,
+            &args.mqtt_connect_timeout_ms,
+        );
+        set(&mut c.amqp.open_timeout_ms, &args.amqp_open_timeout_ms);
+        set(&mut c.public_host, &args.public_host);
+        set(&mut c.hub.embedded, &args.embedded_hub);
+        set(&mut c.log.format, &args.log_format);
+        set(&mut c.log.filter, &args.log);
+        set(&mut c.store.durability, &args.store_durability);
         if let Some(v) = args.store_url.as_ref().filter(|u| !u.trim().is_empty()) {
             c.store.url = Some(v.clone());
         }
-        if let Some(v) = &args.node_region {
-            c.node.region = v.clone();
-        }
-        if let Some(v) = args.latency_probe_interval_ms {
-            c.allocation.latency_probe_interval_ms = v;
-        }
-        if let Some(v) = args.latency_tolerance_ms {
-            c.allocation.latency_tolerance_ms = v;
-        }
-        if let Some(v) = args.webhook_timeout_ms {
-            c.allocation.webhook_timeout_ms = v;
-        }
-        if let Some(v) = args.webhook_retries {
-            c.allocation.webhook_retries = v;
-        }
+        set(&mut c.node.region, &args.node_region);
+        set(
+            &mut c.allocation.latency_probe_interval_ms,
+            &args.latency_probe_interval_ms,
+        );
+        set(
+            &mut c.allocation.latency_tolerance_ms,
+            &args.latency_tolerance_ms,
+        );
+        set(
+            &mut c.allocation.webhook_timeout_ms,
+            &args.webhook_timeout_ms,
+        );
+        set(&mut c.allocation.webhook_retries, &args.webhook_retries);
         c.validate()?;
         Ok(c)
     }
