@@ -168,11 +168,11 @@ async fn refusals_name_the_failed_check_and_leave_no_record() {
     for id in ["meter-1", "meter-2", "stranger"] {
         let record = s
             .store
-            .record(
+            .record(&onramp_core::ports::RecordAt::new(
                 "default",
                 onramp_core::ports::RecordKind::Registration,
                 &IdKey::of(id),
-            )
+            ))
             .await
             .unwrap();
         assert!(record.is_none(), "{id}");

@@ -8,23 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    DiagnosticEntry, HubLatencySample, Precondition, Record, RecordKind, RegistrationRecord,
-    RunningOperation, Store, StoreError, StoredRecord, check_precondition, client_thumbprints,
-    overtaken, overtaken_by,
+    DiagnosticEntry, HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
+    RegistrationRecord, RunningOperation, Store, StoreError, StoredRecord, check_precondition,
+    client_thumbprints, overtaken, overtaken_by,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, IdKey, IndividualEnrollment, UtcTime};
 
 type Key = (String, String);
 
-/// Records by kind, service and key: one ordered map serves every page.
-type RecordKey = (RecordKind, String, IdKey);
-
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, ProvisioningService>,
     policies: BTreeMap<Key, SharedAccessPolicy>,
-    records: BTreeMap<RecordKey, Record>,
+    /// Records by kind, service and key: one ordered map serves every page.
+    records: BTreeMap<RecordAt, Record>,
     latencies: BTreeMap<Key, HubLatencySample>,
     /// Running operations by service and registration key.
     operations: BTreeMap<(String, IdKey), RunningOperation>,
@@ -33,30 +31,30 @@ struct State {
 }
 
 impl State {
-    /// Records of one kind and service in key order, after `after`.
+    /// Records of one kind in the page's service, in key order after its
+    /// `after` (the page's limit is the caller's to apply).
     fn page<'a>(
         &'a self,
-        service: &'a str,
         kind: RecordKind,
-        after: Option<&'a IdKey>,
+        page: &'a Page,
     ) -> impl Iterator<Item = &'a Record> + 'a {
-        let start = (kind, service.to_owned(), after.cloned().unwrap_or_default());
+        let after = page.after.clone().unwrap_or_default();
+        let start = RecordAt::new(&page.service, kind, &after);
         self.records
             .range(start..)
-            .take_while(move |((k, s, _), _)| *k == kind && s == service)
-            .filter(move |((_, _, key), _)| Some(key) != after)
+            .take_while(move |(at, _)| at.kind == kind && at.service == page.service)
+            .filter(move |(at, _)| Some(&at.key) != page.after.as_ref())
             .map(|(_, r)| r)
     }
 
-    /// The records of type `T` in `service`, in key order after `after`,
-    /// that `keep` accepts.
+    /// The records of type `T` in the page's service, in key order after its
+    /// `after`, that `keep` accepts.
     fn matching<'a, T: StoredRecord>(
         &'a self,
-        service: &'a str,
-        after: Option<&'a IdKey>,
+        page: &'a Page,
         keep: impl Fn(&T) -> bool + 'a,
     ) -> impl Iterator<Item = T> + 'a {
-        self.page(service, T::RECORD_KIND, after)
+        self.page(T::RECORD_KIND, page)
             .cloned()
             .filter_map(T::from_record)
             .filter(move |r| keep(r))
@@ -207,7 +205,7 @@ impl Store for MemoryStore {
         let mut s = self.lock();
         let existed = s.services.remove(name).is_some();
         s.policies.retain(|(svc, _), _| svc != name);
-        s.records.retain(|(_, svc, _), _| svc != name);
+        s.records.retain(|at, _| at.service != name);
         s.operations.retain(|(svc, _), _| svc != name);
         s.diagnostics.retain(|d| d.service != name);
         Ok(existed)
@@ -246,32 +244,23 @@ impl Store for MemoryStore {
             .map(|((svc, _), p)| (svc.clone(), p.clone()))
             .collect())
     }
-    async fn record(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
-    ) -> Result<Option<Record>, StoreError> {
-        let s = self.lock();
-        Ok(s.records
-            .get(&(kind, service.to_owned(), key.clone()))
-            .cloned())
+    async fn record(&self, at: &RecordAt) -> Result<Option<Record>, StoreError> {
+        Ok(self.lock().records.get(at).cloned())
     }
-    async fn put_record(
-        &self,
-        service: &str,
-        mut record: Record,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<Record, StoreError> {
+    async fn put_record(&self, service: &str, put: PutRecord) -> Result<Record, StoreError> {
+        let PutRecord {
+            mut record,
+            condition,
+            now,
+        } = put;
         let mut s = self.lock();
         s.require_service(service)?;
-        let at = (record.kind(), service.to_owned(), record.key());
+        let at = RecordAt::of(service, &record);
         let current = s.records.get(&at);
         check_precondition(
             current.and_then(etag_of).as_ref(),
             &condition,
-            &format!("{:?} '{}'", at.0, at.2),
+            &format!("{:?} '{}'", at.kind, at.key),
         )?;
         if let (Record::Registration(new), Some(Record::Registration(stored))) = (&record, current)
             && overtaken_by(&new.operation_id, &stored.operation_id)
@@ -280,7 +269,7 @@ impl Store for MemoryStore {
         }
         self.stamp(&mut record, current, now);
         if let Record::Registration(r) = &record {
-            let device = (service.to_owned(), at.2.clone());
+            let device = (service.to_owned(), at.key.clone());
             if s.operations
                 .get(&device)
                 .is_some_and(|op| op.operation_id == r.operation_id)
@@ -293,22 +282,16 @@ impl Store for MemoryStore {
     }
     async fn delete_record(
         &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
+        at: &RecordAt,
         condition: Precondition,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();
-        let at = (kind, service.to_owned(), key.clone());
-        let Some(current) = s.records.get(&at) else {
-            return Err(StoreError::NotFound(kind.missing(key)));
+        let Some(current) = s.records.get(at) else {
+            return Err(StoreError::NotFound(at.missing()));
         };
-        check_precondition(
-            etag_of(current).as_ref(),
-            &condition,
-            &format!("{kind:?} '{key}'"),
-        )?;
-        s.records.remove(&at);
+        let what = format!("{:?} '{}'", at.kind, at.key);
+        check_precondition(etag_of(current).as_ref(), &condition, &what)?;
+        s.records.remove(at);
         Ok(())
     }
     async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
@@ -333,31 +316,20 @@ impl Store for MemoryStore {
         let device = (service.to_owned(), registration_key.clone());
         Ok(self.lock().operations.get(&device).cloned())
     }
-    async fn end_operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-        operation_id: &str,
-    ) -> Result<(), StoreError> {
+    async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
         let mut s = self.lock();
-        let device = (service.to_owned(), registration_key.clone());
+        let device = (service.to_owned(), IdKey::of(&op.registration_id));
         if s.operations
             .get(&device)
-            .is_some_and(|o| o.operation_id == operation_id)
+            .is_some_and(|o| o.operation_id == op.operation_id)
         {
             s.operations.remove(&device);
         }
         Ok(())
     }
-    async fn records(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        after: Option<&IdKey>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
+    async fn records(&self, kind: RecordKind, page: &Page) -> Result<Vec<Record>, StoreError> {
         let s = self.lock();
-        Ok(s.page(service, kind, after).take(limit).cloned().collect())
+        Ok(s.page(kind, page).take(page.limit).cloned().collect())
     }
     async fn enrollments_by_thumbprint(
         &self,
@@ -369,32 +341,29 @@ impl Store for MemoryStore {
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(sha256))
         };
-        Ok(self.lock().matching(service, None, vouches).collect())
+        let every = Page::all(service);
+        Ok(self.lock().matching(&every, vouches).collect())
     }
     async fn registrations_of_group(
         &self,
-        service: &str,
         group_key: &IdKey,
-        after: Option<&IdKey>,
-        limit: usize,
+        page: &Page,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let in_group = |r: &RegistrationRecord| {
             r.enrollment_group_id
                 .as_deref()
                 .is_some_and(|g| IdKey::of(g) == *group_key)
         };
-        Ok(self
-            .lock()
-            .matching(service, after, in_group)
-            .take(limit)
-            .collect())
+        let s = self.lock();
+        Ok(s.matching(page, in_group).take(page.limit).collect())
     }
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
         let on_hub = |r: &RegistrationRecord| {
             r.current_placement()
                 .is_some_and(|p| p.hub.eq_ignore_ascii_case(hub.trim()))
         };
-        Ok(self.lock().matching(service, None, on_hub).count() as u64)
+        let every = Page::all(service);
+        Ok(self.lock().matching(&every, on_hub).count() as u64)
     }
     async fn record_hub_latency(&self, sample: &HubLatencySample) -> Result<(), StoreError> {
         self.lock().latencies.insert(

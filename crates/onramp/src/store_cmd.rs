@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use onramp_core::ports::{Precondition, Record, RecordKind, Store};
+use onramp_core::ports::{Page, Precondition, PutRecord, Record, RecordKind, Store};
 use onramp_model::{IdKey, UtcTime};
 
 use crate::cli::{Location, StoreCommand};
@@ -245,9 +245,8 @@ async fn migrate_stores(from: &Path, to: &str) -> anyhow::Result<()> {
             bar.set_message(noun(kind));
             let mut after: Option<IdKey> = None;
             loop {
-                let page = source
-                    .records(&service.name, kind, after.as_ref(), PAGE)
-                    .await?;
+                let page = Page::new(&service.name, after.as_ref(), PAGE);
+                let page = source.records(kind, &page).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.key());
                 let full = page.len() == PAGE;
@@ -308,15 +307,18 @@ async fn copy_record(
 ) -> Result<(), onramp_core::ports::StoreError> {
     let (created, updated) = times(&record);
     let first = created.or(updated).unwrap_or_else(UtcTime::now);
+    let put = |record, now| PutRecord {
+        record,
+        condition: Precondition::None,
+        now,
+    };
     target
-        .put_record(service, record.clone(), Precondition::None, first)
+        .put_record(service, put(record.clone(), first))
         .await?;
     if let Some(updated) = updated
         && updated != first
     {
-        target
-            .put_record(service, record, Precondition::None, updated)
-            .await?;
+        target.put_record(service, put(record, updated)).await?;
     }
     Ok(())
 }
@@ -339,7 +341,8 @@ async fn count(store: &dyn Store, service: &str, kind: RecordKind) -> anyhow::Re
     let mut n = 0;
     let mut after: Option<IdKey> = None;
     loop {
-        let page = store.records(service, kind, after.as_ref(), PAGE).await?;
+        let page = Page::new(service, after.as_ref(), PAGE);
+        let page = store.records(kind, &page).await?;
         n += page.len();
         match page.last() {
             Some(last) if page.len() == PAGE => after = Some(last.key()),

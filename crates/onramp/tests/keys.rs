@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, onramp, wait_for};
-use onramp_core::ports::{Precondition, Record, RecordKind};
+use onramp_core::ports::{Precondition, PutRecord, Record, RecordAt, RecordKind};
 use onramp_model::{IdKey, Secret, UtcTime};
 use onramp_store::seal::sealed_key_id;
 use serde_json::json;
@@ -94,15 +94,12 @@ async fn bulk_enroll(server: &Server, n: usize) {
         let store = store.clone();
         pending.spawn(async move {
             let e = onramp_testkit::conformance::enrollment(&format!("bulk-{i:06}"));
-            store
-                .put_record(
-                    "default",
-                    Record::Enrollment(Box::new(e)),
-                    Precondition::None,
-                    now,
-                )
-                .await
-                .unwrap();
+            let put = PutRecord {
+                record: Record::Enrollment(Box::new(e)),
+                condition: Precondition::None,
+                now,
+            };
+            store.put_record("default", put).await.unwrap();
         });
         if pending.len() >= 512 {
             pending.join_next().await.unwrap().unwrap();
@@ -300,7 +297,11 @@ async fn a_store_of_100k_enrollments_rotates_while_devices_register() {
     let bulk = restarted
         .any_store()
         .await
-        .record("default", RecordKind::Enrollment, &IdKey::of("bulk-099999"))
+        .record(&RecordAt::new(
+            "default",
+            RecordKind::Enrollment,
+            &IdKey::of("bulk-099999"),
+        ))
         .await
         .unwrap();
     let Some(Record::Enrollment(bulk)) = bulk else {

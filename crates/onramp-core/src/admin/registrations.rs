@@ -30,7 +30,10 @@ impl Admin {
         let (after, limit) = page_bounds(page)?;
         let mut items = self
             .store
-            .registrations_of_group(service, &group_key, after.as_ref(), limit + 1)
+            .registrations_of_group(
+                &group_key,
+                &crate::ports::Page::new(service, after.as_ref(), limit + 1),
+            )
             .await?;
         let continuation = next_token(&mut items, limit, |r| IdKey::of(&r.state.registration_id));
         Ok(Page {

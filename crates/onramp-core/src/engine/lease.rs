@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use onramp_model::{IdKey, UtcTime};
+use onramp_model::UtcTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -63,12 +63,7 @@ impl Engine {
             }
         };
         if recorded && result.is_err() {
-            let key = IdKey::of(&op.registration_id);
-            if let Err(e) = self
-                .store
-                .end_operation(service, &key, &op.operation_id)
-                .await
-            {
+            if let Err(e) = self.store.end_operation(service, &op).await {
                 tracing::warn!(
                     service,
                     registration_id = %op.registration_id,

@@ -324,6 +324,77 @@ impl Record {
     }
 }
 
+/// Where a record is kept: the service that owns it, its kind and its key.
+/// (Ordered by kind, then service, then key.)
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordAt {
+    pub kind: RecordKind,
+    pub service: String,
+    pub key: IdKey,
+}
+
+impl RecordAt {
+    pub fn new(service: &str, kind: RecordKind, key: &IdKey) -> Self {
+        Self {
+            kind,
+            service: service.to_owned(),
+            key: key.clone(),
+        }
+    }
+
+    /// Where `record` is kept in `service`.
+    pub fn of(service: &str, record: &Record) -> Self {
+        Self {
+            kind: record.kind(),
+            service: service.to_owned(),
+            key: record.key(),
+        }
+    }
+
+    /// How a "not found" names this record.
+    pub fn missing(&self) -> String {
+        self.kind.missing(&self.key)
+    }
+}
+
+/// A page of a service's records in key order: at most `limit`, those
+/// whose keys come after `after` (from the first when `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub service: String,
+    pub after: Option<IdKey>,
+    pub limit: usize,
+}
+
+impl Page {
+    pub fn new(service: &str, after: Option<&IdKey>, limit: usize) -> Self {
+        Self {
+            service: service.to_owned(),
+            after: after.cloned(),
+            limit,
+        }
+    }
+
+    /// Every record of a service.
+    pub fn all(service: &str) -> Self {
+        Self::new(service, None, usize::MAX)
+    }
+
+    /// The key the page starts after: "" (before every key) for the first.
+    pub fn after_key(&self) -> &str {
+        self.after.as_ref().map_or("", IdKey::as_str)
+    }
+}
+
+/// A record to write, the condition the write must meet, and the time it
+/// is written at (what the store stamps the record with).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutRecord {
+    pub record: Record,
+    pub condition: Precondition,
+    pub now: UtcTime,
+}
+
 /// A type kept as one [`RecordKind`]: what the typed calls of [`StoreExt`]
 /// take and return.
 pub trait StoredRecord: Sized + Send + Sync + 'static {
@@ -397,44 +468,22 @@ pub trait Store: DiagnosticsLog + Send + Sync + 'static {
     ) -> Result<Vec<(String, SharedAccessPolicy)>, StoreError>;
 
     // The records a service owns, by kind and key.
-    async fn record(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
-    ) -> Result<Option<Record>, StoreError>;
-    /// Writes a record under [`Record::key`] if `condition` holds. Enrollments,
-    /// groups and CA certificates get a new ETag, and the first write's time
-    /// as their creation time; registrations get both times from `now`.
+    async fn record(&self, at: &RecordAt) -> Result<Option<Record>, StoreError>;
+    /// Writes a record under [`Record::key`] if its condition holds.
+    /// Enrollments, groups and CA certificates get a new ETag, and the first
+    /// write's time as their creation time; registrations get both times
+    /// from `now`.
     ///
     /// A registration written without a condition is the result of its
     /// operation: it is refused with [`StoreError::Overtaken`] when the
     /// stored record's operation started later (by the start times in the
     /// operation IDs, see `operation_started`), and it removes the device's
     /// [`RunningOperation`] if that is its operation, in the same commit.
-    async fn put_record(
-        &self,
-        service: &str,
-        record: Record,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<Record, StoreError>;
+    async fn put_record(&self, service: &str, put: PutRecord) -> Result<Record, StoreError>;
     /// A missing record is [`StoreError::NotFound`] with [`RecordKind::missing`].
-    async fn delete_record(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
-        condition: Precondition,
-    ) -> Result<(), StoreError>;
-    /// A page in key order, starting after `after`.
-    async fn records(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        after: Option<&IdKey>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError>;
+    async fn delete_record(&self, at: &RecordAt, condition: Precondition)
+    -> Result<(), StoreError>;
+    async fn records(&self, kind: RecordKind, page: &Page) -> Result<Vec<Record>, StoreError>;
 
     // Registrations running on some node, one per device.
     /// Records (or renews) the device's running operation, replacing any
@@ -446,14 +495,9 @@ pub trait Store: DiagnosticsLog + Send + Sync + 'static {
         service: &str,
         registration_key: &IdKey,
     ) -> Result<Option<RunningOperation>, StoreError>;
-    /// Removes the device's running operation if it is `operation_id`
-    /// (a newer one's stays).
-    async fn end_operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-        operation_id: &str,
-    ) -> Result<(), StoreError>;
+    /// Removes `op` if it is still the device's running operation (a newer
+    /// one's stays).
+    async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError>;
 
     // Indexed reads.
     /// Individual enrollments whose X.509 client certificate (primary or
@@ -465,10 +509,8 @@ pub trait Store: DiagnosticsLog + Send + Sync + 'static {
     ) -> Result<Vec<IndividualEnrollment>, StoreError>;
     async fn registrations_of_group(
         &self,
-        service: &str,
         group_key: &IdKey,
-        after: Option<&IdKey>,
-        limit: usize,
+        page: &Page,
     ) -> Result<Vec<RegistrationRecord>, StoreError>;
     /// How many registered devices live on a hub (by host name, any case).
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError>;
@@ -522,7 +564,9 @@ pub trait StoreExt: Store {
         service: &str,
         key: &IdKey,
     ) -> Result<Option<T>, StoreError> {
-        let found = self.record(service, T::RECORD_KIND, key).await?;
+        let found = self
+            .record(&RecordAt::new(service, T::RECORD_KIND, key))
+            .await?;
         found.map(typed).transpose()
     }
 
@@ -533,10 +577,12 @@ pub trait StoreExt: Store {
         condition: Precondition,
         now: UtcTime,
     ) -> Result<T, StoreError> {
-        typed(
-            self.put_record(service, record.into_record(), condition, now)
-                .await?,
-        )
+        let put = PutRecord {
+            record: record.into_record(),
+            condition,
+            now,
+        };
+        typed(self.put_record(service, put).await?)
     }
 
     async fn delete<T: StoredRecord>(
@@ -545,8 +591,8 @@ pub trait StoreExt: Store {
         key: &IdKey,
         condition: Precondition,
     ) -> Result<(), StoreError> {
-        self.delete_record(service, T::RECORD_KIND, key, condition)
-            .await
+        let at = RecordAt::new(service, T::RECORD_KIND, key);
+        self.delete_record(&at, condition).await
     }
 
     async fn list<T: StoredRecord>(
@@ -555,7 +601,8 @@ pub trait StoreExt: Store {
         after: Option<&IdKey>,
         limit: usize,
     ) -> Result<Vec<T>, StoreError> {
-        let page = self.records(service, T::RECORD_KIND, after, limit).await?;
+        let page = Page::new(service, after, limit);
+        let page = self.records(T::RECORD_KIND, &page).await?;
         page.into_iter().map(typed).collect()
     }
 

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
-    RunningOperation, Store, StoreError,
+    HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
+    RegistrationInputs, RegistrationRecord, RunningOperation, Store, StoreError,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
-use onramp_model::{IdKey, IndividualEnrollment, UtcTime};
+use onramp_model::{IdKey, IndividualEnrollment};
 
 use crate::record::RecordWrite;
 use crate::seal::{SealError, Sealer};
@@ -193,23 +193,17 @@ impl Store for PgStore {
         services::policies_called(&self.pool, &self.sealer, name).await
     }
 
-    async fn record(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
-    ) -> Result<Option<Record>, StoreError> {
+    async fn record(&self, at: &RecordAt) -> Result<Option<Record>, StoreError> {
         let conn = connection(&self.pool).await?;
-        records::read(&conn, &self.sealer, service, kind, key).await
+        records::read(&conn, &self.sealer, at).await
     }
 
-    async fn put_record(
-        &self,
-        service: &str,
-        record: Record,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<Record, StoreError> {
+    async fn put_record(&self, service: &str, put: PutRecord) -> Result<Record, StoreError> {
+        let PutRecord {
+            record,
+            condition,
+            now,
+        } = put;
         let write = RecordWrite::prepare(&self.sealer, service, record, now)?;
         let mut conn = connection(&self.pool).await?;
         if write.is_single_statement(&condition) {
@@ -223,14 +217,12 @@ impl Store for PgStore {
 
     async fn delete_record(
         &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
+        at: &RecordAt,
         condition: Precondition,
     ) -> Result<(), StoreError> {
         let mut conn = connection(&self.pool).await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
-        records::delete(&tx, service, kind, key, &condition).await?;
+        records::delete(&tx, at, &condition).await?;
         tx.commit().await.map_err(pg_error)
     }
 
@@ -248,26 +240,15 @@ impl Store for PgStore {
         operations::read(&conn, service, registration_key).await
     }
 
-    async fn end_operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-        operation_id: &str,
-    ) -> Result<(), StoreError> {
+    async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
         let conn = connection(&self.pool).await?;
-        operations::end(&conn, service, registration_key, operation_id).await
+        let key = IdKey::of(&op.registration_id);
+        operations::end(&conn, service, &key, &op.operation_id).await
     }
 
-    async fn records(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        after: Option<&IdKey>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
+    async fn records(&self, kind: RecordKind, page: &Page) -> Result<Vec<Record>, StoreError> {
         let conn = connection(&self.pool).await?;
-        let after = after.map_or("", IdKey::as_str);
-        records::page(&conn, &self.sealer, service, kind, after, limit).await
+        records::page(&conn, &self.sealer, kind, page).await
     }
 
     async fn enrollments_by_thumbprint(
@@ -299,14 +280,11 @@ impl Store for PgStore {
 
     async fn registrations_of_group(
         &self,
-        service: &str,
         group_key: &IdKey,
-        after: Option<&IdKey>,
-        limit: usize,
+        page: &Page,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let conn = connection(&self.pool).await?;
-        let after = after.map_or("", IdKey::as_str);
-        registrations::page(&conn, service, Some(group_key), after, limit).await
+        registrations::page(&conn, Some(group_key), page).await
     }
 
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {

@@ -4,7 +4,9 @@
 //! embedded store's, so both stores keep the same bytes.
 
 use deadpool_postgres::GenericClient;
-use onramp_core::ports::{Precondition, Record, RecordKind, StoreError, StoredRecord};
+use onramp_core::ports::{
+    Page, Precondition, Record, RecordAt, RecordKind, StoreError, StoredRecord,
+};
 use onramp_model::{EnrollmentGroup, EnrollmentKind, EnrollmentRecord, IndividualEnrollment};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -108,14 +110,13 @@ async fn select<C: GenericClient>(
         .collect()
 }
 
-/// The record of `kind` under `key`, if there is one.
+/// The record at `at`, if there is one.
 pub(super) async fn read<C: GenericClient>(
     client: &C,
     sealer: &Sealer,
-    service: &str,
-    kind: RecordKind,
-    key: &str,
+    at: &RecordAt,
 ) -> Result<Option<Record>, StoreError> {
+    let (service, kind, key) = (at.service.as_str(), at.kind, at.key.as_str());
     if kind == RecordKind::Registration {
         let found = registrations::read(client, service, key).await?;
         return Ok(found.map(StoredRecord::into_record));
@@ -125,20 +126,19 @@ pub(super) async fn read<C: GenericClient>(
     Ok(found.into_iter().next())
 }
 
-/// A page of records of `kind` in key order, after `after` ("" for the first).
+/// A page of records of `kind` in key order.
 pub(super) async fn page<C: GenericClient>(
     client: &C,
     sealer: &Sealer,
-    service: &str,
     kind: RecordKind,
-    after: &str,
-    limit: usize,
+    page: &Page,
 ) -> Result<Vec<Record>, StoreError> {
     if kind == RecordKind::Registration {
-        let page = registrations::page(client, service, None, after, limit).await?;
+        let page = registrations::page(client, None, page).await?;
         return Ok(page.into_iter().map(StoredRecord::into_record).collect());
     }
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (service, after) = (page.service.as_str(), page.after_key());
+    let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
     let params: [&(dyn ToSql + Sync); 3] = [&service, &after, &limit];
     let filter = "{k} > $2 ORDER BY {k} LIMIT $3";
     select(client, sealer, service, kind, filter, &params).await
@@ -340,11 +340,10 @@ async fn write_enrollment<C: GenericClient, E: EnrollmentRecord>(
 /// Deletes the record of `kind` under `key` if `condition` holds.
 pub(super) async fn delete<C: GenericClient>(
     tx: &C,
-    service: &str,
-    kind: RecordKind,
-    key: &str,
+    at: &RecordAt,
     condition: &Precondition,
 ) -> Result<(), StoreError> {
+    let (kind, key) = (at.kind, &at.key);
     let what = match kind {
         RecordKind::CaCertificate => format!("CA certificate '{key}'"),
         RecordKind::LinkedHub => format!("linked hub '{key}'"),
@@ -353,11 +352,11 @@ pub(super) async fn delete<C: GenericClient>(
     delete_row(
         tx,
         table(kind),
-        service,
+        &at.service,
         key,
         condition,
         &what,
-        kind.missing(key),
+        at.missing(),
     )
     .await
 }

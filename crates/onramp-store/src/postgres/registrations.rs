@@ -2,8 +2,8 @@
 //! with: one statement, so one round trip and one snapshot.
 
 use deadpool_postgres::GenericClient;
-use onramp_core::ports::{RegistrationInputs, RegistrationRecord, StoreError, overtaken};
-use onramp_model::{EnrollmentGroup, IndividualEnrollment, UtcTime};
+use onramp_core::ports::{Page, RegistrationInputs, RegistrationRecord, StoreError, overtaken};
+use onramp_model::{EnrollmentGroup, IdKey, IndividualEnrollment, UtcTime};
 use tokio_postgres::Row;
 
 use super::db::pg_error_in;
@@ -135,12 +135,11 @@ pub(super) async fn write<C: GenericClient>(
 /// or those of one enrollment group.
 pub(super) async fn page<C: GenericClient>(
     client: &C,
-    service: &str,
-    group: Option<&str>,
-    after: &str,
-    limit: usize,
+    group: Option<&IdKey>,
+    page: &Page,
 ) -> Result<Vec<RegistrationRecord>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (service, after) = (page.service.as_str(), page.after_key());
+    let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
     let rows = match group {
         Some(group) => {
             query(
@@ -149,7 +148,7 @@ pub(super) async fn page<C: GenericClient>(
                     "SELECT {COLUMNS} FROM registrations
                  WHERE service = $1 AND group_key = $2 AND id_key > $3 ORDER BY id_key LIMIT $4"
                 ),
-                &[&service, &group, &after, &limit],
+                &[&service, &group.as_str(), &after, &limit],
             )
             .await
         }

@@ -29,11 +29,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Precondition, Record, RecordKind, RegistrationInputs, RegistrationRecord,
-    RunningOperation, Store, StoreError, StoredRecord, check_precondition,
+    HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
+    RegistrationInputs, RegistrationRecord, RunningOperation, Store, StoreError, StoredRecord,
+    check_precondition,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
-use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment, UtcTime};
+use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment};
 use rusqlite::Connection;
 
 pub use db::Durability;
@@ -179,26 +180,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn record(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
-    ) -> Result<Option<Record>, StoreError> {
-        let (service, key) = (service.to_owned(), key.clone());
-        self.read_sealed(move |conn, sealer| read_record(conn, sealer, &service, kind, &key))
+    async fn record(&self, at: &RecordAt) -> Result<Option<Record>, StoreError> {
+        let at = at.clone();
+        self.read_sealed(move |conn, sealer| read_record(conn, sealer, &at))
             .await
     }
 
-    async fn put_record(
-        &self,
-        service: &str,
-        record: Record,
-        condition: Precondition,
-        now: UtcTime,
-    ) -> Result<Record, StoreError> {
-        let write = RecordWrite::prepare(&self.sealer, service, record, now)?;
-        let service = service.to_owned();
+    async fn put_record(&self, service: &str, put: PutRecord) -> Result<Record, StoreError> {
+        let write = RecordWrite::prepare(&self.sealer, service, put.record, put.now)?;
+        let (service, condition) = (service.to_owned(), put.condition);
         self.db
             .write(move |conn| write.apply(conn, &service, &condition))
             .await
@@ -206,14 +196,12 @@ impl Store for SqliteStore {
 
     async fn delete_record(
         &self,
-        service: &str,
-        kind: RecordKind,
-        key: &IdKey,
+        at: &RecordAt,
         condition: Precondition,
     ) -> Result<(), StoreError> {
-        let (service, key) = (service.to_owned(), key.clone());
+        let at = at.clone();
         self.db
-            .write(move |conn| delete_record(conn, &service, kind, &key, &condition))
+            .write(move |conn| delete_record(conn, &at, &condition))
             .await
     }
 
@@ -235,34 +223,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn end_operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-        operation_id: &str,
-    ) -> Result<(), StoreError> {
-        let (service, key, op) = (
-            service.to_owned(),
-            registration_key.clone(),
-            operation_id.to_owned(),
-        );
+    async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
+        let (service, key) = (service.to_owned(), IdKey::of(&op.registration_id));
+        let op = op.operation_id.clone();
         self.db
             .write(move |conn| operations::end(conn, &service, &key, &op))
             .await
     }
 
-    async fn records(
-        &self,
-        service: &str,
-        kind: RecordKind,
-        after: Option<&IdKey>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        let (service, after) = (service.to_owned(), after.cloned().unwrap_or_default());
-        self.read_sealed(move |conn, sealer| {
-            read_records(conn, sealer, &service, kind, &after, limit)
-        })
-        .await
+    async fn records(&self, kind: RecordKind, page: &Page) -> Result<Vec<Record>, StoreError> {
+        let page = page.clone();
+        self.read_sealed(move |conn, sealer| read_records(conn, sealer, kind, &page))
+            .await
     }
 
     async fn enrollments_by_thumbprint(
@@ -292,18 +264,12 @@ impl Store for SqliteStore {
 
     async fn registrations_of_group(
         &self,
-        service: &str,
         group_key: &IdKey,
-        after: Option<&IdKey>,
-        limit: usize,
+        page: &Page,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
-        let (service, group, after) = (
-            service.to_owned(),
-            group_key.clone(),
-            after.cloned().unwrap_or_default(),
-        );
+        let (group, page) = (group_key.clone(), page.clone());
         self.db
-            .read(move |conn| registrations::page(conn, &service, Some(&group), &after, limit))
+            .read(move |conn| registrations::page(conn, Some(&group), &page))
             .await
     }
 
@@ -327,15 +293,14 @@ impl Store for SqliteStore {
     }
 }
 
-/// Reads one record of `kind`.
+/// Reads one record.
 fn read_record(
     conn: &Connection,
     sealer: &Sealer,
-    service: &str,
-    kind: RecordKind,
-    key: &IdKey,
+    at: &RecordAt,
 ) -> Result<Option<Record>, StoreError> {
-    Ok(match kind {
+    let (service, key) = (at.service.as_str(), &at.key);
+    Ok(match at.kind {
         RecordKind::Enrollment => {
             enrollments::read_one::<IndividualEnrollment>(conn, sealer, service, key)?
                 .map(StoredRecord::into_record)
@@ -359,18 +324,17 @@ fn read_record(
     })
 }
 
-/// A page of records of `kind` in key order, after `after` ("" for the first).
+/// A page of records of `kind`.
 fn read_records(
     conn: &Connection,
     sealer: &Sealer,
-    service: &str,
     kind: RecordKind,
-    after: &str,
-    limit: usize,
+    page: &Page,
 ) -> Result<Vec<Record>, StoreError> {
     fn all<T: StoredRecord>(records: Vec<T>) -> Vec<Record> {
         records.into_iter().map(T::into_record).collect()
     }
+    let (service, after, limit) = (page.service.as_str(), page.after_key(), page.limit);
     Ok(match kind {
         RecordKind::Enrollment => all(enrollments::read_page::<IndividualEnrollment>(
             conn, sealer, service, after, limit,
@@ -378,7 +342,7 @@ fn read_records(
         RecordKind::EnrollmentGroup => all(enrollments::read_page::<EnrollmentGroup>(
             conn, sealer, service, after, limit,
         )?),
-        RecordKind::Registration => all(registrations::page(conn, service, None, after, limit)?),
+        RecordKind::Registration => all(registrations::page(conn, None, page)?),
         // A service has a handful of these: paged here, not in SQL.
         RecordKind::CaCertificate => all(certificates::read_all(conn, service)?)
             .into_iter()
@@ -443,11 +407,10 @@ impl RecordWrite {
 
 fn delete_record(
     conn: &Connection,
-    service: &str,
-    kind: RecordKind,
-    key: &IdKey,
+    at: &RecordAt,
     condition: &Precondition,
 ) -> Result<(), StoreError> {
+    let (service, kind, key) = (at.service.as_str(), at.kind, &at.key);
     let table = match kind {
         RecordKind::Enrollment => enrollments::table(EnrollmentKind::Individual),
         RecordKind::EnrollmentGroup => enrollments::table(EnrollmentKind::Group),
@@ -459,13 +422,13 @@ fn delete_record(
         RecordKind::LinkedHub => {
             let exists = services::has_linked_hub(conn, service, key)?;
             if !exists {
-                return Err(StoreError::NotFound(kind.missing(key)));
+                return Err(StoreError::NotFound(at.missing()));
             }
             check_existence(exists, condition, &format!("linked hub '{key}'"))?;
             return services::delete_linked_hub(conn, service, key).map(drop);
         }
     };
-    delete_row(conn, table, service, key, condition, kind.missing(key))
+    delete_row(conn, table, service, key, condition, at.missing())
 }
 
 /// Applies a condition to a record without an ETag (linked hubs): `*` or

@@ -1,9 +1,9 @@
 //! Device registration records, and the one read a registration starts with.
 
 use onramp_core::ports::{
-    RegistrationInputs, RegistrationRecord, StoreError, overtaken, overtaken_by,
+    Page, RegistrationInputs, RegistrationRecord, StoreError, overtaken, overtaken_by,
 };
-use onramp_model::{DeviceRegistrationState, UtcTime};
+use onramp_model::{DeviceRegistrationState, IdKey, UtcTime};
 use rusqlite::{Connection, params};
 
 use super::db::{sql_error, sql_error_in};
@@ -175,11 +175,7 @@ pub(super) fn write(
     })
     .map_err(sql_error_in(service))?;
     // The operation is over: no longer running anywhere.
-    conn.prepare_cached(
-        "DELETE FROM operations WHERE service = ?1 AND id_key = ?2 AND operation_id = ?3",
-    )
-    .and_then(|mut s| s.execute(params![service, key, stored.operation_id]))
-    .map_err(sql_error)?;
+    super::operations::end(conn, service, &key, &stored.operation_id)?;
     Ok(stored)
 }
 
@@ -187,20 +183,19 @@ pub(super) fn write(
 /// or those of one enrollment group (through its index).
 pub(super) fn page(
     conn: &Connection,
-    service: &str,
-    group: Option<&str>,
-    after: &str,
-    limit: usize,
+    group: Option<&IdKey>,
+    page: &Page,
 ) -> Result<Vec<RegistrationRecord>, StoreError> {
     const COLUMNS: &str = "SELECT doc, group_key, operation_id, placement FROM registrations";
-    let limit = limit.min(i64::MAX as usize) as i64;
+    let (service, after) = (page.service.as_str(), page.after_key());
+    let limit = page.limit.min(i64::MAX as usize) as i64;
     let rows = match group {
         Some(group) => query_all(
             conn,
             &format!(
                 "{COLUMNS} WHERE service = ?1 AND group_key = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4"
             ),
-            params![service, group, after, limit],
+            params![service, group.as_str(), after, limit],
             RegistrationRow::read,
         )?,
         None => query_all(

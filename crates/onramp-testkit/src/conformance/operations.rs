@@ -50,11 +50,8 @@ async fn assert_running(
 }
 
 /// Ends operation `operation_id` of t1's dev-1.
-async fn end(store: &dyn Store, operation_id: &str, what: &str) {
-    store
-        .end_operation("t1", &IdKey::of("dev-1"), operation_id)
-        .await
-        .expect(what);
+async fn end(store: &dyn Store, operation: &RunningOperation, what: &str) {
+    store.end_operation("t1", operation).await.expect(what);
 }
 
 pub async fn running_operations(store: &dyn Store) {
@@ -81,16 +78,11 @@ pub async fn running_operations(store: &dyn Store) {
     assert_running(store, "t1", "dev-1", Some(&newer)).await;
 
     // Ending another operation leaves it; ending it removes it.
-    end(store, &first.operation_id, "end other").await;
+    end(store, &first, "end other").await;
     assert_running(store, "t1", "dev-1", Some(&newer)).await;
-    end(store, &newer.operation_id, "end").await;
+    end(store, &newer, "end").await;
     assert_running(store, "t1", "dev-1", None).await;
-    end(
-        store,
-        &newer.operation_id,
-        "ending an ended operation is no error",
-    )
-    .await;
+    end(store, &newer, "ending an ended operation is no error").await;
 
     // The record of the operation removes it in the same write; the record
     // of another operation leaves the device's running one alone.

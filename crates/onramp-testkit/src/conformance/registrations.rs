@@ -1,6 +1,6 @@
 //! Registration records, and the reads of one registration at once.
 
-use onramp_core::ports::{Precondition, Store, StoreError, StoredRecord};
+use onramp_core::ports::{Page, Precondition, Store, StoreError, StoredRecord};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
@@ -31,12 +31,15 @@ pub async fn registrations(store: &dyn Store) {
     put_at(store, "t1", record("reg-2", Some("group-1")), now(80)).await;
     put_at(store, "t1", record("reg-3", None), now(80)).await;
     let of_group = store
-        .registrations_of_group("t1", &IdKey::of("group-1"), None, 100)
+        .registrations_of_group(&IdKey::of("group-1"), &Page::new("t1", None, 100))
         .await
         .expect("query");
     assert_eq!(of_group.len(), 2, "{of_group:?}");
     let page2 = store
-        .registrations_of_group("t1", &IdKey::of("group-1"), Some(&IdKey::of("reg-1")), 100)
+        .registrations_of_group(
+            &IdKey::of("group-1"),
+            &Page::new("t1", Some(&IdKey::of("reg-1")), 100),
+        )
         .await
         .expect("query");
     assert_eq!(page2.len(), 1);
