@@ -1,7 +1,7 @@
 //! What both stores write for a diagnostic entry: its JSON, and the
 //! columns queries and pruning select on.
 
-use onramp_core::ports::{DiagnosticEntry, StoreError};
+use onramp_core::ports::{DiagnosticEntry, DiagnosticsQuery, StoreError};
 
 use crate::sqlite::operations::nanos;
 use crate::sqlite::rows::corrupt;
@@ -35,5 +35,23 @@ impl DiagnosticRow {
     /// An entry from its stored JSON.
     pub(crate) fn entry(doc: &str) -> Result<DiagnosticEntry, StoreError> {
         serde_json::from_str(doc).map_err(|e| corrupt("diagnostic entry", e))
+    }
+}
+
+/// What a diagnostics query binds beside the service and registration key.
+pub(crate) struct QueryBounds {
+    /// Unix nanoseconds of the oldest entry wanted.
+    pub(crate) since: i64,
+    pub(crate) outcome: Option<&'static str>,
+    pub(crate) top: i64,
+}
+
+impl QueryBounds {
+    pub(crate) fn of(query: &DiagnosticsQuery) -> Self {
+        Self {
+            since: query.since.map_or(i64::MIN, nanos),
+            outcome: query.outcome.map(|o| o.as_str()),
+            top: i64::try_from(query.top).unwrap_or(i64::MAX),
+        }
     }
 }

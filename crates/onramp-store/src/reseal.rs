@@ -99,34 +99,54 @@ pub type KeyCounts = BTreeMap<String, u64>;
 
 /// A SQLite database of sealed values: what it takes to be [`Resealable`]
 /// (batches run on its writer thread like any write).
+pub struct SealedDb<'a> {
+    /// What the store is, for messages.
+    what: &'static str,
+    db: &'a Db,
+    sealer: &'a Arc<Sealer>,
+    columns: &'static [SealedColumn],
+}
+
+impl<'a> SealedDb<'a> {
+    pub fn new(
+        what: &'static str,
+        db: &'a Db,
+        sealer: &'a Arc<Sealer>,
+        columns: &'static [SealedColumn],
+    ) -> Self {
+        Self {
+            what,
+            db,
+            sealer,
+            columns,
+        }
+    }
+}
+
+/// A store kept in a SQLite database of sealed values.
 pub trait SqliteSealed: Send + Sync {
-    fn describe(&self) -> String;
-    fn db(&self) -> &Db;
-    fn sealer(&self) -> Arc<Sealer>;
-    fn columns(&self) -> &'static [SealedColumn];
+    fn sealed_db(&self) -> SealedDb<'_>;
 }
 
 #[async_trait]
 impl<T: SqliteSealed> Resealable for T {
     fn describe(&self) -> String {
-        SqliteSealed::describe(self)
+        self.sealed_db().what.into()
     }
 
     fn sealed_columns(&self) -> Vec<&'static SealedColumn> {
-        self.columns().iter().collect()
+        self.sealed_db().columns.iter().collect()
     }
 
     async fn key_counts(&self) -> Result<KeyCounts, StoreError> {
-        let columns = self.columns();
-        self.db()
-            .read(move |conn| sqlite_key_counts(conn, columns))
-            .await
+        let SealedDb { db, columns, .. } = self.sealed_db();
+        db.read(move |conn| sqlite_key_counts(conn, columns)).await
     }
 
     async fn reseal_batch(&self, page: Page) -> Result<Batch, StoreError> {
-        let sealer = self.sealer();
-        self.db()
-            .write(move |conn| sqlite_reseal_batch(conn, &sealer, &page))
+        let SealedDb { db, sealer, .. } = self.sealed_db();
+        let sealer = sealer.clone();
+        db.write(move |conn| sqlite_reseal_batch(conn, &sealer, &page))
             .await
     }
 }

@@ -10,7 +10,7 @@ use onramp_model::UtcTime;
 use super::PgStore;
 use super::db::{connection, pg_error};
 use super::rows::{col, execute, query};
-use crate::diagnostic_rows::DiagnosticRow;
+use crate::diagnostic_rows::{DiagnosticRow, QueryBounds};
 use crate::sqlite::operations::nanos;
 
 #[async_trait]
@@ -46,9 +46,7 @@ impl DiagnosticsLog for PgStore {
         service: &str,
         wanted: &DiagnosticsQuery,
     ) -> Result<Vec<DiagnosticEntry>, StoreError> {
-        let since = wanted.since.map_or(i64::MIN, nanos);
-        let outcome = wanted.outcome.map(|o| o.as_str());
-        let top = i64::try_from(wanted.top).unwrap_or(i64::MAX);
+        let bounds = QueryBounds::of(wanted);
         let conn = connection(&self.pool).await?;
         let rows = match &wanted.registration {
             Some(key) => {
@@ -58,7 +56,13 @@ impl DiagnosticsLog for PgStore {
                      WHERE service = $1 AND id_key = $2 AND time >= $3
                        AND ($4::text IS NULL OR outcome = $4)
                      ORDER BY time DESC, id DESC LIMIT $5",
-                    &[&service, &key.as_str(), &since, &outcome, &top],
+                    &[
+                        &service,
+                        &key.as_str(),
+                        &bounds.since,
+                        &bounds.outcome,
+                        &bounds.top,
+                    ],
                 )
                 .await?
             }
@@ -68,7 +72,7 @@ impl DiagnosticsLog for PgStore {
                     "SELECT doc FROM diagnostics
                      WHERE service = $1 AND time >= $2 AND ($3::text IS NULL OR outcome = $3)
                      ORDER BY time DESC, id DESC LIMIT $4",
-                    &[&service, &since, &outcome, &top],
+                    &[&service, &bounds.since, &bounds.outcome, &bounds.top],
                 )
                 .await?
             }

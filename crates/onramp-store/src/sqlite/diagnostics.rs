@@ -12,7 +12,7 @@ use super::SqliteStore;
 use super::db::sql_error;
 use super::operations::nanos;
 use super::rows::query_all;
-use crate::diagnostic_rows::DiagnosticRow;
+use crate::diagnostic_rows::{DiagnosticRow, QueryBounds};
 
 #[async_trait]
 impl DiagnosticsLog for SqliteStore {
@@ -67,16 +67,20 @@ fn select(
     service: &str,
     query: &DiagnosticsQuery,
 ) -> Result<Vec<DiagnosticEntry>, StoreError> {
-    let since = query.since.map_or(i64::MIN, nanos);
-    let outcome = query.outcome.map(|o| o.as_str());
-    let top = i64::try_from(query.top).unwrap_or(i64::MAX);
+    let bounds = QueryBounds::of(query);
     let docs: Vec<String> = match &query.registration {
         Some(key) => query_all(
             conn,
             "SELECT doc FROM diagnostics
              WHERE service = ?1 AND id_key = ?2 AND time >= ?3 AND (?4 IS NULL OR outcome = ?4)
              ORDER BY time DESC, id DESC LIMIT ?5",
-            params![service, key.as_str(), since, outcome, top],
+            params![
+                service,
+                key.as_str(),
+                bounds.since,
+                bounds.outcome,
+                bounds.top
+            ],
             |r| r.get(0),
         )?,
         None => query_all(
@@ -84,7 +88,7 @@ fn select(
             "SELECT doc FROM diagnostics
              WHERE service = ?1 AND time >= ?2 AND (?3 IS NULL OR outcome = ?3)
              ORDER BY time DESC, id DESC LIMIT ?4",
-            params![service, since, outcome, top],
+            params![service, bounds.since, bounds.outcome, bounds.top],
             |r| r.get(0),
         )?,
     };

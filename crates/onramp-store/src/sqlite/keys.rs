@@ -1,24 +1,16 @@
 //! The embedded store's sealed values, counted by key and re-sealed
 //! ([`crate::reseal`]).
 
-use std::sync::Arc;
-
 use super::SqliteStore;
-use crate::reseal::{STORE_COLUMNS, SealedColumn, SqliteSealed};
-use crate::seal::Sealer;
-use crate::sqlite::Db;
+use crate::reseal::{STORE_COLUMNS, SealedDb, SqliteSealed};
 
 impl SqliteSealed for SqliteStore {
-    fn describe(&self) -> String {
-        "the provisioning store".into()
-    }
-    fn db(&self) -> &Db {
-        &self.db
-    }
-    fn sealer(&self) -> Arc<Sealer> {
-        self.sealer.clone()
-    }
-    fn columns(&self) -> &'static [SealedColumn] {
-        STORE_COLUMNS
+    fn sealed_db(&self) -> SealedDb<'_> {
+        SealedDb::new(
+            "the provisioning store",
+            &self.db,
+            &self.sealer,
+            STORE_COLUMNS,
+        )
     }
 }

@@ -1,11 +1,7 @@
 //! The companion hub's sealed values (policy keys, device keys), counted by
 //! master key and re-sealed under the active one (`onramp keys rotate`).
 
-use std::sync::Arc;
-
-use onramp_store::Sealer;
-use onramp_store::reseal::{SealedColumn, SqliteSealed};
-use onramp_store::sqlite::Db;
+use onramp_store::reseal::{SealedColumn, SealedDb, SqliteSealed};
 
 use super::HubStore;
 
@@ -25,16 +21,12 @@ static COLUMNS: [SealedColumn; 2] = [
 ];
 
 impl SqliteSealed for HubStore {
-    fn describe(&self) -> String {
-        "the companion hub's store".into()
-    }
-    fn db(&self) -> &Db {
-        &self.db
-    }
-    fn sealer(&self) -> Arc<Sealer> {
-        self.sealer.clone()
-    }
-    fn columns(&self) -> &'static [SealedColumn] {
-        &COLUMNS
+    fn sealed_db(&self) -> SealedDb<'_> {
+        SealedDb::new(
+            "the companion hub's store",
+            &self.db,
+            &self.sealer,
+            &COLUMNS,
+        )
     }
 }
