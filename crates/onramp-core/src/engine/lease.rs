@@ -62,16 +62,17 @@ impl Engine {
                 }
             }
         };
-        if recorded && result.is_err() {
-            if let Err(e) = self.store.end_operation(service, &op).await {
-                tracing::warn!(
-                    service,
-                    registration_id = %op.registration_id,
-                    operation_id = %op.operation_id,
-                    error = %e,
-                    "the ended registration could not be removed from the running ones; its lease will expire"
-                );
-            }
+        if recorded
+            && result.is_err()
+            && let Err(e) = self.store.end_operation(service, &op).await
+        {
+            tracing::warn!(
+                service,
+                registration_id = %op.registration_id,
+                operation_id = %op.operation_id,
+                error = %e,
+                "the ended registration could not be removed from the running ones; its lease will expire"
+            );
         }
         result
     }
