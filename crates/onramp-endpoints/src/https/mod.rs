@@ -21,7 +21,8 @@ use onramp_core::engine::Engine;
 use onramp_model::ErrorCode;
 use onramp_net::Shutdown;
 use onramp_net::amqp::AmqpApp;
-use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
+use onramp_net::mqtt::ws::{self, WsApp};
+use onramp_net::mqtt::{MqttApp, MqttLimits};
 use tower::ServiceExt;
 
 use route::{Route, RouteMatch};
@@ -91,18 +92,17 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     if ws::is_upgrade(req.headers()) {
         return match &state.websockets {
             Some(w) if ws::offers_mqtt(req.headers()) => {
-                ws::accept(req, w.app.clone(), w.limits, w.shutdown.receiver())
+                let app = WsApp::Mqtt(w.app.clone(), w.limits);
+                ws::accept(req, app, w.shutdown.receiver())
             }
             Some(WebSockets {
                 amqp: Some(amqp),
                 shutdown,
                 ..
-            }) if ws::offers_amqp(req.headers()) => ws::accept_amqp(
-                req,
-                amqp.app.clone(),
-                amqp.max_message_bytes,
-                shutdown.receiver(),
-            ),
+            }) if ws::offers_amqp(req.headers()) => {
+                let app = WsApp::Amqp(amqp.app.clone(), amqp.max_message_bytes);
+                ws::accept(req, app, shutdown.receiver())
+            }
             _ => respond::error(&ProvisioningError::new(
                 ErrorCode::InvalidArgument,
                 "WebSocket upgrades here carry MQTT or AMQP: offer the subprotocol mqtt or AMQPWSB10",

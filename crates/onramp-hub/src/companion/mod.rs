@@ -22,7 +22,8 @@ use onramp_core::keys;
 use onramp_core::ports::StoreError;
 use onramp_net::Shutdown;
 use onramp_net::amqp::{AmqpApp, AmqpLimits};
-use onramp_net::mqtt::{MqttApp, MqttLimits, ws};
+use onramp_net::mqtt::ws::{self, WsApp};
+use onramp_net::mqtt::{MqttApp, MqttLimits};
 use onramp_store::Sealer;
 
 pub use amqp::{HubAddress, HubAmqp, parse_hub_address, twin_request_message};
@@ -197,14 +198,10 @@ impl CompanionHub {
             let (app, amqp, shutdown) = (app.clone(), amqp.clone(), shutdown.clone());
             async move {
                 if ws::offers_amqp(req.headers()) {
-                    ws::accept_amqp(
-                        req,
-                        amqp,
-                        amqp_limits.max_frame_bytes as usize,
-                        shutdown.receiver(),
-                    )
+                    let amqp = WsApp::Amqp(amqp, amqp_limits.max_frame_bytes as usize);
+                    ws::accept(req, amqp, shutdown.receiver())
                 } else if ws::is_upgrade(req.headers()) {
-                    ws::accept(req, app, limits, shutdown.receiver())
+                    ws::accept(req, WsApp::Mqtt(app, limits), shutdown.receiver())
                 } else {
                     let mut resp = axum::response::Response::new(axum::body::Body::from(
                         "not an operation of this hub",

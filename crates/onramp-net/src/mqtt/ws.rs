@@ -172,48 +172,45 @@ fn refuse(status: StatusCode, message: &'static str) -> Response<Body> {
     resp
 }
 
-/// Answers a WebSocket upgrade for MQTT and serves the connection with `app`
-/// once the upgrade completes.
-pub fn accept(
-    req: Request<Body>,
-    app: Arc<dyn MqttApp>,
-    limits: MqttLimits,
-    shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
-    upgrade(
-        req,
-        &MQTT,
-        limits.max_packet_bytes as usize,
-        move |ws, peer, remote| async move {
-            let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
-            server::run(ws, app, peer, remote, true, limits, connect_by, shutdown).await;
-        },
-    )
+/// What a WebSocket upgrade is handed to.
+#[derive(Clone)]
+pub enum WsApp {
+    /// MQTT (subprotocol `mqtt`), under these limits.
+    Mqtt(Arc<dyn MqttApp>, MqttLimits),
+    /// AMQP (subprotocol `AMQPWSB10` or `amqp`); messages larger than the
+    /// `usize` end the connection.
+    Amqp(Arc<dyn AmqpApp>, usize),
 }
 
-/// Answers a WebSocket upgrade for AMQP (subprotocol `AMQPWSB10` or `amqp`)
-/// and hands the connection to `app` once the upgrade completes. Messages
-/// larger than `max_message_bytes` end the connection.
-pub fn accept_amqp(
-    req: Request<Body>,
-    app: Arc<dyn AmqpApp>,
-    max_message_bytes: usize,
-    shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
+/// Answers a WebSocket upgrade for `app`'s protocol and serves the
+/// connection with it once the upgrade completes.
+pub fn accept(req: Request<Body>, app: WsApp, shutdown: watch::Receiver<bool>) -> Response<Body> {
+    let (protocols, max_message_bytes) = match &app {
+        WsApp::Mqtt(_, limits) => (&MQTT, limits.max_packet_bytes as usize),
+        WsApp::Amqp(_, max_message_bytes) => (&AMQP, *max_message_bytes),
+    };
     upgrade(
         req,
-        &AMQP,
+        protocols,
         max_message_bytes,
         move |ws, peer, remote| async move {
-            app.serve(AmqpConnection {
-                stream: Box::new(ws),
-                peer,
-                remote,
-                websocket: true,
-                accepted_at: tokio::time::Instant::now(),
-                shutdown,
-            })
-            .await;
+            match app {
+                WsApp::Mqtt(app, limits) => {
+                    let connect_by = tokio::time::Instant::now() + limits.connect_timeout;
+                    server::run(ws, app, peer, remote, true, limits, connect_by, shutdown).await;
+                }
+                WsApp::Amqp(app, _) => {
+                    app.serve(AmqpConnection {
+                        stream: Box::new(ws),
+                        peer,
+                        remote,
+                        websocket: true,
+                        accepted_at: tokio::time::Instant::now(),
+                        shutdown,
+                    })
+                    .await;
+                }
+            }
         },
     )
 }
