@@ -19,7 +19,8 @@ use onramp_core::engine::{Engine, OperationRequest, RegisterRequest};
 use onramp_core::events::Protocol;
 use onramp_model::{ErrorCode, RegistrationOperationStatus};
 use onramp_net::mqtt::{
-    Admission, ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
+    Admission, ConnectInfo, Incoming, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal,
+    SessionEnd, topic,
 };
 
 use crate::EndpointConfig;
@@ -186,9 +187,9 @@ impl MqttSession for DpsSession {
         (filter == RESPONSE_FILTER).then(|| requested.less_value(QoS::AtLeastOnce))
     }
 
-    fn check_publish(&self, topic_name: &str, _payload: &Bytes) -> Result<(), SessionEnd> {
-        let (path, _) = topic::split(topic_name);
-        if path != REGISTER_TOPIC && path != STATUS_TOPIC {
+    fn check_publish(&self, message: &Incoming) -> Result<(), SessionEnd> {
+        let topic_name = &message.topic;
+        if !matches!(message.path(), REGISTER_TOPIC | STATUS_TOPIC) {
             return Err(SessionEnd(format!(
                 "'{topic_name}' is not a topic of the DPS device API"
             )));
@@ -201,34 +202,21 @@ impl MqttSession for DpsSession {
         Ok(())
     }
 
-    async fn publish(
-        &mut self,
-        topic_name: &str,
-        payload: Bytes,
-    ) -> Result<Vec<Outgoing>, SessionEnd> {
-        self.check_publish(topic_name, &payload)?;
-        let (path, pairs) = topic::split(topic_name);
-        let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
-        match path {
-            REGISTER_TOPIC => Ok(self.answer(
-                &rid,
-                match self.register(&payload).await {
-                    Ok(status) => wire::operation(Call::Register, &status),
-                    Err(e) => wire::error(&e),
-                },
-            )),
-            // The body of a poll is ignored: SDKs send " ", nothing, or the register JSON again.
-            STATUS_TOPIC => Ok(self.answer(
-                &rid,
-                match self.operation(topic::get(&pairs, "operationId")).await {
-                    Ok(status) => wire::operation(Call::Poll, &status),
-                    Err(e) => wire::error(&e),
-                },
-            )),
-            _ => Err(SessionEnd(format!(
-                "'{topic_name}' is not a topic of the DPS device API"
-            ))),
-        }
+    async fn publish(&mut self, message: Incoming) -> Result<Vec<Outgoing>, SessionEnd> {
+        self.check_publish(&message)?;
+        let (call, status) = if message.path() == REGISTER_TOPIC {
+            (Call::Register, self.register(&message.payload).await)
+        } else {
+            // A status request; its body is ignored: SDKs send " ",
+            // nothing, or the register JSON again.
+            let operation_id = message.property("operationId");
+            (Call::Poll, self.operation(operation_id.as_deref()).await)
+        };
+        let answer = match status {
+            Ok(status) => wire::operation(call, &status),
+            Err(e) => wire::error(&e),
+        };
+        Ok(self.answer(message.rid(), answer))
     }
 }
 
@@ -244,6 +232,7 @@ pub struct MqttRouter {
 impl MqttApp for MqttRouter {
     async fn connect(&self, info: &ConnectInfo, outbox: Outbox) -> Admission {
         let is_dps = info
+            .connect
             .username
             .as_deref()
             .and_then(parse_dps_username)

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use onramp_model::authority::same_host;
 use onramp_net::mqtt::{
-    Admission, ConnectInfo, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal, SessionEnd, topic,
+    Admission, ConnectInfo, Incoming, MqttApp, MqttSession, Outbox, Outgoing, QoS, Refusal,
+    SessionEnd, topic,
 };
 use serde_json::{Map, Value};
 
@@ -167,44 +168,38 @@ impl MqttSession for HubSession {
     /// hub cannot take (too large, over the device's rate) closes the
     /// connection unacknowledged, and the SDK reconnects after its back-off
     /// and sends it again.
-    fn check_publish(&self, topic_name: &str, payload: &Bytes) -> Result<(), SessionEnd> {
-        self.allowed_topic(topic_name)?;
-        if self.is_telemetry(topic_name) {
+    fn check_publish(&self, message: &Incoming) -> Result<(), SessionEnd> {
+        self.allowed_topic(&message.topic)?;
+        if self.is_telemetry(&message.topic) {
             self.hub
                 .message_gate()
-                .admit(&self.device_id, payload.len())
+                .admit(&self.device_id, message.payload.len())
                 .map_err(|refusal| SessionEnd(refusal.to_string()))?;
         }
         Ok(())
     }
 
-    async fn publish(
-        &mut self,
-        topic_name: &str,
-        payload: Bytes,
-    ) -> Result<Vec<Outgoing>, SessionEnd> {
+    async fn publish(&mut self, message: Incoming) -> Result<Vec<Outgoing>, SessionEnd> {
+        let topic_name = &message.topic;
         self.allowed_topic(topic_name)?;
         if self.is_telemetry(topic_name) {
-            self.telemetry(topic_name, payload).await?;
+            self.telemetry(topic_name, message.payload).await?;
             return Ok(Vec::new());
         }
-        let (path, _) = topic::split(topic_name);
-        let rid = topic::raw_rid(topic_name).unwrap_or_default().to_owned();
-        match path {
-            "$iothub/twin/GET/" => Ok(vec![Self::twin_response(
-                &rid,
-                device_ops::twin_get(&self.hub, &self.device_id).await,
-            )]),
-            "$iothub/twin/PATCH/properties/reported/" => Ok(vec![Self::twin_response(
-                &rid,
-                device_ops::reported_patch(&self.hub, &self.device_id, &payload).await,
-            )]),
+        let answer = match message.path() {
+            "$iothub/twin/GET/" => device_ops::twin_get(&self.hub, &self.device_id).await,
+            "$iothub/twin/PATCH/properties/reported/" => {
+                device_ops::reported_patch(&self.hub, &self.device_id, &message.payload).await
+            }
             // Direct-method answers: this hub sends no methods, so there is nothing to match.
-            p if p.starts_with("$iothub/methods/res/") => Ok(Vec::new()),
-            _ => Err(SessionEnd(format!(
-                "'{topic_name}' is not a topic of the IoT Hub device API"
-            ))),
-        }
+            p if p.starts_with("$iothub/methods/res/") => return Ok(Vec::new()),
+            _ => {
+                return Err(SessionEnd(format!(
+                    "'{topic_name}' is not a topic of the IoT Hub device API"
+                )));
+            }
+        };
+        Ok(vec![Self::twin_response(message.rid(), answer)])
     }
 
     async fn closed(&mut self) {

@@ -16,6 +16,8 @@ use tokio_util::codec::Framed;
 
 pub use crate::client::{Transport, connect_tls_stream};
 
+/// The fields of a CONNECT: what a client sends, and what the server read
+/// (see [`ConnectInfo`](super::ConnectInfo)).
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     pub client_id: String,

@@ -22,5 +22,6 @@ pub mod ws;
 
 pub use rmqtt_codec::v3::{ConnectAckReason, Packet, QoS, SubscribeReturnCode};
 pub use server::{
-    Admission, ConnectInfo, MqttApp, MqttLimits, MqttSession, Outbox, Outgoing, Refusal, SessionEnd,
+    Admission, ConnectInfo, Incoming, MqttApp, MqttLimits, MqttSession, Outbox, Outgoing, Refusal,
+    SessionEnd,
 };

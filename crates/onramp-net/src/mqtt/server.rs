@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 
+use super::client::ConnectOptions;
 use crate::PeerCertificates;
 
 /// Limits of one MQTT connection.
@@ -59,11 +60,9 @@ impl Default for MqttLimits {
 /// What a client said in its CONNECT, and how it reached us.
 #[derive(Debug, Clone)]
 pub struct ConnectInfo {
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Bytes>,
-    pub clean_session: bool,
-    pub keep_alive: u16,
+    /// The CONNECT's fields, as a client sets them; a password that is not
+    /// UTF-8 (no SAS token) is none.
+    pub connect: ConnectOptions,
     pub peer_certificates: PeerCertificates,
     pub remote: SocketAddr,
     pub websocket: bool,
@@ -71,9 +70,7 @@ pub struct ConnectInfo {
 
 impl ConnectInfo {
     pub fn password_text(&self) -> Option<&str> {
-        self.password
-            .as_deref()
-            .and_then(|p| std::str::from_utf8(p).ok())
+        self.connect.password.as_deref()
     }
 
     /// Who the user name says the client is, as `split` finds it (with the
@@ -84,7 +81,7 @@ impl ConnectInfo {
         split: impl FnOnce(&'a str) -> Option<(T, &'a str)>,
         form: &str,
     ) -> Result<T, Refusal> {
-        let username = self.username.as_deref().unwrap_or_default();
+        let username = self.connect.username.as_deref().unwrap_or_default();
         let Some((identity, query)) = split(username) else {
             return Err(Refusal::BadUserNameOrPassword(format!(
                 "user name '{username}' is not {form}"
@@ -96,12 +93,12 @@ impl ConnectInfo {
 
     /// The client ID must be the identity the user name names (`what`).
     pub fn require_client_id(&self, id: &str, what: &str) -> Result<(), Refusal> {
-        if self.client_id.eq_ignore_ascii_case(id) {
+        if self.connect.client_id.eq_ignore_ascii_case(id) {
             return Ok(());
         }
         Err(Refusal::IdentifierRejected(format!(
             "client ID '{}' must be the {what} '{id}'",
-            self.client_id
+            self.connect.client_id
         )))
     }
 }
@@ -167,6 +164,34 @@ impl Outgoing {
     }
 }
 
+/// A message from the client: its topic (with any `?…` property bag) and
+/// payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+impl Incoming {
+    /// The topic without its property bag.
+    pub fn path(&self) -> &str {
+        self.topic
+            .split_once('?')
+            .map_or(&self.topic, |(path, _)| path)
+    }
+
+    /// The decoded value of `name` in the property bag.
+    pub fn property(&self, name: &str) -> Option<String> {
+        let (_, pairs) = super::topic::split(&self.topic);
+        super::topic::get(&pairs, name).map(str::to_owned)
+    }
+
+    /// The raw `$rid`, to echo back verbatim; empty when there is none.
+    pub fn rid(&self) -> &str {
+        super::topic::raw_rid(&self.topic).unwrap_or_default()
+    }
+}
+
 /// Why the application ends a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionEnd(pub String);
@@ -227,16 +252,16 @@ pub trait MqttSession: Send {
 
     fn unsubscribe(&mut self, _filter: &str) {}
 
-    /// Whether the client may publish `payload` to `topic` at all; asked
-    /// before the PUBACK, so a message to a forbidden topic (or one the
-    /// application cannot take) is never acknowledged (the client must not
-    /// believe it was delivered): `Err` ends the connection.
-    fn check_publish(&self, topic: &str, payload: &Bytes) -> Result<(), SessionEnd>;
+    /// Whether the client may publish `message` at all; asked before the
+    /// PUBACK, so a message to a forbidden topic (or one the application
+    /// cannot take) is never acknowledged (the client must not believe it
+    /// was delivered): `Err` ends the connection.
+    fn check_publish(&self, message: &Incoming) -> Result<(), SessionEnd>;
 
-    /// A message from the client, to a topic [`MqttSession::check_publish`]
+    /// A message from the client that [`MqttSession::check_publish`]
     /// allowed; its PUBACK is already on the wire. Returns the messages to
     /// send back, in order, or ends the connection.
-    async fn publish(&mut self, topic: &str, payload: Bytes) -> Result<Vec<Outgoing>, SessionEnd>;
+    async fn publish(&mut self, message: Incoming) -> Result<Vec<Outgoing>, SessionEnd>;
 
     /// The connection ended (any reason).
     async fn closed(&mut self) {}
@@ -308,11 +333,17 @@ pub async fn run<S>(
         return;
     }
     let info = ConnectInfo {
-        client_id: connect.client_id.to_string(),
-        username: connect.username.as_ref().map(|u| u.to_string()),
-        password: connect.password.clone(),
-        clean_session: connect.clean_session,
-        keep_alive: connect.keep_alive,
+        connect: ConnectOptions {
+            client_id: connect.client_id.to_string(),
+            username: connect.username.as_ref().map(|u| u.to_string()),
+            password: connect
+                .password
+                .as_deref()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .map(str::to_owned),
+            keep_alive: connect.keep_alive,
+            clean_session: connect.clean_session,
+        },
         peer_certificates,
         remote,
         websocket,
@@ -326,7 +357,7 @@ pub async fn run<S>(
     let mut session = match app.connect(&info, outbox).await {
         Ok(s) => s,
         Err(refusal) => {
-            tracing::info!(%remote, client_id = %info.client_id, code = ?refusal.code(), reason = refusal.message(), "MQTT CONNECT refused");
+            tracing::info!(%remote, client_id = %info.connect.client_id, code = ?refusal.code(), reason = refusal.message(), "MQTT CONNECT refused");
             let _ = send(&mut conn, connack(refusal.code())).await;
             return;
         }
@@ -339,10 +370,10 @@ pub async fn run<S>(
         session.closed().await;
         return;
     }
-    let idle = if info.keep_alive == 0 {
+    let idle = if info.connect.keep_alive == 0 {
         limits.idle_timeout
     } else {
-        (Duration::from_secs(u64::from(info.keep_alive)) * 3 / 2).min(limits.max_keep_alive)
+        (Duration::from_secs(u64::from(info.connect.keep_alive)) * 3 / 2).min(limits.max_keep_alive)
     };
     let end = serve(
         &mut conn,
@@ -354,7 +385,7 @@ pub async fn run<S>(
         &mut shutdown,
     )
     .await;
-    tracing::debug!(%remote, client_id = %info.client_id, reason = %end, "MQTT connection ended");
+    tracing::debug!(%remote, client_id = %info.connect.client_id, reason = %end, "MQTT connection ended");
     session.closed().await;
 }
 
@@ -408,24 +439,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match packet {
             Packet::Publish(p) => {
+                let message = Incoming {
+                    topic: p.topic.to_string(),
+                    payload: p.payload,
+                };
                 let responses = match p.qos {
                     QoS::ExactlyOnce => return "QoS 2 is not supported".into(),
                     QoS::AtLeastOnce => {
                         let Some(id) = p.packet_id else {
                             return "a QoS 1 PUBLISH without a packet ID".into();
                         };
-                        if let Err(SessionEnd(reason)) = session.check_publish(&p.topic, &p.payload)
-                        {
+                        if let Err(SessionEnd(reason)) = session.check_publish(&message) {
                             return reason;
                         }
                         // PUBACK first, then any response (C# expects exactly this order).
                         if let Err(e) = send(conn, Packet::PublishAck { packet_id: id }).await {
                             return e.to_string();
                         }
-                        session.publish(&p.topic, p.payload).await
+                        session.publish(message).await
                     }
-                    QoS::AtMostOnce => match session.check_publish(&p.topic, &p.payload) {
-                        Ok(()) => session.publish(&p.topic, p.payload).await,
+                    QoS::AtMostOnce => match session.check_publish(&message) {
+                        Ok(()) => session.publish(message).await,
                         Err(end) => Err(end),
                     },
                 };
