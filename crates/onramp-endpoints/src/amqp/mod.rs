@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use onramp_core::attest::DeviceCredential;
 use onramp_core::engine::Engine;
 use onramp_core::events::Protocol;
-use onramp_net::amqp::sessions::open_connection;
+use onramp_net::amqp::sessions::{SessionStart, open_connection};
 use onramp_net::amqp::{AmqpApp, AmqpConnection, OpenedConnection, log_end};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,7 +55,6 @@ pub(crate) struct Identity {
 pub(crate) struct ConnectionContext {
     pub engine: Arc<Engine>,
     pub config: EndpointConfig,
-    pub limits: AmqpLimits,
     pub protocol: Protocol,
     pub credential: DeviceCredential,
     pub client_addr: std::net::IpAddr,
@@ -96,10 +95,10 @@ impl AmqpApp for DpsAmqp {
             opened.remote.ip(),
             None,
         );
-        let open_by = opened.accepted_at + self.limits.open_timeout;
         let first = Some((opened.session, opened.attach));
+        let start = SessionStart::new(self.limits, opened.accepted_at, first);
         let connection = &mut opened.connection;
-        session::serve_connection(connection, context, &mut opened.shutdown, open_by, first).await;
+        session::serve_connection(connection, context, &mut opened.shutdown, start).await;
         let _ = connection.close().await;
     }
 }
@@ -120,7 +119,6 @@ impl DpsAmqp {
         Arc::new(ConnectionContext {
             engine: self.engine.clone(),
             config: self.config.clone(),
-            limits: self.limits,
             protocol,
             credential,
             client_addr,
@@ -174,7 +172,8 @@ impl DpsAmqp {
         };
         let mut connection = open_connection(stream, &self.limits, "onramp-dps", open_by).await?;
         let context = self.context(protocol, credential, remote.ip(), identity);
-        session::serve_connection(&mut connection, context, &mut shutdown, open_by, None).await;
+        let start = SessionStart::new(self.limits, accepted_at, None);
+        session::serve_connection(&mut connection, context, &mut shutdown, start).await;
         let _ = connection.close().await;
         Ok(())
     }

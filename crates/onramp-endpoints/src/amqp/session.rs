@@ -3,22 +3,21 @@
 
 use std::sync::Arc;
 
-use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle};
+use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle};
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageId, Properties,
 };
-use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use onramp_core::ProvisioningError;
 use onramp_core::engine::{OperationRequest, RegisterRequest};
 use onramp_model::ErrorCode;
 use onramp_net::amqp::sessions::{
-    AttachedLink, LinkGate, amqp_error, next_delivery, refuse_link, serve_sessions,
+    AttachedLink, ConnectionSessions, LinkGate, SessionStart, amqp_error, refuse_link,
+    serve_requests, serve_sessions,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 use super::{ConnectionContext, Identity};
 use crate::wire::{self, Call};
@@ -69,75 +68,62 @@ pub fn parse_address(address: &str) -> Option<Address> {
     })
 }
 
-/// Serves a connection's sessions until it ends or the server stops,
-/// starting with `first` (a session begun and its first Attach read) when
-/// the router opened the connection. A connection not yet authenticated (an
-/// X.509 device proves itself with its first link) must attach an accepted
-/// link by `authenticate_by`.
+/// Serves a connection's sessions until it ends or the server stops. A
+/// connection not yet authenticated (an X.509 device proves itself with its
+/// first link) must attach an accepted link by `start.authenticate_by`.
 pub(crate) async fn serve_connection(
     connection: &mut ListenerConnectionHandle,
     context: Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<bool>,
-    authenticate_by: tokio::time::Instant,
-    first: Option<(ListenerSessionHandle, Attach)>,
+    start: SessionStart,
 ) {
     let stopped = async {
         let _ = shutdown.wait_for(|stop| *stop).await;
         None
     };
-    let authenticated = || async { context.identity.lock().await.is_some() };
-    let late = "no link to a registration the certificate is enrolled for in time";
-    serve_sessions(
-        connection,
-        (context.limits.max_sessions, first),
-        stopped,
-        (authenticate_by, authenticated, late),
-        |session, first| serve_session(session, context.clone(), first),
-    )
-    .await;
+    serve_sessions(connection, context, start, stopped).await;
 }
 
-/// Serves one session's links: the device's sending link carries requests,
-/// its receiving link the answers.
-async fn serve_session(
-    mut session: ListenerSessionHandle,
-    context: Arc<ConnectionContext>,
-    first: Option<Attach>,
-) {
-    let (answers_tx, answers_rx) = mpsc::channel::<Message<Data>>(16);
-    let mut answers_rx = Some(answers_rx);
-    let mut links = JoinSet::new();
-    let limits = context.limits;
-    let mut gate = LinkGate::new(limits.max_message_bytes, limits.max_links, first);
-    while let Some(AttachedLink { link, address, .. }) = gate.next(&mut session).await {
-        let identity = match check_link(&context, address.as_deref()).await {
-            Ok(identity) => identity,
-            Err(e) => {
-                refuse_link(link, e).await;
-                continue;
-            }
-        };
-        match link {
-            LinkEndpoint::Receiver(receiver) => {
-                let answers = answers_tx.clone();
-                links.spawn(requests(receiver, identity, context.clone(), answers));
-            }
-            LinkEndpoint::Sender(sender) => match answers_rx.take() {
-                Some(rx) => {
-                    links.spawn(answers(sender, rx));
-                }
-                None => {
-                    let _ = sender
-                        .close_with_error(amqp_error(
-                            AmqpError::ResourceLimitExceeded,
-                            "one receiving link per session",
-                        ))
-                        .await;
-                }
-            },
-        }
+impl ConnectionSessions for ConnectionContext {
+    const LATE: &'static str = "no link to a registration the certificate is enrolled for in time";
+
+    async fn authenticated(&self) -> bool {
+        self.identity.lock().await.is_some()
     }
-    let _ = session.end().await;
+
+    /// The device's sending link carries requests, its receiving link the
+    /// answers.
+    async fn serve_session(self: Arc<Self>, mut links: LinkGate) {
+        let (answers_tx, answers_rx) = mpsc::channel::<Message<Data>>(16);
+        let mut answers_rx = Some(answers_rx);
+        while let Some(AttachedLink { link, address, .. }) = links.next().await {
+            let identity = match check_link(&self, address.as_deref()).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    refuse_link(link, e).await;
+                    continue;
+                }
+            };
+            match link {
+                LinkEndpoint::Receiver(receiver) => {
+                    let answers = answers_tx.clone();
+                    links.spawn(requests(receiver, identity, self.clone(), answers));
+                }
+                LinkEndpoint::Sender(sender) => match answers_rx.take() {
+                    Some(rx) => links.spawn(answers(sender, rx)),
+                    None => {
+                        let _ = sender
+                            .close_with_error(amqp_error(
+                                AmqpError::ResourceLimitExceeded,
+                                "one receiving link per session",
+                            ))
+                            .await;
+                    }
+                },
+            }
+        }
+        links.end().await;
+    }
 }
 
 /// The registration a link may serve: the one its address names, which
@@ -369,42 +355,27 @@ pub fn answer_message(answer: &wire::Answer, correlation: Option<MessageId>) -> 
 /// Serves the requests of the device's sending link: each is accepted, then
 /// answered, or rejected.
 async fn requests(
-    mut receiver: Receiver,
+    receiver: Receiver,
     identity: Identity,
     context: Arc<ConnectionContext>,
     answers: mpsc::Sender<Message<Data>>,
 ) {
-    while let Some(delivery) = next_delivery(&mut receiver, "AMQP request").await {
-        let message = delivery.message();
+    let (context, identity) = (&context, &identity);
+    serve_requests(receiver, "AMQP request", answers, |message| async move {
         let correlation = message
             .properties
             .as_ref()
             .and_then(|p| p.correlation_id.clone().or_else(|| p.message_id.clone()));
-        let result = match decode_request(message) {
-            Ok(request) => serve_request(&context, &identity, request).await,
+        let answer = match decode_request(&message) {
+            Ok(request) => serve_request(context, identity, request).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(answer) => {
-                if receiver.accept(&delivery).await.is_err() {
-                    break;
-                }
-                if answers
-                    .send(answer_message(&answer, correlation))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Err(e) => {
-                if receiver.reject(&delivery, rejection(&e)).await.is_err() {
-                    break;
-                }
-            }
+        match answer {
+            Ok(answer) => Ok(answer_message(&answer, correlation)),
+            Err(e) => Err(rejection(&e)),
         }
-    }
-    let _ = receiver.close().await;
+    })
+    .await;
 }
 
 async fn serve_request(

@@ -5,6 +5,7 @@
 //! messages, and refuse with an AMQP error.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, IncomingSession, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
@@ -13,9 +14,10 @@ use fe2o3_amqp::acceptor::{
 use fe2o3_amqp::link::Receiver;
 use fe2o3_amqp::link::delivery::Delivery;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Role};
-use fe2o3_amqp::types::messaging::{Body, Source, Target, TargetArchetype};
+use fe2o3_amqp::types::messaging::{Body, Data, Message, Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -93,31 +95,66 @@ pub fn attach_address(attach: &Attach) -> Option<String> {
     }
 }
 
-/// Serves the connection's sessions, each on a task `serve` makes, until the
-/// connection ends or `ended` completes (with the error to close it with, if
-/// any); `first` is a session the router already began, with the first
-/// Attach it read there. Unless `authenticated` says so by
-/// `authenticate_by`, the connection is closed with `unauthorized-access`
-/// and `late` as the description.
-pub async fn serve_sessions<A, AF, S, SF>(
+/// How a connection's sessions start: their bounds, by when a device must
+/// have authenticated, and the session a router already began with the
+/// first Attach it read there (when the router opened the connection).
+pub struct SessionStart {
+    pub limits: AmqpLimits,
+    pub authenticate_by: Instant,
+    pub first: Option<(ListenerSessionHandle, Attach)>,
+}
+
+impl SessionStart {
+    /// For a connection accepted (its TLS handshake or WebSocket upgrade
+    /// done) at `accepted_at`: a device must authenticate within
+    /// `limits.open_timeout`.
+    pub fn new(
+        limits: AmqpLimits,
+        accepted_at: Instant,
+        first: Option<(ListenerSessionHandle, Attach)>,
+    ) -> Self {
+        Self {
+            limits,
+            authenticate_by: accepted_at + limits.open_timeout,
+            first,
+        }
+    }
+}
+
+/// An application's state for one connection, as [`serve_sessions`] needs
+/// it.
+pub trait ConnectionSessions: Send + Sync + 'static {
+    /// Why the connection is closed (`unauthorized-access`) when no device
+    /// has authenticated by the deadline.
+    const LATE: &'static str;
+
+    /// Whether a device has authenticated on the connection.
+    fn authenticated(&self) -> impl Future<Output = bool> + Send;
+
+    /// Serves one session's links until the session ends.
+    fn serve_session(self: Arc<Self>, links: LinkGate)
+    -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Serves the connection's sessions, each on a task of its own, until the
+/// connection ends or `ended` completes (with the error to close it with,
+/// if any). Unless a device has authenticated by `start.authenticate_by`,
+/// the connection is closed with `unauthorized-access`.
+pub async fn serve_sessions<C: ConnectionSessions>(
     connection: &mut ListenerConnectionHandle,
-    (max_sessions, first): (u16, Option<(ListenerSessionHandle, Attach)>),
+    state: Arc<C>,
+    start: SessionStart,
     ended: impl Future<Output = Option<definitions::Error>>,
-    (authenticate_by, authenticated, late): (Instant, A, &str),
-    mut serve: S,
-) where
-    A: Fn() -> AF,
-    AF: Future<Output = bool>,
-    S: FnMut(ListenerSessionHandle, Option<Attach>) -> SF,
-    SF: Future<Output = ()> + Send + 'static,
-{
+) {
+    let limits = start.limits;
     let mut sessions = JoinSet::new();
     let mut begun = 0u16;
-    if let Some((session, attach)) = first {
+    if let Some((session, attach)) = start.first {
         begun = 1;
-        sessions.spawn(serve(session, Some(attach)));
+        let links = LinkGate::new(session, &limits, Some(attach));
+        sessions.spawn(state.clone().serve_session(links));
     }
-    let mut in_time = authenticated().await;
+    let mut in_time = state.authenticated().await;
     let mut ended = std::pin::pin!(ended);
     loop {
         let incoming = tokio::select! {
@@ -128,23 +165,28 @@ pub async fn serve_sessions<A, AF, S, SF>(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(authenticate_by), if !in_time => {
-                in_time = authenticated().await;
+            () = tokio::time::sleep_until(start.authenticate_by), if !in_time => {
+                in_time = state.authenticated().await;
                 if in_time {
                     continue;
                 }
                 let _ = connection
-                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, late))
+                    .close_with_error(amqp_error(AmqpError::UnauthorizedAccess, C::LATE))
                     .await;
                 return;
             }
         };
         let Some(incoming) = incoming else { return };
         begun += 1;
-        let Some(session) = begin_session(connection, incoming, begun, max_sessions).await else {
+        let Some(session) = begin_session(connection, incoming, begun, limits.max_sessions).await
+        else {
             return;
         };
-        sessions.spawn(serve(session, None));
+        sessions.spawn(
+            state
+                .clone()
+                .serve_session(LinkGate::new(session, &limits, None)),
+        );
     }
 }
 
@@ -159,42 +201,52 @@ pub struct AttachedLink {
 /// fe2o3-amqp's link acceptor with its default source and target checks.
 type DefaultLinkAcceptor = LinkAcceptor<fn(Source) -> Option<Source>, fn(Target) -> Option<Target>>;
 
-/// Accepts a session's links, at most `max_links` of them.
+/// A session's links: accepted, at most `max_links` of them, and each
+/// served on a task that ends with the session.
 pub struct LinkGate {
+    session: ListenerSessionHandle,
     acceptor: DefaultLinkAcceptor,
     attached: usize,
     max_links: usize,
     /// An Attach read before the session was handed over (by the router).
     first: Option<Attach>,
+    tasks: JoinSet<()>,
 }
 
 impl LinkGate {
-    /// Links carry messages of at most `max_message_bytes`; `first` is an
-    /// Attach already read from the session, answered before any other.
-    pub fn new(max_message_bytes: u64, max_links: usize, first: Option<Attach>) -> Self {
+    /// Links carry messages of at most `limits.max_message_bytes`; `first`
+    /// is an Attach already read from the session, answered before any
+    /// other.
+    fn new(session: ListenerSessionHandle, limits: &AmqpLimits, first: Option<Attach>) -> Self {
         Self {
+            session,
             acceptor: LinkAcceptor::builder()
-                .max_message_size(max_message_bytes)
+                .max_message_size(limits.max_message_bytes)
                 .build(),
             attached: 0,
-            max_links,
+            max_links: limits.max_links,
             first,
+            tasks: JoinSet::new(),
         }
     }
 
     /// The next link the peer attaches; `None` when the session ends. A
     /// link past the session's bound is refused with
     /// `resource-limit-exceeded` and the next one awaited.
-    pub async fn next(&mut self, session: &mut ListenerSessionHandle) -> Option<AttachedLink> {
+    pub async fn next(&mut self) -> Option<AttachedLink> {
         loop {
             let attach = match self.first.take() {
                 Some(attach) => attach,
-                None => session.next_incoming_attach().await?,
+                None => self.session.next_incoming_attach().await?,
             };
             self.attached += 1;
             let role = attach.role.clone();
             let address = attach_address(&attach);
-            let link = match self.acceptor.accept_incoming_attach(attach, session).await {
+            let accepted = self
+                .acceptor
+                .accept_incoming_attach(attach, &mut self.session)
+                .await;
+            let link = match accepted {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::debug!(error = %e, "AMQP link not attached");
@@ -212,6 +264,16 @@ impl LinkGate {
                 address,
             });
         }
+    }
+
+    /// Serves a link on a task of the session's.
+    pub fn spawn(&mut self, link: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(link);
+    }
+
+    /// Ends the session; the tasks of its links end with it.
+    pub async fn end(mut self) {
+        let _ = self.session.end().await;
     }
 }
 
@@ -237,4 +299,31 @@ pub async fn next_delivery(receiver: &mut Receiver, link: &str) -> Option<Delive
             None
         }
     }
+}
+
+/// Serves a link of requests until it ends (`link` names it in the log):
+/// each message is settled `accepted` with what `answer` makes of it
+/// queued on `answers`, or `rejected` with its error.
+pub async fn serve_requests<F, Fut>(
+    mut receiver: Receiver,
+    link: &str,
+    answers: mpsc::Sender<Message<Data>>,
+    mut answer: F,
+) where
+    F: FnMut(Message<Body<Value>>) -> Fut,
+    Fut: Future<Output = Result<Message<Data>, definitions::Error>>,
+{
+    while let Some(delivery) = next_delivery(&mut receiver, link).await {
+        let (delivery, message) = delivery.into_parts();
+        let served = match answer(message).await {
+            Ok(message) => {
+                receiver.accept(delivery).await.is_ok() && answers.send(message).await.is_ok()
+            }
+            Err(error) => receiver.reject(delivery, error).await.is_ok(),
+        };
+        if !served {
+            break;
+        }
+    }
+    let _ = receiver.close().await;
 }

@@ -150,30 +150,23 @@ pub(super) async fn put_token(state: &ConnState, message: &Message<Body<Value>>)
 /// Serves put-token requests; each is accepted, then answered on the
 /// session's `$cbs` receiving link.
 pub(super) async fn cbs_requests(
-    mut receiver: Receiver,
+    receiver: Receiver,
     state: Arc<ConnState>,
     answers: mpsc::Sender<Message<Data>>,
 ) {
-    while let Some(delivery) = next_delivery(&mut receiver, "hub $cbs").await {
-        let message = delivery.message();
+    let state = &state;
+    serve_requests(receiver, "hub $cbs", answers, |message| async move {
         let correlation = message
             .properties
             .as_ref()
             .and_then(|p| p.message_id.clone());
-        let (status, description) = put_token(&state, message).await;
+        let (status, description) = put_token(state, &message).await;
         if status != 200 {
             tracing::debug!(status, %description, "put-token refused");
         }
-        if receiver.accept(&delivery).await.is_err()
-            || answers
-                .send(cbs_answer(correlation, status, &description))
-                .await
-                .is_err()
-        {
-            break;
-        }
-    }
-    let _ = receiver.close().await;
+        Ok(cbs_answer(correlation, status, &description))
+    })
+    .await;
 }
 
 /// A simple value of an application property as JSON text for the store.

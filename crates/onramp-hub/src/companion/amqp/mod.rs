@@ -32,19 +32,19 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle};
+use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerConnectionHandle};
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, Role};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
 };
-use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Value};
 use onramp_model::UtcTime;
 use onramp_net::PeerCertificates;
 use onramp_net::amqp::sessions::{
-    AttachedLink, LinkGate, amqp_error, next_delivery, open_connection, refuse_link, serve_sessions,
+    AttachedLink, ConnectionSessions, LinkGate, SessionStart, amqp_error, next_delivery,
+    open_connection, refuse_link, serve_requests, serve_sessions,
 };
 use onramp_net::amqp::{
     AMQP_HEADER, AmqpApp, AmqpConnection, AmqpLimits, OpenedConnection, Rewind, log_end,
@@ -52,7 +52,6 @@ use onramp_net::amqp::{
 use serde_json::{Map, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 mod address;
 mod links;
@@ -98,17 +97,11 @@ impl AmqpApp for HubAmqp {
     /// An X.509 device whose first link is not to a registration: one
     /// talking to this hub (see `AmqpRouter` in `onramp-endpoints`).
     async fn serve_opened(&self, mut opened: OpenedConnection) {
-        let open_by = opened.accepted_at + self.limits.open_timeout;
         let first = Some((opened.session, opened.attach));
+        let start = SessionStart::new(self.limits, opened.accepted_at, first);
         let connection = &mut opened.connection;
-        self.serve_open(
-            connection,
-            opened.peer,
-            &mut opened.shutdown,
-            open_by,
-            first,
-        )
-        .await;
+        self.serve_open(connection, opened.peer, &mut opened.shutdown, start)
+            .await;
         let _ = connection.close().await;
     }
 }
@@ -129,7 +122,6 @@ struct DeviceState {
 /// What every link of one connection shares.
 struct ConnState {
     hub: Arc<CompanionHub>,
-    limits: AmqpLimits,
     peer: PeerCertificates,
     /// Authenticated devices by lower-case ID, with their IDs as stored.
     devices: Mutex<HashMap<String, (String, DeviceState)>>,
@@ -161,10 +153,6 @@ impl DeviceChannel for AmqpChannel {
 impl ConnState {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, DeviceState)>> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn any_authenticated(&self) -> bool {
-        !self.lock().is_empty()
     }
 
     /// Records a device that proved itself (or renewed its token).
@@ -311,31 +299,29 @@ impl HubAmqp {
             open_by,
         )
         .await?;
-        self.serve_open(&mut connection, peer, &mut shutdown, open_by, None)
+        let start = SessionStart::new(self.limits, accepted_at, None);
+        self.serve_open(&mut connection, peer, &mut shutdown, start)
             .await;
         let _ = connection.close().await;
         Ok(())
     }
 
-    /// Serves an open connection (from `first`, a session begun and its
-    /// first Attach read, when the router opened it) until it ends.
+    /// Serves an open connection until it ends.
     async fn serve_open(
         &self,
         connection: &mut ListenerConnectionHandle,
         peer: PeerCertificates,
         shutdown: &mut watch::Receiver<bool>,
-        open_by: tokio::time::Instant,
-        first: Option<(ListenerSessionHandle, Attach)>,
+        start: SessionStart,
     ) {
         let (replaced, _) = watch::channel(false);
         let state = Arc::new(ConnState {
             hub: self.hub.clone(),
-            limits: self.limits,
             peer,
             devices: Mutex::new(HashMap::new()),
             replaced,
         });
-        serve_connection(connection, state.clone(), shutdown, open_by, first).await;
+        serve_connection(connection, state.clone(), shutdown, start).await;
         state.detach_all();
     }
 }
@@ -346,13 +332,13 @@ async fn until_true(flag: &mut watch::Receiver<bool>) {
 }
 
 /// Serves a connection's sessions until it ends, the server stops, another
-/// connection replaces it, or no device authenticated by `authenticate_by`.
+/// connection replaces it, or no device authenticated by
+/// `start.authenticate_by`.
 async fn serve_connection(
     connection: &mut ListenerConnectionHandle,
     state: Arc<ConnState>,
     shutdown: &mut watch::Receiver<bool>,
-    authenticate_by: tokio::time::Instant,
-    first: Option<(ListenerSessionHandle, Attach)>,
+    start: SessionStart,
 ) {
     let mut replaced = state.replaced.subscribe();
     let ended = async {
@@ -364,86 +350,50 @@ async fn serve_connection(
             )),
         }
     };
-    let authenticated = || async { state.any_authenticated() };
-    let late = "no device authenticated in time (a put-token on $cbs, or a link with a client certificate)";
-    serve_sessions(
-        connection,
-        (state.limits.max_sessions, first),
-        ended,
-        (authenticate_by, authenticated, late),
-        |session, first| serve_session(session, state.clone(), first),
-    )
-    .await;
+    serve_sessions(connection, state, start, ended).await;
 }
 
-/// Serves one session's links.
-async fn serve_session(
-    mut session: ListenerSessionHandle,
-    state: Arc<ConnState>,
-    first: Option<Attach>,
-) {
-    let (cbs_tx, cbs_rx) = mpsc::channel::<Message<Data>>(8);
-    let mut cbs_rx = Some(cbs_rx);
-    let mut links = JoinSet::new();
-    let mut gate = LinkGate::new(
-        state.limits.max_message_bytes,
-        state.limits.max_links,
-        first,
-    );
-    while let Some(AttachedLink {
-        link,
-        role,
-        address,
-    }) = gate.next(&mut session).await
-    {
-        let checked = match purpose(&role, address.as_deref()) {
-            Ok(Purpose::Telemetry(id)) => state.authorize_link(&id).await.map(Purpose::Telemetry),
-            Ok(Purpose::TwinRequests(id)) => {
-                state.authorize_link(&id).await.map(Purpose::TwinRequests)
-            }
-            Ok(Purpose::TwinAnswers(id)) => {
-                state.authorize_link(&id).await.map(Purpose::TwinAnswers)
-            }
-            Ok(Purpose::CloudToDevice(id)) => {
-                state.authorize_link(&id).await.map(Purpose::CloudToDevice)
-            }
-            other => other,
-        };
-        let refusal = match (checked, link) {
-            (Ok(Purpose::CbsRequests), LinkEndpoint::Receiver(r)) => {
-                links.spawn(cbs_requests(r, state.clone(), cbs_tx.clone()));
-                None
-            }
-            (Ok(Purpose::CbsAnswers), LinkEndpoint::Sender(s)) => match cbs_rx.take() {
-                Some(rx) => {
-                    links.spawn(async move {
-                        answers(s, rx).await;
-                    });
+impl ConnectionSessions for ConnState {
+    const LATE: &'static str = "no device authenticated in time (a put-token on $cbs, or a link with a client certificate)";
+
+    async fn authenticated(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    /// Serves one session's links.
+    async fn serve_session(self: Arc<Self>, mut links: LinkGate) {
+        let (cbs_tx, cbs_rx) = mpsc::channel::<Message<Data>>(8);
+        let mut cbs_rx = Some(cbs_rx);
+        while let Some(AttachedLink {
+            link,
+            role,
+            address,
+        }) = links.next().await
+        {
+            let checked = match purpose(&role, address.as_deref()) {
+                Ok(Purpose::Telemetry(id)) => {
+                    self.authorize_link(&id).await.map(Purpose::Telemetry)
+                }
+                Ok(Purpose::TwinRequests(id)) => {
+                    self.authorize_link(&id).await.map(Purpose::TwinRequests)
+                }
+                Ok(Purpose::TwinAnswers(id)) => {
+                    self.authorize_link(&id).await.map(Purpose::TwinAnswers)
+                }
+                Ok(Purpose::CloudToDevice(id)) => {
+                    self.authorize_link(&id).await.map(Purpose::CloudToDevice)
+                }
+                other => other,
+            };
+            let refusal = match (checked, link) {
+                (Ok(Purpose::CbsRequests), LinkEndpoint::Receiver(r)) => {
+                    links.spawn(cbs_requests(r, self.clone(), cbs_tx.clone()));
                     None
                 }
-                None => Some((
-                    LinkEndpoint::Sender(s),
-                    amqp_error(
-                        AmqpError::ResourceLimitExceeded,
-                        "one $cbs receiving link per session",
-                    ),
-                )),
-            },
-            (Ok(Purpose::Telemetry(id)), LinkEndpoint::Receiver(r)) => {
-                links.spawn(telemetry(r, state.clone(), id));
-                None
-            }
-            (Ok(Purpose::TwinRequests(id)), LinkEndpoint::Receiver(r)) => {
-                links.spawn(twin_requests(r, state.clone(), id));
-                None
-            }
-            (Ok(Purpose::TwinAnswers(id)), LinkEndpoint::Sender(s)) => {
-                match state.take_twin_rx(&id) {
+                (Ok(Purpose::CbsAnswers), LinkEndpoint::Sender(s)) => match cbs_rx.take() {
                     Some(rx) => {
-                        let state = state.clone();
                         links.spawn(async move {
-                            let rx = answers(s, rx).await;
-                            state.return_twin_rx(&id, rx);
+                            answers(s, rx).await;
                         });
                         None
                     }
@@ -451,31 +401,58 @@ async fn serve_session(
                         LinkEndpoint::Sender(s),
                         amqp_error(
                             AmqpError::ResourceLimitExceeded,
-                            format!("device '{id}' already has a twin receiving link"),
+                            "one $cbs receiving link per session",
                         ),
                     )),
+                },
+                (Ok(Purpose::Telemetry(id)), LinkEndpoint::Receiver(r)) => {
+                    links.spawn(telemetry(r, self.clone(), id));
+                    None
                 }
+                (Ok(Purpose::TwinRequests(id)), LinkEndpoint::Receiver(r)) => {
+                    links.spawn(twin_requests(r, self.clone(), id));
+                    None
+                }
+                (Ok(Purpose::TwinAnswers(id)), LinkEndpoint::Sender(s)) => {
+                    match self.take_twin_rx(&id) {
+                        Some(rx) => {
+                            let state = self.clone();
+                            links.spawn(async move {
+                                let rx = answers(s, rx).await;
+                                state.return_twin_rx(&id, rx);
+                            });
+                            None
+                        }
+                        None => Some((
+                            LinkEndpoint::Sender(s),
+                            amqp_error(
+                                AmqpError::ResourceLimitExceeded,
+                                format!("device '{id}' already has a twin receiving link"),
+                            ),
+                        )),
+                    }
+                }
+                (Ok(Purpose::CloudToDevice(_)), LinkEndpoint::Sender(mut s)) => {
+                    // Nothing sends cloud-to-device messages yet: hold the link
+                    // until the device detaches it.
+                    links.spawn(async move {
+                        let _ = s.on_detach().await;
+                        let _ = s.close().await;
+                    });
+                    None
+                }
+                (Ok(_), link) => Some((
+                    link,
+                    amqp_error(AmqpError::InternalError, "a link of an unexpected role"),
+                )),
+                (Err(error), link) => Some((link, error)),
+            };
+            if let Some((link, error)) = refusal {
+                refuse_link(link, error).await;
             }
-            (Ok(Purpose::CloudToDevice(_)), LinkEndpoint::Sender(mut s)) => {
-                // Nothing sends cloud-to-device messages yet: hold the link
-                // until the device detaches it.
-                links.spawn(async move {
-                    let _ = s.on_detach().await;
-                    let _ = s.close().await;
-                });
-                None
-            }
-            (Ok(_), link) => Some((
-                link,
-                amqp_error(AmqpError::InternalError, "a link of an unexpected role"),
-            )),
-            (Err(error), link) => Some((link, error)),
-        };
-        if let Some((link, error)) = refusal {
-            refuse_link(link, error).await;
         }
+        links.end().await;
     }
-    let _ = session.end().await;
 }
 
 #[cfg(test)]
