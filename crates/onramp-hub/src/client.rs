@@ -199,11 +199,7 @@ impl HubClient {
                 Some(&body),
             )
             .await;
-        let outcome = match sent {
-            Ok((status, _)) if status.is_success() => Ok(()),
-            Ok((status, resp)) => Err(failure(status, &resp)),
-            Err(e) => Err(e),
-        };
+        let outcome = sent.and_then(succeeded);
         if outcome.is_err() {
             // Not handed over: the next registration tries again.
             self.trusted
@@ -319,7 +315,7 @@ impl HubRegistry for HubClient {
         let existed = match status {
             StatusCode::OK | StatusCode::CREATED => false,
             StatusCode::CONFLICT => {
-                let (status, resp) = self
+                let updated = self
                     .send(
                         &creds,
                         reqwest::Method::PUT,
@@ -328,40 +324,21 @@ impl HubRegistry for HubClient {
                         Some(&body),
                     )
                     .await?;
-                if !status.is_success() {
-                    return Err(failure(status, &resp));
-                }
+                succeeded(updated)?;
                 true
             }
             other => return Err(failure(other, &resp)),
         };
-        if let TwinSetup::Migrate(snapshot) = &device.twin {
-            return self.import_twin(&creds, &device.device_id, snapshot).await;
-        }
-        if let TwinSetup::Initial(initial) = &device.twin
-            && (existed || !initial.is_empty())
-        {
-            let (tags, properties) = twin_parts(&device.twin);
-            let twin = Twin {
-                device_id: device.device_id.clone(),
-                tags,
-                properties,
-                ..Default::default()
-            };
-            let (status, resp) = self
-                .send(
-                    &creds,
-                    reqwest::Method::PUT,
-                    &format!("twins/{}", encode(&device.device_id)),
-                    Some("\"*\""),
-                    Some(&twin),
-                )
-                .await?;
-            if !status.is_success() {
-                return Err(failure(status, &resp));
+        match &device.twin {
+            TwinSetup::Migrate(snapshot) => {
+                self.import_twin(&creds, &device.device_id, snapshot).await
             }
+            // A new device's twin starts empty; an existing one's is reset.
+            TwinSetup::Initial(initial) if existed || !initial.is_empty() => {
+                self.put_twin(&creds, device).await
+            }
+            TwinSetup::Initial(_) | TwinSetup::Keep => Ok(()),
         }
-        Ok(())
     }
 
     async fn twin(
@@ -453,6 +430,28 @@ impl HubClient {
         }
     }
 
+    /// Sets a device's twin to the initial tags and desired properties.
+    async fn put_twin(&self, creds: &Credentials, device: &DeviceIdentity) -> Result<(), HubError> {
+        let (tags, properties) = twin_parts(&device.twin);
+        let twin = Twin {
+            device_id: device.device_id.clone(),
+            tags,
+            properties,
+            ..Default::default()
+        };
+        let path = format!("twins/{}", encode(&device.device_id));
+        let sent = self
+            .send(
+                creds,
+                reqwest::Method::PUT,
+                &path,
+                Some("\"*\""),
+                Some(&twin),
+            )
+            .await?;
+        succeeded(sent)
+    }
+
     /// Overwrites a twin with one carried from another hub, reported
     /// properties included: the service API cannot write those, the bulk
     /// registry operation (`importMode: updateTwin`) can.
@@ -498,6 +497,15 @@ fn snapshot_parts(snapshot: &TwinSnapshot) -> (Option<TwinCollection>, Option<Tw
             reported: Some(snapshot.reported.clone()),
         }),
     )
+}
+
+/// A success answer, or the failure the hub reports.
+fn succeeded((status, body): (StatusCode, bytes::Bytes)) -> Result<(), HubError> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(failure(status, &body))
+    }
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> HubError {
