@@ -237,6 +237,17 @@ impl Call<'_> {
     fn service(&self) -> &str {
         &self.caller.service
     }
+
+    /// The caller may read enrollments and groups, for `action`.
+    fn may_read_enrollments(&self, action: &str) -> Result<(), ProvisioningError> {
+        self.caller.require(AccessRights::ENROLLMENT_READ, action)
+    }
+
+    /// The caller may write enrollments and groups (or read their keys),
+    /// for `action`.
+    fn may_write_enrollments(&self, action: &str) -> Result<(), ProvisioningError> {
+        self.caller.require(AccessRights::ENROLLMENT_WRITE, action)
+    }
 }
 
 /// GET, PUT or DELETE of one individual enrollment or group.
@@ -250,23 +261,16 @@ async fn one<E: EnrollmentResource>(
     let (admin, svc, what) = (&call.state.admin, call.service(), E::KIND.short_noun());
     match method {
         Method::Get => {
-            call.caller
-                .require(AccessRights::ENROLLMENT_READ, &format!("reading an {what}"))?;
+            call.may_read_enrollments(&format!("reading an {what}"))?;
             Ok(ok(&admin.get::<E>(svc, &id).await?))
         }
         Method::Delete => {
-            call.caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                &format!("deleting an {what}"),
-            )?;
+            call.may_write_enrollments(&format!("deleting an {what}"))?;
             admin.delete::<E>(svc, &id, if_match).await?;
             Ok(no_content())
         }
         Method::Put => {
-            call.caller.require(
-                AccessRights::ENROLLMENT_WRITE,
-                &format!("writing an {what}"),
-            )?;
+            call.may_write_enrollments(&format!("writing an {what}"))?;
             let limit = call.state.config.max_body_bytes;
             let request = write_of(&id, body, limit, if_match).await?;
             Ok(ok(&admin.put::<E>(svc, request).await?))
@@ -294,10 +298,7 @@ async fn attestation<E: EnrollmentResource>(
     id: &str,
 ) -> Result<Response, ProvisioningError> {
     // The answer holds the keys: as sensitive as writing them.
-    call.caller.require(
-        AccessRights::ENROLLMENT_WRITE,
-        &format!("reading an {}'s keys", E::KIND.short_noun()),
-    )?;
+    call.may_write_enrollments(&format!("reading an {}'s keys", E::KIND.short_noun()))?;
     Ok(ok(&call
         .state
         .admin
@@ -310,10 +311,7 @@ async fn query_page<E: EnrollmentResource>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ProvisioningError> {
-    call.caller.require(
-        AccessRights::ENROLLMENT_READ,
-        &format!("querying {}s", E::KIND.short_noun()),
-    )?;
+    call.may_read_enrollments(&format!("querying {}s", E::KIND.short_noun()))?;
     let spec: QuerySpecification =
         respond::read_json(body, call.state.config.max_body_bytes, true).await?;
     let found = call
@@ -328,10 +326,7 @@ async fn bulk<E: EnrollmentResource>(
     call: &Call<'_>,
     body: Body,
 ) -> Result<Response, ProvisioningError> {
-    call.caller.require(
-        AccessRights::ENROLLMENT_WRITE,
-        &format!("bulk {} operations", E::KIND.short_noun()),
-    )?;
+    call.may_write_enrollments(&format!("bulk {} operations", E::KIND.short_noun()))?;
     let op: E::BulkOperation =
         respond::read_json(body, call.state.config.max_bulk_body_bytes, false).await?;
     Ok(ok(&call.state.admin.bulk::<E>(call.service(), op).await?))
