@@ -2,7 +2,7 @@
 //! fe2o3-amqp's acceptor behind the frame guard, serve its sessions within
 //! their bound (and close one that does not authenticate in time), accept a
 //! session's links within theirs with the address each names, read a link's
-//! messages, and refuse with an AMQP error.
+//! messages, settle a link of requests, and refuse with an AMQP error.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -182,11 +182,8 @@ pub async fn serve_sessions<C: ConnectionSessions>(
         else {
             return;
         };
-        sessions.spawn(
-            state
-                .clone()
-                .serve_session(LinkGate::new(session, &limits, None)),
-        );
+        let links = LinkGate::new(session, &limits, None);
+        sessions.spawn(state.clone().serve_session(links));
     }
 }
 
