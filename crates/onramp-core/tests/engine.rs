@@ -13,8 +13,8 @@ use onramp_core::engine::{
 };
 use onramp_core::events::Protocol;
 use onramp_core::ports::{
-    DeviceIdentity, HubError, HubRegistry, IdentityAuth, Precondition, RegistrationRecord, Store,
-    StoreExt, StoredRecord, TwinSetup, TwinSnapshot,
+    DeviceAt, DeviceIdentity, HubError, HubRegistry, IdentityAuth, Precondition,
+    RegistrationRecord, Store, StoreExt, StoredRecord, TwinSetup, TwinSnapshot,
 };
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
@@ -1423,7 +1423,7 @@ async fn a_poll_through_another_node_hears_assigning_while_the_lease_lasts() {
     let running = slow
         .w
         .store
-        .operation("default", &IdKey::of("slow-dev"))
+        .operation(&DeviceAt::new("default", &IdKey::of("slow-dev")))
         .await
         .unwrap()
         .expect("the running registration is recorded");
@@ -1443,7 +1443,7 @@ async fn a_poll_through_another_node_hears_assigning_while_the_lease_lasts() {
     assert!(
         slow.w
             .store
-            .operation("default", &IdKey::of("slow-dev"))
+            .operation(&DeviceAt::new("default", &IdKey::of("slow-dev")))
             .await
             .unwrap()
             .is_none()

@@ -15,7 +15,9 @@ use fe2o3_amqp::types::messaging::{Body, Outcome};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-use onramp_core::ports::{IdentityAuth, Page, Precondition, Store, StoreExt, TpmChallenge};
+use onramp_core::ports::{
+    GroupPage, IdentityAuth, Page, Precondition, Store, StoreExt, TpmChallenge,
+};
 use onramp_core::sas;
 use onramp_core::tpm::device::SoftTpm;
 use onramp_endpoints::EndpointConfig;
@@ -562,7 +564,10 @@ async fn a_tpm_group_admits_a_tpm_by_its_ek_hash_over_sasl_tpm() {
     assert_eq!(op["status"], "assigned", "{op}");
     let by_group = dps
         .store
-        .registrations_of_group(&IdKey::of("tpm-line"), &Page::new("default", None, 10))
+        .registrations_of_group(&GroupPage::new(
+            &IdKey::of("tpm-line"),
+            Page::new("default", None, 10),
+        ))
         .await
         .unwrap();
     assert_eq!(by_group.len(), 1);

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onramp_core::ports::{
-    Precondition, RegistrationRecord, Store, StoreError, StoreExt, StoredRecord, TpmChallenge,
+    Precondition, RegistrationLookup, RegistrationRecord, Store, StoreError, StoreExt,
+    StoredRecord, TpmChallenge,
 };
 use onramp_model::{
     AttestationMechanism, DeviceRegistrationState, IdKey, IndividualEnrollment, RegistrationStatus,
@@ -248,11 +249,11 @@ async fn two_nodes_see_each_others_writes() {
     given(&*a, "t1", keyed_enrollment("dev-1")).await;
     given(&*a, "t1", conformance::hub("hub-a.example.net")).await;
     let inputs = b
-        .registration_inputs(
+        .registration_inputs(&RegistrationLookup::new(
             &conformance::service("t1", 1).id_scope.key(),
             &IdKey::of("DEV-1"),
             10,
-        )
+        ))
         .await
         .unwrap()
         .expect("the service by its scope");

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    DiagnosticEntry, HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
-    RegistrationRecord, RunningOperation, Store, StoreError, StoredRecord, check_precondition,
-    client_thumbprints, overtaken, overtaken_by,
+    DeviceAt, DiagnosticEntry, GroupPage, HubLatencySample, Page, Precondition, PutRecord, Record,
+    RecordAt, RecordKind, RegistrationRecord, RunningOperation, Store, StoreError, StoredRecord,
+    check_precondition, client_thumbprints, overtaken, overtaken_by,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, IdKey, IndividualEnrollment, UtcTime};
@@ -24,13 +24,24 @@ struct State {
     /// Records by kind, service and key: one ordered map serves every page.
     records: BTreeMap<RecordAt, Record>,
     latencies: BTreeMap<Key, HubLatencySample>,
-    /// Running operations by service and registration key.
-    operations: BTreeMap<(String, IdKey), RunningOperation>,
+    /// Running operations by device.
+    operations: BTreeMap<DeviceAt, RunningOperation>,
     /// Diagnostic entries in the order they were added.
     diagnostics: Vec<DiagnosticEntry>,
 }
 
 impl State {
+    /// Removes the device's running operation if it is `operation_id`.
+    fn end_operation(&mut self, device: &DeviceAt, operation_id: &str) {
+        if self
+            .operations
+            .get(device)
+            .is_some_and(|o| o.operation_id == operation_id)
+        {
+            self.operations.remove(device);
+        }
+    }
+
     /// Records of one kind in the page's service, in key order after its
     /// `after` (the page's limit is the caller's to apply).
     fn page<'a>(
@@ -206,7 +217,7 @@ impl Store for MemoryStore {
         let existed = s.services.remove(name).is_some();
         s.policies.retain(|(svc, _), _| svc != name);
         s.records.retain(|at, _| at.service != name);
-        s.operations.retain(|(svc, _), _| svc != name);
+        s.operations.retain(|device, _| device.service != name);
         s.diagnostics.retain(|d| d.service != name);
         Ok(existed)
     }
@@ -269,13 +280,7 @@ impl Store for MemoryStore {
         }
         self.stamp(&mut record, current, now);
         if let Record::Registration(r) = &record {
-            let device = (service.to_owned(), at.key.clone());
-            if s.operations
-                .get(&device)
-                .is_some_and(|op| op.operation_id == r.operation_id)
-            {
-                s.operations.remove(&device);
-            }
+            s.end_operation(&DeviceAt::new(service, &at.key), &r.operation_id);
         }
         s.records.insert(at, record.clone());
         Ok(record)
@@ -297,7 +302,7 @@ impl Store for MemoryStore {
     async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
         let mut s = self.lock();
         s.require_service(service)?;
-        let device = (service.to_owned(), IdKey::of(&op.registration_id));
+        let device = op.device(service);
         // The newest operation of a device stays.
         if s.operations
             .get(&device)
@@ -308,23 +313,12 @@ impl Store for MemoryStore {
         s.operations.insert(device, op.clone());
         Ok(())
     }
-    async fn operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-    ) -> Result<Option<RunningOperation>, StoreError> {
-        let device = (service.to_owned(), registration_key.clone());
-        Ok(self.lock().operations.get(&device).cloned())
+    async fn operation(&self, device: &DeviceAt) -> Result<Option<RunningOperation>, StoreError> {
+        Ok(self.lock().operations.get(device).cloned())
     }
     async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let device = (service.to_owned(), IdKey::of(&op.registration_id));
-        if s.operations
-            .get(&device)
-            .is_some_and(|o| o.operation_id == op.operation_id)
-        {
-            s.operations.remove(&device);
-        }
+        let device = op.device(service);
+        self.lock().end_operation(&device, &op.operation_id);
         Ok(())
     }
     async fn records(&self, kind: RecordKind, page: &Page) -> Result<Vec<Record>, StoreError> {
@@ -346,16 +340,19 @@ impl Store for MemoryStore {
     }
     async fn registrations_of_group(
         &self,
-        group_key: &IdKey,
-        page: &Page,
+        group: &GroupPage,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let in_group = |r: &RegistrationRecord| {
             r.enrollment_group_id
                 .as_deref()
-                .is_some_and(|g| IdKey::of(g) == *group_key)
+                .is_some_and(|g| IdKey::of(g) == group.group_key)
         };
-        let s = self.lock();
-        Ok(s.matching(page, in_group).take(page.limit).collect())
+        let page = &group.page;
+        Ok(self
+            .lock()
+            .matching(page, in_group)
+            .take(page.limit)
+            .collect())
     }
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {
         let on_hub = |r: &RegistrationRecord| {

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, pause};
-use common::{HubProcess, Server, share_ca};
+use common::{HubProcess, Server, assert_no_running_operation, share_ca};
 use onramp_core::ports::{RegistrationRecord, StoreExt};
-use onramp_model::{IdKey, RegistrationStatus};
+use onramp_model::RegistrationStatus;
 use serde_json::json;
 
 /// A fleet of the enrollment group `group` of `server`, through its endpoint.
@@ -58,11 +58,7 @@ async fn assert_whole(server: &Server, ids: &BTreeSet<String>, identities: Vec<S
         assert!(seen.insert(id.clone()), "two records of {id}");
         assert_eq!(r.state.status, RegistrationStatus::Assigned, "{id}: {r:?}");
         assert_eq!(r.state.device_id.as_deref(), Some(id.as_str()), "{id}");
-        let running = store.operation("default", &IdKey::of(id)).await.unwrap();
-        assert!(
-            running.is_none(),
-            "{id}: a running operation left: {running:?}"
-        );
+        assert_no_running_operation(&*store, id).await;
     }
     assert_eq!(&seen, ids, "one record per device");
     let unique: BTreeSet<String> = identities.iter().cloned().collect();

@@ -33,9 +33,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{HubProcess, Server, dead_port, share_ca};
-use onramp_core::ports::{RegistrationRecord, Store, StoreExt};
-use onramp_model::{IdKey, RegistrationStatus};
+use common::{HubProcess, Server, assert_no_running_operation, dead_port, share_ca};
+use onramp_core::ports::{RegistrationRecord, StoreExt};
+use onramp_model::RegistrationStatus;
 use onramp_store::{PgStore, Sealer};
 use onramp_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
@@ -248,11 +248,7 @@ impl Deployment {
                 Some(hub_name.as_str()),
                 "{id}"
             );
-            let running = store.operation("default", &IdKey::of(id)).await.unwrap();
-            assert!(
-                running.is_none(),
-                "{id}: a running operation left: {running:?}"
-            );
+            assert_no_running_operation(&store, id).await;
         }
         assert_eq!(&seen, ids, "one record per device");
         let identities: Vec<String> = self.hub.device_ids().await;

@@ -30,10 +30,10 @@ impl Admin {
         let (after, limit) = page_bounds(page)?;
         let mut items = self
             .store
-            .registrations_of_group(
+            .registrations_of_group(&crate::ports::GroupPage::new(
                 &group_key,
-                &crate::ports::Page::new(service, after.as_ref(), limit + 1),
-            )
+                crate::ports::Page::new(service, after.as_ref(), limit + 1),
+            ))
             .await?;
         let continuation = next_token(&mut items, limit, |r| IdKey::of(&r.state.registration_id));
         Ok(Page {

@@ -12,7 +12,7 @@ use crate::ProvisioningError;
 use crate::attest::{Attempt, Attested, DeviceCredential, GROUP_PAGE, Prefetched, Proof, attest};
 use crate::auth::{ServiceCaller, ServiceRequest};
 use crate::events::{AttestationAttempt, AttestationStep, Protocol};
-use crate::ports::RegistrationInputs;
+use crate::ports::{RegistrationInputs, RegistrationLookup};
 use crate::tenant::ProvisioningService;
 use crate::throttle::back_off;
 
@@ -235,7 +235,11 @@ impl Engine {
         registration_id: &RegistrationId,
     ) -> Result<RegistrationInputs, ProvisioningError> {
         self.store
-            .registration_inputs(&scope_key(id_scope)?, &registration_id.key(), GROUP_PAGE)
+            .registration_inputs(&RegistrationLookup::new(
+                &scope_key(id_scope)?,
+                &registration_id.key(),
+                GROUP_PAGE,
+            ))
             .await?
             .ok_or_else(|| no_service(id_scope))
     }

@@ -12,7 +12,7 @@ use super::operation_id::operation_started;
 use super::{Engine, OperationRequest, StatusRequest, parse_registration_id};
 use crate::ProvisioningError;
 use crate::events::AttestationStep;
-use crate::ports::{RegistrationRecord, StoreExt};
+use crate::ports::{DeviceAt, RegistrationRecord, StoreExt};
 use crate::tenant::ProvisioningService;
 
 /// The answer to a poll of an operation still running (here or on another
@@ -81,7 +81,10 @@ impl Engine {
             stale => {
                 // Not recorded yet: it may still run on another node, which
                 // vouches for it until its lease ends.
-                let elsewhere = self.store.operation(&service.name, &key).await?;
+                let elsewhere = self
+                    .store
+                    .operation(&DeviceAt::new(&service.name, &key))
+                    .await?;
                 if let Some(op) = elsewhere
                     && op.operation_id == operation_id
                     && op.lease_until > now

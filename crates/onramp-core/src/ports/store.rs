@@ -216,6 +216,50 @@ pub struct RunningOperation {
     pub lease_until: UtcTime,
 }
 
+impl RunningOperation {
+    /// The device this operation registers, in `service`.
+    pub fn device(&self, service: &str) -> DeviceAt {
+        DeviceAt::new(service, &IdKey::of(&self.registration_id))
+    }
+}
+
+/// A device of a service, by its registration key: what a running
+/// operation is kept under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceAt {
+    pub service: String,
+    pub key: IdKey,
+}
+
+impl DeviceAt {
+    pub fn new(service: &str, key: &IdKey) -> Self {
+        Self {
+            service: service.to_owned(),
+            key: key.clone(),
+        }
+    }
+}
+
+/// What a registration reads its inputs by: the service's ID scope, the
+/// device's registration key, and how many enrollment groups the first
+/// page of groups holds at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationLookup {
+    pub id_scope_key: IdKey,
+    pub registration_key: IdKey,
+    pub group_page: usize,
+}
+
+impl RegistrationLookup {
+    pub fn new(id_scope_key: &IdKey, registration_key: &IdKey, group_page: usize) -> Self {
+        Self {
+            id_scope_key: id_scope_key.clone(),
+            registration_key: registration_key.clone(),
+            group_page,
+        }
+    }
+}
+
 /// One measurement of the round trip from an Onramp node to a linked hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -310,11 +354,7 @@ pub trait Store: DiagnosticsLog + Send + Sync + 'static {
     /// other of the device.
     async fn put_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError>;
     /// The device's running operation, if one is recorded (even past its lease).
-    async fn operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-    ) -> Result<Option<RunningOperation>, StoreError>;
+    async fn operation(&self, device: &DeviceAt) -> Result<Option<RunningOperation>, StoreError>;
     /// Removes `op` if it is still the device's running operation (a newer
     /// one's stays).
     async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError>;
@@ -329,36 +369,36 @@ pub trait Store: DiagnosticsLog + Send + Sync + 'static {
     ) -> Result<Vec<IndividualEnrollment>, StoreError>;
     async fn registrations_of_group(
         &self,
-        group_key: &IdKey,
-        page: &Page,
+        group: &GroupPage,
     ) -> Result<Vec<RegistrationRecord>, StoreError>;
     /// How many registered devices live on a hub (by host name, any case).
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError>;
 
-    /// The service with this ID scope and what a registration of
-    /// `registration_key` reads from it; `None` when no service has the scope.
+    /// The service with the lookup's ID scope and what a registration of its
+    /// registration key reads from it; `None` when no service has the scope.
     /// The default asks the other methods one after the other; a store with a
     /// cheaper way (one read transaction) overrides it.
     async fn registration_inputs(
         &self,
-        id_scope_key: &IdKey,
-        registration_key: &IdKey,
-        group_page: usize,
+        lookup: &RegistrationLookup,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
-        let Some(service) = self.service_by_scope(id_scope_key).await? else {
+        let Some(service) = self.service_by_scope(&lookup.id_scope_key).await? else {
             return Ok(None);
         };
-        let name = service.name.as_str();
+        let (name, key) = (service.name.as_str(), &lookup.registration_key);
         let enrollment = self
-            .get::<IndividualEnrollment>(name, registration_key)
+            .get::<IndividualEnrollment>(name, key)
             .await?
             .map(Box::new);
         let first_groups = match enrollment {
             Some(_) => None,
-            None => Some(self.list::<EnrollmentGroup>(name, None, group_page).await?),
+            None => Some(
+                self.list::<EnrollmentGroup>(name, None, lookup.group_page)
+                    .await?,
+            ),
         };
         let previous = self
-            .get::<RegistrationRecord>(name, registration_key)
+            .get::<RegistrationRecord>(name, key)
             .await?
             .map(Box::new);
         let linked_hubs = self.linked_hubs(name).await?;

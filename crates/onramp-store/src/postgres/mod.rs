@@ -30,8 +30,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use onramp_core::ports::{
-    HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
-    RegistrationInputs, RegistrationRecord, RunningOperation, Store, StoreError,
+    DeviceAt, GroupPage, HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt,
+    RecordKind, RegistrationInputs, RegistrationLookup, RegistrationRecord, RunningOperation,
+    Store, StoreError,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{IdKey, IndividualEnrollment};
@@ -231,13 +232,9 @@ impl Store for PgStore {
         operations::put(&conn, service, op).await
     }
 
-    async fn operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-    ) -> Result<Option<RunningOperation>, StoreError> {
+    async fn operation(&self, device: &DeviceAt) -> Result<Option<RunningOperation>, StoreError> {
         let conn = connection(&self.pool).await?;
-        operations::read(&conn, service, registration_key).await
+        operations::read(&conn, &device.service, &device.key).await
     }
 
     async fn end_operation(&self, service: &str, op: &RunningOperation) -> Result<(), StoreError> {
@@ -263,28 +260,18 @@ impl Store for PgStore {
 
     async fn registration_inputs(
         &self,
-        id_scope_key: &IdKey,
-        registration_key: &IdKey,
-        group_page: usize,
+        lookup: &RegistrationLookup,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
         let conn = connection(&self.pool).await?;
-        registrations::read_inputs(
-            &conn,
-            &self.sealer,
-            id_scope_key,
-            registration_key,
-            group_page,
-        )
-        .await
+        registrations::read_inputs(&conn, &self.sealer, lookup).await
     }
 
     async fn registrations_of_group(
         &self,
-        group_key: &IdKey,
-        page: &Page,
+        group: &GroupPage,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let conn = connection(&self.pool).await?;
-        registrations::page(&conn, Some(group_key), page).await
+        registrations::page(&conn, Some(&group.group_key), &group.page).await
     }
 
     async fn count_devices_on_hub(&self, service: &str, hub: &str) -> Result<u64, StoreError> {

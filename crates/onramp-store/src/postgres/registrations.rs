@@ -2,7 +2,9 @@
 //! with: one statement, so one round trip and one snapshot.
 
 use deadpool_postgres::GenericClient;
-use onramp_core::ports::{Page, RegistrationInputs, RegistrationRecord, StoreError, overtaken};
+use onramp_core::ports::{
+    Page, RegistrationInputs, RegistrationLookup, RegistrationRecord, StoreError, overtaken,
+};
 use onramp_model::{EnrollmentGroup, IdKey, IndividualEnrollment, UtcTime};
 use tokio_postgres::Row;
 
@@ -214,11 +216,13 @@ ORDER BY 1, 2";
 pub(super) async fn read_inputs<C: GenericClient>(
     client: &C,
     sealer: &Sealer,
-    scope: &str,
-    key: &str,
-    group_page: usize,
+    lookup: &RegistrationLookup,
 ) -> Result<Option<RegistrationInputs>, StoreError> {
-    let limit = i64::try_from(group_page).unwrap_or(i64::MAX);
+    let (scope, key) = (
+        lookup.id_scope_key.as_str(),
+        lookup.registration_key.as_str(),
+    );
+    let limit = i64::try_from(lookup.group_page).unwrap_or(i64::MAX);
     let rows = query(client, INPUTS, &[&scope, &key, &limit]).await?;
     let mut service = None;
     let mut enrollment = None;

@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use onramp_core::ports::{
-    HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt, RecordKind,
-    RegistrationInputs, RegistrationRecord, RunningOperation, Store, StoreError, StoredRecord,
-    check_precondition,
+    DeviceAt, GroupPage, HubLatencySample, Page, Precondition, PutRecord, Record, RecordAt,
+    RecordKind, RegistrationInputs, RegistrationLookup, RegistrationRecord, RunningOperation,
+    Store, StoreError, StoredRecord, check_precondition,
 };
 use onramp_core::tenant::{ProvisioningService, SharedAccessPolicy};
 use onramp_model::{ETag, EnrollmentGroup, EnrollmentKind, IdKey, IndividualEnrollment};
@@ -212,14 +212,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn operation(
-        &self,
-        service: &str,
-        registration_key: &IdKey,
-    ) -> Result<Option<RunningOperation>, StoreError> {
-        let (service, key) = (service.to_owned(), registration_key.clone());
+    async fn operation(&self, device: &DeviceAt) -> Result<Option<RunningOperation>, StoreError> {
+        let device = device.clone();
         self.db
-            .read(move |conn| operations::read(conn, &service, &key))
+            .read(move |conn| operations::read(conn, &device.service, &device.key))
             .await
     }
 
@@ -251,25 +247,20 @@ impl Store for SqliteStore {
 
     async fn registration_inputs(
         &self,
-        id_scope_key: &IdKey,
-        registration_key: &IdKey,
-        group_page: usize,
+        lookup: &RegistrationLookup,
     ) -> Result<Option<RegistrationInputs>, StoreError> {
-        let (scope, key) = (id_scope_key.clone(), registration_key.clone());
-        self.read_sealed(move |conn, sealer| {
-            registrations::read_inputs(conn, sealer, &scope, &key, group_page)
-        })
-        .await
+        let lookup = lookup.clone();
+        self.read_sealed(move |conn, sealer| registrations::read_inputs(conn, sealer, &lookup))
+            .await
     }
 
     async fn registrations_of_group(
         &self,
-        group_key: &IdKey,
-        page: &Page,
+        group: &GroupPage,
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
-        let (group, page) = (group_key.clone(), page.clone());
+        let GroupPage { group_key, page } = group.clone();
         self.db
-            .read(move |conn| registrations::page(conn, Some(&group), &page))
+            .read(move |conn| registrations::page(conn, Some(&group_key), &page))
             .await
     }
 

@@ -1,7 +1,8 @@
 //! Device registration records, and the one read a registration starts with.
 
 use onramp_core::ports::{
-    Page, RegistrationInputs, RegistrationRecord, StoreError, overtaken, overtaken_by,
+    Page, RegistrationInputs, RegistrationLookup, RegistrationRecord, StoreError, overtaken,
+    overtaken_by,
 };
 use onramp_model::{DeviceRegistrationState, IdKey, UtcTime};
 use rusqlite::{Connection, params};
@@ -92,12 +93,11 @@ pub(super) fn read_registration(
 pub(super) fn read_inputs(
     conn: &Connection,
     sealer: &Sealer,
-    scope: &str,
-    key: &str,
-    group_page: usize,
+    lookup: &RegistrationLookup,
 ) -> Result<Option<RegistrationInputs>, StoreError> {
+    let (key, group_page) = (lookup.registration_key.as_str(), lookup.group_page);
     let tx = conn.unchecked_transaction().map_err(sql_error)?;
-    let Some(service) = by_scope(&tx, scope)? else {
+    let Some(service) = by_scope(&tx, &lookup.id_scope_key)? else {
         return Ok(None);
     };
     let name = &service.name;

@@ -2,7 +2,9 @@
 //! the record removes its own), and the newest registration's record
 //! winning over an older one's.
 
-use onramp_core::ports::{RegistrationRecord, RunningOperation, Store, StoreError, StoreExt};
+use onramp_core::ports::{
+    DeviceAt, RegistrationRecord, RunningOperation, Store, StoreError, StoreExt,
+};
 use onramp_model::IdKey;
 
 use super::fixtures::{now, record, service};
@@ -43,7 +45,7 @@ async fn assert_running(
     expected: Option<&RunningOperation>,
 ) {
     let running = store
-        .operation(service, &IdKey::of(id))
+        .operation(&DeviceAt::new(service, &IdKey::of(id)))
         .await
         .expect("operation");
     assert_eq!(running.as_ref(), expected, "{service}/{id}");

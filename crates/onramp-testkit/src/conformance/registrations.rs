@@ -1,6 +1,8 @@
 //! Registration records, and the reads of one registration at once.
 
-use onramp_core::ports::{Page, Precondition, Store, StoreError, StoredRecord};
+use onramp_core::ports::{
+    GroupPage, Page, Precondition, RegistrationLookup, Store, StoreError, StoredRecord,
+};
 
 use super::fixtures::{enrollment, group, now, record, service};
 use super::given_tenant;
@@ -31,15 +33,18 @@ pub async fn registrations(store: &dyn Store) {
     put_at(store, "t1", record("reg-2", Some("group-1")), now(80)).await;
     put_at(store, "t1", record("reg-3", None), now(80)).await;
     let of_group = store
-        .registrations_of_group(&IdKey::of("group-1"), &Page::new("t1", None, 100))
+        .registrations_of_group(&GroupPage::new(
+            &IdKey::of("group-1"),
+            Page::new("t1", None, 100),
+        ))
         .await
         .expect("query");
     assert_eq!(of_group.len(), 2, "{of_group:?}");
     let page2 = store
-        .registrations_of_group(
+        .registrations_of_group(&GroupPage::new(
             &IdKey::of("group-1"),
-            &Page::new("t1", Some(&IdKey::of("reg-1")), 100),
-        )
+            Page::new("t1", Some(&IdKey::of("reg-1")), 100),
+        ))
         .await
         .expect("query");
     assert_eq!(page2.len(), 1);
@@ -69,7 +74,11 @@ pub async fn registration_inputs(store: &dyn Store) {
     let unknown = service("nowhere", 77).id_scope.key();
     assert!(
         store
-            .registration_inputs(&IdKey::of(&unknown), &IdKey::of("reg-1"), 10)
+            .registration_inputs(&RegistrationLookup::new(
+                &IdKey::of(&unknown),
+                &IdKey::of("reg-1"),
+                10
+            ))
             .await
             .expect("read")
             .is_none()
@@ -79,7 +88,11 @@ pub async fn registration_inputs(store: &dyn Store) {
 
     // An individual enrollment: groups are not read.
     let got = store
-        .registration_inputs(&IdKey::of(&scope), &IdKey::of("inputs-1"), 10)
+        .registration_inputs(&RegistrationLookup::new(
+            &IdKey::of(&scope),
+            &IdKey::of("inputs-1"),
+            10,
+        ))
         .await
         .expect("read")
         .expect("service found");
@@ -105,7 +118,11 @@ pub async fn registration_inputs(store: &dyn Store) {
 
     // No individual enrollment: the first page of groups, at most the page asked for.
     let got = store
-        .registration_inputs(&IdKey::of(&scope), &IdKey::of("device-of-a-group"), 1)
+        .registration_inputs(&RegistrationLookup::new(
+            &IdKey::of(&scope),
+            &IdKey::of("device-of-a-group"),
+            1,
+        ))
         .await
         .expect("read")
         .expect("service found");

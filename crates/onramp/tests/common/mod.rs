@@ -9,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onramp_core::ports::Store;
 use onramp_core::ports::StoreExt;
+use onramp_core::ports::{DeviceAt, Store};
 use onramp_core::sas;
 use onramp_core::tenant::LinkedHub;
+use onramp_model::IdKey;
 use onramp_store::sqlite::SqliteOptions;
 use onramp_store::{Sealer, SqliteStore};
 use onramp_testkit::postgres::TestDatabase;
@@ -757,6 +758,16 @@ pub fn registration_ids(listed: &Value) -> Vec<&str> {
         .iter()
         .map(|item| item["registrationId"].as_str().unwrap())
         .collect()
+}
+
+/// The device `id` of the default service has no running operation left.
+pub async fn assert_no_running_operation(store: &dyn Store, id: &str) {
+    let device = DeviceAt::new("default", &IdKey::of(id));
+    let running = store.operation(&device).await.unwrap();
+    assert!(
+        running.is_none(),
+        "{id}: a running operation left: {running:?}"
+    );
 }
 
 /// Asserts that a command failed and that its standard error says `needle`.

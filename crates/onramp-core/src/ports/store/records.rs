@@ -150,6 +150,23 @@ impl Page {
     }
 }
 
+/// A page of the registrations of one enrollment group (by the group's
+/// key) in the page's service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPage {
+    pub group_key: IdKey,
+    pub page: Page,
+}
+
+impl GroupPage {
+    pub fn new(group_key: &IdKey, page: Page) -> Self {
+        Self {
+            group_key: group_key.clone(),
+            page,
+        }
+    }
+}
+
 /// A record to write, the condition the write must meet, and the time it
 /// is written at (what the store stamps the record with).
 #[derive(Debug, Clone, PartialEq)]
