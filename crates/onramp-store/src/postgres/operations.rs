@@ -4,7 +4,7 @@ use deadpool_postgres::GenericClient;
 use onramp_core::ports::{RunningOperation, StoreError};
 
 use super::db::{pg_error, pg_error_in};
-use super::rows::{col, execute, query_opt};
+use super::rows::{col, execute, read_keyed};
 use crate::sqlite::operations::{nanos, running};
 
 /// Records `op` unless the device's recorded operation started later.
@@ -43,23 +43,14 @@ pub(super) async fn read<C: GenericClient>(
     service: &str,
     key: &str,
 ) -> Result<Option<RunningOperation>, StoreError> {
-    let row = query_opt(
+    read_keyed(
         client,
         "SELECT registration_id, operation_id, node, started, lease_until FROM operations
          WHERE service = $1 AND id_key = $2",
-        &[&service, &key],
+        (service, key),
+        |r| running(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?, col(r, 4)?),
     )
-    .await?;
-    row.map(|r| {
-        running(
-            col(&r, 0)?,
-            col(&r, 1)?,
-            col(&r, 2)?,
-            col(&r, 3)?,
-            col(&r, 4)?,
-        )
-    })
-    .transpose()
+    .await
 }
 
 /// Removes the device's running operation if it is `operation_id`.

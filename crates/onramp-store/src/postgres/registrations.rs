@@ -9,7 +9,7 @@ use onramp_model::{EnrollmentGroup, IdKey, IndividualEnrollment, UtcTime};
 use tokio_postgres::Row;
 
 use super::db::pg_error_in;
-use super::rows::{col, query, query_opt, query_raw};
+use super::rows::{col, query, query_raw, read_keyed};
 use super::services::{open_hub, service_doc};
 use crate::record::RegistrationColumns;
 use crate::seal::Sealer;
@@ -46,13 +46,8 @@ pub(super) async fn read<C: GenericClient>(
     service: &str,
     key: &str,
 ) -> Result<Option<RegistrationRecord>, StoreError> {
-    let row = query_opt(
-        client,
-        &format!("SELECT {COLUMNS} FROM registrations WHERE service = $1 AND id_key = $2"),
-        &[&service, &key],
-    )
-    .await?;
-    row.map(|r| from_row(&r, PLAIN)).transpose()
+    let sql = format!("SELECT {COLUMNS} FROM registrations WHERE service = $1 AND id_key = $2");
+    read_keyed(client, &sql, (service, key), |r| from_row(r, PLAIN)).await
 }
 
 /// Writes a stamped record (see `sqlite::registrations::stamp`), keeping
@@ -174,16 +169,10 @@ pub(super) async fn count_on_hub<C: GenericClient>(
     service: &str,
     hub_key: &str,
 ) -> Result<u64, StoreError> {
-    let row = query_opt(
-        client,
-        "SELECT count(*) FROM registrations WHERE service = $1 AND hub_key = $2",
-        &[&service, &hub_key],
-    )
-    .await?;
-    let n: i64 = match row {
-        Some(r) => col(&r, 0)?,
-        None => 0,
-    };
+    let sql = "SELECT count(*) FROM registrations WHERE service = $1 AND hub_key = $2";
+    let n: i64 = read_keyed(client, sql, (service, hub_key), |r| col(r, 0))
+        .await?
+        .unwrap_or(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
 

@@ -43,6 +43,18 @@ pub(super) async fn query_opt<C: GenericClient>(
     client.query_opt(&statement, params).await.map_err(pg_error)
 }
 
+/// The row of `(service, key)` (`$1`, `$2`) that `sql` selects, if any,
+/// made by `decode`.
+pub(super) async fn read_keyed<C: GenericClient, T>(
+    client: &C,
+    sql: &str,
+    (service, key): (&str, &str),
+    decode: impl FnOnce(&Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let row = query_opt(client, sql, &[&service, &key]).await?;
+    row.map(|r| decode(&r)).transpose()
+}
+
 /// Runs `sql`; how many rows it touched.
 pub(super) async fn execute<C: GenericClient>(
     client: &C,

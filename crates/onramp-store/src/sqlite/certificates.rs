@@ -6,7 +6,7 @@ use onramp_model::ETag;
 use rusqlite::{Connection, params};
 
 use super::db::sql_error;
-use super::rows::{corrupt, ensure_service, new_etag, query_all, query_optional};
+use super::rows::{Keyed, corrupt, ensure_service, new_etag, query_all};
 
 pub(crate) fn ca_from_row(doc: &str, etag: &str) -> Result<CaCertificate, StoreError> {
     let mut ca: CaCertificate =
@@ -15,13 +15,14 @@ pub(crate) fn ca_from_row(doc: &str, etag: &str) -> Result<CaCertificate, StoreE
     Ok(ca)
 }
 
+/// Certificates are kept under their lower-case name.
+const CA_CERTIFICATES: Keyed<'static> = Keyed {
+    table: "ca_certificates",
+    key: "name_key",
+};
+
 fn current_etag(conn: &Connection, service: &str, key: &str) -> Result<Option<String>, StoreError> {
-    query_optional(
-        conn,
-        "SELECT etag FROM ca_certificates WHERE service = ?1 AND name_key = ?2",
-        params![service, key],
-        |r| r.get(0),
-    )
+    CA_CERTIFICATES.select(conn, "etag", (service, key), |r| r.get(0))
 }
 
 pub(super) fn read_one(
@@ -29,12 +30,10 @@ pub(super) fn read_one(
     service: &str,
     key: &str,
 ) -> Result<Option<CaCertificate>, StoreError> {
-    let row: Option<(String, String)> = query_optional(
-        conn,
-        "SELECT doc, etag FROM ca_certificates WHERE service = ?1 AND name_key = ?2",
-        params![service, key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let row: Option<(String, String)> =
+        CA_CERTIFICATES.select(conn, "doc, etag", (service, key), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     row.map(|(doc, etag)| ca_from_row(&doc, &etag)).transpose()
 }
 
@@ -108,10 +107,6 @@ pub(super) fn delete(
         condition,
         &format!("CA certificate '{name}'"),
     )?;
-    conn.execute(
-        "DELETE FROM ca_certificates WHERE service = ?1 AND name_key = ?2",
-        params![service, key],
-    )
-    .map(|_| ())
-    .map_err(sql_error)
+    CA_CERTIFICATES.delete(conn, service, &key)?;
+    Ok(())
 }

@@ -5,7 +5,7 @@ use onramp_model::UtcTime;
 use rusqlite::{Connection, params};
 
 use super::db::{sql_error, sql_error_in};
-use super::rows::{corrupt, query_optional};
+use super::rows::{Keyed, corrupt};
 
 /// Unix nanoseconds as a column (times from 1677 to 2262; a time outside
 /// saturates to the nearer end, so a query `since` 0001 reads everything).
@@ -54,17 +54,17 @@ pub(super) fn read(
     service: &str,
     key: &str,
 ) -> Result<Option<RunningOperation>, StoreError> {
-    query_optional(
-        conn,
-        "SELECT registration_id, operation_id, node, started, lease_until FROM operations
-         WHERE service = ?1 AND id_key = ?2",
-        params![service, key],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?
-    .map(|(registration_id, operation_id, node, started, lease)| {
-        running(registration_id, operation_id, node, started, lease)
-    })
-    .transpose()
+    Keyed::by_id("operations")
+        .select(
+            conn,
+            "registration_id, operation_id, node, started, lease_until",
+            (service, key),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?
+        .map(|(registration_id, operation_id, node, started, lease)| {
+            running(registration_id, operation_id, node, started, lease)
+        })
+        .transpose()
 }
 
 /// A running operation from its columns (times in Unix nanoseconds).

@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 
 use super::db::{sql_error, sql_error_in};
 use super::enrollments::{read_one, read_page};
-use super::rows::{corrupt, created_of, new_etag, query_all, query_optional};
+use super::rows::{Keyed, corrupt, created_of, new_etag, query_all};
 use super::services::{by_scope, linked_hubs_of};
 use crate::record::RegistrationColumns;
 use crate::seal::Sealer;
@@ -78,14 +78,15 @@ pub(super) fn read_registration(
     service: &str,
     key: &str,
 ) -> Result<Option<RegistrationRecord>, StoreError> {
-    query_optional(
-        conn,
-        "SELECT doc, group_key, operation_id, placement FROM registrations WHERE service = ?1 AND id_key = ?2",
-        params![service, key],
-        RegistrationRow::read,
-    )?
-    .map(RegistrationRow::into_record)
-    .transpose()
+    Keyed::by_id(REGISTRATIONS)
+        .select(
+            conn,
+            "doc, group_key, operation_id, placement",
+            (service, key),
+            RegistrationRow::read,
+        )?
+        .map(RegistrationRow::into_record)
+        .transpose()
 }
 
 /// Everything a registration reads before it decides, in one read
@@ -134,12 +135,10 @@ pub(super) fn write(
     now: UtcTime,
 ) -> Result<RegistrationRecord, StoreError> {
     let key = stored.state.registration_id.to_ascii_lowercase();
-    let current: Option<(String, String)> = query_optional(
-        conn,
-        "SELECT doc, operation_id FROM registrations WHERE service = ?1 AND id_key = ?2",
-        params![service, key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let current: Option<(String, String)> =
+        Keyed::by_id(REGISTRATIONS).select(conn, "doc, operation_id", (service, &key), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     // One writer: the check and the write below are one step.
     if let Some((_, recorded)) = &current
         && overtaken_by(&stored.operation_id, recorded)

@@ -48,6 +48,52 @@ pub(super) fn deleted(
     conn.execute(sql, params).map(|n| n > 0).map_err(sql_error)
 }
 
+/// A table of rows kept under `(service, key)`, and its key column.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Keyed<'a> {
+    pub table: &'a str,
+    pub key: &'static str,
+}
+
+impl<'a> Keyed<'a> {
+    /// A table keyed by `id_key` (registration or enrollment IDs).
+    pub(super) const fn by_id(table: &'a str) -> Self {
+        Self {
+            table,
+            key: "id_key",
+        }
+    }
+
+    /// The `columns` of the row of `key`, if any, made by `row`.
+    pub(super) fn select<T>(
+        self,
+        conn: &Connection,
+        columns: &str,
+        (service, key): (&str, &str),
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!(
+            "SELECT {columns} FROM {} WHERE service = ?1 AND {} = ?2",
+            self.table, self.key
+        );
+        query_optional(conn, &sql, params![service, key], row)
+    }
+
+    /// Deletes the row of `key`; whether there was one.
+    pub(super) fn delete(
+        self,
+        conn: &Connection,
+        service: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE service = ?1 AND {} = ?2",
+            self.table, self.key
+        );
+        deleted(conn, &sql, params![service, key])
+    }
+}
+
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -124,17 +170,12 @@ pub(super) fn current_etag(
     service: &str,
     key: &str,
 ) -> Result<Option<(ETag, String)>, StoreError> {
-    query_optional(
-        conn,
-        &format!("SELECT etag, doc FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-        |r| {
-            Ok((
-                ETag::from_raw(&r.get::<_, String>(0)?),
-                r.get::<_, String>(1)?,
-            ))
-        },
-    )
+    Keyed::by_id(table).select(conn, "etag, doc", (service, key), |r| {
+        Ok((
+            ETag::from_raw(&r.get::<_, String>(0)?),
+            r.get::<_, String>(1)?,
+        ))
+    })
 }
 
 /// A stored document and its sealed keys.
@@ -148,12 +189,9 @@ pub(super) fn get_row(
     service: &str,
     key: &str,
 ) -> Result<Option<DocAndKeys>, StoreError> {
-    query_optional(
-        conn,
-        &format!("SELECT doc, keys_sealed FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+    Keyed::by_id(table).select(conn, "doc, keys_sealed", (service, key), |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
 }
 
 pub(super) fn list_rows(
@@ -198,12 +236,8 @@ fn row_etag(
     service: &str,
     key: &str,
 ) -> Result<Option<ETag>, StoreError> {
-    let current: Option<String> = query_optional(
-        conn,
-        &format!("SELECT etag FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-        |r| r.get(0),
-    )?;
+    let current: Option<String> =
+        Keyed::by_id(table).select(conn, "etag", (service, key), |r| r.get(0))?;
     Ok(current.map(|c| ETag::from_raw(&c)))
 }
 
@@ -237,10 +271,6 @@ pub(super) fn delete_row(
         return Err(StoreError::NotFound(missing));
     };
     check_precondition(Some(&current), condition, &format!("'{key}'"))?;
-    conn.execute(
-        &format!("DELETE FROM {table} WHERE service = ?1 AND id_key = ?2"),
-        params![service, key],
-    )
-    .map(|_| ())
-    .map_err(sql_error)
+    Keyed::by_id(table).delete(conn, service, key)?;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use rusqlite::{Connection, Params, params};
 use serde::{Deserialize, Serialize};
 
 use super::db::sql_error;
-use super::rows::{corrupt, deleted, ensure_service, query_all, query_optional};
+use super::rows::{Keyed, corrupt, deleted, ensure_service, query_all, query_optional};
 use crate::record::missing_service;
 use crate::seal::Sealer;
 
@@ -178,6 +178,11 @@ pub(super) fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> 
 
 const UPSERT_POLICY: &str = "INSERT INTO policies (service, name, rights, keys_sealed) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (service, name) DO UPDATE SET rights = excluded.rights, keys_sealed = excluded.keys_sealed";
+/// Linked hubs are kept under their lower-case name.
+const LINKED_HUBS: Keyed<'static> = Keyed {
+    table: "linked_hubs",
+    key: "name_key",
+};
 const UPSERT_HUB: &str = "INSERT INTO linked_hubs (service, name_key, doc, connection_sealed) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (service, name_key) DO UPDATE SET doc = excluded.doc, connection_sealed = excluded.connection_sealed";
 
@@ -228,8 +233,11 @@ pub(super) fn delete_policy(
     service: &str,
     name: &str,
 ) -> Result<bool, StoreError> {
-    let sql = "DELETE FROM policies WHERE service = ?1 AND name = ?2";
-    deleted(conn, sql, params![service, name])
+    let policies = Keyed {
+        table: "policies",
+        key: "name",
+    };
+    policies.delete(conn, service, name)
 }
 
 pub(super) fn policies_of(
@@ -351,8 +359,7 @@ pub(super) fn delete_linked_hub(
     service: &str,
     key: &str,
 ) -> Result<bool, StoreError> {
-    let sql = "DELETE FROM linked_hubs WHERE service = ?1 AND name_key = ?2";
-    deleted(conn, sql, params![service, key])
+    LINKED_HUBS.delete(conn, service, key)
 }
 
 pub(super) fn record_latency(
