@@ -98,8 +98,10 @@ function route() {
 document.getElementById('sign-out').addEventListener('click', () => {
   session.clear();
   notify('Signed out: the key is gone from this tab');
-  location.hash = '#/signin';
-  route();
+  // A changed fragment routes by its hashchange event; routing here as well
+  // drew the sign-in form twice, and what was typed into the first was lost.
+  if (location.hash === '#/signin') route();
+  else location.hash = '#/signin';
 });
 // A notice belongs to the section it was given in.
 document.getElementById('nav').addEventListener('click', (e) => {
